@@ -1,0 +1,28 @@
+"""flopkit: ViT-5 modules with exact analytic FLOPs, FLOP inspection and fast norm kernels."""
+
+from .nn import (
+    HeadNorm,
+    LayerScale,
+    Mlp,
+    PatchEmbed,
+    PerHeadRMSNorm,
+    RMSNorm,
+    ViT5,
+    ViT5Attention,
+    ViT5Block,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "RMSNorm",
+    "PerHeadRMSNorm",
+    "HeadNorm",
+    "ViT5Attention",
+    "PatchEmbed",
+    "Mlp",
+    "LayerScale",
+    "ViT5Block",
+    "ViT5",
+    "__version__",
+]
