@@ -1,0 +1,19 @@
+"""flopkit modules; each has ``flop_count()``, ``flop_breakdown()`` and ``extra_repr()``."""
+
+from .attention import ViT5Attention
+from .norms import HeadNorm, PerHeadRMSNorm, RMSNorm
+from .vit5 import PRESETS, LayerScale, Mlp, PatchEmbed, ViT5, ViT5Block, preset_names
+
+__all__ = [
+    "RMSNorm",
+    "PerHeadRMSNorm",
+    "HeadNorm",
+    "ViT5Attention",
+    "PatchEmbed",
+    "Mlp",
+    "LayerScale",
+    "ViT5Block",
+    "ViT5",
+    "PRESETS",
+    "preset_names",
+]

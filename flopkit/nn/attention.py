@@ -1,0 +1,249 @@
+"""ViT5Attention: fused QKV, QK-norm before register-aware 2D RoPE, SDPA (DESIGN.md §2).
+
+Checkpoint-compatible with nvSubquadratic's ``ViT5Attention``: state-dict keys ``qkv.weight``,
+``proj.weight``, ``q_norm.weight``, ``k_norm.weight`` (+ biases when enabled).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from flopkit import kernels
+
+from ._flops import CompositeFlops, empty_breakdown
+from .norms import HeadNorm, PerHeadRMSNorm, RMSNorm
+from .rope import ROPE_PAIRINGS, apply_rope, build_rope_tables, token_layout
+
+__all__ = ["ViT5Attention", "QK_NORMS", "build_qk_norm"]
+
+QK_NORMS = (None, "rmsnorm", "headnorm")
+
+
+def build_qk_norm(
+    qk_norm: str | Callable[[int], nn.Module] | None, num_heads: int, head_dim: int
+) -> nn.Module | None:
+    """The q/k norm module: ``"rmsnorm"`` -> ``RMSNorm(D, eps=1e-6)`` (one weight shared by all heads,
+    as upstream), ``"headnorm"`` -> ``HeadNorm(H, D, mode="rms", eps=1e-6)``, a callable
+    ``head_dim -> nn.Module``, or None."""
+    if qk_norm is None:
+        return None
+    if qk_norm == "rmsnorm":
+        return RMSNorm(head_dim, eps=1e-6)
+    if qk_norm == "headnorm":
+        return HeadNorm(num_heads, head_dim, mode="rms", eps=1e-6)
+    if callable(qk_norm):
+        module = qk_norm(head_dim)
+        if not isinstance(module, nn.Module):
+            raise ValueError(f"qk_norm callable must return an nn.Module, got {type(module).__name__}")
+        return module
+    raise ValueError(
+        f"qk_norm must be None, 'rmsnorm', 'headnorm' or a callable head_dim -> nn.Module, got {qk_norm!r}"
+    )
+
+
+def _positive_int(name: str, value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+class ViT5Attention(CompositeFlops, nn.Module):
+    """ViT-5 multi-head self-attention with QK-norm and register-aware 2D RoPE.
+
+    Input and output ``[B, T, C]`` with ``T = h*w + has_cls + R`` tokens in the order
+    ``[patches (row-major), CLS?, registers]``. Pipeline: ``qkv = Linear(C, 3C)`` viewed
+    ``[B, T, 3, H, D]`` -> q_norm/k_norm -> RoPE (``rope_cos``/``rope_sin``, ``[T, D]``) ->
+    ``F.scaled_dot_product_attention`` -> merge heads -> ``proj`` -> ``proj_drop``.
+
+    FLOPs: ``8*T*C^2 + 4*T^2*C + 4*T*C`` + QK-norm (``3*T*H*D`` each for q and k; upstream's
+    one-head count with ``convention="nvsubquadratic"``).
+    """
+
+    def __init__(
+        self,
+        hidden_dim: int,
+        num_heads: int,
+        num_patches_h: int,
+        num_patches_w: int,
+        num_registers: int = 4,
+        has_cls: bool = True,
+        qk_norm: str | Callable[[int], nn.Module] | None = None,
+        rope_base: float = 10000.0,
+        reg_rope_base: float = 100.0,
+        attn_dropout: float = 0.0,
+        proj_dropout: float = 0.0,
+        qkv_bias: bool = False,
+        out_proj_bias: bool = False,
+        scale: float | None = None,
+        init_fn_qkv_proj: Callable[[torch.Tensor], None] | None = None,
+        init_fn_out_proj: Callable[[torch.Tensor], None] | None = None,
+        rope_pairing: str = "split_half",
+        use_triton: bool = True,
+    ) -> None:
+        super().__init__()
+        _positive_int("hidden_dim", hidden_dim)
+        _positive_int("num_heads", num_heads)
+        if hidden_dim % num_heads:
+            raise ValueError(
+                f"hidden_dim must be divisible by num_heads: hidden_dim={hidden_dim}, num_heads={num_heads} "
+                f"(hidden_dim % num_heads = {hidden_dim % num_heads}, expected 0)"
+            )
+        head_dim = hidden_dim // num_heads
+        if head_dim % 4:
+            raise ValueError(
+                f"head_dim = hidden_dim / num_heads = {head_dim} must be divisible by 4 for 2D RoPE "
+                f"(hidden_dim={hidden_dim}, num_heads={num_heads})"
+            )
+        if rope_pairing not in ROPE_PAIRINGS:
+            raise ValueError(f"rope_pairing must be one of {ROPE_PAIRINGS}, got {rope_pairing!r}")
+        for name, p in (("attn_dropout", attn_dropout), ("proj_dropout", proj_dropout)):
+            if not 0.0 <= p < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {p}")
+        for name, base in (("rope_base", rope_base), ("reg_rope_base", reg_rope_base)):
+            if not base > 0:
+                raise ValueError(f"{name} must be positive, got {base}")
+        self.layout = token_layout(num_patches_h, num_patches_w, has_cls, num_registers)
+
+        self.hidden_dim = hidden_dim
+        self.num_heads = num_heads
+        self.head_dim = head_dim
+        self.num_patches_h = num_patches_h
+        self.num_patches_w = num_patches_w
+        self.num_registers = num_registers
+        self.has_cls = bool(has_cls)
+        self.num_tokens = self.layout.num_tokens
+        self.rope_base = float(rope_base)
+        self.reg_rope_base = float(reg_rope_base)
+        self.rope_pairing = rope_pairing
+        self.attn_dropout = attn_dropout
+        self.scale = head_dim**-0.5 if scale is None else float(scale)
+        self.use_triton = use_triton
+
+        self.qkv = nn.Linear(hidden_dim, 3 * hidden_dim, bias=qkv_bias)
+        self.proj = nn.Linear(hidden_dim, hidden_dim, bias=out_proj_bias)
+        self.proj_drop = nn.Dropout(proj_dropout) if proj_dropout > 0 else nn.Identity()
+        self.qk_norm_kind = qk_norm if isinstance(qk_norm, str) or qk_norm is None else "custom"
+        self.qk_norm = qk_norm is not None
+        if self.qk_norm:
+            self.q_norm = build_qk_norm(qk_norm, num_heads, head_dim)
+            self.k_norm = build_qk_norm(qk_norm, num_heads, head_dim)
+        for layer, init_fn in ((self.qkv, init_fn_qkv_proj), (self.proj, init_fn_out_proj)):
+            if init_fn is not None:
+                init_fn(layer.weight)
+                if layer.bias is not None:
+                    nn.init.zeros_(layer.bias)
+
+        cos, sin = build_rope_tables(self.layout, head_dim, self.rope_base, self.reg_rope_base)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+
+    # ------------------------------------------------------------------ forward
+    def _fused_weights(self) -> tuple[bool, torch.Tensor | None, torch.Tensor | None, float] | None:
+        """``(norm, q_weight, k_weight, eps)`` when the q/k norms fit the fused kernel, else None."""
+        if not self.qk_norm:
+            return False, None, None, 1e-6
+        q, k = self.q_norm, self.k_norm
+        if type(q) is not type(k):
+            return None
+        if isinstance(q, RMSNorm) and q.normalized_shape == (self.head_dim,):
+            eps = q.eps
+        elif isinstance(q, PerHeadRMSNorm):
+            q, k, eps = q.norm, k.norm, q.eps
+        elif isinstance(q, HeadNorm) and q.mode == "rms" and q.bias is None and k.bias is None:
+            eps = q.eps
+        else:
+            return None
+        if eps is None or eps != k.eps:
+            return None
+        return True, q.weight, k.weight, eps
+
+    def _use_fused(self, x: torch.Tensor) -> bool:
+        return bool(self.use_triton) and kernels.resolve_backend("auto", x, "ViT5Attention") == "triton"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: ``[B, T, C]`` with ``T = h*w + has_cls + R`` -> ``[B, T, C]``."""
+        if x.dim() != 3 or x.shape[1] != self.num_tokens or x.shape[2] != self.hidden_dim:
+            raise ValueError(
+                f"ViT5Attention expects x of shape [B, T, C] with T = {self.num_tokens} "
+                f"(h*w + cls + R = {self.layout.describe()}) and C = {self.hidden_dim}, got {tuple(x.shape)}"
+            )
+        B, T, C = x.shape
+        H, D = self.num_heads, self.head_dim
+        qkv = self.qkv(x)
+        fused = self._fused_weights() if self._use_fused(qkv) else None
+        if fused is not None:
+            norm, q_weight, k_weight, eps = fused
+            q, k, v = kernels.qk_norm_rope(
+                qkv,
+                self.rope_cos,
+                self.rope_sin,
+                H,
+                q_weight,
+                k_weight,
+                eps,
+                self.rope_pairing,
+                norm=norm,
+                backend="triton",
+            )
+        else:
+            q, k, v = qkv.view(B, T, 3, H, D).unbind(2)
+            if self.qk_norm:
+                q, k = self.q_norm(q), self.k_norm(k)
+            cos, sin = self.rope_cos[:, None, :], self.rope_sin[:, None, :]
+            q = apply_rope(q, cos, sin, self.rope_pairing).transpose(1, 2)
+            k = apply_rope(k, cos, sin, self.rope_pairing).transpose(1, 2)
+            v = v.transpose(1, 2)
+        out = F.scaled_dot_product_attention(
+            q, k, v, dropout_p=self.attn_dropout if self.training else 0.0, scale=self.scale
+        )
+        out = out.transpose(1, 2).reshape(B, T, C)
+        return self.proj_drop(self.proj(out))
+
+    # ------------------------------------------------------------------ FLOPs
+    def default_flop_tokens(self) -> int:
+        return self.num_tokens
+
+    def flop_children(self, num_tokens: int, convention: str) -> list[tuple[str, nn.Module, int]]:
+        children: list[tuple[str, nn.Module, int]] = [("qkv", self.qkv, num_tokens)]
+        if self.qk_norm:
+            rows = _qk_norm_rows(self.q_norm, num_tokens, self.num_heads, convention)
+            children += [("q_norm", self.q_norm, rows), ("k_norm", self.k_norm, rows)]
+        children.append(("proj", self.proj, num_tokens))
+        return children
+
+    def flop_self(self, num_tokens: int, convention: str) -> dict[str, int]:
+        C = self.hidden_dim
+        out = empty_breakdown()
+        out["rope"] = 4 * num_tokens * C
+        out["attention"] = 4 * num_tokens * num_tokens * C
+        return out
+
+    def flop_count(
+        self, num_tokens: int | None = None, inference: bool = False, *, convention: str = "flopkit"
+    ) -> int:
+        """Forward FLOPs on ``num_tokens`` tokens (default ``T``); ``inference`` does not change the count.
+
+        ``8*T*C^2 + 4*T^2*C + 4*T*C`` + q/k norms (``2 * 3*T*H*D``; one head with
+        ``convention="nvsubquadratic"``, as upstream).
+        """
+        return sum(self.flop_breakdown(num_tokens, convention=convention).values())
+
+    def extra_repr(self) -> str:
+        return (
+            f"hidden_dim={self.hidden_dim}, num_heads={self.num_heads}, head_dim={self.head_dim}, "
+            f"grid={self.num_patches_h}x{self.num_patches_w}, has_cls={self.has_cls}, "
+            f"num_registers={self.num_registers}, num_tokens={self.num_tokens}, qk_norm={self.qk_norm_kind}, "
+            f"rope_base={self.rope_base:g}, reg_rope_base={self.reg_rope_base:g}, "
+            f"rope_pairing={self.rope_pairing}, scale={self.scale:.6g}"
+        )
+
+
+def _qk_norm_rows(norm: nn.Module, num_tokens: int, num_heads: int, convention: str) -> int:
+    """Rows a q/k norm is counted over: ``T`` for per-head modules (they cover all heads),
+    ``T*H`` for a norm over ``D`` (``T`` under upstream's ``nvsubquadratic`` convention)."""
+    if isinstance(norm, (PerHeadRMSNorm, HeadNorm)):
+        return num_tokens
+    return num_tokens if convention == "nvsubquadratic" else num_tokens * num_heads

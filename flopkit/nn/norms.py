@@ -1,0 +1,259 @@
+"""Norm modules: RMSNorm (drop-in for torch.nn.RMSNorm), PerHeadRMSNorm (QK-norm), HeadNorm.
+
+Each dispatches to ``flopkit.kernels`` (Triton on CUDA, the PyTorch reference elsewhere or with
+``use_triton=False``) and counts its own FLOPs (DESIGN.md §3).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from flopkit import kernels
+
+from ._flops import empty_breakdown
+
+__all__ = ["RMSNorm", "PerHeadRMSNorm", "HeadNorm"]
+
+
+def _positive(name: str, value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm over the trailing ``normalized_shape`` dims; a drop-in for ``torch.nn.RMSNorm``.
+
+    ``y = (x_f32 * rsqrt(mean(x_f32**2) + eps) * w_f32).to(x.dtype)``, input ``[*, *normalized_shape]``.
+    State dict: ``weight`` (``normalized_shape``, ones at init) when ``elementwise_affine``.
+    FLOPs: ``3 * T * n`` on ``T`` rows of ``n = prod(normalized_shape)`` elements.
+    """
+
+    def __init__(
+        self,
+        normalized_shape: int | Sequence[int],
+        eps: float | None = 1e-6,
+        elementwise_affine: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        use_triton: bool = True,
+    ) -> None:
+        super().__init__()
+        shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+        if not shape:
+            raise ValueError("normalized_shape must name at least one dimension, got ()")
+        for size in shape:
+            _positive("normalized_shape entries", size)
+        self.normalized_shape = shape
+        # torch.nn.RMSNorm takes eps=None as "machine epsilon of the input dtype"; keep that.
+        self.eps = eps
+        self.elementwise_affine = elementwise_affine
+        self.use_triton = use_triton
+        if elementwise_affine:
+            self.weight = nn.Parameter(torch.ones(shape, device=device, dtype=dtype))
+        else:
+            self.register_parameter("weight", None)
+
+    @property
+    def num_features(self) -> int:
+        """``n = prod(normalized_shape)``, the elements normalised together."""
+        return math.prod(self.normalized_shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: ``[*, *normalized_shape]`` -> same shape and dtype."""
+        k = len(self.normalized_shape)
+        if tuple(x.shape[-k:]) != self.normalized_shape:
+            raise ValueError(
+                f"RMSNorm: input must end in normalized_shape={self.normalized_shape}, got {tuple(x.shape)}"
+            )
+        eps = torch.finfo(x.dtype).eps if self.eps is None else self.eps
+        flat = x.flatten(-k) if k > 1 else x
+        w = self.weight.flatten() if (self.weight is not None and k > 1) else self.weight
+        y = kernels.rms_norm(flat, w, eps, backend="auto" if self.use_triton else "torch")
+        return y.view(x.shape) if k > 1 else y
+
+    def forward_residual(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fused pre-norm residual step: ``h = x + residual``; returns ``(self(h), h)``.
+
+        One pass over memory on the Triton path. FLOPs are those of :meth:`forward` (residual adds
+        are not counted).
+        """
+        if len(self.normalized_shape) != 1:
+            h = x + residual
+            return self(h), h
+        eps = torch.finfo(x.dtype).eps if self.eps is None else self.eps
+        return kernels.rms_norm_residual(
+            x, residual, self.weight, eps, backend="auto" if self.use_triton else "torch"
+        )
+
+    def flop_breakdown(self, num_tokens: int) -> dict[str, int]:
+        """``{"norm": 3 * num_tokens * n}`` plus zero categories."""
+        out = empty_breakdown()
+        out["norm"] = kernels.rms_norm_flops(num_tokens, self.num_features)
+        return out
+
+    def flop_count(self, num_tokens: int) -> int:
+        """FLOPs on ``num_tokens`` rows: ``3 * num_tokens * prod(normalized_shape)``."""
+        return sum(self.flop_breakdown(num_tokens).values())
+
+    def extra_repr(self) -> str:
+        return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
+
+
+class PerHeadRMSNorm(nn.Module):
+    """QK-norm: RMSNorm over each head's ``D`` slice with one shared ``(D,)`` weight.
+
+    Input ``[*, H*D]`` or ``[*, H, D]``; output has the input's shape. State dict:
+    ``norm.weight`` ``(D,)`` (as upstream). FLOPs: ``3 * T * H * D``.
+    """
+
+    def __init__(self, num_heads: int, head_dim: int, eps: float = 1e-6, use_triton: bool = True) -> None:
+        super().__init__()
+        _positive("num_heads", num_heads)
+        _positive("head_dim", head_dim)
+        self.num_heads = num_heads
+        self.head_dim = head_dim
+        self.use_triton = use_triton
+        self.norm = RMSNorm(head_dim, eps=eps, use_triton=use_triton)
+
+    @property
+    def eps(self) -> float:
+        return self.norm.eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: ``[*, H*D]`` or ``[*, H, D]`` -> same shape and dtype."""
+        return kernels.per_head_rms_norm(
+            x,
+            self.norm.weight,
+            self.num_heads,
+            self.norm.eps,
+            head_dim=self.head_dim,
+            backend="auto" if self.use_triton else "torch",
+        )
+
+    def flop_breakdown(self, num_tokens: int) -> dict[str, int]:
+        out = empty_breakdown()
+        out["norm"] = kernels.head_norm_flops(num_tokens, self.num_heads, self.head_dim, "rms")
+        return out
+
+    def flop_count(self, num_tokens: int) -> int:
+        """FLOPs on ``num_tokens`` tokens of ``H*D`` channels: ``3 * num_tokens * H * D``."""
+        return sum(self.flop_breakdown(num_tokens).values())
+
+    def extra_repr(self) -> str:
+        return f"num_heads={self.num_heads}, head_dim={self.head_dim}, eps={self.norm.eps}"
+
+
+class HeadNorm(nn.Module):
+    """Per-head RMSNorm or LayerNorm with an ``(H, D)`` weight and optional ``(H, D)`` bias.
+
+    ExLlamaV2-style: ``load_weight`` takes a ``(D,)`` weight (repeated over heads) or ``(H, D)``,
+    adding ``weight_offset`` once at load (Gemma-style ``1 + w``). Input ``[*, H*D]`` or ``[*, H, D]``.
+    FLOPs: rms ``3 * T*H*D``, layer ``5 * T*H*D``, ``+ T*H*D`` with bias.
+    """
+
+    def __init__(
+        self,
+        num_heads: int,
+        head_dim: int,
+        mode: str = "rms",
+        eps: float = 1e-5,
+        bias: bool = False,
+        weight_offset: float = 0.0,
+        use_triton: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        _positive("num_heads", num_heads)
+        _positive("head_dim", head_dim)
+        if mode not in kernels.HEAD_NORM_MODES:
+            raise ValueError(f"mode must be one of {kernels.HEAD_NORM_MODES}, got {mode!r}")
+        self.num_heads = num_heads
+        self.head_dim = head_dim
+        self.mode = mode
+        self.eps = eps
+        self.weight_offset = weight_offset
+        self.use_triton = use_triton
+        self.weight = nn.Parameter(torch.ones(num_heads, head_dim, device=device, dtype=dtype))
+        if bias:
+            self.bias = nn.Parameter(torch.zeros(num_heads, head_dim, device=device, dtype=dtype))
+        else:
+            self.register_parameter("bias", None)
+
+    def _expand(self, t: torch.Tensor, name: str) -> torch.Tensor:
+        shape = (self.num_heads, self.head_dim)
+        if tuple(t.shape) == (self.head_dim,):
+            return t.unsqueeze(0).expand(shape)
+        if tuple(t.shape) == shape:
+            return t
+        raise ValueError(f"{name} must have shape ({self.head_dim},) or {shape}, got {tuple(t.shape)}")
+
+    @torch.no_grad()
+    def load_weight(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+        """Load ``weight`` ``(D,)`` or ``(H, D)`` (+ ``weight_offset``) and optional ``bias`` likewise.
+
+        A ``bias`` given to a module built with ``bias=False`` adds the bias parameter.
+        """
+        w = self._expand(weight, "weight")
+        self.weight.copy_(w.to(self.weight.dtype) + self.weight_offset)
+        if bias is not None:
+            b = self._expand(bias, "bias")
+            if self.bias is None:
+                self.bias = nn.Parameter(torch.empty_like(self.weight))
+            self.bias.copy_(b.to(self.bias.dtype))
+
+    @classmethod
+    def from_safetensors(
+        cls, path: str, key: str, num_heads: int, head_dim: int, **kwargs: object
+    ) -> HeadNorm:
+        """Build from ``{key}.weight`` (and ``{key}.bias`` if present) in the safetensors file ``path``."""
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            names = set(f.keys())
+            if f"{key}.weight" not in names:
+                raise KeyError(f"{path}: no tensor {key}.weight (found {sorted(names)[:8]})")
+            weight = f.get_tensor(f"{key}.weight")
+            bias = f.get_tensor(f"{key}.bias") if f"{key}.bias" in names else None
+        kwargs.setdefault("bias", bias is not None)
+        kwargs.setdefault("dtype", weight.dtype)
+        module = cls(num_heads, head_dim, **kwargs)
+        module.load_weight(weight, bias)
+        return module
+
+    def _run(
+        self, x: torch.Tensor, backend: str, intermediates: bool
+    ) -> torch.Tensor | dict[str, torch.Tensor]:
+        y = kernels.head_norm(x, self.weight, self.bias, self.eps, self.mode, backend=backend)
+        return {"hidden_states": y} if intermediates else y
+
+    def forward(self, x: torch.Tensor, intermediates: bool = False) -> torch.Tensor | dict[str, torch.Tensor]:
+        """``x``: ``[*, H*D]`` or ``[*, H, D]`` -> same shape; a dict ``{"hidden_states": y}`` if asked."""
+        return self._run(x, "auto" if self.use_triton else "torch", intermediates)
+
+    def forward_torch(
+        self, x: torch.Tensor, intermediates: bool = False
+    ) -> torch.Tensor | dict[str, torch.Tensor]:
+        """The PyTorch reference path, same contract as :meth:`forward`."""
+        return self._run(x, "torch", intermediates)
+
+    def flop_breakdown(self, num_tokens: int) -> dict[str, int]:
+        out = empty_breakdown()
+        out["norm"] = kernels.head_norm_flops(
+            num_tokens, self.num_heads, self.head_dim, self.mode, self.bias is not None
+        )
+        return out
+
+    def flop_count(self, num_tokens: int) -> int:
+        """FLOPs on ``num_tokens`` tokens: ``(3 | 5) * T*H*D`` (+ ``T*H*D`` with bias)."""
+        return sum(self.flop_breakdown(num_tokens).values())
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_heads={self.num_heads}, head_dim={self.head_dim}, mode={self.mode!r}, eps={self.eps}, "
+            f"bias={self.bias is not None}, weight_offset={self.weight_offset}"
+        )

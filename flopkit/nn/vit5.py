@@ -1,0 +1,392 @@
+"""The ViT-5 classifier and its parts: PatchEmbed, Mlp, LayerScale, ViT5Block, ViT5, presets.
+
+Token layout ``[patches, CLS?, registers]``; pre-norm blocks ``x + LS(attn(RMSNorm(x)))``,
+``x + LS(mlp(RMSNorm(x)))``; final RMSNorm on the readout (the CLS token, or the patches,
+mean-pooled, without CLS); bias-free linear head. No biases anywhere, as upstream.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._flops import CompositeFlops, check_convention, empty_breakdown
+from .attention import ViT5Attention
+from .norms import RMSNorm
+
+__all__ = ["PatchEmbed", "Mlp", "LayerScale", "ViT5Block", "ViT5", "PRESETS", "preset_names"]
+
+# Presets are data: the fields that differ from ViT5's defaults (patch 16, image 224, R = 4,
+# CLS, MLP x4, GELU, LayerScale 1e-4, RMSNorm eps 1e-6, QK-norm RMSNorm).
+PRESETS: dict[str, dict[str, Any]] = {
+    "vit5-small": {"hidden_dim": 384, "depth": 12, "num_heads": 6},
+    "vit5-base": {"hidden_dim": 768, "depth": 12, "num_heads": 12},
+    "vit5-large": {"hidden_dim": 1024, "depth": 24, "num_heads": 16},
+    "vit5-xlarge": {"hidden_dim": 1152, "depth": 28, "num_heads": 16},
+}
+
+
+def preset_names() -> list[str]:
+    """Names of the built-in presets."""
+    return list(PRESETS)
+
+
+def _pair(value: int | tuple[int, int], name: str) -> tuple[int, int]:
+    pair = (value, value) if isinstance(value, int) else tuple(value)
+    if len(pair) != 2 or any(not isinstance(v, int) or isinstance(v, bool) or v <= 0 for v in pair):
+        raise ValueError(f"{name} must be a positive integer or a pair of them, got {value!r}")
+    return pair  # type: ignore[return-value]
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patches -> tokens, plus a learnable absolute position embedding over patches.
+
+    ``[B, C_in, H, W]`` -> ``[B, N, C]`` with ``N = (H/P) * (W/P)``, patches row-major.
+    FLOPs per image: ``2 * C_in * P^2 * C * N`` (matmul) ``+ N * C`` (position add, elementwise).
+    """
+
+    def __init__(
+        self,
+        image_size: int | tuple[int, int] = 224,
+        patch_size: int = 16,
+        in_channels: int = 3,
+        hidden_dim: int = 768,
+    ) -> None:
+        super().__init__()
+        self.image_size = _pair(image_size, "image_size")
+        if not isinstance(patch_size, int) or isinstance(patch_size, bool) or patch_size <= 0:
+            raise ValueError(f"patch_size must be a positive integer, got {patch_size!r}")
+        for side, size in zip(("height", "width"), self.image_size):
+            if size % patch_size:
+                raise ValueError(
+                    f"image_size {side} {size} must be divisible by patch_size {patch_size} "
+                    f"(nearest valid: {max(patch_size, size - size % patch_size)})"
+                )
+        self.patch_size = patch_size
+        self.in_channels = in_channels
+        self.hidden_dim = hidden_dim
+        self.grid_size = (self.image_size[0] // patch_size, self.image_size[1] // patch_size)
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        self.proj = nn.Conv2d(in_channels, hidden_dim, patch_size, stride=patch_size, bias=False)
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.num_patches, hidden_dim))
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: ``[B, C_in, H, W]`` -> ``[B, N, C]``."""
+        expected = (self.in_channels, *self.image_size)
+        if x.dim() != 4 or tuple(x.shape[1:]) != expected:
+            raise ValueError(
+                f"PatchEmbed expects images [B, {', '.join(map(str, expected))}], got {tuple(x.shape)}"
+            )
+        return self.proj(x).flatten(2).transpose(1, 2) + self.pos_embed
+
+    def flop_breakdown(self, num_images: int = 1) -> dict[str, int]:
+        out = empty_breakdown()
+        n, c = self.num_patches, self.hidden_dim
+        out["matmul"] = 2 * self.in_channels * self.patch_size**2 * c * n * num_images
+        out["elementwise"] = n * c * num_images
+        return out
+
+    def flop_count(self, num_images: int = 1) -> int:
+        """``(2 * C_in * P^2 * C * N + N * C) * num_images``."""
+        return sum(self.flop_breakdown(num_images).values())
+
+    def extra_repr(self) -> str:
+        return (
+            f"image_size={self.image_size}, patch_size={self.patch_size}, in_channels={self.in_channels}, "
+            f"hidden_dim={self.hidden_dim}, grid={self.grid_size[0]}x{self.grid_size[1]}"
+        )
+
+
+class LayerScale(nn.Module):
+    """Per-channel scale ``x * gamma`` (``gamma`` ``(C,)``, init ``init_values``). FLOPs: ``T * C``."""
+
+    def __init__(self, dim: int, init_values: float = 1e-4) -> None:
+        super().__init__()
+        self.dim = dim
+        self.init_values = init_values
+        self.gamma = nn.Parameter(torch.full((dim,), float(init_values)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: ``[*, C]`` -> same shape."""
+        return x * self.gamma
+
+    def flop_breakdown(self, num_tokens: int) -> dict[str, int]:
+        out = empty_breakdown()
+        out["elementwise"] = num_tokens * self.dim
+        return out
+
+    def flop_count(self, num_tokens: int) -> int:
+        """``num_tokens * C``."""
+        return num_tokens * self.dim
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, init_values={self.init_values:g}"
+
+
+class Mlp(CompositeFlops, nn.Module):
+    """``Linear(C, h) -> GELU -> Linear(h, C)``, bias-free by default. ``[*, C]`` -> ``[*, C]``.
+
+    FLOPs: ``2*T*C*h + T*h + 2*T*h*C`` (the GELU counted as one FLOP per element).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden_features: int,
+        act_layer: Callable[[], nn.Module] = nn.GELU,
+        bias: bool = False,
+        drop: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.hidden_features = hidden_features
+        self.fc1 = nn.Linear(in_features, hidden_features, bias=bias)
+        self.act = act_layer()
+        self.drop = nn.Dropout(drop) if drop > 0 else nn.Identity()
+        self.fc2 = nn.Linear(hidden_features, in_features, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+    def flop_children(self, num_tokens: int, convention: str) -> list[tuple[str, nn.Module, int]]:
+        # The activation's count is in elements: num_tokens * hidden_features.
+        return [
+            ("fc1", self.fc1, num_tokens),
+            ("act", self.act, num_tokens * self.hidden_features),
+            ("fc2", self.fc2, num_tokens),
+        ]
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, hidden_features={self.hidden_features}"
+
+
+class ViT5Block(CompositeFlops, nn.Module):
+    """Pre-norm transformer block: ``x + LS1(attn(norm1(x)))`` then ``x + LS2(mlp(norm2(x)))``.
+
+    ``[B, T, C]`` -> ``[B, T, C]``. The second residual add and ``norm2`` run as one fused
+    ``rms_norm_residual`` op. FLOPs: attention + MLP + 2 RMSNorms (``3*T*C`` each) + 2 LayerScales
+    (``T*C`` each); residual adds are not counted.
+    """
+
+    def __init__(
+        self,
+        hidden_dim: int,
+        num_heads: int,
+        num_patches_h: int,
+        num_patches_w: int,
+        num_registers: int = 4,
+        has_cls: bool = True,
+        mlp_ratio: float = 4.0,
+        qk_norm: str | Callable[[int], nn.Module] | None = "rmsnorm",
+        layer_scale_init: float | None = 1e-4,
+        rope_base: float = 10000.0,
+        reg_rope_base: float = 100.0,
+        rope_pairing: str = "split_half",
+        norm_eps: float = 1e-6,
+        attn_dropout: float = 0.0,
+        proj_dropout: float = 0.0,
+        use_triton: bool = True,
+    ) -> None:
+        super().__init__()
+        self.num_tokens = num_patches_h * num_patches_w + int(has_cls) + num_registers
+        self.norm1 = RMSNorm(hidden_dim, eps=norm_eps, use_triton=use_triton)
+        self.attn = ViT5Attention(
+            hidden_dim,
+            num_heads,
+            num_patches_h,
+            num_patches_w,
+            num_registers=num_registers,
+            has_cls=has_cls,
+            qk_norm=qk_norm,
+            rope_base=rope_base,
+            reg_rope_base=reg_rope_base,
+            attn_dropout=attn_dropout,
+            proj_dropout=proj_dropout,
+            rope_pairing=rope_pairing,
+            use_triton=use_triton,
+        )
+        self.ls1 = LayerScale(hidden_dim, layer_scale_init) if layer_scale_init else nn.Identity()
+        self.norm2 = RMSNorm(hidden_dim, eps=norm_eps, use_triton=use_triton)
+        hidden = int(hidden_dim * mlp_ratio)
+        if hidden <= 0:
+            raise ValueError(f"mlp_ratio must give a positive MLP width, got mlp_ratio={mlp_ratio}")
+        self.mlp = Mlp(hidden_dim, hidden)
+        self.ls2 = LayerScale(hidden_dim, layer_scale_init) if layer_scale_init else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: ``[B, T, C]`` -> ``[B, T, C]``."""
+        y, x = self.norm2.forward_residual(self.ls1(self.attn(self.norm1(x))), x)
+        return x + self.ls2(self.mlp(y))
+
+    def default_flop_tokens(self) -> int:
+        return self.num_tokens
+
+    def flop_children(self, num_tokens: int, convention: str) -> list[tuple[str, nn.Module, int]]:
+        return [
+            ("norm1", self.norm1, num_tokens),
+            ("attn", self.attn, num_tokens),
+            ("ls1", self.ls1, num_tokens),
+            ("norm2", self.norm2, num_tokens),
+            ("mlp", self.mlp, num_tokens),
+            ("ls2", self.ls2, num_tokens),
+        ]
+
+
+class ViT5(CompositeFlops, nn.Module):
+    """ViT-5 image classifier, checkpoint layout as timm-style ViTs.
+
+    ``[B, C_in, H, W]`` -> logits ``[B, num_classes]`` (features ``[B, C]`` with ``num_classes=0``).
+    Tokens: ``PatchEmbed`` (+ absolute position embedding) then CLS (if any) then ``num_registers``
+    register tokens; ``depth`` x :class:`ViT5Block`; final RMSNorm on the readout token(s); head.
+
+    ``flop_count(batch_size=1)`` is the forward count: PatchEmbed + blocks + final norm on the
+    readout token(s) + ``2 * C * num_classes``, times ``batch_size``.
+    """
+
+    def __init__(
+        self,
+        image_size: int | tuple[int, int] = 224,
+        patch_size: int = 16,
+        in_channels: int = 3,
+        num_classes: int = 1000,
+        hidden_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        num_registers: int = 4,
+        has_cls: bool = True,
+        qk_norm: str | None = "rmsnorm",
+        layer_scale_init: float | None = 1e-4,
+        rope_base: float = 10000.0,
+        reg_rope_base: float = 100.0,
+        rope_pairing: str = "split_half",
+        norm_eps: float = 1e-6,
+        attn_dropout: float = 0.0,
+        proj_dropout: float = 0.0,
+        use_triton: bool = True,
+    ) -> None:
+        super().__init__()
+        for name, value, low in (
+            ("depth", depth, 1),
+            ("num_classes", num_classes, 0),
+            ("in_channels", in_channels, 1),
+        ):
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        given = locals()
+        self.config = {k: given[k] for k in inspect.signature(ViT5.__init__).parameters if k != "self"}
+        self.patch_embed = PatchEmbed(image_size, patch_size, in_channels, hidden_dim)
+        gh, gw = self.patch_embed.grid_size
+        self.hidden_dim = hidden_dim
+        self.depth = depth
+        self.num_heads = num_heads
+        self.has_cls = bool(has_cls)
+        self.num_registers = num_registers
+        self.num_classes = num_classes
+        self.blocks = nn.ModuleList(
+            ViT5Block(
+                hidden_dim,
+                num_heads,
+                gh,
+                gw,
+                num_registers=num_registers,
+                has_cls=has_cls,
+                mlp_ratio=mlp_ratio,
+                qk_norm=qk_norm,
+                layer_scale_init=layer_scale_init,
+                rope_base=rope_base,
+                reg_rope_base=reg_rope_base,
+                rope_pairing=rope_pairing,
+                norm_eps=norm_eps,
+                attn_dropout=attn_dropout,
+                proj_dropout=proj_dropout,
+                use_triton=use_triton,
+            )
+            for _ in range(depth)
+        )
+        self.layout = self.blocks[0].attn.layout
+        self.num_tokens = self.layout.num_tokens
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, hidden_dim)) if has_cls else None
+        self.reg_token = nn.Parameter(torch.zeros(1, num_registers, hidden_dim)) if num_registers else None
+        for token in (self.cls_token, self.reg_token):
+            if token is not None:
+                nn.init.trunc_normal_(token, std=0.02)
+        self.norm = RMSNorm(hidden_dim, eps=norm_eps, use_triton=use_triton)
+        self.head = nn.Linear(hidden_dim, num_classes, bias=False) if num_classes else nn.Identity()
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> ViT5:
+        """Build a preset (``vit5-small|base|large|xlarge``) with field overrides."""
+        if name not in PRESETS:
+            hint = difflib.get_close_matches(name, PRESETS, n=1)
+            raise ValueError(
+                f"unknown preset {name!r}; expected one of {', '.join(PRESETS)}"
+                + (f" (did you mean {hint[0]!r}?)" if hint else "")
+            )
+        fields = set(inspect.signature(cls.__init__).parameters) - {"self"}
+        unknown = sorted(set(overrides) - fields)
+        if unknown:
+            hint = difflib.get_close_matches(unknown[0], fields, n=1)
+            raise ValueError(
+                f"unknown ViT5 field {unknown[0]!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+            )
+        return cls(**{**PRESETS[name], **overrides})
+
+    # ------------------------------------------------------------------ forward
+    @property
+    def num_readout_tokens(self) -> int:
+        """Tokens the final norm runs on: 1 (CLS) or ``N`` (patches, mean-pooled)."""
+        return 1 if self.has_cls else self.patch_embed.num_patches
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        """``[B, C_in, H, W]`` -> token sequence after the blocks, ``[B, T, C]``."""
+        x = self.patch_embed(images)
+        extra = [t.expand(x.shape[0], -1, -1) for t in (self.cls_token, self.reg_token) if t is not None]
+        if extra:
+            x = torch.cat([x, *extra], dim=1)
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+    def forward_head(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Final norm on the readout token(s), pooling, head: ``[B, T, C]`` -> ``[B, num_classes]``."""
+        n = self.patch_embed.num_patches
+        feats = self.norm(tokens[:, n]) if self.has_cls else self.norm(tokens[:, :n]).mean(dim=1)
+        return self.head(feats)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """``images``: ``[B, C_in, H, W]`` -> logits ``[B, num_classes]``."""
+        return self.forward_head(self.forward_features(images))
+
+    # ------------------------------------------------------------------ FLOPs
+    def default_flop_tokens(self) -> int:
+        return 1
+
+    def flop_children(self, num_tokens: int, convention: str) -> list[tuple[str, nn.Module, int]]:
+        """Per-image children: counts are images for PatchEmbed, tokens for the rest."""
+        children: list[tuple[str, nn.Module, int]] = [("patch_embed", self.patch_embed, 1)]
+        children += [(f"blocks.{i}", block, self.num_tokens) for i, block in enumerate(self.blocks)]
+        children += [("norm", self.norm, self.num_readout_tokens), ("head", self.head, 1)]
+        return children
+
+    def flop_breakdown(self, batch_size: int = 1, *, convention: str = "flopkit") -> dict[str, int]:
+        """Forward FLOPs by category for ``batch_size`` images."""
+        check_convention(convention)
+        per_image = super().flop_breakdown(1, convention=convention)
+        return {k: v * batch_size for k, v in per_image.items()}
+
+    def flop_count(self, batch_size: int = 1, *, convention: str = "flopkit") -> int:
+        """Forward FLOPs for ``batch_size`` images (default: per image)."""
+        return sum(self.flop_breakdown(batch_size, convention=convention).values())
+
+    def extra_repr(self) -> str:
+        return (
+            f"hidden_dim={self.hidden_dim}, depth={self.depth}, num_heads={self.num_heads}, "
+            f"num_tokens={self.num_tokens} ({self.layout.describe()}), num_classes={self.num_classes}"
+        )
