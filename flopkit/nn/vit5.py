@@ -61,7 +61,7 @@ class PatchEmbed(nn.Module):
         self.image_size = _pair(image_size, "image_size")
         if not isinstance(patch_size, int) or isinstance(patch_size, bool) or patch_size <= 0:
             raise ValueError(f"patch_size must be a positive integer, got {patch_size!r}")
-        for side, size in zip(("height", "width"), self.image_size):
+        for side, size in zip(("height", "width"), self.image_size, strict=True):
             if size % patch_size:
                 raise ValueError(
                     f"image_size {side} {size} must be divisible by patch_size {patch_size} "
