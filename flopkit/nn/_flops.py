@@ -62,7 +62,10 @@ def module_breakdown(module: nn.Module, count: int, convention: str = "flopkit")
         return module.flop_breakdown(count)
     out = empty_breakdown()
     if isinstance(module, nn.Linear):
-        out["matmul"] = linear_flops(count, module.in_features, module.out_features, module.bias is not None)
+        # The bias add is elementwise: torch's counters see only the product (addmm = mm FLOPs).
+        out["matmul"] = linear_flops(count, module.in_features, module.out_features, bias=False)
+        if module.bias is not None:
+            out["elementwise"] = count * module.out_features
     elif isinstance(module, (nn.RMSNorm, nn.LayerNorm)):
         n = math.prod(module.normalized_shape)
         per_element = 3 if isinstance(module, nn.RMSNorm) else 5 + (getattr(module, "bias", None) is not None)

@@ -1,0 +1,174 @@
+"""ViT5 classifier: parameters, FLOPs by hand for every preset, FlopCounterMode agreement,
+forward semantics and errors."""
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from flopkit import LayerScale, Mlp, PatchEmbed, ViT5, ViT5Block
+from flopkit.nn import PRESETS
+
+# name: (C, depth, H)
+SIZES = {
+    "vit5-small": (384, 12, 6),
+    "vit5-base": (768, 12, 12),
+    "vit5-large": (1024, 24, 16),
+    "vit5-xlarge": (1152, 28, 16),
+}
+
+
+def hand_vit5_flops(C, depth, H, image=224, patch=16, regs=4, classes=1000, one_head_qk=False):
+    """DESIGN.md §3 written out term by term."""
+    N = (image // patch) ** 2
+    T = N + 1 + regs
+    D = C // H
+    hidden = 4 * C
+    patch_embed = 2 * 3 * patch * patch * C * N + N * C
+    qk = 2 * 3 * T * (D if one_head_qk else H * D)
+    attn = 8 * T * C * C + 4 * T * T * C + 4 * T * C + qk
+    mlp = 2 * T * C * hidden + T * hidden + 2 * T * hidden * C
+    block = attn + mlp + 2 * 3 * T * C + 2 * T * C
+    return patch_embed + depth * block + 3 * C + 2 * C * classes
+
+
+@pytest.mark.parametrize("name", list(SIZES))
+def test_preset_flops_by_hand(name):
+    with torch.device("meta"):
+        model = ViT5.from_preset(name)
+    C, depth, H = SIZES[name]
+    assert model.flop_count() == hand_vit5_flops(C, depth, H)
+    assert model.flop_count(convention="nvsubquadratic") == hand_vit5_flops(C, depth, H, one_head_qk=True)
+    assert sum(model.flop_breakdown().values()) == model.flop_count()
+    assert model.flop_count(batch_size=8) == 8 * model.flop_count()
+
+
+def test_vit5_small_reproduces_published_upstream_gflops():
+    with torch.device("meta"):
+        p16 = ViT5.from_preset("vit5-small")
+        p8 = ViT5.from_preset("vit5-small", patch_size=8)
+    assert round(p16.flop_count(convention="nvsubquadratic") / 1e9, 2) == 9.41
+    assert round(p8.flop_count(convention="nvsubquadratic") / 1e9, 2) == 45.16
+    assert p16.flop_count() == 9_417_430_656
+
+
+def test_vit5_small_parameter_count():
+    with torch.device("meta"):
+        model = ViT5.from_preset("vit5-small")
+    assert sum(p.numel() for p in model.parameters()) == 22_010_112
+    assert not any(name.endswith("bias") for name, _ in model.named_parameters())
+
+
+@pytest.mark.parametrize("name", ["vit5-small", "vit5-base"])
+def test_matmul_and_attention_equal_flop_counter_on_meta(name):
+    with torch.device("meta"):
+        model = ViT5.from_preset(name)
+        images = torch.empty(2, 3, 224, 224)
+    with FlopCounterMode(display=False) as counter:
+        model(images)
+    bd = model.flop_breakdown(batch_size=2)
+    assert counter.get_total_flops() == bd["matmul"] + bd["attention"]
+
+
+def test_no_cls_mean_pool_and_non_square_image_on_meta_counter():
+    kw = {
+        "image_size": (64, 96),
+        "patch_size": 16,
+        "hidden_dim": 64,
+        "depth": 2,
+        "num_heads": 4,
+        "has_cls": False,
+        "num_registers": 0,
+        "num_classes": 10,
+    }
+    with torch.device("meta"):
+        model = ViT5(**kw)
+        images = torch.empty(3, 3, 64, 96)
+    assert model.num_tokens == 4 * 6
+    with FlopCounterMode(display=False) as counter:
+        model(images)
+    bd = model.flop_breakdown(3)
+    assert counter.get_total_flops() == bd["matmul"] + bd["attention"]
+    # final norm over the 24 pooled patch tokens
+    assert model.norm.flop_count(model.num_readout_tokens) == 3 * 24 * 64
+
+
+def test_forward_shapes_and_readout():
+    model = ViT5(image_size=32, patch_size=8, hidden_dim=32, depth=2, num_heads=2, num_classes=5)
+    images = torch.randn(2, 3, 32, 32)
+    logits = model(images)
+    assert logits.shape == (2, 5)
+    tokens = model.forward_features(images)
+    assert tokens.shape == (2, 16 + 1 + 4, 32)
+    # readout is the CLS token, at index h*w
+    expected = model.head(model.norm(tokens[:, 16]))
+    torch.testing.assert_close(logits, expected)
+
+
+def test_features_head_with_zero_classes():
+    model = ViT5(image_size=32, patch_size=16, hidden_dim=32, depth=1, num_heads=2, num_classes=0)
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 32)
+    assert model.flop_breakdown()["matmul"] > 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_low_precision_forward_keeps_dtype(dtype):
+    model = ViT5(image_size=32, patch_size=16, hidden_dim=32, depth=1, num_heads=2, num_classes=3).to(dtype)
+    out = model(torch.randn(2, 3, 32, 32, dtype=dtype))
+    assert out.dtype == dtype and torch.isfinite(out).all()
+
+
+def test_backward_reaches_every_parameter():
+    model = ViT5(image_size=32, patch_size=16, hidden_dim=32, depth=2, num_heads=2, num_classes=3)
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_state_dict_round_trip():
+    a = ViT5(image_size=32, patch_size=16, hidden_dim=32, depth=1, num_heads=2, num_classes=3)
+    b = ViT5(image_size=32, patch_size=16, hidden_dim=32, depth=1, num_heads=2, num_classes=3)
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(1, 3, 32, 32)
+    torch.testing.assert_close(a(x), b(x))
+    assert "blocks.0.attn.q_norm.weight" in a.state_dict()
+
+
+def test_part_flops_by_hand():
+    assert PatchEmbed(32, 8, 3, 16).flop_count(2) == 2 * (2 * 3 * 64 * 16 * 16 + 16 * 16)
+    assert LayerScale(24).flop_count(10) == 240
+    assert Mlp(16, 64).flop_count(5) == 2 * 5 * 16 * 64 + 5 * 64 + 2 * 5 * 64 * 16
+    blk = ViT5Block(64, 4, 3, 3, qk_norm=None)
+    T = 14
+    attn = 8 * T * 64 * 64 + 4 * T * T * 64 + 4 * T * 64
+    assert blk.flop_count() == attn + blk.mlp.flop_count(T) + 2 * 3 * T * 64 + 2 * T * 64
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"image_size": 225}, r"image_size height 225 must be divisible by patch_size 16"),
+        ({"num_registers": 5}, r"num_registers must be a perfect square"),
+        ({"num_heads": 5}, r"hidden_dim must be divisible by num_heads: hidden_dim=384, num_heads=5"),
+        ({"depth": 0}, r"depth must be an integer >= 1, got 0"),
+        ({"hidden_dimm": 3}, r"unknown ViT5 field 'hidden_dimm' \(did you mean 'hidden_dim'\?\)"),
+    ],
+)
+def test_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match), torch.device("meta"):
+        ViT5.from_preset("vit5-small", **kwargs)
+
+
+def test_unknown_preset_suggests_a_name():
+    with pytest.raises(ValueError, match=r"did you mean 'vit5-small'"):
+        ViT5.from_preset("vit5-smal")
+
+
+def test_wrong_image_size_in_forward():
+    model = ViT5(image_size=32, patch_size=16, hidden_dim=32, depth=1, num_heads=2)
+    with pytest.raises(ValueError, match=r"images \[B, 3, 32, 32\]"):
+        model(torch.randn(1, 3, 48, 48))
+
+
+def test_presets_are_data():
+    assert set(PRESETS) == set(SIZES)
+    for name, (C, depth, H) in SIZES.items():
+        assert PRESETS[name] == {"hidden_dim": C, "depth": depth, "num_heads": H}
