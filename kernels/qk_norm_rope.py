@@ -108,7 +108,9 @@ def _check_qk_args(qkv, cos, sin, num_heads, q_weight, k_weight, pairing) -> int
             raise ValueError(f"{op}: {name} must have shape (T, D) = ({T}, {D}), got {tuple(t.shape)}")
     for name, w in (("q_weight", q_weight), ("k_weight", k_weight)):
         if w is not None and tuple(w.shape) not in ((D,), (num_heads, D)):
-            raise ValueError(f"{op}: {name} must have shape ({D},) or ({num_heads}, {D}), got {tuple(w.shape)}")
+            raise ValueError(
+                f"{op}: {name} must have shape ({D},) or ({num_heads}, {D}), got {tuple(w.shape)}"
+            )
     if pairing not in ROPE_PAIRINGS:
         raise ValueError(f"{op}: pairing must be one of {ROPE_PAIRINGS}, got {pairing!r}")
     if pairing == "split_half" and D % 4 or D % 2:

@@ -1,0 +1,444 @@
+"""Triton kernels for the fused QK-norm + 2D RoPE + head transpose (``flopkit::qk_norm_rope``).
+
+Forward, per token row of ``qkv`` ``[B, T, 3*H*D]`` and head ``h`` (q and k in one program):
+
+    r = rsqrt(mean(x**2) + eps);  y = x * r * w;  out = y * cos + rot(y) * sin
+
+written to ``[B, H, T, D]``. ``rot(y)_c = s_c * y_{p(c)}`` with a partner channel ``p(c)`` and a
+sign ``s_c`` (split_half: ``p = c ± D/4`` within each half, ``s = -1`` on the first quarter of each
+half; interleaved: ``p = c ^ 1``, ``s = -1`` on even channels). The partner is a second load of the
+same cache lines, not a register shuffle, so the kernel works for any even ``D`` (masked to a
+power-of-two block).
+
+Backward: both pairings are block-diagonal in ``[[0, -1], [1, 0]]`` blocks, so ``rotᵀ = -rot`` and
+
+    dy_c = cos_c * g_c - s_c * sin_{p(c)} * g_{p(c)}
+    dw  += sum_rows(dy * x * r)                    (fp32 partials per program, summed on the host)
+    dx   = r * (dy*w - x * r**2 * mean(dy*w*x))
+
+The gradient w.r.t. ``qkv`` is written whole: q and k parts from the above, the v part from ``dv``
+(``v`` is returned as a view of ``qkv``), so no zero-fill + add pass is needed.
+
+Layers: ``flopkit::qk_norm_rope`` (returns q, k; autograd registered for its own outputs) and
+``flopkit::qk_norm_rope_backward`` custom ops with fake implementations; ``_QKNormRope``, an
+autograd Function that adds the ``v`` view and routes ``dv`` into the same backward kernel;
+FLOPs registered with ``torch.utils.flop_counter`` from ``qk_norm_rope_flops``.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch.utils.flop_counter import flop_registry, register_flop_formula
+
+from .qk_norm_rope import qk_norm_rope_flops
+
+__all__ = ["qk_norm_rope_triton"]
+
+
+@triton.jit
+def _partner(cols, HEAD_DIM: tl.constexpr, INTERLEAVED: tl.constexpr):
+    """Partner channel ``p(c)`` and sign ``s_c`` of ``rot(y)_c = s_c * y_{p(c)}``."""
+    if INTERLEAVED:
+        partner = cols ^ 1
+        sign = tl.where((cols & 1) == 0, -1.0, 1.0)
+    else:
+        first = (cols % (HEAD_DIM // 2)) < (HEAD_DIM // 4)
+        partner = tl.where(first, cols + HEAD_DIM // 4, cols - HEAD_DIM // 4)
+        sign = tl.where(first, -1.0, 1.0)
+    return partner, sign
+
+
+@triton.jit
+def _norm_rope_tile(
+    x_ptrs, xp_ptrs, w_ptr, cos, sin, cols, partner, sign, mask, eps,
+    HEAD_DIM: tl.constexpr, NORM: tl.constexpr, HAS_W: tl.constexpr, ACC: tl.constexpr,
+):  # fmt: skip
+    """Normalised and rotated ``[BLOCK_T, BLOCK_D]`` tile; ``xp_ptrs`` point at the partner channels."""
+    x = tl.load(x_ptrs, mask=mask, other=0.0).to(ACC)
+    xp = tl.load(xp_ptrs, mask=mask, other=0.0).to(ACC)
+    if NORM:
+        r = tl.rsqrt(tl.sum(x * x, axis=1) / HEAD_DIM + eps)[:, None]
+        x = x * r
+        xp = xp * r
+        if HAS_W:
+            cmask = cols < HEAD_DIM
+            x = x * tl.load(w_ptr + cols, mask=cmask, other=0.0).to(ACC)[None, :]
+            xp = xp * tl.load(w_ptr + partner, mask=cmask, other=0.0).to(ACC)[None, :]
+    return x * cos + sign[None, :] * xp * sin
+
+
+@triton.jit
+def _qk_norm_rope_fwd_kernel(
+    qkv_ptr, cos_ptr, sin_ptr, qw_ptr, kw_ptr, q_ptr, k_ptr,
+    num_rows, num_tokens, num_heads,
+    s_qkv_b, s_qkv_t, s_qkv_c, s_cos_t, s_cos_d, s_sin_t, s_sin_d, s_qw_h, s_kw_h,
+    eps,
+    HEAD_DIM: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+    NORM: tl.constexpr, HAS_QW: tl.constexpr, HAS_KW: tl.constexpr,
+    INTERLEAVED: tl.constexpr, ACC: tl.constexpr,
+):  # fmt: skip
+    # Heads vary fastest over program ids, so concurrent programs read whole token rows of qkv.
+    pid = tl.program_id(0)
+    h = pid % num_heads
+    rows = (pid // num_heads) * BLOCK_T + tl.arange(0, BLOCK_T)
+    cols = tl.arange(0, BLOCK_D)
+    partner, sign = _partner(cols, HEAD_DIM, INTERLEAVED)
+    mask = (rows < num_rows)[:, None] & (cols < HEAD_DIM)[None, :]
+    b = (rows // num_tokens).to(tl.int64)
+    t = rows % num_tokens
+
+    cos = tl.load(cos_ptr + t[:, None] * s_cos_t + cols[None, :] * s_cos_d, mask=mask, other=0.0).to(ACC)
+    sin = tl.load(sin_ptr + t[:, None] * s_sin_t + cols[None, :] * s_sin_d, mask=mask, other=0.0).to(ACC)
+
+    row = qkv_ptr + (b * s_qkv_b + t * s_qkv_t)[:, None]
+    q_cols = ((h * HEAD_DIM + cols) * s_qkv_c)[None, :]
+    q_pcols = ((h * HEAD_DIM + partner) * s_qkv_c)[None, :]
+    k_shift = num_heads * HEAD_DIM * s_qkv_c
+    out = ((b * num_heads + h) * num_tokens + t)[:, None] * HEAD_DIM + cols[None, :]
+
+    q = _norm_rope_tile(
+        row + q_cols, row + q_pcols, qw_ptr + h * s_qw_h, cos, sin, cols, partner, sign, mask, eps,
+        HEAD_DIM, NORM, HAS_QW, ACC,
+    )  # fmt: skip
+    tl.store(q_ptr + out, q.to(q_ptr.dtype.element_ty), mask=mask)
+    k = _norm_rope_tile(
+        row + q_cols + k_shift, row + q_pcols + k_shift, kw_ptr + h * s_kw_h, cos, sin, cols, partner, sign,
+        mask, eps, HEAD_DIM, NORM, HAS_KW, ACC,
+    )  # fmt: skip
+    tl.store(k_ptr + out, k.to(k_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _norm_rope_tile_bwd(
+    g_ptrs, gp_ptrs, x_ptrs, w_ptr, cos, sin_p, cols, sign, mask, eps,
+    HEAD_DIM: tl.constexpr, NORM: tl.constexpr, HAS_W: tl.constexpr, ACC: tl.constexpr,
+):  # fmt: skip
+    """``(dx, dw_partial)`` of one ``[BLOCK_T, BLOCK_D]`` tile; ``dw_partial`` is ``[BLOCK_D]`` (zeros
+    without a weight). ``gp_ptrs`` point at the partner channels, ``sin_p`` is sin at the partners."""
+    g = tl.load(g_ptrs, mask=mask, other=0.0).to(ACC)
+    gp = tl.load(gp_ptrs, mask=mask, other=0.0).to(ACC)
+    # rotᵀ = -rot for both pairings: dy = cos*g + rotᵀ(sin*g).
+    dy = g * cos - sign[None, :] * gp * sin_p
+    dw = tl.sum(dy * 0.0, axis=0)
+    if NORM:
+        x = tl.load(x_ptrs, mask=mask, other=0.0).to(ACC)
+        r = tl.rsqrt(tl.sum(x * x, axis=1) / HEAD_DIM + eps)[:, None]
+        n = x * r
+        if HAS_W:
+            dw = tl.sum(dy * n, axis=0)
+            dy = dy * tl.load(w_ptr + cols, mask=cols < HEAD_DIM, other=0.0).to(ACC)[None, :]
+        dy = r * (dy - n * (tl.sum(dy * n, axis=1) / HEAD_DIM)[:, None])
+    return dy, dw
+
+
+@triton.jit
+def _qk_norm_rope_bwd_kernel(
+    dq_ptr, dk_ptr, dv_ptr, qkv_ptr, cos_ptr, sin_ptr, qw_ptr, kw_ptr,
+    dqkv_ptr, dqw_part_ptr, dkw_part_ptr,
+    num_rows, num_tokens, num_heads, tiles_per_prog,
+    s_dq_b, s_dq_h, s_dq_t, s_dq_d, s_dk_b, s_dk_h, s_dk_t, s_dk_d, s_dv_b, s_dv_h, s_dv_t, s_dv_d,
+    s_qkv_b, s_qkv_t, s_qkv_c, s_cos_t, s_cos_d, s_sin_t, s_sin_d, s_qw_h, s_kw_h,
+    eps,
+    HEAD_DIM: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+    NORM: tl.constexpr, HAS_QW: tl.constexpr, HAS_KW: tl.constexpr, HAS_DV: tl.constexpr,
+    INTERLEAVED: tl.constexpr, ACC: tl.constexpr,
+):  # fmt: skip
+    # Program (chunk, h) walks ``tiles_per_prog`` consecutive row tiles of head h and keeps the
+    # weight-gradient partial in registers: partials are [num_chunks, H, D], not one per tile.
+    pid = tl.program_id(0)
+    h = pid % num_heads
+    chunk = pid // num_heads
+    cols = tl.arange(0, BLOCK_D)
+    partner, sign = _partner(cols, HEAD_DIM, INTERLEAVED)
+    cmask = cols < HEAD_DIM
+    hd = num_heads * HEAD_DIM
+    q_cols = h * HEAD_DIM + cols
+    dqw_acc = tl.zeros([BLOCK_D], dtype=ACC)
+    dkw_acc = tl.zeros([BLOCK_D], dtype=ACC)
+    for i in range(tiles_per_prog):
+        rows = (chunk * tiles_per_prog + i) * BLOCK_T + tl.arange(0, BLOCK_T)
+        mask = (rows < num_rows)[:, None] & cmask[None, :]
+        b = (rows // num_tokens).to(tl.int64)
+        t = rows % num_tokens
+        cos = tl.load(cos_ptr + t[:, None] * s_cos_t + cols[None, :] * s_cos_d, mask=mask, other=0.0).to(ACC)
+        sin_p = tl.load(sin_ptr + t[:, None] * s_sin_t + partner[None, :] * s_sin_d, mask=mask, other=0.0).to(
+            ACC
+        )
+        x_row = qkv_ptr + (b * s_qkv_b + t * s_qkv_t)[:, None]
+        out_row = dqkv_ptr + (rows.to(tl.int64) * (3 * hd))[:, None]
+
+        dq_row = dq_ptr + (b * s_dq_b + h * s_dq_h + t * s_dq_t)[:, None]
+        dxq, dwq = _norm_rope_tile_bwd(
+            dq_row + (cols * s_dq_d)[None, :], dq_row + (partner * s_dq_d)[None, :],
+            x_row + (q_cols * s_qkv_c)[None, :], qw_ptr + h * s_qw_h, cos, sin_p, cols, sign, mask, eps,
+            HEAD_DIM, NORM, HAS_QW, ACC,
+        )  # fmt: skip
+        tl.store(out_row + q_cols[None, :], dxq.to(dqkv_ptr.dtype.element_ty), mask=mask)
+        dqw_acc += dwq
+
+        dk_row = dk_ptr + (b * s_dk_b + h * s_dk_h + t * s_dk_t)[:, None]
+        dxk, dwk = _norm_rope_tile_bwd(
+            dk_row + (cols * s_dk_d)[None, :], dk_row + (partner * s_dk_d)[None, :],
+            x_row + ((q_cols + hd) * s_qkv_c)[None, :], kw_ptr + h * s_kw_h, cos, sin_p, cols, sign, mask,
+            eps, HEAD_DIM, NORM, HAS_KW, ACC,
+        )  # fmt: skip
+        tl.store(out_row + (q_cols + hd)[None, :], dxk.to(dqkv_ptr.dtype.element_ty), mask=mask)
+        dkw_acc += dwk
+
+        if HAS_DV:
+            dv_row = dv_ptr + (b * s_dv_b + h * s_dv_h + t * s_dv_t)[:, None]
+            dv = tl.load(dv_row + (cols * s_dv_d)[None, :], mask=mask, other=0.0)
+        else:
+            dv = tl.zeros([BLOCK_T, BLOCK_D], dtype=ACC)
+        tl.store(out_row + (q_cols + 2 * hd)[None, :], dv.to(dqkv_ptr.dtype.element_ty), mask=mask)
+
+    part = (chunk * num_heads + h) * HEAD_DIM + cols
+    if HAS_QW:
+        tl.store(dqw_part_ptr + part, dqw_acc, mask=cmask)
+    if HAS_KW:
+        tl.store(dkw_part_ptr + part, dkw_acc, mask=cmask)
+
+
+# --------------------------------------------------------------------------------------------------
+# Launchers
+
+
+def _acc(dtype: torch.dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _block_d(head_dim: int) -> int:
+    return triton.next_power_of_2(head_dim)
+
+
+def _default_block_t(head_dim: int) -> int:
+    # About 2K elements per q (and k) tile: enough loads in flight, few registers.
+    return max(1, 2048 // _block_d(head_dim))
+
+
+def _weight_head_stride(w: torch.Tensor | None) -> int:
+    return 0 if w is None or w.dim() == 1 else w.stride(0)
+
+
+def _program_count_hint(device: torch.device) -> int:
+    if device.type == "cuda":
+        return 8 * torch.cuda.get_device_properties(device).multi_processor_count
+    return 4  # the CPU interpreter: few programs, long loops
+
+
+def qk_norm_rope_fwd(
+    qkv: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    q_weight: torch.Tensor | None,
+    k_weight: torch.Tensor | None,
+    num_heads: int,
+    eps: float,
+    pairing: str,
+    norm: bool,
+    *,
+    block_t: int | None = None,
+    num_warps: int = 4,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Launch the forward kernel: ``qkv`` ``[B, T, 3*H*D]`` -> q, k ``[B, H, T, D]`` contiguous."""
+    B, T, three_hd = qkv.shape
+    D = three_hd // (3 * num_heads)
+    q = torch.empty((B, num_heads, T, D), dtype=qkv.dtype, device=qkv.device)
+    k = torch.empty_like(q)
+    rows = B * T
+    if rows == 0:
+        return q, k
+    block_t = block_t or _default_block_t(D)
+    has_qw, has_kw = norm and q_weight is not None, norm and k_weight is not None
+    grid = (triton.cdiv(rows, block_t) * num_heads,)
+    _qk_norm_rope_fwd_kernel[grid](
+        qkv, cos, sin, q_weight if has_qw else qkv, k_weight if has_kw else qkv, q, k,
+        rows, T, num_heads,
+        *qkv.stride(), *cos.stride(), *sin.stride(),
+        _weight_head_stride(q_weight), _weight_head_stride(k_weight),
+        eps,
+        HEAD_DIM=D, BLOCK_T=block_t, BLOCK_D=_block_d(D), NORM=norm, HAS_QW=has_qw, HAS_KW=has_kw,
+        INTERLEAVED=pairing == "interleaved", ACC=_acc(qkv.dtype), num_warps=num_warps,
+    )  # fmt: skip
+    return q, k
+
+
+def qk_norm_rope_bwd(
+    dq: torch.Tensor,
+    dk: torch.Tensor,
+    dv: torch.Tensor | None,
+    qkv: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    q_weight: torch.Tensor | None,
+    k_weight: torch.Tensor | None,
+    num_heads: int,
+    eps: float,
+    pairing: str,
+    norm: bool,
+    *,
+    block_t: int | None = None,
+    num_warps: int = 4,
+    num_programs: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Launch the backward kernel.
+
+    ``dq``, ``dk``, ``dv``: ``[B, H, T, D]`` (any strides; ``dv`` None means zeros). Returns
+    ``dqkv`` ``[B, T, 3*H*D]`` contiguous with all three parts written, and the weight gradients in
+    the weights' shapes and dtypes (empty ``(0,)`` tensors where a weight is absent or unused).
+    """
+    B, T, three_hd = qkv.shape
+    D = three_hd // (3 * num_heads)
+    rows = B * T
+    dqkv = torch.empty((B, T, three_hd), dtype=qkv.dtype, device=qkv.device)
+    has_qw, has_kw = norm and q_weight is not None, norm and k_weight is not None
+    block_t = block_t or _default_block_t(D)
+    n_tiles = max(1, triton.cdiv(rows, block_t))
+    chunks = max(1, min(n_tiles, (num_programs or _program_count_hint(qkv.device)) // num_heads))
+    tiles_per_prog = triton.cdiv(n_tiles, chunks)
+    chunks = triton.cdiv(n_tiles, tiles_per_prog)
+    part_shape = (chunks, num_heads, D)
+    dqw_part = torch.empty(part_shape if has_qw else (0,), dtype=torch.float32, device=qkv.device)
+    dkw_part = torch.empty(part_shape if has_kw else (0,), dtype=torch.float32, device=qkv.device)
+    if qkv.dtype == torch.float64:
+        dqw_part, dkw_part = dqw_part.double(), dkw_part.double()
+    if rows:
+        dv_t = dv if dv is not None else dq
+        _qk_norm_rope_bwd_kernel[(chunks * num_heads,)](
+            dq, dk, dv_t, qkv, cos, sin, q_weight if has_qw else qkv, k_weight if has_kw else qkv,
+            dqkv, dqw_part, dkw_part,
+            rows, T, num_heads, tiles_per_prog,
+            *dq.stride(), *dk.stride(), *dv_t.stride(),
+            *qkv.stride(), *cos.stride(), *sin.stride(),
+            _weight_head_stride(q_weight), _weight_head_stride(k_weight),
+            eps,
+            HEAD_DIM=D, BLOCK_T=block_t, BLOCK_D=_block_d(D), NORM=norm, HAS_QW=has_qw, HAS_KW=has_kw,
+            HAS_DV=dv is not None, INTERLEAVED=pairing == "interleaved", ACC=_acc(qkv.dtype),
+            num_warps=num_warps,
+        )  # fmt: skip
+    return (
+        dqkv,
+        _reduce_weight_grad(dqw_part, q_weight, has_qw),
+        _reduce_weight_grad(dkw_part, k_weight, has_kw),
+    )
+
+
+def _reduce_weight_grad(part: torch.Tensor, weight: torch.Tensor | None, used: bool) -> torch.Tensor:
+    if weight is None or not used:
+        return part.new_empty((0,))
+    grad = part.sum(0) if weight.dim() == 2 else part.sum((0, 1))
+    return grad.to(weight.dtype)
+
+
+# --------------------------------------------------------------------------------------------------
+# Custom ops, autograd and the FLOP formula
+
+_FWD_SCHEMA = (
+    "(Tensor qkv, Tensor cos, Tensor sin, Tensor? q_weight, Tensor? k_weight, int num_heads, float eps, "
+    "str pairing, bool norm) -> (Tensor, Tensor)"
+)
+_BWD_SCHEMA = (
+    "(Tensor dq, Tensor dk, Tensor? dv, Tensor qkv, Tensor cos, Tensor sin, Tensor? q_weight, "
+    "Tensor? k_weight, int num_heads, float eps, str pairing, bool norm) -> (Tensor, Tensor, Tensor)"
+)
+
+
+@torch.library.custom_op("flopkit::qk_norm_rope", mutates_args=(), schema=_FWD_SCHEMA)
+def _qk_norm_rope_op(qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm):
+    return qk_norm_rope_fwd(qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm)
+
+
+@_qk_norm_rope_op.register_fake
+def _(qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm):
+    B, T, three_hd = qkv.shape
+    shape = (B, num_heads, T, three_hd // (3 * num_heads))
+    return qkv.new_empty(shape), qkv.new_empty(shape)
+
+
+@torch.library.custom_op("flopkit::qk_norm_rope_backward", mutates_args=(), schema=_BWD_SCHEMA)
+def _qk_norm_rope_backward_op(dq, dk, dv, qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm):
+    return qk_norm_rope_bwd(dq, dk, dv, qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm)
+
+
+@_qk_norm_rope_backward_op.register_fake
+def _(dq, dk, dv, qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm):
+    def weight_grad(w):
+        return w.new_empty(w.shape) if w is not None and norm else qkv.new_empty((0,), dtype=torch.float32)
+
+    dqkv = qkv.new_empty(qkv.shape)
+    return dqkv, weight_grad(q_weight), weight_grad(k_weight)
+
+
+def _backward(ctx, dq, dk, dv):
+    qkv, cos, sin, q_weight, k_weight = ctx.saved_tensors
+    dqkv, dqw, dkw = torch.ops.flopkit.qk_norm_rope_backward(
+        dq, dk, dv, qkv, cos, sin, q_weight, k_weight, ctx.num_heads, ctx.eps, ctx.pairing, ctx.norm
+    )
+    dqw = dqw if q_weight is not None and ctx.norm else None
+    dkw = dkw if k_weight is not None and ctx.norm else None
+    return dqkv, dqw, dkw
+
+
+def _setup_context(ctx, inputs, output):
+    qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm = inputs
+    ctx.save_for_backward(qkv, cos, sin, q_weight, k_weight)
+    ctx.num_heads, ctx.eps, ctx.pairing, ctx.norm = num_heads, eps, pairing, norm
+
+
+def _op_backward(ctx, dq, dk):
+    # The op's own outputs are q and k only: the v part of d(qkv) is zero.
+    dqkv, dqw, dkw = _backward(ctx, dq, dk, None)
+    return dqkv, None, None, dqw, dkw, None, None, None, None
+
+
+_qk_norm_rope_op.register_autograd(_op_backward, setup_context=_setup_context)
+
+
+class _QKNormRope(torch.autograd.Function):
+    """q, k from the custom op plus v as a view of ``qkv``; backward writes d(qkv) in one kernel,
+    v's slice included, instead of autograd adding a zero-padded copy of dv."""
+
+    @staticmethod
+    def forward(ctx, qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm):
+        q, k = torch.ops.flopkit.qk_norm_rope(
+            qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm
+        )
+        _setup_context(ctx, (qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm), None)
+        return q, k, _v_view(qkv, num_heads)
+
+    @staticmethod
+    def backward(ctx, dq, dk, dv):
+        dqkv, dqw, dkw = _backward(ctx, dq, dk, dv)
+        return dqkv, None, None, dqw, dkw, None, None, None, None
+
+
+def _v_view(qkv: torch.Tensor, num_heads: int) -> torch.Tensor:
+    B, T, three_hd = qkv.shape
+    return qkv.unflatten(-1, (3, num_heads, three_hd // (3 * num_heads)))[:, :, 2].transpose(1, 2)
+
+
+if torch.ops.flopkit.qk_norm_rope not in flop_registry:
+
+    @register_flop_formula(torch.ops.flopkit.qk_norm_rope)
+    def _qk_norm_rope_flop(qkv_shape, cos_shape, sin_shape, qw_shape, kw_shape, num_heads, eps, pairing, norm,
+                           *args, out_shape=None, **kwargs) -> int:  # fmt: skip
+        """norm 3 + rope 2 FLOPs per element of q and of k (DESIGN.md §3)."""
+        B, T, three_hd = qkv_shape
+        return qk_norm_rope_flops(B, T, num_heads, three_hd // (3 * num_heads), norm)
+
+
+def qk_norm_rope_triton(
+    qkv: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    num_heads: int,
+    q_weight: torch.Tensor | None,
+    k_weight: torch.Tensor | None,
+    eps: float,
+    pairing: str,
+    norm: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Triton path of ``qk_norm_rope``: q, k ``[B, H, T, D]`` contiguous, v a ``[B, H, T, D]`` view."""
+    return _QKNormRope.apply(qkv, cos, sin, q_weight, k_weight, num_heads, float(eps), pairing, bool(norm))

@@ -1,0 +1,105 @@
+"""ViT5Attention's fused QK-norm + RoPE path gives the reference path's outputs and gradients.
+
+On CPU the fused path is forced (the module picks it only for CUDA inputs) and the Triton kernel
+runs in the interpreter; on a GPU the module's own dispatch is used.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from flopkit import kernels
+from flopkit.nn import ViT5Attention
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+PAIRINGS = ("split_half", "interleaved")
+# (has_cls, num_registers, qk_norm)
+LAYOUTS = [(True, 4, "rmsnorm"), (False, 0, None), (True, 1, "headnorm"), (False, 4, "rmsnorm")]
+
+
+@pytest.fixture
+def fused_calls(monkeypatch):
+    """Force the fused path on CPU and count the fused op's calls."""
+    calls = []
+    real = kernels.qk_norm_rope
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("backend"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(kernels, "qk_norm_rope", spy)
+    if DEVICE == "cpu":
+        monkeypatch.setattr(ViT5Attention, "_use_fused", lambda self, x: bool(self.use_triton))
+    return calls
+
+
+def make_pair(head_dim, pairing, has_cls, num_registers, qk_norm, dtype=torch.float32):
+    heads = 2
+    fast = ViT5Attention(
+        heads * head_dim, heads, num_patches_h=3, num_patches_w=2, num_registers=num_registers,
+        has_cls=has_cls, qk_norm=qk_norm, rope_pairing=pairing,
+    )  # fmt: skip
+    with torch.no_grad():
+        for name, p in fast.named_parameters():
+            # Norm weights away from 1 so their gradients and effect are visible.
+            p.copy_(1 + 0.3 * torch.randn_like(p) if "norm" in name else 0.3 * torch.randn_like(p))
+    fast = fast.to(DEVICE, dtype)
+    ref = copy.deepcopy(fast)
+    ref.use_triton = False
+    return fast, ref
+
+
+def forward_backward(module, x, grad_out):
+    x = x.detach().clone().requires_grad_()
+    out = module(x)
+    out.backward(grad_out)
+    grads = {"x": x.grad} | {name: p.grad for name, p in module.named_parameters()}
+    return out.detach(), grads
+
+
+def rel_err(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda v: f"cls{int(v[0])}-R{v[1]}-{v[2]}")
+@pytest.mark.parametrize("head_dim", [64, 72])
+@pytest.mark.parametrize("pairing", PAIRINGS)
+def test_fast_path_matches_reference_path(fused_calls, pairing, head_dim, layout):
+    fast, ref = make_pair(head_dim, pairing, *layout)
+    x = torch.randn(2, fast.num_tokens, fast.hidden_dim, device=DEVICE)
+    g = torch.randn_like(x)
+    out_f, grads_f = forward_backward(fast, x, g)
+    assert fused_calls == ["triton"]
+    out_r, grads_r = forward_backward(ref, x, g)
+    assert fused_calls == ["triton"]  # the reference path does not call the fused op
+    assert rel_err(out_f, out_r) < 1e-5
+    assert grads_f.keys() == grads_r.keys()
+    for name in grads_r:
+        assert rel_err(grads_f[name], grads_r[name]) < 1e-5, name
+
+
+@pytest.mark.parametrize("pairing", PAIRINGS)
+def test_fast_path_bf16_within_bf16_tolerance_of_float64(fused_calls, pairing):
+    fast, ref = make_pair(72, pairing, True, 4, "rmsnorm", dtype=torch.bfloat16)
+    exact = copy.deepcopy(ref).double()
+    x = torch.randn(2, fast.num_tokens, fast.hidden_dim, device=DEVICE)
+    g = torch.randn_like(x)
+    out_f, grads_f = forward_backward(fast, x.bfloat16(), g.bfloat16())
+    out_r, grads_r = forward_backward(ref, x.bfloat16(), g.bfloat16())
+    out_e, grads_e = forward_backward(exact, x.double(), g.double())
+    assert fused_calls == ["triton"]
+    # The fused path must be as close to float64 as the bf16 reference path is (plus slack).
+    assert rel_err(out_f, out_e) < max(1e-2, 1.5 * rel_err(out_r, out_e))
+    for name in grads_e:
+        bound = max(2e-2, 1.5 * rel_err(grads_r[name], grads_e[name]))
+        assert rel_err(grads_f[name], grads_e[name]) < bound, name
+
+
+def test_use_triton_false_takes_reference_path(fused_calls):
+    fast, _ = make_pair(64, "split_half", True, 4, "rmsnorm")
+    fast.use_triton = False
+    fast(torch.randn(1, fast.num_tokens, fast.hidden_dim, device=DEVICE))
+    assert fused_calls == []

@@ -1,0 +1,232 @@
+"""Fused QK-norm + 2D RoPE (``flopkit::qk_norm_rope``): the Triton kernel against a float64 spec.
+
+On a machine without a GPU the kernel runs in Triton's CPU interpreter (conftest.py). The spec
+below is written from DESIGN.md §2 directly: the rotation is an explicit matrix built from the
+channel pairs, not the library's ``rotate_pairs``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from flopkit.kernels import qk_norm_rope, qk_norm_rope_flops
+from torch.utils.flop_counter import FlopCounterMode
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+PAIRINGS = ("split_half", "interleaved")
+WEIGHTS = (None, "shared", "per_head")
+B, T, H = 2, 7, 3
+
+
+def rotation_matrix(D: int, pairing: str) -> torch.Tensor:
+    """``M`` with ``rot(x) = x @ M``: for each pair ``(i, j)``, ``rot(x)_i = -x_j`` and ``rot(x)_j = x_i``."""
+    if pairing == "split_half":
+        q4 = D // 4
+        pairs = [(half + c, half + c + q4) for half in (0, D // 2) for c in range(q4)]
+    else:
+        pairs = [(2 * c, 2 * c + 1) for c in range(D // 2)]
+    M = torch.zeros(D, D, dtype=torch.float64)
+    for i, j in pairs:
+        M[j, i] = -1.0
+        M[i, j] = 1.0
+    return M
+
+
+def spec(qkv, cos, sin, num_heads, q_weight, k_weight, eps, pairing, norm):
+    """float64 q, k, v ``[B, H, T, D]`` of DESIGN.md §2: RMS-norm per head, times weight, then rotate."""
+    b, t, three_hd = qkv.shape
+    D = three_hd // (3 * num_heads)
+    x = qkv.double().reshape(b, t, 3, num_heads, D)
+    M = rotation_matrix(D, pairing).to(qkv.device)
+    c, s = cos.double()[:, None, :], sin.double()[:, None, :]
+
+    def one(y, w):
+        if norm:
+            y = y / torch.sqrt(y.pow(2).mean(-1, keepdim=True) + eps)
+            if w is not None:
+                y = y * w.double()
+        return (y * c + (y @ M) * s).permute(0, 2, 1, 3)
+
+    return one(x[:, :, 0], q_weight), one(x[:, :, 1], k_weight), x[:, :, 2].permute(0, 2, 1, 3)
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    assert not torch.isnan(a).any()
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+
+
+def make_inputs(D, weights, dtype=torch.float32, batch=B, tokens=T, heads=H):
+    qkv = torch.randn(batch, tokens, 3 * heads * D, device=DEVICE).to(dtype)
+    # Random tables, not unit-circle ones: the kernel must compute x*cos + rot(x)*sin for any values.
+    cos = torch.randn(tokens, D, device=DEVICE)
+    sin = torch.randn(tokens, D, device=DEVICE)
+    shape = {None: None, "shared": (D,), "per_head": (heads, D)}[weights]
+    qw = None if shape is None else 1 + 0.5 * torch.randn(shape, device=DEVICE)
+    kw = None if shape is None else 1 + 0.5 * torch.randn(shape, device=DEVICE)
+    return qkv, cos, sin, qw, kw
+
+
+def run_both(qkv, cos, sin, qw, kw, pairing, norm=None, heads=H, eps=1e-6):
+    """Kernel and spec forward + backward on the same random output gradients."""
+    norm = (qw is not None) if norm is None else norm
+    leaves = [t.detach().clone().requires_grad_() if t is not None else None for t in (qkv, qw, kw)]
+    qkv_leaf, qw_leaf, kw_leaf = leaves
+    outs = qk_norm_rope(
+        qkv_leaf, cos, sin, heads, qw_leaf, kw_leaf, eps, pairing, norm=norm, backend="triton"
+    )
+    grads = [torch.randn(o.shape, device=DEVICE, dtype=torch.float64) for o in outs]
+    sum((o.double() * g).sum() for o, g in zip(outs, grads, strict=True)).backward()
+
+    ref_leaves = [t.detach().double().requires_grad_() if t is not None else None for t in (qkv, qw, kw)]
+    ref = spec(ref_leaves[0], cos, sin, heads, ref_leaves[1], ref_leaves[2], eps, pairing, norm)
+    sum((o * g).sum() for o, g in zip(ref, grads, strict=True)).backward()
+    return outs, ref, leaves, ref_leaves
+
+
+@pytest.mark.parametrize("weights", WEIGHTS)
+@pytest.mark.parametrize("D", [12, 64, 72])
+@pytest.mark.parametrize("pairing", PAIRINGS)
+def test_forward_and_backward_match_float64_spec(pairing, D, weights):
+    outs, ref, leaves, ref_leaves = run_both(*make_inputs(D, weights), pairing)
+    for o, r in zip(outs, ref, strict=True):
+        assert rel_err(o, r) < 1e-5
+    for leaf, ref_leaf in zip(leaves, ref_leaves, strict=True):
+        if leaf is not None:
+            assert rel_err(leaf.grad, ref_leaf.grad) < 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("pairing", PAIRINGS)
+def test_half_precision_io_within_rounding(pairing, dtype):
+    qkv, cos, sin, qw, kw = make_inputs(72, "shared", dtype)
+    outs, ref, leaves, ref_leaves = run_both(qkv, cos, sin, qw, kw, pairing)
+    assert all(o.dtype == dtype for o in outs)
+    for o, r in zip(outs, ref, strict=True):
+        assert rel_err(o, r) < 1e-2
+    for leaf, ref_leaf in zip(leaves, ref_leaves, strict=True):
+        assert rel_err(leaf.grad, ref_leaf.grad) < 1e-2
+
+
+def test_gradient_carries_v_slice_and_q_k_parts():
+    qkv, cos, sin, qw, kw = make_inputs(8, "per_head")
+    _, _, leaves, ref_leaves = run_both(qkv, cos, sin, qw, kw, "split_half")
+    g, rg = leaves[0].grad.view(B, T, 3, H, 8), ref_leaves[0].grad.view(B, T, 3, H, 8)
+    for part in range(3):
+        assert rel_err(g[:, :, part], rg[:, :, part]) < 1e-5
+
+
+def test_unused_v_gets_zero_gradient():
+    qkv, cos, sin, qw, kw = make_inputs(8, "shared")
+    leaf = qkv.clone().requires_grad_()
+    q, k, _ = qk_norm_rope(leaf, cos, sin, H, qw, kw, pairing="interleaved", backend="triton")
+    (q.sum() + k.sum()).backward()
+    assert torch.count_nonzero(leaf.grad.view(B, T, 3, H, 8)[:, :, 2]) == 0
+    assert torch.count_nonzero(leaf.grad.view(B, T, 3, H, 8)[:, :, :2]) > 0
+
+
+@pytest.mark.parametrize("layout", ["last_dim_stride_2", "tokens_major"])
+def test_strided_qkv(layout):
+    D = 12
+    if layout == "last_dim_stride_2":
+        qkv = torch.randn(B, T, 2 * 3 * H * D, device=DEVICE)[..., ::2]
+    else:
+        qkv = torch.randn(T, B, 3 * H * D, device=DEVICE).transpose(0, 1)
+    assert not qkv.is_contiguous()
+    _, cos, sin, qw, kw = make_inputs(D, "per_head")
+    outs, ref, leaves, ref_leaves = run_both(qkv, cos.t().contiguous().t(), sin, qw, kw, "split_half")
+    for o, r in zip(outs, ref, strict=True):
+        assert rel_err(o, r) < 1e-5
+    assert rel_err(leaves[0].grad, ref_leaves[0].grad) < 1e-5
+
+
+def test_outputs_layout_q_k_contiguous_v_view_of_qkv():
+    qkv, cos, sin, qw, kw = make_inputs(8, None)
+    q, k, v = qk_norm_rope(qkv, cos, sin, H, backend="triton")
+    assert q.shape == k.shape == v.shape == (B, H, T, 8)
+    assert q.is_contiguous() and k.is_contiguous()
+    assert v.untyped_storage().data_ptr() == qkv.untyped_storage().data_ptr()
+    assert torch.equal(v, qkv.view(B, T, 3, H, 8)[:, :, 2].transpose(1, 2))
+
+
+def test_norm_without_weight_normalises_only():
+    qkv, cos, sin, _, _ = make_inputs(12, None)
+    outs, ref, leaves, ref_leaves = run_both(qkv, cos, sin, None, None, "split_half", norm=True)
+    for o, r in zip(outs, ref, strict=True):
+        assert rel_err(o, r) < 1e-5
+    assert rel_err(leaves[0].grad, ref_leaves[0].grad) < 1e-5
+
+
+def test_weights_unused_without_norm():
+    qkv, cos, sin, qw, kw = make_inputs(12, "shared")
+    outs, ref, leaves, _ = run_both(qkv, cos, sin, qw, kw, "interleaved", norm=False)
+    for o, r in zip(outs, ref, strict=True):
+        assert rel_err(o, r) < 1e-5
+    assert leaves[1].grad is None and leaves[2].grad is None
+
+
+def test_float64_io():
+    qkv, cos, sin, qw, kw = make_inputs(12, "per_head", torch.float64)
+    outs, ref, leaves, ref_leaves = run_both(qkv, cos.double(), sin.double(), qw.double(), kw, "split_half")
+    assert outs[0].dtype == torch.float64
+    for o, r in zip(outs, ref, strict=True):
+        assert rel_err(o, r) < 1e-12
+    assert rel_err(leaves[0].grad, ref_leaves[0].grad) < 1e-12
+
+
+def test_many_rows_span_several_programs():
+    # More row tiles than backward programs, so each program loops and reduces weight partials.
+    qkv, cos, sin, qw, kw = make_inputs(8, "shared", batch=3, tokens=50, heads=2)
+    outs, ref, leaves, ref_leaves = run_both(qkv, cos, sin, qw, kw, "split_half", heads=2)
+    for o, r in zip(outs, ref, strict=True):
+        assert rel_err(o, r) < 1e-5
+    for leaf, ref_leaf in zip(leaves, ref_leaves, strict=True):
+        assert rel_err(leaf.grad, ref_leaf.grad) < 1e-5
+
+
+def test_empty_batch():
+    qkv, cos, sin, qw, kw = make_inputs(8, "shared", batch=0)
+    leaf = qkv.clone().requires_grad_()
+    q, k, v = qk_norm_rope(leaf, cos, sin, H, qw, kw, backend="triton")
+    assert q.shape == (0, H, T, 8)
+    (q.sum() + k.sum() + v.sum()).backward()
+    assert leaf.grad.shape == qkv.shape
+
+
+@pytest.mark.parametrize("weights", [None, "per_head"])
+def test_opcheck_custom_ops(weights):
+    from flopkit.kernels import _qk_norm_rope_triton  # noqa: F401  (registers the ops)
+
+    qkv, cos, sin, qw, kw = make_inputs(8, weights)
+    norm = weights is not None
+    qkv.requires_grad_()
+    if qw is not None:
+        qw.requires_grad_()
+    torch.library.opcheck(
+        torch.ops.flopkit.qk_norm_rope.default, (qkv, cos, sin, qw, kw, H, 1e-6, "split_half", norm)
+    )
+    dq, dk, dv = (torch.randn(B, H, T, 8, device=DEVICE) for _ in range(3))
+    # The backward op has no autograd of its own (no double backward): plain inputs.
+    qw = None if qw is None else qw.detach()
+    args = (dq, dk, dv, qkv.detach(), cos, sin, qw, kw, H, 1e-6, "interleaved", norm)
+    torch.library.opcheck(torch.ops.flopkit.qk_norm_rope_backward.default, args)
+
+
+def test_custom_op_on_meta_device():
+    from flopkit.kernels import _qk_norm_rope_triton  # noqa: F401
+
+    qkv = torch.empty(4, 9, 3 * 2 * 8, device="meta", dtype=torch.bfloat16)
+    cos = sin = torch.empty(9, 8, device="meta")
+    q, k = torch.ops.flopkit.qk_norm_rope(qkv, cos, sin, None, None, 2, 1e-6, "split_half", False)
+    assert q.shape == k.shape == (4, 2, 9, 8) and q.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("norm", [True, False])
+def test_flop_counter_sees_the_op(norm):
+    qkv, cos, sin, qw, kw = make_inputs(8, "shared" if norm else None)
+    with FlopCounterMode(display=False) as counter:
+        qk_norm_rope(qkv, cos, sin, H, qw, kw, backend="triton")
+    elems = B * T * H * 8
+    # Hand count, DESIGN.md §3: norm 3 and rope 2 FLOPs per element, for q and for k.
+    expected = 2 * (3 + 2) * elems if norm else 2 * 2 * elems
+    assert counter.get_total_flops() == expected == qk_norm_rope_flops(B, T, H, 8, norm)
+    assert "flopkit.qk_norm_rope" in {str(op) for op in counter.get_flop_counts()["Global"]}
