@@ -3,6 +3,8 @@ against torch's FlopCounterMode on the meta device, state-dict keys, errors."""
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch.utils.flop_counter import FlopCounterMode
 
 from flopkit import HeadNorm, PerHeadRMSNorm, ViT5Attention
@@ -193,3 +195,30 @@ def test_init_fns_are_applied():
     assert torch.equal(attn.qkv.weight, torch.ones_like(attn.qkv.weight))
     assert torch.equal(attn.qkv.bias, torch.zeros_like(attn.qkv.bias))
     assert torch.equal(attn.proj.weight, torch.zeros_like(attn.proj.weight))
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    heads=st.integers(1, 4),
+    head_dim=st.sampled_from([4, 8, 12]),
+    h=st.integers(1, 5),
+    w=st.integers(1, 5),
+    cls=st.booleans(),
+    reg_side=st.integers(0, 2),
+    bias=st.booleans(),
+    batch=st.integers(1, 3),
+)
+def test_property_analytic_matches_flop_counter_for_any_layout(
+    heads, head_dim, h, w, cls, reg_side, bias, batch
+):
+    C = heads * head_dim
+    with torch.device("meta"):
+        attn = ViT5Attention(
+            C, heads, h, w, num_registers=reg_side**2, has_cls=cls, qkv_bias=bias, qk_norm="rmsnorm"
+        )
+        x = torch.empty(batch, attn.num_tokens, C)
+    with FlopCounterMode(display=False) as counter:
+        attn(x)
+    bd = attn.flop_breakdown()
+    assert counter.get_total_flops() == batch * (bd["matmul"] + bd["attention"])
+    assert attn.num_tokens == h * w + cls + reg_side**2
