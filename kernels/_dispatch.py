@@ -7,7 +7,7 @@ elsewhere; ``"triton"`` forces the kernel (on CPU tensors only under
 
 from __future__ import annotations
 
-import functools
+import importlib.util
 import os
 
 import torch
@@ -23,12 +23,14 @@ def triton_interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-@functools.lru_cache(maxsize=1)
+# Looked up once at import (without importing triton): a plain constant, so that
+# torch.compile traces the dispatch without guarding on a cached function.
+_TRITON_AVAILABLE = importlib.util.find_spec("triton") is not None
+
+
 def triton_available() -> bool:
     """True when the ``triton`` package can be imported (checked without importing it)."""
-    import importlib.util
-
-    return importlib.util.find_spec("triton") is not None
+    return _TRITON_AVAILABLE
 
 
 def resolve_backend(backend: str, x: torch.Tensor, op: str) -> str:

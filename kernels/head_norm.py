@@ -25,7 +25,9 @@ __all__ = [
 HEAD_NORM_MODES = ("rms", "layer")
 
 
-def head_norm_flops(num_rows: int, num_heads: int, head_dim: int, mode: str = "rms", bias: bool = False) -> int:
+def head_norm_flops(
+    num_rows: int, num_heads: int, head_dim: int, mode: str = "rms", bias: bool = False
+) -> int:
     """FLOPs of a per-head norm on ``num_rows`` tokens: ``(3 | 5) * N*H*D`` (+ ``N*H*D`` with bias)."""
     per_elem = {"rms": 3, "layer": 5}[mode] + (1 if bias else 0)
     return per_elem * num_rows * num_heads * head_dim
@@ -63,7 +65,12 @@ def _normalize_heads(
 
 
 def per_head_rms_norm_ref(
-    x: torch.Tensor, weight: torch.Tensor | None, num_heads: int, eps: float = 1e-6, *, head_dim: int | None = None
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    num_heads: int,
+    eps: float = 1e-6,
+    *,
+    head_dim: int | None = None,
 ) -> torch.Tensor:
     """Reference QK-norm: RMSNorm of each head's ``D`` slice of ``x`` with one shared ``(D,)`` weight."""
     D = _shared_head_dim(weight, head_dim, "per_head_rms_norm")
@@ -107,11 +114,9 @@ def per_head_rms_norm(
     D = _shared_head_dim(weight, head_dim, "per_head_rms_norm")
     _check_input(x, "per_head_rms_norm")
     split_heads(x, num_heads, D, "per_head_rms_norm")
-    if resolve_backend(backend, x, "per_head_rms_norm") == "torch":
+    if resolve_backend(backend, x, "per_head_rms_norm") == "torch" or x.dtype == torch.float64:
         return per_head_rms_norm_ref(x, weight, num_heads, eps, head_dim=D)
-    from ._head_norm_triton import per_head_rms_norm_triton
-
-    return per_head_rms_norm_triton(x, weight, num_heads, D, eps)
+    return torch.ops.flopkit.per_head_rms_norm(x, weight, num_heads, D, eps)
 
 
 def head_norm(
@@ -135,11 +140,9 @@ def head_norm(
     H, D = _head_shape(weight, bias, num_heads, head_dim)
     _check_input(x, "head_norm")
     split_heads(x, H, D, "head_norm")
-    if resolve_backend(backend, x, "head_norm") == "torch":
+    if resolve_backend(backend, x, "head_norm") == "torch" or x.dtype == torch.float64:
         return head_norm_ref(x, weight, bias, eps, mode, num_heads=H, head_dim=D)
-    from ._head_norm_triton import head_norm_triton
-
-    return head_norm_triton(x, weight, bias, H, D, eps, mode)
+    return torch.ops.flopkit.head_norm(x, weight, bias, H, D, eps, mode)
 
 
 def _check_input(x: torch.Tensor, op: str) -> None:
@@ -170,7 +173,9 @@ def _head_shape(
         if len(shape) != 2:
             raise ValueError(f"head_norm: weight and bias must have shape (H, D), got {shape}")
         if (num_heads, head_dim) != (None, None) and (num_heads, head_dim) != shape:
-            raise ValueError(f"head_norm: num_heads, head_dim = {num_heads}, {head_dim} do not match weight {shape}")
+            raise ValueError(
+                f"head_norm: num_heads, head_dim = {num_heads}, {head_dim} do not match weight {shape}"
+            )
         return shape
     if num_heads is None or head_dim is None:
         raise ValueError("head_norm: without weight or bias, num_heads and head_dim must be given")

@@ -59,14 +59,15 @@ def rms_norm(
     """RMSNorm of ``x`` ``[*, D]`` over its last dim, scaled by ``weight`` ``(D,)`` if given.
 
     Returns a tensor of ``x``'s shape and dtype. ``backend`` is ``"auto"`` (Triton on CUDA,
-    reference elsewhere), ``"triton"`` or ``"torch"``. FLOPs: ``3 * x.numel()``.
+    reference elsewhere), ``"triton"`` or ``"torch"``; float64 (test references) always runs the
+    reference. FLOPs: ``3 * x.numel()``.
     """
     _check_norm_args(x, weight, "rms_norm")
-    if resolve_backend(backend, x, "rms_norm") == "torch":
+    if resolve_backend(backend, x, "rms_norm") == "torch" or x.dtype == torch.float64:
         return rms_norm_ref(x, weight, eps)
-    from ._rms_norm_triton import rms_norm_triton
-
-    return rms_norm_triton(x, weight, eps)
+    # The custom op (kernels/_norm_ops.py) runs the Triton kernel; it is registered when the
+    # package is imported, without importing triton.
+    return torch.ops.flopkit.rms_norm(x, weight, eps)
 
 
 def rms_norm_residual(
@@ -88,8 +89,6 @@ def rms_norm_residual(
             "rms_norm_residual: residual must match x in shape and dtype, "
             f"expected {tuple(x.shape)} {x.dtype}, got {tuple(residual.shape)} {residual.dtype}"
         )
-    if resolve_backend(backend, x, "rms_norm_residual") == "torch":
+    if resolve_backend(backend, x, "rms_norm_residual") == "torch" or x.dtype == torch.float64:
         return rms_norm_residual_ref(x, residual, weight, eps)
-    from ._rms_norm_triton import rms_norm_residual_triton
-
-    return rms_norm_residual_triton(x, residual, weight, eps)
+    return torch.ops.flopkit.rms_norm_residual(x, residual, weight, eps)

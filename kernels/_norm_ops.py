@@ -1,0 +1,275 @@
+"""``torch.library`` custom ops for the norm kernels: ``flopkit::rms_norm``,
+``flopkit::rms_norm_residual``, ``flopkit::per_head_rms_norm``, ``flopkit::head_norm`` and their
+shared backward ``flopkit::norm_backward``.
+
+Each op has a fake (meta) implementation, so ``torch.compile`` and the meta device see its
+shapes; its autograd is registered with ``torch.library.register_autograd`` (the custom-op form
+of an autograd Function: compile traces through it); the forward ops have FLOP formulas
+registered with ``torch.utils.flop_counter`` (DESIGN.md §3). Importing this module does not
+import triton: the Triton launchers are imported when an op first runs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.utils.flop_counter import register_flop_formula
+
+from .head_norm import head_norm_flops
+from .rms_norm import rms_norm_flops
+
+__all__ = ["rms_norm_op", "rms_norm_residual_op", "per_head_rms_norm_op", "head_norm_op", "norm_backward_op"]
+
+Tensor = torch.Tensor
+
+
+def _launchers():
+    from . import _rms_norm_triton
+
+    return _rms_norm_triton
+
+
+# --------------------------------------------------------------------------- forward ops
+
+
+@torch.library.custom_op("flopkit::rms_norm", mutates_args=())
+def rms_norm_op(x: Tensor, weight: Tensor | None, eps: float) -> Tensor:
+    """RMSNorm over the last dim of ``x`` ``[*, D]``; ``weight`` ``(D,)`` or None."""
+    y, _ = _launchers().norm_forward(x, weight, None, eps)
+    return y
+
+
+@rms_norm_op.register_fake
+def _(x, weight, eps):
+    return x.new_empty(x.shape)
+
+
+@torch.library.custom_op("flopkit::rms_norm_residual", mutates_args=())
+def rms_norm_residual_op(
+    x: Tensor, residual: Tensor, weight: Tensor | None, eps: float
+) -> tuple[Tensor, Tensor]:
+    """``h = x + residual`` (rounded to ``x.dtype``); returns ``(rms_norm(h, weight), h)``."""
+    y, h = _launchers().norm_forward(x, weight, None, eps, residual=residual)
+    return y, h
+
+
+@rms_norm_residual_op.register_fake
+def _(x, residual, weight, eps):
+    return x.new_empty(x.shape), x.new_empty(x.shape)
+
+
+@torch.library.custom_op("flopkit::per_head_rms_norm", mutates_args=())
+def per_head_rms_norm_op(
+    x: Tensor, weight: Tensor | None, num_heads: int, head_dim: int, eps: float
+) -> Tensor:
+    """RMSNorm of each head's ``D`` slice of ``x`` (``[*, H*D]`` or ``[*, H, D]``), shared ``(D,)`` weight."""
+    y, _ = _launchers().norm_forward(x, weight, None, eps, num_heads=num_heads, head_dim=head_dim)
+    return y
+
+
+@per_head_rms_norm_op.register_fake
+def _(x, weight, num_heads, head_dim, eps):
+    return x.new_empty(x.shape)
+
+
+@torch.library.custom_op("flopkit::head_norm", mutates_args=())
+def head_norm_op(
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    num_heads: int,
+    head_dim: int,
+    eps: float,
+    mode: str,
+) -> Tensor:
+    """Per-head RMS (``mode="rms"``) or Layer (``"layer"``) norm, ``(H, D)`` weight and bias."""
+    y, _ = _launchers().norm_forward(
+        x,
+        weight,
+        bias,
+        eps,
+        num_heads=num_heads,
+        head_dim=head_dim,
+        layer=mode == "layer",
+        per_head_weight=True,
+    )
+    return y
+
+
+@head_norm_op.register_fake
+def _(x, weight, bias, num_heads, head_dim, eps, mode):
+    return x.new_empty(x.shape)
+
+
+# --------------------------------------------------------------------------- backward op
+
+
+@torch.library.custom_op("flopkit::norm_backward", mutates_args=())
+def norm_backward_op(
+    dy: Tensor,
+    dres: Tensor | None,
+    x: Tensor,
+    weight: Tensor | None,
+    has_bias: bool,
+    num_heads: int,
+    head_dim: int,
+    eps: float,
+    layer: bool,
+    per_head_weight: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients of every norm op: ``(dx, dw, db)``; ``dx`` gets ``+ dres`` (the residual output's
+    gradient) when given. ``dw``/``db`` are fp32 of the weight's shape, or empty ``(0,)``."""
+    dx, dw, db = _launchers().norm_backward(
+        dy,
+        x,
+        weight,
+        has_bias,
+        eps,
+        num_heads=num_heads,
+        head_dim=head_dim,
+        layer=layer,
+        per_head_weight=per_head_weight,
+        dres=dres,
+    )
+    # Distinct empties: custom-op outputs may not alias each other.
+    dw = dw if dw is not None else x.new_empty((0,), dtype=torch.float32)
+    db = db if db is not None else x.new_empty((0,), dtype=torch.float32)
+    return dx, dw, db
+
+
+@norm_backward_op.register_fake
+def _(dy, dres, x, weight, has_bias, num_heads, head_dim, eps, layer, per_head_weight):
+    wshape = (num_heads, head_dim) if per_head_weight else (head_dim,)
+    dw = x.new_empty(wshape if weight is not None else (0,), dtype=torch.float32)
+    db = x.new_empty(wshape if has_bias else (0,), dtype=torch.float32)
+    return x.new_empty(x.shape), dw, db
+
+
+def _grad_for(param: Tensor | None, grad: Tensor, needed: bool) -> Tensor | None:
+    if param is None or not needed:
+        return None
+    return grad.to(param.dtype)
+
+
+# --------------------------------------------------------------------------- autograd
+
+
+def _save_x_weight(ctx, inputs, output):
+    x, weight = inputs[0], inputs[1]
+    ctx.save_for_backward(x, weight)
+
+
+def _rms_norm_backward(ctx, dy):
+    x, weight = ctx.saved_tensors
+    D = x.shape[-1]
+    dx, dw, _ = norm_backward_op(dy, None, x, weight, False, 1, D, ctx.eps, False, False)
+    return dx, _grad_for(weight, dw, ctx.needs_input_grad[1]), None
+
+
+def _rms_norm_setup(ctx, inputs, output):
+    _save_x_weight(ctx, inputs, output)
+    ctx.eps = inputs[2]
+
+
+torch.library.register_autograd("flopkit::rms_norm", _rms_norm_backward, setup_context=_rms_norm_setup)
+
+
+def _rms_norm_residual_setup(ctx, inputs, output):
+    _, _, weight, eps = inputs
+    ctx.save_for_backward(output[1], weight)
+    ctx.eps = eps
+
+
+def _rms_norm_residual_backward(ctx, dy, dh):
+    h, weight = ctx.saved_tensors
+    D = h.shape[-1]
+    if dy is None:
+        dy = torch.zeros_like(h)
+    dx, dw, _ = norm_backward_op(dy, dh, h, weight, False, 1, D, ctx.eps, False, False)
+    # d/dx and d/dresidual of h = x + residual are both the gradient reaching h.
+    return dx, dx, _grad_for(weight, dw, ctx.needs_input_grad[2]), None
+
+
+torch.library.register_autograd(
+    "flopkit::rms_norm_residual", _rms_norm_residual_backward, setup_context=_rms_norm_residual_setup
+)
+
+
+def _per_head_setup(ctx, inputs, output):
+    _save_x_weight(ctx, inputs, output)
+    ctx.num_heads, ctx.head_dim, ctx.eps = inputs[2], inputs[3], inputs[4]
+
+
+def _per_head_backward(ctx, dy):
+    x, weight = ctx.saved_tensors
+    dx, dw, _ = norm_backward_op(
+        dy, None, x, weight, False, ctx.num_heads, ctx.head_dim, ctx.eps, False, False
+    )
+    return dx, _grad_for(weight, dw, ctx.needs_input_grad[1]), None, None, None
+
+
+torch.library.register_autograd(
+    "flopkit::per_head_rms_norm", _per_head_backward, setup_context=_per_head_setup
+)
+
+
+def _head_norm_setup(ctx, inputs, output):
+    x, weight, bias, num_heads, head_dim, eps, mode = inputs
+    ctx.save_for_backward(x, weight, bias)
+    ctx.num_heads, ctx.head_dim, ctx.eps, ctx.layer = num_heads, head_dim, eps, mode == "layer"
+
+
+def _head_norm_backward(ctx, dy):
+    x, weight, bias = ctx.saved_tensors
+    dx, dw, db = norm_backward_op(
+        dy, None, x, weight, bias is not None, ctx.num_heads, ctx.head_dim, ctx.eps, ctx.layer, True
+    )
+    return (
+        dx,
+        _grad_for(weight, dw, ctx.needs_input_grad[1]),
+        _grad_for(bias, db, ctx.needs_input_grad[2]),
+        None,
+        None,
+        None,
+        None,
+    )
+
+
+torch.library.register_autograd("flopkit::head_norm", _head_norm_backward, setup_context=_head_norm_setup)
+
+
+# --------------------------------------------------------------------------- FLOP formulas
+
+
+def _rows(shape, last: int) -> int:
+    return math.prod(shape) // max(last, 1) if last else 0
+
+
+@register_flop_formula(torch.ops.flopkit.rms_norm)
+def _rms_norm_flop(x_shape, *args, out_shape=None, **kwargs) -> int:
+    """RMSNorm: 3 FLOPs per element (square-accumulate 2, scale 1; DESIGN.md §3)."""
+    return rms_norm_flops(_rows(x_shape, x_shape[-1]), x_shape[-1])
+
+
+@register_flop_formula(torch.ops.flopkit.rms_norm_residual)
+def _rms_norm_residual_flop(x_shape, *args, out_shape=None, **kwargs) -> int:
+    """Fused residual RMSNorm: 3 per element; the residual add is not counted."""
+    return rms_norm_flops(_rows(x_shape, x_shape[-1]), x_shape[-1])
+
+
+@register_flop_formula(torch.ops.flopkit.per_head_rms_norm)
+def _per_head_rms_norm_flop(
+    x_shape, weight_shape, num_heads, head_dim, *args, out_shape=None, **kwargs
+) -> int:
+    """QK-norm: 3 per element over all heads (``3 * N*H*D``)."""
+    return head_norm_flops(_rows(x_shape, num_heads * head_dim), num_heads, head_dim, "rms")
+
+
+@register_flop_formula(torch.ops.flopkit.head_norm)
+def _head_norm_flop(
+    x_shape, weight_shape, bias_shape, num_heads, head_dim, eps, mode, *args, out_shape=None, **kwargs
+) -> int:
+    """HeadNorm: rms 3, layer 5, +1 with bias, per element."""
+    rows = _rows(x_shape, num_heads * head_dim)
+    return head_norm_flops(rows, num_heads, head_dim, mode, bias_shape is not None)

@@ -1,0 +1,672 @@
+"""Triton kernels for the norm family (RMSNorm, fused residual RMSNorm, per-head RMS/Layer norm).
+
+One forward and one backward kernel cover every op. A tile is ``BLOCK_T`` tokens x
+``BLOCK_H`` heads (flattened to ``BLOCK_T * BLOCK_H`` rows) x ``BLOCK_D`` columns; a row is
+normalised over its ``D`` columns with fp32 statistics. Row ``i`` of the tile is token
+``t = i // BLOCK_H`` and head ``h = i % BLOCK_H``; token ``t`` sits at
+``(t // HF) * s_outer + (t % HF) * s_fold`` so that e.g. ``q`` sliced out of a fused QKV
+activation (``[B, T, H, D]`` with a row stride of ``3*H*D``) is read in place.
+
+Rows wider than ``FUSED_MAX_*`` columns do not fit in registers: the ``*_chunked`` kernels
+loop over the row in ``CHUNK`` columns, one row per step, reading it twice (the second read
+hits L2: one row is at most a few hundred KB).
+
+Backward recomputes the row statistics from ``x`` instead of storing ``rstd`` in forward:
+``x`` is read by backward anyway, so this moves 0 extra bytes (storing would add 4 bytes
+per row to both passes). Bytes moved, ``s`` = element size:
+forward ``2*N*D*s`` (+ ``2*N*D*s`` residual in / ``h`` out), backward ``3*N*D*s``
+(``x``, ``dy`` in, ``dx`` out; ``+N*D*s`` when the residual output has a gradient), plus
+``P*D*4`` bytes of fp32 partial ``dw`` per persistent program.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = [
+    "norm_forward",
+    "norm_backward",
+    "rms_norm_triton",
+    "rms_norm_residual_triton",
+]
+
+# Largest BLOCK_H * BLOCK_D kept in registers; wider rows take the chunked kernels.
+FUSED_MAX_FWD = 16384
+FUSED_MAX_BWD = 8192
+CHUNK = 4096
+
+# (elements per tile, num_warps) keyed by BLOCK_H * BLOCK_D; found by benchmarks/bench_norms.py's sweep.
+FWD_CONFIGS: dict[int, tuple[int, int]] = {
+    1: (1024, 4),
+    2: (1024, 4),
+    4: (1024, 4),
+    8: (2048, 4),
+    16: (2048, 4),
+    32: (4096, 4),
+    64: (4096, 4),
+    128: (4096, 4),
+    256: (4096, 4),
+    512: (4096, 4),
+    1024: (4096, 4),
+    2048: (4096, 8),
+    4096: (4096, 8),
+    8192: (8192, 16),
+    16384: (16384, 32),
+}
+BWD_CONFIGS: dict[int, tuple[int, int]] = {
+    1: (512, 4),
+    2: (512, 4),
+    4: (512, 4),
+    8: (1024, 4),
+    16: (1024, 4),
+    32: (2048, 4),
+    64: (2048, 4),
+    128: (2048, 4),
+    256: (2048, 4),
+    512: (2048, 4),
+    1024: (2048, 4),
+    2048: (2048, 8),
+    4096: (4096, 8),
+    8192: (8192, 16),
+}
+# Persistent backward grid: programs per SM.
+BWD_PROGRAMS_PER_SM = 2
+
+
+@triton.jit
+def _norm_fwd_kernel(
+    X,
+    R,
+    Y,
+    HO,
+    W,
+    B,
+    n_tok,
+    HF,
+    NH,
+    D,
+    sx_o,
+    sx_f,
+    sx_h,
+    sr_o,
+    sr_f,
+    sr_h,
+    sw_h,
+    eps,
+    BLOCK_T: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    FOLD: tl.constexpr,
+    HAS_W: tl.constexpr,
+    HAS_B: tl.constexpr,
+    HAS_RES: tl.constexpr,
+    LAYER: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    i = tl.arange(0, BLOCK_T * BLOCK_H)
+    tok = (pid * BLOCK_T + i // BLOCK_H).to(tl.int64)
+    head = i % BLOCK_H
+    cols = tl.arange(0, BLOCK_D)
+    row_ok = (tok < n_tok) & (head < NH)
+    mask = row_ok[:, None] & (cols < D)[None, :]
+    if FOLD:
+        outer = tok // HF
+        fold = tok % HF
+        x_row = outer * sx_o + fold * sx_f + head * sx_h
+        r_row = outer * sr_o + fold * sr_f + head * sr_h
+    else:
+        x_row = tok * sx_o + head * sx_h
+        r_row = tok * sr_o + head * sr_h
+    o_row = (tok * NH + head) * D
+    x = tl.load(X + x_row[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    if HAS_RES:
+        r = tl.load(R + r_row[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        h = (x + r).to(HO.dtype.element_ty)
+        tl.store(HO + o_row[:, None] + cols[None, :], h, mask=mask)
+        x = h.to(tl.float32)
+    if LAYER:
+        mean = tl.sum(x, axis=1) / D
+        x = tl.where(mask, x - mean[:, None], 0.0)
+    rstd = tl.rsqrt(tl.sum(x * x, axis=1) / D + eps)
+    y = x * rstd[:, None]
+    if HAS_W or HAS_B:
+        w_off = head[:, None] * sw_h + cols[None, :]
+        w_mask = (head < NH)[:, None] & (cols < D)[None, :]
+        if HAS_W:
+            y = y * tl.load(W + w_off, mask=w_mask, other=0.0).to(tl.float32)
+        if HAS_B:
+            y = y + tl.load(B + w_off, mask=w_mask, other=0.0).to(tl.float32)
+    tl.store(Y + o_row[:, None] + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _norm_bwd_kernel(
+    DY,
+    DR,
+    X,
+    W,
+    DX,
+    DWP,
+    DBP,
+    n_tok,
+    HF,
+    NH,
+    D,
+    sx_o,
+    sx_f,
+    sx_h,
+    sw_h,
+    eps,
+    n_blocks,
+    BLOCK_T: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    FOLD: tl.constexpr,
+    HAS_W: tl.constexpr,
+    HAS_B: tl.constexpr,
+    HAS_DRES: tl.constexpr,
+    LAYER: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    i = tl.arange(0, BLOCK_T * BLOCK_H)
+    head = i % BLOCK_H
+    cols = tl.arange(0, BLOCK_D)
+    col_ok = cols < D
+    w_mask = (head < NH)[:, None] & col_ok[None, :]
+    w_off = head[:, None] * sw_h + cols[None, :]
+    if HAS_W:
+        w = tl.load(W + w_off, mask=w_mask, other=0.0).to(tl.float32)
+    dw_acc = tl.zeros((BLOCK_T * BLOCK_H, BLOCK_D), dtype=tl.float32)
+    db_acc = tl.zeros((BLOCK_T * BLOCK_H, BLOCK_D), dtype=tl.float32)
+    for blk in range(pid, n_blocks, nprog):
+        tok = (blk * BLOCK_T + i // BLOCK_H).to(tl.int64)
+        mask = ((tok < n_tok) & (head < NH))[:, None] & col_ok[None, :]
+        if FOLD:  # noqa: SIM108 (constexpr branch, compiled out)
+            x_row = (tok // HF) * sx_o + (tok % HF) * sx_f + head * sx_h
+        else:
+            x_row = tok * sx_o + head * sx_h
+        o_off = ((tok * NH + head) * D)[:, None] + cols[None, :]
+        x = tl.load(X + x_row[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        dy = tl.load(DY + o_off, mask=mask, other=0.0).to(tl.float32)
+        if LAYER:
+            mean = tl.sum(x, axis=1) / D
+            x = tl.where(mask, x - mean[:, None], 0.0)
+        rstd = tl.rsqrt(tl.sum(x * x, axis=1) / D + eps)
+        xhat = x * rstd[:, None]
+        if HAS_W:
+            g = dy * w
+            dw_acc += dy * xhat
+        else:
+            g = dy
+        if HAS_B:
+            db_acc += dy
+        c1 = tl.sum(g * xhat, axis=1) / D
+        if LAYER:
+            c2 = tl.sum(g, axis=1) / D
+            dx = (g - c2[:, None] - xhat * c1[:, None]) * rstd[:, None]
+        else:
+            dx = (g - xhat * c1[:, None]) * rstd[:, None]
+        if HAS_DRES:
+            dx += tl.load(DR + o_off, mask=mask, other=0.0).to(tl.float32)
+        tl.store(DX + o_off, dx.to(DX.dtype.element_ty), mask=mask)
+    p_off = pid * NH * D
+    if BLOCK_H == 1:
+        if HAS_W:
+            tl.store(DWP + p_off + cols, tl.sum(dw_acc, axis=0), mask=col_ok)
+        if HAS_B:
+            tl.store(DBP + p_off + cols, tl.sum(db_acc, axis=0), mask=col_ok)
+    else:
+        hh = tl.arange(0, BLOCK_H)
+        hw_off = p_off + hh[:, None] * D + cols[None, :]
+        hw_mask = (hh < NH)[:, None] & col_ok[None, :]
+        if HAS_W:
+            dw = tl.sum(tl.reshape(dw_acc, (BLOCK_T, BLOCK_H, BLOCK_D)), axis=0)
+            tl.store(DWP + hw_off, dw, mask=hw_mask)
+        if HAS_B:
+            db = tl.sum(tl.reshape(db_acc, (BLOCK_T, BLOCK_H, BLOCK_D)), axis=0)
+            tl.store(DBP + hw_off, db, mask=hw_mask)
+
+
+@triton.jit
+def _norm_fwd_chunked_kernel(
+    X,
+    R,
+    Y,
+    HO,
+    W,
+    B,
+    HF,
+    D,
+    sx_o,
+    sx_f,
+    sr_o,
+    sr_f,
+    sw_f,
+    eps,
+    CHUNK: tl.constexpr,
+    HAS_W: tl.constexpr,
+    HAS_B: tl.constexpr,
+    HAS_RES: tl.constexpr,
+    LAYER: tl.constexpr,
+):
+    # One row per program; the row is read twice (three times in layer mode), the re-reads hit L2.
+    row = tl.program_id(0).to(tl.int64)
+    fold = row % HF
+    x_ptr = X + (row // HF) * sx_o + fold * sx_f
+    r_ptr = R + (row // HF) * sr_o + fold * sr_f
+    y_ptr = Y + row * D
+    h_ptr = HO + row * D
+    w_ptr = W + fold * sw_f
+    b_ptr = B + fold * sw_f
+    cols = tl.arange(0, CHUNK)
+    acc = tl.zeros((CHUNK,), dtype=tl.float32)
+    for start in range(0, D, CHUNK):
+        m = start + cols < D
+        x = tl.load(x_ptr + start + cols, mask=m, other=0.0).to(tl.float32)
+        if HAS_RES:
+            r = tl.load(r_ptr + start + cols, mask=m, other=0.0).to(tl.float32)
+            h = (x + r).to(HO.dtype.element_ty)
+            tl.store(h_ptr + start + cols, h, mask=m)
+            x = h.to(tl.float32)
+        if LAYER:
+            acc += x
+        else:
+            acc += x * x
+    if HAS_RES:
+        x_ptr = h_ptr
+    mean = 0.0
+    if LAYER:
+        mean = tl.sum(acc, axis=0) / D
+        acc = tl.zeros((CHUNK,), dtype=tl.float32)
+        for start in range(0, D, CHUNK):
+            m = start + cols < D
+            x = tl.load(x_ptr + start + cols, mask=m, other=0.0).to(tl.float32)
+            x = tl.where(m, x - mean, 0.0)
+            acc += x * x
+    rstd = tl.rsqrt(tl.sum(acc, axis=0) / D + eps)
+    for start in range(0, D, CHUNK):
+        m = start + cols < D
+        x = tl.load(x_ptr + start + cols, mask=m, other=0.0).to(tl.float32)
+        y = (x - mean) * rstd
+        if HAS_W:
+            y = y * tl.load(w_ptr + start + cols, mask=m, other=0.0).to(tl.float32)
+        if HAS_B:
+            y = y + tl.load(b_ptr + start + cols, mask=m, other=0.0).to(tl.float32)
+        tl.store(y_ptr + start + cols, y.to(Y.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _norm_bwd_chunked_kernel(
+    DY,
+    DR,
+    X,
+    W,
+    DX,
+    DWP,
+    DBP,
+    n_rows,
+    HF,
+    D,
+    sx_o,
+    sx_f,
+    sw_f,
+    eps,
+    CHUNK: tl.constexpr,
+    HAS_W: tl.constexpr,
+    HAS_B: tl.constexpr,
+    HAS_DRES: tl.constexpr,
+    LAYER: tl.constexpr,
+    W_FOLD: tl.constexpr,
+):
+    # Persistent: program p takes rows p, p + P, ...; its fp32 partial dw/db row lives in DWP[p, fold].
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    cols = tl.arange(0, CHUNK)
+    pid64 = pid.to(tl.int64)
+    for r in range(pid, n_rows, nprog):
+        row = pid64 + (r - pid)  # int64 row index (r may be a plain int in the interpreter)
+        fold = row % HF
+        x_ptr = X + (row // HF) * sx_o + fold * sx_f
+        o_ptr = row * D
+        if W_FOLD:
+            p_ptr = (pid * HF + fold) * D
+            w_ptr = W + fold * sw_f
+        else:
+            p_ptr = pid * D
+            w_ptr = W
+        mean = 0.0
+        if LAYER:
+            acc = tl.zeros((CHUNK,), dtype=tl.float32)
+            for start in range(0, D, CHUNK):
+                m = start + cols < D
+                acc += tl.load(x_ptr + start + cols, mask=m, other=0.0).to(tl.float32)
+            mean = tl.sum(acc, axis=0) / D
+        sq = tl.zeros((CHUNK,), dtype=tl.float32)
+        gx = tl.zeros((CHUNK,), dtype=tl.float32)
+        gs = tl.zeros((CHUNK,), dtype=tl.float32)
+        for start in range(0, D, CHUNK):
+            m = start + cols < D
+            x = tl.load(x_ptr + start + cols, mask=m, other=0.0).to(tl.float32)
+            x = tl.where(m, x - mean, 0.0)
+            g = tl.load(DY + o_ptr + start + cols, mask=m, other=0.0).to(tl.float32)
+            if HAS_W:
+                g = g * tl.load(w_ptr + start + cols, mask=m, other=0.0).to(tl.float32)
+            sq += x * x
+            gx += g * x
+            gs += g
+        rstd = tl.rsqrt(tl.sum(sq, axis=0) / D + eps)
+        c1 = tl.sum(gx, axis=0) / D * rstd
+        c2 = 0.0
+        if LAYER:
+            c2 = tl.sum(gs, axis=0) / D
+        for start in range(0, D, CHUNK):
+            m = start + cols < D
+            x = tl.load(x_ptr + start + cols, mask=m, other=0.0).to(tl.float32)
+            xhat = (x - mean) * rstd
+            dy = tl.load(DY + o_ptr + start + cols, mask=m, other=0.0).to(tl.float32)
+            g = dy
+            if HAS_W:
+                g = dy * tl.load(w_ptr + start + cols, mask=m, other=0.0).to(tl.float32)
+                pw = tl.load(DWP + p_ptr + start + cols, mask=m, other=0.0)
+                tl.store(DWP + p_ptr + start + cols, pw + dy * xhat, mask=m)
+            if HAS_B:
+                pb = tl.load(DBP + p_ptr + start + cols, mask=m, other=0.0)
+                tl.store(DBP + p_ptr + start + cols, pb + dy, mask=m)
+            dx = (g - c2 - xhat * c1) * rstd
+            if HAS_DRES:
+                dx += tl.load(DR + o_ptr + start + cols, mask=m, other=0.0).to(tl.float32)
+            tl.store(DX + o_ptr + start + cols, dx.to(DX.dtype.element_ty), mask=m)
+
+
+# --------------------------------------------------------------------------- launchers
+
+
+class _Rows:
+    """``x`` viewed as tokens x heads x D: token ``t`` at ``(t // HF) * s_o + (t % HF) * s_f``."""
+
+    __slots__ = ("t", "n_tok", "HF", "NH", "D", "s_o", "s_f", "s_h")
+
+    def __init__(self, t, n_tok, HF, NH, D, s_o, s_f, s_h):
+        self.t, self.n_tok, self.HF, self.NH, self.D = t, n_tok, HF, NH, D
+        self.s_o, self.s_f, self.s_h = s_o, s_f, s_h
+
+
+def _rows_view(x: torch.Tensor, num_heads: int, head_dim: int, mode: str) -> _Rows:
+    """Describe ``x`` (``[*, H, D]`` or ``[*, H*D]``; ``H = 1`` for plain rows), copying only if needed.
+
+    ``mode``: ``"tile"``, heads are a tile axis (``NH = H``, per-head weights in registers);
+    ``"fold"``, heads fold into tokens with ``HF = H`` (token ``t`` is head ``t % H``);
+    ``"rows"``, any row layout (``HF`` is 1, or the last leading dim when that avoids a copy).
+    """
+    H, D = num_heads, head_dim
+    xh = x if x.dim() >= 2 and x.shape[-1] == D and (H == 1 or x.shape[-2] == H) else None
+    if xh is None:
+        xh = x.reshape(*x.shape[:-1], H, D) if H > 1 else x.reshape(-1, D)
+    if D > 1 and xh.stride(-1) != 1:
+        xh = xh.contiguous()
+    for attempt in range(2):
+        if attempt:
+            xh = xh.contiguous()
+        try:
+            if mode == "tile":
+                v = xh.view(-1, H, D)
+                return _Rows(v, v.shape[0], 1, H, D, v.stride(0), 0, v.stride(1))
+            if mode == "fold":
+                v = xh.view(-1, H, D)
+                return _Rows(v, v.shape[0] * H, H, 1, D, v.stride(0), v.stride(1), 0)
+            v = xh.view(-1, D)
+            return _Rows(v, v.shape[0], 1, 1, D, v.stride(0), 0, 0)
+        except RuntimeError:
+            pass
+        if mode == "rows" and xh.dim() >= 3:
+            try:
+                v = xh.view(-1, xh.shape[-2], D)
+                return _Rows(v, v.shape[0] * v.shape[1], v.shape[1], 1, D, v.stride(0), v.stride(1), 0)
+            except RuntimeError:
+                pass
+    raise AssertionError("unreachable: a contiguous tensor always has a row view")
+
+
+@functools.lru_cache(maxsize=8)
+def _num_sms(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def _programs_budget(device: torch.device) -> int:
+    if device.type == "cuda":
+        return _num_sms(device.index if device.index is not None else torch.cuda.current_device())
+    return 4  # interpreter: few programs, so that the persistent loop is exercised
+
+
+def _row_mode(per_head_weight: bool, fused: bool) -> str:
+    if not per_head_weight:
+        return "rows"
+    return "tile" if fused else "fold"
+
+
+def norm_forward(
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    eps: float,
+    *,
+    num_heads: int = 1,
+    head_dim: int | None = None,
+    layer: bool = False,
+    per_head_weight: bool = False,
+    residual: torch.Tensor | None = None,
+    config: tuple[int, int] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Normalise ``x`` per row of ``head_dim`` columns; returns ``(y, h)`` (``h`` only with ``residual``).
+
+    ``weight``/``bias``: ``(D,)`` shared, or ``(H, D)`` with ``per_head_weight``. ``y`` and ``h``
+    are contiguous, of ``x``'s shape and dtype. ``config`` = ``(elements per tile, num_warps)``
+    overrides the table (benchmark sweeps).
+    """
+    D = x.shape[-1] if head_dim is None else head_dim
+    H = num_heads
+    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    h_out = torch.empty(x.shape, dtype=x.dtype, device=x.device) if residual is not None else None
+    if x.numel() == 0:
+        return y, h_out
+    w = weight.contiguous() if weight is not None else None
+    b = bias.contiguous() if bias is not None else None
+    block_d = triton.next_power_of_2(D)
+    block_h = triton.next_power_of_2(H) if per_head_weight else 1
+    fused = block_h * block_d <= FUSED_MAX_FWD
+    rows = _rows_view(x, H, D, _row_mode(per_head_weight, fused))
+    res = _rows_view(residual, H, D, "rows") if residual is not None else None
+    if res is not None and (res.HF, rows.HF) != (1, 1):
+        rows = _Rows(rows.t.contiguous().view(-1, D), rows.n_tok, 1, 1, D, D, 0, 0)
+        res = _Rows(res.t.contiguous().view(-1, D), res.n_tok, 1, 1, D, D, 0, 0)
+    dummy = y
+    if fused:
+        width = block_h * block_d
+        elems, warps = config or FWD_CONFIGS[min(width, FUSED_MAX_FWD)]
+        block_t = max(1, elems // width)
+        grid = (triton.cdiv(rows.n_tok, block_t),)
+        _norm_fwd_kernel[grid](
+            rows.t,
+            res.t if res is not None else dummy,
+            y,
+            h_out if h_out is not None else dummy,
+            w if w is not None else dummy,
+            b if b is not None else dummy,
+            rows.n_tok,
+            rows.HF,
+            rows.NH,
+            D,
+            rows.s_o,
+            rows.s_f,
+            rows.s_h,
+            res.s_o if res is not None else 0,
+            res.s_f if res is not None else 0,
+            res.s_h if res is not None else 0,
+            D if per_head_weight else 0,
+            eps,
+            BLOCK_T=block_t,
+            BLOCK_H=block_h,
+            BLOCK_D=block_d,
+            FOLD=rows.HF > 1,
+            HAS_W=w is not None,
+            HAS_B=b is not None,
+            HAS_RES=res is not None,
+            LAYER=layer,
+            num_warps=warps,
+        )
+    else:
+        warps = config[1] if config else 16
+        _norm_fwd_chunked_kernel[(rows.n_tok,)](
+            rows.t,
+            res.t if res is not None else dummy,
+            y,
+            h_out if h_out is not None else dummy,
+            w if w is not None else dummy,
+            b if b is not None else dummy,
+            rows.HF,
+            D,
+            rows.s_o,
+            rows.s_f,
+            res.s_o if res is not None else 0,
+            res.s_f if res is not None else 0,
+            D if per_head_weight else 0,
+            eps,
+            CHUNK=min(CHUNK, block_d),
+            HAS_W=w is not None,
+            HAS_B=b is not None,
+            HAS_RES=res is not None,
+            LAYER=layer,
+            num_warps=warps,
+        )
+    return y, h_out
+
+
+def norm_backward(
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    has_bias: bool,
+    eps: float,
+    *,
+    num_heads: int = 1,
+    head_dim: int | None = None,
+    layer: bool = False,
+    per_head_weight: bool = False,
+    dres: torch.Tensor | None = None,
+    config: tuple[int, int] | None = None,
+    programs_per_sm: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Gradients of :func:`norm_forward` (without residual; ``dres`` is added to ``dx``).
+
+    Returns ``(dx, dw, db)``: ``dx`` contiguous in ``x``'s shape and dtype, ``dw``/``db`` fp32 of
+    the weight's shape (``(H, D)`` with ``per_head_weight``, else ``(D,)``), or None.
+    """
+    D = x.shape[-1] if head_dim is None else head_dim
+    H = num_heads
+    wshape = (H, D) if per_head_weight else (D,)
+    dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    has_w = weight is not None
+    if x.numel() == 0:
+        dw = torch.zeros(wshape, dtype=torch.float32, device=x.device) if has_w else None
+        db = torch.zeros(wshape, dtype=torch.float32, device=x.device) if has_bias else None
+        return dx, dw, db
+    dy = dy.contiguous()
+    dres = dres.contiguous() if dres is not None else None
+    w = weight.contiguous() if has_w else None
+    block_d = triton.next_power_of_2(D)
+    block_h = triton.next_power_of_2(H) if per_head_weight else 1
+    fused = block_h * block_d <= FUSED_MAX_BWD
+    rows = _rows_view(x, H, D, _row_mode(per_head_weight, fused))
+    budget = _programs_budget(x.device)
+    dummy = dx
+    if fused:
+        width = block_h * block_d
+        elems, warps = config or BWD_CONFIGS[min(width, FUSED_MAX_BWD)]
+        block_t = max(1, elems // width)
+        n_blocks = triton.cdiv(rows.n_tok, block_t)
+        per_sm = programs_per_sm or BWD_PROGRAMS_PER_SM
+        P = max(1, min(n_blocks, budget * per_sm))
+        parts = (P, rows.NH, D)
+        dwp = torch.empty(parts, dtype=torch.float32, device=x.device) if has_w else None
+        dbp = torch.empty(parts, dtype=torch.float32, device=x.device) if has_bias else None
+        _norm_bwd_kernel[(P,)](
+            dy,
+            dres if dres is not None else dummy,
+            rows.t,
+            w if w is not None else dummy,
+            dx,
+            dwp if dwp is not None else dummy,
+            dbp if dbp is not None else dummy,
+            rows.n_tok,
+            rows.HF,
+            rows.NH,
+            D,
+            rows.s_o,
+            rows.s_f,
+            rows.s_h,
+            D if per_head_weight else 0,
+            eps,
+            n_blocks,
+            BLOCK_T=block_t,
+            BLOCK_H=block_h,
+            BLOCK_D=block_d,
+            FOLD=rows.HF > 1,
+            HAS_W=has_w,
+            HAS_B=has_bias,
+            HAS_DRES=dres is not None,
+            LAYER=layer,
+            num_warps=warps,
+        )
+    else:
+        warps = config[1] if config else 16
+        P = max(1, min(rows.n_tok, budget * (programs_per_sm or 1)))
+        fold_w = per_head_weight and rows.HF > 1
+        parts = (P, rows.HF, D) if fold_w else (P, 1, D)
+        dwp = torch.zeros(parts, dtype=torch.float32, device=x.device) if has_w else None
+        dbp = torch.zeros(parts, dtype=torch.float32, device=x.device) if has_bias else None
+        _norm_bwd_chunked_kernel[(P,)](
+            dy,
+            dres if dres is not None else dummy,
+            rows.t,
+            w if w is not None else dummy,
+            dx,
+            dwp if dwp is not None else dummy,
+            dbp if dbp is not None else dummy,
+            rows.n_tok,
+            rows.HF,
+            D,
+            rows.s_o,
+            rows.s_f,
+            D if per_head_weight else 0,
+            eps,
+            CHUNK=min(CHUNK, block_d),
+            HAS_W=has_w,
+            HAS_B=has_bias,
+            HAS_DRES=dres is not None,
+            LAYER=layer,
+            W_FOLD=fold_w,
+            num_warps=warps,
+        )
+    dw = dwp.sum(0).reshape(wshape) if has_w else None
+    db = dbp.sum(0).reshape(wshape) if has_bias else None
+    return dx, dw, db
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def rms_norm_triton(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
+    """RMSNorm through the ``flopkit::rms_norm`` custom op (autograd, compile and FLOP aware)."""
+    return torch.ops.flopkit.rms_norm(x, weight, eps)
+
+
+def rms_norm_residual_triton(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor | None, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fused ``h = x + residual``, ``(rms_norm(h), h)`` through ``flopkit::rms_norm_residual``."""
+    return torch.ops.flopkit.rms_norm_residual(x, residual, weight, eps)

@@ -1,0 +1,60 @@
+"""Independent float64 norms for the kernel tests (written from DESIGN.md §2, not imported)."""
+
+from __future__ import annotations
+
+import torch
+
+TOL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 1e-2}
+
+
+def device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """``||out - ref|| / ||ref||`` in float64; NaN anywhere fails."""
+    out, ref = out.double().cpu(), ref.double().cpu()
+    assert out.shape == ref.shape
+    assert torch.isfinite(out).all(), "non-finite output"
+    return ((out - ref).norm() / ref.norm().clamp_min(1e-300)).item()
+
+
+def norm64(
+    x: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    eps: float = 1e-6,
+    centre: bool = False,
+) -> torch.Tensor:
+    """Normalise the last dim of float64 ``x``: ``(x - mean?) / sqrt(mean(.^2) + eps) * w + b``."""
+    if centre:
+        x = x - x.mean(-1, keepdim=True)
+    y = x / torch.sqrt((x * x).mean(-1, keepdim=True) + eps)
+    if weight is not None:
+        y = y * weight
+    if bias is not None:
+        y = y + bias
+    return y
+
+
+def grads64(fn, inputs: list[torch.Tensor | None], grad_out):
+    """Outputs and input gradients of ``fn`` on float64 copies of ``inputs``."""
+    leaves = [None if t is None else t.detach().double().requires_grad_() for t in inputs]
+    out = fn(*leaves)
+    outs = out if isinstance(out, tuple) else (out,)
+    gos = grad_out if isinstance(grad_out, tuple) else (grad_out,)
+    used = [t for t in leaves if t is not None]
+    gs = torch.autograd.grad(outs, used, [g.double() for g in gos])
+    it = iter(gs)
+    return out, [None if t is None else next(it) for t in leaves]
+
+
+def kernel_grads(fn, inputs: list[torch.Tensor | None], grad_out):
+    leaves = [None if t is None else t.detach().clone().requires_grad_() for t in inputs]
+    out = fn(*leaves)
+    outs = out if isinstance(out, tuple) else (out,)
+    gos = grad_out if isinstance(grad_out, tuple) else (grad_out,)
+    used = [t for t in leaves if t is not None]
+    gs = torch.autograd.grad(outs, used, list(gos))
+    it = iter(gs)
+    return out, [None if t is None else next(it) for t in leaves]

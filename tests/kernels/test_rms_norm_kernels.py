@@ -1,0 +1,240 @@
+"""RMSNorm and fused residual RMSNorm kernels vs an independent float64 computation.
+
+On CPU the kernels run in the Triton interpreter (``TRITON_INTERPRET=1``, see conftest.py).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from _norm_reference import TOL, device, grads64, kernel_grads, norm64, rel_err
+from flopkit.kernels import _rms_norm_triton as tk
+from flopkit.kernels import rms_norm, rms_norm_residual
+from torch.utils.flop_counter import FlopCounterMode
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+# D -> rows: odd row counts, few rows for wide D (the interpreter is slow).
+SHAPES = {1: 37, 7: 37, 64: 33, 72: 19, 128: 9, 1000: 3, 4096: 2}
+
+
+def _inputs(rows: int, D: int, dtype: torch.dtype, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, D, generator=g).to(dtype).to(device())
+    w = (1 + 0.5 * torch.randn(D, generator=g)).to(dtype).to(device())
+    dy = torch.randn(rows, D, generator=g).to(dtype).to(device())
+    return x, w, dy
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("D", list(SHAPES))
+def test_rms_norm_forward_and_backward_match_float64(D, dtype):
+    x, w, dy = _inputs(SHAPES[D], D, dtype, seed=D)
+    (y, (dx, dw)) = kernel_grads(lambda a, b: rms_norm(a, b, backend="triton"), [x, w], dy)
+    y64, (dx64, dw64) = grads64(norm64, [x, w], dy)
+    assert y.dtype == dtype and y.shape == x.shape
+    assert rel_err(y, y64) <= TOL[dtype]
+    assert rel_err(dw, dw64) <= TOL[dtype]
+    if D == 1:
+        # dx = rstd * (g - xhat * mean(g * xhat)) ~ eps / x^2: pure cancellation; check it is ~0.
+        assert (dx.double() - dx64).abs().max().item() <= 10 * TOL[dtype] * dy.abs().max().item()
+    else:
+        assert rel_err(dx, dx64) <= TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_rms_norm_without_weight(dtype):
+    x, _, dy = _inputs(5, 72, dtype, seed=1)
+    y, (dx,) = kernel_grads(lambda a: rms_norm(a, None, backend="triton"), [x], dy)
+    y64, (dx64,) = grads64(norm64, [x], dy)
+    assert rel_err(y, y64) <= TOL[dtype]
+    assert rel_err(dx, dx64) <= TOL[dtype]
+
+
+def test_rms_norm_fp32_weight_on_bf16_input_keeps_input_dtype():
+    x, w, dy = _inputs(9, 64, torch.bfloat16, seed=2)
+    w = w.float()
+    y, (dx, dw) = kernel_grads(lambda a, b: rms_norm(a, b, backend="triton"), [x, w], dy)
+    y64, (dx64, dw64) = grads64(norm64, [x, w], dy)
+    assert y.dtype == torch.bfloat16 and dx.dtype == torch.bfloat16 and dw.dtype == torch.float32
+    assert max(rel_err(y, y64), rel_err(dx, dx64), rel_err(dw, dw64)) <= 1e-2
+
+
+@pytest.mark.parametrize("shape", [(0, 64), (2, 0, 7), (0, 4096)])
+def test_rms_norm_zero_rows(shape):
+    x = torch.randn(shape, device=device(), requires_grad=True)
+    w = torch.randn(shape[-1], device=device(), requires_grad=True)
+    y = rms_norm(x, w, backend="triton")
+    assert y.shape == x.shape
+    dx, dw = torch.autograd.grad(y, (x, w), torch.ones_like(y))
+    assert dx.shape == x.shape and torch.equal(dw, torch.zeros_like(w))
+
+
+def test_rms_norm_leading_dims_and_1d_input():
+    x, w, _ = _inputs(12, 64, torch.float32, seed=3)
+    x4 = x.reshape(2, 3, 2, 64)
+    assert rel_err(rms_norm(x4, w, backend="triton"), norm64(x4.double(), w.double())) <= 1e-5
+    x1 = x[0]
+    assert rel_err(rms_norm(x1, w, backend="triton"), norm64(x1.double(), w.double())) <= 1e-5
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(lambda b: b[:, :64], id="row-stride"),
+        pytest.param(lambda b: b[:, ::2], id="column-stride"),
+        pytest.param(lambda b: b.reshape(5, 2, 128)[:, :, 64:].transpose(0, 1), id="permuted"),
+        pytest.param(lambda b: b.reshape(5, 2, 2, 64)[:, :, 0], id="two-level"),
+    ],
+)
+def test_rms_norm_strided_inputs_forward_and_backward(make):
+    g = torch.Generator().manual_seed(4)
+    base = torch.randn(10, 128, generator=g).to(device()).requires_grad_()
+    w = torch.randn(64, generator=g).to(device()).requires_grad_()
+    x = make(base)
+    assert not x.is_contiguous() and x.shape[-1] == 64
+    y = rms_norm(x, w, backend="triton")
+    dy = torch.randn(y.shape, generator=g).to(device())
+    db, dw = torch.autograd.grad(y, (base, w), dy)
+    base64 = base.detach().double().requires_grad_()
+    w64 = w.detach().double().requires_grad_()
+    y64 = norm64(make(base64), w64)
+    db64, dw64 = torch.autograd.grad(y64, (base64, w64), dy.double())
+    assert rel_err(y, y64) <= 1e-5
+    assert rel_err(db, db64) <= 1e-5 and rel_err(dw, dw64) <= 1e-5
+
+
+def test_rms_norm_nan_and_inf_propagate_like_reference():
+    x = torch.randn(6, 72, device=device())
+    x[1, 3] = float("nan")
+    x[2, 5] = float("inf")
+    x[3, 0] = -float("inf")
+    w = torch.randn(72, device=device())
+    y = rms_norm(x, w, backend="triton").double()
+    ref = norm64(x.double(), w.double())
+    assert torch.equal(torch.isnan(y), torch.isnan(ref))
+    assert torch.equal(torch.isinf(y), torch.isinf(ref))
+    ok = torch.isfinite(ref)
+    assert torch.allclose(y[ok], ref[ok], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("D", [7, 64, 1000])
+def test_rms_norm_residual_matches_rounded_add_then_norm(D, dtype):
+    rows = 3 if D == 1000 else 17
+    x, w, dy = _inputs(rows, D, dtype, seed=10 + D)
+    r, _, dh = _inputs(rows, D, dtype, seed=20 + D)
+    (y, h), (dx, dr, dw) = kernel_grads(
+        lambda a, b, c: rms_norm_residual(a, b, c, backend="triton"), [x, r, w], (dy, dh)
+    )
+    h_rounded = (x + r).double()  # semantics: h is rounded to x.dtype before the norm
+    if dtype == torch.bfloat16 and not h.is_cuda:
+        # Triton's CPU interpreter truncates fp32 -> bf16 (the GPU rounds to nearest): 1 ulp.
+        assert ((h.double() - h_rounded).abs() <= h_rounded.abs() * 2**-7).all()
+    else:
+        assert torch.equal(h.double(), h_rounded)
+    assert rel_err(y, norm64(h_rounded, w.double())) <= TOL[dtype]
+    # Gradients of (norm(x + r), x + r) in float64.
+    (_, _), (dx64, dr64, dw64) = grads64(lambda a, b, c: (norm64(a + b, c), a + b), [x, r, w], (dy, dh))
+    assert rel_err(dx, dx64) <= TOL[dtype] and rel_err(dr, dr64) <= TOL[dtype]
+    assert rel_err(dw, dw64) <= TOL[dtype]
+
+
+def test_rms_norm_residual_strided_residual():
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(9, 64, generator=g).to(device())
+    rb = torch.randn(9, 128, generator=g).to(device())
+    r = rb[:, 64:]
+    w = torch.randn(64, generator=g).to(device())
+    y, h = rms_norm_residual(x, r, w, backend="triton")
+    assert torch.equal(h, x + r)
+    assert rel_err(y, norm64((x + r).double(), w.double())) <= 1e-5
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_wide_rows_take_the_chunked_kernels(monkeypatch, residual):
+    # Shrink the register limits so that D=200 runs the chunked kernels (as D > 16K does on a GPU).
+    monkeypatch.setattr(tk, "FUSED_MAX_FWD", 64)
+    monkeypatch.setattr(tk, "FUSED_MAX_BWD", 64)
+    monkeypatch.setattr(tk, "CHUNK", 64)
+    x, w, dy = _inputs(11, 200, torch.float32, seed=6)
+    if residual:
+        r, _, dh = _inputs(11, 200, torch.float32, seed=7)
+        (y, h), grads = kernel_grads(
+            lambda a, b, c: rms_norm_residual(a, b, c, backend="triton"), [x, r, w], (dy, dh)
+        )
+        (_, _), grads64_ = grads64(lambda a, b, c: (norm64(a + b, c), a + b), [x, r, w], (dy, dh))
+        y64 = norm64((x + r).double(), w.double())
+    else:
+        y, grads = kernel_grads(lambda a, b: rms_norm(a, b, backend="triton"), [x, w], dy)
+        y64, grads64_ = grads64(norm64, [x, w], dy)
+    assert rel_err(y, y64) <= 1e-5
+    for got, want in zip(grads, grads64_, strict=True):
+        assert rel_err(got, want) <= 1e-5
+
+
+def test_backward_persistent_loop_over_many_blocks(monkeypatch):
+    # One program walks every row block: the partial dw accumulates across iterations.
+    monkeypatch.setattr(tk, "_programs_budget", lambda dev: 1)
+    monkeypatch.setattr(tk, "BWD_PROGRAMS_PER_SM", 1)
+    x, w, dy = _inputs(301, 8, torch.float32, seed=8)
+    _, (dx, dw) = kernel_grads(lambda a, b: rms_norm(a, b, backend="triton"), [x, w], dy)
+    _, (dx64, dw64) = grads64(norm64, [x, w], dy)
+    assert rel_err(dx, dx64) <= 1e-5 and rel_err(dw, dw64) <= 1e-5
+
+
+def _opcheck_args():
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(5, 3, 64, generator=g).to(device()).requires_grad_()
+    r = torch.randn(5, 3, 64, generator=g).to(device()).requires_grad_()
+    w = torch.randn(64, generator=g).to(device()).requires_grad_()
+    return x, r, w
+
+
+def test_opcheck_rms_norm_ops():
+    x, r, w = _opcheck_args()
+    torch.library.opcheck(torch.ops.flopkit.rms_norm, (x, w, 1e-6))
+    torch.library.opcheck(torch.ops.flopkit.rms_norm, (x, None, 1e-6))
+    torch.library.opcheck(torch.ops.flopkit.rms_norm_residual, (x, r, w, 1e-6))
+
+
+def test_flop_counter_counts_three_flops_per_element():
+    x, r, w = _opcheck_args()
+    with FlopCounterMode(display=False) as counter:
+        rms_norm(x, w, backend="triton")
+        rms_norm_residual(x, r, w, backend="triton")  # the residual add is not counted
+    assert counter.get_total_flops() == 2 * 3 * math.prod(x.shape)
+    flops = counter.get_flop_counts()["Global"]
+    assert flops[torch.ops.flopkit.rms_norm] == 3 * x.numel()
+    assert flops[torch.ops.flopkit.rms_norm_residual] == 3 * x.numel()
+
+
+def test_meta_tensors_get_shapes_from_the_fake_implementation():
+    x = torch.empty(4, 7, 64, device="meta", dtype=torch.bfloat16)
+    w = torch.empty(64, device="meta", dtype=torch.bfloat16)
+    y, h = torch.ops.flopkit.rms_norm_residual(x, x, w, 1e-6)
+    assert y.shape == h.shape == x.shape and y.dtype == torch.bfloat16
+
+
+def test_torch_compile_fullgraph_runs_the_custom_ops():
+    class PreNorm(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.linspace(0.5, 1.5, 64))
+
+        def forward(self, x, r):
+            y, h = rms_norm_residual(x, r, self.w, backend="triton")
+            return rms_norm(y * 2 + h, self.w, backend="triton")
+
+    torch._dynamo.reset()
+    model = PreNorm().to(device())
+    x, r, _ = _opcheck_args()
+    compiled = torch.compile(model, fullgraph=True)
+    out = compiled(x, r)
+    out.sum().backward()
+    x64, r64, w64 = (t.detach().double() for t in (x, r, model.w))
+    h64 = x64 + r64
+    ref = norm64(norm64(h64, w64) * 2 + h64, w64)
+    assert rel_err(out, ref) <= 1e-5
+    assert x.grad is not None and model.w.grad is not None
