@@ -73,8 +73,14 @@ BWD_CONFIGS: dict[int, tuple[int, int]] = {
     4096: (4096, 8),
     8192: (8192, 16),
 }
+# Residual forward (2 loads, 2 stores per element) may prefer other tiles than plain forward.
+RES_CONFIGS: dict[int, tuple[int, int]] = dict(FWD_CONFIGS)
 # Persistent backward grid: programs per SM.
 BWD_PROGRAMS_PER_SM = 2
+# Chunked kernels: (columns per step, num_warps); backward programs per SM.
+CHUNKED_FWD_CONFIG = (CHUNK, 16)
+CHUNKED_BWD_CONFIG = (CHUNK, 16)
+CHUNKED_BWD_PROGRAMS_PER_SM = 1
 
 
 @triton.jit
@@ -487,7 +493,8 @@ def norm_forward(
     dummy = y
     if fused:
         width = block_h * block_d
-        elems, warps = config or FWD_CONFIGS[min(width, FUSED_MAX_FWD)]
+        table = RES_CONFIGS if residual is not None else FWD_CONFIGS
+        elems, warps = config or table[min(width, FUSED_MAX_FWD)]
         block_t = max(1, elems // width)
         grid = (triton.cdiv(rows.n_tok, block_t),)
         _norm_fwd_kernel[grid](
@@ -520,7 +527,7 @@ def norm_forward(
             num_warps=warps,
         )
     else:
-        warps = config[1] if config else 16
+        chunk, warps = config or CHUNKED_FWD_CONFIG
         _norm_fwd_chunked_kernel[(rows.n_tok,)](
             rows.t,
             res.t if res is not None else dummy,
@@ -536,7 +543,7 @@ def norm_forward(
             res.s_f if res is not None else 0,
             D if per_head_weight else 0,
             eps,
-            CHUNK=min(CHUNK, block_d),
+            CHUNK=min(chunk, block_d),
             HAS_W=w is not None,
             HAS_B=b is not None,
             HAS_RES=res is not None,
@@ -623,8 +630,8 @@ def norm_backward(
             num_warps=warps,
         )
     else:
-        warps = config[1] if config else 16
-        P = max(1, min(rows.n_tok, budget * (programs_per_sm or 1)))
+        chunk, warps = config or CHUNKED_BWD_CONFIG
+        P = max(1, min(rows.n_tok, budget * (programs_per_sm or CHUNKED_BWD_PROGRAMS_PER_SM)))
         fold_w = per_head_weight and rows.HF > 1
         parts = (P, rows.HF, D) if fold_w else (P, 1, D)
         dwp = torch.zeros(parts, dtype=torch.float32, device=x.device) if has_w else None
@@ -644,7 +651,7 @@ def norm_backward(
             rows.s_f,
             D if per_head_weight else 0,
             eps,
-            CHUNK=min(CHUNK, block_d),
+            CHUNK=min(chunk, block_d),
             HAS_W=has_w,
             HAS_B=has_bias,
             HAS_DRES=dres is not None,

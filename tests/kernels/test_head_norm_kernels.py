@@ -84,7 +84,8 @@ def test_head_norm_without_weight_uses_num_heads_and_head_dim():
 def test_head_norm_wide_heads_take_the_chunked_kernels(monkeypatch, mode):
     monkeypatch.setattr(tk, "FUSED_MAX_FWD", 64)
     monkeypatch.setattr(tk, "FUSED_MAX_BWD", 64)
-    monkeypatch.setattr(tk, "CHUNK", 32)
+    monkeypatch.setattr(tk, "CHUNKED_FWD_CONFIG", (32, 4))
+    monkeypatch.setattr(tk, "CHUNKED_BWD_CONFIG", (32, 4))
     x, w, b = _data((5, 3, 100), torch.float32, 4, (3, 100), (3, 100))
     (dy,) = _data((5, 3, 100), torch.float32, 5)
     fn = lambda a, c, e: head_norm(a, c, e, mode=mode, backend="triton")  # noqa: E731

@@ -157,7 +157,8 @@ def test_wide_rows_take_the_chunked_kernels(monkeypatch, residual):
     # Shrink the register limits so that D=200 runs the chunked kernels (as D > 16K does on a GPU).
     monkeypatch.setattr(tk, "FUSED_MAX_FWD", 64)
     monkeypatch.setattr(tk, "FUSED_MAX_BWD", 64)
-    monkeypatch.setattr(tk, "CHUNK", 64)
+    monkeypatch.setattr(tk, "CHUNKED_FWD_CONFIG", (64, 4))
+    monkeypatch.setattr(tk, "CHUNKED_BWD_CONFIG", (64, 4))
     x, w, dy = _inputs(11, 200, torch.float32, seed=6)
     if residual:
         r, _, dh = _inputs(11, 200, torch.float32, seed=7)

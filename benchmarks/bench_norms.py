@@ -1,0 +1,406 @@
+"""Norm kernels on the GPU: correctness check, tile sweep, and timings against the peers.
+
+Run on the device machine (see /work/.library/device/), from the repository root::
+
+    python benchmarks/bench_norms.py check sweep --out $OUT          # correctness + tile sweep
+    python benchmarks/bench_norms.py check bench heads --out $OUT    # timings vs peers
+
+Timings: median of ``triton.testing.do_bench`` (it clears L2 between repetitions), bf16.
+Bytes that must move (``s`` = 2): forward ``2*N*D*s``, backward ``3*N*D*s`` (x, dy in, dx out;
+dw is negligible), residual forward ``4*N*D*s`` (x, residual in; y, h out). Percentages are
+of the device-to-device copy bandwidth measured in the same run (bytes read + written).
+Peers: ``F.rms_norm``, ``torch.compile`` of the reference, Liger-Kernel, QuACK (each skipped
+with the reason when it cannot be imported).
+"""
+
+# Timing lambdas are consumed inside each loop iteration, before the `del`s: B023/F821 do not apply.
+# ruff: noqa: B023, F821
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+
+import torch
+import torch.nn.functional as F
+import triton
+from triton.testing import do_bench
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+try:
+    import flopkit.kernels as K
+except ImportError:  # not installed (device machine): load kernels/ as flopkit.kernels by hand
+    import importlib.util
+    import types
+
+    sys.modules.setdefault("flopkit", types.ModuleType("flopkit")).__path__ = [os.path.join(ROOT, "flopkit")]
+    spec = importlib.util.spec_from_file_location(
+        "flopkit.kernels",
+        os.path.join(ROOT, "kernels", "__init__.py"),
+        submodule_search_locations=[os.path.join(ROOT, "kernels")],
+    )
+    K = importlib.util.module_from_spec(spec)
+    sys.modules["flopkit.kernels"] = K
+    spec.loader.exec_module(K)
+from flopkit.kernels import _rms_norm_triton as tk  # noqa: E402
+
+SHAPES = [
+    (16384, 4096),
+    (65536, 1024),
+    (65536, 768),
+    (308736, 64),
+    (524288, 128),
+    (4096, 8192),
+    (1024, 65536),
+]
+# QK-norm of ViT-5-B at batch 128: 128 * (196 + 1 + 4) tokens, 12 heads of 64.
+HEAD_SHAPES = [(25728, 12, 64), (25728, 16, 72)]
+EPS = 1e-6
+DT = torch.bfloat16
+
+
+def ms(fn, rep: int = 60) -> float:
+    return do_bench(fn, warmup=10, rep=rep, return_mode="median")
+
+
+def copy_bandwidth() -> float:
+    n = 1 << 29  # 1 GiB of bf16
+    src = torch.randn(n, device="cuda", dtype=DT)
+    dst = torch.empty_like(src)
+    t = ms(lambda: dst.copy_(src), rep=200)
+    del src, dst
+    return 2 * n * 2 / (t * 1e-3) / 1e9
+
+
+def rel(a, b) -> float:
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def make(N, D, seed=0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    x = torch.randn(N, D, device="cuda", dtype=DT, generator=g)
+    r = torch.randn(N, D, device="cuda", dtype=DT, generator=g)
+    w = (1 + 0.2 * torch.randn(D, device="cuda", generator=g)).to(DT)
+    dy = torch.randn(N, D, device="cuda", dtype=DT, generator=g)
+    return x, r, w, dy
+
+
+# --------------------------------------------------------------------------- check
+
+
+def check(results):
+    out = []
+    for N, D in SHAPES + [(1000, 1), (777, 7), (513, 72), (3, 100000)]:
+        x, r, w, dy = make(N, D, seed=N + D)
+        xg, wg = x.clone().requires_grad_(), w.clone().requires_grad_()
+        y = K.rms_norm(xg, wg, EPS)
+        dx, dw = torch.autograd.grad(y, (xg, wg), dy)
+        x64, w64 = x.double().requires_grad_(), w.double().requires_grad_()
+        y64 = x64 * torch.rsqrt(x64.square().mean(-1, keepdim=True) + EPS) * w64
+        dx64, dw64 = torch.autograd.grad(y64, (x64, w64), dy.double())
+        yr, hr = K.rms_norm_residual(x, r, w, EPS)
+        h64 = (x + r).double()
+        yr64 = h64 * torch.rsqrt(h64.square().mean(-1, keepdim=True) + EPS) * w.double()
+        errs = {
+            "y": rel(y, y64),
+            "dx": rel(dx, dx64) if D > 1 else 0.0,
+            "dw": rel(dw, dw64),
+            "res_y": rel(yr, yr64),
+            "res_h_exact": bool(torch.equal(hr, x + r)),
+        }
+        ok = max(v for k, v in errs.items() if k != "res_h_exact") <= 1e-2 and errs["res_h_exact"]
+        out.append({"N": N, "D": D, "ok": ok, **errs})
+        print(f"check {N}x{D}: {'ok' if ok else 'FAIL'} {errs}", flush=True)
+        del x, r, dy, xg, y, dx, x64, y64, dx64, yr, hr, h64, yr64
+        torch.cuda.empty_cache()
+    for T, H, D in HEAD_SHAPES:
+        for mode in ("rms", "layer"):
+            x = torch.randn(T, H * D, device="cuda", dtype=DT)
+            hw, hb = torch.randn(H, D, device="cuda", dtype=DT), torch.randn(H, D, device="cuda", dtype=DT)
+            xg = x.clone().requires_grad_()
+            y = K.head_norm(xg, hw, hb, mode=mode)
+            dy = torch.randn_like(y)
+            (dx,) = torch.autograd.grad(y, (xg,), dy)
+            x64 = x.double().view(T, H, D).requires_grad_()
+            xc = x64 - x64.mean(-1, keepdim=True) if mode == "layer" else x64
+            y64 = xc * torch.rsqrt(xc.square().mean(-1, keepdim=True) + 1e-5) * hw.double() + hb.double()
+            (dx64,) = torch.autograd.grad(y64, (x64,), dy.double().view(T, H, D))
+            e = {"y": rel(y.view(T, H, D), y64), "dx": rel(dx.view(T, H, D), dx64)}
+            ok = max(e.values()) <= 1e-2
+            out.append({"head_norm": mode, "T": T, "H": H, "D": D, "ok": ok, **e})
+            print(f"check head_norm {mode} {T}x{H}x{D}: {'ok' if ok else 'FAIL'} {e}", flush=True)
+    results["check"] = out
+
+
+# --------------------------------------------------------------------------- sweep
+
+
+def _fused_candidates(width, bwd):
+    if width <= 256:
+        elems = [1024, 2048, 4096, 8192] if bwd else [2048, 4096, 8192, 16384]
+        warps = [4, 8]
+    elif width <= 1024:
+        elems, warps = [1024, 2048, 4096, 8192], [4, 8]
+    elif width <= 4096:
+        elems, warps = [4096, 8192], [4, 8, 16]
+    else:
+        elems, warps = [width, 2 * width] if not bwd else [width], [8, 16, 32]
+    return [(e, w) for e in elems for w in warps if e >= width]
+
+
+def sweep(results):
+    out = {}
+    for N, D in SHAPES:
+        x, r, w, dy = make(N, D)
+        width = triton.next_power_of_2(D)
+        rec = {"fwd": {}, "res": {}, "bwd": {}}
+        fused_f = width <= tk.FUSED_MAX_FWD
+        fcands = (
+            _fused_candidates(width, False)
+            if fused_f
+            else [(c, wp) for c in (2048, 4096, 8192) for wp in (8, 16, 32)]
+        )
+        for cfg in fcands:
+            try:
+                rec["fwd"][str(cfg)] = ms(lambda cfg=cfg: tk.norm_forward(x, w, None, EPS, config=cfg))
+                rec["res"][str(cfg)] = ms(
+                    lambda cfg=cfg: tk.norm_forward(x, w, None, EPS, residual=r, config=cfg)
+                )
+            except Exception as e:  # noqa: BLE001
+                rec["fwd"][str(cfg)] = repr(e)[:200]
+        fused_b = width <= tk.FUSED_MAX_BWD
+        bcands = (
+            [(c, p) for c in _fused_candidates(width, True) for p in (1, 2, 4)]
+            if fused_b
+            else [((c, wp), p) for c in (2048, 4096, 8192) for wp in (8, 16) for p in (1, 2)]
+        )
+        for cfg, per_sm in bcands:
+            key = str((cfg, per_sm))
+            try:
+                rec["bwd"][key] = ms(
+                    lambda cfg=cfg, per_sm=per_sm: tk.norm_backward(
+                        dy, x, w, False, EPS, config=cfg, programs_per_sm=per_sm
+                    )
+                )
+            except Exception as e:  # noqa: BLE001
+                rec["bwd"][key] = repr(e)[:200]
+        best = {k: min((t, c) for c, t in v.items() if isinstance(t, float)) for k, v in rec.items() if v}
+        rec["best"] = {k: {"config": c, "us": t * 1e3} for k, (t, c) in best.items()}
+        out[f"{N}x{D}"] = rec
+        print(f"sweep {N}x{D}: " + json.dumps(rec["best"]), flush=True)
+        del x, r, dy
+        torch.cuda.empty_cache()
+    results["sweep"] = out
+
+
+# --------------------------------------------------------------------------- peers
+
+
+def peers():
+    ps = {}
+    errs = {}
+    try:
+        from liger_kernel.ops.fused_add_rms_norm import LigerFusedAddRMSNormFunction
+        from liger_kernel.ops.rms_norm import LigerRMSNormFunction
+
+        ps["liger"] = (
+            lambda x, w: LigerRMSNormFunction.apply(x, w, EPS, 0.0, "llama", False),
+            lambda x, r, w: LigerFusedAddRMSNormFunction.apply(x, r, w, EPS, 0.0, "llama", False),
+        )
+    except Exception as e:  # noqa: BLE001
+        errs["liger"] = repr(e)[:300]
+    try:
+        from quack.rmsnorm import rmsnorm as quack_rmsnorm
+
+        ps["quack"] = (
+            lambda x, w: quack_rmsnorm(x, w, eps=EPS),
+            lambda x, r, w: quack_rmsnorm(x, w, residual=r, prenorm=True, eps=EPS),
+        )
+    except Exception as e:  # noqa: BLE001
+        errs["quack"] = repr(e)[:300]
+    return ps, errs
+
+
+def bench(results, copy_gbs):
+    ps, errs = peers()
+    results["peer_errors"] = errs
+    print("peer import errors:", errs, flush=True)
+    compiled = torch.compile(K.rms_norm_ref, dynamic=False)
+    compiled_res = torch.compile(K.rms_norm_residual_ref, dynamic=False)
+    providers = {
+        "flopkit": (lambda x, w: K.rms_norm(x, w, EPS), lambda x, r, w: K.rms_norm_residual(x, r, w, EPS)),
+        "F.rms_norm": (
+            lambda x, w: F.rms_norm(x, (x.shape[-1],), w, EPS),
+            lambda x, r, w: F.rms_norm(x + r, (x.shape[-1],), w, EPS),
+        ),
+        "torch.compile": (lambda x, w: compiled(x, w, EPS), lambda x, r, w: compiled_res(x, r, w, EPS)),
+        **ps,
+    }
+    rows = []
+    for N, D in SHAPES:
+        x, r, w, dy = make(N, D)
+        nbytes = {"fwd": 2 * N * D * 2, "bwd": 3 * N * D * 2, "res": 4 * N * D * 2}
+        for name, (f_fwd, f_res) in providers.items():
+            t0 = time.time()
+            rec = {"shape": f"{N}x{D}", "N": N, "D": D, "provider": name}
+            try:
+                rec["fwd_us"] = ms(lambda f_fwd=f_fwd: f_fwd(x, w)) * 1e3
+            except Exception as e:  # noqa: BLE001
+                rec["fwd_err"] = repr(e)[:200]
+            try:
+                xg, wg = x.clone().requires_grad_(), w.clone().requires_grad_()
+                y = f_fwd(xg, wg)
+                rec["bwd_us"] = (
+                    ms(lambda y=y, xg=xg, wg=wg: torch.autograd.grad(y, (xg, wg), dy, retain_graph=True))
+                    * 1e3
+                )
+                del y, xg, wg
+            except Exception as e:  # noqa: BLE001
+                rec["bwd_err"] = repr(e)[:200]
+            try:
+                rec["res_us"] = ms(lambda f_res=f_res: f_res(x, r, w)) * 1e3
+            except Exception as e:  # noqa: BLE001
+                rec["res_err"] = repr(e)[:200]
+            for k in ("fwd", "bwd", "res"):
+                if f"{k}_us" in rec:
+                    gbs = nbytes[k] / (rec[f"{k}_us"] * 1e-6) / 1e9
+                    rec[f"{k}_gbs"] = gbs
+                    rec[f"{k}_pct_copy"] = 100 * gbs / copy_gbs
+            rows.append(rec)
+            print(
+                f"bench {N}x{D} {name}: "
+                + " ".join(f"{k}={rec.get(k + '_us', float('nan')):.1f}us" for k in ("fwd", "bwd", "res"))
+                + f" ({time.time() - t0:.0f}s)",
+                flush=True,
+            )
+        del x, r, dy
+        torch.cuda.empty_cache()
+    results["bench"] = rows
+
+
+def heads(results, copy_gbs):
+    rows = []
+    for T, H, D in HEAD_SHAPES:
+        x = torch.randn(T, H * D, device="cuda", dtype=DT)
+        w = torch.randn(D, device="cuda", dtype=DT)
+        hw = torch.randn(H, D, device="cuda", dtype=DT)
+        hb = torch.randn(H, D, device="cuda", dtype=DT)
+        dy = torch.randn_like(x)
+        ops = {
+            "per_head_rms_norm": lambda x, be, w=w, H=H: K.per_head_rms_norm(x, w, H, EPS, backend=be),
+            "head_norm_rms": lambda x, be, hw=hw: K.head_norm(x, hw, None, mode="rms", backend=be),
+            "head_norm_layer_bias": lambda x, be, hw=hw, hb=hb: K.head_norm(
+                x, hw, hb, mode="layer", backend=be
+            ),
+        }
+        for op, fn in ops.items():
+            comp = torch.compile(lambda x, fn=fn: fn(x, "torch"), dynamic=False)
+            for prov, f in {
+                "flopkit": lambda x, fn=fn: fn(x, "triton"),
+                "torch": lambda x, fn=fn: fn(x, "torch"),
+                "torch.compile": comp,
+            }.items():
+                rec = {"op": op, "shape": f"{T}x{H}x{D}", "provider": prov}
+                try:
+                    rec["fwd_us"] = ms(lambda f=f: f(x)) * 1e3
+                    xg = x.clone().requires_grad_()
+                    y = f(xg)
+                    rec["bwd_us"] = (
+                        ms(lambda y=y, xg=xg: torch.autograd.grad(y, (xg,), dy, retain_graph=True)) * 1e3
+                    )
+                    n = T * H * D * 2
+                    rec["fwd_pct_copy"] = 100 * 2 * n / (rec["fwd_us"] * 1e-6) / 1e9 / copy_gbs
+                    rec["bwd_pct_copy"] = 100 * 3 * n / (rec["bwd_us"] * 1e-6) / 1e9 / copy_gbs
+                except Exception as e:  # noqa: BLE001
+                    rec["err"] = repr(e)[:200]
+                rows.append(rec)
+                print(f"heads {rec}", flush=True)
+    results["heads"] = rows
+
+
+def table(results, copy_gbs) -> str:
+    lines = [
+        f"Device: {results['device']}; copy bandwidth {copy_gbs:.0f} GB/s; bf16; median us "
+        "(GB/s, % of copy). fwd 2NDs, bwd 3NDs, residual fwd 4NDs bytes.",
+        "",
+        "| shape | provider | fwd us | fwd % copy | bwd us | bwd % copy | res fwd us | res % copy |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results.get("bench", []):
+
+        def f(k, r=r):
+            return f"{r[k + '_us']:.1f}" if k + "_us" in r else "err"
+
+        def p(k, r=r):
+            return f"{r[k + '_pct_copy']:.0f}%" if k + "_pct_copy" in r else "-"
+
+        lines.append(
+            f"| {r['shape']} | {r['provider']} | {f('fwd')} | {p('fwd')} | {f('bwd')} | {p('bwd')} "
+            f"| {f('res')} | {p('res')} |"
+        )
+    if results.get("heads"):
+        lines += [
+            "",
+            "| op | shape | provider | fwd us | fwd % copy | bwd us | bwd % copy |",
+            "|---|---|---|---:|---:|---:|---:|",
+        ]
+        for r in results["heads"]:
+            if "err" in r:
+                lines.append(f"| {r['op']} | {r['shape']} | {r['provider']} | err | | | |")
+                continue
+            lines.append(
+                f"| {r['op']} | {r['shape']} | {r['provider']} | {r['fwd_us']:.1f} | {r['fwd_pct_copy']:.0f}% "
+                f"| {r['bwd_us']:.1f} | {r['bwd_pct_copy']:.0f}% |"
+            )
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("steps", nargs="+", choices=["check", "sweep", "bench", "heads"])
+    ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    ap.add_argument("--tag", default="norms")
+    args = ap.parse_args()
+    props = torch.cuda.get_device_properties(0)
+    results = {
+        "date": datetime.date.today().isoformat(),
+        "device": f"{props.name} ({props.multi_processor_count} SMs)",
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "python": platform.python_version(),
+    }
+    copy_gbs = copy_bandwidth()
+    results["copy_gbs"] = copy_gbs
+    print(f"copy bandwidth {copy_gbs:.0f} GB/s", flush=True)
+    path = os.path.join(args.out, f"{args.tag}.json")
+    for step in args.steps:
+        t0 = time.time()
+        try:
+            if step == "check":
+                check(results)
+            elif step == "sweep":
+                sweep(results)
+            elif step == "bench":
+                bench(results, copy_gbs)
+            elif step == "heads":
+                heads(results, copy_gbs)
+        except Exception:  # noqa: BLE001
+            results[f"{step}_error"] = traceback.format_exc()
+            print(traceback.format_exc(), flush=True)
+        print(f"step {step}: {time.time() - t0:.0f}s", flush=True)
+        with open(path, "w") as fh:
+            json.dump(results, fh, indent=1)
+    md = table(results, copy_gbs)
+    with open(os.path.join(args.out, f"{args.tag}.md"), "w") as fh:
+        fh.write(md + "\n")
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
