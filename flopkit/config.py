@@ -1,0 +1,394 @@
+"""Model configs: presets, YAML/JSON files, ``key=value`` overrides and strict validation.
+
+A config is either
+
+* a **model**: a preset name (``vit5-small`` ...) or a file holding ``preset:`` and/or ViT5 fields
+  (:data:`MODEL_FIELDS`); or
+* a single **module**: a file holding ``module: ViT5Attention`` (or another name in :data:`MODULES`)
+  plus that module's arguments and ``num_tokens``, so one layer can be inspected alone.
+
+Every problem raises :class:`ConfigError` (a ``ValueError``) with a one-line message that names the
+source and the offending key. Structural checks (``hidden_dim % num_heads``, a square register
+count, image size vs patch size) are the modules' own: :meth:`Config.check` builds the module on
+the meta device and reports their ``ValueError``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from flopkit.nn import PRESETS, Mlp, RMSNorm, ViT5, ViT5Attention, ViT5Block
+
+__all__ = [
+    "ConfigError",
+    "Config",
+    "MODEL_FIELDS",
+    "MODULES",
+    "load_config",
+    "parse_overrides",
+    "model_input",
+    "parameters_on_meta",
+]
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message is one line."""
+
+
+# Field -> accepted type: int, float (ints accepted), bool, or a tuple of allowed values.
+QK_NORMS = (None, "rmsnorm", "headnorm")
+PAIRINGS = ("split_half", "interleaved")
+MODEL_FIELDS: dict[str, Any] = {
+    "image_size": int,
+    "patch_size": int,
+    "in_channels": int,
+    "hidden_dim": int,
+    "depth": int,
+    "num_heads": int,
+    "mlp_ratio": float,
+    "num_registers": int,
+    "has_cls": bool,
+    "qk_norm": QK_NORMS,
+    "rope_base": float,
+    "reg_rope_base": float,
+    "rope_pairing": PAIRINGS,
+    "num_classes": int,
+}
+
+_LAYOUT_FIELDS: dict[str, Any] = {
+    "hidden_dim": int,
+    "num_heads": int,
+    "num_patches_h": int,
+    "num_patches_w": int,
+    "num_registers": int,
+    "has_cls": bool,
+    "qk_norm": QK_NORMS,
+    "rope_base": float,
+    "reg_rope_base": float,
+    "rope_pairing": PAIRINGS,
+}
+
+
+@dataclass(frozen=True)
+class ModuleSpec:
+    """A module that a config may describe alone: its class, fields, and required fields."""
+
+    cls: type[nn.Module]
+    fields: dict[str, Any]
+    required: tuple[str, ...]
+    has_layout: bool  # token count fixed by the layout (T = h*w + cls + R)
+
+
+MODULES: dict[str, ModuleSpec] = {
+    "ViT5Attention": ModuleSpec(
+        ViT5Attention,
+        {**_LAYOUT_FIELDS, "qkv_bias": bool, "out_proj_bias": bool, "scale": float},
+        ("hidden_dim", "num_heads", "num_patches_h", "num_patches_w"),
+        True,
+    ),
+    "ViT5Block": ModuleSpec(
+        ViT5Block,
+        {**_LAYOUT_FIELDS, "mlp_ratio": float},
+        ("hidden_dim", "num_heads", "num_patches_h", "num_patches_w"),
+        True,
+    ),
+    "Mlp": ModuleSpec(
+        Mlp, {"in_features": int, "hidden_features": int}, ("in_features", "hidden_features"), False
+    ),
+    "RMSNorm": ModuleSpec(RMSNorm, {"normalized_shape": int, "eps": float}, ("normalized_shape",), False),
+}
+
+
+def _did_you_mean(word: str, choices: Iterable[str]) -> str:
+    hint = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {hint[0]!r}?)" if hint else ""
+
+
+def _type_name(kind: Any) -> str:
+    if isinstance(kind, tuple):
+        return "one of " + ", ".join("null" if v is None else repr(v) for v in kind)
+    return {int: "an integer", float: "a number", bool: "true or false"}[kind]
+
+
+def _coerce(key: str, value: Any, kind: Any, source: str) -> Any:
+    """Check ``value`` against ``kind``; numbers given as strings (YAML reads ``1e4`` as a string)
+    are accepted for float fields only."""
+    ok = True
+    if isinstance(kind, tuple):
+        if isinstance(value, str) and value.lower() in ("none", "null"):
+            value = None
+        ok = value in kind
+    elif kind is bool:
+        ok = isinstance(value, bool)
+    elif kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind is float:
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                ok = False
+        ok = ok and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        value = float(value) if ok else value
+    if not ok:
+        raise ConfigError(f"{source}: {key} must be {_type_name(kind)}, got {value!r}")
+    return value
+
+
+@dataclass
+class Config:
+    """A validated config: a ViT5 (``module is None``) or one module with ``num_tokens``.
+
+    ``fields`` holds only what differs from the preset / module defaults, as given.
+    """
+
+    source: str
+    preset: str | None = None
+    module: str | None = None
+    fields: dict[str, Any] = field(default_factory=dict)
+    num_tokens: int | None = None
+    _meta: nn.Module | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def is_model(self) -> bool:
+        return self.module is None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as data (what a JSON report records)."""
+        out: dict[str, Any] = {}
+        if self.preset is not None:
+            out["preset"] = self.preset
+        if self.module is not None:
+            out["module"] = self.module
+        out.update(self.fields)
+        if self.num_tokens is not None:
+            out["num_tokens"] = self.num_tokens
+        return out
+
+    def build(self, device: torch.device | str = "meta") -> nn.Module:
+        """Build the module; on the meta device (the default) it holds no memory and costs no init.
+
+        Raises ConfigError for a field combination the module rejects.
+        """
+        try:
+            if str(device) == "meta":
+                with parameters_on_meta():
+                    module = self._construct()
+                return module.to("meta")
+            with torch.device(device):
+                return self._construct()
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{self.source}: {_one_line(exc)}") from None
+
+    def _construct(self) -> nn.Module:
+        if self.is_model:
+            if self.preset is not None:
+                return ViT5.from_preset(self.preset, **self.fields)
+            return ViT5(**self.fields)
+        return MODULES[self.module].cls(**self.fields)
+
+    def tokens(self, module: nn.Module) -> int:
+        """The per-sample count a flop walk starts from: tokens for a module, 1 (image) for a ViT5."""
+        if self.is_model:
+            return module.default_flop_tokens()
+        if self.num_tokens is not None:
+            return self.num_tokens
+        return module.num_tokens
+
+    @property
+    def meta_module(self) -> nn.Module:
+        """The module built on the meta device (built once, by :meth:`check`)."""
+        return self._meta if self._meta is not None else self.check()
+
+    def check(self) -> nn.Module:
+        """Build on the meta device and check ``num_tokens`` against the layout; returns the module."""
+        module = self._meta = self.build("meta")
+        fixed = not self.is_model and MODULES[self.module].has_layout
+        if fixed and self.num_tokens is not None and self.num_tokens != module.num_tokens:
+            raise ConfigError(
+                f"{self.source}: num_tokens={self.num_tokens} does not match the token layout "
+                f"h*w + cls + R = {_layout(module).describe()}"
+            )
+        return module
+
+
+@contextlib.contextmanager
+def parameters_on_meta():
+    """Within the block, every parameter a module registers is moved to the meta device, so that
+    its initialisation (which runs after registration) costs nothing.
+
+    Used instead of ``torch.device("meta")`` as the build context: that would also run the RoPE
+    table maths of every attention layer through Python meta kernels, whose first call imports
+    ``torch._dynamo`` (about 1.3 s cold); here those small tables are computed on CPU.
+    """
+    register = nn.Module.register_parameter
+
+    def register_on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        register(module, name, param)
+        if param is not None and param.device.type != "meta":
+            module._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+
+    nn.Module.register_parameter = register_on_meta
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+    return " ".join(text.split())
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+    """``["key=value", ...]`` -> dict; values are read as YAML scalars (``true``, ``384``, ``null``)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set: expected key=value, got {item!r}")
+        try:
+            out[key] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            out[key] = raw
+    return out
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    text = _read_text(path)
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path}: malformed JSON: {exc.msg} (line {exc.lineno})") from None
+    else:
+        import yaml
+
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" (line {mark.line + 1})" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or type(exc).__name__
+            raise ConfigError(f"{path}: malformed YAML: {problem}{where}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config must be a mapping of keys to values, got {type(data).__name__}")
+    return data
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, expected a YAML or JSON file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+
+
+def _looks_like_path(source: str) -> bool:
+    return Path(source).suffix.lower() in (".yaml", ".yml", ".json") or "/" in source
+
+
+def load_config(source: str, overrides: Mapping[str, Any] | Iterable[str] = ()) -> Config:
+    """Read a preset name or a YAML/JSON file, apply overrides, validate; returns a :class:`Config`.
+
+    ``overrides`` is a mapping or ``["key=value", ...]`` (as given to ``--set``).
+    """
+    if not isinstance(overrides, Mapping):
+        overrides = parse_overrides(overrides)
+    if source in PRESETS:
+        data: dict[str, Any] = {"preset": source}
+    elif _looks_like_path(source) or Path(source).exists():
+        data = _read_file(Path(source))
+    else:
+        raise ConfigError(
+            f"unknown preset {source!r}{_did_you_mean(source, PRESETS)}; expected one of "
+            f"{', '.join(PRESETS)}, or a .yaml/.json file"
+        )
+    data = {**data, **overrides}
+    config = _validate(data, source)
+    config.check()
+    return config
+
+
+def _validate(data: dict[str, Any], source: str) -> Config:
+    data = dict(data)
+    preset = data.pop("preset", None)
+    module = data.pop("module", None)
+    num_tokens = data.pop("num_tokens", None)
+    if module is not None and preset is not None:
+        raise ConfigError(f"{source}: give either preset (a model) or module (one layer), not both")
+    if module is not None:
+        if module not in MODULES:
+            raise ConfigError(
+                f"{source}: unknown module {module!r}{_did_you_mean(str(module), MODULES)}; "
+                f"expected one of {', '.join(MODULES)}"
+            )
+        spec = MODULES[module]
+        allowed, required = spec.fields, spec.required
+    else:
+        if preset is not None and preset not in PRESETS:
+            raise ConfigError(
+                f"{source}: unknown preset {preset!r}{_did_you_mean(str(preset), PRESETS)}; "
+                f"expected one of {', '.join(PRESETS)}"
+            )
+        allowed = MODEL_FIELDS
+        required = () if preset is not None else ("hidden_dim", "depth", "num_heads")
+        if num_tokens is not None:
+            raise ConfigError(
+                f"{source}: num_tokens applies to a module config; a model's T follows its layout"
+            )
+    keys = ["preset", "module", "num_tokens", *allowed]
+    for key in data:
+        if key not in allowed:
+            raise ConfigError(f"{source}: unknown key {key!r}{_did_you_mean(str(key), keys)}")
+    fields = {key: _coerce(key, value, allowed[key], source) for key, value in data.items()}
+    missing = [key for key in required if key not in fields]
+    if missing:
+        raise ConfigError(f"{source}: missing required key {missing[0]!r} (give it, or a preset)")
+    if num_tokens is not None:
+        num_tokens = _coerce("num_tokens", num_tokens, int, source)
+        if num_tokens <= 0:
+            raise ConfigError(f"{source}: num_tokens must be positive, got {num_tokens}")
+    elif module is not None and not MODULES[module].has_layout:
+        raise ConfigError(f"{source}: module {module} needs num_tokens (the rows it runs on)")
+    return Config(source=source, preset=preset, module=module, fields=fields, num_tokens=num_tokens)
+
+
+def model_input(config: Config, module: nn.Module, batch: int, device: torch.device | str) -> torch.Tensor:
+    """A random input of the right shape: images ``[B, C_in, H, W]`` for a model, else ``[B, T, C]``."""
+    if config.is_model:
+        h, w = module.patch_embed.image_size
+        shape: tuple[int, ...] = (batch, module.patch_embed.in_channels, h, w)
+    elif isinstance(module, Mlp):
+        shape = (batch, config.tokens(module), module.in_features)
+    elif isinstance(module, RMSNorm):
+        shape = (batch, config.tokens(module), *module.normalized_shape)
+    else:
+        attn = module if isinstance(module, ViT5Attention) else module.attn
+        shape = (batch, config.tokens(module), attn.hidden_dim)
+    return torch.randn(shape, device=device)
+
+
+def _layout(module: nn.Module):
+    """The :class:`~flopkit.nn.rope.TokenLayout` of a ViT5, ViT5Block or ViT5Attention."""
+    if isinstance(module, ViT5Block):
+        return module.attn.layout
+    return module.layout

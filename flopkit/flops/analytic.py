@@ -1,0 +1,228 @@
+"""Analytic FLOPs as a tree: walk ``flop_children`` down to the leaves (DESIGN.md §3).
+
+Every number comes from the modules themselves: a composite's ``flop_self`` and
+``flop_children(num_tokens, convention) -> [(name, module, count)]``, a leaf's
+``module_breakdown`` (which asks the module's own ``flop_breakdown`` or the fixed formulas for
+``nn.Linear``, activations, norms). The walk only adds them up and attaches them to module paths.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from flopkit.nn._flops import (
+    CATEGORIES,
+    add_breakdowns,
+    check_convention,
+    module_breakdown,
+)
+
+__all__ = [
+    "BACKWARD_MULTIPLIERS",
+    "FlopNode",
+    "FlopRow",
+    "flop_tree",
+    "is_analytic",
+    "flop_rows",
+    "scale_breakdown",
+    "training_breakdown",
+    "COUNTED_LEGEND",
+    "breakdown_at",
+    "top_paths",
+    "leaf_owner",
+    "depth_of",
+    "training_legend",
+]
+
+# Backward FLOPs as a multiple of the forward, per category (used by --training).
+BACKWARD_MULTIPLIERS: dict[str, int] = {
+    # dX = dY W^T and dW = X^T dY: two matmuls of the forward's size.
+    "matmul": 2,
+    # dV = P^T dO, dP = dO V^T, dQ = dS K, dK = dS^T Q: four matmuls for the forward's two
+    # (the softmax gradient is not counted, as the softmax is not).
+    "attention": 2,
+    # Input gradient (g*w, the row dot product with x_hat, the correction) and the weight gradient
+    # (sum over rows of g*x_hat): about two forward passes' worth per element; the common 2x rule.
+    "norm": 2,
+    # RoPE is linear in x: its gradient applies the transposed rotation, x*cos - rot(x)*sin,
+    # the same 2 FLOPs per element as the forward.
+    "rope": 1,
+    # One FLOP per element for the input gradient (g*gamma, g*gelu'(x)) and one for the parameter
+    # gradient or the activation's derivative: 2x, as for norms.
+    "elementwise": 2,
+}
+
+COUNTED_LEGEND = (
+    "Counted (1 FLOP = one multiply or add; a multiply-accumulate is 2): matmul = Linear and the "
+    "patch conv (2*T*i*o, + T*o with bias); attention = QK^T and AV (4*T^2*C); norm = RMSNorm and "
+    "QK-norm (3 per normalised element; the final norm only on the readout token(s)); rope = 2 per "
+    "element of q and of k (4*T*C); elementwise = LayerScale, GELU (1 per element) and the "
+    "position-embedding add. Not counted: residual adds, softmax, the attention scale, dropout, "
+    "CLS/register concatenation, mean pooling."
+)
+
+
+def training_legend() -> str:
+    """The --training rule per category, read from :data:`BACKWARD_MULTIPLIERS`."""
+    rules = ", ".join(f"{cat} {1 + BACKWARD_MULTIPLIERS[cat]}x" for cat in CATEGORIES)
+    return (
+        f"--training: forward + backward per category = {rules} the forward. matmul and attention "
+        "backward are exactly two matmuls per forward matmul; rope backward is the transposed "
+        "rotation (same cost); norm and elementwise use the 2x rule (input gradient + "
+        "weight/derivative gradient)."
+    )
+
+
+@dataclass
+class FlopNode:
+    """One module in the analytic tree: its path, its own work and its children."""
+
+    path: str
+    module: nn.Module
+    count: int
+    own: dict[str, int]
+    children: list[FlopNode] = field(default_factory=list)
+
+    @property
+    def breakdown(self) -> dict[str, int]:
+        """FLOPs by category of the whole subtree."""
+        return add_breakdowns(self.own, *(c.breakdown for c in self.children))
+
+    def walk(self):
+        """This node and every descendant, depth first."""
+        yield self
+        for child in self.children:
+            yield from child.walk()
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def is_analytic(module: nn.Module) -> bool:
+    """True for modules that count their own FLOPs (``flop_count``), the ones the walk can start at."""
+    return hasattr(module, "flop_count")
+
+
+def flop_tree(module: nn.Module, count: int, convention: str = "flopkit", path: str = "") -> FlopNode:
+    """The analytic tree of ``module`` applied to ``count`` rows (tokens, or images for a ViT5).
+
+    A composite contributes ``flop_self`` and recurses into ``flop_children``; anything else is a
+    leaf counted by :func:`~flopkit.nn._flops.module_breakdown`. The root's breakdown equals
+    ``module.flop_breakdown(count, convention=...)``.
+    """
+    check_convention(convention)
+    if hasattr(module, "flop_children"):
+        node = FlopNode(path, module, count, module.flop_self(count, convention))
+        for name, child, n in module.flop_children(count, convention):
+            node.children.append(flop_tree(child, n, convention, _join(path, name)))
+        return node
+    return FlopNode(path, module, count, module_breakdown(module, count, convention))
+
+
+def scale_breakdown(breakdown: dict[str, int], factor: int) -> dict[str, int]:
+    return {k: v * factor for k, v in breakdown.items()}
+
+
+def training_breakdown(forward: dict[str, int]) -> dict[str, int]:
+    """Forward + backward by category: ``(1 + BACKWARD_MULTIPLIERS[c]) * forward[c]``."""
+    return {k: v * (1 + BACKWARD_MULTIPLIERS.get(k, 0)) for k, v in forward.items()}
+
+
+@dataclass
+class FlopRow:
+    """One row of a per-module report."""
+
+    path: str
+    type: str
+    repr: str
+    params: int
+    breakdown: dict[str, int]
+    source: str = "analytic"
+    counted_in: str | None = None  # the ancestor whose own formula includes this module's work
+
+    @property
+    def flops(self) -> int:
+        return sum(self.breakdown.values())
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "path": self.path,
+            "type": self.type,
+            "repr": self.repr,
+            "params": self.params,
+            "flops": self.flops,
+            "breakdown": dict(self.breakdown),
+            "source": self.source,
+            "counted_in": self.counted_in,
+        }
+
+
+def depth_of(path: str) -> int:
+    return 0 if not path else path.count(".") + 1
+
+
+def top_paths(path: str, paths) -> list[str]:
+    """The top-most of ``paths`` strictly under ``path`` (``blocks`` -> ``blocks.0``, ``blocks.1``...)."""
+    prefix = path + "." if path else ""
+    under = [p for p in paths if p != path and p.startswith(prefix)]
+    return [p for p in under if not any(p.startswith(q + ".") for q in under)]
+
+
+def breakdown_at(path: str, nodes: dict[str, FlopNode]) -> dict[str, int]:
+    """The walked module's breakdown at ``path``; for a container the walk stepped over (``blocks``,
+    a ``ModuleList``) the sum over the walked modules under it; zeros for anything else."""
+    if path in nodes:
+        return nodes[path].breakdown
+    return add_breakdowns(*(nodes[p].breakdown for p in top_paths(path, nodes)))
+
+
+def flop_rows(
+    model: nn.Module,
+    tree: FlopNode,
+    depth: int | None = None,
+    batch: int = 1,
+    training: bool = False,
+) -> list[FlopRow]:
+    """One :class:`FlopRow` per module of ``model`` (``named_modules`` order) down to ``depth``.
+
+    A module the walk reached gets its subtree's breakdown; a container the walk stepped over
+    (``blocks``) gets the sum of the walked modules under it; anything else (dropout, identity) 0.
+    Counts are multiplied by ``batch``; ``training`` adds the backward (:data:`BACKWARD_MULTIPLIERS`).
+    """
+    nodes = {node.path: node for node in tree.walk()}
+    rows = []
+    for path, module in model.named_modules():
+        if depth is not None and depth_of(path) > depth:
+            continue
+        breakdown = breakdown_at(path, nodes)
+        owner = leaf_owner(path, nodes)
+        breakdown = scale_breakdown(breakdown, batch)
+        if training:
+            breakdown = training_breakdown(breakdown)
+        rows.append(
+            FlopRow(
+                path=path,
+                type=type(module).__name__,
+                repr=" ".join(module.extra_repr().split()),
+                params=sum(p.numel() for p in module.parameters()),
+                breakdown=breakdown,
+                counted_in=owner,
+            )
+        )
+    return rows
+
+
+def leaf_owner(path: str, nodes: dict[str, FlopNode]) -> str | None:
+    """For a module inside a walked leaf (``patch_embed.proj`` inside ``PatchEmbed``, whose own
+    formula covers the conv), that leaf's path; else None."""
+    if path in nodes:
+        return None
+    parts = path.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        node = nodes.get(".".join(parts[:i]))
+        if node is not None:
+            return node.path if not node.children and not hasattr(node.module, "flop_children") else None
+    return None

@@ -1,0 +1,290 @@
+"""Measured FLOPs: fvcore's ``FlopCountAnalysis`` (a JIT trace on CPU) and torch's ``FlopCounterMode``
+(dispatch on the meta device), both reduced to FLOPs by category per module path.
+
+Each counter reports counts per module and per op in its own units; :data:`FVCORE_OPS` and
+:data:`TORCH_OPS` say which category each op belongs to and the factor that turns the counter's
+unit into FLOPs (fvcore counts one per multiply-accumulate). Ops in neither table are skipped by
+the counter (fvcore lists them as unsupported; FlopCounterMode has no formula for them).
+
+fvcore is imported inside :func:`count_fvcore` only.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from flopkit import kernels
+
+__all__ = [
+    "Measurement",
+    "FVCORE_OPS",
+    "TORCH_OPS",
+    "FVCORE_HANDLES",
+    "count_fvcore",
+    "count_torch",
+]
+
+
+@dataclass
+class Measurement:
+    """One counter's view of a model: FLOPs by category per module path (descendants included)."""
+
+    counter: str
+    flops: dict[str, dict[str, int]]  # path -> category -> FLOPs (converted to 1 FLOP = 1 mul or add)
+    raw: dict[str, Counter]  # path -> op -> the counter's own number
+    called: set[str]  # module paths entered through __call__ (forward hooks fired)
+    skipped: Counter  # ops the counter saw but does not count, over the whole model
+    categories: set[str] = field(default_factory=set)  # categories with at least one counted op
+
+    def breakdown(self, path: str) -> dict[str, int]:
+        return self.flops.get(path, {})
+
+
+# ----------------------------------------------------------------------------------------------
+# fvcore: op (simplified name, as fvcore reports it) -> (category, FLOPs per fvcore unit)
+
+FVCORE_OPS: dict[str, tuple[str, int]] = {
+    # fvcore's own handles, one "flop" per multiply-accumulate.
+    "linear": ("matmul", 2),
+    "addmm": ("matmul", 2),
+    "mm": ("matmul", 2),
+    "matmul": ("matmul", 2),
+    "bmm": ("matmul", 2),
+    "einsum": ("matmul", 2),
+    "conv": ("matmul", 2),
+    "_convolution": ("matmul", 2),
+    # fvcore's own norm handles count 5 per element with an affine, 4 without (not MACs).
+    "layer_norm": ("norm", 1),
+    "group_norm": ("norm", 1),
+    "batch_norm": ("norm", 1),
+    "instance_norm": ("norm", 1),
+    # flopkit's handles below: SDPA in MACs like fvcore's matmuls, norms and RoPE in FLOPs.
+    "scaled_dot_product_attention": ("attention", 2),
+    "rms_norm": ("norm", 1),
+    "flopkit::rms_norm": ("norm", 1),
+    "flopkit::rms_norm_residual": ("norm", 1),
+    "flopkit::per_head_rms_norm": ("norm", 1),
+    "flopkit::head_norm": ("norm", 1),
+    "flopkit::qk_norm_rope[norm]": ("norm", 1),
+    "flopkit::qk_norm_rope[rope]": ("rope", 1),
+}
+
+FvcoreHandle = Callable[[list, list], "int | Counter"]
+FVCORE_HANDLES: dict[str, FvcoreHandle] = {}
+
+
+def fvcore_handle(*op_names: str) -> Callable[[FvcoreHandle], FvcoreHandle]:
+    """Register a fvcore handle (``(inputs, outputs) -> count``) for the JIT ops ``op_names``."""
+
+    def register(fn: FvcoreHandle) -> FvcoreHandle:
+        for name in op_names:
+            FVCORE_HANDLES[name] = fn
+        return fn
+
+    return register
+
+
+def _shape(value) -> list[int]:
+    from fvcore.nn.jit_handles import get_shape
+
+    return list(get_shape(value))
+
+
+def _numel(shape: list[int]) -> int:
+    out = 1
+    for s in shape:
+        out *= s
+    return out
+
+
+def _constant(value):
+    return value.toIValue() if value.node().kind() == "prim::Constant" else None
+
+
+@fvcore_handle("aten::scaled_dot_product_attention")
+def sdpa_macs(inputs: list, outputs: list) -> int:
+    """QK^T and AV in multiply-accumulates: ``B*H*T*S*(D + Dv)`` (torch's SDPA formula / 2)."""
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    q, k, v = (_shape(x) for x in inputs[:3])
+    return sdpa_flop_count(q, k, v) // 2
+
+
+@fvcore_handle("aten::rms_norm", "flopkit::rms_norm", "flopkit::rms_norm_residual")
+def rms_norm_op_flops(inputs: list, outputs: list) -> int:
+    """``3`` per normalised element of the input (``kernels.rms_norm_flops``)."""
+    shape = _shape(inputs[0])
+    return kernels.rms_norm_flops(_numel(shape[:-1]), shape[-1])
+
+
+@fvcore_handle("flopkit::per_head_rms_norm", "flopkit::head_norm")
+def head_norm_op_flops(inputs: list, outputs: list) -> int:
+    """``kernels.head_norm_flops`` over the input's elements: mode read from a string argument
+    (``"rms"`` when none), bias when a third tensor argument is present."""
+    shape = _shape(inputs[0])
+    mode = next((c for c in map(_constant, inputs) if c in kernels.HEAD_NORM_MODES), "rms")
+    tensors = [x for x in inputs[1:] if x.type().kind() == "TensorType"]
+    bias = len(tensors) >= 2
+    return kernels.head_norm_flops(_numel(shape[:-1]), 1, shape[-1], mode, bias)
+
+
+@fvcore_handle("flopkit::qk_norm_rope")
+def qk_norm_rope_op_flops(inputs: list, outputs: list) -> Counter:
+    """``kernels.qk_norm_rope_flops`` split into its norm and RoPE parts.
+
+    Schema: ``(qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm)``.
+    """
+    B, T, three_hd = _shape(inputs[0])
+    heads, norm = _constant(inputs[5]), bool(_constant(inputs[8]))
+    D = three_hd // (3 * heads)
+    rope = kernels.qk_norm_rope_flops(B, T, heads, D, False)
+    total = kernels.qk_norm_rope_flops(B, T, heads, D, norm)
+    return Counter({"flopkit::qk_norm_rope[norm]": total - rope, "flopkit::qk_norm_rope[rope]": rope})
+
+
+# ----------------------------------------------------------------------------------------------
+# FlopCounterMode: op packet name -> category. Its formulas already count 2 FLOPs per MAC.
+
+TORCH_OPS: dict[str, str] = {
+    "aten.mm": "matmul",
+    "aten.addmm": "matmul",
+    "aten.convolution": "matmul",
+    "aten._convolution": "matmul",
+    # On the meta device SDPA runs its math decomposition: QK^T and AV as two bmm.
+    "aten.bmm": "attention",
+    "aten.baddbmm": "attention",
+    "aten._scaled_dot_product_efficient_attention": "attention",
+    "aten._scaled_dot_product_flash_attention": "attention",
+    "aten._scaled_dot_product_cudnn_attention": "attention",
+    "aten._flash_attention_forward": "attention",
+    "aten._efficient_attention_forward": "attention",
+    "flopkit.rms_norm": "norm",
+    "flopkit.rms_norm_residual": "norm",
+    "flopkit.per_head_rms_norm": "norm",
+    "flopkit.head_norm": "norm",
+}
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+class _CallRecorder:
+    """Forward pre-hooks recording which modules are entered through ``__call__``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.called: set[str] = set()
+        self._handles = [
+            module.register_forward_pre_hook(self._hook(name)) for name, module in model.named_modules()
+        ]
+
+    def _hook(self, name: str):
+        def hook(module, args):
+            self.called.add(name)
+
+        return hook
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
+def _to_categories(raw: dict[str, Counter], table: Callable[[str], tuple[str, int] | None]):
+    flops: dict[str, dict[str, int]] = {}
+    seen: set[str] = set()
+    skipped: Counter = Counter()
+    for path, ops in raw.items():
+        out: dict[str, int] = {}
+        for op, value in ops.items():
+            entry = table(op)
+            if entry is None:
+                if path == "":
+                    skipped[op] += value
+                continue
+            category, factor = entry
+            out[category] = out.get(category, 0) + int(value) * factor
+            seen.add(category)
+        flops[path] = out
+    return flops, seen, skipped
+
+
+def count_fvcore(model: nn.Module, inputs: torch.Tensor) -> Measurement:
+    """Run fvcore's ``FlopCountAnalysis`` on ``model(inputs)`` (real tensors, CPU), with flopkit's
+    handles (:data:`FVCORE_HANDLES`) added; returns FLOPs by category per module path."""
+    from fvcore.nn import FlopCountAnalysis
+
+    recorder = _CallRecorder(model)
+    try:
+        analysis = FlopCountAnalysis(model, inputs)
+        analysis.set_op_handle(**FVCORE_HANDLES)
+        analysis.unsupported_ops_warnings(False)
+        analysis.uncalled_modules_warnings(False)
+        analysis.tracer_warnings("none")
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            raw = {path: Counter(ops) for path, ops in analysis.by_module_and_operator().items()}
+            unsupported = Counter(analysis.unsupported_ops(""))
+    finally:
+        recorder.remove()
+    flops, seen, _ = _to_categories(raw, FVCORE_OPS.get)
+    return Measurement("fvcore", flops, raw, recorder.called, unsupported, seen)
+
+
+def count_torch(model: nn.Module, inputs: torch.Tensor) -> Measurement:
+    """Run torch's ``FlopCounterMode`` on ``model(inputs)``; meant for the meta device, where SDPA
+    runs as two ``bmm`` it can count (on CPU it dispatches to a fused kernel it has no formula for)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    root = type(model).__name__
+    recorder = _CallRecorder(model)
+    seen_ops: Counter = Counter()
+    try:
+        with _OpRecorder(seen_ops), FlopCounterMode(display=False) as counter, torch.no_grad():
+            model(inputs)
+    finally:
+        recorder.remove()
+    raw: dict[str, Counter] = {}
+    for name, ops in counter.get_flop_counts().items():
+        if name == root:
+            path = ""
+        elif name.startswith(root + "."):
+            path = name[len(root) + 1 :]
+        else:
+            continue  # "Global"
+        raw[path] = Counter({str(op): int(v) for op, v in ops.items()})
+    flops, seen, _ = _to_categories(raw, lambda op: (TORCH_OPS[op], 1) if op in TORCH_OPS else None)
+    counted = {op for ops in raw.values() for op in ops}
+    skipped = Counter({op: n for op, n in seen_ops.items() if op not in counted and op not in _NOT_FLOPS})
+    return Measurement("torch", flops, raw, recorder.called, skipped, seen)
+
+
+# Ops not listed as skipped: data movement, ops counted above, and softmax/masking, which
+# flopkit's convention does not count either.
+_NOT_FLOPS = {
+    "aten.view", "aten._unsafe_view", "aten.t", "aten.transpose", "aten.permute", "aten.expand",
+    "aten.unbind", "aten.select", "aten.slice", "aten.cat", "aten.clone", "aten.detach",
+    "aten.unsqueeze", "aten.squeeze", "aten.flatten", "aten.reshape", "aten._to_copy", "aten.copy_",
+    "aten.empty", "aten.empty_like", "aten.new_empty", "aten.lift_fresh", "aten.alias", "aten.stack",
+    "aten.split", "aten.split_with_sizes", "aten.as_strided", "aten.contiguous", "aten.zeros",
+    "aten.unflatten", "aten.expand_as", "aten.index", "aten.arange", "aten.full", "aten.ones",
+    "aten.mm", "aten.addmm", "aten.bmm", "aten.convolution", "aten.scalar_tensor", "aten.empty_strided",
+    "aten._scaled_dot_product_flash_attention_for_cpu", "aten.scaled_dot_product_attention",
+    "aten._softmax", "aten._safe_softmax", "aten.where", "aten.masked_fill", "aten.tril", "aten.triu",
+}  # fmt: skip
+
+
+class _OpRecorder(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts every aten op dispatched (by packet name), to list the ones FlopCounterMode skips."""
+
+    def __init__(self, seen: Counter) -> None:
+        super().__init__()
+        self.seen = seen
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.seen[str(func.overloadpacket)] += 1
+        return func(*args, **(kwargs or {}))

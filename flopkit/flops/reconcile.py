@@ -1,0 +1,225 @@
+"""Reconciliation: analytic FLOPs vs each measured counter, category by category, per module.
+
+A category is *comparable* for a counter when the counter can see that work: matmul and attention
+always (after converting fvcore's MACs to FLOPs), and any other category in which the counter
+counted at least one op (e.g. ``aten::rms_norm`` or a ``flopkit::`` custom op in the trace).
+Comparable categories must agree within ``rtol`` (default: exactly); everything else is listed
+with the reason the counter cannot see it (:data:`BLIND_SPOTS`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from flopkit.nn._flops import CATEGORIES, linear_flops, module_breakdown
+
+from .analytic import FlopNode, breakdown_at, depth_of, leaf_owner, scale_breakdown, top_paths
+from .measured import Measurement
+
+__all__ = ["ALWAYS_COMPARABLE", "BLIND_SPOTS", "COUNTER_NOTES", "CheckRow", "Reconciliation", "reconcile"]
+
+ALWAYS_COMPARABLE = ("matmul", "attention")
+
+# Why a counter does not see a category (shown when the category is not comparable).
+BLIND_SPOTS: dict[str, dict[str, str]] = {
+    "fvcore": {
+        "norm": "the CPU reference path runs each RMSNorm/QK-norm as aten::square, mean, add, rsqrt, mul "
+        "(and casts); fvcore has no handles for them and skips them (flopkit's handles fire only for "
+        "aten::rms_norm and the flopkit:: norm ops, which this path does not emit)",
+        "rope": "RoPE runs as aten::mul, add, neg and slicing; fvcore skips them (the flopkit::qk_norm_rope "
+        "handle fires only on the fused CUDA path)",
+        "elementwise": "LayerScale (aten::mul), GELU (aten::gelu) and the position-embedding add "
+        "(aten::add) have no fvcore handles (its elementwise handles cover upsample, adaptive pooling "
+        "and grid_sample only), and its adds could not be told apart from the residual adds flopkit "
+        "does not count",
+    },
+    "torch": {
+        "norm": "FlopCounterMode has formulas for matmul, conv and attention only; the decomposed norms "
+        "(aten.pow, mean, add, rsqrt, mul) are not counted (flopkit:: custom ops would be, through their "
+        "registered formulas, but the meta device runs the reference path)",
+        "rope": "RoPE's aten.mul, add, neg are not counted by FlopCounterMode",
+        "elementwise": "LayerScale, GELU and the position-embedding add are not counted by FlopCounterMode",
+    },
+}
+
+COUNTER_NOTES: dict[str, list[str]] = {
+    "fvcore": [
+        "fvcore (JIT trace on CPU, real tensors) counts 1 per multiply-accumulate: its linear/conv counts and "
+        "flopkit's SDPA handle (B*H*T*S*(D+Dv) MACs, torch's SDPA formula / 2) are multiplied by 2.",
+        "fvcore's layer_norm/group_norm handles (5 per element with an affine, 4 without) are taken as FLOPs; "
+        "flopkit's handles for aten::rms_norm and flopkit::rms_norm, rms_norm_residual, per_head_rms_norm, "
+        "head_norm and qk_norm_rope return flopkit FLOPs (the kernels' own formulas).",
+    ],
+    "torch": [
+        "torch FlopCounterMode (meta device) counts 2 FLOPs per MAC for mm/addmm/convolution and, since on "
+        "the meta device SDPA runs its math decomposition, for QK^T and AV as two aten.bmm (attributed to "
+        "attention). On a CPU tensor SDPA would dispatch to _scaled_dot_product_flash_attention_for_cpu, "
+        "which it has no formula for.",
+    ],
+}
+
+GENERAL_NOTES = [
+    "Bias adds of Linear layers (T*o, counted by flopkit under matmul) are counted by neither counter; they "
+    "are subtracted from the analytic side before comparing.",
+    "'in parent': the module ran through a method other than __call__ (ViT5Block.norm2 runs fused with "
+    "the residual add via forward_residual), so both counters attribute its ops to the parent block, "
+    "whose row carries the comparison.",
+    "The final RMSNorm runs on the readout token only (the CLS token; all patches when has_cls=False), "
+    "and flopkit counts it so (3*C per image with CLS).",
+    "--convention nvsubquadratic changes only the QK-norm count (one head, upstream's quirk), a norm-category "
+    "difference that neither counter sees on this path.",
+]
+
+
+@dataclass
+class CheckRow:
+    """One module's comparison: analytic breakdown, and per counter the compared sums and status."""
+
+    path: str
+    type: str
+    analytic: dict[str, int]
+    compared: dict[str, int] = field(default_factory=dict)  # counter -> analytic over comparable cats
+    measured: dict[str, int] = field(default_factory=dict)  # counter -> measured over comparable cats
+    status: dict[str, str] = field(default_factory=dict)  # counter -> ok | in parent | mismatch: cats
+    deltas: dict[str, dict[str, int]] = field(default_factory=dict)  # counter -> category -> delta
+
+    @property
+    def verdict(self) -> str:
+        bad = [f"{c}: {s}" for c, s in self.status.items() if s.startswith("MISMATCH")]
+        if bad:
+            return "; ".join(bad)
+        for s in self.status.values():
+            if s == "in parent" or s.startswith("counted in"):
+                return s
+        return "ok"
+
+    @property
+    def ok(self) -> bool:
+        return not any(s.startswith("MISMATCH") for s in self.status.values())
+
+
+@dataclass
+class Reconciliation:
+    rows: list[CheckRow]
+    comparable: dict[str, tuple[str, ...]]  # counter -> categories compared
+    totals: dict[str, dict[str, int]]  # "analytic" and each counter -> category -> FLOPs (whole model)
+    raw_totals: dict[str, dict[str, int]]  # counter -> op -> the counter's own number (whole model)
+    skipped: dict[str, dict[str, int]]  # counter -> op -> occurrences the counter skipped
+    notes: list[str]
+    rtol: float
+
+    @property
+    def ok(self) -> bool:
+        return all(row.ok for row in self.rows) and all(
+            _close(self.totals[counter].get(cat, 0), self.totals["comparable analytic"][cat], self.rtol)
+            for counter, cats in self.comparable.items()
+            for cat in cats
+        )
+
+
+def _close(measured: int, analytic: int, rtol: float) -> bool:
+    return abs(measured - analytic) <= rtol * abs(analytic)
+
+
+def _bias_flops(tree: FlopNode) -> dict[str, int]:
+    """Per path, the Linear bias adds (``T*o``) in the subtree: flopkit counts them, counters do not."""
+    own: dict[str, int] = {}
+    for node in tree.walk():
+        m = node.module
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            with_bias = module_breakdown(m, node.count)["matmul"]
+            own[node.path] = with_bias - linear_flops(node.count, m.in_features, m.out_features, False)
+    out: dict[str, int] = {}
+    for node in tree.walk():
+        out[node.path] = sum(
+            v for p, v in own.items() if p == node.path or p.startswith(node.path + ".") or not node.path
+        )
+    return out
+
+
+def _measured_at(m: Measurement, path: str, model_paths: list[str]) -> dict[str, int] | None:
+    """The counter's breakdown at ``path``; for a container it never entered (``blocks``), the sum
+    over its top-most entered descendants; None when the module's work sits in its parent."""
+    if path == "" or path in m.called:
+        return m.breakdown(path)
+    tops = top_paths(path, m.called)
+    if not tops:
+        return None
+    out: dict[str, int] = {}
+    for p in tops:
+        for cat, v in m.breakdown(p).items():
+            out[cat] = out.get(cat, 0) + v
+    return out
+
+
+def reconcile(
+    model: nn.Module,
+    tree: FlopNode,
+    measurements: list[Measurement],
+    batch: int = 1,
+    rtol: float = 0.0,
+    depth: int | None = None,
+) -> Reconciliation:
+    """Compare the analytic ``tree`` (per sample, scaled by ``batch``) with each measurement, per
+    module down to ``depth`` and for the whole model, category by category."""
+    nodes = {node.path: node for node in tree.walk()}
+    bias = _bias_flops(tree)
+    comparable = {
+        m.counter: tuple(c for c in CATEGORIES if c in ALWAYS_COMPARABLE or c in m.categories)
+        for m in measurements
+    }
+    paths = [p for p, _ in model.named_modules()]
+    modules = dict(model.named_modules())
+    rows: list[CheckRow] = []
+    for path in paths:
+        if depth is not None and depth_of(path) > depth:
+            continue
+        analytic = breakdown_at(path, nodes)
+        analytic = scale_breakdown(analytic, batch)
+        bias_here = _bias_at(path, bias, nodes) * batch
+        row = CheckRow(path, type(modules[path]).__name__, analytic)
+        owner = leaf_owner(path, nodes)
+        for m in measurements:
+            cats = comparable[m.counter]
+            want = {c: analytic.get(c, 0) - (bias_here if c == "matmul" else 0) for c in cats}
+            row.compared[m.counter] = sum(want.values())
+            if owner is not None:  # e.g. patch_embed.proj: PatchEmbed's own formula covers it
+                row.status[m.counter] = f"counted in {owner}"
+                continue
+            got = _measured_at(m, path, paths)
+            if got is None:
+                row.status[m.counter] = "in parent" if sum(analytic.values()) else "ok"
+                continue
+            have = {c: got.get(c, 0) for c in cats}
+            row.measured[m.counter] = sum(have.values())
+            row.deltas[m.counter] = {c: have[c] - want[c] for c in cats}
+            bad = [c for c in cats if not _close(have[c], want[c], rtol)]
+            row.status[m.counter] = f"MISMATCH {'+'.join(bad)}" if bad else "ok"
+        rows.append(row)
+
+    whole = scale_breakdown(tree.breakdown, batch)
+    totals: dict[str, dict[str, int]] = {
+        "analytic": whole,
+        "comparable analytic": {
+            c: whole[c] - (bias.get("", 0) * batch if c == "matmul" else 0) for c in CATEGORIES
+        },
+    }
+    raw_totals, skipped = {}, {}
+    for m in measurements:
+        totals[m.counter] = {c: m.breakdown("").get(c, 0) for c in CATEGORIES}
+        raw_totals[m.counter] = dict(m.raw.get("", {}))
+        skipped[m.counter] = dict(m.skipped)
+    notes = [n for m in measurements for n in COUNTER_NOTES[m.counter]] + GENERAL_NOTES
+    for m in measurements:
+        for cat in CATEGORIES:
+            if cat not in comparable[m.counter] and whole[cat]:
+                notes.append(f"{m.counter} / {cat}: not comparable: {BLIND_SPOTS[m.counter][cat]}.")
+    return Reconciliation(rows, comparable, totals, raw_totals, skipped, notes, rtol)
+
+
+def _bias_at(path: str, bias: dict[str, int], nodes: dict[str, FlopNode]) -> int:
+    if path in bias:
+        return bias[path]
+    return sum(bias.get(p, 0) for p in top_paths(path, nodes))

@@ -1,0 +1,103 @@
+"""Rows -> text: an aligned table, GitHub markdown, CSV or JSON (tabulate for the first two).
+
+A report is a list of column names and a list of rows (lists of cells). Integers are printed
+with thousands separators in ``table`` and ``markdown`` and raw in ``csv``/``json``, so machine
+readers never parse ``1,234``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import textwrap
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["FORMATS", "render_rows", "render_json", "human_flops", "percent"]
+
+FORMATS = ("table", "markdown", "json", "csv")
+
+
+def human_flops(value: float) -> str:
+    """``9417430656`` -> ``"9.42 G"``."""
+    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:.2f} {unit}"
+    return f"{value:g}"
+
+
+def percent(part: float, whole: float) -> str:
+    return f"{100.0 * part / whole:.1f}%" if whole else "-"
+
+
+def _cell(value: Any, fmt: str) -> Any:
+    if isinstance(value, bool) or value is None:
+        return "" if value is None else str(value).lower()
+    if isinstance(value, int) and fmt in ("table", "markdown"):
+        return f"{value:,}"
+    return value
+
+
+def render_rows(
+    headers: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    fmt: str = "table",
+    *,
+    title: str | None = None,
+    notes: Sequence[str] = (),
+) -> str:
+    """Render ``rows`` under ``headers`` as ``table``, ``markdown`` or ``csv``.
+
+    ``title`` and ``notes`` (legend lines) are printed around a table or markdown; CSV is rows only.
+    """
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(headers)
+        writer.writerows([[_cell(v, fmt) for v in row] for row in rows])
+        return buf.getvalue().rstrip("\n")
+    if fmt not in ("table", "markdown"):
+        raise ValueError(f"format must be one of {FORMATS} here, got {fmt!r}")
+    import tabulate as tabulate_module
+
+    cells = [[_cell(v, fmt) for v in row] for row in rows]
+    # Keep leading spaces: module paths are indented by depth.
+    tabulate_module.PRESERVE_WHITESPACE = True
+    table = tabulate_module.tabulate(
+        cells,
+        headers=list(headers),
+        tablefmt="github" if fmt == "markdown" else "simple",
+        disable_numparse=True,
+        colalign=[_align(i, rows) for i in range(len(headers))],
+    )
+    parts = []
+    if title:
+        parts.append(f"**{title}**\n" if fmt == "markdown" else title)
+    parts.append(table)
+    if notes:
+        if fmt == "markdown":
+            lines = [f"- {n}" for n in notes]
+        else:
+            lines = [textwrap.fill(n, 110, initial_indent="  ", subsequent_indent="    ") for n in notes]
+        parts.append(("\n" if fmt == "markdown" else "") + "\n".join(lines))
+    return "\n".join(parts)
+
+
+def _align(column: int, rows: Sequence[Sequence[Any]]) -> str:
+    values = [row[column] for row in rows if column < len(row) and row[column] not in (None, "")]
+    numeric = values and all(
+        isinstance(v, (int, float))
+        and not isinstance(v, bool)
+        or (
+            isinstance(v, str)
+            and v[:1] in "+-0123456789"
+            and v.rstrip("%GKMT ").lstrip("+-").replace(",", "").replace(".", "").isdigit()
+        )
+        for v in values
+    )
+    return "right" if numeric else "left"
+
+
+def render_json(data: Any) -> str:
+    return json.dumps(data, indent=2)
