@@ -61,11 +61,22 @@ SHAPES = [
 ]
 # QK-norm of ViT-5-B at batch 128: 128 * (196 + 1 + 4) tokens, 12 heads of 64.
 HEAD_SHAPES = [(25728, 12, 64), (25728, 16, 72)]
+HEAD_BENCH_SHAPES = HEAD_SHAPES[:1]
 EPS = 1e-6
 DT = torch.bfloat16
 
 
-def ms(fn, rep: int = 60) -> float:
+SAVE_PATH: list[str] = []
+
+
+def save(results) -> None:
+    """Write the results so far (a run stopped at its time limit keeps what it measured)."""
+    if SAVE_PATH:
+        with open(SAVE_PATH[0], "w") as fh:
+            json.dump(results, fh, indent=1)
+
+
+def ms(fn, rep: int = 40) -> float:
     return do_bench(fn, warmup=10, rep=rep, return_mode="median")
 
 
@@ -273,6 +284,8 @@ def bench(results, copy_gbs):
                     rec[f"{k}_gbs"] = gbs
                     rec[f"{k}_pct_copy"] = 100 * gbs / copy_gbs
             rows.append(rec)
+            results["bench"] = rows
+            save(results)
             print(
                 f"bench {N}x{D} {name}: "
                 + " ".join(f"{k}={rec.get(k + '_us', float('nan')):.1f}us" for k in ("fwd", "bwd", "res"))
@@ -286,7 +299,7 @@ def bench(results, copy_gbs):
 
 def heads(results, copy_gbs):
     rows = []
-    for T, H, D in HEAD_SHAPES:
+    for T, H, D in HEAD_BENCH_SHAPES:
         x = torch.randn(T, H * D, device="cuda", dtype=DT)
         w = torch.randn(D, device="cuda", dtype=DT)
         hw = torch.randn(H, D, device="cuda", dtype=DT)
@@ -320,6 +333,8 @@ def heads(results, copy_gbs):
                 except Exception as e:  # noqa: BLE001
                     rec["err"] = repr(e)[:200]
                 rows.append(rec)
+                results["heads"] = rows
+                save(results)
                 print(f"heads {rec}", flush=True)
     results["heads"] = rows
 
@@ -379,6 +394,7 @@ def main():
     results["copy_gbs"] = copy_gbs
     print(f"copy bandwidth {copy_gbs:.0f} GB/s", flush=True)
     path = os.path.join(args.out, f"{args.tag}.json")
+    SAVE_PATH.append(path)
     for step in args.steps:
         t0 = time.time()
         try:

@@ -8,7 +8,7 @@ normalised over its ``D`` columns with fp32 statistics. Row ``i`` of the tile is
 activation (``[B, T, H, D]`` with a row stride of ``3*H*D``) is read in place.
 
 Rows wider than ``FUSED_MAX_*`` columns do not fit in registers: the ``*_chunked`` kernels
-loop over the row in ``CHUNK`` columns, one row per step, reading it twice (the second read
+loop over the row in ``CHUNK`` columns (``CHUNKED_*_CONFIG``), one row per step, reading it twice (the second read
 hits L2: one row is at most a few hundred KB).
 
 Backward recomputes the row statistics from ``x`` instead of storing ``rstd`` in forward:
@@ -37,49 +37,56 @@ __all__ = [
 # Largest BLOCK_H * BLOCK_D kept in registers; wider rows take the chunked kernels.
 FUSED_MAX_FWD = 16384
 FUSED_MAX_BWD = 8192
-CHUNK = 4096
 
-# (elements per tile, num_warps) keyed by BLOCK_H * BLOCK_D; found by benchmarks/bench_norms.py's sweep.
+# Tiles keyed by BLOCK_H * BLOCK_D (the padded row width), picked by benchmarks/bench_norms.py's
+# sweep on an H100 (2026-11-23, bf16; results in benchmarks/results/). Forward and residual
+# forward: (elements per program, num_warps). Widths not in the sweep carry neighbouring values.
 FWD_CONFIGS: dict[int, tuple[int, int]] = {
     1: (1024, 4),
     2: (1024, 4),
     4: (1024, 4),
     8: (2048, 4),
     16: (2048, 4),
-    32: (4096, 4),
-    64: (4096, 4),
-    128: (4096, 4),
-    256: (4096, 4),
-    512: (4096, 4),
-    1024: (4096, 4),
-    2048: (4096, 8),
-    4096: (4096, 8),
-    8192: (8192, 16),
-    16384: (16384, 32),
-}
-BWD_CONFIGS: dict[int, tuple[int, int]] = {
-    1: (512, 4),
-    2: (512, 4),
-    4: (512, 4),
-    8: (1024, 4),
-    16: (1024, 4),
     32: (2048, 4),
     64: (2048, 4),
-    128: (2048, 4),
-    256: (2048, 4),
-    512: (2048, 4),
-    1024: (2048, 4),
-    2048: (2048, 8),
-    4096: (4096, 8),
-    8192: (8192, 16),
+    128: (2048, 8),
+    256: (2048, 8),
+    512: (4096, 8),
+    1024: (4096, 8),
+    2048: (4096, 8),
+    4096: (8192, 16),
+    8192: (16384, 32),
+    16384: (16384, 32),
 }
-# Residual forward (2 loads, 2 stores per element) may prefer other tiles than plain forward.
-RES_CONFIGS: dict[int, tuple[int, int]] = dict(FWD_CONFIGS)
-# Persistent backward grid: programs per SM.
-BWD_PROGRAMS_PER_SM = 2
-# Chunked kernels: (columns per step, num_warps); backward programs per SM.
-CHUNKED_FWD_CONFIG = (CHUNK, 16)
-CHUNKED_BWD_CONFIG = (CHUNK, 16)
+RES_CONFIGS: dict[int, tuple[int, int]] = {
+    **FWD_CONFIGS,
+    64: (2048, 8),
+    128: (2048, 8),
+    1024: (2048, 4),
+    4096: (4096, 8),
+    8192: (8192, 8),
+}
+# Persistent backward: (elements per tile, num_warps, programs per SM).
+BWD_CONFIGS: dict[int, tuple[int, int, int]] = {
+    1: (1024, 4, 2),
+    2: (1024, 4, 2),
+    4: (2048, 4, 2),
+    8: (2048, 4, 2),
+    16: (4096, 8, 2),
+    32: (8192, 8, 2),
+    64: (8192, 8, 2),
+    128: (2048, 8, 4),
+    256: (2048, 8, 4),
+    512: (2048, 8, 4),
+    1024: (2048, 8, 4),
+    2048: (4096, 8, 2),
+    4096: (8192, 4, 2),
+    8192: (8192, 8, 1),
+}
+# Chunked kernels (rows wider than FUSED_MAX_*): (columns per step, num_warps); backward
+# programs per SM.
+CHUNKED_FWD_CONFIG = (8192, 32)
+CHUNKED_BWD_CONFIG = (8192, 16)
 CHUNKED_BWD_PROGRAMS_PER_SM = 1
 
 
@@ -593,10 +600,11 @@ def norm_backward(
     dummy = dx
     if fused:
         width = block_h * block_d
-        elems, warps = config or BWD_CONFIGS[min(width, FUSED_MAX_BWD)]
+        elems, warps, per_sm = BWD_CONFIGS[min(width, FUSED_MAX_BWD)]
+        elems, warps = config or (elems, warps)
+        per_sm = programs_per_sm or per_sm
         block_t = max(1, elems // width)
         n_blocks = triton.cdiv(rows.n_tok, block_t)
-        per_sm = programs_per_sm or BWD_PROGRAMS_PER_SM
         P = max(1, min(n_blocks, budget * per_sm))
         parts = (P, rows.NH, D)
         dwp = torch.empty(parts, dtype=torch.float32, device=x.device) if has_w else None

@@ -176,9 +176,8 @@ def test_wide_rows_take_the_chunked_kernels(monkeypatch, residual):
 
 
 def test_backward_persistent_loop_over_many_blocks(monkeypatch):
-    # One program walks every row block: the partial dw accumulates across iterations.
+    # Two programs walk 3 row blocks: the partial dw accumulates across iterations.
     monkeypatch.setattr(tk, "_programs_budget", lambda dev: 1)
-    monkeypatch.setattr(tk, "BWD_PROGRAMS_PER_SM", 1)
     x, w, dy = _inputs(301, 8, torch.float32, seed=8)
     _, (dx, dw) = kernel_grads(lambda a, b: rms_norm(a, b, backend="triton"), [x, w], dy)
     _, (dx64, dw64) = grads64(norm64, [x, w], dy)
