@@ -4,8 +4,6 @@ Every public op takes ``backend="auto" | "triton" | "torch"``: ``auto`` runs Tri
 tensors and the reference elsewhere. Triton is imported only when a kernel first runs.
 """
 
-# Registers the flopkit:: custom ops (fake, autograd, FLOP formulas); imports no triton.
-from . import _norm_ops  # noqa: E402,F401,I001
 from ._dispatch import BACKENDS, SUPPORTED_DTYPES, resolve_backend
 from .head_norm import (
     HEAD_NORM_MODES,

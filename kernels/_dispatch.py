@@ -12,7 +12,14 @@ import os
 
 import torch
 
-__all__ = ["BACKENDS", "SUPPORTED_DTYPES", "resolve_backend", "check_dtype", "triton_available"]
+__all__ = [
+    "register_norm_ops",
+    "BACKENDS",
+    "SUPPORTED_DTYPES",
+    "resolve_backend",
+    "check_dtype",
+    "triton_available",
+]
 
 BACKENDS = ("auto", "triton", "torch")
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -63,3 +70,12 @@ def check_dtype(x: torch.Tensor, name: str, op: str) -> None:
             f"{op}: {name} must be float32, float16 or bfloat16, got {x.dtype} "
             "(cast it first, e.g. x.float())"
         )
+
+
+def register_norm_ops() -> None:
+    """Register the ``flopkit::`` norm custom ops (fake impls, autograd, FLOP formulas).
+
+    Deferred to the first Triton call because ``torch.library`` imports triton, which
+    ``import flopkit`` must not do.
+    """
+    from . import _norm_ops  # noqa: F401

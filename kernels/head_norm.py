@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ._dispatch import check_dtype, resolve_backend
+from ._dispatch import check_dtype, register_norm_ops, resolve_backend
 from .rms_norm import _acc_dtype
 
 __all__ = [
@@ -116,6 +116,7 @@ def per_head_rms_norm(
     split_heads(x, num_heads, D, "per_head_rms_norm")
     if resolve_backend(backend, x, "per_head_rms_norm") == "torch" or x.dtype == torch.float64:
         return per_head_rms_norm_ref(x, weight, num_heads, eps, head_dim=D)
+    register_norm_ops()
     return torch.ops.flopkit.per_head_rms_norm(x, weight, num_heads, D, eps)
 
 
@@ -142,6 +143,7 @@ def head_norm(
     split_heads(x, H, D, "head_norm")
     if resolve_backend(backend, x, "head_norm") == "torch" or x.dtype == torch.float64:
         return head_norm_ref(x, weight, bias, eps, mode, num_heads=H, head_dim=D)
+    register_norm_ops()
     return torch.ops.flopkit.head_norm(x, weight, bias, H, D, eps, mode)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ._dispatch import check_dtype, resolve_backend
+from ._dispatch import check_dtype, register_norm_ops, resolve_backend
 
 __all__ = ["rms_norm", "rms_norm_ref", "rms_norm_residual", "rms_norm_residual_ref", "rms_norm_flops"]
 
@@ -65,8 +65,8 @@ def rms_norm(
     _check_norm_args(x, weight, "rms_norm")
     if resolve_backend(backend, x, "rms_norm") == "torch" or x.dtype == torch.float64:
         return rms_norm_ref(x, weight, eps)
-    # The custom op (kernels/_norm_ops.py) runs the Triton kernel; it is registered when the
-    # package is imported, without importing triton.
+    # The custom op (kernels/_norm_ops.py) runs the Triton kernel.
+    register_norm_ops()
     return torch.ops.flopkit.rms_norm(x, weight, eps)
 
 
@@ -91,4 +91,5 @@ def rms_norm_residual(
         )
     if resolve_backend(backend, x, "rms_norm_residual") == "torch" or x.dtype == torch.float64:
         return rms_norm_residual_ref(x, residual, weight, eps)
+    register_norm_ops()
     return torch.ops.flopkit.rms_norm_residual(x, residual, weight, eps)
