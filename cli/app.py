@@ -46,7 +46,38 @@ def _load(source: str, overrides: tuple[str, ...]) -> Config:
     return config
 
 
-@click.group(context_settings=CONTEXT)
+class FlopkitGroup(click.Group):
+    """A click group whose errors are one line on stderr with exit status 2, never a traceback.
+
+    Click's own usage errors, config errors and the library's ValueError/TypeError/KeyError/
+    FileNotFoundError/ImportError (a missing optional dependency) all end the same way;
+    ``validate`` exits with 1 on a mismatch.
+    """
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # noqa: D102
+        try:
+            code = super().main(args, prog_name or "flopkit", complete_var, standalone_mode=False, **extra)
+        except click.exceptions.Exit as exc:
+            code = exc.exit_code
+        except click.exceptions.Abort:
+            _error("aborted")
+            code = 1
+        except click.ClickException as exc:
+            _error(exc.format_message())
+            code = 2
+        except (ValueError, TypeError, KeyError, OSError, ImportError) as exc:
+            _error(str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc))
+            code = 2
+        if not standalone_mode:
+            return code
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def _error(message: str) -> None:
+    click.echo(f"flopkit: error: {' '.join(str(message).split())}", err=True)
+
+
+@click.group(cls=FlopkitGroup, context_settings=CONTEXT)
 @click.version_option(package_name="flopkit", prog_name="flopkit")
 def app() -> None:
     """Per-layer FLOP reports, validation against fvcore and torch, and token layout / RoPE
@@ -345,7 +376,7 @@ def _render_validation(source: str, rec, names: list[str], fmt: str) -> str:
             raw = sum(v for op, v in rec.raw_totals[n].items() if _category_of(n, op) == cat)
             got = rec.totals[n][cat]
             if cat in rec.comparable[n]:
-                delta = got - rec.totals["comparable analytic"][cat]
+                delta = got - rec.totals["analytic"][cat]
                 line += [raw, got, f"{delta:+,}"]
             else:
                 line += [raw or "-", got or "-", "not comparable"]

@@ -56,10 +56,10 @@ BACKWARD_MULTIPLIERS: dict[str, int] = {
 
 COUNTED_LEGEND = (
     "Counted (1 FLOP = one multiply or add; a multiply-accumulate is 2): matmul = Linear and the "
-    "patch conv (2*T*i*o, + T*o with bias); attention = QK^T and AV (4*T^2*C); norm = RMSNorm and "
+    "patch conv (2*T*i*o; a Linear bias add, T*o, is elementwise); attention = QK^T and AV (4*T^2*C); norm = RMSNorm and "
     "QK-norm (3 per normalised element; the final norm only on the readout token(s)); rope = 2 per "
-    "element of q and of k (4*T*C); elementwise = LayerScale, GELU (1 per element) and the "
-    "position-embedding add. Not counted: residual adds, softmax, the attention scale, dropout, "
+    "element of q and of k (4*T*C); elementwise = LayerScale, GELU (1 per element), bias adds and "
+    "the position-embedding add. Not counted: residual adds, softmax, the attention scale, dropout, "
     "CLS/register concatenation, mean pooling."
 )
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from flopkit.nn._flops import CATEGORIES, linear_flops, module_breakdown
+from flopkit.nn._flops import CATEGORIES
 
 from .analytic import FlopNode, breakdown_at, depth_of, leaf_owner, scale_breakdown, top_paths
 from .measured import Measurement
@@ -61,8 +61,8 @@ COUNTER_NOTES: dict[str, list[str]] = {
 }
 
 GENERAL_NOTES = [
-    "Bias adds of Linear layers (T*o, counted by flopkit under matmul) are counted by neither counter; they "
-    "are subtracted from the analytic side before comparing.",
+    "Linear bias adds (T*o) are elementwise in flopkit's convention and invisible to both counters (fvcore's "
+    "linear handle and torch's addmm formula count the product only), so matmul compares products only.",
     "'in parent': the module ran through a method other than __call__ (ViT5Block.norm2 runs fused with "
     "the residual add via forward_residual), so both counters attribute its ops to the parent block, "
     "whose row carries the comparison.",
@@ -113,7 +113,7 @@ class Reconciliation:
     @property
     def ok(self) -> bool:
         return all(row.ok for row in self.rows) and all(
-            _close(self.totals[counter].get(cat, 0), self.totals["comparable analytic"][cat], self.rtol)
+            _close(self.totals[counter].get(cat, 0), self.totals["analytic"][cat], self.rtol)
             for counter, cats in self.comparable.items()
             for cat in cats
         )
@@ -121,22 +121,6 @@ class Reconciliation:
 
 def _close(measured: int, analytic: int, rtol: float) -> bool:
     return abs(measured - analytic) <= rtol * abs(analytic)
-
-
-def _bias_flops(tree: FlopNode) -> dict[str, int]:
-    """Per path, the Linear bias adds (``T*o``) in the subtree: flopkit counts them, counters do not."""
-    own: dict[str, int] = {}
-    for node in tree.walk():
-        m = node.module
-        if isinstance(m, nn.Linear) and m.bias is not None:
-            with_bias = module_breakdown(m, node.count)["matmul"]
-            own[node.path] = with_bias - linear_flops(node.count, m.in_features, m.out_features, False)
-    out: dict[str, int] = {}
-    for node in tree.walk():
-        out[node.path] = sum(
-            v for p, v in own.items() if p == node.path or p.startswith(node.path + ".") or not node.path
-        )
-    return out
 
 
 def _measured_at(m: Measurement, path: str, model_paths: list[str]) -> dict[str, int] | None:
@@ -165,7 +149,6 @@ def reconcile(
     """Compare the analytic ``tree`` (per sample, scaled by ``batch``) with each measurement, per
     module down to ``depth`` and for the whole model, category by category."""
     nodes = {node.path: node for node in tree.walk()}
-    bias = _bias_flops(tree)
     comparable = {
         m.counter: tuple(c for c in CATEGORIES if c in ALWAYS_COMPARABLE or c in m.categories)
         for m in measurements
@@ -178,12 +161,11 @@ def reconcile(
             continue
         analytic = breakdown_at(path, nodes)
         analytic = scale_breakdown(analytic, batch)
-        bias_here = _bias_at(path, bias, nodes) * batch
         row = CheckRow(path, type(modules[path]).__name__, analytic)
         owner = leaf_owner(path, nodes)
         for m in measurements:
             cats = comparable[m.counter]
-            want = {c: analytic.get(c, 0) - (bias_here if c == "matmul" else 0) for c in cats}
+            want = {c: analytic.get(c, 0) for c in cats}
             row.compared[m.counter] = sum(want.values())
             if owner is not None:  # e.g. patch_embed.proj: PatchEmbed's own formula covers it
                 row.status[m.counter] = f"counted in {owner}"
@@ -202,9 +184,6 @@ def reconcile(
     whole = scale_breakdown(tree.breakdown, batch)
     totals: dict[str, dict[str, int]] = {
         "analytic": whole,
-        "comparable analytic": {
-            c: whole[c] - (bias.get("", 0) * batch if c == "matmul" else 0) for c in CATEGORIES
-        },
     }
     raw_totals, skipped = {}, {}
     for m in measurements:
@@ -217,9 +196,3 @@ def reconcile(
             if cat not in comparable[m.counter] and whole[cat]:
                 notes.append(f"{m.counter} / {cat}: not comparable: {BLIND_SPOTS[m.counter][cat]}.")
     return Reconciliation(rows, comparable, totals, raw_totals, skipped, notes, rtol)
-
-
-def _bias_at(path: str, bias: dict[str, int], nodes: dict[str, FlopNode]) -> int:
-    if path in bias:
-        return bias[path]
-    return sum(bias.get(p, 0) for p in top_paths(path, nodes))

@@ -128,6 +128,17 @@ def rope_summary(attn: ViT5Attention, pairing: str | None = None) -> dict[str, A
     }
 
 
+def _boundaries(layout) -> list[tuple[int, str, str]]:
+    """``(first row, label, colour)`` of each token-kind boundary."""
+    out = []
+    if layout.has_cls:
+        out.append((layout.cls_index, f"patches | CLS (row {layout.cls_index})", "black"))
+    if layout.num_registers:
+        label = f"{'CLS' if layout.has_cls else 'patches'} | registers (row {layout.register_start})"
+        out.append((layout.register_start, label, "limegreen"))
+    return out
+
+
 def plot_rope_tables(attn: ViT5Attention, path: str | Path) -> Path:
     """Heat maps of cos and sin (``[T, D]``) with token-kind boundaries marked; writes a PNG.
 
@@ -149,13 +160,10 @@ def plot_rope_tables(attn: ViT5Attention, path: str | Path) -> Path:
         ax.set_title(f"rope_{name}  [T={T}, D={D}]")
         ax.set_xlabel("channel (first half: Y angle, second half: X angle)")
         ax.axvline(D / 2 - 0.5, color="k", lw=0.8, ls=":")
-        bounds = [(layout.num_patches, "patches | cls" if layout.has_cls else "patches | registers")]
-        if layout.has_cls and layout.num_registers:
-            bounds.append((layout.register_start, "cls | registers"))
-        for y, label in bounds:
-            ax.axhline(y - 0.5, color="k", lw=1.0)
-            ax.text(D - 0.5, y - 1, label, ha="right", va="bottom", fontsize=8,
-                    bbox={"facecolor": "white", "alpha": 0.7, "lw": 0})  # fmt: skip
+        lines = []
+        for y, label, color in _boundaries(layout):
+            lines.append(ax.axhline(y - 0.5, color=color, lw=1.2, label=label))
+    axes[1].legend(handles=lines, loc="lower left", fontsize=8, framealpha=0.9)
     axes[0].set_ylabel("token index")
     fig.colorbar(im, ax=axes, shrink=0.8)
     fig.suptitle(
