@@ -27,6 +27,8 @@ FLOPs registered with ``torch.utils.flop_counter`` from ``qk_norm_rope_flops``.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -54,10 +56,11 @@ def _partner(cols, HEAD_DIM: tl.constexpr, INTERLEAVED: tl.constexpr):
 def _norm_rope_tile(
     x_ptrs, xp_ptrs, w_ptr, cos, sin, cols, partner, sign, mask, eps,
     HEAD_DIM: tl.constexpr, NORM: tl.constexpr, HAS_W: tl.constexpr, ACC: tl.constexpr,
+    PARTNER_EVICT: tl.constexpr,
 ):  # fmt: skip
     """Normalised and rotated ``[BLOCK_T, BLOCK_D]`` tile; ``xp_ptrs`` point at the partner channels."""
     x = tl.load(x_ptrs, mask=mask, other=0.0).to(ACC)
-    xp = tl.load(xp_ptrs, mask=mask, other=0.0).to(ACC)
+    xp = tl.load(xp_ptrs, mask=mask, other=0.0, eviction_policy=PARTNER_EVICT).to(ACC)
     if NORM:
         r = tl.rsqrt(tl.sum(x * x, axis=1) / HEAD_DIM + eps)[:, None]
         x = x * r
@@ -77,7 +80,7 @@ def _qk_norm_rope_fwd_kernel(
     eps,
     HEAD_DIM: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
     NORM: tl.constexpr, HAS_QW: tl.constexpr, HAS_KW: tl.constexpr,
-    INTERLEAVED: tl.constexpr, ACC: tl.constexpr,
+    INTERLEAVED: tl.constexpr, ACC: tl.constexpr, TABLE_EVICT: tl.constexpr, PARTNER_EVICT: tl.constexpr,
 ):  # fmt: skip
     # Heads vary fastest over program ids, so concurrent programs read whole token rows of qkv.
     pid = tl.program_id(0)
@@ -89,8 +92,11 @@ def _qk_norm_rope_fwd_kernel(
     b = (rows // num_tokens).to(tl.int64)
     t = rows % num_tokens
 
-    cos = tl.load(cos_ptr + t[:, None] * s_cos_t + cols[None, :] * s_cos_d, mask=mask, other=0.0).to(ACC)
-    sin = tl.load(sin_ptr + t[:, None] * s_sin_t + cols[None, :] * s_sin_d, mask=mask, other=0.0).to(ACC)
+    # The [T, D] tables are shared by every batch row and head: keep them in L2.
+    cos = tl.load(cos_ptr + t[:, None] * s_cos_t + cols[None, :] * s_cos_d, mask=mask, other=0.0,
+                  eviction_policy=TABLE_EVICT).to(ACC)  # fmt: skip
+    sin = tl.load(sin_ptr + t[:, None] * s_sin_t + cols[None, :] * s_sin_d, mask=mask, other=0.0,
+                  eviction_policy=TABLE_EVICT).to(ACC)  # fmt: skip
 
     row = qkv_ptr + (b * s_qkv_b + t * s_qkv_t)[:, None]
     q_cols = ((h * HEAD_DIM + cols) * s_qkv_c)[None, :]
@@ -100,12 +106,12 @@ def _qk_norm_rope_fwd_kernel(
 
     q = _norm_rope_tile(
         row + q_cols, row + q_pcols, qw_ptr + h * s_qw_h, cos, sin, cols, partner, sign, mask, eps,
-        HEAD_DIM, NORM, HAS_QW, ACC,
+        HEAD_DIM, NORM, HAS_QW, ACC, PARTNER_EVICT,
     )  # fmt: skip
     tl.store(q_ptr + out, q.to(q_ptr.dtype.element_ty), mask=mask)
     k = _norm_rope_tile(
         row + q_cols + k_shift, row + q_pcols + k_shift, kw_ptr + h * s_kw_h, cos, sin, cols, partner, sign,
-        mask, eps, HEAD_DIM, NORM, HAS_KW, ACC,
+        mask, eps, HEAD_DIM, NORM, HAS_KW, ACC, PARTNER_EVICT,
     )  # fmt: skip
     tl.store(k_ptr + out, k.to(k_ptr.dtype.element_ty), mask=mask)
 
@@ -114,11 +120,12 @@ def _qk_norm_rope_fwd_kernel(
 def _norm_rope_tile_bwd(
     g_ptrs, gp_ptrs, x_ptrs, w_ptr, cos, sin_p, cols, sign, mask, eps,
     HEAD_DIM: tl.constexpr, NORM: tl.constexpr, HAS_W: tl.constexpr, ACC: tl.constexpr,
+    PARTNER_EVICT: tl.constexpr,
 ):  # fmt: skip
     """``(dx, dw_partial)`` of one ``[BLOCK_T, BLOCK_D]`` tile; ``dw_partial`` is ``[BLOCK_D]`` (zeros
     without a weight). ``gp_ptrs`` point at the partner channels, ``sin_p`` is sin at the partners."""
     g = tl.load(g_ptrs, mask=mask, other=0.0).to(ACC)
-    gp = tl.load(gp_ptrs, mask=mask, other=0.0).to(ACC)
+    gp = tl.load(gp_ptrs, mask=mask, other=0.0, eviction_policy=PARTNER_EVICT).to(ACC)
     # rotᵀ = -rot for both pairings: dy = cos*g + rotᵀ(sin*g).
     dy = g * cos - sign[None, :] * gp * sin_p
     dw = tl.sum(dy * 0.0, axis=0)
@@ -143,7 +150,7 @@ def _qk_norm_rope_bwd_kernel(
     eps,
     HEAD_DIM: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
     NORM: tl.constexpr, HAS_QW: tl.constexpr, HAS_KW: tl.constexpr, HAS_DV: tl.constexpr,
-    INTERLEAVED: tl.constexpr, ACC: tl.constexpr,
+    INTERLEAVED: tl.constexpr, ACC: tl.constexpr, TABLE_EVICT: tl.constexpr, PARTNER_EVICT: tl.constexpr,
 ):  # fmt: skip
     # Program (chunk, h) walks ``tiles_per_prog`` consecutive row tiles of head h and keeps the
     # weight-gradient partial in registers: partials are [num_chunks, H, D], not one per tile.
@@ -162,10 +169,10 @@ def _qk_norm_rope_bwd_kernel(
         mask = (rows < num_rows)[:, None] & cmask[None, :]
         b = (rows // num_tokens).to(tl.int64)
         t = rows % num_tokens
-        cos = tl.load(cos_ptr + t[:, None] * s_cos_t + cols[None, :] * s_cos_d, mask=mask, other=0.0).to(ACC)
-        sin_p = tl.load(sin_ptr + t[:, None] * s_sin_t + partner[None, :] * s_sin_d, mask=mask, other=0.0).to(
-            ACC
-        )
+        cos = tl.load(cos_ptr + t[:, None] * s_cos_t + cols[None, :] * s_cos_d, mask=mask, other=0.0,
+                      eviction_policy=TABLE_EVICT).to(ACC)  # fmt: skip
+        sin_p = tl.load(sin_ptr + t[:, None] * s_sin_t + partner[None, :] * s_sin_d, mask=mask, other=0.0,
+                        eviction_policy=TABLE_EVICT).to(ACC)  # fmt: skip
         x_row = qkv_ptr + (b * s_qkv_b + t * s_qkv_t)[:, None]
         out_row = dqkv_ptr + (rows.to(tl.int64) * (3 * hd))[:, None]
 
@@ -173,7 +180,7 @@ def _qk_norm_rope_bwd_kernel(
         dxq, dwq = _norm_rope_tile_bwd(
             dq_row + (cols * s_dq_d)[None, :], dq_row + (partner * s_dq_d)[None, :],
             x_row + (q_cols * s_qkv_c)[None, :], qw_ptr + h * s_qw_h, cos, sin_p, cols, sign, mask, eps,
-            HEAD_DIM, NORM, HAS_QW, ACC,
+            HEAD_DIM, NORM, HAS_QW, ACC, PARTNER_EVICT,
         )  # fmt: skip
         tl.store(out_row + q_cols[None, :], dxq.to(dqkv_ptr.dtype.element_ty), mask=mask)
         dqw_acc += dwq
@@ -182,7 +189,7 @@ def _qk_norm_rope_bwd_kernel(
         dxk, dwk = _norm_rope_tile_bwd(
             dk_row + (cols * s_dk_d)[None, :], dk_row + (partner * s_dk_d)[None, :],
             x_row + ((q_cols + hd) * s_qkv_c)[None, :], kw_ptr + h * s_kw_h, cos, sin_p, cols, sign, mask,
-            eps, HEAD_DIM, NORM, HAS_KW, ACC,
+            eps, HEAD_DIM, NORM, HAS_KW, ACC, PARTNER_EVICT,
         )  # fmt: skip
         tl.store(out_row + (q_cols + hd)[None, :], dxk.to(dqkv_ptr.dtype.element_ty), mask=mask)
         dkw_acc += dwk
@@ -203,6 +210,15 @@ def _qk_norm_rope_bwd_kernel(
 
 # --------------------------------------------------------------------------------------------------
 # Launchers
+#
+# Launch configurations from the H100 sweep in benchmarks/ (bf16, D = 64): the forward is fastest with
+# small one-warp programs (many CTAs per SM, ~512 elements of q and of k each); the backward with
+# ~2K-element tiles, two warps, and about 4 programs per SM looping over row tiles.
+FWD_TILE_ELEMS, FWD_WARPS = 512, 1
+BWD_TILE_ELEMS, BWD_WARPS, BWD_PROGRAMS_PER_SM = 2048, 2, 4
+# Eviction hints: the cos/sin tables are re-read by every batch row and head; the partner re-read
+# of a tile is the last use of its lines.
+TABLE_EVICT, PARTNER_EVICT = "evict_last", "evict_first"
 
 
 def _acc(dtype: torch.dtype):
@@ -213,19 +229,23 @@ def _block_d(head_dim: int) -> int:
     return triton.next_power_of_2(head_dim)
 
 
-def _default_block_t(head_dim: int) -> int:
-    # About 2K elements per q (and k) tile: enough loads in flight, few registers.
-    return max(1, 2048 // _block_d(head_dim))
-
-
 def _weight_head_stride(w: torch.Tensor | None) -> int:
     return 0 if w is None or w.dim() == 1 else w.stride(0)
 
 
+@functools.cache
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
 def _program_count_hint(device: torch.device) -> int:
     if device.type == "cuda":
-        return 8 * torch.cuda.get_device_properties(device).multi_processor_count
+        return BWD_PROGRAMS_PER_SM * _sm_count(device.index if device.index is not None else 0)
     return 4  # the CPU interpreter: few programs, long loops
+
+
+def _evict(hints: bool) -> tuple[str, str]:
+    return (TABLE_EVICT, PARTNER_EVICT) if hints else ("", "")
 
 
 def qk_norm_rope_fwd(
@@ -240,7 +260,8 @@ def qk_norm_rope_fwd(
     norm: bool,
     *,
     block_t: int | None = None,
-    num_warps: int = 4,
+    num_warps: int = FWD_WARPS,
+    evict_hints: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the forward kernel: ``qkv`` ``[B, T, 3*H*D]`` -> q, k ``[B, H, T, D]`` contiguous."""
     B, T, three_hd = qkv.shape
@@ -250,8 +271,9 @@ def qk_norm_rope_fwd(
     rows = B * T
     if rows == 0:
         return q, k
-    block_t = block_t or _default_block_t(D)
+    block_t = block_t or max(1, FWD_TILE_ELEMS // _block_d(D))
     has_qw, has_kw = norm and q_weight is not None, norm and k_weight is not None
+    table_evict, partner_evict = _evict(evict_hints)
     grid = (triton.cdiv(rows, block_t) * num_heads,)
     _qk_norm_rope_fwd_kernel[grid](
         qkv, cos, sin, q_weight if has_qw else qkv, k_weight if has_kw else qkv, q, k,
@@ -260,7 +282,8 @@ def qk_norm_rope_fwd(
         _weight_head_stride(q_weight), _weight_head_stride(k_weight),
         eps,
         HEAD_DIM=D, BLOCK_T=block_t, BLOCK_D=_block_d(D), NORM=norm, HAS_QW=has_qw, HAS_KW=has_kw,
-        INTERLEAVED=pairing == "interleaved", ACC=_acc(qkv.dtype), num_warps=num_warps,
+        INTERLEAVED=pairing == "interleaved", ACC=_acc(qkv.dtype), TABLE_EVICT=table_evict,
+        PARTNER_EVICT=partner_evict, num_warps=num_warps,
     )  # fmt: skip
     return q, k
 
@@ -280,8 +303,9 @@ def qk_norm_rope_bwd(
     norm: bool,
     *,
     block_t: int | None = None,
-    num_warps: int = 4,
+    num_warps: int = BWD_WARPS,
     num_programs: int | None = None,
+    evict_hints: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launch the backward kernel.
 
@@ -294,18 +318,18 @@ def qk_norm_rope_bwd(
     rows = B * T
     dqkv = torch.empty((B, T, three_hd), dtype=qkv.dtype, device=qkv.device)
     has_qw, has_kw = norm and q_weight is not None, norm and k_weight is not None
-    block_t = block_t or _default_block_t(D)
+    block_t = block_t or max(1, BWD_TILE_ELEMS // _block_d(D))
     n_tiles = max(1, triton.cdiv(rows, block_t))
     chunks = max(1, min(n_tiles, (num_programs or _program_count_hint(qkv.device)) // num_heads))
     tiles_per_prog = triton.cdiv(n_tiles, chunks)
     chunks = triton.cdiv(n_tiles, tiles_per_prog)
+    part_dtype = torch.float64 if qkv.dtype == torch.float64 else torch.float32
     part_shape = (chunks, num_heads, D)
-    dqw_part = torch.empty(part_shape if has_qw else (0,), dtype=torch.float32, device=qkv.device)
-    dkw_part = torch.empty(part_shape if has_kw else (0,), dtype=torch.float32, device=qkv.device)
-    if qkv.dtype == torch.float64:
-        dqw_part, dkw_part = dqw_part.double(), dkw_part.double()
+    dqw_part = torch.empty(part_shape if has_qw else (0,), dtype=part_dtype, device=qkv.device)
+    dkw_part = torch.empty(part_shape if has_kw else (0,), dtype=part_dtype, device=qkv.device)
     if rows:
         dv_t = dv if dv is not None else dq
+        table_evict, partner_evict = _evict(evict_hints)
         _qk_norm_rope_bwd_kernel[(chunks * num_heads,)](
             dq, dk, dv_t, qkv, cos, sin, q_weight if has_qw else qkv, k_weight if has_kw else qkv,
             dqkv, dqw_part, dkw_part,
@@ -316,7 +340,7 @@ def qk_norm_rope_bwd(
             eps,
             HEAD_DIM=D, BLOCK_T=block_t, BLOCK_D=_block_d(D), NORM=norm, HAS_QW=has_qw, HAS_KW=has_kw,
             HAS_DV=dv is not None, INTERLEAVED=pairing == "interleaved", ACC=_acc(qkv.dtype),
-            num_warps=num_warps,
+            TABLE_EVICT=table_evict, PARTNER_EVICT=partner_evict, num_warps=num_warps,
         )  # fmt: skip
     return (
         dqkv,
@@ -334,6 +358,11 @@ def _reduce_weight_grad(part: torch.Tensor, weight: torch.Tensor | None, used: b
 
 # --------------------------------------------------------------------------------------------------
 # Custom ops, autograd and the FLOP formula
+#
+# The custom ops are what torch.compile, FakeTensor/meta tracing and FlopCounterMode see. A plain
+# eager call (no dispatch mode active, not compiling, real tensors) calls the same launchers
+# directly: the dispatcher round trip costs tens of microseconds of CPU per call, as much as the
+# kernel itself at ViT sizes.
 
 _FWD_SCHEMA = (
     "(Tensor qkv, Tensor cos, Tensor sin, Tensor? q_weight, Tensor? k_weight, int num_heads, float eps, "
@@ -371,9 +400,23 @@ def _(dq, dk, dv, qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, no
     return dqkv, weight_grad(q_weight), weight_grad(k_weight)
 
 
+def _through_dispatcher(x: torch.Tensor) -> bool:
+    """Whether a call must go through the custom op rather than straight to the launcher."""
+    # is_compiling() first: Dynamo folds it to a constant and never traces the C call after it.
+    return (
+        torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() > 0 or x.device.type == "meta"
+    )
+
+
+def _forward(qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm):
+    op = torch.ops.flopkit.qk_norm_rope if _through_dispatcher(qkv) else qk_norm_rope_fwd
+    return op(qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm)
+
+
 def _backward(ctx, dq, dk, dv):
     qkv, cos, sin, q_weight, k_weight = ctx.saved_tensors
-    dqkv, dqw, dkw = torch.ops.flopkit.qk_norm_rope_backward(
+    op = torch.ops.flopkit.qk_norm_rope_backward if _through_dispatcher(qkv) else qk_norm_rope_bwd
+    dqkv, dqw, dkw = op(
         dq, dk, dv, qkv, cos, sin, q_weight, k_weight, ctx.num_heads, ctx.eps, ctx.pairing, ctx.norm
     )
     dqw = dqw if q_weight is not None and ctx.norm else None
@@ -397,14 +440,12 @@ _qk_norm_rope_op.register_autograd(_op_backward, setup_context=_setup_context)
 
 
 class _QKNormRope(torch.autograd.Function):
-    """q, k from the custom op plus v as a view of ``qkv``; backward writes d(qkv) in one kernel,
-    v's slice included, instead of autograd adding a zero-padded copy of dv."""
+    """q, k from the forward kernel plus v as a view of ``qkv``; backward writes d(qkv) in one
+    kernel, v's slice included, instead of autograd adding a zero-padded copy of dv."""
 
     @staticmethod
     def forward(ctx, qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm):
-        q, k = torch.ops.flopkit.qk_norm_rope(
-            qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm
-        )
+        q, k = _forward(qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm)
         _setup_context(ctx, (qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm), None)
         return q, k, _v_view(qkv, num_heads)
 
@@ -415,8 +456,9 @@ class _QKNormRope(torch.autograd.Function):
 
 
 def _v_view(qkv: torch.Tensor, num_heads: int) -> torch.Tensor:
-    B, T, three_hd = qkv.shape
-    return qkv.unflatten(-1, (3, num_heads, three_hd // (3 * num_heads)))[:, :, 2].transpose(1, 2)
+    """v, the last third of ``qkv`` ``[B, T, 3*H*D]``, viewed ``[B, H, T, D]``."""
+    hd = qkv.shape[-1] // 3
+    return qkv.narrow(-1, 2 * hd, hd).unflatten(-1, (num_heads, hd // num_heads)).transpose(1, 2)
 
 
 if torch.ops.flopkit.qk_norm_rope not in flop_registry:
@@ -441,4 +483,8 @@ def qk_norm_rope_triton(
     norm: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Triton path of ``qk_norm_rope``: q, k ``[B, H, T, D]`` contiguous, v a ``[B, H, T, D]`` view."""
-    return _QKNormRope.apply(qkv, cos, sin, q_weight, k_weight, num_heads, float(eps), pairing, bool(norm))
+    args = (qkv, cos, sin, q_weight, k_weight, num_heads, float(eps), pairing, bool(norm))
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (qkv, q_weight, k_weight)):
+        return _QKNormRope.apply(*args)
+    q, k = _forward(*args)
+    return q, k, _v_view(qkv, num_heads)
