@@ -1,0 +1,197 @@
+"""The flopkit CLI through click's CliRunner (and once as the installed script)."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from flopkit.cli import app
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+TINY = str(EXAMPLES / "vit5-tiny.yaml")
+
+
+def run(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+def run_json(*args: str):
+    result = run(*args, "--format", "json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def vit5_small_params() -> int:
+    C, D, N, L, classes = 384, 64, 196, 12, 1000
+    patch = 3 * 16 * 16 * C + N * C
+    block = 12 * C * C + 4 * C + 2 * D  # qkv, proj, fc1, fc2; norm1, norm2, ls1, ls2; q/k norm
+    return patch + C + 4 * C + L * block + C + C * classes
+
+
+@pytest.mark.parametrize(
+    ("convention", "total"), [("flopkit", 9_417_430_656), ("nvsubquadratic", 9_412_799_616)]
+)
+def test_report_json_totals_of_vit5_small(convention, total):
+    data = run_json("report", "vit5-small", "--convention", convention)
+    assert data["total_flops"] == total and data["convention"] == convention
+    assert data["total_params"] == vit5_small_params() == 22_010_112
+    root = data["rows"][0]
+    assert root["path"] == "" and root["type"] == "ViT5" and root["flops"] == total
+    assert sum(root["breakdown"].values()) == total
+    assert set(root) >= {"path", "type", "repr", "params", "flops", "breakdown"}
+
+
+def test_report_batch_depth_and_training():
+    forward = run_json("report", "vit5-small", "--depth", "1")
+    rows = {r["path"]: r for r in forward["rows"]}
+    assert set(rows) == {"", "patch_embed", "blocks", "norm", "head"}
+    assert rows["norm"]["breakdown"]["norm"] == 3 * 384  # the readout (CLS) token only
+    train = run_json("report", "vit5-small", "--batch", "8", "--training", "--depth", "0")
+    bd, fwd = train["rows"][0]["breakdown"], forward["rows"][0]["breakdown"]
+    assert bd["matmul"] == 8 * 3 * fwd["matmul"] and bd["rope"] == 8 * 2 * fwd["rope"]
+    assert train["batch"] == 8
+
+
+def test_report_table_markdown_csv_render():
+    table = run("report", "vit5-small")
+    assert (
+        table.exit_code == 0
+        and "9,417,430,656" in table.stdout
+        and "Not counted: residual adds" in table.stdout
+    )
+    md = run("report", "vit5-small", "--format", "markdown")
+    assert "| module" in md.stdout
+    csv = run("report", "vit5-small", "--format", "csv").stdout.splitlines()
+    assert csv[0].startswith("module,type,params,matmul") and csv[-1].startswith("TOTAL,ViT5,22010112,")
+
+
+def test_report_of_a_single_module_config():
+    data = run_json("report", str(EXAMPLES / "attention-small.yaml"))
+    T, C = 201, 384
+    assert data["total_flops"] == 8 * T * C * C + 4 * T * T * C + 4 * T * C + 2 * 3 * T * C
+
+
+def test_report_any_model_marks_analytic_and_measured_rows():
+    data = run_json(
+        "report", "--model", f"{EXAMPLES / 'custom_model.py'}:build", "--input-shape", "2,3,224,224"
+    )
+    rows = {r["path"]: r for r in data["rows"]}
+    assert rows["stem"]["source"] == "measured" and rows["blocks.0"]["source"] == "analytic"
+    assert rows["stem"]["breakdown"]["matmul"] == 2 * 2 * 3 * 256 * 192 * 196
+    T, C = 196, 192
+    assert rows["blocks.0"]["breakdown"]["attention"] == 2 * 4 * T * T * C
+
+
+def test_validate_tiny_config_passes():
+    result = run("validate", TINY, "--depth", "3")
+    assert result.exit_code == 0, result.output
+    assert "OK: every comparable count agrees (exactly)" in result.stdout
+    assert "in parent" in result.stdout and "not comparable" in result.stdout
+
+
+def test_validate_vit5_small_json_agrees_on_comparable_categories():
+    data = run_json("validate", "vit5-small", "--against", "fvcore,torch")
+    assert data["ok"] is True
+    assert data["comparable"] == {"fvcore": ["matmul", "attention"], "torch": ["matmul", "attention"]}
+    for counter in ("fvcore", "torch"):
+        assert data["totals"][counter]["matmul"] == 8_652_306_432
+        assert data["totals"][counter]["attention"] == 12 * 4 * 201 * 201 * 384
+    assert (
+        data["raw_totals"]["fvcore"]["linear"] * 2 + data["raw_totals"]["fvcore"]["conv"] * 2 == 8_652_306_432
+    )
+
+
+def test_layout_and_tokens():
+    data = run_json("layout", "vit5-small", "--tokens")
+    assert data["num_tokens"] == 201 and data["tokens"][196] == {
+        "index": 196,
+        "kind": "cls",
+        "y": None,
+        "x": None,
+    }
+    table = run("layout", "vit5-small").stdout
+    assert "14*14 + 1 + 4 = 201" in table and "2x2" in table
+
+
+def test_rope_report_and_plot(tmp_path):
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "rope.png"
+    data = run_json("rope", TINY, "--tokens", "0:2,16:21", "--plot", str(png))
+    assert [r["index"] for r in data["tokens"]] == [0, 1, 16, 17, 18, 19, 20]
+    assert data["summary"]["pairing"] == "split_half" and data["summary"]["preserves_norm"] is False
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    interleaved = run_json("rope", TINY, "--pairing", "interleaved")
+    assert interleaved["summary"]["preserves_norm"] is True
+
+
+def test_presets_lists_all_four_with_params_and_flops():
+    data = run_json("presets")
+    by_name = {r["preset"]: r for r in data}
+    assert list(by_name) == ["vit5-small", "vit5-base", "vit5-large", "vit5-xlarge"]
+    assert by_name["vit5-small"]["params"] == 22_010_112
+    assert by_name["vit5-small"]["flops_flopkit"] == 9_417_430_656
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["report", "vit5-smal"], "unknown preset 'vit5-smal' (did you mean 'vit5-small'?)"),
+        (
+            ["report", "vit5-small", "--set", "hiden_dim=3"],
+            "unknown key 'hiden_dim' (did you mean 'hidden_dim'?)",
+        ),
+        (["report", "vit5-small", "--set", "depth=x"], "depth must be an integer, got 'x'"),
+        (["report", "vit5-small", "--set", "hidden_dim=100"], "hidden_dim must be divisible by num_heads"),
+        (["layout", "vit5-small", "--set", "num_registers=5"], "num_registers must be a perfect square"),
+        (["report", "vit5-small", "--set", "image_size=100"], "image_size height 100 must be divisible"),
+        (["report", "missing.yaml"], "missing.yaml: no such file"),
+        (["rope", "vit5-small", "--tokens", "0:999"], "outside the 201 tokens"),
+        (["report", "vit5-small", "--format", "xml"], "Invalid value for '--format'"),
+        (["layout", TINY, "--set", "qk_norm=layer"], "qk_norm must be one of null, 'rmsnorm', 'headnorm'"),
+    ],
+)
+def test_errors_are_one_line_on_stderr_with_status_2(args, message):
+    result = run(*args)
+    assert result.exit_code == 2
+    assert message in result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.output
+    assert result.stdout == ""
+
+
+def test_malformed_yaml_is_status_2(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("preset: [vit5-small\n")
+    result = run("report", str(bad))
+    assert result.exit_code == 2 and "malformed YAML" in result.stderr
+
+
+def test_bench_without_cuda_is_status_2():
+    result = run("bench")
+    if result.exit_code != 2:
+        pytest.skip("a CUDA GPU is present")
+    assert "needs a CUDA GPU" in result.stderr
+
+
+def test_every_command_help_shows_an_example():
+    for command in ("report", "validate", "layout", "rope", "presets", "bench"):
+        result = run(command, "--help")
+        assert result.exit_code == 0 and "Example" in result.stdout and "flopkit " + command in result.stdout
+
+
+def test_installed_script_runs_as_a_subprocess():
+    script = shutil.which("flopkit") or str(Path(sys.executable).with_name("flopkit"))
+    done = subprocess.run(
+        [script, "report", "vit5-small", "--format", "json", "--depth", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["total_flops"] == 9_417_430_656
+    bad = subprocess.run([script, "report", "vit5-smal"], capture_output=True, text=True, timeout=60)
+    assert (
+        bad.returncode == 2 and bad.stderr.startswith("flopkit: error: unknown preset") and bad.stdout == ""
+    )
