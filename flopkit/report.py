@@ -62,13 +62,12 @@ def render_rows(
     import tabulate as tabulate_module
 
     cells = [[_cell(v, fmt) for v in row] for row in rows]
-    # Keep leading spaces: module paths are indented by depth.
-    tabulate_module.PRESERVE_WHITESPACE = True
     table = tabulate_module.tabulate(
         cells,
         headers=list(headers),
         tablefmt="github" if fmt == "markdown" else "simple",
         disable_numparse=True,
+        preserve_whitespace=True,  # module paths are indented by depth
         colalign=[_align(i, rows) for i in range(len(headers))],
     )
     parts = []
@@ -84,19 +83,21 @@ def render_rows(
     return "\n".join(parts)
 
 
+def _is_number(value: Any) -> bool:
+    """An int/float, or a rendered number such as ``"1,234"``, ``"+0"``, ``"8.2%"``, ``"9.42 G"``."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, (int, float)):
+        return True
+    digits = str(value).rstrip("%GKMT ").lstrip("+-").replace(",", "").replace(".", "")
+    return digits.isdigit()
+
+
 def _align(column: int, rows: Sequence[Sequence[Any]]) -> str:
-    values = [row[column] for row in rows if column < len(row) and row[column] not in (None, "")]
-    numeric = values and all(
-        isinstance(v, (int, float))
-        and not isinstance(v, bool)
-        or (
-            isinstance(v, str)
-            and v[:1] in "+-0123456789"
-            and v.rstrip("%GKMT ").lstrip("+-").replace(",", "").replace(".", "").isdigit()
-        )
-        for v in values
-    )
-    return "right" if numeric else "left"
+    """Right-align a column whose cells are numbers, ignoring blanks and words ("-", "in patch_embed")."""
+    values = [row[column] for row in rows if column < len(row)]
+    values = [v for v in values if v not in (None, "", "-") and not (isinstance(v, str) and v[:1].isalpha())]
+    return "right" if values and all(_is_number(v) for v in values) else "left"
 
 
 def render_json(data: Any) -> str:
