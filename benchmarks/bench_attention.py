@@ -159,6 +159,18 @@ def sweep(shapes) -> list[dict]:
     return out
 
 
+def host_us(fn, calls=30) -> float:
+    """CPU time to issue one call (no synchronisation inside the loop; the launch queue does not fill)."""
+    fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    elapsed = time.perf_counter() - start
+    torch.cuda.synchronize()
+    return elapsed / calls * 1e6
+
+
 def _bench_op_shape(B, T, H, D, copy_gbps) -> list[dict]:
     qkv, cos, sin, qw, kw = op_inputs(B, T, H, D)
     N = B * T * H * D
@@ -184,9 +196,20 @@ def _bench_op_shape(B, T, H, D, copy_gbps) -> list[dict]:
     t_bwd = bench(
         functools.partial(qkt.qk_norm_rope_bwd, *grads, qkv, cos, sin, qw, kw, H, 1e-6, "split_half", True)
     )
-    for direction, t, nbytes in (("fwd", t_fwd, 4 * N * 2), ("bwd", t_bwd, 8 * N * 2)):
+    t_fwd_i = bench(
+        functools.partial(qkt.qk_norm_rope_fwd, qkv, cos, sin, qw, kw, H, 1e-6, "interleaved", True)
+    )
+    t_bwd_i = bench(
+        functools.partial(qkt.qk_norm_rope_bwd, *grads, qkv, cos, sin, qw, kw, H, 1e-6, "interleaved", True)
+    )
+    for impl, direction, t, nbytes in (
+        ("flopkit kernel only", "fwd", t_fwd, 4 * N * 2),
+        ("flopkit kernel only", "bwd", t_bwd, 8 * N * 2),
+        ("flopkit kernel only, interleaved", "fwd", t_fwd_i, 4 * N * 2),
+        ("flopkit kernel only, interleaved", "bwd", t_bwd_i, 8 * N * 2),
+    ):
         gbps = nbytes / t / 1e9
-        rows.append({"shape": (B, T, H, D), "impl": "flopkit kernel only", "dir": direction, "us": t * 1e6,
+        rows.append({"shape": (B, T, H, D), "impl": impl, "dir": direction, "us": t * 1e6,
                      "GBps": gbps, "pct_copy": 100 * gbps / copy_gbps})  # fmt: skip
     compiled = torch.compile(ref, dynamic=False)
     impls = (("flopkit fused", fused), ("eager PyTorch", ref), ("torch.compile(ref)", compiled))
@@ -198,10 +221,12 @@ def _bench_op_shape(B, T, H, D, copy_gbps) -> list[dict]:
         except Exception as exc:  # a compiled graph that cannot be replayed: time fwd+bwd - fwd
             log("retain_graph backward failed, timing fwd+bwd - fwd instead:", repr(exc)[:200])
             t_bwd = bench(functools.partial(fwd_bwd, fn), rep_ms=300) - t_fwd
+        host = {"fwd": host_us(functools.partial(fn, qkv, qw, kw)),
+                "bwd": host_us(functools.partial(backward, fn(*leaves), leaves)) if "compile" not in name else None}  # fmt: skip
         for direction, t, nbytes in (("fwd", t_fwd, 4 * N * 2), ("bwd", t_bwd, 8 * N * 2)):
             gbps = nbytes / t / 1e9
             rows.append({"shape": (B, T, H, D), "impl": name, "dir": direction, "us": t * 1e6, "GBps": gbps,
-                         "pct_copy": 100 * gbps / copy_gbps})  # fmt: skip
+                         "pct_copy": 100 * gbps / copy_gbps, "host_us": host[direction]})  # fmt: skip
             log("op", rows[-1])
     return rows
 
@@ -319,10 +344,12 @@ def markdown(res: dict) -> str:
                   f"(read + write), bf16 matmul 8192³ {c['matmul_bf16_TFLOPs']:.0f} TFLOP/s.", ""]  # fmt: skip
     if res.get("op"):
         lines += ["## Fused QK-norm + RoPE op (bf16, split_half, shared (D,) weights)", "",
-                  "| B, T, H, D | dir | impl | µs | GB/s | % copy | × compile |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+                  "| B, T, H, D | dir | impl | µs | GB/s | % copy | × compile | host µs/call |",
+                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for r in res["op"]:
             lines.append(f"| {r['shape']} | {r['dir']} | {r['impl']} | {r['us']:.1f} | {r['GBps']:.0f} | "
-                         f"{r['pct_copy']:.1f} | {r['speedup_vs_compile']:.2f} |")  # fmt: skip
+                         f"{r['pct_copy']:.1f} | {r['speedup_vs_compile']:.2f} | "
+                         f"{'' if r.get('host_us') is None else format(r['host_us'], '.0f')} |")  # fmt: skip
         lines.append("")
     if res.get("attention"):
         lines += ["## ViT5Attention forward + backward (autocast bf16)", "",

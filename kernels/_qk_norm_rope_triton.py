@@ -53,14 +53,27 @@ def _partner(cols, HEAD_DIM: tl.constexpr, INTERLEAVED: tl.constexpr):
 
 
 @triton.jit
+def _swap_pairs(x):
+    """``[R, C]`` -> the same with columns ``2i`` and ``2i+1`` exchanged (the interleaved partners).
+
+    Each thread holds whole pairs, so this stays in registers; a re-load at ``c ^ 1`` would not
+    vectorize (one 2-byte load per element)."""
+    a, b = tl.split(tl.reshape(x, [x.shape[0], x.shape[1] // 2, 2]))
+    return tl.reshape(tl.join(b, a), [x.shape[0], x.shape[1]])
+
+
+@triton.jit
 def _norm_rope_tile(
     x_ptrs, xp_ptrs, w_ptr, cos, sin, cols, partner, sign, mask, eps,
     HEAD_DIM: tl.constexpr, NORM: tl.constexpr, HAS_W: tl.constexpr, ACC: tl.constexpr,
-    PARTNER_EVICT: tl.constexpr,
+    PARTNER_EVICT: tl.constexpr, INTERLEAVED: tl.constexpr,
 ):  # fmt: skip
     """Normalised and rotated ``[BLOCK_T, BLOCK_D]`` tile; ``xp_ptrs`` point at the partner channels."""
     x = tl.load(x_ptrs, mask=mask, other=0.0).to(ACC)
-    xp = tl.load(xp_ptrs, mask=mask, other=0.0, eviction_policy=PARTNER_EVICT).to(ACC)
+    if INTERLEAVED:
+        xp = _swap_pairs(x)
+    else:
+        xp = tl.load(xp_ptrs, mask=mask, other=0.0, eviction_policy=PARTNER_EVICT).to(ACC)
     if NORM:
         r = tl.rsqrt(tl.sum(x * x, axis=1) / HEAD_DIM + eps)[:, None]
         x = x * r
@@ -106,12 +119,12 @@ def _qk_norm_rope_fwd_kernel(
 
     q = _norm_rope_tile(
         row + q_cols, row + q_pcols, qw_ptr + h * s_qw_h, cos, sin, cols, partner, sign, mask, eps,
-        HEAD_DIM, NORM, HAS_QW, ACC, PARTNER_EVICT,
+        HEAD_DIM, NORM, HAS_QW, ACC, PARTNER_EVICT, INTERLEAVED,
     )  # fmt: skip
     tl.store(q_ptr + out, q.to(q_ptr.dtype.element_ty), mask=mask)
     k = _norm_rope_tile(
         row + q_cols + k_shift, row + q_pcols + k_shift, kw_ptr + h * s_kw_h, cos, sin, cols, partner, sign,
-        mask, eps, HEAD_DIM, NORM, HAS_KW, ACC, PARTNER_EVICT,
+        mask, eps, HEAD_DIM, NORM, HAS_KW, ACC, PARTNER_EVICT, INTERLEAVED,
     )  # fmt: skip
     tl.store(k_ptr + out, k.to(k_ptr.dtype.element_ty), mask=mask)
 
@@ -120,12 +133,15 @@ def _qk_norm_rope_fwd_kernel(
 def _norm_rope_tile_bwd(
     g_ptrs, gp_ptrs, x_ptrs, w_ptr, cos, sin_p, cols, sign, mask, eps,
     HEAD_DIM: tl.constexpr, NORM: tl.constexpr, HAS_W: tl.constexpr, ACC: tl.constexpr,
-    PARTNER_EVICT: tl.constexpr,
+    PARTNER_EVICT: tl.constexpr, INTERLEAVED: tl.constexpr,
 ):  # fmt: skip
     """``(dx, dw_partial)`` of one ``[BLOCK_T, BLOCK_D]`` tile; ``dw_partial`` is ``[BLOCK_D]`` (zeros
     without a weight). ``gp_ptrs`` point at the partner channels, ``sin_p`` is sin at the partners."""
     g = tl.load(g_ptrs, mask=mask, other=0.0).to(ACC)
-    gp = tl.load(gp_ptrs, mask=mask, other=0.0, eviction_policy=PARTNER_EVICT).to(ACC)
+    if INTERLEAVED:
+        gp = _swap_pairs(g)
+    else:
+        gp = tl.load(gp_ptrs, mask=mask, other=0.0, eviction_policy=PARTNER_EVICT).to(ACC)
     # rotᵀ = -rot for both pairings: dy = cos*g + rotᵀ(sin*g).
     dy = g * cos - sign[None, :] * gp * sin_p
     dw = tl.sum(dy * 0.0, axis=0)
@@ -171,8 +187,13 @@ def _qk_norm_rope_bwd_kernel(
         t = rows % num_tokens
         cos = tl.load(cos_ptr + t[:, None] * s_cos_t + cols[None, :] * s_cos_d, mask=mask, other=0.0,
                       eviction_policy=TABLE_EVICT).to(ACC)  # fmt: skip
-        sin_p = tl.load(sin_ptr + t[:, None] * s_sin_t + partner[None, :] * s_sin_d, mask=mask, other=0.0,
-                        eviction_policy=TABLE_EVICT).to(ACC)  # fmt: skip
+        if INTERLEAVED:
+            sin_p = tl.load(sin_ptr + t[:, None] * s_sin_t + cols[None, :] * s_sin_d, mask=mask, other=0.0,
+                            eviction_policy=TABLE_EVICT).to(ACC)  # fmt: skip
+            sin_p = _swap_pairs(sin_p)
+        else:
+            sin_p = tl.load(sin_ptr + t[:, None] * s_sin_t + partner[None, :] * s_sin_d, mask=mask, other=0.0,
+                            eviction_policy=TABLE_EVICT).to(ACC)  # fmt: skip
         x_row = qkv_ptr + (b * s_qkv_b + t * s_qkv_t)[:, None]
         out_row = dqkv_ptr + (rows.to(tl.int64) * (3 * hd))[:, None]
 
@@ -180,7 +201,7 @@ def _qk_norm_rope_bwd_kernel(
         dxq, dwq = _norm_rope_tile_bwd(
             dq_row + (cols * s_dq_d)[None, :], dq_row + (partner * s_dq_d)[None, :],
             x_row + (q_cols * s_qkv_c)[None, :], qw_ptr + h * s_qw_h, cos, sin_p, cols, sign, mask, eps,
-            HEAD_DIM, NORM, HAS_QW, ACC, PARTNER_EVICT,
+            HEAD_DIM, NORM, HAS_QW, ACC, PARTNER_EVICT, INTERLEAVED,
         )  # fmt: skip
         tl.store(out_row + q_cols[None, :], dxq.to(dqkv_ptr.dtype.element_ty), mask=mask)
         dqw_acc += dwq
@@ -189,7 +210,7 @@ def _qk_norm_rope_bwd_kernel(
         dxk, dwk = _norm_rope_tile_bwd(
             dk_row + (cols * s_dk_d)[None, :], dk_row + (partner * s_dk_d)[None, :],
             x_row + ((q_cols + hd) * s_qkv_c)[None, :], kw_ptr + h * s_kw_h, cos, sin_p, cols, sign, mask,
-            eps, HEAD_DIM, NORM, HAS_KW, ACC, PARTNER_EVICT,
+            eps, HEAD_DIM, NORM, HAS_KW, ACC, PARTNER_EVICT, INTERLEAVED,
         )  # fmt: skip
         tl.store(out_row + (q_cols + hd)[None, :], dxk.to(dqkv_ptr.dtype.element_ty), mask=mask)
         dkw_acc += dwk
