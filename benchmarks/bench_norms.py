@@ -463,6 +463,9 @@ def main():
     ap.add_argument("steps", nargs="+", choices=["check", "sweep", "bench", "heads"])
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--tag", default="norms")
+    ap.add_argument(
+        "--shapes", default="", help="comma-separated NxD subset of the row shapes, e.g. 16384x4096"
+    )
     ap.add_argument("--apply-sweep", action="store_true", help="time with the sweep's best tiles")
     args = ap.parse_args()
     props = torch.cuda.get_device_properties(0)
@@ -478,6 +481,8 @@ def main():
     print(f"copy bandwidth {copy_gbs:.0f} GB/s", flush=True)
     path = os.path.join(args.out, f"{args.tag}.json")
     SAVE_PATH.append(path)
+    if args.shapes:
+        SHAPES[:] = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     if args.apply_sweep:
         APPLY_SWEEP.append(True)
     for step in args.steps:
