@@ -7,6 +7,8 @@ channel pairs, not the library's ``rotate_pairs``.
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from flopkit.kernels import qk_norm_rope, qk_norm_rope_flops
@@ -230,3 +232,18 @@ def test_flop_counter_sees_the_op(norm):
     expected = 2 * (3 + 2) * elems if norm else 2 * 2 * elems
     assert counter.get_total_flops() == expected == qk_norm_rope_flops(B, T, H, 8, norm)
     assert "flopkit.qk_norm_rope" in {str(op) for op in counter.get_flop_counts()["Global"]}
+
+
+def test_dispatcher_path_matches_direct_path():
+    # Eager calls skip the custom-op dispatcher; under a dispatch mode (here FlopCounterMode) the
+    # same launchers run through flopkit::qk_norm_rope and its backward op.
+    qkv, cos, sin, qw, kw = make_inputs(12, "per_head")
+    results = []
+    for mode in (contextlib.nullcontext(), FlopCounterMode(display=False)):
+        leaf = qkv.clone().requires_grad_()
+        with mode:
+            q, k, v = qk_norm_rope(leaf, cos, sin, H, qw, kw, pairing="interleaved", backend="triton")
+            (q.sum() + 2 * k.sum() + 3 * v.sum()).backward()
+        results.append((q, k, leaf.grad))
+    for a, b in zip(*results, strict=True):
+        assert torch.equal(a, b)
