@@ -280,6 +280,47 @@ def bench_attention(batch: int) -> list[dict]:
     return rows
 
 
+class _Autocast(torch.nn.Module):
+    """Runs ``module`` under bf16 autocast without the weight-cast cache (CUDA-graph capturable)."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cuda", dtype=DTYPE, cache_enabled=False):
+            return self.module(x)
+
+
+def _plain_step(module, x, grad_out):
+    module(x).backward(grad_out)
+
+
+def bench_attention_graphs(batch: int) -> list[dict]:
+    """ViT5Attention forward+backward captured in a CUDA graph: device time without host overhead."""
+    rows = []
+    for preset, (C, H) in ATTN_PRESETS.items():
+        torch.manual_seed(0)
+        fast = ViT5Attention(C, H, 14, 14, num_registers=4, has_cls=True, qk_norm="rmsnorm").cuda()
+        ref = set_use_triton(copy.deepcopy(fast), False)
+        x = torch.randn(batch, fast.num_tokens, C, device="cuda", requires_grad=True)
+        g = torch.randn(batch, fast.num_tokens, C, device="cuda", dtype=DTYPE)
+        for name, m in (("flopkit fused, CUDA graph", fast), ("reference, CUDA graph", ref)):
+            try:
+                graphed = torch.cuda.make_graphed_callables(_Autocast(m), (x,))
+                t_graph = bench(functools.partial(_plain_step, graphed, x, g), rep_ms=400)
+                t_eager = bench(functools.partial(_plain_step, _Autocast(m), x, g), rep_ms=400)
+                host = host_us(functools.partial(_plain_step, _Autocast(m), x, g), calls=10)
+            except Exception as exc:
+                log("graphs", preset, name, "FAILED", repr(exc)[:300])
+                traceback.print_exc()
+                continue
+            rows.append({"preset": preset, "batch": batch, "impl": name, "graph_ms": t_graph * 1e3,
+                         "eager_ms": t_eager * 1e3, "eager_host_ms": host / 1e3})  # fmt: skip
+            log("graphs", rows[-1])
+    return rows
+
+
 # ------------------------------------------------------------------------------------------ train
 def bench_train(batch: int, peak_tflops: float, variants: list[str]) -> dict:
     torch.manual_seed(0)
@@ -358,6 +399,13 @@ def markdown(res: dict) -> str:
             lines.append(f"| {r['preset']} | {r['batch']} | {r['impl']} | {r['ms']:.2f} | "
                          f"{r.get('speedup_vs_eager', float('nan')):.2f} | {r.get('speedup_vs_compile', float('nan')):.2f} |")  # fmt: skip
         lines.append("")
+    if res.get("graphs"):
+        lines += ["## ViT5Attention forward + backward: CUDA-graph replay vs eager issue", "",
+                  "| preset | impl | graph ms | eager ms | eager host ms |", "|---|---|---|---|---|"]  # fmt: skip
+        for r in res["graphs"]:
+            lines.append(f"| {r['preset']} | {r['impl']} | {r['graph_ms']:.2f} | {r['eager_ms']:.2f} | "
+                         f"{r['eager_host_ms']:.2f} |")  # fmt: skip
+        lines.append("")
     tr = res.get("train")
     if tr and tr["rows"]:
         lines += [f"## vit5-base training step (forward + backward, batch {tr['batch']}, autocast bf16)", "",
@@ -401,6 +449,7 @@ def main() -> None:
         ("sweep", lambda: sweep(OP_SHAPES) if args.sweep else None),
         ("op", lambda: bench_op(OP_SHAPES, res["ceilings"]["copy_GBps"])),
         ("attention", lambda: bench_attention(args.batch)),
+        ("graphs", lambda: bench_attention_graphs(args.batch)),
         ("train", lambda: bench_train(args.batch, res["ceilings"]["matmul_bf16_TFLOPs"],
                                       args.train_variants.split(","))),
     ):  # fmt: skip
