@@ -4,7 +4,7 @@ Every public op takes ``backend="auto" | "triton" | "torch"``: ``auto`` runs Tri
 tensors and the reference elsewhere. Triton is imported only when a kernel first runs.
 """
 
-from ._dispatch import BACKENDS, SUPPORTED_DTYPES, resolve_backend
+from ._dispatch import BACKENDS, SUPPORTED_DTYPES, resolve_backend, route_through_custom_ops
 from .head_norm import (
     HEAD_NORM_MODES,
     head_norm,
@@ -30,6 +30,7 @@ __all__ = [
     "HEAD_NORM_MODES",
     "ROPE_PAIRINGS",
     "resolve_backend",
+    "route_through_custom_ops",
     "rms_norm",
     "rms_norm_ref",
     "rms_norm_residual",

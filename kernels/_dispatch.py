@@ -7,12 +7,17 @@ elsewhere; ``"triton"`` forces the kernel (on CPU tensors only under
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import importlib.util
 import os
+from collections.abc import Iterator
 
 import torch
 
 __all__ = [
+    "route_through_custom_ops",
+    "runs_reference_in_op",
     "register_norm_ops",
     "BACKENDS",
     "SUPPORTED_DTYPES",
@@ -40,6 +45,33 @@ def triton_available() -> bool:
     return _TRITON_AVAILABLE
 
 
+_ROUTE_CUSTOM_OPS = contextvars.ContextVar("flopkit_route_custom_ops", default=False)
+
+
+@contextlib.contextmanager
+def route_through_custom_ops() -> Iterator[None]:
+    """Inside this context ``backend="auto"`` sends every op through its ``flopkit::`` custom op on
+    any device: CUDA runs the Triton kernel, CPU the PyTorch reference inside the op, meta the
+    op's fake. FLOP counters (fvcore's JIT trace,
+    ``FlopCounterMode``) then see flopkit's norms and RoPE as ops with registered formulas instead
+    of anonymous elementwise aten ops; ``flopkit validate`` measures this way.
+    """
+    token = _ROUTE_CUSTOM_OPS.set(True)
+    try:
+        yield
+    finally:
+        _ROUTE_CUSTOM_OPS.reset(token)
+
+
+def runs_reference_in_op(x: torch.Tensor) -> bool:
+    """True when a ``flopkit::`` custom op called on ``x`` runs the PyTorch reference: a CPU tensor
+    inside :func:`route_through_custom_ops` (counting needs the op, not the kernel), or a CPU tensor
+    with no Triton interpreter to run the kernel."""
+    if x.device.type != "cpu":
+        return False
+    return _ROUTE_CUSTOM_OPS.get() or not (triton_interpret() and triton_available())
+
+
 def resolve_backend(backend: str, x: torch.Tensor, op: str) -> str:
     """Return ``"triton"`` or ``"torch"`` for an op on tensor ``x``.
 
@@ -52,6 +84,8 @@ def resolve_backend(backend: str, x: torch.Tensor, op: str) -> str:
         return "torch"
     usable = x.is_cuda or (x.device.type == "cpu" and triton_interpret())
     if backend == "auto":
+        if _ROUTE_CUSTOM_OPS.get():
+            return "triton"
         return "triton" if x.is_cuda and triton_available() else "torch"
     if not triton_available():
         raise RuntimeError(f"{op}: backend='triton' needs the triton package, which is not installed")

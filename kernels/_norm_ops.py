@@ -6,7 +6,8 @@ Each op has a fake (meta) implementation, so ``torch.compile`` and the meta devi
 shapes; its autograd is registered with ``torch.library.register_autograd`` (the custom-op form
 of an autograd Function: compile traces through it); the forward ops have FLOP formulas
 registered with ``torch.utils.flop_counter`` (DESIGN.md §3). Importing this module does not
-import triton: the Triton launchers are imported when an op first runs.
+import triton: the Triton launchers are imported when an op first runs. On a CPU tensor
+without the Triton interpreter the ops run the PyTorch reference (see ``route_through_custom_ops``).
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import math
 import torch
 from torch.utils.flop_counter import register_flop_formula
 
-from .head_norm import head_norm_flops
-from .rms_norm import rms_norm_flops
+from ._dispatch import runs_reference_in_op
+from .head_norm import head_norm_flops, head_norm_ref, per_head_rms_norm_ref
+from .rms_norm import rms_norm_flops, rms_norm_ref, rms_norm_residual_ref
 
 __all__ = ["rms_norm_op", "rms_norm_residual_op", "per_head_rms_norm_op", "head_norm_op", "norm_backward_op"]
 
@@ -36,6 +38,8 @@ def _launchers():
 @torch.library.custom_op("flopkit::rms_norm", mutates_args=())
 def rms_norm_op(x: Tensor, weight: Tensor | None, eps: float) -> Tensor:
     """RMSNorm over the last dim of ``x`` ``[*, D]``; ``weight`` ``(D,)`` or None."""
+    if runs_reference_in_op(x):
+        return rms_norm_ref(x, weight, eps)
     y, _ = _launchers().norm_forward(x, weight, None, eps)
     return y
 
@@ -50,6 +54,8 @@ def rms_norm_residual_op(
     x: Tensor, residual: Tensor, weight: Tensor | None, eps: float
 ) -> tuple[Tensor, Tensor]:
     """``h = x + residual`` (rounded to ``x.dtype``); returns ``(rms_norm(h, weight), h)``."""
+    if runs_reference_in_op(x):
+        return rms_norm_residual_ref(x, residual, weight, eps)
     y, h = _launchers().norm_forward(x, weight, None, eps, residual=residual)
     return y, h
 
@@ -64,6 +70,8 @@ def per_head_rms_norm_op(
     x: Tensor, weight: Tensor | None, num_heads: int, head_dim: int, eps: float
 ) -> Tensor:
     """RMSNorm of each head's ``D`` slice of ``x`` (``[*, H*D]`` or ``[*, H, D]``), shared ``(D,)`` weight."""
+    if runs_reference_in_op(x):
+        return per_head_rms_norm_ref(x, weight, num_heads, eps, head_dim=head_dim)
     y, _ = _launchers().norm_forward(x, weight, None, eps, num_heads=num_heads, head_dim=head_dim)
     return y
 
@@ -84,6 +92,8 @@ def head_norm_op(
     mode: str,
 ) -> Tensor:
     """Per-head RMS (``mode="rms"``) or Layer (``"layer"``) norm, ``(H, D)`` weight and bias."""
+    if runs_reference_in_op(x):
+        return head_norm_ref(x, weight, bias, eps, mode, num_heads=num_heads, head_dim=head_dim)
     y, _ = _launchers().norm_forward(
         x,
         weight,
@@ -120,6 +130,10 @@ def norm_backward_op(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients of every norm op: ``(dx, dw, db)``; ``dx`` gets ``+ dres`` (the residual output's
     gradient) when given. ``dw``/``db`` are fp32 of the weight's shape, or empty ``(0,)``."""
+    if runs_reference_in_op(x):
+        return _norm_backward_ref(
+            dy, dres, x, weight, has_bias, num_heads, head_dim, eps, layer, per_head_weight
+        )
     dx, dw, db = _launchers().norm_backward(
         dy,
         x,
@@ -136,6 +150,29 @@ def norm_backward_op(
     dw = dw if dw is not None else x.new_empty((0,), dtype=torch.float32)
     db = db if db is not None else x.new_empty((0,), dtype=torch.float32)
     return dx, dw, db
+
+
+def _norm_backward_ref(dy, dres, x, weight, has_bias, num_heads, head_dim, eps, layer, per_head_weight):
+    """The backward op's CPU reference, in fp32 closed form (``xhat = (x - mean?) * r``):
+    ``dx = r * (g - mean(g)? - xhat * mean(g * xhat))`` with ``g = dy * w``;
+    ``dw = sum(dy * xhat)``, ``db = sum(dy)`` over rows (and heads, for a shared weight)."""
+    acc = torch.promote_types(x.dtype, torch.float32)
+    wshape = (num_heads, head_dim) if per_head_weight else (head_dim,)
+    rows = (-1, *wshape)  # a (H, D) weight needs the heads as their own dim
+    xf, g_out = x.to(acc).reshape(rows), dy.to(acc).reshape(rows)
+    if layer:
+        xf = xf - xf.mean(-1, keepdim=True)
+    r = torch.rsqrt(xf.square().mean(-1, keepdim=True) + eps)
+    xhat = xf * r
+    g = g_out * weight.to(acc) if weight is not None else g_out
+    inner = g - g.mean(-1, keepdim=True) if layer else g
+    dx = (r * (inner - xhat * (g * xhat).mean(-1, keepdim=True))).reshape(x.shape)
+    if dres is not None:
+        dx = dx + dres.to(acc)
+    empty = x.new_empty((0,), dtype=acc)
+    dw = (g_out * xhat).sum(0) if weight is not None else empty
+    db = g_out.sum(0) if has_bias else empty.clone()
+    return dx.to(x.dtype), dw, db
 
 
 @norm_backward_op.register_fake

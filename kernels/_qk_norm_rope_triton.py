@@ -34,7 +34,8 @@ import triton
 import triton.language as tl
 from torch.utils.flop_counter import flop_registry, register_flop_formula
 
-from .qk_norm_rope import qk_norm_rope_flops
+from ._dispatch import runs_reference_in_op
+from .qk_norm_rope import qk_norm_rope_flops, qk_norm_rope_ref, rotate_pairs
 
 __all__ = ["qk_norm_rope_triton"]
 
@@ -397,6 +398,9 @@ _BWD_SCHEMA = (
 
 @torch.library.custom_op("flopkit::qk_norm_rope", mutates_args=(), schema=_FWD_SCHEMA)
 def _qk_norm_rope_op(qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm):
+    if runs_reference_in_op(qkv):
+        q, k, _ = qk_norm_rope_ref(qkv, cos, sin, num_heads, q_weight, k_weight, eps, pairing, norm=norm)
+        return q, k
     return qk_norm_rope_fwd(qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm)
 
 
@@ -409,7 +413,41 @@ def _(qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm):
 
 @torch.library.custom_op("flopkit::qk_norm_rope_backward", mutates_args=(), schema=_BWD_SCHEMA)
 def _qk_norm_rope_backward_op(dq, dk, dv, qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm):
+    if runs_reference_in_op(qkv):
+        return _qk_norm_rope_bwd_ref(
+            dq, dk, dv, qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm
+        )
     return qk_norm_rope_bwd(dq, dk, dv, qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm)
+
+
+def _qk_norm_rope_bwd_ref(dq, dk, dv, qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm):
+    """The backward op's CPU reference in fp32 closed form: through RoPE ``g * cos - rot(g * sin)``
+    (``rot^T = -rot`` for both pairings), then through the RMSNorm."""
+    B, T, three_hd = qkv.shape
+    acc = torch.promote_types(qkv.dtype, torch.float32)
+    D = three_hd // (3 * num_heads)
+    parts = qkv.to(acc).view(B, T, 3, num_heads, D).unbind(2)
+    cos_f, sin_f = cos.to(acc)[:, None, :], sin.to(acc)[:, None, :]
+    grads, weight_grads = [], []
+    for x, g, w in ((parts[0], dq, q_weight), (parts[1], dk, k_weight)):
+        g = g.to(acc).transpose(1, 2)  # [B, T, H, D]
+        g = g * cos_f - rotate_pairs(g * sin_f, pairing)
+        if norm:
+            r = torch.rsqrt(x.square().mean(-1, keepdim=True) + eps)
+            xhat = x * r
+            weight_grads.append(
+                (g * xhat).flatten(0, 1).sum(0 if w is not None and w.dim() == 2 else (0, 1))
+                if w is not None
+                else qkv.new_empty((0,), dtype=acc)
+            )
+            gw = g * w.to(acc) if w is not None else g
+            g = r * (gw - xhat * (gw * xhat).mean(-1, keepdim=True))
+        else:
+            weight_grads.append(qkv.new_empty((0,), dtype=acc))
+        grads.append(g)
+    grads.append(dv.to(acc).transpose(1, 2) if dv is not None else torch.zeros_like(parts[2]))
+    dqkv = torch.stack(grads, dim=2).reshape(B, T, three_hd).to(qkv.dtype)
+    return dqkv, weight_grads[0], weight_grads[1]
 
 
 @_qk_norm_rope_backward_op.register_fake
@@ -425,7 +463,10 @@ def _through_dispatcher(x: torch.Tensor) -> bool:
     """Whether a call must go through the custom op rather than straight to the launcher."""
     # is_compiling() first: Dynamo folds it to a constant and never traces the C call after it.
     return (
-        torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() > 0 or x.device.type == "meta"
+        torch.compiler.is_compiling()
+        or torch._C._len_torch_dispatch_stack() > 0
+        or x.device.type == "meta"
+        or runs_reference_in_op(x)
     )
 
 

@@ -67,10 +67,10 @@ FVCORE_OPS: dict[str, tuple[str, int]] = {
     # flopkit's handles below: SDPA in MACs like fvcore's matmuls, norms and RoPE in FLOPs.
     "scaled_dot_product_attention": ("attention", 2),
     "rms_norm": ("norm", 1),
-    "flopkit::rms_norm": ("norm", 1),
-    "flopkit::rms_norm_residual": ("norm", 1),
-    "flopkit::per_head_rms_norm": ("norm", 1),
-    "flopkit::head_norm": ("norm", 1),
+    # fvcore reports custom ops without their namespace (flopkit::rms_norm_residual -> rms_norm_residual).
+    "rms_norm_residual": ("norm", 1),
+    "per_head_rms_norm": ("norm", 1),
+    "head_norm": ("norm", 1),
     "flopkit::qk_norm_rope[norm]": ("norm", 1),
     "flopkit::qk_norm_rope[rope]": ("rope", 1),
 }
@@ -168,6 +168,10 @@ TORCH_OPS: dict[str, str] = {
     "flopkit.rms_norm_residual": "norm",
     "flopkit.per_head_rms_norm": "norm",
     "flopkit.head_norm": "norm",
+    # FlopCounterMode counts flopkit.qk_norm_rope as one number (its registered formula, norm + rope);
+    # count_torch splits each call into these two by the same formula applied to the call's arguments.
+    "flopkit.qk_norm_rope[norm]": "norm",
+    "flopkit.qk_norm_rope[rope]": "rope",
 }
 
 
@@ -225,7 +229,7 @@ def count_fvcore(model: nn.Module, inputs: torch.Tensor) -> Measurement:
         analysis.unsupported_ops_warnings(False)
         analysis.uncalled_modules_warnings(False)
         analysis.tracer_warnings("none")
-        with warnings.catch_warnings(), torch.no_grad():
+        with warnings.catch_warnings(), torch.no_grad(), kernels.route_through_custom_ops():
             warnings.simplefilter("ignore")
             raw = {path: Counter(ops) for path, ops in analysis.by_module_and_operator().items()}
             unsupported = Counter(analysis.unsupported_ops(""))
@@ -243,8 +247,15 @@ def count_torch(model: nn.Module, inputs: torch.Tensor) -> Measurement:
     root = type(model).__name__
     recorder = _CallRecorder(model)
     seen_ops: Counter = Counter()
+    recorder_ops = _OpRecorder(seen_ops)
     try:
-        with _OpRecorder(seen_ops), FlopCounterMode(display=False) as counter, torch.no_grad():
+        with (
+            kernels.route_through_custom_ops(),
+            recorder_ops,
+            FlopCounterMode(display=False) as counter,
+            torch.no_grad(),
+        ):
+            recorder_ops.tracker = counter.mod_tracker
             model(inputs)
     finally:
         recorder.remove()
@@ -257,8 +268,14 @@ def count_torch(model: nn.Module, inputs: torch.Tensor) -> Measurement:
         else:
             continue  # "Global"
         raw[path] = Counter({str(op): int(v) for op, v in ops.items()})
+        fused = raw[path].pop("flopkit.qk_norm_rope", None)
+        if fused is not None:
+            split = recorder_ops.qk_split.get(name, Counter())
+            if sum(split.values()) != fused:
+                raise RuntimeError(f"{name}: qk_norm_rope split {dict(split)} does not add up to {fused}")
+            raw[path].update(split)
     flops, seen, _ = _to_categories(raw, lambda op: (TORCH_OPS[op], 1) if op in TORCH_OPS else None)
-    counted = {op for ops in raw.values() for op in ops}
+    counted = {op.split("[")[0] for ops in raw.values() for op in ops}
     skipped = Counter({op: n for op, n in seen_ops.items() if op not in counted and op not in _NOT_FLOPS})
     return Measurement("torch", flops, raw, recorder.called, skipped, seen)
 
@@ -279,12 +296,27 @@ _NOT_FLOPS = {
 
 
 class _OpRecorder(torch.utils._python_dispatch.TorchDispatchMode):
-    """Counts every aten op dispatched (by packet name), to list the ones FlopCounterMode skips."""
+    """Counts every aten op dispatched (by packet name), to list the ones FlopCounterMode skips, and
+    splits each ``flopkit.qk_norm_rope`` call into its norm and RoPE FLOPs per enclosing module
+    (``tracker``: the FlopCounterMode's module tracker, set once the counter is entered)."""
 
     def __init__(self, seen: Counter) -> None:
         super().__init__()
         self.seen = seen
+        self.tracker = None
+        self.qk_split: dict[str, Counter] = {}
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.seen[str(func.overloadpacket)] += 1
+        name = str(func.overloadpacket)
+        self.seen[name] += 1
+        if name == "flopkit.qk_norm_rope" and self.tracker is not None:
+            qkv, num_heads, norm = args[0], args[5], args[8]
+            B, T, three_hd = qkv.shape
+            D = three_hd // (3 * num_heads)
+            rope = kernels.qk_norm_rope_flops(B, T, num_heads, D, False)
+            total = kernels.qk_norm_rope_flops(B, T, num_heads, D, norm)
+            for parent in self.tracker.parents:
+                split = self.qk_split.setdefault(parent, Counter())
+                split["flopkit.qk_norm_rope[norm]"] += total - rope
+                split["flopkit.qk_norm_rope[rope]"] += rope
         return func(*args, **(kwargs or {}))

@@ -25,21 +25,21 @@ ALWAYS_COMPARABLE = ("matmul", "attention")
 # Why a counter does not see a category (shown when the category is not comparable).
 BLIND_SPOTS: dict[str, dict[str, str]] = {
     "fvcore": {
-        "norm": "the CPU reference path runs each RMSNorm/QK-norm as aten::square, mean, add, rsqrt, mul "
-        "(and casts); fvcore has no handles for them and skips them (flopkit's handles fire only for "
-        "aten::rms_norm and the flopkit:: norm ops, which this path does not emit)",
-        "rope": "RoPE runs as aten::mul, add, neg and slicing; fvcore skips them (the flopkit::qk_norm_rope "
-        "handle fires only on the fused CUDA path)",
+        "norm": "no norm op it has a handle for (aten::rms_norm, layer_norm, group_norm, batch_norm or a "
+        "flopkit:: norm op) is in the trace: a norm written as plain aten arithmetic (square, mean, rsqrt, "
+        "mul) is skipped",
+        "rope": "no flopkit::qk_norm_rope op is in the trace: a rotation written as plain aten::mul, add, "
+        "neg and slicing is skipped",
         "elementwise": "LayerScale (aten::mul), GELU (aten::gelu) and the position-embedding add "
         "(aten::add) have no fvcore handles (its elementwise handles cover upsample, adaptive pooling "
         "and grid_sample only), and its adds could not be told apart from the residual adds flopkit "
         "does not count",
     },
     "torch": {
-        "norm": "FlopCounterMode has formulas for matmul, conv and attention only; the decomposed norms "
-        "(aten.pow, mean, add, rsqrt, mul) are not counted (flopkit:: custom ops would be, through their "
-        "registered formulas, but the meta device runs the reference path)",
-        "rope": "RoPE's aten.mul, add, neg are not counted by FlopCounterMode",
+        "norm": "FlopCounterMode counts norms only through a registered formula (the flopkit:: norm "
+        "ops); a norm written as plain aten arithmetic (pow, mean, rsqrt, mul) is not counted",
+        "rope": "FlopCounterMode counts RoPE only through flopkit::qk_norm_rope's registered formula; a "
+        "rotation written as plain aten.mul, add, neg is not counted",
         "elementwise": "LayerScale, GELU and the position-embedding add are not counted by FlopCounterMode",
     },
 }
@@ -57,10 +57,15 @@ COUNTER_NOTES: dict[str, list[str]] = {
         "the meta device SDPA runs its math decomposition, for QK^T and AV as two aten.bmm (attributed to "
         "attention). On a CPU tensor SDPA would dispatch to _scaled_dot_product_flash_attention_for_cpu, "
         "which it has no formula for.",
+        "FlopCounterMode reports flopkit.qk_norm_rope as one number (its registered formula: norm + rope); "
+        "each call is split into norm and rope by the same formula applied to that call's arguments.",
     ],
 }
 
 GENERAL_NOTES = [
+    "Both counters run the model inside flopkit.kernels.route_through_custom_ops(): every norm and the "
+    "QK-norm + RoPE dispatch as flopkit:: custom ops (on CPU the PyTorch reference runs inside the op, on "
+    "meta its fake), so the counters see them by name and count them with the ops' registered formulas.",
     "Linear bias adds (T*o) are elementwise in flopkit's convention and invisible to both counters (fvcore's "
     "linear handle and torch's addmm formula count the product only), so matmul compares products only.",
     "'in parent': the module ran through a method other than __call__ (ViT5Block.norm2 runs fused with "
@@ -68,8 +73,9 @@ GENERAL_NOTES = [
     "whose row carries the comparison.",
     "The final RMSNorm runs on the readout token only (the CLS token; all patches when has_cls=False), "
     "and flopkit counts it so (3*C per image with CLS).",
-    "--convention nvsubquadratic changes only the QK-norm count (one head, upstream's quirk), a norm-category "
-    "difference that neither counter sees on this path.",
+    "validate compares flopkit's convention (QK-norm counted over all heads, which is what runs); upstream's "
+    "nvsubquadratic convention (report --convention nvsubquadratic) counts one head and would fall short "
+    "of both counters by 2*3*T*(H-1)*D per attention layer.",
 ]
 
 

@@ -95,10 +95,15 @@ def test_validate_tiny_config_passes():
 def test_validate_vit5_small_json_agrees_on_comparable_categories():
     data = run_json("validate", "vit5-small", "--against", "fvcore,torch")
     assert data["ok"] is True
-    assert data["comparable"] == {"fvcore": ["matmul", "attention"], "torch": ["matmul", "attention"]}
+    both = ["matmul", "attention", "norm", "rope"]
+    assert data["comparable"] == {"fvcore": both, "torch": both}
+    T, C = 201, 384
     for counter in ("fvcore", "torch"):
         assert data["totals"][counter]["matmul"] == 8_652_306_432
-        assert data["totals"][counter]["attention"] == 12 * 4 * 201 * 201 * 384
+        assert data["totals"][counter]["attention"] == 12 * 4 * T * T * C
+        # norm1, norm2, q_norm, k_norm (all heads) per block, and the final norm on the CLS token
+        assert data["totals"][counter]["norm"] == 12 * 4 * 3 * T * C + 3 * C
+        assert data["totals"][counter]["rope"] == 12 * 4 * T * C
     assert (
         data["raw_totals"]["fvcore"]["linear"] * 2 + data["raw_totals"]["fvcore"]["conv"] * 2 == 8_652_306_432
     )

@@ -58,8 +58,11 @@ def test_tiny_model_reconciles_exactly_and_norm2_is_in_parent():
     rows = {r.path: r for r in rec.rows}
     assert rows["blocks.0.norm2"].verdict == "in parent"
     assert rows["patch_embed.proj"].verdict == "counted in patch_embed"
-    assert rec.comparable == {"fvcore": ("matmul", "attention"), "torch": ("matmul", "attention")}
-    assert rec.totals["fvcore"]["matmul"] == rec.totals["analytic"]["matmul"]
+    both = ("matmul", "attention", "norm", "rope")
+    assert rec.comparable == {"fvcore": both, "torch": both}
+    for counter in ("fvcore", "torch"):
+        for cat in both:
+            assert rec.totals[counter][cat] == rec.totals["analytic"][cat]
 
 
 def test_linear_bias_adds_are_elementwise_so_matmul_compares_products_only(tmp_path):
