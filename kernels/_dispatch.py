@@ -8,7 +8,6 @@ elsewhere; ``"triton"`` forces the kernel (on CPU tensors only under
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import importlib.util
 import os
 from collections.abc import Iterator
@@ -45,7 +44,8 @@ def triton_available() -> bool:
     return _TRITON_AVAILABLE
 
 
-_ROUTE_CUSTOM_OPS = contextvars.ContextVar("flopkit_route_custom_ops", default=False)
+# A plain module global (not a ContextVar): torch.compile traces reads of it and guards on it.
+_ROUTE_DEPTH = 0
 
 
 @contextlib.contextmanager
@@ -56,11 +56,12 @@ def route_through_custom_ops() -> Iterator[None]:
     ``FlopCounterMode``) then see flopkit's norms and RoPE as ops with registered formulas instead
     of anonymous elementwise aten ops; ``flopkit validate`` measures this way.
     """
-    token = _ROUTE_CUSTOM_OPS.set(True)
+    global _ROUTE_DEPTH
+    _ROUTE_DEPTH += 1
     try:
         yield
     finally:
-        _ROUTE_CUSTOM_OPS.reset(token)
+        _ROUTE_DEPTH -= 1
 
 
 def runs_reference_in_op(x: torch.Tensor) -> bool:
@@ -69,7 +70,7 @@ def runs_reference_in_op(x: torch.Tensor) -> bool:
     with no Triton interpreter to run the kernel."""
     if x.device.type != "cpu":
         return False
-    return _ROUTE_CUSTOM_OPS.get() or not (triton_interpret() and triton_available())
+    return _ROUTE_DEPTH > 0 or not (triton_interpret() and triton_available())
 
 
 def resolve_backend(backend: str, x: torch.Tensor, op: str) -> str:
@@ -83,9 +84,9 @@ def resolve_backend(backend: str, x: torch.Tensor, op: str) -> str:
     if backend == "torch":
         return "torch"
     usable = x.is_cuda or (x.device.type == "cpu" and triton_interpret())
+    if _ROUTE_DEPTH > 0:
+        return "triton"  # the custom op, which runs the reference on CPU and its fake on meta
     if backend == "auto":
-        if _ROUTE_CUSTOM_OPS.get():
-            return "triton"
         return "triton" if x.is_cuda and triton_available() else "torch"
     if not triton_available():
         raise RuntimeError(f"{op}: backend='triton' needs the triton package, which is not installed")

@@ -186,7 +186,7 @@ class ViT5Attention(CompositeFlops, nn.Module):
                 eps,
                 self.rope_pairing,
                 norm=norm,
-                backend="auto",  # _use_fused chose the kernel (or route_through_custom_ops did)
+                backend="triton",
             )
         else:
             q, k, v = qkv.view(B, T, 3, H, D).unbind(2)
