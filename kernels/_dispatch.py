@@ -17,6 +17,7 @@ import torch
 __all__ = [
     "route_through_custom_ops",
     "runs_reference_in_op",
+    "needs_custom_op",
     "register_norm_ops",
     "BACKENDS",
     "SUPPORTED_DTYPES",
@@ -107,10 +108,31 @@ def check_dtype(x: torch.Tensor, name: str, op: str) -> None:
         )
 
 
-def register_norm_ops() -> None:
-    """Register the ``flopkit::`` norm custom ops (fake impls, autograd, FLOP formulas).
+def needs_custom_op(x: torch.Tensor) -> bool:
+    """Whether a Triton-path call on ``x`` must go through its ``flopkit::`` custom op rather than
+    straight to the launcher: under ``torch.compile``, a dispatch mode (``FlopCounterMode``,
+    FakeTensor), a JIT trace (fvcore), on meta tensors, or when the op runs the reference.
+
+    A plain eager call skips the dispatcher: its Python round trip costs about as much host time
+    as a small kernel runs.
+    """
+    # is_compiling() first: Dynamo folds it to a constant and never traces the calls after it.
+    return (
+        torch.compiler.is_compiling()
+        or torch._C._len_torch_dispatch_stack() > 0
+        or torch.jit.is_tracing()
+        or x.device.type == "meta"
+        or runs_reference_in_op(x)
+    )
+
+
+def register_norm_ops():
+    """Register the ``flopkit::`` norm custom ops (fake impls, autograd, FLOP formulas) and return
+    the module with their entry points.
 
     Deferred to the first Triton call because ``torch.library`` imports triton, which
     ``import flopkit`` must not do.
     """
-    from . import _norm_ops  # noqa: F401
+    from . import _norm_ops
+
+    return _norm_ops

@@ -17,7 +17,7 @@ import math
 import torch
 from torch.utils.flop_counter import register_flop_formula
 
-from ._dispatch import runs_reference_in_op
+from ._dispatch import needs_custom_op, runs_reference_in_op
 from .head_norm import head_norm_flops, head_norm_ref, per_head_rms_norm_ref
 from .rms_norm import rms_norm_flops, rms_norm_ref, rms_norm_residual_ref
 
@@ -310,3 +310,92 @@ def _head_norm_flop(
     """HeadNorm: rms 3, layer 5, +1 with bias, per element."""
     rows = _rows(x_shape, num_heads * head_dim)
     return head_norm_flops(rows, num_heads, head_dim, mode, bias_shape is not None)
+
+
+# --------------------------------------------------------------------------- entry points
+#
+# The public functions call these. Under torch.compile, a dispatch mode, a JIT trace, on meta or
+# when routed (``needs_custom_op``) they call the custom ops above; a plain eager call runs the same
+# launchers through ``_NormFunction``, skipping the dispatcher's Python round trip (custom-op
+# dispatch plus its Python autograd wrapper cost more host time than the kernels run at ViT sizes).
+
+
+class _NormFunction(torch.autograd.Function):
+    """Eager autograd for every norm op: forward and backward launch the Triton kernels directly."""
+
+    @staticmethod
+    def forward(ctx, x, residual, weight, bias, eps, num_heads, head_dim, layer, per_head_weight):
+        y, h = _launchers().norm_forward(
+            x,
+            weight,
+            bias,
+            eps,
+            num_heads=num_heads,
+            head_dim=head_dim,
+            layer=layer,
+            per_head_weight=per_head_weight,
+            residual=residual,
+        )
+        fused = residual is not None
+        ctx.save_for_backward(h if fused else x, weight)
+        ctx.config = (bias is not None, num_heads, head_dim, eps, layer, per_head_weight, fused)
+        ctx.bias_dtype = bias.dtype if bias is not None else None
+        return (y, h) if fused else y
+
+    @staticmethod
+    def backward(ctx, *grads):
+        src, weight = ctx.saved_tensors
+        has_bias, num_heads, head_dim, eps, layer, per_head_weight, fused = ctx.config
+        dy = grads[0] if grads[0] is not None else torch.zeros_like(src)
+        dx, dw, db = _launchers().norm_backward(
+            dy,
+            src,
+            weight,
+            has_bias,
+            eps,
+            num_heads=num_heads,
+            head_dim=head_dim,
+            layer=layer,
+            per_head_weight=per_head_weight,
+            dres=grads[1] if fused else None,
+        )
+        dw = dw.to(weight.dtype) if weight is not None and ctx.needs_input_grad[2] else None
+        db = db.to(ctx.bias_dtype) if has_bias and ctx.needs_input_grad[3] else None
+        # h = x + residual: both inputs receive the gradient reaching h.
+        return dx, dx if fused else None, dw, db, None, None, None, None, None
+
+
+def rms_norm(x: Tensor, weight: Tensor | None, eps: float) -> Tensor:
+    """``flopkit::rms_norm``, or its eager twin (see the note above)."""
+    if needs_custom_op(x):
+        return rms_norm_op(x, weight, eps)
+    return _NormFunction.apply(x, None, weight, None, eps, 1, x.shape[-1], False, False)
+
+
+def rms_norm_residual(x: Tensor, residual: Tensor, weight: Tensor | None, eps: float) -> tuple[Tensor, Tensor]:
+    """``flopkit::rms_norm_residual``, or its eager twin."""
+    if needs_custom_op(x):
+        return rms_norm_residual_op(x, residual, weight, eps)
+    return _NormFunction.apply(x, residual, weight, None, eps, 1, x.shape[-1], False, False)
+
+
+def per_head_rms_norm(x: Tensor, weight: Tensor | None, num_heads: int, head_dim: int, eps: float) -> Tensor:
+    """``flopkit::per_head_rms_norm``, or its eager twin."""
+    if needs_custom_op(x):
+        return per_head_rms_norm_op(x, weight, num_heads, head_dim, eps)
+    return _NormFunction.apply(x, None, weight, None, eps, num_heads, head_dim, False, False)
+
+
+def head_norm(
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    num_heads: int,
+    head_dim: int,
+    eps: float,
+    mode: str,
+) -> Tensor:
+    """``flopkit::head_norm``, or its eager twin."""
+    if needs_custom_op(x):
+        return head_norm_op(x, weight, bias, num_heads, head_dim, eps, mode)
+    return _NormFunction.apply(x, None, weight, bias, eps, num_heads, head_dim, mode == "layer", True)

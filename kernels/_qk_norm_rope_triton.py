@@ -34,7 +34,7 @@ import triton
 import triton.language as tl
 from torch.utils.flop_counter import flop_registry, register_flop_formula
 
-from ._dispatch import runs_reference_in_op
+from ._dispatch import needs_custom_op, runs_reference_in_op
 from .qk_norm_rope import qk_norm_rope_flops, qk_norm_rope_ref, rotate_pairs
 
 __all__ = ["qk_norm_rope_triton"]
@@ -459,25 +459,14 @@ def _(dq, dk, dv, qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, no
     return dqkv, weight_grad(q_weight), weight_grad(k_weight)
 
 
-def _through_dispatcher(x: torch.Tensor) -> bool:
-    """Whether a call must go through the custom op rather than straight to the launcher."""
-    # is_compiling() first: Dynamo folds it to a constant and never traces the C call after it.
-    return (
-        torch.compiler.is_compiling()
-        or torch._C._len_torch_dispatch_stack() > 0
-        or x.device.type == "meta"
-        or runs_reference_in_op(x)
-    )
-
-
 def _forward(qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm):
-    op = torch.ops.flopkit.qk_norm_rope if _through_dispatcher(qkv) else qk_norm_rope_fwd
+    op = torch.ops.flopkit.qk_norm_rope if needs_custom_op(qkv) else qk_norm_rope_fwd
     return op(qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm)
 
 
 def _backward(ctx, dq, dk, dv):
     qkv, cos, sin, q_weight, k_weight = ctx.saved_tensors
-    op = torch.ops.flopkit.qk_norm_rope_backward if _through_dispatcher(qkv) else qk_norm_rope_bwd
+    op = torch.ops.flopkit.qk_norm_rope_backward if needs_custom_op(qkv) else qk_norm_rope_bwd
     dqkv, dqw, dkw = op(
         dq, dk, dv, qkv, cos, sin, q_weight, k_weight, ctx.num_heads, ctx.eps, ctx.pairing, ctx.norm
     )

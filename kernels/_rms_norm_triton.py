@@ -30,8 +30,6 @@ import triton.language as tl
 __all__ = [
     "norm_forward",
     "norm_backward",
-    "rms_norm_triton",
-    "rms_norm_residual_triton",
 ]
 
 # Largest BLOCK_H * BLOCK_D kept in registers; wider rows take the chunked kernels.
@@ -670,18 +668,3 @@ def norm_backward(
     dw = dwp.sum(0).reshape(wshape) if has_w else None
     db = dbp.sum(0).reshape(wshape) if has_bias else None
     return dx, dw, db
-
-
-# --------------------------------------------------------------------------- entry points
-
-
-def rms_norm_triton(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
-    """RMSNorm through the ``flopkit::rms_norm`` custom op (autograd, compile and FLOP aware)."""
-    return torch.ops.flopkit.rms_norm(x, weight, eps)
-
-
-def rms_norm_residual_triton(
-    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor | None, eps: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fused ``h = x + residual``, ``(rms_norm(h), h)`` through ``flopkit::rms_norm_residual``."""
-    return torch.ops.flopkit.rms_norm_residual(x, residual, weight, eps)

@@ -116,8 +116,7 @@ def per_head_rms_norm(
     split_heads(x, num_heads, D, "per_head_rms_norm")
     if resolve_backend(backend, x, "per_head_rms_norm") == "torch" or x.dtype == torch.float64:
         return per_head_rms_norm_ref(x, weight, num_heads, eps, head_dim=D)
-    register_norm_ops()
-    return torch.ops.flopkit.per_head_rms_norm(x, weight, num_heads, D, eps)
+    return register_norm_ops().per_head_rms_norm(x, weight, num_heads, D, eps)
 
 
 def head_norm(
@@ -143,8 +142,7 @@ def head_norm(
     split_heads(x, H, D, "head_norm")
     if resolve_backend(backend, x, "head_norm") == "torch" or x.dtype == torch.float64:
         return head_norm_ref(x, weight, bias, eps, mode, num_heads=H, head_dim=D)
-    register_norm_ops()
-    return torch.ops.flopkit.head_norm(x, weight, bias, H, D, eps, mode)
+    return register_norm_ops().head_norm(x, weight, bias, H, D, eps, mode)
 
 
 def _check_input(x: torch.Tensor, op: str) -> None:

@@ -65,9 +65,8 @@ def rms_norm(
     _check_norm_args(x, weight, "rms_norm")
     if resolve_backend(backend, x, "rms_norm") == "torch" or x.dtype == torch.float64:
         return rms_norm_ref(x, weight, eps)
-    # The custom op (kernels/_norm_ops.py) runs the Triton kernel.
-    register_norm_ops()
-    return torch.ops.flopkit.rms_norm(x, weight, eps)
+    # kernels/_norm_ops.py launches the kernel: through its custom op, or directly when eager.
+    return register_norm_ops().rms_norm(x, weight, eps)
 
 
 def rms_norm_residual(
@@ -91,5 +90,4 @@ def rms_norm_residual(
         )
     if resolve_backend(backend, x, "rms_norm_residual") == "torch" or x.dtype == torch.float64:
         return rms_norm_residual_ref(x, residual, weight, eps)
-    register_norm_ops()
-    return torch.ops.flopkit.rms_norm_residual(x, residual, weight, eps)
+    return register_norm_ops().rms_norm_residual(x, residual, weight, eps)
