@@ -372,7 +372,9 @@ def rms_norm(x: Tensor, weight: Tensor | None, eps: float) -> Tensor:
     return _NormFunction.apply(x, None, weight, None, eps, 1, x.shape[-1], False, False)
 
 
-def rms_norm_residual(x: Tensor, residual: Tensor, weight: Tensor | None, eps: float) -> tuple[Tensor, Tensor]:
+def rms_norm_residual(
+    x: Tensor, residual: Tensor, weight: Tensor | None, eps: float
+) -> tuple[Tensor, Tensor]:
     """``flopkit::rms_norm_residual``, or its eager twin."""
     if needs_custom_op(x):
         return rms_norm_residual_op(x, residual, weight, eps)
