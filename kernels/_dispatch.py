@@ -22,6 +22,7 @@ __all__ = [
     "BACKENDS",
     "SUPPORTED_DTYPES",
     "resolve_backend",
+    "select_backend",
     "check_dtype",
     "triton_available",
 ]
@@ -97,6 +98,22 @@ def resolve_backend(backend: str, x: torch.Tensor, op: str) -> str:
             "CPU tensors run the kernel only under TRITON_INTERPRET=1"
         )
     return "triton"
+
+
+def select_backend(backend: str, x: torch.Tensor, op: str) -> str:
+    """:func:`resolve_backend` plus the dtype rule: float32, float16 and bfloat16 take either path;
+    float64 (the tests' references) runs only the reference, so ``backend="triton"`` with it is a
+    ``TypeError``; any other dtype is a ``TypeError``."""
+    path = resolve_backend(backend, x, op)
+    if x.dtype == torch.float64:
+        if backend == "triton":
+            raise TypeError(
+                f"{op}: the Triton kernel takes float32, float16 or bfloat16, got float64 "
+                "(backend='torch' or 'auto' runs the float64 reference)"
+            )
+        return "torch"
+    check_dtype(x, "x", op)
+    return path
 
 
 def check_dtype(x: torch.Tensor, name: str, op: str) -> None:

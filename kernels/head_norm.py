@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ._dispatch import check_dtype, register_norm_ops, resolve_backend
+from ._dispatch import check_dtype, register_norm_ops, select_backend
 from .rms_norm import _acc_dtype
 
 __all__ = [
@@ -114,7 +114,7 @@ def per_head_rms_norm(
     D = _shared_head_dim(weight, head_dim, "per_head_rms_norm")
     _check_input(x, "per_head_rms_norm")
     split_heads(x, num_heads, D, "per_head_rms_norm")
-    if resolve_backend(backend, x, "per_head_rms_norm") == "torch" or x.dtype == torch.float64:
+    if select_backend(backend, x, "per_head_rms_norm") == "torch":
         return per_head_rms_norm_ref(x, weight, num_heads, eps, head_dim=D)
     return register_norm_ops().per_head_rms_norm(x, weight, num_heads, D, eps)
 
@@ -140,7 +140,7 @@ def head_norm(
     H, D = _head_shape(weight, bias, num_heads, head_dim)
     _check_input(x, "head_norm")
     split_heads(x, H, D, "head_norm")
-    if resolve_backend(backend, x, "head_norm") == "torch" or x.dtype == torch.float64:
+    if select_backend(backend, x, "head_norm") == "torch":
         return head_norm_ref(x, weight, bias, eps, mode, num_heads=H, head_dim=D)
     return register_norm_ops().head_norm(x, weight, bias, H, D, eps, mode)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ._dispatch import check_dtype, register_norm_ops, resolve_backend
+from ._dispatch import check_dtype, register_norm_ops, select_backend
 
 __all__ = ["rms_norm", "rms_norm_ref", "rms_norm_residual", "rms_norm_residual_ref", "rms_norm_flops"]
 
@@ -59,11 +59,11 @@ def rms_norm(
     """RMSNorm of ``x`` ``[*, D]`` over its last dim, scaled by ``weight`` ``(D,)`` if given.
 
     Returns a tensor of ``x``'s shape and dtype. ``backend`` is ``"auto"`` (Triton on CUDA,
-    reference elsewhere), ``"triton"`` or ``"torch"``; float64 (test references) always runs the
-    reference. FLOPs: ``3 * x.numel()``.
+    reference elsewhere), ``"triton"`` or ``"torch"``; float64 runs only the reference
+    (``"triton"`` with it is a TypeError). FLOPs: ``3 * x.numel()``.
     """
     _check_norm_args(x, weight, "rms_norm")
-    if resolve_backend(backend, x, "rms_norm") == "torch" or x.dtype == torch.float64:
+    if select_backend(backend, x, "rms_norm") == "torch":
         return rms_norm_ref(x, weight, eps)
     # kernels/_norm_ops.py launches the kernel: through its custom op, or directly when eager.
     return register_norm_ops().rms_norm(x, weight, eps)
@@ -88,6 +88,6 @@ def rms_norm_residual(
             "rms_norm_residual: residual must match x in shape and dtype, "
             f"expected {tuple(x.shape)} {x.dtype}, got {tuple(residual.shape)} {residual.dtype}"
         )
-    if resolve_backend(backend, x, "rms_norm_residual") == "torch" or x.dtype == torch.float64:
+    if select_backend(backend, x, "rms_norm_residual") == "torch":
         return rms_norm_residual_ref(x, residual, weight, eps)
     return register_norm_ops().rms_norm_residual(x, residual, weight, eps)

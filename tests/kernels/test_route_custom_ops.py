@@ -137,3 +137,19 @@ def test_eager_path_matches_custom_op_path_in_the_interpreter(name, args):
             assert a is None and b is None
         else:
             torch.testing.assert_close(a, b)
+
+
+def test_float64_runs_the_reference_and_refuses_the_kernel():
+    x = torch.randn(3, 8, dtype=torch.float64)
+    torch.testing.assert_close(kernels.rms_norm(x), kernels.rms_norm_ref(x))
+    with pytest.raises(
+        TypeError, match="rms_norm: the Triton kernel takes float32, float16 or bfloat16, got float64"
+    ):
+        kernels.rms_norm(x, backend="triton")
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.float8_e4m3fn])
+def test_unsupported_dtypes_are_rejected_before_any_work(dtype):
+    x = torch.ones(3, 8).to(dtype)
+    with pytest.raises(TypeError, match=r"x must be float32, float16 or bfloat16"):
+        kernels.rms_norm(x, backend="torch")
