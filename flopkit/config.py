@@ -45,11 +45,13 @@ class ConfigError(ValueError):
     """A config that cannot be used; the message is one line."""
 
 
-# Field -> accepted type: int, float (ints accepted), bool, or a tuple of allowed values.
+# Field -> accepted type: int, float (ints accepted), bool, SIZE (an int or [height, width]), or a
+# tuple of allowed values.
+SIZE = "size"
 QK_NORMS = (None, "rmsnorm", "headnorm")
 PAIRINGS = ("split_half", "interleaved")
 MODEL_FIELDS: dict[str, Any] = {
-    "image_size": int,
+    "image_size": SIZE,
     "patch_size": int,
     "in_channels": int,
     "hidden_dim": int,
@@ -117,7 +119,12 @@ def _did_you_mean(word: str, choices: Iterable[str]) -> str:
 def _type_name(kind: Any) -> str:
     if isinstance(kind, tuple):
         return "one of " + ", ".join("null" if v is None else repr(v) for v in kind)
-    return {int: "an integer", float: "a number", bool: "true or false"}[kind]
+    return {
+        int: "an integer",
+        float: "a number",
+        bool: "true or false",
+        SIZE: "an integer or [height, width]",
+    }[kind]
 
 
 def _coerce(key: str, value: Any, kind: Any, source: str) -> Any:
@@ -132,6 +139,13 @@ def _coerce(key: str, value: Any, kind: Any, source: str) -> Any:
         ok = isinstance(value, bool)
     elif kind is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind == SIZE:
+        pair = isinstance(value, (list, tuple)) and len(value) == 2
+        items = value if pair else [value]
+        ok = (pair or isinstance(value, int)) and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in items
+        )
+        value = tuple(value) if ok and pair else value
     elif kind is float:
         if isinstance(value, str):
             try:
