@@ -91,5 +91,7 @@ def test_image_size_may_be_height_width_for_a_non_square_grid():
     model = config.meta_module
     assert model.patch_embed.grid_size == (14, 10)
     assert model.num_tokens == 14 * 10 + 1 + 4
-    with pytest.raises(ConfigError, match=r"image_size must be an integer or \[height, width\], got \[224, 'x'\]"):
+    with pytest.raises(
+        ConfigError, match=r"image_size must be an integer or \[height, width\], got \[224, 'x'\]"
+    ):
         load_config("vit5-small", parse_overrides(["image_size=[224, x]"]))
