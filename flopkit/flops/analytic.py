@@ -143,6 +143,18 @@ class FlopRow:
     source: str = "analytic"
     counted_in: str | None = None  # the ancestor whose own formula includes this module's work
 
+    @classmethod
+    def of(cls, path: str, module: nn.Module, breakdown: dict[str, int], **extra: object) -> FlopRow:
+        """The row of ``module`` at ``path``: type, one-line ``extra_repr``, parameter count."""
+        return cls(
+            path=path,
+            type=type(module).__name__,
+            repr=" ".join(module.extra_repr().split()),
+            params=sum(p.numel() for p in module.parameters()),
+            breakdown=breakdown,
+            **extra,
+        )
+
     @property
     def flops(self) -> int:
         return sum(self.breakdown.values())
@@ -202,16 +214,7 @@ def flop_rows(
         breakdown = scale_breakdown(breakdown, batch)
         if training:
             breakdown = training_breakdown(breakdown)
-        rows.append(
-            FlopRow(
-                path=path,
-                type=type(module).__name__,
-                repr=" ".join(module.extra_repr().split()),
-                params=sum(p.numel() for p in module.parameters()),
-                breakdown=breakdown,
-                counted_in=owner,
-            )
-        )
+        rows.append(FlopRow.of(path, module, breakdown, counted_in=owner))
     return rows
 
 

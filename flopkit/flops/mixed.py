@@ -147,14 +147,5 @@ def mixed_rows(
             source = "measured+analytic" if inner else "measured"
         if training:
             breakdown = training_breakdown(breakdown)
-        out.append(
-            FlopRow(
-                path=path,
-                type=type(module).__name__,
-                repr=" ".join(module.extra_repr().split()),
-                params=sum(p.numel() for p in module.parameters()),
-                breakdown=breakdown,
-                source=source,
-            )
-        )
+        out.append(FlopRow.of(path, module, breakdown, source=source))
     return out
