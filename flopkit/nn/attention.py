@@ -14,6 +14,7 @@ from torch import nn
 
 from flopkit import kernels
 
+from ._checks import check_positive_int
 from ._flops import CompositeFlops, empty_breakdown
 from .norms import HeadNorm, PerHeadRMSNorm, RMSNorm
 from .rope import ROPE_PAIRINGS, apply_rope, build_rope_tables, token_layout
@@ -43,11 +44,6 @@ def build_qk_norm(
     raise ValueError(
         f"qk_norm must be None, 'rmsnorm', 'headnorm' or a callable head_dim -> nn.Module, got {qk_norm!r}"
     )
-
-
-def _positive_int(name: str, value: object) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 class ViT5Attention(CompositeFlops, nn.Module):
@@ -84,8 +80,8 @@ class ViT5Attention(CompositeFlops, nn.Module):
         use_triton: bool = True,
     ) -> None:
         super().__init__()
-        _positive_int("hidden_dim", hidden_dim)
-        _positive_int("num_heads", num_heads)
+        check_positive_int("hidden_dim", hidden_dim)
+        check_positive_int("num_heads", num_heads)
         if hidden_dim % num_heads:
             raise ValueError(
                 f"hidden_dim must be divisible by num_heads: hidden_dim={hidden_dim}, num_heads={num_heads} "

@@ -14,14 +14,10 @@ from torch import nn
 
 from flopkit import kernels
 
+from ._checks import check_positive_int
 from ._flops import empty_breakdown
 
 __all__ = ["RMSNorm", "PerHeadRMSNorm", "HeadNorm"]
-
-
-def _positive(name: str, value: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 class RMSNorm(nn.Module):
@@ -46,7 +42,7 @@ class RMSNorm(nn.Module):
         if not shape:
             raise ValueError("normalized_shape must name at least one dimension, got ()")
         for size in shape:
-            _positive("normalized_shape entries", size)
+            check_positive_int("normalized_shape entries", size)
         self.normalized_shape = shape
         # torch.nn.RMSNorm takes eps=None as "machine epsilon of the input dtype"; keep that.
         self.eps = eps
@@ -112,8 +108,8 @@ class PerHeadRMSNorm(nn.Module):
 
     def __init__(self, num_heads: int, head_dim: int, eps: float = 1e-6, use_triton: bool = True) -> None:
         super().__init__()
-        _positive("num_heads", num_heads)
-        _positive("head_dim", head_dim)
+        check_positive_int("num_heads", num_heads)
+        check_positive_int("head_dim", head_dim)
         self.num_heads = num_heads
         self.head_dim = head_dim
         self.use_triton = use_triton
@@ -168,8 +164,8 @@ class HeadNorm(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        _positive("num_heads", num_heads)
-        _positive("head_dim", head_dim)
+        check_positive_int("num_heads", num_heads)
+        check_positive_int("head_dim", head_dim)
         if mode not in kernels.HEAD_NORM_MODES:
             raise ValueError(f"mode must be one of {kernels.HEAD_NORM_MODES}, got {mode!r}")
         self.num_heads = num_heads

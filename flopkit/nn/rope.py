@@ -17,6 +17,8 @@ import torch
 
 from flopkit.kernels import ROPE_PAIRINGS, apply_rope_ref, rotate_pairs
 
+from ._checks import check_positive_int, is_int
+
 __all__ = [
     "ROPE_PAIRINGS",
     "TokenLayout",
@@ -34,7 +36,7 @@ __all__ = [
 
 def register_grid_size(num_registers: int) -> int:
     """Side of the ``sqrt(R) x sqrt(R)`` register grid; ValueError if ``R`` is not a perfect square."""
-    if not isinstance(num_registers, int) or isinstance(num_registers, bool) or num_registers < 0:
+    if not is_int(num_registers) or num_registers < 0:
         raise ValueError(f"num_registers must be a non-negative integer, got {num_registers!r}")
     side = math.isqrt(num_registers)
     if side * side != num_registers:
@@ -101,9 +103,8 @@ def token_layout(
     num_patches_h: int, num_patches_w: int, has_cls: bool = True, num_registers: int = 4
 ) -> TokenLayout:
     """Validated :class:`TokenLayout` (positive grid, perfect-square register count)."""
-    for name, value in (("num_patches_h", num_patches_h), ("num_patches_w", num_patches_w)):
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    check_positive_int("num_patches_h", num_patches_h)
+    check_positive_int("num_patches_w", num_patches_w)
     register_grid_size(num_registers)
     return TokenLayout(num_patches_h, num_patches_w, bool(has_cls), num_registers)
 

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._checks import check_positive_int, is_int
 from ._flops import CompositeFlops, check_convention, empty_breakdown
 from .attention import ViT5Attention
 from .norms import RMSNorm
@@ -38,7 +39,7 @@ def preset_names() -> list[str]:
 
 def _pair(value: int | tuple[int, int], name: str) -> tuple[int, int]:
     pair = (value, value) if isinstance(value, int) else tuple(value)
-    if len(pair) != 2 or any(not isinstance(v, int) or isinstance(v, bool) or v <= 0 for v in pair):
+    if len(pair) != 2 or any(not is_int(v) or v <= 0 for v in pair):
         raise ValueError(f"{name} must be a positive integer or a pair of them, got {value!r}")
     return pair  # type: ignore[return-value]
 
@@ -59,8 +60,7 @@ class PatchEmbed(nn.Module):
     ) -> None:
         super().__init__()
         self.image_size = _pair(image_size, "image_size")
-        if not isinstance(patch_size, int) or isinstance(patch_size, bool) or patch_size <= 0:
-            raise ValueError(f"patch_size must be a positive integer, got {patch_size!r}")
+        check_positive_int("patch_size", patch_size)
         for side, size in zip(("height", "width"), self.image_size, strict=True):
             if size % patch_size:
                 raise ValueError(
@@ -277,7 +277,7 @@ class ViT5(CompositeFlops, nn.Module):
             ("num_classes", num_classes, 0),
             ("in_channels", in_channels, 1),
         ):
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            if not is_int(value) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
         given = locals()
         self.config = {k: given[k] for k in inspect.signature(ViT5.__init__).parameters if k != "self"}
