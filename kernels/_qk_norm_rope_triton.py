@@ -35,6 +35,7 @@ import triton.language as tl
 from torch.utils.flop_counter import flop_registry, register_flop_formula
 
 from ._dispatch import needs_custom_op, runs_reference_in_op
+from ._norm_ops import _norm_backward_ref
 from .qk_norm_rope import qk_norm_rope_flops, qk_norm_rope_ref, rotate_pairs
 
 __all__ = ["qk_norm_rope_triton"]
@@ -422,7 +423,7 @@ def _qk_norm_rope_backward_op(dq, dk, dv, qkv, cos, sin, q_weight, k_weight, num
 
 def _qk_norm_rope_bwd_ref(dq, dk, dv, qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm):
     """The backward op's CPU reference in fp32 closed form: through RoPE ``g * cos - rot(g * sin)``
-    (``rot^T = -rot`` for both pairings), then through the RMSNorm."""
+    (``rot^T = -rot`` for both pairings), then through the RMSNorm (the norm ops' reference backward)."""
     B, T, three_hd = qkv.shape
     acc = torch.promote_types(qkv.dtype, torch.float32)
     D = three_hd // (3 * num_heads)
@@ -433,15 +434,9 @@ def _qk_norm_rope_bwd_ref(dq, dk, dv, qkv, cos, sin, q_weight, k_weight, num_hea
         g = g.to(acc).transpose(1, 2)  # [B, T, H, D]
         g = g * cos_f - rotate_pairs(g * sin_f, pairing)
         if norm:
-            r = torch.rsqrt(x.square().mean(-1, keepdim=True) + eps)
-            xhat = x * r
-            weight_grads.append(
-                (g * xhat).flatten(0, 1).sum(0 if w is not None and w.dim() == 2 else (0, 1))
-                if w is not None
-                else qkv.new_empty((0,), dtype=acc)
-            )
-            gw = g * w.to(acc) if w is not None else g
-            g = r * (gw - xhat * (gw * xhat).mean(-1, keepdim=True))
+            per_head = w is not None and w.dim() == 2
+            g, dw, _ = _norm_backward_ref(g, None, x, w, False, num_heads, D, eps, False, per_head)
+            weight_grads.append(dw)
         else:
             weight_grads.append(qkv.new_empty((0,), dtype=acc))
         grads.append(g)
