@@ -8,6 +8,7 @@ elsewhere; ``"triton"`` forces the kernel (on CPU tensors only under
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import os
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ __all__ = [
     "select_backend",
     "check_dtype",
     "triton_available",
+    "num_sms",
 ]
 
 BACKENDS = ("auto", "triton", "torch")
@@ -68,11 +70,17 @@ def route_through_custom_ops() -> Iterator[None]:
 
 def runs_reference_in_op(x: torch.Tensor) -> bool:
     """True when a ``flopkit::`` custom op called on ``x`` runs the PyTorch reference: a CPU tensor
-    inside :func:`route_through_custom_ops` (counting needs the op, not the kernel), or a CPU tensor
-    with no Triton interpreter to run the kernel."""
+    inside :func:`route_through_custom_ops` (counting needs the op, not the kernel) or under a
+    dispatch mode, or a CPU tensor with no Triton interpreter to run the kernel."""
     if x.device.type != "cpu":
         return False
-    return _ROUTE_DEPTH > 0 or not (triton_interpret() and triton_available())
+    # A dispatch mode on a CPU tensor (compile's functional tracing, opcheck, FlopCounterMode):
+    # Inductor cannot launch a user Triton kernel on CPU tensors, so the op traces the reference.
+    return (
+        _ROUTE_DEPTH > 0
+        or torch._C._len_torch_dispatch_stack() > 0
+        or not (triton_interpret() and triton_available())
+    )
 
 
 def resolve_backend(backend: str, x: torch.Tensor, op: str) -> str:
@@ -141,6 +149,19 @@ def needs_custom_op(x: torch.Tensor) -> bool:
         or x.device.type == "meta"
         or runs_reference_in_op(x)
     )
+
+
+@functools.cache
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def num_sms(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA ``device`` (persistent grids size themselves by it);
+    4 elsewhere, so that the interpreter runs a few programs and exercises the persistent loops."""
+    if device.type != "cuda":
+        return 4
+    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def register_norm_ops():

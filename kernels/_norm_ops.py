@@ -15,11 +15,12 @@ from __future__ import annotations
 import math
 
 import torch
+from torch.library import triton_op
 from torch.utils.flop_counter import register_flop_formula
 
 from ._dispatch import needs_custom_op, runs_reference_in_op
-from .head_norm import head_norm_flops, head_norm_ref, per_head_rms_norm_ref
-from .rms_norm import rms_norm_flops, rms_norm_ref, rms_norm_residual_ref
+from .head_norm import _normalize_heads, head_norm_flops, split_heads
+from .rms_norm import norm_backward_ref, rms_norm_flops, rms_norm_ref, rms_norm_residual_ref
 
 __all__ = ["rms_norm_op", "rms_norm_residual_op", "per_head_rms_norm_op", "head_norm_op", "norm_backward_op"]
 
@@ -27,20 +28,25 @@ Tensor = torch.Tensor
 
 
 def _launchers():
-    from . import _rms_norm_triton
+    from . import _norm_triton
 
-    return _rms_norm_triton
+    return _norm_triton
+
+
+# The op bodies below are what torch.compile decomposes the ops into (``triton_op``): their kernel
+# launches go through ``wrap_triton`` (``run=_launchers().wrapped``), so Inductor launches the Triton
+# kernels from its own generated code, with no dispatcher or Python launcher per call at run time.
 
 
 # --------------------------------------------------------------------------- forward ops
 
 
-@torch.library.custom_op("flopkit::rms_norm", mutates_args=())
+@triton_op("flopkit::rms_norm", mutates_args=())
 def rms_norm_op(x: Tensor, weight: Tensor | None, eps: float) -> Tensor:
     """RMSNorm over the last dim of ``x`` ``[*, D]``; ``weight`` ``(D,)`` or None."""
     if runs_reference_in_op(x):
         return rms_norm_ref(x, weight, eps)
-    y, _ = _launchers().norm_forward(x, weight, None, eps)
+    y, _ = _launchers().norm_forward(x, weight, None, eps, run=_launchers().wrapped)
     return y
 
 
@@ -49,14 +55,14 @@ def _(x, weight, eps):
     return x.new_empty(x.shape)
 
 
-@torch.library.custom_op("flopkit::rms_norm_residual", mutates_args=())
+@triton_op("flopkit::rms_norm_residual", mutates_args=())
 def rms_norm_residual_op(
     x: Tensor, residual: Tensor, weight: Tensor | None, eps: float
 ) -> tuple[Tensor, Tensor]:
     """``h = x + residual`` (rounded to ``x.dtype``); returns ``(rms_norm(h, weight), h)``."""
     if runs_reference_in_op(x):
         return rms_norm_residual_ref(x, residual, weight, eps)
-    y, h = _launchers().norm_forward(x, weight, None, eps, residual=residual)
+    y, h = _launchers().norm_forward(x, weight, None, eps, residual=residual, run=_launchers().wrapped)
     return y, h
 
 
@@ -65,14 +71,18 @@ def _(x, residual, weight, eps):
     return x.new_empty(x.shape), x.new_empty(x.shape)
 
 
-@torch.library.custom_op("flopkit::per_head_rms_norm", mutates_args=())
+@triton_op("flopkit::per_head_rms_norm", mutates_args=())
 def per_head_rms_norm_op(
     x: Tensor, weight: Tensor | None, num_heads: int, head_dim: int, eps: float
 ) -> Tensor:
     """RMSNorm of each head's ``D`` slice of ``x`` (``[*, H*D]`` or ``[*, H, D]``), shared ``(D,)`` weight."""
     if runs_reference_in_op(x):
-        return per_head_rms_norm_ref(x, weight, num_heads, eps, head_dim=head_dim)
-    y, _ = _launchers().norm_forward(x, weight, None, eps, num_heads=num_heads, head_dim=head_dim)
+        return _normalize_heads(
+            split_heads(x, num_heads, head_dim, "per_head_rms_norm"), weight, None, eps, "rms"
+        ).reshape(x.shape)
+    y, _ = _launchers().norm_forward(
+        x, weight, None, eps, num_heads=num_heads, head_dim=head_dim, run=_launchers().wrapped
+    )
     return y
 
 
@@ -81,7 +91,7 @@ def _(x, weight, num_heads, head_dim, eps):
     return x.new_empty(x.shape)
 
 
-@torch.library.custom_op("flopkit::head_norm", mutates_args=())
+@triton_op("flopkit::head_norm", mutates_args=())
 def head_norm_op(
     x: Tensor,
     weight: Tensor | None,
@@ -93,7 +103,8 @@ def head_norm_op(
 ) -> Tensor:
     """Per-head RMS (``mode="rms"``) or Layer (``"layer"``) norm, ``(H, D)`` weight and bias."""
     if runs_reference_in_op(x):
-        return head_norm_ref(x, weight, bias, eps, mode, num_heads=num_heads, head_dim=head_dim)
+        xh = split_heads(x, num_heads, head_dim, "head_norm")
+        return _normalize_heads(xh, weight, bias, eps, mode).reshape(x.shape)
     y, _ = _launchers().norm_forward(
         x,
         weight,
@@ -103,6 +114,7 @@ def head_norm_op(
         head_dim=head_dim,
         layer=mode == "layer",
         per_head_weight=True,
+        run=_launchers().wrapped,
     )
     return y
 
@@ -115,7 +127,7 @@ def _(x, weight, bias, num_heads, head_dim, eps, mode):
 # --------------------------------------------------------------------------- backward op
 
 
-@torch.library.custom_op("flopkit::norm_backward", mutates_args=())
+@triton_op("flopkit::norm_backward", mutates_args=())
 def norm_backward_op(
     dy: Tensor,
     dres: Tensor | None,
@@ -131,7 +143,7 @@ def norm_backward_op(
     """Gradients of every norm op: ``(dx, dw, db)``; ``dx`` gets ``+ dres`` (the residual output's
     gradient) when given. ``dw``/``db`` are fp32 of the weight's shape, or empty ``(0,)``."""
     if runs_reference_in_op(x):
-        return _norm_backward_ref(
+        return norm_backward_ref(
             dy, dres, x, weight, has_bias, num_heads, head_dim, eps, layer, per_head_weight
         )
     dx, dw, db = _launchers().norm_backward(
@@ -145,34 +157,12 @@ def norm_backward_op(
         layer=layer,
         per_head_weight=per_head_weight,
         dres=dres,
+        run=_launchers().wrapped,
     )
     # Distinct empties: custom-op outputs may not alias each other.
     dw = dw if dw is not None else x.new_empty((0,), dtype=torch.float32)
     db = db if db is not None else x.new_empty((0,), dtype=torch.float32)
     return dx, dw, db
-
-
-def _norm_backward_ref(dy, dres, x, weight, has_bias, num_heads, head_dim, eps, layer, per_head_weight):
-    """The backward op's CPU reference, in fp32 closed form (``xhat = (x - mean?) * r``):
-    ``dx = r * (g - mean(g)? - xhat * mean(g * xhat))`` with ``g = dy * w``;
-    ``dw = sum(dy * xhat)``, ``db = sum(dy)`` over rows (and heads, for a shared weight)."""
-    acc = torch.promote_types(x.dtype, torch.float32)
-    wshape = (num_heads, head_dim) if per_head_weight else (head_dim,)
-    rows = (-1, *wshape)  # a (H, D) weight needs the heads as their own dim
-    xf, g_out = x.to(acc).reshape(rows), dy.to(acc).reshape(rows)
-    if layer:
-        xf = xf - xf.mean(-1, keepdim=True)
-    r = torch.rsqrt(xf.square().mean(-1, keepdim=True) + eps)
-    xhat = xf * r
-    g = g_out * weight.to(acc) if weight is not None else g_out
-    inner = g - g.mean(-1, keepdim=True) if layer else g
-    dx = (r * (inner - xhat * (g * xhat).mean(-1, keepdim=True))).reshape(x.shape)
-    if dres is not None:
-        dx = dx + dres.to(acc)
-    empty = x.new_empty((0,), dtype=acc)
-    dw = (g_out * xhat).sum(0) if weight is not None else empty
-    db = g_out.sum(0) if has_bias else empty.clone()
-    return dx.to(x.dtype), dw, db
 
 
 @norm_backward_op.register_fake

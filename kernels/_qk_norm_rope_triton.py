@@ -19,26 +19,21 @@ Backward: both pairings are block-diagonal in ``[[0, -1], [1, 0]]`` blocks, so `
 The gradient w.r.t. ``qkv`` is written whole: q and k parts from the above, the v part from ``dv``
 (``v`` is returned as a view of ``qkv``), so no zero-fill + add pass is needed.
 
-Layers: ``flopkit::qk_norm_rope`` (returns q, k; autograd registered for its own outputs) and
-``flopkit::qk_norm_rope_backward`` custom ops with fake implementations; ``_QKNormRope``, an
-autograd Function that adds the ``v`` view and routes ``dv`` into the same backward kernel;
-FLOPs registered with ``torch.utils.flop_counter`` from ``qk_norm_rope_flops``.
+The custom ops, autograd and FLOP formula live in ``_qk_norm_rope_ops.py``; this file holds only
+the kernels and their launchers (the same split as the norm family).
 """
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
-from torch.utils.flop_counter import flop_registry, register_flop_formula
 
-from ._dispatch import needs_custom_op, runs_reference_in_op
-from ._norm_ops import _norm_backward_ref
-from .qk_norm_rope import qk_norm_rope_flops, qk_norm_rope_ref, rotate_pairs
+from ._dispatch import num_sms
+from ._launch import launch
+from ._norm_triton import Runner
 
-__all__ = ["qk_norm_rope_triton"]
+__all__ = ["qk_norm_rope_fwd", "qk_norm_rope_bwd"]
 
 
 @triton.jit
@@ -245,7 +240,8 @@ TABLE_EVICT, PARTNER_EVICT = "evict_last", "evict_first"
 
 
 def _acc(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
+    # One dtype rule for every kernel (kernels/_dispatch.py): fp32/fp16/bf16 I/O, fp32 math.
+    return tl.float32
 
 
 def _block_d(head_dim: int) -> int:
@@ -256,15 +252,9 @@ def _weight_head_stride(w: torch.Tensor | None) -> int:
     return 0 if w is None or w.dim() == 1 else w.stride(0)
 
 
-@functools.cache
-def _sm_count(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
-
-
 def _program_count_hint(device: torch.device) -> int:
-    if device.type == "cuda":
-        return BWD_PROGRAMS_PER_SM * _sm_count(device.index if device.index is not None else 0)
-    return 4  # the CPU interpreter: few programs, long loops
+    n = num_sms(device)
+    return BWD_PROGRAMS_PER_SM * n if device.type == "cuda" else n
 
 
 def _evict(hints: bool) -> tuple[str, str]:
@@ -285,6 +275,7 @@ def qk_norm_rope_fwd(
     block_t: int | None = None,
     num_warps: int = FWD_WARPS,
     evict_hints: bool = True,
+    run: Runner = launch,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the forward kernel: ``qkv`` ``[B, T, 3*H*D]`` -> q, k ``[B, H, T, D]`` contiguous."""
     B, T, three_hd = qkv.shape
@@ -298,15 +289,21 @@ def qk_norm_rope_fwd(
     has_qw, has_kw = norm and q_weight is not None, norm and k_weight is not None
     table_evict, partner_evict = _evict(evict_hints)
     grid = (triton.cdiv(rows, block_t) * num_heads,)
-    _qk_norm_rope_fwd_kernel[grid](
-        qkv, cos, sin, q_weight if has_qw else qkv, k_weight if has_kw else qkv, q, k,
-        rows, T, num_heads,
-        *qkv.stride(), *cos.stride(), *sin.stride(),
-        _weight_head_stride(q_weight), _weight_head_stride(k_weight),
-        eps,
-        HEAD_DIM=D, BLOCK_T=block_t, BLOCK_D=_block_d(D), NORM=norm, HAS_QW=has_qw, HAS_KW=has_kw,
-        INTERLEAVED=pairing == "interleaved", ACC=_acc(qkv.dtype), TABLE_EVICT=table_evict,
-        PARTNER_EVICT=partner_evict, num_warps=num_warps,
+    run(
+        _qk_norm_rope_fwd_kernel,
+        grid,
+        (
+            qkv, cos, sin, q_weight if has_qw else qkv, k_weight if has_kw else qkv, q, k,
+            rows, T, num_heads,
+            *qkv.stride(), *cos.stride(), *sin.stride(),
+            _weight_head_stride(q_weight), _weight_head_stride(k_weight),
+            eps,
+        ),
+        dict(
+            HEAD_DIM=D, BLOCK_T=block_t, BLOCK_D=_block_d(D), NORM=norm, HAS_QW=has_qw, HAS_KW=has_kw,
+            INTERLEAVED=pairing == "interleaved", ACC=_acc(qkv.dtype), TABLE_EVICT=table_evict,
+            PARTNER_EVICT=partner_evict, num_warps=num_warps,
+        ),
     )  # fmt: skip
     return q, k
 
@@ -329,6 +326,7 @@ def qk_norm_rope_bwd(
     num_warps: int = BWD_WARPS,
     num_programs: int | None = None,
     evict_hints: bool = True,
+    run: Runner = launch,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launch the backward kernel.
 
@@ -346,24 +344,30 @@ def qk_norm_rope_bwd(
     chunks = max(1, min(n_tiles, (num_programs or _program_count_hint(qkv.device)) // num_heads))
     tiles_per_prog = triton.cdiv(n_tiles, chunks)
     chunks = triton.cdiv(n_tiles, tiles_per_prog)
-    part_dtype = torch.float64 if qkv.dtype == torch.float64 else torch.float32
+    part_dtype = torch.float32
     part_shape = (chunks, num_heads, D)
     dqw_part = torch.empty(part_shape if has_qw else (0,), dtype=part_dtype, device=qkv.device)
     dkw_part = torch.empty(part_shape if has_kw else (0,), dtype=part_dtype, device=qkv.device)
     if rows:
         dv_t = dv if dv is not None else dq
         table_evict, partner_evict = _evict(evict_hints)
-        _qk_norm_rope_bwd_kernel[(chunks * num_heads,)](
-            dq, dk, dv_t, qkv, cos, sin, q_weight if has_qw else qkv, k_weight if has_kw else qkv,
-            dqkv, dqw_part, dkw_part,
-            rows, T, num_heads, tiles_per_prog,
-            *dq.stride(), *dk.stride(), *dv_t.stride(),
-            *qkv.stride(), *cos.stride(), *sin.stride(),
-            _weight_head_stride(q_weight), _weight_head_stride(k_weight),
-            eps,
-            HEAD_DIM=D, BLOCK_T=block_t, BLOCK_D=_block_d(D), NORM=norm, HAS_QW=has_qw, HAS_KW=has_kw,
-            HAS_DV=dv is not None, INTERLEAVED=pairing == "interleaved", ACC=_acc(qkv.dtype),
-            TABLE_EVICT=table_evict, PARTNER_EVICT=partner_evict, num_warps=num_warps,
+        run(
+            _qk_norm_rope_bwd_kernel,
+            (chunks * num_heads,),
+            (
+                dq, dk, dv_t, qkv, cos, sin, q_weight if has_qw else qkv, k_weight if has_kw else qkv,
+                dqkv, dqw_part, dkw_part,
+                rows, T, num_heads, tiles_per_prog,
+                *dq.stride(), *dk.stride(), *dv_t.stride(),
+                *qkv.stride(), *cos.stride(), *sin.stride(),
+                _weight_head_stride(q_weight), _weight_head_stride(k_weight),
+                eps,
+            ),
+            dict(
+                HEAD_DIM=D, BLOCK_T=block_t, BLOCK_D=_block_d(D), NORM=norm, HAS_QW=has_qw, HAS_KW=has_kw,
+                HAS_DV=dv is not None, INTERLEAVED=pairing == "interleaved", ACC=_acc(qkv.dtype),
+                TABLE_EVICT=table_evict, PARTNER_EVICT=partner_evict, num_warps=num_warps,
+            ),
         )  # fmt: skip
     return (
         dqkv,
@@ -377,160 +381,3 @@ def _reduce_weight_grad(part: torch.Tensor, weight: torch.Tensor | None, used: b
         return part.new_empty((0,))
     grad = part.sum(0) if weight.dim() == 2 else part.sum((0, 1))
     return grad.to(weight.dtype)
-
-
-# --------------------------------------------------------------------------------------------------
-# Custom ops, autograd and the FLOP formula
-#
-# The custom ops are what torch.compile, FakeTensor/meta tracing and FlopCounterMode see. A plain
-# eager call (no dispatch mode active, not compiling, real tensors) calls the same launchers
-# directly: the dispatcher round trip costs tens of microseconds of CPU per call, as much as the
-# kernel itself at ViT sizes.
-
-_FWD_SCHEMA = (
-    "(Tensor qkv, Tensor cos, Tensor sin, Tensor? q_weight, Tensor? k_weight, int num_heads, float eps, "
-    "str pairing, bool norm) -> (Tensor, Tensor)"
-)
-_BWD_SCHEMA = (
-    "(Tensor dq, Tensor dk, Tensor? dv, Tensor qkv, Tensor cos, Tensor sin, Tensor? q_weight, "
-    "Tensor? k_weight, int num_heads, float eps, str pairing, bool norm) -> (Tensor, Tensor, Tensor)"
-)
-
-
-@torch.library.custom_op("flopkit::qk_norm_rope", mutates_args=(), schema=_FWD_SCHEMA)
-def _qk_norm_rope_op(qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm):
-    if runs_reference_in_op(qkv):
-        q, k, _ = qk_norm_rope_ref(qkv, cos, sin, num_heads, q_weight, k_weight, eps, pairing, norm=norm)
-        return q, k
-    return qk_norm_rope_fwd(qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm)
-
-
-@_qk_norm_rope_op.register_fake
-def _(qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm):
-    B, T, three_hd = qkv.shape
-    shape = (B, num_heads, T, three_hd // (3 * num_heads))
-    return qkv.new_empty(shape), qkv.new_empty(shape)
-
-
-@torch.library.custom_op("flopkit::qk_norm_rope_backward", mutates_args=(), schema=_BWD_SCHEMA)
-def _qk_norm_rope_backward_op(dq, dk, dv, qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm):
-    if runs_reference_in_op(qkv):
-        return _qk_norm_rope_bwd_ref(
-            dq, dk, dv, qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm
-        )
-    return qk_norm_rope_bwd(dq, dk, dv, qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm)
-
-
-def _qk_norm_rope_bwd_ref(dq, dk, dv, qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm):
-    """The backward op's CPU reference in fp32 closed form: through RoPE ``g * cos - rot(g * sin)``
-    (``rot^T = -rot`` for both pairings), then through the RMSNorm (the norm ops' reference backward)."""
-    B, T, three_hd = qkv.shape
-    acc = torch.promote_types(qkv.dtype, torch.float32)
-    D = three_hd // (3 * num_heads)
-    parts = qkv.to(acc).view(B, T, 3, num_heads, D).unbind(2)
-    cos_f, sin_f = cos.to(acc)[:, None, :], sin.to(acc)[:, None, :]
-    grads, weight_grads = [], []
-    for x, g, w in ((parts[0], dq, q_weight), (parts[1], dk, k_weight)):
-        g = g.to(acc).transpose(1, 2)  # [B, T, H, D]
-        g = g * cos_f - rotate_pairs(g * sin_f, pairing)
-        if norm:
-            per_head = w is not None and w.dim() == 2
-            g, dw, _ = _norm_backward_ref(g, None, x, w, False, num_heads, D, eps, False, per_head)
-            weight_grads.append(dw)
-        else:
-            weight_grads.append(qkv.new_empty((0,), dtype=acc))
-        grads.append(g)
-    grads.append(dv.to(acc).transpose(1, 2) if dv is not None else torch.zeros_like(parts[2]))
-    dqkv = torch.stack(grads, dim=2).reshape(B, T, three_hd).to(qkv.dtype)
-    return dqkv, weight_grads[0], weight_grads[1]
-
-
-@_qk_norm_rope_backward_op.register_fake
-def _(dq, dk, dv, qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm):
-    def weight_grad(w):
-        return w.new_empty(w.shape) if w is not None and norm else qkv.new_empty((0,), dtype=torch.float32)
-
-    dqkv = qkv.new_empty(qkv.shape)
-    return dqkv, weight_grad(q_weight), weight_grad(k_weight)
-
-
-def _forward(qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm):
-    op = torch.ops.flopkit.qk_norm_rope if needs_custom_op(qkv) else qk_norm_rope_fwd
-    return op(qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm)
-
-
-def _backward(ctx, dq, dk, dv):
-    qkv, cos, sin, q_weight, k_weight = ctx.saved_tensors
-    op = torch.ops.flopkit.qk_norm_rope_backward if needs_custom_op(qkv) else qk_norm_rope_bwd
-    dqkv, dqw, dkw = op(
-        dq, dk, dv, qkv, cos, sin, q_weight, k_weight, ctx.num_heads, ctx.eps, ctx.pairing, ctx.norm
-    )
-    dqw = dqw if q_weight is not None and ctx.norm else None
-    dkw = dkw if k_weight is not None and ctx.norm else None
-    return dqkv, dqw, dkw
-
-
-def _setup_context(ctx, inputs, output):
-    qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm = inputs
-    ctx.save_for_backward(qkv, cos, sin, q_weight, k_weight)
-    ctx.num_heads, ctx.eps, ctx.pairing, ctx.norm = num_heads, eps, pairing, norm
-
-
-def _op_backward(ctx, dq, dk):
-    # The op's own outputs are q and k only: the v part of d(qkv) is zero.
-    dqkv, dqw, dkw = _backward(ctx, dq, dk, None)
-    return dqkv, None, None, dqw, dkw, None, None, None, None
-
-
-_qk_norm_rope_op.register_autograd(_op_backward, setup_context=_setup_context)
-
-
-class _QKNormRope(torch.autograd.Function):
-    """q, k from the forward kernel plus v as a view of ``qkv``; backward writes d(qkv) in one
-    kernel, v's slice included, instead of autograd adding a zero-padded copy of dv."""
-
-    @staticmethod
-    def forward(ctx, qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm):
-        q, k = _forward(qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm)
-        _setup_context(ctx, (qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm), None)
-        return q, k, _v_view(qkv, num_heads)
-
-    @staticmethod
-    def backward(ctx, dq, dk, dv):
-        dqkv, dqw, dkw = _backward(ctx, dq, dk, dv)
-        return dqkv, None, None, dqw, dkw, None, None, None, None
-
-
-def _v_view(qkv: torch.Tensor, num_heads: int) -> torch.Tensor:
-    """v, the last third of ``qkv`` ``[B, T, 3*H*D]``, viewed ``[B, H, T, D]``."""
-    hd = qkv.shape[-1] // 3
-    return qkv.narrow(-1, 2 * hd, hd).unflatten(-1, (num_heads, hd // num_heads)).transpose(1, 2)
-
-
-if torch.ops.flopkit.qk_norm_rope not in flop_registry:
-
-    @register_flop_formula(torch.ops.flopkit.qk_norm_rope)
-    def _qk_norm_rope_flop(qkv_shape, cos_shape, sin_shape, qw_shape, kw_shape, num_heads, eps, pairing, norm,
-                           *args, out_shape=None, **kwargs) -> int:  # fmt: skip
-        """norm 3 + rope 2 FLOPs per element of q and of k (DESIGN.md §3)."""
-        B, T, three_hd = qkv_shape
-        return qk_norm_rope_flops(B, T, num_heads, three_hd // (3 * num_heads), norm)
-
-
-def qk_norm_rope_triton(
-    qkv: torch.Tensor,
-    cos: torch.Tensor,
-    sin: torch.Tensor,
-    num_heads: int,
-    q_weight: torch.Tensor | None,
-    k_weight: torch.Tensor | None,
-    eps: float,
-    pairing: str,
-    norm: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Triton path of ``qk_norm_rope``: q, k ``[B, H, T, D]`` contiguous, v a ``[B, H, T, D]`` view."""
-    args = (qkv, cos, sin, q_weight, k_weight, num_heads, float(eps), pairing, bool(norm))
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (qkv, q_weight, k_weight)):
-        return _QKNormRope.apply(*args)
-    q, k = _forward(*args)
-    return q, k, _v_view(qkv, num_heads)

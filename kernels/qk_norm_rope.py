@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from ._dispatch import check_dtype, resolve_backend
+from ._dispatch import check_dtype, select_backend
 from .head_norm import _normalize_heads
 from .rms_norm import _acc_dtype
 
@@ -146,9 +146,8 @@ def qk_norm_rope(
     _check_qk_args(qkv, cos, sin, num_heads, q_weight, k_weight, pairing)
     if norm is None:
         norm = q_weight is not None or k_weight is not None
-    # The fused kernel also runs float64 (fp64 accumulation), so float64 may take either path.
-    if resolve_backend(backend, qkv, "qk_norm_rope") == "torch":
+    if select_backend(backend, qkv, "qk_norm_rope") == "torch":
         return qk_norm_rope_ref(qkv, cos, sin, num_heads, q_weight, k_weight, eps, pairing, norm=norm)
-    from ._qk_norm_rope_triton import qk_norm_rope_triton
+    from ._qk_norm_rope_ops import qk_norm_rope_triton
 
     return qk_norm_rope_triton(qkv, cos, sin, num_heads, q_weight, k_weight, eps, pairing, norm)

@@ -11,7 +11,14 @@ import torch
 
 from ._dispatch import check_dtype, register_norm_ops, select_backend
 
-__all__ = ["rms_norm", "rms_norm_ref", "rms_norm_residual", "rms_norm_residual_ref", "rms_norm_flops"]
+__all__ = [
+    "rms_norm",
+    "rms_norm_ref",
+    "rms_norm_residual",
+    "rms_norm_residual_ref",
+    "rms_norm_flops",
+    "norm_backward_ref",
+]
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -40,6 +47,40 @@ def rms_norm_residual_ref(
     """Reference fused step: ``h = x + residual`` (in ``x.dtype``), returns ``(rms_norm(h), h)``."""
     h = x + residual
     return rms_norm_ref(h, weight, eps), h
+
+
+def norm_backward_ref(
+    dy: torch.Tensor,
+    dres: torch.Tensor | None,
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    has_bias: bool,
+    num_heads: int,
+    head_dim: int,
+    eps: float,
+    layer: bool,
+    per_head_weight: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Reference gradients of every norm op (the backward ops' CPU path), in fp32 closed form (``xhat = (x - mean?) * r``):
+    ``dx = r * (g - mean(g)? - xhat * mean(g * xhat))`` with ``g = dy * w``;
+    ``dw = sum(dy * xhat)``, ``db = sum(dy)`` over rows (and heads, for a shared weight)."""
+    acc = torch.promote_types(x.dtype, torch.float32)
+    wshape = (num_heads, head_dim) if per_head_weight else (head_dim,)
+    rows = (-1, *wshape)  # a (H, D) weight needs the heads as their own dim
+    xf, g_out = x.to(acc).reshape(rows), dy.to(acc).reshape(rows)
+    if layer:
+        xf = xf - xf.mean(-1, keepdim=True)
+    r = torch.rsqrt(xf.square().mean(-1, keepdim=True) + eps)
+    xhat = xf * r
+    g = g_out * weight.to(acc) if weight is not None else g_out
+    inner = g - g.mean(-1, keepdim=True) if layer else g
+    dx = (r * (inner - xhat * (g * xhat).mean(-1, keepdim=True))).reshape(x.shape)
+    if dres is not None:
+        dx = dx + dres.to(acc)
+    empty = x.new_empty((0,), dtype=acc)
+    dw = (g_out * xhat).sum(0) if weight is not None else empty
+    db = g_out.sum(0) if has_bias else empty.clone()
+    return dx.to(x.dtype), dw, db
 
 
 def _check_norm_args(x: torch.Tensor, weight: torch.Tensor | None, op: str) -> None:

@@ -157,7 +157,11 @@ class ViT5Attention(CompositeFlops, nn.Module):
         return True, q.weight, k.weight, eps
 
     def _use_fused(self, x: torch.Tensor) -> bool:
-        return bool(self.use_triton) and kernels.resolve_backend("auto", x, "ViT5Attention") == "triton"
+        return (
+            bool(self.use_triton)
+            and x.dtype in kernels.SUPPORTED_DTYPES
+            and kernels.resolve_backend("auto", x, "ViT5Attention") == "triton"
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: ``[B, T, C]`` with ``T = h*w + has_cls + R`` -> ``[B, T, C]``."""

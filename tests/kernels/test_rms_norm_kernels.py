@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 from _norm_reference import TOL, device, grads64, kernel_grads, norm64, rel_err
-from flopkit.kernels import _rms_norm_triton as tk
+from flopkit.kernels import _norm_triton as tk
 from flopkit.kernels import rms_norm, rms_norm_residual
 from flopkit.kernels._dispatch import register_norm_ops
 from torch.utils.flop_counter import FlopCounterMode
@@ -180,7 +180,7 @@ def test_wide_rows_take_the_chunked_kernels(monkeypatch, residual):
 
 def test_backward_persistent_loop_over_many_blocks(monkeypatch):
     # Two programs walk 3 row blocks: the partial dw accumulates across iterations.
-    monkeypatch.setattr(tk, "_programs_budget", lambda dev: 1)
+    monkeypatch.setattr(tk, "num_sms", lambda dev: 1)
     x, w, dy = _inputs(301, 8, torch.float32, seed=8)
     _, (dx, dw) = kernel_grads(lambda a, b: rms_norm(a, b, backend="triton"), [x, w], dy)
     _, (dx64, dw64) = grads64(norm64, [x, w], dy)

@@ -21,11 +21,14 @@ forward ``2*N*D*s`` (+ ``2*N*D*s`` residual in / ``h`` out), backward ``3*N*D*s`
 
 from __future__ import annotations
 
-import functools
+from collections.abc import Callable
 
 import torch
 import triton
 import triton.language as tl
+
+from ._dispatch import num_sms
+from ._launch import launch
 
 __all__ = [
     "norm_forward",
@@ -443,15 +446,17 @@ def _rows_view(x: torch.Tensor, num_heads: int, head_dim: int, mode: str) -> _Ro
     raise AssertionError("unreachable: a contiguous tensor always has a row view")
 
 
-@functools.lru_cache(maxsize=8)
-def _num_sms(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
+Runner = Callable[[object, tuple, tuple, dict], None]
+"""How a launcher starts a kernel: ``run(kernel, grid, args, meta)``. Eager code passes
+:func:`flopkit.kernels._launch.launch`; the ``triton_op`` bodies pass :func:`wrapped`, so that
+``torch.compile`` sees the kernel and Inductor launches it from its own generated code."""
 
 
-def _programs_budget(device: torch.device) -> int:
-    if device.type == "cuda":
-        return _num_sms(device.index if device.index is not None else torch.cuda.current_device())
-    return 4  # interpreter: few programs, so that the persistent loop is exercised
+def wrapped(kernel, grid: tuple, args: tuple, meta: dict) -> None:
+    """Launch through ``torch.library.wrap_triton`` (traceable; a plain launch when not tracing)."""
+    from torch.library import wrap_triton
+
+    wrap_triton(kernel)[grid](*args, **meta)
 
 
 def _row_mode(per_head_weight: bool, fused: bool) -> str:
@@ -472,6 +477,7 @@ def norm_forward(
     per_head_weight: bool = False,
     residual: torch.Tensor | None = None,
     config: tuple[int, int] | None = None,
+    run: Runner = launch,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Normalise ``x`` per row of ``head_dim`` columns; returns ``(y, h)`` (``h`` only with ``residual``).
 
@@ -502,58 +508,70 @@ def norm_forward(
         elems, warps = config or table[min(width, FUSED_MAX_FWD)]
         block_t = max(1, elems // width)
         grid = (triton.cdiv(rows.n_tok, block_t),)
-        _norm_fwd_kernel[grid](
-            rows.t,
-            res.t if res is not None else dummy,
-            y,
-            h_out if h_out is not None else dummy,
-            w if w is not None else dummy,
-            b if b is not None else dummy,
-            rows.n_tok,
-            rows.HF,
-            rows.NH,
-            D,
-            rows.s_o,
-            rows.s_f,
-            rows.s_h,
-            res.s_o if res is not None else 0,
-            res.s_f if res is not None else 0,
-            res.s_h if res is not None else 0,
-            D if per_head_weight else 0,
-            eps,
-            BLOCK_T=block_t,
-            BLOCK_H=block_h,
-            BLOCK_D=block_d,
-            FOLD=rows.HF > 1,
-            HAS_W=w is not None,
-            HAS_B=b is not None,
-            HAS_RES=res is not None,
-            LAYER=layer,
-            num_warps=warps,
+        run(
+            _norm_fwd_kernel,
+            grid,
+            (
+                rows.t,
+                res.t if res is not None else dummy,
+                y,
+                h_out if h_out is not None else dummy,
+                w if w is not None else dummy,
+                b if b is not None else dummy,
+                rows.n_tok,
+                rows.HF,
+                rows.NH,
+                D,
+                rows.s_o,
+                rows.s_f,
+                rows.s_h,
+                res.s_o if res is not None else 0,
+                res.s_f if res is not None else 0,
+                res.s_h if res is not None else 0,
+                D if per_head_weight else 0,
+                eps,
+            ),
+            dict(
+                BLOCK_T=block_t,
+                BLOCK_H=block_h,
+                BLOCK_D=block_d,
+                FOLD=rows.HF > 1,
+                HAS_W=w is not None,
+                HAS_B=b is not None,
+                HAS_RES=res is not None,
+                LAYER=layer,
+                num_warps=warps,
+            ),
         )
     else:
         chunk, warps = config or CHUNKED_FWD_CONFIG
-        _norm_fwd_chunked_kernel[(rows.n_tok,)](
-            rows.t,
-            res.t if res is not None else dummy,
-            y,
-            h_out if h_out is not None else dummy,
-            w if w is not None else dummy,
-            b if b is not None else dummy,
-            rows.HF,
-            D,
-            rows.s_o,
-            rows.s_f,
-            res.s_o if res is not None else 0,
-            res.s_f if res is not None else 0,
-            D if per_head_weight else 0,
-            eps,
-            CHUNK=min(chunk, block_d),
-            HAS_W=w is not None,
-            HAS_B=b is not None,
-            HAS_RES=res is not None,
-            LAYER=layer,
-            num_warps=warps,
+        run(
+            _norm_fwd_chunked_kernel,
+            (rows.n_tok,),
+            (
+                rows.t,
+                res.t if res is not None else dummy,
+                y,
+                h_out if h_out is not None else dummy,
+                w if w is not None else dummy,
+                b if b is not None else dummy,
+                rows.HF,
+                D,
+                rows.s_o,
+                rows.s_f,
+                res.s_o if res is not None else 0,
+                res.s_f if res is not None else 0,
+                D if per_head_weight else 0,
+                eps,
+            ),
+            dict(
+                CHUNK=min(chunk, block_d),
+                HAS_W=w is not None,
+                HAS_B=b is not None,
+                HAS_RES=res is not None,
+                LAYER=layer,
+                num_warps=warps,
+            ),
         )
     return y, h_out
 
@@ -572,6 +590,7 @@ def norm_backward(
     dres: torch.Tensor | None = None,
     config: tuple[int, int] | None = None,
     programs_per_sm: int | None = None,
+    run: Runner = launch,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Gradients of :func:`norm_forward` (without residual; ``dres`` is added to ``dx``).
 
@@ -594,7 +613,7 @@ def norm_backward(
     block_h = triton.next_power_of_2(H) if per_head_weight else 1
     fused = block_h * block_d <= FUSED_MAX_BWD
     rows = _rows_view(x, H, D, _row_mode(per_head_weight, fused))
-    budget = _programs_budget(x.device)
+    budget = num_sms(x.device)
     dummy = dx
     if fused:
         width = block_h * block_d
@@ -607,33 +626,39 @@ def norm_backward(
         parts = (P, rows.NH, D)
         dwp = torch.empty(parts, dtype=torch.float32, device=x.device) if has_w else None
         dbp = torch.empty(parts, dtype=torch.float32, device=x.device) if has_bias else None
-        _norm_bwd_kernel[(P,)](
-            dy,
-            dres if dres is not None else dummy,
-            rows.t,
-            w if w is not None else dummy,
-            dx,
-            dwp if dwp is not None else dummy,
-            dbp if dbp is not None else dummy,
-            rows.n_tok,
-            rows.HF,
-            rows.NH,
-            D,
-            rows.s_o,
-            rows.s_f,
-            rows.s_h,
-            D if per_head_weight else 0,
-            eps,
-            n_blocks,
-            BLOCK_T=block_t,
-            BLOCK_H=block_h,
-            BLOCK_D=block_d,
-            FOLD=rows.HF > 1,
-            HAS_W=has_w,
-            HAS_B=has_bias,
-            HAS_DRES=dres is not None,
-            LAYER=layer,
-            num_warps=warps,
+        run(
+            _norm_bwd_kernel,
+            (P,),
+            (
+                dy,
+                dres if dres is not None else dummy,
+                rows.t,
+                w if w is not None else dummy,
+                dx,
+                dwp if dwp is not None else dummy,
+                dbp if dbp is not None else dummy,
+                rows.n_tok,
+                rows.HF,
+                rows.NH,
+                D,
+                rows.s_o,
+                rows.s_f,
+                rows.s_h,
+                D if per_head_weight else 0,
+                eps,
+                n_blocks,
+            ),
+            dict(
+                BLOCK_T=block_t,
+                BLOCK_H=block_h,
+                BLOCK_D=block_d,
+                FOLD=rows.HF > 1,
+                HAS_W=has_w,
+                HAS_B=has_bias,
+                HAS_DRES=dres is not None,
+                LAYER=layer,
+                num_warps=warps,
+            ),
         )
     else:
         chunk, warps = config or CHUNKED_BWD_CONFIG
@@ -642,28 +667,34 @@ def norm_backward(
         parts = (P, rows.HF, D) if fold_w else (P, 1, D)
         dwp = torch.zeros(parts, dtype=torch.float32, device=x.device) if has_w else None
         dbp = torch.zeros(parts, dtype=torch.float32, device=x.device) if has_bias else None
-        _norm_bwd_chunked_kernel[(P,)](
-            dy,
-            dres if dres is not None else dummy,
-            rows.t,
-            w if w is not None else dummy,
-            dx,
-            dwp if dwp is not None else dummy,
-            dbp if dbp is not None else dummy,
-            rows.n_tok,
-            rows.HF,
-            D,
-            rows.s_o,
-            rows.s_f,
-            D if per_head_weight else 0,
-            eps,
-            CHUNK=min(chunk, block_d),
-            HAS_W=has_w,
-            HAS_B=has_bias,
-            HAS_DRES=dres is not None,
-            LAYER=layer,
-            W_FOLD=fold_w,
-            num_warps=warps,
+        run(
+            _norm_bwd_chunked_kernel,
+            (P,),
+            (
+                dy,
+                dres if dres is not None else dummy,
+                rows.t,
+                w if w is not None else dummy,
+                dx,
+                dwp if dwp is not None else dummy,
+                dbp if dbp is not None else dummy,
+                rows.n_tok,
+                rows.HF,
+                D,
+                rows.s_o,
+                rows.s_f,
+                D if per_head_weight else 0,
+                eps,
+            ),
+            dict(
+                CHUNK=min(chunk, block_d),
+                HAS_W=has_w,
+                HAS_B=has_bias,
+                HAS_DRES=dres is not None,
+                LAYER=layer,
+                W_FOLD=fold_w,
+                num_warps=warps,
+            ),
         )
     dw = dwp.sum(0).reshape(wshape) if has_w else None
     db = dbp.sum(0).reshape(wshape) if has_bias else None

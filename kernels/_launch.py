@@ -1,0 +1,87 @@
+"""Launch Triton kernels from eager code with as little Python as possible.
+
+``kernel[grid](*args, **meta)`` spends most of its host time before the launch: binding the
+arguments, specialising every integer and pointer, hashing the specialisation and looking the
+compiled kernel up. For an op called with the same shapes every step all of that gives the same
+answer, so :func:`launch` does it once per *key* (the caller's description of everything the
+specialisation depends on: shapes, strides, dtypes, pointer alignment, constexprs) and afterwards
+calls the compiled kernel's launcher directly.
+
+The direct call mirrors ``JITFunction.run`` of Triton 3.4 and later (every bound argument,
+constexprs included, passed to ``CompiledKernel.run``). It is used only on CUDA, with no Triton
+launch hooks installed (profilers such as proton install them), and on Triton versions that have
+``triton.knobs``; otherwise every call takes the ordinary path. Both paths launch the same
+compiled binary with the same arguments.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+__all__ = ["launch", "clear_launch_cache"]
+
+# key -> (compiled kernel, trailing constexpr values in parameter order)
+_COMPILED: dict[tuple, tuple[Any, tuple]] = {}
+_RUNTIME: Any = None  # triton.knobs.runtime once the fast path is known to be usable; False if not
+_Tensor = torch.Tensor
+
+
+def _runtime():
+    global _RUNTIME
+    if _RUNTIME is None:
+        import triton
+
+        knobs = getattr(triton, "knobs", None)
+        _RUNTIME = knobs.runtime if knobs is not None and not knobs.runtime.interpret else False
+    return _RUNTIME
+
+
+def _hooks_installed(runtime) -> bool:
+    # Triton 3.6 keeps hooks in (possibly empty) HookChains; older releases use None.
+    for hook in (runtime.launch_enter_hook, runtime.launch_exit_hook):
+        if hook is not None and getattr(hook, "calls", True):
+            return True
+    return False
+
+
+def clear_launch_cache() -> None:
+    """Forget every cached compiled kernel (tests; after changing Triton knobs)."""
+    _COMPILED.clear()
+
+
+def launch(kernel, grid: tuple[int, ...], args: tuple, meta: dict[str, Any]) -> None:
+    """``kernel[grid](*args, **meta)``, skipping Triton's binder after the first call with the same key.
+
+    ``args`` are the kernel's leading (runtime) parameters in order; ``meta`` its constexprs, which
+    must be its trailing parameters, always given in the same order, plus launch options such as
+    ``num_warps``. The key is the kernel, the grid, every ``meta`` value, every scalar argument and
+    each tensor argument's dtype and 16-byte alignment: everything Triton specialises on.
+    """
+    x = args[0]
+    if not x.is_cuda:
+        kernel[grid](*args, **meta)
+        return
+    key = (
+        kernel,
+        x.device.index,
+        grid,
+        *meta.values(),
+        *[(a.dtype, a.data_ptr() & 15 == 0) if isinstance(a, _Tensor) else a for a in args],
+    )
+    entry = _COMPILED.get(key)
+    runtime = _runtime()
+    if entry is None or not runtime or _hooks_installed(runtime):
+        compiled = kernel[grid](*args, **meta)
+        if entry is None and runtime and not _hooks_installed(runtime):
+            tail = tuple(meta[name] for name in kernel.arg_names[len(args) :])
+            _COMPILED[key] = (compiled, tail)
+        return
+    compiled, tail = entry
+    stream = torch._C._cuda_getCurrentRawStream(x.device.index)
+    g1 = grid[1] if len(grid) > 1 else 1
+    g2 = grid[2] if len(grid) > 2 else 1
+    compiled.run(
+        grid[0], g1, g2, stream, compiled.function, compiled.packed_metadata, None, None, None, *args, *tail
+    )
