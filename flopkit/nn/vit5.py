@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ._checks import check_positive_int, is_int
@@ -46,6 +47,9 @@ def _pair(value: int | tuple[int, int], name: str) -> tuple[int, int]:
 
 class PatchEmbed(nn.Module):
     """Non-overlapping patches -> tokens, plus a learnable absolute position embedding over patches.
+
+    ``proj`` is a stride-``P`` ``Conv2d`` (its state dict is ``proj.weight`` ``[C, C_in, P, P]``), run
+    as the equivalent GEMM of the flattened patches with the flattened weight.
 
     ``[B, C_in, H, W]`` -> ``[B, N, C]`` with ``N = (H/P) * (W/P)``, patches row-major.
     FLOPs per image: ``2 * C_in * P^2 * C * N`` (matmul) ``+ N * C`` (position add, elementwise).
@@ -83,7 +87,14 @@ class PatchEmbed(nn.Module):
             raise ValueError(
                 f"PatchEmbed expects images [B, {', '.join(map(str, expected))}], got {tuple(x.shape)}"
             )
-        return self.proj(x).flatten(2).transpose(1, 2) + self.pos_embed
+        # The stride-P convolution as one GEMM over flattened patches: the same function and FLOPs,
+        # but its weight gradient runs as a GEMM instead of cuDNN's slow strided-conv wgrad.
+        B, C_in = x.shape[0], self.in_channels
+        (gh, gw), P = self.grid_size, self.patch_size
+        patches = x.reshape(B, C_in, gh, P, gw, P).permute(0, 2, 4, 1, 3, 5).reshape(B, gh * gw, C_in * P * P)
+        return (
+            F.linear(patches, self.proj.weight.reshape(self.hidden_dim, -1), self.proj.bias) + self.pos_embed
+        )
 
     def flop_breakdown(self, num_images: int = 1) -> dict[str, int]:
         out = empty_breakdown()

@@ -104,9 +104,8 @@ def test_validate_vit5_small_json_agrees_on_comparable_categories():
         # norm1, norm2, q_norm, k_norm (all heads) per block, and the final norm on the CLS token
         assert data["totals"][counter]["norm"] == 12 * 4 * 3 * T * C + 3 * C
         assert data["totals"][counter]["rope"] == 12 * 4 * T * C
-    assert (
-        data["raw_totals"]["fvcore"]["linear"] * 2 + data["raw_totals"]["fvcore"]["conv"] * 2 == 8_652_306_432
-    )
+    # The patch embedding runs as a GEMM over flattened patches, so fvcore sees it as a linear.
+    assert data["raw_totals"]["fvcore"]["linear"] * 2 == 8_652_306_432
 
 
 def test_layout_and_tokens():

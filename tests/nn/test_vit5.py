@@ -172,3 +172,14 @@ def test_presets_are_data():
     assert set(PRESETS) == set(SIZES)
     for name, (C, depth, H) in SIZES.items():
         assert PRESETS[name] == {"hidden_dim": C, "depth": depth, "num_heads": H}
+
+
+@pytest.mark.parametrize("image_size", [32, (32, 48)])
+def test_patch_embed_gemm_equals_the_strided_convolution(image_size):
+    # PatchEmbed runs its Conv2d as a GEMM over flattened patches; the function must be the conv's.
+    torch.manual_seed(0)
+    embed = PatchEmbed(image_size, patch_size=8, in_channels=3, hidden_dim=16).double()
+    x = torch.randn(2, 3, *embed.image_size, dtype=torch.float64)
+    conv = torch.nn.functional.conv2d(x, embed.proj.weight, stride=8).flatten(2).transpose(1, 2)
+    torch.testing.assert_close(embed(x), conv + embed.pos_embed, rtol=1e-12, atol=1e-12)
+    assert list(embed.state_dict()) == ["pos_embed", "proj.weight"]
