@@ -48,7 +48,7 @@ except ImportError:  # not installed (device machine): load kernels/ as flopkit.
     K = importlib.util.module_from_spec(spec)
     sys.modules["flopkit.kernels"] = K
     spec.loader.exec_module(K)
-from flopkit.kernels import _rms_norm_triton as tk  # noqa: E402
+from flopkit.kernels import _norm_triton as tk  # noqa: E402
 
 SHAPES = [
     (16384, 4096),

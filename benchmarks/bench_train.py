@@ -1,0 +1,431 @@
+"""ViT-5 training step, flopkit against nvSubquadratic's own model, and the per-op host overhead.
+
+Run on a CUDA machine from the repository root (flopkit installed or on ``PYTHONPATH``):
+
+    python benchmarks/bench_train.py --upstream PATH_TO_nvSubquadratic [--presets vit5-small,vit5-base]
+        [--modes eager,compile,reduce-overhead,max-autotune] [--sections host,steps] [--out DIR]
+
+``steps``: one training step is forward + cross-entropy + backward + ``zero_grad(set_to_none=True)``,
+bf16 weights under bf16 autocast, no optimizer: nvSubquadratic's
+``benchmarks/vit5_imagenet/bench_vit5_compile.py`` setup. Its ``ViT5ClassificationNet`` is built
+exactly as that script builds it (channels-last images in ``{"input", "condition"}``, drop-path 0.05)
+from the source tree given with ``--upstream``; without one its rows are skipped and the reason
+printed. vit5-small runs at batch 256, vit5-base at batch 128. Per row: wall ms/step (mean over
+``--steps`` timed steps after warm-up, as upstream's script), images/s, MFU (the README's rule:
+3 x the analytic forward matmul + attention FLOPs over the bf16 matmul rate measured at the start
+of the run), the GPU kernel time per step (union of kernel intervals under ``torch.profiler``) and
+the host-bound share ``1 - gpu / wall``.
+
+``host``: per op, at ViT-5-Base shapes (batch 128), the host time per call (issuing a loop of calls
+without waiting on the GPU), the device time per call (kernel intervals under the profiler), and
+the overhead: loop wall time per call minus device time. Forward alone, and forward + backward.
+For ``rms_norm`` the peers run the same loop: ``F.rms_norm``, QuACK and Liger-Kernel (when
+importable). An empty Triton kernel gives the launch cost itself.
+
+Writes ``bench_train.json`` and ``bench_train.md`` under ``--out`` (default ``$OUT`` or ``.``) and
+prints the tables last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import gc
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+from triton.testing import do_bench
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_norms import copy_bandwidth, peers  # noqa: E402
+
+from flopkit import kernels  # noqa: E402
+from flopkit.nn import ViT5  # noqa: E402
+
+BATCH = {"vit5-small": 256, "vit5-base": 128}
+DTYPE = torch.bfloat16
+START = time.time()
+
+
+def log(*args) -> None:
+    print(f"[{time.time() - START:6.1f}s]", *args, flush=True)
+
+
+def matmul_tflops() -> float:
+    a = torch.randn(8192, 8192, device="cuda", dtype=DTYPE)
+    b = torch.randn(8192, 8192, device="cuda", dtype=DTYPE)
+    t = do_bench(lambda: a @ b, warmup=50, rep=300, return_mode="median")
+    return 2 * 8192**3 / (t * 1e-3) / 1e12
+
+
+def kernel_ms(fn, iters: int) -> float:
+    """Device time per iteration of ``fn``: the union of CUDA kernel intervals under the profiler."""
+    torch.cuda.synchronize()
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            fn()
+        torch.cuda.synchronize()
+    spans = sorted(
+        (e.time_range.start, e.time_range.end)
+        for e in prof.events()
+        if e.device_type == torch.autograd.DeviceType.CUDA and e.time_range.end > e.time_range.start
+    )
+    busy, cur_s, cur_e = 0, None, None
+    for s, e in spans:
+        if cur_e is None or s > cur_e:
+            if cur_e is not None:
+                busy += cur_e - cur_s
+            cur_s, cur_e = s, e
+        else:
+            cur_e = max(cur_e, e)
+    if cur_e is not None:
+        busy += cur_e - cur_s
+    return busy / 1e3 / iters  # us -> ms
+
+
+# ------------------------------------------------------------------------------------------ models
+
+
+def build_flopkit(preset: str) -> torch.nn.Module:
+    return ViT5.from_preset(preset).cuda().to(DTYPE)
+
+
+def build_upstream(preset: str, root: str) -> torch.nn.Module:
+    """nvSubquadratic's ViT5ClassificationNet, built as its bench_vit5_compile.py builds ViT-5-Small."""
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from nvsubquadratic.lazy_config import LazyConfig
+    from nvsubquadratic.modules.mlp import MLP
+    from nvsubquadratic.modules.rms_norm import RMSNorm
+    from nvsubquadratic.modules.vit5_attention import ViT5Attention
+    from nvsubquadratic.modules.vit5_residual_block import ViT5ResidualBlock
+    from nvsubquadratic.networks.vit5_classification import ViT5ClassificationNet
+
+    cfg = {"vit5-small": (384, 12, 6), "vit5-base": (768, 12, 12)}[preset]
+    hidden, blocks, heads = cfg
+    grid = 224 // 16
+    net = ViT5ClassificationNet(
+        in_channels=3,
+        num_classes=1000,
+        hidden_dim=hidden,
+        num_blocks=blocks,
+        patch_size=16,
+        image_size=224,
+        num_registers=4,
+        dropout_rate=0.0,
+        readout="cls",
+        norm_cfg=LazyConfig(RMSNorm)(dim=hidden, eps=1e-6),
+        block_cfg=LazyConfig(ViT5ResidualBlock)(
+            sequence_mixer_cfg=LazyConfig(ViT5Attention)(
+                hidden_dim=hidden,
+                num_heads=heads,
+                num_patches_h=grid,
+                num_patches_w=grid,
+                num_registers=4,
+                qk_norm=LazyConfig(RMSNorm)(dim=hidden // heads, eps=1e-6),
+                rope_base=10000.0,
+                reg_rope_base=100.0,
+                attn_dropout=0.0,
+                proj_dropout=0.0,
+                qkv_bias=False,
+            ),
+            sequence_mixer_norm_cfg=LazyConfig(RMSNorm)(dim=hidden, eps=1e-6),
+            mlp_cfg=LazyConfig(MLP)(
+                dim=hidden,
+                activation="gelu",
+                expansion_factor=4.0,
+                dropout_cfg=LazyConfig(torch.nn.Dropout)(p=0.0),
+            ),
+            mlp_norm_cfg=LazyConfig(RMSNorm)(dim=hidden, eps=1e-6),
+            hidden_dim=hidden,
+            layer_scale_init=1e-4,
+            drop_path_rate=0.05,
+        ),
+    )
+    return net.cuda().to(DTYPE)
+
+
+def make_step(model, kind: str, batch: int):
+    """A closure running one training step, and the model's input batch."""
+    if kind == "upstream":
+        x = torch.randn(batch, 224, 224, 3, device="cuda", dtype=DTYPE)
+        inp = {"input": x, "condition": None}
+
+        def logits():
+            return model(inp)["logits"]
+
+    else:
+        x = torch.randn(batch, 3, 224, 224, device="cuda", dtype=DTYPE)
+
+        def logits():
+            return model(x)
+
+    target = torch.randint(0, 1000, (batch,), device="cuda")
+
+    def step():
+        with torch.autocast("cuda", dtype=DTYPE):
+            loss = F.cross_entropy(logits(), target)
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    return step
+
+
+def compile_model(model, mode: str):
+    if mode == "eager":
+        return model
+    if mode == "compile":
+        return torch.compile(model)
+    return torch.compile(model, mode=mode)
+
+
+def run_step_row(kind, preset, mode, args, peak_tflops) -> dict:
+    batch = BATCH[preset]
+    row = {"model": kind, "preset": preset, "batch": batch, "mode": mode}
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = build_upstream(preset, args.upstream) if kind == "upstream" else build_flopkit(preset)
+    model.train()
+    fwd_flops = ViT5.from_preset(preset, use_triton=False).to("meta").flop_breakdown(batch)
+    train_flops = 3 * (fwd_flops["matmul"] + fwd_flops["attention"])
+    step = make_step(compile_model(model, mode), kind, batch)
+    t0 = time.perf_counter()
+    for _ in range(args.warmup):
+        step()
+    torch.cuda.synchronize()
+    row["warmup_s"] = round(time.perf_counter() - t0, 1)
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    torch.cuda.synchronize()
+    wall = (time.perf_counter() - start) / args.steps * 1e3
+    gpu = kernel_ms(step, 5)
+    row.update(
+        ms=wall,
+        img_s=batch / wall * 1e3,
+        mfu=train_flops / (wall * 1e-3) / (peak_tflops * 1e12),
+        gpu_ms=gpu,
+        host_bound=max(0.0, 1 - gpu / wall),
+    )
+    del model, step
+    gc.collect()
+    torch.cuda.empty_cache()
+    return row
+
+
+# ------------------------------------------------------------------------------------ host overhead
+
+
+@triton.jit
+def _empty_kernel(X, N, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    tl.store(X + offs, tl.load(X + offs, mask=offs < N), mask=offs < N)
+
+
+def host_row(name: str, fn, grads=None, calls: int = 200) -> dict:
+    """``fn()`` issues one call; with ``grads`` the call is forward + backward of ``fn()``'s outputs."""
+    if grads is not None:
+        forward = fn
+
+        def fn():
+            torch.autograd.backward(forward(), grads)
+
+    for _ in range(20):
+        fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    host = (time.perf_counter() - t0) / calls * 1e6
+    torch.cuda.synchronize()
+    wall = (time.perf_counter() - t0) / calls * 1e6
+    device = kernel_ms(fn, 50) * 1e3
+    return {
+        "op": name,
+        "host_us": host,
+        "device_us": device,
+        "wall_us": wall,
+        "overhead_us": max(0.0, wall - device),
+    }
+
+
+def host_rows() -> list[dict]:
+    g = torch.Generator(device="cuda").manual_seed(0)
+
+    def rnd(*shape, grad=False):
+        t = torch.randn(*shape, device="cuda", dtype=DTYPE, generator=g)
+        return t.requires_grad_(grad)
+
+    rows = []
+    buf = torch.zeros(1 << 10, device="cuda")
+    rows.append(
+        host_row("empty Triton kernel (launch cost)", lambda: _empty_kernel[(1,)](buf, 1024, BLOCK=1024))
+    )
+    from flopkit.kernels._launch import launch
+
+    rows.append(
+        host_row(
+            "empty Triton kernel, flopkit launch()",
+            lambda: launch(_empty_kernel, (1,), (buf, 1024), {"BLOCK": 1024}),
+        )
+    )
+    # vit5-base, batch 128: 25728 tokens of C = 768; QK-norm rows 25728 * 12 heads of 64.
+    T, C, H, D = 128 * 201, 768, 12, 64
+    x, r, w = rnd(T, C, grad=True), rnd(T, C, grad=True), rnd(C, grad=True)
+    dy = rnd(T, C)
+    q, wq, dq = rnd(T * H, D, grad=True), rnd(D, grad=True), rnd(T * H, D)
+    qh, hw = rnd(T, H, D, grad=True), rnd(H, D, grad=True)
+    ps, errs = peers()
+    cases = {
+        "rms_norm [308736, 64]": (lambda: kernels.rms_norm(q, wq), dq),
+        "F.rms_norm [308736, 64]": (lambda: F.rms_norm(q, (D,), wq, 1e-6), dq),
+        "rms_norm [25728, 768]": (lambda: kernels.rms_norm(x, w), dy),
+        "rms_norm_residual [25728, 768]": (lambda: kernels.rms_norm_residual(x, r, w)[0], dy),
+        "per_head_rms_norm [25728, 12, 64]": (lambda: kernels.per_head_rms_norm(qh, wq, H), qh.detach()),
+        "head_norm layer [25728, 12, 64]": (lambda: kernels.head_norm(qh, hw, mode="layer"), qh.detach()),
+    }
+    for peer, (fwd, _res) in ps.items():
+        cases[f"{peer} rms_norm [308736, 64]"] = (lambda fwd=fwd: fwd(q, wq), dq)
+    qkv = rnd(128, 201, 3 * C, grad=True)
+    cos, sin = torch.randn(201, D, device="cuda"), torch.randn(201, D, device="cuda")
+    qn, kn = rnd(D, grad=True), rnd(D, grad=True)
+
+    gqkv = tuple(rnd(128, H, 201, D) for _ in range(3))
+    cases["qk_norm_rope [128, 201, 2304]"] = (lambda: kernels.qk_norm_rope(qkv, cos, sin, H, qn, kn), gqkv)
+    for name, (fwd, grad) in cases.items():
+        try:
+            with torch.no_grad():
+                rows.append({**host_row(name, fwd), "pass": "forward"})
+            if grad is not None:
+                rows.append({**host_row(name, fwd, grads=grad), "pass": "forward+backward"})
+        except Exception as e:  # noqa: BLE001
+            rows.append({"op": name, "error": repr(e)[:300]})
+    for peer, err in errs.items():
+        rows.append({"op": f"{peer} (not importable)", "error": err})
+    return rows
+
+
+# ----------------------------------------------------------------------------------------- output
+
+
+def md_tables(res: dict) -> str:
+    out = [
+        f"bench_train: {res['device']}, torch {res['torch']}, triton {res['triton']}, {res['date']}",
+        f"copy {res.get('copy_gbs', 0):.0f} GB/s, bf16 matmul {res.get('matmul_tflops', 0):.0f} TFLOP/s",
+        "",
+    ]
+    if res.get("steps"):
+        out += [
+            "| model | preset | batch | mode | ms/step | img/s | MFU | GPU ms/step | host-bound |",
+            "|---|---|---:|---|---:|---:|---:|---:|---:|",
+        ]
+        for r in res["steps"]:
+            if "error" in r:
+                out.append(
+                    f"| {r['model']} | {r['preset']} | {r['batch']} | {r['mode']} | {r['error'][:60]} |||||"
+                )
+                continue
+            out.append(
+                f"| {r['model']} | {r['preset']} | {r['batch']} | {r['mode']} | {r['ms']:.1f} | "
+                f"{r['img_s']:,.0f} | {100 * r['mfu']:.1f} % | {r['gpu_ms']:.1f} | {100 * r['host_bound']:.0f} % |"
+            )
+        out.append("")
+    for line in res.get("skipped", []):
+        out.append(f"skipped: {line}")
+    if res.get("host"):
+        out += [
+            "| op | pass | host µs/call | device µs/call | wall µs/call | overhead µs (wall - device) |",
+            "|---|---|---:|---:|---:|---:|",
+        ]
+        for r in res["host"]:
+            if "error" in r:
+                out.append(f"| {r['op']} | {r['error'][:80]} |||||")
+                continue
+            out.append(
+                f"| {r['op']} | {r.get('pass', 'forward')} | {r['host_us']:.1f} | {r['device_us']:.1f} | "
+                f"{r['wall_us']:.1f} | {r['overhead_us']:.1f} |"
+            )
+    return "\n".join(out) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--upstream", default=None, help="nvSubquadratic source tree (has nvsubquadratic/)")
+    ap.add_argument("--presets", default="vit5-small,vit5-base")
+    ap.add_argument("--modes", default="eager,compile,reduce-overhead,max-autotune")
+    ap.add_argument("--models", default="flopkit,upstream")
+    ap.add_argument("--sections", default="host,steps")
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    ap.add_argument("--tag", default="")
+    args = ap.parse_args()
+    res = {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "python": platform.python_version(),
+        "date": datetime.date.today().isoformat(),
+        "args": vars(args),
+        "steps": [],
+        "skipped": [],
+    }
+    res["copy_gbs"] = copy_bandwidth()
+    res["matmul_tflops"] = matmul_tflops()
+    log(f"copy {res['copy_gbs']:.0f} GB/s, matmul {res['matmul_tflops']:.0f} TFLOP/s")
+    path = os.path.join(args.out, f"bench_train{args.tag}.json")
+
+    def save():
+        with open(path, "w") as fh:
+            json.dump(res, fh, indent=1)
+        with open(os.path.join(args.out, f"bench_train{args.tag}.md"), "w") as fh:
+            fh.write(md_tables(res))
+
+    sections = args.sections.split(",")
+    if "host" in sections:
+        res["host"] = host_rows()
+        save()
+    if "steps" in sections:
+        models = args.models.split(",")
+        if "upstream" in models:
+            reason = None
+            if not args.upstream:
+                reason = "no --upstream path given"
+            elif not os.path.isdir(os.path.join(args.upstream, "nvsubquadratic")):
+                reason = f"{args.upstream!r} has no nvsubquadratic/ package"
+            if reason:
+                res["skipped"].append(f"nvSubquadratic rows: {reason}")
+                models.remove("upstream")
+        for preset in args.presets.split(","):
+            for mode in args.modes.split(","):
+                for kind in models:
+                    log(f"{kind} {preset} {mode} ...")
+                    try:
+                        row = run_step_row(kind, preset, mode, args, res["matmul_tflops"])
+                    except Exception as e:  # noqa: BLE001
+                        traceback.print_exc()
+                        row = {"model": kind, "preset": preset, "batch": BATCH[preset], "mode": mode}
+                        row["error"] = repr(e)[:300]
+                        with contextlib.suppress(Exception):
+                            torch.cuda.empty_cache()
+                    log(row)
+                    res["steps"].append(row)
+                    save()
+    save()
+    print(md_tables(res))
+
+
+if __name__ == "__main__":
+    main()
