@@ -93,11 +93,11 @@ def resolve_backend(backend: str, x: torch.Tensor, op: str) -> str:
         raise ValueError(f"{op}: backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "torch":
         return "torch"
-    usable = x.is_cuda or (x.device.type == "cpu" and triton_interpret())
     if _ROUTE_DEPTH > 0:
         return "triton"  # the custom op, which runs the reference on CPU and its fake on meta
     if backend == "auto":
-        return "triton" if x.is_cuda and triton_available() else "torch"
+        return "triton" if _TRITON_AVAILABLE and x.is_cuda else "torch"
+    usable = x.is_cuda or (x.device.type == "cpu" and triton_interpret())
     if not triton_available():
         raise RuntimeError(f"{op}: backend='triton' needs the triton package, which is not installed")
     if not usable:

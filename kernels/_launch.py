@@ -51,24 +51,27 @@ def clear_launch_cache() -> None:
     _COMPILED.clear()
 
 
-def launch(kernel, grid: tuple[int, ...], args: tuple, meta: dict[str, Any]) -> None:
+def launch(kernel, grid: tuple[int, ...], args: tuple, meta: dict[str, Any], num_tensors: int) -> None:
     """``kernel[grid](*args, **meta)``, skipping Triton's binder after the first call with the same key.
 
-    ``args`` are the kernel's leading (runtime) parameters in order; ``meta`` its constexprs, which
-    must be its trailing parameters, always given in the same order, plus launch options such as
-    ``num_warps``. The key is the kernel, the grid, every ``meta`` value, every scalar argument and
-    each tensor argument's dtype and 16-byte alignment: everything Triton specialises on.
+    ``args`` are the kernel's leading (runtime) parameters in order, its first ``num_tensors``
+    the tensors and the rest scalars; ``meta`` its constexprs, which must be its trailing
+    parameters, always given in the same order, plus launch options such as ``num_warps``. The key
+    is the kernel, the device, the grid, every ``meta`` value, every scalar argument and each tensor
+    argument's dtype and 16-byte alignment: everything Triton specialises on.
     """
     x = args[0]
     if not x.is_cuda:
         kernel[grid](*args, **meta)
         return
+    device = x.get_device()
     key = (
         kernel,
-        x.device.index,
+        device,
         grid,
         *meta.values(),
-        *[(a.dtype, a.data_ptr() & 15 == 0) if isinstance(a, _Tensor) else a for a in args],
+        *args[num_tensors:],
+        *[(t.dtype, t.data_ptr() & 15 == 0) for t in args[:num_tensors]],
     )
     entry = _COMPILED.get(key)
     runtime = _runtime()
@@ -79,7 +82,7 @@ def launch(kernel, grid: tuple[int, ...], args: tuple, meta: dict[str, Any]) -> 
             _COMPILED[key] = (compiled, tail)
         return
     compiled, tail = entry
-    stream = torch._C._cuda_getCurrentRawStream(x.device.index)
+    stream = torch._C._cuda_getCurrentRawStream(device)
     g1 = grid[1] if len(grid) > 1 else 1
     g2 = grid[2] if len(grid) > 2 else 1
     compiled.run(

@@ -348,8 +348,9 @@ class _NormFunction(torch.autograd.Function):
             layer=layer,
             per_head_weight=per_head_weight,
             dres=grads[1] if fused else None,
+            grad_dtype=weight.dtype if weight is not None else ctx.bias_dtype or torch.float32,
         )
-        dw = dw.to(weight.dtype) if weight is not None and ctx.needs_input_grad[2] else None
+        dw = dw if weight is not None and ctx.needs_input_grad[2] else None
         db = db.to(ctx.bias_dtype) if has_bias and ctx.needs_input_grad[3] else None
         # h = x + residual: both inputs receive the gradient reaching h.
         return dx, dx if fused else None, dw, db, None, None, None, None, None

@@ -13,7 +13,8 @@ hits L2: one row is at most a few hundred KB).
 
 Backward recomputes the row statistics from ``x`` instead of storing ``rstd`` in forward:
 ``x`` is read by backward anyway, so this moves 0 extra bytes (storing would add 4 bytes
-per row to both passes). Bytes moved, ``s`` = element size:
+per row to both passes). ``eps`` is cast to fp32 where it is used: Inductor passes Python floats to
+user kernels as fp64 scalars, which would otherwise promote the statistics to fp64. Bytes moved, ``s`` = element size:
 forward ``2*N*D*s`` (+ ``2*N*D*s`` residual in / ``h`` out), backward ``3*N*D*s``
 (``x``, ``dy`` in, ``dx`` out; ``+N*D*s`` when the residual output has a gradient), plus
 ``P*D*4`` bytes of fp32 partial ``dw`` per persistent program.
@@ -145,7 +146,7 @@ def _norm_fwd_kernel(
     if LAYER:
         mean = tl.sum(x, axis=1) / D
         x = tl.where(mask, x - mean[:, None], 0.0)
-    rstd = tl.rsqrt(tl.sum(x * x, axis=1) / D + eps)
+    rstd = tl.rsqrt((tl.sum(x * x, axis=1) / D + eps).to(tl.float32))
     y = x * rstd[:, None]
     if HAS_W or HAS_B:
         w_off = head[:, None] * sw_h + cols[None, :]
@@ -210,7 +211,7 @@ def _norm_bwd_kernel(
         if LAYER:
             mean = tl.sum(x, axis=1) / D
             x = tl.where(mask, x - mean[:, None], 0.0)
-        rstd = tl.rsqrt(tl.sum(x * x, axis=1) / D + eps)
+        rstd = tl.rsqrt((tl.sum(x * x, axis=1) / D + eps).to(tl.float32))
         xhat = x * rstd[:, None]
         if HAS_W:
             g = dy * w
@@ -302,7 +303,7 @@ def _norm_fwd_chunked_kernel(
             x = tl.load(x_ptr + start + cols, mask=m, other=0.0).to(tl.float32)
             x = tl.where(m, x - mean, 0.0)
             acc += x * x
-    rstd = tl.rsqrt(tl.sum(acc, axis=0) / D + eps)
+    rstd = tl.rsqrt((tl.sum(acc, axis=0) / D + eps).to(tl.float32))
     for start in range(0, D, CHUNK):
         m = start + cols < D
         x = tl.load(x_ptr + start + cols, mask=m, other=0.0).to(tl.float32)
@@ -373,7 +374,7 @@ def _norm_bwd_chunked_kernel(
             sq += x * x
             gx += g * x
             gs += g
-        rstd = tl.rsqrt(tl.sum(sq, axis=0) / D + eps)
+        rstd = tl.rsqrt((tl.sum(sq, axis=0) / D + eps).to(tl.float32))
         c1 = tl.sum(gx, axis=0) / D * rstd
         c2 = 0.0
         if LAYER:
@@ -399,15 +400,36 @@ def _norm_bwd_chunked_kernel(
 
 # --------------------------------------------------------------------------- launchers
 
+Runner = Callable[[object, tuple, tuple, dict, int], None]
+"""How a launcher starts a kernel: ``run(kernel, grid, args, meta, num_tensor_args)``. Eager code
+passes :func:`flopkit.kernels._launch.launch`; the ``triton_op`` bodies pass :func:`wrapped`, so that
+``torch.compile`` sees the kernel and Inductor launches it from its own generated code."""
+
+
+def wrapped(kernel, grid: tuple, args: tuple, meta: dict, num_tensors: int = 0) -> None:
+    """Launch through ``torch.library.wrap_triton`` (traceable; a plain launch when not tracing)."""
+    from torch.library import wrap_triton
+
+    wrap_triton(kernel)[grid](*args, **meta)
+
+
+# A launcher first *plans* a call: the row view of ``x`` (strides, head folding, whether a copy is
+# needed), the kernel, its grid, scalar arguments and constexprs. The plan depends only on shapes,
+# strides, dtypes and flags, so eager calls keep it per key (``_PLANS``) and then only allocate the
+# outputs and launch: the hot path runs no validation, no table lookups and no Triton binder.
+# Traced calls (``run=wrapped``, fake tensors, symbolic shapes) plan every time.
+
 
 class _Rows:
-    """``x`` viewed as tokens x heads x D: token ``t`` at ``(t // HF) * s_o + (t % HF) * s_f``."""
+    """``x`` viewed as tokens x heads x D: token ``t`` at ``(t // HF) * s_o + (t % HF) * s_f``.
 
-    __slots__ = ("t", "n_tok", "HF", "NH", "D", "s_o", "s_f", "s_h")
+    ``copied``: the view needed a contiguous copy of ``x`` (strides that no row view can describe)."""
 
-    def __init__(self, t, n_tok, HF, NH, D, s_o, s_f, s_h):
+    __slots__ = ("t", "n_tok", "HF", "NH", "D", "s_o", "s_f", "s_h", "copied")
+
+    def __init__(self, t, n_tok, HF, NH, D, s_o, s_f, s_h, copied=False):
         self.t, self.n_tok, self.HF, self.NH, self.D = t, n_tok, HF, NH, D
-        self.s_o, self.s_f, self.s_h = s_o, s_f, s_h
+        self.s_o, self.s_f, self.s_h, self.copied = s_o, s_f, s_h, copied
 
 
 def _rows_view(x: torch.Tensor, num_heads: int, head_dim: int, mode: str) -> _Rows:
@@ -421,48 +443,97 @@ def _rows_view(x: torch.Tensor, num_heads: int, head_dim: int, mode: str) -> _Ro
     xh = x if x.dim() >= 2 and x.shape[-1] == D and (H == 1 or x.shape[-2] == H) else None
     if xh is None:
         xh = x.reshape(*x.shape[:-1], H, D) if H > 1 else x.reshape(-1, D)
+    copied = False
     if D > 1 and xh.stride(-1) != 1:
-        xh = xh.contiguous()
+        xh, copied = xh.contiguous(), True
     for attempt in range(2):
         if attempt:
-            xh = xh.contiguous()
+            xh, copied = xh.contiguous(), True
         try:
             if mode == "tile":
                 v = xh.view(-1, H, D)
-                return _Rows(v, v.shape[0], 1, H, D, v.stride(0), 0, v.stride(1))
+                return _Rows(v, v.shape[0], 1, H, D, v.stride(0), 0, v.stride(1), copied)
             if mode == "fold":
                 v = xh.view(-1, H, D)
-                return _Rows(v, v.shape[0] * H, H, 1, D, v.stride(0), v.stride(1), 0)
+                return _Rows(v, v.shape[0] * H, H, 1, D, v.stride(0), v.stride(1), 0, copied)
             v = xh.view(-1, D)
-            return _Rows(v, v.shape[0], 1, 1, D, v.stride(0), 0, 0)
+            return _Rows(v, v.shape[0], 1, 1, D, v.stride(0), 0, 0, copied)
         except RuntimeError:
             pass
         if mode == "rows" and xh.dim() >= 3:
             try:
                 v = xh.view(-1, xh.shape[-2], D)
-                return _Rows(v, v.shape[0] * v.shape[1], v.shape[1], 1, D, v.stride(0), v.stride(1), 0)
+                return _Rows(
+                    v, v.shape[0] * v.shape[1], v.shape[1], 1, D, v.stride(0), v.stride(1), 0, copied
+                )
             except RuntimeError:
                 pass
     raise AssertionError("unreachable: a contiguous tensor always has a row view")
-
-
-Runner = Callable[[object, tuple, tuple, dict], None]
-"""How a launcher starts a kernel: ``run(kernel, grid, args, meta)``. Eager code passes
-:func:`flopkit.kernels._launch.launch`; the ``triton_op`` bodies pass :func:`wrapped`, so that
-``torch.compile`` sees the kernel and Inductor launches it from its own generated code."""
-
-
-def wrapped(kernel, grid: tuple, args: tuple, meta: dict) -> None:
-    """Launch through ``torch.library.wrap_triton`` (traceable; a plain launch when not tracing)."""
-    from torch.library import wrap_triton
-
-    wrap_triton(kernel)[grid](*args, **meta)
 
 
 def _row_mode(per_head_weight: bool, fused: bool) -> str:
     if not per_head_weight:
         return "rows"
     return "tile" if fused else "fold"
+
+
+def _contiguous_rows(r: _Rows, D: int) -> _Rows:
+    return _Rows(r.t.contiguous().view(-1, D), r.n_tok, 1, 1, D, D, 0, 0, True)
+
+
+class _Plan:
+    """One planned launch: ``kernel[grid](*tensors, *scalars, **meta)``; ``x_copy``/``r_copy`` say
+    whether ``x``/the residual must be made contiguous first; ``parts`` is the shape of the fp32
+    weight-gradient partials (backward)."""
+
+    __slots__ = ("kernel", "grid", "scalars", "meta", "x_copy", "r_copy", "parts")
+
+    def __init__(self, kernel, grid, scalars, meta, x_copy, r_copy, parts=None):
+        self.kernel, self.grid, self.scalars, self.meta = kernel, grid, scalars, meta
+        self.x_copy, self.r_copy, self.parts = x_copy, r_copy, parts
+
+
+_PLANS: dict[tuple, tuple[_Plan, torch.Tensor, torch.Tensor | None]] = {}
+
+
+def _plan_forward(x, residual, has_w, has_b, eps, H, D, layer, per_head_weight, config):
+    """Plan :func:`norm_forward`; returns ``(plan, x_rows, residual_rows)`` (tensors to launch on)."""
+    block_d = triton.next_power_of_2(D)
+    block_h = triton.next_power_of_2(H) if per_head_weight else 1
+    fused = block_h * block_d <= FUSED_MAX_FWD
+    rows = _rows_view(x, H, D, _row_mode(per_head_weight, fused))
+    res = _rows_view(residual, H, D, "rows") if residual is not None else None
+    if res is not None and (res.HF, rows.HF) != (1, 1):
+        rows, res = _contiguous_rows(rows, D), _contiguous_rows(res, D)
+    res_strides = (res.s_o, res.s_f, res.s_h) if res is not None else (0, 0, 0)
+    flags = {"HAS_W": has_w, "HAS_B": has_b, "HAS_RES": res is not None, "LAYER": layer}
+    sw = D if per_head_weight else 0
+    if fused:
+        width = block_h * block_d
+        table = RES_CONFIGS if residual is not None else FWD_CONFIGS
+        elems, warps = config or table[min(width, FUSED_MAX_FWD)]
+        block_t = max(1, elems // width)
+        plan = _Plan(
+            _norm_fwd_kernel,
+            (triton.cdiv(rows.n_tok, block_t),),
+            (rows.n_tok, rows.HF, rows.NH, D, rows.s_o, rows.s_f, rows.s_h, *res_strides, sw, eps),
+            dict(
+                BLOCK_T=block_t, BLOCK_H=block_h, BLOCK_D=block_d, FOLD=rows.HF > 1, **flags, num_warps=warps
+            ),
+            rows.copied,
+            res is not None and res.copied,
+        )
+    else:
+        chunk, warps = config or CHUNKED_FWD_CONFIG
+        plan = _Plan(
+            _norm_fwd_chunked_kernel,
+            (rows.n_tok,),
+            (rows.HF, D, rows.s_o, rows.s_f, *res_strides[:2], sw, eps),
+            dict(CHUNK=min(chunk, block_d), **flags, num_warps=warps),
+            rows.copied,
+            res is not None and res.copied,
+        )
+    return plan, rows.t, res.t if res is not None else None
 
 
 def norm_forward(
@@ -486,94 +557,76 @@ def norm_forward(
     overrides the table (benchmark sweeps).
     """
     D = x.shape[-1] if head_dim is None else head_dim
-    H = num_heads
     y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     h_out = torch.empty(x.shape, dtype=x.dtype, device=x.device) if residual is not None else None
     if x.numel() == 0:
         return y, h_out
-    w = weight.contiguous() if weight is not None else None
-    b = bias.contiguous() if bias is not None else None
+    has_w, has_b = weight is not None, bias is not None
+    args = (x, residual, has_w, has_b, eps, num_heads, D, layer, per_head_weight, config)
+    if run is launch and x.is_cuda:
+        key = (
+            "fwd",
+            x.shape,
+            x.stride(),
+            residual.stride() if residual is not None else None,
+            *args[2:],
+        )
+        plan = _PLANS.get(key)
+        if plan is None:
+            plan = _PLANS[key] = _plan_forward(*args)[0]
+        xt = x.contiguous() if plan.x_copy else x
+        rt = (residual.contiguous() if plan.r_copy else residual) if residual is not None else y
+    else:
+        plan, xt, rt = _plan_forward(*args)
+        rt = rt if rt is not None else y
+    w = weight.contiguous() if has_w else y
+    b = bias.contiguous() if has_b else y
+    tensors = (xt, rt, y, h_out if h_out is not None else y, w, b)
+    run(plan.kernel, plan.grid, tensors + plan.scalars, plan.meta, len(tensors))
+    return y, h_out
+
+
+def _plan_backward(x, has_w, has_bias, has_dres, eps, H, D, layer, per_head_weight, config, programs_per_sm):
+    """Plan :func:`norm_backward`; returns ``(plan, x_rows)``."""
     block_d = triton.next_power_of_2(D)
     block_h = triton.next_power_of_2(H) if per_head_weight else 1
-    fused = block_h * block_d <= FUSED_MAX_FWD
+    fused = block_h * block_d <= FUSED_MAX_BWD
     rows = _rows_view(x, H, D, _row_mode(per_head_weight, fused))
-    res = _rows_view(residual, H, D, "rows") if residual is not None else None
-    if res is not None and (res.HF, rows.HF) != (1, 1):
-        rows = _Rows(rows.t.contiguous().view(-1, D), rows.n_tok, 1, 1, D, D, 0, 0)
-        res = _Rows(res.t.contiguous().view(-1, D), res.n_tok, 1, 1, D, D, 0, 0)
-    dummy = y
+    budget = num_sms(x.device)
+    flags = {"HAS_W": has_w, "HAS_B": has_bias, "HAS_DRES": has_dres, "LAYER": layer}
+    sw = D if per_head_weight else 0
     if fused:
         width = block_h * block_d
-        table = RES_CONFIGS if residual is not None else FWD_CONFIGS
-        elems, warps = config or table[min(width, FUSED_MAX_FWD)]
+        elems, warps, per_sm = BWD_CONFIGS[min(width, FUSED_MAX_BWD)]
+        elems, warps = config or (elems, warps)
         block_t = max(1, elems // width)
-        grid = (triton.cdiv(rows.n_tok, block_t),)
-        run(
-            _norm_fwd_kernel,
-            grid,
-            (
-                rows.t,
-                res.t if res is not None else dummy,
-                y,
-                h_out if h_out is not None else dummy,
-                w if w is not None else dummy,
-                b if b is not None else dummy,
-                rows.n_tok,
-                rows.HF,
-                rows.NH,
-                D,
-                rows.s_o,
-                rows.s_f,
-                rows.s_h,
-                res.s_o if res is not None else 0,
-                res.s_f if res is not None else 0,
-                res.s_h if res is not None else 0,
-                D if per_head_weight else 0,
-                eps,
-            ),
+        n_blocks = triton.cdiv(rows.n_tok, block_t)
+        P = max(1, min(n_blocks, budget * (programs_per_sm or per_sm)))
+        plan = _Plan(
+            _norm_bwd_kernel,
+            (P,),
+            (rows.n_tok, rows.HF, rows.NH, D, rows.s_o, rows.s_f, rows.s_h, sw, eps, n_blocks),
             dict(
-                BLOCK_T=block_t,
-                BLOCK_H=block_h,
-                BLOCK_D=block_d,
-                FOLD=rows.HF > 1,
-                HAS_W=w is not None,
-                HAS_B=b is not None,
-                HAS_RES=res is not None,
-                LAYER=layer,
-                num_warps=warps,
+                BLOCK_T=block_t, BLOCK_H=block_h, BLOCK_D=block_d, FOLD=rows.HF > 1, **flags, num_warps=warps
             ),
+            rows.copied,
+            False,
+            (P, rows.NH, D),
         )
     else:
-        chunk, warps = config or CHUNKED_FWD_CONFIG
-        run(
-            _norm_fwd_chunked_kernel,
-            (rows.n_tok,),
-            (
-                rows.t,
-                res.t if res is not None else dummy,
-                y,
-                h_out if h_out is not None else dummy,
-                w if w is not None else dummy,
-                b if b is not None else dummy,
-                rows.HF,
-                D,
-                rows.s_o,
-                rows.s_f,
-                res.s_o if res is not None else 0,
-                res.s_f if res is not None else 0,
-                D if per_head_weight else 0,
-                eps,
-            ),
-            dict(
-                CHUNK=min(chunk, block_d),
-                HAS_W=w is not None,
-                HAS_B=b is not None,
-                HAS_RES=res is not None,
-                LAYER=layer,
-                num_warps=warps,
-            ),
+        chunk, warps = config or CHUNKED_BWD_CONFIG
+        P = max(1, min(rows.n_tok, budget * (programs_per_sm or CHUNKED_BWD_PROGRAMS_PER_SM)))
+        fold_w = per_head_weight and rows.HF > 1
+        plan = _Plan(
+            _norm_bwd_chunked_kernel,
+            (P,),
+            (rows.n_tok, rows.HF, D, rows.s_o, rows.s_f, sw, eps),
+            dict(CHUNK=min(chunk, block_d), **flags, W_FOLD=fold_w, num_warps=warps),
+            rows.copied,
+            False,
+            (P, rows.HF, D) if fold_w else (P, 1, D),
         )
-    return y, h_out
+    return plan, rows.t
 
 
 def norm_backward(
@@ -590,112 +643,53 @@ def norm_backward(
     dres: torch.Tensor | None = None,
     config: tuple[int, int] | None = None,
     programs_per_sm: int | None = None,
+    grad_dtype: torch.dtype = torch.float32,
     run: Runner = launch,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Gradients of :func:`norm_forward` (without residual; ``dres`` is added to ``dx``).
 
-    Returns ``(dx, dw, db)``: ``dx`` contiguous in ``x``'s shape and dtype, ``dw``/``db`` fp32 of
-    the weight's shape (``(H, D)`` with ``per_head_weight``, else ``(D,)``), or None.
+    Returns ``(dx, dw, db)``: ``dx`` contiguous in ``x``'s shape and dtype, ``dw``/``db`` of the
+    weight's shape (``(H, D)`` with ``per_head_weight``, else ``(D,)``) in ``grad_dtype`` (summed
+    from fp32 partials in fp32), or None.
     """
     D = x.shape[-1] if head_dim is None else head_dim
-    H = num_heads
-    wshape = (H, D) if per_head_weight else (D,)
+    wshape = (num_heads, D) if per_head_weight else (D,)
     dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     has_w = weight is not None
     if x.numel() == 0:
-        dw = torch.zeros(wshape, dtype=torch.float32, device=x.device) if has_w else None
-        db = torch.zeros(wshape, dtype=torch.float32, device=x.device) if has_bias else None
+        dw = torch.zeros(wshape, dtype=grad_dtype, device=x.device) if has_w else None
+        db = torch.zeros(wshape, dtype=grad_dtype, device=x.device) if has_bias else None
         return dx, dw, db
     dy = dy.contiguous()
     dres = dres.contiguous() if dres is not None else None
-    w = weight.contiguous() if has_w else None
-    block_d = triton.next_power_of_2(D)
-    block_h = triton.next_power_of_2(H) if per_head_weight else 1
-    fused = block_h * block_d <= FUSED_MAX_BWD
-    rows = _rows_view(x, H, D, _row_mode(per_head_weight, fused))
-    budget = num_sms(x.device)
-    dummy = dx
-    if fused:
-        width = block_h * block_d
-        elems, warps, per_sm = BWD_CONFIGS[min(width, FUSED_MAX_BWD)]
-        elems, warps = config or (elems, warps)
-        per_sm = programs_per_sm or per_sm
-        block_t = max(1, elems // width)
-        n_blocks = triton.cdiv(rows.n_tok, block_t)
-        P = max(1, min(n_blocks, budget * per_sm))
-        parts = (P, rows.NH, D)
-        dwp = torch.empty(parts, dtype=torch.float32, device=x.device) if has_w else None
-        dbp = torch.empty(parts, dtype=torch.float32, device=x.device) if has_bias else None
-        run(
-            _norm_bwd_kernel,
-            (P,),
-            (
-                dy,
-                dres if dres is not None else dummy,
-                rows.t,
-                w if w is not None else dummy,
-                dx,
-                dwp if dwp is not None else dummy,
-                dbp if dbp is not None else dummy,
-                rows.n_tok,
-                rows.HF,
-                rows.NH,
-                D,
-                rows.s_o,
-                rows.s_f,
-                rows.s_h,
-                D if per_head_weight else 0,
-                eps,
-                n_blocks,
-            ),
-            dict(
-                BLOCK_T=block_t,
-                BLOCK_H=block_h,
-                BLOCK_D=block_d,
-                FOLD=rows.HF > 1,
-                HAS_W=has_w,
-                HAS_B=has_bias,
-                HAS_DRES=dres is not None,
-                LAYER=layer,
-                num_warps=warps,
-            ),
-        )
+    args = (
+        x,
+        has_w,
+        has_bias,
+        dres is not None,
+        eps,
+        num_heads,
+        D,
+        layer,
+        per_head_weight,
+        config,
+        programs_per_sm,
+    )
+    if run is launch and x.is_cuda:
+        key = ("bwd", x.shape, x.stride(), x.get_device(), *args[1:])
+        plan = _PLANS.get(key)
+        if plan is None:
+            plan = _PLANS[key] = _plan_backward(*args)[0]
+        xt = x.contiguous() if plan.x_copy else x
     else:
-        chunk, warps = config or CHUNKED_BWD_CONFIG
-        P = max(1, min(rows.n_tok, budget * (programs_per_sm or CHUNKED_BWD_PROGRAMS_PER_SM)))
-        fold_w = per_head_weight and rows.HF > 1
-        parts = (P, rows.HF, D) if fold_w else (P, 1, D)
-        dwp = torch.zeros(parts, dtype=torch.float32, device=x.device) if has_w else None
-        dbp = torch.zeros(parts, dtype=torch.float32, device=x.device) if has_bias else None
-        run(
-            _norm_bwd_chunked_kernel,
-            (P,),
-            (
-                dy,
-                dres if dres is not None else dummy,
-                rows.t,
-                w if w is not None else dummy,
-                dx,
-                dwp if dwp is not None else dummy,
-                dbp if dbp is not None else dummy,
-                rows.n_tok,
-                rows.HF,
-                D,
-                rows.s_o,
-                rows.s_f,
-                D if per_head_weight else 0,
-                eps,
-            ),
-            dict(
-                CHUNK=min(chunk, block_d),
-                HAS_W=has_w,
-                HAS_B=has_bias,
-                HAS_DRES=dres is not None,
-                LAYER=layer,
-                W_FOLD=fold_w,
-                num_warps=warps,
-            ),
-        )
-    dw = dwp.sum(0).reshape(wshape) if has_w else None
-    db = dbp.sum(0).reshape(wshape) if has_bias else None
+        plan, xt = _plan_backward(*args)
+    # The chunked kernel accumulates into its partials across rows: they start at zero.
+    alloc = torch.empty if plan.kernel is _norm_bwd_kernel else torch.zeros
+    dwp = alloc(plan.parts, dtype=torch.float32, device=x.device) if has_w else dx
+    dbp = alloc(plan.parts, dtype=torch.float32, device=x.device) if has_bias else dx
+    w = weight.contiguous() if has_w else dx
+    tensors = (dy, dres if dres is not None else dx, xt, w, dx, dwp, dbp)
+    run(plan.kernel, plan.grid, tensors + plan.scalars, plan.meta, len(tensors))
+    dw = dwp.sum(0, dtype=grad_dtype).reshape(wshape) if has_w else None
+    db = dbp.sum(0, dtype=grad_dtype).reshape(wshape) if has_bias else None
     return dx, dw, db

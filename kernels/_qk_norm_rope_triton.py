@@ -72,7 +72,7 @@ def _norm_rope_tile(
     else:
         xp = tl.load(xp_ptrs, mask=mask, other=0.0, eviction_policy=PARTNER_EVICT).to(ACC)
     if NORM:
-        r = tl.rsqrt(tl.sum(x * x, axis=1) / HEAD_DIM + eps)[:, None]
+        r = tl.rsqrt((tl.sum(x * x, axis=1) / HEAD_DIM + eps).to(tl.float32))[:, None]
         x = x * r
         xp = xp * r
         if HAS_W:
@@ -144,7 +144,7 @@ def _norm_rope_tile_bwd(
     dw = tl.sum(dy * 0.0, axis=0)
     if NORM:
         x = tl.load(x_ptrs, mask=mask, other=0.0).to(ACC)
-        r = tl.rsqrt(tl.sum(x * x, axis=1) / HEAD_DIM + eps)[:, None]
+        r = tl.rsqrt((tl.sum(x * x, axis=1) / HEAD_DIM + eps).to(tl.float32))[:, None]
         n = x * r
         if HAS_W:
             dw = tl.sum(dy * n, axis=0)
@@ -304,6 +304,7 @@ def qk_norm_rope_fwd(
             INTERLEAVED=pairing == "interleaved", ACC=_acc(qkv.dtype), TABLE_EVICT=table_evict,
             PARTNER_EVICT=partner_evict, num_warps=num_warps,
         ),
+        7,
     )  # fmt: skip
     return q, k
 
@@ -368,6 +369,7 @@ def qk_norm_rope_bwd(
                 HAS_DV=dv is not None, INTERLEAVED=pairing == "interleaved", ACC=_acc(qkv.dtype),
                 TABLE_EVICT=table_evict, PARTNER_EVICT=partner_evict, num_warps=num_warps,
             ),
+            11,
         )  # fmt: skip
     return (
         dqkv,

@@ -93,7 +93,31 @@ def qk_norm_rope_ref(
     return q.transpose(1, 2).contiguous(), k.transpose(1, 2).contiguous(), v.transpose(1, 2)
 
 
-def _check_qk_args(qkv, cos, sin, num_heads, q_weight, k_weight, pairing) -> int:
+_CHECKED: set[tuple] = set()
+
+
+def _check_qk_args(qkv, cos, sin, num_heads, q_weight, k_weight, pairing) -> None:
+    """Validate once per combination of shapes, dtype, heads and pairing (the eager hot path)."""
+    if torch.compiler.is_compiling():  # traced once per graph anyway; shapes may be symbolic
+        _validate_qk_args(qkv, cos, sin, num_heads, q_weight, k_weight, pairing)
+        return
+    key = (
+        qkv.shape,
+        qkv.dtype,
+        cos.shape,
+        sin.shape,
+        q_weight.shape if q_weight is not None else None,
+        k_weight.shape if k_weight is not None else None,
+        num_heads,
+        pairing,
+    )
+    if key not in _CHECKED:
+        _validate_qk_args(qkv, cos, sin, num_heads, q_weight, k_weight, pairing)
+        if len(_CHECKED) < 4096:
+            _CHECKED.add(key)
+
+
+def _validate_qk_args(qkv, cos, sin, num_heads, q_weight, k_weight, pairing) -> int:
     op = "qk_norm_rope"
     if qkv.dtype != torch.float64:
         check_dtype(qkv, "qkv", op)
