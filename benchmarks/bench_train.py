@@ -278,7 +278,7 @@ def host_rows() -> list[dict]:
     rows.append(
         host_row(
             "empty Triton kernel, flopkit launch()",
-            lambda: launch(_empty_kernel, (1,), (buf, 1024), {"BLOCK": 1024}),
+            lambda: launch(_empty_kernel, (1,), (buf, 1024), {"BLOCK": 1024}, 1),
         )
     )
     # vit5-base, batch 128: 25728 tokens of C = 768; QK-norm rows 25728 * 12 heads of 64.
@@ -296,6 +296,13 @@ def host_rows() -> list[dict]:
         "per_head_rms_norm [25728, 12, 64]": (lambda: kernels.per_head_rms_norm(qh, wq, H), qh.detach()),
         "head_norm layer [25728, 12, 64]": (lambda: kernels.head_norm(qh, hw, mode="layer"), qh.detach()),
     }
+    # The backward launcher called directly, outside autograd: the op's own backward host cost.
+    from flopkit.kernels import _norm_triton
+
+    cases["norm_backward launcher [308736, 64]"] = (
+        lambda: _norm_triton.norm_backward(dq, q, wq, False, 1e-6, grad_dtype=wq.dtype),
+        None,
+    )
     for peer, (fwd, _res) in ps.items():
         cases[f"{peer} rms_norm [308736, 64]"] = (lambda fwd=fwd: fwd(q, wq), dq)
     qkv = rnd(128, 201, 3 * C, grad=True)

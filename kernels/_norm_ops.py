@@ -356,11 +356,37 @@ class _NormFunction(torch.autograd.Function):
         return dx, dx if fused else None, dw, db, None, None, None, None, None
 
 
+def _eager(x, residual, weight, bias, eps, num_heads, head_dim, layer, per_head_weight):
+    """The eager call: through ``_NormFunction`` when a gradient is needed, else straight to the
+    launcher (``autograd.Function.apply`` alone costs several microseconds of host time)."""
+    if torch.is_grad_enabled() and (
+        x.requires_grad
+        or (residual is not None and residual.requires_grad)
+        or (weight is not None and weight.requires_grad)
+        or (bias is not None and bias.requires_grad)
+    ):
+        return _NormFunction.apply(
+            x, residual, weight, bias, eps, num_heads, head_dim, layer, per_head_weight
+        )
+    y, h = _launchers().norm_forward(
+        x,
+        weight,
+        bias,
+        eps,
+        num_heads=num_heads,
+        head_dim=head_dim,
+        layer=layer,
+        per_head_weight=per_head_weight,
+        residual=residual,
+    )
+    return (y, h) if residual is not None else y
+
+
 def rms_norm(x: Tensor, weight: Tensor | None, eps: float) -> Tensor:
     """``flopkit::rms_norm``, or its eager twin (see the note above)."""
     if needs_custom_op(x):
         return rms_norm_op(x, weight, eps)
-    return _NormFunction.apply(x, None, weight, None, eps, 1, x.shape[-1], False, False)
+    return _eager(x, None, weight, None, eps, 1, x.shape[-1], False, False)
 
 
 def rms_norm_residual(
@@ -369,14 +395,14 @@ def rms_norm_residual(
     """``flopkit::rms_norm_residual``, or its eager twin."""
     if needs_custom_op(x):
         return rms_norm_residual_op(x, residual, weight, eps)
-    return _NormFunction.apply(x, residual, weight, None, eps, 1, x.shape[-1], False, False)
+    return _eager(x, residual, weight, None, eps, 1, x.shape[-1], False, False)
 
 
 def per_head_rms_norm(x: Tensor, weight: Tensor | None, num_heads: int, head_dim: int, eps: float) -> Tensor:
     """``flopkit::per_head_rms_norm``, or its eager twin."""
     if needs_custom_op(x):
         return per_head_rms_norm_op(x, weight, num_heads, head_dim, eps)
-    return _NormFunction.apply(x, None, weight, None, eps, num_heads, head_dim, False, False)
+    return _eager(x, None, weight, None, eps, num_heads, head_dim, False, False)
 
 
 def head_norm(
@@ -391,4 +417,4 @@ def head_norm(
     """``flopkit::head_norm``, or its eager twin."""
     if needs_custom_op(x):
         return head_norm_op(x, weight, bias, num_heads, head_dim, eps, mode)
-    return _NormFunction.apply(x, None, weight, bias, eps, num_heads, head_dim, mode == "layer", True)
+    return _eager(x, None, weight, bias, eps, num_heads, head_dim, mode == "layer", True)
