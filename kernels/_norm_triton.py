@@ -649,8 +649,8 @@ def norm_backward(
     """Gradients of :func:`norm_forward` (without residual; ``dres`` is added to ``dx``).
 
     Returns ``(dx, dw, db)``: ``dx`` contiguous in ``x``'s shape and dtype, ``dw``/``db`` of the
-    weight's shape (``(H, D)`` with ``per_head_weight``, else ``(D,)``) in ``grad_dtype`` (summed
-    from fp32 partials in fp32), or None.
+    weight's shape (``(H, D)`` with ``per_head_weight``, else ``(D,)``) in ``grad_dtype`` (the fp32
+    partials summed in fp32, then rounded), or None.
     """
     D = x.shape[-1] if head_dim is None else head_dim
     wshape = (num_heads, D) if per_head_weight else (D,)
@@ -690,6 +690,7 @@ def norm_backward(
     w = weight.contiguous() if has_w else dx
     tensors = (dy, dres if dres is not None else dx, xt, w, dx, dwp, dbp)
     run(plan.kernel, plan.grid, tensors + plan.scalars, plan.meta, len(tensors))
-    dw = dwp.sum(0, dtype=grad_dtype).reshape(wshape) if has_w else None
-    db = dbp.sum(0, dtype=grad_dtype).reshape(wshape) if has_bias else None
+    # Sum the fp32 partials in fp32, then round once (sum(dtype=bf16) would cast the partials first).
+    dw = dwp.sum(0).reshape(wshape).to(grad_dtype) if has_w else None
+    db = dbp.sum(0).reshape(wshape).to(grad_dtype) if has_bias else None
     return dx, dw, db
