@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from flopkit.config import Config, load_config
-from flopkit.nn._flops import CATEGORIES, CONVENTIONS
+from flopkit.formulas import CATEGORIES, CONVENTIONS, counted_legend, training_legend
 from flopkit.report import FORMATS, percent, render_json, render_rows
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -133,7 +133,7 @@ def report(config, overrides, batch, depth, training, convention, factory, input
       flopkit report examples/attention-small.yaml --convention nvsubquadratic
       flopkit report --model examples/custom_model.py:build --input-shape 2,3,224,224
     """
-    from flopkit.flops.analytic import COUNTED_LEGEND, flop_rows, flop_tree, training_legend
+    from flopkit.flops.analytic import flop_rows, flop_tree
 
     if factory is not None:
         _report_any(factory, input_shape, depth, training, convention, fmt)
@@ -146,7 +146,7 @@ def report(config, overrides, batch, depth, training, convention, factory, input
     rows = flop_rows(module, tree, depth=depth, batch=batch, training=training)
     total, params = rows[0].flops, rows[0].params
     legend = [
-        COUNTED_LEGEND,
+        counted_legend(),
         f"convention: {convention}; batch: {batch}; per {'training step' if training else 'forward'}",
     ]
     if training:
@@ -201,7 +201,6 @@ def _report_any(
 ) -> None:
     import torch
 
-    from flopkit.flops.analytic import COUNTED_LEGEND, training_legend
     from flopkit.flops.mixed import MIXED_LEGEND, load_factory, mixed_rows
 
     try:
@@ -217,7 +216,7 @@ def _report_any(
             raise TypeError(f"--model: {factory} returned a {type(model).__name__}, not an nn.Module")
         model.eval()
         rows = mixed_rows(model, torch.empty(shape), convention, depth, training)
-    legend = [COUNTED_LEGEND, MIXED_LEGEND, f"convention: {convention}; input shape: {list(shape)}"]
+    legend = [counted_legend(), MIXED_LEGEND, f"convention: {convention}; input shape: {list(shape)}"]
     if training:
         legend.append(training_legend())
     if fmt == "json":
@@ -586,7 +585,7 @@ def presets(fmt) -> None:
             "params": sum(p.numel() for p in module.parameters()),
         }
         for conv in CONVENTIONS:
-            row[f"flops_{conv}"] = sum(flop_tree(module, 1, conv).breakdown.values())
+            row[f"flops_{conv}"] = sum(flop_tree(module, module.num_tokens, conv).breakdown.values())
         rows.append(row)
     if fmt == "json":
         click.echo(render_json(rows))

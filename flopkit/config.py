@@ -28,6 +28,8 @@ import torch
 from torch import nn
 
 from flopkit.nn import PRESETS, Mlp, RMSNorm, ViT5, ViT5Attention, ViT5Block
+from flopkit.nn.attention import QK_NORMS
+from flopkit.nn.rope import ROPE_PAIRINGS
 
 __all__ = [
     "ConfigError",
@@ -48,8 +50,6 @@ class ConfigError(ValueError):
 # Field -> accepted type: int, float (ints accepted), bool, SIZE (an int or [height, width]), or a
 # tuple of allowed values.
 SIZE = "size"
-QK_NORMS = (None, "rmsnorm", "headnorm")
-PAIRINGS = ("split_half", "interleaved")
 MODEL_FIELDS: dict[str, Any] = {
     "image_size": SIZE,
     "patch_size": int,
@@ -63,7 +63,7 @@ MODEL_FIELDS: dict[str, Any] = {
     "qk_norm": QK_NORMS,
     "rope_base": float,
     "reg_rope_base": float,
-    "rope_pairing": PAIRINGS,
+    "rope_pairing": ROPE_PAIRINGS,
     "num_classes": int,
 }
 
@@ -77,7 +77,7 @@ _LAYOUT_FIELDS: dict[str, Any] = {
     "qk_norm": QK_NORMS,
     "rope_base": float,
     "reg_rope_base": float,
-    "rope_pairing": PAIRINGS,
+    "rope_pairing": ROPE_PAIRINGS,
 }
 
 

@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from flopkit.nn._flops import CATEGORIES, add_breakdowns
+from flopkit.formulas import CATEGORIES, add_breakdowns, training_breakdown
 
-from .analytic import FlopNode, FlopRow, depth_of, flop_tree, is_analytic, top_paths, training_breakdown
+from .analytic import FlopNode, FlopRow, depth_of, flop_tree, is_analytic, top_paths
 from .measured import count_torch
 
 __all__ = ["load_factory", "per_sample_count", "mixed_rows", "MIXED_LEGEND"]

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from flopkit.nn._flops import CATEGORIES
+from flopkit.formulas import CATEGORIES, scale_breakdown
 
-from .analytic import FlopNode, breakdown_at, depth_of, leaf_owner, scale_breakdown, top_paths
+from .analytic import FlopNode, breakdown_at, depth_of, leaf_owner, top_paths
 from .measured import Measurement
 
 __all__ = ["ALWAYS_COMPARABLE", "BLIND_SPOTS", "COUNTER_NOTES", "CheckRow", "Reconciliation", "reconcile"]

@@ -53,7 +53,7 @@ def test_torch_counter_on_meta_sees_attention_as_two_bmm():
 def test_tiny_model_reconciles_exactly_and_norm2_is_in_parent():
     config = load_config("vit5-small", TINY)
     meta, measurements = _measure(config)
-    rec = reconcile(meta, flop_tree(meta, 1), measurements, batch=2, depth=3)
+    rec = reconcile(meta, flop_tree(meta, meta.num_tokens), measurements, batch=2, depth=3)
     assert rec.ok
     rows = {r.path: r for r in rec.rows}
     assert rows["blocks.0.norm2"].verdict == "in parent"
@@ -83,7 +83,7 @@ def test_linear_bias_adds_are_elementwise_so_matmul_compares_products_only(tmp_p
 def test_a_wrong_analytic_count_is_a_mismatch():
     config = load_config("vit5-small", TINY)
     meta, measurements = _measure(config, ("torch",))
-    tree = flop_tree(meta, 1)
+    tree = flop_tree(meta, meta.num_tokens)
     tree.children[1].own["matmul"] += 1  # blocks.0 claims one FLOP too many
     rec = reconcile(meta, tree, measurements, batch=2)
     assert not rec.ok
