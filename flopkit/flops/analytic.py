@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from flopkit.formulas import add_breakdowns, check_convention, scale_breakdown, training_breakdown
-from flopkit.nn._flops import module_breakdown
+from flopkit.nn._flops import FlopCounted, module_breakdown
 
 __all__ = [
     "FlopNode",
@@ -55,8 +55,8 @@ def _join(prefix: str, name: str) -> str:
 
 
 def is_analytic(module: nn.Module) -> bool:
-    """True for modules that count their own FLOPs (``flop_count``), the ones the walk can start at."""
-    return hasattr(module, "flop_count")
+    """True for modules that count their own FLOPs (flopkit modules), the ones the walk can start at."""
+    return isinstance(module, FlopCounted)
 
 
 def flop_tree(module: nn.Module, count: int, convention: str = "flopkit", path: str = "") -> FlopNode:

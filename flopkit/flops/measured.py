@@ -28,6 +28,7 @@ __all__ = [
     "FVCORE_OPS",
     "TORCH_OPS",
     "FVCORE_HANDLES",
+    "category_of",
     "count_fvcore",
     "count_torch",
 ]
@@ -82,6 +83,15 @@ FVCORE_OPS: dict[str, tuple[str, int]] = {
     **{op: (FLOP_FORMULAS[formula].category, 1) for op, formula in FLOPKIT_OPS.items()},
     **{_qk_part("flopkit::", cat): (cat, 1) for cat in QK_NORM_ROPE_PARTS},
 }
+
+
+def category_of(counter: str, op: str) -> str | None:
+    """The category of ``op`` as ``counter`` (``"fvcore"`` or ``"torch"``) names it, or None when
+    the counter does not count it."""
+    if counter == "fvcore":
+        return FVCORE_OPS.get(op, (None, 0))[0]
+    return TORCH_OPS.get(op)
+
 
 FvcoreHandle = Callable[[list, list], "int | Counter"]
 FVCORE_HANDLES: dict[str, FvcoreHandle] = {}
