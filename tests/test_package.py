@@ -1,5 +1,6 @@
 """Package hygiene: lazy heavy imports, public API."""
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -39,3 +40,19 @@ def test_import_from_the_repository_root_without_an_editable_install():
         str(root / "kernels" / "__init__.py"),
         str(root / "cli" / "__init__.py"),
     ]
+
+
+def test_startup_benchmark_summary_takes_medians_per_phase():
+    spec = importlib.util.spec_from_file_location(
+        "cli_startup", Path(__file__).resolve().parents[1] / "benchmarks" / "cli_startup.py"
+    )
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    runs = [
+        {"torch": 1.0, "flopkit": 0.1, "build": 0.05, "rows": 0.02, "render": 0.03},
+        {"torch": 3.0, "flopkit": 0.3, "build": 0.01, "rows": 0.02, "render": 0.01},
+        {"torch": 2.0, "flopkit": 0.2, "build": 0.02, "rows": 0.04, "render": 0.02},
+    ]
+    out = bench.summarize(runs)
+    assert out["torch"] == 2.0 and out["flopkit"] == 0.2 and out["build"] == 0.02 and out["rows"] == 0.02
+    assert abs(out["beyond_torch"] - 0.28) < 1e-12  # per-run sums 0.20, 0.34, 0.28
