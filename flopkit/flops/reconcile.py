@@ -10,12 +10,14 @@ with the reason the counter cannot see it (:data:`BLIND_SPOTS`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from torch import nn
 
-from flopkit.nn._flops import CATEGORIES
+from flopkit import formulas
+from flopkit.formulas import CATEGORIES, scale_breakdown
 
-from .analytic import FlopNode, breakdown_at, depth_of, leaf_owner, scale_breakdown, top_paths
+from .analytic import FlopNode, breakdown_at, depth_of, leaf_owner, top_paths
 from .measured import Measurement
 
 __all__ = ["ALWAYS_COMPARABLE", "BLIND_SPOTS", "COUNTER_NOTES", "CheckRow", "Reconciliation", "reconcile"]
@@ -66,16 +68,16 @@ GENERAL_NOTES = [
     "Both counters run the model inside flopkit.kernels.route_through_custom_ops(): every norm and the "
     "QK-norm + RoPE dispatch as flopkit:: custom ops (on CPU the PyTorch reference runs inside the op, on "
     "meta its fake), so the counters see them by name and count them with the ops' registered formulas.",
-    "Linear bias adds (T*o) are elementwise in flopkit's convention and invisible to both counters (fvcore's "
+    f"Linear bias adds ({formulas.coefficient(formulas.bias_add(1, 1))}T*o) are elementwise in flopkit's convention and invisible to both counters (fvcore's "
     "linear handle and torch's addmm formula count the product only), so matmul compares products only.",
     "'in parent': the module ran through a method other than __call__ (ViT5Block.norm2 runs fused with "
     "the residual add via forward_residual), so both counters attribute its ops to the parent block, "
     "whose row carries the comparison.",
     "The final RMSNorm runs on the readout token only (the CLS token; all patches when has_cls=False), "
-    "and flopkit counts it so (3*C per image with CLS).",
+    f"and flopkit counts it so ({formulas.rms_norm(1, 1)}*C per image with CLS).",
     "validate compares flopkit's convention (QK-norm counted over all heads, which is what runs); upstream's "
     "nvsubquadratic convention (report --convention nvsubquadratic) counts one head and would fall short "
-    "of both counters by 2*3*T*(H-1)*D per attention layer.",
+    f"of both counters by 2*{formulas.per_head_rms_norm(1, 1, 1)}*T*(H-1)*D per attention layer.",
 ]
 
 
@@ -115,6 +117,36 @@ class Reconciliation:
     skipped: dict[str, dict[str, int]]  # counter -> op -> occurrences the counter skipped
     notes: list[str]
     rtol: float
+
+    @property
+    def counters(self) -> list[str]:
+        """The counters compared, in the order they ran."""
+        return list(self.comparable)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The reconciliation as data (what ``validate --format json`` prints, less the config)."""
+        return {
+            "rtol": self.rtol,
+            "ok": self.ok,
+            "comparable": {k: list(v) for k, v in self.comparable.items()},
+            "totals": self.totals,
+            "raw_totals": self.raw_totals,
+            "skipped_ops": self.skipped,
+            "rows": [
+                {
+                    "path": r.path,
+                    "type": r.type,
+                    "analytic": r.analytic,
+                    "compared": r.compared,
+                    "measured": r.measured,
+                    "deltas": r.deltas,
+                    "status": r.status,
+                    "verdict": r.verdict,
+                }
+                for r in self.rows
+            ],
+            "notes": self.notes,
+        }
 
     @property
     def ok(self) -> bool:
