@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from .app import app
+from .profile import profile
+
+app.add_command(profile)
 
 __all__ = ["main", "app"]
 

@@ -1,0 +1,348 @@
+"""``flopkit profile``: measured time per layer next to report's FLOPs, the roofline, the step."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from flopkit.nn._flops import CONVENTIONS
+from flopkit.report import render_json, render_rows
+
+from .app import CONTEXT, _config_options, _format_option, _load
+
+__all__ = ["profile"]
+
+DEVICES = ("auto", "cuda", "cpu")
+DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("config", required=False)
+@_config_options
+@click.option(
+    "--model",
+    "factory",
+    metavar="MODULE:FACTORY",
+    help="Profile a user's nn.Module (package.module:fn or file.py:fn); its input is --input-shape.",
+)
+@click.option(
+    "--input-shape",
+    default=None,
+    metavar="B,...",
+    help="Input shape for --model, batch first (e.g. 8,3,224,224).",
+)
+@click.option(
+    "--batch",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Batch size for CONFIG [default: 8]; with --model the batch is --input-shape's first size.",
+)
+@click.option("--training", is_flag=True, help="Profile forward + loss + backward (no optimizer).")
+@click.option(
+    "--compile", "compile_", is_flag=True, help="torch.compile each region (the deepest rows) on its own."
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(DTYPE_CHOICES),
+    default="auto",
+    show_default=True,
+    help="Compute dtype (autocast for bfloat16/float16); auto: bfloat16 on CUDA, float32 on CPU.",
+)
+@click.option(
+    "--device",
+    type=click.Choice(DEVICES),
+    default="auto",
+    show_default=True,
+    help="auto: cuda when a GPU is available, else cpu.",
+)
+@click.option("--steps", type=click.IntRange(min=1), default=10, show_default=True, help="Profiled steps.")
+@click.option(
+    "--warmup",
+    type=click.IntRange(min=0),
+    default=3,
+    show_default=True,
+    help="Untimed steps first (compilation happens here).",
+)
+@click.option(
+    "--depth", type=click.IntRange(min=0), default=2, show_default=True, help="Deepest module level shown."
+)
+@click.option(
+    "--convention",
+    type=click.Choice(CONVENTIONS),
+    default="flopkit",
+    show_default=True,
+    help="FLOP convention of the counts, as in report.",
+)
+@click.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write the roofline (PNG): one point per layer, the measured roofs.",
+)
+@_format_option
+def profile(
+    config,
+    overrides,
+    factory,
+    input_shape,
+    batch,
+    training,
+    compile_,
+    dtype,
+    device,
+    steps,
+    warmup,
+    depth,
+    convention,
+    plot_path,
+    fmt,
+) -> None:
+    """Measured time per layer, forward and backward, with report's FLOPs, achieved TFLOP/s and
+    GB/s against the matmul rate and copy bandwidth measured at the start of the run, the bound
+    of each layer, and the whole step (wall ms, GPU busy ms, host-bound share, MFU).
+
+    \b
+    Examples:
+      flopkit profile vit5-base --batch 128 --training
+      flopkit profile vit5-base --batch 128 --training --compile --plot roofline.png
+      flopkit profile vit5-small --batch 2 --device cpu --training --steps 2 --warmup 1
+      flopkit profile --model examples/custom_model.py:build --input-shape 8,3,224,224
+    """
+    import torch
+
+    from flopkit.profile import DTYPES, deepest_level, plot_roofline, profile_model
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise click.BadParameter(
+            "no CUDA GPU is available (torch.cuda.is_available() is False); use --device cpu",
+            param_hint="--device",
+        )
+    if dtype == "auto":
+        dtype = "bfloat16" if device == "cuda" else "float32"
+    if compile_ and warmup < 1:
+        raise click.BadParameter(
+            "--compile needs at least one warm-up step (it compiles there)", param_hint="--warmup"
+        )
+    if plot_path is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise click.BadParameter(
+                "needs matplotlib: pip install 'flopkit[plot]'", param_hint="--plot"
+            ) from None
+    source, meta, rows, shape, legend_extra, cfg = _flop_rows(
+        config, overrides, factory, input_shape, batch, depth, training, convention
+    )
+    deepest = deepest_level(meta)
+    if depth > deepest:
+        raise click.BadParameter(
+            f"{depth} does not exist: {source}'s modules go {deepest} levels deep (0..{deepest})",
+            param_hint="--depth",
+        )
+    model, inputs = _build(cfg, factory, shape, device)
+    totals = rows[0].breakdown
+    result = profile_model(
+        model,
+        inputs,
+        rows,
+        mfu_flops=totals["matmul"] + totals["attention"],
+        training=training,
+        dtype=DTYPES[dtype],
+        compile=compile_,
+        steps=steps,
+        warmup=warmup,
+    )
+    written = None
+    if plot_path is not None:
+        points = [
+            (r.path or "model", r.intensity, r.tflops, r.bound)
+            for r in result.rows
+            if r.intensity is not None and r.tflops is not None
+        ]
+        title = f"{source}, batch {result.batch}, {'training' if training else 'forward'}, {result.dtype}"
+        written = str(
+            plot_roofline(points, result.roofs, plot_path, title=title + (", compiled" if compile_ else ""))
+        )
+    legend = _legend(result, convention, legend_extra)
+    if fmt == "json":
+        data: dict[str, Any] = {
+            "source": source,
+            "convention": convention,
+            **result.to_dict(),
+            "legend": legend,
+        }
+        if cfg is not None:
+            data["config"] = cfg.to_dict()
+        if written:
+            data["plot"] = written
+        click.echo(render_json(data))
+        return
+    click.echo(_render(source, result, fmt, legend, written))
+
+
+def _flop_rows(config, overrides, factory, input_shape, batch, depth, training, convention):
+    """report's FLOP rows (the same functions ``flopkit report`` calls), the meta model, the input
+    shape and the config (None with --model)."""
+    import torch
+
+    from flopkit.config import model_input
+    from flopkit.flops.analytic import flop_rows, flop_tree
+
+    if factory is not None:
+        from flopkit.flops.mixed import MIXED_LEGEND, load_factory, mixed_rows
+
+        if config is not None or overrides:
+            raise click.UsageError("give CONFIG (with --set) or --model, not both")
+        if batch is not None:
+            raise click.BadParameter(
+                "with --model the batch is --input-shape's first size", param_hint="--batch"
+            )
+        if input_shape is None:
+            raise click.UsageError("--model needs --input-shape (batch first, e.g. 8,3,224,224)")
+        try:
+            shape = tuple(int(s) for s in input_shape.split(","))
+        except ValueError:
+            shape = ()
+        if not shape or min(shape) < 1:
+            raise click.BadParameter(
+                f"expected comma-separated positive integers, got {input_shape!r}", param_hint="--input-shape"
+            )
+        build = load_factory(factory)
+        with torch.device("meta"):
+            meta = build()
+            if not isinstance(meta, torch.nn.Module):
+                raise TypeError(f"--model: {factory} returned a {type(meta).__name__}, not an nn.Module")
+            rows = mixed_rows(meta.eval(), torch.empty(shape), convention, depth, training)
+        return factory, meta, rows, shape, [MIXED_LEGEND], None
+    if config is None:
+        raise click.UsageError("missing CONFIG (a preset name or a YAML/JSON file), or give --model")
+    if input_shape is not None:
+        raise click.BadParameter("only with --model (CONFIG sets its own input)", param_hint="--input-shape")
+    cfg = _load(config, overrides)
+    meta = cfg.meta_module
+    batch = batch or 8
+    tree = flop_tree(meta, cfg.tokens(meta), convention)
+    rows = flop_rows(meta, tree, depth=depth, batch=batch, training=training)
+    shape = tuple(model_input(cfg, meta, batch, "meta").shape)
+    return config, meta, rows, shape, [], cfg
+
+
+def _build(cfg, factory, shape, device):
+    import torch
+
+    torch.manual_seed(0)
+    if cfg is not None:
+        model = cfg.build(device)
+    else:
+        from flopkit.flops.mixed import load_factory
+
+        with torch.device(device):
+            model = load_factory(factory)()
+    return model, torch.randn(shape, device=device)
+
+
+def _legend(result, convention: str, extra: list[str]) -> list[str]:
+    from flopkit.flops.analytic import training_legend
+
+    on_cuda = result.device.startswith("cuda")
+    unit = "kernel time on the GPU" if on_cuda else "op self time on the CPU"
+    lines = [
+        f"Times are per step ({result.steps} profiled after {result.warmup} warm-up), {unit}, charged to the "
+        "innermost module that ran the op (backward: the module whose forward op created the autograd node, "
+        "by sequence number); a row includes its submodules, like its FLOPs.",
+        f"FLOPs are flopkit report's ({convention} convention"
+        + (", forward + backward" if result.training else ", forward")
+        + "); minimum bytes = parameters + inputs + outputs (backward: 2*params + 2*inputs + outputs).",
+        f"Roofs measured at the start of this run in {result.dtype}: matmul {result.roofs.matmul_tflops:.4g} "
+        f"TFLOP/s ({result.roofs.matmul_n}^3), copy {result.roofs.copy_gbs:.4g} GB/s (read + write of "
+        f"{result.roofs.copy_bytes >> 20} MiB); bound = compute or memory by the roofline"
+        + ("; launch/host when the layer's host time exceeds its GPU time." if on_cuda else "."),
+        "MFU = (matmul + attention FLOPs of the step, the README's rule: training = 3x forward) / plain step "
+        "wall time / measured matmul rate.",
+        *extra,
+    ]
+    if result.training:
+        lines.append(training_legend())
+        lines.append(
+            "(loss): the loss (cross-entropy on random labels for a classifier, else mean square) and the "
+            "backward() call outside autograd nodes."
+        )
+    if result.compiled:
+        lines.append(
+            "--compile: each region compiled on its own (regional compilation): "
+            + ", ".join(result.regions[:6])
+            + (", ..." if len(result.regions) > 6 else "")
+            + "; Inductor's kernels never span two rows, so each is charged to its region."
+        )
+    return lines
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _render(source: str, result, fmt: str, legend: list[str], written: str | None) -> str:
+    headers = [
+        "module",
+        "type",
+        "GFLOP",
+        "min MB",
+        "fwd ms",
+        "bwd ms",
+        "host ms",
+        "TFLOP/s",
+        "GB/s",
+        "% matmul",
+        "% copy",
+        "bound",
+        "share",
+    ]
+    body = []
+    for r in [*result.rows[1:], result.rows[0]]:
+        name = r.path or "TOTAL"
+        if fmt == "table" and r.path and not r.path.startswith("("):
+            name = "  " * r.path.count(".") + r.path
+        body.append(
+            [
+                name,
+                r.type,
+                (f"in {r.counted_in}" if r.counted_in else "-")
+                if r.flops is None
+                else f"{r.flops / 1e9:.3f}",
+                _fmt(r.bytes / 1e6 if r.bytes is not None else None, ".2f"),
+                f"{r.forward_ms:.3f}",
+                f"{r.backward_ms:.3f}" if result.training else "-",
+                f"{r.host_ms:.3f}",
+                _fmt(r.tflops, ".3g"),
+                _fmt(r.gbs, ".4g"),
+                _fmt(r.matmul_pct, ".1f"),
+                _fmt(r.copy_pct, ".1f"),
+                r.bound or "-",
+                f"{100 * r.share:.1f}%",
+            ]
+        )
+    if fmt == "csv":
+        return render_rows(headers, body, fmt)
+    busy = "GPU busy" if result.device.startswith("cuda") else "CPU op time"
+    title = (
+        f"{source}: profile, batch {result.batch}, {'training step' if result.training else 'forward'}, "
+        f"{result.dtype} on {result.device}{', compiled' if result.compiled else ''}"
+    )
+    table = render_rows(headers, body, fmt, title=title)
+    summary = [
+        ["step (wall)", f"{result.step_ms:.3f} ms"],
+        [busy, f"{result.gpu_ms:.3f} ms"],
+        ["host-bound share", f"{100 * result.host_bound_share:.1f}%"],
+        ["MFU", f"{100 * result.mfu:.1f}% ({result.mfu_flops / 1e9:.2f} GFLOP per step)"],
+        ["charged to layers + loss", f"{100 * result.attributed_share:.2f}% of {result.op_ms:.3f} ms"],
+        ["step under the profiler", f"{result.profiled_step_ms:.3f} ms ({100 * result.overhead:+.1f}%)"],
+        ["matmul rate", f"{result.roofs.matmul_tflops:.4g} TFLOP/s"],
+        ["copy bandwidth", f"{result.roofs.copy_gbs:.4g} GB/s"],
+    ]
+    if written:
+        summary.append(["roofline", written])
+    return f"{table}\n\n" + render_rows(["step", ""], summary, fmt, notes=legend)
