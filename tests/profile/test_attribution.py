@@ -3,6 +3,8 @@
 from types import SimpleNamespace
 
 import pytest
+from torch.autograd import DeviceType
+
 from flopkit.profile.attribution import (
     BACKWARD_NODE_PREFIX,
     BACKWARD_RANGE,
@@ -17,7 +19,6 @@ from flopkit.profile.attribution import (
     under,
 )
 from flopkit.profile.run import busy_us
-from torch.autograd import DeviceType
 
 MAIN, ENGINE = 1, 2  # host threads: the caller's and the autograd engine's device thread
 
@@ -31,9 +32,7 @@ class Trace:
 
     def add(self, name, parent=None, time_us=0.0, seq=-1, is_range=False, thread=MAIN, host_us=1.0):
         self.clock += 1.0
-        self.events.append(
-            OpEvent(name, thread, self.clock, host_us, time_us, parent, seq, is_range)
-        )
+        self.events.append(OpEvent(name, thread, self.clock, host_us, time_us, parent, seq, is_range))
         return len(self.events) - 1
 
     def module(self, path, parent=None, host_us=1.0):
@@ -166,7 +165,9 @@ def _function_event(name, device_type, thread, start, end, kernels=(), self_cpu=
 
 def test_events_from_profiler_charges_kernel_time_on_cuda_and_self_time_on_cpu():
     rng = _function_event(RANGE_PREFIX + "mlp", DeviceType.CPU, MAIN, 0, 50, self_cpu=5.0)
-    mm = _function_event("aten::mm", DeviceType.CPU, MAIN, 1, 10, kernels=(30.0, 12.5), self_cpu=9.0, parent=rng)
+    mm = _function_event(
+        "aten::mm", DeviceType.CPU, MAIN, 1, 10, kernels=(30.0, 12.5), self_cpu=9.0, parent=rng
+    )
     kernel = _function_event("sm90_gemm", DeviceType.CUDA, 7, 20, 50)  # device rows are dropped
     cuda = events_from_profiler([rng, mm, kernel], "cuda")
     assert [e.name for e in cuda] == [rng.name, "aten::mm"]

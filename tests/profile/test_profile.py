@@ -8,6 +8,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from flopkit.cli import app
+
 from flopkit.config import load_config, model_input
 from flopkit.flops.analytic import flop_rows, flop_tree
 from flopkit.nn.vit5 import ViT5Block
@@ -150,7 +151,12 @@ def test_cli_vit5_small_training_adds_up_to_the_profilers_cpu_time_and_flops_equ
     rows = {r["path"]: r for r in data["rows"]}
     for row in data["rows"]:
         assert {"path", "forward_ms", "backward_ms", "tflops", "gbs", "bound"} <= set(row)
-    charged = rows[""]["forward_ms"] + rows[""]["backward_ms"] + rows[LOSS]["forward_ms"] + rows[LOSS]["backward_ms"]
+    charged = (
+        rows[""]["forward_ms"]
+        + rows[""]["backward_ms"]
+        + rows[LOSS]["forward_ms"]
+        + rows[LOSS]["backward_ms"]
+    )
     assert charged == pytest.approx(data["profiler_total_ms"], rel=0.05)
     report = run("report", "vit5-small", "--batch", "2", "--training", "--format", "json")
     for want in json.loads(report.stdout)["rows"]:
@@ -183,7 +189,10 @@ def test_cli_table_and_plot(tmp_path):
         (["vit5-small", "--compile", "--warmup", "0"], "--warmup"),
         (["vit5-small", "--input-shape", "1,3,224,224"], "--input-shape"),
         (["vit5-small", "--model", "examples/custom_model.py:build"], "not both"),
-        (["--model", "examples/custom_model.py:build", "--batch", "2", "--input-shape", "2,3,64,64"], "--batch"),
+        (
+            ["--model", "examples/custom_model.py:build", "--batch", "2", "--input-shape", "2,3,64,64"],
+            "--batch",
+        ),
         ([], "missing CONFIG"),
     ],
 )
