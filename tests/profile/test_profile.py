@@ -207,3 +207,18 @@ def test_cli_cuda_without_a_gpu_is_one_line_with_status_2():
     result = run("profile", "vit5-small", "--device", "cuda")
     assert result.exit_code == 2
     assert "no CUDA GPU" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_compile_charges_each_compiled_region_and_restores_the_model():
+    cfg = tiny_config()
+    meta = cfg.meta_module
+    rows = flop_rows(meta, flop_tree(meta, cfg.tokens(meta)), depth=2, batch=2)
+    model = cfg.build("cpu")
+    x = model_input(cfg, model, 2, "cpu")
+    result = profile_model(model, x, rows, mfu_flops=1, compile=True, steps=1, warmup=1, roofs=FIXED_ROOFS)
+    assert result.regions == ["patch_embed.proj", "blocks.0", "blocks.1", "norm", "head"]
+    by_path = {r.path: r for r in result.rows}
+    assert result.attributed_share == pytest.approx(1.0)
+    assert all(by_path[p].forward_ms > 0 for p in result.regions)
+    assert by_path[""].forward_ms == pytest.approx(result.op_ms)
+    assert not any("forward" in vars(m) for m in model.modules())  # compiled forwards removed
