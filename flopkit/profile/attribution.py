@@ -15,10 +15,10 @@ The mechanism (exact, no heuristics on names or shapes):
    with its kernels, is charged to that owner's module. Gradient accumulation into parameters
    (``AccumulateGrad``, which has no sequence number) is wrapped in a ``flopkit.grad::PATH``
    range by hooks on each parameter's accumulator node, ``PATH`` being the parameter's module.
-3. **What is charged.** On CUDA the device time of the kernels an op launched (the profiler
-   links each kernel to the op that launched it through its correlation id); on CPU the op's
-   self CPU time. Ranges themselves (Python between ops) are never charged: they are host time,
-   reported separately as each row's host ms.
+3. **What is charged.** On CUDA the device time of the kernels an event launched (the profiler
+   links each kernel to the innermost op or range open at its launch through its correlation
+   id); on CPU an op's self CPU time. The CPU time of a range itself (Python between ops) is
+   host time, not op time: it is reported separately, as each row's host ms.
 
 Ops outside every range (the loss is wrapped in ``flopkit.loss``, the ``backward()`` call in
 ``flopkit.backward``, both charged to :data:`LOSS`) land in
@@ -148,7 +148,12 @@ def events_from_profiler(function_events: Iterable, device: str) -> list[OpEvent
     index = {id(e): i for i, e in enumerate(host)}
     out = []
     for e in host:
-        charged = sum(k.duration for k in e.kernels) if device == "cuda" else e.self_cpu_time_total
+        if device == "cuda":
+            # A kernel launched outside any op (Python code inside a range) links to the range.
+            charged = sum(k.duration for k in e.kernels)
+        else:
+            # A range's self CPU time is Python between ops: host time, not op time.
+            charged = 0.0 if e.is_user_annotation else e.self_cpu_time_total
         parent = e.cpu_parent
         out.append(
             OpEvent(
@@ -237,7 +242,7 @@ def attribute(events: list[OpEvent]) -> Attribution:
     span_owner: dict[int, tuple[str, str]] = {}
     for i, e in enumerate(events):
         phase, owner = resolve(owner_of[i])
-        if not e.is_range:
+        if e.time_us:
             charged = result.forward if phase == "forward" else result.backward
             charged[owner] += e.time_us
             result.total_us += e.time_us

@@ -375,7 +375,7 @@ def profile_model(
         op_ms=op_ms,
         profiler_total_ms=profiler_us / steps / 1e3,
         attributed_share=attribution.attributed_us / attribution.total_us if attribution.total_us else 0.0,
-        host_bound_share=max(0.0, 1.0 - gpu_ms / profiled_ms),
+        host_bound_share=max(0.0, 1.0 - gpu_ms / step_ms),
         mfu_flops=mfu_flops,
         mfu=mfu_flops / (step_ms / 1e3) / (roofs.matmul_tflops * 1e12),
         regions=regions,
@@ -386,14 +386,19 @@ def _device_busy_us(events, cuda: bool, attribution: Attribution) -> float:
     """Busy time of the device: the union of kernel intervals (CUDA), else the ops' CPU time."""
     if not cuda:
         return attribution.total_us
+
+    return busy_us([(e.time_range.start, e.time_range.end) for e in events if _is_kernel(e)])
+
+
+def _is_kernel(event) -> bool:
+    """A device-side activity (kernel, memcpy, memset), not the GPU copy of a host range."""
     from torch.autograd import DeviceType
 
-    kernels = [
-        (e.time_range.start, e.time_range.end)
-        for e in events
-        if e.device_type == DeviceType.CUDA and not e.is_user_annotation
-    ]
-    return busy_us(kernels)
+    return (
+        event.device_type == DeviceType.CUDA
+        and not event.is_user_annotation
+        and not event.name.startswith(("flopkit.", "ProfilerStep#"))
+    )
 
 
 def _total_us(events, cuda: bool) -> float:
@@ -402,11 +407,7 @@ def _total_us(events, cuda: bool) -> float:
     from torch.autograd import DeviceType
 
     if cuda:
-        return sum(
-            e.time_range.elapsed_us()
-            for e in events
-            if e.device_type == DeviceType.CUDA and not e.is_user_annotation
-        )
+        return sum(e.time_range.elapsed_us() for e in events if _is_kernel(e))
     return sum(
         e.self_cpu_time_total
         for e in events

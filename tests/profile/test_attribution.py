@@ -164,7 +164,9 @@ def _function_event(name, device_type, thread, start, end, kernels=(), self_cpu=
 
 
 def test_events_from_profiler_charges_kernel_time_on_cuda_and_self_time_on_cpu():
-    rng = _function_event(RANGE_PREFIX + "mlp", DeviceType.CPU, MAIN, 0, 50, self_cpu=5.0)
+    # The range's own CPU time is Python between ops (not charged); on CUDA a kernel launched
+    # outside any op links to the range, and is charged to it.
+    rng = _function_event(RANGE_PREFIX + "mlp", DeviceType.CPU, MAIN, 0, 50, kernels=(1.5,), self_cpu=5.0)
     mm = _function_event(
         "aten::mm", DeviceType.CPU, MAIN, 1, 10, kernels=(30.0, 12.5), self_cpu=9.0, parent=rng
     )
@@ -172,9 +174,26 @@ def test_events_from_profiler_charges_kernel_time_on_cuda_and_self_time_on_cpu()
     cuda = events_from_profiler([rng, mm, kernel], "cuda")
     assert [e.name for e in cuda] == [rng.name, "aten::mm"]
     assert cuda[1].time_us == 42.5 and cuda[1].parent == 0 and cuda[0].is_range
+    assert attribute(cuda).forward == {"mlp": 44.0}
     cpu = events_from_profiler([rng, mm, kernel], "cpu")
-    assert cpu[1].time_us == 9.0
-    assert attribute(cuda).forward == {"mlp": 42.5}
+    assert [e.time_us for e in cpu] == [0.0, 9.0]
+    assert attribute(cpu).forward == {"mlp": 9.0}
+
+
+def test_gpu_busy_and_total_count_kernels_not_the_gpu_copies_of_ranges():
+    from flopkit.profile.run import _device_busy_us, _total_us
+
+    events = [
+        _function_event("aten::mm", DeviceType.CPU, MAIN, 0, 5, kernels=(10.0,), self_cpu=5.0),
+        _function_event("sm90_gemm", DeviceType.CUDA, 7, 10, 20),
+        _function_event("triton_red_fused_0", DeviceType.CUDA, 7, 15, 30),  # overlaps: other stream
+        _function_event("Memcpy DtoD", DeviceType.CUDA, 7, 40, 42),
+        _function_event(RANGE_PREFIX + "mlp", DeviceType.CUDA, 7, 10, 42),  # gpu_user_annotation
+        _function_event("ProfilerStep#2", DeviceType.CUDA, 7, 0, 50),
+    ]
+    assert _total_us(events, cuda=True) == 10 + 15 + 2
+    assert _device_busy_us(events, True, None) == 20 + 2
+    assert _total_us(events, cuda=False) == 5.0
 
 
 def test_busy_time_is_the_union_of_kernel_intervals():
