@@ -11,7 +11,7 @@ from flopkit.report import render_json, render_rows
 
 from .app import CONTEXT, _config_options, _format_option, _load
 
-__all__ = ["profile"]
+__all__ = ["profile", "render_profile"]
 
 DEVICES = ("auto", "cuda", "cpu")
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
@@ -167,21 +167,13 @@ def profile(
         written = str(
             plot_roofline(points, result.roofs, plot_path, title=title + (", compiled" if compile_ else ""))
         )
-    legend = _legend(result, convention, legend_extra)
-    if fmt == "json":
-        data: dict[str, Any] = {
-            "source": source,
-            "convention": convention,
-            **result.to_dict(),
-            "legend": legend,
-        }
-        if cfg is not None:
-            data["config"] = cfg.to_dict()
-        if written:
-            data["plot"] = written
-        click.echo(render_json(data))
-        return
-    click.echo(_render(source, result, fmt, legend, written))
+    data: dict[str, Any] = {"source": source, "convention": convention, **result.to_dict()}
+    if cfg is not None:
+        data["config"] = cfg.to_dict()
+    data["legend"] = _legend(result, convention, legend_extra)
+    if written:
+        data["plot"] = written
+    click.echo(render_json(data) if fmt == "json" else render_profile(data, fmt))
 
 
 def _flop_rows(config, overrides, factory, input_shape, batch, depth, training, convention):
@@ -285,7 +277,8 @@ def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-def _render(source: str, result, fmt: str, legend: list[str], written: str | None) -> str:
+def render_profile(data: dict[str, Any], fmt: str) -> str:
+    """The profile's JSON form (what ``--format json`` prints) as a table, markdown or CSV."""
     headers = [
         "module",
         "type",
@@ -301,48 +294,57 @@ def _render(source: str, result, fmt: str, legend: list[str], written: str | Non
         "bound",
         "share",
     ]
+    rows = data["rows"]
     body = []
-    for r in [*result.rows[1:], result.rows[0]]:
-        name = r.path or "TOTAL"
-        if fmt == "table" and r.path and not r.path.startswith("("):
-            name = "  " * r.path.count(".") + r.path
+    for r in [*rows[1:], rows[0]]:
+        path = r["path"]
+        name = path or "TOTAL"
+        if fmt == "table" and path and not path.startswith("("):
+            name = "  " * path.count(".") + path
+        flops = r["flops"]
         body.append(
             [
                 name,
-                r.type,
-                (f"in {r.counted_in}" if r.counted_in else "-")
-                if r.flops is None
-                else f"{r.flops / 1e9:.3f}",
-                _fmt(r.bytes / 1e6 if r.bytes is not None else None, ".2f"),
-                f"{r.forward_ms:.3f}",
-                f"{r.backward_ms:.3f}" if result.training else "-",
-                f"{r.host_ms:.3f}",
-                _fmt(r.tflops, ".3g"),
-                _fmt(r.gbs, ".4g"),
-                _fmt(r.matmul_pct, ".1f"),
-                _fmt(r.copy_pct, ".1f"),
-                r.bound or "-",
-                f"{100 * r.share:.1f}%",
+                r["type"],
+                (f"in {r['counted_in']}" if r["counted_in"] else "-")
+                if flops is None
+                else f"{flops / 1e9:.3f}",
+                _fmt(r["bytes"] / 1e6 if r["bytes"] is not None else None, ".2f"),
+                f"{r['forward_ms']:.3f}",
+                f"{r['backward_ms']:.3f}" if data["training"] else "-",
+                f"{r['host_ms']:.3f}",
+                _fmt(r["tflops"], ".3g"),
+                _fmt(r["gbs"], ".4g"),
+                _fmt(r["matmul_pct"], ".1f"),
+                _fmt(r["copy_pct"], ".1f"),
+                r["bound"] or "-",
+                f"{100 * r['share']:.1f}%",
             ]
         )
     if fmt == "csv":
         return render_rows(headers, body, fmt)
-    busy = "GPU busy" if result.device.startswith("cuda") else "CPU op time"
+    roofs = data["roofs"]
+    busy = "GPU busy" if data["device"].startswith("cuda") else "CPU op time"
     title = (
-        f"{source}: profile, batch {result.batch}, {'training step' if result.training else 'forward'}, "
-        f"{result.dtype} on {result.device}{', compiled' if result.compiled else ''}"
+        f"{data['source']}: profile, batch {data['batch']}, "
+        f"{'training step' if data['training'] else 'forward'}, {data['dtype']} on {data['device']}"
+        f"{', compiled' if data['compile'] else ''}"
     )
     table = render_rows(headers, body, fmt, title=title)
     summary = [
-        ["step (wall)", f"{result.step_ms:.3f} ms"],
-        [busy, f"{result.gpu_ms:.3f} ms"],
-        ["host-bound share", f"{100 * result.host_bound_share:.1f}%"],
-        ["MFU", f"{100 * result.mfu:.1f}% ({result.mfu_flops / 1e9:.2f} GFLOP per step)"],
-        ["charged to layers + loss", f"{100 * result.attributed_share:.2f}% of {result.op_ms:.3f} ms"],
-        ["step under the profiler", f"{result.profiled_step_ms:.3f} ms ({100 * result.overhead:+.1f}%)"],
-        ["matmul rate", f"{result.roofs.matmul_tflops:.4g} TFLOP/s"],
-        ["copy bandwidth", f"{result.roofs.copy_gbs:.4g} GB/s"],
+        ["step (wall)", f"{data['step_ms']:.3f} ms"],
+        [busy, f"{data['gpu_ms']:.3f} ms"],
+        ["host-bound share", f"{100 * data['host_bound_share']:.1f}%"],
+        ["MFU", f"{100 * data['mfu']:.1f}% ({data['mfu_flops'] / 1e9:.2f} GFLOP per step)"],
+        [
+            "charged to layers + loss",
+            f"{100 * data['attributed_share']:.2f}% of {data['op_ms']:.3f} ms "
+            f"(profiler total {data['profiler_total_ms']:.3f} ms)",
+        ],
+        ["step under the profiler", f"{data['profiled_step_ms']:.3f} ms ({100 * data['overhead']:+.1f}%)"],
+        ["matmul rate", f"{roofs['matmul_tflops']:.4g} TFLOP/s"],
+        ["copy bandwidth", f"{roofs['copy_gbs']:.4g} GB/s"],
     ]
-    if written:
-        summary.append(["roofline", written])
-    return f"{table}\n\n" + render_rows(["step", ""], summary, fmt, notes=legend)
+    if data.get("plot"):
+        summary.append(["roofline", data["plot"]])
+    return f"{table}\n\n" + render_rows(["step", ""], summary, fmt, notes=data["legend"])

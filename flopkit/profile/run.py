@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -147,6 +148,7 @@ class ProfileResult:
     mfu_flops: int
     mfu: float
     regions: list[str] = field(default_factory=list)
+    device_name: str = ""
 
     @property
     def overhead(self) -> float:
@@ -155,6 +157,7 @@ class ProfileResult:
     def to_dict(self) -> dict[str, Any]:
         return {
             "device": self.device,
+            "device_name": self.device_name,
             "dtype": self.dtype,
             "batch": self.batch,
             "training": self.training,
@@ -379,6 +382,7 @@ def profile_model(
         mfu_flops=mfu_flops,
         mfu=mfu_flops / (step_ms / 1e3) / (roofs.matmul_tflops * 1e12),
         regions=regions,
+        device_name=torch.cuda.get_device_name(device) if cuda else platform.processor() or "cpu",
     )
 
 
