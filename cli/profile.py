@@ -158,11 +158,7 @@ def profile(
     )
     written = None
     if plot_path is not None:
-        points = [
-            (r.path or "model", r.intensity, r.tflops, r.bound)
-            for r in result.rows
-            if r.intensity is not None and r.tflops is not None
-        ]
+        points = [(r.path or "model", r.intensity, r.tflops, r.bound) for r in _layers(result.rows)]
         title = f"{source}, batch {result.batch}, {'training' if training else 'forward'}, {result.dtype}"
         written = str(
             plot_roofline(points, result.roofs, plot_path, title=title + (", compiled" if compile_ else ""))
@@ -174,6 +170,16 @@ def profile(
     if written:
         data["plot"] = written
     click.echo(render_json(data) if fmt == "json" else render_profile(data, fmt))
+
+
+def _layers(rows):
+    """The rows the roofline plots: those with FLOPs and time and no such row under them (the
+    whole model only when nothing else qualifies)."""
+    from flopkit.profile.attribution import under
+
+    usable = [r for r in rows if r.intensity is not None and r.tflops is not None]
+    leaves = [r for r in usable if not any(o is not r and under(o.path, r.path) for o in usable)]
+    return leaves or usable
 
 
 def _flop_rows(config, overrides, factory, input_shape, batch, depth, training, convention):

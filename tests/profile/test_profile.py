@@ -222,3 +222,12 @@ def test_compile_charges_each_compiled_region_and_restores_the_model():
     assert all(by_path[p].forward_ms > 0 for p in result.regions)
     assert by_path[""].forward_ms == pytest.approx(result.op_ms)
     assert not any("forward" in vars(m) for m in model.modules())  # compiled forwards removed
+
+
+def test_roofline_points_are_the_deepest_rows_with_flops():
+    from flopkit.cli.profile import _layers
+
+    _, _, result = tiny_profile(depth=2)
+    paths = [r.path for r in _layers(result.rows)]
+    # patch_embed.proj is counted in patch_embed (no FLOPs of its own), so patch_embed is a point
+    assert paths == ["patch_embed", "blocks.0", "blocks.1", "norm", "head"]
