@@ -3,7 +3,7 @@
 Roofs are measured at the start of each profile, on the same device and dtype, so every
 percentage in the report is against what this machine did a moment ago, not a datasheet:
 
-- **matmul rate**: ``C = A @ B`` with square ``n x n`` operands (``n`` 8192 on CUDA, 512 on
+- **matmul rate**: ``C = A @ B`` with square ``n x n`` operands (``n`` 8192 on CUDA, 1024 on
   CPU), ``2 n^3`` FLOPs per product, best of a few timed repeats;
 - **copy bandwidth**: ``dst.copy_(src)`` of a buffer (1 GiB on CUDA, 32 MiB on CPU), counting the
   bytes read and written (``2 x size``), best of a few repeats.
@@ -88,7 +88,7 @@ def measure_roofs(
     """
     device = torch.device(device)
     cuda = device.type == "cuda"
-    n = matmul_n or (8192 if cuda else 512)
+    n = matmul_n or (8192 if cuda else 1024)
     size = copy_bytes or ((1 << 30) if cuda else (32 << 20))
     inner = 10 if cuda else 1
     tflops = 2 * n**3 / _matmul_seconds(n, device, dtype, inner, repeats) / 1e12

@@ -312,14 +312,18 @@ def profile_model(
                 model(inputs)
 
     def timed(n: int, after: Callable[[], None] = lambda: None) -> float:
+        """Wall ms per step over ``n`` steps, leaving out ``after`` (the profiler's ``step()``,
+        whose last call stops the trace and processes it); the device is synchronised before
+        that last call so that the steps' own work is all inside the measurement."""
         _sync(device)
         start = time.perf_counter()
-        for _ in range(n):
+        for i in range(n):
             step()
+            if i == n - 1:
+                _sync(device)
             after_start = time.perf_counter()
             after()
-            start += time.perf_counter() - after_start  # the profiler's per-step bookkeeping
-        _sync(device)
+            start += time.perf_counter() - after_start
         return (time.perf_counter() - start) / n * 1e3
 
     with limits:
