@@ -28,7 +28,7 @@ Ops outside every range (the loss is wrapped in ``flopkit.loss``, the ``backward
 from __future__ import annotations
 
 import contextlib
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -98,12 +98,14 @@ class Attribution:
 
     ``forward``/``backward`` map an owner (a module path, :data:`LOSS` or :data:`UNATTRIBUTED`)
     to the time charged to it directly (not including its submodules). ``spans`` are the
-    host-side intervals: every flopkit range and backward node, with its owner.
+    host-side intervals: every flopkit range and backward node, with its owner. ``names``
+    counts, per ``(phase, owner)``, the events charged to it (ranges excluded).
     """
 
     forward: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     backward: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     spans: list[Span] = field(default_factory=list)
+    names: dict[tuple[str, str], Counter] = field(default_factory=lambda: defaultdict(Counter))
     total_us: float = 0.0
 
     @property
@@ -246,6 +248,8 @@ def attribute(events: list[OpEvent]) -> Attribution:
             charged = result.forward if phase == "forward" else result.backward
             charged[owner] += e.time_us
             result.total_us += e.time_us
+        if not e.is_range:
+            result.names[phase, owner][e.name] += 1
         is_span = (e.is_range and _range_owner(e.name) is not None and e.name != BACKWARD_RANGE) or (
             e.name.startswith(BACKWARD_NODE_PREFIX)
         )

@@ -3,6 +3,8 @@
 from types import SimpleNamespace
 
 import pytest
+import torch
+from torch import nn
 from torch.autograd import DeviceType
 
 from flopkit.profile.attribution import (
@@ -13,9 +15,11 @@ from flopkit.profile.attribution import (
     LOSS_RANGE,
     RANGE_PREFIX,
     UNATTRIBUTED,
+    ModuleRanges,
     OpEvent,
     attribute,
     events_from_profiler,
+    loss_range,
     under,
 )
 from flopkit.profile.run import busy_us
@@ -203,3 +207,34 @@ def test_busy_time_is_the_union_of_kernel_intervals():
     )  # independent: sample every 0.01 us
     assert busy_us(intervals) == pytest.approx(covered / 100, abs=0.02)
     assert busy_us([]) == 0.0
+
+
+def test_real_profiler_backward_nodes_reach_the_module_of_their_forward_op():
+    """On a real torch.profiler trace: each module's backward holds exactly the backward nodes of
+    its own forward ops (Linear -> addmm/t, Exp -> exp), and the parameters' accumulation."""
+
+    class Exp(nn.Module):
+        def forward(self, x):
+            return torch.exp(x)
+
+    model = nn.Sequential(nn.Linear(8, 8), Exp(), nn.Linear(8, 2))
+    modules = dict(model.named_modules())
+    x = torch.randn(4, 8)
+    with ModuleRanges(modules, grad_paths=list(modules)), torch.profiler.profile() as prof:
+        out = model(x)
+        with loss_range():
+            loss = out.square().sum()
+        with loss_range(backward=True):
+            loss.backward()
+    a = attribute(events_from_profiler(prof.events(), "cpu"))
+
+    def nodes(owner):
+        names = a.names["backward", owner]
+        return {n.removeprefix(BACKWARD_NODE_PREFIX) for n in names if n.startswith(BACKWARD_NODE_PREFIX)}
+
+    assert nodes("0") == {"AddmmBackward0", "TBackward0", "torch::autograd::AccumulateGrad"}
+    assert nodes("1") == {"ExpBackward0"}
+    assert nodes("2") == nodes("0")
+    assert nodes(LOSS) == {"SumBackward0", "PowBackward0"}
+    assert not any(owner == UNATTRIBUTED for _, owner in a.names)
+    assert a.names["forward", "1"]["aten::exp"] == 1 and "aten::addmm" in a.names["forward", "2"]
