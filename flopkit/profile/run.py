@@ -4,7 +4,8 @@
 
 1. the roofs (:func:`~flopkit.profile.roofline.measure_roofs`) on the device, in the run's dtype;
 2. ``warmup`` plain steps (with ``compile``, the compilation happens here), then ``steps`` plain
-   steps timed on the host with a device synchronisation after each: the step's wall time;
+   steps timed on the host, back to back, between two device synchronisations: the step's wall
+   time;
 3. one step with the module ranges on, recording the bytes of each module's inputs and outputs;
 4. ``1 + steps`` steps under ``torch.profiler`` (the first is the profiler's own warm-up), with
    the module ranges on; their wall time gives the profiling overhead.
