@@ -6,10 +6,19 @@ from typing import Any
 
 import click
 
-from flopkit.nn._flops import CONVENTIONS
 from flopkit.report import render_json, render_rows
 
-from .app import CONTEXT, _config_options, _format_option, _load
+from ._options import (
+    CONTEXT,
+    config_argument,
+    convention_option,
+    depth_option,
+    format_option,
+    model_option,
+    resolve_model,
+    set_option,
+)
+from .report import _parse_shape
 
 __all__ = ["profile", "render_profile"]
 
@@ -18,14 +27,9 @@ DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
 
 
 @click.command(context_settings=CONTEXT)
-@click.argument("config", required=False)
-@_config_options
-@click.option(
-    "--model",
-    "factory",
-    metavar="MODULE:FACTORY",
-    help="Profile a user's nn.Module (package.module:fn or file.py:fn); its input is --input-shape.",
-)
+@config_argument(required=False)
+@set_option
+@model_option
 @click.option(
     "--input-shape",
     default=None,
@@ -36,7 +40,7 @@ DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
     "--batch",
     type=click.IntRange(min=1),
     default=None,
-    help="Batch size for CONFIG [default: 8]; with --model the batch is --input-shape's first size.",
+    help="Batch size for CONFIG [default: 8]; with --model the batch is --input-shape's first entry.",
 )
 @click.option("--training", is_flag=True, help="Profile forward + loss + backward (no optimizer).")
 @click.option(
@@ -64,16 +68,8 @@ DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
     show_default=True,
     help="Untimed steps first (compilation happens here).",
 )
-@click.option(
-    "--depth", type=click.IntRange(min=0), default=2, show_default=True, help="Deepest module level shown."
-)
-@click.option(
-    "--convention",
-    type=click.Choice(CONVENTIONS),
-    default="flopkit",
-    show_default=True,
-    help="FLOP convention of the counts, as in report.",
-)
+@depth_option
+@convention_option
 @click.option(
     "--plot",
     "plot_path",
@@ -81,11 +77,11 @@ DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
     default=None,
     help="Write the roofline (PNG): one point per layer, the measured roofs.",
 )
-@_format_option
+@format_option
 def profile(
     config,
     overrides,
-    factory,
+    model_spec,
     input_shape,
     batch,
     training,
@@ -112,6 +108,7 @@ def profile(
     """
     import torch
 
+    from flopkit.inspect.rope import check_plot_path
     from flopkit.profile import DTYPES, deepest_level, plot_roofline, profile_model
 
     if device == "auto":
@@ -134,28 +131,36 @@ def profile(
             raise click.BadParameter(
                 "needs matplotlib: pip install 'flopkit[plot]'", param_hint="--plot"
             ) from None
-    source, meta, rows, shape, legend_extra, cfg = _flop_rows(
-        config, overrides, factory, input_shape, batch, depth, training, convention
+    if plot_path is not None:
+        check_plot_path(plot_path)
+    loaded, flops, shape = _flop_report(
+        config, overrides, model_spec, input_shape, batch, depth, training, convention
     )
-    deepest = deepest_level(meta)
+    deepest = deepest_level(loaded.module)
     if depth > deepest:
         raise click.BadParameter(
-            f"{depth} does not exist: {source}'s modules go {deepest} levels deep (0..{deepest})",
+            f"{depth} does not exist: {loaded.label}'s modules go {deepest} levels deep (0..{deepest})",
             param_hint="--depth",
         )
-    model, inputs = _build(cfg, factory, shape, device)
-    totals = rows[0].breakdown
-    result = profile_model(
-        model,
-        inputs,
-        rows,
-        mfu_flops=totals["matmul"] + totals["attention"],
-        training=training,
-        dtype=DTYPES[dtype],
-        compile=compile_,
-        steps=steps,
-        warmup=warmup,
-    )
+    model, inputs = _build(loaded, shape, device)
+    totals = flops.rows[0].breakdown
+    try:
+        result = profile_model(
+            model,
+            inputs,
+            flops.rows,
+            mfu_flops=totals["matmul"] + totals["attention"],
+            training=training,
+            dtype=DTYPES[dtype],
+            compile=compile_,
+            steps=steps,
+            warmup=warmup,
+        )
+    except torch.cuda.OutOfMemoryError:
+        raise click.UsageError(
+            f"out of memory on {device} at batch {shape[0]} ({dtype}); lower --batch"
+        ) from None
+    source = loaded.label
     written = None
     if plot_path is not None:
         points = [(r.path or "model", r.intensity, r.tflops, r.bound) for r in _layers(result.rows)]
@@ -163,10 +168,13 @@ def profile(
         written = str(
             plot_roofline(points, result.roofs, plot_path, title=title + (", compiled" if compile_ else ""))
         )
-    data: dict[str, Any] = {"source": source, "convention": convention, **result.to_dict()}
-    if cfg is not None:
-        data["config"] = cfg.to_dict()
-    data["legend"] = _legend(result, convention, legend_extra)
+    data: dict[str, Any] = {
+        "source": source,
+        **loaded.to_dict(),
+        "convention": convention,
+        **result.to_dict(),
+    }
+    data["legend"] = _legend(result, flops.legend)
     if written:
         data["plot"] = written
     click.echo(render_json(data) if fmt == "json" else render_profile(data, fmt))
@@ -182,89 +190,76 @@ def _layers(rows):
     return leaves or usable
 
 
-def _flop_rows(config, overrides, factory, input_shape, batch, depth, training, convention):
-    """report's FLOP rows (the same functions ``flopkit report`` calls), the meta model, the input
-    shape and the config (None with --model)."""
-    import torch
-
+def _flop_report(config, overrides, model_spec, input_shape, batch, depth, training, convention):
+    """The model and ``flopkit report``'s rows for it (the same call ``report`` makes), and the
+    input shape of the run."""
     from flopkit.config import model_input
-    from flopkit.flops.analytic import flop_rows, flop_tree
+    from flopkit.flops.summary import flop_report
 
-    if factory is not None:
-        from flopkit.flops.mixed import MIXED_LEGEND, load_factory, mixed_rows
-
-        if config is not None or overrides:
-            raise click.UsageError("give CONFIG (with --set) or --model, not both")
-        if batch is not None:
-            raise click.BadParameter(
-                "with --model the batch is --input-shape's first size", param_hint="--batch"
-            )
-        if input_shape is None:
-            raise click.UsageError("--model needs --input-shape (batch first, e.g. 8,3,224,224)")
-        try:
-            shape = tuple(int(s) for s in input_shape.split(","))
-        except ValueError:
-            shape = ()
-        if not shape or min(shape) < 1:
-            raise click.BadParameter(
-                f"expected comma-separated positive integers, got {input_shape!r}", param_hint="--input-shape"
-            )
-        build = load_factory(factory)
-        with torch.device("meta"):
-            meta = build()
-            if not isinstance(meta, torch.nn.Module):
-                raise TypeError(f"--model: {factory} returned a {type(meta).__name__}, not an nn.Module")
-            rows = mixed_rows(meta.eval(), torch.empty(shape), convention, depth, training)
-        return factory, meta, rows, shape, [MIXED_LEGEND], None
-    if config is None:
-        raise click.UsageError("missing CONFIG (a preset name or a YAML/JSON file), or give --model")
-    if input_shape is not None:
-        raise click.BadParameter("only with --model (CONFIG sets its own input)", param_hint="--input-shape")
-    cfg = _load(config, overrides)
-    meta = cfg.meta_module
-    batch = batch or 8
-    tree = flop_tree(meta, cfg.tokens(meta), convention)
-    rows = flop_rows(meta, tree, depth=depth, batch=batch, training=training)
-    shape = tuple(model_input(cfg, meta, batch, "meta").shape)
-    return config, meta, rows, shape, [], cfg
+    if model_spec is None and input_shape is not None:
+        raise click.BadParameter(
+            "applies to --model only (a config's input follows from it)", param_hint="--input-shape"
+        )
+    if model_spec is not None and batch is not None:
+        raise click.BadParameter(
+            "with --model the batch is the first entry of --input-shape", param_hint="--batch"
+        )
+    loaded = resolve_model(config, overrides, model_spec)
+    if model_spec is not None and input_shape is None:
+        raise click.UsageError("--model needs --input-shape (batch first, e.g. 8,3,224,224)")
+    if loaded.is_config:
+        batch = batch or 8
+        flops = flop_report(
+            loaded.module,
+            num_tokens=loaded.tokens(),
+            convention=convention,
+            depth=depth,
+            batch=batch,
+            training=training,
+        )
+        shape = tuple(model_input(loaded.config, loaded.module, batch, "meta").shape)
+    else:
+        shape = _parse_shape(input_shape)
+        flops = flop_report(
+            loaded.module, input_shape=shape, convention=convention, depth=depth, training=training
+        )
+    return loaded, flops, shape
 
 
-def _build(cfg, factory, shape, device):
+def _build(loaded, shape: tuple[int, ...], device: str):
+    """The model with real (seeded) weights on ``device`` and a random input of ``shape``."""
     import torch
+
+    from flopkit.models import load_factory
 
     torch.manual_seed(0)
-    if cfg is not None:
-        model = cfg.build(device)
+    if loaded.is_config:
+        model = loaded.config.build(device)
     else:
-        from flopkit.flops.mixed import load_factory
-
         with torch.device(device):
-            model = load_factory(factory)()
+            model = load_factory(loaded.spec)()
     return model, torch.randn(shape, device=device)
 
 
-def _legend(result, convention: str, extra: list[str]) -> list[str]:
-    from flopkit.flops.analytic import training_legend
-
+def _legend(result, report_legend: list[str]) -> list[str]:
+    """What the columns mean, then report's own legend for the FLOPs."""
     on_cuda = result.device.startswith("cuda")
     unit = "kernel time on the GPU" if on_cuda else "op self time on the CPU"
     lines = [
         f"Times are per step ({result.steps} profiled after {result.warmup} warm-up), {unit}, charged to the "
         "innermost module that ran the op (backward: the module whose forward op created the autograd node, "
-        "by sequence number); a row includes its submodules, like its FLOPs.",
-        f"FLOPs are flopkit report's ({convention} convention"
-        + (", forward + backward" if result.training else ", forward")
-        + "); minimum bytes = parameters + inputs + outputs (backward: 2*params + 2*inputs + outputs).",
+        "by sequence number); a row includes its submodules, like its FLOPs. host ms: the host time of the "
+        "row's ranges and backward nodes, under the profiler.",
+        "FLOPs are flopkit report's (its legend follows); minimum bytes = parameters + inputs + outputs "
+        "(backward: 2*params + 2*inputs + outputs).",
         f"Roofs measured at the start of this run in {result.dtype}: matmul {result.roofs.matmul_tflops:.4g} "
         f"TFLOP/s ({result.roofs.matmul_n}^3), copy {result.roofs.copy_gbs:.4g} GB/s (read + write of "
         f"{result.roofs.copy_bytes >> 20} MiB); bound = compute or memory by the roofline"
         + ("; launch/host when the layer's host time exceeds its GPU time." if on_cuda else "."),
         "MFU = (matmul + attention FLOPs of the step, the README's rule: training = 3x forward) / plain step "
         "wall time / measured matmul rate.",
-        *extra,
     ]
     if result.training:
-        lines.append(training_legend())
         lines.append(
             "(loss): the loss (cross-entropy on random labels for a classifier, else mean square) and the "
             "backward() call outside autograd nodes."
@@ -276,7 +271,7 @@ def _legend(result, convention: str, extra: list[str]) -> list[str]:
             + (", ..." if len(result.regions) > 6 else "")
             + "; Inductor's kernels never span two rows, so each is charged to its region."
         )
-    return lines
+    return [*lines, *report_legend]
 
 
 def _fmt(value: float | None, spec: str) -> str:

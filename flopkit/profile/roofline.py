@@ -147,6 +147,9 @@ def plot_roofline(
     The roofs are the measured ones: ``min(matmul rate, intensity x copy bandwidth)``.
     Needs matplotlib (the ``plot`` extra).
     """
+    from flopkit.inspect.rope import check_plot_path
+
+    path = check_plot_path(path)
     try:
         import matplotlib
 
@@ -154,7 +157,6 @@ def plot_roofline(
         import matplotlib.pyplot as plt
     except ImportError:
         raise ImportError("--plot needs matplotlib: pip install 'flopkit[plot]'") from None
-    path = Path(path)
     usable = [p for p in points if p[1] > 0 and p[2] > 0]
     if not usable:
         raise ValueError("no layer has both FLOPs and time to plot")

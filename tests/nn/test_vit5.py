@@ -86,7 +86,7 @@ def test_no_cls_mean_pool_and_non_square_image_on_meta_counter():
     assert model.num_tokens == 4 * 6
     with FlopCounterMode(display=False) as counter:
         model(images)
-    bd = model.flop_breakdown(3)
+    bd = model.flop_breakdown(batch_size=3)
     assert counter.get_total_flops() == bd["matmul"] + bd["attention"]
     # final norm over the 24 pooled patch tokens
     assert model.norm.flop_count(model.num_readout_tokens) == 3 * 24 * 64
@@ -133,7 +133,7 @@ def test_state_dict_round_trip():
 
 
 def test_part_flops_by_hand():
-    assert PatchEmbed(32, 8, 3, 16).flop_count(2) == 2 * (2 * 3 * 64 * 16 * 16 + 16 * 16)
+    assert PatchEmbed(32, 8, 3, 16).flop_count(batch_size=2) == 2 * (2 * 3 * 64 * 16 * 16 + 16 * 16)
     assert LayerScale(24).flop_count(10) == 240
     assert Mlp(16, 64).flop_count(5) == 2 * 5 * 16 * 64 + 5 * 64 + 2 * 5 * 64 * 16
     blk = ViT5Block(64, 4, 3, 3, qk_norm=None)
