@@ -12,9 +12,10 @@ The mechanism (exact, no heuristics on names or shapes):
    every backward node as ``autograd::engine::evaluate_function: XBackward0`` with that same
    number. A sequence number is owned by the last forward op that recorded it (the one that
    created the node: after it the counter moves on), and every op inside the backward node,
-   with its kernels, is charged to that owner's module. Gradient accumulation into parameters
-   (``AccumulateGrad``, which has no sequence number) is wrapped in a ``flopkit.grad::PATH``
-   range by hooks on each parameter's accumulator node, ``PATH`` being the parameter's module.
+   with its kernels, is charged to that owner's module. Gradient accumulation into a parameter
+   (``AccumulateGrad``) has no forward op: its sequence number is the largest possible, and the
+   engine's ready queue runs the highest number first, so it runs on the same thread right
+   after the backward node that produced the gradient, whose module it is charged to.
 3. **What is charged.** On CUDA the device time of the kernels an event launched (the profiler
    links each kernel to the innermost op or range open at its launch through its correlation
    id); on CPU an op's self CPU time. The CPU time of a range itself (Python between ops) is
@@ -37,7 +38,6 @@ from torch import nn
 
 __all__ = [
     "RANGE_PREFIX",
-    "GRAD_PREFIX",
     "LOSS_RANGE",
     "BACKWARD_RANGE",
     "LOSS",
@@ -54,7 +54,6 @@ __all__ = [
 ]
 
 RANGE_PREFIX = "flopkit.module::"
-GRAD_PREFIX = "flopkit.grad::"
 LOSS_RANGE = "flopkit.loss"
 BACKWARD_RANGE = "flopkit.backward"
 BACKWARD_NODE_PREFIX = "autograd::engine::evaluate_function: "
@@ -176,8 +175,6 @@ def _range_owner(name: str) -> tuple[str, str] | None:
     """``(phase, owner)`` of one of flopkit's ranges, else None."""
     if name.startswith(RANGE_PREFIX):
         return "forward", name[len(RANGE_PREFIX) :]
-    if name.startswith(GRAD_PREFIX):
-        return "backward", name[len(GRAD_PREFIX) :]
     if name == LOSS_RANGE:
         return "forward", LOSS
     if name == BACKWARD_RANGE:  # the backward() call: seeding the gradient, outside any node
@@ -192,19 +189,6 @@ def attribute(events: list[OpEvent]) -> Attribution:
     ``flopkit.grad::`` ranges count as backward), or a backward node (the module owning its
     sequence number, backward). Events with neither go to :data:`UNATTRIBUTED` (forward).
     """
-    # A backward node without a sequence number (AccumulateGrad) belongs to the grad range it
-    # runs (the engine's bookkeeping around the node is outside the node's hooks).
-    grad_child: dict[int, str] = {}
-    for e in events:
-        parent = events[e.parent] if e.parent is not None else None
-        if (
-            e.is_range
-            and e.name.startswith(GRAD_PREFIX)
-            and parent is not None
-            and parent.name.startswith(BACKWARD_NODE_PREFIX)
-            and parent.sequence_nr < 0
-        ):
-            grad_child[e.parent] = e.name[len(GRAD_PREFIX) :]
 
     def classify(i: int) -> tuple[str, str] | None:
         j: int | None = i
@@ -215,9 +199,7 @@ def attribute(events: list[OpEvent]) -> Attribution:
                 if found is not None:
                     return found
             elif e.name.startswith(BACKWARD_NODE_PREFIX):
-                if j in grad_child:
-                    return "backward", grad_child[j]
-                return "backward", f"#{e.sequence_nr}"
+                return "backward", f"#{j}"
             j = e.parent
         return None
 
@@ -231,13 +213,26 @@ def attribute(events: list[OpEvent]) -> Attribution:
         if best is None or e.start_us >= best[0]:
             seq_owner[e.sequence_nr] = (e.start_us, found[1])
 
+    # The module of each backward node: its sequence number's owner; AccumulateGrad (no number)
+    # takes the owner of the node that ran just before it on its thread.
+    node_owner: dict[int, str] = {}
+    nodes = [i for i, e in enumerate(events) if e.name.startswith(BACKWARD_NODE_PREFIX)]
+    previous: dict[int, str] = {}
+    for i in sorted(nodes, key=lambda i: events[i].start_us):
+        e = events[i]
+        if e.sequence_nr >= 0:
+            owner = seq_owner[e.sequence_nr][1] if e.sequence_nr in seq_owner else UNATTRIBUTED
+            previous[e.thread] = owner
+        else:
+            owner = previous.get(e.thread, UNATTRIBUTED)
+        node_owner[i] = owner
+
     def resolve(found: tuple[str, str] | None) -> tuple[str, str]:
         if found is None:
             return "forward", UNATTRIBUTED
         phase, owner = found
         if owner.startswith("#"):
-            seq = int(owner[1:])
-            return phase, seq_owner[seq][1] if seq in seq_owner else UNATTRIBUTED
+            return phase, node_owner[int(owner[1:])]
         return phase, owner
 
     result = Attribution()
@@ -268,9 +263,7 @@ class ModuleRanges(contextlib.AbstractContextManager):
 
     ``modules`` maps paths to modules (``""`` is the root). Calls through ``__call__`` are
     bracketed by forward pre/post hooks; a module that also runs through ``forward_residual``
-    (``ViT5Block.norm2``) has that method wrapped on the instance. With ``grad_paths`` every
-    parameter's ``AccumulateGrad`` node gets pre/post hooks that open a ``flopkit.grad::PATH``
-    range, ``PATH`` being the deepest of ``grad_paths`` that owns the parameter.
+    (``ViT5Block.norm2``) has that method wrapped on the instance.
 
     Everything is removed on exit. ``io_bytes`` (when ``record_io=True``) accumulates the bytes
     of each module's tensor inputs and outputs over the calls made while active.
@@ -279,16 +272,13 @@ class ModuleRanges(contextlib.AbstractContextManager):
     def __init__(
         self,
         modules: dict[str, nn.Module],
-        grad_paths: Iterable[str] = (),
         record_io: bool = False,
     ) -> None:
         self.modules = modules
-        self.grad_paths = list(grad_paths)
         self.record_io = record_io
         self.io_bytes: dict[str, dict[str, int]] = defaultdict(lambda: {"inputs": 0, "outputs": 0})
         self._handles: list = []
         self._wrapped: list[nn.Module] = []
-        self._accumulators: list = []
         self._open: dict[str, list] = defaultdict(list)
 
     # ------------------------------------------------------------------ ranges
@@ -320,8 +310,6 @@ class ModuleRanges(contextlib.AbstractContextManager):
             self._handles.append(module.register_forward_hook(post, with_kwargs=True, always_call=True))
             if "forward_residual" in dir(type(module)):
                 self._wrap_residual(module, name, path)
-        if self.grad_paths:
-            self._hook_accumulators()
         return self
 
     def _wrap_residual(self, module: nn.Module, name: str, path: str) -> None:
@@ -340,29 +328,12 @@ class ModuleRanges(contextlib.AbstractContextManager):
         module.forward_residual = forward_residual
         self._wrapped.append(module)
 
-    def _hook_accumulators(self) -> None:
-        root = self.modules.get("")
-        if root is None:
-            raise ValueError("grad ranges need the root module under path ''")
-        paths = sorted(self.grad_paths, key=lambda p: -len(p))
-        for pname, param in root.named_parameters():
-            if not param.requires_grad:
-                continue
-            owner = next((p for p in paths if under(pname.rpartition(".")[0], p)), "")
-            # The accumulator node is cached weakly on the parameter: holding it here keeps the
-            # same node (and its hooks) alive across steps.
-            acc = param.view_as(param).grad_fn.next_functions[0][0]
-            name = GRAD_PREFIX + owner
-            self._handles.append(acc.register_prehook(lambda grads, name=name: self._enter(name)))
-            self._handles.append(acc.register_hook(lambda gi, go, name=name: self._exit(name)))
-            self._accumulators.append(acc)
-
     def __exit__(self, *exc) -> None:
         for handle in self._handles:
             handle.remove()
         for module in self._wrapped:
             del module.forward_residual
-        self._handles, self._wrapped, self._accumulators = [], [], []
+        self._handles, self._wrapped = [], []
         for name, stack in self._open.items():
             while stack:
                 self._exit(name)

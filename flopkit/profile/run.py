@@ -341,7 +341,7 @@ def profile_model(
                 step()
             io = {k: dict(v) for k, v in every_module.io_bytes.items()}
             ranged = ranged_paths(modules, paths)
-            with ModuleRanges({p: modules[p] for p in ranged}, grad_paths=ranged if training else ()):
+            with ModuleRanges({p: modules[p] for p in ranged}):
                 captured: list[tuple[Attribution, float, float]] = []
                 activities = [torch.profiler.ProfilerActivity.CPU]
                 if cuda:

@@ -10,7 +10,6 @@ from torch.autograd import DeviceType
 from flopkit.profile.attribution import (
     BACKWARD_NODE_PREFIX,
     BACKWARD_RANGE,
-    GRAD_PREFIX,
     LOSS,
     LOSS_RANGE,
     RANGE_PREFIX,
@@ -90,15 +89,22 @@ def test_a_sequence_number_belongs_to_the_last_forward_op_that_recorded_it():
     assert attribute(t.events).backward == {"b": 5.0}
 
 
-def test_parameter_gradient_accumulation_goes_to_the_parameters_module():
+def test_parameter_gradient_accumulation_goes_to_the_node_that_ran_just_before_it():
+    # The engine runs AccumulateGrad (the largest sequence number) right after the node that
+    # produced the gradient, on the same thread.
     t = Trace()
-    t.module("")
+    root = t.module("")
+    t.add("aten::mm", t.module("head", root), seq=4)
+    t.add("aten::mul", t.module("ls", root), seq=3)
+    t.add("aten::mm", t.node("MmBackward0", 4), time_us=5.0)
     acc = t.node("torch::autograd::AccumulateGrad", -1)
     t.events[acc].time_us = 0.25  # the engine's own time around the node
-    t.add("aten::add_", t.add(GRAD_PREFIX + "head", acc, is_range=True), time_us=2.0)
+    t.add("aten::add_", acc, time_us=2.0)
+    t.add("aten::mul", t.node("MulBackward0", 3), time_us=1.0)
+    t.add("aten::detach", t.node("torch::autograd::AccumulateGrad", -1), time_us=0.5)
+    t.node("torch::autograd::AccumulateGrad", -1, thread=MAIN)  # another thread: nothing ran before it
     a = attribute(t.events)
-    assert a.backward == {"head": 2.25}
-    assert UNATTRIBUTED not in a.backward
+    assert a.backward == {"head": 7.25, "ls": 1.5}
 
 
 def test_loss_and_backward_call_are_charged_to_the_loss_row():
@@ -220,7 +226,7 @@ def test_real_profiler_backward_nodes_reach_the_module_of_their_forward_op():
     model = nn.Sequential(nn.Linear(8, 8), Exp(), nn.Linear(8, 2))
     modules = dict(model.named_modules())
     x = torch.randn(4, 8)
-    with ModuleRanges(modules, grad_paths=list(modules)), torch.profiler.profile() as prof:
+    with ModuleRanges(modules), torch.profiler.profile() as prof:
         out = model(x)
         with loss_range():
             loss = out.square().sum()
