@@ -252,7 +252,7 @@ def _legend(result, report_legend: list[str]) -> list[str]:
         "row's ranges and backward nodes, under the profiler.",
         "FLOPs are flopkit report's (its legend follows); minimum bytes = parameters + inputs + outputs "
         "(backward: 2*params + 2*inputs + outputs).",
-        f"Roofs measured at the start of this run in {result.dtype}: matmul {result.roofs.matmul_tflops:.4g} "
+        f"Roofs measured at the start and the end of this run (the higher kept) in {result.dtype}: matmul {result.roofs.matmul_tflops:.4g} "
         f"TFLOP/s ({result.roofs.matmul_n}^3), copy {result.roofs.copy_gbs:.4g} GB/s (read + write of "
         f"{result.roofs.copy_bytes >> 20} MiB); bound = compute or memory by the roofline"
         + ("; launch/host when the layer's host time exceeds its GPU time." if on_cuda else "."),

@@ -1,7 +1,8 @@
 """The roofs (matmul rate and copy bandwidth measured on the spot), bytes per layer, the bound.
 
-Roofs are measured at the start of each profile, on the same device and dtype, so every
-percentage in the report is against what this machine did a moment ago, not a datasheet:
+Roofs are measured at the start of each profile (and again at its end, keeping the higher), on
+the same device and dtype, so every percentage in the report is against what this machine did
+in the same run, not a datasheet:
 
 - **matmul rate**: ``C = A @ B`` with square ``n x n`` operands (``n`` 8192 on CUDA, 1024 on
   CPU), ``2 n^3`` FLOPs per product, best of a few timed repeats;
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -49,6 +50,15 @@ class Roofs:
     def ridge(self) -> float:
         """Arithmetic intensity (FLOP/byte) where the two roofs meet."""
         return self.matmul_tflops * 1e12 / (self.copy_gbs * 1e9)
+
+    def best(self, other: Roofs) -> Roofs:
+        """Each roof at the higher of two measurements (a busy or throttled moment only lowers
+        what is measured, so the higher is the better estimate of the ceiling)."""
+        return replace(
+            self,
+            matmul_tflops=max(self.matmul_tflops, other.matmul_tflops),
+            copy_gbs=max(self.copy_gbs, other.copy_gbs),
+        )
 
     def to_dict(self) -> dict[str, float | int | str]:
         return {

@@ -231,3 +231,10 @@ def test_roofline_points_are_the_deepest_rows_with_flops():
     paths = [r.path for r in _layers(result.rows)]
     # patch_embed.proj is counted in patch_embed (no FLOPs of its own), so patch_embed is a point
     assert paths == ["patch_embed", "blocks.0", "blocks.1", "norm", "head"]
+
+
+def test_the_better_of_two_roof_measurements_is_kept():
+    other = Roofs(matmul_tflops=0.05, copy_gbs=20.0, matmul_n=0, copy_bytes=0, dtype="float32")
+    best = FIXED_ROOFS.best(other)
+    assert (best.matmul_tflops, best.copy_gbs) == (0.1, 20.0)
+    assert best.ridge == pytest.approx(0.1e12 / 20e9)
