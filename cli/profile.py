@@ -168,12 +168,8 @@ def profile(
         written = str(
             plot_roofline(points, result.roofs, plot_path, title=title + (", compiled" if compile_ else ""))
         )
-    data: dict[str, Any] = {
-        "source": source,
-        **loaded.to_dict(),
-        "convention": convention,
-        **result.to_dict(),
-    }
+    described = {"config": loaded.to_dict()} if loaded.is_config else {"model": loaded.spec}
+    data: dict[str, Any] = {"source": source, **described, "convention": convention, **result.to_dict()}
     data["legend"] = _legend(result, flops.legend)
     if written:
         data["plot"] = written
