@@ -96,8 +96,8 @@ def profile(
     fmt,
 ) -> None:
     """Measured time per layer, forward and backward, with report's FLOPs, achieved TFLOP/s and
-    GB/s against the matmul rate and copy bandwidth measured at the start of the run, the bound
-    of each layer, and the whole step (wall ms, GPU busy ms, host-bound share, MFU).
+    GB/s against the matmul rate and copy bandwidth measured in the same run, the bound of each
+    layer, and the whole step (wall ms, GPU busy ms, host-bound share, MFU).
 
     \b
     Examples:
@@ -109,7 +109,7 @@ def profile(
     import torch
 
     from flopkit.inspect.rope import check_plot_path
-    from flopkit.profile import DTYPES, deepest_level, plot_roofline, profile_model
+    from flopkit.profile import DTYPES, deepest_level, plot_roofline, profile_model, roofline_points
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -125,14 +125,13 @@ def profile(
             "--compile needs at least one warm-up step (it compiles there)", param_hint="--warmup"
         )
     if plot_path is not None:
+        check_plot_path(plot_path)
         try:
             import matplotlib  # noqa: F401
         except ImportError:
             raise click.BadParameter(
                 "needs matplotlib: pip install 'flopkit[plot]'", param_hint="--plot"
             ) from None
-    if plot_path is not None:
-        check_plot_path(plot_path)
     loaded, flops, shape = _flop_report(
         config, overrides, model_spec, input_shape, batch, depth, training, convention
     )
@@ -163,7 +162,7 @@ def profile(
     source = loaded.label
     written = None
     if plot_path is not None:
-        points = [(r.path or "model", r.intensity, r.tflops, r.bound) for r in _layers(result.rows)]
+        points = roofline_points(result.rows)
         title = f"{source}, batch {result.batch}, {'training' if training else 'forward'}, {result.dtype}"
         written = str(
             plot_roofline(points, result.roofs, plot_path, title=title + (", compiled" if compile_ else ""))
@@ -174,16 +173,6 @@ def profile(
     if written:
         data["plot"] = written
     click.echo(render_json(data) if fmt == "json" else render_profile(data, fmt))
-
-
-def _layers(rows):
-    """The rows the roofline plots: those with FLOPs and time and no such row under them (the
-    whole model only when nothing else qualifies)."""
-    from flopkit.profile.attribution import under
-
-    usable = [r for r in rows if r.intensity is not None and r.tflops is not None]
-    leaves = [r for r in usable if not any(o is not r and under(o.path, r.path) for o in usable)]
-    return leaves or usable
 
 
 def _flop_report(config, overrides, model_spec, input_shape, batch, depth, training, convention):

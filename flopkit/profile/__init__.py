@@ -9,7 +9,7 @@ Importing this package imports torch only (matplotlib is imported by the plot).
 """
 
 from .attribution import Attribution, ModuleRanges, OpEvent, attribute, events_from_profiler
-from .roofline import Roofs, classify_bound, measure_roofs, plot_roofline
+from .roofline import Roofs, classify_bound, measure_roofs, plot_roofline, roofline_points
 from .run import DTYPES, ProfileResult, ProfileRow, busy_us, deepest_level, profile_model
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "classify_bound",
     "measure_roofs",
     "plot_roofline",
+    "roofline_points",
     "DTYPES",
     "ProfileResult",
     "ProfileRow",

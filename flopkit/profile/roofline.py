@@ -30,6 +30,7 @@ __all__ = [
     "backward_bytes",
     "classify_bound",
     "plot_roofline",
+    "roofline_points",
     "BOUNDS",
 ]
 
@@ -147,6 +148,16 @@ def classify_bound(
     compute_s = flops / (roofs.matmul_tflops * 1e12)
     memory_s = nbytes / (roofs.copy_gbs * 1e9)
     return "compute" if compute_s >= memory_s else "memory"
+
+
+def roofline_points(rows: Sequence) -> list[tuple[str, float, float, str]]:
+    """``(label, FLOP/byte, TFLOP/s, bound)`` of each layer of a profile: the rows with FLOPs and
+    time and no such row under them (the whole model only when nothing else qualifies)."""
+    from .attribution import under
+
+    usable = [r for r in rows if r.intensity is not None and r.tflops is not None]
+    leaves = [r for r in usable if not any(o is not r and under(o.path, r.path) for o in usable)]
+    return [(r.path or "model", r.intensity, r.tflops, r.bound) for r in leaves or usable]
 
 
 def plot_roofline(

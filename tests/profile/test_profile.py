@@ -12,7 +12,7 @@ from flopkit.cli import app
 from flopkit.config import load_config, model_input
 from flopkit.flops.analytic import flop_rows, flop_tree
 from flopkit.nn.vit5 import ViT5Block
-from flopkit.profile import ModuleRanges, Roofs, classify_bound, plot_roofline, profile_model
+from flopkit.profile import ModuleRanges, Roofs, classify_bound, plot_roofline, profile_model, roofline_points
 from flopkit.profile.attribution import LOSS
 from flopkit.profile.roofline import backward_bytes
 from flopkit.profile.run import compile_regions, ranged_paths
@@ -225,10 +225,8 @@ def test_compile_charges_each_compiled_region_and_restores_the_model():
 
 
 def test_roofline_points_are_the_deepest_rows_with_flops():
-    from flopkit.cli.profile import _layers
-
     _, _, result = tiny_profile(depth=2)
-    paths = [r.path for r in _layers(result.rows)]
+    paths = [label for label, *_ in roofline_points(result.rows)]
     # patch_embed.proj is counted in patch_embed (no FLOPs of its own), so patch_embed is a point
     assert paths == ["patch_embed", "blocks.0", "blocks.1", "norm", "head"]
 
