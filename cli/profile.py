@@ -281,6 +281,10 @@ def render_profile(data: dict[str, Any], fmt: str) -> str:
         "share",
     ]
     rows = data["rows"]
+    if fmt == "csv":  # raw numbers for machine readers: FLOPs, bytes, ms, rates, share as a fraction
+        keys = ["path", "type", "flops", "bytes", "forward_ms", "backward_ms", "host_ms", "tflops", "gbs"]
+        keys += ["matmul_pct", "copy_pct", "bound", "share"]
+        return render_rows(keys, [[r[k] for k in keys] for r in [*rows[1:], rows[0]]], fmt)
     body = []
     for r in [*rows[1:], rows[0]]:
         path = r["path"]
@@ -307,8 +311,6 @@ def render_profile(data: dict[str, Any], fmt: str) -> str:
                 f"{100 * r['share']:.1f}%",
             ]
         )
-    if fmt == "csv":
-        return render_rows(headers, body, fmt)
     roofs = data["roofs"]
     busy = "GPU busy" if data["device"].startswith("cuda") else "CPU op time"
     title = (

@@ -236,3 +236,17 @@ def test_the_better_of_two_roof_measurements_is_kept():
     best = FIXED_ROOFS.best(other)
     assert (best.matmul_tflops, best.copy_gbs) == (0.1, 20.0)
     assert best.ridge == pytest.approx(0.1e12 / 20e9)
+
+
+def test_cli_csv_has_raw_numbers():
+    result = run(
+        "profile", "vit5-small", *[f"--set={k}={v}" for k, v in TINY.items()], "--batch", "2",
+        "--device", "cpu", "--steps", "1", "--warmup", "0", "--depth", "1", "--format", "csv",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].startswith("path,type,flops,bytes,forward_ms")
+    total = lines[-1].split(",")
+    assert (
+        total[0] == "" and total[1] == "ViT5" and int(total[2]) > 0 and float(total[-1]) == pytest.approx(1.0)
+    )
