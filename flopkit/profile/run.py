@@ -410,6 +410,7 @@ def _is_kernel(event) -> bool:
     return (
         event.device_type == DeviceType.CUDA
         and not event.is_user_annotation
+        and getattr(event, "activity_type", None) != "gpu_user_annotation"
         and not event.name.startswith(("flopkit.", "ProfilerStep#"))
     )
 
