@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from flopkit.flops.summary import flop_report
+from flopkit.models import user_code
 from flopkit.report import render_json
 
 from ._options import (
@@ -82,14 +83,15 @@ def report(config, overrides, batch, depth, training, convention, model_spec, in
         )
     else:
         shape = _parse_shape(input_shape or "1,3,224,224")
-        result = flop_report(
-            loaded.module,
-            input_shape=shape,
-            convention=convention,
-            depth=depth,
-            training=training,
-            info={"model": loaded.spec, "input_shape": list(shape)},
-        )
+        with user_code(loaded.spec, f"the forward on input shape {list(shape)}"):
+            result = flop_report(
+                loaded.module,
+                input_shape=shape,
+                convention=convention,
+                depth=depth,
+                training=training,
+                info={"model": loaded.spec, "input_shape": list(shape)},
+            )
     if fmt == "json":
         click.echo(render_json(result.to_dict()))
         return

@@ -10,6 +10,7 @@ exception raised inside the user's factory keeps its type and message.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import sys
@@ -23,7 +24,7 @@ from torch import nn
 
 from flopkit.config import Config, load_config
 
-__all__ = ["ModelError", "LoadedModel", "load_model", "load_factory", "build_from_factory"]
+__all__ = ["ModelError", "LoadedModel", "load_model", "load_factory", "build_from_factory", "user_code"]
 
 
 class ModelError(ValueError):
@@ -107,7 +108,9 @@ def load_factory(spec: str) -> Callable[[], nn.Module]:
     except ModelError:
         raise
     except ModuleNotFoundError as exc:
-        raise ModelError(f"--model {spec}: cannot import {target!r}: {exc}") from None
+        if exc.name is not None and (target == exc.name or target.startswith(exc.name + ".")):
+            raise ModelError(f"--model {spec}: cannot import {target!r}: {exc}") from None
+        raise ModelError(f"--model {spec}: importing {target} raised {_describe(exc)}") from None
     except Exception as exc:  # the user's module failed while importing
         raise ModelError(f"--model {spec}: importing {target} raised {_describe(exc)}") from None
     factory = getattr(module, name, None)
@@ -127,6 +130,18 @@ def build_from_factory(spec: str) -> nn.Module:
     if not isinstance(module, nn.Module):
         raise ModelError(f"--model {spec}: the factory returned a {type(module).__name__}, not an nn.Module")
     return module.eval()
+
+
+@contextlib.contextmanager
+def user_code(spec: str, what: str = "the forward"):
+    """Within the block, any exception (from the user's model code) becomes a :class:`ModelError`
+    naming ``spec`` and keeping the original type and message."""
+    try:
+        yield
+    except ModelError:
+        raise
+    except Exception as exc:
+        raise ModelError(f"--model {spec}: {what} raised {_describe(exc)}") from None
 
 
 def _describe(exc: BaseException) -> str:
