@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import click
@@ -109,6 +110,7 @@ def profile(
     import torch
 
     from flopkit.inspect.rope import check_plot_path
+    from flopkit.models import user_code
     from flopkit.profile import DTYPES, deepest_level, plot_roofline, profile_model, roofline_points
 
     if device == "auto":
@@ -132,29 +134,34 @@ def profile(
             raise click.BadParameter(
                 "needs matplotlib: pip install 'flopkit[plot]'", param_hint="--plot"
             ) from None
-    loaded, flops, shape = _flop_report(
-        config, overrides, model_spec, input_shape, batch, depth, training, convention
-    )
+    loaded, shape = _resolve(config, overrides, model_spec, input_shape, batch)
     deepest = deepest_level(loaded.module)
     if depth > deepest:
-        raise click.BadParameter(
-            f"{depth} does not exist: {loaded.label}'s modules go {deepest} levels deep (0..{deepest})",
-            param_hint="--depth",
-        )
+        source = click.get_current_context().get_parameter_source("depth")
+        if source != click.core.ParameterSource.DEFAULT:
+            raise click.BadParameter(
+                f"{depth} does not exist: {loaded.label}'s modules go {deepest} levels deep (0..{deepest})",
+                param_hint="--depth",
+            )
+        depth = deepest  # the default depth on a shallow model: all of it
+    flops = _flop_report(loaded, shape, depth, training, convention)
     model, inputs = _build(loaded, shape, device)
     totals = flops.rows[0].breakdown
+    # A user's model: its own errors are one line naming the spec (configs' errors are flopkit's).
+    guard = user_code(loaded.spec, "a profiled step") if not loaded.is_config else contextlib.nullcontext()
     try:
-        result = profile_model(
-            model,
-            inputs,
-            flops.rows,
-            mfu_flops=totals["matmul"] + totals["attention"],
-            training=training,
-            dtype=DTYPES[dtype],
-            compile=compile_,
-            steps=steps,
-            warmup=warmup,
-        )
+        with guard:
+            result = profile_model(
+                model,
+                inputs,
+                flops.rows,
+                mfu_flops=totals["matmul"] + totals["attention"],
+                training=training,
+                dtype=DTYPES[dtype],
+                compile=compile_,
+                steps=steps,
+                warmup=warmup,
+            )
     except torch.cuda.OutOfMemoryError:
         raise click.UsageError(
             f"out of memory on {device} at batch {shape[0]} ({dtype}); lower --batch"
@@ -175,11 +182,9 @@ def profile(
     click.echo(render_json(data) if fmt == "json" else render_profile(data, fmt))
 
 
-def _flop_report(config, overrides, model_spec, input_shape, batch, depth, training, convention):
-    """The model and ``flopkit report``'s rows for it (the same call ``report`` makes), and the
-    input shape of the run."""
+def _resolve(config, overrides, model_spec, input_shape, batch):
+    """The model the options name (on the meta device) and the input shape of the run."""
     from flopkit.config import model_input
-    from flopkit.flops.summary import flop_report
 
     if model_spec is None and input_shape is not None:
         raise click.BadParameter(
@@ -190,25 +195,31 @@ def _flop_report(config, overrides, model_spec, input_shape, batch, depth, train
             "with --model the batch is the first entry of --input-shape", param_hint="--batch"
         )
     loaded = resolve_model(config, overrides, model_spec)
-    if model_spec is not None and input_shape is None:
-        raise click.UsageError("--model needs --input-shape (batch first, e.g. 8,3,224,224)")
     if loaded.is_config:
-        batch = batch or 8
-        flops = flop_report(
+        return loaded, tuple(model_input(loaded.config, loaded.module, batch or 8, "meta").shape)
+    if input_shape is None:
+        raise click.UsageError("--model needs --input-shape (batch first, e.g. 8,3,224,224)")
+    return loaded, _parse_shape(input_shape)
+
+
+def _flop_report(loaded, shape, depth, training, convention):
+    """``flopkit report``'s rows for the run (the same call ``report`` makes)."""
+    from flopkit.flops.summary import flop_report
+    from flopkit.models import user_code
+
+    if loaded.is_config:
+        return flop_report(
             loaded.module,
             num_tokens=loaded.tokens(),
             convention=convention,
             depth=depth,
-            batch=batch,
+            batch=shape[0],
             training=training,
         )
-        shape = tuple(model_input(loaded.config, loaded.module, batch, "meta").shape)
-    else:
-        shape = _parse_shape(input_shape)
-        flops = flop_report(
+    with user_code(loaded.spec, f"the forward on input shape {list(shape)}"):
+        return flop_report(
             loaded.module, input_shape=shape, convention=convention, depth=depth, training=training
         )
-    return loaded, flops, shape
 
 
 def _build(loaded, shape: tuple[int, ...], device: str):
@@ -221,7 +232,9 @@ def _build(loaded, shape: tuple[int, ...], device: str):
     if loaded.is_config:
         model = loaded.config.build(device)
     else:
-        with torch.device(device):
+        from flopkit.models import user_code
+
+        with user_code(loaded.spec, f"the factory on {device}"), torch.device(device):
             model = load_factory(loaded.spec)()
     return model, torch.randn(shape, device=device)
 

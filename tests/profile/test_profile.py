@@ -250,3 +250,47 @@ def test_cli_csv_has_raw_numbers():
     assert (
         total[0] == "" and total[1] == "ViT5" and int(total[2]) > 0 and float(total[-1]) == pytest.approx(1.0)
     )
+
+
+USER_MODEL = """
+import torch
+from torch import nn
+
+
+class Small(nn.Module):
+    def __init__(self, fail=False):
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+        self.fail = fail
+
+    def forward(self, x):
+        if self.fail and not self.training and x.device.type == "cpu":
+            raise RuntimeError("boom in the user's forward")
+        return self.fc(x)
+
+
+def build():
+    return Small()
+
+
+def build_failing():
+    return Small(fail=True)
+"""
+
+
+def test_cli_user_model_at_the_default_depth_shows_all_of_a_shallow_model(tmp_path):
+    (tmp_path / "small.py").write_text(USER_MODEL)
+    args = ["--input-shape", "2,4", "--device", "cpu", "--steps", "1", "--warmup", "0", "--format", "json"]
+    result = run("profile", "--model", f"{tmp_path / 'small.py'}:build", *args)
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)["rows"]
+    assert [r["path"] for r in rows] == ["", "fc"] and rows[1]["flops"] == 2 * 2 * 4 * 3
+
+
+def test_cli_user_model_error_is_one_line_naming_the_model(tmp_path):
+    (tmp_path / "small.py").write_text(USER_MODEL)
+    spec = f"{tmp_path / 'small.py'}:build_failing"
+    result = run("profile", "--model", spec, "--input-shape", "2,4", "--device", "cpu", "--warmup", "0")
+    assert result.exit_code == 2
+    assert spec in result.stderr and "boom" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
