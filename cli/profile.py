@@ -61,7 +61,13 @@ DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
     show_default=True,
     help="auto: cuda when a GPU is available, else cpu.",
 )
-@click.option("--steps", type=click.IntRange(min=1), default=10, show_default=True, help="Profiled steps.")
+@click.option(
+    "--steps",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="Steps timed plain, then the same number under the profiler.",
+)
 @click.option(
     "--warmup",
     type=click.IntRange(min=0),
