@@ -16,14 +16,17 @@ The mechanism (exact, no heuristics on names or shapes):
    (``AccumulateGrad``) has no forward op: its sequence number is the largest possible, and the
    engine's ready queue runs the highest number first, so it runs on the same thread right
    after the backward node that produced the gradient, whose module it is charged to.
+   (Module backward hooks with ranges were the alternative: they add a node per module
+   boundary, cost Python time per call, and a backward range cannot isolate one module's nodes
+   when the engine interleaves them; the numbers are exact and free.)
 3. **What is charged.** On CUDA the device time of the kernels an event launched (the profiler
    links each kernel to the innermost op or range open at its launch through its correlation
    id); on CPU an op's self CPU time. The CPU time of a range itself (Python between ops) is
    host time, not op time: it is reported separately, as each row's host ms.
 
 Ops outside every range (the loss is wrapped in ``flopkit.loss``, the ``backward()`` call in
-``flopkit.backward``, both charged to :data:`LOSS`) land in
-:data:`UNATTRIBUTED`; a correct run leaves it near zero, and the step summary reports its share.
+``flopkit.backward``, both charged to :data:`LOSS`) land in :data:`UNATTRIBUTED`; a correct run
+leaves it at zero, and the step summary reports the attributed share.
 """
 
 from __future__ import annotations
