@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from . import bench, inspect, presets, report, validate
+from . import bench, inspect, presets, profile, report, validate
 from ._options import CONTEXT
 
 __all__ = ["main", "app", "COMMANDS"]
@@ -22,6 +22,7 @@ COMMANDS: list[click.Command] = [
     inspect.layout,
     inspect.rope,
     presets.presets,
+    profile.profile,
     bench.bench,
 ]
 

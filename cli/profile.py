@@ -1,0 +1,357 @@
+"""``flopkit profile``: measured time per layer next to report's FLOPs, the roofline, the step."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import click
+
+from flopkit.report import render_json, render_rows
+
+from ._options import (
+    CONTEXT,
+    config_argument,
+    convention_option,
+    depth_option,
+    format_option,
+    model_option,
+    resolve_model,
+    set_option,
+)
+from .report import _parse_shape
+
+__all__ = ["profile", "render_profile"]
+
+DEVICES = ("auto", "cuda", "cpu")
+DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
+
+
+@click.command(context_settings=CONTEXT)
+@config_argument(required=False)
+@set_option
+@model_option
+@click.option(
+    "--input-shape",
+    default=None,
+    metavar="B,...",
+    help="Input shape for --model, batch first (e.g. 8,3,224,224).",
+)
+@click.option(
+    "--batch",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Batch size for CONFIG [default: 8]; with --model the batch is --input-shape's first entry.",
+)
+@click.option("--training", is_flag=True, help="Profile forward + loss + backward (no optimizer).")
+@click.option(
+    "--compile", "compile_", is_flag=True, help="torch.compile each region (the deepest rows) on its own."
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(DTYPE_CHOICES),
+    default="auto",
+    show_default=True,
+    help="Compute dtype (autocast for bfloat16/float16); auto: bfloat16 on CUDA, float32 on CPU.",
+)
+@click.option(
+    "--device",
+    type=click.Choice(DEVICES),
+    default="auto",
+    show_default=True,
+    help="auto: cuda when a GPU is available, else cpu.",
+)
+@click.option(
+    "--steps",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="Steps timed plain, then the same number under the profiler.",
+)
+@click.option(
+    "--warmup",
+    type=click.IntRange(min=0),
+    default=3,
+    show_default=True,
+    help="Untimed steps first (compilation happens here).",
+)
+@depth_option
+@convention_option
+@click.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write the roofline (PNG): one point per layer, the measured roofs.",
+)
+@format_option
+def profile(
+    config,
+    overrides,
+    model_spec,
+    input_shape,
+    batch,
+    training,
+    compile_,
+    dtype,
+    device,
+    steps,
+    warmup,
+    depth,
+    convention,
+    plot_path,
+    fmt,
+) -> None:
+    """Measured time per layer, forward and backward, with report's FLOPs, achieved TFLOP/s and
+    GB/s against the matmul rate and copy bandwidth measured in the same run, the bound of each
+    layer, and the whole step (wall ms, GPU busy ms, host-bound share, MFU).
+
+    \b
+    Examples:
+      flopkit profile vit5-base --batch 128 --training
+      flopkit profile vit5-base --batch 128 --training --compile --plot roofline.png
+      flopkit profile vit5-small --batch 2 --device cpu --training --steps 2 --warmup 1
+      flopkit profile --model examples/custom_model.py:build --input-shape 8,3,224,224
+    """
+    import torch
+
+    from flopkit.inspect.rope import check_plot_path
+    from flopkit.models import user_code
+    from flopkit.profile import DTYPES, deepest_level, plot_roofline, profile_model, roofline_points
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise click.BadParameter(
+            "no CUDA GPU is available (torch.cuda.is_available() is False); use --device cpu",
+            param_hint="--device",
+        )
+    if dtype == "auto":
+        dtype = "bfloat16" if device == "cuda" else "float32"
+    if compile_ and warmup < 1:
+        raise click.BadParameter(
+            "--compile needs at least one warm-up step (it compiles there)", param_hint="--warmup"
+        )
+    if plot_path is not None:
+        check_plot_path(plot_path)
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise click.BadParameter(
+                "needs matplotlib: pip install 'flopkit[plot]'", param_hint="--plot"
+            ) from None
+    loaded, shape = _resolve(config, overrides, model_spec, input_shape, batch)
+    deepest = deepest_level(loaded.module)
+    if depth > deepest:
+        source = click.get_current_context().get_parameter_source("depth")
+        if source != click.core.ParameterSource.DEFAULT:
+            raise click.BadParameter(
+                f"{depth} does not exist: {loaded.label}'s modules go {deepest} levels deep (0..{deepest})",
+                param_hint="--depth",
+            )
+        depth = deepest  # the default depth on a shallow model: all of it
+    flops = _flop_report(loaded, shape, depth, training, convention)
+    model, inputs = _build(loaded, shape, device)
+    totals = flops.rows[0].breakdown
+    # A user's model: its own errors are one line naming the spec (configs' errors are flopkit's).
+    guard = user_code(loaded.spec, "a profiled step") if not loaded.is_config else contextlib.nullcontext()
+    try:
+        with guard:
+            result = profile_model(
+                model,
+                inputs,
+                flops.rows,
+                mfu_flops=totals["matmul"] + totals["attention"],
+                training=training,
+                dtype=DTYPES[dtype],
+                compile=compile_,
+                steps=steps,
+                warmup=warmup,
+            )
+    except torch.cuda.OutOfMemoryError:
+        raise click.UsageError(
+            f"out of memory on {device} at batch {shape[0]} ({dtype}); lower --batch"
+        ) from None
+    source = loaded.label
+    written = None
+    if plot_path is not None:
+        points = roofline_points(result.rows)
+        title = f"{source}, batch {result.batch}, {'training' if training else 'forward'}, {result.dtype}"
+        written = str(
+            plot_roofline(points, result.roofs, plot_path, title=title + (", compiled" if compile_ else ""))
+        )
+    described = {"config": loaded.to_dict()} if loaded.is_config else {"model": loaded.spec}
+    data: dict[str, Any] = {"source": source, **described, "convention": convention, **result.to_dict()}
+    data["legend"] = _legend(result, flops.legend)
+    if written:
+        data["plot"] = written
+    click.echo(render_json(data) if fmt == "json" else render_profile(data, fmt))
+
+
+def _resolve(config, overrides, model_spec, input_shape, batch):
+    """The model the options name (on the meta device) and the input shape of the run."""
+    from flopkit.config import model_input
+
+    if model_spec is None and input_shape is not None:
+        raise click.BadParameter(
+            "applies to --model only (a config's input follows from it)", param_hint="--input-shape"
+        )
+    if model_spec is not None and batch is not None:
+        raise click.BadParameter(
+            "with --model the batch is the first entry of --input-shape", param_hint="--batch"
+        )
+    loaded = resolve_model(config, overrides, model_spec)
+    if loaded.is_config:
+        return loaded, tuple(model_input(loaded.config, loaded.module, batch or 8, "meta").shape)
+    if input_shape is None:
+        raise click.UsageError("--model needs --input-shape (batch first, e.g. 8,3,224,224)")
+    return loaded, _parse_shape(input_shape)
+
+
+def _flop_report(loaded, shape, depth, training, convention):
+    """``flopkit report``'s rows for the run (the same call ``report`` makes)."""
+    from flopkit.flops.summary import flop_report
+    from flopkit.models import user_code
+
+    if loaded.is_config:
+        return flop_report(
+            loaded.module,
+            num_tokens=loaded.tokens(),
+            convention=convention,
+            depth=depth,
+            batch=shape[0],
+            training=training,
+        )
+    with user_code(loaded.spec, f"the forward on input shape {list(shape)}"):
+        return flop_report(
+            loaded.module, input_shape=shape, convention=convention, depth=depth, training=training
+        )
+
+
+def _build(loaded, shape: tuple[int, ...], device: str):
+    """The model with real (seeded) weights on ``device`` and a random input of ``shape``."""
+    import torch
+
+    from flopkit.models import load_factory
+
+    torch.manual_seed(0)
+    if loaded.is_config:
+        model = loaded.config.build(device)
+    else:
+        from flopkit.models import user_code
+
+        with user_code(loaded.spec, f"the factory on {device}"), torch.device(device):
+            model = load_factory(loaded.spec)()
+    return model, torch.randn(shape, device=device)
+
+
+def _legend(result, report_legend: list[str]) -> list[str]:
+    """What the columns mean, then report's own legend for the FLOPs."""
+    on_cuda = result.device.startswith("cuda")
+    unit = "kernel time on the GPU" if on_cuda else "op self time on the CPU"
+    lines = [
+        f"Times are per step ({result.steps} profiled after {result.warmup} warm-up), {unit}, charged to the "
+        "innermost module that ran the op (backward: the module whose forward op created the autograd node, "
+        "by sequence number); a row includes its submodules, like its FLOPs. host ms: the host time of the "
+        "row's ranges and backward nodes, under the profiler.",
+        "FLOPs are flopkit report's (its legend follows); minimum bytes = parameters + inputs + outputs "
+        "(backward: 2*params + 2*inputs + outputs).",
+        f"Roofs measured at the start and the end of this run (the higher kept) in {result.dtype}: matmul {result.roofs.matmul_tflops:.4g} "
+        f"TFLOP/s ({result.roofs.matmul_n}^3), copy {result.roofs.copy_gbs:.4g} GB/s (read + write of "
+        f"{result.roofs.copy_bytes >> 20} MiB); bound = compute or memory by the roofline"
+        + ("; launch/host when the layer's host time exceeds its GPU time." if on_cuda else "."),
+        "MFU = (matmul + attention FLOPs of the step, the README's rule: training = 3x forward) / plain step "
+        "wall time / measured matmul rate.",
+    ]
+    if result.training:
+        lines.append(
+            "(loss): the loss (cross-entropy on random labels for a classifier, else mean square) and the "
+            "backward() call outside autograd nodes."
+        )
+    if result.compiled:
+        lines.append(
+            "--compile: each region compiled on its own (regional compilation): "
+            + ", ".join(result.regions[:6])
+            + (", ..." if len(result.regions) > 6 else "")
+            + "; Inductor's kernels never span two rows, so each is charged to its region."
+        )
+    return [*lines, *report_legend]
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def render_profile(data: dict[str, Any], fmt: str) -> str:
+    """The profile's JSON form (what ``--format json`` prints) as a table, markdown or CSV."""
+    headers = [
+        "module",
+        "type",
+        "GFLOP",
+        "min MB",
+        "fwd ms",
+        "bwd ms",
+        "host ms",
+        "TFLOP/s",
+        "GB/s",
+        "% matmul",
+        "% copy",
+        "bound",
+        "share",
+    ]
+    rows = data["rows"]
+    if fmt == "csv":  # raw numbers for machine readers: FLOPs, bytes, ms, rates, share as a fraction
+        keys = ["path", "type", "flops", "bytes", "forward_ms", "backward_ms", "host_ms", "tflops", "gbs"]
+        keys += ["matmul_pct", "copy_pct", "bound", "share"]
+        return render_rows(keys, [[r[k] for k in keys] for r in [*rows[1:], rows[0]]], fmt)
+    body = []
+    for r in [*rows[1:], rows[0]]:
+        path = r["path"]
+        name = path or "TOTAL"
+        if fmt == "table" and path and not path.startswith("("):
+            name = "  " * path.count(".") + path
+        flops = r["flops"]
+        body.append(
+            [
+                name,
+                r["type"],
+                (f"in {r['counted_in']}" if r["counted_in"] else "-")
+                if flops is None
+                else f"{flops / 1e9:.3f}",
+                _fmt(r["bytes"] / 1e6 if r["bytes"] is not None else None, ".2f"),
+                f"{r['forward_ms']:.3f}",
+                f"{r['backward_ms']:.3f}" if data["training"] else "-",
+                f"{r['host_ms']:.3f}",
+                _fmt(r["tflops"], ".3g"),
+                _fmt(r["gbs"], ".4g"),
+                _fmt(r["matmul_pct"], ".1f"),
+                _fmt(r["copy_pct"], ".1f"),
+                r["bound"] or "-",
+                f"{100 * r['share']:.1f}%",
+            ]
+        )
+    roofs = data["roofs"]
+    busy = "GPU busy" if data["device"].startswith("cuda") else "CPU op time"
+    title = (
+        f"{data['source']}: profile, batch {data['batch']}, "
+        f"{'training step' if data['training'] else 'forward'}, {data['dtype']} on {data['device']}"
+        f"{', compiled' if data['compile'] else ''}"
+    )
+    table = render_rows(headers, body, fmt, title=title)
+    summary = [
+        ["step (wall)", f"{data['step_ms']:.3f} ms"],
+        [busy, f"{data['gpu_ms']:.3f} ms"],
+        ["host-bound share", f"{100 * data['host_bound_share']:.1f}%"],
+        ["MFU", f"{100 * data['mfu']:.1f}% ({data['mfu_flops'] / 1e9:.2f} GFLOP per step)"],
+        [
+            "charged to layers + loss",
+            f"{100 * data['attributed_share']:.2f}% of {data['op_ms']:.3f} ms "
+            f"(profiler total {data['profiler_total_ms']:.3f} ms)",
+        ],
+        ["step under the profiler", f"{data['profiled_step_ms']:.3f} ms ({100 * data['overhead']:+.1f}%)"],
+        ["matmul rate", f"{roofs['matmul_tflops']:.4g} TFLOP/s"],
+        ["copy bandwidth", f"{roofs['copy_gbs']:.4g} GB/s"],
+    ]
+    if data.get("plot"):
+        summary.append(["roofline", data["plot"]])
+    return f"{table}\n\n" + render_rows(["step", ""], summary, fmt, notes=data["legend"])

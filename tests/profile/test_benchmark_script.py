@@ -1,0 +1,70 @@
+"""benchmarks/profile_vit5.py (the GPU run) on CPU: its acceptance checks and one tiny run."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "profile_vit5.py"
+TINY = str(Path(__file__).resolve().parents[2] / "examples" / "vit5-tiny.yaml")
+
+
+@pytest.fixture(scope="module")
+def script():
+    spec = importlib.util.spec_from_file_location("profile_vit5", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _profile(root_ms, loss_ms, total_ms, overhead, flops):
+    return {
+        "rows": [
+            {"path": "", "flops": flops, "forward_ms": root_ms / 2, "backward_ms": root_ms / 2},
+            {"path": "head", "flops": 10, "forward_ms": 1.0, "backward_ms": 1.0},
+            {"path": "(loss)", "flops": None, "forward_ms": loss_ms, "backward_ms": 0.0},
+        ],
+        "profiler_total_ms": total_ms,
+        "overhead": overhead,
+    }
+
+
+REPORT = {
+    "rows": [
+        {"path": "", "flops": 100, "counted_in": None},
+        {"path": "head", "flops": 10, "counted_in": None},
+    ]
+}
+
+
+def test_acceptance_passes_within_three_percent(script):
+    c = script.acceptance(_profile(97.0, 0.5, 100.0, 0.05, 100), REPORT)
+    assert c["charged_ms"] == 97.5 and c["gap"] == pytest.approx(0.025)
+    assert c["adds_up"] and c["flops_equal"] and c["overhead_ok"]
+
+
+@pytest.mark.parametrize(
+    ("profile", "failing"),
+    [
+        ((90.0, 0.5, 100.0, 0.05, 100), "adds_up"),  # 9.5 % of the kernels charged to nothing
+        ((99.0, 0.5, 100.0, 0.15, 100), "overhead_ok"),
+        ((99.0, 0.5, 100.0, 0.05, 101), "flops_equal"),
+    ],
+)
+def test_acceptance_fails_each_check(script, profile, failing):
+    c = script.acceptance(_profile(*profile), REPORT)
+    assert not c[failing]
+    assert all(c[k] for k in ("adds_up", "flops_equal", "overhead_ok") if k != failing)
+
+
+def test_a_tiny_cpu_run_writes_json_markdown_and_png(script, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("OUT", str(tmp_path))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # small CPU runs; a shared runner thrashes otherwise
+    args = ["--preset", TINY, "--batch", "2", "--steps", "1", "--warmup", "0", "--device", "cpu"]
+    script.main([*args, "--variants", "eager", "--tolerance", "0.05"])
+    data = json.loads((tmp_path / "profile_vit5-tiny_eager.json").read_text())
+    assert data["acceptance"]["flops_equal"] and data["acceptance"]["adds_up"]
+    assert (tmp_path / "profile_vit5-tiny_eager.md").read_text().count("\n") > 10
+    assert (tmp_path / "profile_vit5-tiny_eager.png").read_bytes()[:4] == b"\x89PNG"
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("eager")
