@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from flopkit.nn import PRESETS, Mlp, RMSNorm, ViT5, ViT5Attention, ViT5Block
+from flopkit.nn.rope import ROPE_TABLES
 
 __all__ = [
     "ConfigError",
@@ -50,6 +51,7 @@ class ConfigError(ValueError):
 SIZE = "size"
 QK_NORMS = (None, "rmsnorm", "headnorm")
 PAIRINGS = ("split_half", "interleaved")
+
 MODEL_FIELDS: dict[str, Any] = {
     "image_size": SIZE,
     "patch_size": int,
@@ -65,6 +67,14 @@ MODEL_FIELDS: dict[str, Any] = {
     "reg_rope_base": float,
     "rope_pairing": PAIRINGS,
     "num_classes": int,
+    "cls_first": bool,
+    "qkv_bias": bool,
+    "proj_bias": bool,
+    "mlp_bias": bool,
+    "patch_bias": bool,
+    "head_bias": bool,
+    "rope_tables": ROPE_TABLES,
+    "norm_cast_before_weight": bool,
 }
 
 _LAYOUT_FIELDS: dict[str, Any] = {
@@ -78,6 +88,8 @@ _LAYOUT_FIELDS: dict[str, Any] = {
     "rope_base": float,
     "reg_rope_base": float,
     "rope_pairing": PAIRINGS,
+    "cls_first": bool,
+    "rope_tables": ROPE_TABLES,
 }
 
 

@@ -51,7 +51,9 @@ def parse_token_spec(spec: str, num_tokens: int) -> list[int]:
 
 def rope_tables(attn: ViT5Attention, dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
     """``(cos, sin)``, each ``[T, D]``, of ``attn`` on CPU."""
-    return build_rope_tables(attn.layout, attn.head_dim, attn.rope_base, attn.reg_rope_base, dtype=dtype)
+    return build_rope_tables(
+        attn.layout, attn.head_dim, attn.rope_base, attn.reg_rope_base, dtype=dtype, tables=attn.rope_tables
+    )
 
 
 def rope_channels(head_dim: int, per_axis: int = 2) -> list[int]:
@@ -131,10 +133,13 @@ def rope_summary(attn: ViT5Attention, pairing: str | None = None) -> dict[str, A
 def _boundaries(layout) -> list[tuple[int, str, str]]:
     """``(first row, label, colour)`` of each token-kind boundary."""
     out = []
-    if layout.has_cls:
+    if layout.has_cls and layout.cls_first:
+        out.append((layout.patch_start, f"CLS | patches (row {layout.patch_start})", "black"))
+    elif layout.has_cls:
         out.append((layout.cls_index, f"patches | CLS (row {layout.cls_index})", "black"))
     if layout.num_registers:
-        label = f"{'CLS' if layout.has_cls else 'patches'} | registers (row {layout.register_start})"
+        before = "CLS" if layout.has_cls and not layout.cls_first else "patches"
+        label = f"{before} | registers (row {layout.register_start})"
         out.append((layout.register_start, label, "limegreen"))
     return out
 

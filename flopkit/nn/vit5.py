@@ -2,7 +2,12 @@
 
 Token layout ``[patches, CLS?, registers]``; pre-norm blocks ``x + LS(attn(RMSNorm(x)))``,
 ``x + LS(mlp(RMSNorm(x)))``; final RMSNorm on the readout (the CLS token, or the patches,
-mean-pooled, without CLS); bias-free linear head. No biases anywhere, as upstream.
+mean-pooled, without CLS); bias-free linear head. No biases anywhere, as nvSubquadratic.
+
+The official ViT-5 (``models_vit5.py``) is the same network with options: CLS first
+(``cls_first``), biases on the patch conv, ``proj``, the MLP and the head, its float32 RoPE tables
+(``rope_tables="official"``, interleaved pairing) and its norm cast order
+(``norm_cast_before_weight``): the ``*-official`` presets.
 """
 
 from __future__ import annotations
@@ -20,7 +25,16 @@ from ._flops import CompositeFlops, check_convention, empty_breakdown
 from .attention import ViT5Attention
 from .norms import RMSNorm
 
-__all__ = ["PatchEmbed", "Mlp", "LayerScale", "ViT5Block", "ViT5", "PRESETS", "preset_names"]
+__all__ = [
+    "PatchEmbed",
+    "Mlp",
+    "LayerScale",
+    "ViT5Block",
+    "ViT5",
+    "PRESETS",
+    "OFFICIAL_LAYOUT",
+    "preset_names",
+]
 
 # Presets are data: the fields that differ from ViT5's defaults (patch 16, image 224, R = 4,
 # CLS, MLP x4, GELU, LayerScale 1e-4, RMSNorm eps 1e-6, QK-norm RMSNorm).
@@ -30,6 +44,18 @@ PRESETS: dict[str, dict[str, Any]] = {
     "vit5-large": {"hidden_dim": 1024, "depth": 24, "num_heads": 16},
     "vit5-xlarge": {"hidden_dim": 1152, "depth": 28, "num_heads": 16},
 }
+# The official ViT-5 layout (wangf3014/ViT-5 ``models_vit5.py``): what differs from nvSubquadratic's.
+OFFICIAL_LAYOUT: dict[str, Any] = {
+    "cls_first": True,
+    "patch_bias": True,
+    "proj_bias": True,
+    "mlp_bias": True,
+    "head_bias": True,
+    "rope_pairing": "interleaved",
+    "rope_tables": "official",
+    "norm_cast_before_weight": True,
+}
+PRESETS.update({f"{name}-official": {**fields, **OFFICIAL_LAYOUT} for name, fields in list(PRESETS.items())})
 
 
 def preset_names() -> list[str]:
@@ -48,7 +74,8 @@ class PatchEmbed(nn.Module):
     """Non-overlapping patches -> tokens, plus a learnable absolute position embedding over patches.
 
     ``[B, C_in, H, W]`` -> ``[B, N, C]`` with ``N = (H/P) * (W/P)``, patches row-major.
-    FLOPs per image: ``2 * C_in * P^2 * C * N`` (matmul) ``+ N * C`` (position add, elementwise).
+    FLOPs per image: ``2 * C_in * P^2 * C * N`` (matmul) ``+ N * C`` (position add, elementwise)
+    ``+ N * C`` with ``bias`` (the conv's bias add, elementwise).
     """
 
     def __init__(
@@ -57,6 +84,7 @@ class PatchEmbed(nn.Module):
         patch_size: int = 16,
         in_channels: int = 3,
         hidden_dim: int = 768,
+        bias: bool = False,
     ) -> None:
         super().__init__()
         self.image_size = _pair(image_size, "image_size")
@@ -72,7 +100,7 @@ class PatchEmbed(nn.Module):
         self.hidden_dim = hidden_dim
         self.grid_size = (self.image_size[0] // patch_size, self.image_size[1] // patch_size)
         self.num_patches = self.grid_size[0] * self.grid_size[1]
-        self.proj = nn.Conv2d(in_channels, hidden_dim, patch_size, stride=patch_size, bias=False)
+        self.proj = nn.Conv2d(in_channels, hidden_dim, patch_size, stride=patch_size, bias=bias)
         self.pos_embed = nn.Parameter(torch.zeros(1, self.num_patches, hidden_dim))
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
 
@@ -89,17 +117,18 @@ class PatchEmbed(nn.Module):
         out = empty_breakdown()
         n, c = self.num_patches, self.hidden_dim
         out["matmul"] = 2 * self.in_channels * self.patch_size**2 * c * n * num_images
-        out["elementwise"] = n * c * num_images
+        out["elementwise"] = n * c * num_images * (2 if self.proj.bias is not None else 1)
         return out
 
     def flop_count(self, num_images: int = 1) -> int:
-        """``(2 * C_in * P^2 * C * N + N * C) * num_images``."""
+        """``(2 * C_in * P^2 * C * N + N * C (+ N * C with bias)) * num_images``."""
         return sum(self.flop_breakdown(num_images).values())
 
     def extra_repr(self) -> str:
         return (
             f"image_size={self.image_size}, patch_size={self.patch_size}, in_channels={self.in_channels}, "
             f"hidden_dim={self.hidden_dim}, grid={self.grid_size[0]}x{self.grid_size[1]}"
+            + (", bias=True" if self.proj.bias is not None else "")
         )
 
 
@@ -163,7 +192,8 @@ class Mlp(CompositeFlops, nn.Module):
         ]
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, hidden_features={self.hidden_features}"
+        bias = ", bias=True" if self.fc1.bias is not None else ""
+        return f"in_features={self.in_features}, hidden_features={self.hidden_features}{bias}"
 
 
 class ViT5Block(CompositeFlops, nn.Module):
@@ -192,10 +222,17 @@ class ViT5Block(CompositeFlops, nn.Module):
         attn_dropout: float = 0.0,
         proj_dropout: float = 0.0,
         use_triton: bool = True,
+        cls_first: bool = False,
+        qkv_bias: bool = False,
+        proj_bias: bool = False,
+        mlp_bias: bool = False,
+        rope_tables: str = "flopkit",
+        norm_cast_before_weight: bool = False,
     ) -> None:
         super().__init__()
         self.num_tokens = num_patches_h * num_patches_w + int(has_cls) + num_registers
-        self.norm1 = RMSNorm(hidden_dim, eps=norm_eps, use_triton=use_triton)
+        norm_kw = {"eps": norm_eps, "use_triton": use_triton, "cast_before_weight": norm_cast_before_weight}
+        self.norm1 = RMSNorm(hidden_dim, **norm_kw)
         self.attn = ViT5Attention(
             hidden_dim,
             num_heads,
@@ -210,13 +247,18 @@ class ViT5Block(CompositeFlops, nn.Module):
             proj_dropout=proj_dropout,
             rope_pairing=rope_pairing,
             use_triton=use_triton,
+            cls_first=cls_first,
+            qkv_bias=qkv_bias,
+            out_proj_bias=proj_bias,
+            rope_tables=rope_tables,
+            norm_cast_before_weight=norm_cast_before_weight,
         )
         self.ls1 = LayerScale(hidden_dim, layer_scale_init) if layer_scale_init else nn.Identity()
-        self.norm2 = RMSNorm(hidden_dim, eps=norm_eps, use_triton=use_triton)
+        self.norm2 = RMSNorm(hidden_dim, **norm_kw)
         hidden = int(hidden_dim * mlp_ratio)
         if hidden <= 0:
             raise ValueError(f"mlp_ratio must give a positive MLP width, got mlp_ratio={mlp_ratio}")
-        self.mlp = Mlp(hidden_dim, hidden)
+        self.mlp = Mlp(hidden_dim, hidden, bias=mlp_bias)
         self.ls2 = LayerScale(hidden_dim, layer_scale_init) if layer_scale_init else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -270,6 +312,14 @@ class ViT5(CompositeFlops, nn.Module):
         attn_dropout: float = 0.0,
         proj_dropout: float = 0.0,
         use_triton: bool = True,
+        cls_first: bool = False,
+        qkv_bias: bool = False,
+        proj_bias: bool = False,
+        mlp_bias: bool = False,
+        patch_bias: bool = False,
+        head_bias: bool = False,
+        rope_tables: str = "flopkit",
+        norm_cast_before_weight: bool = False,
     ) -> None:
         super().__init__()
         for name, value, low in (
@@ -281,12 +331,13 @@ class ViT5(CompositeFlops, nn.Module):
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
         given = locals()
         self.config = {k: given[k] for k in inspect.signature(ViT5.__init__).parameters if k != "self"}
-        self.patch_embed = PatchEmbed(image_size, patch_size, in_channels, hidden_dim)
+        self.patch_embed = PatchEmbed(image_size, patch_size, in_channels, hidden_dim, bias=patch_bias)
         gh, gw = self.patch_embed.grid_size
         self.hidden_dim = hidden_dim
         self.depth = depth
         self.num_heads = num_heads
         self.has_cls = bool(has_cls)
+        self.cls_first = bool(cls_first) and self.has_cls
         self.num_registers = num_registers
         self.num_classes = num_classes
         self.blocks = nn.ModuleList(
@@ -307,6 +358,12 @@ class ViT5(CompositeFlops, nn.Module):
                 attn_dropout=attn_dropout,
                 proj_dropout=proj_dropout,
                 use_triton=use_triton,
+                cls_first=cls_first,
+                qkv_bias=qkv_bias,
+                proj_bias=proj_bias,
+                mlp_bias=mlp_bias,
+                rope_tables=rope_tables,
+                norm_cast_before_weight=norm_cast_before_weight,
             )
             for _ in range(depth)
         )
@@ -317,8 +374,10 @@ class ViT5(CompositeFlops, nn.Module):
         for token in (self.cls_token, self.reg_token):
             if token is not None:
                 nn.init.trunc_normal_(token, std=0.02)
-        self.norm = RMSNorm(hidden_dim, eps=norm_eps, use_triton=use_triton)
-        self.head = nn.Linear(hidden_dim, num_classes, bias=False) if num_classes else nn.Identity()
+        self.norm = RMSNorm(
+            hidden_dim, eps=norm_eps, use_triton=use_triton, cast_before_weight=norm_cast_before_weight
+        )
+        self.head = nn.Linear(hidden_dim, num_classes, bias=head_bias) if num_classes else nn.Identity()
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> ViT5:
@@ -347,9 +406,14 @@ class ViT5(CompositeFlops, nn.Module):
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """``[B, C_in, H, W]`` -> token sequence after the blocks, ``[B, T, C]``."""
         x = self.patch_embed(images)
-        extra = [t.expand(x.shape[0], -1, -1) for t in (self.cls_token, self.reg_token) if t is not None]
-        if extra:
-            x = torch.cat([x, *extra], dim=1)
+        parts = [
+            x,
+            *(t.expand(x.shape[0], -1, -1) for t in (self.cls_token, self.reg_token) if t is not None),
+        ]
+        if self.cls_first:
+            parts[0], parts[1] = parts[1], parts[0]
+        if len(parts) > 1:
+            x = torch.cat(parts, dim=1)
         for block in self.blocks:
             x = block(x)
         return x
@@ -357,7 +421,10 @@ class ViT5(CompositeFlops, nn.Module):
     def forward_head(self, tokens: torch.Tensor) -> torch.Tensor:
         """Final norm on the readout token(s), pooling, head: ``[B, T, C]`` -> ``[B, num_classes]``."""
         n = self.patch_embed.num_patches
-        feats = self.norm(tokens[:, n]) if self.has_cls else self.norm(tokens[:, :n]).mean(dim=1)
+        if self.has_cls:
+            feats = self.norm(tokens[:, self.layout.cls_index])
+        else:
+            feats = self.norm(tokens[:, :n]).mean(dim=1)
         return self.head(feats)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -389,4 +456,6 @@ class ViT5(CompositeFlops, nn.Module):
         return (
             f"hidden_dim={self.hidden_dim}, depth={self.depth}, num_heads={self.num_heads}, "
             f"num_tokens={self.num_tokens} ({self.layout.describe()}), num_classes={self.num_classes}"
+            + (", cls_first=True" if self.cls_first else "")
+            + (", head_bias=True" if getattr(self.head, "bias", None) is not None else "")
         )

@@ -169,6 +169,17 @@ def test_wrong_image_size_in_forward():
 
 
 def test_presets_are_data():
-    assert set(PRESETS) == set(SIZES)
+    assert set(PRESETS) == set(SIZES) | {f"{name}-official" for name in SIZES}
+    official = {
+        "cls_first": True,
+        "patch_bias": True,
+        "proj_bias": True,
+        "mlp_bias": True,
+        "head_bias": True,
+        "rope_pairing": "interleaved",
+        "rope_tables": "official",
+        "norm_cast_before_weight": True,
+    }
     for name, (C, depth, H) in SIZES.items():
         assert PRESETS[name] == {"hidden_dim": C, "depth": depth, "num_heads": H}
+        assert PRESETS[f"{name}-official"] == {**PRESETS[name], **official}
