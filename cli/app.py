@@ -441,7 +441,7 @@ def layout(config, overrides, list_tokens, fmt) -> None:
             ["kind", "indices", "count", "grid"],
             [list(r.values()) for r in ranges],
             fmt,
-            title=f"{config}: token layout [patches, CLS?, registers], T = {lay.describe()}",
+            title=f"{config}: token layout {lay.order()}, T = {lay.describe()}",
         )
     )
 
@@ -636,3 +636,8 @@ def bench(args) -> None:
         click.echo(f"== {script.name}")
         status |= subprocess.call([sys.executable, str(script), *args])
     sys.exit(status)
+
+
+from .convert import convert  # noqa: E402  (one module per command group)
+
+app.add_command(convert)

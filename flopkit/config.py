@@ -4,6 +4,8 @@ A config is either
 
 * a **model**: a preset name (``vit5-small`` ...) or a file holding ``preset:`` and/or ViT5 fields
   (:data:`MODEL_FIELDS`); or
+* a **weights file** (``.pth``, ``.pt``, ``.bin``, ``.ckpt``, ``.safetensors``) of either upstream
+  ViT-5 layout or flopkit's: the model its tensors describe (:mod:`flopkit.checkpoints`); or
 * a single **module**: a file holding ``module: ViT5Attention`` (or another name in :data:`MODULES`)
   plus that module's arguments and ``num_tokens``, so one layer can be inspected alone.
 
@@ -27,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from flopkit.checkpoints import is_checkpoint_path
 from flopkit.nn import PRESETS, Mlp, RMSNorm, ViT5, ViT5Attention, ViT5Block
 from flopkit.nn.rope import ROPE_TABLES
 
@@ -339,6 +342,10 @@ def load_config(source: str, overrides: Mapping[str, Any] | Iterable[str] = ()) 
     """
     if not isinstance(overrides, Mapping):
         overrides = parse_overrides(overrides)
+    if is_checkpoint_path(source):
+        config = _checkpoint_config(source, overrides)
+        config.check()
+        return config
     if source in PRESETS:
         data: dict[str, Any] = {"preset": source}
     elif _looks_like_path(source) or Path(source).exists():
@@ -352,6 +359,21 @@ def load_config(source: str, overrides: Mapping[str, Any] | Iterable[str] = ()) 
     config = _validate(data, source)
     config.check()
     return config
+
+
+def _checkpoint_config(path: str, overrides: Mapping[str, Any]) -> Config:
+    """The model a weights file holds (architecture read off its tensors), with ``overrides``."""
+    from flopkit.checkpoints import CheckpointError, infer_config
+
+    try:
+        fields = infer_config(path)
+    except CheckpointError as exc:
+        raise ConfigError(_one_line(exc)) from None
+    if fields.get("num_heads") is None and "num_heads" not in overrides:
+        raise ConfigError(f"{path}: no QK-norm weight to read the head count from; give --set num_heads=H")
+    # Overrides go through the same validation as any config's (a preset stands in for the fields).
+    checked = _validate({"preset": next(iter(PRESETS)), **overrides}, path).fields
+    return Config(source=path, fields={**fields, **checked})
 
 
 def _validate(data: dict[str, Any], source: str) -> Config:

@@ -97,6 +97,15 @@ class TokenLayout:
         """``T = h*w + has_cls + R``."""
         return self.register_start + self.num_registers
 
+    def order(self) -> str:
+        """The token kinds in order, e.g. ``"[patches, CLS, registers]"`` or ``"[CLS, patches, registers]"``."""
+        kinds = ["patches"]
+        if self.has_cls:
+            kinds.insert(0 if self.cls_first else 1, "CLS")
+        if self.num_registers:
+            kinds.append("registers")
+        return f"[{', '.join(kinds)}]"
+
     def describe(self) -> str:
         """``"h*w + cls + R = T"`` in token order, e.g. ``"14*14 + 1 + 4 = 201"``
         (``"1 + 14*14 + 4 = 201"`` with CLS first)."""

@@ -397,6 +397,26 @@ class ViT5(CompositeFlops, nn.Module):
             )
         return cls(**{**PRESETS[name], **overrides})
 
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path_or_state_dict: Any,
+        source: str = "auto",
+        *,
+        ema: bool = False,
+        **overrides: Any,
+    ) -> ViT5:
+        """Build a ViT5 from real weights: a ``.pth``/``.pt``/``.safetensors`` path or a state dict.
+
+        ``source`` is ``"auto"`` (recognised from the keys), ``"nvsubquadratic"``, ``"official"`` or
+        ``"flopkit"``. The architecture comes from the tensors' shapes; ``overrides`` set what
+        shapes cannot tell (e.g. ``num_heads`` without QK-norm) or runtime fields (``use_triton``).
+        ``ema=True`` takes the EMA weights of a training checkpoint. See :mod:`flopkit.checkpoints`.
+        """
+        from flopkit.checkpoints import load_vit5
+
+        return load_vit5(path_or_state_dict, source, ema=ema, **overrides)
+
     # ------------------------------------------------------------------ forward
     @property
     def num_readout_tokens(self) -> int:
