@@ -209,7 +209,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _unwrap(data: Mapping[str, Any], where: str, ema: bool) -> dict[str, torch.Tensor]:
-    wrappers = (*_EMA_WRAPPERS, *_WRAPPERS) if ema else _WRAPPERS
+    wrappers = _EMA_WRAPPERS if ema else _WRAPPERS
     for name in wrappers:
         inner = data.get(name)
         if isinstance(inner, Mapping) and any(isinstance(v, torch.Tensor) for v in inner.values()):
