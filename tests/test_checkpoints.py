@@ -2,6 +2,7 @@
 formats and wrappers, errors that name the tensor, FLOPs of a checkpoint, and the CLI."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -390,3 +391,20 @@ def test_cli_layout_of_an_official_checkpoint_shows_cls_first(tmp_path):
     result = run("layout", path)
     assert result.exit_code == 0, result.output
     assert "token layout [CLS, patches, registers], T = 1 + 6*6 + 9 = 46" in result.output
+
+
+def test_finetune_example_runs_and_writes_a_loadable_checkpoint(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "finetune_checkpoint", Path(__file__).resolve().parents[1] / "examples" / "finetune_checkpoint.py"
+    )
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    src, out = tmp_path / "official.pth", tmp_path / "tuned.safetensors"
+    torch.save(checkpoint("official"), src)
+    losses = example.main([str(src), str(out), "--num-classes", "4", "--steps", "2", "--batch-size", "2"])
+    assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
+    tuned = ViT5.from_checkpoint(out)
+    assert tuned.num_classes == 4 and tuned.cls_first and tuned.head.bias is not None
