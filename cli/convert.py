@@ -8,10 +8,12 @@ import click
 
 from flopkit.checkpoints import LAYOUTS, SOURCES, convert_checkpoint, is_checkpoint_path, matching_preset
 
+from ._options import CONTEXT
+
 __all__ = ["convert"]
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.command(context_settings=CONTEXT)
 @click.argument("src", type=click.Path(dir_okay=False))
 @click.argument("dst", type=click.Path(dir_okay=False))
 @click.option(

@@ -2,7 +2,7 @@
 
 One forward on the meta device under ``FlopCounterMode`` records each module's measured FLOPs and
 its first input's shape. The top-most modules with ``flop_count`` start analytic walks: with the
-module's own per-sample default count (a ViT5 counts one image, an attention layer its ``T``)
+module's own tokens per sample (a ViT5's or an attention layer's ``T``)
 times the input's batch, or, for token-wise modules without a default, ``numel / last dim`` rows.
 Every other module is measured, with the analytic subtrees under it swapped in for their
 measured share.
@@ -10,22 +10,15 @@ measured share.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import inspect
-import sys
-from collections.abc import Callable
-from pathlib import Path
-
 import torch
 from torch import nn
 
-from flopkit.nn._flops import CATEGORIES, add_breakdowns
+from flopkit.formulas import CATEGORIES, add_breakdowns, training_breakdown
 
-from .analytic import FlopNode, FlopRow, depth_of, flop_tree, is_analytic, top_paths, training_breakdown
+from .analytic import FlopNode, FlopRow, depth_of, flop_tree, is_analytic, top_paths
 from .measured import count_torch
 
-__all__ = ["load_factory", "per_sample_count", "mixed_rows", "MIXED_LEGEND"]
+__all__ = ["per_sample_count", "mixed_rows", "MIXED_LEGEND"]
 
 MIXED_LEGEND = (
     "source: 'analytic' rows come from the modules' own flop_count; 'measured' rows from torch's "
@@ -34,43 +27,13 @@ MIXED_LEGEND = (
 )
 
 
-def load_factory(spec: str) -> Callable[[], nn.Module]:
-    """``"package.module:factory"`` or ``"path/to/file.py:factory"`` -> the factory callable."""
-    target, sep, name = spec.rpartition(":")
-    if not sep or not target or not name:
-        raise ValueError(f"--model must look like package.module:factory or file.py:factory, got {spec!r}")
-    if target.endswith(".py"):
-        path = Path(target)
-        if not path.is_file():
-            raise FileNotFoundError(f"--model: no such file {target}")
-        mod_name = f"_flopkit_user_{path.stem}"
-        loader_spec = importlib.util.spec_from_file_location(mod_name, path)
-        module = importlib.util.module_from_spec(loader_spec)
-        sys.modules[mod_name] = module
-        loader_spec.loader.exec_module(module)
-    else:
-        try:
-            module = importlib.import_module(target)
-        except ImportError as exc:
-            raise ValueError(f"--model: cannot import {target!r}: {exc}") from None
-    factory = getattr(module, name, None)
-    if not callable(factory):
-        raise ValueError(f"--model: {target} has no callable {name!r}")
-    return factory
-
-
 def per_sample_count(module: nn.Module) -> int | None:
-    """The module's own default count for one sample (``default_flop_tokens``, or the default of
-    ``flop_breakdown``'s first argument), or None for token-wise modules without one."""
-    if hasattr(module, "default_flop_tokens"):
-        try:
-            return module.default_flop_tokens()
-        except ValueError:
-            return None
-    params = list(inspect.signature(module.flop_breakdown).parameters.values())
-    if params and isinstance(params[0].default, int) and not isinstance(params[0].default, bool):
-        return params[0].default
-    return None
+    """The module's own tokens per sample (``default_flop_tokens``: a ViT5's or an attention layer's
+    ``T``), or None for token-wise modules without one (``RMSNorm``, ``Mlp``)."""
+    try:
+        return module.default_flop_tokens()
+    except ValueError:
+        return None
 
 
 def _under(path: str, ancestor: str) -> bool:

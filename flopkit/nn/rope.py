@@ -209,20 +209,28 @@ def build_rope_tables(
 
     ``tables="flopkit"`` computes the angles in float64 and rounds once; ``"official"`` follows
     the official ViT-5 float32 recipe (:func:`official_grid_angles`).
+    ``device`` defaults to the current default device (e.g. inside ``with torch.device("meta")``).
+    The maths runs on CPU; on the meta device, where tensors hold no values, it is
+    skipped (its meta kernels would also import ``torch._dynamo``, about a second cold).
     """
     if tables not in ROPE_TABLES:
         raise ValueError(f"rope_tables must be one of {ROPE_TABLES}, got {tables!r}")
-    if tables == "official":
-        side = layout.register_grid
-        patch = official_grid_angles(layout.num_patches_h, layout.num_patches_w, head_dim, rope_base)
-        reg = official_grid_angles(side, side, head_dim, reg_rope_base)
-    else:
-        patch = patch_rope_angles(layout, head_dim, rope_base)
-        reg = register_rope_angles(layout, head_dim, reg_rope_base)
-    cls = [torch.zeros(1, head_dim, dtype=patch.dtype)] if layout.has_cls else []  # cos 1, sin 0
-    parts = [*cls, patch] if layout.cls_first else [patch, *cls]
-    angles = torch.cat([*parts, reg], dim=0)
-    return angles.cos().to(dtype=dtype, device=device), angles.sin().to(dtype=dtype, device=device)
+    target = torch.device(device) if device is not None else torch.get_default_device()
+    if target.type == "meta":
+        shape = (layout.num_tokens, head_dim)
+        return torch.empty(shape, dtype=dtype, device=target), torch.empty(shape, dtype=dtype, device=target)
+    with torch.device("cpu"):
+        if tables == "official":
+            side = layout.register_grid
+            patch = official_grid_angles(layout.num_patches_h, layout.num_patches_w, head_dim, rope_base)
+            reg = official_grid_angles(side, side, head_dim, reg_rope_base)
+        else:
+            patch = patch_rope_angles(layout, head_dim, rope_base)
+            reg = register_rope_angles(layout, head_dim, reg_rope_base)
+        cls = [torch.zeros(1, head_dim, dtype=patch.dtype)] if layout.has_cls else []  # cos 1, sin 0
+        parts = [*cls, patch] if layout.cls_first else [patch, *cls]
+        angles = torch.cat([*parts, reg], dim=0)
+    return angles.cos().to(dtype=dtype, device=target), angles.sin().to(dtype=dtype, device=target)
 
 
 def apply_rope(
