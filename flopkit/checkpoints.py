@@ -417,6 +417,13 @@ def infer_config(
     source = _resolve_source(raw, source)
     tensors = to_flopkit(raw, source)
     fields = _shape_fields(tensors)
+    if source == "nvsubquadratic" and not fields["has_cls"]:
+        # Its "gap" readout averages the patches and then normalises; flopkit normalises each patch
+        # and then averages (DESIGN.md): loading would silently compute another function.
+        raise CheckpointError(
+            "no tensor 'cls_token': an nvSubquadratic readout='gap' model (mean over patches, then "
+            "out_norm), which flopkit's ViT5 (norm, then mean) does not compute; only readout='cls' loads"
+        )
     if source == "official":
         fields.update(OFFICIAL_LAYOUT)
         fields["cls_first"] = True

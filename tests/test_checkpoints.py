@@ -408,3 +408,10 @@ def test_finetune_example_runs_and_writes_a_loadable_checkpoint(tmp_path):
     assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
     tuned = ViT5.from_checkpoint(out)
     assert tuned.num_classes == 4 and tuned.cls_first and tuned.head.bias is not None
+
+
+def test_nvsubquadratic_gap_readout_is_refused_not_silently_changed():
+    sd = checkpoint()
+    del sd["cls_token"]
+    with pytest.raises(CheckpointError, match="readout='gap' model"):
+        load_vit5(sd)
