@@ -138,9 +138,13 @@ def is_checkpoint_path(source: str | Path) -> bool:
 
 
 def read_checkpoint(
-    path_or_state_dict: str | Path | Mapping[str, Any], *, ema: bool = False
+    path_or_state_dict: str | Path | Mapping[str, Any], *, ema: bool = False, shapes_only: bool = False
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
     """``(tensors, flopkit_config)`` from a file or an in-memory state dict.
+
+    ``shapes_only``: a ``.safetensors`` file's weights come back as meta tensors (shape and dtype,
+    no data read), except the small official RoPE buffers; a torch file is memory-mapped anyway,
+    so only the tensors used are read.
 
     Files: ``.safetensors`` (read with ``safetensors``), else a ``torch.save`` file read with
     ``weights_only=True`` (no code runs). A ``model`` / ``state_dict`` / ``module`` wrapper is
@@ -156,7 +160,7 @@ def read_checkpoint(
         if path.is_dir():
             raise CheckpointError(f"{path}: is a directory, expected a .pth/.pt/.safetensors file")
         if path.suffix.lower() == ".safetensors":
-            data, config = _read_safetensors(path)
+            data, config = _read_safetensors(path, shapes_only)
         else:
             data = _torch_load(path)
         where = str(path)
@@ -187,7 +191,23 @@ def _torch_load(path: Path) -> Any:
         raise CheckpointError(f"{path}: cannot read as a torch checkpoint: {_first_line(exc)}") from None
 
 
-def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+def _read_safetensors(
+    path: Path, shapes_only: bool = False
+) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
     try:
         from safetensors import safe_open
     except ImportError:
@@ -197,7 +217,14 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, An
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-            tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 (not iterable)
+            tensors = {}
+            for name in f.keys():  # noqa: SIM118 (the handle is not iterable)
+                if shapes_only and not name.endswith(tuple(_OFFICIAL_ROPE_BUFFERS)):
+                    piece = f.get_slice(name)
+                    dtype = _SAFETENSORS_DTYPES.get(piece.get_dtype(), torch.float32)
+                    tensors[name] = torch.empty(piece.get_shape(), dtype=dtype, device="meta")
+                else:
+                    tensors[name] = f.get_tensor(name)
     except Exception as exc:  # safetensors raises its own error type for a malformed header
         raise CheckpointError(f"{path}: cannot read as safetensors: {_first_line(exc)}") from None
     config = json.loads(meta[_CONFIG_KEY]) if _CONFIG_KEY in meta else None
@@ -413,7 +440,7 @@ def infer_config(
     embedding), input channels, classes, and which biases exist. RoPE bases: from the official
     file's buffers, else the defaults (10000, 100). A flopkit-written file's recorded fields win.
     """
-    raw, recorded = read_checkpoint(path_or_state_dict, ema=ema)
+    raw, recorded = read_checkpoint(path_or_state_dict, ema=ema, shapes_only=True)
     source = _resolve_source(raw, source)
     tensors = to_flopkit(raw, source)
     fields = _shape_fields(tensors)

@@ -415,3 +415,15 @@ def test_nvsubquadratic_gap_readout_is_refused_not_silently_changed():
     del sd["cls_token"]
     with pytest.raises(CheckpointError, match="readout='gap' model"):
         load_vit5(sd)
+
+
+def test_shapes_only_reads_no_weights_of_a_safetensors_file(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "official.safetensors"
+    save_file({k: v.contiguous() for k, v in checkpoint("official").items()}, str(path))
+    tensors, _ = read_checkpoint(path, shapes_only=True)
+    assert tensors["blocks.0.attn.qkv.weight"].device.type == "meta"
+    assert tuple(tensors["blocks.0.attn.qkv.weight"].shape) == (288, 96)
+    assert tensors["blocks.0.attn.rope.freqs"].device.type == "cpu"  # read: it gives the RoPE base
+    assert infer_config(path)["rope_base"] == 10000.0
