@@ -35,6 +35,7 @@ __all__ = [
     "SOURCES",
     "LAYOUTS",
     "CHECKPOINT_SUFFIXES",
+    "SHAPE_FIELDS",
     "is_checkpoint_path",
     "read_checkpoint",
     "detect_source",
@@ -56,6 +57,27 @@ CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".safetensors")
 _WRAPPERS = ("model", "state_dict", "module", "net", "network")
 _EMA_WRAPPERS = ("model_ema", "state_dict_ema", "ema", "ema_state_dict")
 _CONFIG_KEY = "flopkit_config"  # the ViT5 fields a flopkit-written checkpoint carries beside its weights
+
+
+# Fields the tensors' shapes fix: a checkpoint's model cannot take another value for them
+# (image_size can differ: the FLOPs at another resolution, with an interpolated position embedding).
+SHAPE_FIELDS = (
+    "patch_size",
+    "in_channels",
+    "hidden_dim",
+    "depth",
+    "num_heads",
+    "num_registers",
+    "has_cls",
+    "num_classes",
+    "mlp_ratio",
+    "qk_norm",
+    "qkv_bias",
+    "proj_bias",
+    "mlp_bias",
+    "patch_bias",
+    "head_bias",
+)
 
 
 class CheckpointError(ValueError):

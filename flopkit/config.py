@@ -462,12 +462,18 @@ def load_config(source: str, overrides: Mapping[str, Any] | Iterable[str] = ()) 
 
 def _checkpoint_config(path: str, overrides: Mapping[str, Any]) -> Config:
     """The model a weights file holds (architecture read off its tensors), with ``overrides``."""
-    from flopkit.checkpoints import CheckpointError, infer_config
+    from flopkit.checkpoints import SHAPE_FIELDS, CheckpointError, infer_config
 
     try:
         fields = infer_config(path)
     except CheckpointError as exc:
         raise ConfigError(_one_line(exc)) from None
+    for key, value in overrides.items():
+        if key in SHAPE_FIELDS and fields.get(key) is not None and value != fields[key]:
+            raise ConfigError(
+                f"{path}: --set {key}={value} contradicts the checkpoint's tensors, which fix "
+                f"{key}={fields[key]} (image_size, RoPE and layout options can be set)"
+            )
     if fields.get("num_heads") is None and "num_heads" not in overrides:
         raise ConfigError(f"{path}: no QK-norm weight to read the head count from; give --set num_heads=H")
     # Overrides go through the same validation as any config's (a preset stands in for the fields).

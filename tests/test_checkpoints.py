@@ -427,3 +427,14 @@ def test_shapes_only_reads_no_weights_of_a_safetensors_file(tmp_path):
     assert tuple(tensors["blocks.0.attn.qkv.weight"].shape) == (288, 96)
     assert tensors["blocks.0.attn.rope.freqs"].device.type == "cpu"  # read: it gives the RoPE base
     assert infer_config(path)["rope_base"] == 10000.0
+
+
+def test_cli_set_on_a_checkpoint_applies_image_size_and_refuses_what_the_tensors_fix(tmp_path):
+    path = tmp_path / "nv.pth"
+    torch.save(checkpoint(), path)
+    result = run("report", path, "--set", "num_heads=6")
+    assert result.exit_code == 2
+    assert "--set num_heads=6 contradicts the checkpoint's tensors, which fix num_heads=3" in result.stderr
+    at_96 = json.loads(run("report", path, "--set", "image_size=96", "--format", "json").stdout)
+    expected = ViT5(**{**SHAPES, "image_size": 96}).flop_count()
+    assert at_96["total_flops"] == expected
