@@ -382,28 +382,31 @@ def from_flopkit(
         depth = 1 + max(int(_BLOCK_KEY.match(n).group(1)) for n in tensors if _BLOCK_KEY.match(n))
         for i in range(depth):
             out[f"blocks.{i}.attn.rope.freqs"] = official_rope_freqs(head_dim, rope_base)
-            out[f"blocks.{i}.attn.rope_reg.freqs"] = official_rope_freqs(head_dim, reg_rope_base)
+            if "reg_token" in tensors:  # upstream builds no register RoPE without registers
+                out[f"blocks.{i}.attn.rope_reg.freqs"] = official_rope_freqs(head_dim, reg_rope_base)
     return out
 
 
 # What an upstream layout's code can express: a checkpoint whose fields differ would compute a
 # different function there, so converting it is refused rather than silently wrong.
-_EXPRESSIBLE: dict[str, dict[str, Any]] = {
+_EXPRESSIBLE: dict[str, dict[str, tuple[Any, ...]]] = {
     "official": {
-        "has_cls": True,
-        "qk_norm": "rmsnorm",
-        "rope_pairing": "interleaved",
-        "patch_bias": True,
-        "proj_bias": True,
-        "mlp_bias": True,
-        "head_bias": True,
-        "norm_cast_before_weight": True,
+        "has_cls": (True,),
+        "qk_norm": ("rmsnorm",),
+        "rope_pairing": ("interleaved",),
+        "patch_bias": (True,),
+        "proj_bias": (True,),
+        "mlp_bias": (True,),
+        "head_bias": (True,),
+        "norm_cast_before_weight": (True,),
     },
     "nvsubquadratic": {
-        "rope_pairing": "split_half",
-        "patch_bias": False,
-        "head_bias": False,
-        "norm_cast_before_weight": False,
+        "has_cls": (True,),  # its readout='gap' pools before the norm, flopkit after
+        "qk_norm": (None, "rmsnorm"),
+        "rope_pairing": ("split_half",),
+        "patch_bias": (False,),
+        "head_bias": (False,),
+        "norm_cast_before_weight": (False,),
     },
 }
 
@@ -412,11 +415,12 @@ def _check_expressible(fields: Mapping[str, Any], target: str) -> None:
     import inspect
 
     defaults = {k: p.default for k, p in inspect.signature(ViT5.__init__).parameters.items()}
-    for key, needed in _EXPRESSIBLE.get(target, {}).items():
+    for key, allowed in _EXPRESSIBLE.get(target, {}).items():
         have = fields.get(key, defaults[key])
-        if have != needed:
+        if have not in allowed:
+            needed = " or ".join(repr(v) for v in allowed)
             raise CheckpointError(
-                f"the {target} layout needs {key}={needed!r}, this checkpoint has {key}={have!r}: "
+                f"the {target} layout needs {key}={needed}, this checkpoint has {key}={have!r}: "
                 f"{target}'s code would compute a different function with these weights"
             )
 

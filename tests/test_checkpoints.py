@@ -438,3 +438,18 @@ def test_cli_set_on_a_checkpoint_applies_image_size_and_refuses_what_the_tensors
     at_96 = json.loads(run("report", path, "--set", "image_size=96", "--format", "json").stdout)
     expected = ViT5(**{**SHAPES, "image_size": 96}).flop_count()
     assert at_96["total_flops"] == expected
+
+
+def test_official_without_registers_has_no_register_rope_buffer():
+    model = randomised(ViT5(**{**SHAPES, "num_registers": 0}, **OFFICIAL_LAYOUT, use_triton=False))
+    upstream = from_flopkit(model.state_dict(), "official")
+    assert "blocks.0.attn.rope.freqs" in upstream and "blocks.0.attn.rope_reg.freqs" not in upstream
+    x = images(model)
+    with torch.no_grad():
+        assert torch.equal(load_vit5(upstream, use_triton=False).eval()(x), model(x))
+
+
+def test_headnorm_qk_weights_are_not_written_as_nvsubquadratic():
+    model = ViT5(**{**SHAPES, "qk_norm": "headnorm"})
+    with pytest.raises(CheckpointError, match="nvsubquadratic layout needs qk_norm=None or 'rmsnorm'"):
+        convert_checkpoint(model.state_dict(), "/tmp/never-written.pth", target="nvsubquadratic")
