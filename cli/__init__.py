@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from . import bench, inspect, presets, profile, report, validate
+from . import bench, convert, inspect, presets, profile, report, validate
 from ._options import CONTEXT
 
 __all__ = ["main", "app", "COMMANDS"]
@@ -24,6 +24,7 @@ COMMANDS: list[click.Command] = [
     presets.presets,
     profile.profile,
     bench.bench,
+    convert.convert,
 ]
 
 
@@ -64,8 +65,8 @@ def app() -> None:
     """Per-layer FLOP reports, validation against fvcore and torch, and token layout / RoPE
     inspection for ViT-5 models.
 
-    CONFIG is a preset (vit5-small, vit5-base, vit5-large, vit5-xlarge) or a YAML/JSON file;
-    see examples/. Errors print one line and exit with status 2.
+    CONFIG is a preset (vit5-small, vit5-base, vit5-large, vit5-xlarge, and their -official
+    layouts), a YAML/JSON file (see examples/) or a ViT-5 weights file (.pth/.pt/.safetensors). Errors print one line and exit with status 2.
     """
 
 

@@ -47,7 +47,7 @@ def layout(config, overrides, list_tokens, fmt) -> None:
             ["kind", "indices", "count", "grid"],
             [list(r.values()) for r in ranges],
             fmt,
-            title=f"{loaded.label}: token layout [patches, CLS?, registers], T = {lay.describe()}",
+            title=f"{loaded.label}: token layout {lay.order()}, T = {lay.describe()}",
         )
     )
 

@@ -4,6 +4,8 @@ A config is either
 
 * a **model**: a preset name (``vit5-small`` ...) or a file holding ``preset:`` and/or ViT5 fields
   (:data:`MODEL_FIELDS`); or
+* a **weights file** (``.pth``, ``.pt``, ``.bin``, ``.ckpt``, ``.safetensors``) of either upstream
+  ViT-5 layout or flopkit's: the model its tensors describe (:mod:`flopkit.checkpoints`); or
 * a single **module**: a file holding ``module: ViT5Attention`` (or another name in :data:`MODULES`)
   plus that module's arguments and ``num_tokens``, so one layer can be inspected alone.
 
@@ -27,11 +29,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from flopkit.checkpoints import is_checkpoint_path
 from flopkit.formulas import CONVENTIONS
 from flopkit.nn import PRESETS, Mlp, RMSNorm, ViT5, ViT5Attention, ViT5Block
 from flopkit.nn._checks import is_int
 from flopkit.nn.attention import QK_NORMS
-from flopkit.nn.rope import ROPE_PAIRINGS
+from flopkit.nn.rope import ROPE_PAIRINGS, ROPE_TABLES
 
 __all__ = [
     "ConfigError",
@@ -81,6 +84,14 @@ MODEL_FIELDS: dict[str, Any] = {
     "reg_rope_base": float,
     "rope_pairing": ROPE_PAIRINGS,
     "num_classes": int,
+    "cls_first": bool,
+    "qkv_bias": bool,
+    "proj_bias": bool,
+    "mlp_bias": bool,
+    "patch_bias": bool,
+    "head_bias": bool,
+    "rope_tables": ROPE_TABLES,
+    "norm_cast_before_weight": bool,
 }
 
 _LAYOUT_FIELDS: dict[str, Any] = {
@@ -94,6 +105,8 @@ _LAYOUT_FIELDS: dict[str, Any] = {
     "rope_base": float,
     "reg_rope_base": float,
     "rope_pairing": ROPE_PAIRINGS,
+    "cls_first": bool,
+    "rope_tables": ROPE_TABLES,
 }
 
 
@@ -428,6 +441,10 @@ def load_config(source: str, overrides: Mapping[str, Any] | Iterable[str] = ()) 
                 f"--set {key}={overrides[key]}: the {key} is chosen by CONFIG ({source}), not by --set; "
                 f"give {overrides[key]} as CONFIG or edit the file"
             )
+    if is_checkpoint_path(source):
+        config = _checkpoint_config(source, overrides)
+        config.check()
+        return config
     if source in PRESETS:
         data: dict[str, Any] = {"preset": source}
     elif _looks_like_path(source) or Path(source).exists():
@@ -441,6 +458,27 @@ def load_config(source: str, overrides: Mapping[str, Any] | Iterable[str] = ()) 
     config = _validate(data, source)
     config.check()
     return config
+
+
+def _checkpoint_config(path: str, overrides: Mapping[str, Any]) -> Config:
+    """The model a weights file holds (architecture read off its tensors), with ``overrides``."""
+    from flopkit.checkpoints import SHAPE_FIELDS, CheckpointError, infer_config
+
+    try:
+        fields = infer_config(path)
+    except CheckpointError as exc:
+        raise ConfigError(_one_line(exc)) from None
+    for key, value in overrides.items():
+        if key in SHAPE_FIELDS and fields.get(key) is not None and value != fields[key]:
+            raise ConfigError(
+                f"{path}: --set {key}={value} contradicts the checkpoint's tensors, which fix "
+                f"{key}={fields[key]} (image_size, RoPE and layout options can be set)"
+            )
+    if fields.get("num_heads") is None and "num_heads" not in overrides:
+        raise ConfigError(f"{path}: no QK-norm weight to read the head count from; give --set num_heads=H")
+    # Overrides go through the same validation as any config's (a preset stands in for the fields).
+    checked = _validate({"preset": next(iter(PRESETS)), **overrides}, path).fields
+    return Config(source=path, fields={**fields, **checked})
 
 
 def _validate(data: dict[str, Any], source: str) -> Config:

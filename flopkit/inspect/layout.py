@@ -43,18 +43,19 @@ def _span(start: int, stop: int) -> str:
 def layout_ranges(layout: TokenLayout) -> list[dict[str, Any]]:
     """One entry per kind of token: ``kind``, index ``range`` (inclusive), ``count``, ``grid``."""
     h, w = layout.num_patches_h, layout.num_patches_w
+    start = layout.patch_start
+    index = f"{start} + y*{w} + x" if start else f"y*{w} + x"
     rows = [
         {
             "kind": "patch",
-            "range": _span(0, layout.num_patches),
+            "range": _span(start, start + layout.num_patches),
             "count": layout.num_patches,
-            "grid": f"{h}x{w}, row-major: index = y*{w} + x",
+            "grid": f"{h}x{w}, row-major: index = {index}",
         }
     ]
     if layout.has_cls:
-        rows.append(
-            {"kind": "cls", "range": str(layout.cls_index), "count": 1, "grid": "none (RoPE identity)"}
-        )
+        cls = {"kind": "cls", "range": str(layout.cls_index), "count": 1, "grid": "none (RoPE identity)"}
+        rows.insert(0 if layout.cls_first else 1, cls)
     if layout.num_registers:
         side = layout.register_grid
         rows.append(

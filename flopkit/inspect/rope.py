@@ -62,10 +62,12 @@ MAX_TABLE_ELEMENTS = 1 << 26
 
 
 def default_token_spec(layout: TokenLayout) -> str:
-    """The tokens shown when none are asked for: the first three patches, then CLS and registers."""
-    spec = f"0:{min(3, layout.num_patches)}"
-    if layout.num_patches < layout.num_tokens:
-        spec += f",{layout.num_patches}:{layout.num_tokens}"
+    """The tokens shown when none are asked for: the first three patches (after a leading CLS),
+    then CLS and the registers."""
+    spec = f"0:{layout.patch_start + min(3, layout.num_patches)}"
+    tail = layout.register_start if layout.cls_first else layout.num_patches
+    if tail < layout.num_tokens:
+        spec += f",{tail}:{layout.num_tokens}"
     return spec
 
 
@@ -78,7 +80,14 @@ def rope_tables(attn: ViT5Attention, dtype: torch.dtype = torch.float64) -> tupl
             f"T*D = {size:,} is above its limit of {MAX_TABLE_ELEMENTS:,} (use a smaller image_size)"
         )
     with torch.device("cpu"):
-        return build_rope_tables(attn.layout, attn.head_dim, attn.rope_base, attn.reg_rope_base, dtype=dtype)
+        return build_rope_tables(
+            attn.layout,
+            attn.head_dim,
+            attn.rope_base,
+            attn.reg_rope_base,
+            dtype=dtype,
+            tables=attn.rope_tables,
+        )
 
 
 def rope_channels(head_dim: int, per_axis: int = 2) -> list[int]:
@@ -163,10 +172,13 @@ def rope_summary(attn: ViT5Attention, pairing: str | None = None) -> dict[str, A
 def _boundaries(layout) -> list[tuple[int, str, str]]:
     """``(first row, label, colour)`` of each token-kind boundary."""
     out = []
-    if layout.has_cls:
+    if layout.has_cls and layout.cls_first:
+        out.append((layout.patch_start, f"CLS | patches (row {layout.patch_start})", "black"))
+    elif layout.has_cls:
         out.append((layout.cls_index, f"patches | CLS (row {layout.cls_index})", "black"))
     if layout.num_registers:
-        label = f"{'CLS' if layout.has_cls else 'patches'} | registers (row {layout.register_start})"
+        before = "CLS" if layout.has_cls and not layout.cls_first else "patches"
+        label = f"{before} | registers (row {layout.register_start})"
         out.append((layout.register_start, label, "limegreen"))
     return out
 

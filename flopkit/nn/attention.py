@@ -17,7 +17,7 @@ from flopkit import formulas, kernels
 from ._checks import check_positive_int
 from ._flops import CompositeFlops
 from .norms import HeadNorm, PerHeadRMSNorm, RMSNorm
-from .rope import ROPE_PAIRINGS, apply_rope, build_rope_tables, token_layout
+from .rope import ROPE_PAIRINGS, ROPE_TABLES, apply_rope, build_rope_tables, token_layout
 
 __all__ = ["ViT5Attention", "QK_NORMS", "build_qk_norm"]
 
@@ -26,15 +26,18 @@ QK_NORMS = (None, "rmsnorm", "headnorm")
 
 
 def build_qk_norm(
-    qk_norm: str | Callable[[int], nn.Module] | None, num_heads: int, head_dim: int
+    qk_norm: str | Callable[[int], nn.Module] | None,
+    num_heads: int,
+    head_dim: int,
+    cast_before_weight: bool = False,
 ) -> nn.Module | None:
     """The q/k norm module: ``"rmsnorm"`` -> ``RMSNorm(D, eps=1e-6)`` (one weight shared by all heads,
-    as upstream), ``"headnorm"`` -> ``HeadNorm(H, D, mode="rms", eps=1e-6)``, a callable
-    ``head_dim -> nn.Module``, or None."""
+    as upstream; ``cast_before_weight`` as the official ViT-5), ``"headnorm"`` ->
+    ``HeadNorm(H, D, mode="rms", eps=1e-6)``, a callable ``head_dim -> nn.Module``, or None."""
     if qk_norm is None:
         return None
     if qk_norm == "rmsnorm":
-        return RMSNorm(head_dim, eps=1e-6)
+        return RMSNorm(head_dim, eps=1e-6, cast_before_weight=cast_before_weight)
     if qk_norm == "headnorm":
         return HeadNorm(num_heads, head_dim, mode="rms", eps=1e-6)
     if callable(qk_norm):
@@ -51,7 +54,7 @@ class ViT5Attention(CompositeFlops, nn.Module):
     """ViT-5 multi-head self-attention with QK-norm and register-aware 2D RoPE.
 
     Input and output ``[B, T, C]`` with ``T = h*w + has_cls + R`` tokens in the order
-    ``[patches (row-major), CLS?, registers]``. Pipeline: ``qkv = Linear(C, 3C)`` viewed
+    ``[patches (row-major), CLS?, registers]`` (``[CLS, patches, registers]`` with ``cls_first``). Pipeline: ``qkv = Linear(C, 3C)`` viewed
     ``[B, T, 3, H, D]`` -> q_norm/k_norm -> RoPE (``rope_cos``/``rope_sin``, ``[T, D]``) ->
     ``F.scaled_dot_product_attention`` -> merge heads -> ``proj`` -> ``proj_drop``.
 
@@ -79,6 +82,9 @@ class ViT5Attention(CompositeFlops, nn.Module):
         init_fn_out_proj: Callable[[torch.Tensor], None] | None = None,
         rope_pairing: str = "split_half",
         use_triton: bool = True,
+        cls_first: bool = False,
+        rope_tables: str = "flopkit",
+        norm_cast_before_weight: bool = False,
     ) -> None:
         super().__init__()
         check_positive_int("hidden_dim", hidden_dim)
@@ -96,13 +102,15 @@ class ViT5Attention(CompositeFlops, nn.Module):
             )
         if rope_pairing not in ROPE_PAIRINGS:
             raise ValueError(f"rope_pairing must be one of {ROPE_PAIRINGS}, got {rope_pairing!r}")
+        if rope_tables not in ROPE_TABLES:
+            raise ValueError(f"rope_tables must be one of {ROPE_TABLES}, got {rope_tables!r}")
         for name, p in (("attn_dropout", attn_dropout), ("proj_dropout", proj_dropout)):
             if not 0.0 <= p < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {p}")
         for name, base in (("rope_base", rope_base), ("reg_rope_base", reg_rope_base)):
             if not base > 0:
                 raise ValueError(f"{name} must be positive, got {base}")
-        self.layout = token_layout(num_patches_h, num_patches_w, has_cls, num_registers)
+        self.layout = token_layout(num_patches_h, num_patches_w, has_cls, num_registers, cls_first)
 
         self.hidden_dim = hidden_dim
         self.num_heads = num_heads
@@ -115,6 +123,8 @@ class ViT5Attention(CompositeFlops, nn.Module):
         self.rope_base = float(rope_base)
         self.reg_rope_base = float(reg_rope_base)
         self.rope_pairing = rope_pairing
+        self.rope_tables = rope_tables
+        self.norm_cast_before_weight = bool(norm_cast_before_weight)
         self.attn_dropout = attn_dropout
         self.scale = head_dim**-0.5 if scale is None else float(scale)
         self.use_triton = use_triton
@@ -125,27 +135,35 @@ class ViT5Attention(CompositeFlops, nn.Module):
         self.qk_norm_kind = qk_norm if isinstance(qk_norm, str) or qk_norm is None else "custom"
         self.qk_norm = qk_norm is not None
         if self.qk_norm:
-            self.q_norm = build_qk_norm(qk_norm, num_heads, head_dim)
-            self.k_norm = build_qk_norm(qk_norm, num_heads, head_dim)
+            self.q_norm = build_qk_norm(qk_norm, num_heads, head_dim, self.norm_cast_before_weight)
+            self.k_norm = build_qk_norm(qk_norm, num_heads, head_dim, self.norm_cast_before_weight)
         for layer, init_fn in ((self.qkv, init_fn_qkv_proj), (self.proj, init_fn_out_proj)):
             if init_fn is not None:
                 init_fn(layer.weight)
                 if layer.bias is not None:
                     nn.init.zeros_(layer.bias)
 
-        cos, sin = build_rope_tables(self.layout, head_dim, self.rope_base, self.reg_rope_base)
+        cos, sin = build_rope_tables(
+            self.layout, head_dim, self.rope_base, self.reg_rope_base, tables=rope_tables
+        )
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
 
     # ------------------------------------------------------------------ forward
-    def _fused_weights(self) -> tuple[bool, torch.Tensor | None, torch.Tensor | None, float] | None:
-        """``(norm, q_weight, k_weight, eps)`` when the q/k norms fit the fused kernel, else None."""
+    def _fused_weights(
+        self, any_cast_order: bool = False
+    ) -> tuple[bool, torch.Tensor | None, torch.Tensor | None, float] | None:
+        """``(norm, q_weight, k_weight, eps)`` when the q/k norms fit the fused kernel, else None.
+
+        ``any_cast_order``: the input is float32, where ``cast_before_weight`` changes nothing."""
         if not self.qk_norm:
             return False, None, None, 1e-6
         q, k = self.q_norm, self.k_norm
         if type(q) is not type(k):
             return None
         if isinstance(q, RMSNorm) and q.normalized_shape == (self.head_dim,):
+            if (q.cast_before_weight or k.cast_before_weight) and not any_cast_order:
+                return None  # the fused kernel applies the weight before the cast
             eps = q.eps
         elif isinstance(q, PerHeadRMSNorm):
             q, k, eps = q.norm, k.norm, q.eps
@@ -174,7 +192,8 @@ class ViT5Attention(CompositeFlops, nn.Module):
         B, T, C = x.shape
         H, D = self.num_heads, self.head_dim
         qkv = self.qkv(x)
-        fused = self._fused_weights() if self._use_fused(qkv) else None
+        # In float32 both cast orders agree, so the fused kernel stays valid for them.
+        fused = self._fused_weights(qkv.dtype == torch.float32) if self._use_fused(qkv) else None
         if fused is not None:
             norm, q_weight, k_weight, eps = fused
             q, k, v = kernels.qk_norm_rope(
@@ -230,6 +249,11 @@ class ViT5Attention(CompositeFlops, nn.Module):
             f"num_registers={self.num_registers}, num_tokens={self.num_tokens}, qk_norm={self.qk_norm_kind}, "
             f"rope_base={self.rope_base:g}, reg_rope_base={self.reg_rope_base:g}, "
             f"rope_pairing={self.rope_pairing}, scale={self.scale:.6g}"
+            + (", cls_first=True" if self.layout.cls_first else "")
+            + (f", rope_tables={self.rope_tables}" if self.rope_tables != "flopkit" else "")
+            + (", qkv_bias=True" if self.qkv.bias is not None else "")
+            + (", out_proj_bias=True" if self.proj.bias is not None else "")
+            + (", norm_cast_before_weight=True" if self.norm_cast_before_weight else "")
         )
 
 

@@ -24,6 +24,9 @@ class RMSNorm(FlopCounted, nn.Module):
     """RMSNorm over the trailing ``normalized_shape`` dims; a drop-in for ``torch.nn.RMSNorm``.
 
     ``y = (x_f32 * rsqrt(mean(x_f32**2) + eps) * w_f32).to(x.dtype)``, input ``[*, *normalized_shape]``.
+    With ``cast_before_weight=True`` (the official ViT-5's order) the normalised value is cast to
+    ``x.dtype`` first and then multiplied by the weight: ``y = (x_f32 * rsqrt(...)).to(x.dtype) * w``;
+    the two orders agree exactly on float32 inputs.
     State dict: ``weight`` (``normalized_shape``, ones at init) when ``elementwise_affine``.
     FLOPs: ``3 * T * n`` on ``T`` rows of ``n = prod(normalized_shape)`` elements.
     """
@@ -36,6 +39,7 @@ class RMSNorm(FlopCounted, nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         use_triton: bool = True,
+        cast_before_weight: bool = False,
     ) -> None:
         super().__init__()
         shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
@@ -48,6 +52,7 @@ class RMSNorm(FlopCounted, nn.Module):
         self.eps = eps
         self.elementwise_affine = elementwise_affine
         self.use_triton = use_triton
+        self.cast_before_weight = bool(cast_before_weight)
         if elementwise_affine:
             self.weight = nn.Parameter(torch.ones(shape, device=device, dtype=dtype))
         else:
@@ -68,8 +73,15 @@ class RMSNorm(FlopCounted, nn.Module):
         eps = torch.finfo(x.dtype).eps if self.eps is None else self.eps
         flat = x.flatten(-k) if k > 1 else x
         w = self.weight.flatten() if (self.weight is not None and k > 1) else self.weight
-        y = kernels.rms_norm(flat, w, eps, backend="auto" if self.use_triton else "torch")
+        late = self._weight_after_cast(x)
+        y = kernels.rms_norm(flat, None if late else w, eps, backend="auto" if self.use_triton else "torch")
+        if late:
+            y = (y * w).to(x.dtype)
         return y.view(x.shape) if k > 1 else y
+
+    def _weight_after_cast(self, x: torch.Tensor) -> bool:
+        """True when the weight must be applied after the cast (it differs only below float32)."""
+        return self.cast_before_weight and self.weight is not None and x.dtype != torch.float32
 
     def forward_residual(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Fused pre-norm residual step: ``h = x + residual``; returns ``(self(h), h)``.
@@ -81,16 +93,19 @@ class RMSNorm(FlopCounted, nn.Module):
             h = x + residual
             return self(h), h
         eps = torch.finfo(x.dtype).eps if self.eps is None else self.eps
-        return kernels.rms_norm_residual(
-            x, residual, self.weight, eps, backend="auto" if self.use_triton else "torch"
+        late = self._weight_after_cast(x)
+        y, h = kernels.rms_norm_residual(
+            x, residual, None if late else self.weight, eps, backend="auto" if self.use_triton else "torch"
         )
+        return ((y * self.weight).to(y.dtype) if late else y), h
 
     def flop_self(self, num_tokens: int, convention: str) -> dict[str, int]:
         """``norm``: :func:`flopkit.formulas.rms_norm` on ``num_tokens`` rows of ``n`` elements."""
         return formulas.empty_breakdown() | {"norm": formulas.rms_norm(num_tokens, self.num_features)}
 
     def extra_repr(self) -> str:
-        return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
+        order = ", cast_before_weight=True" if self.cast_before_weight else ""
+        return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}{order}"
 
 
 class PerHeadRMSNorm(FlopCounted, nn.Module):

@@ -6,6 +6,10 @@ Token order: ``[patch_0 ... patch_{h*w-1}, CLS?, reg_0 ... reg_{R-1}]``, patches
 ``theta_j = base**(-4j/D)``, ``j = 0 .. D/4-1``: the first half of ``D`` encodes Y, the second X.
 Patches use ``rope_base`` on the ``h x w`` grid; CLS is the identity (cos 1, sin 0); registers
 use ``reg_rope_base`` on a ``sqrt(R) x sqrt(R)`` grid, row-major.
+
+The official ViT-5 puts CLS first (``[CLS, patches, registers]``, ``cls_first=True``) and builds its
+tables in float32 the EVA-02 way (``rope_tables="official"``); flopkit's default tables are the
+same angles computed in float64 and rounded once.
 """
 
 from __future__ import annotations
@@ -19,6 +23,10 @@ from flopkit.kernels import ROPE_PAIRINGS, apply_rope_ref, rotate_pairs
 
 from ._checks import check_positive_int, is_int
 
+# How the tables are computed: "flopkit" (float64 angles, rounded once) or "official" (the official
+# ViT-5 / EVA-02 ``VisionRotaryEmbedding`` recipe in float32: positions ``arange(n) / n * n``).
+ROPE_TABLES = ("flopkit", "official")
+
 __all__ = [
     "ROPE_PAIRINGS",
     "TokenLayout",
@@ -28,6 +36,8 @@ __all__ = [
     "grid_angles",
     "patch_rope_angles",
     "register_rope_angles",
+    "ROPE_TABLES",
+    "official_grid_angles",
     "build_rope_tables",
     "rotate_pairs",
     "apply_rope",
@@ -49,12 +59,14 @@ def register_grid_size(num_registers: int) -> int:
 
 @dataclass(frozen=True)
 class TokenLayout:
-    """Where each kind of token sits in the ``T`` axis: ``[patches, CLS?, registers]``."""
+    """Where each kind of token sits in the ``T`` axis: ``[patches, CLS?, registers]``, or
+    ``[CLS, patches, registers]`` with ``cls_first`` (the official ViT-5)."""
 
     num_patches_h: int
     num_patches_w: int
     has_cls: bool
     num_registers: int
+    cls_first: bool = False
 
     @property
     def num_patches(self) -> int:
@@ -62,8 +74,15 @@ class TokenLayout:
 
     @property
     def cls_index(self) -> int | None:
-        """Index of the CLS token (``h*w``), or None without CLS."""
-        return self.num_patches if self.has_cls else None
+        """Index of the CLS token (``h*w``, or 0 with ``cls_first``), or None without CLS."""
+        if not self.has_cls:
+            return None
+        return 0 if self.cls_first else self.num_patches
+
+    @property
+    def patch_start(self) -> int:
+        """Index of the first patch token: 1 when CLS comes first, else 0."""
+        return int(self.has_cls and self.cls_first)
 
     @property
     def register_start(self) -> int:
@@ -78,19 +97,31 @@ class TokenLayout:
         """``T = h*w + has_cls + R``."""
         return self.register_start + self.num_registers
 
+    def order(self) -> str:
+        """The token kinds in order, e.g. ``"[patches, CLS, registers]"`` or ``"[CLS, patches, registers]"``."""
+        kinds = ["patches"]
+        if self.has_cls:
+            kinds.insert(0 if self.cls_first else 1, "CLS")
+        if self.num_registers:
+            kinds.append("registers")
+        return f"[{', '.join(kinds)}]"
+
     def describe(self) -> str:
-        """``"h*w + cls + R = T"``, e.g. ``"14*14 + 1 + 4 = 201"``."""
-        return (
-            f"{self.num_patches_h}*{self.num_patches_w} + {int(self.has_cls)} + {self.num_registers} "
-            f"= {self.num_tokens}"
-        )
+        """``"h*w + cls + R = T"`` in token order, e.g. ``"14*14 + 1 + 4 = 201"``
+        (``"1 + 14*14 + 4 = 201"`` with CLS first)."""
+        patches = f"{self.num_patches_h}*{self.num_patches_w}"
+        cls = str(int(self.has_cls))
+        head = f"{cls} + {patches}" if self.cls_first and self.has_cls else f"{patches} + {cls}"
+        return f"{head} + {self.num_registers} = {self.num_tokens}"
 
     def tokens(self) -> list[tuple[int, str, int | None, int | None]]:
         """Every token as ``(index, kind, y, x)``; ``kind`` in ``patch | cls | register``."""
         rows: list[tuple[int, str, int | None, int | None]] = []
-        w = self.num_patches_w
-        rows += [(i, "patch", i // w, i % w) for i in range(self.num_patches)]
-        if self.has_cls:
+        w, start = self.num_patches_w, self.patch_start
+        if self.has_cls and self.cls_first:
+            rows.append((0, "cls", None, None))
+        rows += [(start + i, "patch", i // w, i % w) for i in range(self.num_patches)]
+        if self.has_cls and not self.cls_first:
             rows.append((self.num_patches, "cls", None, None))
         side = self.register_grid
         rows += [
@@ -100,13 +131,17 @@ class TokenLayout:
 
 
 def token_layout(
-    num_patches_h: int, num_patches_w: int, has_cls: bool = True, num_registers: int = 4
+    num_patches_h: int,
+    num_patches_w: int,
+    has_cls: bool = True,
+    num_registers: int = 4,
+    cls_first: bool = False,
 ) -> TokenLayout:
     """Validated :class:`TokenLayout` (positive grid, perfect-square register count)."""
     check_positive_int("num_patches_h", num_patches_h)
     check_positive_int("num_patches_w", num_patches_w)
     register_grid_size(num_registers)
-    return TokenLayout(num_patches_h, num_patches_w, bool(has_cls), num_registers)
+    return TokenLayout(num_patches_h, num_patches_w, bool(has_cls), num_registers, bool(cls_first))
 
 
 def rope_frequencies(head_dim: int, base: float) -> torch.Tensor:
@@ -138,6 +173,28 @@ def register_rope_angles(layout: TokenLayout, head_dim: int, reg_rope_base: floa
     return grid_angles(side, side, head_dim, reg_rope_base)
 
 
+def official_grid_angles(height: int, width: int, head_dim: int, base: float) -> torch.Tensor:
+    """The official ViT-5 (EVA-02 ``VisionRotaryEmbedding``) angles ``[height*width, D]``, in float32.
+
+    The same angles as :func:`grid_angles`, computed as upstream does: frequencies
+    ``1 / base**(arange(0, D/2, 2) / (D/2))`` and positions ``arange(n) / n * n`` in float32, so
+    the tables match upstream's to the last bit rather than to float32 rounding.
+    """
+    if head_dim % 4:
+        raise ValueError(f"head_dim must be divisible by 4 for 2D RoPE, got {head_dim}")
+    half = head_dim // 2
+    theta = 1.0 / (float(base) ** (torch.arange(0, half, 2)[: half // 2].float() / half))
+
+    def axis(n: int) -> torch.Tensor:
+        t = torch.arange(n) / n * n  # upstream scales positions to its pretraining grid (here n)
+        return torch.einsum("i,f->if", t, theta).repeat_interleave(2, dim=-1)
+
+    ay, ax = axis(height), axis(width)
+    return torch.cat(
+        (ay[:, None, :].expand(height, width, half), ax[None, :, :].expand(height, width, half)), dim=-1
+    ).reshape(height * width, head_dim)
+
+
 def build_rope_tables(
     layout: TokenLayout,
     head_dim: int,
@@ -145,23 +202,34 @@ def build_rope_tables(
     reg_rope_base: float = 100.0,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
+    tables: str = "flopkit",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(cos, sin)``, each ``[T, D]``: patch rows, then the CLS identity row, then register rows.
+    """``(cos, sin)``, each ``[T, D]``, rows in the layout's token order: patch rows, the CLS
+    identity row (first with ``layout.cls_first``, else after the patches), then register rows.
 
+    ``tables="flopkit"`` computes the angles in float64 and rounds once; ``"official"`` follows
+    the official ViT-5 float32 recipe (:func:`official_grid_angles`).
     ``device`` defaults to the current default device (e.g. inside ``with torch.device("meta")``).
-    The maths runs on CPU in float64; on the meta device, where tensors hold no values, it is
+    The maths runs on CPU; on the meta device, where tensors hold no values, it is
     skipped (its meta kernels would also import ``torch._dynamo``, about a second cold).
     """
+    if tables not in ROPE_TABLES:
+        raise ValueError(f"rope_tables must be one of {ROPE_TABLES}, got {tables!r}")
     target = torch.device(device) if device is not None else torch.get_default_device()
     if target.type == "meta":
         shape = (layout.num_tokens, head_dim)
         return torch.empty(shape, dtype=dtype, device=target), torch.empty(shape, dtype=dtype, device=target)
     with torch.device("cpu"):
-        parts = [patch_rope_angles(layout, head_dim, rope_base)]
-        if layout.has_cls:
-            parts.append(torch.zeros(1, head_dim, dtype=torch.float64))  # angle 0: cos 1, sin 0
-        parts.append(register_rope_angles(layout, head_dim, reg_rope_base))
-        angles = torch.cat(parts, dim=0)
+        if tables == "official":
+            side = layout.register_grid
+            patch = official_grid_angles(layout.num_patches_h, layout.num_patches_w, head_dim, rope_base)
+            reg = official_grid_angles(side, side, head_dim, reg_rope_base)
+        else:
+            patch = patch_rope_angles(layout, head_dim, rope_base)
+            reg = register_rope_angles(layout, head_dim, reg_rope_base)
+        cls = [torch.zeros(1, head_dim, dtype=patch.dtype)] if layout.has_cls else []  # cos 1, sin 0
+        parts = [*cls, patch] if layout.cls_first else [patch, *cls]
+        angles = torch.cat([*parts, reg], dim=0)
     return angles.cos().to(dtype=dtype, device=target), angles.sin().to(dtype=dtype, device=target)
 
 

@@ -134,9 +134,20 @@ def test_rope_report_and_plot(tmp_path):
 def test_presets_lists_all_four_with_params_and_flops():
     data = run_json("presets")
     by_name = {r["preset"]: r for r in data}
-    assert list(by_name) == ["vit5-small", "vit5-base", "vit5-large", "vit5-xlarge"]
+    sizes = ["vit5-small", "vit5-base", "vit5-large", "vit5-xlarge"]
+    assert list(by_name) == sizes + [f"{name}-official" for name in sizes]
     assert by_name["vit5-small"]["params"] == 22_010_112
     assert by_name["vit5-small"]["flops_flopkit"] == 9_417_430_656
+
+
+def test_official_preset_adds_exactly_the_bias_parameters_and_bias_adds():
+    by_name = {r["preset"]: r for r in run_json("presets")}
+    C, T, N, hidden, depth, classes = 384, 201, 196, 1536, 12, 1000
+    # biases on the patch conv (C), per block proj (C) + fc1 (4C) + fc2 (C), and the head
+    assert by_name["vit5-small-official"]["params"] == 22_010_112 + C + depth * (C + hidden + C) + classes
+    # one add per output element: N*C for the conv, per block T*(C + 4C + C), and the head's classes
+    extra = N * C + depth * T * (C + hidden + C) + classes
+    assert by_name["vit5-small-official"]["flops_flopkit"] == 9_417_430_656 + extra
 
 
 @pytest.mark.parametrize(

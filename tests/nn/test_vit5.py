@@ -17,18 +17,30 @@ SIZES = {
 }
 
 
-def hand_vit5_flops(C, depth, H, image=224, patch=16, regs=4, classes=1000, one_head_qk=False):
-    """DESIGN.md §3 written out term by term."""
+def hand_vit5_flops(C, depth, H, image=224, patch=16, regs=4, classes=1000, one_head_qk=False, biases=False):
+    """DESIGN.md §3 written out term by term; ``biases``: the official layout's bias adds (one per
+    output element of the patch conv, attn.proj, both MLP linears and the head)."""
     N = (image // patch) ** 2
     T = N + 1 + regs
     D = C // H
     hidden = 4 * C
-    patch_embed = 2 * 3 * patch * patch * C * N + N * C
+    patch_embed = 2 * 3 * patch * patch * C * N + N * C + (N * C if biases else 0)
     qk = 2 * 3 * T * (D if one_head_qk else H * D)
-    attn = 8 * T * C * C + 4 * T * T * C + 4 * T * C + qk
-    mlp = 2 * T * C * hidden + T * hidden + 2 * T * hidden * C
+    attn = 8 * T * C * C + 4 * T * T * C + 4 * T * C + qk + (T * C if biases else 0)
+    mlp = 2 * T * C * hidden + T * hidden + 2 * T * hidden * C + (T * hidden + T * C if biases else 0)
     block = attn + mlp + 2 * 3 * T * C + 2 * T * C
-    return patch_embed + depth * block + 3 * C + 2 * C * classes
+    return patch_embed + depth * block + 3 * C + 2 * C * classes + (classes if biases else 0)
+
+
+@pytest.mark.parametrize("name", list(SIZES))
+def test_official_preset_flops_by_hand(name):
+    with torch.device("meta"):
+        model = ViT5.from_preset(f"{name}-official")
+    C, depth, H = SIZES[name]
+    assert model.flop_count() == hand_vit5_flops(C, depth, H, biases=True)
+    assert model.flop_count(convention="nvsubquadratic") == hand_vit5_flops(
+        C, depth, H, one_head_qk=True, biases=True
+    )
 
 
 @pytest.mark.parametrize("name", list(SIZES))
@@ -169,9 +181,20 @@ def test_wrong_image_size_in_forward():
 
 
 def test_presets_are_data():
-    assert set(PRESETS) == set(SIZES)
+    assert set(PRESETS) == set(SIZES) | {f"{name}-official" for name in SIZES}
+    official = {
+        "cls_first": True,
+        "patch_bias": True,
+        "proj_bias": True,
+        "mlp_bias": True,
+        "head_bias": True,
+        "rope_pairing": "interleaved",
+        "rope_tables": "official",
+        "norm_cast_before_weight": True,
+    }
     for name, (C, depth, H) in SIZES.items():
         assert PRESETS[name] == {"hidden_dim": C, "depth": depth, "num_heads": H}
+        assert PRESETS[f"{name}-official"] == {**PRESETS[name], **official}
 
 
 @pytest.mark.parametrize("image_size", [32, (32, 48)])
