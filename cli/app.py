@@ -46,6 +46,96 @@ def _load(source: str, overrides: tuple[str, ...]) -> Config:
     return config
 
 
+_MODEL_ONLY = {
+    "model_args": "--model-arg",
+    "input_shape": "--input-shape",
+    "seq_len": "--seq-len",
+    "named_inputs": "--input",
+    "causal": "--causal-attention",
+    "plot_path": "--plot",
+}
+
+
+def _model_options(fn):
+    """The options of a command that takes ``--model SPEC`` (report, validate)."""
+    options = [
+        click.option(
+            "--model",
+            "spec",
+            metavar="SPEC",
+            help="Count any model instead of CONFIG: timm:NAME, hf:MODEL_TYPE (e.g. hf:bert, hf:gpt2, "
+            "hf:llama), package.module:callable or file.py:callable. Built on the meta device.",
+        ),
+        click.option(
+            "--model-arg",
+            "model_args",
+            multiple=True,
+            metavar="KEY=VALUE",
+            help="Argument for the model factory or the Hugging Face config (repeatable), values read "
+            "like --set, e.g. --model-arg num_hidden_layers=4.",
+        ),
+        click.option(
+            "--input-shape",
+            metavar="C,H,W",
+            help="Shape of one input sample, without the batch (--batch is prepended). Default: timm's "
+            "pretrained_cfg input_size.",
+        ),
+        click.option(
+            "--seq-len",
+            metavar="N[,N...]",
+            help="Text models: int64 ids [batch, N]. Several lengths give one row per length.",
+        ),
+        click.option(
+            "--input",
+            "named_inputs",
+            multiple=True,
+            metavar="NAME=SHAPE[:DTYPE]",
+            help="A keyword input with its full shape (repeatable), e.g. attention_mask=1,128:int64.",
+        ),
+        click.option(
+            "--causal-attention",
+            "causal",
+            type=click.Choice(["full", "half"]),
+            default="full",
+            show_default=True,
+            help="Causal SDPA calls (is_causal=True): count all T^2 query-key pairs, or only the "
+            "T(T+1)/2 the mask keeps.",
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _given(ctx: click.Context, name: str) -> bool:
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+
+def _refuse_without_model(ctx: click.Context, *names: str) -> None:
+    for name in names:
+        if _given(ctx, name):
+            raise click.UsageError(f"{_MODEL_ONLY[name]} applies only with --model")
+
+
+def _refuse_with_model(ctx: click.Context, config: str | None, overrides: tuple[str, ...]) -> None:
+    if config is not None:
+        raise click.UsageError(f"give CONFIG ({config}) or --model, not both")
+    if overrides:
+        raise click.UsageError("--set changes a flopkit config; with --model use --model-arg KEY=VALUE")
+
+
+def _model_settings(model_args, input_shape, seq_len, named_inputs) -> tuple:
+    from flopkit.models import parse_input, parse_model_args, parse_seq_lens, parse_shape
+
+    return (
+        parse_model_args(model_args),
+        parse_shape(input_shape) if input_shape is not None else None,
+        parse_seq_lens(seq_len) if seq_len is not None else None,
+        [parse_input(text) for text in named_inputs],
+    )
+
+
 class FlopkitGroup(click.Group):
     """A click group whose errors are one line on stderr with exit status 2, never a traceback.
 
@@ -106,7 +196,11 @@ def _short(text: str, width: int = 44) -> str:
 @click.option(
     "--depth", type=click.IntRange(min=0), default=2, show_default=True, help="Deepest module level shown."
 )
-@click.option("--training", is_flag=True, help="Add backward FLOPs (rule per category in the legend).")
+@click.option(
+    "--training",
+    is_flag=True,
+    help="Add backward FLOPs: measured on meta for --model, the rule per category (legend) for analytic modules.",
+)
 @click.option(
     "--convention",
     type=click.Choice(CONVENTIONS),
@@ -115,14 +209,25 @@ def _short(text: str, width: int = 44) -> str:
     help="QK-norm over all heads (flopkit) or one head (nvsubquadratic, upstream's published counts).",
 )
 @click.option(
-    "--model",
-    "factory",
-    metavar="MODULE:FACTORY",
-    help="Count a user's nn.Module (package.module:fn or file.py:fn).",
+    "--columns",
+    metavar="GROUPS",
+    help="Extra column groups for --model: shapes (input/output shapes and dtypes), memory (parameter "
+    "and output bytes), e.g. --columns shapes,memory.",
 )
-@click.option("--input-shape", default="1,3,224,224", show_default=True, help="Input shape for --model.")
+@click.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="With several --seq-len lengths: write FLOPs against length (PNG).",
+)
+@_model_options
 @_format_option
-def report(config, overrides, batch, depth, training, convention, factory, input_shape, fmt) -> None:
+@click.pass_context
+def report(
+    ctx, config, overrides, batch, depth, training, convention, spec, model_args, input_shape, seq_len,
+    named_inputs, causal, columns, plot_path, fmt,
+) -> None:  # fmt: skip
     """Per-module FLOPs by category, parameters and share of the whole.
 
     \b
@@ -131,13 +236,26 @@ def report(config, overrides, batch, depth, training, convention, factory, input
       flopkit report vit5-base --batch 64 --training --depth 3
       flopkit report examples/vit5-small-384.yaml --set num_registers=16 --format json
       flopkit report examples/attention-small.yaml --convention nvsubquadratic
-      flopkit report --model examples/custom_model.py:build --input-shape 2,3,224,224
+      flopkit report --model examples/custom_model.py:build --input-shape 3,224,224 --batch 2
+      flopkit report --model timm:resnet50 --columns shapes,memory
+      flopkit report --model hf:gpt2 --seq-len 128,512,1024 --causal-attention half --plot gpt2.png
+      flopkit report --model hf:llama --model-arg num_hidden_layers=2 --seq-len 2048 --training
     """
     from flopkit.flops.analytic import COUNTED_LEGEND, flop_rows, flop_tree, training_legend
 
-    if factory is not None:
-        _report_any(factory, input_shape, depth, training, convention, fmt)
+    if spec is not None:
+        _refuse_with_model(ctx, config, overrides)
+        from .model_cmds import parse_columns, report_model
+
+        report_model(
+            spec, *_model_settings(model_args, input_shape, seq_len, named_inputs), batch=batch,
+            causal=causal, depth=depth, training=training, convention=convention,
+            columns=parse_columns(columns), plot_path=plot_path, fmt=fmt,
+        )  # fmt: skip
         return
+    _refuse_without_model(ctx, "model_args", "input_shape", "seq_len", "named_inputs", "causal", "plot_path")
+    if columns:
+        raise click.UsageError("--columns shapes,memory applies to --model reports")
     if config is None:
         raise click.UsageError("missing CONFIG (a preset name or a YAML/JSON file), or give --model")
     cfg = _load(config, overrides)
@@ -194,47 +312,6 @@ def _render_flop_rows(rows, fmt: str, title: str, legend: list[str], source: boo
     return render_rows(
         headers, body, fmt, title=None if fmt == "csv" else title, notes=[] if fmt == "csv" else legend
     )
-
-
-def _report_any(
-    factory: str, input_shape: str, depth: int, training: bool, convention: str, fmt: str
-) -> None:
-    import torch
-
-    from flopkit.flops.analytic import COUNTED_LEGEND, training_legend
-    from flopkit.flops.mixed import MIXED_LEGEND, load_factory, mixed_rows
-
-    try:
-        shape = tuple(int(s) for s in input_shape.split(","))
-    except ValueError:
-        raise click.BadParameter(
-            f"expected comma-separated integers, got {input_shape!r}", param_hint="--input-shape"
-        ) from None
-    build = load_factory(factory)
-    with torch.device("meta"):
-        model = build()
-        if not isinstance(model, torch.nn.Module):
-            raise TypeError(f"--model: {factory} returned a {type(model).__name__}, not an nn.Module")
-        model.eval()
-        rows = mixed_rows(model, torch.empty(shape), convention, depth, training)
-    legend = [COUNTED_LEGEND, MIXED_LEGEND, f"convention: {convention}; input shape: {list(shape)}"]
-    if training:
-        legend.append(training_legend())
-    if fmt == "json":
-        data = {
-            "model": factory,
-            "input_shape": list(shape),
-            "convention": convention,
-            "training": training,
-            "total_flops": rows[0].flops,
-            "total_params": rows[0].params,
-            "rows": [r.to_dict() for r in rows],
-            "legend": legend,
-        }
-        click.echo(render_json(data))
-        return
-    title = f"{factory}: {rows[0].flops:,} FLOPs, {rows[0].params:,} parameters"
-    click.echo(_render_flop_rows(rows, fmt, title, legend, source=True))
 
 
 # ---------------------------------------------------------------------------------- validate

@@ -9,6 +9,7 @@ Every number comes from the modules themselves: a composite's ``flop_self`` and
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from torch import nn
 
@@ -142,6 +143,8 @@ class FlopRow:
     breakdown: dict[str, int]
     source: str = "analytic"
     counted_in: str | None = None  # the ancestor whose own formula includes this module's work
+    backward: dict[str, int] | None = None  # with --training on a measured model: the backward part
+    shapes: Any = None  # a flopkit.flops.anymodel.LayerShapes: the module's first call, when recorded
 
     @classmethod
     def of(cls, path: str, module: nn.Module, breakdown: dict[str, int], **extra: object) -> FlopRow:
@@ -160,7 +163,7 @@ class FlopRow:
         return sum(self.breakdown.values())
 
     def to_dict(self) -> dict[str, object]:
-        return {
+        out: dict[str, object] = {
             "path": self.path,
             "type": self.type,
             "repr": self.repr,
@@ -170,6 +173,22 @@ class FlopRow:
             "source": self.source,
             "counted_in": self.counted_in,
         }
+        if self.backward is not None:
+            backward = sum(self.backward.values())
+            out.update(
+                forward_flops=self.flops - backward, backward_flops=backward, backward=dict(self.backward)
+            )
+        shapes = self.shapes
+        out["input_shapes"] = shapes.input_shapes if shapes is not None else []
+        out["output_shapes"] = shapes.output_shapes if shapes is not None else []
+        if shapes is not None:
+            out.update(
+                input_dtypes=shapes.input_dtypes,
+                output_dtypes=shapes.output_dtypes,
+                param_bytes=shapes.param_bytes,
+                output_bytes=shapes.output_bytes,
+            )
+        return out
 
 
 def depth_of(path: str) -> int:

@@ -28,6 +28,7 @@ __all__ = [
     "FVCORE_HANDLES",
     "count_fvcore",
     "count_torch",
+    "register_flopkit_formulas",
 ]
 
 
@@ -239,11 +240,22 @@ def count_fvcore(model: nn.Module, inputs: torch.Tensor) -> Measurement:
     return Measurement("fvcore", flops, raw, recorder.called, unsupported, seen)
 
 
+def register_flopkit_formulas() -> None:
+    """Put the ``flopkit::`` custom ops' FLOP formulas into torch's registry now.
+
+    They are registered when their modules are first imported (at the first routed call), but
+    ``FlopCounterMode`` copies the registry when it is constructed: a counter made before that first
+    call would not count them (``validate --against torch`` in a fresh process missed every norm).
+    """
+    from flopkit.kernels import _norm_ops, _qk_norm_rope_triton  # noqa: F401
+
+
 def count_torch(model: nn.Module, inputs: torch.Tensor) -> Measurement:
     """Run torch's ``FlopCounterMode`` on ``model(inputs)``; meant for the meta device, where SDPA
     runs as two ``bmm`` it can count (on CPU it dispatches to a fused kernel it has no formula for)."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    register_flopkit_formulas()
     root = type(model).__name__
     recorder = _CallRecorder(model)
     seen_ops: Counter = Counter()

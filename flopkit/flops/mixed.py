@@ -10,12 +10,7 @@ measured share.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import inspect
-import sys
-from collections.abc import Callable
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -23,40 +18,15 @@ from torch import nn
 from flopkit.nn._flops import CATEGORIES, add_breakdowns
 
 from .analytic import FlopNode, FlopRow, depth_of, flop_tree, is_analytic, top_paths, training_breakdown
-from .measured import count_torch
+from .anymodel import ModelCount, count_model
 
-__all__ = ["load_factory", "per_sample_count", "mixed_rows", "MIXED_LEGEND"]
+__all__ = ["per_sample_count", "mixed_rows", "MIXED_LEGEND"]
 
 MIXED_LEGEND = (
     "source: 'analytic' rows come from the modules' own flop_count; 'measured' rows from torch's "
-    "FlopCounterMode on the meta device (matmul, conv and attention only: norms, activations and "
-    "other elementwise work in measured modules are not counted), with analytic subtrees swapped in."
+    "FlopCounterMode on the meta device with flopkit's norm and elementwise formulas (see 'measured' "
+    "below), with analytic subtrees swapped in."
 )
-
-
-def load_factory(spec: str) -> Callable[[], nn.Module]:
-    """``"package.module:factory"`` or ``"path/to/file.py:factory"`` -> the factory callable."""
-    target, sep, name = spec.rpartition(":")
-    if not sep or not target or not name:
-        raise ValueError(f"--model must look like package.module:factory or file.py:factory, got {spec!r}")
-    if target.endswith(".py"):
-        path = Path(target)
-        if not path.is_file():
-            raise FileNotFoundError(f"--model: no such file {target}")
-        mod_name = f"_flopkit_user_{path.stem}"
-        loader_spec = importlib.util.spec_from_file_location(mod_name, path)
-        module = importlib.util.module_from_spec(loader_spec)
-        sys.modules[mod_name] = module
-        loader_spec.loader.exec_module(module)
-    else:
-        try:
-            module = importlib.import_module(target)
-        except ImportError as exc:
-            raise ValueError(f"--model: cannot import {target!r}: {exc}") from None
-    factory = getattr(module, name, None)
-    if not callable(factory):
-        raise ValueError(f"--model: {target} has no callable {name!r}")
-    return factory
 
 
 def per_sample_count(module: nn.Module) -> int | None:
@@ -78,34 +48,24 @@ def _under(path: str, ancestor: str) -> bool:
     return path != ancestor and (ancestor == "" or path.startswith(ancestor + "."))
 
 
-def _record_shapes(model: nn.Module) -> tuple[dict[str, tuple[int, ...]], list]:
-    shapes: dict[str, tuple[int, ...]] = {}
-
-    def hook_for(name: str):
-        def hook(module, args):
-            if name not in shapes and args and isinstance(args[0], torch.Tensor):
-                shapes[name] = tuple(args[0].shape)
-
-        return hook
-
-    handles = [m.register_forward_pre_hook(hook_for(n)) for n, m in model.named_modules()]
-    return shapes, handles
-
-
 def mixed_rows(
     model: nn.Module,
-    inputs: torch.Tensor,
+    inputs: torch.Tensor | tuple[tuple, dict],
     convention: str = "flopkit",
     depth: int | None = None,
     training: bool = False,
-) -> list[FlopRow]:
-    """Per-module rows for any model (on the meta device) run on ``inputs``; see the module docstring."""
-    shapes, handles = _record_shapes(model)
-    try:
-        measured = count_torch(model, inputs)
-    finally:
-        for h in handles:
-            h.remove()
+    causal: str = "full",
+) -> tuple[list[FlopRow], ModelCount]:
+    """Per-module rows for any model (on the meta device) run on ``inputs`` (a tensor, or
+    ``(args, kwargs)``), and the measured count behind them; see the module docstring.
+
+    With ``training``, measured rows add the measured backward (``FlopCounterMode`` over
+    ``loss = sum of outputs``); analytic rows add :data:`~flopkit.flops.analytic.BACKWARD_MULTIPLIERS`.
+    Each row carries the forward+backward breakdown and, in ``backward``, the backward part.
+    """
+    args, kwargs = ((inputs,), {}) if isinstance(inputs, torch.Tensor) else inputs
+    measured = count_model(model, args, kwargs, causal=causal, backward=training)
+    shapes = {p: tuple(s.input_shapes[0]) for p, s in measured.shapes.items() if s.input_shapes}
     modules = dict(model.named_modules())
     analytic_paths = [p for p, m in modules.items() if is_analytic(m) and p in shapes]
     roots = [p for p in analytic_paths if not any(_under(p, q) for q in analytic_paths)]
@@ -130,22 +90,39 @@ def mixed_rows(
         node, scale = nodes[path]
         return {k: v * scale for k, v in node.breakdown.items()}
 
+    def rule_backward(forward: dict[str, int]) -> dict[str, int]:
+        total = training_breakdown(forward)
+        return {k: total[k] - forward[k] for k in forward}
+
+    def combine(own, inner_analytic, inner_measured):
+        out = add_breakdowns(dict.fromkeys(CATEGORIES, 0), own, *inner_analytic)
+        for part in inner_measured:
+            for k, v in part.items():
+                out[k] -= v
+        return out
+
     out = []
     for path, module in modules.items():
         if depth is not None and depth_of(path) > depth:
             continue
+        backward = None
         if path in nodes or any(_under(path, r) for r in roots):
-            breakdown, source = analytic(path), "analytic"
+            forward, source = analytic(path), "analytic"
+            if training:
+                backward = rule_backward(forward)
         else:
-            own = measured.breakdown(path)
             inner = top_paths(path, trees)
-            swapped = [measured.breakdown(p) for p in inner]
-            breakdown = add_breakdowns(dict.fromkeys(CATEGORIES, 0), own, *(analytic(p) for p in inner))
-            for part in swapped:
-                for k, v in part.items():
-                    breakdown[k] -= v
+            inner_forward = [analytic(p) for p in inner]
+            forward = combine(measured.breakdown(path), inner_forward, [measured.breakdown(p) for p in inner])
+            if training:
+                backward = combine(
+                    measured.backward.get(path, {}),
+                    [rule_backward(f) for f in inner_forward],
+                    [measured.backward.get(p, {}) for p in inner],
+                )
             source = "measured+analytic" if inner else "measured"
-        if training:
-            breakdown = training_breakdown(breakdown)
-        out.append(FlopRow.of(path, module, breakdown, source=source))
-    return out
+        breakdown = add_breakdowns(forward, backward) if backward is not None else forward
+        row = FlopRow.of(path, module, breakdown, source=source, backward=backward)
+        row.shapes = measured.shapes.get(path)
+        out.append(row)
+    return out, measured

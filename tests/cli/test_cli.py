@@ -76,7 +76,13 @@ def test_report_of_a_single_module_config():
 
 def test_report_any_model_marks_analytic_and_measured_rows():
     data = run_json(
-        "report", "--model", f"{EXAMPLES / 'custom_model.py'}:build", "--input-shape", "2,3,224,224"
+        "report",
+        "--model",
+        f"{EXAMPLES / 'custom_model.py'}:build",
+        "--input-shape",
+        "3,224,224",
+        "--batch",
+        "2",
     )
     rows = {r["path"]: r for r in data["rows"]}
     assert rows["stem"]["source"] == "measured" and rows["blocks.0"]["source"] == "analytic"
