@@ -254,8 +254,6 @@ def report(
         )  # fmt: skip
         return
     _refuse_without_model(ctx, "model_args", "input_shape", "seq_len", "named_inputs", "causal", "plot_path")
-    if columns:
-        raise click.UsageError("--columns shapes,memory applies to --model reports")
     if config is None:
         raise click.UsageError("missing CONFIG (a preset name or a YAML/JSON file), or give --model")
     cfg = _load(config, overrides)
@@ -263,6 +261,11 @@ def report(
     tree = flop_tree(module, cfg.tokens(module), convention)
     rows = flop_rows(module, tree, depth=depth, batch=batch, training=training)
     total, params = rows[0].flops, rows[0].params
+    from .model_cmds import attach_shapes, parse_columns, render_model_rows
+
+    column_groups = parse_columns(columns)
+    if fmt == "json" or column_groups:
+        attach_shapes(rows, cfg, module, batch)
     legend = [
         COUNTED_LEGEND,
         f"convention: {convention}; batch: {batch}; per {'training step' if training else 'forward'}",
@@ -285,9 +288,11 @@ def report(
             )
         )
         return
-    click.echo(
-        _render_flop_rows(rows, fmt, title=f"{config}: {total:,} FLOPs, {params:,} parameters", legend=legend)
-    )
+    title = f"{config}: {total:,} FLOPs, {params:,} parameters"
+    if column_groups:
+        click.echo(render_model_rows(rows, fmt, title, legend, column_groups, training))
+        return
+    click.echo(_render_flop_rows(rows, fmt, title=title, legend=legend))
 
 
 def _render_flop_rows(rows, fmt: str, title: str, legend: list[str], source: bool = False) -> str:
@@ -318,7 +323,7 @@ def _render_flop_rows(rows, fmt: str, title: str, legend: list[str], source: boo
 
 
 @app.command(context_settings=CONTEXT)
-@click.argument("config")
+@click.argument("config", required=False)
 @_config_options
 @click.option(
     "--against", default="fvcore,torch", show_default=True, help="Counters, comma-separated: fvcore, torch."
@@ -337,9 +342,13 @@ def _render_flop_rows(rows, fmt: str, title: str, legend: list[str], source: boo
     "--depth", type=click.IntRange(min=0), default=2, show_default=True, help="Deepest module level shown."
 )
 @click.option("--convention", type=click.Choice(CONVENTIONS), default="flopkit", show_default=True)
+@_model_options
 @_format_option
 @click.pass_context
-def validate(ctx, config, overrides, against, rtol, batch, depth, convention, fmt) -> None:
+def validate(
+    ctx, config, overrides, against, rtol, batch, depth, convention, spec, model_args, input_shape, seq_len,
+    named_inputs, causal, fmt,
+) -> None:  # fmt: skip
     """Analytic FLOPs vs fvcore's FlopCountAnalysis and torch's FlopCounterMode, per module and
     category. Exit status 1 when a comparable count differs by more than --rtol.
 
@@ -348,6 +357,8 @@ def validate(ctx, config, overrides, against, rtol, batch, depth, convention, fm
       flopkit validate vit5-small
       flopkit validate examples/attention-small.yaml --against torch
       flopkit validate vit5-base --depth 3 --format markdown
+      flopkit validate --model hf:bert --model-arg num_hidden_layers=2 --seq-len 128
+      flopkit validate --model timm:resnet18 --depth 1
     """
     import torch
 
@@ -356,10 +367,29 @@ def validate(ctx, config, overrides, against, rtol, batch, depth, convention, fm
     from flopkit.flops.measured import count_fvcore, count_torch
     from flopkit.flops.reconcile import reconcile
 
+    if _given(ctx, "causal"):
+        raise click.UsageError("--causal-attention applies to report: validate counts every query-key pair")
+
     counters = [c.strip() for c in against.split(",") if c.strip()]
     unknown = [c for c in counters if c not in ("fvcore", "torch")]
     if unknown or not counters:
         raise click.BadParameter(f"expected fvcore and/or torch, got {against!r}", param_hint="--against")
+    if spec is not None:
+        _refuse_with_model(ctx, config, overrides)
+        if _given(ctx, "convention"):
+            raise click.UsageError("--convention applies to flopkit configs; --model counts what runs")
+        from .model_cmds import validate_model
+
+        rec = validate_model(
+            spec, *_model_settings(model_args, input_shape, seq_len, named_inputs), batch=batch,
+            counters=counters, rtol=rtol, depth=depth, fmt=fmt, render=_render_validation,
+        )  # fmt: skip
+        if not rec.ok:
+            ctx.exit(1)
+        return
+    _refuse_without_model(ctx, "model_args", "input_shape", "seq_len", "named_inputs")
+    if config is None:
+        raise click.UsageError("missing CONFIG (a preset name or a YAML/JSON file), or give --model")
     cfg = _load(config, overrides)
     meta = cfg.meta_module.eval()
     measurements = []
@@ -475,11 +505,12 @@ def _render_validation(source: str, rec, names: list[str], fmt: str) -> str:
 
 
 def _category_of(counter: str, op: str) -> str | None:
-    from flopkit.flops.measured import FVCORE_OPS, TORCH_OPS
+    from flopkit.flops.anymodel import MEASURED_OPS
+    from flopkit.flops.measured import FVCORE_OPS
 
     if counter == "fvcore":
         return FVCORE_OPS.get(op, (None, 0))[0]
-    return TORCH_OPS.get(op)
+    return MEASURED_OPS.get(op)
 
 
 # ------------------------------------------------------------------------------------ layout

@@ -29,6 +29,17 @@ def parse_columns(text: str | None) -> tuple[str, ...]:
     return groups
 
 
+def attach_shapes(rows, cfg, module, batch: int) -> None:
+    """Give each row of a flopkit config's report the shapes of its module's first call (one
+    meta-device forward on the config's input)."""
+    from flopkit.config import model_input
+    from flopkit.flops.anymodel import layer_shapes
+
+    shapes = layer_shapes(module, (model_input(cfg, module, batch, "meta"),))
+    for row in rows:
+        row.shapes = shapes.get(row.path)
+
+
 def _shape_text(shapes: list[list[int]], dtypes: list[str]) -> str:
     return "; ".join(f"[{', '.join(map(str, s))}] {d}" for s, d in zip(shapes, dtypes, strict=True))
 
@@ -294,3 +305,125 @@ def _plot_sweep(results: list[dict], spec: str, causal: str, path: str):
     fig.savefig(target, dpi=120)
     plt.close(fig)
     return target
+
+
+class _KeywordCall:
+    """Builds an ``nn.Module`` that calls ``model(*args, **kwargs)`` from positional tensors only and
+    returns a tuple of tensors: fvcore's JIT trace takes neither keyword inputs nor dict outputs."""
+
+    @staticmethod
+    def wrap(model, args: tuple, kwargs: dict):
+        import torch
+        from torch.utils._pytree import tree_flatten
+
+        names = list(kwargs)
+        count = len(args)
+
+        class KeywordCall(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.model = model
+
+            def forward(self, *tensors):
+                out = self.model(*tensors[:count], **dict(zip(names, tensors[count:], strict=True)))
+                leaves, _ = tree_flatten(out)
+                return tuple(t for t in leaves if isinstance(t, torch.Tensor))
+
+        return KeywordCall(), (*args, *kwargs.values())
+
+
+def _strip_prefix(measurement, prefix: str = "model"):
+    """A measurement of :class:`_KeywordCall` with the wrapper's path level removed."""
+
+    def strip(path: str) -> str | None:
+        if path == prefix:
+            return ""
+        return path[len(prefix) + 1 :] if path.startswith(prefix + ".") else None
+
+    measurement.flops = {strip(p): v for p, v in measurement.flops.items() if strip(p) is not None}
+    measurement.raw = {strip(p): v for p, v in measurement.raw.items() if strip(p) is not None}
+    measurement.called = {strip(p) for p in measurement.called if strip(p) is not None}
+    return measurement
+
+
+def validate_model(
+    spec: str,
+    model_args: dict[str, Any],
+    input_shape: tuple[int, ...] | None,
+    seq_lens: list[int] | None,
+    named_inputs: list,
+    *,
+    batch: int,
+    counters: list[str],
+    rtol: float,
+    depth: int,
+    fmt: str,
+    render,
+):
+    """``flopkit validate --model SPEC``: flopkit's report of the model against FlopCounterMode (meta)
+    and fvcore (a CPU copy with real weights), per module and category. Returns the reconciliation."""
+    import torch
+
+    from flopkit.flops.anymodel import count_model
+    from flopkit.flops.measured import count_fvcore
+    from flopkit.flops.mixed import mixed_rows
+    from flopkit.flops.reconcile import reconcile_rows
+    from flopkit.models import build_model, model_inputs, real_inputs
+
+    if seq_lens is not None and len(seq_lens) > 1:
+        raise click.UsageError("validate takes one --seq-len (a sweep is report --seq-len 128,512,...)")
+    model = build_model(spec, model_args)
+    inputs = model_inputs(
+        model,
+        batch=batch,
+        input_shape=input_shape,
+        seq_len=seq_lens[0] if seq_lens else None,
+        named=named_inputs,
+        spec=f"--model {spec}",
+    )
+    rows, count = run_forward(spec, mixed_rows, model, (inputs.args, inputs.kwargs), "flopkit", depth)
+    measurements = []
+    if "fvcore" in counters:
+        torch.manual_seed(0)
+        cpu = build_model(spec, model_args, device="cpu")
+        real = real_inputs(inputs)
+        wrapper, positional = _KeywordCall.wrap(cpu, real.args, real.kwargs)
+        measurements.append(_strip_prefix(run_forward(spec, count_fvcore, wrapper, positional)))
+    if "torch" in counters:
+        measurements.append(run_forward(spec, count_model, model, inputs.args, inputs.kwargs).measurement())
+    rec = reconcile_rows(model, rows, measurements, rtol=rtol)
+    names = [m.counter for m in measurements]
+    if fmt == "json":
+        click.echo(
+            render_json(
+                {
+                    "model": spec,
+                    "model_args": model_args,
+                    "batch": batch,
+                    "inputs": inputs.describe(),
+                    "rtol": rec.rtol,
+                    "ok": rec.ok,
+                    "comparable": {k: list(v) for k, v in rec.comparable.items()},
+                    "totals": rec.totals,
+                    "raw_totals": rec.raw_totals,
+                    "skipped_ops": rec.skipped,
+                    "rows": [
+                        {
+                            "path": r.path,
+                            "type": r.type,
+                            "flopkit": r.analytic,
+                            "compared": r.compared,
+                            "measured": r.measured,
+                            "deltas": r.deltas,
+                            "status": r.status,
+                            "verdict": r.verdict,
+                        }
+                        for r in rec.rows
+                    ],
+                    "notes": rec.notes,
+                }
+            )
+        )
+    else:
+        click.echo(render(spec, rec, names, fmt))
+    return rec

@@ -41,6 +41,7 @@ __all__ = [
     "default_input_shape",
     "is_text_model",
     "close_names",
+    "real_inputs",
 ]
 
 
@@ -190,15 +191,19 @@ def _build_hf(spec: ModelSpec, kwargs: dict[str, Any]) -> nn.Module:
     return transformers.AutoModel.from_config(config)
 
 
-def build_model(spec: ModelSpec | str, model_args: Mapping[str, Any] | None = None) -> nn.Module:
-    """Build the model named by ``spec`` on the meta device (no parameter memory), in eval mode.
+def build_model(
+    spec: ModelSpec | str, model_args: Mapping[str, Any] | None = None, device: str = "meta"
+) -> nn.Module:
+    """Build the model named by ``spec`` on ``device`` (default meta: no parameter memory), in eval
+    mode.
 
     ``model_args`` go to ``timm.create_model``, to the Hugging Face config (each key must be a
-    field of ``AutoConfig.for_model(type)``), or as keyword arguments to the callable.
+    field of ``AutoConfig.for_model(type)``), or as keyword arguments to the callable. ``device="cpu"``
+    allocates and initialises real weights (``validate``'s fvcore run needs them).
     """
     spec = parse_model_spec(spec) if isinstance(spec, str) else spec
     kwargs = dict(model_args or {})
-    with torch.device("meta"):
+    with torch.device(device):
         try:
             if spec.kind == "timm":
                 model = _build_timm(spec, kwargs)
@@ -212,8 +217,8 @@ def build_model(spec: ModelSpec | str, model_args: Mapping[str, Any] | None = No
             raise _user_error(spec, exc) from None
     if not isinstance(model, nn.Module):
         raise ModelSpecError(f"--model {spec.text}: returned a {type(model).__name__}, not an nn.Module")
-    on_cpu = [n for n, p in (*model.named_parameters(), *model.named_buffers()) if not p.is_meta]
-    if on_cpu:
+    on_cpu = [n for n, p in (*model.named_parameters(), *model.named_buffers()) if p.device.type != device]
+    if on_cpu and device == "meta":
         raise ModelSpecError(
             f"--model {spec.text}: {on_cpu[0]} was not created on the meta device (the factory moves it to "
             "a device or loads weights); build tensors without an explicit device"
@@ -358,3 +363,20 @@ def model_inputs(
     if main and main not in kwargs and main != "input_ids":
         return ModelInputs((), {main: tensor, **kwargs}, origin)
     return ModelInputs((tensor,), kwargs, origin)
+
+
+def real_inputs(inputs: ModelInputs, device: str = "cpu", seed: int = 0) -> ModelInputs:
+    """The same inputs as real tensors on ``device``: floats from a seeded normal, integers zero (valid
+    token ids and positions), booleans true (attend everywhere)."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def real(t: torch.Tensor) -> torch.Tensor:
+        if t.dtype.is_floating_point:
+            return torch.randn(t.shape, generator=gen, dtype=t.dtype).to(device)
+        if t.dtype == torch.bool:
+            return torch.ones(t.shape, dtype=torch.bool, device=device)
+        return torch.zeros(t.shape, dtype=t.dtype, device=device)
+
+    return ModelInputs(
+        tuple(real(t) for t in inputs.args), {k: real(t) for k, t in inputs.kwargs.items()}, inputs.origin
+    )

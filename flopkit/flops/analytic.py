@@ -35,6 +35,7 @@ __all__ = [
     "leaf_owner",
     "depth_of",
     "training_legend",
+    "backward_breakdown_at",
 ]
 
 # Backward FLOPs as a multiple of the forward, per category (used by --training).
@@ -69,11 +70,30 @@ def training_legend() -> str:
     """The --training rule per category, read from :data:`BACKWARD_MULTIPLIERS`."""
     rules = ", ".join(f"{cat} {1 + BACKWARD_MULTIPLIERS[cat]}x" for cat in CATEGORIES)
     return (
-        f"--training: forward + backward per category = {rules} the forward. matmul and attention "
-        "backward are exactly two matmuls per forward matmul; rope backward is the transposed "
-        "rotation (same cost); norm and elementwise use the 2x rule (input gradient + "
-        "weight/derivative gradient)."
+        f"--training: forward + backward per category = {rules} the forward, except the patch "
+        "embedding's conv, whose input is data and needs no gradient: its backward is the weight "
+        "gradient only (1x). matmul and attention backward are exactly two matmuls per forward matmul "
+        "(checked against FlopCounterMode's measured backward on the meta device); rope backward is the "
+        "transposed rotation (same cost); norm and elementwise use the 2x rule (input gradient + "
+        "weight/derivative gradient): flopkit's norm and RoPE backward ops have no registered formula "
+        "to measure them with."
     )
+
+
+def backward_breakdown_at(path: str, nodes: dict[str, FlopNode]) -> dict[str, int]:
+    """Backward FLOPs of the walked module at ``path`` (or the walked modules under a container):
+    :data:`BACKWARD_MULTIPLIERS` times the forward, less the input gradient of every module under it
+    whose input is data (``input_is_data``: the patch embedding's conv computes its weight gradient
+    only)."""
+    forward = breakdown_at(path, nodes)
+    out = {k: v * BACKWARD_MULTIPLIERS.get(k, 0) for k, v in forward.items()}
+    prefix = path + "." if path else ""
+    for node in nodes.values():
+        if (node.path == path or node.path.startswith(prefix)) and getattr(
+            node.module, "input_is_data", False
+        ):
+            out["matmul"] -= node.own.get("matmul", 0)
+    return out
 
 
 @dataclass
@@ -228,12 +248,13 @@ def flop_rows(
     for path, module in model.named_modules():
         if depth is not None and depth_of(path) > depth:
             continue
-        breakdown = breakdown_at(path, nodes)
+        breakdown = scale_breakdown(breakdown_at(path, nodes), batch)
         owner = leaf_owner(path, nodes)
-        breakdown = scale_breakdown(breakdown, batch)
+        backward = None
         if training:
-            breakdown = training_breakdown(breakdown)
-        rows.append(FlopRow.of(path, module, breakdown, counted_in=owner))
+            backward = scale_breakdown(backward_breakdown_at(path, nodes), batch)
+            breakdown = add_breakdowns(breakdown, backward)
+        rows.append(FlopRow.of(path, module, breakdown, counted_in=owner, backward=backward))
     return rows
 
 

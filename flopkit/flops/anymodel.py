@@ -33,7 +33,16 @@ from torch.utils._pytree import tree_flatten
 
 from flopkit.nn._flops import CATEGORIES
 
-from .measured import _NOT_FLOPS, TORCH_OPS, _OpRecorder, register_flopkit_formulas
+from .measured import (
+    _NOT_FLOPS,
+    TORCH_OPS,
+    Measurement,
+    _numel,
+    _OpRecorder,
+    _shape,
+    fvcore_handle,
+    register_flopkit_formulas,
+)
 
 __all__ = [
     "CAUSAL_MODES",
@@ -43,6 +52,7 @@ __all__ = [
     "LayerShapes",
     "ModelCount",
     "count_model",
+    "layer_shapes",
     "causal_pairs",
     "causal_legend",
 ]
@@ -50,10 +60,6 @@ __all__ = [
 CAUSAL_MODES = ("full", "half")
 
 aten = torch.ops.aten
-
-
-def _numel(shape) -> int:
-    return math.prod(shape) if shape is not None else 0
 
 
 # ------------------------------------------------------------------------------------------------
@@ -153,6 +159,34 @@ _ACTIVATION_BACKWARDS = (
     "leaky_relu_backward", "mish_backward", "softplus_backward", "glu_backward", "_prelu_kernel_backward",
     "log_sigmoid_backward",
 )  # fmt: skip
+
+
+# fvcore sees the same norms as JIT ops; these handles replace its own (5 per element with an affine,
+# 4 without, batch norm in eval 1-2), so both counters use one convention.
+def _fv_present(value) -> bool:
+    return value.type().kind() != "NoneType"
+
+
+@fvcore_handle("aten::layer_norm", "aten::group_norm")
+def _fvcore_layer_norm(inputs: list, outputs: list) -> int:
+    """``layer_norm(input, shape, weight, bias, ...)`` / ``group_norm(input, groups, weight, bias, ...)``."""
+    return layer_norm_flops(_numel(_shape(inputs[0])), _fv_present(inputs[2]), _fv_present(inputs[3]))
+
+
+@fvcore_handle("aten::instance_norm")
+def _fvcore_instance_norm(inputs: list, outputs: list) -> int:
+    """``instance_norm(input, weight, bias, ...)``: statistics per sample, as a layer norm."""
+    return layer_norm_flops(_numel(_shape(inputs[0])), _fv_present(inputs[1]), _fv_present(inputs[2]))
+
+
+@fvcore_handle("aten::batch_norm")
+def _fvcore_batch_norm(inputs: list, outputs: list) -> int:
+    """``batch_norm(input, weight, bias, running_mean, running_var, training, ...)``."""
+    numel = _numel(_shape(inputs[0]))
+    if inputs[5].toIValue():
+        return layer_norm_flops(numel, _fv_present(inputs[1]), _fv_present(inputs[2]))
+    return BATCH_NORM_EVAL_PER_ELEMENT * numel
+
 
 # op packet -> (category, formula taking shapes, as FlopCounterMode's custom_mapping expects)
 OP_FORMULAS: dict[Any, tuple[str, Callable[..., int]]] = {
@@ -267,6 +301,12 @@ class ModelCount:
         """Forward FLOPs by category of the module at ``path`` (descendants included)."""
         return self.forward.get(path, {})
 
+    def measurement(self) -> Measurement:
+        """The forward as a :class:`~flopkit.flops.measured.Measurement` named ``"torch"``, for
+        :func:`~flopkit.flops.reconcile.reconcile_rows`."""
+        seen = {MEASURED_OPS[op] for ops in self.raw.values() for op, v in ops.items() if v}
+        return Measurement("torch", self.forward, self.raw, self.called, self.skipped, seen)
+
 
 def _tensor_info(tree) -> tuple[list[list[int]], list[str], int]:
     leaves, _ = tree_flatten(tree)
@@ -274,6 +314,36 @@ def _tensor_info(tree) -> tuple[list[list[int]], list[str], int]:
     shapes = [list(t.shape) for t in tensors]
     dtypes = [str(t.dtype).removeprefix("torch.") for t in tensors]
     return shapes, dtypes, sum(t.numel() * t.element_size() for t in tensors)
+
+
+def layer_shapes(model: nn.Module, args: tuple = (), kwargs: dict | None = None) -> dict[str, LayerShapes]:
+    """Per module path, the shapes, dtypes and bytes of its first call in ``model(*args, **kwargs)``
+    (one forward, no gradient; meant for the meta device)."""
+    shapes: dict[str, LayerShapes] = {}
+    names: dict[nn.Module, str] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        names.setdefault(module, name)
+
+    def hook(module, args, kwargs, output):
+        _record_shapes(shapes, names.get(module, ""), module, args, kwargs, output)
+
+    handles = [m.register_forward_hook(hook, with_kwargs=True) for m in names]
+    try:
+        with torch.no_grad():
+            model(*args, **(kwargs or {}))
+    finally:
+        for h in handles:
+            h.remove()
+    return shapes
+
+
+def _record_shapes(shapes, path, module, args, kwargs, output) -> None:
+    if path in shapes:
+        return
+    in_shapes, in_dtypes, _ = _tensor_info((args, kwargs))
+    out_shapes, out_dtypes, out_bytes = _tensor_info(output)
+    param_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
+    shapes[path] = LayerShapes(in_shapes, in_dtypes, out_shapes, out_dtypes, out_bytes, param_bytes)
 
 
 def _is_rms_norm_module(module: nn.Module) -> bool:
@@ -506,8 +576,10 @@ def count_model(
 ) -> ModelCount:
     """Measured FLOPs of ``model(*args, **kwargs)`` (meta-device model and inputs) per module path.
 
-    ``backward=True`` runs a second pass with ``loss = sum of the outputs`` (inputs do not require
-    grad) and reports ``backward[path] = (forward + backward run) - forward run`` by category.
+    ``backward=True`` runs the model in train mode, once forward only and once with
+    ``loss = sum of the outputs`` and its backward (inputs do not require grad), and reports
+    ``backward[path] = (forward + backward run) - forward run`` by category; ``False`` runs it in
+    eval mode. The model's own train/eval flags are restored.
     ``causal``: ``"full"`` counts every SDPA on all query-key pairs; ``"half"`` counts causal SDPA
     calls (``is_causal=True``) on the pairs the mask keeps (:func:`causal_pairs`).
     """
@@ -516,15 +588,23 @@ def count_model(
     kwargs = kwargs or {}
     shapes: dict[str, LayerShapes] = {}
     seen: Counter = Counter()
-    raw, calls = _run(model, args, kwargs, causal, False, shapes, seen)
-    forward = _categories(raw)
+    modes = {m: m.training for m in model.modules()}
     back = None
-    if backward:
-        raw_total, _ = _run(model, args, kwargs, causal, True, None, None)
-        total = _categories(raw_total)
-        back = {
-            path: {c: total[path][c] - forward.get(path, {}).get(c, 0) for c in CATEGORIES} for path in total
-        }
+    try:
+        # A training step runs the model in train mode (batch norm on batch statistics, dropout on).
+        model.train(backward)
+        raw, calls = _run(model, args, kwargs, causal, False, shapes, seen)
+        forward = _categories(raw)
+        if backward:
+            raw_total, _ = _run(model, args, kwargs, causal, True, None, None)
+            total = _categories(raw_total)
+            back = {
+                path: {c: total[path][c] - forward.get(path, {}).get(c, 0) for c in CATEGORIES}
+                for path in total
+            }
+    finally:
+        for module, mode in modes.items():
+            module.training = mode
     counted = {op.split("[")[0] for ops in raw.values() for op in ops}
     skipped = Counter({op: n for op, n in seen.items() if op not in counted and op not in _NOT_FLOPS})
     return ModelCount(

@@ -60,7 +60,8 @@ FVCORE_OPS: dict[str, tuple[str, int]] = {
     "einsum": ("matmul", 2),
     "conv": ("matmul", 2),
     "_convolution": ("matmul", 2),
-    # fvcore's own norm handles count 5 per element with an affine, 4 without (not MACs).
+    # flopkit's norm handles (flops/anymodel.py), in FLOPs: layer/group/instance norm 4 per element
+    # + 1 per affine weight + 1 per bias; batch norm in eval 2 per element.
     "layer_norm": ("norm", 1),
     "group_norm": ("norm", 1),
     "batch_norm": ("norm", 1),
@@ -97,7 +98,10 @@ def _shape(value) -> list[int]:
     return list(get_shape(value))
 
 
-def _numel(shape: list[int]) -> int:
+def _numel(shape) -> int:
+    """Elements of a shape (0 for None, an absent tensor)."""
+    if shape is None:
+        return 0
     out = 1
     for s in shape:
         out *= s
@@ -221,7 +225,11 @@ def _to_categories(raw: dict[str, Counter], table: Callable[[str], tuple[str, in
 def count_fvcore(model: nn.Module, inputs: torch.Tensor) -> Measurement:
     """Run fvcore's ``FlopCountAnalysis`` on ``model(inputs)`` (real tensors, CPU), with flopkit's
     handles (:data:`FVCORE_HANDLES`) added; returns FLOPs by category per module path."""
-    from fvcore.nn import FlopCountAnalysis
+    with warnings.catch_warnings():  # fvcore's import scripts functions with the deprecated torch.jit.script
+        warnings.simplefilter("ignore")
+        from fvcore.nn import FlopCountAnalysis
+
+    from . import anymodel  # noqa: F401  (registers the norm handles in FVCORE_HANDLES)
 
     recorder = _CallRecorder(model)
     try:

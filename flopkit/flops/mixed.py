@@ -17,7 +17,16 @@ from torch import nn
 
 from flopkit.nn._flops import CATEGORIES, add_breakdowns
 
-from .analytic import FlopNode, FlopRow, depth_of, flop_tree, is_analytic, top_paths, training_breakdown
+from .analytic import (
+    FlopNode,
+    FlopRow,
+    backward_breakdown_at,
+    depth_of,
+    flop_tree,
+    is_analytic,
+    leaf_owner,
+    top_paths,
+)
 from .anymodel import ModelCount, count_model
 
 __all__ = ["per_sample_count", "mixed_rows", "MIXED_LEGEND"]
@@ -90,9 +99,14 @@ def mixed_rows(
         node, scale = nodes[path]
         return {k: v * scale for k, v in node.breakdown.items()}
 
-    def rule_backward(forward: dict[str, int]) -> dict[str, int]:
-        total = training_breakdown(forward)
-        return {k: total[k] - forward[k] for k in forward}
+    def analytic_backward(path: str) -> dict[str, int]:
+        if path not in nodes:
+            return add_breakdowns(
+                dict.fromkeys(CATEGORIES, 0), *(analytic_backward(p) for p in top_paths(path, nodes))
+            )
+        scale = nodes[path][1]
+        walked = {p: n for p, (n, _) in nodes.items()}
+        return {k: v * scale for k, v in backward_breakdown_at(path, walked).items()}
 
     def combine(own, inner_analytic, inner_measured):
         out = add_breakdowns(dict.fromkeys(CATEGORIES, 0), own, *inner_analytic)
@@ -105,11 +119,12 @@ def mixed_rows(
     for path, module in modules.items():
         if depth is not None and depth_of(path) > depth:
             continue
-        backward = None
+        backward, owner = None, None
         if path in nodes or any(_under(path, r) for r in roots):
             forward, source = analytic(path), "analytic"
+            owner = leaf_owner(path, {p: n for p, (n, _) in nodes.items()})
             if training:
-                backward = rule_backward(forward)
+                backward = analytic_backward(path)
         else:
             inner = top_paths(path, trees)
             inner_forward = [analytic(p) for p in inner]
@@ -117,12 +132,12 @@ def mixed_rows(
             if training:
                 backward = combine(
                     measured.backward.get(path, {}),
-                    [rule_backward(f) for f in inner_forward],
+                    [analytic_backward(p) for p in inner],
                     [measured.backward.get(p, {}) for p in inner],
                 )
             source = "measured+analytic" if inner else "measured"
         breakdown = add_breakdowns(forward, backward) if backward is not None else forward
-        row = FlopRow.of(path, module, breakdown, source=source, backward=backward)
+        row = FlopRow.of(path, module, breakdown, source=source, backward=backward, counted_in=owner)
         row.shapes = measured.shapes.get(path)
         out.append(row)
     return out, measured

@@ -49,7 +49,11 @@ class PatchEmbed(nn.Module):
 
     ``[B, C_in, H, W]`` -> ``[B, N, C]`` with ``N = (H/P) * (W/P)``, patches row-major.
     FLOPs per image: ``2 * C_in * P^2 * C * N`` (matmul) ``+ N * C`` (position add, elementwise).
+    Its input is data (images), so a training step computes no input gradient for the conv: its
+    backward is the weight gradient alone, 1x the conv's forward (``input_is_data``).
     """
+
+    input_is_data = True
 
     def __init__(
         self,
