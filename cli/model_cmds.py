@@ -122,6 +122,12 @@ def run_forward(spec: str, fn, *args, **kwargs):
         raise
     except Exception as exc:
         message = " ".join(str(exc).split()) or type(exc).__name__
+        if "meta tensor" in message:
+            message += (
+                " (flopkit runs the model on the meta device, where tensors have no values: leave out "
+                "inputs the model reads, such as an attention mask it checks for padding; a full mask "
+                "costs the same FLOPs)"
+            )
         raise ModelSpecError(
             f"--model {spec}: running the model failed: {type(exc).__name__}: {message}"
         ) from None
@@ -147,6 +153,8 @@ def report_model(
     from flopkit.flops.mixed import mixed_rows
     from flopkit.models import build_model, model_inputs
 
+    if plot_path is not None:
+        _check_plot_path(plot_path)
     model = build_model(spec, model_args)
     if seq_lens is not None and len(seq_lens) > 1:
         if columns:
@@ -274,19 +282,28 @@ def _sweep(
     )
 
 
+def _check_plot_path(path: str) -> None:
+    """Refuse a ``--plot`` target in a missing directory, or without matplotlib, before any work."""
+    from pathlib import Path
+
+    parent = Path(path).parent
+    if not parent.is_dir():
+        raise click.BadParameter(f"directory {str(parent)!r} does not exist", param_hint="--plot")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise click.UsageError("--plot needs matplotlib: pip install 'flopkit[plot]'") from None
+
+
 def _plot_sweep(results: list[dict], spec: str, causal: str, path: str):
     from pathlib import Path
 
-    target = Path(path)
-    if not target.parent.is_dir():
-        raise click.BadParameter(f"directory {str(target.parent)!r} does not exist", param_hint="--plot")
-    try:
-        import matplotlib
+    import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise click.UsageError("--plot needs matplotlib: pip install 'flopkit[plot]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    target = Path(path)
     lens = [r["seq_len"] for r in results]
     fig, ax = plt.subplots(figsize=(6, 4))
     for cat in CATEGORIES:

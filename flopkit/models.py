@@ -180,14 +180,15 @@ def _build_hf(spec: ModelSpec, kwargs: dict[str, Any]) -> nn.Module:
         raise ModelSpecError(
             f"--model {spec.text}: transformers has no model type {spec.target!r}{_suggest(spec.target, types)}"
         )
-    config = transformers.AutoConfig.for_model(spec.target)
-    for key, value in kwargs.items():
-        if not hasattr(config, key):
-            known = [k for k in config.to_dict() if not k.startswith("_")]
+    defaults = transformers.AutoConfig.for_model(spec.target)
+    for key in kwargs:
+        if not hasattr(defaults, key):
+            known = [k for k in defaults.to_dict() if not k.startswith("_")]
             raise ModelSpecError(
-                f"--model-arg {key}: {type(config).__name__} has no field {key!r}{_suggest(key, known)}"
+                f"--model-arg {key}: {type(defaults).__name__} has no field {key!r}{_suggest(key, known)}"
             )
-        setattr(config, key, value)
+    # Through the constructor, so that derived fields (Llama's head_dim, ...) follow the arguments.
+    config = transformers.AutoConfig.for_model(spec.target, **kwargs)
     return transformers.AutoModel.from_config(config)
 
 
@@ -269,7 +270,14 @@ def parse_seq_lens(text: str) -> list[int]:
 
 
 def default_input_shape(model: nn.Module) -> tuple[int, ...] | None:
-    """``(C, H, W)`` from timm's ``pretrained_cfg["input_size"]`` (or ``default_cfg``), else None."""
+    """``(C, H, W)`` for an image model: the image size its patch embedding was built for (a timm
+    ViT built with ``img_size=...``, whose ``pretrained_cfg`` still names the pretrained size), else
+    timm's ``pretrained_cfg["input_size"]`` (or ``default_cfg``), else None."""
+    embed = getattr(model, "patch_embed", None)
+    size = getattr(embed, "img_size", None)
+    conv = getattr(embed, "proj", None)
+    if isinstance(size, (tuple, list)) and len(size) == 2 and isinstance(conv, nn.Conv2d):
+        return (conv.in_channels, int(size[0]), int(size[1]))
     for attr in ("pretrained_cfg", "default_cfg"):
         cfg = getattr(model, attr, None)
         if isinstance(cfg, Mapping) and cfg.get("input_size"):

@@ -108,6 +108,13 @@ def mixed_rows(
         walked = {p: n for p, (n, _) in nodes.items()}
         return {k: v * scale for k, v in backward_breakdown_at(path, walked).items()}
 
+    def entered(counts: dict[str, dict[str, int]], path: str) -> dict[str, int]:
+        """The count at ``path``; for a container never called (a ModuleList), the sum over the
+        top-most modules under it that were."""
+        if path in measured.called:
+            return counts.get(path, {})
+        return add_breakdowns(*(counts.get(p, {}) for p in top_paths(path, measured.called)))
+
     def combine(own, inner_analytic, inner_measured):
         out = add_breakdowns(dict.fromkeys(CATEGORIES, 0), own, *inner_analytic)
         for part in inner_measured:
@@ -128,10 +135,12 @@ def mixed_rows(
         else:
             inner = top_paths(path, trees)
             inner_forward = [analytic(p) for p in inner]
-            forward = combine(measured.breakdown(path), inner_forward, [measured.breakdown(p) for p in inner])
+            forward = combine(
+                entered(measured.forward, path), inner_forward, [measured.breakdown(p) for p in inner]
+            )
             if training:
                 backward = combine(
-                    measured.backward.get(path, {}),
+                    entered(measured.backward, path),
                     [analytic_backward(p) for p in inner],
                     [measured.backward.get(p, {}) for p in inner],
                 )

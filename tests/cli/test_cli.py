@@ -51,7 +51,8 @@ def test_report_batch_depth_and_training():
     assert rows["norm"]["breakdown"]["norm"] == 3 * 384  # the readout (CLS) token only
     train = run_json("report", "vit5-small", "--batch", "8", "--training", "--depth", "0")
     bd, fwd = train["rows"][0]["breakdown"], forward["rows"][0]["breakdown"]
-    assert bd["matmul"] == 8 * 3 * fwd["matmul"] and bd["rope"] == 8 * 2 * fwd["rope"]
+    conv = 2 * 3 * 16 * 16 * 384 * 196  # the patch conv: its input is data, so no input gradient
+    assert bd["matmul"] == 8 * (3 * fwd["matmul"] - conv) and bd["rope"] == 8 * 2 * fwd["rope"]
     assert train["batch"] == 8
 
 
@@ -206,3 +207,63 @@ def test_installed_script_runs_as_a_subprocess():
     assert (
         bad.returncode == 2 and bad.stderr.startswith("flopkit: error: unknown preset") and bad.stdout == ""
     )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["report", "vit5-small", "--seq-len", "128"], "--seq-len applies only with --model"),
+        (["report", "vit5-small", "--model-arg", "a=1"], "--model-arg applies only with --model"),
+        (
+            ["report", "vit5-small", "--causal-attention", "half"],
+            "--causal-attention applies only with --model",
+        ),
+        (["report", "vit5-small", "--plot", "x.png"], "--plot applies only with --model"),
+        (["report", "vit5-small", "--model", "m.py:f"], "give CONFIG (vit5-small) or --model, not both"),
+        (["report", "--model", "m.py:f", "--set", "depth=2"], "with --model use --model-arg"),
+        (["report", "vit5-small", "--columns", "shapes,bytes"], "--columns"),
+        (["validate", "--model", "m.py:f", "--causal-attention", "half"], "validate counts every"),
+        (["validate", "--model", "m.py:f", "--convention", "flopkit"], "--convention applies to flopkit"),
+        (["validate", "vit5-small", "--input-shape", "3,8,8"], "--input-shape applies only with --model"),
+    ],
+)
+def test_options_that_do_not_apply_are_refused(args, message):
+    result = run(*args)
+    assert result.exit_code == 2 and message in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+def test_model_errors_are_one_line_naming_the_spec(tmp_path):
+    path = tmp_path / "net.py"
+    path.write_text(
+        "import torch\nfrom torch import nn\n\n"
+        "class Net(nn.Module):\n    def forward(self, x):\n        raise ValueError('bad shape')\n\n"
+        "def net():\n    return Net()\n\ndef boom(**kw):\n    raise KeyError('weights')\n"
+    )
+    result = run("report", "--model", f"{path}:boom")
+    assert result.exit_code == 2 and f"--model {path}:boom: KeyError: 'weights'" in result.stderr
+    result = run("report", "--model", f"{path}:net", "--input-shape", "4")
+    assert result.exit_code == 2 and "running the model failed: ValueError: bad shape" in result.stderr
+    result = run("report", "--model", f"{path}:net", "--seq-len", "8,16", "--plot", "/missing/dir/x.png")
+    assert result.exit_code == 2 and "does not exist" in result.stderr
+    assert all(len(r.splitlines()) == 1 for r in (result.stderr,))
+
+
+def test_report_columns_show_shapes_and_memory_for_a_config():
+    result = run("report", "vit5-small", "--columns", "shapes,memory", "--depth", "1")
+    assert result.exit_code == 0, result.output
+    head = result.stdout.splitlines()[1]
+    assert all(h in head for h in ("input", "output", "param bytes", "output bytes"))
+    assert "[1, 3, 224, 224] float32" in result.stdout
+
+
+def test_report_json_rows_always_carry_shapes():
+    rows = {r["path"]: r for r in run_json("report", "vit5-small", "--batch", "2")["rows"]}
+    assert rows["patch_embed"]["input_shapes"] == [[2, 3, 224, 224]]
+    assert rows["patch_embed"]["output_shapes"] == [[2, 196, 384]]
+
+
+def test_training_on_a_config_reports_the_backward_with_the_patch_conv_at_one_x():
+    rows = {r["path"]: r for r in run_json("report", "vit5-small", "--training", "--depth", "1")["rows"]}
+    conv = 2 * 3 * 16 * 16 * 384 * 196
+    assert rows["patch_embed"]["backward"]["matmul"] == conv
+    assert rows["head"]["backward"]["matmul"] == 2 * (2 * 384 * 1000)
