@@ -236,7 +236,8 @@ def _sweep(
                 "backward_flops": backward,
             }
         )
-    written = _plot_sweep(results, spec, causal, plot_path) if plot_path else None
+    label = spec + (f" ({', '.join(f'{k}={v}' for k, v in model_args.items())})" if model_args else "")
+    written = _plot_sweep(results, label, causal, plot_path) if plot_path else None
     legend = model_legend(convention, inputs, count, training, batch, _has_analytic(rows))
     legend[-1 if not training else -3] = (
         f"convention: {convention}; batch: {batch}; int64 ids [batch, seq_len]; per "

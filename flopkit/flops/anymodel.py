@@ -238,8 +238,8 @@ ANYMODEL_LEGEND = (
     f"modules named *RMSNorm) {RMS_NORM_PER_ELEMENT} per element; elementwise = activations "
     f"{ACTIVATION_PER_ELEMENT} per element and softmax {SOFTMAX_PER_ELEMENT} per element (also the "
     "softmax inside SDPA, which flopkit's own analytic attention does not count). Not counted in measured "
-    "modules: bias adds, residual adds, LayerScale and other plain tensor arithmetic (aten.add/mul), "
-    "dropout, embeddings lookups."
+    "modules: bias adds, residual adds, LayerScale, RoPE written as tensor arithmetic (Llama's "
+    "rotate_half) and other plain aten add/mul, dropout, embedding lookups."
 )
 
 
