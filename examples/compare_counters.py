@@ -174,7 +174,14 @@ def markdown(results: list[dict]) -> str:
         total = r["flopkit"]
         flopkit = _g(total) + (f" (half: {_g(r['flopkit_causal_half'])})" if r["flopkit_causal_half"] else "")
         cells = [r["model"], flopkit, *[_g(r["breakdown"][c]) for c in cats]]
-        for key in ("flop_counter_mode", "fvcore", "fvcore_flopkit_handles", "timm_published", "calflops", "ptflops"):
+        for key in (
+            "flop_counter_mode",
+            "fvcore",
+            "fvcore_flopkit_handles",
+            "timm_published",
+            "calflops",
+            "ptflops",
+        ):
             cells.append(_g(r[key]) + _pct(r[key], total))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
