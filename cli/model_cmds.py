@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from flopkit.nn._flops import CATEGORIES
+from flopkit.formulas import CATEGORIES
 from flopkit.report import percent, render_json, render_rows
 
 COLUMN_GROUPS = ("shapes", "memory")
@@ -90,11 +90,11 @@ def render_model_rows(
 
 def model_legend(convention: str, inputs, count, training: bool, batch: int, analytic: bool) -> list[str]:
     """Legend lines of a ``--model`` report; ``analytic``: some rows come from flopkit modules."""
-    from flopkit.flops.analytic import COUNTED_LEGEND, training_legend
     from flopkit.flops.anymodel import ANYMODEL_LEGEND, causal_legend
     from flopkit.flops.mixed import MIXED_LEGEND
+    from flopkit.formulas import counted_legend, training_legend
 
-    legend = [COUNTED_LEGEND, MIXED_LEGEND] if analytic else []
+    legend = [counted_legend(), MIXED_LEGEND] if analytic else []
     legend += [
         ANYMODEL_LEGEND,
         causal_legend(count.causal, count.causal_calls, count.masked_calls),
@@ -113,29 +113,15 @@ def model_legend(convention: str, inputs, count, training: bool, batch: int, ana
 
 def run_forward(spec: str, fn, *args, **kwargs):
     """Call ``fn`` (a count over the user's model); an error inside the model becomes one line naming
-    the spec, with the original message."""
-    from flopkit.models import ModelSpecError
+    the spec, with the original message (:func:`flopkit.models.user_code`)."""
+    from flopkit.models import user_code
 
-    try:
+    with user_code(spec, "running the model"):
         return fn(*args, **kwargs)
-    except (ModelSpecError, click.ClickException):
-        raise
-    except Exception as exc:
-        message = " ".join(str(exc).split()) or type(exc).__name__
-        if "meta tensor" in message:
-            message += (
-                " (flopkit runs the model on the meta device, where tensors have no values: leave out "
-                "inputs the model reads, such as an attention mask it checks for padding; a full mask "
-                "costs the same FLOPs)"
-            )
-        raise ModelSpecError(
-            f"--model {spec}: running the model failed: {type(exc).__name__}: {message}"
-        ) from None
 
 
 def report_model(
-    spec: str,
-    model_args: dict[str, Any],
+    loaded,
     input_shape: tuple[int, ...] | None,
     seq_lens: list[int] | None,
     named_inputs: list,
@@ -149,13 +135,14 @@ def report_model(
     plot_path: str | None,
     fmt: str,
 ) -> None:
-    """``flopkit report --model SPEC ...``: the per-module table, or one row per ``--seq-len``."""
+    """``flopkit report --model SPEC ...``: the per-module table, or one row per ``--seq-len``.
+    ``loaded``: the :class:`~flopkit.models.LoadedModel` of the spec."""
     from flopkit.flops.mixed import mixed_rows
-    from flopkit.models import build_model, model_inputs
+    from flopkit.models import model_inputs
 
     if plot_path is not None:
         _check_plot_path(plot_path)
-    model = build_model(spec, model_args)
+    model, spec, model_args = loaded.module, loaded.spec, loaded.model_args
     if seq_lens is not None and len(seq_lens) > 1:
         if columns:
             raise click.UsageError("--columns applies to the per-module table, not to a --seq-len sweep")
@@ -365,8 +352,7 @@ def _strip_prefix(measurement, prefix: str = "model"):
 
 
 def validate_model(
-    spec: str,
-    model_args: dict[str, Any],
+    loaded,
     input_shape: tuple[int, ...] | None,
     seq_lens: list[int] | None,
     named_inputs: list,
@@ -378,8 +364,9 @@ def validate_model(
     fmt: str,
     render,
 ):
-    """``flopkit validate --model SPEC``: flopkit's report of the model against FlopCounterMode (meta)
-    and fvcore (a CPU copy with real weights), per module and category. Returns the reconciliation."""
+    """``flopkit validate --model SPEC``: flopkit's report of the model (``loaded``) against
+    FlopCounterMode (meta) and fvcore (a CPU copy with real weights), per module and category.
+    Returns the reconciliation."""
     import torch
 
     from flopkit.flops.anymodel import count_model
@@ -390,7 +377,7 @@ def validate_model(
 
     if seq_lens is not None and len(seq_lens) > 1:
         raise click.UsageError("validate takes one --seq-len (a sweep is report --seq-len 128,512,...)")
-    model = build_model(spec, model_args)
+    model, spec, model_args = loaded.module, loaded.spec, loaded.model_args
     inputs = model_inputs(
         model,
         batch=batch,
@@ -410,7 +397,6 @@ def validate_model(
     if "torch" in counters:
         measurements.append(run_forward(spec, count_model, model, inputs.args, inputs.kwargs).measurement())
     rec = reconcile_rows(model, rows, measurements, rtol=rtol)
-    names = [m.counter for m in measurements]
     if fmt == "json":
         click.echo(
             render_json(
@@ -443,5 +429,5 @@ def validate_model(
             )
         )
     else:
-        click.echo(render(spec, rec, names, fmt))
+        click.echo(render(spec, rec, fmt))
     return rec

@@ -1,6 +1,10 @@
 """flopkit: ViT-5 modules with exact analytic FLOPs, FLOP inspection and fast norm kernels."""
 
-from .nn import (
+from ._source_tree import map_source_subpackages
+
+map_source_subpackages()
+
+from .nn import (  # noqa: E402
     HeadNorm,
     LayerScale,
     Mlp,

@@ -15,8 +15,8 @@ the meta device and reports their ``ValueError``.
 
 from __future__ import annotations
 
-import contextlib
 import difflib
+import inspect
 import json
 import math
 from collections.abc import Iterable, Mapping
@@ -27,7 +27,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from flopkit.formulas import CONVENTIONS
 from flopkit.nn import PRESETS, Mlp, RMSNorm, ViT5, ViT5Attention, ViT5Block
+from flopkit.nn._checks import is_int
+from flopkit.nn.attention import QK_NORMS
+from flopkit.nn.rope import ROPE_PAIRINGS
 
 __all__ = [
     "ConfigError",
@@ -37,7 +41,10 @@ __all__ = [
     "load_config",
     "parse_overrides",
     "model_input",
-    "parameters_on_meta",
+    "MAX_PARAMETERS",
+    "MAX_DEPTH",
+    "MAX_CPU_PARAMETERS",
+    "preset_summaries",
 ]
 
 
@@ -45,11 +52,20 @@ class ConfigError(ValueError):
     """A config that cannot be used; the message is one line."""
 
 
+# Sanity bounds, checked before a model is built.
+MAX_PARAMETERS = 10**13
+"""More parameters than any model trained so far by two orders of magnitude: a typo, not a model."""
+MAX_DEPTH = 4096
+"""Blocks are built one by one even on the meta device (about 0.5 ms each)."""
+MAX_TENSOR_ELEMENTS = 2**63 - 1
+"""A tensor's element count is an int64: the attention map ``[B, H, T, T]`` must fit for B = 1."""
+MAX_CPU_PARAMETERS = 10**9
+"""``validate``'s fvcore run builds the model on CPU: 4 GiB of float32 parameters at most."""
+
+
 # Field -> accepted type: int, float (ints accepted), bool, SIZE (an int or [height, width]), or a
 # tuple of allowed values.
 SIZE = "size"
-QK_NORMS = (None, "rmsnorm", "headnorm")
-PAIRINGS = ("split_half", "interleaved")
 MODEL_FIELDS: dict[str, Any] = {
     "image_size": SIZE,
     "patch_size": int,
@@ -63,7 +79,7 @@ MODEL_FIELDS: dict[str, Any] = {
     "qk_norm": QK_NORMS,
     "rope_base": float,
     "reg_rope_base": float,
-    "rope_pairing": PAIRINGS,
+    "rope_pairing": ROPE_PAIRINGS,
     "num_classes": int,
 }
 
@@ -77,7 +93,7 @@ _LAYOUT_FIELDS: dict[str, Any] = {
     "qk_norm": QK_NORMS,
     "rope_base": float,
     "reg_rope_base": float,
-    "rope_pairing": PAIRINGS,
+    "rope_pairing": ROPE_PAIRINGS,
 }
 
 
@@ -190,19 +206,20 @@ class Config:
         return out
 
     def build(self, device: torch.device | str = "meta") -> nn.Module:
-        """Build the module; on the meta device (the default) it holds no memory and costs no init.
+        """Build the module under ``torch.device(device)``: on the meta device (the default) no
+        parameter memory is allocated and nothing is initialised.
 
         Raises ConfigError for a field combination the module rejects.
         """
         try:
-            if str(device) == "meta":
-                with parameters_on_meta():
-                    module = self._construct()
-                return module.to("meta")
             with torch.device(device):
                 return self._construct()
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"{self.source}: {_one_line(exc)}") from None
+        except RuntimeError as exc:  # torch refusing a tensor size (e.g. its storage size overflows)
+            raise ConfigError(
+                f"{self.source}: torch cannot create a tensor of this config: {_one_line(exc)}"
+            ) from None
 
     def _construct(self) -> nn.Module:
         if self.is_model:
@@ -225,38 +242,75 @@ class Config:
         return self._meta if self._meta is not None else self.check()
 
     def check(self) -> nn.Module:
-        """Build on the meta device and check ``num_tokens`` against the layout; returns the module."""
-        module = self._meta = self.build("meta")
+        """Check the size bounds, build on the meta device, check ``num_tokens`` against the layout;
+        returns the module (kept as :attr:`meta_module`)."""
+        if self.is_model:
+            self._check_model_size()
+        module = self.build("meta")
         fixed = not self.is_model and MODULES[self.module].has_layout
         if fixed and self.num_tokens is not None and self.num_tokens != module.num_tokens:
             raise ConfigError(
                 f"{self.source}: num_tokens={self.num_tokens} does not match the token layout "
                 f"h*w + cls + R = {_layout(module).describe()}"
             )
+        if fixed:
+            self._check_attention_map(_attention(module), self.tokens(module))
+        self._meta = module
         return module
 
+    def model_fields(self) -> dict[str, Any]:
+        """The ViT5 arguments of a model config: the preset's fields, then the config's."""
+        return {**(PRESETS[self.preset] if self.preset is not None else {}), **self.fields}
 
-@contextlib.contextmanager
-def parameters_on_meta():
-    """Within the block, every parameter a module registers is moved to the meta device, so that
-    its initialisation (which runs after registration) costs nothing.
+    def parameter_count(self) -> int:
+        """Parameters of the model, from a one-block probe built on the meta device (no memory):
+        everything outside the blocks plus ``depth`` times one block."""
+        if not self.is_model:
+            return sum(p.numel() for p in self.meta_module.parameters())
+        return self._probe()[1]
 
-    Used instead of ``torch.device("meta")`` as the build context: that would also run the RoPE
-    table maths of every attention layer through Python meta kernels, whose first call imports
-    ``torch._dynamo`` (about 1.3 s cold); here those small tables are computed on CPU.
-    """
-    register = nn.Module.register_parameter
+    def _probe(self) -> tuple[nn.Module, int]:
+        """A one-block build of the model on the meta device and the full model's parameter count."""
+        fields = self.model_fields()
+        depth = fields.get("depth", _VIT5_DEFAULTS["depth"])
+        probe = Config(self.source, fields={**fields, "depth": 1}).build("meta")
+        block = sum(p.numel() for p in probe.blocks[0].parameters())
+        return probe, sum(p.numel() for p in probe.parameters()) + (depth - 1) * block
 
-    def register_on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
-        register(module, name, param)
-        if param is not None and param.device.type != "meta":
-            module._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+    def _check_model_size(self) -> None:
+        depth = self.model_fields().get("depth", _VIT5_DEFAULTS["depth"])
+        if is_int(depth) and depth > MAX_DEPTH:
+            raise ConfigError(
+                f"{self.source}: depth={depth:,} is above the limit of {MAX_DEPTH:,} blocks "
+                f"(a model is built block by block, even on the meta device)"
+            )
+        probe, params = self._probe()
+        self._check_attention_map(_attention(probe), probe.num_tokens)
+        if params > MAX_PARAMETERS:
+            raise ConfigError(
+                f"{self.source}: {params:,} parameters (about {params / 1e12:.3g} T) is above the limit of "
+                f"{MAX_PARAMETERS:,} (10^13); check hidden_dim, depth, mlp_ratio, num_classes and image_size"
+            )
 
-    nn.Module.register_parameter = register_on_meta
-    try:
-        yield
-    finally:
-        nn.Module.register_parameter = register
+    def _check_attention_map(self, attn: ViT5Attention, num_tokens: int) -> None:
+        entries = attn.num_heads * num_tokens * num_tokens
+        if entries > MAX_TENSOR_ELEMENTS:
+            raise ConfigError(
+                f"{self.source}: {num_tokens:,} tokens need an attention map of H*T^2 = {entries:.3g} entries "
+                f"per sample, more than a tensor can hold (2^63 - 1); use a smaller image_size or a larger "
+                f"patch_size"
+            )
+
+    def check_cpu_build(self) -> None:
+        """ConfigError when building the model on CPU (fvcore's traced run) would need more than
+        :data:`MAX_CPU_PARAMETERS` parameters."""
+        params = self.parameter_count()
+        if params > MAX_CPU_PARAMETERS:
+            raise ConfigError(
+                f"{self.source}: fvcore traces the model on CPU, and {params:,} parameters "
+                f"({4 * params / 2**30:,.0f} GiB in float32) is above the limit of {MAX_CPU_PARAMETERS:,}; "
+                f"use --against torch (meta device, no memory) or a smaller config"
+            )
 
 
 def _one_line(exc: BaseException) -> str:
@@ -266,9 +320,12 @@ def _one_line(exc: BaseException) -> str:
 
 def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
     """``["key=value", ...]`` -> dict; values are read as YAML scalars (``true``, ``384``, ``null``)."""
+    out: dict[str, Any] = {}
+    items = list(items)
+    if not items:
+        return out
     import yaml
 
-    out: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
         key = key.strip()
@@ -285,14 +342,14 @@ def _read_file(path: Path) -> dict[str, Any]:
     text = _read_text(path)
     if path.suffix.lower() == ".json":
         try:
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=lambda pairs: _unique_keys(pairs, path))
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{path}: malformed JSON: {exc.msg} (line {exc.lineno})") from None
     else:
         import yaml
 
         try:
-            data = yaml.safe_load(text)
+            data = yaml.load(text, Loader=_unique_key_loader(path))
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" (line {mark.line + 1})" if mark is not None else ""
@@ -305,9 +362,47 @@ def _read_file(path: Path) -> dict[str, Any]:
     return data
 
 
+def _unique_keys(pairs: list[tuple[str, Any]], path: Path) -> dict[str, Any]:
+    """A JSON object's pairs as a dict; ConfigError on a key given twice."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ConfigError(f"{path}: key {key!r} is given twice")
+        out[key] = value
+    return out
+
+
+def _unique_key_loader(path: Path):
+    """A YAML safe loader whose mappings refuse a key given twice (PyYAML keeps the last)."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        pass
+
+    def construct_mapping(loader, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(
+                    f"{path}: key {key!r} is given twice (lines {seen[key] + 1} and "
+                    f"{key_node.start_mark.line + 1})"
+                )
+            seen[key] = key_node.start_mark.line
+        return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+    UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping)
+    return UniqueKeyLoader
+
+
 def _read_text(path: Path) -> str:
     try:
-        return path.read_text()
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not a YAML or JSON text file (byte {exc.object[exc.start]:#04x} at offset {exc.start} "
+            f"is not UTF-8)"
+        ) from None
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file") from None
     except IsADirectoryError:
@@ -327,6 +422,12 @@ def load_config(source: str, overrides: Mapping[str, Any] | Iterable[str] = ()) 
     """
     if not isinstance(overrides, Mapping):
         overrides = parse_overrides(overrides)
+    for key in ("preset", "module"):
+        if key in overrides:
+            raise ConfigError(
+                f"--set {key}={overrides[key]}: the {key} is chosen by CONFIG ({source}), not by --set; "
+                f"give {overrides[key]} as CONFIG or edit the file"
+            )
     if source in PRESETS:
         data: dict[str, Any] = {"preset": source}
     elif _looks_like_path(source) or Path(source).exists():
@@ -401,8 +502,43 @@ def model_input(config: Config, module: nn.Module, batch: int, device: torch.dev
     return torch.randn(shape, device=device)
 
 
+def _attention(module: nn.Module) -> ViT5Attention:
+    """The (first) attention layer of a ViT5, ViT5Block or ViT5Attention."""
+    if isinstance(module, ViT5):
+        return module.blocks[0].attn
+    if isinstance(module, ViT5Block):
+        return module.attn
+    return module
+
+
 def _layout(module: nn.Module):
     """The :class:`~flopkit.nn.rope.TokenLayout` of a ViT5, ViT5Block or ViT5Attention."""
-    if isinstance(module, ViT5Block):
-        return module.attn.layout
-    return module.layout
+    return _attention(module).layout
+
+
+_VIT5_DEFAULTS = {
+    name: p.default for name, p in inspect.signature(ViT5.__init__).parameters.items() if name != "self"
+}
+
+
+def preset_summaries() -> list[dict[str, Any]]:
+    """One row per built-in preset: its main fields, ``T``, parameters and forward FLOPs per image
+    under each convention (``flops_flopkit``, ``flops_nvsubquadratic``), built on the meta device."""
+    rows = []
+    for name in PRESETS:
+        model = load_config(name).meta_module
+        row: dict[str, Any] = {
+            "preset": name,
+            "hidden_dim": model.hidden_dim,
+            "depth": model.depth,
+            "num_heads": model.num_heads,
+            "head_dim": model.hidden_dim // model.num_heads,
+            "image_size": model.patch_embed.image_size[0],
+            "patch_size": model.patch_embed.patch_size,
+            "num_tokens": model.num_tokens,
+            "params": sum(p.numel() for p in model.parameters()),
+        }
+        for convention in CONVENTIONS:
+            row[f"flops_{convention}"] = model.flop_count(convention=convention)
+        rows.append(row)
+    return rows

@@ -1,19 +1,23 @@
-"""Model specs for ``--model``: ``timm:NAME``, ``hf:MODEL_TYPE``, ``package.module:callable`` and
-``file.py:callable``, built on the meta device, with the inputs to run them on.
+"""One entry point from what a user names to a model built on the meta device, and its inputs.
 
-* :func:`build_model` turns a spec and its ``--model-arg`` values into an ``nn.Module`` on the meta
-  device (no parameter memory, so a 7B model builds in seconds), in eval mode.
+* :func:`load_model` is what every command calls: a preset name or a YAML/JSON config (with
+  ``--set`` overrides), or ``--model SPEC``. The model is built once, on the meta device.
+* :func:`build_model` turns a spec (``timm:NAME``, ``hf:MODEL_TYPE``, ``package.module:callable``,
+  ``file.py:callable``) and its ``--model-arg`` values into an ``nn.Module`` on the meta device (no
+  parameter memory, so a 7B model builds in seconds), in eval mode.
 * :func:`model_inputs` makes the meta-device inputs: one tensor (``--input-shape``, defaulting to
   timm's ``pretrained_cfg["input_size"]``), int64 token ids ``[batch, seq_len]`` (``--seq-len``),
   and keyword tensors (``--input NAME=SHAPE[:DTYPE]``).
 
-Every problem raises :class:`ModelSpecError` (a ``ValueError``) with one line naming the spec;
-an exception raised inside a user's factory or a library's constructor keeps its own message.
+Every problem raises :class:`ModelError` (a ``ValueError``) with one line naming the spec; an
+exception raised inside a user's factory, a library's constructor or the forward
+(:func:`user_code`) keeps its type and message.
 timm and transformers are optional: they are imported only when a spec names them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib
 import importlib.util
@@ -26,8 +30,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from flopkit.config import Config, load_config
+
 __all__ = [
-    "ModelSpecError",
+    "ModelError",
+    "LoadedModel",
+    "load_model",
+    "load_factory",
+    "user_code",
     "ModelSpec",
     "ModelInputs",
     "INPUT_DTYPES",
@@ -45,8 +55,9 @@ __all__ = [
 ]
 
 
-class ModelSpecError(ValueError):
-    """A model spec, a model argument or an input that cannot be used; the message is one line."""
+class ModelError(ValueError):
+    """A model spec, a model argument or an input that cannot be used; the message is one line and
+    names the spec."""
 
 
 # --input NAME=SHAPE:DTYPE dtype names -> torch dtypes.
@@ -81,12 +92,10 @@ def parse_model_spec(text: str) -> ModelSpec:
     if text.startswith(("timm:", "hf:")):
         kind, _, rest = text.partition(":")
         if not rest:
-            raise ModelSpecError(
-                f"--model {text!r}: give a name after '{kind}:', e.g. timm:resnet50, hf:bert"
-            )
+            raise ModelError(f"--model {text!r}: give a name after '{kind}:', e.g. timm:resnet50, hf:bert")
         return ModelSpec(text, kind, rest)
     if not sep or not target or not name:
-        raise ModelSpecError(
+        raise ModelError(
             f"--model must be timm:NAME, hf:MODEL_TYPE, package.module:callable or file.py:callable, "
             f"got {text!r}"
         )
@@ -100,7 +109,7 @@ def parse_model_args(items: Iterable[str]) -> dict[str, Any]:
     try:
         return parse_overrides(items)
     except ConfigError as exc:
-        raise ModelSpecError(str(exc).replace("--set", "--model-arg")) from None
+        raise ModelError(str(exc).replace("--set", "--model-arg")) from None
 
 
 def close_names(word: str, names: Iterable[str], n: int = 3) -> list[str]:
@@ -113,20 +122,24 @@ def _suggest(word: str, names: Iterable[str]) -> str:
     return f" (did you mean {', '.join(hits)}?)" if hits else ""
 
 
-def _user_error(spec: ModelSpec, exc: BaseException) -> ModelSpecError:
-    message = " ".join(str(exc).split()) or type(exc).__name__
-    return ModelSpecError(f"--model {spec.text}: {type(exc).__name__}: {message}")
+def _describe(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _user_error(spec: ModelSpec, exc: BaseException, what: str = "the factory") -> ModelError:
+    return ModelError(f"--model {spec.text}: {what} raised {_describe(exc)}")
 
 
 def _import_optional(name: str, extra: str, spec: ModelSpec):
     try:
         return importlib.import_module(name)
     except ImportError as exc:
-        raise ModelSpecError(
+        raise ModelError(
             f"--model {spec.text}: needs {name} ({exc}); install it with pip install 'flopkit[{extra}]'"
         ) from None
     except Exception as exc:  # a broken install (e.g. a torchvision built for another torch)
-        raise ModelSpecError(
+        raise ModelError(
             f"--model {spec.text}: importing {name} failed: {type(exc).__name__}: "
             f"{' '.join(str(exc).split())}"
         ) from None
@@ -136,7 +149,7 @@ def _load_callable(spec: ModelSpec) -> Callable[..., Any]:
     if spec.kind == "file":
         path = Path(spec.target)
         if not path.is_file():
-            raise ModelSpecError(f"--model {spec.text}: no such file {spec.target}")
+            raise ModelError(f"--model {spec.text}: no such file {spec.target}")
         mod_name = f"_flopkit_user_{path.stem}"
         loader_spec = importlib.util.spec_from_file_location(mod_name, path)
         module = importlib.util.module_from_spec(loader_spec)
@@ -144,18 +157,20 @@ def _load_callable(spec: ModelSpec) -> Callable[..., Any]:
         try:
             loader_spec.loader.exec_module(module)
         except Exception as exc:
-            raise _user_error(spec, exc) from None
+            raise _user_error(spec, exc, f"importing {spec.target}") from None
     else:
         try:
             module = importlib.import_module(spec.target)
-        except ImportError as exc:
-            raise ModelSpecError(f"--model {spec.text}: cannot import {spec.target!r}: {exc}") from None
-        except Exception as exc:
-            raise _user_error(spec, exc) from None
+        except ModuleNotFoundError as exc:
+            if exc.name is not None and (spec.target == exc.name or spec.target.startswith(exc.name + ".")):
+                raise ModelError(f"--model {spec.text}: cannot import {spec.target!r}: {exc}") from None
+            raise _user_error(spec, exc, f"importing {spec.target}") from None
+        except Exception as exc:  # the user's module failed while importing
+            raise _user_error(spec, exc, f"importing {spec.target}") from None
     factory = getattr(module, spec.name, None)
     if not callable(factory):
         public = [n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n))]
-        raise ModelSpecError(
+        raise ModelError(
             f"--model {spec.text}: {spec.target} has no callable {spec.name!r}{_suggest(spec.name, public)}"
         )
     return factory
@@ -165,7 +180,7 @@ def _build_timm(spec: ModelSpec, kwargs: dict[str, Any]) -> nn.Module:
     timm = _import_optional("timm", "timm", spec)
     names = timm.list_models()
     if spec.target not in names and not timm.is_model(spec.target):
-        raise ModelSpecError(
+        raise ModelError(
             f"--model {spec.text}: timm has no model {spec.target!r}{_suggest(spec.target, names)}"
         )
     return timm.create_model(spec.target, pretrained=False, **kwargs)
@@ -177,14 +192,14 @@ def _build_hf(spec: ModelSpec, kwargs: dict[str, Any]) -> nn.Module:
 
     types = list(CONFIG_MAPPING.keys())
     if spec.target not in types:
-        raise ModelSpecError(
+        raise ModelError(
             f"--model {spec.text}: transformers has no model type {spec.target!r}{_suggest(spec.target, types)}"
         )
     defaults = transformers.AutoConfig.for_model(spec.target)
     for key in kwargs:
         if not hasattr(defaults, key):
             known = [k for k in defaults.to_dict() if not k.startswith("_")]
-            raise ModelSpecError(
+            raise ModelError(
                 f"--model-arg {key}: {type(defaults).__name__} has no field {key!r}{_suggest(key, known)}"
             )
     # Through the constructor, so that derived fields (Llama's head_dim, ...) follow the arguments.
@@ -212,19 +227,111 @@ def build_model(
                 model = _build_hf(spec, kwargs)
             else:
                 model = _load_callable(spec)(**kwargs)
-        except ModelSpecError:
+        except ModelError:
             raise
         except Exception as exc:
-            raise _user_error(spec, exc) from None
+            what = {"timm": "timm.create_model", "hf": "transformers"}.get(spec.kind, "the factory")
+            raise _user_error(spec, exc, what) from None
     if not isinstance(model, nn.Module):
-        raise ModelSpecError(f"--model {spec.text}: returned a {type(model).__name__}, not an nn.Module")
+        raise ModelError(
+            f"--model {spec.text}: the factory returned a {type(model).__name__}, not an nn.Module"
+        )
     on_cpu = [n for n, p in (*model.named_parameters(), *model.named_buffers()) if p.device.type != device]
     if on_cpu and device == "meta":
-        raise ModelSpecError(
+        raise ModelError(
             f"--model {spec.text}: {on_cpu[0]} was not created on the meta device (the factory moves it to "
             "a device or loads weights); build tensors without an explicit device"
         )
     return model.eval()
+
+
+def load_factory(spec: str) -> Callable[..., Any]:
+    """``"package.module:factory"`` or ``"path/to/file.py:factory"`` -> the factory callable."""
+    parsed = parse_model_spec(spec)
+    if parsed.kind not in ("module", "file"):
+        raise ModelError(f"--model {spec}: a {parsed.kind}: spec names a model, not a factory")
+    return _load_callable(parsed)
+
+
+@dataclass
+class LoadedModel:
+    """A model built on the meta device and where it came from.
+
+    ``config`` is set for presets and config files, ``spec`` (and ``model_args``) for ``--model``;
+    ``label`` is what reports print as the model's name.
+    """
+
+    label: str
+    module: nn.Module
+    config: Config | None = None
+    spec: str | None = None
+    model_args: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_config(self) -> bool:
+        return self.config is not None
+
+    def tokens(self) -> int:
+        """Tokens per sample a FLOP walk starts from (a ViT5's ``T``, a module config's ``num_tokens``)."""
+        if self.config is None:
+            raise ModelError(f"--model {self.spec}: the token count follows from the model's inputs")
+        return self.config.tokens(self.module)
+
+    def to_dict(self) -> dict[str, Any]:
+        """What a JSON report records about the model."""
+        if self.config is not None:
+            return self.config.to_dict()
+        return {"model": self.spec, **({"model_args": self.model_args} if self.model_args else {})}
+
+
+def load_model(
+    config: str | None = None,
+    overrides: Mapping[str, Any] | Iterable[str] = (),
+    *,
+    model: str | None = None,
+    model_args: Mapping[str, Any] | None = None,
+) -> LoadedModel:
+    """Resolve ``config`` (a preset or a YAML/JSON file, with ``overrides``) or ``model`` (a spec,
+    with ``model_args``) to a :class:`LoadedModel` built once on the meta device.
+
+    Exactly one of ``config`` and ``model`` must be given; ``overrides`` apply to ``config`` only,
+    ``model_args`` to ``model`` only.
+    """
+    overrides = dict(overrides) if isinstance(overrides, Mapping) else list(overrides)
+    if model is not None:
+        if config is not None:
+            raise ModelError(f"give a CONFIG ({config}) or --model ({model}), not both")
+        if overrides:
+            raise ModelError(
+                f"--set applies to a preset or config file, not to --model {model} (use --model-arg KEY=VALUE)"
+            )
+        module = build_model(model, model_args)
+        return LoadedModel(label=model, module=module, spec=model, model_args=dict(model_args or {}))
+    if model_args:
+        raise ModelError("--model-arg applies to --model only (a config takes --set)")
+    if config is None:
+        raise ModelError("missing CONFIG: a preset name or a YAML/JSON file (or --model SPEC)")
+    cfg = load_config(config, overrides)
+    return LoadedModel(label=config, module=cfg.meta_module, config=cfg)
+
+
+@contextlib.contextmanager
+def user_code(spec: str, what: str = "the forward"):
+    """Within the block, any exception (from the user's model code) becomes a :class:`ModelError`
+    naming ``spec`` and keeping the original type and message."""
+    try:
+        yield
+    except ModelError:
+        raise
+    except Exception as exc:
+        message = _describe(exc)
+        if "meta tensor" in message:
+            message += (
+                " (flopkit runs the model on the meta device, where tensors have no values: leave out "
+                "inputs the model reads, such as an attention mask it checks for padding; a full mask "
+                "costs the same FLOPs)"
+            )
+        raise ModelError(f"--model {spec}: {what} raised {message}") from None
 
 
 # ---------------------------------------------------------------------------------------- inputs
@@ -236,9 +343,9 @@ def parse_shape(text: str, option: str = "--input-shape") -> tuple[int, ...]:
     try:
         shape = tuple(int(p) for p in parts)
     except ValueError:
-        raise ModelSpecError(f"{option}: expected comma-separated positive integers, got {text!r}") from None
+        raise ModelError(f"{option}: expected comma-separated positive integers, got {text!r}") from None
     if not shape or any(s <= 0 for s in shape):
-        raise ModelSpecError(f"{option}: expected comma-separated positive integers, got {text!r}")
+        raise ModelError(f"{option}: expected comma-separated positive integers, got {text!r}")
     return shape
 
 
@@ -248,13 +355,13 @@ def parse_input(text: str) -> tuple[str, tuple[int, ...], torch.dtype]:
     name, sep, rest = text.partition("=")
     name = name.strip()
     if not sep or not name.isidentifier():
-        raise ModelSpecError(
+        raise ModelError(
             f"--input: expected NAME=SHAPE[:DTYPE], e.g. attention_mask=1,128:int64, got {text!r}"
         )
     shape_text, _, dtype_text = rest.partition(":")
     dtype_text = dtype_text.strip() or "float32"
     if dtype_text not in INPUT_DTYPES:
-        raise ModelSpecError(
+        raise ModelError(
             f"--input {name}: dtype must be one of {', '.join(INPUT_DTYPES)}, got {dtype_text!r}"
             f"{_suggest(dtype_text, INPUT_DTYPES)}"
         )
@@ -265,7 +372,7 @@ def parse_seq_lens(text: str) -> list[int]:
     """``"128,512,2048"`` -> ``[128, 512, 2048]`` (positive, in the order given, no repeats)."""
     lens = list(parse_shape(text, "--seq-len"))
     if len(set(lens)) != len(lens):
-        raise ModelSpecError(f"--seq-len: repeated length in {text!r}")
+        raise ModelError(f"--seq-len: repeated length in {text!r}")
     return lens
 
 
@@ -336,17 +443,17 @@ def model_inputs(
     neither an input shape nor a timm default gets one naming ``--input-shape``.
     """
     if batch < 1:
-        raise ModelSpecError(f"--batch must be a positive integer, got {batch}")
+        raise ModelError(f"--batch must be a positive integer, got {batch}")
     if input_shape is not None and seq_len is not None:
-        raise ModelSpecError("--input-shape and --seq-len both give the main input: use one")
+        raise ModelError("--input-shape and --seq-len both give the main input: use one")
     kwargs = {name: _meta_tensor(shape, dtype) for name, shape, dtype in named}
     main = getattr(model, "main_input_name", None)
     if seq_len is not None:
         if seq_len < 1:
-            raise ModelSpecError(f"--seq-len must be positive, got {seq_len}")
+            raise ModelError(f"--seq-len must be positive, got {seq_len}")
         ids = _meta_tensor((batch, seq_len), torch.int64)
         if main in kwargs:
-            raise ModelSpecError(f"--input {main} and --seq-len both give {main}: use one")
+            raise ModelError(f"--input {main} and --seq-len both give {main}: use one")
         if main:
             return ModelInputs(
                 (), {main: ids, **kwargs}, f"--seq-len {seq_len}: int64 {main} [batch, seq_len]"
@@ -356,12 +463,12 @@ def model_inputs(
         if main is not None and main in kwargs:
             return ModelInputs((), kwargs, "--input")
         if is_text_model(model):
-            raise ModelSpecError(f"{spec} is a text model: give --seq-len N (int64 input_ids [batch, N])")
+            raise ModelError(f"{spec} is a text model: give --seq-len N (int64 input_ids [batch, N])")
         input_shape = default_input_shape(model)
         if input_shape is None:
             if kwargs:
                 return ModelInputs((), kwargs, "--input")
-            raise ModelSpecError(
+            raise ModelError(
                 f"{spec} has no default input size: give --input-shape C,H,W (per sample, without the batch)"
             )
         origin = "timm pretrained_cfg input_size"

@@ -14,17 +14,9 @@ import textwrap
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["FORMATS", "render_rows", "render_json", "human_flops", "percent"]
+__all__ = ["FORMATS", "render_rows", "render_json", "percent"]
 
 FORMATS = ("table", "markdown", "json", "csv")
-
-
-def human_flops(value: float) -> str:
-    """``9417430656`` -> ``"9.42 G"``."""
-    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(value) >= scale:
-            return f"{value / scale:.2f} {unit}"
-    return f"{value:g}"
 
 
 def percent(part: float, whole: float) -> str:

@@ -1,9 +1,13 @@
 """Configs: presets, files, overrides, and one-line errors for every way a config can be wrong."""
 
+import warnings
 from pathlib import Path
 
 import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
+from flopkit import ViT5
 from flopkit.config import ConfigError, load_config, parse_overrides
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -95,3 +99,64 @@ def test_image_size_may_be_height_width_for_a_non_square_grid():
         ConfigError, match=r"image_size must be an integer or \[height, width\], got \[224, 'x'\]"
     ):
         load_config("vit5-small", parse_overrides(["image_size=[224, x]"]))
+
+
+class _DeviceRecorder(TorchDispatchMode):
+    """Records the device of every tensor an aten op produces."""
+
+    def __init__(self):
+        super().__init__()
+        self.devices = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in torch.utils._pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self.devices.add(t.device.type)
+        return out
+
+
+def test_building_a_config_creates_no_tensor_off_the_meta_device():
+    with _DeviceRecorder() as recorder:
+        model = load_config("vit5-base").meta_module
+    assert recorder.devices == {"meta"}
+    assert {p.device.type for p in model.parameters()} == {"meta"}
+    assert {b.device.type for b in model.buffers()} == {"meta"}
+
+
+def test_parameter_count_from_the_one_block_probe_equals_the_built_model():
+    for overrides in (
+        [],
+        ["depth=3", "num_classes=0"],
+        ["has_cls=false", "num_registers=0", "mlp_ratio=2.5"],
+    ):
+        config = load_config("vit5-small", overrides)
+        assert config.parameter_count() == sum(p.numel() for p in config.meta_module.parameters())
+
+
+def test_size_bounds_are_checked_before_building(monkeypatch):
+    import flopkit.config as config_module
+
+    built = []
+    real = config_module.Config.build
+    monkeypatch.setattr(
+        config_module.Config,
+        "build",
+        lambda self, device="meta": built.append(self.fields) or real(self, device),
+    )
+    with pytest.raises(ConfigError, match="above the limit of 4,096 blocks"):
+        load_config("vit5-small", ["depth=5000"])
+    assert built == []  # refused before any build
+    with pytest.raises(ConfigError, match=r"\(10\^13\)"):
+        load_config("vit5-small", ["hidden_dim=100000000", "num_heads=8"])
+    assert [f["depth"] for f in built] == [1]  # only the one-block probe
+
+
+def test_vit5_build_refuses_zero_width_before_any_layer():
+    with (
+        pytest.raises(ValueError, match="hidden_dim must be a positive integer, got 0"),
+        warnings.catch_warnings(),
+    ):
+        warnings.simplefilter("error")
+        with torch.device("meta"):
+            ViT5(hidden_dim=0)

@@ -3,22 +3,6 @@
 Only :mod:`.analytic` is imported here; the measured counters import fvcore lazily.
 """
 
-from .analytic import (
-    BACKWARD_MULTIPLIERS,
-    FlopNode,
-    FlopRow,
-    flop_rows,
-    flop_tree,
-    is_analytic,
-    training_breakdown,
-)
+from .analytic import FlopNode, FlopRow, flop_rows, flop_tree, is_analytic
 
-__all__ = [
-    "BACKWARD_MULTIPLIERS",
-    "FlopNode",
-    "FlopRow",
-    "flop_rows",
-    "flop_tree",
-    "is_analytic",
-    "training_breakdown",
-]
+__all__ = ["FlopNode", "FlopRow", "flop_rows", "flop_tree", "is_analytic"]

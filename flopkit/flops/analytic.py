@@ -13,71 +13,21 @@ from typing import Any
 
 from torch import nn
 
-from flopkit.nn._flops import (
-    CATEGORIES,
-    add_breakdowns,
-    check_convention,
-    module_breakdown,
-)
+from flopkit.formulas import BACKWARD_MULTIPLIERS, add_breakdowns, check_convention, scale_breakdown
+from flopkit.nn._flops import FlopCounted, module_breakdown
 
 __all__ = [
-    "BACKWARD_MULTIPLIERS",
     "FlopNode",
     "FlopRow",
     "flop_tree",
     "is_analytic",
     "flop_rows",
-    "scale_breakdown",
-    "training_breakdown",
-    "COUNTED_LEGEND",
     "breakdown_at",
     "top_paths",
     "leaf_owner",
     "depth_of",
-    "training_legend",
     "backward_breakdown_at",
 ]
-
-# Backward FLOPs as a multiple of the forward, per category (used by --training).
-BACKWARD_MULTIPLIERS: dict[str, int] = {
-    # dX = dY W^T and dW = X^T dY: two matmuls of the forward's size.
-    "matmul": 2,
-    # dV = P^T dO, dP = dO V^T, dQ = dS K, dK = dS^T Q: four matmuls for the forward's two
-    # (the softmax gradient is not counted, as the softmax is not).
-    "attention": 2,
-    # Input gradient (g*w, the row dot product with x_hat, the correction) and the weight gradient
-    # (sum over rows of g*x_hat): about two forward passes' worth per element; the common 2x rule.
-    "norm": 2,
-    # RoPE is linear in x: its gradient applies the transposed rotation, x*cos - rot(x)*sin,
-    # the same 2 FLOPs per element as the forward.
-    "rope": 1,
-    # One FLOP per element for the input gradient (g*gamma, g*gelu'(x)) and one for the parameter
-    # gradient or the activation's derivative: 2x, as for norms.
-    "elementwise": 2,
-}
-
-COUNTED_LEGEND = (
-    "Counted (1 FLOP = one multiply or add; a multiply-accumulate is 2): matmul = Linear and the "
-    "patch conv (2*T*i*o; a Linear bias add, T*o, is elementwise); attention = QK^T and AV (4*T^2*C); norm = RMSNorm and "
-    "QK-norm (3 per normalised element; the final norm only on the readout token(s)); rope = 2 per "
-    "element of q and of k (4*T*C); elementwise = LayerScale, GELU (1 per element), bias adds and "
-    "the position-embedding add. Not counted: residual adds, softmax, the attention scale, dropout, "
-    "CLS/register concatenation, mean pooling."
-)
-
-
-def training_legend() -> str:
-    """The --training rule per category, read from :data:`BACKWARD_MULTIPLIERS`."""
-    rules = ", ".join(f"{cat} {1 + BACKWARD_MULTIPLIERS[cat]}x" for cat in CATEGORIES)
-    return (
-        f"--training: forward + backward per category = {rules} the forward, except the patch "
-        "embedding's conv, whose input is data and needs no gradient: its backward is the weight "
-        "gradient only (1x). matmul and attention backward are exactly two matmuls per forward matmul "
-        "(checked against FlopCounterMode's measured backward on the meta device); rope backward is the "
-        "transposed rotation (same cost); norm and elementwise use the 2x rule (input gradient + "
-        "weight/derivative gradient): flopkit's norm and RoPE backward ops have no registered formula "
-        "to measure them with."
-    )
 
 
 def backward_breakdown_at(path: str, nodes: dict[str, FlopNode]) -> dict[str, int]:
@@ -123,15 +73,16 @@ def _join(prefix: str, name: str) -> str:
 
 
 def is_analytic(module: nn.Module) -> bool:
-    """True for modules that count their own FLOPs (``flop_count``), the ones the walk can start at."""
-    return hasattr(module, "flop_count")
+    """True for modules that count their own FLOPs (flopkit modules), the ones the walk can start at."""
+    return isinstance(module, FlopCounted)
 
 
 def flop_tree(module: nn.Module, count: int, convention: str = "flopkit", path: str = "") -> FlopNode:
     """The analytic tree of ``module`` applied to ``count`` rows (tokens, or images for a ViT5).
 
     A composite contributes ``flop_self`` and recurses into ``flop_children``; anything else is a
-    leaf counted by :func:`~flopkit.nn._flops.module_breakdown`. The root's breakdown equals
+    leaf counted by :func:`~flopkit.nn._flops.module_breakdown`. ``count`` is tokens per sample
+    (the module's own ``T`` for a ViT5); the root's breakdown equals
     ``module.flop_breakdown(count, convention=...)``.
     """
     check_convention(convention)
@@ -141,15 +92,6 @@ def flop_tree(module: nn.Module, count: int, convention: str = "flopkit", path: 
             node.children.append(flop_tree(child, n, convention, _join(path, name)))
         return node
     return FlopNode(path, module, count, module_breakdown(module, count, convention))
-
-
-def scale_breakdown(breakdown: dict[str, int], factor: int) -> dict[str, int]:
-    return {k: v * factor for k, v in breakdown.items()}
-
-
-def training_breakdown(forward: dict[str, int]) -> dict[str, int]:
-    """Forward + backward by category: ``(1 + BACKWARD_MULTIPLIERS[c]) * forward[c]``."""
-    return {k: v * (1 + BACKWARD_MULTIPLIERS.get(k, 0)) for k, v in forward.items()}
 
 
 @dataclass
@@ -241,7 +183,8 @@ def flop_rows(
 
     A module the walk reached gets its subtree's breakdown; a container the walk stepped over
     (``blocks``) gets the sum of the walked modules under it; anything else (dropout, identity) 0.
-    Counts are multiplied by ``batch``; ``training`` adds the backward (:data:`BACKWARD_MULTIPLIERS`).
+    Counts are multiplied by ``batch``; ``training`` adds the backward
+    (:data:`flopkit.formulas.BACKWARD_MULTIPLIERS`).
     """
     nodes = {node.path: node for node in tree.walk()}
     rows = []

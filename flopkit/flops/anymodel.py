@@ -31,7 +31,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
-from flopkit.nn._flops import CATEGORIES
+from flopkit.formulas import CATEGORIES
 
 from .measured import (
     _NOT_FLOPS,

@@ -19,13 +19,16 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from flopkit import kernels
+from flopkit import formulas, kernels
+from flopkit.formulas import FLOP_FORMULAS, FLOPS_PER_MAC
 
 __all__ = [
     "Measurement",
+    "FLOPKIT_OPS",
     "FVCORE_OPS",
     "TORCH_OPS",
     "FVCORE_HANDLES",
+    "category_of",
     "count_fvcore",
     "count_torch",
     "register_flopkit_formulas",
@@ -48,34 +51,48 @@ class Measurement:
 
 
 # ----------------------------------------------------------------------------------------------
-# fvcore: op (simplified name, as fvcore reports it) -> (category, FLOPs per fvcore unit)
+# Which counted op belongs to which category. fvcore's own handles count one per multiply-accumulate
+# (factor FLOPS_PER_MAC). Its norm handles are replaced by flopkit's (flops/anymodel.py), in FLOPs.
+# flopkit's own ops are counted by their registered formulas (flopkit.formulas), in FLOPs.
+
+# flopkit:: custom op -> the formula that counts it (its category is the formula's).
+FLOPKIT_OPS: dict[str, str] = {
+    "rms_norm": "rms_norm",
+    "rms_norm_residual": "rms_norm",
+    "per_head_rms_norm": "per_head_rms_norm",
+    "head_norm": "head_norm",
+}
+# flopkit::qk_norm_rope spans two categories: each call is split by formulas.qk_norm_rope_breakdown
+# into these pseudo-ops.
+QK_NORM_ROPE_PARTS = ("norm", "rope")
+
+
+def _qk_part(prefix: str, category: str) -> str:
+    return f"{prefix}qk_norm_rope[{category}]"
+
 
 FVCORE_OPS: dict[str, tuple[str, int]] = {
-    # fvcore's own handles, one "flop" per multiply-accumulate.
-    "linear": ("matmul", 2),
-    "addmm": ("matmul", 2),
-    "mm": ("matmul", 2),
-    "matmul": ("matmul", 2),
-    "bmm": ("matmul", 2),
-    "einsum": ("matmul", 2),
-    "conv": ("matmul", 2),
-    "_convolution": ("matmul", 2),
-    # flopkit's norm handles (flops/anymodel.py), in FLOPs: layer/group/instance norm 4 per element
-    # + 1 per affine weight + 1 per bias; batch norm in eval 2 per element.
-    "layer_norm": ("norm", 1),
-    "group_norm": ("norm", 1),
-    "batch_norm": ("norm", 1),
-    "instance_norm": ("norm", 1),
+    **dict.fromkeys(
+        ("linear", "addmm", "mm", "matmul", "bmm", "einsum", "conv", "_convolution"),
+        ("matmul", FLOPS_PER_MAC),
+    ),
+    **dict.fromkeys(("layer_norm", "group_norm", "batch_norm", "instance_norm"), ("norm", 1)),
     # flopkit's handles below: SDPA in MACs like fvcore's matmuls, norms and RoPE in FLOPs.
-    "scaled_dot_product_attention": ("attention", 2),
-    "rms_norm": ("norm", 1),
+    "scaled_dot_product_attention": (FLOP_FORMULAS["sdpa"].category, FLOPS_PER_MAC),
+    "rms_norm": (FLOP_FORMULAS["rms_norm"].category, 1),
     # fvcore reports custom ops without their namespace (flopkit::rms_norm_residual -> rms_norm_residual).
-    "rms_norm_residual": ("norm", 1),
-    "per_head_rms_norm": ("norm", 1),
-    "head_norm": ("norm", 1),
-    "flopkit::qk_norm_rope[norm]": ("norm", 1),
-    "flopkit::qk_norm_rope[rope]": ("rope", 1),
+    **{op: (FLOP_FORMULAS[formula].category, 1) for op, formula in FLOPKIT_OPS.items()},
+    **{_qk_part("flopkit::", cat): (cat, 1) for cat in QK_NORM_ROPE_PARTS},
 }
+
+
+def category_of(counter: str, op: str) -> str | None:
+    """The category of ``op`` as ``counter`` (``"fvcore"`` or ``"torch"``) names it, or None when
+    the counter does not count it."""
+    if counter == "fvcore":
+        return FVCORE_OPS.get(op, (None, 0))[0]
+    return TORCH_OPS.get(op)
+
 
 FvcoreHandle = Callable[[list, list], "int | Counter"]
 FVCORE_HANDLES: dict[str, FvcoreHandle] = {}
@@ -114,69 +131,67 @@ def _constant(value):
 
 @fvcore_handle("aten::scaled_dot_product_attention")
 def sdpa_macs(inputs: list, outputs: list) -> int:
-    """QK^T and AV in multiply-accumulates: ``B*H*T*S*(D + Dv)`` (torch's SDPA formula / 2)."""
-    from torch.utils.flop_counter import sdpa_flop_count
-
-    q, k, v = (_shape(x) for x in inputs[:3])
-    return sdpa_flop_count(q, k, v) // 2
+    """QK^T and AV in multiply-accumulates: :func:`flopkit.formulas.sdpa` / ``FLOPS_PER_MAC``."""
+    (B, H, Tq, D), (_, _, Tk, _), v = (_shape(x) for x in inputs[:3])
+    return formulas.sdpa(B, H, Tq, Tk, D, v[-1]) // FLOPS_PER_MAC
 
 
 @fvcore_handle("aten::rms_norm", "flopkit::rms_norm", "flopkit::rms_norm_residual")
 def rms_norm_op_flops(inputs: list, outputs: list) -> int:
-    """``3`` per normalised element of the input (``kernels.rms_norm_flops``)."""
+    """:func:`flopkit.formulas.rms_norm` over the input's rows (the last dim normalised)."""
     shape = _shape(inputs[0])
-    return kernels.rms_norm_flops(_numel(shape[:-1]), shape[-1])
+    return formulas.rms_norm(_numel(shape[:-1]), shape[-1])
 
 
 @fvcore_handle("flopkit::per_head_rms_norm", "flopkit::head_norm")
 def head_norm_op_flops(inputs: list, outputs: list) -> int:
-    """``kernels.head_norm_flops`` over the input's elements: mode read from a string argument
+    """:func:`flopkit.formulas.head_norm` over the input's elements: mode read from a string argument
     (``"rms"`` when none), bias when a third tensor argument is present."""
     shape = _shape(inputs[0])
-    mode = next((c for c in map(_constant, inputs) if c in kernels.HEAD_NORM_MODES), "rms")
+    mode = next((c for c in map(_constant, inputs) if c in formulas.NORM_MODES), "rms")
     tensors = [x for x in inputs[1:] if x.type().kind() == "TensorType"]
     bias = len(tensors) >= 2
-    return kernels.head_norm_flops(_numel(shape[:-1]), 1, shape[-1], mode, bias)
+    return formulas.head_norm(_numel(shape[:-1]), 1, shape[-1], mode, bias)
 
 
 @fvcore_handle("flopkit::qk_norm_rope")
 def qk_norm_rope_op_flops(inputs: list, outputs: list) -> Counter:
-    """``kernels.qk_norm_rope_flops`` split into its norm and RoPE parts.
+    """:func:`flopkit.formulas.qk_norm_rope_breakdown`, one pseudo-op per category.
 
     Schema: ``(qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm)``.
     """
     B, T, three_hd = _shape(inputs[0])
     heads, norm = _constant(inputs[5]), bool(_constant(inputs[8]))
-    D = three_hd // (3 * heads)
-    rope = kernels.qk_norm_rope_flops(B, T, heads, D, False)
-    total = kernels.qk_norm_rope_flops(B, T, heads, D, norm)
-    return Counter({"flopkit::qk_norm_rope[norm]": total - rope, "flopkit::qk_norm_rope[rope]": rope})
+    return _qk_norm_rope_split("flopkit::", B, T, heads, three_hd // (3 * heads), norm)
+
+
+def _qk_norm_rope_split(prefix: str, B: int, T: int, heads: int, head_dim: int, norm: bool) -> Counter:
+    parts = formulas.qk_norm_rope_breakdown(B, T, heads, head_dim, norm)
+    return Counter({_qk_part(prefix, cat): parts[cat] for cat in QK_NORM_ROPE_PARTS})
 
 
 # ----------------------------------------------------------------------------------------------
 # FlopCounterMode: op packet name -> category. Its formulas already count 2 FLOPs per MAC.
 
 TORCH_OPS: dict[str, str] = {
-    "aten.mm": "matmul",
-    "aten.addmm": "matmul",
-    "aten.convolution": "matmul",
-    "aten._convolution": "matmul",
+    **dict.fromkeys(("aten.mm", "aten.addmm", "aten.convolution", "aten._convolution"), "matmul"),
     # On the meta device SDPA runs its math decomposition: QK^T and AV as two bmm.
-    "aten.bmm": "attention",
-    "aten.baddbmm": "attention",
-    "aten._scaled_dot_product_efficient_attention": "attention",
-    "aten._scaled_dot_product_flash_attention": "attention",
-    "aten._scaled_dot_product_cudnn_attention": "attention",
-    "aten._flash_attention_forward": "attention",
-    "aten._efficient_attention_forward": "attention",
-    "flopkit.rms_norm": "norm",
-    "flopkit.rms_norm_residual": "norm",
-    "flopkit.per_head_rms_norm": "norm",
-    "flopkit.head_norm": "norm",
+    **dict.fromkeys(
+        (
+            "aten.bmm",
+            "aten.baddbmm",
+            "aten._scaled_dot_product_efficient_attention",
+            "aten._scaled_dot_product_flash_attention",
+            "aten._scaled_dot_product_cudnn_attention",
+            "aten._flash_attention_forward",
+            "aten._efficient_attention_forward",
+        ),
+        FLOP_FORMULAS["sdpa"].category,
+    ),
+    **{f"flopkit.{op}": FLOP_FORMULAS[formula].category for op, formula in FLOPKIT_OPS.items()},
     # FlopCounterMode counts flopkit.qk_norm_rope as one number (its registered formula, norm + rope);
-    # count_torch splits each call into these two by the same formula applied to the call's arguments.
-    "flopkit.qk_norm_rope[norm]": "norm",
-    "flopkit.qk_norm_rope[rope]": "rope",
+    # count_torch splits each call into these by the same formula applied to the call's arguments.
+    **{_qk_part("flopkit.", cat): cat for cat in QK_NORM_ROPE_PARTS},
 }
 
 
@@ -332,11 +347,7 @@ class _OpRecorder(torch.utils._python_dispatch.TorchDispatchMode):
         if name == "flopkit.qk_norm_rope" and self.tracker is not None:
             qkv, num_heads, norm = args[0], args[5], args[8]
             B, T, three_hd = qkv.shape
-            D = three_hd // (3 * num_heads)
-            rope = kernels.qk_norm_rope_flops(B, T, num_heads, D, False)
-            total = kernels.qk_norm_rope_flops(B, T, num_heads, D, norm)
+            parts = _qk_norm_rope_split("flopkit.", B, T, num_heads, three_hd // (3 * num_heads), norm)
             for parent in self.tracker.parents:
-                split = self.qk_split.setdefault(parent, Counter())
-                split["flopkit.qk_norm_rope[norm]"] += total - rope
-                split["flopkit.qk_norm_rope[rope]"] += rope
+                self.qk_split.setdefault(parent, Counter()).update(parts)
         return func(*args, **(kwargs or {}))

@@ -2,7 +2,7 @@
 
 One forward on the meta device under ``FlopCounterMode`` records each module's measured FLOPs and
 its first input's shape. The top-most modules with ``flop_count`` start analytic walks: with the
-module's own per-sample default count (a ViT5 counts one image, an attention layer its ``T``)
+module's own tokens per sample (a ViT5's or an attention layer's ``T``)
 times the input's batch, or, for token-wise modules without a default, ``numel / last dim`` rows.
 Every other module is measured, with the analytic subtrees under it swapped in for their
 measured share.
@@ -10,12 +10,10 @@ measured share.
 
 from __future__ import annotations
 
-import inspect
-
 import torch
 from torch import nn
 
-from flopkit.nn._flops import CATEGORIES, add_breakdowns
+from flopkit.formulas import CATEGORIES, add_breakdowns
 
 from .analytic import (
     FlopNode,
@@ -39,17 +37,12 @@ MIXED_LEGEND = (
 
 
 def per_sample_count(module: nn.Module) -> int | None:
-    """The module's own default count for one sample (``default_flop_tokens``, or the default of
-    ``flop_breakdown``'s first argument), or None for token-wise modules without one."""
-    if hasattr(module, "default_flop_tokens"):
-        try:
-            return module.default_flop_tokens()
-        except ValueError:
-            return None
-    params = list(inspect.signature(module.flop_breakdown).parameters.values())
-    if params and isinstance(params[0].default, int) and not isinstance(params[0].default, bool):
-        return params[0].default
-    return None
+    """The module's own tokens per sample (``default_flop_tokens``: a ViT5's or an attention layer's
+    ``T``), or None for token-wise modules without one (``RMSNorm``, ``Mlp``)."""
+    try:
+        return module.default_flop_tokens()
+    except ValueError:
+        return None
 
 
 def _under(path: str, ancestor: str) -> bool:

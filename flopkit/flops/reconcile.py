@@ -10,12 +10,13 @@ with the reason the counter cannot see it (:data:`BLIND_SPOTS`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from torch import nn
 
-from flopkit.nn._flops import CATEGORIES
+from flopkit.formulas import CATEGORIES, scale_breakdown
 
-from .analytic import FlopNode, breakdown_at, depth_of, leaf_owner, scale_breakdown, top_paths
+from .analytic import FlopNode, breakdown_at, depth_of, leaf_owner, top_paths
 from .measured import Measurement
 
 __all__ = [
@@ -124,6 +125,36 @@ class Reconciliation:
     skipped: dict[str, dict[str, int]]  # counter -> op -> occurrences the counter skipped
     notes: list[str]
     rtol: float
+
+    @property
+    def counters(self) -> list[str]:
+        """The counters compared, in the order they ran."""
+        return list(self.comparable)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The reconciliation as data (what ``validate --format json`` prints, less the config)."""
+        return {
+            "rtol": self.rtol,
+            "ok": self.ok,
+            "comparable": {k: list(v) for k, v in self.comparable.items()},
+            "totals": self.totals,
+            "raw_totals": self.raw_totals,
+            "skipped_ops": self.skipped,
+            "rows": [
+                {
+                    "path": r.path,
+                    "type": r.type,
+                    "analytic": r.analytic,
+                    "compared": r.compared,
+                    "measured": r.measured,
+                    "deltas": r.deltas,
+                    "status": r.status,
+                    "verdict": r.verdict,
+                }
+                for r in self.rows
+            ],
+            "notes": self.notes,
+        }
 
     @property
     def ok(self) -> bool:

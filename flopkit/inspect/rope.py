@@ -12,15 +12,18 @@ from typing import Any
 import torch
 
 from flopkit.nn import ViT5Attention
-from flopkit.nn.rope import ROPE_PAIRINGS, apply_rope, build_rope_tables, rope_frequencies
+from flopkit.nn.rope import ROPE_PAIRINGS, TokenLayout, apply_rope, build_rope_tables, rope_frequencies
 
 __all__ = [
+    "MAX_TABLE_ELEMENTS",
+    "default_token_spec",
     "parse_token_spec",
     "rope_tables",
     "rope_channels",
     "rope_token_rows",
     "rope_summary",
     "pairing_norm_ratios",
+    "check_plot_path",
     "plot_rope_tables",
 ]
 
@@ -41,6 +44,8 @@ def parse_token_spec(spec: str, num_tokens: int) -> list[int]:
                 stop = start + 1
         except ValueError:
             raise ValueError(f"--tokens: expected ranges like 0:3,196:201, got {part!r}") from None
+        if ":" in part and start >= stop:
+            raise ValueError(f"--tokens: range {part!r} is empty: start must be below stop (half-open a:b)")
         if not 0 <= start < stop <= num_tokens:
             raise ValueError(
                 f"--tokens: range {part!r} is outside the {num_tokens} tokens (0..{num_tokens - 1})"
@@ -49,9 +54,28 @@ def parse_token_spec(spec: str, num_tokens: int) -> list[int]:
     return out
 
 
+MAX_TABLE_ELEMENTS = 1 << 26
+"""Largest ``T * D`` the report builds on CPU (two float64 tables of 512 MiB each)."""
+
+
+def default_token_spec(layout: TokenLayout) -> str:
+    """The tokens shown when none are asked for: the first three patches, then CLS and registers."""
+    spec = f"0:{min(3, layout.num_patches)}"
+    if layout.num_patches < layout.num_tokens:
+        spec += f",{layout.num_patches}:{layout.num_tokens}"
+    return spec
+
+
 def rope_tables(attn: ViT5Attention, dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(cos, sin)``, each ``[T, D]``, of ``attn`` on CPU."""
-    return build_rope_tables(attn.layout, attn.head_dim, attn.rope_base, attn.reg_rope_base, dtype=dtype)
+    """``(cos, sin)``, each ``[T, D]``, of ``attn`` on CPU (ValueError above :data:`MAX_TABLE_ELEMENTS`)."""
+    size = attn.num_tokens * attn.head_dim
+    if size > MAX_TABLE_ELEMENTS:
+        raise ValueError(
+            f"the RoPE report builds [T, D] = [{attn.num_tokens}, {attn.head_dim}] tables on CPU; "
+            f"T*D = {size:,} is above its limit of {MAX_TABLE_ELEMENTS:,} (use a smaller image_size)"
+        )
+    with torch.device("cpu"):
+        return build_rope_tables(attn.layout, attn.head_dim, attn.rope_base, attn.reg_rope_base, dtype=dtype)
 
 
 def rope_channels(head_dim: int, per_axis: int = 2) -> list[int]:
@@ -96,6 +120,8 @@ def pairing_norm_ratios(
     if pairing not in ROPE_PAIRINGS:
         raise ValueError(f"--pairing must be one of {', '.join(ROPE_PAIRINGS)}, got {pairing!r}")
     cos, sin = rope_tables(attn)
+    # Bound the sample (num_vectors * T * D float64 values) for large layouts; at least one per token.
+    num_vectors = max(1, min(num_vectors, (1 << 22) // cos.numel()))
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(num_vectors, cos.shape[0], cos.shape[1], generator=gen, dtype=torch.float64)
     ratio = apply_rope(x, cos, sin, pairing).norm(dim=-1) / x.norm(dim=-1)
@@ -110,6 +136,7 @@ def rope_summary(attn: ViT5Attention, pairing: str | None = None) -> dict[str, A
     theta_reg = rope_frequencies(D, attn.reg_rope_base)
     checks = {p: pairing_norm_ratios(attn, p) for p in ROPE_PAIRINGS}
     lo, hi = checks[pairing]
+    preserves = {p: abs(a - 1) < 1e-9 and abs(b - 1) < 1e-9 for p, (a, b) in checks.items()}
     return {
         "num_tokens": attn.num_tokens,
         "layout": attn.layout.describe(),
@@ -123,8 +150,10 @@ def rope_summary(attn: ViT5Attention, pairing: str | None = None) -> dict[str, A
         "pairing": pairing,
         "norm_ratio_min": lo,
         "norm_ratio_max": hi,
-        "preserves_norm": abs(lo - 1) < 1e-9 and abs(hi - 1) < 1e-9,
-        "norm_ratios": {p: {"min": a, "max": b} for p, (a, b) in checks.items()},
+        "preserves_norm": preserves[pairing],
+        "norm_ratios": {
+            p: {"min": a, "max": b, "preserves_norm": preserves[p]} for p, (a, b) in checks.items()
+        },
     }
 
 
@@ -139,11 +168,23 @@ def _boundaries(layout) -> list[tuple[int, str, str]]:
     return out
 
 
+def check_plot_path(path: str | Path) -> Path:
+    """``path`` as a Path; ValueError when it is a directory or its directory does not exist."""
+    out = Path(path)
+    if out.is_dir():
+        raise ValueError(f"--plot: {out} is a directory; give a file name such as {out / 'rope.png'}")
+    if not out.parent.is_dir():
+        raise ValueError(f"--plot: directory {out.parent} does not exist (create it, or pick another path)")
+    return out
+
+
 def plot_rope_tables(attn: ViT5Attention, path: str | Path) -> Path:
     """Heat maps of cos and sin (``[T, D]``) with token-kind boundaries marked; writes a PNG.
 
-    Needs matplotlib (``pip install 'flopkit[plot]'``); ImportError otherwise.
+    Needs matplotlib (``pip install 'flopkit[plot]'``); ImportError otherwise. ValueError, before
+    any work, when the directory of ``path`` does not exist or ``path`` is a directory.
     """
+    out = check_plot_path(path)
     try:
         import matplotlib
 
@@ -170,7 +211,6 @@ def plot_rope_tables(attn: ViT5Attention, path: str | Path) -> Path:
         f"2D RoPE tables: {layout.describe()} tokens, rope_base={attn.rope_base:g}, "
         f"reg_rope_base={attn.reg_rope_base:g}"
     )
-    out = Path(path)
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out

@@ -2,7 +2,7 @@
 
 from .attention import ViT5Attention
 from .norms import HeadNorm, PerHeadRMSNorm, RMSNorm
-from .vit5 import PRESETS, LayerScale, Mlp, PatchEmbed, ViT5, ViT5Block, preset_names
+from .vit5 import PRESETS, LayerScale, Mlp, PatchEmbed, ViT5, ViT5Block
 
 __all__ = [
     "RMSNorm",
@@ -15,5 +15,4 @@ __all__ = [
     "ViT5Block",
     "ViT5",
     "PRESETS",
-    "preset_names",
 ]

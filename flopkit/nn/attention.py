@@ -12,16 +12,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flopkit import kernels
+from flopkit import formulas, kernels
 
 from ._checks import check_positive_int
-from ._flops import CompositeFlops, empty_breakdown
+from ._flops import CompositeFlops
 from .norms import HeadNorm, PerHeadRMSNorm, RMSNorm
 from .rope import ROPE_PAIRINGS, apply_rope, build_rope_tables, token_layout
 
 __all__ = ["ViT5Attention", "QK_NORMS", "build_qk_norm"]
 
 QK_NORMS = (None, "rmsnorm", "headnorm")
+"""The named q/k norms :func:`build_qk_norm` builds (besides a callable)."""
 
 
 def build_qk_norm(
@@ -211,21 +212,12 @@ class ViT5Attention(CompositeFlops, nn.Module):
         return children
 
     def flop_self(self, num_tokens: int, convention: str) -> dict[str, int]:
-        C = self.hidden_dim
-        out = empty_breakdown()
-        out["rope"] = 4 * num_tokens * C
-        out["attention"] = 4 * num_tokens * num_tokens * C
+        """RoPE on q and k and SDPA; the projections and q/k norms are children."""
+        H, D = self.num_heads, self.head_dim
+        out = formulas.empty_breakdown()
+        out["rope"] = formulas.rope(num_tokens, H, D)
+        out["attention"] = formulas.sdpa(1, H, num_tokens, num_tokens, D)
         return out
-
-    def flop_count(
-        self, num_tokens: int | None = None, inference: bool = False, *, convention: str = "flopkit"
-    ) -> int:
-        """Forward FLOPs on ``num_tokens`` tokens (default ``T``); ``inference`` does not change the count.
-
-        ``8*T*C^2 + 4*T^2*C + 4*T*C`` + q/k norms (``2 * 3*T*H*D``; one head with
-        ``convention="nvsubquadratic"``, as upstream).
-        """
-        return sum(self.flop_breakdown(num_tokens, convention=convention).values())
 
     def extra_repr(self) -> str:
         return (
@@ -238,8 +230,9 @@ class ViT5Attention(CompositeFlops, nn.Module):
 
 
 def _qk_norm_rows(norm: nn.Module, num_tokens: int, num_heads: int, convention: str) -> int:
-    """Rows a q/k norm is counted over: ``T`` for per-head modules (they cover all heads),
-    ``T*H`` for a norm over ``D`` (``T`` under upstream's ``nvsubquadratic`` convention)."""
+    """Rows a q/k norm is counted over: ``T`` for per-head modules (they cover all heads), else
+    :func:`flopkit.formulas.qk_norm_rows` (a norm over ``D``: every head, or one under upstream's
+    convention)."""
     if isinstance(norm, (PerHeadRMSNorm, HeadNorm)):
         return num_tokens
-    return num_tokens if convention == "nvsubquadratic" else num_tokens * num_heads
+    return formulas.qk_norm_rows(num_tokens, num_heads, convention)

@@ -12,15 +12,15 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from flopkit import kernels
+from flopkit import formulas, kernels
 
 from ._checks import check_positive_int
-from ._flops import empty_breakdown
+from ._flops import FlopCounted
 
 __all__ = ["RMSNorm", "PerHeadRMSNorm", "HeadNorm"]
 
 
-class RMSNorm(nn.Module):
+class RMSNorm(FlopCounted, nn.Module):
     """RMSNorm over the trailing ``normalized_shape`` dims; a drop-in for ``torch.nn.RMSNorm``.
 
     ``y = (x_f32 * rsqrt(mean(x_f32**2) + eps) * w_f32).to(x.dtype)``, input ``[*, *normalized_shape]``.
@@ -85,21 +85,15 @@ class RMSNorm(nn.Module):
             x, residual, self.weight, eps, backend="auto" if self.use_triton else "torch"
         )
 
-    def flop_breakdown(self, num_tokens: int) -> dict[str, int]:
-        """``{"norm": 3 * num_tokens * n}`` plus zero categories."""
-        out = empty_breakdown()
-        out["norm"] = kernels.rms_norm_flops(num_tokens, self.num_features)
-        return out
-
-    def flop_count(self, num_tokens: int) -> int:
-        """FLOPs on ``num_tokens`` rows: ``3 * num_tokens * prod(normalized_shape)``."""
-        return sum(self.flop_breakdown(num_tokens).values())
+    def flop_self(self, num_tokens: int, convention: str) -> dict[str, int]:
+        """``norm``: :func:`flopkit.formulas.rms_norm` on ``num_tokens`` rows of ``n`` elements."""
+        return formulas.empty_breakdown() | {"norm": formulas.rms_norm(num_tokens, self.num_features)}
 
     def extra_repr(self) -> str:
         return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"
 
 
-class PerHeadRMSNorm(nn.Module):
+class PerHeadRMSNorm(FlopCounted, nn.Module):
     """QK-norm: RMSNorm over each head's ``D`` slice with one shared ``(D,)`` weight.
 
     Input ``[*, H*D]`` or ``[*, H, D]``; output has the input's shape. State dict:
@@ -130,20 +124,17 @@ class PerHeadRMSNorm(nn.Module):
             backend="auto" if self.use_triton else "torch",
         )
 
-    def flop_breakdown(self, num_tokens: int) -> dict[str, int]:
-        out = empty_breakdown()
-        out["norm"] = kernels.head_norm_flops(num_tokens, self.num_heads, self.head_dim, "rms")
-        return out
-
-    def flop_count(self, num_tokens: int) -> int:
-        """FLOPs on ``num_tokens`` tokens of ``H*D`` channels: ``3 * num_tokens * H * D``."""
-        return sum(self.flop_breakdown(num_tokens).values())
+    def flop_self(self, num_tokens: int, convention: str) -> dict[str, int]:
+        """``norm``: :func:`flopkit.formulas.per_head_rms_norm` on ``num_tokens`` tokens of ``H*D``."""
+        return formulas.empty_breakdown() | {
+            "norm": formulas.per_head_rms_norm(num_tokens, self.num_heads, self.head_dim)
+        }
 
     def extra_repr(self) -> str:
         return f"num_heads={self.num_heads}, head_dim={self.head_dim}, eps={self.norm.eps}"
 
 
-class HeadNorm(nn.Module):
+class HeadNorm(FlopCounted, nn.Module):
     """Per-head RMSNorm or LayerNorm with an ``(H, D)`` weight and optional ``(H, D)`` bias.
 
     ExLlamaV2-style: ``load_weight`` takes a ``(D,)`` weight (repeated over heads) or ``(H, D)``,
@@ -166,8 +157,8 @@ class HeadNorm(nn.Module):
         super().__init__()
         check_positive_int("num_heads", num_heads)
         check_positive_int("head_dim", head_dim)
-        if mode not in kernels.HEAD_NORM_MODES:
-            raise ValueError(f"mode must be one of {kernels.HEAD_NORM_MODES}, got {mode!r}")
+        if mode not in formulas.NORM_MODES:
+            raise ValueError(f"mode must be one of {formulas.NORM_MODES}, got {mode!r}")
         self.num_heads = num_heads
         self.head_dim = head_dim
         self.mode = mode
@@ -237,16 +228,10 @@ class HeadNorm(nn.Module):
         """The PyTorch reference path, same contract as :meth:`forward`."""
         return self._run(x, "torch", intermediates)
 
-    def flop_breakdown(self, num_tokens: int) -> dict[str, int]:
-        out = empty_breakdown()
-        out["norm"] = kernels.head_norm_flops(
-            num_tokens, self.num_heads, self.head_dim, self.mode, self.bias is not None
-        )
-        return out
-
-    def flop_count(self, num_tokens: int) -> int:
-        """FLOPs on ``num_tokens`` tokens: ``(3 | 5) * T*H*D`` (+ ``T*H*D`` with bias)."""
-        return sum(self.flop_breakdown(num_tokens).values())
+    def flop_self(self, num_tokens: int, convention: str) -> dict[str, int]:
+        """``norm``: :func:`flopkit.formulas.head_norm` (``(3 | 5) * T*H*D``, ``+ T*H*D`` with bias)."""
+        norm = formulas.head_norm(num_tokens, self.num_heads, self.head_dim, self.mode, self.bias is not None)
+        return formulas.empty_breakdown() | {"norm": norm}
 
     def extra_repr(self) -> str:
         return (

@@ -146,13 +146,23 @@ def build_rope_tables(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(cos, sin)``, each ``[T, D]``: patch rows, then the CLS identity row, then register rows."""
-    parts = [patch_rope_angles(layout, head_dim, rope_base)]
-    if layout.has_cls:
-        parts.append(torch.zeros(1, head_dim, dtype=torch.float64))  # angle 0: cos 1, sin 0
-    parts.append(register_rope_angles(layout, head_dim, reg_rope_base))
-    angles = torch.cat(parts, dim=0)
-    return angles.cos().to(dtype=dtype, device=device), angles.sin().to(dtype=dtype, device=device)
+    """``(cos, sin)``, each ``[T, D]``: patch rows, then the CLS identity row, then register rows.
+
+    ``device`` defaults to the current default device (e.g. inside ``with torch.device("meta")``).
+    The maths runs on CPU in float64; on the meta device, where tensors hold no values, it is
+    skipped (its meta kernels would also import ``torch._dynamo``, about a second cold).
+    """
+    target = torch.device(device) if device is not None else torch.get_default_device()
+    if target.type == "meta":
+        shape = (layout.num_tokens, head_dim)
+        return torch.empty(shape, dtype=dtype, device=target), torch.empty(shape, dtype=dtype, device=target)
+    with torch.device("cpu"):
+        parts = [patch_rope_angles(layout, head_dim, rope_base)]
+        if layout.has_cls:
+            parts.append(torch.zeros(1, head_dim, dtype=torch.float64))  # angle 0: cos 1, sin 0
+        parts.append(register_rope_angles(layout, head_dim, reg_rope_base))
+        angles = torch.cat(parts, dim=0)
+    return angles.cos().to(dtype=dtype, device=target), angles.sin().to(dtype=dtype, device=target)
 
 
 def apply_rope(

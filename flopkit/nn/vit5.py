@@ -15,12 +15,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from flopkit import formulas
+
 from ._checks import check_positive_int, is_int
-from ._flops import CompositeFlops, check_convention, empty_breakdown
+from ._flops import CompositeFlops, FlopCounted
 from .attention import ViT5Attention
 from .norms import RMSNorm
 
-__all__ = ["PatchEmbed", "Mlp", "LayerScale", "ViT5Block", "ViT5", "PRESETS", "preset_names"]
+__all__ = ["PatchEmbed", "Mlp", "LayerScale", "ViT5Block", "ViT5", "PRESETS"]
 
 # Presets are data: the fields that differ from ViT5's defaults (patch 16, image 224, R = 4,
 # CLS, MLP x4, GELU, LayerScale 1e-4, RMSNorm eps 1e-6, QK-norm RMSNorm).
@@ -32,11 +34,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def preset_names() -> list[str]:
-    """Names of the built-in presets."""
-    return list(PRESETS)
-
-
 def _pair(value: int | tuple[int, int], name: str) -> tuple[int, int]:
     pair = (value, value) if isinstance(value, int) else tuple(value)
     if len(pair) != 2 or any(not is_int(v) or v <= 0 for v in pair):
@@ -44,15 +41,17 @@ def _pair(value: int | tuple[int, int], name: str) -> tuple[int, int]:
     return pair  # type: ignore[return-value]
 
 
-class PatchEmbed(nn.Module):
+class PatchEmbed(FlopCounted, nn.Module):
     """Non-overlapping patches -> tokens, plus a learnable absolute position embedding over patches.
 
     ``[B, C_in, H, W]`` -> ``[B, N, C]`` with ``N = (H/P) * (W/P)``, patches row-major.
-    FLOPs per image: ``2 * C_in * P^2 * C * N`` (matmul) ``+ N * C`` (position add, elementwise).
-    Its input is data (images), so a training step computes no input gradient for the conv: its
-    backward is the weight gradient alone, 1x the conv's forward (``input_is_data``).
+    FLOPs per image: ``2 * C_in * P^2 * C * N`` (matmul) ``+ N * C`` (position add, elementwise);
+    ``num_tokens`` is fixed to ``N``. Its input is data (images), so a training step computes no
+    input gradient for the conv: its backward is the weight gradient alone, 1x the conv's forward
+    (``input_is_data``).
     """
 
+    fixed_flop_tokens = True
     input_is_data = True
 
     def __init__(
@@ -65,6 +64,8 @@ class PatchEmbed(nn.Module):
         super().__init__()
         self.image_size = _pair(image_size, "image_size")
         check_positive_int("patch_size", patch_size)
+        check_positive_int("in_channels", in_channels)
+        check_positive_int("hidden_dim", hidden_dim)
         for side, size in zip(("height", "width"), self.image_size, strict=True):
             if size % patch_size:
                 raise ValueError(
@@ -89,16 +90,16 @@ class PatchEmbed(nn.Module):
             )
         return self.proj(x).flatten(2).transpose(1, 2) + self.pos_embed
 
-    def flop_breakdown(self, num_images: int = 1) -> dict[str, int]:
-        out = empty_breakdown()
-        n, c = self.num_patches, self.hidden_dim
-        out["matmul"] = 2 * self.in_channels * self.patch_size**2 * c * n * num_images
-        out["elementwise"] = n * c * num_images
-        return out
+    def default_flop_tokens(self) -> int:
+        return self.num_patches
 
-    def flop_count(self, num_images: int = 1) -> int:
-        """``(2 * C_in * P^2 * C * N + N * C) * num_images``."""
-        return sum(self.flop_breakdown(num_images).values())
+    def flop_self(self, num_tokens: int, convention: str) -> dict[str, int]:
+        """:func:`~flopkit.formulas.patch_conv` (matmul) + :func:`~flopkit.formulas.position_add`."""
+        c = self.hidden_dim
+        out = formulas.empty_breakdown()
+        out["matmul"] = formulas.patch_conv(num_tokens, self.in_channels, self.patch_size**2, c)
+        out["elementwise"] = formulas.position_add(num_tokens, c)
+        return out
 
     def extra_repr(self) -> str:
         return (
@@ -107,7 +108,7 @@ class PatchEmbed(nn.Module):
         )
 
 
-class LayerScale(nn.Module):
+class LayerScale(FlopCounted, nn.Module):
     """Per-channel scale ``x * gamma`` (``gamma`` ``(C,)``, init ``init_values``). FLOPs: ``T * C``."""
 
     def __init__(self, dim: int, init_values: float = 1e-4) -> None:
@@ -120,14 +121,9 @@ class LayerScale(nn.Module):
         """``x``: ``[*, C]`` -> same shape."""
         return x * self.gamma
 
-    def flop_breakdown(self, num_tokens: int) -> dict[str, int]:
-        out = empty_breakdown()
-        out["elementwise"] = num_tokens * self.dim
-        return out
-
-    def flop_count(self, num_tokens: int) -> int:
-        """``num_tokens * C``."""
-        return num_tokens * self.dim
+    def flop_self(self, num_tokens: int, convention: str) -> dict[str, int]:
+        """``elementwise``: :func:`flopkit.formulas.layer_scale`, ``T * C``."""
+        return formulas.empty_breakdown() | {"elementwise": formulas.layer_scale(num_tokens, self.dim)}
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, init_values={self.init_values:g}"
@@ -249,8 +245,8 @@ class ViT5(CompositeFlops, nn.Module):
     Tokens: ``PatchEmbed`` (+ absolute position embedding) then CLS (if any) then ``num_registers``
     register tokens; ``depth`` x :class:`ViT5Block`; final RMSNorm on the readout token(s); head.
 
-    ``flop_count(batch_size=1)`` is the forward count: PatchEmbed + blocks + final norm on the
-    readout token(s) + ``2 * C * num_classes``, times ``batch_size``.
+    ``flop_count(batch_size=B)`` is the forward count of ``B`` images: PatchEmbed + blocks + final
+    norm on the readout token(s) + ``2 * C * num_classes`` per image (``num_tokens`` is fixed to ``T``).
     """
 
     def __init__(
@@ -276,6 +272,8 @@ class ViT5(CompositeFlops, nn.Module):
         use_triton: bool = True,
     ) -> None:
         super().__init__()
+        check_positive_int("hidden_dim", hidden_dim)
+        check_positive_int("num_heads", num_heads)
         for name, value, low in (
             ("depth", depth, 1),
             ("num_classes", num_classes, 0),
@@ -283,8 +281,6 @@ class ViT5(CompositeFlops, nn.Module):
         ):
             if not is_int(value) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-        given = locals()
-        self.config = {k: given[k] for k in inspect.signature(ViT5.__init__).parameters if k != "self"}
         self.patch_embed = PatchEmbed(image_size, patch_size, in_channels, hidden_dim)
         gh, gw = self.patch_embed.grid_size
         self.hidden_dim = hidden_dim
@@ -369,25 +365,20 @@ class ViT5(CompositeFlops, nn.Module):
         return self.forward_head(self.forward_features(images))
 
     # ------------------------------------------------------------------ FLOPs
+    fixed_flop_tokens = True
+
     def default_flop_tokens(self) -> int:
-        return 1
+        return self.num_tokens
 
     def flop_children(self, num_tokens: int, convention: str) -> list[tuple[str, nn.Module, int]]:
-        """Per-image children: counts are images for PatchEmbed, tokens for the rest."""
-        children: list[tuple[str, nn.Module, int]] = [("patch_embed", self.patch_embed, 1)]
-        children += [(f"blocks.{i}", block, self.num_tokens) for i, block in enumerate(self.blocks)]
+        """One image: the patch embedding on its ``N`` patches, every block on ``T`` tokens, the final
+        norm on the readout token(s), the head on one row."""
+        children: list[tuple[str, nn.Module, int]] = [
+            ("patch_embed", self.patch_embed, self.patch_embed.num_patches)
+        ]
+        children += [(f"blocks.{i}", block, num_tokens) for i, block in enumerate(self.blocks)]
         children += [("norm", self.norm, self.num_readout_tokens), ("head", self.head, 1)]
         return children
-
-    def flop_breakdown(self, batch_size: int = 1, *, convention: str = "flopkit") -> dict[str, int]:
-        """Forward FLOPs by category for ``batch_size`` images."""
-        check_convention(convention)
-        per_image = super().flop_breakdown(1, convention=convention)
-        return {k: v * batch_size for k, v in per_image.items()}
-
-    def flop_count(self, batch_size: int = 1, *, convention: str = "flopkit") -> int:
-        """Forward FLOPs for ``batch_size`` images (default: per image)."""
-        return sum(self.flop_breakdown(batch_size, convention=convention).values())
 
     def extra_repr(self) -> str:
         return (

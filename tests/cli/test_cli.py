@@ -163,6 +163,45 @@ def test_presets_lists_all_four_with_params_and_flops():
         (["rope", "vit5-small", "--tokens", "0:999"], "outside the 201 tokens"),
         (["report", "vit5-small", "--format", "xml"], "Invalid value for '--format'"),
         (["layout", TINY, "--set", "qk_norm=layer"], "qk_norm must be one of null, 'rmsnorm', 'headnorm'"),
+        (["report", "vit5-small", "--set", "hidden_dim=0"], "hidden_dim must be a positive integer, got 0"),
+        (
+            ["report", "vit5-small", "--set", "preset=vit5-base"],
+            "the preset is chosen by CONFIG (vit5-small)",
+        ),
+        (["report", "vit5-small", "--set", "depth=1000000000"], "depth=1,000,000,000 is above the limit"),
+        (
+            ["report", "vit5-small", "--set", "hidden_dim=1000000000", "--set", "num_heads=8"],
+            "torch cannot create a tensor of this config",
+        ),
+        (
+            ["report", "vit5-small", "--set", "hidden_dim=100000000", "--set", "num_heads=8"],
+            "is above the limit of 10,000,000,000,000 (10^13)",
+        ),
+        (["report", "vit5-small", "--set", "image_size=1600000"], "more than a tensor can hold (2^63 - 1)"),
+        (["rope", "vit5-small", "--tokens", "5:2"], "range '5:2' is empty: start must be below stop"),
+        (
+            ["rope", "vit5-small", "--plot", "/missing/dir/x.png"],
+            "--plot: directory /missing/dir does not exist",
+        ),
+        (["rope", "vit5-small", "--set", "image_size=16384"], "above its limit of 67,108,864"),
+        (["validate", "vit5-small", "--convention", "nvsubquadratic"], "can never match a counter"),
+        (["validate", "vit5-small", "--against", "torch,torch"], "expected fvcore and/or torch"),
+        (
+            [
+                "validate",
+                "vit5-small",
+                "--set",
+                "hidden_dim=12288",
+                "--set",
+                "depth=96",
+                "--set",
+                "num_heads=96",
+            ],
+            "fvcore traces the model on CPU, and 173,975,126,016 parameters",
+        ),
+        (["report", "vit5-small", "--input-shape", "3,224,224"], "--input-shape applies only with --model"),
+        (["report", "vit5-small", "--model", "x.py:build"], "give a CONFIG (vit5-small) or --model"),
+        (["report"], "missing CONFIG"),
     ],
 )
 def test_errors_are_one_line_on_stderr_with_status_2(args, message):
@@ -180,11 +219,17 @@ def test_malformed_yaml_is_status_2(tmp_path):
     assert result.exit_code == 2 and "malformed YAML" in result.stderr
 
 
-def test_bench_without_cuda_is_status_2():
+def test_bench_without_cuda_is_status_2(monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     result = run("bench")
-    if result.exit_code != 2:
-        pytest.skip("a CUDA GPU is present")
-    assert "needs a CUDA GPU" in result.stderr
+    assert result.exit_code == 2 and "needs a CUDA GPU" in result.stderr
+
+
+def test_bench_outside_the_repository_is_status_2(monkeypatch, tmp_path):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    monkeypatch.chdir(tmp_path)
+    result = run("bench")
+    assert result.exit_code == 2 and "no benchmarks found" in result.stderr
 
 
 def test_every_command_help_shows_an_example():
@@ -219,11 +264,10 @@ def test_installed_script_runs_as_a_subprocess():
             "--causal-attention applies only with --model",
         ),
         (["report", "vit5-small", "--plot", "x.png"], "--plot applies only with --model"),
-        (["report", "vit5-small", "--model", "m.py:f"], "give CONFIG (vit5-small) or --model, not both"),
-        (["report", "--model", "m.py:f", "--set", "depth=2"], "with --model use --model-arg"),
+        (["report", "vit5-small", "--model", "m.py:f"], "give a CONFIG (vit5-small) or --model (m.py:f)"),
+        (["report", "--model", "m.py:f", "--set", "depth=2"], "(use --model-arg KEY=VALUE)"),
         (["report", "vit5-small", "--columns", "shapes,bytes"], "--columns"),
         (["validate", "--model", "m.py:f", "--causal-attention", "half"], "validate counts every"),
-        (["validate", "--model", "m.py:f", "--convention", "flopkit"], "--convention applies to flopkit"),
         (["validate", "vit5-small", "--input-shape", "3,8,8"], "--input-shape applies only with --model"),
     ],
 )
@@ -240,9 +284,12 @@ def test_model_errors_are_one_line_naming_the_spec(tmp_path):
         "def net():\n    return Net()\n\ndef boom(**kw):\n    raise KeyError('weights')\n"
     )
     result = run("report", "--model", f"{path}:boom")
-    assert result.exit_code == 2 and f"--model {path}:boom: KeyError: 'weights'" in result.stderr
+    assert (
+        result.exit_code == 2
+        and f"--model {path}:boom: the factory raised KeyError: 'weights'" in result.stderr
+    )
     result = run("report", "--model", f"{path}:net", "--input-shape", "4")
-    assert result.exit_code == 2 and "running the model failed: ValueError: bad shape" in result.stderr
+    assert result.exit_code == 2 and "running the model raised ValueError: bad shape" in result.stderr
     result = run("report", "--model", f"{path}:net", "--seq-len", "8,16", "--plot", "/missing/dir/x.png")
     assert result.exit_code == 2 and "does not exist" in result.stderr
     assert all(len(r.splitlines()) == 1 for r in (result.stderr,))
@@ -267,3 +314,76 @@ def test_training_on_a_config_reports_the_backward_with_the_patch_conv_at_one_x(
     conv = 2 * 3 * 16 * 16 * 384 * 196
     assert rows["patch_embed"]["backward"]["matmul"] == conv
     assert rows["head"]["backward"]["matmul"] == 2 * (2 * 384 * 1000)
+
+
+def test_config_file_errors_name_the_file(tmp_path):
+    dup = tmp_path / "dup.yaml"
+    dup.write_text("preset: vit5-small\ndepth: 3\ndepth: 4\n")
+    dup_json = tmp_path / "dup.json"
+    dup_json.write_text('{"preset": "vit5-small", "depth": 3, "depth": 4}')
+    binary = tmp_path / "model.yaml"
+    binary.write_bytes(b"preset: vit5-small\n\xff\xfe\x00\x01")
+    for path, message in (
+        (dup, f"{dup}: key 'depth' is given twice (lines 2 and 3)"),
+        (dup_json, f"{dup_json}: key 'depth' is given twice"),
+        (binary, f"{binary}: not a YAML or JSON text file (byte 0xff at offset 19 is not UTF-8)"),
+    ):
+        result = run("report", str(path))
+        assert result.exit_code == 2 and result.stderr == f"flopkit: error: {message}\n"
+
+
+def test_exceptions_in_a_model_factory_name_the_factory_and_keep_the_message(tmp_path):
+    user = tmp_path / "user_model.py"
+    user.write_text(
+        "import torch\n"
+        "def broken():\n    raise RuntimeError('weights went missing')\n"
+        "def not_a_module():\n    return 3\n"
+        "class Fails(torch.nn.Module):\n"
+        "    def forward(self, x):\n        raise KeyError('no such head')\n"
+        "def fails_in_forward():\n    return Fails()\n"
+    )
+    cases = {
+        "broken": "the factory raised RuntimeError: weights went missing",
+        "not_a_module": "the factory returned a int, not an nn.Module",
+        "missing": "has no callable 'missing'",
+        "fails_in_forward": "running the model raised KeyError: 'no such head'",
+    }
+    for name, message in cases.items():
+        result = run("report", "--model", f"{user}:{name}", "--input-shape", "3,224,224")
+        assert result.exit_code == 2, result.output
+        assert (
+            result.stderr.startswith(f"flopkit: error: --model {user}:{name}: ") and message in result.stderr
+        )
+        assert result.stderr.count("\n") == 1
+    importer = tmp_path / "bad_import.py"
+    importer.write_text("import no_such_package_xyz\n")
+    result = run("report", "--model", f"{importer}:build")
+    assert (
+        result.exit_code == 2
+        and "raised ModuleNotFoundError: No module named 'no_such_package_xyz'" in result.stderr
+    )
+
+
+def test_175b_config_reports_on_meta():
+    data = run_json(
+        "report",
+        "vit5-small",
+        "--set",
+        "hidden_dim=12288",
+        "--set",
+        "depth=96",
+        "--set",
+        "num_heads=96",
+        "--depth",
+        "0",
+    )
+    C, L, T, N = 12288, 96, 201, 196
+    block = 12 * C * C + 4 * C + 2 * (C // 96)  # qkv, proj, fc1, fc2; norms, layer scales; q/k norms
+    assert data["total_params"] == 3 * 256 * C + N * C + C + 4 * C + L * block + C + 1000 * C
+    assert data["total_params"] == 173_975_126_016
+    attn = 8 * T * C * C + 4 * T * T * C + 4 * T * C + 2 * 3 * T * C
+    mlp = 16 * T * C * C + 4 * T * C
+    assert (
+        data["total_flops"]
+        == 2 * 3 * 256 * C * N + N * C + L * (attn + mlp + 2 * 3 * T * C + 2 * T * C) + 3 * C + 2 * C * 1000
+    )

@@ -141,7 +141,7 @@ def test_analytic_backward_rule_matches_the_measured_backward_of_a_vit5():
     module = cfg.meta_module.eval()
     batch = 2
     count = count_model(module, (model_input(cfg, module, batch, "meta"),), backward=True)
-    nodes = {n.path: n for n in flop_tree(module, 1).walk()}
+    nodes = {n.path: n for n in flop_tree(module, module.default_flop_tokens()).walk()}
     rule = backward_breakdown_at("", nodes)
     for cat in ("matmul", "attention"):
         assert count.backward[""][cat] == batch * rule[cat], cat

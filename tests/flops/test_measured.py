@@ -4,24 +4,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flopkit.config import load_config, model_input
+from flopkit.config import load_config
 from flopkit.flops.analytic import flop_tree
-from flopkit.flops.measured import count_fvcore, count_torch
+from flopkit.flops.measured import count_fvcore
 from flopkit.flops.reconcile import reconcile
+from flopkit.flops.summary import measure_config, validate_config
 
 TINY = ["image_size=32", "hidden_dim=32", "num_heads=2", "depth=2", "num_classes=10"]
 
 
 def _measure(config, counters=("fvcore", "torch")):
-    meta = config.meta_module.eval()
-    out = []
-    if "fvcore" in counters:
-        cpu = config.build("cpu").eval()
-        out.append(count_fvcore(cpu, model_input(config, cpu, 2, "cpu")))
-    if "torch" in counters:
-        with torch.device("meta"):
-            out.append(count_torch(meta, model_input(config, meta, 2, "meta")))
-    return meta, out
+    return measure_config(config, counters, batch=2)
 
 
 def test_fvcore_sdpa_handle_counts_qk_and_av_in_macs():
@@ -51,9 +44,7 @@ def test_torch_counter_on_meta_sees_attention_as_two_bmm():
 
 
 def test_tiny_model_reconciles_exactly_and_norm2_is_in_parent():
-    config = load_config("vit5-small", TINY)
-    meta, measurements = _measure(config)
-    rec = reconcile(meta, flop_tree(meta, 1), measurements, batch=2, depth=3)
+    rec = validate_config(load_config("vit5-small", TINY), batch=2, depth=3)
     assert rec.ok
     rows = {r.path: r for r in rec.rows}
     assert rows["blocks.0.norm2"].verdict == "in parent"
@@ -83,7 +74,7 @@ def test_linear_bias_adds_are_elementwise_so_matmul_compares_products_only(tmp_p
 def test_a_wrong_analytic_count_is_a_mismatch():
     config = load_config("vit5-small", TINY)
     meta, measurements = _measure(config, ("torch",))
-    tree = flop_tree(meta, 1)
+    tree = flop_tree(meta, meta.num_tokens)
     tree.children[1].own["matmul"] += 1  # blocks.0 claims one FLOP too many
     rec = reconcile(meta, tree, measurements, batch=2)
     assert not rec.ok

@@ -10,6 +10,7 @@ import copy
 
 import pytest
 import torch
+from _references import rel_err
 
 from flopkit import kernels
 from flopkit.nn import ViT5Attention
@@ -58,10 +59,6 @@ def forward_backward(module, x, grad_out):
     out.backward(grad_out)
     grads = {"x": x.grad} | {name: p.grad for name, p in module.named_parameters()}
     return out.detach(), grads
-
-
-def rel_err(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
 @pytest.mark.parametrize("layout", LAYOUTS, ids=lambda v: f"cls{int(v[0])}-R{v[1]}-{v[2]}")

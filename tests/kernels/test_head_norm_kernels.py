@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _norm_reference import TOL, device, grads64, kernel_grads, norm64, rel_err
+from _references import TOL, device, grads64, kernel_grads, norm64, rel_err
 from flopkit.kernels import _rms_norm_triton as tk
 from flopkit.kernels import head_norm, per_head_rms_norm
 from flopkit.kernels._dispatch import register_norm_ops

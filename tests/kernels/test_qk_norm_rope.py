@@ -11,6 +11,7 @@ import contextlib
 
 import pytest
 import torch
+from _references import rel_err
 from flopkit.kernels import qk_norm_rope, qk_norm_rope_flops
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -50,11 +51,6 @@ def spec(qkv, cos, sin, num_heads, q_weight, k_weight, eps, pairing, norm):
         return (y * c + (y @ M) * s).permute(0, 2, 1, 3)
 
     return one(x[:, :, 0], q_weight), one(x[:, :, 1], k_weight), x[:, :, 2].permute(0, 2, 1, 3)
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    assert not torch.isnan(a).any()
-    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
 
 
 def make_inputs(D, weights, dtype=torch.float32, batch=B, tokens=T, heads=H):

@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from _norm_reference import TOL, device, grads64, kernel_grads, norm64, rel_err
+from _references import TOL, device, grads64, kernel_grads, norm64, rel_err
 from flopkit.kernels import _rms_norm_triton as tk
 from flopkit.kernels import rms_norm, rms_norm_residual
 from flopkit.kernels._dispatch import register_norm_ops

@@ -96,7 +96,7 @@ def test_flop_count_by_hand(C, H, h, w):
     attn = ViT5Attention(C, H, h, w, qk_norm="rmsnorm")
     T = h * w + 1 + 4
     assert attn.flop_count() == hand_flops(T, C, H, T * H)
-    assert attn.flop_count(T, inference=True) == attn.flop_count(T)
+    assert attn.flop_count(T, batch_size=3) == 3 * attn.flop_count()
     assert attn.flop_count(convention="nvsubquadratic") == hand_flops(T, C, H, T)
     bd = attn.flop_breakdown()
     assert sum(bd.values()) == attn.flop_count()

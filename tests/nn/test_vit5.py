@@ -86,7 +86,7 @@ def test_no_cls_mean_pool_and_non_square_image_on_meta_counter():
     assert model.num_tokens == 4 * 6
     with FlopCounterMode(display=False) as counter:
         model(images)
-    bd = model.flop_breakdown(3)
+    bd = model.flop_breakdown(batch_size=3)
     assert counter.get_total_flops() == bd["matmul"] + bd["attention"]
     # final norm over the 24 pooled patch tokens
     assert model.norm.flop_count(model.num_readout_tokens) == 3 * 24 * 64
@@ -133,7 +133,7 @@ def test_state_dict_round_trip():
 
 
 def test_part_flops_by_hand():
-    assert PatchEmbed(32, 8, 3, 16).flop_count(2) == 2 * (2 * 3 * 64 * 16 * 16 + 16 * 16)
+    assert PatchEmbed(32, 8, 3, 16).flop_count(batch_size=2) == 2 * (2 * 3 * 64 * 16 * 16 + 16 * 16)
     assert LayerScale(24).flop_count(10) == 240
     assert Mlp(16, 64).flop_count(5) == 2 * 5 * 16 * 64 + 5 * 64 + 2 * 5 * 64 * 16
     blk = ViT5Block(64, 4, 3, 3, qk_norm=None)
@@ -172,3 +172,40 @@ def test_presets_are_data():
     assert set(PRESETS) == set(SIZES)
     for name, (C, depth, H) in SIZES.items():
         assert PRESETS[name] == {"hidden_dim": C, "depth": depth, "num_heads": H}
+
+
+def test_flop_count_arguments_mean_the_same_for_every_module():
+    """num_tokens is tokens per sample, batch_size the samples, for every module."""
+    with torch.device("meta"):
+        model = ViT5.from_preset("vit5-small", depth=2)
+    T = model.num_tokens
+    block, norm = model.blocks[0], model.norm
+    for module, tokens in (
+        (model, None),
+        (model.patch_embed, None),
+        (block, T),
+        (block.attn, T),
+        (norm, T),
+        (block.mlp, T),
+        (block.ls1, T),
+    ):
+        one = module.flop_count(tokens)
+        assert module.flop_count(tokens, batch_size=5) == 5 * one
+        assert module.flop_breakdown(tokens, batch_size=5) == {
+            k: 5 * v for k, v in module.flop_breakdown(tokens).items()
+        }
+    assert block.flop_count() == block.flop_count(T) and block.attn.flop_count() == block.attn.flop_count(T)
+    assert model.patch_embed.flop_count() == model.patch_embed.flop_count(196)
+
+
+def test_flop_count_refuses_a_token_count_its_image_size_fixes():
+    with torch.device("meta"):
+        model = ViT5.from_preset("vit5-small", depth=1)
+    with pytest.raises(
+        ValueError, match="fixes 201 tokens per sample; leave num_tokens out \\(batch_size=128"
+    ):
+        model.flop_count(128)
+    with pytest.raises(ValueError, match="needs num_tokens"):
+        model.norm.flop_count()
+    with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
+        model.flop_count(batch_size=0)

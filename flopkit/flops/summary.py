@@ -1,0 +1,138 @@
+"""Whole reports as data: per-module FLOP rows with their legend, and validation runs.
+
+What the ``report`` and ``validate`` commands print, computed here so that tests and other tools
+call the same functions; the CLI only renders the results.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from flopkit.formulas import check_convention, counted_legend, training_legend
+
+from .analytic import FlopRow, flop_rows, flop_tree
+from .mixed import MIXED_LEGEND, mixed_rows
+
+__all__ = ["FlopReport", "flop_report", "COUNTERS", "measure_config", "validate_config"]
+
+COUNTERS = ("fvcore", "torch")
+
+
+@dataclass
+class FlopReport:
+    """Per-module rows (``rows[0]`` is the whole model) and the legend that explains them."""
+
+    rows: list[FlopRow]
+    legend: list[str]
+    convention: str
+    batch: int
+    training: bool
+    info: dict[str, Any] = field(default_factory=dict)  # what the run was given (config, input shape)
+    measured: bool = False  # rows come from a measured run (any nn.Module), each marked with its source
+
+    @property
+    def total_flops(self) -> int:
+        return self.rows[0].flops
+
+    @property
+    def total_params(self) -> int:
+        return self.rows[0].params
+
+    def to_dict(self) -> dict[str, Any]:
+        rows = [r.to_dict() for r in self.rows]
+        if not self.measured:
+            rows = [{k: v for k, v in r.items() if k != "source"} for r in rows]
+        return {
+            **self.info,
+            "convention": self.convention,
+            "batch": self.batch,
+            "training": self.training,
+            "total_flops": self.total_flops,
+            "total_params": self.total_params,
+            "rows": rows,
+            "legend": self.legend,
+        }
+
+
+def flop_report(
+    module: nn.Module,
+    *,
+    num_tokens: int | None = None,
+    input_shape: tuple[int, ...] | None = None,
+    convention: str = "flopkit",
+    depth: int | None = None,
+    batch: int = 1,
+    training: bool = False,
+    info: dict[str, Any] | None = None,
+) -> FlopReport:
+    """Per-module FLOPs of ``module`` (on the meta device).
+
+    A flopkit module is counted analytically on ``num_tokens`` tokens per sample (default: its own
+    ``T``) times ``batch``. Any other module needs ``input_shape`` (batch included) and is measured
+    by FlopCounterMode, with flopkit sub-modules counted analytically; ``batch`` must then be 1
+    (the batch is the shape's first entry).
+    """
+    check_convention(convention)
+    legend = [counted_legend()]
+    if input_shape is None:
+        tree = flop_tree(
+            module, module.default_flop_tokens() if num_tokens is None else num_tokens, convention
+        )
+        rows = flop_rows(module, tree, depth=depth, batch=batch, training=training)
+        run = f"batch: {batch}"
+    else:
+        if batch != 1:
+            raise ValueError(
+                f"batch applies to a preset or config; with an input shape the batch is its first entry ({input_shape[0]})"
+            )
+        with torch.device("meta"):
+            rows, _ = mixed_rows(module, torch.empty(input_shape), convention, depth, training)
+        legend.append(MIXED_LEGEND)
+        run = f"input shape: {list(input_shape)}"
+    legend.append(f"convention: {convention}; {run}; per {'training step' if training else 'forward'}")
+    if training:
+        legend.append(training_legend())
+    return FlopReport(rows, legend, convention, batch, training, dict(info or {}), input_shape is not None)
+
+
+def measure_config(config, counters: tuple[str, ...] = COUNTERS, batch: int = 1) -> tuple[nn.Module, list]:
+    """Run ``counters`` on the model of ``config`` (a :class:`flopkit.config.Config`) with a batch of
+    ``batch``; returns the meta module and one :class:`~flopkit.flops.measured.Measurement` per counter.
+
+    fvcore runs a JIT trace on a CPU build (seeded weights, real tensors); torch's FlopCounterMode
+    runs on the meta device. Both run inside ``flopkit.kernels.route_through_custom_ops()``.
+    """
+    from flopkit.config import model_input
+
+    from .measured import count_fvcore, count_torch
+
+    unknown = [c for c in counters if c not in COUNTERS]
+    if unknown or not counters:
+        raise ValueError(f"counters must be a non-empty subset of {COUNTERS}, got {tuple(counters)}")
+    meta = config.meta_module.eval()
+    measurements = []
+    if "fvcore" in counters:
+        config.check_cpu_build()
+        torch.manual_seed(0)
+        cpu = config.build("cpu").eval()
+        measurements.append(count_fvcore(cpu, model_input(config, cpu, batch, "cpu")))
+    if "torch" in counters:
+        with torch.device("meta"):
+            measurements.append(count_torch(meta, model_input(config, meta, batch, "meta")))
+    return meta, measurements
+
+
+def validate_config(
+    config, counters: tuple[str, ...] = COUNTERS, batch: int = 1, rtol: float = 0.0, depth: int | None = None
+):
+    """:func:`measure_config`, then reconcile the measurements with the analytic count (flopkit's
+    convention, what runs); returns a :class:`~flopkit.flops.reconcile.Reconciliation`."""
+    from .reconcile import reconcile
+
+    meta, measurements = measure_config(config, counters, batch)
+    tree = flop_tree(meta, config.tokens(meta))
+    return reconcile(meta, tree, measurements, batch=batch, rtol=rtol, depth=depth)
