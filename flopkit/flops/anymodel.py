@@ -31,6 +31,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
+from flopkit import formulas
 from flopkit.formulas import CATEGORIES
 
 from .measured import (
@@ -63,85 +64,63 @@ aten = torch.ops.aten
 
 
 # ------------------------------------------------------------------------------------------------
-# Per-op formulas (FLOPs per element of the op's input, one FLOP = one multiply or add). These are
-# the measured-model counterparts of the analytic conventions in flopkit/nn/_flops.py; they move
-# into the single formula registry (flopkit/formulas.py) when it lands.
-
-NORM_BASE = 4  # mean (1 add), centre (1 sub), variance (1 mul + 1 add) ...
-# ... folded into "normalise": layer/group norm = 4 per element, + 1 for a weight, + 1 for a bias,
-# which gives the 5 (+1 bias) of flopkit's analytic LayerNorm/HeadNorm(mode="layer").
-RMS_NORM_PER_ELEMENT = 3  # square + accumulate, then scale by rsqrt and the weight (DESIGN.md §3)
-BATCH_NORM_EVAL_PER_ELEMENT = 2  # running statistics and affine fold into one scale and one shift
-ACTIVATION_PER_ELEMENT = 1  # flopkit's convention for GELU/SiLU/ReLU/...: 1 per element
-SOFTMAX_PER_ELEMENT = 4  # subtract the max, exp, sum, divide (the max is a comparison, not a FLOP)
-
-
-def layer_norm_flops(numel: int, weight: bool, bias: bool) -> int:
-    """Layer/group norm over ``numel`` elements: ``(4 + weight + bias) * numel``."""
-    return (NORM_BASE + int(weight) + int(bias)) * numel
+# FlopCounterMode formulas (``custom_mapping``: op arguments as shapes) for the ops it has none for,
+# each calling the single registry (flopkit.formulas): one FLOP = one multiply or add.
 
 
 def _layer_norm(input, normalized_shape, weight=None, bias=None, eps=None, *, out_shape=None, **kw):
-    return layer_norm_flops(_numel(input), weight is not None, bias is not None)
+    return formulas.group_norm(_numel(input), weight is not None, bias is not None)
 
 
 def _group_norm(input, weight, bias, *args, out_shape=None, **kw):
-    return layer_norm_flops(_numel(input), weight is not None, bias is not None)
+    return formulas.group_norm(_numel(input), weight is not None, bias is not None)
 
 
 def _batch_norm(input, weight, bias, running_mean, running_var, training, *args, out_shape=None, **kw):
-    if training:
-        return layer_norm_flops(_numel(input), weight is not None, bias is not None)
-    return BATCH_NORM_EVAL_PER_ELEMENT * _numel(input)
+    return formulas.batch_norm(_numel(input), bool(training), weight is not None, bias is not None)
 
 
 def _batch_norm_no_training(input, weight, bias, *args, out_shape=None, **kw):
-    return BATCH_NORM_EVAL_PER_ELEMENT * _numel(input)
+    return formulas.batch_norm(_numel(input), False, weight is not None, bias is not None)
 
 
 def _batch_norm_legit(input, weight, bias, *args, out_shape=None, **kw):
-    return layer_norm_flops(_numel(input), weight is not None, bias is not None)
+    return formulas.batch_norm(_numel(input), True, weight is not None, bias is not None)
 
 
 def _activation(input, *args, out_shape=None, **kw):
-    return ACTIVATION_PER_ELEMENT * _numel(input)
+    return formulas.activation(_numel(input))
 
 
 def _softmax(input, *args, out_shape=None, **kw):
-    return SOFTMAX_PER_ELEMENT * _numel(input)
+    return formulas.softmax(_numel(input))
 
 
-# Backward ops: the input gradient costs what the forward costs; each parameter gradient (weight,
-# bias) costs the forward again. With both, that is BACKWARD_MULTIPLIERS["norm"] = 2x; a frozen
-# weight or an input that needs no gradient drops its part.
+# Backward ops: output_mask says which gradients run (a frozen weight or an input that needs no
+# gradient drops its part).
 def _layer_norm_backward(grad_out, input, normalized_shape, mean, rstd, weight, bias, output_mask, **kw):
-    fwd = layer_norm_flops(_numel(input), weight is not None, bias is not None)
-    return fwd * int(output_mask[0]) + fwd * int(output_mask[1] or output_mask[2])
+    forward = formulas.group_norm(_numel(input), weight is not None, bias is not None)
+    return formulas.norm_backward(forward, output_mask[0], output_mask[1] or output_mask[2])
 
 
 def _group_norm_backward(grad_out, input, mean, rstd, weight, *args, out_shape=None, **kw):
     output_mask = args[-1]
-    fwd = layer_norm_flops(_numel(input), weight is not None, weight is not None)
-    return fwd * int(output_mask[0]) + fwd * int(output_mask[1] or output_mask[2])
+    forward = formulas.group_norm(_numel(input), weight is not None, weight is not None)
+    return formulas.norm_backward(forward, output_mask[0], output_mask[1] or output_mask[2])
 
 
 def _batch_norm_backward(grad_out, input, weight, running_mean, running_var, save_mean, save_invstd, train,
                          eps, output_mask, *args, out_shape=None, **kw):  # fmt: skip
-    per = (
-        layer_norm_flops(1, weight is not None, weight is not None) if train else BATCH_NORM_EVAL_PER_ELEMENT
-    )
-    fwd = per * _numel(input)
-    return fwd * int(output_mask[0]) + fwd * int(output_mask[1] or output_mask[2])
+    forward = formulas.batch_norm(_numel(input), bool(train), weight is not None, weight is not None)
+    return formulas.norm_backward(forward, output_mask[0], output_mask[1] or output_mask[2])
 
 
 def _activation_backward(grad_out, *args, out_shape=None, **kw):
-    # derivative of the activation and its product with the incoming gradient: 2 per element
-    return 2 * ACTIVATION_PER_ELEMENT * _numel(grad_out)
+    return formulas.activation_backward(_numel(grad_out))
 
 
 def _softmax_backward(grad_out, output, *args, out_shape=None, **kw):
-    # g*y, the row sum, the subtraction and the product with y: as many FLOPs as the forward
-    return SOFTMAX_PER_ELEMENT * _numel(grad_out)
+    return formulas.softmax_backward(_numel(grad_out))
 
 
 def _packets(*names: str) -> list:
@@ -170,22 +149,22 @@ def _fv_present(value) -> bool:
 @fvcore_handle("aten::layer_norm", "aten::group_norm")
 def _fvcore_layer_norm(inputs: list, outputs: list) -> int:
     """``layer_norm(input, shape, weight, bias, ...)`` / ``group_norm(input, groups, weight, bias, ...)``."""
-    return layer_norm_flops(_numel(_shape(inputs[0])), _fv_present(inputs[2]), _fv_present(inputs[3]))
+    return formulas.group_norm(_numel(_shape(inputs[0])), _fv_present(inputs[2]), _fv_present(inputs[3]))
 
 
 @fvcore_handle("aten::instance_norm")
 def _fvcore_instance_norm(inputs: list, outputs: list) -> int:
     """``instance_norm(input, weight, bias, ...)``: statistics per sample, as a layer norm."""
-    return layer_norm_flops(_numel(_shape(inputs[0])), _fv_present(inputs[1]), _fv_present(inputs[2]))
+    return formulas.group_norm(_numel(_shape(inputs[0])), _fv_present(inputs[1]), _fv_present(inputs[2]))
 
 
 @fvcore_handle("aten::batch_norm")
 def _fvcore_batch_norm(inputs: list, outputs: list) -> int:
     """``batch_norm(input, weight, bias, running_mean, running_var, training, ...)``."""
     numel = _numel(_shape(inputs[0]))
-    if inputs[5].toIValue():
-        return layer_norm_flops(numel, _fv_present(inputs[1]), _fv_present(inputs[2]))
-    return BATCH_NORM_EVAL_PER_ELEMENT * numel
+    return formulas.batch_norm(
+        numel, bool(inputs[5].toIValue()), _fv_present(inputs[1]), _fv_present(inputs[2])
+    )
 
 
 # op packet -> (category, formula taking shapes, as FlopCounterMode's custom_mapping expects)
@@ -233,10 +212,11 @@ MEASURED_OPS: dict[str, str] = {
 
 ANYMODEL_LEGEND = (
     "measured (FlopCounterMode on the meta device, with flopkit's formulas for the ops it has none "
-    f"for): norm = layer/group norm {NORM_BASE} per element + 1 per affine weight + 1 per bias, batch "
-    f"norm in eval {BATCH_NORM_EVAL_PER_ELEMENT} per element (scale and shift), rms_norm (F.rms_norm and "
-    f"modules named *RMSNorm) {RMS_NORM_PER_ELEMENT} per element; elementwise = activations "
-    f"{ACTIVATION_PER_ELEMENT} per element and softmax {SOFTMAX_PER_ELEMENT} per element (also the "
+    f"for): norm = layer/group norm {formulas.group_norm(1, False, False)} per element + 1 per affine "
+    f"weight + 1 per bias, batch norm in eval {formulas.batch_norm(1)} per element (scale and shift), "
+    f"rms_norm (F.rms_norm and modules named *RMSNorm) {formulas.rms_norm(1, 1)} per element; "
+    f"elementwise = activations {formulas.activation(1)} per element and softmax "
+    f"{formulas.softmax(1)} per element (also the "
     "softmax inside SDPA, which flopkit's own analytic attention does not count). Not counted in measured "
     "modules: bias adds, residual adds, LayerScale, RoPE written as tensor arithmetic (Llama's "
     "rotate_half) and other plain aten add/mul, dropout, embedding lookups."
@@ -443,10 +423,11 @@ class _CallCounter(TorchFunctionMode):
             self.counter.flop_counts[parent][op] += flops
 
     def rms_norm(self, numel: int, needs_grad: bool) -> None:
-        self.add(RMS_NORM_OP, RMS_NORM_PER_ELEMENT * numel)
+        forward = formulas.rms_norm(numel, 1)
+        self.add(RMS_NORM_OP, forward)
         if self.backward and needs_grad:
             # F.rms_norm's backward is plain aten arithmetic (no formula sees it): the 2x rule.
-            self.add(RMS_NORM_BACKWARD_OP, 2 * RMS_NORM_PER_ELEMENT * numel)
+            self.add(RMS_NORM_BACKWARD_OP, formulas.norm_backward(forward))
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
