@@ -56,6 +56,7 @@ __all__ = [
     "norm_backward",
     "softmax",
     "softmax_backward",
+    "coefficient",
     "counted_legend",
     "not_counted_legend",
     "training_legend",
@@ -343,12 +344,17 @@ def softmax_backward(num_elements: int) -> int:
 # ------------------------------------------------------------------------------ legends
 
 
+def coefficient(value: int) -> str:
+    """``value`` as the leading factor of a formula in a legend: ``"3*"``, or ``""`` for 1."""
+    return "" if value == 1 else f"{value}*"
+
+
 def counted_legend() -> str:
     """What each category counts, with every per-element number read from the formulas above."""
     return (
         f"Counted (1 FLOP = one multiply or add; a multiply-accumulate is {FLOPS_PER_MAC}): matmul = "
         f"Linear and the patch conv ({linear(1, 1, 1)}*T*i*o; a Linear bias add, "
-        f"{bias_add(1, 1)}*T*o, is elementwise); attention = QK^T and AV "
+        f"{coefficient(bias_add(1, 1))}T*o, is elementwise); attention = QK^T and AV "
         f"({sdpa(1, 1, 1, 1, 1)}*T^2*C); norm = RMSNorm and QK-norm "
         f"({rms_norm(1, 1)} per normalised element; the final norm only on the readout token(s)); "
         f"rope = {rope(1, 1, 1, num_tensors=1)} per element of q and of k ({rope(1, 1, 1)}*T*C); "

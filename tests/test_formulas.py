@@ -172,3 +172,11 @@ def test_kernel_flop_functions_agree_with_the_registry(rows, H, D):
     for norm in (False, True):
         assert kernels.qk_norm_rope_flops(2, rows, H, D, norm) == formulas.qk_norm_rope(2, rows, H, D, norm)
     assert tuple(kernels.HEAD_NORM_MODES) == formulas.NORM_MODES
+
+
+def test_legends_follow_the_formulas_they_describe(monkeypatch):
+    monkeypatch.setattr(formulas, "norm_flops_per_element", lambda mode="rms", bias=False: 7)
+    monkeypatch.setitem(formulas.BACKWARD_MULTIPLIERS, "rope", 5)
+    assert "7 per normalised element" in formulas.counted_legend()
+    assert "rope 6x" in formulas.training_legend()
+    assert "a Linear bias add, T*o, is elementwise" in formulas.counted_legend()

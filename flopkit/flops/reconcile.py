@@ -14,6 +14,7 @@ from typing import Any
 
 from torch import nn
 
+from flopkit import formulas
 from flopkit.formulas import CATEGORIES, scale_breakdown
 
 from .analytic import FlopNode, breakdown_at, depth_of, leaf_owner, top_paths
@@ -76,16 +77,16 @@ GENERAL_NOTES = [
     "Both counters run the model inside flopkit.kernels.route_through_custom_ops(): every norm and the "
     "QK-norm + RoPE dispatch as flopkit:: custom ops (on CPU the PyTorch reference runs inside the op, on "
     "meta its fake), so the counters see them by name and count them with the ops' registered formulas.",
-    "Linear bias adds (T*o) are elementwise in flopkit's convention and invisible to both counters (fvcore's "
+    f"Linear bias adds ({formulas.coefficient(formulas.bias_add(1, 1))}T*o) are elementwise in flopkit's convention and invisible to both counters (fvcore's "
     "linear handle and torch's addmm formula count the product only), so matmul compares products only.",
     "'in parent': the module ran through a method other than __call__ (ViT5Block.norm2 runs fused with "
     "the residual add via forward_residual), so both counters attribute its ops to the parent block, "
     "whose row carries the comparison.",
     "The final RMSNorm runs on the readout token only (the CLS token; all patches when has_cls=False), "
-    "and flopkit counts it so (3*C per image with CLS).",
+    f"and flopkit counts it so ({formulas.rms_norm(1, 1)}*C per image with CLS).",
     "validate compares flopkit's convention (QK-norm counted over all heads, which is what runs); upstream's "
     "nvsubquadratic convention (report --convention nvsubquadratic) counts one head and would fall short "
-    "of both counters by 2*3*T*(H-1)*D per attention layer.",
+    f"of both counters by 2*{formulas.per_head_rms_norm(1, 1, 1)}*T*(H-1)*D per attention layer.",
 ]
 
 

@@ -9,7 +9,14 @@ from torch import nn
 from flopkit.nn import ViT5, ViT5Attention, ViT5Block
 from flopkit.nn.rope import TokenLayout
 
-__all__ = ["attention_of", "layout_of", "layout_ranges", "layout_tokens"]
+__all__ = [
+    "MAX_LISTED_TOKENS",
+    "attention_of",
+    "check_listed_tokens",
+    "layout_of",
+    "layout_ranges",
+    "layout_tokens",
+]
 
 
 def attention_of(module: nn.Module) -> ViT5Attention:
@@ -69,6 +76,21 @@ def layout_ranges(layout: TokenLayout) -> list[dict[str, Any]]:
     return rows
 
 
+MAX_LISTED_TOKENS = 1_000_000
+"""Most tokens a report lists one row each (``layout --tokens``, ``rope --tokens``)."""
+
+
+def check_listed_tokens(count: int, hint: str) -> None:
+    """ValueError (ending in ``hint``) when a report would list more than :data:`MAX_LISTED_TOKENS` tokens."""
+    if count > MAX_LISTED_TOKENS:
+        raise ValueError(
+            f"--tokens: {count:,} tokens is above the {MAX_LISTED_TOKENS:,} a report lists; {hint}"
+        )
+
+
 def layout_tokens(layout: TokenLayout) -> list[dict[str, Any]]:
-    """Every token: ``index``, ``kind`` (patch | cls | register), grid ``y`` and ``x`` (None for CLS)."""
+    """Every token: ``index``, ``kind`` (patch | cls | register), grid ``y`` and ``x`` (None for CLS).
+
+    ValueError above :data:`MAX_LISTED_TOKENS` tokens."""
+    check_listed_tokens(layout.num_tokens, "use rope --tokens with a range, or a smaller image_size")
     return [{"index": i, "kind": kind, "y": y, "x": x} for i, kind, y, x in layout.tokens()]

@@ -14,6 +14,8 @@ import torch
 from flopkit.nn import ViT5Attention
 from flopkit.nn.rope import ROPE_PAIRINGS, TokenLayout, apply_rope, build_rope_tables, rope_frequencies
 
+from .layout import check_listed_tokens
+
 __all__ = [
     "MAX_TABLE_ELEMENTS",
     "default_token_spec",
@@ -50,6 +52,7 @@ def parse_token_spec(spec: str, num_tokens: int) -> list[int]:
             raise ValueError(
                 f"--tokens: range {part!r} is outside the {num_tokens} tokens (0..{num_tokens - 1})"
             )
+        check_listed_tokens(len(out) + stop - start, "ask for a smaller range")
         out.extend(range(start, stop))
     return out
 

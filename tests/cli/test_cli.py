@@ -178,6 +178,7 @@ def test_presets_lists_all_four_with_params_and_flops():
             "is above the limit of 10,000,000,000,000 (10^13)",
         ),
         (["report", "vit5-small", "--set", "image_size=1600000"], "more than a tensor can hold (2^63 - 1)"),
+        (["rope", "vit5-small", "--set", "image_size=16384", "--tokens", "0:"], "ask for a smaller range"),
         (["rope", "vit5-small", "--tokens", "5:2"], "range '5:2' is empty: start must be below stop"),
         (
             ["rope", "vit5-small", "--plot", "/missing/dir/x.png"],
@@ -202,6 +203,10 @@ def test_presets_lists_all_four_with_params_and_flops():
         (["report", "vit5-small", "--input-shape", "3,224,224"], "--input-shape applies only with --model"),
         (["report", "vit5-small", "--model", "x.py:build"], "give a CONFIG (vit5-small) or --model"),
         (["report"], "missing CONFIG"),
+        (
+            ["layout", "vit5-small", "--set", "image_size=16384", "--tokens"],
+            "--tokens: 1,048,581 tokens is above the 1,000,000 a report lists",
+        ),
     ],
 )
 def test_errors_are_one_line_on_stderr_with_status_2(args, message):
