@@ -14,6 +14,7 @@ from ._options import (
     convention_option,
     depth_option,
     format_option,
+    given,
     model_options,
     model_settings,
     refuse_without_model,
@@ -78,6 +79,8 @@ def report(
             ctx, "model_args", "input_shape", "seq_len", "named_inputs", "causal", "plot_path"
         )
     settings = model_settings(model_args, input_shape, seq_len, named_inputs)
+    if settings[2] is not None and len(settings[2]) > 1 and given(ctx, "depth"):
+        raise click.UsageError("--depth applies to the per-module table, not to a --seq-len sweep")
     loaded = resolve_model(config, overrides, model_spec, settings[0])
     if not loaded.is_config:
         report_model(

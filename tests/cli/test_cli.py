@@ -272,6 +272,7 @@ def test_installed_script_runs_as_a_subprocess():
         (["report", "vit5-small", "--model", "m.py:f"], "give a CONFIG (vit5-small) or --model (m.py:f)"),
         (["report", "--model", "m.py:f", "--set", "depth=2"], "(use --model-arg KEY=VALUE)"),
         (["report", "vit5-small", "--columns", "shapes,bytes"], "--columns"),
+        (["report", "--model", "m.py:f", "--seq-len", "8,16", "--depth", "3"], "--depth applies to the"),
         (["validate", "--model", "m.py:f", "--causal-attention", "half"], "validate counts every"),
         (["validate", "vit5-small", "--input-shape", "3,8,8"], "--input-shape applies only with --model"),
     ],
