@@ -312,45 +312,6 @@ def _plot_sweep(results: list[dict], spec: str, causal: str, path: str):
     return target
 
 
-class _KeywordCall:
-    """Builds an ``nn.Module`` that calls ``model(*args, **kwargs)`` from positional tensors only and
-    returns a tuple of tensors: fvcore's JIT trace takes neither keyword inputs nor dict outputs."""
-
-    @staticmethod
-    def wrap(model, args: tuple, kwargs: dict):
-        import torch
-        from torch.utils._pytree import tree_flatten
-
-        names = list(kwargs)
-        count = len(args)
-
-        class KeywordCall(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.model = model
-
-            def forward(self, *tensors):
-                out = self.model(*tensors[:count], **dict(zip(names, tensors[count:], strict=True)))
-                leaves, _ = tree_flatten(out)
-                return tuple(t for t in leaves if isinstance(t, torch.Tensor))
-
-        return KeywordCall(), (*args, *kwargs.values())
-
-
-def _strip_prefix(measurement, prefix: str = "model"):
-    """A measurement of :class:`_KeywordCall` with the wrapper's path level removed."""
-
-    def strip(path: str) -> str | None:
-        if path == prefix:
-            return ""
-        return path[len(prefix) + 1 :] if path.startswith(prefix + ".") else None
-
-    measurement.flops = {strip(p): v for p, v in measurement.flops.items() if strip(p) is not None}
-    measurement.raw = {strip(p): v for p, v in measurement.raw.items() if strip(p) is not None}
-    measurement.called = {strip(p) for p in measurement.called if strip(p) is not None}
-    return measurement
-
-
 def validate_model(
     loaded,
     input_shape: tuple[int, ...] | None,
@@ -364,16 +325,10 @@ def validate_model(
     fmt: str,
     render,
 ):
-    """``flopkit validate --model SPEC``: flopkit's report of the model (``loaded``) against
-    FlopCounterMode (meta) and fvcore (a CPU copy with real weights), per module and category.
-    Returns the reconciliation."""
-    import torch
-
-    from flopkit.flops.anymodel import count_model
-    from flopkit.flops.measured import count_fvcore
-    from flopkit.flops.mixed import mixed_rows
-    from flopkit.flops.reconcile import reconcile_rows
-    from flopkit.models import build_model, model_inputs, real_inputs
+    """``flopkit validate --model SPEC``: :func:`flopkit.flops.summary.validate_model` on the model
+    of ``loaded``, rendered. Returns the reconciliation."""
+    from flopkit.flops.summary import validate_model as validate_any
+    from flopkit.models import model_inputs
 
     if seq_lens is not None and len(seq_lens) > 1:
         raise click.UsageError("validate takes one --seq-len (a sweep is report --seq-len 128,512,...)")
@@ -386,17 +341,7 @@ def validate_model(
         named=named_inputs,
         spec=f"--model {spec}",
     )
-    rows, count = run_forward(spec, mixed_rows, model, (inputs.args, inputs.kwargs), "flopkit", depth)
-    measurements = []
-    if "fvcore" in counters:
-        torch.manual_seed(0)
-        cpu = build_model(spec, model_args, device="cpu")
-        real = real_inputs(inputs)
-        wrapper, positional = _KeywordCall.wrap(cpu, real.args, real.kwargs)
-        measurements.append(_strip_prefix(run_forward(spec, count_fvcore, wrapper, positional)))
-    if "torch" in counters:
-        measurements.append(run_forward(spec, count_model, model, inputs.args, inputs.kwargs).measurement())
-    rec = reconcile_rows(model, rows, measurements, rtol=rtol)
+    rec = validate_any(model, inputs, tuple(counters), rtol, depth, spec=spec, model_args=model_args)
     if fmt == "json":
         click.echo(
             render_json(

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from flopkit.flops.measured import count_fvcore
+from flopkit.flops.measured import PositionalCall, count_fvcore_any
 from flopkit.flops.mixed import mixed_rows
 from flopkit.models import build_model, model_inputs, real_inputs
 
@@ -63,24 +63,11 @@ CASES = [
 ]
 
 
-class _Positional(torch.nn.Module):
-    """``model(*args, **kwargs)`` from positional tensors, returning a tuple (fvcore's JIT trace)."""
-
-    def __init__(self, model, count: int, names: list[str]) -> None:
-        super().__init__()
-        self.model, self.count, self.names = model, count, names
-
-    def forward(self, *tensors):
-        out = self.model(*tensors[: self.count], **dict(zip(self.names, tensors[self.count :], strict=True)))
-        leaves, _ = torch.utils._pytree.tree_flatten(out)
-        return tuple(t for t in leaves if isinstance(t, torch.Tensor))
-
-
 def plain_fvcore(model, args, kwargs) -> int:
     from fvcore.nn import FlopCountAnalysis
 
-    wrapper = _Positional(model, len(args), list(kwargs))
-    analysis = FlopCountAnalysis(wrapper, (*args, *kwargs.values()))
+    wrapper, positional = PositionalCall.wrap(model, args, kwargs)
+    analysis = FlopCountAnalysis(wrapper, positional)
     analysis.unsupported_ops_warnings(False)
     analysis.uncalled_modules_warnings(False)
     analysis.tracer_warnings("none")
@@ -88,8 +75,7 @@ def plain_fvcore(model, args, kwargs) -> int:
 
 
 def flopkit_fvcore(model, args, kwargs) -> int:
-    wrapper = _Positional(model, len(args), list(kwargs))
-    return sum(count_fvcore(wrapper, (*args, *kwargs.values())).breakdown("").values())
+    return sum(count_fvcore_any(model, args, kwargs).breakdown("").values())
 
 
 def plain_flop_counter(model, args, kwargs) -> int:

@@ -32,6 +32,8 @@ __all__ = [
     "count_fvcore",
     "count_torch",
     "register_flopkit_formulas",
+    "PositionalCall",
+    "count_fvcore_any",
 ]
 
 
@@ -261,6 +263,47 @@ def count_fvcore(model: nn.Module, inputs: torch.Tensor) -> Measurement:
         recorder.remove()
     flops, seen, _ = _to_categories(raw, FVCORE_OPS.get)
     return Measurement("fvcore", flops, raw, recorder.called, unsupported, seen)
+
+
+class PositionalCall(nn.Module):
+    """``model(*args, **kwargs)`` called from positional tensors only, returning a tuple of tensors:
+    fvcore's JIT trace takes neither keyword inputs nor dict outputs (a Hugging Face ``ModelOutput``).
+    Build it with :meth:`wrap`; :func:`count_fvcore_any` removes its level from module paths."""
+
+    def __init__(self, model: nn.Module, num_args: int, names: list[str]) -> None:
+        super().__init__()
+        self.model, self.num_args, self.names = model, num_args, names
+
+    @classmethod
+    def wrap(cls, model: nn.Module, args: tuple, kwargs: dict) -> tuple[PositionalCall, tuple]:
+        """The wrapper and the positional inputs it takes."""
+        return cls(model, len(args), list(kwargs)), (*args, *kwargs.values())
+
+    def forward(self, *tensors):
+        from torch.utils._pytree import tree_flatten
+
+        out = self.model(
+            *tensors[: self.num_args], **dict(zip(self.names, tensors[self.num_args :], strict=True))
+        )
+        leaves, _ = tree_flatten(out)
+        return tuple(t for t in leaves if isinstance(t, torch.Tensor))
+
+
+def count_fvcore_any(model: nn.Module, args: tuple = (), kwargs: dict | None = None) -> Measurement:
+    """:func:`count_fvcore` of ``model(*args, **kwargs)`` (real tensors, CPU) for any model: keyword
+    inputs and dict outputs go through :class:`PositionalCall`; paths are the model's own."""
+    wrapper, positional = PositionalCall.wrap(model, args, kwargs or {})
+    m = count_fvcore(wrapper, positional)
+
+    def strip(path: str) -> str | None:
+        if path == "model":
+            return ""
+        return path[len("model.") :] if path.startswith("model.") else None
+
+    m.flops = {strip(p): v for p, v in m.flops.items() if strip(p) is not None}
+    m.raw = {strip(p): v for p, v in m.raw.items() if strip(p) is not None}
+    m.called = {strip(p) for p in m.called if strip(p) is not None}
+    return m
 
 
 def register_flopkit_formulas() -> None:
