@@ -379,7 +379,8 @@ def parse_seq_lens(text: str) -> list[int]:
 def default_input_shape(model: nn.Module) -> tuple[int, ...] | None:
     """``(C, H, W)`` for an image model: the image size its patch embedding was built for (a timm
     ViT built with ``img_size=...``, whose ``pretrained_cfg`` still names the pretrained size), else
-    timm's ``pretrained_cfg["input_size"]`` (or ``default_cfg``), else None."""
+    timm's ``pretrained_cfg["input_size"]`` (or ``default_cfg``), else a Hugging Face vision config's
+    ``num_channels`` and ``image_size``, else None."""
     embed = getattr(model, "patch_embed", None)
     size = getattr(embed, "img_size", None)
     conv = getattr(embed, "proj", None)
@@ -389,6 +390,12 @@ def default_input_shape(model: nn.Module) -> tuple[int, ...] | None:
         cfg = getattr(model, attr, None)
         if isinstance(cfg, Mapping) and cfg.get("input_size"):
             return tuple(int(s) for s in cfg["input_size"])
+    # A Hugging Face vision model (hf:vit, hf:convnext, ...): its config's image size and channels.
+    config = getattr(model, "config", None)
+    size, channels = getattr(config, "image_size", None), getattr(config, "num_channels", None)
+    if getattr(model, "main_input_name", None) == "pixel_values" and isinstance(channels, int) and size:
+        height, width = (size, size) if isinstance(size, int) else tuple(size)
+        return (channels, int(height), int(width))
     return None
 
 
@@ -471,7 +478,7 @@ def model_inputs(
             raise ModelError(
                 f"{spec} has no default input size: give --input-shape C,H,W (per sample, without the batch)"
             )
-        origin = "timm pretrained_cfg input_size"
+        origin = "the model's default input size"
     else:
         origin = "--input-shape"
     tensor = _meta_tensor((batch, *input_shape), torch.float32)

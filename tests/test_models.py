@@ -163,7 +163,7 @@ class Text(nn.Module):
 def test_default_input_comes_from_pretrained_cfg_and_batch_is_prepended():
     inputs = model_inputs(Images(), batch=4)
     assert inputs.args[0].shape == (4, 3, 32, 32) and inputs.args[0].is_meta
-    assert "pretrained_cfg" in inputs.origin
+    assert inputs.origin == "the model's default input size"
     assert model_inputs(Images(), batch=2, input_shape=(3, 8, 8)).args[0].shape == (2, 3, 8, 8)
 
 

@@ -108,3 +108,12 @@ def test_unknown_type_and_field_suggest_close_names():
     assert result.exit_code == 2 and "did you mean n_layer" in result.stderr
     result = CliRunner().invoke(app, ["report", "--model", "hf:gpt2"])
     assert result.exit_code == 2 and "--seq-len" in result.stderr
+
+
+def test_vision_model_default_input_comes_from_its_config():
+    data = run_json("report", "--model", "hf:vit", "--model-arg", "num_hidden_layers=1", "--model-arg",
+                    "image_size=32", "--model-arg", "hidden_size=64", "--model-arg", "num_attention_heads=4",
+                    "--model-arg", "intermediate_size=128", "--depth", "0")  # fmt: skip
+    assert data["inputs"] == "pixel_values=[1, 3, 32, 32] float32"
+    T, C = 2 * 2 + 1, 64  # 16-pixel patches of a 32x32 image, and the CLS token
+    assert data["rows"][0]["breakdown"]["attention"] == 4 * T * T * C
