@@ -50,8 +50,9 @@ def _package_dirs(root: Path) -> dict[str, Path]:
 
 
 def map_source_subpackages() -> None:
-    """In a source checkout whose ``flopkit.kernels`` no finder can see, map the ``pyproject.toml``
-    package directories; a no-op for installed copies and editable installs."""
+    """In a source checkout whose ``flopkit.kernels`` no finder maps to this checkout's ``kernels/``,
+    map the ``pyproject.toml`` package directories; a no-op for installed copies and for an
+    editable install of this checkout."""
     here = Path(__file__).resolve().parent
     root = here.parent
     if (
@@ -60,8 +61,15 @@ def map_source_subpackages() -> None:
         or not (root / "pyproject.toml").is_file()
     ):
         return
-    if importlib.util.find_spec("flopkit.kernels") is not None:
-        return  # an editable install's finder maps it
+    spec = importlib.util.find_spec("flopkit.kernels")
+    if (
+        spec is not None
+        and spec.origin
+        and Path(spec.origin).resolve().parent == (root / "kernels").resolve()
+    ):
+        return  # an editable install of this checkout maps it
+    # No finder maps it, or one maps it to another checkout (an editable install elsewhere): this
+    # tree's own sub-packages go first, so that flopkit/ never runs with another copy's kernels.
     mapping = {name: d for name, d in _package_dirs(root).items() if (d / "__init__.py").is_file()}
     if mapping:
-        sys.meta_path.append(_SourceTreeFinder(mapping))
+        sys.meta_path.insert(0, _SourceTreeFinder(mapping))

@@ -56,7 +56,7 @@ class ConfigError(ValueError):
 MAX_PARAMETERS = 10**13
 """More parameters than any model trained so far by two orders of magnitude: a typo, not a model."""
 MAX_DEPTH = 4096
-"""Blocks are built one by one even on the meta device (about 0.5 ms each)."""
+"""Blocks are built one by one even on the meta device (about 1.3 ms each: 4,096 report in 6.5 s)."""
 MAX_TENSOR_ELEMENTS = 2**63 - 1
 """A tensor's element count is an int64: the attention map ``[B, H, T, T]`` must fit for B = 1."""
 MAX_CPU_PARAMETERS = 10**9

@@ -47,6 +47,29 @@ def test_import_from_the_repository_root_without_an_editable_install():
     ]
 
 
+def test_import_from_the_repository_root_ignores_an_editable_install_of_another_checkout(tmp_path):
+    """An editable finder that maps flopkit.kernels to another checkout must not pair that
+    checkout's kernels with this tree's flopkit/."""
+    root = Path(__file__).resolve().parents[1]
+    other = tmp_path / "kernels"
+    other.mkdir()
+    (other / "__init__.py").write_text("raise ImportError('the other checkout was imported')\n")
+    code = (
+        "import importlib.abc, importlib.util, sys\n"
+        "sys.meta_path = [f for f in sys.meta_path if 'editable' not in repr(f).lower()]\n"
+        "class OtherCheckout(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'flopkit.kernels':\n"
+        f"            return importlib.util.spec_from_file_location(name, {str(other / '__init__.py')!r})\n"
+        "sys.meta_path.append(OtherCheckout())\n"
+        "import flopkit, flopkit.kernels\n"
+        "print(flopkit.kernels.__file__)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(root / "kernels" / "__init__.py")
+
+
 def test_startup_benchmark_summary_takes_medians_per_phase():
     spec = importlib.util.spec_from_file_location(
         "cli_startup", Path(__file__).resolve().parents[1] / "benchmarks" / "cli_startup.py"

@@ -56,3 +56,29 @@ def test_plot_writes_a_png(tmp_path):
     pytest.importorskip("matplotlib")
     out = plot_rope_tables(small_attention("image_size=64"), tmp_path / "rope.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_default_token_spec_shows_three_patches_then_cls_and_registers():
+    from flopkit.inspect.rope import default_token_spec
+
+    assert default_token_spec(small_attention().layout) == "0:3,196:201"
+    assert default_token_spec(small_attention("has_cls=false", "num_registers=0").layout) == "0:3"
+
+
+def test_summary_says_per_pairing_whether_norms_are_preserved():
+    from flopkit.inspect.rope import rope_summary
+
+    ratios = rope_summary(small_attention("image_size=64"))["norm_ratios"]
+    assert ratios["interleaved"]["preserves_norm"] is True
+    assert ratios["split_half"]["preserves_norm"] is False
+    assert ratios["split_half"]["min"] < 0.99 < 1.01 < ratios["split_half"]["max"]
+
+
+def test_plot_path_is_checked_before_any_work(tmp_path):
+    from flopkit.inspect.rope import check_plot_path
+
+    assert check_plot_path(tmp_path / "rope.png") == tmp_path / "rope.png"
+    with pytest.raises(ValueError, match="is a directory"):
+        check_plot_path(tmp_path)
+    with pytest.raises(ValueError, match="does not exist"):
+        check_plot_path(tmp_path / "missing" / "rope.png")
