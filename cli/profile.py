@@ -19,7 +19,6 @@ from ._options import (
     resolve_model,
     set_option,
 )
-from .report import _parse_shape
 
 __all__ = ["profile", "render_profile"]
 
@@ -35,13 +34,14 @@ DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
     "--input-shape",
     default=None,
     metavar="B,...",
-    help="Input shape for --model, batch first (e.g. 8,3,224,224).",
+    help="Shape of one input sample for --model, without the batch (--batch is prepended), e.g. "
+    "3,224,224. Default: the model's own image size (timm pretrained_cfg, patch embedding).",
 )
 @click.option(
     "--batch",
     type=click.IntRange(min=1),
     default=None,
-    help="Batch size for CONFIG [default: 8]; with --model the batch is --input-shape's first entry.",
+    help="Batch size [default: 8].",
 )
 @click.option("--training", is_flag=True, help="Profile forward + loss + backward (no optimizer).")
 @click.option(
@@ -111,7 +111,7 @@ def profile(
       flopkit profile vit5-base --batch 128 --training
       flopkit profile vit5-base --batch 128 --training --compile --plot roofline.png
       flopkit profile vit5-small --batch 2 --device cpu --training --steps 2 --warmup 1
-      flopkit profile --model examples/custom_model.py:build --input-shape 8,3,224,224
+      flopkit profile --model examples/custom_model.py:build --input-shape 3,224,224 --batch 8
     """
     import torch
 
@@ -196,16 +196,16 @@ def _resolve(config, overrides, model_spec, input_shape, batch):
         raise click.BadParameter(
             "applies to --model only (a config's input follows from it)", param_hint="--input-shape"
         )
-    if model_spec is not None and batch is not None:
-        raise click.BadParameter(
-            "with --model the batch is the first entry of --input-shape", param_hint="--batch"
-        )
     loaded = resolve_model(config, overrides, model_spec)
+    batch = batch or 8
     if loaded.is_config:
-        return loaded, tuple(model_input(loaded.config, loaded.module, batch or 8, "meta").shape)
-    if input_shape is None:
-        raise click.UsageError("--model needs --input-shape (batch first, e.g. 8,3,224,224)")
-    return loaded, _parse_shape(input_shape)
+        return loaded, tuple(model_input(loaded.config, loaded.module, batch, "meta").shape)
+    from flopkit.models import default_input_shape, parse_shape
+
+    sample = parse_shape(input_shape) if input_shape is not None else default_input_shape(loaded.module)
+    if sample is None:
+        raise click.UsageError("--model needs --input-shape (one sample without the batch, e.g. 3,224,224)")
+    return loaded, (batch, *sample)
 
 
 def _flop_report(loaded, shape, depth, training, convention):
@@ -260,7 +260,7 @@ def _legend(result, report_legend: list[str]) -> list[str]:
         f"TFLOP/s ({result.roofs.matmul_n}^3), copy {result.roofs.copy_gbs:.4g} GB/s (read + write of "
         f"{result.roofs.copy_bytes >> 20} MiB); bound = compute or memory by the roofline"
         + ("; launch/host when the layer's host time exceeds its GPU time." if on_cuda else "."),
-        "MFU = (matmul + attention FLOPs of the step, the README's rule: training = 3x forward) / plain step "
+        "MFU = (matmul + attention FLOPs of the step, as report --training counts them: 3x forward, less the patch conv's input gradient) / plain step "
         "wall time / measured matmul rate.",
     ]
     if result.training:

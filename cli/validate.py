@@ -16,6 +16,10 @@ from ._options import (
     config_argument,
     depth_option,
     format_option,
+    given,
+    model_options,
+    model_settings,
+    refuse_without_model,
     resolve_model,
     set_option,
 )
@@ -35,7 +39,7 @@ def _only_flopkit_convention(ctx, param, value: str) -> str:
 
 
 @click.command(context_settings=CONTEXT)
-@config_argument()
+@config_argument(required=False)
 @set_option
 @click.option(
     "--against", default="fvcore,torch", show_default=True, help="Counters, comma-separated: fvcore, torch."
@@ -53,9 +57,13 @@ def _only_flopkit_convention(ctx, param, value: str) -> str:
     callback=_only_flopkit_convention,
     help="Only flopkit: the counters measure QK-norm over every head.",
 )
+@model_options
 @format_option
 @click.pass_context
-def validate(ctx, config, overrides, against, rtol, batch, depth, convention, fmt) -> None:
+def validate(
+    ctx, config, overrides, against, rtol, batch, depth, convention, model_spec, model_args, input_shape,
+    seq_len, named_inputs, causal, fmt,
+) -> None:  # fmt: skip
     """Analytic FLOPs vs fvcore's FlopCountAnalysis and torch's FlopCounterMode, per module and
     category. Exit status 1 when a comparable count differs by more than --rtol.
 
@@ -64,11 +72,28 @@ def validate(ctx, config, overrides, against, rtol, batch, depth, convention, fm
       flopkit validate vit5-small
       flopkit validate examples/attention-small.yaml --against torch
       flopkit validate vit5-base --depth 3 --format markdown
+      flopkit validate --model hf:bert --model-arg num_hidden_layers=2 --seq-len 128
+      flopkit validate --model timm:resnet18 --depth 1
     """
     counters = tuple(c.strip() for c in against.split(",") if c.strip())
     if not counters or any(c not in COUNTERS for c in counters) or len(set(counters)) != len(counters):
         raise click.BadParameter(f"expected fvcore and/or torch, got {against!r}", param_hint="--against")
-    loaded = resolve_model(config, overrides)
+    if given(ctx, "causal"):
+        raise click.UsageError("--causal-attention applies to report: validate counts every query-key pair")
+    if model_spec is None:
+        refuse_without_model(ctx, "model_args", "input_shape", "seq_len", "named_inputs")
+    settings = model_settings(model_args, input_shape, seq_len, named_inputs)
+    loaded = resolve_model(config, overrides, model_spec, settings[0])
+    if not loaded.is_config:
+        from .model_cmds import validate_model
+
+        rec = validate_model(
+            loaded, *settings[1:], batch=batch, counters=list(counters), rtol=rtol, depth=depth, fmt=fmt,
+            render=_render_validation,
+        )  # fmt: skip
+        if not rec.ok:
+            ctx.exit(1)
+        return
     rec = validate_config(loaded.config, counters, batch=batch, rtol=rtol, depth=depth)
     if fmt == "json":
         data = {"config": loaded.to_dict(), "convention": convention, "batch": batch, **rec.to_dict()}
@@ -80,7 +105,13 @@ def validate(ctx, config, overrides, against, rtol, batch, depth, convention, fm
 
 
 def _render_validation(source: str, rec, fmt: str) -> str:
-    from flopkit.flops.measured import category_of
+    from flopkit.flops.anymodel import MEASURED_OPS
+    from flopkit.flops.measured import FVCORE_OPS
+
+    def category_of(counter: str, op: str) -> str | None:
+        if counter == "fvcore":
+            return FVCORE_OPS.get(op, (None, 0))[0]
+        return MEASURED_OPS.get(op)  # a superset of TORCH_OPS: also what validate --model counts
 
     names = rec.counters
     sets = {tuple(rec.comparable[n]) for n in names}

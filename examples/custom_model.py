@@ -1,7 +1,7 @@
 """A user's model mixing flopkit modules (counted analytically) with plain torch layers
 (counted by FlopCounterMode).
 
-    flopkit report --model examples/custom_model.py:build --input-shape 2,3,224,224
+    flopkit report --model examples/custom_model.py:build --input-shape 3,224,224 --batch 2
 """
 
 import torch

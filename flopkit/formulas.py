@@ -50,6 +50,12 @@ __all__ = [
     "qk_norm_rope_breakdown",
     "layer_scale",
     "activation",
+    "activation_backward",
+    "group_norm",
+    "batch_norm",
+    "norm_backward",
+    "softmax",
+    "softmax_backward",
     "coefficient",
     "counted_legend",
     "not_counted_legend",
@@ -195,13 +201,13 @@ def position_add(num_tokens: int, dim: int) -> int:
 # ------------------------------------------------------------------------------ norms
 
 
-def norm_flops_per_element(mode: str = "rms", bias: bool = False) -> int:
-    """FLOPs per normalised element: rms 3 (square-accumulate 2, scale 1), layer 5 (the mean
-    subtraction and its accumulation add 2), +1 for a bias add."""
+def norm_flops_per_element(mode: str = "rms", bias: bool = False, weight: bool = True) -> int:
+    """FLOPs per normalised element: rms 3 (square-accumulate 2, scale 1, weight or not), layer 5
+    (the mean subtraction and its accumulation add 2; 4 without an affine weight), +1 for a bias add."""
     per_element = {"rms": 3, "layer": 5}
     if mode not in per_element:
         raise ValueError(f"mode must be one of {NORM_MODES}, got {mode!r}")
-    return per_element[mode] + (1 if bias else 0)
+    return per_element[mode] - (1 if mode == "layer" and not weight else 0) + (1 if bias else 0)
 
 
 @flop_formula("rms_norm", "norm")
@@ -214,6 +220,29 @@ def rms_norm(num_rows: int, dim: int) -> int:
 def layer_norm(num_rows: int, dim: int, bias: bool = True) -> int:
     """``5 * rows * dim`` (+ ``rows * dim`` with a bias): LayerNorm over the last ``dim`` elements."""
     return norm_flops_per_element("layer", bias) * num_rows * dim
+
+
+@flop_formula("group_norm", "norm")
+def group_norm(num_elements: int, weight: bool = True, bias: bool = True) -> int:
+    """``(4 + weight + bias) * elements``: statistics per group, then a LayerNorm's per-element work
+    (also instance norm, and layer norm counted from its element count)."""
+    return norm_flops_per_element("layer", bias, weight) * num_elements
+
+
+@flop_formula("batch_norm", "norm")
+def batch_norm(num_elements: int, training: bool = False, weight: bool = True, bias: bool = True) -> int:
+    """``2 * elements`` in eval (running statistics and the affine fold into one scale and one shift);
+    in training, batch statistics: :func:`group_norm`'s ``(4 + weight + bias) * elements``."""
+    if training:
+        return group_norm(num_elements, weight, bias)
+    return 2 * num_elements
+
+
+@flop_formula("norm_backward", "norm")
+def norm_backward(forward_flops: int, input_grad: bool = True, param_grad: bool = True) -> int:
+    """``forward * (input_grad + param_grad)``: the input gradient costs one forward, the weight and
+    bias gradients one more (:data:`BACKWARD_MULTIPLIERS` ``norm`` = 2 with both)."""
+    return forward_flops * (int(input_grad) + int(param_grad))
 
 
 @flop_formula("head_norm", "norm")
@@ -292,6 +321,26 @@ def activation(num_elements: int) -> int:
     return num_elements
 
 
+@flop_formula("activation_backward", "elementwise")
+def activation_backward(num_elements: int) -> int:
+    """``2 * elements``: the activation's derivative and its product with the incoming gradient
+    (:data:`BACKWARD_MULTIPLIERS` ``elementwise`` = 2)."""
+    return 2 * activation(num_elements)
+
+
+@flop_formula("softmax", "elementwise")
+def softmax(num_elements: int) -> int:
+    """``4 * elements``: subtract the row max, exp, sum, divide (the max is a comparison, not a
+    FLOP). Counted in measured models only: flopkit's own attention does not count its softmax."""
+    return 4 * num_elements
+
+
+@flop_formula("softmax_backward", "elementwise")
+def softmax_backward(num_elements: int) -> int:
+    """``4 * elements``: ``y * (g - sum(g * y))``: a product, the row sum, a subtraction, a product."""
+    return 4 * num_elements
+
+
 # ------------------------------------------------------------------------------ legends
 
 
@@ -326,8 +375,11 @@ def training_legend() -> str:
     """The ``--training`` rule per category, read from :data:`BACKWARD_MULTIPLIERS`."""
     rules = ", ".join(f"{cat} {1 + BACKWARD_MULTIPLIERS[cat]}x" for cat in CATEGORIES)
     return (
-        f"--training: forward + backward per category = {rules} the forward. matmul and attention "
-        "backward are exactly two matmuls per forward matmul; rope backward is the transposed "
-        "rotation (same cost); norm and elementwise use the 2x rule (input gradient + "
-        "weight/derivative gradient)."
+        f"--training: forward + backward per category = {rules} the forward, except the patch "
+        "embedding's conv, whose input is data and needs no gradient: its backward is the weight "
+        "gradient only (1x). matmul and attention backward are exactly two matmuls per forward matmul "
+        "(checked against FlopCounterMode's measured backward on the meta device); rope backward is the "
+        "transposed rotation (same cost); norm and elementwise use the 2x rule (input gradient + "
+        "weight/derivative gradient): flopkit's norm and RoPE backward ops have no registered formula "
+        "to measure them with."
     )

@@ -40,6 +40,13 @@ def test_every_registered_formula_has_a_known_category_and_a_docstring():
         "qk_norm_rope",
         "layer_scale",
         "activation",
+        # measured models (flopkit.flops.anymodel): norms, activations and softmax, and their backward
+        "group_norm",
+        "batch_norm",
+        "norm_backward",
+        "activation_backward",
+        "softmax",
+        "softmax_backward",
     }
     assert set(FLOP_FORMULAS) == expected
     for f in FLOP_FORMULAS.values():
@@ -90,6 +97,16 @@ def test_norm_formulas_by_hand():
     assert formulas.per_head_rms_norm(10, 4, 16) == 3 * 640
     with pytest.raises(ValueError, match="mode must be one of"):
         formulas.head_norm(1, 1, 1, "batch")
+
+
+def test_measured_norm_and_elementwise_formulas_by_hand():
+    assert formulas.group_norm(640) == 6 * 640 == formulas.layer_norm(10, 64)
+    assert formulas.group_norm(640, weight=False, bias=False) == 4 * 640
+    assert formulas.batch_norm(640) == 2 * 640  # eval: one scale, one shift
+    assert formulas.batch_norm(640, training=True, bias=False) == 5 * 640
+    assert formulas.norm_backward(600) == 1200 and formulas.norm_backward(600, param_grad=False) == 600
+    assert formulas.activation_backward(640) == 2 * 640
+    assert formulas.softmax(640) == formulas.softmax_backward(640) == 4 * 640
 
 
 def test_qk_norm_rows_follow_the_convention():

@@ -9,10 +9,11 @@ Every number comes from the modules themselves: a composite's ``flop_self`` and
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from torch import nn
 
-from flopkit.formulas import add_breakdowns, check_convention, scale_breakdown, training_breakdown
+from flopkit.formulas import BACKWARD_MULTIPLIERS, add_breakdowns, check_convention, scale_breakdown
 from flopkit.nn._flops import FlopCounted, module_breakdown
 
 __all__ = [
@@ -25,7 +26,24 @@ __all__ = [
     "top_paths",
     "leaf_owner",
     "depth_of",
+    "backward_breakdown_at",
 ]
+
+
+def backward_breakdown_at(path: str, nodes: dict[str, FlopNode]) -> dict[str, int]:
+    """Backward FLOPs of the walked module at ``path`` (or the walked modules under a container):
+    :data:`BACKWARD_MULTIPLIERS` times the forward, less the input gradient of every module under it
+    whose input is data (``input_is_data``: the patch embedding's conv computes its weight gradient
+    only)."""
+    forward = breakdown_at(path, nodes)
+    out = {k: v * BACKWARD_MULTIPLIERS.get(k, 0) for k, v in forward.items()}
+    prefix = path + "." if path else ""
+    for node in nodes.values():
+        if (node.path == path or node.path.startswith(prefix)) and getattr(
+            node.module, "input_is_data", False
+        ):
+            out["matmul"] -= node.own.get("matmul", 0)
+    return out
 
 
 @dataclass
@@ -87,6 +105,8 @@ class FlopRow:
     breakdown: dict[str, int]
     source: str = "analytic"
     counted_in: str | None = None  # the ancestor whose own formula includes this module's work
+    backward: dict[str, int] | None = None  # with --training on a measured model: the backward part
+    shapes: Any = None  # a flopkit.flops.anymodel.LayerShapes: the module's first call, when recorded
 
     @classmethod
     def of(cls, path: str, module: nn.Module, breakdown: dict[str, int], **extra: object) -> FlopRow:
@@ -105,7 +125,7 @@ class FlopRow:
         return sum(self.breakdown.values())
 
     def to_dict(self) -> dict[str, object]:
-        return {
+        out: dict[str, object] = {
             "path": self.path,
             "type": self.type,
             "repr": self.repr,
@@ -115,6 +135,22 @@ class FlopRow:
             "source": self.source,
             "counted_in": self.counted_in,
         }
+        if self.backward is not None:
+            backward = sum(self.backward.values())
+            out.update(
+                forward_flops=self.flops - backward, backward_flops=backward, backward=dict(self.backward)
+            )
+        shapes = self.shapes
+        out["input_shapes"] = shapes.input_shapes if shapes is not None else []
+        out["output_shapes"] = shapes.output_shapes if shapes is not None else []
+        if shapes is not None:
+            out.update(
+                input_dtypes=shapes.input_dtypes,
+                output_dtypes=shapes.output_dtypes,
+                param_bytes=shapes.param_bytes,
+                output_bytes=shapes.output_bytes,
+            )
+        return out
 
 
 def depth_of(path: str) -> int:
@@ -155,12 +191,13 @@ def flop_rows(
     for path, module in model.named_modules():
         if depth is not None and depth_of(path) > depth:
             continue
-        breakdown = breakdown_at(path, nodes)
+        breakdown = scale_breakdown(breakdown_at(path, nodes), batch)
         owner = leaf_owner(path, nodes)
-        breakdown = scale_breakdown(breakdown, batch)
+        backward = None
         if training:
-            breakdown = training_breakdown(breakdown)
-        rows.append(FlopRow.of(path, module, breakdown, counted_in=owner))
+            backward = scale_breakdown(backward_breakdown_at(path, nodes), batch)
+            breakdown = add_breakdowns(breakdown, backward)
+        rows.append(FlopRow.of(path, module, breakdown, counted_in=owner, backward=backward))
     return rows
 
 

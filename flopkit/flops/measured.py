@@ -31,6 +31,9 @@ __all__ = [
     "category_of",
     "count_fvcore",
     "count_torch",
+    "register_flopkit_formulas",
+    "PositionalCall",
+    "count_fvcore_any",
 ]
 
 
@@ -51,7 +54,7 @@ class Measurement:
 
 # ----------------------------------------------------------------------------------------------
 # Which counted op belongs to which category. fvcore's own handles count one per multiply-accumulate
-# (factor FLOPS_PER_MAC); its norm handles (5 per element with an affine, 4 without) count FLOPs.
+# (factor FLOPS_PER_MAC). Its norm handles are replaced by flopkit's (flops/anymodel.py), in FLOPs.
 # flopkit's own ops are counted by their registered formulas (flopkit.formulas), in FLOPs.
 
 # flopkit:: custom op -> the formula that counts it (its category is the formula's).
@@ -114,7 +117,10 @@ def _shape(value) -> list[int]:
     return list(get_shape(value))
 
 
-def _numel(shape: list[int]) -> int:
+def _numel(shape) -> int:
+    """Elements of a shape (0 for None, an absent tensor)."""
+    if shape is None:
+        return 0
     out = 1
     for s in shape:
         out *= s
@@ -236,7 +242,11 @@ def _to_categories(raw: dict[str, Counter], table: Callable[[str], tuple[str, in
 def count_fvcore(model: nn.Module, inputs: torch.Tensor) -> Measurement:
     """Run fvcore's ``FlopCountAnalysis`` on ``model(inputs)`` (real tensors, CPU), with flopkit's
     handles (:data:`FVCORE_HANDLES`) added; returns FLOPs by category per module path."""
-    from fvcore.nn import FlopCountAnalysis
+    with warnings.catch_warnings():  # fvcore's import scripts functions with the deprecated torch.jit.script
+        warnings.simplefilter("ignore")
+        from fvcore.nn import FlopCountAnalysis
+
+    from . import anymodel  # noqa: F401  (registers the norm handles in FVCORE_HANDLES)
 
     recorder = _CallRecorder(model)
     try:
@@ -255,11 +265,63 @@ def count_fvcore(model: nn.Module, inputs: torch.Tensor) -> Measurement:
     return Measurement("fvcore", flops, raw, recorder.called, unsupported, seen)
 
 
+class PositionalCall(nn.Module):
+    """``model(*args, **kwargs)`` called from positional tensors only, returning a tuple of tensors:
+    fvcore's JIT trace takes neither keyword inputs nor dict outputs (a Hugging Face ``ModelOutput``).
+    Build it with :meth:`wrap`; :func:`count_fvcore_any` removes its level from module paths."""
+
+    def __init__(self, model: nn.Module, num_args: int, names: list[str]) -> None:
+        super().__init__()
+        self.model, self.num_args, self.names = model, num_args, names
+
+    @classmethod
+    def wrap(cls, model: nn.Module, args: tuple, kwargs: dict) -> tuple[PositionalCall, tuple]:
+        """The wrapper and the positional inputs it takes."""
+        return cls(model, len(args), list(kwargs)), (*args, *kwargs.values())
+
+    def forward(self, *tensors):
+        from torch.utils._pytree import tree_flatten
+
+        out = self.model(
+            *tensors[: self.num_args], **dict(zip(self.names, tensors[self.num_args :], strict=True))
+        )
+        leaves, _ = tree_flatten(out)
+        return tuple(t for t in leaves if isinstance(t, torch.Tensor))
+
+
+def count_fvcore_any(model: nn.Module, args: tuple = (), kwargs: dict | None = None) -> Measurement:
+    """:func:`count_fvcore` of ``model(*args, **kwargs)`` (real tensors, CPU) for any model: keyword
+    inputs and dict outputs go through :class:`PositionalCall`; paths are the model's own."""
+    wrapper, positional = PositionalCall.wrap(model, args, kwargs or {})
+    m = count_fvcore(wrapper, positional)
+
+    def strip(path: str) -> str | None:
+        if path == "model":
+            return ""
+        return path[len("model.") :] if path.startswith("model.") else None
+
+    m.flops = {strip(p): v for p, v in m.flops.items() if strip(p) is not None}
+    m.raw = {strip(p): v for p, v in m.raw.items() if strip(p) is not None}
+    m.called = {strip(p) for p in m.called if strip(p) is not None}
+    return m
+
+
+def register_flopkit_formulas() -> None:
+    """Put the ``flopkit::`` custom ops' FLOP formulas into torch's registry now.
+
+    They are registered when their modules are first imported (at the first routed call), but
+    ``FlopCounterMode`` copies the registry when it is constructed: a counter made before that first
+    call would not count them (``validate --against torch`` in a fresh process missed every norm).
+    """
+    from flopkit.kernels import _norm_ops, _qk_norm_rope_triton  # noqa: F401
+
+
 def count_torch(model: nn.Module, inputs: torch.Tensor) -> Measurement:
     """Run torch's ``FlopCounterMode`` on ``model(inputs)``; meant for the meta device, where SDPA
     runs as two ``bmm`` it can count (on CPU it dispatches to a fused kernel it has no formula for)."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    register_flopkit_formulas()
     root = type(model).__name__
     recorder = _CallRecorder(model)
     seen_ops: Counter = Counter()

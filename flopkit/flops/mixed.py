@@ -13,17 +13,26 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from flopkit.formulas import CATEGORIES, add_breakdowns, training_breakdown
+from flopkit.formulas import CATEGORIES, add_breakdowns
 
-from .analytic import FlopNode, FlopRow, depth_of, flop_tree, is_analytic, top_paths
-from .measured import count_torch
+from .analytic import (
+    FlopNode,
+    FlopRow,
+    backward_breakdown_at,
+    depth_of,
+    flop_tree,
+    is_analytic,
+    leaf_owner,
+    top_paths,
+)
+from .anymodel import ModelCount, count_model
 
 __all__ = ["per_sample_count", "mixed_rows", "MIXED_LEGEND"]
 
 MIXED_LEGEND = (
     "source: 'analytic' rows come from the modules' own flop_count; 'measured' rows from torch's "
-    "FlopCounterMode on the meta device (matmul, conv and attention only: norms, activations and "
-    "other elementwise work in measured modules are not counted), with analytic subtrees swapped in."
+    "FlopCounterMode on the meta device with flopkit's norm and elementwise formulas (see 'measured' "
+    "below), with analytic subtrees swapped in."
 )
 
 
@@ -41,34 +50,24 @@ def _under(path: str, ancestor: str) -> bool:
     return path != ancestor and (ancestor == "" or path.startswith(ancestor + "."))
 
 
-def _record_shapes(model: nn.Module) -> tuple[dict[str, tuple[int, ...]], list]:
-    shapes: dict[str, tuple[int, ...]] = {}
-
-    def hook_for(name: str):
-        def hook(module, args):
-            if name not in shapes and args and isinstance(args[0], torch.Tensor):
-                shapes[name] = tuple(args[0].shape)
-
-        return hook
-
-    handles = [m.register_forward_pre_hook(hook_for(n)) for n, m in model.named_modules()]
-    return shapes, handles
-
-
 def mixed_rows(
     model: nn.Module,
-    inputs: torch.Tensor,
+    inputs: torch.Tensor | tuple[tuple, dict],
     convention: str = "flopkit",
     depth: int | None = None,
     training: bool = False,
-) -> list[FlopRow]:
-    """Per-module rows for any model (on the meta device) run on ``inputs``; see the module docstring."""
-    shapes, handles = _record_shapes(model)
-    try:
-        measured = count_torch(model, inputs)
-    finally:
-        for h in handles:
-            h.remove()
+    causal: str = "full",
+) -> tuple[list[FlopRow], ModelCount]:
+    """Per-module rows for any model (on the meta device) run on ``inputs`` (a tensor, or
+    ``(args, kwargs)``), and the measured count behind them; see the module docstring.
+
+    With ``training``, measured rows add the measured backward (``FlopCounterMode`` over
+    ``loss = sum of outputs``); analytic rows add :data:`~flopkit.flops.analytic.BACKWARD_MULTIPLIERS`.
+    Each row carries the forward+backward breakdown and, in ``backward``, the backward part.
+    """
+    args, kwargs = ((inputs,), {}) if isinstance(inputs, torch.Tensor) else inputs
+    measured = count_model(model, args, kwargs, causal=causal, backward=training)
+    shapes = {p: tuple(s.input_shapes[0]) for p, s in measured.shapes.items() if s.input_shapes}
     modules = dict(model.named_modules())
     analytic_paths = [p for p, m in modules.items() if is_analytic(m) and p in shapes]
     roots = [p for p in analytic_paths if not any(_under(p, q) for q in analytic_paths)]
@@ -93,22 +92,54 @@ def mixed_rows(
         node, scale = nodes[path]
         return {k: v * scale for k, v in node.breakdown.items()}
 
+    def analytic_backward(path: str) -> dict[str, int]:
+        if path not in nodes:
+            return add_breakdowns(
+                dict.fromkeys(CATEGORIES, 0), *(analytic_backward(p) for p in top_paths(path, nodes))
+            )
+        scale = nodes[path][1]
+        walked = {p: n for p, (n, _) in nodes.items()}
+        return {k: v * scale for k, v in backward_breakdown_at(path, walked).items()}
+
+    def entered(counts: dict[str, dict[str, int]], path: str) -> dict[str, int]:
+        """The count at ``path``; for a container never called (a ModuleList), the sum over the
+        top-most modules under it that were."""
+        if path in measured.called:
+            return counts.get(path, {})
+        return add_breakdowns(*(counts.get(p, {}) for p in top_paths(path, measured.called)))
+
+    def combine(own, inner_analytic, inner_measured):
+        out = add_breakdowns(dict.fromkeys(CATEGORIES, 0), own, *inner_analytic)
+        for part in inner_measured:
+            for k, v in part.items():
+                out[k] -= v
+        return out
+
     out = []
     for path, module in modules.items():
         if depth is not None and depth_of(path) > depth:
             continue
+        backward, owner = None, None
         if path in nodes or any(_under(path, r) for r in roots):
-            breakdown, source = analytic(path), "analytic"
+            forward, source = analytic(path), "analytic"
+            owner = leaf_owner(path, {p: n for p, (n, _) in nodes.items()})
+            if training:
+                backward = analytic_backward(path)
         else:
-            own = measured.breakdown(path)
             inner = top_paths(path, trees)
-            swapped = [measured.breakdown(p) for p in inner]
-            breakdown = add_breakdowns(dict.fromkeys(CATEGORIES, 0), own, *(analytic(p) for p in inner))
-            for part in swapped:
-                for k, v in part.items():
-                    breakdown[k] -= v
+            inner_forward = [analytic(p) for p in inner]
+            forward = combine(
+                entered(measured.forward, path), inner_forward, [measured.breakdown(p) for p in inner]
+            )
+            if training:
+                backward = combine(
+                    entered(measured.backward, path),
+                    [analytic_backward(p) for p in inner],
+                    [measured.backward.get(p, {}) for p in inner],
+                )
             source = "measured+analytic" if inner else "measured"
-        if training:
-            breakdown = training_breakdown(breakdown)
-        out.append(FlopRow.of(path, module, breakdown, source=source))
-    return out
+        breakdown = add_breakdowns(forward, backward) if backward is not None else forward
+        row = FlopRow.of(path, module, breakdown, source=source, backward=backward, counted_in=owner)
+        row.shapes = measured.shapes.get(path)
+        out.append(row)
+    return out, measured

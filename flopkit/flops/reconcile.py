@@ -20,7 +20,16 @@ from flopkit.formulas import CATEGORIES, scale_breakdown
 from .analytic import FlopNode, breakdown_at, depth_of, leaf_owner, top_paths
 from .measured import Measurement
 
-__all__ = ["ALWAYS_COMPARABLE", "BLIND_SPOTS", "COUNTER_NOTES", "CheckRow", "Reconciliation", "reconcile"]
+__all__ = [
+    "ALWAYS_COMPARABLE",
+    "BLIND_SPOTS",
+    "COUNTER_NOTES",
+    "ANY_MODEL_NOTES",
+    "CheckRow",
+    "Reconciliation",
+    "reconcile",
+    "reconcile_rows",
+]
 
 ALWAYS_COMPARABLE = ("matmul", "attention")
 
@@ -50,8 +59,8 @@ COUNTER_NOTES: dict[str, list[str]] = {
     "fvcore": [
         "fvcore (JIT trace on CPU, real tensors) counts 1 per multiply-accumulate: its linear/conv counts and "
         "flopkit's SDPA handle (B*H*T*S*(D+Dv) MACs, torch's SDPA formula / 2) are multiplied by 2.",
-        "fvcore's layer_norm/group_norm handles (5 per element with an affine, 4 without) are taken as FLOPs; "
-        "flopkit's handles for aten::rms_norm and flopkit::rms_norm, rms_norm_residual, per_head_rms_norm, "
+        "flopkit replaces fvcore's layer_norm/group_norm/batch_norm handles with its own (layer/group norm 4 per "
+        "element + 1 per affine weight + 1 per bias, batch norm in eval 2 per element), and its handles for aten::rms_norm and flopkit::rms_norm, rms_norm_residual, per_head_rms_norm, "
         "head_norm and qk_norm_rope return flopkit FLOPs (the kernels' own formulas).",
     ],
     "torch": [
@@ -234,3 +243,76 @@ def reconcile(
             if cat not in comparable[m.counter] and whole[cat]:
                 notes.append(f"{m.counter} / {cat}: not comparable: {BLIND_SPOTS[m.counter][cat]}.")
     return Reconciliation(rows, comparable, totals, raw_totals, skipped, notes, rtol)
+
+
+ANY_MODEL_NOTES = [
+    "validate --model: 'analytic' is flopkit's report of the model: analytic for flopkit's own modules, "
+    "FlopCounterMode with flopkit's norm/activation/softmax formulas elsewhere (the report's 'measured' rows).",
+    "torch here is FlopCounterMode on the meta device with the same formulas over the whole model: on measured "
+    "modules it is the report's own count, so the comparison checks flopkit's analytic modules and the "
+    "attribution to modules; fvcore (a JIT trace of a CPU copy with real weights) is the independent check.",
+    "elementwise is not compared: flopkit's analytic modules count LayerScale, bias and position-embedding adds "
+    "that no counter sees, and FlopCounterMode's count includes the softmax inside SDPA, which fvcore sees "
+    "as one attention op and flopkit's analytic attention does not count.",
+    "A hand-written RMSNorm (a module named *RMSNorm made of pow/mean/rsqrt/mul) is counted by flopkit and "
+    "torch here (3 per element) but is plain arithmetic to fvcore; it makes norm differ only when fvcore "
+    "also sees a norm op it counts.",
+]
+
+
+def reconcile_rows(
+    model: nn.Module,
+    rows: list,
+    measurements: list[Measurement],
+    rtol: float = 0.0,
+    not_comparable: tuple[str, ...] = ("elementwise",),
+) -> Reconciliation:
+    """Compare flopkit's rows for any model (:func:`~flopkit.flops.mixed.mixed_rows`, batch included)
+    with each measurement, per row and for the whole model, category by category.
+
+    A category is compared when the counter counted an op in it (matmul and attention always),
+    except ``not_comparable``.
+    """
+    comparable = {
+        m.counter: tuple(
+            c for c in CATEGORIES if (c in ALWAYS_COMPARABLE or c in m.categories) and c not in not_comparable
+        )
+        for m in measurements
+    }
+    paths = [p for p, _ in model.named_modules()]
+    out: list[CheckRow] = []
+    for r in rows:
+        row = CheckRow(r.path, r.type, dict(r.breakdown))
+        for m in measurements:
+            cats = comparable[m.counter]
+            want = {c: r.breakdown.get(c, 0) for c in cats}
+            row.compared[m.counter] = sum(want.values())
+            if r.counted_in is not None:
+                row.status[m.counter] = f"counted in {r.counted_in}"
+                continue
+            got = _measured_at(m, r.path, paths)
+            if got is None:
+                row.status[m.counter] = "in parent" if sum(r.breakdown.values()) else "ok"
+                continue
+            have = {c: got.get(c, 0) for c in cats}
+            row.measured[m.counter] = sum(have.values())
+            row.deltas[m.counter] = {c: have[c] - want[c] for c in cats}
+            bad = [c for c in cats if not _close(have[c], want[c], rtol)]
+            row.status[m.counter] = f"MISMATCH {'+'.join(bad)}" if bad else "ok"
+        out.append(row)
+    totals: dict[str, dict[str, int]] = {"analytic": dict(rows[0].breakdown)}
+    raw_totals, skipped = {}, {}
+    for m in measurements:
+        totals[m.counter] = {c: m.breakdown("").get(c, 0) for c in CATEGORIES}
+        raw_totals[m.counter] = dict(m.raw.get("", {}))
+        skipped[m.counter] = dict(m.skipped)
+    notes = list(ANY_MODEL_NOTES)
+    if any(m.counter == "fvcore" for m in measurements):
+        notes += COUNTER_NOTES["fvcore"]
+    for m in measurements:
+        for cat in CATEGORIES:
+            if cat not in comparable[m.counter] and cat not in not_comparable and totals["analytic"][cat]:
+                notes.append(
+                    f"{m.counter} / {cat}: not comparable: the counter counted no op in this category."
+                )
+    return Reconciliation(out, comparable, totals, raw_totals, skipped, notes, rtol)

@@ -90,7 +90,7 @@ def flop_report(
                 f"batch applies to a preset or config; with an input shape the batch is its first entry ({input_shape[0]})"
             )
         with torch.device("meta"):
-            rows = mixed_rows(module, torch.empty(input_shape), convention, depth, training)
+            rows, _ = mixed_rows(module, torch.empty(input_shape), convention, depth, training)
         legend.append(MIXED_LEGEND)
         run = f"input shape: {list(input_shape)}"
     legend.append(f"convention: {convention}; {run}; per {'training step' if training else 'forward'}")
@@ -136,3 +136,44 @@ def validate_config(
     meta, measurements = measure_config(config, counters, batch)
     tree = flop_tree(meta, config.tokens(meta))
     return reconcile(meta, tree, measurements, batch=batch, rtol=rtol, depth=depth)
+
+
+def validate_model(
+    model: nn.Module,
+    inputs,
+    counters: tuple[str, ...] = COUNTERS,
+    rtol: float = 0.0,
+    depth: int | None = None,
+    spec: str | None = None,
+    model_args: dict[str, Any] | None = None,
+):
+    """flopkit's report of any model (``mixed_rows``: analytic where flopkit has formulas, measured
+    elsewhere) against FlopCounterMode on the meta device and fvcore on a CPU copy built from
+    ``spec`` and ``model_args`` (real, seeded weights), per module and category.
+
+    ``model`` is the meta-device model, ``inputs`` its :class:`~flopkit.models.ModelInputs`; an error
+    inside the model names ``spec``. Returns a :class:`~flopkit.flops.reconcile.Reconciliation`.
+    """
+    from flopkit.models import build_model, real_inputs, user_code
+
+    from .anymodel import count_model
+    from .measured import count_fvcore_any
+    from .reconcile import reconcile_rows
+
+    unknown = [c for c in counters if c not in COUNTERS]
+    if unknown or not counters:
+        raise ValueError(f"counters must be a non-empty subset of {COUNTERS}, got {tuple(counters)}")
+    label = spec or type(model).__name__
+    with user_code(label, "running the model"):
+        rows, _ = mixed_rows(model, (inputs.args, inputs.kwargs), "flopkit", depth)
+        measurements = []
+        if "fvcore" in counters:
+            if spec is None:
+                raise ValueError("fvcore needs a CPU copy of the model: give its spec")
+            torch.manual_seed(0)
+            cpu = build_model(spec, model_args, device="cpu")
+            real = real_inputs(inputs)
+            measurements.append(count_fvcore_any(cpu, real.args, real.kwargs))
+        if "torch" in counters:
+            measurements.append(count_model(model, inputs.args, inputs.kwargs).measurement())
+    return reconcile_rows(model, rows, measurements, rtol=rtol)

@@ -88,10 +88,13 @@ class PatchEmbed(FlopCounted, nn.Module):
 
     ``[B, C_in, H, W]`` -> ``[B, N, C]`` with ``N = (H/P) * (W/P)``, patches row-major.
     FLOPs per image: ``2 * C_in * P^2 * C * N`` (matmul) ``+ N * C`` (position add, elementwise)
-    ``+ N * C`` with ``bias`` (the conv's bias add, elementwise); ``num_tokens`` is fixed to ``N``.
+    ``+ N * C`` with ``bias`` (the conv's bias add, elementwise); ``num_tokens`` is fixed to ``N``. Its input is data (images), so a training step computes no
+    input gradient for the conv: its backward is the weight gradient alone, 1x the conv's forward
+    (``input_is_data``).
     """
 
     fixed_flop_tokens = True
+    input_is_data = True
 
     def __init__(
         self,

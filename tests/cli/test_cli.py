@@ -51,7 +51,8 @@ def test_report_batch_depth_and_training():
     assert rows["norm"]["breakdown"]["norm"] == 3 * 384  # the readout (CLS) token only
     train = run_json("report", "vit5-small", "--batch", "8", "--training", "--depth", "0")
     bd, fwd = train["rows"][0]["breakdown"], forward["rows"][0]["breakdown"]
-    assert bd["matmul"] == 8 * 3 * fwd["matmul"] and bd["rope"] == 8 * 2 * fwd["rope"]
+    conv = 2 * 3 * 16 * 16 * 384 * 196  # the patch conv: its input is data, so no input gradient
+    assert bd["matmul"] == 8 * (3 * fwd["matmul"] - conv) and bd["rope"] == 8 * 2 * fwd["rope"]
     assert train["batch"] == 8
 
 
@@ -76,7 +77,13 @@ def test_report_of_a_single_module_config():
 
 def test_report_any_model_marks_analytic_and_measured_rows():
     data = run_json(
-        "report", "--model", f"{EXAMPLES / 'custom_model.py'}:build", "--input-shape", "2,3,224,224"
+        "report",
+        "--model",
+        f"{EXAMPLES / 'custom_model.py'}:build",
+        "--input-shape",
+        "3,224,224",
+        "--batch",
+        "2",
     )
     rows = {r["path"]: r for r in data["rows"]}
     assert rows["stem"]["source"] == "measured" and rows["blocks.0"]["source"] == "analytic"
@@ -203,7 +210,7 @@ def test_official_preset_adds_exactly_the_bias_parameters_and_bias_adds():
             ],
             "fvcore traces the model on CPU, and 173,975,126,016 parameters",
         ),
-        (["report", "vit5-small", "--input-shape", "1,3,224,224"], "applies to --model only"),
+        (["report", "vit5-small", "--input-shape", "3,224,224"], "--input-shape applies only with --model"),
         (["report", "vit5-small", "--model", "x.py:build"], "give a CONFIG (vit5-small) or --model"),
         (["report"], "missing CONFIG"),
         (
@@ -262,6 +269,69 @@ def test_installed_script_runs_as_a_subprocess():
     )
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["report", "vit5-small", "--seq-len", "128"], "--seq-len applies only with --model"),
+        (["report", "vit5-small", "--model-arg", "a=1"], "--model-arg applies only with --model"),
+        (
+            ["report", "vit5-small", "--causal-attention", "half"],
+            "--causal-attention applies only with --model",
+        ),
+        (["report", "vit5-small", "--plot", "x.png"], "--plot applies only with --model"),
+        (["report", "vit5-small", "--model", "m.py:f"], "give a CONFIG (vit5-small) or --model (m.py:f)"),
+        (["report", "--model", "m.py:f", "--set", "depth=2"], "(use --model-arg KEY=VALUE)"),
+        (["report", "vit5-small", "--columns", "shapes,bytes"], "--columns"),
+        (["report", "--model", "m.py:f", "--seq-len", "8,16", "--depth", "3"], "--depth applies to the"),
+        (["validate", "--model", "m.py:f", "--causal-attention", "half"], "validate counts every"),
+        (["validate", "vit5-small", "--input-shape", "3,8,8"], "--input-shape applies only with --model"),
+    ],
+)
+def test_options_that_do_not_apply_are_refused(args, message):
+    result = run(*args)
+    assert result.exit_code == 2 and message in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+def test_model_errors_are_one_line_naming_the_spec(tmp_path):
+    path = tmp_path / "net.py"
+    path.write_text(
+        "import torch\nfrom torch import nn\n\n"
+        "class Net(nn.Module):\n    def forward(self, x):\n        raise ValueError('bad shape')\n\n"
+        "def net():\n    return Net()\n\ndef boom(**kw):\n    raise KeyError('weights')\n"
+    )
+    result = run("report", "--model", f"{path}:boom")
+    assert (
+        result.exit_code == 2
+        and f"--model {path}:boom: the factory raised KeyError: 'weights'" in result.stderr
+    )
+    result = run("report", "--model", f"{path}:net", "--input-shape", "4")
+    assert result.exit_code == 2 and "running the model raised ValueError: bad shape" in result.stderr
+    result = run("report", "--model", f"{path}:net", "--seq-len", "8,16", "--plot", "/missing/dir/x.png")
+    assert result.exit_code == 2 and "does not exist" in result.stderr
+    assert all(len(r.splitlines()) == 1 for r in (result.stderr,))
+
+
+def test_report_columns_show_shapes_and_memory_for_a_config():
+    result = run("report", "vit5-small", "--columns", "shapes,memory", "--depth", "1")
+    assert result.exit_code == 0, result.output
+    head = result.stdout.splitlines()[1]
+    assert all(h in head for h in ("input", "output", "param bytes", "output bytes"))
+    assert "[1, 3, 224, 224] float32" in result.stdout
+
+
+def test_report_json_rows_always_carry_shapes():
+    rows = {r["path"]: r for r in run_json("report", "vit5-small", "--batch", "2")["rows"]}
+    assert rows["patch_embed"]["input_shapes"] == [[2, 3, 224, 224]]
+    assert rows["patch_embed"]["output_shapes"] == [[2, 196, 384]]
+
+
+def test_training_on_a_config_reports_the_backward_with_the_patch_conv_at_one_x():
+    rows = {r["path"]: r for r in run_json("report", "vit5-small", "--training", "--depth", "1")["rows"]}
+    conv = 2 * 3 * 16 * 16 * 384 * 196
+    assert rows["patch_embed"]["backward"]["matmul"] == conv
+    assert rows["head"]["backward"]["matmul"] == 2 * (2 * 384 * 1000)
+
+
 def test_config_file_errors_name_the_file(tmp_path):
     dup = tmp_path / "dup.yaml"
     dup.write_text("preset: vit5-small\ndepth: 3\ndepth: 4\n")
@@ -292,10 +362,10 @@ def test_exceptions_in_a_model_factory_name_the_factory_and_keep_the_message(tmp
         "broken": "the factory raised RuntimeError: weights went missing",
         "not_a_module": "the factory returned a int, not an nn.Module",
         "missing": "has no callable 'missing'",
-        "fails_in_forward": "the forward on input shape [1, 3, 224, 224] raised KeyError: 'no such head'",
+        "fails_in_forward": "running the model raised KeyError: 'no such head'",
     }
     for name, message in cases.items():
-        result = run("report", "--model", f"{user}:{name}")
+        result = run("report", "--model", f"{user}:{name}", "--input-shape", "3,224,224")
         assert result.exit_code == 2, result.output
         assert (
             result.stderr.startswith(f"flopkit: error: --model {user}:{name}: ") and message in result.stderr
@@ -308,11 +378,6 @@ def test_exceptions_in_a_model_factory_name_the_factory_and_keep_the_message(tmp
         result.exit_code == 2
         and "raised ModuleNotFoundError: No module named 'no_such_package_xyz'" in result.stderr
     )
-
-
-def test_batch_with_model_is_refused_not_ignored():
-    result = run("report", "--model", f"{EXAMPLES / 'custom_model.py'}:build", "--batch", "4")
-    assert result.exit_code == 2 and "--batch" in result.stderr and "--input-shape" in result.stderr
 
 
 def test_175b_config_reports_on_meta():

@@ -1,0 +1,158 @@
+"""Measured counting of any model: per-op formulas against hand counts, causal attention, the
+measured backward, and shapes per layer. Plain torch modules only (no timm / transformers)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from flopkit.config import load_config, model_input
+from flopkit.flops.analytic import backward_breakdown_at, flop_tree
+from flopkit.flops.anymodel import causal_pairs, count_model, layer_shapes
+
+
+def meta(*shape, dtype=torch.float32):
+    return torch.empty(shape, device="meta", dtype=dtype)
+
+
+def build(factory):
+    with torch.device("meta"):
+        return factory().eval()
+
+
+@pytest.mark.parametrize(
+    ("norm", "per_element"),
+    [
+        (lambda: nn.LayerNorm(16), 6),  # 4 + weight + bias
+        (lambda: nn.LayerNorm(16, bias=False), 5),
+        (lambda: nn.LayerNorm(16, elementwise_affine=False), 4),
+        (lambda: nn.RMSNorm(16), 3),
+    ],
+)
+def test_norm_formulas_per_element(norm, per_element):
+    count = count_model(build(norm), (meta(2, 5, 16),))
+    assert count.forward[""]["norm"] == per_element * 2 * 5 * 16
+    assert sum(count.forward[""].values()) == count.forward[""]["norm"]
+
+
+def test_batch_norm_eval_is_a_scale_and_shift_and_group_norm_a_layer_norm():
+    bn = count_model(build(lambda: nn.BatchNorm2d(8)), (meta(2, 8, 4, 4),))
+    assert bn.forward[""]["norm"] == 2 * (2 * 8 * 4 * 4)
+    gn = count_model(build(lambda: nn.GroupNorm(2, 8)), (meta(2, 8, 4, 4),))
+    assert gn.forward[""]["norm"] == 6 * (2 * 8 * 4 * 4)
+
+
+def test_activations_and_softmax_are_elementwise():
+    model = build(lambda: nn.Sequential(nn.GELU(), nn.SiLU(), nn.ReLU(), nn.Softmax(dim=-1)))
+    count = count_model(model, (meta(3, 7),))
+    assert count.forward[""]["elementwise"] == 3 * 21 + 4 * 21
+    assert count.forward["3"]["elementwise"] == 4 * 21
+
+
+class HandRMSNorm(nn.Module):
+    """A hand-written RMSNorm (as in Llama): plain aten arithmetic, recognised by its class name."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        return self.weight * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+
+
+def test_hand_written_rms_norm_counts_once():
+    model = build(lambda: nn.Sequential(HandRMSNorm(16), nn.RMSNorm(16)))
+    count = count_model(model, (meta(4, 16),))
+    assert count.forward["0"]["norm"] == 3 * 64 and count.forward["1"]["norm"] == 3 * 64
+
+
+class Attention(nn.Module):
+    def __init__(self, causal):
+        super().__init__()
+        self.causal = causal
+
+    def forward(self, q, k, v):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
+
+
+@pytest.mark.parametrize(("L", "S"), [(6, 6), (4, 6), (6, 4)])
+def test_causal_pairs_match_the_mask(L, S):
+    assert causal_pairs(L, S) == int(torch.ones(L, S).tril().sum())
+
+
+def test_causal_half_counts_only_the_kept_pairs():
+    B, H, T, D = 2, 3, 10, 8
+    q = meta(B, H, T, D)
+    full = count_model(build(lambda: Attention(True)), (q, q, q))
+    half = count_model(build(lambda: Attention(True)), (q, q, q), causal="half")
+    assert full.forward[""]["attention"] == 2 * B * H * T * T * 2 * D
+    assert half.forward[""]["attention"] == 2 * B * H * (T * (T + 1) // 2) * 2 * D
+    assert (full.causal_calls, half.causal_calls) == (1, 1)
+    plain = count_model(build(lambda: Attention(False)), (q, q, q), causal="half")
+    assert plain.forward[""]["attention"] == full.forward[""]["attention"] and plain.causal_calls == 0
+
+
+def test_causal_half_backward_is_twice_the_kept_forward():
+    B, H, T, D = 1, 2, 8, 4
+
+    class Causal(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.qkv = nn.Linear(H * D, 3 * H * D, bias=False)
+
+        def forward(self, x):
+            q, k, v = self.qkv(x).unflatten(-1, (3, H, D)).permute(2, 0, 3, 1, 4)
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+    count = count_model(build(Causal), (meta(B, T, H * D),), causal="half", backward=True)
+    kept = 2 * B * H * (T * (T + 1) // 2) * 2 * D
+    assert count.forward[""]["attention"] == kept
+    assert count.backward[""]["attention"] == 2 * kept
+
+
+def test_backward_of_an_mlp_skips_the_input_gradient_of_the_first_layer():
+    model = build(lambda: nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.LayerNorm(16), nn.Linear(16, 4)))
+    count = count_model(model, (meta(3, 8),), backward=True)
+    fwd, bwd = count.forward, count.backward
+    assert fwd["0"]["matmul"] == 2 * 3 * 8 * 16 and bwd["0"]["matmul"] == 2 * 3 * 8 * 16  # dW only
+    assert bwd["3"]["matmul"] == 2 * (2 * 3 * 16 * 4)  # dX and dW
+    assert bwd["1"]["elementwise"] == 2 * 3 * 16
+    assert bwd["2"]["norm"] == 2 * 6 * 3 * 16  # input gradient + weight/bias gradients
+    assert bwd[""]["matmul"] == bwd["0"]["matmul"] + bwd["3"]["matmul"]
+
+
+def test_backward_is_attributed_past_modules_that_return_their_input():
+    model = build(lambda: nn.Sequential(nn.Linear(8, 8), nn.Identity(), nn.Dropout(0.0), nn.Linear(8, 8)))
+    count = count_model(model, (meta(2, 8),), backward=True)
+    assert not any(count.backward.get("1", {}).values()) and not any(count.backward.get("2", {}).values())
+    assert count.backward[""]["matmul"] == count.backward["0"]["matmul"] + count.backward["3"]["matmul"]
+
+
+def test_training_runs_batch_norm_on_batch_statistics_and_restores_eval():
+    model = build(lambda: nn.BatchNorm1d(4))
+    count = count_model(model, (meta(5, 4),), backward=True)
+    assert count.forward[""]["norm"] == 6 * 20 and not model.training
+
+
+def test_analytic_backward_rule_matches_the_measured_backward_of_a_vit5():
+    """matmul and attention: flopkit's rule (2x, the patch conv 1x) equals FlopCounterMode's measured
+    backward on the meta device."""
+    cfg = load_config("examples/vit5-tiny.yaml")
+    module = cfg.meta_module.eval()
+    batch = 2
+    count = count_model(module, (model_input(cfg, module, batch, "meta"),), backward=True)
+    nodes = {n.path: n for n in flop_tree(module, module.default_flop_tokens()).walk()}
+    rule = backward_breakdown_at("", nodes)
+    for cat in ("matmul", "attention"):
+        assert count.backward[""][cat] == batch * rule[cat], cat
+    conv = nodes["patch_embed"].own["matmul"] * batch
+    assert count.backward["patch_embed"]["matmul"] == conv
+
+
+def test_layer_shapes_record_first_call_shapes_dtypes_and_bytes():
+    model = build(lambda: nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 6)))
+    shapes = layer_shapes(model, (meta(2, 3, dtype=torch.int64),))
+    assert shapes["0"].input_shapes == [[2, 3]] and shapes["0"].input_dtypes == ["int64"]
+    assert shapes["1"].output_shapes == [[2, 3, 6]] and shapes["1"].output_bytes == 2 * 3 * 6 * 4
+    assert shapes["1"].param_bytes == (4 * 6 + 6) * 4
+    assert shapes[""].param_bytes == (10 * 4 + 4 * 6 + 6) * 4
