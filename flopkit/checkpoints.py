@@ -451,7 +451,7 @@ def _official_base(freqs: torch.Tensor, head_dim: int, key: str) -> float:
             f"{key}: needs at least 2 frequencies to read the RoPE base, got {freqs.numel()}"
         )
     base = float(f"{float(freqs[1].double() ** (-head_dim / 4)):.6g}")
-    if not torch.allclose(official_rope_freqs(head_dim, base), freqs.float(), rtol=1e-6, atol=0):
+    if not torch.allclose(official_rope_freqs(head_dim, base), freqs.float().cpu(), rtol=1e-6, atol=0):
         raise CheckpointError(f"{key}: frequencies are not base**(-4j/D) for any base (read {base:g})")
     return base
 
