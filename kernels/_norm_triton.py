@@ -458,7 +458,7 @@ def _rows_view(x: torch.Tensor, num_heads: int, head_dim: int, mode: str) -> _Ro
                 return _Rows(v, v.shape[0] * H, H, 1, D, v.stride(0), v.stride(1), 0, copied)
             v = xh.view(-1, D)
             return _Rows(v, v.shape[0], 1, 1, D, v.stride(0), 0, 0, copied)
-        except RuntimeError:
+        except (RuntimeError, ValueError):  # eager raises RuntimeError, fake tensors ValueError
             pass
         if mode == "rows" and xh.dim() >= 3:
             try:
@@ -466,7 +466,7 @@ def _rows_view(x: torch.Tensor, num_heads: int, head_dim: int, mode: str) -> _Ro
                 return _Rows(
                     v, v.shape[0] * v.shape[1], v.shape[1], 1, D, v.stride(0), v.stride(1), 0, copied
                 )
-            except RuntimeError:
+            except (RuntimeError, ValueError):  # eager raises RuntimeError, fake tensors ValueError
                 pass
     raise AssertionError("unreachable: a contiguous tensor always has a row view")
 

@@ -241,3 +241,15 @@ def test_torch_compile_fullgraph_runs_the_custom_ops():
     ref = norm64(norm64(h64, w64) * 2 + h64, w64)
     assert rel_err(out, ref) <= 1e-5
     assert x.grad is not None and model.w.grad is not None
+
+
+def test_row_view_of_a_strided_slice_under_fake_tensors():
+    # torch.compile traces the launcher with fake tensors, whose failed .view() raises ValueError
+    # where eager raises RuntimeError: q sliced out of a fused qkv must still get its row view.
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        q = torch.empty(4, 9, 3, 6, 64)[:, :, 0]  # [B, T, H, D] with the qkv row stride
+        rows = tk._rows_view(q, 1, 64, "rows")
+    assert (rows.n_tok, rows.HF, rows.s_o, rows.s_f) == (4 * 9 * 6, 6, 3 * 6 * 64, 64)
+    assert not rows.copied
