@@ -39,7 +39,7 @@ from operator import itemgetter
 import torch
 import torch.nn.functional as F
 import triton
-from flopkit.kernels import _qk_norm_rope_triton as qkt
+from flopkit.kernels import _rope_triton as qkt
 from triton.testing import do_bench
 
 from flopkit import kernels

@@ -1,33 +1,29 @@
 """flopkit.kernels: norm and RoPE ops with a Triton path (CUDA) and a PyTorch reference.
 
-Every public op takes ``backend="auto" | "triton" | "torch"``: ``auto`` runs Triton on CUDA
-tensors and the reference elsewhere. Triton is imported only when a kernel first runs.
+Three files per op family (norm, rope): the public ops with their PyTorch references
+(``norm.py``, ``rope.py``), the ``torch.library`` registration (``_norm_ops.py``, ``_rope_ops.py``)
+and the Triton kernels with their launchers (``_norm_triton.py``, ``_rope_triton.py``). FLOP
+formulas live in :mod:`flopkit.formulas`. Every public op takes ``backend="auto" | "triton" |
+"torch"``: ``auto`` runs Triton on CUDA tensors and the reference elsewhere. Triton is imported only when a kernel first runs.
 """
 
 from ._dispatch import BACKENDS, SUPPORTED_DTYPES, resolve_backend, route_through_custom_ops
-from .head_norm import (
-    HEAD_NORM_MODES,
+from .norm import (
     head_norm,
-    head_norm_flops,
     head_norm_ref,
     per_head_rms_norm,
     per_head_rms_norm_ref,
+    rms_norm,
+    rms_norm_ref,
+    rms_norm_residual,
+    rms_norm_residual_ref,
     split_heads,
 )
-from .qk_norm_rope import (
-    ROPE_PAIRINGS,
-    apply_rope_ref,
-    qk_norm_rope,
-    qk_norm_rope_flops,
-    qk_norm_rope_ref,
-    rotate_pairs,
-)
-from .rms_norm import rms_norm, rms_norm_flops, rms_norm_ref, rms_norm_residual, rms_norm_residual_ref
+from .rope import ROPE_PAIRINGS, apply_rope_ref, qk_norm_rope, qk_norm_rope_ref, rotate_pairs
 
 __all__ = [
     "BACKENDS",
     "SUPPORTED_DTYPES",
-    "HEAD_NORM_MODES",
     "ROPE_PAIRINGS",
     "resolve_backend",
     "route_through_custom_ops",
@@ -35,16 +31,13 @@ __all__ = [
     "rms_norm_ref",
     "rms_norm_residual",
     "rms_norm_residual_ref",
-    "rms_norm_flops",
     "per_head_rms_norm",
     "per_head_rms_norm_ref",
     "head_norm",
     "head_norm_ref",
-    "head_norm_flops",
     "split_heads",
     "qk_norm_rope",
     "qk_norm_rope_ref",
-    "qk_norm_rope_flops",
     "apply_rope_ref",
     "rotate_pairs",
 ]

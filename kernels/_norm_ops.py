@@ -18,9 +18,10 @@ import torch
 from torch.library import triton_op
 from torch.utils.flop_counter import register_flop_formula
 
+from flopkit import formulas
+
 from ._dispatch import needs_custom_op, runs_reference_in_op
-from .head_norm import _normalize_heads, head_norm_flops, split_heads
-from .rms_norm import norm_backward_ref, rms_norm_flops, rms_norm_ref, rms_norm_residual_ref
+from .norm import _normalize_heads, norm_backward_ref, rms_norm_ref, rms_norm_residual_ref, split_heads
 
 __all__ = ["rms_norm_op", "rms_norm_residual_op", "per_head_rms_norm_op", "head_norm_op", "norm_backward_op"]
 
@@ -276,13 +277,13 @@ def _rows(shape, last: int) -> int:
 @register_flop_formula(torch.ops.flopkit.rms_norm)
 def _rms_norm_flop(x_shape, *args, out_shape=None, **kwargs) -> int:
     """RMSNorm: 3 FLOPs per element (square-accumulate 2, scale 1; DESIGN.md §3)."""
-    return rms_norm_flops(_rows(x_shape, x_shape[-1]), x_shape[-1])
+    return formulas.rms_norm(_rows(x_shape, x_shape[-1]), x_shape[-1])
 
 
 @register_flop_formula(torch.ops.flopkit.rms_norm_residual)
 def _rms_norm_residual_flop(x_shape, *args, out_shape=None, **kwargs) -> int:
     """Fused residual RMSNorm: 3 per element; the residual add is not counted."""
-    return rms_norm_flops(_rows(x_shape, x_shape[-1]), x_shape[-1])
+    return formulas.rms_norm(_rows(x_shape, x_shape[-1]), x_shape[-1])
 
 
 @register_flop_formula(torch.ops.flopkit.per_head_rms_norm)
@@ -290,7 +291,7 @@ def _per_head_rms_norm_flop(
     x_shape, weight_shape, num_heads, head_dim, *args, out_shape=None, **kwargs
 ) -> int:
     """QK-norm: 3 per element over all heads (``3 * N*H*D``)."""
-    return head_norm_flops(_rows(x_shape, num_heads * head_dim), num_heads, head_dim, "rms")
+    return formulas.per_head_rms_norm(_rows(x_shape, num_heads * head_dim), num_heads, head_dim)
 
 
 @register_flop_formula(torch.ops.flopkit.head_norm)
@@ -299,7 +300,7 @@ def _head_norm_flop(
 ) -> int:
     """HeadNorm: rms 3, layer 5, +1 with bias, per element."""
     rows = _rows(x_shape, num_heads * head_dim)
-    return head_norm_flops(rows, num_heads, head_dim, mode, bias_shape is not None)
+    return formulas.head_norm(rows, num_heads, head_dim, mode, bias_shape is not None)
 
 
 # --------------------------------------------------------------------------- entry points

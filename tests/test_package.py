@@ -103,10 +103,5 @@ def test_no_name_shadows_a_submodule(package):
     assert _shadowed_submodules(package) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="kernels/ is being restructured (issue 8): its rms_norm, head_norm and qk_norm_rope modules "
-    "are still shadowed by the functions of the same name; remove this marker once they are not",
-)
 def test_no_kernel_function_shadows_its_module():
     assert _shadowed_submodules("flopkit.kernels") == []

@@ -313,7 +313,7 @@ def register_flopkit_formulas() -> None:
     ``FlopCounterMode`` copies the registry when it is constructed: a counter made before that first
     call would not count them (``validate --against torch`` in a fresh process missed every norm).
     """
-    from flopkit.kernels import _norm_ops, _qk_norm_rope_triton  # noqa: F401
+    from flopkit.kernels import _norm_ops, _rope_ops  # noqa: F401
 
 
 def count_torch(model: nn.Module, inputs: torch.Tensor) -> Measurement:

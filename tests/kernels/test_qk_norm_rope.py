@@ -12,8 +12,10 @@ import contextlib
 import pytest
 import torch
 from _references import rel_err
-from flopkit.kernels import qk_norm_rope, qk_norm_rope_flops
+from flopkit.kernels import qk_norm_rope
 from torch.utils.flop_counter import FlopCounterMode
+
+from flopkit import formulas
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 PAIRINGS = ("split_half", "interleaved")
@@ -196,7 +198,7 @@ def test_empty_batch():
 
 @pytest.mark.parametrize("weights", [None, "per_head"])
 def test_opcheck_custom_ops(weights):
-    from flopkit.kernels import _qk_norm_rope_triton  # noqa: F401  (registers the ops)
+    from flopkit.kernels import _rope_ops  # noqa: F401  (registers the ops)
 
     qkv, cos, sin, qw, kw = make_inputs(8, weights)
     norm = weights is not None
@@ -214,7 +216,7 @@ def test_opcheck_custom_ops(weights):
 
 
 def test_custom_op_on_meta_device():
-    from flopkit.kernels import _qk_norm_rope_triton  # noqa: F401
+    from flopkit.kernels import _rope_ops  # noqa: F401
 
     qkv = torch.empty(4, 9, 3 * 2 * 8, device="meta", dtype=torch.bfloat16)
     cos = sin = torch.empty(9, 8, device="meta")
@@ -230,7 +232,7 @@ def test_flop_counter_sees_the_op(norm):
     elems = B * T * H * 8
     # Hand count, DESIGN.md §3: norm 3 and rope 2 FLOPs per element, for q and for k.
     expected = 2 * (3 + 2) * elems if norm else 2 * 2 * elems
-    assert counter.get_total_flops() == expected == qk_norm_rope_flops(B, T, H, 8, norm)
+    assert counter.get_total_flops() == expected == formulas.qk_norm_rope(B, T, H, 8, norm)
     assert "flopkit.qk_norm_rope" in {str(op) for op in counter.get_flop_counts()["Global"]}
 
 

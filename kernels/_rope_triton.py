@@ -19,7 +19,7 @@ Backward: both pairings are block-diagonal in ``[[0, -1], [1, 0]]`` blocks, so `
 The gradient w.r.t. ``qkv`` is written whole: q and k parts from the above, the v part from ``dv``
 (``v`` is returned as a view of ``qkv``), so no zero-fill + add pass is needed.
 
-The custom ops, autograd and FLOP formula live in ``_qk_norm_rope_ops.py``; this file holds only
+The custom ops, autograd and FLOP formula live in ``_rope_ops.py``; this file holds only
 the kernels and their launchers (the same split as the norm family).
 """
 

@@ -12,11 +12,13 @@ import torch
 from torch.library import triton_op
 from torch.utils.flop_counter import register_flop_formula
 
+from flopkit import formulas
+
 from ._dispatch import needs_custom_op, runs_reference_in_op
 from ._norm_triton import wrapped
-from ._qk_norm_rope_triton import qk_norm_rope_bwd, qk_norm_rope_fwd
-from .qk_norm_rope import qk_norm_rope_flops, qk_norm_rope_ref, rotate_pairs
-from .rms_norm import norm_backward_ref
+from ._rope_triton import qk_norm_rope_bwd, qk_norm_rope_fwd
+from .norm import norm_backward_ref
+from .rope import qk_norm_rope_ref, rotate_pairs
 
 __all__ = ["qk_norm_rope_triton"]
 
@@ -168,7 +170,7 @@ def _qk_norm_rope_flop(qkv_shape, cos_shape, sin_shape, qw_shape, kw_shape, num_
                        *args, out_shape=None, **kwargs) -> int:  # fmt: skip
     """norm 3 + rope 2 FLOPs per element of q and of k (DESIGN.md §3)."""
     B, T, three_hd = qkv_shape
-    return qk_norm_rope_flops(B, T, num_heads, three_hd // (3 * num_heads), norm)
+    return formulas.qk_norm_rope(B, T, num_heads, three_hd // (3 * num_heads), norm)
 
 
 def qk_norm_rope_triton(

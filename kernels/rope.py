@@ -8,7 +8,8 @@ Rotation (DESIGN.md §2): ``x' = x * cos + rot(x) * sin`` with two pairings:
 * ``"interleaved"`` (official ViT-5 / EVA-02): adjacent pairs ``(x0, x1) -> (-x1, x0)``,
   an exact rotation.
 
-FLOPs (DESIGN.md §3): RoPE 2 per element of q and of k; the norm 3 per element of q and of k.
+FLOPs: :func:`flopkit.formulas.qk_norm_rope` (RoPE 2 per element of q and of k; the norm 3).
+Registration is in ``_rope_ops.py``, the Triton kernels in ``_rope_triton.py``.
 """
 
 from __future__ import annotations
@@ -16,8 +17,7 @@ from __future__ import annotations
 import torch
 
 from ._dispatch import check_dtype, select_backend
-from .head_norm import _normalize_heads
-from .rms_norm import _acc_dtype
+from .norm import _acc_dtype, _normalize_heads
 
 __all__ = [
     "ROPE_PAIRINGS",
@@ -25,7 +25,6 @@ __all__ = [
     "apply_rope_ref",
     "qk_norm_rope",
     "qk_norm_rope_ref",
-    "qk_norm_rope_flops",
 ]
 
 ROPE_PAIRINGS = ("split_half", "interleaved")
@@ -53,12 +52,6 @@ def apply_rope_ref(
     acc = _acc_dtype(x.dtype)
     xf = x.to(acc)
     return (xf * cos.to(acc) + rotate_pairs(xf, pairing) * sin.to(acc)).to(x.dtype)
-
-
-def qk_norm_rope_flops(batch: int, num_tokens: int, num_heads: int, head_dim: int, norm: bool) -> int:
-    """FLOPs of QK-norm (``3 * 2 * B*T*H*D`` if ``norm``) + RoPE (``2 * 2 * B*T*H*D``)."""
-    elems = batch * num_tokens * num_heads * head_dim
-    return (6 * elems if norm else 0) + 4 * elems
 
 
 def qk_norm_rope_ref(
@@ -165,13 +158,13 @@ def qk_norm_rope(
         norm: whether to RMS-normalise q and k (default: whether a weight is given).
     Returns:
         ``q, k, v``, each ``[B, H, T, D]``; q and k contiguous.
-    FLOPs: ``qk_norm_rope_flops(B, T, H, D, norm)``.
+    FLOPs: :func:`flopkit.formulas.qk_norm_rope` ``(B, T, H, D, norm)``.
     """
     _check_qk_args(qkv, cos, sin, num_heads, q_weight, k_weight, pairing)
     if norm is None:
         norm = q_weight is not None or k_weight is not None
     if select_backend(backend, qkv, "qk_norm_rope") == "torch":
         return qk_norm_rope_ref(qkv, cos, sin, num_heads, q_weight, k_weight, eps, pairing, norm=norm)
-    from ._qk_norm_rope_ops import qk_norm_rope_triton
+    from ._rope_ops import qk_norm_rope_triton
 
     return qk_norm_rope_triton(qkv, cos, sin, num_heads, q_weight, k_weight, eps, pairing, norm)
