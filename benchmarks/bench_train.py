@@ -12,8 +12,8 @@ exactly as that script builds it (channels-last images in ``{"input", "condition
 from the source tree given with ``--upstream``; without one its rows are skipped and the reason
 printed. vit5-small runs at batch 256, vit5-base at batch 128. Per row: wall ms/step (mean over
 ``--steps`` timed steps after warm-up, as upstream's script), images/s, MFU (the README's rule:
-3 x the analytic forward matmul + attention FLOPs over the bf16 matmul rate measured at the start
-of the run), the GPU kernel time per step (union of kernel intervals under ``torch.profiler``) and
+the step's matmul + attention FLOPs as ``flopkit report --training`` counts them, over the bf16
+matmul rate measured at the start of the run), the GPU kernel time per step (union of kernel intervals under ``torch.profiler``) and
 the host-bound share ``1 - gpu / wall``.
 
 ``host``: per op, at ViT-5-Base shapes (batch 128), the host time per call (issuing a loop of calls
@@ -156,6 +156,18 @@ def build_upstream(preset: str, root: str) -> torch.nn.Module:
     return net.cuda().to(DTYPE)
 
 
+def training_flops(preset: str, batch: int) -> int:
+    """The MFU numerator (README's rule): a training step's matmul + attention FLOPs as
+    ``flopkit report --training`` counts them."""
+    from flopkit.flops.summary import flop_report
+    from flopkit.models import load_model
+
+    loaded = load_model(preset)
+    report = flop_report(loaded.module, num_tokens=loaded.tokens(), depth=0, batch=batch, training=True)
+    totals = report.rows[0].breakdown
+    return totals["matmul"] + totals["attention"]
+
+
 def make_step(model, kind: str, batch: int):
     """A closure running one training step, and the model's input batch."""
     if kind == "upstream":
@@ -197,8 +209,7 @@ def run_step_row(kind, preset, mode, args, peak_tflops) -> dict:
     torch.manual_seed(0)
     model = build_upstream(preset, args.upstream) if kind == "upstream" else build_flopkit(preset)
     model.train()
-    fwd_flops = ViT5.from_preset(preset, use_triton=False).to("meta").flop_breakdown(batch)
-    train_flops = 3 * (fwd_flops["matmul"] + fwd_flops["attention"])
+    step_flops = training_flops(preset, batch)
     step = make_step(compile_model(model, mode), kind, batch)
     t0 = time.perf_counter()
     for _ in range(args.warmup):
@@ -214,7 +225,7 @@ def run_step_row(kind, preset, mode, args, peak_tflops) -> dict:
     row.update(
         ms=wall,
         img_s=batch / wall * 1e3,
-        mfu=train_flops / (wall * 1e-3) / (peak_tflops * 1e12),
+        mfu=step_flops / (wall * 1e-3) / (peak_tflops * 1e12),
         gpu_ms=gpu,
         host_bound=max(0.0, 1 - gpu / wall),
     )
