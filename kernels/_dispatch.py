@@ -19,7 +19,6 @@ __all__ = [
     "route_through_custom_ops",
     "runs_reference_in_op",
     "needs_custom_op",
-    "register_norm_ops",
     "BACKENDS",
     "SUPPORTED_DTYPES",
     "resolve_backend",
@@ -162,15 +161,3 @@ def num_sms(device: torch.device) -> int:
     if device.type != "cuda":
         return 4
     return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
-
-
-def register_norm_ops():
-    """Register the ``flopkit::`` norm custom ops (fake impls, autograd, FLOP formulas) and return
-    the module with their entry points.
-
-    Deferred to the first Triton call because ``torch.library`` imports triton, which
-    ``import flopkit`` must not do.
-    """
-    from . import _norm_ops
-
-    return _norm_ops

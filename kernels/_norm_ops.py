@@ -21,7 +21,7 @@ from torch.utils.flop_counter import register_flop_formula
 from flopkit import formulas
 
 from ._dispatch import needs_custom_op, runs_reference_in_op
-from .norm import _normalize_heads, norm_backward_ref, rms_norm_ref, rms_norm_residual_ref, split_heads
+from ._reference import _normalize_heads, norm_backward_ref, rms_norm_ref, rms_norm_residual_ref, split_heads
 
 __all__ = ["rms_norm_op", "rms_norm_residual_op", "per_head_rms_norm_op", "head_norm_op", "norm_backward_op"]
 

@@ -16,9 +16,8 @@ from flopkit import formulas
 
 from ._dispatch import needs_custom_op, runs_reference_in_op
 from ._norm_triton import wrapped
+from ._reference import norm_backward_ref, qk_norm_rope_ref, rotate_pairs
 from ._rope_triton import qk_norm_rope_bwd, qk_norm_rope_fwd
-from .norm import norm_backward_ref
-from .rope import qk_norm_rope_ref, rotate_pairs
 
 __all__ = ["qk_norm_rope_triton"]
 

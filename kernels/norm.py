@@ -7,7 +7,7 @@ per-head inputs are ``[*, H*D]`` (flat heads) or ``[*, H, D]`` and outputs keep 
 and dtype. FLOPs: :func:`flopkit.formulas.rms_norm`, :func:`~flopkit.formulas.per_head_rms_norm`
 and :func:`~flopkit.formulas.head_norm` (the residual add of the fused op is not counted).
 Registration (custom ops, autograd, FLOP formulas) is in ``_norm_ops.py``, the Triton kernels in
-``_norm_triton.py``.
+``_norm_triton.py``, the references in ``_reference.py``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,14 @@ import torch
 
 from flopkit.formulas import NORM_MODES
 
-from ._dispatch import check_dtype, register_norm_ops, select_backend
+from ._dispatch import check_dtype, select_backend
+from ._reference import (
+    _normalize_heads,
+    norm_backward_ref,
+    rms_norm_ref,
+    rms_norm_residual_ref,
+    split_heads,
+)
 
 __all__ = [
     "rms_norm",
@@ -32,61 +39,12 @@ __all__ = [
 ]
 
 
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    # fp32 accumulation for every I/O dtype; a float64 input (tests' references) stays float64.
-    return torch.promote_types(dtype, torch.float32)
+def _ops():
+    """The ``flopkit::`` norm ops and their eager entry points, registered on first use
+    (``torch.library`` imports triton, which ``import flopkit`` must not)."""
+    from . import _norm_ops
 
-
-def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1e-6) -> torch.Tensor:
-    """PyTorch reference RMSNorm over the last dim of ``x`` ``[*, D]``; ``weight`` ``(D,)`` or None."""
-    acc = _acc_dtype(x.dtype)
-    xf = x.to(acc)
-    y = xf * torch.rsqrt(xf.square().mean(dim=-1, keepdim=True) + eps)
-    if weight is not None:
-        y = y * weight.to(acc)
-    return y.to(x.dtype)
-
-
-def rms_norm_residual_ref(
-    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1e-6
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reference fused step: ``h = x + residual`` (in ``x.dtype``), returns ``(rms_norm(h), h)``."""
-    h = x + residual
-    return rms_norm_ref(h, weight, eps), h
-
-
-def norm_backward_ref(
-    dy: torch.Tensor,
-    dres: torch.Tensor | None,
-    x: torch.Tensor,
-    weight: torch.Tensor | None,
-    has_bias: bool,
-    num_heads: int,
-    head_dim: int,
-    eps: float,
-    layer: bool,
-    per_head_weight: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Reference gradients of every norm op (the backward ops' CPU path), in fp32 closed form (``xhat = (x - mean?) * r``):
-    ``dx = r * (g - mean(g)? - xhat * mean(g * xhat))`` with ``g = dy * w``;
-    ``dw = sum(dy * xhat)``, ``db = sum(dy)`` over rows (and heads, for a shared weight)."""
-    acc = torch.promote_types(x.dtype, torch.float32)
-    wshape = (num_heads, head_dim) if per_head_weight else (head_dim,)
-    rows = (-1, *wshape)  # a (H, D) weight needs the heads as their own dim
-    xf, g_out = x.to(acc).reshape(rows), dy.to(acc).reshape(rows)
-    if layer:
-        xf = xf - xf.mean(-1, keepdim=True)
-    r = torch.rsqrt(xf.square().mean(-1, keepdim=True) + eps)
-    xhat = xf * r
-    g = g_out * weight.to(acc) if weight is not None else g_out
-    inner = g - g.mean(-1, keepdim=True) if layer else g
-    dx = (r * (inner - xhat * (g * xhat).mean(-1, keepdim=True))).reshape(x.shape)
-    if dres is not None:
-        dx = dx + dres.to(acc)
-    empty = x.new_empty((0,), dtype=acc)
-    dw = (g_out * xhat).sum(0) if weight is not None else empty
-    db = g_out.sum(0) if has_bias else empty.clone()
-    return dx.to(x.dtype), dw, db
+    return _norm_ops
 
 
 def _check_norm_args(x: torch.Tensor, weight: torch.Tensor | None, op: str) -> None:
@@ -113,7 +71,7 @@ def rms_norm(
     if select_backend(backend, x, "rms_norm") == "torch":
         return rms_norm_ref(x, weight, eps)
     # kernels/_norm_ops.py launches the kernel: through its custom op, or directly when eager.
-    return register_norm_ops().rms_norm(x, weight, eps)
+    return _ops().rms_norm(x, weight, eps)
 
 
 def rms_norm_residual(
@@ -137,38 +95,7 @@ def rms_norm_residual(
         )
     if select_backend(backend, x, "rms_norm_residual") == "torch":
         return rms_norm_residual_ref(x, residual, weight, eps)
-    return register_norm_ops().rms_norm_residual(x, residual, weight, eps)
-
-
-def split_heads(x: torch.Tensor, num_heads: int, head_dim: int, op: str) -> torch.Tensor:
-    """View ``x`` (``[*, H*D]`` or ``[*, H, D]``) as ``[*, H, D]``; raise ValueError on any other shape."""
-    if x.dim() >= 2 and tuple(x.shape[-2:]) == (num_heads, head_dim):
-        return x
-    if x.dim() >= 1 and x.shape[-1] == num_heads * head_dim:
-        return x.unflatten(-1, (num_heads, head_dim))
-    raise ValueError(
-        f"{op}: x must end in num_heads*head_dim = {num_heads}*{head_dim} = {num_heads * head_dim} "
-        f"or in ({num_heads}, {head_dim}), got shape {tuple(x.shape)}"
-    )
-
-
-def _normalize_heads(
-    xh: torch.Tensor,
-    weight: torch.Tensor | None,
-    bias: torch.Tensor | None,
-    eps: float,
-    mode: str,
-) -> torch.Tensor:
-    acc = _acc_dtype(xh.dtype)
-    xf = xh.to(acc)
-    if mode == "layer":
-        xf = xf - xf.mean(dim=-1, keepdim=True)
-    y = xf * torch.rsqrt(xf.square().mean(dim=-1, keepdim=True) + eps)
-    if weight is not None:
-        y = y * weight.to(acc)
-    if bias is not None:
-        y = y + bias.to(acc)
-    return y.to(xh.dtype)
+    return _ops().rms_norm_residual(x, residual, weight, eps)
 
 
 def per_head_rms_norm_ref(
@@ -223,7 +150,7 @@ def per_head_rms_norm(
     split_heads(x, num_heads, D, "per_head_rms_norm")
     if select_backend(backend, x, "per_head_rms_norm") == "torch":
         return per_head_rms_norm_ref(x, weight, num_heads, eps, head_dim=D)
-    return register_norm_ops().per_head_rms_norm(x, weight, num_heads, D, eps)
+    return _ops().per_head_rms_norm(x, weight, num_heads, D, eps)
 
 
 def head_norm(
@@ -249,7 +176,7 @@ def head_norm(
     split_heads(x, H, D, "head_norm")
     if select_backend(backend, x, "head_norm") == "torch":
         return head_norm_ref(x, weight, bias, eps, mode, num_heads=H, head_dim=D)
-    return register_norm_ops().head_norm(x, weight, bias, H, D, eps, mode)
+    return _ops().head_norm(x, weight, bias, H, D, eps, mode)
 
 
 def _check_input(x: torch.Tensor, op: str) -> None:

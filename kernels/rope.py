@@ -1,12 +1,6 @@
-"""QK-norm + 2D RoPE on the fused QKV activation, and the rotation primitives.
-
-Rotation (DESIGN.md §2): ``x' = x * cos + rot(x) * sin`` with two pairings:
-
-* ``"split_half"`` (nvSubquadratic, default): with ``q4 = D/4``, ``h = D/2``,
-  ``rot(x) = [-x[q4:h], x[:q4], -x[h+q4:], x[h:h+q4]]``. With the interleaved tables
-  this pairs channels of different frequencies: it is not an orthogonal rotation.
-* ``"interleaved"`` (official ViT-5 / EVA-02): adjacent pairs ``(x0, x1) -> (-x1, x0)``,
-  an exact rotation.
+"""The rope family's public op: fused QK-norm + 2D RoPE on the QKV activation, with the rotation
+primitives and references (defined in ``_reference.py``: ``x' = x * cos + rot(x) * sin``, pairing
+``"split_half"`` as nvSubquadratic or ``"interleaved"`` as the official ViT-5).
 
 FLOPs: :func:`flopkit.formulas.qk_norm_rope` (RoPE 2 per element of q and of k; the norm 3).
 Registration is in ``_rope_ops.py``, the Triton kernels in ``_rope_triton.py``.
@@ -17,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from ._dispatch import check_dtype, select_backend
-from .norm import _acc_dtype, _normalize_heads
+from ._reference import ROPE_PAIRINGS, apply_rope_ref, qk_norm_rope_ref, rotate_pairs
 
 __all__ = [
     "ROPE_PAIRINGS",
@@ -26,65 +20,6 @@ __all__ = [
     "qk_norm_rope",
     "qk_norm_rope_ref",
 ]
-
-ROPE_PAIRINGS = ("split_half", "interleaved")
-
-
-def rotate_pairs(x: torch.Tensor, pairing: str = "split_half") -> torch.Tensor:
-    """``rot(x)`` over the last dim ``D`` of ``x`` for the given pairing (see module docstring)."""
-    D = x.shape[-1]
-    if pairing == "split_half":
-        q4, h = D // 4, D // 2
-        return torch.cat((-x[..., q4:h], x[..., :q4], -x[..., h + q4 :], x[..., h : h + q4]), dim=-1)
-    if pairing == "interleaved":
-        x0, x1 = x[..., 0::2], x[..., 1::2]
-        return torch.stack((-x1, x0), dim=-1).flatten(-2)
-    raise ValueError(f"rope pairing must be one of {ROPE_PAIRINGS}, got {pairing!r}")
-
-
-def apply_rope_ref(
-    x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pairing: str = "split_half"
-) -> torch.Tensor:
-    """``x * cos + rot(x) * sin`` in fp32 (or float64), cast back to ``x.dtype``.
-
-    ``cos``/``sin`` must broadcast against ``x`` (e.g. ``[T, 1, D]`` for ``x`` ``[B, T, H, D]``).
-    """
-    acc = _acc_dtype(x.dtype)
-    xf = x.to(acc)
-    return (xf * cos.to(acc) + rotate_pairs(xf, pairing) * sin.to(acc)).to(x.dtype)
-
-
-def qk_norm_rope_ref(
-    qkv: torch.Tensor,
-    cos: torch.Tensor,
-    sin: torch.Tensor,
-    num_heads: int,
-    q_weight: torch.Tensor | None = None,
-    k_weight: torch.Tensor | None = None,
-    eps: float = 1e-6,
-    pairing: str = "split_half",
-    *,
-    norm: bool | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Reference: split ``qkv`` ``[B, T, 3*H*D]``, RMS-normalise q and k per head, rotate, transpose.
-
-    ``q_weight``/``k_weight``: ``(D,)`` shared or ``(H, D)``; ``norm`` defaults to "a weight was given"
-    (``norm=True`` with no weights normalises without scaling). Returns ``q, k, v`` as
-    ``[B, H, T, D]``: q and k contiguous, v a view of ``qkv``.
-    """
-    B, T, three_c = qkv.shape
-    D = three_c // (3 * num_heads)
-    q, k, v = qkv.view(B, T, 3, num_heads, D).unbind(2)
-    if norm is None:
-        norm = q_weight is not None or k_weight is not None
-    if norm:
-        q = _normalize_heads(q, q_weight, None, eps, "rms")
-        k = _normalize_heads(k, k_weight, None, eps, "rms")
-    c, s = cos[:, None, :], sin[:, None, :]
-    q = apply_rope_ref(q, c, s, pairing)
-    k = apply_rope_ref(k, c, s, pairing)
-    return q.transpose(1, 2).contiguous(), k.transpose(1, 2).contiguous(), v.transpose(1, 2)
-
 
 _CHECKED: set[tuple] = set()
 

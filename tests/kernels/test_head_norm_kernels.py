@@ -7,10 +7,9 @@ import torch
 from _references import TOL, device, grads64, kernel_grads, norm64, rel_err
 from flopkit.kernels import _norm_triton as tk
 from flopkit.kernels import head_norm, per_head_rms_norm
-from flopkit.kernels._dispatch import register_norm_ops
 from torch.utils.flop_counter import FlopCounterMode
 
-register_norm_ops()  # the flopkit:: ops are registered on first use; these tests call them directly
+# importing _norm_ops registers the flopkit:: ops (on first use otherwise); these tests call them directly
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
