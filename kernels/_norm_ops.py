@@ -311,22 +311,27 @@ def _head_norm_flop(
 # dispatch plus its Python autograd wrapper cost more host time than the kernels run at ViT sizes).
 
 
+def _forward(x, residual, weight, bias, eps, num_heads, head_dim, layer, per_head_weight):
+    """The eager forward launch of every norm op: ``(y, h)`` (``h`` only with a residual)."""
+    return _launchers().norm_forward(
+        x,
+        weight,
+        bias,
+        eps,
+        num_heads=num_heads,
+        head_dim=head_dim,
+        layer=layer,
+        per_head_weight=per_head_weight,
+        residual=residual,
+    )
+
+
 class _NormFunction(torch.autograd.Function):
     """Eager autograd for every norm op: forward and backward launch the Triton kernels directly."""
 
     @staticmethod
     def forward(ctx, x, residual, weight, bias, eps, num_heads, head_dim, layer, per_head_weight):
-        y, h = _launchers().norm_forward(
-            x,
-            weight,
-            bias,
-            eps,
-            num_heads=num_heads,
-            head_dim=head_dim,
-            layer=layer,
-            per_head_weight=per_head_weight,
-            residual=residual,
-        )
+        y, h = _forward(x, residual, weight, bias, eps, num_heads, head_dim, layer, per_head_weight)
         fused = residual is not None
         ctx.save_for_backward(h if fused else x, weight)
         ctx.config = (bias is not None, num_heads, head_dim, eps, layer, per_head_weight, fused)
@@ -369,17 +374,7 @@ def _eager(x, residual, weight, bias, eps, num_heads, head_dim, layer, per_head_
         return _NormFunction.apply(
             x, residual, weight, bias, eps, num_heads, head_dim, layer, per_head_weight
         )
-    y, h = _launchers().norm_forward(
-        x,
-        weight,
-        bias,
-        eps,
-        num_heads=num_heads,
-        head_dim=head_dim,
-        layer=layer,
-        per_head_weight=per_head_weight,
-        residual=residual,
-    )
+    y, h = _forward(x, residual, weight, bias, eps, num_heads, head_dim, layer, per_head_weight)
     return (y, h) if residual is not None else y
 
 
