@@ -20,8 +20,9 @@ from typing import Any
 
 import torch
 
-__all__ = ["launch", "clear_launch_cache"]
+__all__ = ["launch", "clear_launch_cache", "MAX_CACHED"]
 
+MAX_CACHED = 4096  # cached launches (and, in the launchers, plans) before the cache starts over
 # key -> (compiled kernel, trailing constexpr values in parameter order)
 _COMPILED: dict[tuple, tuple[Any, tuple]] = {}
 _RUNTIME: Any = None  # triton.knobs.runtime once the fast path is known to be usable; False if not
@@ -78,6 +79,8 @@ def launch(kernel, grid: tuple[int, ...], args: tuple, meta: dict[str, Any], num
     if entry is None or not runtime or _hooks_installed(runtime):
         compiled = kernel[grid](*args, **meta)
         if entry is None and runtime and not _hooks_installed(runtime):
+            if len(_COMPILED) >= MAX_CACHED:  # many distinct shapes: start over rather than grow
+                _COMPILED.clear()
             tail = tuple(meta[name] for name in kernel.arg_names[len(args) :])
             _COMPILED[key] = (compiled, tail)
         return

@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 
 from ._dispatch import num_sms
-from ._launch import launch
+from ._launch import MAX_CACHED, launch
 
 __all__ = [
     "norm_forward",
@@ -493,7 +493,14 @@ class _Plan:
         self.x_copy, self.r_copy, self.parts = x_copy, r_copy, parts
 
 
-_PLANS: dict[tuple, tuple[_Plan, torch.Tensor, torch.Tensor | None]] = {}
+_PLANS: dict[tuple, _Plan] = {}
+
+
+def _cache_plan(key: tuple, plan: _Plan) -> _Plan:
+    if len(_PLANS) >= MAX_CACHED:  # many distinct shapes: start over rather than grow
+        _PLANS.clear()
+    _PLANS[key] = plan
+    return plan
 
 
 def _plan_forward(x, residual, has_w, has_b, eps, H, D, layer, per_head_weight, config):
@@ -573,7 +580,7 @@ def norm_forward(
         )
         plan = _PLANS.get(key)
         if plan is None:
-            plan = _PLANS[key] = _plan_forward(*args)[0]
+            plan = _cache_plan(key, _plan_forward(*args)[0])
         xt = x.contiguous() if plan.x_copy else x
         rt = (residual.contiguous() if plan.r_copy else residual) if residual is not None else y
     else:
@@ -679,7 +686,7 @@ def norm_backward(
         key = ("bwd", x.shape, x.stride(), x.get_device(), *args[1:])
         plan = _PLANS.get(key)
         if plan is None:
-            plan = _PLANS[key] = _plan_backward(*args)[0]
+            plan = _cache_plan(key, _plan_backward(*args)[0])
         xt = x.contiguous() if plan.x_copy else x
     else:
         plan, xt = _plan_backward(*args)
