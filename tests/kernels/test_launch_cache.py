@@ -1,0 +1,102 @@
+"""The eager launch cache (kernels/_launch.py), with stand-ins for the CUDA tensors and Triton's
+compiled kernel: CI has no GPU, and the cache's logic (keys, argument order, fallbacks) is pure Python.
+"""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from flopkit.kernels import _launch
+
+
+class FakeCudaTensor:
+    is_cuda = True
+
+    def __init__(self, ptr, dtype=torch.bfloat16):
+        self.ptr, self.dtype = ptr, dtype
+
+    def data_ptr(self):
+        return self.ptr
+
+    def get_device(self):
+        return 0
+
+
+class FakeKernel:
+    """``kernel[grid](*args, **meta)`` records the call and returns a compiled kernel whose ``run``
+    records the direct launches."""
+
+    arg_names = ["X", "Y", "N", "BLOCK", "FLAG"]
+
+    def __init__(self):
+        self.slow_calls, self.fast_calls = [], []
+        self.compiled = SimpleNamespace(function="fn", packed_metadata="md", run=self._run)
+
+    def _run(self, *call):
+        self.fast_calls.append(call)
+
+    def __getitem__(self, grid):
+        def launch(*args, **meta):
+            self.slow_calls.append((grid, args, meta))
+            return self.compiled
+
+        return launch
+
+
+@pytest.fixture
+def runtime(monkeypatch):
+    rt = SimpleNamespace(launch_enter_hook=None, launch_exit_hook=SimpleNamespace(calls=[]))
+    monkeypatch.setattr(_launch, "_RUNTIME", rt)
+    monkeypatch.setattr(torch._C, "_cuda_getCurrentRawStream", lambda device: 1234, raising=False)
+    _launch.clear_launch_cache()
+    yield rt
+    _launch.clear_launch_cache()
+
+
+def test_second_call_launches_the_compiled_kernel_directly(runtime):
+    kernel, x, y = FakeKernel(), FakeCudaTensor(0x1000), FakeCudaTensor(0x2000)
+    meta = {"BLOCK": 64, "FLAG": True, "num_warps": 4}
+    _launch.launch(kernel, (7,), (x, y, 100), meta, 2)
+    assert len(kernel.slow_calls) == 1 and not kernel.fast_calls
+    _launch.launch(kernel, (7,), (x, y, 100), meta, 2)
+    assert len(kernel.slow_calls) == 1
+    # Triton's launcher order: grid, stream, function, metadata, hooks, then every parameter.
+    assert kernel.fast_calls == [(7, 1, 1, 1234, "fn", "md", None, None, None, x, y, 100, 64, True)]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"ptr": 0x1008},  # 16-byte alignment changes Triton's specialisation
+        {"dtype": torch.float16},
+        {"n": 101},
+        {"grid": (8,)},
+        {"block": 128},
+    ],
+)
+def test_anything_triton_specialises_on_misses_the_cache(runtime, change):
+    kernel, y = FakeKernel(), FakeCudaTensor(0x2000)
+
+    def call(ptr=0x1000, dtype=torch.bfloat16, n=100, grid=(7,), block=64):
+        x = FakeCudaTensor(ptr, dtype)
+        _launch.launch(kernel, grid, (x, y, n), {"BLOCK": block, "FLAG": True, "num_warps": 4}, 2)
+
+    call()
+    call(**change)
+    assert len(kernel.slow_calls) == 2 and not kernel.fast_calls
+
+
+def test_installed_launch_hooks_take_the_ordinary_path(runtime):
+    kernel, x = FakeKernel(), FakeCudaTensor(0x1000)
+    meta = {"BLOCK": 64, "FLAG": False, "num_warps": 4}
+    _launch.launch(kernel, (1,), (x, x, 5), meta, 2)
+    runtime.launch_enter_hook = SimpleNamespace(calls=[print])  # e.g. a profiler's hook
+    _launch.launch(kernel, (1,), (x, x, 5), meta, 2)
+    assert len(kernel.slow_calls) == 2 and not kernel.fast_calls
+
+
+def test_cpu_tensors_always_take_the_ordinary_path(runtime):
+    kernel, x = FakeKernel(), torch.zeros(4)
+    for _ in range(2):
+        _launch.launch(kernel, (1,), (x, x, 4), {"BLOCK": 4, "FLAG": False}, 2)
+    assert len(kernel.slow_calls) == 2 and not _launch._COMPILED
