@@ -75,6 +75,8 @@ class RunConfig:
     dtype: str = "bfloat16"
     modes: tuple[str, ...] = MODES
     grad_sync: bool = True  # False: the negative control (ranks skip the gradient average)
+    custom_ops: bool = False  # every norm / RoPE call through its flopkit:: custom op
+    compile: bool = False  # torch.compile the (wrapped) model, the reference too
 
 
 @dataclass
@@ -139,7 +141,12 @@ def train_steps(
     world_size: int = 1,
 ) -> list[float]:
     """Run ``cfg.steps`` steps on this rank's share of each batch; the loss of each step, mean over ranks."""
+    from flopkit import kernels
+
     opt = make_optimizer(cfg, model.parameters())
+    route = kernels.route_through_custom_ops if cfg.custom_ops else contextlib.nullcontext
+    if cfg.compile:
+        model = torch.compile(model)
     no_sync = contextlib.nullcontext
     if not cfg.grad_sync and world_size > 1:
         if hasattr(model, "set_requires_gradient_sync"):  # FSDP2
@@ -153,7 +160,7 @@ def train_steps(
         images = shard(images, rank, world_size).to(device)
         labels = shard(labels, rank, world_size).to(device)
         opt.zero_grad(set_to_none=True)
-        with no_sync():
+        with no_sync(), route():
             with autocast:
                 logits = model(images)
             loss = F.cross_entropy(logits.float(), labels)
@@ -293,6 +300,8 @@ def report(
         f"\n{cfg.preset} depth={cfg.depth} image={cfg.image_size} batch={cfg.batch} "
         f"({cfg.batch // world_size} per rank) x {world_size} ranks, {cfg.steps} {cfg.optimizer} steps, "
         f"{cfg.dtype} on {name}, torch {torch.__version__}"
+        + (", torch.compile" if cfg.compile else "")
+        + (", through the flopkit:: custom ops" if cfg.custom_ops else "")
         + ("" if cfg.grad_sync else "; NEGATIVE CONTROL: no gradient average, every mode must fail")
     )
     ref = results[0].ref_losses if results else []
@@ -342,6 +351,12 @@ def parse_args(argv: list[str] | None) -> tuple[RunConfig, int, str | None]:
         action="store_true",
         help="negative control: the ranks skip the gradient average, so the check must fail (exit 1)",
     )
+    p.add_argument(
+        "--custom-ops",
+        action="store_true",
+        help="send every norm / QK-norm+RoPE call through its flopkit:: custom op (autograd registration)",
+    )
+    p.add_argument("--compile", action="store_true", help="torch.compile the wrapped model and the reference")
     p.add_argument("--out", default=os.environ.get("OUT"), help="folder for multi_gpu.json (default: $OUT)")
     a = p.parse_args(argv)
     torchrun = "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
@@ -377,6 +392,8 @@ def parse_args(argv: list[str] | None) -> tuple[RunConfig, int, str | None]:
         dtype=a.dtype or ("bfloat16" if device == "cuda" else "float32"),
         modes=modes,
         grad_sync=not a.no_grad_sync,
+        custom_ops=a.custom_ops,
+        compile=a.compile,
     )
     try:  # a bad preset or size is refused here, before any process starts; on the meta device,
         # so this process computes nothing before the CPU ranks fork from it

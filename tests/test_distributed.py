@@ -2,7 +2,9 @@
 
 The end-to-end runs spawn 2 ranks (about 4 s each on 2 cores, most of it DDP importing
 torch._dynamo); the single-process reference the distributed losses are held against is computed
-here, with a plain training loop, not taken from the script.
+here, with a plain training loop, not taken from the script. On CPU the modules run the PyTorch
+references of the norms and RoPE; ``--custom-ops`` sends them through the ``flopkit::`` custom ops
+and their registered autograd. ``--compile`` (about 40 s on CPU) is left to a manual run.
 """
 
 import json
@@ -58,11 +60,13 @@ def single_process_run(cfg: M.RunConfig, rows: slice = slice(None)) -> tuple[lis
 
 
 @needs_gloo
-def test_ddp_and_fsdp2_losses_match_one_process_on_two_gloo_ranks(tmp_path):
-    proc, out = run_script(tmp_path)
+@pytest.mark.parametrize("extra", [[], ["--custom-ops"]], ids=["eager", "custom-ops"])
+def test_ddp_and_fsdp2_losses_match_one_process_on_two_gloo_ranks(tmp_path, extra):
+    proc, out = run_script(tmp_path, *extra)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ref_losses, _ = single_process_run(SMALL)
     assert out["ok"] and out["world_size"] == 2
+    assert out["config"]["custom_ops"] == bool(extra)
     assert [r["mode"] for r in out["results"]] == ["ddp", "fsdp2"]
     for row in out["results"]:
         assert row["error"] is None and row["ok"]
