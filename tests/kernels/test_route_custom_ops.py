@@ -105,6 +105,7 @@ def test_route_is_scoped_to_the_context():
 
 def _eager_and_op(name):
     from flopkit.kernels import _norm_ops as ops
+
     return getattr(ops, name), getattr(ops, f"{name}_op")
 
 
