@@ -496,10 +496,13 @@ class _Plan:
 _PLANS: dict[tuple, _Plan] = {}
 
 
-def _cache_plan(key: tuple, plan: _Plan) -> _Plan:
-    if len(_PLANS) >= MAX_CACHED:  # many distinct shapes: start over rather than grow
-        _PLANS.clear()
-    _PLANS[key] = plan
+def _cached_plan(key: tuple, build, args: tuple) -> _Plan:
+    """The plan for ``key``, built by ``build(*args)`` on the first call with that key."""
+    plan = _PLANS.get(key)
+    if plan is None:
+        if len(_PLANS) >= MAX_CACHED:  # many distinct shapes: start over rather than grow
+            _PLANS.clear()
+        plan = _PLANS[key] = build(*args)[0]
     return plan
 
 
@@ -578,9 +581,7 @@ def norm_forward(
             residual.stride() if residual is not None else None,
             *args[2:],
         )
-        plan = _PLANS.get(key)
-        if plan is None:
-            plan = _cache_plan(key, _plan_forward(*args)[0])
+        plan = _cached_plan(key, _plan_forward, args)
         xt = x.contiguous() if plan.x_copy else x
         rt = (residual.contiguous() if plan.r_copy else residual) if residual is not None else y
     else:
@@ -684,9 +685,7 @@ def norm_backward(
     )
     if run is launch and x.is_cuda:
         key = ("bwd", x.shape, x.stride(), x.get_device(), *args[1:])
-        plan = _PLANS.get(key)
-        if plan is None:
-            plan = _cache_plan(key, _plan_backward(*args)[0])
+        plan = _cached_plan(key, _plan_backward, args)
         xt = x.contiguous() if plan.x_copy else x
     else:
         plan, xt = _plan_backward(*args)

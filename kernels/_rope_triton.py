@@ -239,9 +239,8 @@ BWD_TILE_ELEMS, BWD_WARPS, BWD_PROGRAMS_PER_SM = 2048, 2, 4
 TABLE_EVICT, PARTNER_EVICT = "evict_last", "evict_first"
 
 
-def _acc(dtype: torch.dtype):
-    # One dtype rule for every kernel (kernels/_dispatch.py): fp32/fp16/bf16 I/O, fp32 math.
-    return tl.float32
+# One dtype rule for every kernel (kernels/_dispatch.py): fp32/fp16/bf16 I/O, fp32 math.
+ACC_DTYPE = tl.float32
 
 
 def _block_d(head_dim: int) -> int:
@@ -301,7 +300,7 @@ def qk_norm_rope_fwd(
         ),
         dict(
             HEAD_DIM=D, BLOCK_T=block_t, BLOCK_D=_block_d(D), NORM=norm, HAS_QW=has_qw, HAS_KW=has_kw,
-            INTERLEAVED=pairing == "interleaved", ACC=_acc(qkv.dtype), TABLE_EVICT=table_evict,
+            INTERLEAVED=pairing == "interleaved", ACC=ACC_DTYPE, TABLE_EVICT=table_evict,
             PARTNER_EVICT=partner_evict, num_warps=num_warps,
         ),
         7,
@@ -366,7 +365,7 @@ def qk_norm_rope_bwd(
             ),
             dict(
                 HEAD_DIM=D, BLOCK_T=block_t, BLOCK_D=_block_d(D), NORM=norm, HAS_QW=has_qw, HAS_KW=has_kw,
-                HAS_DV=dv is not None, INTERLEAVED=pairing == "interleaved", ACC=_acc(qkv.dtype),
+                HAS_DV=dv is not None, INTERLEAVED=pairing == "interleaved", ACC=ACC_DTYPE,
                 TABLE_EVICT=table_evict, PARTNER_EVICT=partner_evict, num_warps=num_warps,
             ),
             11,
