@@ -14,7 +14,10 @@ Measured, per upstream and flopkit mode:
 * gradients after one cross-entropy backward: per tensor ||g_flopkit - g_upstream|| / ||g_upstream||
   (worst tensor), and upstream's own bf16 gradient error against float32;
 * training: ``--steps`` AdamW steps on a fixed pool of random images and labels from the same
-  weights; the largest relative loss difference over all steps (pass: within 1 %).
+  weights; the largest relative loss difference over all steps (pass: within 1 %). With
+  ``--floor``, upstream is also trained under ``torch.compile``: the gap between its eager and its
+  compiled curve, the same model and weights, is what bf16 rounding order alone does to a curve
+  (the "up floor" column).
 
 Prints a table last; writes ``$OUT/parity_checkpoints.json`` when ``OUT`` is set.
 
@@ -173,7 +176,7 @@ def run_source(source: str, src: str, args: argparse.Namespace) -> list[dict[str
     up_bf, up_gbf = logits_and_grads(up, up_forward, x, y, dtype)
     up_gbf_k, up_g32_k = to_flopkit(up_gbf, source), to_flopkit(up_g32, source)
     grad_floor, _ = worst_grad(up_gbf_k, up_g32_k)
-    up_losses = up_ms = None
+    up_losses = up_ms = floor = None
     if args.steps:
         initial = {k: v.clone() for k, v in up.state_dict().items()}
     rows = []
@@ -198,16 +201,24 @@ def run_source(source: str, src: str, args: argparse.Namespace) -> list[dict[str
             if up_losses is None:
                 up_losses, up_ms = train(up, up_forward, data, args.steps, args.lr, dtype, device)
                 up.load_state_dict(initial)
+                if args.floor:  # the same model and weights, compiled: only the rounding order differs
+                    compiled = torch.compile(up)
+                    floor_losses, _ = train(compiled, up_forward, data, args.steps, args.lr, dtype, device)
+                    floor = loss_gap(floor_losses, up_losses)
+                    up.load_state_dict(initial)
+                    del compiled
             losses, ms = train(mine, forward, data, args.steps, args.lr, dtype, device)
             row.update(
                 steps=args.steps,
                 loss_gap_max=loss_gap(losses, up_losses),
+                upstream_loss_gap_floor=floor,
                 loss_first=(losses[0], up_losses[0]),
                 loss_last=(losses[-1], up_losses[-1]),
                 step_ms=(ms, up_ms),
             )
         row["pass"] = passes(row["logits_vs_upstream_bf16"], g_err, row.get("loss_gap_max"), grad_floor)
         rows.append(row)
+        print(table([row]).splitlines()[-1], file=sys.stderr, flush=True)  # progress, in case of a time limit
         del mine, forward
         if device == "cuda":
             torch.cuda.empty_cache()
@@ -223,6 +234,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         "grad rel",
         "(up bf16)",
         "loss gap",
+        "(up floor)",
         "loss last f/u",
         "ms/step f/u",
         "pass",
@@ -230,7 +242,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     body = []
     for r in rows:
         if "error" in r:
-            body.append([r["source"], r.get("mode", "-"), r["error"], "", "", "", "", "", "", "no"])
+            body.append([r["source"], r.get("mode", "-"), r["error"], "", "", "", "", "", "", "", "no"])
             continue
         last = r.get("loss_last")
         ms = r.get("step_ms")
@@ -243,6 +255,7 @@ def table(rows: list[dict[str, Any]]) -> str:
                 f"{r['grad_vs_upstream_bf16']:.2e}",
                 f"{r['upstream_grad_bf16_vs_fp32']:.2e}",
                 f"{r['loss_gap_max']:.2%}" if "loss_gap_max" in r else "-",
+                f"{r['upstream_loss_gap_floor']:.2%}" if r.get("upstream_loss_gap_floor") is not None else "-",
                 f"{last[0]:.4f}/{last[1]:.4f}" if last else "-",
                 f"{ms[0]:.1f}/{ms[1]:.1f}" if ms else "-",
                 "yes" if r["pass"] else "NO",
@@ -264,6 +277,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=200, help="training steps (0: no training)")
     p.add_argument("--pool", type=int, default=8, help="distinct random batches cycled through in training")
     p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--floor", action="store_true", help="also train upstream compiled: the loss-gap floor")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args(argv)

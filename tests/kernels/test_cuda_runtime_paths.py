@@ -90,6 +90,8 @@ def test_cuda_compile_inlines_the_triton_kernels(mode):
 
     def step():
         torch.compiler.cudagraph_mark_step_begin()  # each call is a new step (CUDA graphs reuse outputs)
+        for p in model.parameters():  # as a training loop's zero_grad(set_to_none=True): no accumulation
+            p.grad = None  # into .grad tensors that a recorded CUDA graph owns
         out = compiled(x, r)
         out.sum().backward()
         return out
