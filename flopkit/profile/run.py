@@ -361,6 +361,10 @@ def profile_model(
                     activities=activities, schedule=schedule, on_trace_ready=ready, acc_events=True
                 ) as prof:
                     step()
+                    # Drain the warm-up step before recording starts: a GPU-bound step leaves
+                    # its kernels queued, and they would run inside the recorded window with
+                    # their launches outside it (counted in the total, charged to no layer).
+                    _sync(device)
                     prof.step()
                     profiled_ms = timed(steps, prof.step)
         finally:
