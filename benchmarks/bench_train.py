@@ -22,6 +22,14 @@ the overhead: loop wall time per call minus device time. Forward alone, and forw
 For ``rms_norm`` the peers run the same loop: ``F.rms_norm``, QuACK and Liger-Kernel (when
 importable). An empty Triton kernel gives the launch cost itself.
 
+``host`` also measures each op's *marginal* host cost inside a graph, the number that adds up in a
+training step: a chain ``y = op(y, w_i)`` of ``K`` calls (distinct weights, so autograd adds no
+gradient sums) run forward + backward, timed for ``K = 2`` and ``K = 18``; ``(t18 - t2) / 16`` is
+one more op's forward + backward host time with the ``backward()`` call's fixed cost cancelled.
+Small ``[64, 64]`` tensors keep the GPU ahead of the host, so the loop time is host time. The
+reference row is an autograd Function that launches one empty Triton kernel forward and one
+backward: the floor any Python-level op pays.
+
 Writes ``bench_train.json`` and ``bench_train.md`` under ``--out`` (default ``$OUT`` or ``.``) and
 prints the tables last.
 """
@@ -272,6 +280,72 @@ def host_row(name: str, fn, grads=None, calls: int = 200) -> dict:
     }
 
 
+class _NullOp(torch.autograd.Function):
+    """One empty Triton launch forward and one backward: the autograd + launch floor of an op."""
+
+    @staticmethod
+    def forward(ctx, x, buf):
+        ctx.buf = buf
+        _empty_kernel[(1,)](buf, 1024, BLOCK=1024)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        _empty_kernel[(1,)](ctx.buf, 1024, BLOCK=1024)
+        return g, None
+
+
+def _host_us(fn, calls: int) -> float:
+    for _ in range(10):
+        fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    host = (time.perf_counter() - t0) / calls * 1e6
+    torch.cuda.synchronize()
+    return host
+
+
+def chain_rows(k1: int = 2, k2: int = 18, calls: int = 200) -> list[dict]:
+    """Marginal host µs per op, forward + backward in one graph (see the module docstring)."""
+    g = torch.Generator(device="cuda").manual_seed(1)
+    x0 = torch.randn(64, 64, device="cuda", dtype=DTYPE, generator=g).requires_grad_()
+    gy = torch.randn(64, 64, device="cuda", dtype=DTYPE, generator=g)
+    ws = [torch.randn(64, device="cuda", dtype=DTYPE, generator=g).requires_grad_() for _ in range(k2)]
+    hw = [torch.randn(4, 16, device="cuda", dtype=DTYPE, generator=g).requires_grad_() for _ in range(k2)]
+    buf = torch.zeros(1024, device="cuda")
+    ops = {
+        "autograd Function, 1 empty launch each way (floor)": lambda y, i: _NullOp.apply(y, buf),
+        "F.rms_norm": lambda y, i: F.rms_norm(y, (64,), ws[i], 1e-6),
+        "rms_norm": lambda y, i: kernels.rms_norm(y, ws[i]),
+        "rms_norm_residual": lambda y, i: kernels.rms_norm_residual(y, x0, ws[i])[0],
+        "per_head_rms_norm (4 x 16)": lambda y, i: kernels.per_head_rms_norm(y, ws[i][:16], 4),
+        "head_norm layer (4 x 16)": lambda y, i: kernels.head_norm(y, hw[i], mode="layer"),
+    }
+    rows = []
+    for name, op in ops.items():
+
+        def chain(k, op=op):
+            def run():
+                y = x0
+                for i in range(k):
+                    y = op(y, i)
+                y.backward(gy)
+
+            return run
+
+        try:
+            t1, t2 = _host_us(chain(k1), calls), _host_us(chain(k2), calls)
+            with torch.no_grad():
+                fwd = _host_us(lambda op=op: [op(x0, i) for i in range(k2)], calls) / k2
+            both = (t2 - t1) / (k2 - k1)
+            rows.append({"op": name, "forward_us": fwd, "fwd_bwd_us": both, "backward_us": both - fwd})
+        except Exception as e:  # noqa: BLE001
+            rows.append({"op": name, "error": repr(e)[:300]})
+    return rows
+
+
 def host_rows() -> list[dict]:
     g = torch.Generator(device="cuda").manual_seed(0)
 
@@ -362,6 +436,21 @@ def md_tables(res: dict) -> str:
         out.append("")
     for line in res.get("skipped", []):
         out.append(f"skipped: {line}")
+    if res.get("chain"):
+        out += [
+            "Marginal host time per op in a graph (chain of K = 2 vs 18 calls, forward + backward, [64, 64] bf16):",
+            "",
+            "| op | forward µs | backward µs | forward + backward µs |",
+            "|---|---:|---:|---:|",
+        ]
+        for r in res["chain"]:
+            if "error" in r:
+                out.append(f"| {r['op']} | {r['error'][:80]} |||")
+                continue
+            out.append(
+                f"| {r['op']} | {r['forward_us']:.1f} | {r['backward_us']:.1f} | {r['fwd_bwd_us']:.1f} |"
+            )
+        out.append("")
     if res.get("host"):
         out += [
             "| op | pass | host µs/call | device µs/call | wall µs/call | overhead µs (wall - device) |",
@@ -413,6 +502,8 @@ def main() -> None:
 
     sections = args.sections.split(",")
     if "host" in sections:
+        res["chain"] = chain_rows()
+        save()
         res["host"] = host_rows()
         save()
     if "steps" in sections:

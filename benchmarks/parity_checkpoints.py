@@ -255,7 +255,9 @@ def table(rows: list[dict[str, Any]]) -> str:
                 f"{r['grad_vs_upstream_bf16']:.2e}",
                 f"{r['upstream_grad_bf16_vs_fp32']:.2e}",
                 f"{r['loss_gap_max']:.2%}" if "loss_gap_max" in r else "-",
-                f"{r['upstream_loss_gap_floor']:.2%}" if r.get("upstream_loss_gap_floor") is not None else "-",
+                f"{r['upstream_loss_gap_floor']:.2%}"
+                if r.get("upstream_loss_gap_floor") is not None
+                else "-",
                 f"{last[0]:.4f}/{last[1]:.4f}" if last else "-",
                 f"{ms[0]:.1f}/{ms[1]:.1f}" if ms else "-",
                 "yes" if r["pass"] else "NO",

@@ -28,10 +28,16 @@ __all__ = ["rms_norm_op", "rms_norm_residual_op", "per_head_rms_norm_op", "head_
 Tensor = torch.Tensor
 
 
-def _launchers():
-    from . import _norm_triton
+_TRITON_LAUNCHERS = None  # kernels/_norm_triton.py once imported (it imports triton)
 
-    return _norm_triton
+
+def _launchers():
+    global _TRITON_LAUNCHERS
+    if _TRITON_LAUNCHERS is None:
+        from . import _norm_triton
+
+        _TRITON_LAUNCHERS = _norm_triton
+    return _TRITON_LAUNCHERS
 
 
 # The op bodies below are what torch.compile decomposes the ops into (``triton_op``): their kernel

@@ -22,6 +22,7 @@ forward ``2*N*D*s`` (+ ``2*N*D*s`` residual in / ``h`` out), backward ``3*N*D*s`
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -398,15 +399,38 @@ def _norm_bwd_chunked_kernel(
             tl.store(DX + o_ptr + start + cols, dx.to(DX.dtype.element_ty), mask=m)
 
 
+@triton.jit
+def _sum_partials_kernel(
+    A, OA, B, OB, R, N, HAS_B: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr
+):
+    """Column sums of the contiguous fp32 partials ``A`` ``[R, N]`` (and ``B``) into ``OA`` (``OB``),
+    accumulated in fp32 in a fixed order and rounded to the output dtype once."""
+    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    cm = cols < N
+    acc_a = tl.zeros((BLOCK_N,), tl.float32)
+    acc_b = tl.zeros((BLOCK_N,), tl.float32)
+    for r0 in range(0, R, BLOCK_R):
+        rows = r0 + tl.arange(0, BLOCK_R)
+        m = (rows < R)[:, None] & cm[None, :]
+        offs = rows[:, None] * N + cols[None, :]
+        acc_a += tl.sum(tl.load(A + offs, mask=m, other=0.0), axis=0)
+        if HAS_B:
+            acc_b += tl.sum(tl.load(B + offs, mask=m, other=0.0), axis=0)
+    tl.store(OA + cols, acc_a.to(OA.dtype.element_ty), mask=cm)
+    if HAS_B:
+        tl.store(OB + cols, acc_b.to(OB.dtype.element_ty), mask=cm)
+
+
 # --------------------------------------------------------------------------- launchers
 
-Runner = Callable[[object, tuple, tuple, dict, int], None]
-"""How a launcher starts a kernel: ``run(kernel, grid, args, meta, num_tensor_args)``. Eager code
+Runner = Callable[..., None]
+"""How a launcher starts a kernel: ``run(kernel, grid, args, meta, num_tensor_args, plan=None)``
+(``plan``: the cached plan standing for grid, scalars and meta, see ``_launch.launch``). Eager code
 passes :func:`flopkit.kernels._launch.launch`; the ``triton_op`` bodies pass :func:`wrapped`, so that
 ``torch.compile`` sees the kernel and Inductor launches it from its own generated code."""
 
 
-def wrapped(kernel, grid: tuple, args: tuple, meta: dict, num_tensors: int = 0) -> None:
+def wrapped(kernel, grid: tuple, args: tuple, meta: dict, num_tensors: int = 0, plan: object = None) -> None:
     """Launch through ``torch.library.wrap_triton`` (traceable; a plain launch when not tracing)."""
     from torch.library import wrap_triton
 
@@ -486,11 +510,54 @@ class _Plan:
     whether ``x``/the residual must be made contiguous first; ``parts`` is the shape of the fp32
     weight-gradient partials (backward)."""
 
-    __slots__ = ("kernel", "grid", "scalars", "meta", "x_copy", "r_copy", "parts")
+    __slots__ = ("kernel", "grid", "scalars", "meta", "x_copy", "r_copy", "parts", "reduce")
 
     def __init__(self, kernel, grid, scalars, meta, x_copy, r_copy, parts=None):
         self.kernel, self.grid, self.scalars, self.meta = kernel, grid, scalars, meta
         self.x_copy, self.r_copy, self.parts = x_copy, r_copy, parts
+        self.reduce: _Plan | None = None  # backward: the partials' reduction, see sum_partials_plan
+
+
+def sum_partials_plan(rows: int, cols: int, two: bool) -> _Plan:
+    """The plan of one :func:`_sum_partials_kernel` launch over ``[rows, cols]`` fp32 partials (two
+    tensors of them when ``two``); its tensors are ``(A, OA, B, OB)``."""
+    # Narrow column blocks and tall row blocks: a few hundred partial rows take a few loop steps and
+    # the columns spread over more programs (a 16 KB fp32 tile per step).
+    block_n = min(triton.next_power_of_2(max(cols, 1)), 16)
+    return _Plan(
+        _sum_partials_kernel,
+        (triton.cdiv(cols, block_n),),
+        (rows, cols),
+        dict(HAS_B=two, BLOCK_R=4096 // block_n, BLOCK_N=block_n, num_warps=4),
+        False,
+        False,
+    )
+
+
+def sum_partials(
+    parts: tuple[torch.Tensor, ...],
+    outs: tuple[torch.Tensor, ...],
+    run: Runner,
+    plan: _Plan | None = None,
+) -> None:
+    """Write the column sums of one or two contiguous fp32 partials (``[R, N]``, ``N`` = the
+    output's numel, ``R`` = the rest) into ``outs`` (any float dtype), in one launch. ``plan``: a
+    cached :func:`sum_partials_plan` for these shapes (eager launch cache), else planned here.
+
+    Under ``torch.compile`` (``run`` is :func:`wrapped`) the sums are torch ops instead: Inductor
+    fuses each sum with its cast into one reduction kernel, which has no host cost to save and
+    spreads over more programs than this kernel."""
+    if run is wrapped:
+        for part, out in zip(parts, outs, strict=True):
+            out.copy_(part.reshape(-1, out.numel()).sum(0).view(out.shape))
+        return
+    cached = plan
+    if plan is None:
+        cols = outs[0].numel()
+        plan = sum_partials_plan(parts[0].numel() // max(cols, 1), cols, len(parts) == 2)
+    a, oa = parts[0], outs[0]
+    b, ob = (parts[1], outs[1]) if len(parts) == 2 else (a, oa)
+    run(plan.kernel, plan.grid, (a, oa, b, ob) + plan.scalars, plan.meta, 4, plan=cached)
 
 
 _PLANS: dict[tuple, _Plan] = {}
@@ -578,19 +645,22 @@ def norm_forward(
             "fwd",
             x.shape,
             x.stride(),
+            x.get_device(),
             residual.stride() if residual is not None else None,
             *args[2:],
         )
         plan = _cached_plan(key, _plan_forward, args)
         xt = x.contiguous() if plan.x_copy else x
         rt = (residual.contiguous() if plan.r_copy else residual) if residual is not None else y
+        cached = plan
     else:
         plan, xt, rt = _plan_forward(*args)
         rt = rt if rt is not None else y
+        cached = None
     w = weight.contiguous() if has_w else y
     b = bias.contiguous() if has_b else y
     tensors = (xt, rt, y, h_out if h_out is not None else y, w, b)
-    run(plan.kernel, plan.grid, tensors + plan.scalars, plan.meta, len(tensors))
+    run(plan.kernel, plan.grid, tensors + plan.scalars, plan.meta, len(tensors), plan=cached)
     return y, h_out
 
 
@@ -687,16 +757,25 @@ def norm_backward(
         key = ("bwd", x.shape, x.stride(), x.get_device(), *args[1:])
         plan = _cached_plan(key, _plan_backward, args)
         xt = x.contiguous() if plan.x_copy else x
+        cached = plan
     else:
         plan, xt = _plan_backward(*args)
+        cached = None
     # The chunked kernel accumulates into its partials across rows: they start at zero.
     alloc = torch.empty if plan.kernel is _norm_bwd_kernel else torch.zeros
     dwp = alloc(plan.parts, dtype=torch.float32, device=x.device) if has_w else dx
     dbp = alloc(plan.parts, dtype=torch.float32, device=x.device) if has_bias else dx
     w = weight.contiguous() if has_w else dx
     tensors = (dy, dres if dres is not None else dx, xt, w, dx, dwp, dbp)
-    run(plan.kernel, plan.grid, tensors + plan.scalars, plan.meta, len(tensors))
-    # Sum the fp32 partials in fp32, then round once (sum(dtype=bf16) would cast the partials first).
-    dw = dwp.sum(0).reshape(wshape).to(grad_dtype) if has_w else None
-    db = dbp.sum(0).reshape(wshape).to(grad_dtype) if has_bias else None
+    run(plan.kernel, plan.grid, tensors + plan.scalars, plan.meta, len(tensors), plan=cached)
+    # Sum the fp32 partials in fp32 and round once, dw and db in one launch (sum then cast would be
+    # two aten ops per gradient, more host time than the kernels run at ViT sizes).
+    dw = torch.empty(wshape, dtype=grad_dtype, device=x.device) if has_w else None
+    db = torch.empty(wshape, dtype=grad_dtype, device=x.device) if has_bias else None
+    if has_w or has_bias:
+        parts = (dwp, dbp) if has_w and has_bias else (dwp if has_w else dbp,)
+        outs = (dw, db) if has_w and has_bias else (dw if has_w else db,)
+        if cached is not None and cached.reduce is None:
+            cached.reduce = sum_partials_plan(plan.parts[0], math.prod(wshape), len(parts) == 2)
+        sum_partials(parts, outs, run, cached.reduce if cached is not None else None)
     return dx, dw, db

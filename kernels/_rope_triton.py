@@ -31,7 +31,7 @@ import triton.language as tl
 
 from ._dispatch import num_sms
 from ._launch import launch
-from ._norm_triton import Runner
+from ._norm_triton import Runner, sum_partials
 
 __all__ = ["qk_norm_rope_fwd", "qk_norm_rope_bwd"]
 
@@ -370,15 +370,19 @@ def qk_norm_rope_bwd(
             ),
             11,
         )  # fmt: skip
-    return (
-        dqkv,
-        _reduce_weight_grad(dqw_part, q_weight, has_qw),
-        _reduce_weight_grad(dkw_part, k_weight, has_kw),
-    )
-
-
-def _reduce_weight_grad(part: torch.Tensor, weight: torch.Tensor | None, used: bool) -> torch.Tensor:
-    if weight is None or not used:
-        return part.new_empty((0,))
-    grad = part.sum(0) if weight.dim() == 2 else part.sum((0, 1))
-    return grad.to(weight.dtype)
+    # The weights' gradients: the fp32 partials summed over chunks (and heads, for a shared (D,)
+    # weight) in fp32, rounded once to the weight's dtype; q and k in one launch when they match.
+    grads = [
+        torch.empty(w.shape, dtype=w.dtype, device=qkv.device) if used else part.new_empty((0,))
+        for w, used, part in ((q_weight, has_qw, dqw_part), (k_weight, has_kw, dkw_part))
+    ]
+    pending = [(p, g) for p, g, used in ((dqw_part, grads[0], has_qw), (dkw_part, grads[1], has_kw)) if used]
+    if not rows:  # no tokens: the kernel never ran and the partials hold nothing
+        for _, g in pending:
+            g.zero_()
+    elif len(pending) == 2 and grads[0].shape != grads[1].shape:
+        for p, g in pending:
+            sum_partials((p,), (g,), run)
+    elif pending:
+        sum_partials(tuple(p for p, _ in pending), tuple(g for _, g in pending), run)
+    return dqkv, grads[0], grads[1]

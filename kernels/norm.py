@@ -39,12 +39,19 @@ __all__ = [
 ]
 
 
+_NORM_OPS = None  # kernels/_norm_ops.py once imported
+
+
 def _ops():
     """The ``flopkit::`` norm ops and their eager entry points, registered on first use
-    (``torch.library`` imports triton, which ``import flopkit`` must not)."""
-    from . import _norm_ops
+    (``torch.library`` imports triton, which ``import flopkit`` must not); kept in a global so that
+    later calls skip the import statement's machinery."""
+    global _NORM_OPS
+    if _NORM_OPS is None:
+        from . import _norm_ops
 
-    return _norm_ops
+        _NORM_OPS = _norm_ops
+    return _NORM_OPS
 
 
 def _check_norm_args(x: torch.Tensor, weight: torch.Tensor | None, op: str) -> None:

@@ -100,6 +100,16 @@ def qk_norm_rope(
         norm = q_weight is not None or k_weight is not None
     if select_backend(backend, qkv, "qk_norm_rope") == "torch":
         return qk_norm_rope_ref(qkv, cos, sin, num_heads, q_weight, k_weight, eps, pairing, norm=norm)
-    from ._rope_ops import qk_norm_rope_triton
+    return _triton_path()(qkv, cos, sin, num_heads, q_weight, k_weight, eps, pairing, norm)
 
-    return qk_norm_rope_triton(qkv, cos, sin, num_heads, q_weight, k_weight, eps, pairing, norm)
+
+_ROPE_TRITON = None  # kernels/_rope_ops.py's entry point once imported (it imports triton)
+
+
+def _triton_path():
+    global _ROPE_TRITON
+    if _ROPE_TRITON is None:
+        from ._rope_ops import qk_norm_rope_triton
+
+        _ROPE_TRITON = qk_norm_rope_triton
+    return _ROPE_TRITON

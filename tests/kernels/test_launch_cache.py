@@ -47,7 +47,7 @@ class FakeKernel:
 def runtime(monkeypatch):
     rt = SimpleNamespace(launch_enter_hook=None, launch_exit_hook=SimpleNamespace(calls=[]))
     monkeypatch.setattr(_launch, "_RUNTIME", rt)
-    monkeypatch.setattr(torch._C, "_cuda_getCurrentRawStream", lambda device: 1234, raising=False)
+    monkeypatch.setattr(_launch, "_raw_stream", lambda device: 1234)
     _launch.clear_launch_cache()
     yield rt
     _launch.clear_launch_cache()
@@ -100,3 +100,22 @@ def test_cpu_tensors_always_take_the_ordinary_path(runtime):
     for _ in range(2):
         _launch.launch(kernel, (1,), (x, x, 4), {"BLOCK": 4, "FLAG": False}, 2)
     assert len(kernel.slow_calls) == 2 and not _launch._COMPILED
+
+
+def test_a_plan_stands_for_grid_scalars_and_meta_but_not_for_tensors(runtime):
+    kernel, y = FakeKernel(), FakeCudaTensor(0x2000)
+    plan = object()
+    meta = {"BLOCK": 64, "FLAG": True, "num_warps": 4}
+
+    def call(x):
+        _launch.launch(kernel, (3,), (x, y, 9), meta, 2, plan=plan)
+
+    call(FakeCudaTensor(0x1000))
+    call(FakeCudaTensor(0x3000))  # another aligned pointer: same specialisation, direct launch
+    assert len(kernel.slow_calls) == 1 and len(kernel.fast_calls) == 1
+    call(FakeCudaTensor(0x1004))  # misaligned: Triton specialises differently
+    call(FakeCudaTensor(0x1000, torch.float32))  # another dtype
+    assert len(kernel.slow_calls) == 3
+    other = object()  # another plan (shape) never reuses this plan's entries
+    _launch.launch(kernel, (3,), (FakeCudaTensor(0x1000), y, 9), meta, 2, plan=other)
+    assert len(kernel.slow_calls) == 4

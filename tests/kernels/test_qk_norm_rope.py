@@ -190,10 +190,24 @@ def test_many_rows_span_several_programs():
 def test_empty_batch():
     qkv, cos, sin, qw, kw = make_inputs(8, "shared", batch=0)
     leaf = qkv.clone().requires_grad_()
+    qw, kw = qw.requires_grad_(), kw.requires_grad_()
     q, k, v = qk_norm_rope(leaf, cos, sin, H, qw, kw, backend="triton")
     assert q.shape == (0, H, T, 8)
     (q.sum() + k.sum() + v.sum()).backward()
     assert leaf.grad.shape == qkv.shape
+    # No tokens: the weight gradients are exact zeros (the kernel never ran to fill its partials).
+    assert torch.equal(qw.grad, torch.zeros_like(qw)) and torch.equal(kw.grad, torch.zeros_like(kw))
+
+
+def test_shared_q_weight_with_per_head_k_weight():
+    # Weight gradients of different shapes are reduced in separate launches.
+    qkv, cos, sin, qw, _ = make_inputs(8, "shared")
+    _, _, _, _, kw = make_inputs(8, "per_head")
+    outs, ref, leaves, ref_leaves = run_both(qkv, cos, sin, qw, kw, "interleaved")
+    for o, r in zip(outs, ref, strict=True):
+        assert rel_err(o, r) < 1e-5
+    for leaf, ref_leaf in zip(leaves, ref_leaves, strict=True):
+        assert rel_err(leaf.grad, ref_leaf.grad) < 1e-5
 
 
 @pytest.mark.parametrize("weights", [None, "per_head"])

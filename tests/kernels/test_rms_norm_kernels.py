@@ -252,3 +252,23 @@ def test_row_view_of_a_strided_slice_under_fake_tensors():
         rows = tk._rows_view(q, 1, 64, "rows")
     assert (rows.n_tok, rows.HF, rows.s_o, rows.s_f) == (4 * 9 * 6, 6, 3 * 6 * 64, 64)
     assert not rows.copied
+
+
+@pytest.mark.parametrize("two", [False, True])
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rows, cols", [(1, 1), (7, 5), (300, 40), (3, 700)])
+def test_sum_partials_kernel_matches_float64_column_sums(rows, cols, two, out_dtype):
+    """The backward's weight-gradient reduction: fp32 partials summed in fp32, rounded once."""
+    from flopkit.kernels._launch import launch
+    from flopkit.kernels._norm_triton import sum_partials
+
+    gen = torch.Generator().manual_seed(rows * 1000 + cols)
+    parts = tuple(torch.randn(rows, cols, generator=gen) for _ in range(2 if two else 1))
+    outs = tuple(torch.full((cols,), float("nan"), dtype=out_dtype) for _ in parts)
+    sum_partials(parts, outs, launch)
+    for part, out in zip(parts, outs, strict=True):
+        ref = part.double().sum(0)
+        # fp32 accumulation in another order, then one rounding to the output dtype: one bf16 ulp,
+        # since Triton's CPU interpreter truncates fp32 -> bf16 where the GPU rounds to nearest.
+        tol = 1e-6 if out_dtype == torch.float32 else 2**-7
+        assert ((out.double() - ref).abs() <= tol * ref.abs().clamp_min(1.0) * max(1, rows) ** 0.5).all()
