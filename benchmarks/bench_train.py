@@ -253,6 +253,20 @@ def _empty_kernel(X, N, BLOCK: tl.constexpr):
     tl.store(X + offs, tl.load(X + offs, mask=offs < N), mask=offs < N)
 
 
+def loop_us(fn, calls: int, warmup: int) -> tuple[float, float]:
+    """``(host, wall)`` µs per call of a loop of ``calls`` calls of ``fn()`` after ``warmup``: the time
+    to issue them, and the time until the device has also finished them."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    host = (time.perf_counter() - t0) / calls * 1e6
+    torch.cuda.synchronize()
+    return host, (time.perf_counter() - t0) / calls * 1e6
+
+
 def host_row(name: str, fn, grads=None, calls: int = 200) -> dict:
     """``fn()`` issues one call; with ``grads`` the call is forward + backward of ``fn()``'s outputs."""
     if grads is not None:
@@ -261,15 +275,7 @@ def host_row(name: str, fn, grads=None, calls: int = 200) -> dict:
         def fn():
             torch.autograd.backward(forward(), grads)
 
-    for _ in range(20):
-        fn()
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    host = (time.perf_counter() - t0) / calls * 1e6
-    torch.cuda.synchronize()
-    wall = (time.perf_counter() - t0) / calls * 1e6
+    host, wall = loop_us(fn, calls, warmup=20)
     device = kernel_ms(fn, 50) * 1e3
     return {
         "op": name,
@@ -293,18 +299,6 @@ class _NullOp(torch.autograd.Function):
     def backward(ctx, g):
         _empty_kernel[(1,)](ctx.buf, 1024, BLOCK=1024)
         return g, None
-
-
-def _host_us(fn, calls: int) -> float:
-    for _ in range(10):
-        fn()
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    host = (time.perf_counter() - t0) / calls * 1e6
-    torch.cuda.synchronize()
-    return host
 
 
 def chain_rows(k1: int = 2, k2: int = 18, calls: int = 200) -> list[dict]:
@@ -336,9 +330,9 @@ def chain_rows(k1: int = 2, k2: int = 18, calls: int = 200) -> list[dict]:
             return run
 
         try:
-            t1, t2 = _host_us(chain(k1), calls), _host_us(chain(k2), calls)
+            t1, t2 = loop_us(chain(k1), calls, warmup=10)[0], loop_us(chain(k2), calls, warmup=10)[0]
             with torch.no_grad():
-                fwd = _host_us(lambda op=op: [op(x0, i) for i in range(k2)], calls) / k2
+                fwd = loop_us(lambda op=op: [op(x0, i) for i in range(k2)], calls, warmup=10)[0] / k2
             both = (t2 - t1) / (k2 - k1)
             rows.append({"op": name, "forward_us": fwd, "fwd_bwd_us": both, "backward_us": both - fwd})
         except Exception as e:  # noqa: BLE001
