@@ -23,7 +23,7 @@ forward ``2*N*D*s`` (+ ``2*N*D*s`` residual in / ``h`` out), backward ``3*N*D*s`
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import triton
@@ -535,28 +535,25 @@ def sum_partials_plan(rows: int, cols: int, two: bool) -> _Plan:
 
 
 def sum_partials(
-    parts: tuple[torch.Tensor, ...],
-    outs: tuple[torch.Tensor, ...],
-    run: Runner,
-    plan: _Plan | None = None,
+    pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], run: Runner, plan: _Plan | None = None
 ) -> None:
-    """Write the column sums of one or two contiguous fp32 partials (``[R, N]``, ``N`` = the
-    output's numel, ``R`` = the rest) into ``outs`` (any float dtype), in one launch. ``plan``: a
-    cached :func:`sum_partials_plan` for these shapes (eager launch cache), else planned here.
+    """For one or two ``(partials, out)`` pairs of one shape, write the column sums of the
+    contiguous fp32 partials (``[R, N]``, ``N`` = ``out``'s numel, ``R`` = the rest) into ``out``
+    (any float dtype), in one launch. ``plan``: a cached :func:`sum_partials_plan` for these shapes
+    (eager launch cache), else planned here.
 
     Under ``torch.compile`` (``run`` is :func:`wrapped`) the sums are torch ops instead: Inductor
     fuses each sum with its cast into one reduction kernel, which has no host cost to save and
     spreads over more programs than this kernel."""
     if run is wrapped:
-        for part, out in zip(parts, outs, strict=True):
+        for part, out in pairs:
             out.copy_(part.reshape(-1, out.numel()).sum(0).view(out.shape))
         return
     cached = plan
+    (a, oa), (b, ob) = pairs[0], pairs[-1]
     if plan is None:
-        cols = outs[0].numel()
-        plan = sum_partials_plan(parts[0].numel() // max(cols, 1), cols, len(parts) == 2)
-    a, oa = parts[0], outs[0]
-    b, ob = (parts[1], outs[1]) if len(parts) == 2 else (a, oa)
+        cols = oa.numel()
+        plan = sum_partials_plan(a.numel() // max(cols, 1), cols, len(pairs) == 2)
     run(plan.kernel, plan.grid, (a, oa, b, ob) + plan.scalars, plan.meta, 4, plan=cached)
 
 
@@ -772,10 +769,9 @@ def norm_backward(
     # two aten ops per gradient, more host time than the kernels run at ViT sizes).
     dw = torch.empty(wshape, dtype=grad_dtype, device=x.device) if has_w else None
     db = torch.empty(wshape, dtype=grad_dtype, device=x.device) if has_bias else None
-    if has_w or has_bias:
-        parts = (dwp, dbp) if has_w and has_bias else (dwp if has_w else dbp,)
-        outs = (dw, db) if has_w and has_bias else (dw if has_w else db,)
+    pairs = [(p, g) for p, g in ((dwp, dw), (dbp, db)) if g is not None]
+    if pairs:
         if cached is not None and cached.reduce is None:
-            cached.reduce = sum_partials_plan(plan.parts[0], math.prod(wshape), len(parts) == 2)
-        sum_partials(parts, outs, run, cached.reduce if cached is not None else None)
+            cached.reduce = sum_partials_plan(plan.parts[0], math.prod(wshape), len(pairs) == 2)
+        sum_partials(pairs, run, cached.reduce if cached is not None else None)
     return dx, dw, db

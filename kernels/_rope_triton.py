@@ -381,8 +381,8 @@ def qk_norm_rope_bwd(
         for _, g in pending:
             g.zero_()
     elif len(pending) == 2 and grads[0].shape != grads[1].shape:
-        for p, g in pending:
-            sum_partials((p,), (g,), run)
+        for pair in pending:
+            sum_partials([pair], run)
     elif pending:
-        sum_partials(tuple(p for p, _ in pending), tuple(g for _, g in pending), run)
+        sum_partials(pending, run)
     return dqkv, grads[0], grads[1]

@@ -265,7 +265,7 @@ def test_sum_partials_kernel_matches_float64_column_sums(rows, cols, two, out_dt
     gen = torch.Generator().manual_seed(rows * 1000 + cols)
     parts = tuple(torch.randn(rows, cols, generator=gen) for _ in range(2 if two else 1))
     outs = tuple(torch.full((cols,), float("nan"), dtype=out_dtype) for _ in parts)
-    sum_partials(parts, outs, launch)
+    sum_partials(list(zip(parts, outs, strict=True)), launch)
     for part, out in zip(parts, outs, strict=True):
         ref = part.double().sum(0)
         # fp32 accumulation in another order, then one rounding to the output dtype: one bf16 ulp,
