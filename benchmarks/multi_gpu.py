@@ -414,6 +414,7 @@ def main(argv: list[str] | None = None) -> int:
         ok = worker(rank, world, cfg, path)
         return 0 if ok else 1
     import torch.multiprocessing as mp
+    from torch.multiprocessing.spawn import ProcessException
 
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", str(free_port()))
@@ -428,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
             mp.start_processes(
                 _spawned, args=(world, cfg, path), nprocs=world, join=True, start_method=method
             )
-        except mp.ProcessException as exc:  # a rank crashed before rank 0 wrote the results
+        except ProcessException as exc:  # a rank crashed before rank 0 wrote the results
             print(f"a rank failed: {exc}", file=sys.stderr)
             return 1
         with open(path) as fh:

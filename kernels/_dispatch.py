@@ -57,9 +57,16 @@ def route_through_custom_ops() -> Iterator[None]:
     any device: CUDA runs the Triton kernel, CPU the PyTorch reference inside the op, meta the
     op's fake. FLOP counters (fvcore's JIT trace,
     ``FlopCounterMode``) then see flopkit's norms and RoPE as ops with registered formulas instead
-    of anonymous elementwise aten ops; ``flopkit validate`` measures this way.
+    of anonymous elementwise aten ops; ``flopkit validate`` measures this way. Entering it
+    registers the ops (importing triton); create a ``FlopCounterMode`` inside it, or after a
+    first op call, since the mode copies torch's formula table when it is created.
     """
     global _ROUTE_DEPTH
+    if _TRITON_AVAILABLE:
+        # Register the ops and their FLOP formulas now (they are otherwise registered on first
+        # use): a FlopCounterMode copies torch's formula table when it is created, so one created
+        # inside this context before the first op ran would not know flopkit's formulas.
+        from . import _norm_ops, _rope_ops  # noqa: F401
     _ROUTE_DEPTH += 1
     try:
         yield

@@ -21,7 +21,14 @@ from torch.utils.flop_counter import register_flop_formula
 from flopkit import formulas
 
 from ._dispatch import needs_custom_op, runs_reference_in_op
-from ._reference import _normalize_heads, norm_backward_ref, rms_norm_ref, rms_norm_residual_ref, split_heads
+from ._reference import (
+    _normalize_heads,
+    layer_scale_backward_ref,
+    norm_backward_ref,
+    rms_norm_ref,
+    rms_norm_residual_ref,
+    split_heads,
+)
 
 __all__ = ["rms_norm_op", "rms_norm_residual_op", "per_head_rms_norm_op", "head_norm_op", "norm_backward_op"]
 
@@ -64,18 +71,28 @@ def _(x, weight, eps):
 
 @triton_op("flopkit::rms_norm_residual", mutates_args=())
 def rms_norm_residual_op(
-    x: Tensor, residual: Tensor, weight: Tensor | None, eps: float
+    x: Tensor, residual: Tensor, weight: Tensor | None, eps: float, scale: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
-    """``h = x + residual`` (rounded to ``x.dtype``); returns ``(rms_norm(h, weight), h)``."""
+    """``h = residual + x`` (``residual + x * scale``, LayerScale ``(D,)``) in fp32, rounded once to
+    the promoted dtype; returns ``(rms_norm(h, weight), h)``."""
     if runs_reference_in_op(x):
-        return rms_norm_residual_ref(x, residual, weight, eps)
-    y, h = _launchers().norm_forward(x, weight, None, eps, residual=residual, run=_launchers().wrapped)
+        return rms_norm_residual_ref(x, residual, weight, eps, scale)
+    y, h = _launchers().norm_forward(
+        x, weight, None, eps, residual=residual, scale=scale, run=_launchers().wrapped
+    )
     return y, h
 
 
 @rms_norm_residual_op.register_fake
-def _(x, residual, weight, eps):
-    return x.new_empty(x.shape), x.new_empty(x.shape)
+def _(x, residual, weight, eps, scale=None):
+    dtype = _residual_dtype(x, residual, scale)
+    return x.new_empty(x.shape, dtype=dtype), x.new_empty(x.shape, dtype=dtype)
+
+
+def _residual_dtype(x: Tensor, residual: Tensor, scale: Tensor | None) -> torch.dtype:
+    """``h``'s dtype, as PyTorch promotes ``residual + x * scale`` (no triton import)."""
+    branch = x.dtype if scale is None else torch.promote_types(x.dtype, scale.dtype)
+    return torch.promote_types(branch, residual.dtype)
 
 
 @triton_op("flopkit::per_head_rms_norm", mutates_args=())
@@ -146,14 +163,22 @@ def norm_backward_op(
     eps: float,
     layer: bool,
     per_head_weight: bool,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Gradients of every norm op: ``(dx, dw, db)``; ``dx`` gets ``+ dres`` (the residual output's
-    gradient) when given. ``dw``/``db`` are fp32 of the weight's shape, or empty ``(0,)``."""
+    branch: Tensor | None = None,
+    scale: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Gradients of every norm op: ``(dx, dw, db, dbranch)``; ``dx`` gets ``+ dres`` (the residual
+    output's gradient) when given. With a LayerScale ``scale`` (``h = residual + branch * scale``,
+    ``x`` is ``h``), ``db`` is the scale's gradient and ``dbranch = dx * scale``. ``dw``/``db`` are
+    fp32 of the weight's shape; absent gradients are empty ``(0,)``."""
     if runs_reference_in_op(x):
-        return norm_backward_ref(
+        dx, dw, db = norm_backward_ref(
             dy, dres, x, weight, has_bias, num_heads, head_dim, eps, layer, per_head_weight
         )
-    dx, dw, db = _launchers().norm_backward(
+        if scale is None:
+            return dx, dw, db, x.new_empty((0,))
+        dbranch, dscale = layer_scale_backward_ref(dx, branch, scale)
+        return dx, dw, dscale, dbranch
+    dx, dw, db, dbranch, dscale = _launchers().norm_backward(
         dy,
         x,
         weight,
@@ -164,20 +189,25 @@ def norm_backward_op(
         layer=layer,
         per_head_weight=per_head_weight,
         dres=dres,
+        branch=branch,
+        scale=scale,
         run=_launchers().wrapped,
     )
     # Distinct empties: custom-op outputs may not alias each other.
     dw = dw if dw is not None else x.new_empty((0,), dtype=torch.float32)
-    db = db if db is not None else x.new_empty((0,), dtype=torch.float32)
-    return dx, dw, db
+    db = dscale if dscale is not None else db if db is not None else x.new_empty((0,), dtype=torch.float32)
+    return dx, dw, db, dbranch if dbranch is not None else x.new_empty((0,))
 
 
 @norm_backward_op.register_fake
-def _(dy, dres, x, weight, has_bias, num_heads, head_dim, eps, layer, per_head_weight):
+def _(
+    dy, dres, x, weight, has_bias, num_heads, head_dim, eps, layer, per_head_weight, branch=None, scale=None
+):
     wshape = (num_heads, head_dim) if per_head_weight else (head_dim,)
     dw = x.new_empty(wshape if weight is not None else (0,), dtype=torch.float32)
-    db = x.new_empty(wshape if has_bias else (0,), dtype=torch.float32)
-    return x.new_empty(x.shape), dw, db
+    db = x.new_empty(wshape if has_bias or scale is not None else (0,), dtype=torch.float32)
+    dbranch = branch.new_empty(branch.shape) if scale is not None else x.new_empty((0,))
+    return x.new_empty(x.shape), dw, db, dbranch
 
 
 def _grad_for(param: Tensor | None, grad: Tensor, needed: bool) -> Tensor | None:
@@ -197,7 +227,7 @@ def _save_x_weight(ctx, inputs, output):
 def _rms_norm_backward(ctx, dy):
     x, weight = ctx.saved_tensors
     D = x.shape[-1]
-    dx, dw, _ = norm_backward_op(dy, None, x, weight, False, 1, D, ctx.eps, False, False)
+    dx, dw, _, _ = norm_backward_op(dy, None, x, weight, False, 1, D, ctx.eps, False, False)
     return dx, _grad_for(weight, dw, ctx.needs_input_grad[1]), None
 
 
@@ -210,19 +240,31 @@ torch.library.register_autograd("flopkit::rms_norm", _rms_norm_backward, setup_c
 
 
 def _rms_norm_residual_setup(ctx, inputs, output):
-    _, _, weight, eps = inputs
-    ctx.save_for_backward(output[1], weight)
-    ctx.eps = eps
+    x, residual, weight, eps = inputs[:4]
+    scale = inputs[4] if len(inputs) > 4 else None  # the schema's default may be left out
+    # The branch x is needed only for the scale's gradient.
+    ctx.save_for_backward(output[1], weight, x if scale is not None else None, scale)
+    ctx.eps, ctx.dtypes = eps, (x.dtype, residual.dtype)
 
 
 def _rms_norm_residual_backward(ctx, dy, dh):
-    h, weight = ctx.saved_tensors
+    h, weight, branch, scale = ctx.saved_tensors
     D = h.shape[-1]
     if dy is None:
         dy = torch.zeros_like(h)
-    dx, dw, _ = norm_backward_op(dy, dh, h, weight, False, 1, D, ctx.eps, False, False)
-    # d/dx and d/dresidual of h = x + residual are both the gradient reaching h.
-    return dx, dx, _grad_for(weight, dw, ctx.needs_input_grad[2]), None
+    dx, dw, ds, dbranch = norm_backward_op(
+        dy, dh, h, weight, False, 1, D, ctx.eps, False, False, branch, scale
+    )
+    # h = residual + x (* scale): the residual receives the gradient reaching h, x that times scale.
+    need = ctx.needs_input_grad
+    grads = (
+        dbranch if scale is not None else dx.to(ctx.dtypes[0]),
+        dx.to(ctx.dtypes[1]),
+        _grad_for(weight, dw, need[2]),
+        None,
+        _grad_for(scale, ds, len(need) > 4 and need[4]),
+    )
+    return grads[: len(need)]
 
 
 torch.library.register_autograd(
@@ -237,7 +279,7 @@ def _per_head_setup(ctx, inputs, output):
 
 def _per_head_backward(ctx, dy):
     x, weight = ctx.saved_tensors
-    dx, dw, _ = norm_backward_op(
+    dx, dw, _, _ = norm_backward_op(
         dy, None, x, weight, False, ctx.num_heads, ctx.head_dim, ctx.eps, False, False
     )
     return dx, _grad_for(weight, dw, ctx.needs_input_grad[1]), None, None, None
@@ -256,7 +298,7 @@ def _head_norm_setup(ctx, inputs, output):
 
 def _head_norm_backward(ctx, dy):
     x, weight, bias = ctx.saved_tensors
-    dx, dw, db = norm_backward_op(
+    dx, dw, db, _ = norm_backward_op(
         dy, None, x, weight, bias is not None, ctx.num_heads, ctx.head_dim, ctx.eps, ctx.layer, True
     )
     return (
@@ -288,7 +330,9 @@ def _rms_norm_flop(x_shape, *args, out_shape=None, **kwargs) -> int:
 
 @register_flop_formula(torch.ops.flopkit.rms_norm_residual)
 def _rms_norm_residual_flop(x_shape, *args, out_shape=None, **kwargs) -> int:
-    """Fused residual RMSNorm: 3 per element; the residual add is not counted."""
+    """Fused residual RMSNorm: 3 per element. The residual add and a LayerScale multiply are not
+    counted, as FlopCounterMode counts neither ``aten.add`` nor ``aten.mul`` unfused (LayerScale's
+    FLOPs are its module's, in the analytic count)."""
     return formulas.rms_norm(_rows(x_shape, x_shape[-1]), x_shape[-1])
 
 
@@ -317,7 +361,7 @@ def _head_norm_flop(
 # dispatch plus its Python autograd wrapper cost more host time than the kernels run at ViT sizes).
 
 
-def _forward(x, residual, weight, bias, eps, num_heads, head_dim, layer, per_head_weight):
+def _forward(x, residual, weight, bias, scale, eps, num_heads, head_dim, layer, per_head_weight):
     """The eager forward launch of every norm op: ``(y, h)`` (``h`` only with a residual)."""
     return _launchers().norm_forward(
         x,
@@ -329,6 +373,7 @@ def _forward(x, residual, weight, bias, eps, num_heads, head_dim, layer, per_hea
         layer=layer,
         per_head_weight=per_head_weight,
         residual=residual,
+        scale=scale,
     )
 
 
@@ -336,20 +381,22 @@ class _NormFunction(torch.autograd.Function):
     """Eager autograd for every norm op: forward and backward launch the Triton kernels directly."""
 
     @staticmethod
-    def forward(ctx, x, residual, weight, bias, eps, num_heads, head_dim, layer, per_head_weight):
-        y, h = _forward(x, residual, weight, bias, eps, num_heads, head_dim, layer, per_head_weight)
+    def forward(ctx, x, residual, weight, bias, scale, eps, num_heads, head_dim, layer, per_head_weight):
+        y, h = _forward(x, residual, weight, bias, scale, eps, num_heads, head_dim, layer, per_head_weight)
         fused = residual is not None
-        ctx.save_for_backward(h if fused else x, weight)
+        # The branch x is needed only for a LayerScale's gradient.
+        ctx.save_for_backward(h if fused else x, weight, x if scale is not None else None, scale)
         ctx.config = (bias is not None, num_heads, head_dim, eps, layer, per_head_weight, fused)
-        ctx.bias_dtype = bias.dtype if bias is not None else None
+        ctx.dtypes = (x.dtype, residual.dtype if fused else None, bias.dtype if bias is not None else None)
         return (y, h) if fused else y
 
     @staticmethod
     def backward(ctx, *grads):
-        src, weight = ctx.saved_tensors
+        src, weight, branch, scale = ctx.saved_tensors
         has_bias, num_heads, head_dim, eps, layer, per_head_weight, fused = ctx.config
+        x_dtype, res_dtype, bias_dtype = ctx.dtypes
         dy = grads[0] if grads[0] is not None else torch.zeros_like(src)
-        dx, dw, db = _launchers().norm_backward(
+        g = _launchers().norm_backward(
             dy,
             src,
             weight,
@@ -360,15 +407,22 @@ class _NormFunction(torch.autograd.Function):
             layer=layer,
             per_head_weight=per_head_weight,
             dres=grads[1] if fused else None,
-            grad_dtype=weight.dtype if weight is not None else ctx.bias_dtype or torch.float32,
+            branch=branch,
+            scale=scale,
+            grad_dtype=weight.dtype if weight is not None else bias_dtype or torch.float32,
         )
-        dw = dw if weight is not None and ctx.needs_input_grad[2] else None
-        db = db.to(ctx.bias_dtype) if has_bias and ctx.needs_input_grad[3] else None
-        # h = x + residual: both inputs receive the gradient reaching h.
-        return dx, dx if fused else None, dw, db, None, None, None, None, None
+        need = ctx.needs_input_grad
+        dw = g.dweight if weight is not None and need[2] else None
+        db = g.dbias.to(bias_dtype) if has_bias and need[3] else None
+        ds = g.dscale.to(scale.dtype) if scale is not None and need[4] else None
+        if not fused:
+            return g.dx, None, dw, db, None, None, None, None, None, None
+        # h = residual + x (* scale): the residual receives the gradient reaching h, x that times scale.
+        dx = g.dbranch if scale is not None else g.dx.to(x_dtype)
+        return dx, g.dx.to(res_dtype), dw, db, ds, None, None, None, None, None
 
 
-def _eager(x, residual, weight, bias, eps, num_heads, head_dim, layer, per_head_weight):
+def _eager(x, residual, weight, bias, scale, eps, num_heads, head_dim, layer, per_head_weight):
     """The eager call: through ``_NormFunction`` when a gradient is needed, else straight to the
     launcher (``autograd.Function.apply`` alone costs several microseconds of host time)."""
     if torch.is_grad_enabled() and (
@@ -376,11 +430,12 @@ def _eager(x, residual, weight, bias, eps, num_heads, head_dim, layer, per_head_
         or (residual is not None and residual.requires_grad)
         or (weight is not None and weight.requires_grad)
         or (bias is not None and bias.requires_grad)
+        or (scale is not None and scale.requires_grad)
     ):
         return _NormFunction.apply(
-            x, residual, weight, bias, eps, num_heads, head_dim, layer, per_head_weight
+            x, residual, weight, bias, scale, eps, num_heads, head_dim, layer, per_head_weight
         )
-    y, h = _forward(x, residual, weight, bias, eps, num_heads, head_dim, layer, per_head_weight)
+    y, h = _forward(x, residual, weight, bias, scale, eps, num_heads, head_dim, layer, per_head_weight)
     return (y, h) if residual is not None else y
 
 
@@ -388,23 +443,23 @@ def rms_norm(x: Tensor, weight: Tensor | None, eps: float) -> Tensor:
     """``flopkit::rms_norm``, or its eager twin (see the note above)."""
     if needs_custom_op(x):
         return rms_norm_op(x, weight, eps)
-    return _eager(x, None, weight, None, eps, 1, x.shape[-1], False, False)
+    return _eager(x, None, weight, None, None, eps, 1, x.shape[-1], False, False)
 
 
 def rms_norm_residual(
-    x: Tensor, residual: Tensor, weight: Tensor | None, eps: float
+    x: Tensor, residual: Tensor, weight: Tensor | None, eps: float, scale: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
     """``flopkit::rms_norm_residual``, or its eager twin."""
     if needs_custom_op(x):
-        return rms_norm_residual_op(x, residual, weight, eps)
-    return _eager(x, residual, weight, None, eps, 1, x.shape[-1], False, False)
+        return rms_norm_residual_op(x, residual, weight, eps, scale)
+    return _eager(x, residual, weight, None, scale, eps, 1, x.shape[-1], False, False)
 
 
 def per_head_rms_norm(x: Tensor, weight: Tensor | None, num_heads: int, head_dim: int, eps: float) -> Tensor:
     """``flopkit::per_head_rms_norm``, or its eager twin."""
     if needs_custom_op(x):
         return per_head_rms_norm_op(x, weight, num_heads, head_dim, eps)
-    return _eager(x, None, weight, None, eps, num_heads, head_dim, False, False)
+    return _eager(x, None, weight, None, None, eps, num_heads, head_dim, False, False)
 
 
 def head_norm(
@@ -419,4 +474,4 @@ def head_norm(
     """``flopkit::head_norm``, or its eager twin."""
     if needs_custom_op(x):
         return head_norm_op(x, weight, bias, num_heads, head_dim, eps, mode)
-    return _eager(x, None, weight, bias, eps, num_heads, head_dim, mode == "layer", True)
+    return _eager(x, None, weight, bias, None, eps, num_heads, head_dim, mode == "layer", True)

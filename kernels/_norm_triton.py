@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 import triton
@@ -35,6 +36,8 @@ from ._launch import MAX_CACHED, launch
 __all__ = [
     "norm_forward",
     "norm_backward",
+    "NormGrads",
+    "residual_dtype",
 ]
 
 # Largest BLOCK_H * BLOCK_D kept in registers; wider rows take the chunked kernels.
@@ -86,6 +89,12 @@ BWD_CONFIGS: dict[int, tuple[int, int, int]] = {
     4096: (4096, 4, 3),
     8192: (8192, 8, 1),
 }
+# Plain rows (BLOCK_H = 1) at the ViT widths (C = 384 and 768), re-swept at ViT shapes
+# (benchmarks/sweep_vit_kernels.py, H100, bf16, 51456 x 384 and 25728 x 768 rows), and the
+# LayerScale-fused residual backward there, which holds a second fp32 accumulator and wants fewer
+# warps (168 -> 116 us at 51456 x 384). Per-head tiles and other widths take BWD_CONFIGS.
+BWD_ROW_CONFIGS: dict[int, tuple[int, int, int]] = {512: (2048, 4, 4), 1024: (4096, 2, 4)}
+BWD_SCALE_CONFIGS: dict[int, tuple[int, int, int]] = {512: (2048, 2, 4), 1024: (2048, 2, 4)}
 # Chunked kernels (rows wider than FUSED_MAX_*): (columns per step, num_warps); backward
 # programs per SM.
 CHUNKED_FWD_CONFIG = (8192, 32)
@@ -101,6 +110,7 @@ def _norm_fwd_kernel(
     HO,
     W,
     B,
+    S,
     n_tok,
     HF,
     NH,
@@ -120,6 +130,7 @@ def _norm_fwd_kernel(
     HAS_W: tl.constexpr,
     HAS_B: tl.constexpr,
     HAS_RES: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
     LAYER: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -141,6 +152,8 @@ def _norm_fwd_kernel(
     x = tl.load(X + x_row[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
     if HAS_RES:
         r = tl.load(R + r_row[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        if HAS_SCALE:  # LayerScale on the branch: h = residual + x * s
+            x = x * tl.load(S + cols, mask=cols < D, other=0.0).to(tl.float32)[None, :]
         h = (x + r).to(HO.dtype.element_ty)
         tl.store(HO + o_row[:, None] + cols[None, :], h, mask=mask)
         x = h.to(tl.float32)
@@ -168,6 +181,9 @@ def _norm_bwd_kernel(
     DX,
     DWP,
     DBP,
+    BR,
+    S,
+    DBR,
     n_tok,
     HF,
     NH,
@@ -185,8 +201,11 @@ def _norm_bwd_kernel(
     HAS_W: tl.constexpr,
     HAS_B: tl.constexpr,
     HAS_DRES: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
     LAYER: tl.constexpr,
 ):
+    # HAS_SCALE (residual rows only, no bias): X is h = residual + branch * s; the kernel also
+    # writes d(branch) = dh * s to DBR and accumulates d(s) = sum(dh * branch) in DBP's partials.
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     i = tl.arange(0, BLOCK_T * BLOCK_H)
@@ -197,6 +216,8 @@ def _norm_bwd_kernel(
     w_off = head[:, None] * sw_h + cols[None, :]
     if HAS_W:
         w = tl.load(W + w_off, mask=w_mask, other=0.0).to(tl.float32)
+    if HAS_SCALE:
+        s = tl.load(S + cols, mask=col_ok, other=0.0).to(tl.float32)
     dw_acc = tl.zeros((BLOCK_T * BLOCK_H, BLOCK_D), dtype=tl.float32)
     db_acc = tl.zeros((BLOCK_T * BLOCK_H, BLOCK_D), dtype=tl.float32)
     for blk in range(pid, n_blocks, nprog):
@@ -230,11 +251,14 @@ def _norm_bwd_kernel(
         if HAS_DRES:
             dx += tl.load(DR + o_off, mask=mask, other=0.0).to(tl.float32)
         tl.store(DX + o_off, dx.to(DX.dtype.element_ty), mask=mask)
+        if HAS_SCALE:
+            db_acc += dx * tl.load(BR + o_off, mask=mask, other=0.0).to(tl.float32)
+            tl.store(DBR + o_off, (dx * s[None, :]).to(DBR.dtype.element_ty), mask=mask)
     p_off = pid * NH * D
     if BLOCK_H == 1:
         if HAS_W:
             tl.store(DWP + p_off + cols, tl.sum(dw_acc, axis=0), mask=col_ok)
-        if HAS_B:
+        if HAS_B or HAS_SCALE:
             tl.store(DBP + p_off + cols, tl.sum(db_acc, axis=0), mask=col_ok)
     else:
         hh = tl.arange(0, BLOCK_H)
@@ -256,6 +280,7 @@ def _norm_fwd_chunked_kernel(
     HO,
     W,
     B,
+    S,
     HF,
     D,
     sx_o,
@@ -268,6 +293,7 @@ def _norm_fwd_chunked_kernel(
     HAS_W: tl.constexpr,
     HAS_B: tl.constexpr,
     HAS_RES: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
     LAYER: tl.constexpr,
 ):
     # One row per program; the row is read twice (three times in layer mode), the re-reads hit L2.
@@ -286,6 +312,8 @@ def _norm_fwd_chunked_kernel(
         x = tl.load(x_ptr + start + cols, mask=m, other=0.0).to(tl.float32)
         if HAS_RES:
             r = tl.load(r_ptr + start + cols, mask=m, other=0.0).to(tl.float32)
+            if HAS_SCALE:
+                x = x * tl.load(S + start + cols, mask=m, other=0.0).to(tl.float32)
             h = (x + r).to(HO.dtype.element_ty)
             tl.store(h_ptr + start + cols, h, mask=m)
             x = h.to(tl.float32)
@@ -325,6 +353,9 @@ def _norm_bwd_chunked_kernel(
     DX,
     DWP,
     DBP,
+    BR,
+    S,
+    DBR,
     n_rows,
     HF,
     D,
@@ -336,6 +367,7 @@ def _norm_bwd_chunked_kernel(
     HAS_W: tl.constexpr,
     HAS_B: tl.constexpr,
     HAS_DRES: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
     LAYER: tl.constexpr,
     W_FOLD: tl.constexpr,
 ):
@@ -397,6 +429,12 @@ def _norm_bwd_chunked_kernel(
             if HAS_DRES:
                 dx += tl.load(DR + o_ptr + start + cols, mask=m, other=0.0).to(tl.float32)
             tl.store(DX + o_ptr + start + cols, dx.to(DX.dtype.element_ty), mask=m)
+            if HAS_SCALE:  # residual rows: the partial row is p_ptr, as for a bias
+                br = tl.load(BR + o_ptr + start + cols, mask=m, other=0.0).to(tl.float32)
+                pb = tl.load(DBP + p_ptr + start + cols, mask=m, other=0.0)
+                tl.store(DBP + p_ptr + start + cols, pb + dx * br, mask=m)
+                sc = tl.load(S + start + cols, mask=m, other=0.0).to(tl.float32)
+                tl.store(DBR + o_ptr + start + cols, (dx * sc).to(DBR.dtype.element_ty), mask=m)
 
 
 @triton.jit
@@ -570,7 +608,7 @@ def _cached_plan(key: tuple, build, args: tuple) -> _Plan:
     return plan
 
 
-def _plan_forward(x, residual, has_w, has_b, eps, H, D, layer, per_head_weight, config):
+def _plan_forward(x, residual, has_w, has_b, has_s, eps, H, D, layer, per_head_weight, config):
     """Plan :func:`norm_forward`; returns ``(plan, x_rows, residual_rows)`` (tensors to launch on)."""
     block_d = triton.next_power_of_2(D)
     block_h = triton.next_power_of_2(H) if per_head_weight else 1
@@ -580,7 +618,7 @@ def _plan_forward(x, residual, has_w, has_b, eps, H, D, layer, per_head_weight, 
     if res is not None and (res.HF, rows.HF) != (1, 1):
         rows, res = _contiguous_rows(rows, D), _contiguous_rows(res, D)
     res_strides = (res.s_o, res.s_f, res.s_h) if res is not None else (0, 0, 0)
-    flags = {"HAS_W": has_w, "HAS_B": has_b, "HAS_RES": res is not None, "LAYER": layer}
+    flags = {"HAS_W": has_w, "HAS_B": has_b, "HAS_RES": res is not None, "HAS_SCALE": has_s, "LAYER": layer}
     sw = D if per_head_weight else 0
     if fused:
         width = block_h * block_d
@@ -621,29 +659,34 @@ def norm_forward(
     layer: bool = False,
     per_head_weight: bool = False,
     residual: torch.Tensor | None = None,
+    scale: torch.Tensor | None = None,
     config: tuple[int, int] | None = None,
     run: Runner = launch,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Normalise ``x`` per row of ``head_dim`` columns; returns ``(y, h)`` (``h`` only with ``residual``).
 
-    ``weight``/``bias``: ``(D,)`` shared, or ``(H, D)`` with ``per_head_weight``. ``y`` and ``h``
-    are contiguous, of ``x``'s shape and dtype. ``config`` = ``(elements per tile, num_warps)``
-    overrides the table (benchmark sweeps).
+    ``weight``/``bias``: ``(D,)`` shared, or ``(H, D)`` with ``per_head_weight``. With ``residual``
+    the rows normalised are ``h = residual + x`` (``residual + x * scale`` with a ``(D,)`` ``scale``,
+    LayerScale), computed in fp32 and rounded once. ``y`` and ``h`` are contiguous, of ``x``'s shape;
+    their dtype is ``x``'s, or with a residual that of ``residual + x * scale`` in PyTorch's type
+    promotion. ``config`` = ``(elements per tile, num_warps)`` overrides the table (benchmark sweeps).
     """
     D = x.shape[-1] if head_dim is None else head_dim
-    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    h_out = torch.empty(x.shape, dtype=x.dtype, device=x.device) if residual is not None else None
+    dtype = x.dtype if residual is None else residual_dtype(x, residual, scale)
+    y = torch.empty(x.shape, dtype=dtype, device=x.device)
+    h_out = torch.empty(x.shape, dtype=dtype, device=x.device) if residual is not None else None
     if x.numel() == 0:
         return y, h_out
-    has_w, has_b = weight is not None, bias is not None
-    args = (x, residual, has_w, has_b, eps, num_heads, D, layer, per_head_weight, config)
+    has_w, has_b, has_s = weight is not None, bias is not None, scale is not None
+    args = (x, residual, has_w, has_b, has_s, eps, num_heads, D, layer, per_head_weight, config)
     if run is launch and x.is_cuda:
         key = (
             "fwd",
             x.shape,
             x.stride(),
             x.get_device(),
-            residual.stride() if residual is not None else None,
+            x.dtype,
+            (residual.stride(), residual.dtype) if residual is not None else None,
             *args[2:],
         )
         plan = _cached_plan(key, _plan_forward, args)
@@ -656,23 +699,37 @@ def norm_forward(
         cached = None
     w = weight.contiguous() if has_w else y
     b = bias.contiguous() if has_b else y
-    tensors = (xt, rt, y, h_out if h_out is not None else y, w, b)
+    s = scale.contiguous() if has_s else y
+    tensors = (xt, rt, y, h_out if h_out is not None else y, w, b, s)
     run(plan.kernel, plan.grid, tensors + plan.scalars, plan.meta, len(tensors), plan=cached)
     return y, h_out
 
 
-def _plan_backward(x, has_w, has_bias, has_dres, eps, H, D, layer, per_head_weight, config, programs_per_sm):
+def residual_dtype(x: torch.Tensor, residual: torch.Tensor, scale: torch.Tensor | None) -> torch.dtype:
+    """The dtype of ``h = residual + x * scale`` (``residual + x`` without a scale), as in eager PyTorch."""
+    branch = x.dtype if scale is None else torch.promote_types(x.dtype, scale.dtype)
+    return torch.promote_types(branch, residual.dtype)
+
+
+def _plan_backward(
+    x, has_w, has_bias, has_dres, has_s, eps, H, D, layer, per_head_weight, config, programs_per_sm
+):
     """Plan :func:`norm_backward`; returns ``(plan, x_rows)``."""
     block_d = triton.next_power_of_2(D)
     block_h = triton.next_power_of_2(H) if per_head_weight else 1
     fused = block_h * block_d <= FUSED_MAX_BWD
     rows = _rows_view(x, H, D, _row_mode(per_head_weight, fused))
     budget = num_sms(x.device)
-    flags = {"HAS_W": has_w, "HAS_B": has_bias, "HAS_DRES": has_dres, "LAYER": layer}
+    flags = {"HAS_W": has_w, "HAS_B": has_bias, "HAS_DRES": has_dres, "HAS_SCALE": has_s, "LAYER": layer}
     sw = D if per_head_weight else 0
     if fused:
         width = block_h * block_d
-        elems, warps, per_sm = BWD_CONFIGS[min(width, FUSED_MAX_BWD)]
+        if has_s and width in BWD_SCALE_CONFIGS:
+            elems, warps, per_sm = BWD_SCALE_CONFIGS[width]
+        elif block_h == 1 and width in BWD_ROW_CONFIGS:
+            elems, warps, per_sm = BWD_ROW_CONFIGS[width]
+        else:
+            elems, warps, per_sm = BWD_CONFIGS[min(width, FUSED_MAX_BWD)]
         elems, warps = config or (elems, warps)
         block_t = max(1, elems // width)
         n_blocks = triton.cdiv(rows.n_tok, block_t)
@@ -704,6 +761,17 @@ def _plan_backward(x, has_w, has_bias, has_dres, eps, H, D, layer, per_head_weig
     return plan, rows.t
 
 
+class NormGrads(NamedTuple):
+    """:func:`norm_backward`'s gradients: ``dx`` (of ``h`` with a residual), the weight's, the
+    bias's, and with a LayerScale ``scale`` the branch's and the scale's (None where absent)."""
+
+    dx: torch.Tensor
+    dweight: torch.Tensor | None
+    dbias: torch.Tensor | None
+    dbranch: torch.Tensor | None = None
+    dscale: torch.Tensor | None = None
+
+
 def norm_backward(
     dy: torch.Tensor,
     x: torch.Tensor,
@@ -716,25 +784,33 @@ def norm_backward(
     layer: bool = False,
     per_head_weight: bool = False,
     dres: torch.Tensor | None = None,
+    branch: torch.Tensor | None = None,
+    scale: torch.Tensor | None = None,
     config: tuple[int, int] | None = None,
     programs_per_sm: int | None = None,
     grad_dtype: torch.dtype = torch.float32,
     run: Runner = launch,
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """Gradients of :func:`norm_forward` (without residual; ``dres`` is added to ``dx``).
+) -> NormGrads:
+    """Gradients of :func:`norm_forward` at its normalised rows ``x`` (``h`` for a residual call).
 
-    Returns ``(dx, dw, db)``: ``dx`` contiguous in ``x``'s shape and dtype, ``dw``/``db`` of the
-    weight's shape (``(H, D)`` with ``per_head_weight``, else ``(D,)``) in ``grad_dtype`` (the fp32
-    partials summed in fp32, then rounded), or None.
+    ``dres`` (the gradient reaching ``h`` directly) is added to ``dx``. With ``scale``, ``branch`` is
+    the forward's ``x`` (``h = residual + branch * scale``, plain rows, no bias): ``dbranch =
+    dx * scale`` in ``branch``'s dtype and ``dscale = sum(dx * branch)``. ``dx`` is contiguous in
+    ``x``'s shape and dtype; ``dweight``/``dbias``/``dscale`` have the weight's (scale's) shape
+    (``(H, D)`` with ``per_head_weight``, else ``(D,)``) in ``grad_dtype`` (the fp32 partials summed
+    in fp32, then rounded).
     """
     D = x.shape[-1] if head_dim is None else head_dim
     wshape = (num_heads, D) if per_head_weight else (D,)
     dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    has_w = weight is not None
+    has_w, has_s = weight is not None, scale is not None
+    if has_s and (has_bias or per_head_weight or layer or branch is None or branch.shape != x.shape):
+        raise ValueError("norm_backward: scale needs the branch (x's shape) and plain RMS rows without bias")
+    dbranch = torch.empty(branch.shape, dtype=branch.dtype, device=x.device) if has_s else None
     if x.numel() == 0:
         dw = torch.zeros(wshape, dtype=grad_dtype, device=x.device) if has_w else None
-        db = torch.zeros(wshape, dtype=grad_dtype, device=x.device) if has_bias else None
-        return dx, dw, db
+        db = torch.zeros(wshape, dtype=grad_dtype, device=x.device) if has_bias or has_s else None
+        return NormGrads(dx, dw, None if has_s else db, dbranch, db if has_s else None)
     dy = dy.contiguous()
     dres = dres.contiguous() if dres is not None else None
     args = (
@@ -742,6 +818,7 @@ def norm_backward(
         has_w,
         has_bias,
         dres is not None,
+        has_s,
         eps,
         num_heads,
         D,
@@ -751,7 +828,7 @@ def norm_backward(
         programs_per_sm,
     )
     if run is launch and x.is_cuda:
-        key = ("bwd", x.shape, x.stride(), x.get_device(), *args[1:])
+        key = ("bwd", x.shape, x.stride(), x.get_device(), x.dtype, *args[1:])
         plan = _cached_plan(key, _plan_backward, args)
         xt = x.contiguous() if plan.x_copy else x
         cached = plan
@@ -761,17 +838,20 @@ def norm_backward(
     # The chunked kernel accumulates into its partials across rows: they start at zero.
     alloc = torch.empty if plan.kernel is _norm_bwd_kernel else torch.zeros
     dwp = alloc(plan.parts, dtype=torch.float32, device=x.device) if has_w else dx
-    dbp = alloc(plan.parts, dtype=torch.float32, device=x.device) if has_bias else dx
+    # A scale's partials take the bias's slot (a residual norm has no bias).
+    dbp = alloc(plan.parts, dtype=torch.float32, device=x.device) if has_bias or has_s else dx
     w = weight.contiguous() if has_w else dx
-    tensors = (dy, dres if dres is not None else dx, xt, w, dx, dwp, dbp)
+    br = branch.contiguous() if has_s else dx
+    s = scale.contiguous() if has_s else dx
+    tensors = (dy, dres if dres is not None else dx, xt, w, dx, dwp, dbp, br, s, dbranch if has_s else dx)
     run(plan.kernel, plan.grid, tensors + plan.scalars, plan.meta, len(tensors), plan=cached)
     # Sum the fp32 partials in fp32 and round once, dw and db in one launch (sum then cast would be
     # two aten ops per gradient, more host time than the kernels run at ViT sizes).
     dw = torch.empty(wshape, dtype=grad_dtype, device=x.device) if has_w else None
-    db = torch.empty(wshape, dtype=grad_dtype, device=x.device) if has_bias else None
+    db = torch.empty(wshape, dtype=grad_dtype, device=x.device) if has_bias or has_s else None
     pairs = [(p, g) for p, g in ((dwp, dw), (dbp, db)) if g is not None]
     if pairs:
         if cached is not None and cached.reduce is None:
             cached.reduce = sum_partials_plan(plan.parts[0], math.prod(wshape), len(pairs) == 2)
         sum_partials(pairs, run, cached.reduce if cached is not None else None)
-    return dx, dw, db
+    return NormGrads(dx, dw, None if has_s else db, dbranch, db if has_s else None)

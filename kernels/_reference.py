@@ -21,6 +21,7 @@ __all__ = [
     "rms_norm_ref",
     "rms_norm_residual_ref",
     "norm_backward_ref",
+    "layer_scale_backward_ref",
     "split_heads",
     "rotate_pairs",
     "apply_rope_ref",
@@ -44,11 +45,27 @@ def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor | None = None, eps: float
 
 
 def rms_norm_residual_ref(
-    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1e-6
+    x: torch.Tensor,
+    residual: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    eps: float = 1e-6,
+    scale: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reference fused step: ``h = x + residual`` (in ``x.dtype``), returns ``(rms_norm(h), h)``."""
-    h = x + residual
+    """Reference fused step: ``h = residual + x`` (``residual + x * scale`` with a LayerScale
+    ``scale`` ``(D,)``), in PyTorch's type promotion; returns ``(rms_norm(h), h)``."""
+    h = residual + (x if scale is None else x * scale)
     return rms_norm_ref(h, weight, eps), h
+
+
+def layer_scale_backward_ref(
+    dh: torch.Tensor, branch: torch.Tensor, scale: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradients of ``h = residual + branch * scale`` given ``dh``: ``(dbranch, dscale)``, in fp32
+    (float64 for float64 inputs); ``dbranch`` in ``branch``'s dtype, ``dscale`` unrounded."""
+    acc = torch.promote_types(dh.dtype, torch.float32)
+    g = dh.to(acc)
+    dscale = (g * branch.to(acc)).reshape(-1, scale.shape[-1]).sum(0)
+    return (g * scale.to(acc)).to(branch.dtype), dscale
 
 
 def norm_backward_ref(

@@ -87,22 +87,42 @@ def rms_norm_residual(
     weight: torch.Tensor | None = None,
     eps: float = 1e-6,
     *,
+    scale: torch.Tensor | None = None,
     backend: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fused pre-norm residual step: ``h = x + residual``; returns ``(rms_norm(h, weight), h)``.
+    """Fused pre-norm residual step: ``h = residual + x``; returns ``(rms_norm(h, weight), h)``.
 
-    ``x`` and ``residual`` are ``[*, D]`` of one shape and dtype. Gradients flow to both
-    inputs and the weight. FLOPs: ``3 * x.numel()`` (the residual add is not counted).
+    ``x`` (the branch) and ``residual`` are ``[*, D]`` of one shape. With ``scale`` ``(D,)`` (a
+    LayerScale ``gamma``), ``h = residual + x * scale``: the block step ``x + ls(branch)`` and the
+    next norm in one pass over memory. ``h`` is computed in fp32 and rounded once; ``h`` and the
+    output take the dtype PyTorch gives ``residual + x * scale`` (bf16 branch, fp32 residual ->
+    fp32). Gradients flow to every input. FLOPs: ``3 * x.numel()`` (the residual add and the scale
+    multiply are not counted here: LayerScale's ``T * C`` belong to its module).
     """
     _check_norm_args(x, weight, "rms_norm_residual")
-    if residual.shape != x.shape or residual.dtype != x.dtype:
+    if residual.shape != x.shape:
         raise ValueError(
-            "rms_norm_residual: residual must match x in shape and dtype, "
-            f"expected {tuple(x.shape)} {x.dtype}, got {tuple(residual.shape)} {residual.dtype}"
+            "rms_norm_residual: residual must have x's shape, "
+            f"expected {tuple(x.shape)}, got {tuple(residual.shape)}"
         )
-    if select_backend(backend, x, "rms_norm_residual") == "torch":
-        return rms_norm_residual_ref(x, residual, weight, eps)
-    return _ops().rms_norm_residual(x, residual, weight, eps)
+    if residual.dtype != torch.float64:
+        check_dtype(residual, "residual", "rms_norm_residual")
+    if scale is not None:
+        if tuple(scale.shape) != (x.shape[-1],):
+            raise ValueError(
+                f"rms_norm_residual: scale must have shape ({x.shape[-1]},) to match x.shape[-1], "
+                f"got {tuple(scale.shape)}"
+            )
+        if scale.dtype != torch.float64:
+            check_dtype(scale, "scale", "rms_norm_residual")
+    others = (residual,) if scale is None else (residual, scale)
+    if any(t.device != x.device for t in others):
+        raise ValueError(f"rms_norm_residual: residual and scale must be on x's device {x.device}")
+    # float64 anywhere runs the float64 reference (Triton takes float32, float16 and bfloat16).
+    probe = next((t for t in others if t.dtype == torch.float64), x)
+    if select_backend(backend, probe, "rms_norm_residual") == "torch":
+        return rms_norm_residual_ref(x, residual, weight, eps, scale)
+    return _ops().rms_norm_residual(x, residual, weight, eps, scale)
 
 
 def per_head_rms_norm_ref(

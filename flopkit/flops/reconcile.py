@@ -79,9 +79,9 @@ GENERAL_NOTES = [
     "meta its fake), so the counters see them by name and count them with the ops' registered formulas.",
     f"Linear bias adds ({formulas.coefficient(formulas.bias_add(1, 1))}T*o) are elementwise in flopkit's convention and invisible to both counters (fvcore's "
     "linear handle and torch's addmm formula count the product only), so matmul compares products only.",
-    "'in parent': the module ran through a method other than __call__ (ViT5Block.norm2 runs fused with "
-    "the residual add via forward_residual), so both counters attribute its ops to the parent block, "
-    "whose row carries the comparison.",
+    "'in parent': the module's work ran inside another module's op instead of its own __call__ "
+    "(ViT5Block.norm2 runs fused with the residual add and ls1's LayerScale via forward_residual), so both "
+    "counters attribute its ops to the parent block, whose row carries the comparison.",
     "The final RMSNorm runs on the readout token only (the CLS token; all patches when has_cls=False), "
     f"and flopkit counts it so ({formulas.rms_norm(1, 1)}*C per image with CLS).",
     "validate compares flopkit's convention (QK-norm counted over all heads, which is what runs); upstream's "

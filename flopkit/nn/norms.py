@@ -83,19 +83,31 @@ class RMSNorm(FlopCounted, nn.Module):
         """True when the weight must be applied after the cast (it differs only below float32)."""
         return self.cast_before_weight and self.weight is not None and x.dtype != torch.float32
 
-    def forward_residual(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Fused pre-norm residual step: ``h = x + residual``; returns ``(self(h), h)``.
+    def forward_residual(
+        self, x: torch.Tensor, residual: torch.Tensor, scale: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fused pre-norm residual step: ``h = residual + x`` (``residual + x * scale`` with a
+        LayerScale ``scale`` ``(n,)``); returns ``(self(h), h)``.
 
-        One pass over memory on the Triton path. FLOPs are those of :meth:`forward` (residual adds
-        are not counted).
+        One pass over memory on the Triton path, LayerScale included. ``h`` takes the dtype PyTorch
+        gives ``residual + x * scale``. FLOPs are those of :meth:`forward` (residual adds are not
+        counted; the scale's are its LayerScale module's).
         """
         if len(self.normalized_shape) != 1:
-            h = x + residual
+            h = residual + (x if scale is None else x * scale)
             return self(h), h
-        eps = torch.finfo(x.dtype).eps if self.eps is None else self.eps
-        late = self._weight_after_cast(x)
+        dtype = torch.promote_types(
+            x.dtype if scale is None else torch.promote_types(x.dtype, scale.dtype), residual.dtype
+        )
+        eps = torch.finfo(dtype).eps if self.eps is None else self.eps
+        late = self.cast_before_weight and self.weight is not None and dtype != torch.float32
         y, h = kernels.rms_norm_residual(
-            x, residual, None if late else self.weight, eps, backend="auto" if self.use_triton else "torch"
+            x,
+            residual,
+            None if late else self.weight,
+            eps,
+            scale=scale,
+            backend="auto" if self.use_triton else "torch",
         )
         return ((y * self.weight).to(y.dtype) if late else y), h
 

@@ -217,8 +217,8 @@ class Mlp(CompositeFlops, nn.Module):
 class ViT5Block(CompositeFlops, nn.Module):
     """Pre-norm transformer block: ``x + LS1(attn(norm1(x)))`` then ``x + LS2(mlp(norm2(x)))``.
 
-    ``[B, T, C]`` -> ``[B, T, C]``. The second residual add and ``norm2`` run as one fused
-    ``rms_norm_residual`` op. FLOPs: attention + MLP + 2 RMSNorms (``3*T*C`` each) + 2 LayerScales
+    ``[B, T, C]`` -> ``[B, T, C]``. The first residual add, with ``ls1``, runs fused into
+    ``norm2``'s ``rms_norm_residual`` op (see :meth:`forward`). FLOPs: attention + MLP + 2 RMSNorms (``3*T*C`` each) + 2 LayerScales
     (``T*C`` each); residual adds are not counted.
     """
 
@@ -280,8 +280,18 @@ class ViT5Block(CompositeFlops, nn.Module):
         self.ls2 = LayerScale(hidden_dim, layer_scale_init) if layer_scale_init else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x``: ``[B, T, C]`` -> ``[B, T, C]``."""
-        y, x = self.norm2.forward_residual(self.ls1(self.attn(self.norm1(x))), x)
+        """``x``: ``[B, T, C]`` -> ``[B, T, C]``.
+
+        The first residual step ``x + ls1(branch)`` runs inside ``norm2``'s fused kernel
+        (``rms_norm_residual`` with ``ls1.gamma`` as its scale); ``ls1`` then never runs itself (its
+        FLOPs are still counted). The second step stays a plain add: folding it into the next
+        block's ``norm1`` would make that block read this block's ``ls2.gamma``, which FSDP2 frees
+        after this block's forward when each block is its own ``fully_shard`` unit.
+        """
+        if isinstance(self.ls1, LayerScale):
+            y, x = self.norm2.forward_residual(self.attn(self.norm1(x)), x, scale=self.ls1.gamma)
+        else:
+            y, x = self.norm2.forward_residual(self.ls1(self.attn(self.norm1(x))), x)
         return x + self.ls2(self.mlp(y))
 
     def default_flop_tokens(self) -> int:

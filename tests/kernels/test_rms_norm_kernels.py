@@ -10,11 +10,13 @@ import math
 import pytest
 import torch
 from _references import TOL, device, grads64, kernel_grads, norm64, rel_err
+from flopkit.kernels import (
+    _norm_ops,  # noqa: F401  (registers the flopkit:: ops the tests call directly)
+    rms_norm,
+    rms_norm_residual,
+)
 from flopkit.kernels import _norm_triton as tk
-from flopkit.kernels import rms_norm, rms_norm_residual
 from torch.utils.flop_counter import FlopCounterMode
-
-# importing _norm_ops registers the flopkit:: ops (on first use otherwise); these tests call them directly
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 # D -> rows: odd row counts, few rows for wide D (the interpreter is slow).
@@ -143,6 +145,56 @@ def test_rms_norm_residual_matches_rounded_add_then_norm(D, dtype):
     assert rel_err(dw, dw64) <= TOL[dtype]
 
 
+@pytest.mark.parametrize(
+    "dtypes",
+    [
+        (torch.float32,) * 3,
+        (torch.float16,) * 3,
+        (torch.bfloat16,) * 3,
+        (torch.bfloat16, torch.float32, torch.float32),
+    ],
+    ids=lambda d: "-".join(str(t).removeprefix("torch.") for t in d),
+)
+@pytest.mark.parametrize("D", [7, 64, 1000])
+def test_rms_norm_residual_layer_scale_matches_float64(D, dtypes):
+    """h = residual + x * scale (LayerScale folded in), forward and every gradient; a bf16 branch
+    on an fp32 residual stream and fp32 scale (autocast training) gives an fp32 h, as eager does."""
+    x_dt, r_dt, s_dt = dtypes
+    rows = 3 if D == 1000 else 17
+    x, w, dy = _inputs(rows, D, x_dt, seed=30 + D)
+    r, s, dh = _inputs(rows, D, r_dt, seed=40 + D)
+    s = (0.1 * s).to(s_dt)
+    w = w.to(s_dt)
+    (y, h), grads = kernel_grads(
+        lambda a, b, c, d: rms_norm_residual(a, b, c, scale=d, backend="triton"), [x, r, w, s], (dy, dh)
+    )
+    out_dt = torch.promote_types(x_dt, r_dt)
+    assert y.dtype == h.dtype == out_dt
+
+    def ref(a, b, c, d):
+        h64 = b + a * d
+        return norm64(h64, c), h64
+
+    (y64, h64), grads64_ = grads64(ref, [x, r, w, s], (dy, dh))
+    tol = TOL[out_dt] if x_dt == out_dt else TOL[x_dt]
+    assert rel_err(h, h64) <= TOL[out_dt] and rel_err(y, y64) <= tol
+    for got, want, t in zip(grads, grads64_, (x, r, w, s), strict=True):
+        assert got.dtype == t.dtype
+        assert rel_err(got, want) <= TOL[t.dtype]
+
+
+def test_rms_norm_residual_layer_scale_rejects_bad_arguments():
+    x = torch.randn(4, 8, device=device())
+    with pytest.raises(ValueError, match=r"scale must have shape \(8,\)"):
+        rms_norm_residual(x, x, None, scale=torch.ones(4, device=device()))
+    with pytest.raises(ValueError, match="residual must have x's shape"):
+        rms_norm_residual(x, x[:2], None)
+    with pytest.raises(TypeError, match="scale must be float32, float16 or bfloat16"):
+        rms_norm_residual(x, x, None, scale=torch.ones(8, dtype=torch.int32, device=device()))
+    with pytest.raises(TypeError, match="Triton kernel takes float32"):
+        rms_norm_residual(x, x.double(), None, backend="triton")
+
+
 def test_rms_norm_residual_strided_residual():
     g = torch.Generator().manual_seed(5)
     x = torch.randn(9, 64, generator=g).to(device())
@@ -154,7 +206,7 @@ def test_rms_norm_residual_strided_residual():
     assert rel_err(y, norm64((x + r).double(), w.double())) <= 1e-5
 
 
-@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("residual", [False, True, "scale"])
 def test_wide_rows_take_the_chunked_kernels(monkeypatch, residual):
     # Shrink the register limits so that D=200 runs the chunked kernels (as D > 16K does on a GPU).
     monkeypatch.setattr(tk, "FUSED_MAX_FWD", 64)
@@ -162,7 +214,16 @@ def test_wide_rows_take_the_chunked_kernels(monkeypatch, residual):
     monkeypatch.setattr(tk, "CHUNKED_FWD_CONFIG", (64, 4))
     monkeypatch.setattr(tk, "CHUNKED_BWD_CONFIG", (64, 4))
     x, w, dy = _inputs(11, 200, torch.float32, seed=6)
-    if residual:
+    if residual == "scale":
+        r, s, dh = _inputs(11, 200, torch.float32, seed=7)
+        (y, h), grads = kernel_grads(
+            lambda a, b, c, d: rms_norm_residual(a, b, c, scale=d, backend="triton"), [x, r, w, s], (dy, dh)
+        )
+        (_, _), grads64_ = grads64(
+            lambda a, b, c, d: (norm64(b + a * d, c), b + a * d), [x, r, w, s], (dy, dh)
+        )
+        y64 = norm64((r + x * s).double(), w.double())
+    elif residual:
         r, _, dh = _inputs(11, 200, torch.float32, seed=7)
         (y, h), grads = kernel_grads(
             lambda a, b, c: rms_norm_residual(a, b, c, backend="triton"), [x, r, w], (dy, dh)
@@ -199,6 +260,9 @@ def test_opcheck_rms_norm_ops():
     torch.library.opcheck(torch.ops.flopkit.rms_norm, (x, w, 1e-6))
     torch.library.opcheck(torch.ops.flopkit.rms_norm, (x, None, 1e-6))
     torch.library.opcheck(torch.ops.flopkit.rms_norm_residual, (x, r, w, 1e-6))
+    s = (0.5 + torch.rand(64, device=device())).requires_grad_()
+    torch.library.opcheck(torch.ops.flopkit.rms_norm_residual, (x, r, w, 1e-6, s))
+    torch.library.opcheck(torch.ops.flopkit.rms_norm_residual, (x, r.detach().bfloat16(), None, 1e-6, s))
 
 
 def test_flop_counter_counts_three_flops_per_element():
@@ -206,10 +270,11 @@ def test_flop_counter_counts_three_flops_per_element():
     with FlopCounterMode(display=False) as counter:
         rms_norm(x, w, backend="triton")
         rms_norm_residual(x, r, w, backend="triton")  # the residual add is not counted
-    assert counter.get_total_flops() == 2 * 3 * math.prod(x.shape)
+        rms_norm_residual(x, r, w, scale=w, backend="triton")  # nor the LayerScale (its module's)
+    assert counter.get_total_flops() == 3 * 3 * math.prod(x.shape)
     flops = counter.get_flop_counts()["Global"]
     assert flops[torch.ops.flopkit.rms_norm] == 3 * x.numel()
-    assert flops[torch.ops.flopkit.rms_norm_residual] == 3 * x.numel()
+    assert flops[torch.ops.flopkit.rms_norm_residual] == 2 * 3 * x.numel()
 
 
 def test_meta_tensors_get_shapes_from_the_fake_implementation():
@@ -217,6 +282,8 @@ def test_meta_tensors_get_shapes_from_the_fake_implementation():
     w = torch.empty(64, device="meta", dtype=torch.bfloat16)
     y, h = torch.ops.flopkit.rms_norm_residual(x, x, w, 1e-6)
     assert y.shape == h.shape == x.shape and y.dtype == torch.bfloat16
+    y, h = torch.ops.flopkit.rms_norm_residual(x, x.float(), w, 1e-6, w.float())
+    assert y.dtype == h.dtype == torch.float32
 
 
 def test_torch_compile_fullgraph_runs_the_custom_ops():
@@ -224,9 +291,11 @@ def test_torch_compile_fullgraph_runs_the_custom_ops():
         def __init__(self):
             super().__init__()
             self.w = torch.nn.Parameter(torch.linspace(0.5, 1.5, 64))
+            self.s = torch.nn.Parameter(torch.linspace(-1.0, 1.0, 64))
 
         def forward(self, x, r):
             y, h = rms_norm_residual(x, r, self.w, backend="triton")
+            y, h = rms_norm_residual(y, h, self.w, scale=self.s, backend="triton")
             return rms_norm(y * 2 + h, self.w, backend="triton")
 
     torch._dynamo.reset()
@@ -235,11 +304,12 @@ def test_torch_compile_fullgraph_runs_the_custom_ops():
     compiled = torch.compile(model, fullgraph=True)
     out = compiled(x, r)
     out.sum().backward()
-    x64, r64, w64 = (t.detach().double() for t in (x, r, model.w))
+    x64, r64, w64, s64 = (t.detach().double() for t in (x, r, model.w, model.s))
     h64 = x64 + r64
+    h64 = h64 + norm64(h64, w64) * s64
     ref = norm64(norm64(h64, w64) * 2 + h64, w64)
     assert rel_err(out, ref) <= 1e-5
-    assert x.grad is not None and model.w.grad is not None
+    assert x.grad is not None and model.w.grad is not None and model.s.grad is not None
 
 
 def test_row_view_of_a_strided_slice_under_fake_tensors():

@@ -32,6 +32,11 @@ CASES = {
         (8,),
         False,
     ),
+    "residual_layer_scale": (
+        lambda x, w, b, backend: kernels.rms_norm_residual(x, x.flip(0), w, scale=w.flip(0), backend=backend),
+        (8,),
+        False,
+    ),
 }
 
 
@@ -114,6 +119,10 @@ def _eager_and_op(name):
     [
         ("rms_norm", lambda x, w, b: (x.view(15, 8), w, 1e-6)),
         ("rms_norm_residual", lambda x, w, b: (x.view(15, 8), x.view(15, 8).flip(0).detach(), w, 1e-6)),
+        (
+            "rms_norm_residual",
+            lambda x, w, b: (x.view(15, 8), x.view(15, 8).flip(0).detach(), w, 1e-6, b[0]),
+        ),
         ("per_head_rms_norm", lambda x, w, b: (x, w, 3, 8, 1e-6)),
         ("head_norm", lambda x, w, b: (x, w.expand(3, 8).contiguous(), b, 3, 8, 1e-5, "layer")),
     ],

@@ -99,9 +99,9 @@ def test_module_ranges_leave_nothing_behind():
         model(model_input(cfg, model, 1, "cpu")).sum().backward()
     assert "forward_residual" not in vars(block.norm2)
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
-    # norm2 runs through forward_residual: its input is (x, residual), its output (y, h)
+    # norm2 runs through forward_residual: its input is (x, residual, ls1.gamma), its output (y, h)
     T, C = model.num_tokens, TINY["hidden_dim"]
-    assert ranges.io_bytes["blocks.0.norm2"] == {"inputs": 2 * 4 * T * C, "outputs": 2 * 4 * T * C}
+    assert ranges.io_bytes["blocks.0.norm2"] == {"inputs": 2 * 4 * T * C + 4 * C, "outputs": 2 * 4 * T * C}
 
 
 def test_compile_regions_are_the_deepest_rows_and_children_of_containers():
