@@ -25,6 +25,7 @@ from ._reference import (
     _normalize_heads,
     layer_scale_backward_ref,
     norm_backward_ref,
+    residual_dtype,
     rms_norm_ref,
     rms_norm_residual_ref,
     split_heads,
@@ -85,14 +86,8 @@ def rms_norm_residual_op(
 
 @rms_norm_residual_op.register_fake
 def _(x, residual, weight, eps, scale=None):
-    dtype = _residual_dtype(x, residual, scale)
+    dtype = residual_dtype(x, residual, scale)
     return x.new_empty(x.shape, dtype=dtype), x.new_empty(x.shape, dtype=dtype)
-
-
-def _residual_dtype(x: Tensor, residual: Tensor, scale: Tensor | None) -> torch.dtype:
-    """``h``'s dtype, as PyTorch promotes ``residual + x * scale`` (no triton import)."""
-    branch = x.dtype if scale is None else torch.promote_types(x.dtype, scale.dtype)
-    return torch.promote_types(branch, residual.dtype)
 
 
 @triton_op("flopkit::per_head_rms_norm", mutates_args=())

@@ -32,12 +32,12 @@ import triton.language as tl
 
 from ._dispatch import num_sms
 from ._launch import MAX_CACHED, launch
+from ._reference import residual_dtype
 
 __all__ = [
     "norm_forward",
     "norm_backward",
     "NormGrads",
-    "residual_dtype",
 ]
 
 # Largest BLOCK_H * BLOCK_D kept in registers; wider rows take the chunked kernels.
@@ -703,12 +703,6 @@ def norm_forward(
     tensors = (xt, rt, y, h_out if h_out is not None else y, w, b, s)
     run(plan.kernel, plan.grid, tensors + plan.scalars, plan.meta, len(tensors), plan=cached)
     return y, h_out
-
-
-def residual_dtype(x: torch.Tensor, residual: torch.Tensor, scale: torch.Tensor | None) -> torch.dtype:
-    """The dtype of ``h = residual + x * scale`` (``residual + x`` without a scale), as in eager PyTorch."""
-    branch = x.dtype if scale is None else torch.promote_types(x.dtype, scale.dtype)
-    return torch.promote_types(branch, residual.dtype)
 
 
 def _plan_backward(

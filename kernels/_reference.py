@@ -22,6 +22,7 @@ __all__ = [
     "rms_norm_residual_ref",
     "norm_backward_ref",
     "layer_scale_backward_ref",
+    "residual_dtype",
     "split_heads",
     "rotate_pairs",
     "apply_rope_ref",
@@ -55,6 +56,13 @@ def rms_norm_residual_ref(
     ``scale`` ``(D,)``), in PyTorch's type promotion; returns ``(rms_norm(h), h)``."""
     h = residual + (x if scale is None else x * scale)
     return rms_norm_ref(h, weight, eps), h
+
+
+def residual_dtype(x: torch.Tensor, residual: torch.Tensor, scale: torch.Tensor | None = None) -> torch.dtype:
+    """The dtype of ``h = residual + x * scale`` (``residual + x`` without a scale) in PyTorch's type
+    promotion: what the fused residual norm returns ``h`` and ``y`` in."""
+    branch = x.dtype if scale is None else torch.promote_types(x.dtype, scale.dtype)
+    return torch.promote_types(branch, residual.dtype)
 
 
 def layer_scale_backward_ref(

@@ -20,6 +20,7 @@ from ._dispatch import check_dtype, select_backend
 from ._reference import (
     _normalize_heads,
     norm_backward_ref,
+    residual_dtype,
     rms_norm_ref,
     rms_norm_residual_ref,
     split_heads,
@@ -30,6 +31,7 @@ __all__ = [
     "rms_norm_ref",
     "rms_norm_residual",
     "rms_norm_residual_ref",
+    "residual_dtype",
     "norm_backward_ref",
     "per_head_rms_norm",
     "per_head_rms_norm_ref",

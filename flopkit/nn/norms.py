@@ -96,9 +96,7 @@ class RMSNorm(FlopCounted, nn.Module):
         if len(self.normalized_shape) != 1:
             h = residual + (x if scale is None else x * scale)
             return self(h), h
-        dtype = torch.promote_types(
-            x.dtype if scale is None else torch.promote_types(x.dtype, scale.dtype), residual.dtype
-        )
+        dtype = kernels.residual_dtype(x, residual, scale)
         eps = torch.finfo(dtype).eps if self.eps is None else self.eps
         late = self.cast_before_weight and self.weight is not None and dtype != torch.float32
         y, h = kernels.rms_norm_residual(
