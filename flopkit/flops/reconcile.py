@@ -185,6 +185,48 @@ def _measured_at(m: Measurement, path: str, model_paths: list[str]) -> dict[str,
     return out
 
 
+def _check_counter(
+    row: CheckRow,
+    m: Measurement,
+    cats: tuple[str, ...],
+    counted_in: str | None,
+    paths: list[str],
+    rtol: float,
+) -> None:
+    """Fill ``row``'s entries for counter ``m`` over the categories ``cats``: its analytic count,
+    the measured one at ``row.path`` and their per-category deltas, and the verdict (``counted in``
+    an owner row, ``in parent`` when the counter attributed nothing to this module, ok or
+    MISMATCH)."""
+    want = {c: row.analytic.get(c, 0) for c in cats}
+    row.compared[m.counter] = sum(want.values())
+    if counted_in is not None:
+        row.status[m.counter] = f"counted in {counted_in}"
+        return
+    got = _measured_at(m, row.path, paths)
+    if got is None:
+        row.status[m.counter] = "in parent" if sum(row.analytic.values()) else "ok"
+        return
+    have = {c: got.get(c, 0) for c in cats}
+    row.measured[m.counter] = sum(have.values())
+    row.deltas[m.counter] = {c: have[c] - want[c] for c in cats}
+    bad = [c for c in cats if not _close(have[c], want[c], rtol)]
+    row.status[m.counter] = f"MISMATCH {'+'.join(bad)}" if bad else "ok"
+
+
+def _whole_model_counts(
+    analytic: dict[str, int], measurements: list[Measurement]
+) -> tuple[dict[str, dict[str, int]], dict[str, dict], dict[str, dict]]:
+    """The whole model's counts per counter (``"analytic"`` first), each counter's raw totals and
+    the ops it skipped."""
+    totals: dict[str, dict[str, int]] = {"analytic": analytic}
+    raw_totals, skipped = {}, {}
+    for m in measurements:
+        totals[m.counter] = {c: m.breakdown("").get(c, 0) for c in CATEGORIES}
+        raw_totals[m.counter] = dict(m.raw.get("", {}))
+        skipped[m.counter] = dict(m.skipped)
+    return totals, raw_totals, skipped
+
+
 def reconcile(
     model: nn.Module,
     tree: FlopNode,
@@ -209,34 +251,13 @@ def reconcile(
         analytic = breakdown_at(path, nodes)
         analytic = scale_breakdown(analytic, batch)
         row = CheckRow(path, type(modules[path]).__name__, analytic)
-        owner = leaf_owner(path, nodes)
+        owner = leaf_owner(path, nodes)  # e.g. patch_embed.proj: PatchEmbed's own formula covers it
         for m in measurements:
-            cats = comparable[m.counter]
-            want = {c: analytic.get(c, 0) for c in cats}
-            row.compared[m.counter] = sum(want.values())
-            if owner is not None:  # e.g. patch_embed.proj: PatchEmbed's own formula covers it
-                row.status[m.counter] = f"counted in {owner}"
-                continue
-            got = _measured_at(m, path, paths)
-            if got is None:
-                row.status[m.counter] = "in parent" if sum(analytic.values()) else "ok"
-                continue
-            have = {c: got.get(c, 0) for c in cats}
-            row.measured[m.counter] = sum(have.values())
-            row.deltas[m.counter] = {c: have[c] - want[c] for c in cats}
-            bad = [c for c in cats if not _close(have[c], want[c], rtol)]
-            row.status[m.counter] = f"MISMATCH {'+'.join(bad)}" if bad else "ok"
+            _check_counter(row, m, comparable[m.counter], owner, paths, rtol)
         rows.append(row)
 
     whole = scale_breakdown(tree.breakdown, batch)
-    totals: dict[str, dict[str, int]] = {
-        "analytic": whole,
-    }
-    raw_totals, skipped = {}, {}
-    for m in measurements:
-        totals[m.counter] = {c: m.breakdown("").get(c, 0) for c in CATEGORIES}
-        raw_totals[m.counter] = dict(m.raw.get("", {}))
-        skipped[m.counter] = dict(m.skipped)
+    totals, raw_totals, skipped = _whole_model_counts(whole, measurements)
     notes = [n for m in measurements for n in COUNTER_NOTES[m.counter]] + GENERAL_NOTES
     for m in measurements:
         for cat in CATEGORIES:
@@ -284,28 +305,9 @@ def reconcile_rows(
     for r in rows:
         row = CheckRow(r.path, r.type, dict(r.breakdown))
         for m in measurements:
-            cats = comparable[m.counter]
-            want = {c: r.breakdown.get(c, 0) for c in cats}
-            row.compared[m.counter] = sum(want.values())
-            if r.counted_in is not None:
-                row.status[m.counter] = f"counted in {r.counted_in}"
-                continue
-            got = _measured_at(m, r.path, paths)
-            if got is None:
-                row.status[m.counter] = "in parent" if sum(r.breakdown.values()) else "ok"
-                continue
-            have = {c: got.get(c, 0) for c in cats}
-            row.measured[m.counter] = sum(have.values())
-            row.deltas[m.counter] = {c: have[c] - want[c] for c in cats}
-            bad = [c for c in cats if not _close(have[c], want[c], rtol)]
-            row.status[m.counter] = f"MISMATCH {'+'.join(bad)}" if bad else "ok"
+            _check_counter(row, m, comparable[m.counter], r.counted_in, paths, rtol)
         out.append(row)
-    totals: dict[str, dict[str, int]] = {"analytic": dict(rows[0].breakdown)}
-    raw_totals, skipped = {}, {}
-    for m in measurements:
-        totals[m.counter] = {c: m.breakdown("").get(c, 0) for c in CATEGORIES}
-        raw_totals[m.counter] = dict(m.raw.get("", {}))
-        skipped[m.counter] = dict(m.skipped)
+    totals, raw_totals, skipped = _whole_model_counts(dict(rows[0].breakdown), measurements)
     notes = list(ANY_MODEL_NOTES)
     if any(m.counter == "fvcore" for m in measurements):
         notes += COUNTER_NOTES["fvcore"]
