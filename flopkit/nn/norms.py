@@ -73,15 +73,15 @@ class RMSNorm(FlopCounted, nn.Module):
         eps = torch.finfo(x.dtype).eps if self.eps is None else self.eps
         flat = x.flatten(-k) if k > 1 else x
         w = self.weight.flatten() if (self.weight is not None and k > 1) else self.weight
-        late = self._weight_after_cast(x)
+        late = self._weight_after_cast(x.dtype)
         y = kernels.rms_norm(flat, None if late else w, eps, backend="auto" if self.use_triton else "torch")
         if late:
             y = (y * w).to(x.dtype)
         return y.view(x.shape) if k > 1 else y
 
-    def _weight_after_cast(self, x: torch.Tensor) -> bool:
+    def _weight_after_cast(self, dtype: torch.dtype) -> bool:
         """True when the weight must be applied after the cast (it differs only below float32)."""
-        return self.cast_before_weight and self.weight is not None and x.dtype != torch.float32
+        return self.cast_before_weight and self.weight is not None and dtype != torch.float32
 
     def forward_residual(
         self, x: torch.Tensor, residual: torch.Tensor, scale: torch.Tensor | None = None
@@ -98,7 +98,7 @@ class RMSNorm(FlopCounted, nn.Module):
             return self(h), h
         dtype = kernels.residual_dtype(x, residual, scale)
         eps = torch.finfo(dtype).eps if self.eps is None else self.eps
-        late = self.cast_before_weight and self.weight is not None and dtype != torch.float32
+        late = self._weight_after_cast(dtype)
         y, h = kernels.rms_norm_residual(
             x,
             residual,
