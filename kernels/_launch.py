@@ -18,11 +18,13 @@ compiled binary with the same arguments.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
-__all__ = ["launch", "clear_launch_cache", "MAX_CACHED"]
+__all__ = ["launch", "clear_launch_cache", "MAX_CACHED", "Plan", "cached_plan", "partials", "raw_stream"]
 
 MAX_CACHED = 4096  # cached launches (and, in the launchers, plans) before the cache starts over
 # key -> (compiled kernel, trailing constexpr values in parameter order, 3-D grid, the JITFunction)
@@ -50,8 +52,9 @@ def _hooks_installed(runtime) -> bool:
 
 
 def clear_launch_cache() -> None:
-    """Forget every cached compiled kernel (tests; after changing Triton knobs)."""
+    """Forget every cached compiled kernel and plan (tests; after changing Triton knobs)."""
     _COMPILED.clear()
+    _PLANS.clear()
 
 
 def launch(
@@ -72,10 +75,18 @@ def launch(
         kernel[grid](*args, **meta)
         return
     device = x.get_device()
-    sig = [(t.dtype, t.data_ptr() & 15 == 0) for t in args[:num_tensors]]
+    tensors = args[:num_tensors]
     if plan is not None:
-        key = (plan, device, *sig)
+        # Usually every pointer is 16-byte aligned: one OR over them then stands for the alignment.
+        bits = 0
+        for t in tensors:
+            bits |= t.data_ptr()
+        if bits & 15:
+            key = (plan, device, *[(t.dtype, t.data_ptr() & 15 == 0) for t in tensors])
+        else:
+            key = (plan, device, *[t.dtype for t in tensors])
     else:
+        sig = [(t.dtype, t.data_ptr() & 15 == 0) for t in tensors]
         # id(kernel): hashing a JITFunction recomputes its source hash. Module-level kernels live as
         # long as the process; the entry keeps the kernel too, so an id is never reused while cached.
         key = (id(kernel), device, grid, *meta.values(), *args[num_tensors:], *sig)
@@ -109,3 +120,89 @@ def launch(
 
 # Absent from CPU-only builds of torch, where the direct path never runs (no CUDA tensors).
 _raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+
+
+def raw_stream(device: int) -> int:
+    """The current CUDA stream of device index ``device`` as a raw handle (no ``torch.cuda.Stream``)."""
+    return _raw_stream(device)
+
+
+# ----------------------------------------------------------------------------------------- plans
+#
+# A launcher first *plans* a call: the kernel, its grid, scalar arguments and constexprs, and what
+# it needs besides the tensors it is given (copies, partial buffers). The plan depends only on
+# shapes, strides, dtypes and flags, so eager calls keep it per key (``cached_plan``) and then only
+# allocate the outputs and launch: the hot path runs no validation, no table lookups and no Triton
+# binder. Traced calls (``torch.compile``'s ``wrap_triton``, fake tensors, symbolic shapes) plan
+# every time.
+
+
+class Plan:
+    """One planned launch: ``kernel[grid](*tensors, *scalars, **meta)``.
+
+    ``x_copy``/``r_copy``: whether the input (the residual) must be made contiguous first;
+    ``parts``: the shape of the fp32 partial parameter gradients a backward kernel writes;
+    ``reduce``: the plan of their reduction; ``workspace``: partials kept between eager calls
+    (:func:`partials`); ``extra``: whatever else the launcher keeps (output shapes)."""
+
+    __slots__ = (
+        "kernel",
+        "grid",
+        "scalars",
+        "meta",
+        "x_copy",
+        "r_copy",
+        "parts",
+        "reduce",
+        "workspace",
+        "extra",
+    )
+
+    def __init__(self, kernel, grid, scalars, meta, x_copy=False, r_copy=False, parts=None, extra=None):
+        self.kernel, self.grid, self.scalars, self.meta = kernel, grid, scalars, meta
+        self.x_copy, self.r_copy, self.parts, self.extra = x_copy, r_copy, parts, extra
+        self.reduce: Plan | None = None
+        self.workspace: tuple | None = None
+
+
+_PLANS: dict[tuple, Plan] = {}
+
+
+def cached_plan(key: tuple, build: Callable[..., tuple], args: tuple) -> Plan:
+    """The plan for ``key``, built by ``build(*args)`` (which returns the plan first) on the first
+    call with that key. ``key`` must hold everything the plan depends on, the device included."""
+    plan = _PLANS.get(key)
+    if plan is None:
+        if len(_PLANS) >= MAX_CACHED:  # many distinct shapes: start over rather than grow
+            _PLANS.clear()
+        plan = _PLANS[key] = build(*args)[0]
+    return plan
+
+
+def partials(
+    plan: Plan, cached: bool, like: torch.Tensor, first: bool, second: bool, reusable: bool = True
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Up to two fp32 buffers of ``plan.parts`` on ``like``'s device for a backward kernel's
+    per-program partial parameter gradients (None where ``first``/``second`` is False).
+
+    ``reusable``: the kernel overwrites every partial it owns and the reduction reads them right
+    after, on the same stream; an eager (``cached``) plan then keeps them between calls, one
+    allocation less per call, per stream and thread so that two streams, or two threads on one
+    stream, never share them. Otherwise (a kernel that accumulates into them) they are new zeros.
+    """
+    if not reusable:
+        return (
+            torch.zeros(plan.parts, dtype=torch.float32, device=like.device) if first else None,
+            torch.zeros(plan.parts, dtype=torch.float32, device=like.device) if second else None,
+        )
+    owner = (_raw_stream(like.get_device()) if like.is_cuda else None, threading.get_ident())
+    ws = plan.workspace if cached else None
+    if ws is None or ws[0] != owner:
+        ws = (
+            owner,
+            torch.empty(plan.parts, dtype=torch.float32, device=like.device) if first else None,
+            torch.empty(plan.parts, dtype=torch.float32, device=like.device) if second else None,
+        )
+        if cached:
+            plan.workspace = ws
+    return ws[1], ws[2]

@@ -356,9 +356,82 @@ def _head_norm_flop(
 # dispatch plus its Python autograd wrapper cost more host time than the kernels run at ViT sizes).
 
 
-def _forward(x, residual, weight, bias, scale, eps, num_heads, head_dim, layer, per_head_weight):
-    """The eager forward launch of every norm op: ``(y, h)`` (``h`` only with a residual)."""
-    return _launchers().norm_forward(
+class _NormFunction(torch.autograd.Function):
+    """Eager autograd for every norm op: forward and backward launch the Triton kernels directly.
+
+    ``spec`` is ``(eps, num_heads, head_dim, layer, per_head_weight)``: one argument instead of five,
+    as ``Function.apply`` costs host time per argument."""
+
+    @staticmethod
+    def forward(ctx, x, residual, weight, bias, scale, spec):
+        eps, num_heads, head_dim, layer, per_head_weight = spec
+        y, h = _launchers().norm_forward(
+            x,
+            weight,
+            bias,
+            eps,
+            num_heads=num_heads,
+            head_dim=head_dim,
+            layer=layer,
+            per_head_weight=per_head_weight,
+            residual=residual,
+            scale=scale,
+        )
+        fused = residual is not None
+        # The branch x is needed only for a LayerScale's gradient.
+        ctx.save_for_backward(h if fused else x, weight, x if scale is not None else None, scale)
+        ctx.spec, ctx.bias_dtype = spec, bias.dtype if bias is not None else None
+        ctx.in_dtypes = (x.dtype, residual.dtype) if fused else None
+        return (y, h) if fused else y
+
+    @staticmethod
+    def backward(ctx, dy, dres=None):
+        src, weight, branch, scale = ctx.saved_tensors
+        eps, num_heads, head_dim, layer, per_head_weight = ctx.spec
+        bias_dtype, in_dtypes = ctx.bias_dtype, ctx.in_dtypes
+        g = _launchers().norm_backward(
+            dy if dy is not None else torch.zeros_like(src),
+            src,
+            weight,
+            bias_dtype is not None,
+            eps,
+            num_heads=num_heads,
+            head_dim=head_dim,
+            layer=layer,
+            per_head_weight=per_head_weight,
+            dres=dres,
+            branch=branch,
+            scale=scale,
+            grad_dtype=weight.dtype if weight is not None else bias_dtype or torch.float32,
+        )
+        need = ctx.needs_input_grad
+        dw = g.dweight if weight is not None and need[2] else None
+        db = _cast(g.dbias, bias_dtype) if bias_dtype is not None and need[3] else None
+        if in_dtypes is None:
+            return g.dx, None, dw, db, None, None
+        ds = _cast(g.dscale, scale.dtype) if scale is not None and need[4] else None
+        # h = residual + x (* scale): the residual receives the gradient reaching h, x that times scale.
+        dx = g.dbranch if scale is not None else _cast(g.dx, in_dtypes[0])
+        return dx, _cast(g.dx, in_dtypes[1]), dw, db, ds, None
+
+
+def _cast(t: Tensor, dtype: torch.dtype) -> Tensor:
+    return t if t.dtype == dtype else t.to(dtype)
+
+
+def _eager(x, residual, weight, bias, scale, spec):
+    """The eager call: through ``_NormFunction`` when a gradient is needed, else straight to the
+    launcher (``autograd.Function.apply`` alone costs several microseconds of host time)."""
+    if torch.is_grad_enabled() and (
+        x.requires_grad
+        or (residual is not None and residual.requires_grad)
+        or (weight is not None and weight.requires_grad)
+        or (bias is not None and bias.requires_grad)
+        or (scale is not None and scale.requires_grad)
+    ):
+        return _NormFunction.apply(x, residual, weight, bias, scale, spec)
+    eps, num_heads, head_dim, layer, per_head_weight = spec
+    y, h = _launchers().norm_forward(
         x,
         weight,
         bias,
@@ -370,67 +443,6 @@ def _forward(x, residual, weight, bias, scale, eps, num_heads, head_dim, layer, 
         residual=residual,
         scale=scale,
     )
-
-
-class _NormFunction(torch.autograd.Function):
-    """Eager autograd for every norm op: forward and backward launch the Triton kernels directly."""
-
-    @staticmethod
-    def forward(ctx, x, residual, weight, bias, scale, eps, num_heads, head_dim, layer, per_head_weight):
-        y, h = _forward(x, residual, weight, bias, scale, eps, num_heads, head_dim, layer, per_head_weight)
-        fused = residual is not None
-        # The branch x is needed only for a LayerScale's gradient.
-        ctx.save_for_backward(h if fused else x, weight, x if scale is not None else None, scale)
-        ctx.config = (bias is not None, num_heads, head_dim, eps, layer, per_head_weight, fused)
-        ctx.dtypes = (x.dtype, residual.dtype if fused else None, bias.dtype if bias is not None else None)
-        return (y, h) if fused else y
-
-    @staticmethod
-    def backward(ctx, *grads):
-        src, weight, branch, scale = ctx.saved_tensors
-        has_bias, num_heads, head_dim, eps, layer, per_head_weight, fused = ctx.config
-        x_dtype, res_dtype, bias_dtype = ctx.dtypes
-        dy = grads[0] if grads[0] is not None else torch.zeros_like(src)
-        g = _launchers().norm_backward(
-            dy,
-            src,
-            weight,
-            has_bias,
-            eps,
-            num_heads=num_heads,
-            head_dim=head_dim,
-            layer=layer,
-            per_head_weight=per_head_weight,
-            dres=grads[1] if fused else None,
-            branch=branch,
-            scale=scale,
-            grad_dtype=weight.dtype if weight is not None else bias_dtype or torch.float32,
-        )
-        need = ctx.needs_input_grad
-        dw = g.dweight if weight is not None and need[2] else None
-        db = g.dbias.to(bias_dtype) if has_bias and need[3] else None
-        ds = g.dscale.to(scale.dtype) if scale is not None and need[4] else None
-        if not fused:
-            return g.dx, None, dw, db, None, None, None, None, None, None
-        # h = residual + x (* scale): the residual receives the gradient reaching h, x that times scale.
-        dx = g.dbranch if scale is not None else g.dx.to(x_dtype)
-        return dx, g.dx.to(res_dtype), dw, db, ds, None, None, None, None, None
-
-
-def _eager(x, residual, weight, bias, scale, eps, num_heads, head_dim, layer, per_head_weight):
-    """The eager call: through ``_NormFunction`` when a gradient is needed, else straight to the
-    launcher (``autograd.Function.apply`` alone costs several microseconds of host time)."""
-    if torch.is_grad_enabled() and (
-        x.requires_grad
-        or (residual is not None and residual.requires_grad)
-        or (weight is not None and weight.requires_grad)
-        or (bias is not None and bias.requires_grad)
-        or (scale is not None and scale.requires_grad)
-    ):
-        return _NormFunction.apply(
-            x, residual, weight, bias, scale, eps, num_heads, head_dim, layer, per_head_weight
-        )
-    y, h = _forward(x, residual, weight, bias, scale, eps, num_heads, head_dim, layer, per_head_weight)
     return (y, h) if residual is not None else y
 
 
@@ -438,7 +450,7 @@ def rms_norm(x: Tensor, weight: Tensor | None, eps: float) -> Tensor:
     """``flopkit::rms_norm``, or its eager twin (see the note above)."""
     if needs_custom_op(x):
         return rms_norm_op(x, weight, eps)
-    return _eager(x, None, weight, None, None, eps, 1, x.shape[-1], False, False)
+    return _eager(x, None, weight, None, None, (eps, 1, x.shape[-1], False, False))
 
 
 def rms_norm_residual(
@@ -447,14 +459,14 @@ def rms_norm_residual(
     """``flopkit::rms_norm_residual``, or its eager twin."""
     if needs_custom_op(x):
         return rms_norm_residual_op(x, residual, weight, eps, scale)
-    return _eager(x, residual, weight, None, scale, eps, 1, x.shape[-1], False, False)
+    return _eager(x, residual, weight, None, scale, (eps, 1, x.shape[-1], False, False))
 
 
 def per_head_rms_norm(x: Tensor, weight: Tensor | None, num_heads: int, head_dim: int, eps: float) -> Tensor:
     """``flopkit::per_head_rms_norm``, or its eager twin."""
     if needs_custom_op(x):
         return per_head_rms_norm_op(x, weight, num_heads, head_dim, eps)
-    return _eager(x, None, weight, None, None, eps, num_heads, head_dim, False, False)
+    return _eager(x, None, weight, None, None, (eps, num_heads, head_dim, False, False))
 
 
 def head_norm(
@@ -469,4 +481,4 @@ def head_norm(
     """``flopkit::head_norm``, or its eager twin."""
     if needs_custom_op(x):
         return head_norm_op(x, weight, bias, num_heads, head_dim, eps, mode)
-    return _eager(x, None, weight, bias, None, eps, num_heads, head_dim, mode == "layer", True)
+    return _eager(x, None, weight, bias, None, (eps, num_heads, head_dim, mode == "layer", True))

@@ -31,7 +31,7 @@ import triton
 import triton.language as tl
 
 from ._dispatch import num_sms
-from ._launch import MAX_CACHED, launch
+from ._launch import Plan, cached_plan, launch, partials
 from ._reference import residual_dtype
 
 __all__ = [
@@ -475,11 +475,8 @@ def wrapped(kernel, grid: tuple, args: tuple, meta: dict, num_tensors: int = 0, 
     wrap_triton(kernel)[grid](*args, **meta)
 
 
-# A launcher first *plans* a call: the row view of ``x`` (strides, head folding, whether a copy is
-# needed), the kernel, its grid, scalar arguments and constexprs. The plan depends only on shapes,
-# strides, dtypes and flags, so eager calls keep it per key (``_PLANS``) and then only allocate the
-# outputs and launch: the hot path runs no validation, no table lookups and no Triton binder.
-# Traced calls (``run=wrapped``, fake tensors, symbolic shapes) plan every time.
+# The norm launchers plan (``_launch.Plan``) the row view of ``x`` (strides, head folding, whether a
+# copy is needed) with the kernel, grid, scalars and constexprs; eager calls cache the plan.
 
 
 class _Rows:
@@ -543,26 +540,13 @@ def _contiguous_rows(r: _Rows, D: int) -> _Rows:
     return _Rows(r.t.contiguous().view(-1, D), r.n_tok, 1, 1, D, D, 0, 0, True)
 
 
-class _Plan:
-    """One planned launch: ``kernel[grid](*tensors, *scalars, **meta)``; ``x_copy``/``r_copy`` say
-    whether ``x``/the residual must be made contiguous first; ``parts`` is the shape of the fp32
-    weight-gradient partials (backward)."""
-
-    __slots__ = ("kernel", "grid", "scalars", "meta", "x_copy", "r_copy", "parts", "reduce")
-
-    def __init__(self, kernel, grid, scalars, meta, x_copy, r_copy, parts=None):
-        self.kernel, self.grid, self.scalars, self.meta = kernel, grid, scalars, meta
-        self.x_copy, self.r_copy, self.parts = x_copy, r_copy, parts
-        self.reduce: _Plan | None = None  # backward: the partials' reduction, see sum_partials_plan
-
-
-def sum_partials_plan(rows: int, cols: int, two: bool) -> _Plan:
+def sum_partials_plan(rows: int, cols: int, two: bool) -> Plan:
     """The plan of one :func:`_sum_partials_kernel` launch over ``[rows, cols]`` fp32 partials (two
     tensors of them when ``two``); its tensors are ``(A, OA, B, OB)``."""
     # Narrow column blocks and tall row blocks: a few hundred partial rows take a few loop steps and
     # the columns spread over more programs (a 16 KB fp32 tile per step).
     block_n = min(triton.next_power_of_2(max(cols, 1)), 16)
-    return _Plan(
+    return Plan(
         _sum_partials_kernel,
         (triton.cdiv(cols, block_n),),
         (rows, cols),
@@ -573,7 +557,7 @@ def sum_partials_plan(rows: int, cols: int, two: bool) -> _Plan:
 
 
 def sum_partials(
-    pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], run: Runner, plan: _Plan | None = None
+    pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], run: Runner, plan: Plan | None = None
 ) -> None:
     """For one or two ``(partials, out)`` pairs of one shape, write the column sums of the
     contiguous fp32 partials (``[R, N]``, ``N`` = ``out``'s numel, ``R`` = the rest) into ``out``
@@ -595,17 +579,20 @@ def sum_partials(
     run(plan.kernel, plan.grid, (a, oa, b, ob) + plan.scalars, plan.meta, 4, plan=cached)
 
 
-_PLANS: dict[tuple, _Plan] = {}
+def _empty_as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A new contiguous tensor of ``t``'s shape in ``dtype``: ``empty_like`` when that gives one (it
+    costs a few microseconds less host time than ``torch.empty`` with a shape, dtype and device)."""
+    if t.dtype == dtype and t.is_contiguous():
+        return torch.empty_like(t)
+    return torch.empty(t.shape, dtype=dtype, device=t.device)
 
 
-def _cached_plan(key: tuple, build, args: tuple) -> _Plan:
-    """The plan for ``key``, built by ``build(*args)`` on the first call with that key."""
-    plan = _PLANS.get(key)
-    if plan is None:
-        if len(_PLANS) >= MAX_CACHED:  # many distinct shapes: start over rather than grow
-            _PLANS.clear()
-        plan = _PLANS[key] = build(*args)[0]
-    return plan
+def _empty_grad(like: torch.Tensor | None, shape: tuple, dtype: torch.dtype, x: torch.Tensor) -> torch.Tensor:
+    """A parameter gradient of ``shape`` in ``dtype`` on ``x``'s device, ``empty_like(like)`` when
+    ``like`` (the parameter) has that shape and dtype."""
+    if like is not None and like.dtype == dtype and like.shape == shape and like.is_contiguous():
+        return torch.empty_like(like)
+    return torch.empty(shape, dtype=dtype, device=x.device)
 
 
 def _plan_forward(x, residual, has_w, has_b, has_s, eps, H, D, layer, per_head_weight, config):
@@ -625,7 +612,7 @@ def _plan_forward(x, residual, has_w, has_b, has_s, eps, H, D, layer, per_head_w
         table = RES_CONFIGS if residual is not None else FWD_CONFIGS
         elems, warps = config or table[min(width, FUSED_MAX_FWD)]
         block_t = max(1, elems // width)
-        plan = _Plan(
+        plan = Plan(
             _norm_fwd_kernel,
             (triton.cdiv(rows.n_tok, block_t),),
             (rows.n_tok, rows.HF, rows.NH, D, rows.s_o, rows.s_f, rows.s_h, *res_strides, sw, eps),
@@ -637,7 +624,7 @@ def _plan_forward(x, residual, has_w, has_b, has_s, eps, H, D, layer, per_head_w
         )
     else:
         chunk, warps = config or CHUNKED_FWD_CONFIG
-        plan = _Plan(
+        plan = Plan(
             _norm_fwd_chunked_kernel,
             (rows.n_tok,),
             (rows.HF, D, rows.s_o, rows.s_f, *res_strides[:2], sw, eps),
@@ -673,13 +660,13 @@ def norm_forward(
     """
     D = x.shape[-1] if head_dim is None else head_dim
     dtype = x.dtype if residual is None else residual_dtype(x, residual, scale)
-    y = torch.empty(x.shape, dtype=dtype, device=x.device)
-    h_out = torch.empty(x.shape, dtype=dtype, device=x.device) if residual is not None else None
+    y = _empty_as(x, dtype)
+    h_out = _empty_as(x, dtype) if residual is not None else None
     if x.numel() == 0:
         return y, h_out
     has_w, has_b, has_s = weight is not None, bias is not None, scale is not None
     args = (x, residual, has_w, has_b, has_s, eps, num_heads, D, layer, per_head_weight, config)
-    if run is launch and x.is_cuda:
+    if run is launch:
         key = (
             "fwd",
             x.shape,
@@ -689,7 +676,7 @@ def norm_forward(
             (residual.stride(), residual.dtype) if residual is not None else None,
             *args[2:],
         )
-        plan = _cached_plan(key, _plan_forward, args)
+        plan = cached_plan(key, _plan_forward, args)
         xt = x.contiguous() if plan.x_copy else x
         rt = (residual.contiguous() if plan.r_copy else residual) if residual is not None else y
         cached = plan
@@ -728,7 +715,7 @@ def _plan_backward(
         block_t = max(1, elems // width)
         n_blocks = triton.cdiv(rows.n_tok, block_t)
         P = max(1, min(n_blocks, budget * (programs_per_sm or per_sm)))
-        plan = _Plan(
+        plan = Plan(
             _norm_bwd_kernel,
             (P,),
             (rows.n_tok, rows.HF, rows.NH, D, rows.s_o, rows.s_f, rows.s_h, sw, eps, n_blocks),
@@ -743,7 +730,7 @@ def _plan_backward(
         chunk, warps = config or CHUNKED_BWD_CONFIG
         P = max(1, min(rows.n_tok, budget * (programs_per_sm or CHUNKED_BWD_PROGRAMS_PER_SM)))
         fold_w = per_head_weight and rows.HF > 1
-        plan = _Plan(
+        plan = Plan(
             _norm_bwd_chunked_kernel,
             (P,),
             (rows.n_tok, rows.HF, D, rows.s_o, rows.s_f, sw, eps),
@@ -796,11 +783,11 @@ def norm_backward(
     """
     D = x.shape[-1] if head_dim is None else head_dim
     wshape = (num_heads, D) if per_head_weight else (D,)
-    dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    dx = _empty_as(x, x.dtype)
     has_w, has_s = weight is not None, scale is not None
     if has_s and (has_bias or per_head_weight or layer or branch is None or branch.shape != x.shape):
         raise ValueError("norm_backward: scale needs the branch (x's shape) and plain RMS rows without bias")
-    dbranch = torch.empty(branch.shape, dtype=branch.dtype, device=x.device) if has_s else None
+    dbranch = _empty_as(branch, branch.dtype) if has_s else None
     if x.numel() == 0:
         dw = torch.zeros(wshape, dtype=grad_dtype, device=x.device) if has_w else None
         db = torch.zeros(wshape, dtype=grad_dtype, device=x.device) if has_bias or has_s else None
@@ -821,19 +808,20 @@ def norm_backward(
         config,
         programs_per_sm,
     )
-    if run is launch and x.is_cuda:
+    if run is launch:
         key = ("bwd", x.shape, x.stride(), x.get_device(), x.dtype, *args[1:])
-        plan = _cached_plan(key, _plan_backward, args)
+        plan = cached_plan(key, _plan_backward, args)
         xt = x.contiguous() if plan.x_copy else x
         cached = plan
     else:
         plan, xt = _plan_backward(*args)
         cached = None
-    # The chunked kernel accumulates into its partials across rows: they start at zero.
-    alloc = torch.empty if plan.kernel is _norm_bwd_kernel else torch.zeros
-    dwp = alloc(plan.parts, dtype=torch.float32, device=x.device) if has_w else dx
     # A scale's partials take the bias's slot (a residual norm has no bias).
-    dbp = alloc(plan.parts, dtype=torch.float32, device=x.device) if has_bias or has_s else dx
+    dwp, dbp = partials(
+        plan, cached is not None, x, has_w, has_bias or has_s, plan.kernel is _norm_bwd_kernel
+    )
+    dwp = dwp if dwp is not None else dx
+    dbp = dbp if dbp is not None else dx
     w = weight.contiguous() if has_w else dx
     br = branch.contiguous() if has_s else dx
     s = scale.contiguous() if has_s else dx
@@ -841,8 +829,8 @@ def norm_backward(
     run(plan.kernel, plan.grid, tensors + plan.scalars, plan.meta, len(tensors), plan=cached)
     # Sum the fp32 partials in fp32 and round once, dw and db in one launch (sum then cast would be
     # two aten ops per gradient, more host time than the kernels run at ViT sizes).
-    dw = torch.empty(wshape, dtype=grad_dtype, device=x.device) if has_w else None
-    db = torch.empty(wshape, dtype=grad_dtype, device=x.device) if has_bias or has_s else None
+    dw = _empty_grad(weight, wshape, grad_dtype, x) if has_w else None
+    db = _empty_grad(scale if has_s else weight, wshape, grad_dtype, x) if has_bias or has_s else None
     pairs = [(p, g) for p, g in ((dwp, dw), (dbp, db)) if g is not None]
     if pairs:
         if cached is not None and cached.reduce is None:

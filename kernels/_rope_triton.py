@@ -25,13 +25,15 @@ the kernels and their launchers (the same split as the norm family).
 
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 import triton.language as tl
 
 from ._dispatch import num_sms
-from ._launch import launch
-from ._norm_triton import Runner, sum_partials
+from ._launch import Plan, cached_plan, launch, partials
+from ._norm_triton import Runner, sum_partials, sum_partials_plan
 
 __all__ = ["qk_norm_rope_fwd", "qk_norm_rope_bwd"]
 
@@ -260,6 +262,35 @@ def _evict(hints: bool) -> tuple[str, str]:
     return (TABLE_EVICT, PARTNER_EVICT) if hints else ("", "")
 
 
+def _plan_fwd(
+    qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm, block_t, num_warps, evict_hints
+):
+    """Plan :func:`qk_norm_rope_fwd`: the grid, scalars and constexprs; ``extra`` is q's shape."""
+    B, T, three_hd = qkv.shape
+    D = three_hd // (3 * num_heads)
+    rows = B * T
+    block_t = block_t or max(1, FWD_TILE_ELEMS // _block_d(D))
+    has_qw, has_kw = norm and q_weight is not None, norm and k_weight is not None
+    table_evict, partner_evict = _evict(evict_hints)
+    plan = Plan(
+        _qk_norm_rope_fwd_kernel,
+        (triton.cdiv(rows, block_t) * num_heads,),
+        (
+            rows, T, num_heads,
+            *qkv.stride(), *cos.stride(), *sin.stride(),
+            _weight_head_stride(q_weight), _weight_head_stride(k_weight),
+            eps,
+        ),
+        dict(
+            HEAD_DIM=D, BLOCK_T=block_t, BLOCK_D=_block_d(D), NORM=norm, HAS_QW=has_qw, HAS_KW=has_kw,
+            INTERLEAVED=pairing == "interleaved", ACC=ACC_DTYPE, TABLE_EVICT=table_evict,
+            PARTNER_EVICT=partner_evict, num_warps=num_warps,
+        ),
+        extra=((B, num_heads, T, D), has_qw, has_kw),
+    )  # fmt: skip
+    return (plan,)
+
+
 def qk_norm_rope_fwd(
     qkv: torch.Tensor,
     cos: torch.Tensor,
@@ -277,35 +308,65 @@ def qk_norm_rope_fwd(
     run: Runner = launch,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the forward kernel: ``qkv`` ``[B, T, 3*H*D]`` -> q, k ``[B, H, T, D]`` contiguous."""
+    args = (qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm, block_t, num_warps, evict_hints)
+    if run is launch:
+        key = (
+            "rope-fwd", qkv.shape, qkv.stride(), qkv.dtype, qkv.get_device(), cos.shape, cos.stride(),
+            sin.stride(), _weight_key(q_weight), _weight_key(k_weight), *args[5:],
+        )  # fmt: skip
+        plan = cached = cached_plan(key, _plan_fwd, args)
+    else:
+        plan, cached = _plan_fwd(*args)[0], None
+    q_shape, has_qw, has_kw = plan.extra
+    q = torch.empty(q_shape, dtype=qkv.dtype, device=qkv.device)
+    k = torch.empty_like(q)
+    if qkv.numel() == 0:
+        return q, k
+    tensors = (qkv, cos, sin, q_weight if has_qw else qkv, k_weight if has_kw else qkv, q, k)
+    run(plan.kernel, plan.grid, tensors + plan.scalars, plan.meta, 7, plan=cached)
+    return q, k
+
+
+def _weight_key(w: torch.Tensor | None) -> tuple | None:
+    return None if w is None else (w.shape, w.stride())
+
+
+def _plan_bwd(
+    dq, dk, dv, qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm,
+    block_t, num_warps, num_programs, evict_hints,
+):  # fmt: skip
+    """Plan :func:`qk_norm_rope_bwd`: grid, scalars, constexprs, the partials' shape and ``extra``
+    (whether each weight has a gradient)."""
     B, T, three_hd = qkv.shape
     D = three_hd // (3 * num_heads)
-    q = torch.empty((B, num_heads, T, D), dtype=qkv.dtype, device=qkv.device)
-    k = torch.empty_like(q)
     rows = B * T
-    if rows == 0:
-        return q, k
-    block_t = block_t or max(1, FWD_TILE_ELEMS // _block_d(D))
     has_qw, has_kw = norm and q_weight is not None, norm and k_weight is not None
+    block_t = block_t or max(1, BWD_TILE_ELEMS // _block_d(D))
+    n_tiles = max(1, triton.cdiv(rows, block_t))
+    chunks = max(1, min(n_tiles, (num_programs or _program_count_hint(qkv.device)) // num_heads))
+    tiles_per_prog = triton.cdiv(n_tiles, chunks)
+    chunks = triton.cdiv(n_tiles, tiles_per_prog)
+    dv_t = dv if dv is not None else dq
     table_evict, partner_evict = _evict(evict_hints)
-    grid = (triton.cdiv(rows, block_t) * num_heads,)
-    run(
-        _qk_norm_rope_fwd_kernel,
-        grid,
+    plan = Plan(
+        _qk_norm_rope_bwd_kernel,
+        (chunks * num_heads,),
         (
-            qkv, cos, sin, q_weight if has_qw else qkv, k_weight if has_kw else qkv, q, k,
-            rows, T, num_heads,
+            rows, T, num_heads, tiles_per_prog,
+            *dq.stride(), *dk.stride(), *dv_t.stride(),
             *qkv.stride(), *cos.stride(), *sin.stride(),
             _weight_head_stride(q_weight), _weight_head_stride(k_weight),
             eps,
         ),
         dict(
             HEAD_DIM=D, BLOCK_T=block_t, BLOCK_D=_block_d(D), NORM=norm, HAS_QW=has_qw, HAS_KW=has_kw,
-            INTERLEAVED=pairing == "interleaved", ACC=ACC_DTYPE, TABLE_EVICT=table_evict,
-            PARTNER_EVICT=partner_evict, num_warps=num_warps,
+            HAS_DV=dv is not None, INTERLEAVED=pairing == "interleaved", ACC=ACC_DTYPE,
+            TABLE_EVICT=table_evict, PARTNER_EVICT=partner_evict, num_warps=num_warps,
         ),
-        7,
+        parts=(chunks, num_heads, D),
+        extra=(has_qw, has_kw),
     )  # fmt: skip
-    return q, k
+    return (plan,)
 
 
 def qk_norm_rope_bwd(
@@ -334,48 +395,37 @@ def qk_norm_rope_bwd(
     ``dqkv`` ``[B, T, 3*H*D]`` contiguous with all three parts written, and the weight gradients in
     the weights' shapes and dtypes (empty ``(0,)`` tensors where a weight is absent or unused).
     """
-    B, T, three_hd = qkv.shape
-    D = three_hd // (3 * num_heads)
-    rows = B * T
-    dqkv = torch.empty((B, T, three_hd), dtype=qkv.dtype, device=qkv.device)
-    has_qw, has_kw = norm and q_weight is not None, norm and k_weight is not None
-    block_t = block_t or max(1, BWD_TILE_ELEMS // _block_d(D))
-    n_tiles = max(1, triton.cdiv(rows, block_t))
-    chunks = max(1, min(n_tiles, (num_programs or _program_count_hint(qkv.device)) // num_heads))
-    tiles_per_prog = triton.cdiv(n_tiles, chunks)
-    chunks = triton.cdiv(n_tiles, tiles_per_prog)
-    part_dtype = torch.float32
-    part_shape = (chunks, num_heads, D)
-    dqw_part = torch.empty(part_shape if has_qw else (0,), dtype=part_dtype, device=qkv.device)
-    dkw_part = torch.empty(part_shape if has_kw else (0,), dtype=part_dtype, device=qkv.device)
-    if rows:
-        dv_t = dv if dv is not None else dq
-        table_evict, partner_evict = _evict(evict_hints)
-        run(
-            _qk_norm_rope_bwd_kernel,
-            (chunks * num_heads,),
-            (
-                dq, dk, dv_t, qkv, cos, sin, q_weight if has_qw else qkv, k_weight if has_kw else qkv,
-                dqkv, dqw_part, dkw_part,
-                rows, T, num_heads, tiles_per_prog,
-                *dq.stride(), *dk.stride(), *dv_t.stride(),
-                *qkv.stride(), *cos.stride(), *sin.stride(),
-                _weight_head_stride(q_weight), _weight_head_stride(k_weight),
-                eps,
-            ),
-            dict(
-                HEAD_DIM=D, BLOCK_T=block_t, BLOCK_D=_block_d(D), NORM=norm, HAS_QW=has_qw, HAS_KW=has_kw,
-                HAS_DV=dv is not None, INTERLEAVED=pairing == "interleaved", ACC=ACC_DTYPE,
-                TABLE_EVICT=table_evict, PARTNER_EVICT=partner_evict, num_warps=num_warps,
-            ),
-            11,
+    args = (
+        dq, dk, dv, qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm,
+        block_t, num_warps, num_programs, evict_hints,
+    )  # fmt: skip
+    if run is launch:
+        key = (
+            "rope-bwd", qkv.shape, qkv.stride(), qkv.dtype, qkv.get_device(), dq.stride(), dk.stride(),
+            dv.stride() if dv is not None else None, cos.shape, cos.stride(), sin.stride(),
+            _weight_key(q_weight), _weight_key(k_weight), *args[8:],
         )  # fmt: skip
+        plan = cached = cached_plan(key, _plan_bwd, args)
+    else:
+        plan, cached = _plan_bwd(*args)[0], None
+    has_qw, has_kw = plan.extra
+    rows = qkv.shape[0] * qkv.shape[1]
+    dqkv = torch.empty(qkv.shape, dtype=qkv.dtype, device=qkv.device)
+    dqw_part, dkw_part = partials(plan, cached is not None, qkv, has_qw, has_kw)
+    if rows:
+        tensors = (
+            dq, dk, dv if dv is not None else dq, qkv, cos, sin, q_weight if has_qw else qkv,
+            k_weight if has_kw else qkv, dqkv, dqw_part if has_qw else dqkv, dkw_part if has_kw else dqkv,
+        )  # fmt: skip
+        run(plan.kernel, plan.grid, tensors + plan.scalars, plan.meta, 11, plan=cached)
     # The weights' gradients: the fp32 partials summed over chunks (and heads, for a shared (D,)
     # weight) in fp32, rounded once to the weight's dtype; q and k in one launch when they match.
     grads = [
-        torch.empty(w.shape, dtype=w.dtype, device=qkv.device) if used else part.new_empty((0,))
-        for w, used, part in ((q_weight, has_qw, dqw_part), (k_weight, has_kw, dkw_part))
-    ]
+        torch.empty_like(w) if used and w.is_contiguous() else
+        torch.empty(w.shape, dtype=w.dtype, device=qkv.device) if used else
+        qkv.new_empty((0,), dtype=torch.float32)
+        for w, used in ((q_weight, has_qw), (k_weight, has_kw))
+    ]  # fmt: skip
     pending = [(p, g) for p, g, used in ((dqw_part, grads[0], has_qw), (dkw_part, grads[1], has_kw)) if used]
     if not rows:  # no tokens: the kernel never ran and the partials hold nothing
         for _, g in pending:
@@ -384,5 +434,8 @@ def qk_norm_rope_bwd(
         for pair in pending:
             sum_partials([pair], run)
     elif pending:
-        sum_partials(pending, run)
+        if cached is not None and cached.reduce is None:
+            cols = pending[0][1].numel()
+            cached.reduce = sum_partials_plan(math.prod(plan.parts) // cols, cols, len(pending) == 2)
+        sum_partials(pending, run, cached.reduce if cached is not None else None)
     return dqkv, grads[0], grads[1]

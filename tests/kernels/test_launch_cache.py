@@ -119,3 +119,32 @@ def test_a_plan_stands_for_grid_scalars_and_meta_but_not_for_tensors(runtime):
     other = object()  # another plan (shape) never reuses this plan's entries
     _launch.launch(kernel, (3,), (FakeCudaTensor(0x1000), y, 9), meta, 2, plan=other)
     assert len(kernel.slow_calls) == 4
+
+
+def _plan():
+    return _launch.Plan("kernel", (4,), (), {}, parts=(4, 8))
+
+
+def test_eager_partials_are_kept_on_the_plan_per_thread():
+    import threading
+
+    plan, like = _plan(), torch.zeros(1)
+    a, b = _launch.partials(plan, True, like, True, True)
+    assert a.shape == b.shape == (4, 8) and a.dtype == torch.float32 and a.data_ptr() != b.data_ptr()
+    again = _launch.partials(plan, True, like, True, True)
+    assert again[0] is a and again[1] is b  # one allocation less per eager call
+    other = []
+    t = threading.Thread(target=lambda: other.extend(_launch.partials(plan, True, like, True, True)))
+    t.start()
+    t.join()
+    assert other[0] is not a and other[1] is not b  # another thread never shares them
+
+
+def test_traced_or_accumulating_partials_are_fresh():
+    plan, like = _plan(), torch.zeros(1)
+    first = _launch.partials(plan, False, like, True, False)
+    assert first[1] is None and _launch.partials(plan, False, like, True, False)[0] is not first[0]
+    z = _launch.partials(plan, True, like, True, True, reusable=False)
+    assert all(p.count_nonzero() == 0 for p in z)  # a kernel that accumulates needs zeros
+    z[0].fill_(1)
+    assert _launch.partials(plan, True, like, True, True, reusable=False)[0].count_nonzero() == 0

@@ -342,3 +342,37 @@ def test_sum_partials_kernel_matches_float64_column_sums(rows, cols, two, out_dt
         # since Triton's CPU interpreter truncates fp32 -> bf16 where the GPU rounds to nearest.
         tol = 1e-6 if out_dtype == torch.float32 else 2**-7
         assert ((out.double() - ref).abs() <= tol * ref.abs().clamp_min(1.0) * max(1, rows) ** 0.5).all()
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_repeated_calls_reuse_the_plan_and_stay_exact(residual):
+    """The eager path keeps a plan and the backward's partial buffers per shape: later calls with
+    other values must not see the earlier calls' partials."""
+    from flopkit.kernels import _launch
+
+    _launch.clear_launch_cache()
+    grads_seen = []
+    for seed in range(3):
+        x, w, dy = _inputs(19, 72, torch.float32, seed=100 + seed)
+        r = _inputs(19, 72, torch.float32, seed=200 + seed)[0]
+        s = (0.5 + torch.rand(72, generator=torch.Generator().manual_seed(seed))).to(device())
+        if residual:
+
+            def fn(a, b, c, d):
+                return rms_norm_residual(a, c, b, scale=d, backend="triton")[0]
+
+            def ref(a, b, c, d):
+                return norm64(c + a * d, b)
+
+            inputs = [x, w, r, s]
+        else:
+            fn, ref, inputs = (lambda a, b: rms_norm(a, b, backend="triton")), norm64, [x, w]
+        y, grads = kernel_grads(fn, inputs, dy)
+        y64, grads64_ = grads64(ref, inputs, dy)
+        assert rel_err(y, y64) <= TOL[torch.float32]
+        for g, g64 in zip(grads, grads64_, strict=True):
+            assert rel_err(g, g64) <= TOL[torch.float32]
+        grads_seen.append(grads[1])
+    plans = [p for p in _launch._PLANS.values() if p.parts is not None]
+    assert len(plans) == 1 and plans[0].workspace is not None  # one backward plan, reused
+    assert not torch.equal(grads_seen[0], grads_seen[1])
