@@ -124,11 +124,13 @@ def test_unused_v_gets_zero_gradient():
     assert torch.count_nonzero(leaf.grad.view(B, T, 3, H, 8)[:, :, :2]) > 0
 
 
-@pytest.mark.parametrize("layout", ["last_dim_stride_2", "tokens_major"])
+@pytest.mark.parametrize("layout", ["last_dim_stride_2", "tokens_major", "storage_offset"])
 def test_strided_qkv(layout):
     D = 12
     if layout == "last_dim_stride_2":
         qkv = torch.randn(B, T, 2 * 3 * H * D, device=DEVICE)[..., ::2]
+    elif layout == "storage_offset":  # v is a view at an offset into qkv's storage
+        qkv = torch.randn(B, T + 1, 3 * H * D + 4, device=DEVICE)[:, 1:, 4:]
     else:
         qkv = torch.randn(T, B, 3 * H * D, device=DEVICE).transpose(0, 1)
     assert not qkv.is_contiguous()
