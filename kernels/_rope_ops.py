@@ -162,8 +162,10 @@ def _v_view(qkv: torch.Tensor, num_heads: int) -> torch.Tensor:
     """v, the last third of ``qkv`` ``[B, T, 3*H*D]``, viewed ``[B, H, T, D]``."""
     B, T, three_hd = qkv.shape
     hd = three_hd // 3
+    if torch.compiler.is_compiling():  # Dynamo cannot trace storage_offset() inside the Function
+        return qkv.narrow(-1, 2 * hd, hd).unflatten(-1, (num_heads, hd // num_heads)).transpose(1, 2)
     sb, st, sc = qkv.stride()
-    # One as_strided instead of narrow + unflatten + transpose: three view ops of host time.
+    # Eager: one as_strided instead of narrow + unflatten + transpose, three view ops of host time.
     return qkv.as_strided(
         (B, num_heads, T, hd // num_heads),
         (sb, hd // num_heads * sc, st, sc),
@@ -193,6 +195,11 @@ def qk_norm_rope_triton(
     """Triton path of ``qk_norm_rope``: q, k ``[B, H, T, D]`` contiguous, v a ``[B, H, T, D]`` view."""
     args = (qkv, cos, sin, q_weight, k_weight, num_heads, float(eps), pairing, bool(norm))
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (qkv, q_weight, k_weight)):
+        if q_weight is not None and q_weight is k_weight and torch.compiler.is_compiling():
+            # Dynamo cannot trace an autograd.Function given one tensor twice; the custom op's own
+            # autograd can (v's gradient then reaches qkv through the view, an add Inductor fuses).
+            q, k = torch.ops.flopkit.qk_norm_rope(*args)
+            return q, k, _v_view(qkv, num_heads)
         return _QKNormRope.apply(*args)
     q, k = _forward(*args)
     return q, k, _v_view(qkv, num_heads)

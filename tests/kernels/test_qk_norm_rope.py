@@ -12,7 +12,7 @@ import contextlib
 import pytest
 import torch
 from _references import rel_err
-from flopkit.kernels import qk_norm_rope
+from flopkit.kernels import qk_norm_rope, qk_norm_rope_ref
 from torch.utils.flop_counter import FlopCounterMode
 
 from flopkit import formulas
@@ -265,3 +265,29 @@ def test_dispatcher_path_matches_direct_path():
         results.append((q, k, leaf.grad))
     for a, b in zip(*results, strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("same_weight", [False, True])
+def test_torch_compile_fullgraph_with_gradients(same_weight):
+    """Whole-graph compile with gradients: v is a view of qkv, and one weight may serve q and k
+    (Dynamo cannot trace an autograd.Function given one tensor twice)."""
+    qkv, cos, sin, qw, kw = make_inputs(8, "shared")
+    qkv.requires_grad_()
+    qw = qw.detach().clone().requires_grad_()
+    kw = qw if same_weight else kw.detach().clone().requires_grad_()
+
+    def f(a, wq, wk):
+        q, k, v = qk_norm_rope(a, cos, sin, H, wq, wk, backend="triton")
+        return (q * k).sum() + (v * v * v).sum()
+
+    torch._dynamo.reset()
+    out = torch.compile(f, fullgraph=True)(qkv, qw, kw)
+    out.backward()
+    a64, qw64 = qkv.detach().double().requires_grad_(), qw.detach().double().requires_grad_()
+    kw64 = qw64 if same_weight else kw.detach().double().requires_grad_()
+    q, k, v = qk_norm_rope_ref(a64, cos.double(), sin.double(), H, qw64, kw64)
+    ref = (q * k).sum() + (v * v * v).sum()
+    ref.backward()
+    assert rel_err(out, ref) < 1e-5
+    assert rel_err(qkv.grad, a64.grad) < 1e-5 and rel_err(qw.grad, qw64.grad) < 1e-5
+    assert rel_err(kw.grad, kw64.grad) < 1e-5
