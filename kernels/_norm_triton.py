@@ -658,7 +658,8 @@ def norm_forward(
     their dtype is ``x``'s, or with a residual that of ``residual + x * scale`` in PyTorch's type
     promotion. ``config`` = ``(elements per tile, num_warps)`` overrides the table (benchmark sweeps).
     """
-    D = x.shape[-1] if head_dim is None else head_dim
+    # int(): under dynamic-shape tracing the row width specialises (tile sizes are constexprs).
+    D = int(x.shape[-1] if head_dim is None else head_dim)
     dtype = x.dtype if residual is None else residual_dtype(x, residual, scale)
     y = _empty_as(x, dtype)
     h_out = _empty_as(x, dtype) if residual is not None else None
@@ -781,7 +782,8 @@ def norm_backward(
     (``(H, D)`` with ``per_head_weight``, else ``(D,)``) in ``grad_dtype`` (the fp32 partials summed
     in fp32, then rounded).
     """
-    D = x.shape[-1] if head_dim is None else head_dim
+    # int(): under dynamic-shape tracing the row width specialises (tile sizes are constexprs).
+    D = int(x.shape[-1] if head_dim is None else head_dim)
     wshape = (num_heads, D) if per_head_weight else (D,)
     dx = _empty_as(x, x.dtype)
     has_w, has_s = weight is not None, scale is not None

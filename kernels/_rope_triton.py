@@ -267,7 +267,7 @@ def _plan_fwd(
 ):
     """Plan :func:`qk_norm_rope_fwd`: the grid, scalars and constexprs; ``extra`` is q's shape."""
     B, T, three_hd = qkv.shape
-    D = three_hd // (3 * num_heads)
+    D = int(three_hd // (3 * num_heads))  # a constexpr: specialises under dynamic shapes
     rows = B * T
     block_t = block_t or max(1, FWD_TILE_ELEMS // _block_d(D))
     has_qw, has_kw = norm and q_weight is not None, norm and k_weight is not None
@@ -338,7 +338,7 @@ def _plan_bwd(
     """Plan :func:`qk_norm_rope_bwd`: grid, scalars, constexprs, the partials' shape and ``extra``
     (whether each weight has a gradient)."""
     B, T, three_hd = qkv.shape
-    D = three_hd // (3 * num_heads)
+    D = int(three_hd // (3 * num_heads))  # a constexpr: specialises under dynamic shapes
     rows = B * T
     has_qw, has_kw = norm and q_weight is not None, norm and k_weight is not None
     block_t = block_t or max(1, BWD_TILE_ELEMS // _block_d(D))

@@ -58,3 +58,23 @@ def kernel_grads(fn, inputs: list[torch.Tensor | None], grad_out):
     gs = torch.autograd.grad(outs, used, list(gos))
     it = iter(gs)
     return out, [None if t is None else next(it) for t in leaves]
+
+
+def symbolic_fake_tensors(*shapes):
+    """Fake tensors whose every size is a dynamic SymInt, as opcheck's ``test_aot_dispatch_dynamic``
+    and ``torch.compile(dynamic=True)`` trace them; returns ``(mode, tensors)``, to use in
+    ``with mode:``."""
+    from torch._dynamo.source import ConstantSource
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv
+
+    env = ShapeEnv()
+    mode = FakeTensorMode(shape_env=env)
+
+    def sym(n, name):
+        symbol = env.create_symbol(n, ConstantSource(name), dynamic_dim=DimDynamic.DYNAMIC)
+        return env.create_symintnode(symbol, hint=n)
+
+    with mode:
+        tensors = [torch.empty(*(sym(n, f"t{i}_{j}") for j, n in enumerate(s))) for i, s in enumerate(shapes)]
+    return mode, tensors

@@ -291,3 +291,23 @@ def test_torch_compile_fullgraph_with_gradients(same_weight):
     assert rel_err(out, ref) < 1e-5
     assert rel_err(qkv.grad, a64.grad) < 1e-5 and rel_err(qw.grad, qw64.grad) < 1e-5
     assert rel_err(kw.grad, kw64.grad) < 1e-5
+
+
+def test_launchers_plan_symbolic_shapes():
+    """Dynamic-shape tracing hands the launchers SymInt sizes (see the norm kernels' test)."""
+    from _references import symbolic_fake_tensors
+    from flopkit.kernels import _rope_triton as rt
+
+    launched = []
+
+    def record(kernel, grid, args, meta, num_tensors=0, plan=None):
+        launched.append(kernel.__name__)
+
+    mode, (qkv, cos, sin, w) = symbolic_fake_tensors((2, 17, 3 * H * 8), (17, 8), (17, 8), (8,))
+    with mode:
+        q, k = rt.qk_norm_rope_fwd(qkv, cos, sin, w, w, H, 1e-6, "split_half", True, run=record)
+        dqkv, dqw, dkw = rt.qk_norm_rope_bwd(
+            q, k, None, qkv, cos, sin, w, w, H, 1e-6, "split_half", True, run=record
+        )
+    assert q.shape == (2, H, 17, 8) and dqkv.shape == qkv.shape and dqw.shape == (8,)
+    assert launched[:2] == ["_qk_norm_rope_fwd_kernel", "_qk_norm_rope_bwd_kernel"]

@@ -333,11 +333,11 @@ def test_sum_partials_kernel_matches_float64_column_sums(rows, cols, two, out_dt
     from flopkit.kernels._norm_triton import sum_partials
 
     gen = torch.Generator().manual_seed(rows * 1000 + cols)
-    parts = tuple(torch.randn(rows, cols, generator=gen) for _ in range(2 if two else 1))
-    outs = tuple(torch.full((cols,), float("nan"), dtype=out_dtype) for _ in parts)
+    parts = tuple(torch.randn(rows, cols, generator=gen).to(device()) for _ in range(2 if two else 1))
+    outs = tuple(torch.full((cols,), float("nan"), dtype=out_dtype, device=device()) for _ in parts)
     sum_partials(list(zip(parts, outs, strict=True)), launch)
     for part, out in zip(parts, outs, strict=True):
-        ref = part.double().sum(0)
+        ref, out = part.double().sum(0).cpu(), out.cpu()
         # fp32 accumulation in another order, then one rounding to the output dtype: one bf16 ulp,
         # since Triton's CPU interpreter truncates fp32 -> bf16 where the GPU rounds to nearest.
         tol = 1e-6 if out_dtype == torch.float32 else 2**-7
@@ -376,3 +376,29 @@ def test_repeated_calls_reuse_the_plan_and_stay_exact(residual):
     plans = [p for p in _launch._PLANS.values() if p.parts is not None]
     assert len(plans) == 1 and plans[0].workspace is not None  # one backward plan, reused
     assert not torch.equal(grads_seen[0], grads_seen[1])
+
+
+def test_launchers_plan_symbolic_shapes():
+    """Dynamic-shape tracing hands the launchers SymInt sizes: the row width must specialise (it
+    sizes constexpr tiles and keys the launch tables) while the row count may stay symbolic."""
+    from _references import symbolic_fake_tensors
+
+    launched = []
+
+    def record(kernel, grid, args, meta, num_tensors=0, plan=None):
+        launched.append(kernel.__name__)
+
+    mode, (x, w, r, s, xh, hw) = symbolic_fake_tensors((33, 72), (72,), (33, 72), (72,), (5, 3, 64), (3, 64))
+    with mode:
+        y, _ = tk.norm_forward(x, w, None, 1e-6, run=record)
+        tk.norm_backward(y, x, w, False, 1e-6, run=record)
+        y, h = tk.norm_forward(x, w, None, 1e-6, residual=r, scale=s, run=record)
+        tk.norm_backward(y, h, w, False, 1e-6, dres=y, branch=x, scale=s, run=record)
+        yh, _ = tk.norm_forward(
+            xh, hw, hw, 1e-5, num_heads=3, head_dim=64, layer=True, per_head_weight=True, run=record
+        )
+        tk.norm_backward(
+            yh, xh, hw, True, 1e-5, num_heads=3, head_dim=64, layer=True, per_head_weight=True, run=record
+        )
+    assert y.shape == x.shape and h.shape == x.shape and yh.shape == xh.shape
+    assert launched.count("_norm_fwd_kernel") == 3 and launched.count("_norm_bwd_kernel") == 3
