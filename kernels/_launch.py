@@ -195,14 +195,17 @@ def partials(
             torch.zeros(plan.parts, dtype=torch.float32, device=like.device) if first else None,
             torch.zeros(plan.parts, dtype=torch.float32, device=like.device) if second else None,
         )
+    if not cached:  # traced (fake tensors, Inductor plans the memory) or uncached: new buffers
+        return (
+            torch.empty(plan.parts, dtype=torch.float32, device=like.device) if first else None,
+            torch.empty(plan.parts, dtype=torch.float32, device=like.device) if second else None,
+        )
     owner = (_raw_stream(like.get_device()) if like.is_cuda else None, threading.get_ident())
-    ws = plan.workspace if cached else None
+    ws = plan.workspace
     if ws is None or ws[0] != owner:
-        ws = (
+        ws = plan.workspace = (
             owner,
             torch.empty(plan.parts, dtype=torch.float32, device=like.device) if first else None,
             torch.empty(plan.parts, dtype=torch.float32, device=like.device) if second else None,
         )
-        if cached:
-            plan.workspace = ws
     return ws[1], ws[2]
