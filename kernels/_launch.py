@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["launch", "clear_launch_cache", "MAX_CACHED", "Plan", "cached_plan", "partials", "raw_stream"]
+__all__ = ["launch", "clear_launch_cache", "MAX_CACHED", "Plan", "cached_plan", "partials"]
 
 MAX_CACHED = 4096  # cached launches (and, in the launchers, plans) before the cache starts over
 # key -> (compiled kernel, trailing constexpr values in parameter order, 3-D grid, the JITFunction)
@@ -120,11 +120,6 @@ def launch(
 
 # Absent from CPU-only builds of torch, where the direct path never runs (no CUDA tensors).
 _raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
-
-
-def raw_stream(device: int) -> int:
-    """The current CUDA stream of device index ``device`` as a raw handle (no ``torch.cuda.Stream``)."""
-    return _raw_stream(device)
 
 
 # ----------------------------------------------------------------------------------------- plans
