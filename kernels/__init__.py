@@ -7,7 +7,8 @@ formulas live in :mod:`flopkit.formulas`. Every public op takes ``backend="auto"
 "torch"``: ``auto`` runs Triton on CUDA tensors and the reference elsewhere. Triton is imported only when a kernel first runs.
 """
 
-from ._dispatch import BACKENDS, SUPPORTED_DTYPES, resolve_backend, route_through_custom_ops
+from ._dispatch import BACKENDS, SUPPORTED_DTYPES, resolve_backend
+from ._routing import route_through_custom_ops
 from .norm import (
     head_norm,
     head_norm_ref,

@@ -7,16 +7,13 @@ elsewhere; ``"triton"`` forces the kernel (on CPU tensors only under
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import importlib.util
 import os
-from collections.abc import Iterator
 
 import torch
 
 __all__ = [
-    "route_through_custom_ops",
     "runs_reference_in_op",
     "needs_custom_op",
     "BACKENDS",
@@ -47,31 +44,9 @@ def triton_available() -> bool:
     return _TRITON_AVAILABLE
 
 
-# A plain module global (not a ContextVar): torch.compile traces reads of it and guards on it.
+# How many ``route_through_custom_ops`` contexts (kernels/_routing.py) are open. A plain module
+# global (not a ContextVar): torch.compile traces reads of it and guards on it.
 _ROUTE_DEPTH = 0
-
-
-@contextlib.contextmanager
-def route_through_custom_ops() -> Iterator[None]:
-    """Inside this context ``backend="auto"`` sends every op through its ``flopkit::`` custom op on
-    any device: CUDA runs the Triton kernel, CPU the PyTorch reference inside the op, meta the
-    op's fake. FLOP counters (fvcore's JIT trace,
-    ``FlopCounterMode``) then see flopkit's norms and RoPE as ops with registered formulas instead
-    of anonymous elementwise aten ops; ``flopkit validate`` measures this way. Entering it
-    registers the ops (importing triton); create a ``FlopCounterMode`` inside it, or after a
-    first op call, since the mode copies torch's formula table when it is created.
-    """
-    global _ROUTE_DEPTH
-    if _TRITON_AVAILABLE:
-        # Register the ops and their FLOP formulas now (they are otherwise registered on first
-        # use): a FlopCounterMode copies torch's formula table when it is created, so one created
-        # inside this context before the first op ran would not know flopkit's formulas.
-        from . import _norm_ops, _rope_ops  # noqa: F401
-    _ROUTE_DEPTH += 1
-    try:
-        yield
-    finally:
-        _ROUTE_DEPTH -= 1
 
 
 def runs_reference_in_op(x: torch.Tensor) -> bool:
