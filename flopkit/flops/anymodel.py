@@ -40,8 +40,6 @@ from .measured import (
     Measurement,
     _numel,
     _OpRecorder,
-    _shape,
-    fvcore_handle,
     register_flopkit_formulas,
 )
 
@@ -138,33 +136,6 @@ _ACTIVATION_BACKWARDS = (
     "leaky_relu_backward", "mish_backward", "softplus_backward", "glu_backward", "_prelu_kernel_backward",
     "log_sigmoid_backward",
 )  # fmt: skip
-
-
-# fvcore sees the same norms as JIT ops; these handles replace its own (5 per element with an affine,
-# 4 without, batch norm in eval 1-2), so both counters use one convention.
-def _fv_present(value) -> bool:
-    return value.type().kind() != "NoneType"
-
-
-@fvcore_handle("aten::layer_norm", "aten::group_norm")
-def _fvcore_layer_norm(inputs: list, outputs: list) -> int:
-    """``layer_norm(input, shape, weight, bias, ...)`` / ``group_norm(input, groups, weight, bias, ...)``."""
-    return formulas.group_norm(_numel(_shape(inputs[0])), _fv_present(inputs[2]), _fv_present(inputs[3]))
-
-
-@fvcore_handle("aten::instance_norm")
-def _fvcore_instance_norm(inputs: list, outputs: list) -> int:
-    """``instance_norm(input, weight, bias, ...)``: statistics per sample, as a layer norm."""
-    return formulas.group_norm(_numel(_shape(inputs[0])), _fv_present(inputs[1]), _fv_present(inputs[2]))
-
-
-@fvcore_handle("aten::batch_norm")
-def _fvcore_batch_norm(inputs: list, outputs: list) -> int:
-    """``batch_norm(input, weight, bias, running_mean, running_var, training, ...)``."""
-    numel = _numel(_shape(inputs[0]))
-    return formulas.batch_norm(
-        numel, bool(inputs[5].toIValue()), _fv_present(inputs[1]), _fv_present(inputs[2])
-    )
 
 
 # op packet -> (category, formula taking shapes, as FlopCounterMode's custom_mapping expects)

@@ -131,6 +131,33 @@ def _constant(value):
     return value.toIValue() if value.node().kind() == "prim::Constant" else None
 
 
+# fvcore sees the same norms as JIT ops; these handles replace its own (5 per element with an affine,
+# 4 without, batch norm in eval 1-2), so both counters use one convention.
+def _fv_present(value) -> bool:
+    return value.type().kind() != "NoneType"
+
+
+@fvcore_handle("aten::layer_norm", "aten::group_norm")
+def _fvcore_layer_norm(inputs: list, outputs: list) -> int:
+    """``layer_norm(input, shape, weight, bias, ...)`` / ``group_norm(input, groups, weight, bias, ...)``."""
+    return formulas.group_norm(_numel(_shape(inputs[0])), _fv_present(inputs[2]), _fv_present(inputs[3]))
+
+
+@fvcore_handle("aten::instance_norm")
+def _fvcore_instance_norm(inputs: list, outputs: list) -> int:
+    """``instance_norm(input, weight, bias, ...)``: statistics per sample, as a layer norm."""
+    return formulas.group_norm(_numel(_shape(inputs[0])), _fv_present(inputs[1]), _fv_present(inputs[2]))
+
+
+@fvcore_handle("aten::batch_norm")
+def _fvcore_batch_norm(inputs: list, outputs: list) -> int:
+    """``batch_norm(input, weight, bias, running_mean, running_var, training, ...)``."""
+    numel = _numel(_shape(inputs[0]))
+    return formulas.batch_norm(
+        numel, bool(inputs[5].toIValue()), _fv_present(inputs[1]), _fv_present(inputs[2])
+    )
+
+
 @fvcore_handle("aten::scaled_dot_product_attention")
 def sdpa_macs(inputs: list, outputs: list) -> int:
     """QK^T and AV in multiply-accumulates: :func:`flopkit.formulas.sdpa` / ``FLOPS_PER_MAC``."""
@@ -245,8 +272,6 @@ def count_fvcore(model: nn.Module, inputs: torch.Tensor) -> Measurement:
     with warnings.catch_warnings():  # fvcore's import scripts functions with the deprecated torch.jit.script
         warnings.simplefilter("ignore")
         from fvcore.nn import FlopCountAnalysis
-
-    from . import anymodel  # noqa: F401  (registers the norm handles in FVCORE_HANDLES)
 
     recorder = _CallRecorder(model)
     try:
