@@ -406,6 +406,22 @@ def host_rows() -> list[dict]:
 # ----------------------------------------------------------------------------------------- output
 
 
+def _md_table(head: str, sep: str, rows: list[dict], keys: tuple[str, ...], cells, err_len: int) -> list[str]:
+    """A markdown table: its header lines, then per row the ``keys`` columns followed by
+    ``cells(row)``, or for a row that failed, by its error (cut to ``err_len``) and empty cells."""
+    width = head.count("|") - 1
+    out = [head, sep]
+    for r in rows:
+        lead = [str(r[k]) for k in keys]
+        if "error" in r:
+            out.append(
+                "| " + " | ".join([*lead, r["error"][:err_len]]) + " |" + "|" * (width - len(keys) - 1)
+            )
+        else:
+            out.append("| " + " | ".join(lead + cells(r)) + " |")
+    return out
+
+
 def md_tables(res: dict) -> str:
     out = [
         f"bench_train: {res['device']}, torch {res['torch']}, triton {res['triton']}, {res['date']}",
@@ -413,20 +429,20 @@ def md_tables(res: dict) -> str:
         "",
     ]
     if res.get("steps"):
-        out += [
+        out += _md_table(
             "| model | preset | batch | mode | ms/step | img/s | MFU | GPU ms/step | host-bound |",
             "|---|---|---:|---|---:|---:|---:|---:|---:|",
-        ]
-        for r in res["steps"]:
-            if "error" in r:
-                out.append(
-                    f"| {r['model']} | {r['preset']} | {r['batch']} | {r['mode']} | {r['error'][:60]} |||||"
-                )
-                continue
-            out.append(
-                f"| {r['model']} | {r['preset']} | {r['batch']} | {r['mode']} | {r['ms']:.1f} | "
-                f"{r['img_s']:,.0f} | {100 * r['mfu']:.1f} % | {r['gpu_ms']:.1f} | {100 * r['host_bound']:.0f} % |"
-            )
+            res["steps"],
+            ("model", "preset", "batch", "mode"),
+            lambda r: [
+                f"{r['ms']:.1f}",
+                f"{r['img_s']:,.0f}",
+                f"{100 * r['mfu']:.1f} %",
+                f"{r['gpu_ms']:.1f}",
+                f"{100 * r['host_bound']:.0f} %",
+            ],
+            60,
+        )
         out.append("")
     for line in res.get("skipped", []):
         out.append(f"skipped: {line}")
@@ -434,30 +450,31 @@ def md_tables(res: dict) -> str:
         out += [
             "Marginal host time per op in a graph (chain of K = 2 vs 18 calls, forward + backward, [64, 64] bf16):",
             "",
+        ]
+        out += _md_table(
             "| op | forward µs | backward µs | forward + backward µs |",
             "|---|---:|---:|---:|",
-        ]
-        for r in res["chain"]:
-            if "error" in r:
-                out.append(f"| {r['op']} | {r['error'][:80]} |||")
-                continue
-            out.append(
-                f"| {r['op']} | {r['forward_us']:.1f} | {r['backward_us']:.1f} | {r['fwd_bwd_us']:.1f} |"
-            )
+            res["chain"],
+            ("op",),
+            lambda r: [f"{r['forward_us']:.1f}", f"{r['backward_us']:.1f}", f"{r['fwd_bwd_us']:.1f}"],
+            80,
+        )
         out.append("")
     if res.get("host"):
-        out += [
+        out += _md_table(
             "| op | pass | host µs/call | device µs/call | wall µs/call | overhead µs (wall - device) |",
             "|---|---|---:|---:|---:|---:|",
-        ]
-        for r in res["host"]:
-            if "error" in r:
-                out.append(f"| {r['op']} | {r['error'][:80]} |||||")
-                continue
-            out.append(
-                f"| {r['op']} | {r.get('pass', 'forward')} | {r['host_us']:.1f} | {r['device_us']:.1f} | "
-                f"{r['wall_us']:.1f} | {r['overhead_us']:.1f} |"
-            )
+            res["host"],
+            ("op",),
+            lambda r: [
+                r.get("pass", "forward"),
+                f"{r['host_us']:.1f}",
+                f"{r['device_us']:.1f}",
+                f"{r['wall_us']:.1f}",
+                f"{r['overhead_us']:.1f}",
+            ],
+            80,
+        )
     return "\n".join(out) + "\n"
 
 
