@@ -356,6 +356,23 @@ def _head_norm_flop(
 # dispatch plus its Python autograd wrapper cost more host time than the kernels run at ViT sizes).
 
 
+def _forward(x, residual, weight, bias, scale, spec):
+    """The eager forward launch of every norm op: ``(y, h)`` (``h`` only with a residual)."""
+    eps, num_heads, head_dim, layer, per_head_weight = spec
+    return _launchers().norm_forward(
+        x,
+        weight,
+        bias,
+        eps,
+        num_heads=num_heads,
+        head_dim=head_dim,
+        layer=layer,
+        per_head_weight=per_head_weight,
+        residual=residual,
+        scale=scale,
+    )
+
+
 class _NormFunction(torch.autograd.Function):
     """Eager autograd for every norm op: forward and backward launch the Triton kernels directly.
 
@@ -364,19 +381,7 @@ class _NormFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, residual, weight, bias, scale, spec):
-        eps, num_heads, head_dim, layer, per_head_weight = spec
-        y, h = _launchers().norm_forward(
-            x,
-            weight,
-            bias,
-            eps,
-            num_heads=num_heads,
-            head_dim=head_dim,
-            layer=layer,
-            per_head_weight=per_head_weight,
-            residual=residual,
-            scale=scale,
-        )
+        y, h = _forward(x, residual, weight, bias, scale, spec)
         fused = residual is not None
         # The branch x is needed only for a LayerScale's gradient.
         ctx.save_for_backward(h if fused else x, weight, x if scale is not None else None, scale)
@@ -430,19 +435,7 @@ def _eager(x, residual, weight, bias, scale, spec):
         or (scale is not None and scale.requires_grad)
     ):
         return _NormFunction.apply(x, residual, weight, bias, scale, spec)
-    eps, num_heads, head_dim, layer, per_head_weight = spec
-    y, h = _launchers().norm_forward(
-        x,
-        weight,
-        bias,
-        eps,
-        num_heads=num_heads,
-        head_dim=head_dim,
-        layer=layer,
-        per_head_weight=per_head_weight,
-        residual=residual,
-        scale=scale,
-    )
+    y, h = _forward(x, residual, weight, bias, scale, spec)
     return (y, h) if residual is not None else y
 
 
