@@ -22,7 +22,6 @@ forward ``2*N*D*s`` (+ ``2*N*D*s`` residual in / ``h`` out), backward ``3*N*D*s`
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
@@ -557,12 +556,12 @@ def sum_partials_plan(rows: int, cols: int, two: bool) -> Plan:
 
 
 def sum_partials(
-    pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], run: Runner, plan: Plan | None = None
+    pairs: Sequence[tuple[torch.Tensor, torch.Tensor]], run: Runner, owner: Plan | None = None
 ) -> None:
     """For one or two ``(partials, out)`` pairs of one shape, write the column sums of the
     contiguous fp32 partials (``[R, N]``, ``N`` = ``out``'s numel, ``R`` = the rest) into ``out``
-    (any float dtype), in one launch. ``plan``: a cached :func:`sum_partials_plan` for these shapes
-    (eager launch cache), else planned here.
+    (any float dtype), in one launch. ``owner``: the cached plan of the kernel that wrote the
+    partials (eager launch cache); the reduction's own plan is kept on it (``owner.reduce``).
 
     Under ``torch.compile`` (``run`` is :func:`wrapped`) the sums are torch ops instead: Inductor
     fuses each sum with its cast into one reduction kernel, which has no host cost to save and
@@ -571,12 +570,21 @@ def sum_partials(
         for part, out in pairs:
             out.copy_(part.reshape(-1, out.numel()).sum(0).view(out.shape))
         return
-    cached = plan
     (a, oa), (b, ob) = pairs[0], pairs[-1]
+    plan = owner.reduce if owner is not None else None
     if plan is None:
         cols = oa.numel()
         plan = sum_partials_plan(a.numel() // max(cols, 1), cols, len(pairs) == 2)
-    run(plan.kernel, plan.grid, (a, oa, b, ob) + plan.scalars, plan.meta, 4, plan=cached)
+        if owner is not None:
+            owner.reduce = plan
+    run(
+        plan.kernel,
+        plan.grid,
+        (a, oa, b, ob) + plan.scalars,
+        plan.meta,
+        4,
+        plan=plan if owner is not None else None,
+    )
 
 
 def _empty_as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -587,7 +595,7 @@ def _empty_as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.empty(t.shape, dtype=dtype, device=t.device)
 
 
-def _empty_grad(like: torch.Tensor | None, shape: tuple, dtype: torch.dtype, x: torch.Tensor) -> torch.Tensor:
+def empty_grad(like: torch.Tensor | None, shape: tuple, dtype: torch.dtype, x: torch.Tensor) -> torch.Tensor:
     """A parameter gradient of ``shape`` in ``dtype`` on ``x``'s device, ``empty_like(like)`` when
     ``like`` (the parameter) has that shape and dtype."""
     if like is not None and like.dtype == dtype and like.shape == shape and like.is_contiguous():
@@ -831,11 +839,9 @@ def norm_backward(
     run(plan.kernel, plan.grid, tensors + plan.scalars, plan.meta, len(tensors), plan=cached)
     # Sum the fp32 partials in fp32 and round once, dw and db in one launch (sum then cast would be
     # two aten ops per gradient, more host time than the kernels run at ViT sizes).
-    dw = _empty_grad(weight, wshape, grad_dtype, x) if has_w else None
-    db = _empty_grad(scale if has_s else weight, wshape, grad_dtype, x) if has_bias or has_s else None
+    dw = empty_grad(weight, wshape, grad_dtype, x) if has_w else None
+    db = empty_grad(scale if has_s else weight, wshape, grad_dtype, x) if has_bias or has_s else None
     pairs = [(p, g) for p, g in ((dwp, dw), (dbp, db)) if g is not None]
     if pairs:
-        if cached is not None and cached.reduce is None:
-            cached.reduce = sum_partials_plan(plan.parts[0], math.prod(wshape), len(pairs) == 2)
-        sum_partials(pairs, run, cached.reduce if cached is not None else None)
+        sum_partials(pairs, run, cached)
     return NormGrads(dx, dw, None if has_s else db, dbranch, db if has_s else None)

@@ -25,15 +25,13 @@ the kernels and their launchers (the same split as the norm family).
 
 from __future__ import annotations
 
-import math
-
 import torch
 import triton
 import triton.language as tl
 
 from ._dispatch import num_sms
 from ._launch import Plan, cached_plan, launch, partials
-from ._norm_triton import Runner, sum_partials, sum_partials_plan
+from ._norm_triton import Runner, empty_grad, sum_partials
 
 __all__ = ["qk_norm_rope_fwd", "qk_norm_rope_bwd"]
 
@@ -421,11 +419,9 @@ def qk_norm_rope_bwd(
     # The weights' gradients: the fp32 partials summed over chunks (and heads, for a shared (D,)
     # weight) in fp32, rounded once to the weight's dtype; q and k in one launch when they match.
     grads = [
-        torch.empty_like(w) if used and w.is_contiguous() else
-        torch.empty(w.shape, dtype=w.dtype, device=qkv.device) if used else
-        qkv.new_empty((0,), dtype=torch.float32)
+        empty_grad(w, w.shape, w.dtype, qkv) if used else qkv.new_empty((0,), dtype=torch.float32)
         for w, used in ((q_weight, has_qw), (k_weight, has_kw))
-    ]  # fmt: skip
+    ]
     pending = [(p, g) for p, g, used in ((dqw_part, grads[0], has_qw), (dkw_part, grads[1], has_kw)) if used]
     if not rows:  # no tokens: the kernel never ran and the partials hold nothing
         for _, g in pending:
@@ -434,8 +430,5 @@ def qk_norm_rope_bwd(
         for pair in pending:
             sum_partials([pair], run)
     elif pending:
-        if cached is not None and cached.reduce is None:
-            cols = pending[0][1].numel()
-            cached.reduce = sum_partials_plan(math.prod(plan.parts) // cols, cols, len(pending) == 2)
-        sum_partials(pending, run, cached.reduce if cached is not None else None)
+        sum_partials(pending, run, cached)
     return dqkv, grads[0], grads[1]
