@@ -1,0 +1,356 @@
+"""Experiment (not shipped): the ViT-5 MLP with its GELU in the GEMM epilogues, against cuBLAS +
+elementwise kernels. It lost; this script keeps the measurement reproducible.
+
+Run on the device machine (see /work/.library/device/), from the repository root::
+
+    python benchmarks/bench_mlp_epilogue.py --out $OUT
+
+The idea (issue 8, item 4): ``fc2(gelu(fc1(x)))`` as cuBLAS GEMMs plus elementwise kernels moves
+the ``[M, H]`` hidden activation through memory several extra times per step (GELU reads the
+pre-activation and writes ``h``; backward writes ``dy @ W2`` and reads it back with the
+pre-activation). A Triton GEMM that applies the exact GELU (forward) and ``* gelu'(pre)``
+(backward) to its fp32 accumulator tile removes those passes; the other three GEMMs stay cuBLAS:
+
+    forward   pre = x @ W1ᵀ;  store pre and h = gelu(pre)        (_mm_gelu_kernel, BACKWARD=False)
+    backward  dpre = (dy @ W2) * gelu'(pre)                       (_mm_gelu_kernel, BACKWARD=True)
+
+Shapes: the MLPs of bench_train.py's steps, ``M = B * 201`` tokens, bf16, bias-free: vit5-small
+b256 (``M = 51456, C = 384, H = 1536``) and vit5-base b128 (``M = 25728, C = 768, H = 3072``).
+Rows, each forward + backward (gradients of x, W1, W2), median of ``triton.testing.do_bench``:
+``torch eager`` (cuBLAS + aten GELU), ``torch.compile`` (cuBLAS + Inductor's fused elementwise
+kernels: what both compiled models run), ``fused`` (the epilogue kernels + cuBLAS). Also each
+kernel alone, a tile sweep, and the costliest kernels of each version (profiler).
+"""
+
+# ruff: noqa: B023
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+from triton.testing import do_bench
+
+SHAPES = {"vit5-small b256": (51456, 384, 1536), "vit5-base b128": (25728, 768, 3072)}
+DT = torch.bfloat16
+# (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages, programs per SM; 0 = one tile each)
+SWEEP = [
+    (128, 128, 64, 8, 8, 3, 0),
+    (128, 128, 64, 8, 8, 4, 0),
+    (128, 128, 64, 8, 4, 3, 0),
+    (128, 128, 64, 8, 8, 2, 0),
+    (128, 256, 64, 8, 8, 3, 0),
+    (256, 128, 64, 8, 8, 3, 0),
+    (128, 64, 64, 8, 4, 4, 0),
+    (128, 128, 64, 8, 8, 3, 1),
+    (128, 128, 64, 8, 8, 3, 2),
+    (128, 128, 64, 8, 8, 4, 1),
+    (128, 256, 64, 8, 8, 3, 1),
+    (256, 128, 64, 8, 8, 3, 1),
+]
+CONFIG = [(128, 128, 64, 8, 8, 4, 1)]  # the sweep's best on both shapes (2026-11-23, H100)
+
+
+@triton.jit
+def _mm_gelu_kernel(
+    A, B, BIAS, PRE, OUT, DBIAS,
+    M, N, K,
+    s_am, s_ak, s_bk, s_bn,
+    HAS_BIAS: tl.constexpr, BACKWARD: tl.constexpr, EVEN_K: tl.constexpr, PRECISION: tl.constexpr,
+    FLATTEN: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):  # fmt: skip
+    """``acc = A @ B`` (``A`` ``[M, K]``, ``B`` ``[K, N]``, any strides) then the GELU epilogue into
+    the contiguous ``[M, N]`` outputs (see the module docstring). Persistent when the grid is
+    smaller than the tile count; rows and columns past the edge wrap around for the loads (``%``
+    keeps their contiguity visible to Triton: a ``where`` turned the row-major ``W2`` operand's
+    16-byte loads into 2-byte ones, 4x slower)."""
+    # Persistent when the grid is smaller than the tile count: each program walks tiles
+    # num_programs apart; FLATTEN lets the pipeliner overlap one tile's epilogue with the next
+    # tile's first loads. Grouped order: GROUP_M row tiles share each column tile of B in L2.
+    grid_m = tl.cdiv(M, BLOCK_M)
+    grid_n = tl.cdiv(N, BLOCK_N)
+    width = GROUP_M * grid_n
+    k_tiles = tl.cdiv(K, BLOCK_K)
+    offs_k = tl.arange(0, BLOCK_K)
+    for tile in tl.range(tl.program_id(0), grid_m * grid_n, tl.num_programs(0), flatten=FLATTEN):
+        first_m = (tile // width) * GROUP_M
+        size_m = min(grid_m - first_m, GROUP_M)
+        pid_m = first_m + (tile % width) % size_m
+        pid_n = (tile % width) // size_m
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        # Rows and columns past the edge wrap around (their results are never stored): no load
+        # masks, and `%` keeps the offsets' contiguity visible to Triton (a `where` would hide it and
+        # turn a row-major operand's 16-byte loads into 2-byte ones).
+        am = (offs_m % M).to(tl.int64)
+        bn = offs_n % N
+        a_ptrs = A + am[:, None] * s_am + offs_k[None, :] * s_ak
+        b_ptrs = B + offs_k[:, None] * s_bk + bn[None, :] * s_bn
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k in range(0, k_tiles):
+            if EVEN_K:
+                a = tl.load(a_ptrs)
+                b = tl.load(b_ptrs)
+            else:
+                k_left = K - k * BLOCK_K
+                a = tl.load(a_ptrs, mask=offs_k[None, :] < k_left, other=0.0)
+                b = tl.load(b_ptrs, mask=offs_k[:, None] < k_left, other=0.0)
+            acc = tl.dot(a, b, acc, input_precision=PRECISION)
+            a_ptrs += BLOCK_K * s_ak
+            b_ptrs += BLOCK_K * s_bk
+        _epilogue(acc, offs_m, offs_n, pid_m, M, N, BIAS, PRE, OUT, DBIAS, HAS_BIAS, BACKWARD)
+
+
+@triton.jit
+def _epilogue(
+    acc, offs_m, offs_n, pid_m, M, N, BIAS, PRE, OUT, DBIAS, HAS_BIAS: tl.constexpr, BACKWARD: tl.constexpr
+):
+    n_mask = offs_n < N
+    mask = (offs_m < M)[:, None] & n_mask[None, :]
+    offs = offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
+    if BACKWARD:
+        x = tl.load(PRE + offs, mask=mask, other=0.0).to(tl.float32)
+        cdf = 0.5 * (1.0 + tl.math.erf(x * 0.7071067811865476))
+        pdf = tl.exp(-0.5 * x * x) * 0.3989422804014327
+        dpre = acc * (cdf + x * pdf)
+        tl.store(OUT + offs, dpre.to(OUT.dtype.element_ty), mask=mask)
+        if HAS_BIAS:
+            col_sums = tl.sum(tl.where(mask, dpre, 0.0), axis=0)
+            tl.store(DBIAS + pid_m * N + offs_n, col_sums, mask=n_mask)
+    else:
+        if HAS_BIAS:
+            acc += tl.load(BIAS + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+        pre = acc.to(PRE.dtype.element_ty)
+        tl.store(PRE + offs, pre, mask=mask)
+        x = pre.to(tl.float32)
+        h = 0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))
+        tl.store(OUT + offs, h.to(OUT.dtype.element_ty), mask=mask)
+
+
+def _launch(a, b, bias, pre, out, dbias, M, N, K, backward, has_bias=False):
+    block_m, block_n, block_k, group_m, num_warps, num_stages, per_sm = CONFIG[0]
+    tiles = triton.cdiv(M, block_m) * triton.cdiv(N, block_n)
+    sms = torch.cuda.get_device_properties(a.device).multi_processor_count
+    grid = (min(tiles, sms * per_sm) if per_sm else tiles,)
+    _mm_gelu_kernel[grid](
+        a, b, bias, pre, out, dbias, M, N, K, a.stride(0), a.stride(1), b.stride(0), b.stride(1),
+        HAS_BIAS=has_bias, BACKWARD=backward, EVEN_K=K % block_k == 0, PRECISION="ieee",
+        FLATTEN=per_sm > 0, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=group_m,
+        num_warps=num_warps, num_stages=num_stages,
+    )  # fmt: skip
+
+
+def linear_gelu_fwd(x, w1):
+    """``pre = x @ W1ᵀ``, ``h = gelu(pre)`` (``[M, H]`` each)."""
+    M, K = x.shape
+    N = w1.shape[0]
+    pre = torch.empty((M, N), dtype=x.dtype, device=x.device)
+    h = torch.empty_like(pre)
+    _launch(x, w1.t(), w1, pre, h, pre, M, N, K, backward=False)
+    return pre, h
+
+
+def linear_gelu_bwd(dy, w2, pre):
+    """``dpre = (dy @ W2) * gelu'(pre)``."""
+    M, C = dy.shape
+    dpre = torch.empty_like(pre)
+    _launch(dy, w2, pre, pre, dpre, pre, M, w2.shape[1], C, backward=True)
+    return dpre
+
+
+class FusedMlp(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w1, w2):
+        pre, h = linear_gelu_fwd(x, w1)
+        ctx.save_for_backward(x, w1, w2, pre, h)
+        return h @ w2.t()
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, w1, w2, pre, h = ctx.saved_tensors
+        dpre = linear_gelu_bwd(dy, w2, pre)
+        return dpre @ w1, dpre.t() @ x, dy.t() @ h
+
+
+def fused(x, w1, w2):
+    return FusedMlp.apply(x, w1, w2)
+
+
+def ms(fn, rep: int = 60) -> float:
+    return do_bench(fn, warmup=20, rep=rep, return_mode="median")
+
+
+def copy_bandwidth() -> float:
+    a = torch.empty(1 << 28, dtype=torch.uint8, device="cuda").random_()
+    b = torch.empty_like(a)
+    t = ms(lambda: b.copy_(a))
+    return 2 * a.numel() / t / 1e6
+
+
+def matmul_rate() -> float:
+    a = torch.randn(8192, 8192, dtype=DT, device="cuda")
+    t = ms(lambda: a @ a)
+    return 2 * 8192**3 / t / 1e9
+
+
+def make(M, C, H, seed=0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    x = torch.randn(M, C, device="cuda", generator=g).to(DT).requires_grad_()
+    w1 = (torch.randn(H, C, device="cuda", generator=g) / C**0.5).to(DT).requires_grad_()
+    w2 = (torch.randn(C, H, device="cuda", generator=g) / H**0.5).to(DT).requires_grad_()
+    dy = torch.randn(M, C, device="cuda", generator=g).to(DT)
+    return x, w1, w2, dy
+
+
+def ref(x, w1, w2):
+    return F.linear(F.gelu(F.linear(x, w1)), w2)
+
+
+def step(fn, x, w1, w2, dy):
+    def run():
+        x.grad = w1.grad = w2.grad = None
+        fn(x, w1, w2).backward(dy)
+
+    return run
+
+
+def rel(a, b):
+    return ((a.double() - b).norm() / b.norm()).item()
+
+
+def check(M, C, H) -> dict:
+    """Relative error of y and every gradient against float64, for the fused version and torch eager."""
+    out = {}
+    x, w1, w2, dy = make(M, C, H, seed=1)
+    xd, w1d, w2d = (t.detach().double().requires_grad_() for t in (x, w1, w2))
+    ref(xd, w1d, w2d).backward(dy.double())
+    for name, fn in (("fused", fused), ("torch eager", ref)):
+        x.grad = w1.grad = w2.grad = None
+        y = fn(x, w1, w2)
+        y.backward(dy)
+        out[name] = {
+            "y": rel(y, ref(xd, w1d, w2d).detach()),
+            "dx": rel(x.grad, xd.grad),
+            "dw1": rel(w1.grad, w1d.grad),
+            "dw2": rel(w2.grad, w2d.grad),
+        }
+    return out
+
+
+def kernel_times(M, C, H) -> dict:
+    x, w1, w2, dy = make(M, C, H)
+    xs, w1s, w2s = x.detach(), w1.detach(), w2.detach()
+    pre, _ = linear_gelu_fwd(xs, w1s)
+    return {
+        "fwd kernel": ms(lambda: linear_gelu_fwd(xs, w1s)),
+        "bwd kernel": ms(lambda: linear_gelu_bwd(dy, w2s, pre)),
+        "cuBLAS x @ W1^T": ms(lambda: xs @ w1s.t()),
+        "cuBLAS dy @ W2": ms(lambda: dy @ w2s),
+        "aten gelu": ms(lambda: F.gelu(pre)),
+    }
+
+
+def sweep(M, C, H) -> list[dict]:
+    rows = []
+    saved = CONFIG[0]
+    try:
+        for cfg in SWEEP:
+            CONFIG[0] = cfg
+            try:
+                t = kernel_times(M, C, H)
+                rows.append({"config": cfg, "fwd": t["fwd kernel"], "bwd": t["bwd kernel"]})
+            except Exception as e:  # noqa: BLE001  (a tile that does not fit: shared memory)
+                rows.append({"config": cfg, "error": repr(e)[:200]})
+            print("sweep", M, C, H, rows[-1], flush=True)
+    finally:
+        CONFIG[0] = saved
+    return rows
+
+
+def top_kernels(fn, n: int = 12) -> list[tuple[str, float]]:
+    """The ``n`` costliest GPU kernels of one call of ``fn`` (profiler, ms per call over 5 calls)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(5):
+            fn()
+        torch.cuda.synchronize()
+    rows = sorted(prof.key_averages(), key=lambda e: -e.device_time_total)
+    return [(e.key[:90], e.device_time_total / 5 / 1e3) for e in rows[:n] if e.device_time_total > 0]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=".")
+    ap.add_argument("--no-sweep", action="store_true")
+    args = ap.parse_args()
+    torch.backends.cuda.matmul.allow_tf32 = False
+    dev = torch.cuda.get_device_name()
+    res = {
+        "device": dev,
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "date": datetime.date.today().isoformat(),
+        "copy_GBps": copy_bandwidth(),
+        "matmul_TFLOPs": matmul_rate(),
+        "shapes": {},
+    }
+    compiled_ref = torch.compile(ref)
+    for name, (M, C, H) in SHAPES.items():
+        r = res["shapes"][name] = {"M": M, "C": C, "H": H}
+        r["check"] = check(M, C, H)
+        print(name, "check", r["check"], flush=True)
+        if not args.no_sweep:
+            r["sweep"] = sweep(M, C, H)
+        r["kernels"] = kernel_times(M, C, H)
+        x, w1, w2, dy = make(M, C, H)
+        r["steps"] = {
+            "torch eager": ms(step(ref, x, w1, w2, dy)),
+            "torch.compile": ms(step(compiled_ref, x, w1, w2, dy)),
+            "fused": ms(step(fused, x, w1, w2, dy)),
+        }
+        r["flop"] = 3 * 2 * (2 * M * C * H)
+        r["profile"] = {
+            "torch.compile": top_kernels(step(compiled_ref, x, w1, w2, dy)),
+            "torch eager": top_kernels(step(ref, x, w1, w2, dy)),
+            "fused": top_kernels(step(fused, x, w1, w2, dy)),
+        }
+        for k, rows in r["profile"].items():
+            print(name, k, *[f"  {t:.4f} {n}" for n, t in rows], sep="\n", flush=True)
+        print(name, r["kernels"], r["steps"], flush=True)
+    with open(os.path.join(args.out, "bench_mlp_epilogue.json"), "w") as fh:
+        json.dump(res, fh, indent=1)
+    lines = [
+        f"bench_mlp_epilogue: {dev}, torch {torch.__version__}, triton {triton.__version__}, {res['date']}",
+        f"copy {res['copy_GBps']:.0f} GB/s, bf16 matmul {res['matmul_TFLOPs']:.0f} TFLOP/s",
+        "",
+        "| shape | MLP forward + backward | ms | TFLOP/s | vs torch.compile |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for name, r in res["shapes"].items():
+        base = r["steps"]["torch.compile"]
+        for row, t in r["steps"].items():
+            lines.append(f"| {name} | {row} | {t:.3f} | {r['flop'] / t / 1e9:.0f} | {base / t:.2f}x |")
+    lines += ["", "| shape | kernel | ms |", "|---|---|---:|"]
+    for name, r in res["shapes"].items():
+        for row, t in r["kernels"].items():
+            lines.append(f"| {name} | {row} | {t:.4f} |")
+        for row in r.get("sweep", []):
+            fwd, bwd = row.get("fwd", float("nan")), row.get("bwd", float("nan"))
+            lines.append(f"| {name} | sweep {row['config']} fwd / bwd | {fwd:.4f} / {bwd:.4f} |")
+    with open(os.path.join(args.out, "bench_mlp_epilogue.md"), "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+    print("\n" + "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
