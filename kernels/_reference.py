@@ -24,6 +24,7 @@ __all__ = [
     "layer_scale_backward_ref",
     "residual_dtype",
     "split_heads",
+    "check_heads",
     "rotate_pairs",
     "apply_rope_ref",
     "qk_norm_rope_ref",
@@ -112,10 +113,18 @@ def norm_backward_ref(
 
 def split_heads(x: torch.Tensor, num_heads: int, head_dim: int, op: str) -> torch.Tensor:
     """View ``x`` (``[*, H*D]`` or ``[*, H, D]``) as ``[*, H, D]``; raise ValueError on any other shape."""
-    if x.dim() >= 2 and tuple(x.shape[-2:]) == (num_heads, head_dim):
+    if check_heads(x, num_heads, head_dim, op):
         return x
+    return x.unflatten(-1, (num_heads, head_dim))
+
+
+def check_heads(x: torch.Tensor, num_heads: int, head_dim: int, op: str) -> bool:
+    """Whether ``x`` is ``[*, H, D]`` (True) or ``[*, H*D]`` (False); ValueError on any other shape.
+    :func:`split_heads` without the view (the kernels' launchers read either layout in place)."""
+    if x.dim() >= 2 and tuple(x.shape[-2:]) == (num_heads, head_dim):
+        return True
     if x.dim() >= 1 and x.shape[-1] == num_heads * head_dim:
-        return x.unflatten(-1, (num_heads, head_dim))
+        return False
     raise ValueError(
         f"{op}: x must end in num_heads*head_dim = {num_heads}*{head_dim} = {num_heads * head_dim} "
         f"or in ({num_heads}, {head_dim}), got shape {tuple(x.shape)}"

@@ -19,6 +19,7 @@ from flopkit.formulas import NORM_MODES
 from ._dispatch import check_dtype, select_backend
 from ._reference import (
     _normalize_heads,
+    check_heads,
     norm_backward_ref,
     residual_dtype,
     rms_norm_ref,
@@ -176,7 +177,7 @@ def per_head_rms_norm(
     """
     D = _shared_head_dim(weight, head_dim, "per_head_rms_norm")
     _check_input(x, "per_head_rms_norm")
-    split_heads(x, num_heads, D, "per_head_rms_norm")
+    check_heads(x, num_heads, D, "per_head_rms_norm")
     if select_backend(backend, x, "per_head_rms_norm") == "torch":
         return per_head_rms_norm_ref(x, weight, num_heads, eps, head_dim=D)
     return _ops().per_head_rms_norm(x, weight, num_heads, D, eps)
@@ -202,7 +203,7 @@ def head_norm(
         raise ValueError(f"head_norm: mode must be one of {NORM_MODES}, got {mode!r}")
     H, D = _head_shape(weight, bias, num_heads, head_dim)
     _check_input(x, "head_norm")
-    split_heads(x, H, D, "head_norm")
+    check_heads(x, H, D, "head_norm")
     if select_backend(backend, x, "head_norm") == "torch":
         return head_norm_ref(x, weight, bias, eps, mode, num_heads=H, head_dim=D)
     return _ops().head_norm(x, weight, bias, H, D, eps, mode)

@@ -98,6 +98,17 @@ def test_head_norm_wide_heads_take_the_chunked_kernels(monkeypatch, mode):
         assert rel_err(got, want) <= 1e-5
 
 
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("shape", [(5, 3 * 64 + 1), (5, 2, 64), (5, 3, 32), ()])
+def test_head_shapes_other_than_flat_or_split_are_rejected_before_any_work(backend, shape):
+    # x must be [*, H*D] or [*, H, D]: 3 heads of 64 here.
+    x = torch.randn(shape, device=device())
+    with pytest.raises(ValueError, match=r"num_heads\*head_dim = 3\*64 = 192 or in \(3, 64\)"):
+        head_norm(x, torch.ones(3, 64, device=device()), None, backend=backend)
+    with pytest.raises(ValueError, match=r"num_heads\*head_dim = 3\*64 = 192 or in \(3, 64\)"):
+        per_head_rms_norm(x, torch.ones(64, device=device()), 3, backend=backend)
+
+
 def test_head_norm_zero_rows():
     x = torch.empty(0, 3, 64, device=device(), requires_grad=True)
     w = torch.randn(3, 64, device=device(), requires_grad=True)
