@@ -4,6 +4,7 @@ counters see the ops by name."""
 
 import pytest
 import torch
+from _references import device
 from torch.utils.flop_counter import FlopCounterMode
 
 from flopkit import ViT5Attention, kernels
@@ -150,7 +151,8 @@ def test_eager_path_matches_custom_op_path_in_the_interpreter(name, args):
 
 
 def test_float64_runs_the_reference_and_refuses_the_kernel():
-    x = torch.randn(3, 8, dtype=torch.float64)
+    # On the device the kernel can run on (CUDA, or the CPU interpreter), float64 is the refusal.
+    x = torch.randn(3, 8, dtype=torch.float64, device=device())
     torch.testing.assert_close(kernels.rms_norm(x), kernels.rms_norm_ref(x))
     with pytest.raises(
         TypeError, match="rms_norm: the Triton kernel takes float32, float16 or bfloat16, got float64"
