@@ -14,11 +14,17 @@ pre-activation). A Triton GEMM that applies the exact GELU (forward) and ``* gel
     forward   pre = x @ W1ᵀ;  store pre and h = gelu(pre)        (_mm_gelu_kernel, BACKWARD=False)
     backward  dpre = (dy @ W2) * gelu'(pre)                       (_mm_gelu_kernel, BACKWARD=True)
 
+Two kernels do it: ``_mm_gelu_kernel`` with pointer loads (cp.async pipelining; persistent or
+one tile per program) and ``_mm_gelu_tma_kernel``, persistent, with TMA descriptors (bulk loads,
+asynchronous stores that overlap the next tile). Each is swept over its tiles per direction.
+
 Shapes: the MLPs of bench_train.py's steps, ``M = B * 201`` tokens, bf16, bias-free: vit5-small
 b256 (``M = 51456, C = 384, H = 1536``) and vit5-base b128 (``M = 25728, C = 768, H = 3072``).
 Rows, each forward + backward (gradients of x, W1, W2), median of ``triton.testing.do_bench``:
 ``torch eager`` (cuBLAS + aten GELU), ``torch.compile`` (cuBLAS + Inductor's fused elementwise
-kernels: what both compiled models run), ``fused`` (the epilogue kernels + cuBLAS). Also each
+kernels: what both compiled models run), ``fused (pointer)`` and ``fused (tma)`` (the epilogue
+kernels + cuBLAS). Those rows include each version's host latency (``do_bench`` times from the
+event before the call); the kernel rows do not. Also each
 kernel alone, a tile sweep, and the costliest kernels of each version (profiler).
 """
 
@@ -54,7 +60,13 @@ SWEEP = [
     (128, 256, 64, 8, 8, 3, 1),
     (256, 128, 64, 8, 8, 3, 1),
 ]
-CONFIG = [(128, 128, 64, 8, 8, 4, 1)]  # the sweep's best on both shapes (2026-11-23, H100)
+# The kernel each linear_gelu_* call launches and its tiles, per direction: the sweeps set them to
+# their best before the timed rows.
+KIND = ["pointer"]
+CONFIG = {
+    "pointer": {"fwd": (128, 128, 64, 8, 8, 4, 1), "bwd": (128, 128, 64, 8, 8, 4, 1)},
+    "tma": {"fwd": (128, 64, 64, 8, 4, 4, 2), "bwd": (64, 128, 64, 8, 4, 3, 2)},
+}
 
 
 @triton.jit
@@ -134,8 +146,94 @@ def _epilogue(
         tl.store(OUT + offs, h.to(OUT.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _mm_gelu_tma_kernel(
+    A, B, PRE, OUT, M, N, K,
+    BACKWARD: tl.constexpr, B_KMAJOR: tl.constexpr, NUM_PROGRAMS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):  # fmt: skip
+    """:func:`_mm_gelu_kernel`'s work through TMA descriptors (Hopper's tensor memory accelerator):
+    bulk tile loads with out-of-bounds zero fill, and asynchronous tile stores, so that one
+    tile's epilogue stores overlap the next tile's loads. Persistent, ``NUM_PROGRAMS`` programs.
+    ``A`` ``[M, K]`` row-major; ``B`` ``[N, K]`` row-major when ``B_KMAJOR`` (an ``nn.Linear``
+    weight, used transposed) else ``[K, N]``; ``PRE``/``OUT`` ``[M, N]`` contiguous."""
+    a_desc = tl.make_tensor_descriptor(A, shape=[M, K], strides=[K, 1], block_shape=[BLOCK_M, BLOCK_K])
+    if B_KMAJOR:
+        b_desc = tl.make_tensor_descriptor(B, shape=[N, K], strides=[K, 1], block_shape=[BLOCK_N, BLOCK_K])
+    else:
+        b_desc = tl.make_tensor_descriptor(B, shape=[K, N], strides=[N, 1], block_shape=[BLOCK_K, BLOCK_N])
+    pre_desc = tl.make_tensor_descriptor(PRE, shape=[M, N], strides=[N, 1], block_shape=[BLOCK_M, BLOCK_N])
+    out_desc = tl.make_tensor_descriptor(OUT, shape=[M, N], strides=[N, 1], block_shape=[BLOCK_M, BLOCK_N])
+    grid_m = tl.cdiv(M, BLOCK_M)
+    grid_n = tl.cdiv(N, BLOCK_N)
+    width = GROUP_M * grid_n
+    k_tiles = tl.cdiv(K, BLOCK_K)
+    for tile in tl.range(tl.program_id(0), grid_m * grid_n, NUM_PROGRAMS, flatten=True):
+        first_m = (tile // width) * GROUP_M
+        size_m = min(grid_m - first_m, GROUP_M)
+        off_m = (first_m + (tile % width) % size_m) * BLOCK_M
+        off_n = ((tile % width) // size_m) * BLOCK_N
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k in range(k_tiles):
+            a = a_desc.load([off_m, k * BLOCK_K])
+            if B_KMAJOR:
+                acc = tl.dot(a, b_desc.load([off_n, k * BLOCK_K]).T, acc)
+            else:
+                acc = tl.dot(a, b_desc.load([k * BLOCK_K, off_n]), acc)
+        if BACKWARD:
+            x = pre_desc.load([off_m, off_n]).to(tl.float32)
+            cdf = 0.5 * (1.0 + tl.math.erf(x * 0.7071067811865476))
+            pdf = tl.exp(-0.5 * x * x) * 0.3989422804014327
+            out_desc.store([off_m, off_n], (acc * (cdf + x * pdf)).to(OUT.dtype.element_ty))
+        else:
+            pre = acc.to(PRE.dtype.element_ty)
+            pre_desc.store([off_m, off_n], pre)
+            x = pre.to(tl.float32)
+            out_desc.store(
+                [off_m, off_n],
+                (0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))).to(OUT.dtype.element_ty),
+            )
+
+
+# (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages, programs per SM)
+TMA_SWEEP = [
+    (128, 128, 64, 8, 8, 2, 1),
+    (128, 128, 64, 8, 8, 3, 1),
+    (128, 128, 64, 8, 4, 2, 1),
+    (128, 64, 64, 8, 4, 3, 1),
+    (128, 64, 64, 8, 4, 4, 2),
+    (64, 128, 64, 8, 4, 3, 2),
+    (128, 256, 64, 8, 8, 2, 1),
+    (256, 128, 64, 8, 8, 2, 1),
+]
+
+
+def _scratch(size: int, alignment: int, stream) -> torch.Tensor:
+    """Global scratch for the descriptors the TMA kernel builds on the device."""
+    return torch.empty(size, dtype=torch.int8, device="cuda")
+
+
+def _tma_launch(a, b, pre, out, M, N, K, backward, b_kmajor):
+    # Triton keeps its allocator per thread (a context variable): set it here, where backward runs
+    # on autograd's device thread too.
+    triton.set_allocator(_scratch)
+    block_m, block_n, block_k, group_m, num_warps, num_stages, per_sm = CONFIG["tma"][
+        "bwd" if backward else "fwd"
+    ]
+    tiles = triton.cdiv(M, block_m) * triton.cdiv(N, block_n)
+    sms = torch.cuda.get_device_properties(a.device).multi_processor_count if a.is_cuda else 3
+    programs = min(tiles, sms * per_sm)
+    _mm_gelu_tma_kernel[(programs,)](
+        a, b, pre, out, M, N, K, BACKWARD=backward, B_KMAJOR=b_kmajor, NUM_PROGRAMS=programs,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=group_m,
+        num_warps=num_warps, num_stages=num_stages,
+    )  # fmt: skip
+
+
 def _launch(a, b, bias, pre, out, dbias, M, N, K, backward, has_bias=False):
-    block_m, block_n, block_k, group_m, num_warps, num_stages, per_sm = CONFIG[0]
+    block_m, block_n, block_k, group_m, num_warps, num_stages, per_sm = CONFIG["pointer"][
+        "bwd" if backward else "fwd"
+    ]
     tiles = triton.cdiv(M, block_m) * triton.cdiv(N, block_n)
     sms = torch.cuda.get_device_properties(a.device).multi_processor_count
     grid = (min(tiles, sms * per_sm) if per_sm else tiles,)
@@ -153,7 +251,10 @@ def linear_gelu_fwd(x, w1):
     N = w1.shape[0]
     pre = torch.empty((M, N), dtype=x.dtype, device=x.device)
     h = torch.empty_like(pre)
-    _launch(x, w1.t(), w1, pre, h, pre, M, N, K, backward=False)
+    if KIND[0] == "tma":
+        _tma_launch(x, w1, pre, h, M, N, K, backward=False, b_kmajor=True)
+    else:
+        _launch(x, w1.t(), w1, pre, h, pre, M, N, K, backward=False)
     return pre, h
 
 
@@ -161,7 +262,10 @@ def linear_gelu_bwd(dy, w2, pre):
     """``dpre = (dy @ W2) * gelu'(pre)``."""
     M, C = dy.shape
     dpre = torch.empty_like(pre)
-    _launch(dy, w2, pre, pre, dpre, pre, M, w2.shape[1], C, backward=True)
+    if KIND[0] == "tma":
+        _tma_launch(dy, w2, pre, dpre, M, w2.shape[1], C, backward=True, b_kmajor=False)
+    else:
+        _launch(dy, w2, pre, pre, dpre, pre, M, w2.shape[1], C, backward=True)
     return dpre
 
 
@@ -226,12 +330,13 @@ def rel(a, b):
 
 
 def check(M, C, H) -> dict:
-    """Relative error of y and every gradient against float64, for the fused version and torch eager."""
+    """Relative error of y and every gradient against float64, for both fused kernels and torch eager."""
     out = {}
     x, w1, w2, dy = make(M, C, H, seed=1)
     xd, w1d, w2d = (t.detach().double().requires_grad_() for t in (x, w1, w2))
     ref(xd, w1d, w2d).backward(dy.double())
-    for name, fn in (("fused", fused), ("torch eager", ref)):
+    for name, fn in (("fused (pointer)", fused), ("fused (tma)", fused), ("torch eager", ref)):
+        KIND[0] = name[7:-1] if name.startswith("fused") else KIND[0]
         x.grad = w1.grad = w2.grad = None
         y = fn(x, w1, w2)
         y.backward(dy)
@@ -248,29 +353,41 @@ def kernel_times(M, C, H) -> dict:
     x, w1, w2, dy = make(M, C, H)
     xs, w1s, w2s = x.detach(), w1.detach(), w2.detach()
     pre, _ = linear_gelu_fwd(xs, w1s)
-    return {
-        "fwd kernel": ms(lambda: linear_gelu_fwd(xs, w1s)),
-        "bwd kernel": ms(lambda: linear_gelu_bwd(dy, w2s, pre)),
+    out = {}
+    for kind in CONFIG:
+        KIND[0] = kind
+        out[f"fused forward ({kind})"] = ms(lambda: linear_gelu_fwd(xs, w1s))
+        out[f"fused backward ({kind})"] = ms(lambda: linear_gelu_bwd(dy, w2s, pre))
+    return out | {
         "cuBLAS x @ W1^T": ms(lambda: xs @ w1s.t()),
         "cuBLAS dy @ W2": ms(lambda: dy @ w2s),
         "aten gelu": ms(lambda: F.gelu(pre)),
     }
 
 
-def sweep(M, C, H) -> list[dict]:
-    rows = []
-    saved = CONFIG[0]
-    try:
-        for cfg in SWEEP:
-            CONFIG[0] = cfg
+def sweep(M, C, H, kind: str, configs) -> list[dict]:
+    """Time the forward and the backward kernel of ``kind`` at every tile of ``configs``; leave
+    each direction at its fastest in ``CONFIG``."""
+    x, w1, w2, dy = make(M, C, H)
+    xs, w1s, w2s = x.detach(), w1.detach(), w2.detach()
+    pre = xs @ w1s.t()
+    runs = {"fwd": lambda: linear_gelu_fwd(xs, w1s), "bwd": lambda: linear_gelu_bwd(dy, w2s, pre)}
+    rows, best = [], {}
+    KIND[0] = kind
+    for cfg in configs:
+        row = {"kind": kind, "config": cfg}
+        for direction, fn in runs.items():
+            CONFIG[kind][direction] = cfg
             try:
-                t = kernel_times(M, C, H)
-                rows.append({"config": cfg, "fwd": t["fwd kernel"], "bwd": t["bwd kernel"]})
+                row[direction] = t = ms(fn)
+                if t < best.get(direction, (float("inf"),))[0]:
+                    best[direction] = (t, cfg)
             except Exception as e:  # noqa: BLE001  (a tile that does not fit: shared memory)
-                rows.append({"config": cfg, "error": repr(e)[:200]})
-            print("sweep", M, C, H, rows[-1], flush=True)
-    finally:
-        CONFIG[0] = saved
+                row[direction + " error"] = repr(e)[:200]
+        rows.append(row)
+        print("sweep", M, C, H, row, flush=True)
+    for direction, (_, cfg) in best.items():
+        CONFIG[kind][direction] = cfg
     return rows
 
 
@@ -310,20 +427,23 @@ def main() -> None:
         r["check"] = check(M, C, H)
         print(name, "check", r["check"], flush=True)
         if not args.no_sweep:
-            r["sweep"] = sweep(M, C, H)
+            r["sweep"] = sweep(M, C, H, "pointer", SWEEP) + sweep(M, C, H, "tma", TMA_SWEEP)
+        r["tiles"] = {kind: dict(cfg) for kind, cfg in CONFIG.items()}
         r["kernels"] = kernel_times(M, C, H)
         x, w1, w2, dy = make(M, C, H)
         r["steps"] = {
             "torch eager": ms(step(ref, x, w1, w2, dy)),
             "torch.compile": ms(step(compiled_ref, x, w1, w2, dy)),
-            "fused": ms(step(fused, x, w1, w2, dy)),
         }
-        r["flop"] = 3 * 2 * (2 * M * C * H)
         r["profile"] = {
             "torch.compile": top_kernels(step(compiled_ref, x, w1, w2, dy)),
             "torch eager": top_kernels(step(ref, x, w1, w2, dy)),
-            "fused": top_kernels(step(fused, x, w1, w2, dy)),
         }
+        for kind in CONFIG:
+            KIND[0] = kind
+            r["steps"][f"fused ({kind})"] = ms(step(fused, x, w1, w2, dy))
+            r["profile"][f"fused ({kind})"] = top_kernels(step(fused, x, w1, w2, dy))
+        r["flop"] = 3 * 2 * (2 * M * C * H)
         for k, rows in r["profile"].items():
             print(name, k, *[f"  {t:.4f} {n}" for n, t in rows], sep="\n", flush=True)
         print(name, r["kernels"], r["steps"], flush=True)
@@ -346,7 +466,9 @@ def main() -> None:
             lines.append(f"| {name} | {row} | {t:.4f} |")
         for row in r.get("sweep", []):
             fwd, bwd = row.get("fwd", float("nan")), row.get("bwd", float("nan"))
-            lines.append(f"| {name} | sweep {row['config']} fwd / bwd | {fwd:.4f} / {bwd:.4f} |")
+            lines.append(
+                f"| {name} | sweep {row['kind']} {row['config']} fwd / bwd | {fwd:.4f} / {bwd:.4f} |"
+            )
     with open(os.path.join(args.out, "bench_mlp_epilogue.md"), "w") as fh:
         fh.write("\n".join(lines) + "\n")
     print("\n" + "\n".join(lines))
