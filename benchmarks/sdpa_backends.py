@@ -1,0 +1,98 @@
+"""Which SDPA backend is fastest at the ViT-5 attention shapes (T = 201 tokens, head_dim 64, bf16).
+
+Run on the device machine (see /work/.library/device/), from the repository root::
+
+    python benchmarks/sdpa_backends.py --out $OUT
+
+For vit5-small at batch 256 (6 heads) and vit5-base at batch 128 (12 heads): forward, and forward
++ backward, of ``F.scaled_dot_product_attention`` pinned to each backend (cuDNN,
+FlashAttention-2, memory-efficient), median of ``triton.testing.do_bench``, and each backend's
+output and ``dq`` relative to cuDNN's (all compute the same function in bf16). flopkit's
+``ViT5Attention`` and nvSubquadratic's both leave the choice to PyTorch, which picks cuDNN on the
+H100. Writes ``sdpa_backends.json`` and ``sdpa_backends.md`` under ``--out``.
+"""
+
+# ruff: noqa: B023
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from triton.testing import do_bench
+
+SHAPES = {"vit5-small b256": (256, 6), "vit5-base b128": (128, 12)}
+BACKENDS = (SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION)
+
+
+def ms(fn) -> float:
+    return do_bench(fn, warmup=20, rep=100, return_mode="median")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    args = ap.parse_args()
+    res = {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "date": datetime.date.today().isoformat(),
+    }
+    rows = res["rows"] = []
+    g = torch.Generator(device="cuda").manual_seed(0)
+    for shape, (B, H) in SHAPES.items():
+        q, k, v = (
+            torch.randn(B, H, 201, 64, device="cuda", generator=g).to(torch.bfloat16).requires_grad_()
+            for _ in range(3)
+        )
+        do = torch.randn(B, H, 201, 64, device="cuda", generator=g).to(torch.bfloat16)
+
+        def forward():
+            return F.scaled_dot_product_attention(q, k, v)
+
+        def forward_backward():
+            q.grad = k.grad = v.grad = None
+            forward().backward(do)
+
+        first = None
+        for backend in BACKENDS:
+            row = {"shape": shape, "backend": backend.name}
+            try:
+                with sdpa_kernel([backend]):
+                    row["forward_ms"], row["forward_backward_ms"] = ms(forward), ms(forward_backward)
+                    forward_backward()
+                    out, dq = forward().float(), q.grad.float()
+                first = first or (out, dq)
+                row["out_vs_cudnn"] = ((out - first[0]).norm() / first[0].norm()).item()
+                row["dq_vs_cudnn"] = ((dq - first[1]).norm() / first[1].norm()).item()
+            except RuntimeError as e:  # a backend this build or GPU lacks
+                row["error"] = repr(e)[:200]
+            rows.append(row)
+    lines = [
+        f"sdpa_backends: {res['device']}, torch {res['torch']}, {res['date']}; T = 201, head_dim 64, bf16",
+        "",
+        "| shape | backend | forward ms | forward + backward ms | out vs cuDNN | dq vs cuDNN |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['shape']} | {r['backend']} | {r['error']} ||||")
+        else:
+            lines.append(
+                f"| {r['shape']} | {r['backend']} | {r['forward_ms']:.4f} | {r['forward_backward_ms']:.4f} | "
+                f"{r['out_vs_cudnn']:.1e} | {r['dq_vs_cudnn']:.1e} |"
+            )
+    with open(os.path.join(args.out, "sdpa_backends.json"), "w") as fh:
+        json.dump(res, fh, indent=1)
+    with open(os.path.join(args.out, "sdpa_backends.md"), "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
