@@ -9,7 +9,8 @@ For vit5-small at batch 256 (6 heads) and vit5-base at batch 128 (12 heads): for
 FlashAttention-2, memory-efficient), median of ``triton.testing.do_bench``, and each backend's
 output and ``dq`` relative to cuDNN's (all compute the same function in bf16). flopkit's
 ``ViT5Attention`` and nvSubquadratic's both leave the choice to PyTorch, which picks cuDNN on the
-H100. Writes ``sdpa_backends.json`` and ``sdpa_backends.md`` under ``--out``.
+H100. Then the layout of q and k: head-major or token-major, with the output's transpose to
+``[B, T, C]``. Writes ``sdpa_backends.json`` and ``sdpa_backends.md`` under ``--out``.
 """
 
 # ruff: noqa: B023
@@ -32,6 +33,48 @@ BACKENDS = (SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.E
 
 def ms(fn) -> float:
     return do_bench(fn, warmup=20, rep=100, return_mode="median")
+
+
+def layouts() -> list[dict]:
+    """cuDNN allocates the attention output in q's memory layout: token-major q makes the
+    ``[B, T, C]`` output a free view instead of a transposing copy."""
+    rows = []
+    g = torch.Generator(device="cuda").manual_seed(1)
+    for shape, (B, H) in SHAPES.items():
+        T, D = 201, 64
+        qkv = torch.randn(B, T, 3 * H * D, device="cuda", generator=g).to(torch.bfloat16)
+        v = qkv[..., 2 * H * D :].unflatten(-1, (H, D)).transpose(1, 2).requires_grad_()
+        grad = torch.randn(B, T, H * D, device="cuda", generator=g).to(torch.bfloat16)
+        for layout in ("head-major", "token-major"):
+            if layout == "head-major":
+                q, k = (
+                    torch.randn(B, H, T, D, device="cuda", generator=g).to(torch.bfloat16) for _ in range(2)
+                )
+            else:
+                q, k = (
+                    torch.randn(B, T, H, D, device="cuda", generator=g).to(torch.bfloat16).transpose(1, 2)
+                    for _ in range(2)
+                )
+            q.requires_grad_()
+            k.requires_grad_()
+
+            def attention():
+                return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, T, H * D)
+
+            def forward_backward():
+                q.grad = k.grad = v.grad = None
+                attention().backward(grad)
+
+            out = F.scaled_dot_product_attention(q, k, v)
+            rows.append(
+                {
+                    "shape": shape,
+                    "layout": layout,
+                    "ms": ms(forward_backward),
+                    "output_is_view": out.transpose(1, 2).is_contiguous(),
+                }
+            )
+    return rows
 
 
 def main() -> None:
@@ -73,6 +116,7 @@ def main() -> None:
             except RuntimeError as e:  # a backend this build or GPU lacks
                 row["error"] = repr(e)[:200]
             rows.append(row)
+    layout_rows = res["layouts"] = layouts()
     lines = [
         f"sdpa_backends: {res['device']}, torch {res['torch']}, {res['date']}; T = 201, head_dim 64, bf16",
         "",
@@ -87,6 +131,17 @@ def main() -> None:
                 f"| {r['shape']} | {r['backend']} | {r['forward_ms']:.4f} | {r['forward_backward_ms']:.4f} | "
                 f"{r['out_vs_cudnn']:.1e} | {r['dq_vs_cudnn']:.1e} |"
             )
+    lines += [
+        "",
+        "Default backend, forward + backward of `sdpa(q, k, v).transpose(1, 2).reshape(B, T, C)`, v a",
+        "slice of the fused qkv activation (as in both models), q and k laid out head-major (contiguous",
+        "`[B, H, T, D]`) or token-major (`[B, H, T, D]` views of `[B, T, H, D]` buffers):",
+        "",
+        "| shape | q, k layout | ms | output a view (no copy) |",
+        "|---|---|---:|---|",
+    ]
+    for r in layout_rows:
+        lines.append(f"| {r['shape']} | {r['layout']} | {r['ms']:.4f} | {r['output_is_view']} |")
     with open(os.path.join(args.out, "sdpa_backends.json"), "w") as fh:
         json.dump(res, fh, indent=1)
     with open(os.path.join(args.out, "sdpa_backends.md"), "w") as fh:
