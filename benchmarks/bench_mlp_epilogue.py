@@ -34,14 +34,17 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
+import sys
 
 import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
 from triton.testing import do_bench
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _results import write_results  # noqa: E402
 
 SHAPES = {"vit5-small b256": (51456, 384, 1536), "vit5-base b128": (25728, 768, 3072)}
 DT = torch.bfloat16
@@ -71,18 +74,14 @@ CONFIG = {
 
 @triton.jit
 def _mm_gelu_kernel(
-    A, B, BIAS, PRE, OUT, DBIAS,
+    A, B, PRE, OUT,
     M, N, K,
     s_am, s_ak, s_bk, s_bn,
-    HAS_BIAS: tl.constexpr, BACKWARD: tl.constexpr, EVEN_K: tl.constexpr, PRECISION: tl.constexpr,
-    FLATTEN: tl.constexpr,
+    BACKWARD: tl.constexpr, EVEN_K: tl.constexpr, FLATTEN: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):  # fmt: skip
     """``acc = A @ B`` (``A`` ``[M, K]``, ``B`` ``[K, N]``, any strides) then the GELU epilogue into
-    the contiguous ``[M, N]`` outputs (see the module docstring). Persistent when the grid is
-    smaller than the tile count; rows and columns past the edge wrap around for the loads (``%``
-    keeps their contiguity visible to Triton: a ``where`` turned the row-major ``W2`` operand's
-    16-byte loads into 2-byte ones, 4x slower)."""
+    the contiguous ``[M, N]`` outputs (see the module docstring)."""
     # Persistent when the grid is smaller than the tile count: each program walks tiles
     # num_programs apart; FLATTEN lets the pipeliner overlap one tile's epilogue with the next
     # tile's first loads. Grouped order: GROUP_M row tiles share each column tile of B in L2.
@@ -99,8 +98,8 @@ def _mm_gelu_kernel(
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         # Rows and columns past the edge wrap around (their results are never stored): no load
-        # masks, and `%` keeps the offsets' contiguity visible to Triton (a `where` would hide it and
-        # turn a row-major operand's 16-byte loads into 2-byte ones).
+        # masks, and `%` keeps the offsets' contiguity visible to Triton (a `where` hid it and turned
+        # the row-major W2 operand's 16-byte loads into 2-byte ones, a 4x slower backward).
         am = (offs_m % M).to(tl.int64)
         bn = offs_n % N
         a_ptrs = A + am[:, None] * s_am + offs_k[None, :] * s_ak
@@ -114,18 +113,15 @@ def _mm_gelu_kernel(
                 k_left = K - k * BLOCK_K
                 a = tl.load(a_ptrs, mask=offs_k[None, :] < k_left, other=0.0)
                 b = tl.load(b_ptrs, mask=offs_k[:, None] < k_left, other=0.0)
-            acc = tl.dot(a, b, acc, input_precision=PRECISION)
+            acc = tl.dot(a, b, acc)
             a_ptrs += BLOCK_K * s_ak
             b_ptrs += BLOCK_K * s_bk
-        _epilogue(acc, offs_m, offs_n, pid_m, M, N, BIAS, PRE, OUT, DBIAS, HAS_BIAS, BACKWARD)
+        _epilogue(acc, offs_m, offs_n, M, N, PRE, OUT, BACKWARD)
 
 
 @triton.jit
-def _epilogue(
-    acc, offs_m, offs_n, pid_m, M, N, BIAS, PRE, OUT, DBIAS, HAS_BIAS: tl.constexpr, BACKWARD: tl.constexpr
-):
-    n_mask = offs_n < N
-    mask = (offs_m < M)[:, None] & n_mask[None, :]
+def _epilogue(acc, offs_m, offs_n, M, N, PRE, OUT, BACKWARD: tl.constexpr):
+    mask = (offs_m < M)[:, None] & (offs_n < N)[None, :]
     offs = offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
     if BACKWARD:
         x = tl.load(PRE + offs, mask=mask, other=0.0).to(tl.float32)
@@ -133,12 +129,7 @@ def _epilogue(
         pdf = tl.exp(-0.5 * x * x) * 0.3989422804014327
         dpre = acc * (cdf + x * pdf)
         tl.store(OUT + offs, dpre.to(OUT.dtype.element_ty), mask=mask)
-        if HAS_BIAS:
-            col_sums = tl.sum(tl.where(mask, dpre, 0.0), axis=0)
-            tl.store(DBIAS + pid_m * N + offs_n, col_sums, mask=n_mask)
     else:
-        if HAS_BIAS:
-            acc += tl.load(BIAS + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
         pre = acc.to(PRE.dtype.element_ty)
         tl.store(PRE + offs, pre, mask=mask)
         x = pre.to(tl.float32)
@@ -213,16 +204,23 @@ def _scratch(size: int, alignment: int, stream) -> torch.Tensor:
     return torch.empty(size, dtype=torch.int8, device="cuda")
 
 
+def _tiles_and_grid(kind: str, backward: bool, M: int, N: int, device: torch.device):
+    """``kind``'s tile config for this direction and its grid size: one program per tile, or
+    ``programs per SM`` x SMs of them (persistent) when the config says so."""
+    config = CONFIG[kind]["bwd" if backward else "fwd"]
+    block_m, block_n, per_sm = config[0], config[1], config[6]
+    tiles = triton.cdiv(M, block_m) * triton.cdiv(N, block_n)
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 3
+    return config, min(tiles, sms * per_sm) if per_sm else tiles
+
+
 def _tma_launch(a, b, pre, out, M, N, K, backward, b_kmajor):
     # Triton keeps its allocator per thread (a context variable): set it here, where backward runs
     # on autograd's device thread too.
     triton.set_allocator(_scratch)
-    block_m, block_n, block_k, group_m, num_warps, num_stages, per_sm = CONFIG["tma"][
-        "bwd" if backward else "fwd"
-    ]
-    tiles = triton.cdiv(M, block_m) * triton.cdiv(N, block_n)
-    sms = torch.cuda.get_device_properties(a.device).multi_processor_count if a.is_cuda else 3
-    programs = min(tiles, sms * per_sm)
+    (block_m, block_n, block_k, group_m, num_warps, num_stages, _), programs = _tiles_and_grid(
+        "tma", backward, M, N, a.device
+    )
     _mm_gelu_tma_kernel[(programs,)](
         a, b, pre, out, M, N, K, BACKWARD=backward, B_KMAJOR=b_kmajor, NUM_PROGRAMS=programs,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=group_m,
@@ -230,17 +228,15 @@ def _tma_launch(a, b, pre, out, M, N, K, backward, b_kmajor):
     )  # fmt: skip
 
 
-def _launch(a, b, bias, pre, out, dbias, M, N, K, backward, has_bias=False):
-    block_m, block_n, block_k, group_m, num_warps, num_stages, per_sm = CONFIG["pointer"][
-        "bwd" if backward else "fwd"
-    ]
-    tiles = triton.cdiv(M, block_m) * triton.cdiv(N, block_n)
-    sms = torch.cuda.get_device_properties(a.device).multi_processor_count
-    grid = (min(tiles, sms * per_sm) if per_sm else tiles,)
-    _mm_gelu_kernel[grid](
-        a, b, bias, pre, out, dbias, M, N, K, a.stride(0), a.stride(1), b.stride(0), b.stride(1),
-        HAS_BIAS=has_bias, BACKWARD=backward, EVEN_K=K % block_k == 0, PRECISION="ieee",
-        FLATTEN=per_sm > 0, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=group_m,
+def _launch(a, b, pre, out, M, N, K, backward):
+    """The pointer kernel on ``A`` = ``a`` ``[M, K]`` and ``B`` = ``b`` ``[K, N]`` (any strides)."""
+    (block_m, block_n, block_k, group_m, num_warps, num_stages, per_sm), programs = _tiles_and_grid(
+        "pointer", backward, M, N, a.device
+    )
+    _mm_gelu_kernel[(programs,)](
+        a, b, pre, out, M, N, K, a.stride(0), a.stride(1), b.stride(0), b.stride(1),
+        BACKWARD=backward, EVEN_K=K % block_k == 0, FLATTEN=per_sm > 0,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=group_m,
         num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
 
@@ -254,7 +250,7 @@ def linear_gelu_fwd(x, w1):
     if KIND[0] == "tma":
         _tma_launch(x, w1, pre, h, M, N, K, backward=False, b_kmajor=True)
     else:
-        _launch(x, w1.t(), w1, pre, h, pre, M, N, K, backward=False)
+        _launch(x, w1.t(), pre, h, M, N, K, backward=False)
     return pre, h
 
 
@@ -265,7 +261,7 @@ def linear_gelu_bwd(dy, w2, pre):
     if KIND[0] == "tma":
         _tma_launch(dy, w2, pre, dpre, M, w2.shape[1], C, backward=True, b_kmajor=False)
     else:
-        _launch(dy, w2, pre, pre, dpre, pre, M, w2.shape[1], C, backward=True)
+        _launch(dy, w2, pre, dpre, M, w2.shape[1], C, backward=True)
     return dpre
 
 
@@ -447,8 +443,6 @@ def main() -> None:
         for k, rows in r["profile"].items():
             print(name, k, *[f"  {t:.4f} {n}" for n, t in rows], sep="\n", flush=True)
         print(name, r["kernels"], r["steps"], flush=True)
-    with open(os.path.join(args.out, "bench_mlp_epilogue.json"), "w") as fh:
-        json.dump(res, fh, indent=1)
     lines = [
         f"bench_mlp_epilogue: {dev}, torch {torch.__version__}, triton {triton.__version__}, {res['date']}",
         f"copy {res['copy_GBps']:.0f} GB/s, bf16 matmul {res['matmul_TFLOPs']:.0f} TFLOP/s",
@@ -469,9 +463,7 @@ def main() -> None:
             lines.append(
                 f"| {name} | sweep {row['kind']} {row['config']} fwd / bwd | {fwd:.4f} / {bwd:.4f} |"
             )
-    with open(os.path.join(args.out, "bench_mlp_epilogue.md"), "w") as fh:
-        fh.write("\n".join(lines) + "\n")
-    print("\n" + "\n".join(lines))
+    write_results(args.out, "bench_mlp_epilogue", res, lines)
 
 
 if __name__ == "__main__":

@@ -19,13 +19,16 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
+import sys
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from triton.testing import do_bench
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _results import write_results  # noqa: E402
 
 SHAPES = {"vit5-small b256": (256, 6), "vit5-base b128": (128, 12)}
 BACKENDS = (SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION)
@@ -142,11 +145,7 @@ def main() -> None:
     ]
     for r in layout_rows:
         lines.append(f"| {r['shape']} | {r['layout']} | {r['ms']:.4f} | {r['output_is_view']} |")
-    with open(os.path.join(args.out, "sdpa_backends.json"), "w") as fh:
-        json.dump(res, fh, indent=1)
-    with open(os.path.join(args.out, "sdpa_backends.md"), "w") as fh:
-        fh.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(args.out, "sdpa_backends", res, lines)
 
 
 if __name__ == "__main__":

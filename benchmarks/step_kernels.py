@@ -26,6 +26,7 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, os.path.dirname(__file__))
 import bench_train  # noqa: E402  (the models and the step, built one way)
+from _results import write_results  # noqa: E402
 
 STEPS = 3
 
@@ -133,12 +134,7 @@ def main() -> None:
     kinds = ["flopkit"] + (["upstream"] if args.upstream else [])
     for kind in kinds:
         res["models"][kind] = profile_step(kind, args.preset, args.batch, args.upstream)
-    lines = render(res, args.top)
-    with open(os.path.join(args.out, "step_kernels.json"), "w") as fh:
-        json.dump(res, fh, indent=1)
-    with open(os.path.join(args.out, "step_kernels.md"), "w") as fh:
-        fh.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_results(args.out, "step_kernels", res, render(res, args.top))
 
 
 if __name__ == "__main__":
