@@ -48,6 +48,7 @@ import platform
 import sys
 import time
 import traceback
+import types
 
 import torch
 import torch.nn.functional as F
@@ -107,8 +108,14 @@ def kernel_ms(fn, iters: int) -> float:
 # ------------------------------------------------------------------------------------------ models
 
 
-def build_flopkit(preset: str) -> torch.nn.Module:
-    return ViT5.from_preset(preset).cuda().to(DTYPE)
+def build_flopkit(preset: str, unfolded: bool = False) -> torch.nn.Module:
+    """flopkit's ViT5; ``unfolded`` (the ``flopkit-unfolded`` rows, an ablation) runs every block's
+    ``x + ls2(mlp(y))`` as written instead of folding the LayerScale and the add into ``fc2``."""
+    model = ViT5.from_preset(preset).cuda().to(DTYPE)
+    if unfolded:
+        for block in model.blocks:
+            block._mlp_residual = types.MethodType(lambda self, y, x: x + self.ls2(self.mlp(y)), block)
+    return model
 
 
 def build_upstream(preset: str, root: str) -> torch.nn.Module:
@@ -217,7 +224,10 @@ def run_step_row(kind, preset, mode, args, peak_tflops) -> dict:
     row = {"model": kind, "preset": preset, "batch": batch, "mode": mode}
     torch._dynamo.reset()
     torch.manual_seed(0)
-    model = build_upstream(preset, args.upstream) if kind == "upstream" else build_flopkit(preset)
+    if kind == "upstream":
+        model = build_upstream(preset, args.upstream)
+    else:
+        model = build_flopkit(preset, unfolded=kind == "flopkit-unfolded")
     model.train()
     step_flops = training_flops(preset, batch)
     step = make_step(compile_model(model, mode), kind, batch)
@@ -490,7 +500,7 @@ def main() -> None:
     ap.add_argument("--upstream", default=None, help="nvSubquadratic source tree (has nvsubquadratic/)")
     ap.add_argument("--presets", default="vit5-small,vit5-base")
     ap.add_argument("--modes", default="eager,compile,reduce-overhead,max-autotune")
-    ap.add_argument("--models", default="flopkit,upstream")
+    ap.add_argument("--models", default="flopkit,upstream", help="of flopkit, flopkit-unfolded, upstream")
     ap.add_argument("--sections", default="host,steps")
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=10)

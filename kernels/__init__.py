@@ -7,7 +7,7 @@ formulas live in :mod:`flopkit.formulas`. Every public op takes ``backend="auto"
 "torch"``: ``auto`` runs Triton on CUDA tensors and the reference elsewhere. Triton is imported only when a kernel first runs.
 """
 
-from ._dispatch import BACKENDS, SUPPORTED_DTYPES, resolve_backend
+from ._dispatch import BACKENDS, SUPPORTED_DTYPES, ops_observed, resolve_backend
 from ._routing import route_through_custom_ops
 from .norm import (
     head_norm,
@@ -28,6 +28,7 @@ __all__ = [
     "SUPPORTED_DTYPES",
     "ROPE_PAIRINGS",
     "resolve_backend",
+    "ops_observed",
     "route_through_custom_ops",
     "rms_norm",
     "rms_norm_ref",

@@ -16,6 +16,7 @@ import torch
 __all__ = [
     "runs_reference_in_op",
     "needs_custom_op",
+    "ops_observed",
     "BACKENDS",
     "SUPPORTED_DTYPES",
     "resolve_backend",
@@ -130,6 +131,17 @@ def needs_custom_op(x: torch.Tensor) -> bool:
         or x.device.type == "meta"
         or runs_reference_in_op(x)
     )
+
+
+def ops_observed() -> bool:
+    """True when something records the aten ops a model runs: a dispatch mode (``FlopCounterMode``,
+    FakeTensor, opcheck), a JIT trace (fvcore) or :func:`route_through_custom_ops`. Models then run
+    each module's ops as written instead of folding them algebraically (``ViT5Block`` folds its
+    second LayerScale into ``fc2``), so that counters attribute every FLOP to its own module.
+    Never true while ``torch.compile`` traces: compiled code runs the folded form."""
+    if torch.compiler.is_compiling():
+        return False
+    return _ROUTE_DEPTH > 0 or torch._C._len_torch_dispatch_stack() > 0 or torch.jit.is_tracing()
 
 
 @functools.cache

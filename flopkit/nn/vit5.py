@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flopkit import formulas
+from flopkit import formulas, kernels
 
 from ._checks import check_positive_int, is_int
 from ._flops import CompositeFlops, FlopCounted
@@ -284,15 +284,45 @@ class ViT5Block(CompositeFlops, nn.Module):
 
         The first residual step ``x + ls1(branch)`` runs inside ``norm2``'s fused kernel
         (``rms_norm_residual`` with ``ls1.gamma`` as its scale); ``ls1`` then never runs itself (its
-        FLOPs are still counted). The second step stays a plain add: folding it into the next
-        block's ``norm1`` would make that block read this block's ``ls2.gamma``, which FSDP2 frees
-        after this block's forward when each block is its own ``fully_shard`` unit.
+        FLOPs are still counted). The second step ``x + ls2(mlp(y))`` runs as one GEMM where it can
+        (see :meth:`_mlp_residual`).
         """
         if isinstance(self.ls1, LayerScale):
             y, x = self.norm2.forward_residual(self.attn(self.norm1(x)), x, scale=self.ls1.gamma)
         else:
             y, x = self.norm2.forward_residual(self.ls1(self.attn(self.norm1(x))), x)
-        return x + self.ls2(self.mlp(y))
+        return self._mlp_residual(y, x)
+
+    def _mlp_residual(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``x + ls2(mlp(y))`` for ``y``, ``x`` ``[B, T, C]``.
+
+        On the fast path (``use_triton``) with a bias-free ``fc2``, a LayerScale ``ls2`` and no MLP
+        dropout, the scale folds into ``fc2``'s weight and the residual add into its GEMM:
+        ``addmm(x, gelu(fc1(y)), W2.T * gamma)``. ``W2.T * gamma`` is weight-sized
+        (``C * h``), while the unfolded form spends three token-sized passes on the scale and the
+        add, forward and backward (the scale's gradient becomes a weight-sized sum too). The
+        parameters and the state dict are unchanged; the result differs from the unfolded form
+        only in rounding. It is used only when every operand already has the GEMM's dtype (no
+        promotion to change), and never while ops are recorded (:func:`flopkit.kernels.ops_observed`:
+        FLOP counters then see ``fc2``, the LayerScale and the add as their own modules' ops).
+        """
+        mlp, ls = self.mlp, self.ls2
+        device = x.device.type
+        if (
+            self.norm2.use_triton
+            and device in ("cuda", "cpu")
+            and isinstance(ls, LayerScale)
+            and mlp.fc2.bias is None
+            and isinstance(mlp.drop, nn.Identity)
+            and x.dtype == ls.gamma.dtype == mlp.fc2.weight.dtype
+            and (not torch.is_autocast_enabled(device) or torch.get_autocast_dtype(device) == x.dtype)
+            and not kernels.ops_observed()
+        ):
+            h = mlp.act(mlp.fc1(y))
+            # (W2 * gamma[:, None]).T as W2.T * gamma: one op fewer on the eager path.
+            out = torch.addmm(x.view(-1, x.shape[-1]), h.view(-1, h.shape[-1]), mlp.fc2.weight.t() * ls.gamma)
+            return out.view(x.shape)
+        return x + ls(mlp(y))
 
     def default_flop_tokens(self) -> int:
         return self.num_tokens

@@ -243,3 +243,84 @@ def test_flop_count_refuses_a_token_count_its_image_size_fixes():
         model.norm.flop_count()
     with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
         model.flop_count(batch_size=0)
+
+
+class _CountAddmm:
+    """Counts ``torch.addmm`` calls inside its ``with`` (a plain function stands in for it)."""
+
+    def __enter__(self):
+        self.calls, self._real = 0, torch.addmm
+
+        def addmm(*args, **kwargs):
+            self.calls += 1
+            return self._real(*args, **kwargs)
+
+        torch.addmm = addmm
+        return self
+
+    def __exit__(self, *exc):
+        torch.addmm = self._real
+
+
+def _block_pair(dtype=torch.float64, **kw):
+    """A ViT5Block on the fast path (folds ls2 into fc2) and its use_triton=False twin, same weights
+    (a random LayerScale, so a wrong fold cannot hide behind gamma = 1e-4)."""
+    torch.manual_seed(0)
+    args = dict(hidden_dim=32, num_heads=2, num_patches_h=2, num_patches_w=2, num_registers=4, **kw)
+    fast, ref = ViT5Block(**args).to(dtype), ViT5Block(**args, use_triton=False).to(dtype)
+    with torch.no_grad():
+        for p in fast.parameters():
+            p.copy_(torch.randn_like(p))
+    ref.load_state_dict(fast.state_dict())
+    return fast, ref
+
+
+def test_block_folds_ls2_into_fc2_exactly():
+    """x + ls2(fc2(h)) as one addmm with gamma folded into W2: same values and gradients as the
+    unfolded form (float64), and the fold does run (one addmm per block, none unfolded)."""
+    fast, ref = _block_pair()
+    x = torch.randn(3, fast.num_tokens, 32, dtype=torch.float64, requires_grad=True)
+    xr = x.detach().clone().requires_grad_()
+    with _CountAddmm() as addmm:
+        out = fast(x)
+    assert addmm.calls == 1
+    expected = ref(xr)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(out)
+    out.backward(g)
+    expected.backward(g)
+    torch.testing.assert_close(x.grad, xr.grad, rtol=1e-11, atol=1e-11)
+    for (name, p), q in zip(fast.named_parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-11, atol=1e-11, msg=name)
+
+
+@pytest.mark.parametrize(
+    "case", ["mlp_bias", "no_layer_scale", "counter", "autocast_promotes", "reference_path"]
+)
+def test_block_keeps_ls2_unfolded(case):
+    """Where the fold would change what runs (a bias, no LayerScale), the dtype (fp32 weights under
+    bf16 autocast give an fp32 residual stream) or what a FLOP counter attributes, the block runs
+    fc2, the LayerScale and the add as written."""
+    kw = (
+        {"mlp_bias": True}
+        if case == "mlp_bias"
+        else {"layer_scale_init": None}
+        if case == "no_layer_scale"
+        else {}
+    )
+    dtype = torch.float32 if case == "autocast_promotes" else torch.float64
+    fast, ref = _block_pair(dtype, **kw)
+    block = ref if case == "reference_path" else fast
+    x = torch.randn(2, fast.num_tokens, 32, dtype=dtype)
+    with _CountAddmm() as addmm:
+        if case == "counter":
+            with FlopCounterMode(display=False) as counter:
+                block(x)
+            assert counter.get_flop_counts()["ViT5Block.mlp.fc2"]
+        elif case == "autocast_promotes":
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out = block(x)
+            assert out.dtype == torch.float32
+        else:
+            block(x)
+    assert addmm.calls == 0
