@@ -109,13 +109,21 @@ def kernel_ms(fn, iters: int) -> float:
 
 
 def build_flopkit(preset: str, unfolded: bool = False) -> torch.nn.Module:
-    """flopkit's ViT5; ``unfolded`` (the ``flopkit-unfolded`` rows, an ablation) runs every block's
-    ``x + ls2(mlp(y))`` as written instead of folding the LayerScale and the add into ``fc2``."""
+    """flopkit's ViT5; ``unfolded`` (the ``flopkit-unfolded`` rows, an ablation) runs the blocks as
+    written: each block sums its output itself and ``ls2`` runs after ``fc2``, instead of the next
+    block's ``norm1`` adding the pending branch and ``ls2`` folding into ``fc2``'s weight."""
     model = ViT5.from_preset(preset).cuda().to(DTYPE)
     if unfolded:
         for block in model.blocks:
-            block._mlp_residual = types.MethodType(lambda self, y, x: x + self.ls2(self.mlp(y)), block)
+            block.mlp_branch = types.MethodType(lambda self, y, dtype: self.ls2(self.mlp(y)), block)
+        model._run_blocks = types.MethodType(lambda self, x: (_plain_blocks(self, x), None), model)
     return model
+
+
+def _plain_blocks(model, x):
+    for block in model.blocks:
+        x = block(x)
+    return x
 
 
 def build_upstream(preset: str, root: str) -> torch.nn.Module:

@@ -2,7 +2,7 @@
 
 from .attention import ViT5Attention
 from .norms import HeadNorm, PerHeadRMSNorm, RMSNorm
-from .vit5 import PRESETS, LayerScale, Mlp, PatchEmbed, ViT5, ViT5Block
+from .vit5 import PRESETS, LayerScale, Mlp, PatchEmbed, ScalableLinear, ViT5, ViT5Block
 
 __all__ = [
     "RMSNorm",
@@ -11,6 +11,7 @@ __all__ = [
     "ViT5Attention",
     "PatchEmbed",
     "Mlp",
+    "ScalableLinear",
     "LayerScale",
     "ViT5Block",
     "ViT5",

@@ -28,7 +28,17 @@ from ._flops import CompositeFlops, FlopCounted
 from .attention import ViT5Attention
 from .norms import RMSNorm
 
-__all__ = ["PatchConv", "PatchEmbed", "Mlp", "LayerScale", "ViT5Block", "ViT5", "PRESETS", "OFFICIAL_LAYOUT"]
+__all__ = [
+    "PatchConv",
+    "PatchEmbed",
+    "ScalableLinear",
+    "Mlp",
+    "LayerScale",
+    "ViT5Block",
+    "ViT5",
+    "PRESETS",
+    "OFFICIAL_LAYOUT",
+]
 
 # Presets are data: the fields that differ from ViT5's defaults (patch 16, image 224, R = 4,
 # CLS, MLP x4, GELU, LayerScale 1e-4, RMSNorm eps 1e-6, QK-norm RMSNorm).
@@ -176,6 +186,21 @@ class LayerScale(FlopCounted, nn.Module):
         return f"dim={self.dim}, init_values={self.init_values:g}"
 
 
+class ScalableLinear(nn.Linear):
+    """``nn.Linear`` (same parameters and state dict) whose forward can fold a per-output scale
+    into its weight: ``forward(x, scale)`` is ``F.linear(x, W * scale[:, None])``, equal to
+    ``linear(x) * scale`` for a bias-free layer, with the scale applied to ``out * in`` weights
+    instead of every output element. Called as a module, so hooks (profiler ranges) see it."""
+
+    def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+        """``x``: ``[*, in]`` -> ``[*, out]``; ``scale``: ``(out,)``, only without a bias."""
+        if scale is None:
+            return F.linear(x, self.weight, self.bias)
+        if self.bias is not None:
+            raise ValueError("ScalableLinear: scale folds into the weight only without a bias")
+        return F.linear(x, self.weight * scale.unsqueeze(1))
+
+
 class Mlp(CompositeFlops, nn.Module):
     """``Linear(C, h) -> GELU -> Linear(h, C)``, bias-free by default. ``[*, C]`` -> ``[*, C]``.
 
@@ -196,10 +221,12 @@ class Mlp(CompositeFlops, nn.Module):
         self.fc1 = nn.Linear(in_features, hidden_features, bias=bias)
         self.act = act_layer()
         self.drop = nn.Dropout(drop) if drop > 0 else nn.Identity()
-        self.fc2 = nn.Linear(hidden_features, in_features, bias=bias)
+        self.fc2 = ScalableLinear(hidden_features, in_features, bias=bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+    def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+        """``x``: ``[*, C]`` -> ``[*, C]``; ``scale`` ``(C,)``: a LayerScale folded into ``fc2``'s
+        weight (bias-free ``fc2``, no dropout), the output then being ``mlp(x) * scale``."""
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x))), scale))
 
     def flop_children(self, num_tokens: int, convention: str) -> list[tuple[str, nn.Module, int]]:
         # The activation's count is in elements: num_tokens * hidden_features.
@@ -279,50 +306,68 @@ class ViT5Block(CompositeFlops, nn.Module):
         self.mlp = Mlp(hidden_dim, hidden, bias=mlp_bias)
         self.ls2 = LayerScale(hidden_dim, layer_scale_init) if layer_scale_init else nn.Identity()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x``: ``[B, T, C]`` -> ``[B, T, C]``.
+    def forward(
+        self, x: torch.Tensor, branch: torch.Tensor | None = None, *, pending: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """``x``: ``[B, T, C]`` -> ``[B, T, C]``; the block's input is ``x + branch`` when ``branch``
+        (the previous block's pending MLP branch, ``[B, T, C]``) is given.
 
-        The first residual step ``x + ls1(branch)`` runs inside ``norm2``'s fused kernel
-        (``rms_norm_residual`` with ``ls1.gamma`` as its scale); ``ls1`` then never runs itself (its
-        FLOPs are still counted). The second step ``x + ls2(mlp(y))`` runs as one GEMM where it can
-        (see :meth:`_mlp_residual`).
+        ``pending=True`` returns ``(x, branch)`` with the output ``x + branch`` left unsummed: the
+        next block's ``norm1`` adds it inside its fused ``rms_norm_residual`` kernel, so the add
+        costs no pass of its own, forward or backward (``ViT5`` chains its blocks so on the fast
+        path). Likewise the first step ``x + ls1(attn)`` runs inside ``norm2``'s kernel with
+        ``ls1.gamma`` as its scale, and ``ls2`` folds into ``fc2`` (:meth:`mlp_branch`); the
+        LayerScales then never run as modules, and their FLOPs are still counted.
         """
-        if isinstance(self.ls1, LayerScale):
-            y, x = self.norm2.forward_residual(self.attn(self.norm1(x)), x, scale=self.ls1.gamma)
+        if branch is None:
+            y = self.norm1(x)
         else:
-            y, x = self.norm2.forward_residual(self.ls1(self.attn(self.norm1(x))), x)
-        return self._mlp_residual(y, x)
+            y, x = self.norm1.forward_residual(branch, x)
+        if isinstance(self.ls1, LayerScale):
+            y, x = self.norm2.forward_residual(self.attn(y), x, scale=self.ls1.gamma)
+        else:
+            y, x = self.norm2.forward_residual(self.ls1(self.attn(y)), x)
+        branch = self.mlp_branch(y, x.dtype)
+        return (x, branch) if pending else x + branch
 
-    def _mlp_residual(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """``x + ls2(mlp(y))`` for ``y``, ``x`` ``[B, T, C]``.
+    def mlp_branch(self, y: torch.Tensor, residual_dtype: torch.dtype) -> torch.Tensor:
+        """``ls2(mlp(y))`` for ``y`` ``[B, T, C]``, to be added to a residual of ``residual_dtype``.
 
-        On the fast path (``use_triton``) with a bias-free ``fc2``, a LayerScale ``ls2`` and no MLP
-        dropout, the scale folds into ``fc2``'s weight and the residual add into its GEMM:
-        ``addmm(x, gelu(fc1(y)), W2.T * gamma)``. ``W2.T * gamma`` is weight-sized
-        (``C * h``), while the unfolded form spends three token-sized passes on the scale and the
-        add, forward and backward (the scale's gradient becomes a weight-sized sum too). The
-        parameters and the state dict are unchanged; the result differs from the unfolded form
-        only in rounding. It is used only when every operand already has the GEMM's dtype (no
-        promotion to change), and never while ops are recorded (:func:`flopkit.kernels.ops_observed`:
-        FLOP counters then see ``fc2``, the LayerScale and the add as their own modules' ops).
+        On the fast path (``use_triton``), with a bias-free ``fc2``, a LayerScale ``ls2`` and no MLP
+        dropout, the scale folds into ``fc2``'s weight (:class:`ScalableLinear`):
+        ``gelu(fc1(y)) @ (W2 * gamma[:, None]).T``. The product is weight-sized (``h * C``) where
+        the unfolded scale is a token-sized pass, forward and backward (its gradient becomes a
+        weight-sized sum too). The parameters and the state dict are unchanged; the sum with the
+        residual keeps its dtype (the fold is skipped where it would not, e.g. a bfloat16 residual
+        with float32 weights under autocast) and differs from the unfolded form only in rounding.
+        Never while ops are recorded (:func:`flopkit.kernels.ops_observed`): FLOP counters then see
+        the LayerScale as its own module's op.
         """
         mlp, ls = self.mlp, self.ls2
-        device = x.device.type
-        if (
+        if not (
             self.norm2.use_triton
-            and device in ("cuda", "cpu")
             and isinstance(ls, LayerScale)
+            and isinstance(mlp.fc2, ScalableLinear)
             and mlp.fc2.bias is None
             and isinstance(mlp.drop, nn.Identity)
-            and x.dtype == ls.gamma.dtype == mlp.fc2.weight.dtype
-            and (not torch.is_autocast_enabled(device) or torch.get_autocast_dtype(device) == x.dtype)
+            and y.device.type in ("cuda", "cpu")
             and not kernels.ops_observed()
         ):
-            h = mlp.act(mlp.fc1(y))
-            # (W2 * gamma[:, None]).T as W2.T * gamma: one op fewer on the eager path.
-            out = torch.addmm(x.view(-1, x.shape[-1]), h.view(-1, h.shape[-1]), mlp.fc2.weight.t() * ls.gamma)
-            return out.view(x.shape)
-        return x + ls(mlp(y))
+            return ls(mlp(y))
+        device, gamma = y.device.type, ls.gamma.dtype
+        if torch.is_autocast_enabled(device):
+            mm = torch.get_autocast_dtype(device)
+        elif gamma == mlp.fc2.weight.dtype:
+            mm = gamma
+        else:  # W2 * gamma would not match the activations' dtype
+            return ls(mlp(y))
+        # The unfolded branch has the dtype of mm * gamma, the folded one mm's: fold only where the
+        # sum with the residual comes out the same either way.
+        if gamma != mm and torch.promote_types(mm, residual_dtype) != torch.promote_types(
+            torch.promote_types(mm, gamma), residual_dtype
+        ):
+            return ls(mlp(y))
+        return mlp(y, ls.gamma)
 
     def default_flop_tokens(self) -> int:
         return self.num_tokens
@@ -494,9 +539,26 @@ class ViT5(CompositeFlops, nn.Module):
             parts[0], parts[1] = parts[1], parts[0]
         if len(parts) > 1:
             x = torch.cat(parts, dim=1)
+        x, branch = self._run_blocks(x)
+        return x if branch is None else x + branch
+
+    def _run_blocks(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The blocks on tokens ``x``; returns ``(x, branch)``, the output being ``x + branch``
+        (``branch`` None when summed already).
+
+        On the fast path each block hands its MLP branch on unsummed (``pending=True``) and the next
+        block's ``norm1`` adds it in its fused kernel; the blocks are still called as modules, so
+        their hooks (FSDP2's ``fully_shard`` included) run. While ops are recorded
+        (:func:`flopkit.kernels.ops_observed`) every block returns its summed output instead.
+        """
+        if not self.blocks or not self.blocks[0].norm2.use_triton or kernels.ops_observed():
+            for block in self.blocks:
+                x = block(x)
+            return x, None
+        branch = None
         for block in self.blocks:
-            x = block(x)
-        return x
+            x, branch = block(x, branch, pending=True)
+        return x, branch
 
     def forward_head(self, tokens: torch.Tensor) -> torch.Tensor:
         """Final norm on the readout token(s), pooling, head: ``[B, T, C]`` -> ``[B, num_classes]``."""

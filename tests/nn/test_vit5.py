@@ -6,7 +6,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from flopkit import LayerScale, Mlp, PatchEmbed, ViT5, ViT5Block
-from flopkit.nn import PRESETS
+from flopkit.nn import PRESETS, ScalableLinear
 
 # name: (C, depth, H)
 SIZES = {
@@ -245,62 +245,92 @@ def test_flop_count_refuses_a_token_count_its_image_size_fixes():
         model.flop_count(batch_size=0)
 
 
-class _CountAddmm:
-    """Counts ``torch.addmm`` calls inside its ``with`` (a plain function stands in for it)."""
+def _count_calls(module):
+    """A list that grows by one each time ``module`` runs (a forward hook)."""
+    calls = []
+    module.register_forward_hook(lambda *args: calls.append(1))
+    return calls
 
-    def __enter__(self):
-        self.calls, self._real = 0, torch.addmm
 
-        def addmm(*args, **kwargs):
-            self.calls += 1
-            return self._real(*args, **kwargs)
-
-        torch.addmm = addmm
-        return self
-
-    def __exit__(self, *exc):
-        torch.addmm = self._real
+def _randomized(*models):
+    """Give the models one set of random weights (LayerScales far from 1e-4, so that a wrong fold
+    or a lost branch cannot hide)."""
+    torch.manual_seed(0)
+    first = models[0]
+    with torch.no_grad():
+        for p in first.parameters():
+            p.copy_(torch.randn_like(p) * 0.5)
+    for m in models[1:]:
+        m.load_state_dict(first.state_dict())
+    return models
 
 
 def _block_pair(dtype=torch.float64, **kw):
-    """A ViT5Block on the fast path (folds ls2 into fc2) and its use_triton=False twin, same weights
-    (a random LayerScale, so a wrong fold cannot hide behind gamma = 1e-4)."""
-    torch.manual_seed(0)
+    """A ViT5Block on the fast path and its use_triton=False twin, same weights."""
     args = dict(hidden_dim=32, num_heads=2, num_patches_h=2, num_patches_w=2, num_registers=4, **kw)
-    fast, ref = ViT5Block(**args).to(dtype), ViT5Block(**args, use_triton=False).to(dtype)
-    with torch.no_grad():
-        for p in fast.parameters():
-            p.copy_(torch.randn_like(p))
-    ref.load_state_dict(fast.state_dict())
-    return fast, ref
+    return _randomized(ViT5Block(**args).to(dtype), ViT5Block(**args, use_triton=False).to(dtype))
+
+
+def _assert_same_grads(a, b, tol):
+    for (name, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=tol, atol=tol, msg=name)
 
 
 def test_block_folds_ls2_into_fc2_exactly():
-    """x + ls2(fc2(h)) as one addmm with gamma folded into W2: same values and gradients as the
-    unfolded form (float64), and the fold does run (one addmm per block, none unfolded)."""
+    """ls2(fc2(h)) as h @ (W2.T * gamma): the same values and gradients as the unfolded form
+    (float64), and ls2 never runs as a module on the fast path."""
     fast, ref = _block_pair()
+    calls, ref_calls = _count_calls(fast.ls2), _count_calls(ref.ls2)
     x = torch.randn(3, fast.num_tokens, 32, dtype=torch.float64, requires_grad=True)
     xr = x.detach().clone().requires_grad_()
-    with _CountAddmm() as addmm:
-        out = fast(x)
-    assert addmm.calls == 1
-    expected = ref(xr)
+    out, expected = fast(x), ref(xr)
+    assert (len(calls), len(ref_calls)) == (0, 1)
     torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
     g = torch.randn_like(out)
     out.backward(g)
     expected.backward(g)
     torch.testing.assert_close(x.grad, xr.grad, rtol=1e-11, atol=1e-11)
-    for (name, p), q in zip(fast.named_parameters(), ref.parameters(), strict=True):
-        torch.testing.assert_close(p.grad, q.grad, rtol=1e-11, atol=1e-11, msg=name)
+    _assert_same_grads(fast, ref, 1e-11)
+
+
+def test_block_pending_branch_is_the_unsummed_output():
+    """block(x, b, pending=True) returns (r, branch) with r + branch = ref(x + b)."""
+    fast, ref = _block_pair()
+    x, b = torch.randn(2, 2, fast.num_tokens, 32, dtype=torch.float64)
+    r, branch = fast(x, b, pending=True)
+    torch.testing.assert_close(r + branch, ref(x + b), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(fast(x, b), ref(x + b), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("has_cls", [True, False])
+def test_vit5_pending_chain_matches_the_reference(has_cls):
+    """ViT5's fast path (branches handed on unsummed, ls2 folded) against use_triton=False in float64:
+    logits, features and every gradient."""
+    kw = dict(
+        image_size=32, patch_size=8, hidden_dim=32, depth=3, num_heads=2, num_classes=5, has_cls=has_cls
+    )
+    fast, ref = _randomized(ViT5(**kw).double(), ViT5(**kw, use_triton=False).double())
+    norm1_calls = _count_calls(fast.blocks[1].norm1)
+    images = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    out, expected = fast(images), ref(images)
+    assert not norm1_calls  # the second block's norm1 ran fused with the first block's output sum
+    torch.testing.assert_close(out, expected, rtol=1e-11, atol=1e-11)
+    torch.testing.assert_close(
+        fast.forward_features(images), ref.forward_features(images), rtol=1e-11, atol=1e-11
+    )
+    g = torch.randn_like(out)
+    out.backward(g)
+    expected.backward(g)
+    _assert_same_grads(fast, ref, 1e-10)
 
 
 @pytest.mark.parametrize(
-    "case", ["mlp_bias", "no_layer_scale", "counter", "autocast_promotes", "reference_path"]
+    "case", ["mlp_bias", "no_layer_scale", "counter", "autocast_changes_dtype", "reference_path"]
 )
 def test_block_keeps_ls2_unfolded(case):
-    """Where the fold would change what runs (a bias, no LayerScale), the dtype (fp32 weights under
-    bf16 autocast give an fp32 residual stream) or what a FLOP counter attributes, the block runs
-    fc2, the LayerScale and the add as written."""
+    """Where the fold would change what runs (a bias, no LayerScale), the output dtype (a bfloat16
+    residual with float32 weights under bfloat16 autocast: the unfolded branch is float32, so is the
+    sum) or what a FLOP counter attributes, the block runs fc2 and the LayerScale as written."""
     kw = (
         {"mlp_bias": True}
         if case == "mlp_bias"
@@ -308,19 +338,42 @@ def test_block_keeps_ls2_unfolded(case):
         if case == "no_layer_scale"
         else {}
     )
-    dtype = torch.float32 if case == "autocast_promotes" else torch.float64
+    dtype = torch.float32 if case == "autocast_changes_dtype" else torch.float64
     fast, ref = _block_pair(dtype, **kw)
     block = ref if case == "reference_path" else fast
+    calls = _count_calls(block.ls2)
     x = torch.randn(2, fast.num_tokens, 32, dtype=dtype)
-    with _CountAddmm() as addmm:
-        if case == "counter":
-            with FlopCounterMode(display=False) as counter:
-                block(x)
-            assert counter.get_flop_counts()["ViT5Block.mlp.fc2"]
-        elif case == "autocast_promotes":
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                out = block(x)
-            assert out.dtype == torch.float32
-        else:
+    if case == "counter":
+        with FlopCounterMode(display=False) as counter:
             block(x)
-    assert addmm.calls == 0
+        assert counter.get_flop_counts()["ViT5Block.mlp.fc2"]
+    elif case == "autocast_changes_dtype":  # (in a block, ls1's float32 scale already promotes x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            branch = block.mlp_branch(x.bfloat16(), torch.bfloat16)
+        assert branch.dtype == torch.float32
+    else:
+        block(x)
+    assert len(calls) == 1
+
+
+def test_block_folds_under_autocast_when_the_sum_keeps_its_dtype():
+    """float32 weights and residual under bfloat16 autocast: the folded branch is bfloat16 where the
+    unfolded one is float32, but the block's output is float32 either way, so the fold runs."""
+    fast, ref = _block_pair(torch.float32)
+    calls = _count_calls(fast.ls2)
+    x = torch.randn(2, fast.num_tokens, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, expected = fast(x), ref(x)
+    assert not calls and out.dtype == expected.dtype == torch.float32
+    torch.testing.assert_close(out, expected, rtol=2e-2, atol=2e-2)
+
+
+def test_scalable_linear_folds_a_scale_and_keeps_nn_linear_state():
+    torch.manual_seed(0)
+    lin, plain = ScalableLinear(6, 4, bias=False).double(), torch.nn.Linear(6, 4, bias=False).double()
+    plain.load_state_dict(lin.state_dict())
+    x, scale = torch.randn(3, 5, 6, dtype=torch.float64), torch.randn(4, dtype=torch.float64)
+    torch.testing.assert_close(lin(x, scale), plain(x) * scale, rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(lin(x), plain(x), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="without a bias"):
+        ScalableLinear(6, 4)(x, scale)
