@@ -36,8 +36,14 @@ TOKENS, HEAD_DIM = 201, 64
 NORM_UNITS = {"plain": 3, "res": 4, "res+scale": 6}
 
 
-def _norm_sweep(B: int, C: int, do_bench) -> dict:
+SWEEPS = ("norm_bwd", "norm_fwd", "qk", "sdpa")
+
+
+def _norm_sweep(B: int, C: int, do_bench, sweeps=SWEEPS, prefetch=(None,)) -> dict:
+    """``prefetch``: values of ``BWD_PREFETCH`` to sweep the backward under (None: the module's);
+    rows swept with it set get ``+prefetch``/``+no-prefetch`` appended to their kind."""
     import torch
+    from flopkit.kernels import _launch
     from flopkit.kernels import _norm_triton as tk
 
     bf = torch.bfloat16
@@ -46,20 +52,27 @@ def _norm_sweep(B: int, C: int, do_bench) -> dict:
     w = torch.randn(C, device="cuda", dtype=bf)
     s = 0.1 * torch.randn(C, device="cuda", dtype=bf)
     out = {}
-    for kind in NORM_UNITS:
+    default_prefetch = tk.BWD_PREFETCH
+    for kind in NORM_UNITS if "norm_bwd" in sweeps else ():
         kw = {"plain": {}, "res": {"dres": dres}, "res+scale": {"dres": dres, "branch": br, "scale": s}}[kind]
 
         def bwd(kw=kw, **cfg):
             return tk.norm_backward(dy, h, w, False, 1e-6, grad_dtype=bf, **kw, **cfg)
 
-        rows = [
-            (do_bench(lambda c=(e, n), p=p: bwd(config=c, programs_per_sm=p), rep=40), e, n, p)
-            for e in (1024, 2048, 4096)
-            for n in (2, 4, 8)
-            for p in (2, 4, 8)
-        ]
-        out[f"norm_bwd|{kind}"] = {"default_ms": do_bench(bwd, rep=200), "best": sorted(rows)[:8]}
-    for kind in ("res", "res+scale"):
+        for pf in prefetch:
+            tk.BWD_PREFETCH = default_prefetch if pf is None else pf
+            _launch.clear_launch_cache()  # plans carry the flag
+            rows = [
+                (do_bench(lambda c=(e, n), p=p: bwd(config=c, programs_per_sm=p), rep=40), e, n, p)
+                for e in (1024, 2048, 4096)
+                for n in (2, 4, 8)
+                for p in (2, 4, 8)
+            ]
+            tag = "" if pf is None else "+prefetch" if pf else "+no-prefetch"
+            out[f"norm_bwd|{kind}{tag}"] = {"default_ms": do_bench(bwd, rep=200), "best": sorted(rows)[:8]}
+        tk.BWD_PREFETCH = default_prefetch
+        _launch.clear_launch_cache()
+    for kind in ("res", "res+scale") if "norm_fwd" in sweeps else ():
         kw = {"residual": dres} if kind == "res" else {"residual": dres, "scale": s}
 
         def fwd(kw=kw, **cfg):
@@ -120,14 +133,22 @@ def _sdpa(B: int, H: int, do_bench) -> dict:
     return out
 
 
-def sweep(out: str) -> dict:
+def sweep(out: str, sweeps=SWEEPS, prefetch=(None,)) -> dict:
     import torch
     from triton.testing import do_bench
 
     res: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
-    for sweep_one in (_norm_sweep, _qk_sweep, _sdpa):
+    chosen = [
+        fn
+        for fn, names in ((_norm_sweep, ("norm_bwd", "norm_fwd")), (_qk_sweep, ("qk",)), (_sdpa, ("sdpa",)))
+        if any(n in sweeps for n in names)
+    ]
+    for sweep_one in chosen:
         for name, (B, H, C) in SHAPES.items():
-            got = sweep_one(B, C if sweep_one is _norm_sweep else H, do_bench)
+            if sweep_one is _norm_sweep:
+                got = _norm_sweep(B, C, do_bench, sweeps, prefetch)
+            else:
+                got = sweep_one(B, H, do_bench)
             for key, val in got.items():
                 op, kind = key.split("|")
                 res[f"{op}|{name}|{kind}"] = val
@@ -151,7 +172,7 @@ def table(res: dict) -> str:
         op, name, kind = key.split("|")
         B, H, C = SHAPES[name]
         if op.startswith("norm"):
-            units = NORM_UNITS[kind] if op == "norm_bwd" else 4
+            units = NORM_UNITS[kind.split("+pre")[0].split("+no-pre")[0]] if op == "norm_bwd" else 4
             nbytes = units * B * TOKENS * C * 2
             shape = f"{B * TOKENS} x {C}, {kind}"
         else:
@@ -175,13 +196,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--from-json", default=None, help="print the table of an earlier run's JSON")
+    ap.add_argument("--sweeps", default=",".join(SWEEPS), help=f"a subset of {','.join(SWEEPS)}")
+    ap.add_argument(
+        "--prefetch", default="", help="'both': sweep the norm backward with and without BWD_PREFETCH"
+    )
     a = ap.parse_args()
     if a.from_json:
         with open(a.from_json) as fh:
             res = json.load(fh)
     else:
         os.makedirs(a.out, exist_ok=True)
-        res = sweep(a.out)
+        res = sweep(a.out, a.sweeps.split(","), (False, True) if a.prefetch == "both" else (None,))
     print(table(res))
 
 

@@ -247,6 +247,44 @@ def test_backward_persistent_loop_over_many_blocks(monkeypatch):
     assert rel_err(dx, dx64) <= 1e-5 and rel_err(dw, dw64) <= 1e-5
 
 
+@pytest.mark.parametrize("prefetch", [True, False])
+@pytest.mark.parametrize("kind", ["plain", "residual", "scale"])
+def test_backward_prefetch_over_many_blocks_matches_float64(monkeypatch, kind, prefetch):
+    """The persistent backward with and without PREFETCH (each program loading its next block before
+    reducing the current one), D = 300 (the 512-wide tables), several blocks per program: dx, the
+    weight gradient accumulated across iterations and, with a LayerScale, the branch and scale
+    gradients match float64."""
+    from flopkit.kernels import _launch
+
+    monkeypatch.setattr(tk, "num_sms", lambda dev: 1)
+    monkeypatch.setattr(tk, "BWD_PREFETCH", prefetch)
+    _launch.clear_launch_cache()  # plans carry the flag
+    try:
+        x, w, dy = _inputs(61, 300, torch.float32, seed=9)
+        r, s, dh = _inputs(61, 300, torch.float32, seed=10)
+        if kind == "plain":
+            fn, ref, args, grads_in = (
+                lambda a, b: rms_norm(a, b, backend="triton"),
+                norm64,
+                [x, w],
+                dy,
+            )
+        elif kind == "residual":
+            fn = lambda a, b, c: rms_norm_residual(a, b, c, backend="triton")  # noqa: E731
+            ref = lambda a, b, c: (norm64(a + b, c), a + b)  # noqa: E731
+            args, grads_in = [x, r, w], (dy, dh)
+        else:
+            fn = lambda a, b, c, d: rms_norm_residual(a, b, c, scale=d, backend="triton")  # noqa: E731
+            ref = lambda a, b, c, d: (norm64(b + a * d, c), b + a * d)  # noqa: E731
+            args, grads_in = [x, r, w, 0.1 * s], (dy, dh)
+        _, grads = kernel_grads(fn, args, grads_in)
+        _, want = grads64(ref, args, grads_in)
+        for got, exp in zip(grads, want, strict=True):
+            assert rel_err(got, exp) <= 1e-5
+    finally:
+        _launch.clear_launch_cache()
+
+
 def _opcheck_args():
     g = torch.Generator().manual_seed(9)
     x = torch.randn(5, 3, 64, generator=g).to(device()).requires_grad_()
