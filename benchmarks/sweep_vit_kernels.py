@@ -177,7 +177,7 @@ def table(res: dict) -> str:
             shape = f"{B * TOKENS} x {C}, {kind}"
         else:
             nbytes = 8 * B * TOKENS * H * HEAD_DIM * 2  # dq, dk, q, k read; dv read; dqkv written
-            shape = f"B={B} T={TOKENS} H={H} D={HEAD_DIM}"
+            shape = f"B={B} T={TOKENS} H={H} D={HEAD_DIM}" + (f", {kind}" if kind else "")
         t0 = val["default_ms"] * 1e3
         best = ", ".join(f"{tuple(r[1:])}: {r[0] * 1e3:.1f}" for r in val["best"][:3])
         lines.append(f"| {op} | {shape} | {t0:.1f} us ({nbytes / (t0 * 1e-6) / 1e9:.0f} GB/s) | {best} |")
