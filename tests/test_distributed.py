@@ -27,8 +27,8 @@ needs_gloo = pytest.mark.skipif(
     reason="torch.distributed with the gloo backend is not available in this build",
 )
 
-SMALL = M.RunConfig(depth=1, image_size=32, batch=4, steps=3, device="cpu", dtype="float32")
-SMALL_ARGS = ["--device", "cpu", "--nproc", "2", "--depth", "1", "--image-size", "32", "--batch", "4"]
+SMALL = M.RunConfig(depth=2, image_size=32, batch=4, steps=3, device="cpu", dtype="float32")
+SMALL_ARGS = ["--device", "cpu", "--nproc", "2", "--depth", "2", "--image-size", "32", "--batch", "4"]
 SMALL_ARGS += ["--steps", "3"]
 
 
