@@ -178,26 +178,34 @@ def _norm_fwd_kernel(
 
 
 @triton.jit
-def _bwd_tiles(
-    DY, DR, X, BR, blk, i, head, cols, col_ok, n_tok, HF, NH, D, sx_o, sx_f, sx_h,
-    BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr, FOLD: tl.constexpr, HAS_DRES: tl.constexpr,
-    HAS_SCALE: tl.constexpr,
+def _bwd_rows(
+    blk, i, head, cols, col_ok, n_tok, HF, NH, D, sx_o, sx_f, sx_h,
+    BLOCK_T: tl.constexpr, BLOCK_H: tl.constexpr, FOLD: tl.constexpr,
 ):  # fmt: skip
-    """Block ``blk``'s tiles for :func:`_norm_bwd_kernel`, as loaded: ``(x, dy, dres, branch, mask,
-    output offsets)`` (``dres``/``branch`` are zeros when absent)."""
+    """Block ``blk`` of :func:`_norm_bwd_kernel`: ``(mask, x offsets, output offsets)``.
+
+    Offsets only, no pointers: torch's mutation analysis of a ``wrap_triton`` kernel follows a
+    store's pointer back through every argument of a call it came out of, so a helper that took
+    the input pointers and returned offsets would mark those inputs as written (and under
+    ``torch.compile`` a tensor passed in two slots would then be written back from the wrong one)."""
     tok = (blk * BLOCK_T + i // BLOCK_H).to(tl.int64)
     mask = ((tok < n_tok) & (head < NH))[:, None] & col_ok[None, :]
     if FOLD:  # noqa: SIM108 (constexpr branch, compiled out)
         x_row = (tok // HF) * sx_o + (tok % HF) * sx_f + head * sx_h
     else:
         x_row = tok * sx_o + head * sx_h
-    o_off = ((tok * NH + head) * D)[:, None] + cols[None, :]
-    # Raw (input-dtype) tiles: a prefetched block waits in half the registers of fp32.
-    x = tl.load(X + x_row[:, None] + cols[None, :], mask=mask, other=0.0)
+    return mask, x_row[:, None] + cols[None, :], ((tok * NH + head) * D)[:, None] + cols[None, :]
+
+
+@triton.jit
+def _bwd_loads(DY, DR, X, BR, mask, x_off, o_off, HAS_DRES: tl.constexpr, HAS_SCALE: tl.constexpr):
+    """One block's inputs as loaded: ``(x, dy, dres, branch)`` (zeros where absent). Raw dtype: a
+    prefetched block waits in half the registers of fp32."""
+    x = tl.load(X + x_off, mask=mask, other=0.0)
     dy = tl.load(DY + o_off, mask=mask, other=0.0)
     dr = tl.load(DR + o_off, mask=mask, other=0.0) if HAS_DRES else tl.zeros_like(dy)
     br = tl.load(BR + o_off, mask=mask, other=0.0) if HAS_SCALE else tl.zeros_like(dy)
-    return x, dy, dr, br, mask, o_off
+    return x, dy, dr, br
 
 
 @triton.jit
@@ -253,22 +261,22 @@ def _norm_bwd_kernel(
     # current block is reduced, so that each program keeps its reads in flight while it computes.
     # A block past the end loads nothing (its rows are all masked).
     if PREFETCH:
-        x_n, dy_n, dr_n, br_n, mask_n, o_n = _bwd_tiles(
-            DY, DR, X, BR, pid, i, head, cols, col_ok, n_tok, HF, NH, D, sx_o, sx_f, sx_h,
-            BLOCK_T, BLOCK_H, FOLD, HAS_DRES, HAS_SCALE,
-        )  # fmt: skip
+        mask_n, xo_n, o_n = _bwd_rows(
+            pid, i, head, cols, col_ok, n_tok, HF, NH, D, sx_o, sx_f, sx_h, BLOCK_T, BLOCK_H, FOLD
+        )
+        x_n, dy_n, dr_n, br_n = _bwd_loads(DY, DR, X, BR, mask_n, xo_n, o_n, HAS_DRES, HAS_SCALE)
     for blk in range(pid, n_blocks, nprog):
         if PREFETCH:
             x, dy, dr, br, mask, o_off = x_n, dy_n, dr_n, br_n, mask_n, o_n
-            x_n, dy_n, dr_n, br_n, mask_n, o_n = _bwd_tiles(
-                DY, DR, X, BR, blk + nprog, i, head, cols, col_ok, n_tok, HF, NH, D, sx_o, sx_f, sx_h,
-                BLOCK_T, BLOCK_H, FOLD, HAS_DRES, HAS_SCALE,
-            )  # fmt: skip
+            mask_n, xo_n, o_n = _bwd_rows(
+                blk + nprog, i, head, cols, col_ok, n_tok, HF, NH, D, sx_o, sx_f, sx_h, BLOCK_T, BLOCK_H, FOLD
+            )
+            x_n, dy_n, dr_n, br_n = _bwd_loads(DY, DR, X, BR, mask_n, xo_n, o_n, HAS_DRES, HAS_SCALE)
         else:
-            x, dy, dr, br, mask, o_off = _bwd_tiles(
-                DY, DR, X, BR, blk, i, head, cols, col_ok, n_tok, HF, NH, D, sx_o, sx_f, sx_h,
-                BLOCK_T, BLOCK_H, FOLD, HAS_DRES, HAS_SCALE,
-            )  # fmt: skip
+            mask, x_off, o_off = _bwd_rows(
+                blk, i, head, cols, col_ok, n_tok, HF, NH, D, sx_o, sx_f, sx_h, BLOCK_T, BLOCK_H, FOLD
+            )
+            x, dy, dr, br = _bwd_loads(DY, DR, X, BR, mask, x_off, o_off, HAS_DRES, HAS_SCALE)
         x = x.to(tl.float32)
         dy = dy.to(tl.float32)
         if LAYER:

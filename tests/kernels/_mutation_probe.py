@@ -1,0 +1,106 @@
+"""Run torch's mutation analysis of ``wrap_triton`` kernels on every flopkit kernel plan; print JSON.
+
+``torch.compile`` learns which arguments a user Triton kernel writes from the kernel's TTIR
+(``identify_accessed_tensors``); functionalization then writes back each argument it thinks is
+written. A wrong answer is silent corruption: a tensor passed in two slots, one really written and
+one wrongly thought written, is written back from the wrong copy. This script (run by
+``test_mutation_analysis.py`` in a subprocess, without ``TRITON_INTERPRET``: the analysis needs
+compiled ``JITFunction``s) builds the TTIR for an sm_90 target, no GPU needed, and prints per plan
+the arguments the analysis marks as written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+os.environ["TRITON_INTERPRET"] = "0"
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+from flopkit.kernels import _norm_triton as nt  # noqa: E402
+from flopkit.kernels import _rope_triton as rt  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+
+
+class _Sm90:
+    """Stands in for the CUDA driver: the analysis asks it for the target only."""
+
+    def get_current_target(self):
+        return GPUTarget("cuda", 90, 32)
+
+
+def _identify():
+    import torch._higher_order_ops.triton_kernel_wrap as tkw
+
+    return tkw.identify_accessed_tensors
+
+
+def writes(plan, n_tensors: int) -> list[str]:
+    names = plan.kernel.arg_names
+    kw = {n: torch.empty(8, dtype=torch.bfloat16) for n in names[:n_tensors]}
+    kw.update(zip(names[n_tensors:], plan.scalars, strict=False))
+    kw.update({k: v for k, v in plan.meta.items() if k != "num_warps"})
+    acc = _identify()(plan.kernel, kw, {})
+    return sorted(d.name for d in acc.read_writes.writes)
+
+
+def cases() -> dict[str, list[str]]:
+    out = {}
+    x = torch.randn(6, 64)
+    xw = torch.randn(6, 320)  # the 512-wide tables: prefetching backward
+    xh = torch.randn(6, 3, 64)
+    for name, (t, kw) in {
+        "fwd": (x, {}),
+        "fwd residual": (x, {"residual": x}),
+        "fwd residual scale": (x, {"residual": x, "has_s": True}),
+        "fwd heads layer bias": (xh, {"H": 3, "per_head_weight": True, "layer": True, "has_b": True}),
+    }.items():
+        H = kw.pop("H", 1)
+        plan = nt._plan_forward(
+            t, kw.get("residual"), True, kw.get("has_b", False), kw.get("has_s", False), 1e-6, H, 64,
+            kw.get("layer", False), kw.get("per_head_weight", False), None,
+        )[0]  # fmt: skip
+        out[name] = writes(plan, 7)
+    for name, (t, H, D, flags) in {
+        "bwd": (x, 1, 64, {}),
+        "bwd prefetch residual": (xw, 1, 320, {"has_dres": True}),
+        "bwd prefetch scale": (xw, 1, 320, {"has_dres": True, "has_s": True}),
+        "bwd heads layer bias": (xh, 3, 64, {"per_head_weight": True, "layer": True, "has_bias": True}),
+    }.items():
+        plan = nt._plan_backward(
+            t, True, flags.get("has_bias", False), flags.get("has_dres", False), flags.get("has_s", False),
+            1e-6, H, D, flags.get("layer", False), flags.get("per_head_weight", False), None, None,
+        )[0]  # fmt: skip
+        out[name] = writes(plan, 10)
+    big = nt.FUSED_MAX_FWD, nt.FUSED_MAX_BWD
+    nt.FUSED_MAX_FWD = nt.FUSED_MAX_BWD = 32  # D = 64 then takes the chunked kernels
+    try:
+        out["fwd chunked residual"] = writes(
+            nt._plan_forward(x, x, True, False, True, 1e-6, 1, 64, False, False, None)[0], 7
+        )
+        out["bwd chunked scale"] = writes(
+            nt._plan_backward(x, True, False, True, True, 1e-6, 1, 64, False, False, None, None)[0], 10
+        )
+    finally:
+        nt.FUSED_MAX_FWD, nt.FUSED_MAX_BWD = big
+    out["sum partials two"] = writes(nt.sum_partials_plan(5, 64, True), 4)
+    qkv = torch.randn(2, 5, 3 * 2 * 64)
+    cos = torch.randn(5, 64)
+    w = torch.randn(64)
+    out["rope fwd"] = writes(
+        rt._plan_fwd(qkv, cos, cos, w, w, 2, 1e-6, "split_half", True, None, rt.FWD_WARPS, True)[0], 7
+    )
+    dq = torch.randn(2, 2, 5, 64)
+    out["rope bwd"] = writes(
+        rt._plan_bwd(
+            dq, dq, dq, qkv, cos, cos, w, w, 2, 1e-6, "split_half", True, None, rt.BWD_WARPS, 8, True
+        )[0],
+        11,
+    )
+    return out
+
+
+if __name__ == "__main__":
+    triton.runtime.driver.set_active(_Sm90())
+    print(json.dumps(cases()))

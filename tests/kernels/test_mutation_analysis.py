@@ -1,0 +1,47 @@
+"""torch.compile's view of which arguments each flopkit Triton kernel writes (see _mutation_probe.py).
+
+Exactly the kernel's outputs, for every plan family: an input marked as written is written back
+from its untouched copy under ``torch.compile`` when the launcher passes one tensor in two slots
+(the launchers pass an output as the placeholder of every absent input), which corrupts the output
+silently. A helper that takes input pointers and returns the offsets a store uses did exactly that.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PROBE = Path(__file__).with_name("_mutation_probe.py")
+
+EXPECTED = {
+    "fwd": ["Y"],
+    "fwd residual": ["HO", "Y"],
+    "fwd residual scale": ["HO", "Y"],
+    "fwd heads layer bias": ["Y"],
+    "bwd": ["DWP", "DX"],
+    "bwd prefetch residual": ["DWP", "DX"],
+    "bwd prefetch scale": ["DBP", "DBR", "DWP", "DX"],
+    "bwd heads layer bias": ["DBP", "DWP", "DX"],
+    "fwd chunked residual": ["HO", "Y"],
+    "bwd chunked scale": ["DBP", "DBR", "DWP", "DX"],
+    "sum partials two": ["OA", "OB"],
+    "rope fwd": ["k_ptr", "q_ptr"],
+    "rope bwd": ["dkw_part_ptr", "dqkv_ptr", "dqw_part_ptr"],
+}
+
+
+def test_torch_compile_sees_exactly_the_outputs_written():
+    pytest.importorskip("triton")
+    import torch._higher_order_ops.triton_kernel_wrap as tkw
+
+    if not hasattr(tkw, "identify_accessed_tensors"):
+        pytest.skip("this torch has no identify_accessed_tensors (the analysis this test probes)")
+    env = {**os.environ, "TRITON_INTERPRET": "0", "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run([sys.executable, str(PROBE)], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == EXPECTED
