@@ -30,10 +30,14 @@ class _Sm90:
         return GPUTarget("cuda", 90, 32)
 
 
-def _identify():
+def _written(kernel, kwargs) -> list[str]:
+    """The argument names torch's analysis marks as written (its newer and older entry points)."""
     import torch._higher_order_ops.triton_kernel_wrap as tkw
 
-    return tkw.identify_accessed_tensors
+    if hasattr(tkw, "identify_accessed_tensors"):
+        accesses = tkw.identify_accessed_tensors(kernel, kwargs, {})
+        return sorted(d.name for d in accesses.read_writes.writes)
+    return sorted(tkw.identify_mutated_tensors(kernel, kwargs, {}))
 
 
 def writes(plan, n_tensors: int) -> list[str]:
@@ -41,8 +45,7 @@ def writes(plan, n_tensors: int) -> list[str]:
     kw = {n: torch.empty(8, dtype=torch.bfloat16) for n in names[:n_tensors]}
     kw.update(zip(names[n_tensors:], plan.scalars, strict=False))
     kw.update({k: v for k, v in plan.meta.items() if k != "num_warps"})
-    acc = _identify()(plan.kernel, kw, {})
-    return sorted(d.name for d in acc.read_writes.writes)
+    return _written(plan.kernel, kw)
 
 
 def cases() -> dict[str, list[str]]:
