@@ -172,7 +172,11 @@ def table(res: dict) -> str:
         op, name, kind = key.split("|")
         B, H, C = SHAPES[name]
         if op.startswith("norm"):
-            units = NORM_UNITS[kind.split("+pre")[0].split("+no-pre")[0]] if op == "norm_bwd" else 4
+            units = (
+                NORM_UNITS[kind.removesuffix("+prefetch").removesuffix("+no-prefetch")]
+                if op == "norm_bwd"
+                else 4
+            )
             nbytes = units * B * TOKENS * C * 2
             shape = f"{B * TOKENS} x {C}, {kind}"
         else:
