@@ -60,8 +60,9 @@ def test_second_call_launches_the_compiled_kernel_directly(runtime):
     assert len(kernel.slow_calls) == 1 and not kernel.fast_calls
     _launch.launch(kernel, (7,), (x, y, 100), meta, 2)
     assert len(kernel.slow_calls) == 1
-    # Triton's launcher order: grid, stream, function, metadata, hooks, then every parameter.
-    assert kernel.fast_calls == [(7, 1, 1, 1234, "fn", "md", None, None, None, x, y, 100, 64, True)]
+    # Triton's launcher order: grid, stream, function, metadata, hooks, then every parameter; the
+    # tensors as their data pointers (ints skip the launcher's data_ptr() call and driver query).
+    assert kernel.fast_calls == [(7, 1, 1, 1234, "fn", "md", None, None, None, 0x1000, 0x2000, 100, 64, True)]
 
 
 @pytest.mark.parametrize(
