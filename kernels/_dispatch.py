@@ -10,6 +10,8 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -24,6 +26,7 @@ __all__ = [
     "check_dtype",
     "triton_available",
     "num_sms",
+    "direct_apply",
 ]
 
 BACKENDS = ("auto", "triton", "torch")
@@ -124,13 +127,11 @@ def needs_custom_op(x: torch.Tensor) -> bool:
     as a small kernel runs.
     """
     # is_compiling() first: Dynamo folds it to a constant and never traces the calls after it.
-    return (
-        torch.compiler.is_compiling()
-        or torch._C._len_torch_dispatch_stack() > 0
-        or torch.jit.is_tracing()
-        or x.device.type == "meta"
-        or runs_reference_in_op(x)
-    )
+    # torch._C._is_tracing() is torch.jit.is_tracing() less its TorchScript check (flopkit's ops
+    # are never scripted), and a CUDA tensor skips the device-type checks: the eager hot path.
+    if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() > 0 or torch._C._is_tracing():
+        return True
+    return not x.is_cuda and (x.device.type == "meta" or runs_reference_in_op(x))
 
 
 def ops_observed() -> bool:
@@ -142,6 +143,15 @@ def ops_observed() -> bool:
     if torch.compiler.is_compiling():
         return False
     return _ROUTE_DEPTH > 0 or torch._C._len_torch_dispatch_stack() > 0 or torch.jit.is_tracing()
+
+
+def direct_apply(function: type[torch.autograd.Function]) -> Callable[..., Any]:
+    """``function.apply`` as its C++ implementation, bound to ``function``: without the Python
+    wrapper's default-argument binding and functorch bookkeeping, about 1.5 µs less host time a
+    call. Only for use where no functorch transform is active (the caller checks
+    ``torch._C._are_functorch_transforms_active()`` and takes ``function.apply`` otherwise); its
+    ``forward`` takes no default arguments."""
+    return torch._C._FunctionBase.__dict__["apply"].__get__(None, function)
 
 
 @functools.cache

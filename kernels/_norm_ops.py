@@ -20,7 +20,7 @@ from torch.utils.flop_counter import register_flop_formula
 
 from flopkit import formulas
 
-from ._dispatch import needs_custom_op, runs_reference_in_op
+from ._dispatch import direct_apply, needs_custom_op, runs_reference_in_op
 from ._reference import (
     _normalize_heads,
     layer_scale_backward_ref,
@@ -383,6 +383,9 @@ class _NormFunction(torch.autograd.Function):
     def forward(ctx, x, residual, weight, bias, scale, spec):
         y, h = _forward(x, residual, weight, bias, scale, spec)
         fused = residual is not None
+        # An unused output's gradient arrives as None, not as a tensor of zeros (a fill kernel and
+        # a pass of the backward kernel reading it): the backward then adds no ``dres``.
+        ctx.set_materialize_grads(False)
         # The branch x is needed only for a LayerScale's gradient.
         ctx.save_for_backward(h if fused else x, weight, x if scale is not None else None, scale)
         ctx.spec, ctx.bias_dtype = spec, bias.dtype if bias is not None else None
@@ -420,6 +423,9 @@ class _NormFunction(torch.autograd.Function):
         return dx, _cast(g.dx, in_dtypes[1]), dw, db, ds, None
 
 
+_apply_norm = direct_apply(_NormFunction)
+
+
 def _cast(t: Tensor, dtype: torch.dtype) -> Tensor:
     return t if t.dtype == dtype else t.to(dtype)
 
@@ -434,7 +440,9 @@ def _eager(x, residual, weight, bias, scale, spec):
         or (bias is not None and bias.requires_grad)
         or (scale is not None and scale.requires_grad)
     ):
-        return _NormFunction.apply(x, residual, weight, bias, scale, spec)
+        if torch._C._are_functorch_transforms_active():
+            return _NormFunction.apply(x, residual, weight, bias, scale, spec)
+        return _apply_norm(x, residual, weight, bias, scale, spec)
     y, h = _forward(x, residual, weight, bias, scale, spec)
     return (y, h) if residual is not None else y
 

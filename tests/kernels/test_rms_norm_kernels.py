@@ -145,6 +145,29 @@ def test_rms_norm_residual_matches_rounded_add_then_norm(D, dtype):
     assert rel_err(dw, dw64) <= TOL[dtype]
 
 
+@pytest.mark.parametrize("used", ["y", "h"])
+@pytest.mark.parametrize("scaled", [False, True], ids=["plain", "layer-scale"])
+def test_rms_norm_residual_one_output_unused(used, scaled):
+    """Only one of ``(y, h)`` reaches the loss: the other's gradient arrives as None (no zeros are
+    materialised) and every input's gradient still matches float64."""
+    D, rows = 64, 17
+    x, w, dy = _inputs(rows, D, torch.float32, seed=3)
+    r, s, _ = _inputs(rows, D, torch.float32, seed=4)
+    leaves = [t.clone().requires_grad_() for t in (x, r, w, s)]
+    y, h = rms_norm_residual(*leaves[:3], scale=leaves[3] if scaled else None, backend="triton")
+    ((y if used == "y" else h) * dy).sum().backward()
+    x64, r64, w64, s64 = (t.detach().double().requires_grad_() for t in leaves)
+    h64 = r64 + x64 * (s64 if scaled else 1.0)
+    out64 = norm64(h64, w64) if used == "y" else h64
+    (out64 * dy.double()).sum().backward()
+    pairs = [(leaves[0], x64), (leaves[1], r64), (leaves[2], w64)] + ([(leaves[3], s64)] if scaled else [])
+    for got, want in pairs:
+        if want.grad is None:  # the weight gets no gradient when only h is used
+            assert got.grad is None or not got.grad.any()
+        else:
+            assert rel_err(got.grad, want.grad) <= TOL[torch.float32]
+
+
 @pytest.mark.parametrize(
     "dtypes",
     [
