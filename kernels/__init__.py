@@ -5,10 +5,12 @@ Three files per op family (norm, rope): the public ops with their PyTorch refere
 and the Triton kernels with their launchers (``_norm_triton.py``, ``_rope_triton.py``). FLOP
 formulas live in :mod:`flopkit.formulas`. Every public op takes ``backend="auto" | "triton" |
 "torch"``: ``auto`` runs Triton on CUDA tensors and the reference elsewhere. Triton is imported only when a kernel first runs.
+``activation.py`` holds :func:`gelu`, which compiled code runs as PyTorch's own kernels.
 """
 
 from ._dispatch import BACKENDS, SUPPORTED_DTYPES, ops_observed, resolve_backend
 from ._routing import route_through_custom_ops
+from .activation import gelu
 from .norm import (
     head_norm,
     head_norm_ref,
@@ -44,4 +46,5 @@ __all__ = [
     "qk_norm_rope_ref",
     "apply_rope_ref",
     "rotate_pairs",
+    "gelu",
 ]

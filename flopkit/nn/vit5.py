@@ -226,7 +226,15 @@ class Mlp(CompositeFlops, nn.Module):
     def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
         """``x``: ``[*, C]`` -> ``[*, C]``; ``scale`` ``(C,)``: a LayerScale folded into ``fc2``'s
         weight (bias-free ``fc2``, no dropout), the output then being ``mlp(x) * scale``."""
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x))), scale))
+        return self.drop(self.fc2(self.drop(self._activation(self.fc1(x))), scale))
+
+    def _activation(self, h: torch.Tensor) -> torch.Tensor:
+        act = self.act
+        # Compiled CUDA code runs PyTorch's own GELU kernels, about 7 % faster than Inductor's
+        # (flopkit.kernels.activation); the module call stays for eager code and its hooks.
+        if type(act) is nn.GELU and torch.compiler.is_compiling():
+            return kernels.gelu(h, act.approximate)
+        return act(h)
 
     def flop_children(self, num_tokens: int, convention: str) -> list[tuple[str, nn.Module, int]]:
         # The activation's count is in elements: num_tokens * hidden_features.
