@@ -14,10 +14,10 @@ from torch.utils.flop_counter import register_flop_formula
 
 from flopkit import formulas
 
-from ._dispatch import needs_custom_op, runs_reference_in_op
+from ._dispatch import direct_apply, needs_custom_op, runs_reference_in_op
 from ._norm_triton import wrapped
 from ._reference import norm_backward_ref, qk_norm_rope_ref, rotate_pairs
-from ._rope_triton import qk_norm_rope_bwd, qk_norm_rope_fwd
+from ._rope_triton import empty_qk, qk_norm_rope_bwd, qk_norm_rope_fwd
 
 __all__ = ["qk_norm_rope_triton"]
 
@@ -43,15 +43,15 @@ def _qk_norm_rope_op(
 ) -> tuple[Tensor, Tensor]:
     if runs_reference_in_op(qkv):
         q, k, _ = qk_norm_rope_ref(qkv, cos, sin, num_heads, q_weight, k_weight, eps, pairing, norm=norm)
-        return q, k
+        # The kernel's layout (token-major from TOKEN_MAJOR_MIN_HEADS heads up), as the fake's.
+        q_out, k_out = empty_qk(qkv, num_heads), empty_qk(qkv, num_heads)
+        return q_out.copy_(q), k_out.copy_(k)
     return qk_norm_rope_fwd(qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm, run=wrapped)
 
 
 @_qk_norm_rope_op.register_fake
 def _(qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm):
-    B, T, three_hd = qkv.shape
-    shape = (B, num_heads, T, three_hd // (3 * num_heads))
-    return qkv.new_empty(shape), qkv.new_empty(shape)
+    return empty_qk(qkv, num_heads), empty_qk(qkv, num_heads)
 
 
 @triton_op("flopkit::qk_norm_rope_backward", mutates_args=())
@@ -158,6 +158,9 @@ class _QKNormRope(torch.autograd.Function):
         return dqkv, None, None, dqw, dkw, None, None, None, None
 
 
+_apply_qk = direct_apply(_QKNormRope)
+
+
 def _v_view(qkv: torch.Tensor, num_heads: int) -> torch.Tensor:
     """v, the last third of ``qkv`` ``[B, T, 3*H*D]``, viewed ``[B, H, T, D]``."""
     B, T, three_hd = qkv.shape
@@ -192,7 +195,8 @@ def qk_norm_rope_triton(
     pairing: str,
     norm: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Triton path of ``qk_norm_rope``: q, k ``[B, H, T, D]`` contiguous, v a ``[B, H, T, D]`` view."""
+    """Triton path of ``qk_norm_rope``: q, k ``[B, H, T, D]`` (contiguous, or token-major views from
+    ``_rope_triton.TOKEN_MAJOR_MIN_HEADS`` heads up), v a ``[B, H, T, D]`` view of ``qkv``."""
     args = (qkv, cos, sin, q_weight, k_weight, num_heads, float(eps), pairing, bool(norm))
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (qkv, q_weight, k_weight)):
         if q_weight is not None and q_weight is k_weight and torch.compiler.is_compiling():
@@ -200,6 +204,9 @@ def qk_norm_rope_triton(
             # autograd can (v's gradient then reaches qkv through the view, an add Inductor fuses).
             q, k = torch.ops.flopkit.qk_norm_rope(*args)
             return q, k, _v_view(qkv, num_heads)
-        return _QKNormRope.apply(*args)
+        # Compiled code traces the Function itself (Dynamo knows ``apply``, not its C++ half).
+        if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+            return _QKNormRope.apply(*args)
+        return _apply_qk(*args)
     q, k = _forward(*args)
     return q, k, _v_view(qkv, num_heads)

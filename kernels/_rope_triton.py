@@ -91,6 +91,7 @@ def _qk_norm_rope_fwd_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
     NORM: tl.constexpr, HAS_QW: tl.constexpr, HAS_KW: tl.constexpr,
     INTERLEAVED: tl.constexpr, ACC: tl.constexpr, TABLE_EVICT: tl.constexpr, PARTNER_EVICT: tl.constexpr,
+    TOKEN_MAJOR: tl.constexpr,
 ):  # fmt: skip
     # Heads vary fastest over program ids, so concurrent programs read whole token rows of qkv.
     pid = tl.program_id(0)
@@ -112,7 +113,11 @@ def _qk_norm_rope_fwd_kernel(
     q_cols = ((h * HEAD_DIM + cols) * s_qkv_c)[None, :]
     q_pcols = ((h * HEAD_DIM + partner) * s_qkv_c)[None, :]
     k_shift = num_heads * HEAD_DIM * s_qkv_c
-    out = ((b * num_heads + h) * num_tokens + t)[:, None] * HEAD_DIM + cols[None, :]
+    # q and k are [B, H, T, D]: contiguous (head-major), or views of [B, T, H, D] (token-major).
+    if TOKEN_MAJOR:
+        out = ((b * num_tokens + t) * num_heads + h)[:, None] * HEAD_DIM + cols[None, :]
+    else:
+        out = ((b * num_heads + h) * num_tokens + t)[:, None] * HEAD_DIM + cols[None, :]
 
     q = _norm_rope_tile(
         row + q_cols, row + q_pcols, qw_ptr + h * s_qw_h, cos, sin, cols, partner, sign, mask, eps,
@@ -298,11 +303,35 @@ def _plan_fwd(
         dict(
             HEAD_DIM=D, BLOCK_T=block_t, BLOCK_D=_block_d(D), NORM=norm, HAS_QW=has_qw, HAS_KW=has_kw,
             INTERLEAVED=pairing == "interleaved", ACC=ACC_DTYPE, TABLE_EVICT=table_evict,
-            PARTNER_EVICT=partner_evict, num_warps=num_warps,
+            PARTNER_EVICT=partner_evict, TOKEN_MAJOR=token_major(num_heads), num_warps=num_warps,
         ),
         extra=((B, num_heads, T, D), has_qw, has_kw),
     )  # fmt: skip
     return (plan,)
+
+
+TOKEN_MAJOR_MIN_HEADS = 12
+"""From this many heads up, q and k are written token-major (``[B, H, T, D]`` views of
+``[B, T, H, D]`` buffers). cuDNN's attention then writes its output in the same layout, so the
+attention's ``out.transpose(1, 2).reshape(B, T, C)`` is a free view instead of a transposing copy
+of the whole activation. On an H100 at T = 201, head_dim 64 (``benchmarks/sdpa_backends.py``), the
+attention forward + backward with that output took 11 % less time at 12 heads but 16 % more at 6,
+where cuDNN runs token-major inputs slower, so fewer heads stay head-major (contiguous)."""
+
+
+def token_major(num_heads: int) -> bool:
+    """Whether :func:`qk_norm_rope_fwd` writes q and k token-major for ``num_heads`` heads."""
+    return num_heads >= TOKEN_MAJOR_MIN_HEADS
+
+
+def empty_qk(qkv: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """A new q (or k) ``[B, H, T, D]`` for ``qkv`` ``[B, T, 3*H*D]`` in the layout of
+    :func:`token_major`, qkv's dtype and device."""
+    B, T, three_hd = qkv.shape
+    D = three_hd // (3 * num_heads)
+    if token_major(num_heads):
+        return qkv.new_empty((B, T, num_heads, D)).transpose(1, 2)
+    return qkv.new_empty((B, num_heads, T, D))
 
 
 def qk_norm_rope_fwd(
@@ -321,7 +350,8 @@ def qk_norm_rope_fwd(
     evict_hints: bool = True,
     run: Runner = launch,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Launch the forward kernel: ``qkv`` ``[B, T, 3*H*D]`` -> q, k ``[B, H, T, D]`` contiguous."""
+    """Launch the forward kernel: ``qkv`` ``[B, T, 3*H*D]`` -> q, k ``[B, H, T, D]``, contiguous or
+    token-major views (:func:`token_major`)."""
     args = (qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm, block_t, num_warps, evict_hints)
     if run is launch:
         key = (
@@ -331,9 +361,8 @@ def qk_norm_rope_fwd(
         plan = cached = cached_plan(key, _plan_fwd, args)
     else:
         plan, cached = _plan_fwd(*args)[0], None
-    q_shape, has_qw, has_kw = plan.extra
-    q = torch.empty(q_shape, dtype=qkv.dtype, device=qkv.device)
-    k = torch.empty_like(q)
+    _, has_qw, has_kw = plan.extra
+    q, k = empty_qk(qkv, num_heads), empty_qk(qkv, num_heads)
     if qkv.numel() == 0:
         return q, k
     tensors = (qkv, cos, sin, q_weight if has_qw else qkv, k_weight if has_kw else qkv, q, k)

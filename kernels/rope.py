@@ -92,7 +92,10 @@ def qk_norm_rope(
         q_weight, k_weight: ``(D,)`` shared or ``(H, D)`` RMSNorm weights, or None.
         norm: whether to RMS-normalise q and k (default: whether a weight is given).
     Returns:
-        ``q, k, v``, each ``[B, H, T, D]``; q and k contiguous.
+        ``q, k, v``, each ``[B, H, T, D]``. On the Triton path q and k are new tensors, contiguous
+        below 12 heads and token-major views of ``[B, T, H, D]`` buffers from 12 heads up (cuDNN's
+        attention output then takes the same layout and needs no transposing copy); v is a view of
+        ``qkv``.
     FLOPs: :func:`flopkit.formulas.qk_norm_rope` ``(B, T, H, D, norm)``.
     """
     _check_qk_args(qkv, cos, sin, num_heads, q_weight, k_weight, pairing)

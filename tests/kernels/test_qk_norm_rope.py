@@ -141,7 +141,38 @@ def test_strided_qkv(layout):
     assert rel_err(leaves[0].grad, ref_leaves[0].grad) < 1e-5
 
 
+@pytest.mark.parametrize("pairing", PAIRINGS)
+def test_twelve_heads_and_up_write_q_k_token_major(pairing):
+    """From TOKEN_MAJOR_MIN_HEADS heads up q and k are [B, H, T, D] views of [B, T, H, D] buffers
+    (cuDNN's attention output then needs no transposing copy); values and gradients as the spec."""
+    from flopkit.kernels import _rope_triton as rt
+
+    heads = rt.TOKEN_MAJOR_MIN_HEADS
+    outs, ref, leaves, ref_leaves = run_both(*make_inputs(8, "per_head", heads=heads), pairing, heads=heads)
+    q, k, _ = outs
+    for t in (q, k):
+        assert t.shape == (B, heads, T, 8) and not t.is_contiguous()
+        assert t.transpose(1, 2).is_contiguous()
+    for o, r in zip(outs, ref, strict=True):
+        assert rel_err(o, r) < 1e-5
+    for leaf, ref_leaf in zip(leaves, ref_leaves, strict=True):
+        assert rel_err(leaf.grad, ref_leaf.grad) < 1e-5
+
+
+def test_opcheck_token_major_layout():
+    """The fake, the CPU reference inside the op and the kernel agree on the token-major strides."""
+    from flopkit.kernels import _rope_ops  # noqa: F401
+    from flopkit.kernels import _rope_triton as rt
+
+    heads = rt.TOKEN_MAJOR_MIN_HEADS
+    qkv, cos, sin, qw, kw = make_inputs(8, "shared", heads=heads)
+    qkv.requires_grad_()
+    args = (qkv, cos, sin, qw, kw, heads, 1e-6, "split_half", True)
+    torch.library.opcheck(torch.ops.flopkit.qk_norm_rope.default, args)
+
+
 def test_outputs_layout_q_k_contiguous_v_view_of_qkv():
+    # H = 3 heads: below TOKEN_MAJOR_MIN_HEADS, q and k are contiguous (head-major).
     qkv, cos, sin, qw, kw = make_inputs(8, None)
     q, k, v = qk_norm_rope(qkv, cos, sin, H, backend="triton")
     assert q.shape == k.shape == v.shape == (B, H, T, 8)
