@@ -25,6 +25,10 @@ moved single loops by up to 15 µs per call between runs).
 For ``rms_norm`` the peers run the same loop: ``F.rms_norm``, QuACK and Liger-Kernel (when
 importable). An empty Triton kernel gives the launch cost itself.
 
+``host`` first measures the issue's per-op number on the eager hot path: host µs per call of each
+op's forward (gradients on) and of its backward node, less one flopkit ``launch()`` per kernel the
+pass launches (see :func:`hot_path_rows`).
+
 ``host`` also measures each op's *marginal* host cost inside a graph, the number that adds up in a
 training step: a chain ``y = op(y, w_i)`` of ``K`` calls (distinct weights, so autograd adds no
 gradient sums) run forward + backward, timed for ``K = 2`` and ``K = 18``; ``(t18 - t2) / 16`` is
@@ -373,6 +377,66 @@ def chain_rows(k1: int = 2, k2: int = 18, calls: int = 200) -> list[dict]:
     return rows
 
 
+def hot_path_rows(calls: int = 2000) -> list[dict]:
+    """The issue's per-op measure: host µs per call beyond the kernel launches, forward and backward.
+
+    Tiny ``[64, 64]``-sized inputs keep the GPU ahead of the host, so a loop's time per call is host
+    time. ``forward`` is the public op called with gradients enabled (argument checks, the autograd
+    Function, the launcher); ``backward`` calls the op's backward node directly with the output
+    gradients (``grad_fn.apply``: the Function's backward body and its launches, without the autograd
+    engine's traversal and gradient accumulation, which every autograd op pays alike, see the chain
+    table). ``launch`` is one call of flopkit's ``launch()`` with one tensor argument (an empty
+    kernel); ``beyond`` subtracts it once per kernel the pass launches."""
+    from flopkit.kernels._launch import launch
+
+    buf = torch.zeros(1024, device="cuda")
+    launch_us = loop_us(lambda: launch(_empty_kernel, (1,), (buf, 1024), {"BLOCK": 1024}, 1), calls, 50)[0]
+    g = torch.Generator(device="cuda").manual_seed(2)
+
+    def rnd(*shape, grad=True):
+        return torch.randn(*shape, device="cuda", dtype=DTYPE, generator=g).requires_grad_(grad)
+
+    x, r, w, s = rnd(64, 64), rnd(64, 64), rnd(64), rnd(64)
+    xh, hw = rnd(16, 4, 16), rnd(4, 16)
+    qkv, qn, kn = rnd(2, 8, 3 * 64), rnd(16), rnd(16)
+    cos, sin = rnd(8, 16, grad=False), rnd(8, 16, grad=False)
+    # op -> (forward call, kernels launched forward, kernels launched backward)
+    ops = {
+        "rms_norm": (lambda: kernels.rms_norm(x, w), 1, 2),
+        "rms_norm_residual": (lambda: kernels.rms_norm_residual(x, r, w), 1, 2),
+        "rms_norm_residual, LayerScale": (lambda: kernels.rms_norm_residual(x, r, w, scale=s), 1, 2),
+        "per_head_rms_norm": (
+            lambda: kernels.per_head_rms_norm(xh, w[:16].detach().requires_grad_(), 4),
+            1,
+            2,
+        ),
+        "head_norm (layer, bias)": (lambda: kernels.head_norm(xh, hw, hw, mode="layer"), 1, 2),
+        "qk_norm_rope": (lambda: kernels.qk_norm_rope(qkv, cos, sin, 4, qn, kn), 1, 2),
+    }
+    rows = [{"op": "launch() of an empty kernel", "forward_us": launch_us}]
+    for name, (fwd, n_fwd, n_bwd) in ops.items():
+        try:
+            out = fwd()
+            outs = out if isinstance(out, tuple) else (out,)
+            grads = tuple(torch.randn_like(o) for o in outs)
+            node = outs[0].grad_fn
+            f_us = loop_us(fwd, calls, 50)[0]
+            b_us = loop_us(lambda node=node, grads=grads: node.apply(*grads), calls, 50)[0]
+            rows.append(
+                {
+                    "op": name,
+                    "forward_us": f_us,
+                    "backward_us": b_us,
+                    "launches": f"{n_fwd} + {n_bwd}",
+                    "forward_beyond_us": f_us - n_fwd * launch_us,
+                    "backward_beyond_us": b_us - n_bwd * launch_us,
+                }
+            )
+        except Exception as e:  # noqa: BLE001
+            rows.append({"op": name, "error": repr(e)[:300]})
+    return rows
+
+
 def host_rows() -> list[dict]:
     g = torch.Generator(device="cuda").manual_seed(0)
 
@@ -479,6 +543,28 @@ def md_tables(res: dict) -> str:
         out.append("")
     for line in res.get("skipped", []):
         out.append(f"skipped: {line}")
+    if res.get("hot_path"):
+        head = res["hot_path"][0]
+        out += [
+            "Per-op host time on the eager hot path ([64, 64]-sized inputs, gradients on; µs per call; "
+            f"one launch() of an empty kernel: {head['forward_us']:.1f} µs):",
+            "",
+        ]
+        out += _md_table(
+            "| op | launches fwd + bwd | forward | backward (node) | forward beyond launches | backward beyond launches |",
+            "|---|---|---:|---:|---:|---:|",
+            res["hot_path"][1:],
+            ("op",),
+            lambda r: [
+                r["launches"],
+                f"{r['forward_us']:.1f}",
+                f"{r['backward_us']:.1f}",
+                f"{r['forward_beyond_us']:.1f}",
+                f"{r['backward_beyond_us']:.1f}",
+            ],
+            80,
+        )
+        out.append("")
     if res.get("chain"):
         out += [
             "Marginal host time per op in a graph (chain of K = 2 vs 18 calls, forward + backward, [64, 64] bf16):",
@@ -547,6 +633,8 @@ def main() -> None:
 
     sections = args.sections.split(",")
     if "host" in sections:
+        res["hot_path"] = hot_path_rows()
+        save()
         res["chain"] = chain_rows()
         save()
         res["host"] = host_rows()

@@ -2,10 +2,12 @@
 
 Run on the device machine (see /work/.library/device/), from the repository root::
 
-    python benchmarks/step_kernels.py --upstream PATH [--preset vit5-small] [--batch 256] --out $OUT
+    python benchmarks/step_kernels.py --upstream PATH [--preset vit5-small] [--batch 256] \
+        [--modes eager,compile] --out $OUT
 
 Builds both models and the step exactly as ``bench_train.py`` does (bf16 weights under bf16
-autocast, forward + cross-entropy + backward, ``torch.compile`` default mode), runs 5 warm-up
+autocast, forward + cross-entropy + backward; ``torch.compile`` default mode unless ``--modes``
+names others, each a column of its own), runs 5 warm-up
 steps, then profiles 3 and prints, per model, the GPU time per step by group (cuBLAS GEMMs,
 attention, flopkit's Triton kernels, Inductor's generated kernels, other) and the costliest
 kernels. Writes ``step_kernels.json`` and ``step_kernels.md`` under ``--out``; ``--render FILE``
@@ -45,12 +47,13 @@ def group(name: str) -> str:
     return "other"
 
 
-def profile_step(kind: str, preset: str, batch: int, upstream: str | None) -> dict:
+def profile_step(kind: str, preset: str, batch: int, upstream: str | None, mode: str = "compile") -> dict:
+    torch._dynamo.reset()
     if kind == "flopkit":
         model = bench_train.build_flopkit(preset)
     else:
         model = bench_train.build_upstream(preset, upstream)
-    step = bench_train.make_step(torch.compile(model), kind, batch)
+    step = bench_train.make_step(bench_train.compile_model(model, mode), kind, batch)
     for _ in range(5):
         step()
     torch.cuda.synchronize()
@@ -84,7 +87,7 @@ def render(res: dict, top: int) -> list[str]:
         m["groups"] = dict(groups.most_common())
     lines = [
         f"step_kernels: {res['device']}, torch {res['torch']}, {res['date']}; {res['preset']}, batch "
-        f"{res['batch']}, torch.compile, GPU ms per step ({STEPS} profiled steps)",
+        f"{res['batch']}, {', '.join(res.get('modes', ['compile']))}, GPU ms per step ({STEPS} profiled steps)",
         "",
         "| group | " + " | ".join(kinds) + " |",
         "|---|" + "---:|" * len(kinds),
@@ -105,7 +108,7 @@ def render(res: dict, top: int) -> list[str]:
         ]
         for name, t, n in res["models"][kind]["kernels"][:top]:
             lines.append(f"| {t:.3f} | {n} | `{name[:100]}` |")
-    if "upstream" not in res["models"]:
+    if not any(k.startswith("upstream") for k in res["models"]):
         lines += ["", "upstream: skipped (no --upstream PATH given)"]
     return lines
 
@@ -116,6 +119,7 @@ def main() -> None:
     ap.add_argument("--preset", default="vit5-small")
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--modes", default="compile", help="of eager, compile, reduce-overhead (bench_train's)")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--render", default=None, help="re-render a step_kernels.json (no GPU needed)")
     args = ap.parse_args()
@@ -129,11 +133,14 @@ def main() -> None:
         "date": datetime.date.today().isoformat(),
         "preset": args.preset,
         "batch": args.batch,
+        "modes": args.modes.split(","),
         "models": {},
     }
     kinds = ["flopkit"] + (["upstream"] if args.upstream else [])
-    for kind in kinds:
-        res["models"][kind] = profile_step(kind, args.preset, args.batch, args.upstream)
+    for mode in res["modes"]:
+        for kind in kinds:
+            name = kind if mode == "compile" else f"{kind} {mode}"
+            res["models"][name] = profile_step(kind, args.preset, args.batch, args.upstream, mode)
     write_results(args.out, "step_kernels", res, render(res, args.top))
 
 
