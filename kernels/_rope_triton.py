@@ -284,7 +284,8 @@ def _evict(hints: bool) -> tuple[str, str]:
 def _plan_fwd(
     qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm, block_t, num_warps, evict_hints
 ):
-    """Plan :func:`qk_norm_rope_fwd`: the grid, scalars and constexprs; ``extra`` is q's shape."""
+    """Plan :func:`qk_norm_rope_fwd`: the grid, scalars and constexprs; ``extra`` is whether each
+    weight is read."""
     B, T, three_hd = qkv.shape
     D = int(three_hd // (3 * num_heads))  # a constexpr: specialises under dynamic shapes
     rows = B * T
@@ -305,7 +306,7 @@ def _plan_fwd(
             INTERLEAVED=pairing == "interleaved", ACC=ACC_DTYPE, TABLE_EVICT=table_evict,
             PARTNER_EVICT=partner_evict, TOKEN_MAJOR=token_major(num_heads), num_warps=num_warps,
         ),
-        extra=((B, num_heads, T, D), has_qw, has_kw),
+        extra=(has_qw, has_kw),
     )  # fmt: skip
     return (plan,)
 
@@ -361,7 +362,7 @@ def qk_norm_rope_fwd(
         plan = cached = cached_plan(key, _plan_fwd, args)
     else:
         plan, cached = _plan_fwd(*args)[0], None
-    _, has_qw, has_kw = plan.extra
+    has_qw, has_kw = plan.extra
     q, k = empty_qk(qkv, num_heads), empty_qk(qkv, num_heads)
     if qkv.numel() == 0:
         return q, k
