@@ -146,12 +146,20 @@ def ops_observed() -> bool:
 
 
 def direct_apply(function: type[torch.autograd.Function]) -> Callable[..., Any]:
-    """``function.apply`` as its C++ implementation, bound to ``function``: without the Python
-    wrapper's default-argument binding and functorch bookkeeping, about 1.5 µs less host time a
-    call. Only for use where no functorch transform is active (the caller checks
-    ``torch._C._are_functorch_transforms_active()`` and takes ``function.apply`` otherwise); its
-    ``forward`` takes no default arguments."""
-    return torch._C._FunctionBase.__dict__["apply"].__get__(None, function)
+    """``function.apply``, calling its C++ implementation directly in plain eager code: without the
+    Python wrapper's default-argument binding and functorch bookkeeping, about 1.5 µs less host
+    time a call. While ``torch.compile`` traces (Dynamo knows ``apply``, not its C++ half) or a
+    functorch transform is active, the wrapper runs. ``function.forward`` must take no default
+    arguments."""
+    c_apply = torch._C._FunctionBase.__dict__["apply"].__get__(None, function)
+
+    def apply(*args: Any) -> Any:
+        # is_compiling() first: Dynamo folds it to True and traces function.apply.
+        if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+            return function.apply(*args)
+        return c_apply(*args)
+
+    return apply
 
 
 @functools.cache

@@ -440,8 +440,6 @@ def _eager(x, residual, weight, bias, scale, spec):
         or (bias is not None and bias.requires_grad)
         or (scale is not None and scale.requires_grad)
     ):
-        if torch._C._are_functorch_transforms_active():
-            return _NormFunction.apply(x, residual, weight, bias, scale, spec)
         return _apply_norm(x, residual, weight, bias, scale, spec)
     y, h = _forward(x, residual, weight, bias, scale, spec)
     return (y, h) if residual is not None else y

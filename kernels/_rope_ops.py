@@ -204,9 +204,6 @@ def qk_norm_rope_triton(
             # autograd can (v's gradient then reaches qkv through the view, an add Inductor fuses).
             q, k = torch.ops.flopkit.qk_norm_rope(*args)
             return q, k, _v_view(qkv, num_heads)
-        # Compiled code traces the Function itself (Dynamo knows ``apply``, not its C++ half).
-        if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
-            return _QKNormRope.apply(*args)
         return _apply_qk(*args)
     q, k = _forward(*args)
     return q, k, _v_view(qkv, num_heads)
