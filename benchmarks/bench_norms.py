@@ -42,7 +42,7 @@ except ImportError:  # not installed (device machine): load kernels/ as flopkit.
     sys.modules.setdefault("flopkit", types.ModuleType("flopkit")).__path__ = [os.path.join(ROOT, "flopkit")]
     spec = importlib.util.spec_from_file_location(
         "flopkit.kernels",
-        os.path.join(ROOT, "kernels", "__init__.py"),
+        os.path.join(ROOT, "kernels", "_package.py"),
         submodule_search_locations=[os.path.join(ROOT, "kernels")],
     )
     K = importlib.util.module_from_spec(spec)

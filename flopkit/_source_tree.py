@@ -1,27 +1,38 @@
-"""Importing flopkit from a source checkout that is not installed in editable mode.
+"""Importing ``flopkit.kernels`` and ``flopkit.cli`` from a source checkout.
 
 ``kernels/`` and ``cli/`` sit at the repository root and install as ``flopkit.kernels`` and
-``flopkit.cli`` through ``[tool.setuptools.package-dir]`` in ``pyproject.toml``. Python run from the
-repository root imports ``flopkit/`` from the working directory, not the installed copy, and there
-those two sub-packages are not under ``flopkit/``. An editable install maps them; a regular one
-does not, so this module maps them the same way, reading the mapping from ``pyproject.toml`` (its
-one home). Where it cannot (Python 3.10 has no ``tomllib``), it raises an ImportError that says
-what to do.
+``flopkit.cli`` (``[tool.setuptools.package-dir]`` in ``pyproject.toml``). Neither directory has an
+``__init__.py``: Python run from the repository root puts the root first on ``sys.path``, and a
+regular package named ``kernels`` there would shadow every installed distribution of that name
+(Hugging Face's ``kernels``, which transformers imports). A directory without ``__init__.py`` is at
+most a namespace portion, and namespace portions lose to any regular package further down the path.
+
+Each directory's package body is ``_package.py``. ``setup.py`` writes it as the ``__init__.py`` of
+the installed sub-package; in a checkout (run from the root, or an editable install), this module
+maps the two names to their directories with ``_package.py`` as the package body. See
+``docs/design.md``, "Layout".
 """
 
 from __future__ import annotations
 
 import importlib.abc
-import importlib.machinery
 import importlib.util
 import sys
 from pathlib import Path
 
-__all__ = ["map_source_subpackages"]
+__all__ = ["SOURCE_SUBPACKAGES", "PACKAGE_BODY", "map_source_subpackages"]
+
+#: Sub-packages that live outside ``flopkit/`` in a checkout, and their directories relative to the
+#: repository root. The same table as ``[tool.setuptools.package-dir]`` (a test keeps them equal);
+#: written out here so that importing flopkit never needs a TOML parser (Python 3.10 has none).
+SOURCE_SUBPACKAGES: dict[str, str] = {"flopkit.kernels": "kernels", "flopkit.cli": "cli"}
+
+#: The file in each of those directories that holds the package body (the ``__init__.py`` to be).
+PACKAGE_BODY = "_package.py"
 
 
 class _SourceTreeFinder(importlib.abc.MetaPathFinder):
-    """Finds the sub-packages ``pyproject.toml`` maps outside ``flopkit/`` (``flopkit.kernels``...)."""
+    """Finds ``flopkit.kernels`` and ``flopkit.cli`` in this checkout's ``kernels/`` and ``cli/``."""
 
     def __init__(self, mapping: dict[str, Path]) -> None:
         self.mapping = mapping
@@ -31,45 +42,26 @@ class _SourceTreeFinder(importlib.abc.MetaPathFinder):
         if directory is None:
             return None
         return importlib.util.spec_from_file_location(
-            fullname, directory / "__init__.py", submodule_search_locations=[str(directory)]
+            fullname, directory / PACKAGE_BODY, submodule_search_locations=[str(directory)]
         )
 
 
-def _package_dirs(root: Path) -> dict[str, Path]:
-    try:
-        import tomllib
-    except ImportError:  # Python 3.10
-        raise ImportError(
-            f"flopkit is being imported from its source tree ({root}) without an editable install, so "
-            "flopkit.kernels and flopkit.cli (kernels/ and cli/ at the repository root) cannot be found: "
-            "install with `pip install -e .`, or run Python from another directory"
-        ) from None
-    with open(root / "pyproject.toml", "rb") as f:
-        dirs = tomllib.load(f).get("tool", {}).get("setuptools", {}).get("package-dir", {})
-    return {name: root / d for name, d in dirs.items() if name.startswith("flopkit.")}
-
-
 def map_source_subpackages() -> None:
-    """In a source checkout whose ``flopkit.kernels`` no finder maps to this checkout's ``kernels/``,
-    map the ``pyproject.toml`` package directories; a no-op for installed copies and for an
-    editable install of this checkout."""
+    """Map ``flopkit.kernels`` and ``flopkit.cli`` to this checkout's directories.
+
+    A no-op for an installed copy (its sub-packages sit under ``flopkit/`` with a real
+    ``__init__.py``). In a checkout, this tree's own directories go first on ``sys.meta_path``, so
+    that ``flopkit/`` never runs with another copy's kernels (an editable install of a second
+    checkout, say).
+    """
     here = Path(__file__).resolve().parent
     root = here.parent
-    if (
-        (here / "kernels").is_dir()
-        or not (root / "kernels").is_dir()
-        or not (root / "pyproject.toml").is_file()
-    ):
+    if (here / "kernels").is_dir() or not (root / "pyproject.toml").is_file():
         return
-    spec = importlib.util.find_spec("flopkit.kernels")
-    if (
-        spec is not None
-        and spec.origin
-        and Path(spec.origin).resolve().parent == (root / "kernels").resolve()
-    ):
-        return  # an editable install of this checkout maps it
-    # No finder maps it, or one maps it to another checkout (an editable install elsewhere): this
-    # tree's own sub-packages go first, so that flopkit/ never runs with another copy's kernels.
-    mapping = {name: d for name, d in _package_dirs(root).items() if (d / "__init__.py").is_file()}
-    if mapping:
+    mapping = {
+        name: root / directory
+        for name, directory in SOURCE_SUBPACKAGES.items()
+        if (root / directory / PACKAGE_BODY).is_file()
+    }
+    if mapping and not any(isinstance(f, _SourceTreeFinder) for f in sys.meta_path):
         sys.meta_path.insert(0, _SourceTreeFinder(mapping))

@@ -1,6 +1,9 @@
 """Package hygiene: lazy heavy imports, public API."""
 
+import ast
 import importlib
+import importlib.machinery
+import importlib.metadata
 import importlib.util
 import pkgutil
 import subprocess
@@ -30,7 +33,7 @@ def test_public_names_exist():
 def test_import_from_the_repository_root_without_an_editable_install():
     """Run from the repository root, Python imports flopkit/ from there; with no editable finder
     (as after a regular `pip install .`) flopkit.kernels and flopkit.cli must still resolve to
-    kernels/ and cli/ as pyproject.toml maps them."""
+    kernels/ and cli/ as pyproject.toml maps them, with _package.py as each package's body."""
     root = Path(__file__).resolve().parents[1]
     code = (
         "import sys\n"
@@ -42,8 +45,8 @@ def test_import_from_the_repository_root_without_an_editable_install():
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [
         str(root / "flopkit" / "__init__.py"),
-        str(root / "kernels" / "__init__.py"),
-        str(root / "cli" / "__init__.py"),
+        str(root / "kernels" / "_package.py"),
+        str(root / "cli" / "_package.py"),
     ]
 
 
@@ -67,7 +70,7 @@ def test_import_from_the_repository_root_ignores_an_editable_install_of_another_
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == str(root / "kernels" / "__init__.py")
+    assert done.stdout.strip() == str(root / "kernels" / "_package.py")
 
 
 def test_startup_benchmark_summary_takes_medians_per_phase():
@@ -105,3 +108,97 @@ def test_no_name_shadows_a_submodule(package):
 
 def test_no_kernel_function_shadows_its_module():
     assert _shadowed_submodules("flopkit.kernels") == []
+
+
+ROOT = Path(__file__).resolve().parents[1]
+# flopkit/ is this distribution's own top-level name; setup.py is setuptools' build script.
+OWN_ROOT_NAMES = {"flopkit", "setup"}
+
+
+def _names_importable_from(root: Path) -> dict[str, Path]:
+    """Top-level names that ``import NAME`` resolves to ``root`` when ``root`` is first on
+    ``sys.path`` (as it is for ``python -c``, ``python -m`` and ``python script.py`` run there):
+    regular packages and modules. A directory without ``__init__.py`` is only a namespace portion,
+    which loses to any regular package or module elsewhere on the path, so it shadows nothing."""
+    suffixes = tuple(importlib.machinery.all_suffixes())
+    names = {}
+    for entry in root.iterdir():
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir() and (entry / "__init__.py").is_file() and entry.name.isidentifier():
+            names[entry.name] = entry
+        elif entry.is_file() and entry.name.endswith(suffixes):
+            names[entry.name.split(".")[0]] = entry
+    return names
+
+
+def _installed_top_level_names() -> dict[str, str]:
+    """Top-level import names of every installed distribution, from its ``top_level.txt`` or, where
+    it has none, from the first component of each file it installed."""
+    names: dict[str, str] = {}
+    for dist in importlib.metadata.distributions():
+        listed = (dist.read_text("top_level.txt") or "").split()
+        if not listed:
+            for file in dist.files or ():
+                first = file.parts[0]
+                if len(file.parts) == 1 and not first.endswith(".py"):
+                    continue
+                if first.endswith((".dist-info", ".egg-info", ".data")) or first in ("..", "__pycache__"):
+                    continue
+                listed.append(first.split(".")[0])
+        for name in listed:
+            names.setdefault(name, dist.metadata["Name"])
+    return names
+
+
+def test_the_repository_root_makes_only_flopkit_importable():
+    """kernels/ and cli/ install as flopkit.kernels and flopkit.cli; at the root they carry no
+    __init__.py (their package body is _package.py), so they shadow no distribution of the same
+    name, installed now or later."""
+    assert set(_names_importable_from(ROOT)) <= OWN_ROOT_NAMES
+
+
+def test_no_repository_directory_shadows_an_installed_distribution():
+    installed = _installed_top_level_names()
+    clashes = {
+        name: installed[name]
+        for name in _names_importable_from(ROOT)
+        if name in installed and installed[name].lower() != "flopkit"
+    }
+    assert clashes == {}
+
+
+def test_the_shadowing_checks_see_a_root_package(tmp_path):
+    """The two checks above, on a tree with a ``kernels/__init__.py`` at its root."""
+    (tmp_path / "kernels").mkdir()
+    (tmp_path / "kernels" / "__init__.py").write_text("")
+    (tmp_path / "cli").mkdir()  # no __init__.py: a namespace portion, shadows nothing
+    (tmp_path / "tool.py").write_text("")
+    assert set(_names_importable_from(tmp_path)) == {"kernels", "tool"}
+
+
+def test_import_kernels_from_the_root_gives_the_installed_distribution():
+    if "kernels" not in _installed_top_level_names():
+        pytest.skip("no distribution named kernels is installed")
+    code = "import kernels; print(kernels.__file__)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert not Path(done.stdout.strip()).resolve().is_relative_to(ROOT)
+
+
+def test_source_subpackages_match_pyproject():
+    tomllib = pytest.importorskip("tomllib")
+    from flopkit._source_tree import PACKAGE_BODY, SOURCE_SUBPACKAGES
+
+    setup_py = {
+        node.targets[0].id: ast.literal_eval(node.value)
+        for node in ast.parse((ROOT / "setup.py").read_text()).body
+        if isinstance(node, ast.Assign) and isinstance(node.value, (ast.Dict, ast.Constant))
+    }
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        package_dirs = tomllib.load(f)["tool"]["setuptools"]["package-dir"]
+    assert {k: v for k, v in package_dirs.items() if k != "flopkit"} == SOURCE_SUBPACKAGES
+    assert setup_py["ROOT_SUBPACKAGES"] == SOURCE_SUBPACKAGES
+    assert setup_py["PACKAGE_BODY"] == PACKAGE_BODY
+    for directory in SOURCE_SUBPACKAGES.values():
+        assert (ROOT / directory / PACKAGE_BODY).is_file()
