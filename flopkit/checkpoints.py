@@ -472,7 +472,7 @@ def infer_config(
     fields = _shape_fields(tensors)
     if source == "nvsubquadratic" and not fields["has_cls"]:
         # Its "gap" readout averages the patches and then normalises; flopkit normalises each patch
-        # and then averages (DESIGN.md): loading would silently compute another function.
+        # and then averages (docs/vit5.md): loading would silently compute another function.
         raise CheckpointError(
             "no tensor 'cls_token': an nvSubquadratic readout='gap' model (mean over patches, then "
             "out_norm), which flopkit's ViT5 (norm, then mean) does not compute; only readout='cls' loads"

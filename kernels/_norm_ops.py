@@ -5,7 +5,7 @@ shared backward ``flopkit::norm_backward``.
 Each op has a fake (meta) implementation, so ``torch.compile`` and the meta device see its
 shapes; its autograd is registered with ``torch.library.register_autograd`` (the custom-op form
 of an autograd Function: compile traces through it); the forward ops have FLOP formulas
-registered with ``torch.utils.flop_counter`` (DESIGN.md §3). Importing this module does not
+registered with ``torch.utils.flop_counter`` (docs/conventions.md). Importing this module does not
 import triton: the Triton launchers are imported when an op first runs. On a CPU tensor
 without the Triton interpreter the ops run the PyTorch reference (see ``route_through_custom_ops``).
 """
@@ -319,7 +319,7 @@ def _rows(shape, last: int) -> int:
 
 @register_flop_formula(torch.ops.flopkit.rms_norm)
 def _rms_norm_flop(x_shape, *args, out_shape=None, **kwargs) -> int:
-    """RMSNorm: 3 FLOPs per element (square-accumulate 2, scale 1; DESIGN.md §3)."""
+    """RMSNorm: 3 FLOPs per element (square-accumulate 2, scale 1; docs/conventions.md)."""
     return formulas.rms_norm(_rows(x_shape, x_shape[-1]), x_shape[-1])
 
 

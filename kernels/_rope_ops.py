@@ -179,7 +179,7 @@ def _v_view(qkv: torch.Tensor, num_heads: int) -> torch.Tensor:
 @register_flop_formula(torch.ops.flopkit.qk_norm_rope)
 def _qk_norm_rope_flop(qkv_shape, cos_shape, sin_shape, qw_shape, kw_shape, num_heads, eps, pairing, norm,
                        *args, out_shape=None, **kwargs) -> int:  # fmt: skip
-    """norm 3 + rope 2 FLOPs per element of q and of k (DESIGN.md §3)."""
+    """norm 3 + rope 2 FLOPs per element of q and of k (docs/conventions.md)."""
     B, T, three_hd = qkv_shape
     return formulas.qk_norm_rope(B, T, num_heads, three_hd // (3 * num_heads), norm)
 

@@ -2,7 +2,7 @@
 step, the QK-norm over heads with one shared ``(D,)`` weight, and ExLlamaV2-style ``HeadNorm``
 (``(H, D)`` weight, optional ``(H, D)`` bias, RMS or Layer mode), with their PyTorch references.
 
-Semantics (DESIGN.md §2): ``y = (x_f32 * rsqrt(mean(x_f32**2) + eps) * w_f32).to(x.dtype)``;
+Semantics (docs/vit5.md): ``y = (x_f32 * rsqrt(mean(x_f32**2) + eps) * w_f32).to(x.dtype)``;
 per-head inputs are ``[*, H*D]`` (flat heads) or ``[*, H, D]`` and outputs keep the input's shape
 and dtype. FLOPs: :func:`flopkit.formulas.rms_norm`, :func:`~flopkit.formulas.per_head_rms_norm`
 and :func:`~flopkit.formulas.head_norm` (the residual add of the fused op is not counted).

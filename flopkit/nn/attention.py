@@ -1,4 +1,4 @@
-"""ViT5Attention: fused QKV, QK-norm before register-aware 2D RoPE, SDPA (DESIGN.md §2).
+"""ViT5Attention: fused QKV, QK-norm before register-aware 2D RoPE, SDPA (docs/vit5.md).
 
 Checkpoint-compatible with nvSubquadratic's ``ViT5Attention``: state-dict keys ``qkv.weight``,
 ``proj.weight``, ``q_norm.weight``, ``k_norm.weight`` (+ biases when enabled).
