@@ -12,7 +12,7 @@ exactly as that script builds it (channels-last images in ``{"input", "condition
 from the source tree given with ``--upstream``; without one its rows are skipped and the reason
 printed. vit5-small runs at batch 256, vit5-base at batch 128. Per row: wall ms/step (the mean
 over ``--steps`` timed steps after warm-up, as upstream's script, taken ``--repeats`` times; the
-median is reported and every loop kept in the JSON), images/s, MFU (the README's rule:
+median is reported and every loop kept in the JSON), images/s, MFU (the rule in docs/benchmarks.md:
 the step's matmul + attention FLOPs as ``flopkit report --training`` counts them, over the bf16
 matmul rate measured at the start of the run), the GPU kernel time per step (union of kernel intervals under ``torch.profiler``) and
 the host-bound share ``1 - gpu / wall``.
@@ -188,7 +188,7 @@ def build_upstream(preset: str, root: str) -> torch.nn.Module:
 
 
 def training_flops(preset: str, batch: int) -> int:
-    """The MFU numerator (README's rule): a training step's matmul + attention FLOPs as
+    """The MFU numerator (the rule in docs/benchmarks.md): a training step's matmul + attention FLOPs as
     ``flopkit report --training`` counts them."""
     from flopkit.flops.summary import flop_report
     from flopkit.models import load_model
