@@ -39,7 +39,12 @@ def run_script(tmp_path: Path, *extra: str) -> tuple[subprocess.CompletedProcess
         text=True,
         timeout=180,
         cwd=ROOT,
-        env={**os.environ, "OUT": str(tmp_path)},
+        # PYTHONPATH: the script imports flopkit from this checkout, installed or not.
+        env={
+            **os.environ,
+            "OUT": str(tmp_path),
+            "PYTHONPATH": os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH")))),
+        },
     )
     with open(tmp_path / "multi_gpu.json") as fh:
         return proc, json.load(fh)
