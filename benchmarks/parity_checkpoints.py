@@ -3,7 +3,7 @@
 For each upstream (nvSubquadratic, official) the upstream model is built from its own source
 checkout with random weights (LayerScale, biases and norm weights perturbed away from their init,
 so that a misplaced one would show), and flopkit's ViT5 is loaded from its state dict with
-``ViT5.from_checkpoint``. Both run with float32 parameters under bf16 autocast (the usual mixed
+``flopkit.load_vit5``. Both run with float32 parameters under bf16 autocast (the usual mixed
 precision), flopkit on its fast path: Triton kernels ("eager"), and the same under
 ``torch.compile`` ("compile").
 
@@ -43,8 +43,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import upstream_models as U  # noqa: E402
 
-from flopkit import ViT5  # noqa: E402
-from flopkit.checkpoints import to_flopkit  # noqa: E402
+from flopkit.checkpoints import load_vit5, to_flopkit  # noqa: E402
 
 LOGIT_TOL = 2e-2  # bf16 has 8 mantissa bits (eps 3.9e-3); 12 blocks of rounding stay well under this
 GRAD_TOL = 5e-2
@@ -117,7 +116,7 @@ def build_upstream(source: str, src: str, image_size: int, seed: int) -> tuple[t
 
 
 def flopkit_model(upstream: torch.nn.Module, mode: str, device: str) -> tuple[torch.nn.Module, Any]:
-    model = ViT5.from_checkpoint(upstream.state_dict(), use_triton=True).to(device)
+    model = load_vit5(upstream.state_dict(), use_triton=True).to(device)
     run = torch.compile(model) if mode == "compile" else model
     return model, lambda m, x: run(x)
 

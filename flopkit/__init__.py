@@ -14,6 +14,7 @@ from .nn import (  # noqa: E402
     ViT5,
     ViT5Attention,
     ViT5Block,
+    ViT5Config,
 )
 
 __version__ = "0.1.0"
@@ -28,5 +29,16 @@ __all__ = [
     "LayerScale",
     "ViT5Block",
     "ViT5",
+    "ViT5Config",
+    "load_vit5",
     "__version__",
 ]
+
+
+def __getattr__(name: str):
+    # Loaders that sit above the modules, imported on first use (the package stays light).
+    if name == "load_vit5":
+        from .checkpoints import load_vit5
+
+        return load_vit5
+    raise AttributeError(f"module 'flopkit' has no attribute {name!r}")
