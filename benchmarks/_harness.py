@@ -61,6 +61,7 @@ __all__ = [
     "ResultWriter",
     "write_results",
     "SourceTreeFinder",
+    "add_source_tree",
     "import_from_source",
     "out_default",
 ]
@@ -144,21 +145,23 @@ def host_samples_ms(
     reps: int = 20,
     warmup: int = 3,
     clock: Callable[[], float] = time.perf_counter,
-    sync: Callable[[], Any] | None = None,
+    before: Callable[[], Any] | None = None,
+    after: Callable[[], Any] | None = None,
 ) -> list[float]:
     """Wall milliseconds of each of ``reps`` calls of ``fn`` after ``warmup`` untimed ones, read off
-    ``clock`` (seconds). ``sync`` (e.g. ``torch.cuda.synchronize``) runs before each start and
-    after each call, so a sample is the call's whole time; without it a sample is host time."""
+    ``clock`` (seconds). ``before`` runs untimed before each call (``torch.cuda.synchronize``: the
+    call starts on an idle GPU); ``after`` runs inside the timing, after the call
+    (``torch.cuda.synchronize``: a sample is the call's whole time; without it, its host time)."""
     for _ in range(warmup):
         fn()
     out = []
     for _ in range(reps):
-        if sync is not None:
-            sync()
+        if before is not None:
+            before()
         t0 = clock()
         fn()
-        if sync is not None:
-            sync()
+        if after is not None:
+            after()
         out.append((clock() - t0) * 1e3)
     return out
 
@@ -454,10 +457,11 @@ class SourceTreeFinder(importlib.abc.MetaPathFinder):
         return hash(self.root)
 
 
-def import_from_source(root: str | Path, module: str) -> Any:
-    """Import ``module`` from the source checkout ``root`` (its top-level modules become importable
-    through a :class:`SourceTreeFinder`, installed once, ahead of the path-based finder) without
-    editing ``sys.path``. Raises FileNotFoundError when ``root`` is not a directory."""
+def add_source_tree(root: str | Path) -> Path:
+    """Make the top-level modules of the source checkout ``root`` importable through a
+    :class:`SourceTreeFinder` (installed once, just before the path-based finder), without
+    editing ``sys.path``; returns the resolved root. Raises FileNotFoundError when ``root`` is not a
+    directory."""
     path = Path(root).resolve()
     if not path.is_dir():
         raise FileNotFoundError(f"upstream source {path} is not a directory")
@@ -468,6 +472,12 @@ def import_from_source(root: str | Path, module: str) -> Any:
             len(sys.meta_path),
         )
         sys.meta_path.insert(at, finder)
+    return path
+
+
+def import_from_source(root: str | Path, module: str) -> Any:
+    """Import ``module`` from the source checkout ``root`` (see :func:`add_source_tree`)."""
+    add_source_tree(root)
     return importlib.import_module(module)
 
 

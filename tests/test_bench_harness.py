@@ -4,6 +4,7 @@ the result schema and files, importing from a source checkout; and that no bench
 
 import datetime
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -39,12 +40,17 @@ def test_device_ms_uses_the_injected_timer():
 
 def test_host_samples_read_the_clock_around_each_call_after_warmup():
     ticks = iter([0.0, 0.002, 1.0, 1.005, 2.0, 2.001])
-    calls, syncs = [], []
+    events = []
     samples = H.host_samples_ms(
-        lambda: calls.append(1), reps=3, warmup=2, clock=lambda: next(ticks), sync=lambda: syncs.append(1)
+        lambda: events.append("call"),
+        reps=3,
+        warmup=2,
+        clock=lambda: (events.append("clock"), next(ticks))[1],
+        before=lambda: events.append("before"),
+        after=lambda: events.append("after"),
     )
     assert samples == pytest.approx([2.0, 5.0, 1.0])
-    assert len(calls) == 5 and len(syncs) == 6  # 2 warm-up calls; a sync before and after each timed one
+    assert events == ["call", "call"] + ["before", "clock", "call", "after", "clock"] * 3
 
 
 def test_roofs_arithmetic_with_a_fixed_timer():
@@ -202,3 +208,33 @@ def test_import_from_source_without_touching_sys_path(tmp_path):
             del sys.modules[name]
     with pytest.raises(FileNotFoundError):
         H.import_from_source(tmp_path / "absent", "x")
+
+
+def test_no_benchmark_edits_sys_path():
+    offenders = [
+        f"{path.name}:{i}"
+        for path in sorted((ROOT / "benchmarks").glob("*.py"))
+        for i, line in enumerate(path.read_text().splitlines(), 1)
+        if re.search(r"sys\.path\.(insert|append|extend|remove)\(|sys\.path(\[[^\]]*\])?\s*\+?=(?!=)", line)
+    ]
+    assert offenders == []
+
+
+def test_results_hold_one_pair_per_benchmark_and_device():
+    files = sorted(p.name for p in (ROOT / "benchmarks" / "results").iterdir())
+    assert 0 < len(files) <= 30
+    stems = {}
+    for name in files:
+        m = re.fullmatch(r"([a-z0-9_]+)_([a-z0-9]+)\.(json|md)", name)
+        assert m, f"{name}: results are NAME_DEVICE.json / .md"
+        assert (ROOT / "benchmarks" / f"{m[1]}.py").exists(), f"{name}: no benchmarks/{m[1]}.py"
+        stems.setdefault((m[1], m[2]), set()).add(m[3])
+    for (name, device), exts in stems.items():
+        assert exts == {"json", "md"}, f"{name}_{device}: a .json and an .md"
+        record = json.loads((ROOT / "benchmarks" / "results" / f"{name}_{device}.json").read_text())
+        if record.get("schema") == H.SCHEMA:
+            H.validate_record(record)
+            assert (record["benchmark"], H.device_tag(record["env"])) == (name, device)
+        else:  # runs from before the harness, gathered per benchmark and device
+            assert record.get("schema") == "flopkit-bench/legacy" and record["benchmark"] == name
+            assert record["device"] == device and record["runs"]
