@@ -44,8 +44,8 @@ FUSED_MAX_FWD = 16384
 FUSED_MAX_BWD = 8192
 
 # ---------------------------------------------------------------------------------- tile tables
-# Keyed by (architecture, BLOCK_H * BLOCK_D = the padded row width); see docs/kernels.md for how a
-# table is swept and replaced. Every entry was chosen on an H100 (bf16) and cites the result that
+# Keyed by (architecture, BLOCK_H * BLOCK_D = the padded row width); docs/benchmarks.md (Reproducing)
+# says how a table is swept and replaced. Every entry was chosen on an H100 (bf16) and cites the result that
 # chose it: benchmarks/bench_norms.py's sweep of row shapes (widths 64, 128, 1024, 4096, 8192 and
 # the chunked 65536), or benchmarks/sweep_vit_kernels.py at ViT-5 shapes. Widths that no sweep
 # covered carry a neighbouring width's tile.
