@@ -76,9 +76,12 @@ def profile_step(kind: str, preset: str, batch: int, upstream: str | None, mode:
 
 def render(res: dict, top: int) -> list[str]:
     """The markdown tables of a result, one section per preset (a record of one preset, as written
-    before ``--presets``, renders as one section)."""
+    before ``--presets``, renders as one section; a gathered record, one per run)."""
+    runs = res.get("runs") or [res]
+    if isinstance(runs, dict):  # gathered from before the harness: {run name: {"data": record}}
+        runs = [dict(r["data"], preset=f"{r['data']['preset']} (run {name})") for name, r in runs.items()]
     lines: list[str] = []
-    for run in res.get("runs") or [res]:
+    for run in runs:
         lines += _render_run(run, top) + [""]
     return lines[:-1]
 
