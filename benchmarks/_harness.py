@@ -228,27 +228,40 @@ def run_roofs(device: str = "cuda") -> Roofs:
 
 
 # ------------------------------------------------------------------------------------ environment
+REVISION_ENV = "FLOPKIT_BENCH_REVISION"
+
+
 def git_revision(
-    root: str | Path = REPO_ROOT, run: Callable[..., subprocess.CompletedProcess] = subprocess.run
+    root: str | Path = REPO_ROOT,
+    run: Callable[..., subprocess.CompletedProcess] = subprocess.run,
+    environ: dict[str, str] | None = None,
 ) -> dict[str, Any] | None:
     """``{"commit", "dirty"}`` of the checkout at ``root`` (dirty: tracked files differ from the
-    commit), or None where git or the repository is unavailable (a copied tree)."""
+    commit). A copied tree without ``.git`` (the device machine's) takes the commit from the
+    environment variable ``FLOPKIT_BENCH_REVISION`` (``dirty`` then None: unknown); None where
+    neither gives one."""
+    environ = os.environ if environ is None else environ
     try:
         head = run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-        if head.returncode != 0:
-            return None
-        status = run(
-            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=10,
+        status = (
+            run(
+                ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            )
+            if head.returncode == 0
+            else None
         )
     except (OSError, subprocess.SubprocessError):
-        return None
-    return {
-        "commit": head.stdout.strip(),
-        "dirty": bool(status.stdout.strip()) if status.returncode == 0 else None,
-    }
+        head = status = None
+    if head is not None and head.returncode == 0:
+        dirty = bool(status.stdout.strip()) if status is not None and status.returncode == 0 else None
+        return {"commit": head.stdout.strip(), "dirty": dirty}
+    given = environ.get(REVISION_ENV, "").strip().lower()
+    if re.fullmatch(r"[0-9a-f]{40}", given):
+        return {"commit": given, "dirty": None}
+    return None
 
 
 def _gpu(gpus: int | None) -> dict[str, Any] | None:
@@ -364,6 +377,8 @@ def header_line(record: dict[str, Any]) -> str:
     where = "CPU" if not gpu else gpu["name"] + (f" x{gpu['count']}" if gpu.get("count", 1) > 1 else "")
     git = env["git"]
     rev = "unknown revision" if not git else git["commit"][:12] + (" (local changes)" if git["dirty"] else "")
+    if git and git["dirty"] is None:
+        rev += " (from $" + REVISION_ENV + ")"
     parts = [f"{record['benchmark']}: {where}", f"torch {env['torch']}"]
     if env["triton"]:
         parts.append(f"Triton {env['triton']}")

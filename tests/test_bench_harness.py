@@ -100,8 +100,11 @@ def test_git_revision_is_none_without_git():
     def not_a_repo(*args, **kwargs):
         return subprocess.CompletedProcess(args, 128, "", "fatal: not a git repository")
 
-    assert H.git_revision(run=missing) is None
-    assert H.git_revision(run=not_a_repo) is None
+    assert H.git_revision(run=missing, environ={}) is None
+    assert H.git_revision(run=not_a_repo, environ={}) is None
+    given = {H.REVISION_ENV: "AB" * 20}
+    assert H.git_revision(run=not_a_repo, environ=given) == {"commit": "ab" * 20, "dirty": None}
+    assert H.git_revision(run=missing, environ={H.REVISION_ENV: "main"}) is None  # a commit, not a name
 
 
 @pytest.mark.parametrize(
@@ -148,6 +151,9 @@ def test_record_schema_and_header():
         "bench_norms: NVIDIA H100 80GB HBM3; torch 2.11.0; Triton 3.6.0; git aaaaaaaaaaaa (local changes)"
     )
     assert "copy 3000 GB/s, bfloat16 matmul 700 TFLOP/s" in line
+    copied = H.make_record("x", {}, env=_env(git={"commit": "b" * 40, "dirty": None}))
+    H.validate_record(copied)
+    assert f"git bbbbbbbbbbbb (from ${H.REVISION_ENV})" in H.header_line(copied)
     with pytest.raises(ValueError, match="harness's"):
         H.make_record("x", {"env": 1}, env=_env())
 
