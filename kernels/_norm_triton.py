@@ -776,7 +776,19 @@ def norm_forward(
 
 
 def _plan_backward(
-    x, has_w, has_bias, has_dres, has_s, eps, H, D, layer, per_head_weight, config, programs_per_sm, prefetch
+    x,
+    has_w,
+    has_bias,
+    has_dres,
+    has_s,
+    eps,
+    H,
+    D,
+    layer,
+    per_head_weight,
+    config,
+    programs_per_sm,
+    prefetch=None,
 ):
     """Plan :func:`norm_backward`; returns ``(plan, x_rows)``."""
     block_d = triton.next_power_of_2(D)
