@@ -7,7 +7,8 @@ Run a script as a module from the repository root (``python -m benchmarks.bench_
 - **Timing.** :func:`device_ms` is the median of ``triton.testing.do_bench`` (CUDA events, L2
   flushed between repetitions); :func:`graph_ms` the median of CUDA-graph replays, each after an L2
   flush (device time without host launch cost); :func:`host_samples_ms` the wall time of single
-  calls (host work). Each takes an injectable timer or clock, so the arithmetic runs on CPU in tests.
+  calls (host work). ``device_ms`` takes an injectable timer and ``host_samples_ms`` a clock, so
+  their arithmetic (and the roofs') runs on CPU in tests; ``graph_ms`` needs CUDA.
 - **Roofs.** :func:`run_roofs` measures the device-to-device copy bandwidth (1 GiB of bf16,
   bytes read + written) and the bf16 matmul rate (``8192^3``) once per process, by one method
   (:func:`measure_roofs`); every "% of copy" and MFU column divides by these.
