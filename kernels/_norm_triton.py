@@ -109,9 +109,10 @@ BWD_TILES: dict[tuple[str, int], Tile] = _table({
 # Plain and residual rows (BLOCK_H = 1) at the ViT widths (C = 384 and 768), and the
 # LayerScale-fused residual backward there, swept at ViT shapes (51456 x 384 and 25728 x 768 rows)
 # with the loads of each program's next block issued before the current one is reduced (the
-# kernel's PREFETCH): 6-14 % faster than the same sweep without it. These entries run with
-# PREFETCH; per-head tiles and other widths take BWD_TILES without it (unswept with it; a tile too
-# large for two blocks in registers spills: 1.1 ms instead of 67 us at 25728 x 768).
+# kernel's PREFETCH), which beat the same sweep without it (the cited run has both). These entries
+# run with PREFETCH; per-head tiles and other widths take BWD_TILES without it: unswept with it,
+# and a tile too large for two blocks in registers spills (the same run's vit5-base res+prefetch
+# row: the tile the table then held, with PREFETCH forced, against the swept best).
 BWD_PREFETCH_TILES: dict[tuple[str, int], Tile] = _table({
     512: ((1024, 2, 8), _VIT + "vit5-small plain+prefetch and res+prefetch (best of res, second of plain)"),
     1024: ((2048, 4, 4), _VIT + "vit5-base plain+prefetch and res+prefetch"),
