@@ -173,3 +173,17 @@ def num_sms(device: torch.device) -> int:
     if device.type != "cuda":
         return 4
     return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.cache
+def _arch(index: int) -> str:
+    major, minor = torch.cuda.get_device_capability(index)
+    return f"sm{major}{minor}"
+
+
+def device_arch(device: torch.device) -> str:
+    """The architecture a launcher's tile tables are keyed by: ``sm90`` for a CUDA device of compute
+    capability 9.0 (H100, H200), ``cpu`` elsewhere (the Triton interpreter)."""
+    if device.type != "cuda":
+        return device.type
+    return _arch(device.index if device.index is not None else torch.cuda.current_device())

@@ -6,12 +6,10 @@ with the reason when its code cannot be imported. Float32 on CPU: logits within 
 (max abs difference over max abs logit), at 224 px and at 256 px, on every module path.
 """
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
+from benchmarks import upstream_models as U
 from flopkit import kernels
 from flopkit.checkpoints import (
     detect_source,
@@ -21,9 +19,6 @@ from flopkit.checkpoints import (
     matching_preset,
     to_flopkit,
 )
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import upstream_models as U  # noqa: E402
 
 SOURCES = {
     "nvsubquadratic": (U.NVSUBQ_ENV, U.build_nvsubquadratic, U.nvsubquadratic_forward),
