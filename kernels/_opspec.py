@@ -77,9 +77,11 @@ class KernelOp:
       their gradients (None through the op's own autograd).
 
     Generated: :attr:`op` (the ``triton_op`` with its fake, autograd and FLOP formula),
-    :attr:`function` (the eager ``autograd.Function``), :meth:`eager` (the :data:`KERNEL` route's
-    entry) and :attr:`via_op` (the :data:`CUSTOM_OP` route's entry). The public op decides the route
-    once (:func:`route`) and calls one of the two entries.
+    :attr:`function` (the eager ``autograd.Function``), :attr:`eager` (the :data:`KERNEL` route's
+    entry) and :attr:`via_op` (the :data:`CUSTOM_OP` route's entry: the op itself, or with views
+    :attr:`op_function`, the op and its views under one backward). The public op decides the route
+    once (:func:`route`) and calls one of the two entries. A spec without autograd (a backward op)
+    gets the op only.
     """
 
     def __init__(
@@ -133,13 +135,11 @@ class KernelOp:
         self.tensor_args = tensor_args
         self.function: type[torch.autograd.Function] | None = None
         self.op_function: type[torch.autograd.Function] | None = None
+        self.eager: Callable[..., Any] | None = None
+        self.via_op: Callable[..., Any] = op
         if setup is None or backward is None:
-            self.via_op = op
-
-            def eager_no_grad(*args: Any) -> Any:
-                return forward(*args, run=launch)
-
-            self.eager = eager_no_grad
+            # A backward op: its forward op's backward calls it (through the op) or, eager, its
+            # launcher (``forward``) directly.
             return
 
         def op_setup(ctx: Any, inputs: tuple, output: Any) -> None:
@@ -181,7 +181,6 @@ class KernelOp:
 
         self.eager = eager
         if views is None:
-            self.via_op = op
             return
 
         class ThroughOp(torch.autograd.Function):

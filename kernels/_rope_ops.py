@@ -93,7 +93,8 @@ def _backward(ctx, dq, dk, dv=None):
     """d(qkv) in one kernel, v's slice included (``dv`` is None through the op's own autograd: its
     outputs are q and k only, and v's gradient reaches ``qkv`` through the view)."""
     qkv, cos, sin, q_weight, k_weight = ctx.saved_tensors
-    bwd = qk_norm_rope_bwd if ctx.eager else QK_NORM_ROPE_BACKWARD.op
+    # Eager: the backward spec's launch itself (run=launch by default); else its custom op.
+    bwd = QK_NORM_ROPE_BACKWARD.forward if ctx.eager else QK_NORM_ROPE_BACKWARD.op
     dqkv, dqw, dkw = bwd(
         dq, dk, dv, qkv, cos, sin, q_weight, k_weight, ctx.num_heads, ctx.eps, ctx.pairing, ctx.norm
     )

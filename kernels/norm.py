@@ -6,7 +6,9 @@ Semantics (docs/vit5.md): ``y = (x_f32 * rsqrt(mean(x_f32**2) + eps) * w_f32).to
 per-head inputs are ``[*, H*D]`` (flat heads) or ``[*, H, D]`` and outputs keep the input's shape
 and dtype. FLOPs: :func:`flopkit.formulas.rms_norm`, :func:`~flopkit.formulas.per_head_rms_norm`
 and :func:`~flopkit.formulas.head_norm` (the residual add of the fused op is not counted).
-Registration (custom ops, autograd, FLOP formulas) is in ``_norm_ops.py``, the Triton kernels in
+Each public op decides its call's route once (``_dispatch.route``) and calls the op's eager entry
+or its custom op, both generated (``_opspec.KernelOp``) from the op's one spec in ``_norm_ops.py``
+(kernel launch, reference, fake, autograd, FLOP formula); the Triton kernels are in
 ``_norm_triton.py``, the references in ``_reference.py``.
 """
 

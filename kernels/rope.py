@@ -3,7 +3,9 @@ primitives and references (defined in ``_reference.py``: ``x' = x * cos + rot(x)
 ``"split_half"`` as nvSubquadratic or ``"interleaved"`` as the official ViT-5).
 
 FLOPs: :func:`flopkit.formulas.qk_norm_rope` (RoPE 2 per element of q and of k; the norm 3).
-Registration is in ``_rope_ops.py``, the Triton kernels in ``_rope_triton.py``.
+:func:`qk_norm_rope` decides its call's route once (``_dispatch.route``) and calls the eager entry
+or the custom op, both generated (``_opspec.KernelOp``) from the op's one spec in ``_rope_ops.py``;
+the Triton kernels are in ``_rope_triton.py``.
 """
 
 from __future__ import annotations
