@@ -106,3 +106,19 @@ def test_use_triton_false_takes_reference_path(fused_calls):
     fast.use_triton = False
     fast(torch.randn(1, fast.num_tokens, fast.hidden_dim, device=DEVICE))
     assert fused_calls == []
+
+
+def test_compiled_module_hands_its_route_to_the_op(fused_calls):
+    """Under torch.compile the module's one decision is the custom op, handed to qk_norm_rope as its
+    backend (a Route, traced by Dynamo); values and gradients match the eager kernel path."""
+    fast, _ = make_pair(64, "interleaved", True, 4, "rmsnorm")
+    x = torch.randn(2, fast.num_tokens, fast.hidden_dim, device=DEVICE)
+    g = torch.randn_like(x)
+    out_e, grads_e = forward_backward(fast, x, g)
+    torch._dynamo.reset()
+    out_c, grads_c = forward_backward(torch.compile(fast, fullgraph=True), x, g)
+    assert fused_calls == [kernels.Route.KERNEL, kernels.Route.CUSTOM_OP]
+    assert rel_err(out_c, out_e) < 1e-5
+    for name in grads_e:
+        key = name if name in grads_c else f"_orig_mod.{name}"
+        assert rel_err(grads_c[key], grads_e[name]) < 1e-5, name
