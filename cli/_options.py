@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from flopkit.formulas import CONVENTIONS
+from flopkit.formulas import ATTENTION_RULES, CONVENTIONS
 from flopkit.models import LoadedModel, load_model
 from flopkit.report import FORMATS
 
@@ -132,11 +132,12 @@ def model_options(fn):
         click.option(
             "--causal-attention",
             "causal",
-            type=click.Choice(["full", "half"]),
+            type=click.Choice(ATTENTION_RULES),
             default="full",
             show_default=True,
-            help="Causal SDPA calls (is_causal=True): count all T^2 query-key pairs, or only the "
-            "T(T+1)/2 the mask keeps.",
+            help="Causal attention: count all Tq*Tk query-key pairs (full), half of them (half), or "
+            "exactly the pairs the mask keeps (exact: causal T(T+1)/2, aligned after a KV cache, the "
+            "config's sliding window, attention_mask padding given as --input 'attention_mask=[[1,1,0]]').",
         ),
     ]
     for option in reversed(options):

@@ -90,14 +90,15 @@ def render_model_rows(
 
 def model_legend(convention: str, inputs, count, training: bool, batch: int, analytic: bool) -> list[str]:
     """Legend lines of a ``--model`` report; ``analytic``: some rows come from flopkit modules."""
-    from flopkit.flops.anymodel import ANYMODEL_LEGEND, causal_legend
+    from flopkit.flops.anymodel import ANYMODEL_LEGEND, causal_legend, skipped_legend
     from flopkit.flops.mixed import MIXED_LEGEND
     from flopkit.formulas import counted_legend, training_legend
 
     legend = [counted_legend(), MIXED_LEGEND] if analytic else []
     legend += [
         ANYMODEL_LEGEND,
-        causal_legend(count.causal, count.causal_calls, count.masked_calls),
+        causal_legend(count.causal, count.causal_calls, count.masked_calls, count.rules),
+        *skipped_legend(count.uncounted, count.convention_uncounted),
         f"convention: {convention}; batch: {batch}; inputs: {inputs.describe()} ({inputs.origin}); per "
         + ("training step" if training else "forward"),
     ]

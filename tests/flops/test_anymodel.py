@@ -80,19 +80,29 @@ def test_causal_pairs_match_the_mask(L, S):
     assert causal_pairs(L, S) == int(torch.ones(L, S).tril().sum())
 
 
-def test_causal_half_counts_only_the_kept_pairs():
+def test_causal_half_counts_half_the_pairs_and_exact_the_kept_ones():
     B, H, T, D = 2, 3, 10, 8
     q = meta(B, H, T, D)
     full = count_model(build(lambda: Attention(True)), (q, q, q))
     half = count_model(build(lambda: Attention(True)), (q, q, q), causal="half")
+    exact = count_model(build(lambda: Attention(True)), (q, q, q), causal="exact")
     assert full.forward[""]["attention"] == 2 * B * H * T * T * 2 * D
-    assert half.forward[""]["attention"] == 2 * B * H * (T * (T + 1) // 2) * 2 * D
-    assert (full.causal_calls, half.causal_calls) == (1, 1)
-    plain = count_model(build(lambda: Attention(False)), (q, q, q), causal="half")
-    assert plain.forward[""]["attention"] == full.forward[""]["attention"] and plain.causal_calls == 0
+    assert half.forward[""]["attention"] == 2 * B * H * (T * T // 2) * 2 * D
+    assert exact.forward[""]["attention"] == 2 * B * H * (T * (T + 1) // 2) * 2 * D
+    assert (full.causal_calls, half.causal_calls, exact.causal_calls) == (1, 1, 1)
+    for mode in ("half", "exact"):
+        plain = count_model(build(lambda: Attention(False)), (q, q, q), causal=mode)
+        assert plain.forward[""]["attention"] == full.forward[""]["attention"] and plain.causal_calls == 0
 
 
-def test_causal_half_backward_is_twice_the_kept_forward():
+def test_is_causal_with_fewer_queries_keeps_sdpa_top_left_triangle():
+    B, H, L, S, D = 1, 2, 4, 6, 8
+    q, k = meta(B, H, L, D), meta(B, H, S, D)
+    exact = count_model(build(lambda: Attention(True)), (q, k, k), causal="exact")
+    assert exact.forward[""]["attention"] == 2 * B * H * int(torch.ones(L, S).tril().sum()) * 2 * D
+
+
+def test_causal_exact_backward_is_twice_the_kept_forward():
     B, H, T, D = 1, 2, 8, 4
 
     class Causal(nn.Module):
@@ -104,7 +114,7 @@ def test_causal_half_backward_is_twice_the_kept_forward():
             q, k, v = self.qkv(x).unflatten(-1, (3, H, D)).permute(2, 0, 3, 1, 4)
             return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
-    count = count_model(build(Causal), (meta(B, T, H * D),), causal="half", backward=True)
+    count = count_model(build(Causal), (meta(B, T, H * D),), causal="exact", backward=True)
     kept = 2 * B * H * (T * (T + 1) // 2) * 2 * D
     assert count.forward[""]["attention"] == kept
     assert count.backward[""]["attention"] == 2 * kept
