@@ -95,6 +95,9 @@ MODEL_ONLY = {
     "named_inputs": "--input",
     "causal": "--causal-attention",
     "plot_path": "--plot",
+    "kv_cache": "--kv-cache",
+    "generate": "--generate",
+    "strict": "--strict",
 }
 
 
@@ -127,7 +130,9 @@ def model_options(fn):
             "named_inputs",
             multiple=True,
             metavar="NAME=SHAPE[:DTYPE]",
-            help="A keyword input with its full shape (repeatable), e.g. token_type_ids=1,128:int64.",
+            help="A keyword input with its full shape (repeatable), e.g. token_type_ids=1,128:int64; "
+            "attention_mask takes values with --causal-attention exact, e.g. "
+            "'attention_mask=[[1,1,1],[0,1,1]]' (0 = padding).",
         ),
         click.option(
             "--causal-attention",
