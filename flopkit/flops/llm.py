@@ -74,23 +74,25 @@ def cache_argument(model: nn.Module) -> str | None:
 def build_kv_cache(model: nn.Module, batch: int, cached_tokens: int, label: str = "the model") -> Any:
     """The model's own KV cache holding ``cached_tokens`` positions of ``batch`` sequences: one
     forward of int64 ids ``[batch, cached_tokens]`` on the meta device with ``use_cache=True``, not
-    counted. Raises ValueError (naming ``label``) when the model takes or returns no cache."""
+    counted. Raises :class:`~flopkit.models.ModelError` (naming ``label``) when the model takes or
+    returns no cache."""
+    from flopkit.models import ModelError
+
     from .measured import GroupedMMAnyDtype
 
     if cached_tokens < 1:
-        raise ValueError(f"kv_cache must be a positive number of cached tokens, got {cached_tokens}")
+        raise ValueError(f"cached_tokens must be a positive number of tokens, got {cached_tokens}")
     argument = cache_argument(model)
     if argument is None or not accepts_argument(model, "use_cache"):
-        raise ValueError(f"{label} takes no KV cache (its forward has no past_key_values/cache argument)")
+        raise ModelError(f"{label} takes no KV cache (its forward has no past_key_values/cache argument)")
     ids = torch.empty((batch, cached_tokens), dtype=torch.int64, device="meta")
     with torch.no_grad(), GroupedMMAnyDtype():
         out = model(input_ids=ids, use_cache=True)
-    cache = out.get("cache") if hasattr(out, "get") else None
-    if cache is None:
-        cache = out.get("past_key_values") if hasattr(out, "get") else getattr(out, "past_key_values", None)
+    # Read back under the name the forward takes (the old name warns in recent transformers).
+    cache = out.get(argument) if hasattr(out, "get") else getattr(out, argument, None)
     length = getattr(cache, "get_seq_length", None)
     if cache is None or length is None or int(length()) != cached_tokens:
-        raise ValueError(
+        raise ModelError(
             f"{label} returned no KV cache for use_cache=True (an encoder, or a decoder built without "
             "cache support: check its config's is_decoder/use_cache)"
         )
@@ -219,9 +221,9 @@ def count_generation(
     whole model's measured count, :func:`~flopkit.flops.mixed.mixed_rows`' first row).
     """
     if prompt_tokens < 1:
-        raise ValueError(f"generate: the prompt must have at least 1 token, got {prompt_tokens}")
+        raise ValueError(f"prompt_tokens must be at least 1, got {prompt_tokens}")
     if steps < 1:
-        raise ValueError(f"generate: give at least 1 decode step, got {steps}")
+        raise ValueError(f"steps must be at least 1 (decode steps), got {steps}")
     if batch < 1:
         raise ValueError(f"batch must be a positive integer, got {batch}")
     if count is None:
@@ -280,8 +282,8 @@ def _top_k(path: str, modules: dict[str, nn.Module], config: Any) -> int | None:
 
 def moe_parameters(model: nn.Module) -> MoEParameters | None:
     """Routed-expert groups of ``model`` and its total and active parameters, or None when it has
-    none. A group is a module holding ``num_experts`` experts as stacked tensors (parameters whose
-    first dimension is ``num_experts``: Hugging Face's fused experts) or as an ``nn.ModuleList``
+    none. A group is a module holding ``num_experts`` experts as stacked tensors (``[E, out, in]``
+    weights and their ``[E, out]`` biases: Hugging Face's fused experts) or as an ``nn.ModuleList``
     named ``experts``; ``top_k`` comes from the module or its parents (``top_k``,
     ``num_experts_per_tok``) or the model's config."""
     modules = dict(model.named_modules())
@@ -295,8 +297,10 @@ def moe_parameters(model: nn.Module) -> MoEParameters | None:
         experts = getattr(module, "num_experts", None)
         params = 0
         if isinstance(experts, int) and experts > 1:
-            stacked = [p for p in module.parameters(recurse=False) if p.dim() >= 2 and p.shape[0] == experts]
-            params = sum(p.numel() for p in stacked)
+            own = list(module.parameters(recurse=False))
+            # Stacked expert weights are [E, out, in]; a router's [E, hidden] weight is not an expert.
+            if any(p.dim() >= 3 and p.shape[0] == experts for p in own):
+                params = sum(p.numel() for p in own if p.dim() >= 2 and p.shape[0] == experts)
         elif isinstance(module, nn.ModuleList) and path.rsplit(".", 1)[-1] == "experts" and len(module) > 1:
             experts = len(module)
             params = sum(p.numel() for p in module.parameters())

@@ -449,6 +449,7 @@ _NOT_FLOPS = {
     "aten.lift_fresh_copy", "aten._assert_async", "aten.masked_select", "aten.diagonal",
     "aten.split_with_sizes_copy", "aten.view_as_real", "aten.view_as_complex", "aten._to_dtype",
     "aten.narrow", "aten.movedim", "aten.mT", "aten.set_", "aten.resize_", "aten.count_nonzero",
+    "aten.scatter_", "aten.scatter_reduce", "aten.index_add", "aten.index_add_", "aten.masked_scatter",
 }  # fmt: skip
 
 CONVENTION_UNCOUNTED = frozenset({

@@ -166,3 +166,59 @@ def test_layer_shapes_record_first_call_shapes_dtypes_and_bytes():
     assert shapes["1"].output_shapes == [[2, 3, 6]] and shapes["1"].output_bytes == 2 * 3 * 6 * 4
     assert shapes["1"].param_bytes == (4 * 6 + 6) * 4
     assert shapes[""].param_bytes == (10 * 4 + 4 * 6 + 6) * 4
+
+
+@torch.library.custom_op("flopkit_test::double_matmul", mutates_args=())
+def _double_matmul(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return (x @ w) @ w.t()
+
+
+@_double_matmul.register_fake
+def _(x, w):
+    return torch.empty_like(x)
+
+
+class UsesCustomOp(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.empty(8, 4))
+
+    def forward(self, x):
+        return torch.ops.flopkit_test.double_matmul(x, self.w)
+
+
+def test_an_op_without_formula_is_listed_until_registered():
+    from flopkit import register_formula
+
+    x = meta(3, 8)
+    before = count_model(build(UsesCustomOp), (x,))
+    assert before.uncounted == {"flopkit_test.double_matmul": 1} and not before.breakdown("").get("matmul")
+
+    def double_matmul_flops(x_shape, w_shape, *, out_shape=None, **kw):
+        return 2 * 2 * x_shape[0] * w_shape[0] * w_shape[1]
+
+    register_formula(torch.ops.flopkit_test.double_matmul, double_matmul_flops, "matmul")
+    after = count_model(build(UsesCustomOp), (x,))
+    assert after.forward[""]["matmul"] == 2 * 2 * 3 * 8 * 4 and not after.uncounted
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as plain:  # torch's own counter sees it too
+        build(UsesCustomOp)(x)
+    assert plain.get_total_flops() == 2 * 2 * 3 * 8 * 4
+
+
+def test_grouped_mm_runs_on_meta_in_float32_and_is_counted():
+    class Experts(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.empty(4, 16, 8))  # 4 experts, [in, out]
+
+        def forward(self, x, offs):
+            return torch._grouped_mm(x, self.w, offs=offs)
+
+    x = meta(10, 16)
+    offs = torch.empty(4, dtype=torch.int32, device="meta")
+    count = count_model(build(Experts), (x, offs))
+    assert count.forward[""]["matmul"] == 2 * 10 * 16 * 8 and not count.uncounted
+    back = count_model(build(Experts), (x, offs), backward=True)
+    assert back.backward[""]["matmul"] == 2 * 10 * 16 * 8  # dW only: x needs no gradient
