@@ -405,7 +405,7 @@ def test_175b_config_reports_on_meta():
     )
 
 
-MYSTERY_MODEL = '''
+MYSTERY_MODEL = """
 import torch
 from torch import nn
 
@@ -431,7 +431,7 @@ class Model(nn.Module):
 
 def build():
     return Model()
-'''
+"""
 
 
 def test_report_lists_ops_without_a_formula_and_strict_refuses_them(tmp_path):
