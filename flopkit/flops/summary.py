@@ -12,9 +12,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from flopkit.formulas import check_convention, counted_legend, training_legend
+from flopkit.formulas import BACKWARD_MULTIPLIERS, check_convention, counted_legend, training_legend
 
 from .analytic import FlopRow, flop_rows, flop_tree
+from .llm import hardware_flops
 from .mixed import MIXED_LEGEND, mixed_rows
 
 __all__ = ["FlopReport", "flop_report", "COUNTERS", "measure_config", "validate_config"]
@@ -42,6 +43,11 @@ class FlopReport:
     def total_params(self) -> int:
         return self.rows[0].params
 
+    @property
+    def hardware_flops(self) -> int | None:
+        """matmul + attention as CUDA kernels run them (:func:`~flopkit.flops.llm.hardware_flops`)."""
+        return self.rows[0].hardware_flops
+
     def to_dict(self) -> dict[str, Any]:
         rows = [r.to_dict() for r in self.rows]
         if not self.measured:
@@ -52,6 +58,7 @@ class FlopReport:
             "batch": self.batch,
             "training": self.training,
             "total_flops": self.total_flops,
+            "hardware_flops": self.hardware_flops,
             "total_params": self.total_params,
             "rows": rows,
             "legend": self.legend,
@@ -96,6 +103,10 @@ def flop_report(
     legend.append(f"convention: {convention}; {run}; per {'training step' if training else 'forward'}")
     if training:
         legend.append(training_legend())
+    for row in rows:
+        if row.hardware_flops is None:  # analytic rows: flopkit's attention runs SDPA (flash-style)
+            forward_attention = row.breakdown["attention"] // (1 + BACKWARD_MULTIPLIERS["attention"])
+            row.hardware_flops = hardware_flops(row.breakdown, forward_attention // 2 if training else 0)
     return FlopReport(rows, legend, convention, batch, training, dict(info or {}), input_shape is not None)
 
 
