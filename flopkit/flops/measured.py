@@ -35,6 +35,7 @@ __all__ = [
     "CONVENTION_UNCOUNTED",
     "grouped_mm_flops",
     "GroupedMMAnyDtype",
+    "grouped_mm_output_shape",
     "PositionalCall",
     "count_fvcore_any",
 ]
@@ -358,17 +359,39 @@ def register_flopkit_formulas() -> None:
         register_flop_formula(grouped)(grouped_mm_flops)
 
 
+def grouped_mm_output_shape(a: torch.Size, b: torch.Size, groups: int | None) -> list[int]:
+    """The output shape of ``torch._grouped_mm(a, b)``: ``[S, N]`` for ``[S, K] @ [G, K, N]``,
+    ``[M, N]`` for ``[G, M, K] @ [K, N]``, ``[G, M, N]`` for 2D @ 2D (``groups`` offsets) and 3D @ 3D."""
+    if len(a) == 2 and len(b) == 2:
+        return [groups, a[0], b[1]]
+    if len(a) == 2:
+        return [a[0], b[-1]]
+    if len(b) == 2:
+        return [a[1], b[1]]
+    return [a[0], a[1], b[-1]]
+
+
+def _offs(args: tuple, kwargs: dict) -> int | None:
+    offs = args[2] if len(args) > 2 else kwargs.get("offs")
+    return offs.shape[0] if offs is not None else None
+
+
 class GroupedMMAnyDtype(torch.utils._python_dispatch.TorchDispatchMode):
-    """Runs ``aten._grouped_mm`` on float32/float16 inputs on the meta device and the CPU, whose
-    kernels take bfloat16 only (a mixture-of-experts model built in float32 raised "Expected inputs of
-    BF16 type"): the op runs on bfloat16 copies and its output is cast back to the input's dtype.
+    """Runs ``aten._grouped_mm`` in any dtype on the meta device and the CPU, whose kernels take
+    bfloat16 only (a mixture-of-experts model built in float32 raised "Expected inputs of BF16 type")
+    and, on meta, 16-byte-aligned strides (DeepSeek-V2's 1407-wide experts): on meta the output is
+    made from the shapes (:func:`grouped_mm_output_shape`); on the CPU the op runs on bfloat16 copies
+    and its output is cast back to the input's dtype.
     Enter it *outside* a ``FlopCounterMode``, which then sees (and counts) the original call."""
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func.overloadpacket is getattr(torch.ops.aten, "_grouped_mm", None):
             a = args[0]
-            if a.dtype != torch.bfloat16 and a.device.type in ("meta", "cpu"):
+            if a.device.type == "meta":  # the meta kernel checks dtype and 16-byte strides: shapes only
+                return torch.empty(grouped_mm_output_shape(a.shape, args[1].shape, _offs(args, kwargs)),
+                                   dtype=kwargs.get("out_dtype") or a.dtype, device="meta")  # fmt: skip
+            if a.dtype != torch.bfloat16 and a.device.type == "cpu":
 
                 def low(t):
                     return (
