@@ -222,3 +222,24 @@ def test_grouped_mm_runs_on_meta_in_float32_and_is_counted():
     assert count.forward[""]["matmul"] == 2 * 10 * 16 * 8 and not count.uncounted
     back = count_model(build(Experts), (x, offs), backward=True)
     assert back.backward[""]["matmul"] == 2 * 10 * 16 * 8  # dW only: x needs no gradient
+
+
+def test_docs_triton_kernel_example_is_counted_once_registered(tmp_path):
+    """The register_formula example of docs/llm.md, run as written, then counted on meta."""
+    pytest.importorskip("triton")
+    import re
+    import runpy
+    from pathlib import Path
+
+    text = (Path(__file__).parents[2] / "docs" / "llm.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "triton_op" in b)
+    example = tmp_path / "swiglu_example.py"  # a file: triton.jit reads the kernel's source
+    example.write_text(block)
+    runpy.run_path(str(example))
+
+    class SwiGLU(nn.Module):
+        def forward(self, x):
+            return torch.ops.mylib.swiglu(x)
+
+    count = count_model(SwiGLU(), (meta(3, 16),))
+    assert count.forward[""]["elementwise"] == 2 * 3 * 8 and not count.uncounted
