@@ -576,6 +576,15 @@ class _CallCounter(TorchFunctionMode):
         self.rules: Counter = Counter()
         self.hardware: dict[str, Counter] = {}
         self.norm_depth = 0
+        self.attention_layers = 0  # calls of modules with a boolean is_causal (attention layers)
+        self.sdpa_in_layers = 0  # SDPA calls inside such a module
+
+    def eager_attention_rule(self) -> None:
+        """Record, as a rule, the attention layers that ran without SDPA (eager matmuls + softmax):
+        no rule applies to them, they are counted on the pairs their matmuls compute."""
+        eager = self.attention_layers - self.sdpa_in_layers
+        if eager > 0:
+            self.rules["attention layer without SDPA (eager matmuls): the pairs it computes"] += eager
 
     def add(self, op: str, flops: int) -> None:
         """Add ``flops`` under ``op`` to every module now running, as FlopCounterMode does."""
@@ -607,6 +616,7 @@ class _CallCounter(TorchFunctionMode):
         if attn_mask is not None:
             self.masked_calls += 1
         module, first_shape = self.counter.mod_tracker.attention_module()
+        self.sdpa_in_layers += module is not None
         causal_module = bool(module is not None and module.is_causal and not is_causal)
         if is_causal or causal_module:
             self.causal_calls += 1
@@ -667,6 +677,8 @@ def _run(
 
     def pre_hook(module, args, kwargs):
         first = next((t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)), None)
+        if isinstance(getattr(module, "is_causal", None), bool) and tracker.attention_module()[0] is None:
+            calls.attention_layers += 1
         tracker.push(module, first.shape if first is not None else None)
         if _is_rms_norm_module(module) and calls.norm_depth == 0:
             x = args[0] if args else next(iter(kwargs.values()))
@@ -715,6 +727,7 @@ def _run(
     finally:
         for h in handles:
             h.remove()
+    calls.eager_attention_rule()
     raw: dict[str, Counter] = {}
     for path, ops in counter.get_flop_counts().items():
         if path == GLOBAL:

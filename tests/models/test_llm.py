@@ -191,3 +191,15 @@ def test_python_api_counts_a_decode_step():
     ids = torch.empty(1, 1, dtype=torch.int64, device="meta")
     rows, count = mixed_rows(model, ((), {"input_ids": ids, cache_argument(model): cache}), causal="exact")
     assert rows[0].breakdown["attention"] == 2 * H * 8 * 2 * D
+
+
+def test_eager_attention_layers_are_named_in_the_rules():
+    """Gemma-2 defaults to eager attention (matmuls + softmax, no SDPA call): no mask rule can
+    apply, and the report says so instead of implying the exact count."""
+    T = 8
+    args = llama_args(2, "gemma2", head_dim=D)
+    data = run_json("report", *args, "--seq-len", str(T), "--causal-attention", "exact")
+    assert data["attention_rules"] == {
+        "attention layer without SDPA (eager matmuls): the pairs it computes": LAYERS
+    }
+    assert data["rows"][0]["breakdown"]["attention"] == attention(T * T)
