@@ -590,7 +590,11 @@ def validate_model(
         named=named_inputs,
         spec=f"--model {spec}",
     )
-    rec = validate_any(model, inputs, tuple(counters), rtol, depth, spec=spec, model_args=model_args)
+    from flopkit.flops.counters import PLAIN_COUNTERS
+
+    rec = validate_any(
+        model, inputs, tuple(counters), rtol, depth, spec=spec, model_args=model_args, plain=PLAIN_COUNTERS
+    )
     if fmt == "json":
         click.echo(
             render_json(
@@ -619,6 +623,7 @@ def validate_model(
                         for r in rec.rows
                     ],
                     "notes": rec.notes,
+                    "counters": [c.to_dict() for c in rec.plain],
                 }
             )
         )

@@ -157,6 +157,7 @@ def validate_model(
     depth: int | None = None,
     spec: str | None = None,
     model_args: dict[str, Any] | None = None,
+    plain: tuple[str, ...] = (),
 ):
     """flopkit's report of any model (``mixed_rows``: analytic where flopkit has formulas, measured
     elsewhere) against FlopCounterMode on the meta device and fvcore on a CPU copy built from
@@ -164,6 +165,9 @@ def validate_model(
 
     ``model`` is the meta-device model, ``inputs`` its :class:`~flopkit.models.ModelInputs`; an error
     inside the model names ``spec``. Returns a :class:`~flopkit.flops.reconcile.Reconciliation`.
+
+    ``plain``: counters (:data:`~flopkit.flops.counters.PLAIN_COUNTERS`) also run as shipped on the
+    CPU copy, each difference from flopkit with its cause (the reconciliation's ``plain``).
     """
     from flopkit.models import build_model, real_inputs, user_code
 
@@ -178,13 +182,20 @@ def validate_model(
     with user_code(label, "running the model"):
         rows, _ = mixed_rows(model, (inputs.args, inputs.kwargs), "flopkit", depth)
         measurements = []
-        if "fvcore" in counters:
+        cpu = real = None
+        if "fvcore" in counters or plain:
             if spec is None:
-                raise ValueError("fvcore needs a CPU copy of the model: give its spec")
+                raise ValueError("fvcore and the plain counters need a CPU copy of the model: give its spec")
             torch.manual_seed(0)
             cpu = build_model(spec, model_args, device="cpu")
             real = real_inputs(inputs)
+        if "fvcore" in counters:
             measurements.append(count_fvcore_any(cpu, real.args, real.kwargs))
         if "torch" in counters:
             measurements.append(count_model(model, inputs.args, inputs.kwargs).measurement())
-    return reconcile_rows(model, rows, measurements, rtol=rtol)
+        rec = reconcile_rows(model, rows, measurements, rtol=rtol)
+        if plain:
+            from .counters import compare_counters
+
+            rec.plain = compare_counters(cpu, real.args, real.kwargs, dict(rows[0].breakdown), plain)
+    return rec
