@@ -68,6 +68,7 @@ __all__ = [
     "padded_pairs",
     "register_formula",
     "USER_FORMULAS",
+    "expert_paths",
     "skipped_legend",
 ]
 
@@ -739,14 +740,42 @@ def _run(
     return raw, calls
 
 
-def _categories(raw: dict[str, Counter]) -> dict[str, dict[str, int]]:
+def expert_paths(model: nn.Module) -> list[str]:
+    """Paths of the top-most mixture-of-experts modules holding stacked expert weights (an int
+    ``num_experts`` and a ``[num_experts, out, in]`` parameter): their ``bmm`` (Hugging Face's
+    batched experts) is a matmul, not attention."""
+    paths: list[str] = []
+    for path, module in model.named_modules():
+        experts = getattr(module, "num_experts", None)
+        if not isinstance(experts, int) or any(path.startswith(p + ".") for p in paths):
+            continue
+        if any(p.dim() >= 3 and p.shape[0] == experts for p in module.parameters(recurse=False)):
+            paths.append(path)
+    return paths
+
+
+_BATCHED_MATMULS = ("aten.bmm", "aten.baddbmm")
+
+
+def _categories(raw: dict[str, Counter], experts: list[str] = ()) -> dict[str, dict[str, int]]:
+    """FLOPs by category per path; ``bmm`` inside the modules at ``experts`` (and its share in their
+    ancestors) is a matmul."""
+
+    def inside(path: str) -> bool:
+        return any(path == e or path.startswith(e + ".") for e in experts)
+
     out = {}
     for path, ops in raw.items():
         cats = dict.fromkeys(CATEGORIES, 0)
         for op, value in ops.items():
             if op not in MEASURED_OPS:
                 raise RuntimeError(f"measured op {op!r} has no category in MEASURED_OPS")
-            cats[MEASURED_OPS[op]] += value
+            cats["matmul" if op in _BATCHED_MATMULS and inside(path) else MEASURED_OPS[op]] += value
+        for e in experts:  # an ancestor holds its experts' bmm among its own: move that share
+            if e != path and (path == "" or e.startswith(path + ".")):
+                moved = sum(raw.get(e, {}).get(op, 0) for op in _BATCHED_MATMULS)
+                cats["attention"] -= moved
+                cats["matmul"] += moved
         out[path] = cats
     return out
 
@@ -795,12 +824,13 @@ def count_model(
         # A training step runs the model in train mode (batch norm on batch statistics, dropout on).
         model.train(backward)
         raw, calls = _run(model, args, kwargs, causal, False, shapes, seen, padding_mask)
-        forward = _categories(raw)
+        experts = expert_paths(model)
+        forward = _categories(raw, experts)
         hardware: dict[str, dict[str, int]] = {}
         if backward:
             raw_total, back_calls = _run(model, args, kwargs, causal, True, None, None, padding_mask)
             hardware = {p: dict(c) for p, c in back_calls.hardware.items() if p != GLOBAL}
-            total = _categories(raw_total)
+            total = _categories(raw_total, experts)
             back = {
                 path: {c: total[path][c] - forward.get(path, {}).get(c, 0) for c in CATEGORIES}
                 for path in total
