@@ -53,12 +53,13 @@ def parse_values(texts: tuple[str, ...]) -> tuple[dict[str, Any], list[str]]:
             tensor = torch.tensor(json.loads(body), dtype=torch.int64)
         except (ValueError, TypeError, RuntimeError):
             raise click.BadParameter(
-                f"{name}: expected a JSON array of 0/1 rows, e.g. [[1,1,0],[1,1,1]], got {body!r}",
+                f"{name}: expected a JSON array of rows, e.g. [[1,1,0],[1,1,1]], got {body!r}",
                 param_hint="--input",
             ) from None
-        if tensor.dim() != 2 or not bool(((tensor == 0) | (tensor == 1)).all()) or tensor.shape[1] == 0:
+        if tensor.dim() != 2 or tensor.shape[1] == 0 or bool((tensor < 0).any()):
             raise click.BadParameter(
-                f"{name}: expected [batch, keys] rows of 0/1 values, got shape {list(tensor.shape)}",
+                f"{name}: expected [batch, keys] rows of 0 (padding), 1 (token) or document ids (packed "
+                f"sequences), got shape {list(tensor.shape)}",
                 param_hint="--input",
             )
         values[name] = tensor
@@ -401,7 +402,10 @@ def _generation(model, spec, model_args, batch, generation, causal, strict, fmt)
     gen = run_forward(spec, count_generation, model, prompt, steps, batch=batch, causal=causal, count=count,
                       label=f"--model {spec}")  # fmt: skip
     rules, uncounted, convention = Counter(), Counter(), Counter()
+    causal_calls = masked_calls = 0
     for c in counts:
+        causal_calls += c.causal_calls
+        masked_calls += c.masked_calls
         rules.update(c.rules)
         uncounted.update(c.uncounted)
         convention.update(c.convention_uncounted)
@@ -413,7 +417,7 @@ def _generation(model, spec, model_args, batch, generation, causal, strict, fmt)
         f"{', '.join(map(str, gen.evaluated[:8]))}{' ...' if len(gen.evaluated) > 8 else ''} and summed exactly "
         "(per category a step's FLOPs are concave and piecewise linear in the cache length: linear pieces "
         "are summed in closed form)",
-        causal_legend(causal, 0, 0, rules),
+        causal_legend(causal, causal_calls, masked_calls, rules),
         *skipped_legend(uncounted, convention),
         f"batch: {batch}; FLOPs per token = FLOPs / (batch x tokens of the phase)",
     ]

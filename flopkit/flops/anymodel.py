@@ -267,23 +267,37 @@ def sliding_window_of(module: nn.Module | None) -> int | None:
 
 
 def padded_pairs(
-    valid_keys: torch.Tensor, q_len: int, offset: int | None, window: int | None, causal: bool
+    key_mask: torch.Tensor, q_len: int, offset: int | None, window: int | None, causal: bool
 ) -> int:
-    """Query-key pairs kept over a batch whose keys ``valid_keys`` (bool ``[B, kv_len]``, real values)
-    may be padding: per row, each query keeps the valid keys in its causal (and window) range, or
-    every valid key when not ``causal``. ``offset`` as :func:`flopkit.formulas.kept_query_key_pairs`."""
-    valid = valid_keys.to("cpu", torch.int64)
-    kv_len = valid.shape[-1]
+    """Query-key pairs kept over a batch whose keys carry mask values ``key_mask`` (``[B, kv_len]``,
+    real values): 0 is padding; with values 0/1 each query keeps the non-padding keys in its causal
+    (and window) range, as Hugging Face's padding masks do; with values above 1 (packed sequences:
+    one id per document) a query keeps only the keys of its own document. Not ``causal``: every
+    query keeps every non-padding key. ``offset`` as :func:`flopkit.formulas.kept_query_key_pairs`
+    (the queries are positions ``offset .. offset + q_len - 1`` of the keys)."""
+    values = key_mask.to("cpu", torch.int64)
+    kv_len = values.shape[-1]
     if not causal:
-        return int(valid.sum()) * q_len
+        return int((values != 0).sum()) * q_len
     if offset is None:
         offset = kv_len - q_len
-    prefix = torch.nn.functional.pad(valid.cumsum(-1), (1, 0))  # [B, kv_len + 1]
     pos = torch.arange(offset, offset + q_len)
     hi = pos.clamp(-1, kv_len - 1) + 1
     lo = torch.zeros_like(pos) if window is None else (pos - window + 1).clamp(0, kv_len)
     lo = torch.minimum(lo, hi)
-    return int((prefix[:, hi] - prefix[:, lo]).sum())
+
+    def kept(keys: torch.Tensor) -> torch.Tensor:  # [B, q_len]: keys (0/1) in each query's range
+        prefix = torch.nn.functional.pad(keys.cumsum(-1), (1, 0))
+        return prefix[:, hi] - prefix[:, lo]
+
+    if int(values.max()) <= 1:
+        return int(kept((values != 0).long()).sum())
+    own = values[:, pos.clamp(0, kv_len - 1)]  # each query's document id
+    total = 0
+    for doc in values.unique().tolist():
+        if doc != 0:
+            total += int((kept((values == doc).long()) * (own == doc)).sum())
+    return total
 
 
 def attention_rule(
@@ -296,7 +310,7 @@ def attention_rule(
     causal_module: bool,
     q_len: int | None = None,
     window: int | None = None,
-    valid_keys: torch.Tensor | None = None,
+    key_mask: torch.Tensor | None = None,
     explicit_mask: bool = False,
 ) -> tuple[int, str]:
     """FLOPs of one SDPA call's QK^T and AV under the rule ``mode`` (``full``, ``half``, ``exact``),
@@ -306,7 +320,7 @@ def attention_rule(
     decode step's heads into the rows); ``q_len`` the true query tokens per head (the attention
     module's input length; default the rows). ``is_causal``: SDPA's own flag (top-left alignment);
     ``causal_module``: the call runs in a causal attention layer with an explicit or absent mask
-    (bottom-right alignment: queries are the last ``q_len`` positions). ``valid_keys``: real padding
+    (bottom-right alignment: queries are the last ``q_len`` positions). ``key_mask``: real mask
     values ``[B, >= kv_len]`` (their last ``kv_len`` columns are the keys).
     """
     *lead, rows, head_dim = query_shape
@@ -321,9 +335,10 @@ def attention_rule(
     q_len = rows if q_len is None or query_rows % (batch * q_len) else q_len
     heads = query_rows // (batch * q_len)
     offset = 0 if is_causal else None
-    if valid_keys is not None and valid_keys.shape[0] == batch and valid_keys.shape[-1] >= kv_len:
-        pairs = padded_pairs(valid_keys[:, -kv_len:].bool(), q_len, offset, window, causal)
-        kind = "padded keys" + (", causal" if causal else "")
+    if key_mask is not None and key_mask.shape[0] == batch and key_mask.shape[-1] >= kv_len:
+        keys = key_mask[:, -kv_len:]
+        pairs = padded_pairs(keys, q_len, offset, window, causal)
+        kind = ("packed documents" if int(keys.max()) > 1 else "padded keys") + (", causal" if causal else "")
     elif causal:
         pairs = batch * formulas.kept_query_key_pairs(q_len, kv_len, offset, window)
         kind = "causal"
@@ -566,12 +581,12 @@ class _CallCounter(TorchFunctionMode):
     rule's correction to SDPA. Adds pseudo-ops to the FlopCounterMode's own per-module counts, and
     the flash-attention backward's extra work to :attr:`hardware` (not model FLOPs)."""
 
-    def __init__(self, counter, causal: str, backward: bool, valid_keys: torch.Tensor | None = None) -> None:
+    def __init__(self, counter, causal: str, backward: bool, key_mask: torch.Tensor | None = None) -> None:
         super().__init__()
         self.counter = counter
         self.causal = causal
         self.backward = backward
-        self.valid_keys = valid_keys
+        self.key_mask = key_mask
         self.causal_calls = 0
         self.masked_calls = 0
         self.rules: Counter = Counter()
@@ -635,7 +650,7 @@ class _CallCounter(TorchFunctionMode):
             causal_module=causal_module,
             q_len=q_len,
             window=sliding_window_of(module) if causal_module else None,
-            valid_keys=self.valid_keys,
+            key_mask=self.key_mask,
             explicit_mask=attn_mask is not None,
         )
         self.rules[rule] += 1
@@ -659,7 +674,7 @@ def _run(
     backward: bool,
     shapes: dict[str, LayerShapes] | None,
     seen_ops: Counter | None,
-    valid_keys: torch.Tensor | None = None,
+    key_mask: torch.Tensor | None = None,
 ) -> tuple[dict[str, Counter], _CallCounter]:
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -673,7 +688,7 @@ def _run(
     counter = FlopCounterMode(display=False, custom_mapping=mapping)
     tracker = _ModuleStack(names)
     counter.mod_tracker = tracker
-    calls = _CallCounter(counter, causal, backward, valid_keys)
+    calls = _CallCounter(counter, causal, backward, key_mask)
     handles = []
 
     def pre_hook(module, args, kwargs):
@@ -799,8 +814,8 @@ def count_model(
     query-key pairs; ``"half"`` counts causal SDPA calls (``is_causal=True`` or in a causal attention
     layer) on half of them; ``"exact"`` on the pairs the mask keeps (:func:`attention_rule`: causal,
     bottom-right after a KV cache, the layer's sliding window, and ``padding_mask``).
-    ``padding_mask``: the real values (``[B, keys]``, 1 = token, 0 = padding; CPU) of the attention
-    mask the model would take; the model itself runs without it (on the meta device a mask has no
+    ``padding_mask``: the real values (``[B, keys]``, 1 = token, 0 = padding, or document ids above 1
+    for packed sequences; CPU) of the attention mask the model would take; the model itself runs without it (on the meta device a mask has no
     values, and it changes which pairs are kept, not which ops run). Needs ``causal="exact"``.
     """
     if causal not in CAUSAL_MODES:
@@ -812,7 +827,7 @@ def count_model(
             )
         if padding_mask.dim() != 2 or padding_mask.device.type == "meta":
             raise ValueError(
-                f"padding_mask must be a real [batch, keys] tensor of 0/1 values, got "
+                f"padding_mask must be a real [batch, keys] tensor of mask values, got "
                 f"{list(padding_mask.shape)} on {padding_mask.device.type}"
             )
     kwargs = kwargs or {}

@@ -221,3 +221,12 @@ def test_batched_experts_count_as_matmul_like_grouped_ones():
     assert batched.forward[""] == grouped.forward[""] and batched.backward[""] == grouped.backward[""]
     routed = 2 * (16 * 2) * C * (2 * I) + 2 * (16 * 2) * I * C
     assert batched.forward["layers.0.mlp.experts"]["matmul"] == routed
+
+
+def test_packed_documents_attend_within_their_own_document():
+    """Mask values above 1 are document ids (packed sequences): a query keeps its own document's keys."""
+    mask = [[1, 1, 1, 2, 2, 0]]  # two packed documents of 3 and 2 tokens, then one pad
+    data = run_json("report", *llama_args(2), "--seq-len", "6", "--causal-attention", "exact",
+                    "--input", f"attention_mask={json.dumps(mask)}")  # fmt: skip
+    assert data["rows"][0]["breakdown"]["attention"] == attention((1 + 2 + 3) + (1 + 2) + 0)
+    assert data["attention_rules"] == {"packed documents, causal, top-left (is_causal=True)": LAYERS}
