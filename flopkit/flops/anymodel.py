@@ -352,23 +352,23 @@ def attention_rule(
 
 
 def causal_legend(mode: str, causal_calls: int, masked_calls: int, rules: Counter | None = None) -> str:
-    """The legend line for the attention rule ``mode`` (``--causal-attention``) and the rules applied
+    """The legend line for the attention rule ``mode`` (``causal``) and the rules applied
     to the SDPA calls (``rules``: description -> calls)."""
     if mode == "exact":
         text = (
-            "--causal-attention exact: attention counted on the query-key pairs the mask keeps: causal "
+            "causal attention 'exact': attention counted on the query-key pairs the mask keeps: causal "
             "T(T+1)/2, queries aligned bottom-right after a KV cache (top-left for is_causal=True calls), "
             "the layer's sliding window (keys with q - k < window), padding from attention_mask values"
         )
     elif mode == "half":
         text = (
-            f"--causal-attention half: {causal_calls} causal SDPA call(s) counted on half of all "
+            f"causal attention 'half': {causal_calls} causal SDPA call(s) counted on half of all "
             "query-key pairs (Tq*Tk/2, the common MFU convention; exact counts T(T+1)/2)"
         )
     else:
         text = (
-            f"--causal-attention full: attention counted on all Tq*Tk query-key pairs, as FlopCounterMode "
-            f"does; {causal_calls} SDPA call(s) were causal: --causal-attention exact counts only the pairs "
+            f"causal attention 'full': attention counted on all Tq*Tk query-key pairs, as FlopCounterMode "
+            f"does; {causal_calls} SDPA call(s) were causal: 'exact' counts only the pairs "
             "the mask keeps"
         )
     if rules:
