@@ -51,6 +51,7 @@ __all__ = [
     "kept_query_key_pairs",
     "attention_pairs_flops",
     "HARDWARE_ATTENTION_BACKWARD",
+    "flash_backward_extra",
     "qk_norm_rope",
     "qk_norm_rope_breakdown",
     "layer_scale",
@@ -314,6 +315,14 @@ HARDWARE_ATTENTION_BACKWARD = (5, 2)
 """Flash- and memory-efficient-attention backward as a multiple of the forward, ``5/2``: the kernel
 recomputes QK^T, then runs dV, dP, dQ, dK (five matmuls of the forward's two; the model's backward
 counts four)."""
+
+
+def flash_backward_extra(forward_attention: int) -> int:
+    """``forward * (5/2 - 2)``: what a flash / memory-efficient attention backward runs beyond the
+    model's backward (:data:`HARDWARE_ATTENTION_BACKWARD` against ``BACKWARD_MULTIPLIERS``), the
+    recompute of QK^T. Hardware FLOPs, not model FLOPs."""
+    num, den = HARDWARE_ATTENTION_BACKWARD
+    return forward_attention * num // den - forward_attention * BACKWARD_MULTIPLIERS["attention"]
 
 
 def kept_query_key_pairs(

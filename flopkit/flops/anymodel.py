@@ -660,8 +660,7 @@ class _CallCounter(TorchFunctionMode):
             self.add(CAUSAL_OP, -(full - kept) * (3 if self.backward and grad else 1))
         if self.backward and grad:
             # A flash / memory-efficient kernel's backward recomputes QK^T: 5/2 of the forward, not 2.
-            num, den = formulas.HARDWARE_ATTENTION_BACKWARD
-            extra = kept * num // den - kept * formulas.BACKWARD_MULTIPLIERS["attention"]
+            extra = formulas.flash_backward_extra(kept)
             for parent in set(self.counter.mod_tracker.parents):
                 self.hardware.setdefault(parent, Counter())["attention"] += extra
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from flopkit.formulas import CATEGORIES, add_breakdowns
+from flopkit.formulas import CATEGORIES, add_breakdowns, flash_backward_extra
 
 from .analytic import (
     FlopNode,
@@ -157,7 +157,7 @@ def mixed_rows(
         forward_of[path] = forward
         if training:
             extra = (
-                forward["attention"] // 2  # flopkit's attention runs SDPA: a flash-style backward
+                flash_backward_extra(forward["attention"])  # flopkit's attention runs SDPA
                 if source == "analytic"
                 else entered(measured.hardware_extra, path).get("attention", 0)
             )

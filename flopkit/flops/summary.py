@@ -12,7 +12,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from flopkit.formulas import BACKWARD_MULTIPLIERS, check_convention, counted_legend, training_legend
+from flopkit.formulas import (
+    BACKWARD_MULTIPLIERS,
+    check_convention,
+    counted_legend,
+    flash_backward_extra,
+    training_legend,
+)
 
 from .analytic import FlopRow, flop_rows, flop_tree
 from .llm import hardware_flops
@@ -106,7 +112,9 @@ def flop_report(
     for row in rows:
         if row.hardware_flops is None:  # analytic rows: flopkit's attention runs SDPA (flash-style)
             forward_attention = row.breakdown["attention"] // (1 + BACKWARD_MULTIPLIERS["attention"])
-            row.hardware_flops = hardware_flops(row.breakdown, forward_attention // 2 if training else 0)
+            row.hardware_flops = hardware_flops(
+                row.breakdown, flash_backward_extra(forward_attention) if training else 0
+            )
     return FlopReport(rows, legend, convention, batch, training, dict(info or {}), input_shape is not None)
 
 
