@@ -230,3 +230,37 @@ def test_packed_documents_attend_within_their_own_document():
                     "--input", f"attention_mask={json.dumps(mask)}")  # fmt: skip
     assert data["rows"][0]["breakdown"]["attention"] == attention((1 + 2 + 3) + (1 + 2) + 0)
     assert data["attention_rules"] == {"packed documents, causal, top-left (is_causal=True)": LAYERS}
+
+
+def test_deepseek_style_moe_runs_shared_experts_always_and_routed_at_top_k():
+    T, E, K, M = 8, 8, 2, 32  # tokens, routed experts, top-k, expert width (one shared expert of M)
+    config = {"num_hidden_layers": 1, "hidden_size": C, "num_attention_heads": H, "vocab_size": 100,
+              "n_routed_experts": E, "n_group": 2, "topk_group": 1, "num_experts_per_tok": K,
+              "n_shared_experts": 1, "q_lora_rank": 32, "kv_lora_rank": 16, "qk_rope_head_dim": 8,
+              "qk_nope_head_dim": 8, "v_head_dim": 16, "moe_intermediate_size": M, "first_k_dense_replace": 0}  # fmt: skip
+    args = ["--model", "hf:deepseek_v3", *[x for k, v in config.items() for x in ("--model-arg", f"{k}={v}")]]
+    data = run_json("report", *args, "--seq-len", str(T), "--depth", "4", "--causal-attention", "exact")
+    rows = {r["path"]: r for r in data["rows"]}
+    assert (
+        rows["layers.0.mlp.experts"]["breakdown"]["matmul"] == 2 * (T * K) * C * (2 * M) + 2 * (T * K) * M * C
+    )
+    assert rows["layers.0.mlp.shared_experts"]["breakdown"]["matmul"] == 3 * 2 * T * C * M
+    assert rows["layers.0.mlp.gate"]["breakdown"]["matmul"] == 2 * T * C * E
+    assert data["total_params"] - data["active_params"] == 3 * C * M * (E - K)
+    assert data["uncounted_ops"] == {}
+
+
+def test_default_mixtral_builds_and_counts_on_the_cpu():
+    """The full Mixtral-8x7B configuration on the meta device: parameters by hand."""
+    data = run_json("report", "--model", "hf:mixtral", "--seq-len", "4", "--depth", "0")
+    C, L, KV, FF, E, V = (
+        4096,
+        32,
+        1024,
+        14336,
+        8,
+        32000,
+    )  # hidden, layers, k/v width, expert width, experts, vocab
+    per_layer = 2 * C * C + 2 * C * KV + E * 3 * C * FF + E * C + 2 * C  # attention, experts, router, norms
+    assert data["total_params"] == V * C + L * per_layer + C
+    assert data["active_params"] == data["total_params"] - L * (E - 2) * 3 * C * FF
