@@ -4,6 +4,8 @@ measured backward, and shapes per layer. Plain torch modules only (no timm / tra
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from flopkit.config import load_config, model_input
@@ -243,3 +245,28 @@ def test_docs_triton_kernel_example_is_counted_once_registered(tmp_path):
 
     count = count_model(SwiGLU(), (meta(3, 16),))
     assert count.forward[""]["elementwise"] == 2 * 3 * 8 and not count.uncounted
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(1, 7), st.integers(1, 9), st.one_of(st.none(), st.integers(1, 10)), st.data(),
+)  # fmt: skip
+def test_padded_pairs_equal_the_mask_they_stand_for(q_len, kv_len, window, data):
+    """Causal + window + padding (0/1) or packed documents (ids), against the explicit boolean mask."""
+    from flopkit.flops.anymodel import padded_pairs
+
+    values = torch.tensor(data.draw(st.lists(st.lists(st.integers(0, 3), min_size=kv_len, max_size=kv_len),
+                                             min_size=1, max_size=3)))  # fmt: skip
+    offset = kv_len - q_len
+    q = torch.arange(offset, offset + q_len)[:, None]
+    k = torch.arange(kv_len)[None, :]
+    keep = (k <= q) & ((q - k) < window if window is not None else True)
+    expected = 0
+    for row in values:
+        if int(values.max()) <= 1:
+            allowed = (row != 0)[None, :].expand(q_len, kv_len)
+        else:
+            own = row[q.squeeze(1).clamp(0, kv_len - 1)][:, None]
+            allowed = (row[None, :] == own) & (own != 0)
+        expected += int((keep & allowed).sum())
+    assert padded_pairs(values, q_len, None, window, causal=True) == expected

@@ -264,3 +264,11 @@ def test_default_mixtral_builds_and_counts_on_the_cpu():
     per_layer = 2 * C * C + 2 * C * KV + E * 3 * C * FF + E * C + 2 * C  # attention, experts, router, norms
     assert data["total_params"] == V * C + L * per_layer + C
     assert data["active_params"] == data["total_params"] - L * (E - 2) * 3 * C * FF
+
+
+def test_padded_decode_step_against_a_cache():
+    L = 5
+    mask = [[1] * (L + 1), [0, 0, 1, 1, 1, 1]]  # the second sequence was left-padded by two
+    data = run_json("report", *llama_args(2), "--kv-cache", str(L), "--batch", "2", "--causal-attention",
+                    "exact", "--input", f"attention_mask={json.dumps(mask)}")  # fmt: skip
+    assert data["rows"][0]["breakdown"]["attention"] == attention((L + 1) + (L + 1 - 2))
