@@ -126,8 +126,6 @@ def report(
             depth_given=given(ctx, "depth"),
         )  # fmt: skip
         return
-    if checkpointing != "none":
-        raise click.UsageError("--checkpointing applies with --model (hardware FLOPs of a measured model)")
     result = flop_report(
         loaded.module,
         num_tokens=loaded.tokens(),
@@ -136,6 +134,7 @@ def report(
         batch=batch,
         training=training,
         info={"config": loaded.to_dict()},
+        checkpointing=checkpointing,
     )
     if fmt == "json" or column_groups:
         attach_shapes(result.rows, loaded.config, loaded.module, batch)

@@ -13,15 +13,16 @@ import torch
 from torch import nn
 
 from flopkit.formulas import (
-    BACKWARD_MULTIPLIERS,
+    add_breakdowns,
     check_convention,
     counted_legend,
     flash_backward_extra,
+    scale_breakdown,
     training_legend,
 )
 
-from .analytic import FlopRow, flop_rows, flop_tree
-from .llm import hardware_flops
+from .analytic import FlopRow, breakdown_at, flop_rows, flop_tree
+from .llm import CHECKPOINTING, checkpoint_blocks, hardware_flops
 from .mixed import MIXED_LEGEND, mixed_rows
 
 __all__ = ["FlopReport", "flop_report", "COUNTERS", "measure_config", "validate_config"]
@@ -81,15 +82,23 @@ def flop_report(
     batch: int = 1,
     training: bool = False,
     info: dict[str, Any] | None = None,
+    checkpointing: str = "none",
 ) -> FlopReport:
     """Per-module FLOPs of ``module`` (on the meta device).
 
     A flopkit module is counted analytically on ``num_tokens`` tokens per sample (default: its own
     ``T``) times ``batch``. Any other module needs ``input_shape`` (batch included) and is measured
     by FlopCounterMode, with flopkit sub-modules counted analytically; ``batch`` must then be 1
-    (the batch is the shape's first entry).
+    (the batch is the shape's first entry). Every row carries its hardware FLOPs
+    (:func:`~flopkit.flops.llm.hardware_flops`; ``checkpointing="blocks"`` recomputes each repeated
+    block's forward in a training step).
     """
     check_convention(convention)
+    if checkpointing not in CHECKPOINTING:
+        raise ValueError(f"checkpointing must be one of {', '.join(CHECKPOINTING)}, got {checkpointing!r}")
+    if checkpointing != "none" and not training:
+        raise ValueError("checkpointing applies to a training step (training=True)")
+    block_forward: dict[str, dict[str, int]] = {}
     legend = [counted_legend()]
     if input_shape is None:
         tree = flop_tree(
@@ -97,13 +106,20 @@ def flop_report(
         )
         rows = flop_rows(module, tree, depth=depth, batch=batch, training=training)
         run = f"batch: {batch}"
+        if checkpointing == "blocks":
+            nodes = {node.path: node for node in tree.walk()}
+            block_forward = {
+                b: scale_breakdown(breakdown_at(b, nodes), batch) for b in checkpoint_blocks(module)
+            }
     else:
         if batch != 1:
             raise ValueError(
                 f"batch applies to a preset or config; with an input shape the batch is its first entry ({input_shape[0]})"
             )
         with torch.device("meta"):
-            rows, _ = mixed_rows(module, torch.empty(input_shape), convention, depth, training)
+            rows, _ = mixed_rows(
+                module, torch.empty(input_shape), convention, depth, training, checkpointing=checkpointing
+            )
         legend.append(MIXED_LEGEND)
         run = f"input shape: {list(input_shape)}"
     legend.append(f"convention: {convention}; {run}; per {'training step' if training else 'forward'}")
@@ -111,10 +127,25 @@ def flop_report(
         legend.append(training_legend())
     for row in rows:
         if row.hardware_flops is None:  # analytic rows: flopkit's attention runs SDPA (flash-style)
-            forward_attention = row.breakdown["attention"] // (1 + BACKWARD_MULTIPLIERS["attention"])
+            forward = row.breakdown
+            if row.backward is not None:
+                forward = {c: v - row.backward.get(c, 0) for c, v in row.breakdown.items()}
+            inside = any(row.path == b or row.path.startswith(b + ".") for b in block_forward)
+            recompute = (
+                forward
+                if inside
+                else add_breakdowns(*(f for b, f in block_forward.items() if row.path == "" or b.startswith(row.path + ".")))
+            )  # fmt: skip
             row.hardware_flops = hardware_flops(
-                row.breakdown, flash_backward_extra(forward_attention) if training else 0
+                row.breakdown,
+                flash_backward_extra(forward["attention"]) if training else 0,
+                recompute if block_forward else None,
             )
+    if checkpointing == "blocks":
+        legend.append(
+            "hardware FLOPs: activation checkpointing of blocks recomputes the forward matmul + attention "
+            f"of {len(block_forward) or 'each'} repeated block(s) in the backward"
+        )
     return FlopReport(rows, legend, convention, batch, training, dict(info or {}), input_shape is not None)
 
 
