@@ -54,7 +54,7 @@ HARDWARE_CATEGORIES = ("matmul", "attention")
 
 
 def accepts_argument(model: nn.Module, name: str) -> bool:
-    """Whether ``model.forward`` takes a keyword ``name`` (or any keyword, ``**kwargs``)."""
+    """Whether ``model.forward`` names a parameter ``name`` (a catch-all ``**kwargs`` does not count)."""
     try:
         params = inspect.signature(model.forward).parameters
     except (TypeError, ValueError):
@@ -179,10 +179,11 @@ def sum_over_cache_lengths(
     step: Callable[[int], dict[str, int]], first: int, last: int
 ) -> tuple[dict[str, int], dict[int, dict[str, int]]]:
     """``sum(step(L) for L in first..last)`` by category, and ``step``'s value at each length it was
-    called at, for ``step`` concave and piecewise linear
-    in ``L`` per category (a decode step's FLOPs): a range whose ends lie on the line through its
-    first two points is linear (a concave function cannot leave a line it meets at both ends), and
-    is summed in closed form; other ranges are halved."""
+    called at, for ``step`` concave and piecewise linear in ``L`` per category (a decode step's
+    FLOPs: attention over ``min(L + 1, window)`` keys): a range whose ends lie on the line through
+    its first two points is linear (a concave function cannot leave a line it meets at both ends)
+    and is summed in closed form; other ranges are halved. A non-concave ``step`` (a chunked
+    attention's sawtooth) breaks the assumption."""
     memo: dict[int, dict[str, int]] = {}
 
     def at(n: int) -> dict[str, int]:
@@ -229,6 +230,10 @@ def count_generation(
     if count is None:
         count = _whole_model_count
     argument = cache_argument(model)
+    if argument is None:
+        from flopkit.models import ModelError
+
+        raise ModelError(f"{label} takes no KV cache (its forward has no past_key_values/cache argument)")
     ids = torch.empty((batch, prompt_tokens), dtype=torch.int64, device="meta")
     prefill = count(model, (), {"input_ids": ids}, causal)
 
