@@ -325,6 +325,12 @@ def user_code(spec: str, what: str = "the forward"):
         raise
     except Exception as exc:
         message = _describe(exc)
+        if "nonzero" in message:
+            message = message[:200] + (
+                "... (data-dependent indexing, as a mixture-of-experts loop over the experts each token "
+                "was routed to, cannot run on the meta device: Hugging Face's fused experts count in their "
+                "grouped_mm or batched_mm form, the default)"
+            )
         if "meta tensor" in message:
             message += (
                 " (flopkit runs the model on the meta device, where tensors have no values: leave out "

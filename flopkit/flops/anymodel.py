@@ -24,6 +24,7 @@ shapes, dtypes and bytes of each module's first call.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 from collections import Counter
@@ -69,6 +70,7 @@ __all__ = [
     "register_formula",
     "USER_FORMULAS",
     "expert_paths",
+    "grouped_experts",
     "skipped_legend",
 ]
 
@@ -771,6 +773,29 @@ def expert_paths(model: nn.Module) -> list[str]:
 _BATCHED_MATMULS = ("aten.bmm", "aten.baddbmm")
 
 
+@contextlib.contextmanager
+def grouped_experts(model: nn.Module):
+    """Within the block, Hugging Face experts set to their ``eager`` implementation (a Python loop
+    over the experts each token was routed to: data-dependent indexing, which the meta device
+    cannot run) use ``grouped_mm``, which does the same FLOPs under the routing assumption. Yields
+    the number of expert modules switched."""
+    changed: list[Any] = []
+    modules = dict(model.named_modules())
+    switched = 0
+    for path in expert_paths(model):
+        config = getattr(modules[path], "config", None)
+        if getattr(config, "_experts_implementation", None) == "eager" or any(c is config for c in changed):
+            switched += 1
+            if all(c is not config for c in changed):
+                changed.append(config)
+                config._experts_implementation = "grouped_mm"
+    try:
+        yield switched
+    finally:
+        for config in changed:
+            config._experts_implementation = "eager"
+
+
 def _categories(raw: dict[str, Counter], experts: list[str] = ()) -> dict[str, dict[str, int]]:
     """FLOPs by category per path; ``bmm`` inside the modules at ``experts`` (and its share in their
     ancestors) is a matmul."""
@@ -834,24 +859,29 @@ def count_model(
     seen: Counter = Counter()
     modes = {m: m.training for m in model.modules()}
     back = None
-    try:
-        # A training step runs the model in train mode (batch norm on batch statistics, dropout on).
-        model.train(backward)
-        raw, calls = _run(model, args, kwargs, causal, False, shapes, seen, padding_mask)
-        experts = expert_paths(model)
-        forward = _categories(raw, experts)
-        hardware: dict[str, dict[str, int]] = {}
-        if backward:
-            raw_total, back_calls = _run(model, args, kwargs, causal, True, None, None, padding_mask)
-            hardware = {p: dict(c) for p, c in back_calls.hardware.items() if p != GLOBAL}
-            total = _categories(raw_total, experts)
-            back = {
-                path: {c: total[path][c] - forward.get(path, {}).get(c, 0) for c in CATEGORIES}
-                for path in total
-            }
-    finally:
-        for module, mode in modes.items():
-            module.training = mode
+    with grouped_experts(model) as looped:  # an eager experts loop cannot run on meta
+        try:
+            # A training step runs the model in train mode (batch norm on batch statistics, dropout on).
+            model.train(backward)
+            raw, calls = _run(model, args, kwargs, causal, False, shapes, seen, padding_mask)
+            experts = expert_paths(model)
+            forward = _categories(raw, experts)
+            hardware: dict[str, dict[str, int]] = {}
+            if backward:
+                raw_total, back_calls = _run(model, args, kwargs, causal, True, None, None, padding_mask)
+                hardware = {p: dict(c) for p, c in back_calls.hardware.items() if p != GLOBAL}
+                total = _categories(raw_total, experts)
+                back = {
+                    path: {c: total[path][c] - forward.get(path, {}).get(c, 0) for c in CATEGORIES}
+                    for path in total
+                }
+        finally:
+            for module, mode in modes.items():
+                module.training = mode
+    if looped:
+        calls.rules["experts' eager loop counted in its grouped_mm form (same FLOPs: top-k per token)"] += (
+            looped
+        )
     counted = {op.split("[")[0] for ops in raw.values() for op in ops}
     skipped = Counter({op: n for op, n in seen.items() if op not in counted and op not in _NOT_FLOPS})
     return ModelCount(

@@ -78,6 +78,7 @@ def build_kv_cache(model: nn.Module, batch: int, cached_tokens: int, label: str 
     returns no cache."""
     from flopkit.models import ModelError
 
+    from .anymodel import grouped_experts
     from .measured import GroupedMMAnyDtype
 
     if cached_tokens < 1:
@@ -86,7 +87,7 @@ def build_kv_cache(model: nn.Module, batch: int, cached_tokens: int, label: str 
     if argument is None or not accepts_argument(model, "use_cache"):
         raise ModelError(f"{label} takes no KV cache (its forward has no past_key_values/cache argument)")
     ids = torch.empty((batch, cached_tokens), dtype=torch.int64, device="meta")
-    with torch.no_grad(), GroupedMMAnyDtype():
+    with torch.no_grad(), GroupedMMAnyDtype(), grouped_experts(model):
         out = model(input_ids=ids, use_cache=True)
     # Read back under the name the forward takes (the old name warns in recent transformers).
     cache = out.get(argument) if hasattr(out, "get") else getattr(out, argument, None)

@@ -205,8 +205,9 @@ def test_eager_attention_layers_are_named_in_the_rules():
     assert data["rows"][0]["breakdown"]["attention"] == attention(T * T)
 
 
-def test_batched_experts_count_as_matmul_like_grouped_ones():
-    """Hugging Face's batched_mm experts (bmm over gathered weights) against the default grouped_mm."""
+def test_batched_and_looped_experts_count_like_grouped_ones():
+    """Hugging Face's batched_mm experts (bmm over gathered weights) and its eager loop over the
+    routed experts (run in grouped form: the loop's indexing is data-dependent) against grouped_mm."""
     from flopkit.flops.anymodel import count_model
 
     model = build_model("hf:mixtral", {"num_hidden_layers": 1, "hidden_size": C, "num_attention_heads": H,
@@ -214,11 +215,13 @@ def test_batched_experts_count_as_matmul_like_grouped_ones():
                                        "num_local_experts": 4, "num_experts_per_tok": 2})  # fmt: skip
     ids = torch.empty(2, 8, dtype=torch.int64, device="meta")
     counts = {}
-    for form in ("grouped_mm", "batched_mm"):
+    for form in ("grouped_mm", "batched_mm", "eager"):
         model.config._experts_implementation = form
         counts[form] = count_model(model, (), {"input_ids": ids}, backward=True)
-    grouped, batched = counts["grouped_mm"], counts["batched_mm"]
+    grouped, batched, looped = counts["grouped_mm"], counts["batched_mm"], counts["eager"]
     assert batched.forward[""] == grouped.forward[""] and batched.backward[""] == grouped.backward[""]
+    assert looped.forward[""] == grouped.forward[""] and model.config._experts_implementation == "eager"
+    assert any("eager loop" in rule for rule in looped.rules)
     routed = 2 * (16 * 2) * C * (2 * I) + 2 * (16 * 2) * I * C
     assert batched.forward["layers.0.mlp.experts"]["matmul"] == routed
 
