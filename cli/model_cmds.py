@@ -596,8 +596,10 @@ def validate_model(
     )
     from flopkit.flops.counters import PLAIN_COUNTERS
 
+    # The counters as shipped run on the CPU copy fvcore needs anyway (--against torch alone builds none).
+    plain = PLAIN_COUNTERS if "fvcore" in counters else ()
     rec = validate_any(
-        model, inputs, tuple(counters), rtol, depth, spec=spec, model_args=model_args, plain=PLAIN_COUNTERS
+        model, inputs, tuple(counters), rtol, depth, spec=spec, model_args=model_args, plain=plain
     )
     if fmt == "json":
         click.echo(
