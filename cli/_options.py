@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from flopkit.formulas import CONVENTIONS
+from flopkit.formulas import ATTENTION_RULES, CONVENTIONS
 from flopkit.models import LoadedModel, load_model
 from flopkit.report import FORMATS
 
@@ -95,6 +95,9 @@ MODEL_ONLY = {
     "named_inputs": "--input",
     "causal": "--causal-attention",
     "plot_path": "--plot",
+    "kv_cache": "--kv-cache",
+    "generate": "--generate",
+    "strict": "--strict",
 }
 
 
@@ -127,16 +130,19 @@ def model_options(fn):
             "named_inputs",
             multiple=True,
             metavar="NAME=SHAPE[:DTYPE]",
-            help="A keyword input with its full shape (repeatable), e.g. token_type_ids=1,128:int64.",
+            help="A keyword input with its full shape (repeatable), e.g. token_type_ids=1,128:int64; "
+            "attention_mask takes values with --causal-attention exact, e.g. "
+            "'attention_mask=[[1,1,1],[0,1,1]]' (0 = padding).",
         ),
         click.option(
             "--causal-attention",
             "causal",
-            type=click.Choice(["full", "half"]),
+            type=click.Choice(ATTENTION_RULES),
             default="full",
             show_default=True,
-            help="Causal SDPA calls (is_causal=True): count all T^2 query-key pairs, or only the "
-            "T(T+1)/2 the mask keeps.",
+            help="Causal attention: count all Tq*Tk query-key pairs (full), half of them (half), or "
+            "exactly the pairs the mask keeps (exact: causal T(T+1)/2, aligned after a KV cache, the "
+            "config's sliding window, attention_mask padding given as --input 'attention_mask=[[1,1,0]]').",
         ),
     ]
     for option in reversed(options):

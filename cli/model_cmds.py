@@ -5,6 +5,7 @@ Parses the model options, calls :mod:`flopkit.models` and :mod:`flopkit.flops`, 
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import click
@@ -27,6 +28,42 @@ def parse_columns(text: str | None) -> tuple[str, ...]:
             param_hint="--columns",
         )
     return groups
+
+
+def parse_values(texts: tuple[str, ...]) -> tuple[dict[str, Any], list[str]]:
+    """Split ``--input`` values: ``NAME=[[...]]`` (a JSON array of values: only ``attention_mask``)
+    -> ``{name: int64 tensor}``; the rest (``NAME=SHAPE[:DTYPE]``) are returned as given."""
+    import json
+
+    import torch
+
+    values, rest = {}, []
+    for text in texts:
+        name, sep, body = text.partition("=")
+        if not sep or not body.strip().startswith("["):
+            rest.append(text)
+            continue
+        name = name.strip()
+        if name != "attention_mask":
+            raise click.BadParameter(
+                f"values are read for attention_mask only (padding for --causal-attention exact), got {name}",
+                param_hint="--input",
+            )
+        try:
+            tensor = torch.tensor(json.loads(body), dtype=torch.int64)
+        except (ValueError, TypeError, RuntimeError):
+            raise click.BadParameter(
+                f"{name}: expected a JSON array of rows, e.g. [[1,1,0],[1,1,1]], got {body!r}",
+                param_hint="--input",
+            ) from None
+        if tensor.dim() != 2 or tensor.shape[1] == 0 or bool((tensor < 0).any()):
+            raise click.BadParameter(
+                f"{name}: expected [batch, keys] rows of 0 (padding), 1 (token) or document ids (packed "
+                f"sequences), got shape {list(tensor.shape)}",
+                param_hint="--input",
+            )
+        values[name] = tensor
+    return values, rest
 
 
 def attach_shapes(rows, cfg, module, batch: int) -> None:
@@ -56,7 +93,7 @@ def render_model_rows(
     total = rows[0].flops
     headers = ["module", "type", "params", *CATEGORIES, "total", "share"]
     if training:
-        headers += ["forward", "backward"]
+        headers += ["forward", "backward", "hardware"]
     if "shapes" in columns:
         headers += ["input", "output"]
     if "memory" in columns:
@@ -71,7 +108,7 @@ def render_model_rows(
         line.append(percent(r.flops, total))
         if training:
             backward = sum(r.backward.values()) if r.backward is not None else 0
-            line += [r.flops - backward, backward]
+            line += [r.flops - backward, backward, r.hardware_flops if r.hardware_flops is not None else "-"]
         s = r.shapes
         if "shapes" in columns:
             line += (
@@ -88,17 +125,27 @@ def render_model_rows(
     )
 
 
-def model_legend(convention: str, inputs, count, training: bool, batch: int, analytic: bool) -> list[str]:
+def model_legend(
+    convention: str,
+    inputs,
+    count,
+    training: bool,
+    batch: int,
+    analytic: bool,
+    checkpointing: str = "none",
+    described: str | None = None,
+) -> list[str]:
     """Legend lines of a ``--model`` report; ``analytic``: some rows come from flopkit modules."""
-    from flopkit.flops.anymodel import ANYMODEL_LEGEND, causal_legend
+    from flopkit.flops.anymodel import ANYMODEL_LEGEND, causal_legend, skipped_legend
     from flopkit.flops.mixed import MIXED_LEGEND
     from flopkit.formulas import counted_legend, training_legend
 
     legend = [counted_legend(), MIXED_LEGEND] if analytic else []
     legend += [
         ANYMODEL_LEGEND,
-        causal_legend(count.causal, count.causal_calls, count.masked_calls),
-        f"convention: {convention}; batch: {batch}; inputs: {inputs.describe()} ({inputs.origin}); per "
+        causal_legend(count.causal, count.causal_calls, count.masked_calls, count.rules),
+        *skipped_legend(count.uncounted, count.convention_uncounted),
+        f"convention: {convention}; batch: {batch}; inputs: {described or inputs.describe()} ({inputs.origin}); per "
         + ("training step" if training else "forward"),
     ]
     if training:
@@ -108,7 +155,23 @@ def model_legend(convention: str, inputs, count, training: bool, batch: int, ana
             "input gradient); analytic rows use the rule below."
         )
         legend.append(training_legend())
+        legend.append(hardware_legend(checkpointing))
     return legend
+
+
+def hardware_legend(checkpointing: str) -> str:
+    """What ``hardware_flops`` adds to the model's FLOPs."""
+    from flopkit.formulas import HARDWARE_ATTENTION_BACKWARD
+
+    num, den = HARDWARE_ATTENTION_BACKWARD
+    text = (
+        "hardware = matmul + attention as CUDA kernels run them (the HFU numerator; MFU uses model "
+        f"FLOPs): SDPA backward at {num}/{den} of its forward (flash and memory-efficient kernels recompute "
+        "QK^T) where the model's count is 2x"
+    )
+    if checkpointing == "blocks":
+        text += "; --checkpointing blocks: each repeated layer's forward matmul + attention once more"
+    return text
 
 
 def run_forward(spec: str, fn, *args, **kwargs):
@@ -118,6 +181,71 @@ def run_forward(spec: str, fn, *args, **kwargs):
 
     with user_code(spec, "running the model"):
         return fn(*args, **kwargs)
+
+
+def parse_generate(text: str) -> tuple[int, int]:
+    """``"512:128"`` -> ``(512, 128)``: prompt tokens (>= 1) and decode steps (>= 1)."""
+    prompt, sep, steps = text.partition(":")
+    try:
+        p, n = int(prompt), int(steps)
+    except ValueError:
+        p = n = None
+    if not sep or p is None or n is None:
+        raise click.BadParameter(f"expected P:N (prompt tokens:decode steps), e.g. 512:128, got {text!r}",
+                                 param_hint="--generate")  # fmt: skip
+    if p < 1 or n < 1:
+        raise click.BadParameter(
+            f"the prompt P and the decode steps N must be at least 1, got {text!r}", param_hint="--generate"
+        )
+    return p, n
+
+
+def _check_llm_options(model, spec, *, kv_cache, generate, seq_lens, training, columns, plot_path, values,
+                       causal, batch, input_shape, depth_given) -> None:  # fmt: skip
+    """Refuse option combinations that cannot apply, before any work."""
+    from flopkit.flops.llm import accepts_argument, cache_argument
+
+    if kv_cache is not None and kv_cache < 1:
+        raise click.BadParameter(f"expected a positive number of cached tokens, got {kv_cache}",
+                                 param_hint="--kv-cache")  # fmt: skip
+    if generate is not None and kv_cache is not None:
+        raise click.UsageError("--generate counts its own KV cache: give --generate P:N or --kv-cache L")
+    if kv_cache is not None or generate is not None:
+        flag = "--kv-cache" if kv_cache is not None else "--generate"
+        if training:
+            raise click.UsageError(f"{flag} counts inference (decode); it does not apply with --training")
+        if input_shape is not None:
+            raise click.UsageError(f"{flag} feeds token ids: give --seq-len, not --input-shape")
+        if cache_argument(model) is None:
+            raise click.UsageError(
+                f"{flag}: --model {spec} takes no KV cache (its forward has no past_key_values/cache argument)"
+            )
+        if seq_lens is not None and len(seq_lens) > 1:
+            raise click.UsageError(f"{flag} takes one --seq-len (the new tokens per step)")
+    if generate is not None:
+        given = [f for f, v in (("--seq-len", seq_lens), ("--columns", columns), ("--plot", plot_path),
+                                ("--input", values)) if v] + (["--depth"] if depth_given else [])  # fmt: skip
+        if given:
+            raise click.UsageError(f"--generate gives one row per phase: {given[0]} does not apply")
+    if values:
+        mask = values["attention_mask"]
+        if causal != "exact":
+            raise click.UsageError(
+                "--input attention_mask values change which query-key pairs are kept: they apply with "
+                "--causal-attention exact"
+            )
+        if not accepts_argument(model, "attention_mask"):
+            raise click.UsageError(f"--input attention_mask: --model {spec} takes no attention_mask")
+        new = seq_lens[0] if seq_lens else (1 if kv_cache else None)
+        if new is None:
+            raise click.UsageError("--input attention_mask values need --seq-len N (the tokens they mask)")
+        keys = new + (kv_cache or 0)
+        if mask.shape[0] != batch or mask.shape[1] != keys:
+            raise click.BadParameter(
+                f"attention_mask must be [batch, cached + new tokens] = [{batch}, {keys}], got "
+                f"{list(mask.shape)}",
+                param_hint="--input",
+            )
 
 
 def report_model(
@@ -134,18 +262,36 @@ def report_model(
     columns: tuple[str, ...],
     plot_path: str | None,
     fmt: str,
+    kv_cache: int | None = None,
+    generate: str | None = None,
+    checkpointing: str = "none",
+    strict: bool = False,
+    values: dict | None = None,
+    depth_given: bool = False,
 ) -> None:
-    """``flopkit report --model SPEC ...``: the per-module table, or one row per ``--seq-len``.
-    ``loaded``: the :class:`~flopkit.models.LoadedModel` of the spec."""
+    """``flopkit report --model SPEC ...``: the per-module table, one row per ``--seq-len``, or one
+    row per phase of a generation (``--generate``). ``loaded``: the
+    :class:`~flopkit.models.LoadedModel` of the spec."""
+    from flopkit.flops.llm import build_kv_cache, cache_argument, moe_parameters
     from flopkit.flops.mixed import mixed_rows
     from flopkit.models import model_inputs
 
+    model, spec, model_args = loaded.module, loaded.spec, loaded.model_args
+    values = values or {}
+    generation = parse_generate(generate) if generate is not None else None
+    _check_llm_options(model, spec, kv_cache=kv_cache, generate=generation, seq_lens=seq_lens,
+                       training=training, columns=columns, plot_path=plot_path, values=values, causal=causal,
+                       batch=batch, input_shape=input_shape, depth_given=depth_given)  # fmt: skip
     if plot_path is not None:
         _check_plot_path(plot_path)
-    model, spec, model_args = loaded.module, loaded.spec, loaded.model_args
+    if generation is not None:
+        _generation(model, spec, model_args, batch, generation, causal, strict, fmt)
+        return
     if seq_lens is not None and len(seq_lens) > 1:
         if columns:
             raise click.UsageError("--columns applies to the per-module table, not to a --seq-len sweep")
+        if values:
+            raise click.UsageError("--input attention_mask values apply to one --seq-len")
         _sweep(
             model,
             spec,
@@ -158,35 +304,60 @@ def report_model(
             convention,
             plot_path,
             fmt,
+            strict,
         )
         return
     if plot_path is not None:
         raise click.UsageError(
             "--plot draws FLOPs against length: give two or more lengths, --seq-len 128,512"
         )
+    seq_len = seq_lens[0] if seq_lens else (1 if kv_cache is not None else None)
     inputs = model_inputs(
         model,
         batch=batch,
         input_shape=input_shape,
-        seq_len=seq_lens[0] if seq_lens else None,
+        seq_len=seq_len,
         named=named_inputs,
         spec=f"--model {spec}",
     )
+    if kv_cache is not None:
+        cache = run_forward(spec, build_kv_cache, model, batch, kv_cache, f"--model {spec}")
+        inputs.kwargs[cache_argument(model)] = cache
+        inputs.origin += (
+            f"; a KV cache of {kv_cache} token(s) ({type(cache).__name__}, filled by an uncounted prefill)"
+        )
+    described = inputs.describe()  # before the run: a decode step appends to the cache
     rows, count = run_forward(
-        spec, mixed_rows, model, (inputs.args, inputs.kwargs), convention, depth, training, causal
+        spec, mixed_rows, model, (inputs.args, inputs.kwargs), convention, depth, training, causal,
+        padding_mask=values.get("attention_mask"), checkpointing=checkpointing,
+    )  # fmt: skip
+    legend = model_legend(
+        convention, inputs, count, training, batch, _has_analytic(rows), checkpointing, described
     )
-    legend = model_legend(convention, inputs, count, training, batch, _has_analytic(rows))
+    moe = moe_parameters(model)
+    tokens = batch * (seq_len or 1)
+    if moe is not None:
+        legend.append(moe_legend(moe, rows[0].flops, tokens if seq_len else None, training))
+    _strict(strict, count)
     if fmt == "json":
         data = {
             "model": spec,
             "model_args": model_args,
             "batch": batch,
-            "inputs": inputs.describe(),
+            "inputs": described,
+            "kv_cache": kv_cache,
             "convention": convention,
             "causal_attention": causal,
+            "attention_rules": dict(count.rules),
             "training": training,
+            "checkpointing": checkpointing,
             "total_flops": rows[0].flops,
+            "hardware_flops": rows[0].hardware_flops,
             "total_params": rows[0].params,
+            **(moe.to_dict() if moe is not None else {}),
+            **({"flops_per_token": rows[0].flops / tokens} if seq_len else {}),
+            "uncounted_ops": dict(count.uncounted),
+            "convention_uncounted_ops": dict(count.convention_uncounted),
             "rows": [r.to_dict() for r in rows],
             "legend": legend,
         }
@@ -196,13 +367,94 @@ def report_model(
     click.echo(render_model_rows(rows, fmt, title, legend, columns, training))
 
 
+def moe_legend(moe, flops: int, tokens: int | None, training: bool) -> str:
+    """The mixture-of-experts legend line: routing assumption, active and total parameters."""
+    groups = "; ".join(f"{g['path']}: top-{g['top_k']} of {g['experts']}" for g in moe.groups[:3])
+    more = f" and {len(moe.groups) - 3} more" if len(moe.groups) > 3 else ""
+    text = (
+        f"mixture of experts ({groups}{more}): each token runs exactly its top-k routed experts (exact "
+        "whatever the router picks; shared experts always on); parameters "
+        f"{moe.active:,} active of {moe.total:,} total"
+    )
+    if tokens:
+        text += f"; {flops / tokens:,.0f} active FLOPs per token" + (" (training step)" if training else "")
+    return text
+
+
+def _strict(strict: bool, count) -> None:
+    _strict_counts(strict, count.uncounted)
+
+
+def _generation(model, spec, model_args, batch, generation, causal, strict, fmt) -> None:
+    from flopkit.flops.anymodel import causal_legend, skipped_legend
+    from flopkit.flops.llm import count_generation, moe_parameters
+
+    prompt, steps = generation
+    counts = []
+
+    def count(model, args, kwargs, causal):
+        from flopkit.flops.mixed import mixed_rows
+
+        rows, measured = mixed_rows(model, (args, kwargs), "flopkit", 0, False, causal)
+        counts.append(measured)
+        return dict(rows[0].breakdown)
+
+    gen = run_forward(spec, count_generation, model, prompt, steps, batch=batch, causal=causal, count=count,
+                      label=f"--model {spec}")  # fmt: skip
+    rules, uncounted, convention = Counter(), Counter(), Counter()
+    causal_calls = masked_calls = 0
+    for c in counts:
+        causal_calls += c.causal_calls
+        masked_calls += c.masked_calls
+        rules.update(c.rules)
+        uncounted.update(c.uncounted)
+        convention.update(c.convention_uncounted)
+    moe = moe_parameters(model)
+    legend = [
+        f"generation: a prefill of {prompt} token(s), then {steps} decode step(s); step k feeds one token "
+        f"against {prompt}+k cached (the model's own cache, filled by an uncounted prefill on the meta device)",
+        "decode total: steps counted at cache lengths "
+        f"{', '.join(map(str, gen.evaluated[:8]))}{' ...' if len(gen.evaluated) > 8 else ''} and summed exactly "
+        "(per category a step's FLOPs are concave and piecewise linear in the cache length: linear pieces "
+        "are summed in closed form)",
+        causal_legend(causal, causal_calls, masked_calls, rules),
+        *skipped_legend(uncounted, convention),
+        f"batch: {batch}; FLOPs per token = FLOPs / (batch x tokens of the phase)",
+    ]
+    if moe is not None:
+        legend.append(moe_legend(moe, 0, None, False))
+    _strict_counts(strict, uncounted)
+    data = gen.to_dict()
+    if fmt == "json":
+        click.echo(render_json({"model": spec, "model_args": model_args, "causal_attention": causal,
+                                **data, **(moe.to_dict() if moe is not None else {}),
+                                "uncounted_ops": dict(uncounted), "legend": legend}))  # fmt: skip
+        return
+    headers = ["phase", "tokens", "cached", *CATEGORIES, "total", "FLOPs / token"]
+    body = [
+        [r["phase"], r["tokens"], r["cached_tokens"], *[r["breakdown"][c] for c in CATEGORIES], r["flops"],
+         f"{r['flops_per_token']:,.0f}"]
+        for r in data["rows"]
+    ]  # fmt: skip
+    title = f"{spec}: generation {prompt}:{steps}, {data['total_flops']:,} FLOPs"
+    click.echo(render_rows(headers, body, fmt, title=None if fmt == "csv" else title,
+                           notes=[] if fmt == "csv" else legend))  # fmt: skip
+
+
+def _strict_counts(strict: bool, uncounted) -> None:
+    if strict and uncounted:
+        ops = ", ".join(f"{op} x{n}" for op, n in sorted(uncounted.items()))
+        raise click.UsageError(f"--strict: ops without a FLOP formula ran (counted as 0): {ops}")
+
+
 def _has_analytic(rows) -> bool:
     return any(r.source != "measured" for r in rows)
 
 
 def _sweep(
-    model, spec, model_args, batch, seq_lens, named_inputs, causal, training, convention, plot_path, fmt
-):
+    model, spec, model_args, batch, seq_lens, named_inputs, causal, training, convention, plot_path, fmt,
+    strict=False,
+):  # fmt: skip
     from flopkit.flops.mixed import mixed_rows
     from flopkit.models import model_inputs
 
@@ -212,6 +464,7 @@ def _sweep(
         rows, count = run_forward(
             spec, mixed_rows, model, (inputs.args, inputs.kwargs), convention, 0, training, causal
         )
+        _strict(strict, count)
         top = rows[0]
         backward = sum(top.backward.values()) if top.backward is not None else 0
         results.append(
@@ -226,9 +479,9 @@ def _sweep(
     label = spec + (f" ({', '.join(f'{k}={v}' for k, v in model_args.items())})" if model_args else "")
     written = _plot_sweep(results, label, causal, plot_path) if plot_path else None
     legend = model_legend(convention, inputs, count, training, batch, _has_analytic(rows))
-    legend[-1 if not training else -3] = (
-        f"convention: {convention}; batch: {batch}; int64 ids [batch, seq_len]; per "
-        + ("training step" if training else "forward")
+    at = next(i for i, line in enumerate(legend) if line.startswith("convention: "))
+    legend[at] = f"convention: {convention}; batch: {batch}; int64 ids [batch, seq_len]; per " + (
+        "training step" if training else "forward"
     )
     if fmt == "json":
         data = {
@@ -341,7 +594,13 @@ def validate_model(
         named=named_inputs,
         spec=f"--model {spec}",
     )
-    rec = validate_any(model, inputs, tuple(counters), rtol, depth, spec=spec, model_args=model_args)
+    from flopkit.flops.counters import PLAIN_COUNTERS
+
+    # The counters as shipped run on the CPU copy fvcore needs anyway (--against torch alone builds none).
+    plain = PLAIN_COUNTERS if "fvcore" in counters else ()
+    rec = validate_any(
+        model, inputs, tuple(counters), rtol, depth, spec=spec, model_args=model_args, plain=plain
+    )
     if fmt == "json":
         click.echo(
             render_json(
@@ -370,6 +629,7 @@ def validate_model(
                         for r in rec.rows
                     ],
                     "notes": rec.notes,
+                    "counters": [c.to_dict() for c in rec.plain],
                 }
             )
         )

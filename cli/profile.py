@@ -182,6 +182,9 @@ def profile(
         )
     described = {"config": loaded.to_dict()} if loaded.is_config else {"model": loaded.spec}
     data: dict[str, Any] = {"source": source, **described, "convention": convention, **result.to_dict()}
+    # HFU: hardware FLOPs (flash-attention backward's recompute) over the same time and rate as MFU.
+    data["hfu_flops"] = flops.hardware_flops
+    data["hfu"] = result.mfu * flops.hardware_flops / result.mfu_flops if result.mfu_flops else 0.0
     data["legend"] = _legend(result, flops.legend)
     if written:
         data["plot"] = written
@@ -261,7 +264,8 @@ def _legend(result, report_legend: list[str]) -> list[str]:
         f"{result.roofs.copy_bytes >> 20} MiB); bound = compute or memory by the roofline"
         + ("; launch/host when the layer's host time exceeds its GPU time." if on_cuda else "."),
         "MFU = (matmul + attention FLOPs of the step, as report --training counts them: 3x forward, less the patch conv's input gradient) / plain step "
-        "wall time / measured matmul rate.",
+        "wall time / measured matmul rate. HFU: the same with hardware FLOPs (SDPA backward at 5/2 of its "
+        "forward: flash and memory-efficient kernels recompute QK^T).",
     ]
     if result.training:
         lines.append(
@@ -343,6 +347,7 @@ def render_profile(data: dict[str, Any], fmt: str) -> str:
         [busy, f"{data['gpu_ms']:.3f} ms"],
         ["host-bound share", f"{100 * data['host_bound_share']:.1f}%"],
         ["MFU", f"{100 * data['mfu']:.1f}% ({data['mfu_flops'] / 1e9:.2f} GFLOP per step)"],
+        ["HFU", f"{100 * data['hfu']:.1f}% ({data['hfu_flops'] / 1e9:.2f} GFLOP per step)"],
         [
             "charged to layers + loss",
             f"{100 * data['attributed_share']:.2f}% of {data['op_ms']:.3f} ms "

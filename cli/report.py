@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from flopkit.flops.llm import CHECKPOINTING
 from flopkit.flops.summary import flop_report
 from flopkit.report import render_json
 
@@ -51,12 +52,39 @@ __all__ = ["report"]
     default=None,
     help="With several --seq-len lengths: write FLOPs against length (PNG).",
 )
+@click.option(
+    "--kv-cache",
+    "kv_cache",
+    type=int,
+    metavar="L",
+    help="Decode: the new tokens (--seq-len, default 1) attend to L cached ones plus themselves; the "
+    "cache is the model's own (Hugging Face's DynamicCache), filled by an uncounted prefill on meta.",
+)
+@click.option(
+    "--generate",
+    metavar="P:N",
+    help="A generation: a prefill of P prompt tokens, then N decode steps (step k: one token against "
+    "P+k cached); rows per phase, totals and FLOPs per token.",
+)
+@click.option(
+    "--checkpointing",
+    type=click.Choice(CHECKPOINTING),
+    default="none",
+    show_default=True,
+    help="With --training: activation checkpointing; blocks recomputes each repeated layer's forward "
+    "in the backward (counted in hardware_flops, not in model FLOPs).",
+)
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="Exit 2 when the model runs ops that have no FLOP formula (they would count as zero).",
+)
 @model_options
 @format_option
 @click.pass_context
 def report(
-    ctx, config, overrides, batch, depth, training, convention, columns, plot_path, model_spec, model_args,
-    input_shape, seq_len, named_inputs, causal, fmt,
+    ctx, config, overrides, batch, depth, training, convention, columns, plot_path, kv_cache, generate,
+    checkpointing, strict, model_spec, model_args, input_shape, seq_len, named_inputs, causal, fmt,
 ) -> None:  # fmt: skip
     """Per-module FLOPs by category, parameters and share of the whole.
 
@@ -70,14 +98,22 @@ def report(
       flopkit report --model timm:resnet50 --columns shapes,memory
       flopkit report --model hf:gpt2 --seq-len 128,512,1024 --causal-attention half --plot gpt2.png
       flopkit report --model hf:llama --model-arg num_hidden_layers=2 --seq-len 2048 --training
+      flopkit report --model hf:llama --kv-cache 8192 --causal-attention exact
+      flopkit report --model hf:mixtral --generate 512:128 --causal-attention exact
+      flopkit report --model hf:llama --seq-len 4 --causal-attention exact \\
+          --input 'attention_mask=[[1,1,1,1],[0,0,1,1]]' --batch 2
     """
-    from .model_cmds import attach_shapes, parse_columns, render_model_rows, report_model
+    from .model_cmds import attach_shapes, parse_columns, parse_values, render_model_rows, report_model
 
     column_groups = parse_columns(columns)
     if model_spec is None:
         refuse_without_model(
-            ctx, "model_args", "input_shape", "seq_len", "named_inputs", "causal", "plot_path"
-        )
+            ctx, "model_args", "input_shape", "seq_len", "named_inputs", "causal", "plot_path",
+            "kv_cache", "generate", "strict",
+        )  # fmt: skip
+    if checkpointing != "none" and not training:
+        raise click.UsageError("--checkpointing applies to a training step: add --training")
+    values, named_inputs = parse_values(named_inputs)
     settings = model_settings(model_args, input_shape, seq_len, named_inputs)
     if settings[2] is not None and len(settings[2]) > 1 and given(ctx, "depth"):
         raise click.UsageError("--depth applies to the per-module table, not to a --seq-len sweep")
@@ -85,7 +121,9 @@ def report(
     if not loaded.is_config:
         report_model(
             loaded, *settings[1:], batch=batch, causal=causal, depth=depth, training=training,
-            convention=convention, columns=column_groups, plot_path=plot_path, fmt=fmt,
+            convention=convention, columns=column_groups, plot_path=plot_path, fmt=fmt, kv_cache=kv_cache,
+            generate=generate, checkpointing=checkpointing, strict=strict, values=values,
+            depth_given=given(ctx, "depth"),
         )  # fmt: skip
         return
     result = flop_report(
@@ -96,6 +134,7 @@ def report(
         batch=batch,
         training=training,
         info={"config": loaded.to_dict()},
+        checkpointing=checkpointing,
     )
     if fmt == "json" or column_groups:
         attach_shapes(result.rows, loaded.config, loaded.module, batch)

@@ -169,9 +169,40 @@ def _render_validation(source: str, rec, fmt: str) -> str:
     cats = render_rows(
         cat_headers, cat_body, fmt, title="whole model, by category", notes=[*rec.notes, *skipped]
     )
+    plain = f"\n\n{render_plain_counters(rec, fmt)}" if rec.plain else ""
     verdict = (
         f"OK: every comparable count agrees ({'exactly' if rec.rtol == 0 else f'within rtol={rec.rtol:g}'})"
         if rec.ok
         else f"MISMATCH: a comparable count differs by more than rtol={rec.rtol:g}"
     )
-    return f"{main}\n\n{cats}\n\n{verdict}"
+    return f"{main}\n\n{cats}{plain}\n\n{verdict}"
+
+
+def render_plain_counters(rec, fmt: str) -> str:
+    """One column per counter run as shipped (CPU, real tensors), FLOPs by category against
+    flopkit's forward, and the cause of every difference."""
+    names = {"fvcore": "fvcore", "flopcountermode": "FlopCounterMode", "ptflops": "ptflops (aten)"}
+    flopkit = rec.totals["analytic"]
+    headers = ["category", "flopkit", *[names.get(c.counter, c.counter) for c in rec.plain]]
+    body = []
+    for cat in [*CATEGORIES, "total"]:
+        ours = sum(flopkit.values()) if cat == "total" else flopkit[cat]
+        line: list[Any] = [cat, ours]
+        for c in rec.plain:
+            if c.error is not None:
+                line.append("-")
+                continue
+            theirs = c.total if cat == "total" else c.flops.get(cat, 0)
+            line.append(f"{theirs:,}" + ("" if theirs == ours else f" ({theirs - ours:+,})"))
+        body.append(line)
+    notes = []
+    for c in rec.plain:
+        label = names.get(c.counter, c.counter)
+        if c.error is not None:
+            notes.append(f"{label}: {c.error}")
+            continue
+        unit = "counts multiply-accumulates (x2 here)" if c.unit == "MAC" else "counts FLOPs"
+        notes.append(f"{label} {unit}; " + ("agrees in every category" if not c.causes else "differs:"))
+        notes += [f"  {label} {cat}: {cause}" for cat, cause in c.causes.items()]
+    title = "counters as shipped (CPU copy, real tensors; no flopkit handles), forward FLOPs by category"
+    return render_rows(headers, body, fmt, title=title, notes=notes)

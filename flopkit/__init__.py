@@ -19,6 +19,17 @@ from .nn import (  # noqa: E402
 
 __version__ = "0.1.0"
 
+
+def register_formula(op, fn, category: str = "matmul") -> None:
+    """Count ``op`` (an op packet, e.g. ``torch.ops.mylib.my_kernel``: a Triton kernel registered
+    with ``torch.library``) with ``fn`` (its arguments as shapes -> FLOPs) in ``category``, in every
+    measured count from now on, and in torch's ``FlopCounterMode``:
+    :func:`flopkit.flops.anymodel.register_formula`."""
+    from .flops.anymodel import register_formula as register
+
+    register(op, fn, category)
+
+
 __all__ = [
     "RMSNorm",
     "PerHeadRMSNorm",
@@ -31,6 +42,7 @@ __all__ = [
     "ViT5",
     "ViT5Config",
     "load_vit5",
+    "register_formula",
     "__version__",
 ]
 

@@ -16,7 +16,7 @@ ones, so each number is still written once.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 __all__ = [
@@ -46,6 +46,12 @@ __all__ = [
     "qk_norm_rows",
     "rope",
     "sdpa",
+    "grouped_mm",
+    "ATTENTION_RULES",
+    "kept_query_key_pairs",
+    "attention_pairs_flops",
+    "HARDWARE_ATTENTION_BACKWARD",
+    "flash_backward_extra",
     "qk_norm_rope",
     "qk_norm_rope_breakdown",
     "layer_scale",
@@ -283,6 +289,77 @@ def sdpa(
     and the scale are not counted. Equals ``torch.utils.flop_counter.sdpa_flop_count``."""
     dv = head_dim if v_head_dim is None else v_head_dim
     return FLOPS_PER_MAC * batch * num_heads * q_len * kv_len * (head_dim + dv)
+
+
+@flop_formula("grouped_mm", "matmul")
+def grouped_mm(a_shape: Sequence[int], b_shape: Sequence[int]) -> int:
+    """``2 * sum_g M_g * K_g * N_g``: ``torch._grouped_mm`` (mixture-of-experts), every row of a jagged
+    operand in exactly one group (each token at exactly its top-k experts; the offsets' values are not
+    needed). ``[S, K] @ [G, K, N]``: ``2*S*K*N``; ``[G, M, K] @ [K, N]``: ``2*M*K*N``;
+    ``[M, K] @ [K, N]`` grouped along K: ``2*M*K*N``; ``[G, M, K] @ [G, K, N]``: ``2*G*M*K*N``."""
+    if len(a_shape) == 2 and len(b_shape) == 2:
+        return FLOPS_PER_MAC * a_shape[0] * a_shape[1] * b_shape[1]
+    if len(a_shape) == 2:
+        return FLOPS_PER_MAC * a_shape[0] * a_shape[1] * b_shape[-1]
+    if len(b_shape) == 2:
+        return FLOPS_PER_MAC * a_shape[1] * a_shape[2] * b_shape[1]
+    return FLOPS_PER_MAC * a_shape[0] * a_shape[1] * a_shape[2] * b_shape[2]
+
+
+ATTENTION_RULES: tuple[str, ...] = ("full", "half", "exact")
+"""How causal attention is counted: ``full`` every query-key pair (as FlopCounterMode), ``half`` half
+of them (``Tq*Tk/2``, the common MFU convention), ``exact`` the pairs the mask keeps
+(:func:`kept_query_key_pairs`)."""
+
+HARDWARE_ATTENTION_BACKWARD = (5, 2)
+"""Flash- and memory-efficient-attention backward as a multiple of the forward, ``5/2``: the kernel
+recomputes QK^T, then runs dV, dP, dQ, dK (five matmuls of the forward's two; the model's backward
+counts four)."""
+
+
+def flash_backward_extra(forward_attention: int) -> int:
+    """``forward * (5/2 - 2)``: what a flash / memory-efficient attention backward runs beyond the
+    model's backward (:data:`HARDWARE_ATTENTION_BACKWARD` against ``BACKWARD_MULTIPLIERS``), the
+    recompute of QK^T. Hardware FLOPs, not model FLOPs."""
+    num, den = HARDWARE_ATTENTION_BACKWARD
+    return forward_attention * num // den - forward_attention * BACKWARD_MULTIPLIERS["attention"]
+
+
+def kept_query_key_pairs(
+    q_len: int, kv_len: int, offset: int | None = None, window: int | None = None
+) -> int:
+    """Query-key pairs a causal mask keeps: query ``i`` at position ``offset + i`` keeps the keys
+    ``j <= offset + i`` (and ``offset + i - j < window`` with a sliding window), ``0 <= j < kv_len``.
+
+    ``offset`` defaults to ``kv_len - q_len`` (bottom-right alignment: new tokens after a cache, as
+    Hugging Face masks); ``0`` is SDPA's ``is_causal`` alignment (top-left). ``T(T+1)/2`` for
+    ``q_len == kv_len``; ``sum_i min(L + i + 1, window)`` for ``i`` new tokens after ``L`` cached.
+    """
+    if offset is None:
+        offset = kv_len - q_len
+
+    def kept(p: int) -> int:  # keys kept by the query at position p
+        first = 0 if window is None else max(0, p - window + 1)
+        return max(0, min(p, kv_len - 1) - first + 1)
+
+    lo, hi = offset, offset + q_len
+    # kept(p) changes slope only at these points: sum each linear piece in closed form.
+    points = [-1, 0, kv_len - 1, kv_len]
+    if window is not None:
+        points += [window - 1, window, kv_len + window - 2, kv_len + window - 1]
+    cuts = sorted({lo, hi, *(c for c in points if lo < c < hi)})
+    total = 0
+    for a, b in zip(cuts, cuts[1:], strict=False):
+        n = b - a
+        total += n * kept(a) + (kept(a + 1) - kept(a)) * n * (n - 1) // 2
+    return total
+
+
+def attention_pairs_flops(num_heads: int, pairs: int, head_dim: int, v_head_dim: int | None = None) -> int:
+    """``2 * heads * pairs * (D + Dv)``: QK^T and AV on the kept query-key ``pairs`` (:func:`sdpa` on
+    all ``Tq * Tk`` pairs)."""
+    dv = head_dim if v_head_dim is None else v_head_dim
+    return FLOPS_PER_MAC * num_heads * pairs * (head_dim + dv)
 
 
 def qk_norm_rope_breakdown(

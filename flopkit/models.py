@@ -325,6 +325,12 @@ def user_code(spec: str, what: str = "the forward"):
         raise
     except Exception as exc:
         message = _describe(exc)
+        if "nonzero" in message:
+            message = message[:200] + (
+                "... (data-dependent indexing, as a mixture-of-experts loop over the experts each token "
+                "was routed to, cannot run on the meta device: Hugging Face's fused experts count in their "
+                "grouped_mm or batched_mm form, the default)"
+            )
         if "meta tensor" in message:
             message += (
                 " (flopkit runs the model on the meta device, where tensors have no values: leave out "
@@ -416,13 +422,24 @@ class ModelInputs:
         """``"x [2, 3, 224, 224] float32"`` style, one entry per tensor."""
         parts = [f"{list(t.shape)} {str(t.dtype).removeprefix('torch.')}" for t in self.args]
         parts += [
-            f"{k}={list(t.shape)} {str(t.dtype).removeprefix('torch.')}" for k, t in self.kwargs.items()
+            f"{k}={list(t.shape)} {str(t.dtype).removeprefix('torch.')}"
+            if isinstance(t, torch.Tensor)
+            else f"{k}={_describe_object(t)}"
+            for k, t in self.kwargs.items()
         ]
         return ", ".join(parts)
 
     @property
     def tensors(self) -> list[torch.Tensor]:
-        return [*self.args, *self.kwargs.values()]
+        return [t for t in (*self.args, *self.kwargs.values()) if isinstance(t, torch.Tensor)]
+
+
+def _describe_object(value: Any) -> str:
+    """A non-tensor input in a report: a KV cache as its class and cached length."""
+    length = getattr(value, "get_seq_length", None)
+    if callable(length):
+        return f"{type(value).__name__}({int(length())} cached)"
+    return type(value).__name__
 
 
 def _meta_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:

@@ -47,6 +47,7 @@ def test_every_registered_formula_has_a_known_category_and_a_docstring():
         "activation_backward",
         "softmax",
         "softmax_backward",
+        "grouped_mm",  # mixture-of-experts' torch._grouped_mm
     }
     assert set(FLOP_FORMULAS) == expected
     for f in FLOP_FORMULAS.values():
@@ -180,3 +181,36 @@ def test_legends_follow_the_formulas_they_describe(monkeypatch):
     assert "7 per normalised element" in formulas.counted_legend()
     assert "rope 6x" in formulas.training_legend()
     assert "a Linear bias add, T*o, is elementwise" in formulas.counted_legend()
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [((12, 8), (3, 8, 5)), ((3, 4, 8), (8, 15)), ((4, 12), (12, 5)), ((3, 4, 8), (3, 8, 5))],
+    ids=["2d-3d", "3d-2d", "2d-2d", "3d-3d"],
+)
+def test_grouped_mm_equals_the_matmuls_of_its_groups(a, b):
+    """Each form of torch._grouped_mm against the per-group matmuls it stands for (3 groups, the
+    jagged dimension split 5 + 3 + 4 = 12 or 5 + 6 + 4 = 15)."""
+    sizes = [5, 3, 4] if 12 in (*a, *b) else [5, 6, 4]
+    if len(a) == 2 and len(b) == 3:
+        expected = sum(2 * m * a[1] * b[2] for m in sizes)
+    elif len(a) == 3 and len(b) == 2:
+        expected = sum(2 * a[1] * a[2] * n for n in sizes)
+    elif len(a) == 2:
+        expected = sum(2 * a[0] * k * b[1] for k in sizes)
+    else:
+        expected = a[0] * 2 * a[1] * a[2] * b[2]
+    assert formulas.grouped_mm(a, b) == expected
+
+
+@pytest.mark.parametrize("window", [None, 1, 3, 7])
+@pytest.mark.parametrize(("q_len", "kv_len"), [(1, 1), (5, 5), (3, 9), (9, 3), (1, 12)])
+def test_kept_pairs_equal_the_mask_bottom_right_and_top_left(q_len, kv_len, window):
+    q = torch.arange(q_len)[:, None]
+    k = torch.arange(kv_len)[None, :]
+    for offset in (kv_len - q_len, 0):
+        keep = k <= q + offset
+        if window is not None:
+            keep &= (q + offset - k) < window
+        assert formulas.kept_query_key_pairs(q_len, kv_len, offset, window) == int(keep.sum())
+    assert formulas.kept_query_key_pairs(4, 4) == 4 * 5 // 2

@@ -107,6 +107,7 @@ class FlopRow:
     counted_in: str | None = None  # the ancestor whose own formula includes this module's work
     backward: dict[str, int] | None = None  # with --training on a measured model: the backward part
     shapes: Any = None  # a flopkit.flops.anymodel.LayerShapes: the module's first call, when recorded
+    hardware_flops: int | None = None  # matmul + attention as CUDA kernels run them (flopkit.flops.llm)
 
     @classmethod
     def of(cls, path: str, module: nn.Module, breakdown: dict[str, int], **extra: object) -> FlopRow:
@@ -140,6 +141,8 @@ class FlopRow:
             out.update(
                 forward_flops=self.flops - backward, backward_flops=backward, backward=dict(self.backward)
             )
+        if self.hardware_flops is not None:
+            out["hardware_flops"] = self.hardware_flops
         shapes = self.shapes
         out["input_shapes"] = shapes.input_shapes if shapes is not None else []
         out["output_shapes"] = shapes.output_shapes if shapes is not None else []

@@ -8,8 +8,14 @@ Two things have no aten op of their own and are counted at the call:
 
 * ``F.rms_norm`` (which decomposes into ``pow``/``mean``/``rsqrt``/``mul``) and modules whose class
   name ends in ``RMSNorm`` (Llama's, Qwen's, T5's hand-written norms): 3 FLOPs per element;
-* ``F.scaled_dot_product_attention(..., is_causal=True)``: with ``causal="half"`` the masked
-  query-key pairs are taken out of the decomposition's ``bmm`` count.
+* ``F.scaled_dot_product_attention`` in a causal attention (``is_causal=True``, or a module whose
+  ``is_causal`` is true, as Hugging Face's attention layers): with ``causal="half"`` or ``"exact"``
+  the pairs the rule drops are taken out of the decomposition's ``bmm`` count (:func:`attention_rule`).
+
+``aten._grouped_mm`` (mixture-of-experts layers) is counted by :func:`flopkit.formulas.grouped_mm` and
+runs on the meta device in any dtype (:class:`~flopkit.flops.measured.GroupedMMAnyDtype`). Ops of
+the user's own (a Triton kernel registered with ``torch.library``) are counted once
+:func:`register_formula` gives them a formula.
 
 :func:`count_model` runs the forward (and with ``backward=True`` a second run with
 ``loss = sum of the outputs``) and returns per-module FLOPs by category, plus the input and output
@@ -18,6 +24,7 @@ shapes, dtypes and bytes of each module's first call.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 from collections import Counter
@@ -36,10 +43,13 @@ from flopkit.formulas import CATEGORIES
 
 from .measured import (
     _NOT_FLOPS,
+    CONVENTION_UNCOUNTED,
     TORCH_OPS,
+    GroupedMMAnyDtype,
     Measurement,
     _numel,
     _OpRecorder,
+    grouped_mm_flops,
     register_flopkit_formulas,
 )
 
@@ -54,9 +64,17 @@ __all__ = [
     "layer_shapes",
     "causal_pairs",
     "causal_legend",
+    "attention_rule",
+    "sliding_window_of",
+    "padded_pairs",
+    "register_formula",
+    "USER_FORMULAS",
+    "expert_paths",
+    "grouped_experts",
+    "skipped_legend",
 ]
 
-CAUSAL_MODES = ("full", "half")
+CAUSAL_MODES = formulas.ATTENTION_RULES
 
 aten = torch.ops.aten
 
@@ -152,7 +170,36 @@ OP_FORMULAS: dict[Any, tuple[str, Callable[..., int]]] = {
     **{p: ("elementwise", _activation_backward) for p in _packets(*_ACTIVATION_BACKWARDS)},
     **{p: ("elementwise", _softmax) for p in _packets("_softmax", "_safe_softmax", "_log_softmax")},
     **{p: ("elementwise", _softmax_backward) for p in _packets("_softmax_backward_data", "_log_softmax_backward_data")},
+    **{p: ("matmul", grouped_mm_flops) for p in _packets("_grouped_mm")},
 }  # fmt: skip
+
+USER_FORMULAS: dict[Any, tuple[str, Callable[..., int]]] = {}
+"""Formulas given by :func:`register_formula`: op packet -> (category, formula taking shapes)."""
+
+
+def register_formula(op: Any, fn: Callable[..., int], category: str = "matmul") -> None:
+    """Count ``op`` (an op packet such as ``torch.ops.mylib.my_kernel``, e.g. a Triton kernel
+    registered with ``torch.library``) with ``fn`` in ``category``, from now on.
+
+    ``fn`` takes the op's arguments with every tensor replaced by its shape (a ``torch.Size``), and
+    ``out_shape`` as a keyword, as torch's ``register_flop_formula``; it returns FLOPs (one multiply
+    or add each). The op is also put into torch's own registry when it has no formula there, so a
+    plain ``FlopCounterMode`` counts it too.
+    """
+    from torch.utils.flop_counter import flop_registry, register_flop_formula
+
+    packet = getattr(op, "overloadpacket", op)
+    if not isinstance(packet, torch._ops.OpOverloadPacket):
+        raise TypeError(f"op must be an op packet such as torch.ops.mylib.my_kernel, got {op!r}")
+    if category not in CATEGORIES:
+        raise ValueError(f"category must be one of {', '.join(CATEGORIES)}, got {category!r}")
+    if not callable(fn):
+        raise TypeError(f"fn must be callable (op arguments as shapes -> FLOPs), got {fn!r}")
+    USER_FORMULAS[packet] = (category, fn)
+    MEASURED_OPS[str(packet)] = category
+    if packet not in flop_registry:
+        register_flop_formula(packet)(fn)
+
 
 # Pseudo-ops recorded at the call (no aten op of their own), by name.
 RMS_NORM_OP = "flopkit.measured.rms_norm"
@@ -197,29 +244,161 @@ ANYMODEL_LEGEND = (
 def causal_pairs(q_len: int, kv_len: int) -> int:
     """Query-key pairs a causal mask keeps, with SDPA's ``is_causal`` alignment (``tril`` of a
     ``[q_len, kv_len]`` ones matrix): ``sum_i min(i + 1, kv_len)``; ``T(T+1)/2`` when both are ``T``."""
-    full_rows = min(q_len, kv_len)
-    return full_rows * (full_rows + 1) // 2 + (q_len - full_rows) * kv_len
+    return formulas.kept_query_key_pairs(q_len, kv_len, offset=0)
 
 
-def causal_legend(mode: str, causal_calls: int, masked_calls: int) -> str:
-    """The legend line for ``--causal-attention``."""
+def sliding_window_of(module: nn.Module | None) -> int | None:
+    """The sliding window (keys per query, the query's own included) of an attention module: its
+    ``sliding_window`` attribute (Gemma-2 style, ``None`` on full-attention layers); else, from its
+    ``config``, the window of its layer type (``layer_types[layer_idx]``) or the config's
+    ``sliding_window`` when the config has no layer types (Mistral). ``None``: no window."""
+    if module is None:
+        return None
+    if hasattr(module, "sliding_window"):
+        window = module.sliding_window
+        return int(window) if isinstance(window, int) and window > 0 else None
+    config = getattr(module, "config", None)
+    window = getattr(config, "sliding_window", None)
+    if not isinstance(window, int) or window <= 0 or getattr(config, "use_sliding_window", True) is False:
+        return None
+    layer_types = getattr(config, "layer_types", None)
+    layer = getattr(module, "layer_idx", None)
+    if layer_types and isinstance(layer, int) and layer < len(layer_types):
+        return window if layer_types[layer] == "sliding_attention" else None
+    return window
+
+
+def padded_pairs(
+    key_mask: torch.Tensor, q_len: int, offset: int | None, window: int | None, causal: bool
+) -> int:
+    """Query-key pairs kept over a batch whose keys carry mask values ``key_mask`` (``[B, kv_len]``,
+    real values): 0 is padding; with values 0/1 each query keeps the non-padding keys in its causal
+    (and window) range, as Hugging Face's padding masks do; with values above 1 (packed sequences:
+    one id per document) a query keeps only the keys of its own document. Not ``causal``: every
+    query keeps every non-padding key. ``offset`` as :func:`flopkit.formulas.kept_query_key_pairs`
+    (the queries are positions ``offset .. offset + q_len - 1`` of the keys)."""
+    values = key_mask.to("cpu", torch.int64)
+    kv_len = values.shape[-1]
+    if not causal:
+        return int((values != 0).sum()) * q_len
+    if offset is None:
+        offset = kv_len - q_len
+    pos = torch.arange(offset, offset + q_len)
+    hi = pos.clamp(-1, kv_len - 1) + 1
+    lo = torch.zeros_like(pos) if window is None else (pos - window + 1).clamp(0, kv_len)
+    lo = torch.minimum(lo, hi)
+
+    def kept(keys: torch.Tensor) -> torch.Tensor:  # [B, q_len]: keys (0/1) in each query's range
+        prefix = torch.nn.functional.pad(keys.cumsum(-1), (1, 0))
+        return prefix[:, hi] - prefix[:, lo]
+
+    if int(values.max()) <= 1:
+        return int(kept((values != 0).long()).sum())
+    own = values[:, pos.clamp(0, kv_len - 1)]  # each query's document id
+    total = 0
+    for doc in values.unique().tolist():
+        if doc != 0:
+            total += int((kept((values == doc).long()) * (own == doc)).sum())
+    return total
+
+
+def attention_rule(
+    mode: str,
+    query_shape: tuple[int, ...],
+    kv_len: int,
+    v_head_dim: int,
+    *,
+    is_causal: bool,
+    causal_module: bool,
+    q_len: int | None = None,
+    window: int | None = None,
+    key_mask: torch.Tensor | None = None,
+    explicit_mask: bool = False,
+) -> tuple[int, str]:
+    """FLOPs of one SDPA call's QK^T and AV under the rule ``mode`` (``full``, ``half``, ``exact``),
+    and the rule's description (for the legend).
+
+    ``query_shape`` is the query as SDPA gets it (``[..., rows, E]``: Hugging Face packs a GQA
+    decode step's heads into the rows); ``q_len`` the true query tokens per head (the attention
+    module's input length; default the rows). ``is_causal``: SDPA's own flag (top-left alignment);
+    ``causal_module``: the call runs in a causal attention layer with an explicit or absent mask
+    (bottom-right alignment: queries are the last ``q_len`` positions). ``key_mask``: real mask
+    values ``[B, >= kv_len]`` (their last ``kv_len`` columns are the keys).
+    """
+    *lead, rows, head_dim = query_shape
+    query_rows = math.prod(lead) * rows
+    full = formulas.attention_pairs_flops(query_rows, kv_len, head_dim, v_head_dim)
+    causal = is_causal or causal_module
+    if mode == "full" or (mode == "half" and not causal):
+        return full, "all pairs"
     if mode == "half":
+        return full // 2, "causal: half of all pairs"
+    batch = query_shape[0] if len(query_shape) > 2 else 1
+    q_len = rows if q_len is None or query_rows % (batch * q_len) else q_len
+    heads = query_rows // (batch * q_len)
+    offset = 0 if is_causal else None
+    if key_mask is not None and key_mask.shape[0] == batch and key_mask.shape[-1] >= kv_len:
+        keys = key_mask[:, -kv_len:]
+        pairs = padded_pairs(keys, q_len, offset, window, causal)
+        kind = ("packed documents" if int(keys.max()) > 1 else "padded keys") + (", causal" if causal else "")
+    elif causal:
+        pairs = batch * formulas.kept_query_key_pairs(q_len, kv_len, offset, window)
+        kind = "causal"
+    else:
+        return full, ("explicit mask of unknown values: all pairs" if explicit_mask else "all pairs")
+    if causal:
+        kind += ", top-left (is_causal=True)" if is_causal else ", bottom-right"
+    if causal and window is not None:
+        kind += f", sliding window {window}"
+    return formulas.attention_pairs_flops(heads, pairs, head_dim, v_head_dim), kind
+
+
+def causal_legend(mode: str, causal_calls: int, masked_calls: int, rules: Counter | None = None) -> str:
+    """The legend line for the attention rule ``mode`` (``causal``) and the rules applied
+    to the SDPA calls (``rules``: description -> calls)."""
+    if mode == "exact":
         text = (
-            f"--causal-attention half: {causal_calls} causal SDPA call(s) (is_causal=True) counted on the "
-            "query-key pairs the mask keeps, T(T+1)/2 of T^2 (forward and backward)"
+            "causal attention 'exact': attention counted on the query-key pairs the mask keeps: causal "
+            "T(T+1)/2, queries aligned bottom-right after a KV cache (top-left for is_causal=True calls), "
+            "the layer's sliding window (keys with q - k < window), padding from attention_mask values"
+        )
+    elif mode == "half":
+        text = (
+            f"causal attention 'half': {causal_calls} causal SDPA call(s) counted on half of all "
+            "query-key pairs (Tq*Tk/2, the common MFU convention; exact counts T(T+1)/2)"
         )
     else:
         text = (
-            f"--causal-attention full: attention counted on all T^2 query-key pairs, as FlopCounterMode "
-            f"does; {causal_calls} SDPA call(s) were causal (is_causal=True): --causal-attention half "
-            "counts only the pairs the mask keeps"
+            f"causal attention 'full': attention counted on all Tq*Tk query-key pairs, as FlopCounterMode "
+            f"does; {causal_calls} SDPA call(s) were causal: 'exact' counts only the pairs "
+            "the mask keeps"
         )
-    if masked_calls:
+    if rules:
+        text += "; rules applied: " + ", ".join(f"{rule} ({n} call(s))" for rule, n in sorted(rules.items()))
+    if masked_calls and mode != "exact":
         text += (
             f"; {masked_calls} SDPA call(s) took an explicit attn_mask tensor, counted on all pairs "
             "(a mask's values are not known on the meta device)"
         )
     return text
+
+
+def skipped_legend(uncounted: Counter, convention: Counter) -> list[str]:
+    """Legend lines for the ops seen without a formula (counted as zero) and the pointwise
+    arithmetic left out by convention, each with its calls."""
+
+    def listing(ops: Counter) -> str:
+        return ", ".join(f"{op} x{n}" for op, n in sorted(ops.items(), key=lambda kv: (-kv[1], kv[0])))
+
+    lines = []
+    if uncounted:
+        lines.append(
+            f"NOT COUNTED (no FLOP formula, counted as 0): {listing(uncounted)}; give one with "
+            "flopkit.register_formula(op, fn, category)"
+        )
+    if convention:
+        lines.append(f"pointwise arithmetic not counted by convention (calls): {listing(convention)}")
+    return lines
 
 
 @dataclass
@@ -247,10 +426,23 @@ class ModelCount:
     masked_calls: int = 0
     causal: str = "full"
     called: set[str] = field(default_factory=set)
+    rules: Counter = field(default_factory=Counter)  # attention rule applied -> SDPA calls (forward)
+    # path -> hardware FLOPs beyond the model's (flash-attention backward's recompute), by category
+    hardware_extra: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def breakdown(self, path: str) -> dict[str, int]:
         """Forward FLOPs by category of the module at ``path`` (descendants included)."""
         return self.forward.get(path, {})
+
+    @property
+    def uncounted(self) -> Counter:
+        """Ops seen in the forward that have no FLOP formula (counted as zero) -> calls."""
+        return Counter({op: n for op, n in self.skipped.items() if op not in CONVENTION_UNCOUNTED})
+
+    @property
+    def convention_uncounted(self) -> Counter:
+        """Pointwise arithmetic seen in the forward, not counted by convention -> calls."""
+        return Counter({op: n for op, n in self.skipped.items() if op in CONVENTION_UNCOUNTED})
 
     def measurement(self) -> Measurement:
         """The forward as a :class:`~flopkit.flops.measured.Measurement` named ``"torch"``, for
@@ -321,6 +513,7 @@ class _ModuleStack(TorchFunctionMode):
         super().__init__()
         self.names = names
         self.stack: list[str] = []
+        self.modules: list[tuple[nn.Module, torch.Size | None]] = []  # (module, first input's shape)
         self.node_parents: dict[Any, frozenset[str]] = {}
 
     @property
@@ -330,11 +523,21 @@ class _ModuleStack(TorchFunctionMode):
             return {GLOBAL, *self.node_parents.get(node, ())}
         return {GLOBAL, *self.stack}
 
-    def push(self, module: nn.Module) -> None:
+    def push(self, module: nn.Module, first_shape: torch.Size | None = None) -> None:
         self.stack.append(self.names.get(module, ""))
+        self.modules.append((module, first_shape))
 
     def pop(self) -> None:
         self.stack.pop()
+        self.modules.pop()
+
+    def attention_module(self) -> tuple[nn.Module | None, torch.Size | None]:
+        """The innermost running module with a boolean ``is_causal`` (an attention layer), and the
+        shape of its first tensor input."""
+        for module, shape in reversed(self.modules):
+            if isinstance(getattr(module, "is_causal", None), bool):
+                return module, shape
+        return None, None
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
@@ -376,17 +579,30 @@ class _TorchFunctionScope:
 
 
 class _CallCounter(TorchFunctionMode):
-    """Counts, at the Python call, what has no aten op of its own: ``F.rms_norm`` and the causal
-    SDPA correction. Adds pseudo-ops to the FlopCounterMode's own per-module counts."""
+    """Counts, at the Python call, what has no aten op of its own: ``F.rms_norm`` and the attention
+    rule's correction to SDPA. Adds pseudo-ops to the FlopCounterMode's own per-module counts, and
+    the flash-attention backward's extra work to :attr:`hardware` (not model FLOPs)."""
 
-    def __init__(self, counter, causal: str, backward: bool) -> None:
+    def __init__(self, counter, causal: str, backward: bool, key_mask: torch.Tensor | None = None) -> None:
         super().__init__()
         self.counter = counter
         self.causal = causal
         self.backward = backward
+        self.key_mask = key_mask
         self.causal_calls = 0
         self.masked_calls = 0
+        self.rules: Counter = Counter()
+        self.hardware: dict[str, Counter] = {}
         self.norm_depth = 0
+        self.attention_layers = 0  # calls of modules with a boolean is_causal (attention layers)
+        self.sdpa_in_layers = 0  # SDPA calls inside such a module
+
+    def eager_attention_rule(self) -> None:
+        """Record, as a rule, the attention layers that ran without SDPA (eager matmuls + softmax):
+        no rule applies to them, they are counted on the pairs their matmuls compute."""
+        eager = self.attention_layers - self.sdpa_in_layers
+        if eager > 0:
+            self.rules["attention layer without SDPA (eager matmuls): the pairs it computes"] += eager
 
     def add(self, op: str, flops: int) -> None:
         """Add ``flops`` under ``op`` to every module now running, as FlopCounterMode does."""
@@ -417,19 +633,38 @@ class _CallCounter(TorchFunctionMode):
     def _sdpa(self, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, **kw) -> None:
         if attn_mask is not None:
             self.masked_calls += 1
-        if not is_causal:
-            return
-        self.causal_calls += 1
-        if self.causal != "half":
-            return
-        *batch, L, E = query.shape
+        module, first_shape = self.counter.mod_tracker.attention_module()
+        self.sdpa_in_layers += module is not None
+        causal_module = bool(module is not None and module.is_causal and not is_causal)
+        if is_causal or causal_module:
+            self.causal_calls += 1
+        q_len = None
+        if first_shape is not None and len(first_shape) == 3 and first_shape[0] == query.shape[0]:
+            q_len = first_shape[1]  # [B, T, C] into the attention layer: T query tokens
         S, Ev = key.shape[-2], value.shape[-1]
-        heads = math.prod(batch)
-        full = 2 * heads * L * S * (E + Ev)
-        kept = 2 * heads * causal_pairs(L, S) * (E + Ev)
+        full = formulas.attention_pairs_flops(math.prod(query.shape[:-1]), S, query.shape[-1], Ev)
+        kept, rule = attention_rule(
+            self.causal,
+            tuple(query.shape),
+            S,
+            Ev,
+            is_causal=bool(is_causal),
+            causal_module=causal_module,
+            q_len=q_len,
+            window=sliding_window_of(module) if causal_module else None,
+            key_mask=self.key_mask,
+            explicit_mask=attn_mask is not None,
+        )
+        self.rules[rule] += 1
         grad = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value))
         # The backward runs four matmuls of the forward's size where the forward runs two.
-        self.add(CAUSAL_OP, -(full - kept) * (3 if self.backward and grad else 1))
+        if kept != full:
+            self.add(CAUSAL_OP, -(full - kept) * (3 if self.backward and grad else 1))
+        if self.backward and grad:
+            # A flash / memory-efficient kernel's backward recomputes QK^T: 5/2 of the forward, not 2.
+            extra = formulas.flash_backward_extra(kept)
+            for parent in set(self.counter.mod_tracker.parents):
+                self.hardware.setdefault(parent, Counter())["attention"] += extra
 
 
 def _run(
@@ -440,6 +675,7 @@ def _run(
     backward: bool,
     shapes: dict[str, LayerShapes] | None,
     seen_ops: Counter | None,
+    key_mask: torch.Tensor | None = None,
 ) -> tuple[dict[str, Counter], _CallCounter]:
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -449,14 +685,18 @@ def _run(
     for name, module in model.named_modules(remove_duplicate=False):
         names.setdefault(module, name)
     register_flopkit_formulas()
-    counter = FlopCounterMode(display=False, custom_mapping={p: f for p, (_, f) in OP_FORMULAS.items()})
+    mapping = {p: f for p, (_, f) in {**OP_FORMULAS, **USER_FORMULAS}.items()}
+    counter = FlopCounterMode(display=False, custom_mapping=mapping)
     tracker = _ModuleStack(names)
     counter.mod_tracker = tracker
-    calls = _CallCounter(counter, causal, backward)
+    calls = _CallCounter(counter, causal, backward, key_mask)
     handles = []
 
     def pre_hook(module, args, kwargs):
-        tracker.push(module)
+        first = next((t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)), None)
+        if isinstance(getattr(module, "is_causal", None), bool) and tracker.attention_module()[0] is None:
+            calls.attention_layers += 1
+        tracker.push(module, first.shape if first is not None else None)
         if _is_rms_norm_module(module) and calls.norm_depth == 0:
             x = args[0] if args else next(iter(kwargs.values()))
             calls.rms_norm(x.numel(), torch.is_grad_enabled() and backward)
@@ -483,8 +723,17 @@ def _run(
     recorder = _OpRecorder(seen_ops if seen_ops is not None else Counter())
     grad = torch.enable_grad() if backward else torch.no_grad()
     try:
-        with kernels.route_through_custom_ops(), recorder, counter, grad, tracker.mode(), calls:
+        with (
+            kernels.route_through_custom_ops(),
+            GroupedMMAnyDtype(),
+            recorder,
+            counter,
+            grad,
+            tracker.mode(),
+            calls,
+        ):
             recorder.tracker = tracker
+            recorder.inside_counted = lambda: calls.norm_depth > 0
             out = model(*args, **kwargs)
             if backward:
                 leaves, _ = tree_flatten(out)
@@ -495,6 +744,7 @@ def _run(
     finally:
         for h in handles:
             h.remove()
+    calls.eager_attention_rule()
     raw: dict[str, Counter] = {}
     for path, ops in counter.get_flop_counts().items():
         if path == GLOBAL:
@@ -506,14 +756,65 @@ def _run(
     return raw, calls
 
 
-def _categories(raw: dict[str, Counter]) -> dict[str, dict[str, int]]:
+def expert_paths(model: nn.Module) -> list[str]:
+    """Paths of the top-most mixture-of-experts modules holding stacked expert weights (an int
+    ``num_experts`` and a ``[num_experts, out, in]`` parameter): their ``bmm`` (Hugging Face's
+    batched experts) is a matmul, not attention."""
+    paths: list[str] = []
+    for path, module in model.named_modules():
+        experts = getattr(module, "num_experts", None)
+        if not isinstance(experts, int) or any(path.startswith(p + ".") for p in paths):
+            continue
+        if any(p.dim() >= 3 and p.shape[0] == experts for p in module.parameters(recurse=False)):
+            paths.append(path)
+    return paths
+
+
+_BATCHED_MATMULS = ("aten.bmm", "aten.baddbmm")
+
+
+@contextlib.contextmanager
+def grouped_experts(model: nn.Module):
+    """Within the block, Hugging Face experts set to their ``eager`` implementation (a Python loop
+    over the experts each token was routed to: data-dependent indexing, which the meta device
+    cannot run) use ``grouped_mm``, which does the same FLOPs under the routing assumption. Yields
+    the number of expert modules switched."""
+    changed: list[Any] = []
+    modules = dict(model.named_modules())
+    switched = 0
+    for path in expert_paths(model):
+        config = getattr(modules[path], "config", None)
+        if getattr(config, "_experts_implementation", None) == "eager" or any(c is config for c in changed):
+            switched += 1
+            if all(c is not config for c in changed):
+                changed.append(config)
+                config._experts_implementation = "grouped_mm"
+    try:
+        yield switched
+    finally:
+        for config in changed:
+            config._experts_implementation = "eager"
+
+
+def _categories(raw: dict[str, Counter], experts: list[str] = ()) -> dict[str, dict[str, int]]:
+    """FLOPs by category per path; ``bmm`` inside the modules at ``experts`` (and its share in their
+    ancestors) is a matmul."""
+
+    def inside(path: str) -> bool:
+        return any(path == e or path.startswith(e + ".") for e in experts)
+
     out = {}
     for path, ops in raw.items():
         cats = dict.fromkeys(CATEGORIES, 0)
         for op, value in ops.items():
             if op not in MEASURED_OPS:
                 raise RuntimeError(f"measured op {op!r} has no category in MEASURED_OPS")
-            cats[MEASURED_OPS[op]] += value
+            cats["matmul" if op in _BATCHED_MATMULS and inside(path) else MEASURED_OPS[op]] += value
+        for e in experts:  # an ancestor holds its experts' bmm among its own: move that share
+            if e != path and (path == "" or e.startswith(path + ".")):
+                moved = sum(raw.get(e, {}).get(op, 0) for op in _BATCHED_MATMULS)
+                cats["attention"] -= moved
+                cats["matmul"] += moved
         out[path] = cats
     return out
 
@@ -525,6 +826,7 @@ def count_model(
     *,
     causal: str = "full",
     backward: bool = False,
+    padding_mask: torch.Tensor | None = None,
 ) -> ModelCount:
     """Measured FLOPs of ``model(*args, **kwargs)`` (meta-device model and inputs) per module path.
 
@@ -532,33 +834,57 @@ def count_model(
     ``loss = sum of the outputs`` and its backward (inputs do not require grad), and reports
     ``backward[path] = (forward + backward run) - forward run`` by category; ``False`` runs it in
     eval mode. The model's own train/eval flags are restored.
-    ``causal``: ``"full"`` counts every SDPA on all query-key pairs; ``"half"`` counts causal SDPA
-    calls (``is_causal=True``) on the pairs the mask keeps (:func:`causal_pairs`).
+    ``causal`` (:data:`flopkit.formulas.ATTENTION_RULES`): ``"full"`` counts every SDPA on all
+    query-key pairs; ``"half"`` counts causal SDPA calls (``is_causal=True`` or in a causal attention
+    layer) on half of them; ``"exact"`` on the pairs the mask keeps (:func:`attention_rule`: causal,
+    bottom-right after a KV cache, the layer's sliding window, and ``padding_mask``).
+    ``padding_mask``: the real values (``[B, keys]``, 1 = token, 0 = padding, or document ids above 1
+    for packed sequences; CPU) of the attention mask the model would take; the model itself runs without it (on the meta device a mask has no
+    values, and it changes which pairs are kept, not which ops run). Needs ``causal="exact"``.
     """
     if causal not in CAUSAL_MODES:
-        raise ValueError(f"--causal-attention must be one of {', '.join(CAUSAL_MODES)}, got {causal!r}")
+        raise ValueError(f"causal must be one of {', '.join(CAUSAL_MODES)}, got {causal!r}")
+    if padding_mask is not None:
+        if causal != "exact":
+            raise ValueError(
+                f"padding_mask applies with causal='exact' (it changes kept pairs), got {causal!r}"
+            )
+        if padding_mask.dim() != 2 or padding_mask.device.type == "meta":
+            raise ValueError(
+                f"padding_mask must be a real [batch, keys] tensor of mask values, got "
+                f"{list(padding_mask.shape)} on {padding_mask.device.type}"
+            )
     kwargs = kwargs or {}
     shapes: dict[str, LayerShapes] = {}
     seen: Counter = Counter()
     modes = {m: m.training for m in model.modules()}
     back = None
-    try:
-        # A training step runs the model in train mode (batch norm on batch statistics, dropout on).
-        model.train(backward)
-        raw, calls = _run(model, args, kwargs, causal, False, shapes, seen)
-        forward = _categories(raw)
-        if backward:
-            raw_total, _ = _run(model, args, kwargs, causal, True, None, None)
-            total = _categories(raw_total)
-            back = {
-                path: {c: total[path][c] - forward.get(path, {}).get(c, 0) for c in CATEGORIES}
-                for path in total
-            }
-    finally:
-        for module, mode in modes.items():
-            module.training = mode
+    with grouped_experts(model) as looped:  # an eager experts loop cannot run on meta
+        try:
+            # A training step runs the model in train mode (batch norm on batch statistics, dropout on).
+            model.train(backward)
+            raw, calls = _run(model, args, kwargs, causal, False, shapes, seen, padding_mask)
+            experts = expert_paths(model)
+            forward = _categories(raw, experts)
+            hardware: dict[str, dict[str, int]] = {}
+            if backward:
+                raw_total, back_calls = _run(model, args, kwargs, causal, True, None, None, padding_mask)
+                hardware = {p: dict(c) for p, c in back_calls.hardware.items() if p != GLOBAL}
+                total = _categories(raw_total, experts)
+                back = {
+                    path: {c: total[path][c] - forward.get(path, {}).get(c, 0) for c in CATEGORIES}
+                    for path in total
+                }
+        finally:
+            for module, mode in modes.items():
+                module.training = mode
+    if looped:
+        calls.rules["experts' eager loop counted in its grouped_mm form (same FLOPs: top-k per token)"] += (
+            looped
+        )
     counted = {op.split("[")[0] for ops in raw.values() for op in ops}
     skipped = Counter({op: n for op, n in seen.items() if op not in counted and op not in _NOT_FLOPS})
     return ModelCount(
-        forward, back, shapes, raw, skipped, calls.causal_calls, calls.masked_calls, causal, set(shapes)
-    )
+        forward, back, shapes, raw, skipped, calls.causal_calls, calls.masked_calls, causal, set(shapes),
+        calls.rules, hardware,
+    )  # fmt: skip

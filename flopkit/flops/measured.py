@@ -32,6 +32,10 @@ __all__ = [
     "count_fvcore",
     "count_torch",
     "register_flopkit_formulas",
+    "CONVENTION_UNCOUNTED",
+    "grouped_mm_flops",
+    "GroupedMMAnyDtype",
+    "grouped_mm_output_shape",
     "PositionalCall",
     "count_fvcore_any",
 ]
@@ -331,14 +335,73 @@ def count_fvcore_any(model: nn.Module, args: tuple = (), kwargs: dict | None = N
     return m
 
 
-def register_flopkit_formulas() -> None:
-    """Put the ``flopkit::`` custom ops' FLOP formulas into torch's registry now.
+def grouped_mm_flops(mat_a, mat_b, offs=None, bias=None, out_dtype=None, *, out_shape=None, **kw) -> int:
+    """FlopCounterMode formula (arguments as shapes) of ``aten._grouped_mm``:
+    :func:`flopkit.formulas.grouped_mm` (every row of the jagged operand in one group)."""
+    return formulas.grouped_mm(tuple(mat_a), tuple(mat_b))
 
-    They are registered when their modules are first imported (at the first routed call), but
-    ``FlopCounterMode`` copies the registry when it is constructed: a counter made before that first
-    call would not count them (``validate --against torch`` in a fresh process missed every norm).
+
+def register_flopkit_formulas() -> None:
+    """Put flopkit's FLOP formulas into torch's registry now: the ``flopkit::`` custom ops', and
+    ``aten._grouped_mm``'s where torch has none (so a plain ``FlopCounterMode`` counts experts too).
+
+    The custom ops' formulas are registered when their modules are first imported (at the first
+    routed call), but ``FlopCounterMode`` copies the registry when it is constructed: a counter made
+    before that first call would not count them (``validate --against torch`` in a fresh process
+    missed every norm).
     """
+    from torch.utils.flop_counter import flop_registry, register_flop_formula
+
     from flopkit.kernels import _norm_ops, _rope_ops  # noqa: F401
+
+    grouped = getattr(torch.ops.aten, "_grouped_mm", None)
+    if grouped is not None and grouped not in flop_registry:
+        register_flop_formula(grouped)(grouped_mm_flops)
+
+
+def grouped_mm_output_shape(a: torch.Size, b: torch.Size, groups: int | None) -> list[int]:
+    """The output shape of ``torch._grouped_mm(a, b)``: ``[S, N]`` for ``[S, K] @ [G, K, N]``,
+    ``[M, N]`` for ``[G, M, K] @ [K, N]``, ``[G, M, N]`` for 2D @ 2D (``groups`` offsets) and 3D @ 3D."""
+    if len(a) == 2 and len(b) == 2:
+        return [groups, a[0], b[1]]
+    if len(a) == 2:
+        return [a[0], b[-1]]
+    if len(b) == 2:
+        return [a[1], b[1]]
+    return [a[0], a[1], b[-1]]
+
+
+def _offs(args: tuple, kwargs: dict) -> int | None:
+    offs = args[2] if len(args) > 2 else kwargs.get("offs")
+    return offs.shape[0] if offs is not None else None
+
+
+class GroupedMMAnyDtype(torch.utils._python_dispatch.TorchDispatchMode):
+    """Runs ``aten._grouped_mm`` in any dtype on the meta device and the CPU, whose kernels take
+    bfloat16 only (a mixture-of-experts model built in float32 raised "Expected inputs of BF16 type")
+    and, on meta, 16-byte-aligned strides (DeepSeek-V2's 1407-wide experts): on meta the output is
+    made from the shapes (:func:`grouped_mm_output_shape`); on the CPU the op runs on bfloat16 copies
+    and its output is cast back to the input's dtype.
+    Enter it *outside* a ``FlopCounterMode``, which then sees (and counts) the original call."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func.overloadpacket is getattr(torch.ops.aten, "_grouped_mm", None):
+            a = args[0]
+            if a.device.type == "meta":  # the meta kernel checks dtype and 16-byte strides: shapes only
+                return torch.empty(grouped_mm_output_shape(a.shape, args[1].shape, _offs(args, kwargs)),
+                                   dtype=kwargs.get("out_dtype") or a.dtype, device="meta")  # fmt: skip
+            if a.dtype != torch.bfloat16 and a.device.type == "cpu":
+
+                def low(t):
+                    return (
+                        t.to(torch.bfloat16) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+                    )
+
+                out_dtype = kwargs.pop("out_dtype", None)
+                kwargs = {k: low(v) for k, v in kwargs.items()}
+                return func(*map(low, args), **kwargs).to(out_dtype or a.dtype)
+        return func(*args, **kwargs)
 
 
 def count_torch(model: nn.Module, inputs: torch.Tensor) -> Measurement:
@@ -395,7 +458,34 @@ _NOT_FLOPS = {
     "aten.mm", "aten.addmm", "aten.bmm", "aten.convolution", "aten.scalar_tensor", "aten.empty_strided",
     "aten._scaled_dot_product_flash_attention_for_cpu", "aten.scaled_dot_product_attention",
     "aten._softmax", "aten._safe_softmax", "aten.where", "aten.masked_fill", "aten.tril", "aten.triu",
+    # Indexing, sorting, comparisons, integer bookkeeping (routing, masks, positions): no FLOPs.
+    "aten.embedding", "aten.embedding_dense_backward", "aten.topk", "aten.sort", "aten.argsort",
+    "aten.histc", "aten.bincount", "aten.cumsum", "aten.index_put", "aten.index_put_", "aten.index_select",
+    "aten.gather", "aten.scatter", "aten.scatter_add", "aten.scatter_add_", "aten.floor_divide",
+    "aten.one_hot", "aten.eq", "aten.ne", "aten.gt", "aten.lt", "aten.ge", "aten.le", "aten.logical_and",
+    "aten.logical_or", "aten.logical_not", "aten.bitwise_and", "aten.bitwise_or", "aten.bitwise_not",
+    "aten.any", "aten.all", "aten.nonzero", "aten.masked_fill_", "aten.fill_", "aten.zero_",
+    "aten.zeros_like", "aten.ones_like", "aten.full_like", "aten.new_zeros", "aten.new_ones",
+    "aten.new_full", "aten.repeat", "aten.repeat_interleave", "aten.roll", "aten.flip",
+    "aten.constant_pad_nd", "aten._unsafe_index", "aten.index_copy", "aten.argmax", "aten.max",
+    "aten.native_dropout", "aten.native_dropout_backward", "aten.bernoulli_", "aten.rand", "aten.randn",
+    "aten.lift_fresh_copy", "aten._assert_async", "aten.masked_select", "aten.diagonal",
+    "aten.split_with_sizes_copy", "aten.view_as_real", "aten.view_as_complex", "aten._to_dtype",
+    "aten.narrow", "aten.movedim", "aten.mT", "aten.set_", "aten.resize_", "aten.count_nonzero",
+    "aten.scatter_", "aten.scatter_reduce", "aten.index_add", "aten.index_add_", "aten.masked_scatter",
 }  # fmt: skip
+
+CONVENTION_UNCOUNTED = frozenset({
+    "aten.add", "aten.add_", "aten.sub", "aten.sub_", "aten.rsub", "aten.mul", "aten.mul_", "aten.div",
+    "aten.div_", "aten.neg", "aten.pow", "aten.rsqrt", "aten.sqrt", "aten.exp", "aten.log", "aten.cos",
+    "aten.sin", "aten.sum", "aten.mean", "aten.abs", "aten.reciprocal", "aten.square", "aten.addcmul",
+    "aten.addcdiv", "aten.maximum", "aten.minimum", "aten.clamp", "aten.clamp_min", "aten.clamp_max",
+    "aten.var_mean", "aten.var", "aten.std", "aten.amax", "aten.amin", "aten.erf", "aten.logsumexp",
+    "aten.lerp", "aten.sign", "aten.outer", "aten.polar",
+})  # fmt: skip
+"""Plain pointwise arithmetic and reductions (residual adds, RoPE as tensor arithmetic, routing
+weights, hand-written norms outside a ``*RMSNorm`` module): not counted, by flopkit's convention
+(DESIGN.md §3); listed apart from the ops that have no formula at all."""
 
 
 class _OpRecorder(torch.utils._python_dispatch.TorchDispatchMode):
@@ -408,10 +498,14 @@ class _OpRecorder(torch.utils._python_dispatch.TorchDispatchMode):
         self.seen = seen
         self.tracker = None
         self.qk_split: dict[str, Counter] = {}
+        # True while inside something counted as a whole (an RMSNorm module): its aten ops are not
+        # "seen without a formula".
+        self.inside_counted: Callable[[], bool] = lambda: False
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = str(func.overloadpacket)
-        self.seen[name] += 1
+        if not self.inside_counted():
+            self.seen[name] += 1
         if name == "flopkit.qk_norm_rope" and self.tracker is not None:
             qkv, num_heads, norm = args[0], args[5], args[8]
             B, T, three_hd = qkv.shape

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from flopkit.formulas import CATEGORIES, add_breakdowns
+from flopkit.formulas import CATEGORIES, add_breakdowns, flash_backward_extra
 
 from .analytic import (
     FlopNode,
@@ -26,6 +26,7 @@ from .analytic import (
     top_paths,
 )
 from .anymodel import ModelCount, count_model
+from .llm import CHECKPOINTING, checkpoint_blocks, hardware_flops
 
 __all__ = ["per_sample_count", "mixed_rows", "MIXED_LEGEND"]
 
@@ -57,16 +58,26 @@ def mixed_rows(
     depth: int | None = None,
     training: bool = False,
     causal: str = "full",
+    *,
+    padding_mask: torch.Tensor | None = None,
+    checkpointing: str = "none",
 ) -> tuple[list[FlopRow], ModelCount]:
     """Per-module rows for any model (on the meta device) run on ``inputs`` (a tensor, or
     ``(args, kwargs)``), and the measured count behind them; see the module docstring.
 
     With ``training``, measured rows add the measured backward (``FlopCounterMode`` over
     ``loss = sum of outputs``); analytic rows add :data:`~flopkit.flops.analytic.BACKWARD_MULTIPLIERS`.
-    Each row carries the forward+backward breakdown and, in ``backward``, the backward part.
+    Each row carries the forward+backward breakdown and, in ``backward``, the backward part, and its
+    hardware FLOPs (:func:`~flopkit.flops.llm.hardware_flops`: with ``training``, flash-attention
+    backward at 5/2 of the forward, and with ``checkpointing="blocks"`` a second forward of each
+    repeated block). ``causal`` and ``padding_mask``: :func:`~flopkit.flops.anymodel.count_model`.
     """
+    if checkpointing not in CHECKPOINTING:
+        raise ValueError(f"checkpointing must be one of {', '.join(CHECKPOINTING)}, got {checkpointing!r}")
+    if checkpointing != "none" and not training:
+        raise ValueError("checkpointing applies to a training step (training=True)")
     args, kwargs = ((inputs,), {}) if isinstance(inputs, torch.Tensor) else inputs
-    measured = count_model(model, args, kwargs, causal=causal, backward=training)
+    measured = count_model(model, args, kwargs, causal=causal, backward=training, padding_mask=padding_mask)
     shapes = {p: tuple(s.input_shapes[0]) for p, s in measured.shapes.items() if s.input_shapes}
     modules = dict(model.named_modules())
     analytic_paths = [p for p, m in modules.items() if is_analytic(m) and p in shapes]
@@ -115,9 +126,11 @@ def mixed_rows(
                 out[k] -= v
         return out
 
+    blocks = checkpoint_blocks(model) if checkpointing == "blocks" else []
+    forward_of: dict[str, dict[str, int]] = {}
     out = []
-    for path, module in modules.items():
-        if depth is not None and depth_of(path) > depth:
+    for path, module in reversed(list(modules.items())):  # children before their parents
+        if depth is not None and depth_of(path) > depth and not any(path == b for b in blocks):
             continue
         backward, owner = None, None
         if path in nodes or any(_under(path, r) for r in roots):
@@ -141,5 +154,22 @@ def mixed_rows(
         breakdown = add_breakdowns(forward, backward) if backward is not None else forward
         row = FlopRow.of(path, module, breakdown, source=source, backward=backward, counted_in=owner)
         row.shapes = measured.shapes.get(path)
-        out.append(row)
+        forward_of[path] = forward
+        if training:
+            extra = (
+                flash_backward_extra(forward["attention"])  # flopkit's attention runs SDPA
+                if source == "analytic"
+                else entered(measured.hardware_extra, path).get("attention", 0)
+            )
+            recompute = None
+            if blocks:
+                inside = next((b for b in blocks if path == b or path.startswith(b + ".")), None)
+                parts = [path] if inside else [b for b in blocks if _under(b, path)]
+                recompute = add_breakdowns(*(forward_of[p] for p in parts if p in forward_of))
+            row.hardware_flops = hardware_flops(breakdown, extra, recompute)
+        else:
+            row.hardware_flops = hardware_flops(breakdown)
+        if depth is None or depth_of(path) <= depth:
+            out.append(row)
+    out.reverse()
     return out, measured

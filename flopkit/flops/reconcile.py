@@ -126,6 +126,8 @@ class Reconciliation:
     skipped: dict[str, dict[str, int]]  # counter -> op -> occurrences the counter skipped
     notes: list[str]
     rtol: float
+    # other counters run as shipped (flopkit.flops.counters.CounterColumn), with the cause of each difference
+    plain: list = field(default_factory=list)
 
     @property
     def counters(self) -> list[str]:
@@ -155,6 +157,7 @@ class Reconciliation:
                 for r in self.rows
             ],
             "notes": self.notes,
+            "counters": [c.to_dict() for c in self.plain],
         }
 
     @property

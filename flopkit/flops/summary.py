@@ -12,9 +12,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from flopkit.formulas import check_convention, counted_legend, training_legend
+from flopkit.formulas import (
+    add_breakdowns,
+    check_convention,
+    counted_legend,
+    flash_backward_extra,
+    scale_breakdown,
+    training_legend,
+)
 
-from .analytic import FlopRow, flop_rows, flop_tree
+from .analytic import FlopRow, breakdown_at, flop_rows, flop_tree
+from .llm import CHECKPOINTING, checkpoint_blocks, hardware_flops
 from .mixed import MIXED_LEGEND, mixed_rows
 
 __all__ = ["FlopReport", "flop_report", "COUNTERS", "measure_config", "validate_config"]
@@ -42,6 +50,11 @@ class FlopReport:
     def total_params(self) -> int:
         return self.rows[0].params
 
+    @property
+    def hardware_flops(self) -> int | None:
+        """matmul + attention as CUDA kernels run them (:func:`~flopkit.flops.llm.hardware_flops`)."""
+        return self.rows[0].hardware_flops
+
     def to_dict(self) -> dict[str, Any]:
         rows = [r.to_dict() for r in self.rows]
         if not self.measured:
@@ -52,6 +65,7 @@ class FlopReport:
             "batch": self.batch,
             "training": self.training,
             "total_flops": self.total_flops,
+            "hardware_flops": self.hardware_flops,
             "total_params": self.total_params,
             "rows": rows,
             "legend": self.legend,
@@ -68,15 +82,23 @@ def flop_report(
     batch: int = 1,
     training: bool = False,
     info: dict[str, Any] | None = None,
+    checkpointing: str = "none",
 ) -> FlopReport:
     """Per-module FLOPs of ``module`` (on the meta device).
 
     A flopkit module is counted analytically on ``num_tokens`` tokens per sample (default: its own
     ``T``) times ``batch``. Any other module needs ``input_shape`` (batch included) and is measured
     by FlopCounterMode, with flopkit sub-modules counted analytically; ``batch`` must then be 1
-    (the batch is the shape's first entry).
+    (the batch is the shape's first entry). Every row carries its hardware FLOPs
+    (:func:`~flopkit.flops.llm.hardware_flops`; ``checkpointing="blocks"`` recomputes each repeated
+    block's forward in a training step).
     """
     check_convention(convention)
+    if checkpointing not in CHECKPOINTING:
+        raise ValueError(f"checkpointing must be one of {', '.join(CHECKPOINTING)}, got {checkpointing!r}")
+    if checkpointing != "none" and not training:
+        raise ValueError("checkpointing applies to a training step (training=True)")
+    block_forward: dict[str, dict[str, int]] = {}
     legend = [counted_legend()]
     if input_shape is None:
         tree = flop_tree(
@@ -84,18 +106,46 @@ def flop_report(
         )
         rows = flop_rows(module, tree, depth=depth, batch=batch, training=training)
         run = f"batch: {batch}"
+        if checkpointing == "blocks":
+            nodes = {node.path: node for node in tree.walk()}
+            block_forward = {
+                b: scale_breakdown(breakdown_at(b, nodes), batch) for b in checkpoint_blocks(module)
+            }
     else:
         if batch != 1:
             raise ValueError(
                 f"batch applies to a preset or config; with an input shape the batch is its first entry ({input_shape[0]})"
             )
         with torch.device("meta"):
-            rows, _ = mixed_rows(module, torch.empty(input_shape), convention, depth, training)
+            rows, _ = mixed_rows(
+                module, torch.empty(input_shape), convention, depth, training, checkpointing=checkpointing
+            )
         legend.append(MIXED_LEGEND)
         run = f"input shape: {list(input_shape)}"
     legend.append(f"convention: {convention}; {run}; per {'training step' if training else 'forward'}")
     if training:
         legend.append(training_legend())
+    for row in rows:
+        if row.hardware_flops is None:  # analytic rows: flopkit's attention runs SDPA (flash-style)
+            forward = row.breakdown
+            if row.backward is not None:
+                forward = {c: v - row.backward.get(c, 0) for c, v in row.breakdown.items()}
+            inside = any(row.path == b or row.path.startswith(b + ".") for b in block_forward)
+            recompute = (
+                forward
+                if inside
+                else add_breakdowns(*(f for b, f in block_forward.items() if row.path == "" or b.startswith(row.path + ".")))
+            )  # fmt: skip
+            row.hardware_flops = hardware_flops(
+                row.breakdown,
+                flash_backward_extra(forward["attention"]) if training else 0,
+                recompute if block_forward else None,
+            )
+    if checkpointing == "blocks":
+        legend.append(
+            "hardware FLOPs: activation checkpointing of blocks recomputes the forward matmul + attention "
+            f"of {len(block_forward) or 'each'} repeated block(s) in the backward"
+        )
     return FlopReport(rows, legend, convention, batch, training, dict(info or {}), input_shape is not None)
 
 
@@ -146,6 +196,7 @@ def validate_model(
     depth: int | None = None,
     spec: str | None = None,
     model_args: dict[str, Any] | None = None,
+    plain: tuple[str, ...] = (),
 ):
     """flopkit's report of any model (``mixed_rows``: analytic where flopkit has formulas, measured
     elsewhere) against FlopCounterMode on the meta device and fvcore on a CPU copy built from
@@ -153,6 +204,9 @@ def validate_model(
 
     ``model`` is the meta-device model, ``inputs`` its :class:`~flopkit.models.ModelInputs`; an error
     inside the model names ``spec``. Returns a :class:`~flopkit.flops.reconcile.Reconciliation`.
+
+    ``plain``: counters (:data:`~flopkit.flops.counters.PLAIN_COUNTERS`) also run as shipped on the
+    CPU copy, each difference from flopkit with its cause (the reconciliation's ``plain``).
     """
     from flopkit.models import build_model, real_inputs, user_code
 
@@ -167,13 +221,20 @@ def validate_model(
     with user_code(label, "running the model"):
         rows, _ = mixed_rows(model, (inputs.args, inputs.kwargs), "flopkit", depth)
         measurements = []
-        if "fvcore" in counters:
+        cpu = real = None
+        if "fvcore" in counters or plain:
             if spec is None:
-                raise ValueError("fvcore needs a CPU copy of the model: give its spec")
+                raise ValueError("fvcore and the plain counters need a CPU copy of the model: give its spec")
             torch.manual_seed(0)
             cpu = build_model(spec, model_args, device="cpu")
             real = real_inputs(inputs)
+        if "fvcore" in counters:
             measurements.append(count_fvcore_any(cpu, real.args, real.kwargs))
         if "torch" in counters:
             measurements.append(count_model(model, inputs.args, inputs.kwargs).measurement())
-    return reconcile_rows(model, rows, measurements, rtol=rtol)
+        rec = reconcile_rows(model, rows, measurements, rtol=rtol)
+        if plain:
+            from .counters import compare_counters
+
+            rec.plain = compare_counters(cpu, real.args, real.kwargs, dict(rows[0].breakdown), plain)
+    return rec

@@ -403,3 +403,46 @@ def test_175b_config_reports_on_meta():
         data["total_flops"]
         == 2 * 3 * 256 * C * N + N * C + L * (attn + mlp + 2 * 3 * T * C + 2 * T * C) + 3 * C + 2 * C * 1000
     )
+
+
+MYSTERY_MODEL = """
+import torch
+from torch import nn
+
+
+@torch.library.custom_op("flopkit_strict::mystery", mutates_args=())
+def mystery(x: torch.Tensor) -> torch.Tensor:
+    return x * 2
+
+
+@mystery.register_fake
+def _(x):
+    return torch.empty_like(x)
+
+
+class Model(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return torch.ops.flopkit_strict.mystery(self.proj(x))
+
+
+def build():
+    return Model()
+"""
+
+
+def test_report_lists_ops_without_a_formula_and_strict_refuses_them(tmp_path):
+    path = tmp_path / "mystery_model.py"
+    path.write_text(MYSTERY_MODEL)
+    args = ["report", "--model", f"{path}:build", "--input-shape", "4"]
+    result = CliRunner().invoke(app, [*args, "--format", "json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["uncounted_ops"] == {"flopkit_strict.mystery": 1}
+    assert any("NOT COUNTED" in line and "flopkit_strict.mystery x1" in line for line in data["legend"])
+    strict = CliRunner().invoke(app, [*args, "--strict"])
+    assert strict.exit_code == 2 and "flopkit_strict.mystery x1" in strict.stderr
+    assert len(strict.stderr.strip().splitlines()) == 1

@@ -4,6 +4,8 @@ measured backward, and shapes per layer. Plain torch modules only (no timm / tra
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from flopkit.config import load_config, model_input
@@ -80,19 +82,29 @@ def test_causal_pairs_match_the_mask(L, S):
     assert causal_pairs(L, S) == int(torch.ones(L, S).tril().sum())
 
 
-def test_causal_half_counts_only_the_kept_pairs():
+def test_causal_half_counts_half_the_pairs_and_exact_the_kept_ones():
     B, H, T, D = 2, 3, 10, 8
     q = meta(B, H, T, D)
     full = count_model(build(lambda: Attention(True)), (q, q, q))
     half = count_model(build(lambda: Attention(True)), (q, q, q), causal="half")
+    exact = count_model(build(lambda: Attention(True)), (q, q, q), causal="exact")
     assert full.forward[""]["attention"] == 2 * B * H * T * T * 2 * D
-    assert half.forward[""]["attention"] == 2 * B * H * (T * (T + 1) // 2) * 2 * D
-    assert (full.causal_calls, half.causal_calls) == (1, 1)
-    plain = count_model(build(lambda: Attention(False)), (q, q, q), causal="half")
-    assert plain.forward[""]["attention"] == full.forward[""]["attention"] and plain.causal_calls == 0
+    assert half.forward[""]["attention"] == 2 * B * H * (T * T // 2) * 2 * D
+    assert exact.forward[""]["attention"] == 2 * B * H * (T * (T + 1) // 2) * 2 * D
+    assert (full.causal_calls, half.causal_calls, exact.causal_calls) == (1, 1, 1)
+    for mode in ("half", "exact"):
+        plain = count_model(build(lambda: Attention(False)), (q, q, q), causal=mode)
+        assert plain.forward[""]["attention"] == full.forward[""]["attention"] and plain.causal_calls == 0
 
 
-def test_causal_half_backward_is_twice_the_kept_forward():
+def test_is_causal_with_fewer_queries_keeps_sdpa_top_left_triangle():
+    B, H, L, S, D = 1, 2, 4, 6, 8
+    q, k = meta(B, H, L, D), meta(B, H, S, D)
+    exact = count_model(build(lambda: Attention(True)), (q, k, k), causal="exact")
+    assert exact.forward[""]["attention"] == 2 * B * H * int(torch.ones(L, S).tril().sum()) * 2 * D
+
+
+def test_causal_exact_backward_is_twice_the_kept_forward():
     B, H, T, D = 1, 2, 8, 4
 
     class Causal(nn.Module):
@@ -104,7 +116,7 @@ def test_causal_half_backward_is_twice_the_kept_forward():
             q, k, v = self.qkv(x).unflatten(-1, (3, H, D)).permute(2, 0, 3, 1, 4)
             return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
-    count = count_model(build(Causal), (meta(B, T, H * D),), causal="half", backward=True)
+    count = count_model(build(Causal), (meta(B, T, H * D),), causal="exact", backward=True)
     kept = 2 * B * H * (T * (T + 1) // 2) * 2 * D
     assert count.forward[""]["attention"] == kept
     assert count.backward[""]["attention"] == 2 * kept
@@ -156,3 +168,105 @@ def test_layer_shapes_record_first_call_shapes_dtypes_and_bytes():
     assert shapes["1"].output_shapes == [[2, 3, 6]] and shapes["1"].output_bytes == 2 * 3 * 6 * 4
     assert shapes["1"].param_bytes == (4 * 6 + 6) * 4
     assert shapes[""].param_bytes == (10 * 4 + 4 * 6 + 6) * 4
+
+
+@torch.library.custom_op("flopkit_test::double_matmul", mutates_args=())
+def _double_matmul(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return (x @ w) @ w.t()
+
+
+@_double_matmul.register_fake
+def _(x, w):
+    return torch.empty_like(x)
+
+
+class UsesCustomOp(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.empty(8, 4))
+
+    def forward(self, x):
+        return torch.ops.flopkit_test.double_matmul(x, self.w)
+
+
+def test_an_op_without_formula_is_listed_until_registered():
+    from flopkit import register_formula
+
+    x = meta(3, 8)
+    before = count_model(build(UsesCustomOp), (x,))
+    assert before.uncounted == {"flopkit_test.double_matmul": 1} and not before.breakdown("").get("matmul")
+
+    def double_matmul_flops(x_shape, w_shape, *, out_shape=None, **kw):
+        return 2 * 2 * x_shape[0] * w_shape[0] * w_shape[1]
+
+    register_formula(torch.ops.flopkit_test.double_matmul, double_matmul_flops, "matmul")
+    after = count_model(build(UsesCustomOp), (x,))
+    assert after.forward[""]["matmul"] == 2 * 2 * 3 * 8 * 4 and not after.uncounted
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as plain:  # torch's own counter sees it too
+        build(UsesCustomOp)(x)
+    assert plain.get_total_flops() == 2 * 2 * 3 * 8 * 4
+
+
+def test_grouped_mm_runs_on_meta_in_float32_and_is_counted():
+    class Experts(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.empty(4, 16, 8))  # 4 experts, [in, out]
+
+        def forward(self, x, offs):
+            return torch._grouped_mm(x, self.w, offs=offs)
+
+    x = meta(10, 16)
+    offs = torch.empty(4, dtype=torch.int32, device="meta")
+    count = count_model(build(Experts), (x, offs))
+    assert count.forward[""]["matmul"] == 2 * 10 * 16 * 8 and not count.uncounted
+    back = count_model(build(Experts), (x, offs), backward=True)
+    assert back.backward[""]["matmul"] == 2 * 10 * 16 * 8  # dW only: x needs no gradient
+
+
+def test_docs_triton_kernel_example_is_counted_once_registered(tmp_path):
+    """The register_formula example of docs/llm.md, run as written, then counted on meta."""
+    pytest.importorskip("triton")
+    import re
+    import runpy
+    from pathlib import Path
+
+    text = (Path(__file__).parents[2] / "docs" / "llm.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "triton_op" in b)
+    example = tmp_path / "swiglu_example.py"  # a file: triton.jit reads the kernel's source
+    example.write_text(block)
+    runpy.run_path(str(example))
+
+    class SwiGLU(nn.Module):
+        def forward(self, x):
+            return torch.ops.mylib.swiglu(x)
+
+    count = count_model(SwiGLU(), (meta(3, 16),))
+    assert count.forward[""]["elementwise"] == 2 * 3 * 8 and not count.uncounted
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(1, 7), st.integers(1, 9), st.one_of(st.none(), st.integers(1, 10)), st.data(),
+)  # fmt: skip
+def test_padded_pairs_equal_the_mask_they_stand_for(q_len, kv_len, window, data):
+    """Causal + window + padding (0/1) or packed documents (ids), against the explicit boolean mask."""
+    from flopkit.flops.anymodel import padded_pairs
+
+    values = torch.tensor(data.draw(st.lists(st.lists(st.integers(0, 3), min_size=kv_len, max_size=kv_len),
+                                             min_size=1, max_size=3)))  # fmt: skip
+    offset = kv_len - q_len
+    q = torch.arange(offset, offset + q_len)[:, None]
+    k = torch.arange(kv_len)[None, :]
+    keep = (k <= q) & ((q - k) < window if window is not None else True)
+    expected = 0
+    for row in values:
+        if int(values.max()) <= 1:
+            allowed = (row != 0)[None, :].expand(q_len, kv_len)
+        else:
+            own = row[q.squeeze(1).clamp(0, kv_len - 1)][:, None]
+            allowed = (row[None, :] == own) & (own != 0)
+        expected += int((keep & allowed).sum())
+    assert padded_pairs(values, q_len, None, window, causal=True) == expected

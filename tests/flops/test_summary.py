@@ -34,3 +34,24 @@ def test_flop_report_of_a_measured_model_refuses_a_separate_batch():
 def test_validate_config_refuses_unknown_counters():
     with pytest.raises(ValueError, match="non-empty subset"):
         validate_config(load_config("vit5-small", TINY), ("ptflops",))
+
+
+def test_hardware_flops_of_a_preset_add_flash_backward_and_block_recompute():
+    model = load_config("vit5-small", TINY).meta_module
+    T, C, depth = 2 * 2 + 1 + 4, 32, 2  # 16-pixel patches of a 32x32 image, CLS, 4 registers
+    block_matmul = 2 * T * (4 * C * C + 8 * C * C)  # qkv + proj, and the MLP (x4)
+    block_attention = 4 * T * T * C
+    plain = flop_report(model, training=True)
+    step = plain.rows[0].breakdown
+    assert plain.hardware_flops == step["matmul"] + step["attention"] + depth * block_attention // 2
+    ckpt = flop_report(model, training=True, checkpointing="blocks")
+    assert ckpt.total_flops == plain.total_flops
+    assert ckpt.hardware_flops == plain.hardware_flops + depth * (block_matmul + block_attention)
+    rows = {r.path: r for r in ckpt.rows}
+    assert rows[
+        "blocks.0"
+    ].hardware_flops == 3 * block_matmul + 3 * block_attention + block_attention // 2 + (
+        block_matmul + block_attention
+    )
+    with pytest.raises(ValueError, match="training"):
+        flop_report(model, checkpointing="blocks")

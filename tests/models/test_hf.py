@@ -34,10 +34,12 @@ def test_gpt2_report_counts_every_category():
     assert "2 SDPA call(s) were causal" in " ".join(data["legend"])
 
 
-def test_gpt2_causal_half_counts_the_kept_pairs():
+def test_gpt2_causal_half_and_exact():
     full = run_json("report", *GPT2)["rows"][0]["breakdown"]["attention"]
     half = run_json("report", *GPT2, "--causal-attention", "half")["rows"][0]["breakdown"]["attention"]
-    assert full == 2 * 4 * B * T * T * C and half == 2 * 4 * B * (T * (T + 1) // 2) * C
+    exact = run_json("report", *GPT2, "--causal-attention", "exact")["rows"][0]["breakdown"]["attention"]
+    assert full == 2 * 4 * B * T * T * C and half == 2 * 4 * B * (T * T // 2) * C
+    assert exact == 2 * 4 * B * (T * (T + 1) // 2) * C
 
 
 def test_gpt2_training_measures_the_backward_per_layer():

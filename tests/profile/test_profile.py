@@ -168,6 +168,9 @@ def test_cli_vit5_small_training_adds_up_to_the_profilers_cpu_time_and_flops_equ
     assert data["mfu"] == pytest.approx(
         data["mfu_flops"] / (data["step_ms"] / 1e3) / (data["roofs"]["matmul_tflops"] * 1e12)
     )
+    # HFU: the same step with SDPA's backward at 5/2 of its forward (flash-attention recompute)
+    assert data["hfu_flops"] == data["mfu_flops"] + step["attention"] // 3 // 2
+    assert data["hfu"] == pytest.approx(data["mfu"] * data["hfu_flops"] / data["mfu_flops"])
 
 
 def test_cli_table_and_plot(tmp_path):
