@@ -333,7 +333,7 @@ class _Subject:
 def _subject(
     model, args, kwargs, batch, input_shape, seq_len, named_inputs, model_args, overrides
 ) -> _Subject:
-    from flopkit.models import LoadedModel, is_text_model, load_model, model_inputs
+    from flopkit.models import LoadedModel, load_model, model_inputs
 
     if isinstance(model, nn.Module):
         module = model
@@ -368,21 +368,9 @@ def _subject(
         found = model_inputs(
             module, batch=b, input_shape=input_shape, seq_len=seq_len, named=named_inputs, spec=label
         )
-        extra = {}
-        if is_text_model(module) and "use_cache" in _forward_parameters(module):
-            extra["use_cache"] = False
-        return found.args, {**found.kwargs, **extra}, found.describe()
+        return found.args, dict(found.kwargs), found.describe()
 
     return _Subject(label, module, {}, make_inputs)
-
-
-def _forward_parameters(module: nn.Module) -> set[str]:
-    import inspect
-
-    try:
-        return set(inspect.signature(module.forward).parameters)
-    except (TypeError, ValueError):
-        return set()
 
 
 # -------------------------------------------------------------------------------------- replay
@@ -418,6 +406,8 @@ class _Replay:
 
 def _replay(subject: _Subject, plan: _Plan, batch: int) -> _Replay:
     from torch.distributed._tools.mod_tracker import ModTracker
+
+    from flopkit.models import user_code
 
     module = subject.module
     if plan.dtype is not None:
@@ -516,7 +506,7 @@ def _replay(subject: _Subject, plan: _Plan, batch: int) -> _Replay:
         after_backward=after_backward,
     )
     try:
-        with tracker, semantics, trace:
+        with user_code(subject.label, "the step"), tracker, semantics, trace:
             loss = run_step(
                 module, args, kwargs, training=plan.training, optimizer=optimizer, loss=plan.loss, hooks=hooks
             )
