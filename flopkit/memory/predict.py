@@ -9,14 +9,16 @@ of a steady-state step, measured from a ``reset_peak_memory_stats()`` just befor
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
+from torch.overrides import _get_current_function_mode_stack
 
 from .cuda import CudaSemantics, block_bytes
 from .step import (
@@ -479,12 +481,7 @@ def _replay(subject: _Subject, plan: _Plan, batch: int) -> _Replay:
     units = repeated_blocks(module)
     restore = (
         checkpoint_blocks(
-            module,
-            units,
-            lambda: (
-                semantics.autocast_region(semantics.enabled),
-                semantics.autocast_region(semantics.enabled),
-            ),
+            module, units, lambda: (contextlib.nullcontext(), _recompute(semantics, semantics.enabled))
         )
         if plan.checkpointing == "blocks"
         else (lambda: None)
@@ -523,6 +520,18 @@ def _replay(subject: _Subject, plan: _Plan, batch: int) -> _Replay:
     for choice in semantics.sdpa_choices:
         sdpa[choice.backend] = sdpa.get(choice.backend, 0) + 1
     return _Replay(trace, steady_index, saved["bytes"], outputs, param_blocks, sdpa, loss, workspace, units)
+
+
+@contextlib.contextmanager
+def _recompute(semantics: CudaSemantics, enabled: bool) -> Iterator[None]:
+    """A checkpointed block's recompute in the backward: the autograd engine runs it with no torch
+    function mode on the stack, so the CUDA semantics are entered again, with the autocast state of
+    the forward (what ``torch.utils.checkpoint`` does for ``torch.autocast`` on a GPU)."""
+    with contextlib.ExitStack() as stack:
+        if semantics not in _get_current_function_mode_stack():
+            stack.enter_context(semantics)
+        stack.enter_context(semantics.autocast_region(enabled))
+        yield
 
 
 def _cache_tensors(cache) -> list[torch.Tensor]:

@@ -151,12 +151,15 @@ class AllocationTrace(TorchDispatchMode):
     @contextlib.contextmanager
     def saved_tensors(self) -> Iterator[None]:
         """Within: each tensor autograd saves marks its block ``activations`` and notes the module
-        that saved it (parameters stay ``parameters``)."""
+        that saved it (parameters are not noted; inputs are noted and stay ``inputs``)."""
 
         def pack(t: torch.Tensor) -> torch.Tensor:
             block = self.block_of(t)
-            if block is not None and block.category not in ("parameters", "inputs"):
-                block.category = "activations"
+            if block is not None and block.category != "parameters":
+                # A saved input is charged to the layer that saves it but stays an input: it
+                # exists before the step whether or not autograd keeps it.
+                if block.category != "inputs":
+                    block.category = "activations"
                 block.saved_by.add(self.module_path())
             return t
 
