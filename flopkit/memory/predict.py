@@ -878,12 +878,25 @@ def fit_batch(
         raise ValueError(
             f"--fit {format_bytes(budget_bytes)}: even batch 1 peaks at {format_bytes(first.peak_bytes)}"
         )
+    # Doubling brackets the answer; then interpolation on the bracket (the peak grows about
+    # linearly with the batch once activations dominate), alternating with bisection so that the
+    # bracket at least halves every two steps even where the peak is flat (an optimizer-step peak).
     lo, hi = 1, 2
     while hi <= max_batch and run(hi).peak_bytes <= budget_bytes:
         lo, hi = hi, hi * 2
-    hi = min(hi, max_batch + 1)
+    if hi > max_batch:
+        hi = max_batch + 1
+        if lo == max_batch:
+            return FitResult(lo, budget_bytes, tried[lo], {b: r.peak_bytes for b, r in tried.items()})
+    bisect = False
     while hi - lo > 1:
         mid = (lo + hi) // 2
+        if not bisect and hi in tried:
+            p_lo, p_hi = tried[lo].peak_bytes, tried[hi].peak_bytes
+            guess = lo + (budget_bytes - p_lo) * (hi - lo) // max(p_hi - p_lo, 1)
+            if lo < guess < hi:
+                mid = guess
+        bisect = not bisect
         if run(mid).peak_bytes <= budget_bytes:
             lo = mid
         else:
