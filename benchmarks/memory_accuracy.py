@@ -1,6 +1,6 @@
 """Predicted against measured GPU memory: ``flopkit.memory`` vs ``torch.cuda.max_memory_allocated()``.
 
-For each case the same step (:func:`flopkit.memory.step.run_step`) runs twice on the GPU: a warm-up
+For each case the same step (:func:`flopkit.step_memory.step.run_step`) runs twice on the GPU: a warm-up
 step (creates the optimizer state, the cuBLAS workspaces, the allocator's cache), then, after
 ``torch.cuda.reset_peak_memory_stats()``, the measured step. Its ``max_memory_allocated()`` is the
 measured peak; ``memory_allocated()`` before it the measured steady state. The prediction is
@@ -36,8 +36,8 @@ from typing import Any
 import torch
 from _results import write_results  # benchmarks/ is the script's folder, first on sys.path
 
-import flopkit.memory as fm
-from flopkit.memory.step import (
+import flopkit.step_memory as fm
+from flopkit.step_memory.step import (
     StepHooks,
     checkpoint_blocks,
     make_kv_cache,

@@ -110,8 +110,8 @@ def memory(
       flopkit memory --model hf:llama --model-arg num_hidden_layers=4 --seq-len 1 --kv-cache 4096
       flopkit memory vit5-large --training --fsdp 8 --format json
     """
-    from flopkit.memory import fit_batch, format_bytes
-    from flopkit.memory import memory as predict
+    from flopkit.step_memory import fit_batch, format_bytes
+    from flopkit.step_memory import memory as predict
 
     if model_spec is None:
         refuse_without_model(ctx, "model_args", "input_shape", "seq_len", "named_inputs")
@@ -134,7 +134,7 @@ def memory(
     if lengths is not None and len(lengths) > 1:
         raise click.UsageError("--seq-len: memory takes one length")
     if fit is not None:
-        from flopkit.memory import parse_bytes
+        from flopkit.step_memory import parse_bytes
 
         parse_bytes(fit)  # a malformed size fails before the model is built
     loaded = resolve_model(config, overrides, model_spec, settings[0])
@@ -190,7 +190,7 @@ def memory(
 
 
 def _title(result) -> str:
-    from flopkit.memory import format_bytes
+    from flopkit.step_memory import format_bytes
 
     s = result.settings
     step = "training" if s["training"] else "inference"
@@ -201,7 +201,7 @@ def _title(result) -> str:
 
 
 def _notes(result) -> list[str]:
-    from flopkit.memory import format_bytes
+    from flopkit.step_memory import format_bytes
 
     parts = ", ".join(
         f"{name.replace('_', ' ')} {format_bytes(size)}"

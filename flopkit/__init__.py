@@ -18,6 +18,25 @@ from .nn import (  # noqa: E402
 
 __version__ = "0.1.0"
 
+# Loaded on first use (``flopkit.memory(...)``), so that ``import flopkit`` stays light.
+_LAZY = {
+    "memory": ("flopkit.step_memory", "memory"),
+    "fit_batch": ("flopkit.step_memory", "fit_batch"),
+    "MemoryResult": ("flopkit.step_memory", "MemoryResult"),
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'flopkit' has no attribute {name!r}")
+
+
 __all__ = [
     "RMSNorm",
     "PerHeadRMSNorm",
@@ -28,5 +47,8 @@ __all__ = [
     "LayerScale",
     "ViT5Block",
     "ViT5",
+    "memory",
+    "fit_batch",
+    "MemoryResult",
     "__version__",
 ]

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flopkit.memory import memory
-from flopkit.memory.cuda import block_bytes, sdpa_backend
+from flopkit.step_memory import memory
+from flopkit.step_memory.cuda import block_bytes, sdpa_backend
 
 F32 = 4
 

@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from flopkit.memory import fit_batch, memory
+from flopkit.step_memory import fit_batch, memory
 
 F32 = 4
 

@@ -1,7 +1,7 @@
 """Allocation trace of a step replayed on the meta device: every block's birth and death, who made it.
 
 :class:`AllocationTrace` is a ``TorchDispatchMode``: every op's outputs are looked at after it
-runs; a storage not seen before is an allocation of :func:`~flopkit.memory.cuda.block_bytes` of
+runs; a storage not seen before is an allocation of :func:`~flopkit.step_memory.cuda.block_bytes` of
 its size, charged to the current module (torch's ``ModTracker``: forward and backward) and the
 step's phase; a ``weakref`` on the storage records the free when the last tensor using it dies,
 which is when the caching allocator would get the block back (same-stream reuse, no

@@ -1,7 +1,7 @@
 """Predicted GPU memory of a training or inference step, per layer and at its peak, without a GPU.
 
 :func:`memory` replays one step on the meta device with the CUDA semantics that decide its memory
-(:mod:`flopkit.memory.cuda`), tracking every allocation (:mod:`flopkit.memory.trace`);
+(:mod:`flopkit.step_memory.cuda`), tracking every allocation (:mod:`flopkit.step_memory.trace`);
 :func:`fit_batch` finds the largest batch that fits a budget. See ``docs/memory.md``.
 """
 

@@ -1,8 +1,8 @@
 """``flopkit.memory(...)``: a step's GPU memory predicted on the CPU, per layer and at its peak.
 
-The step (:mod:`flopkit.memory.step`) is replayed on the meta device under
-:class:`~flopkit.memory.cuda.CudaSemantics` (CUDA's autocast and SDPA backend) and
-:class:`~flopkit.memory.trace.AllocationTrace` (every block's life, rounded as the caching
+The step (:mod:`flopkit.step_memory.step`) is replayed on the meta device under
+:class:`~flopkit.step_memory.cuda.CudaSemantics` (CUDA's autocast and SDPA backend) and
+:class:`~flopkit.step_memory.trace.AllocationTrace` (every block's life, rounded as the caching
 allocator rounds). The peak of the live bytes is the predicted ``torch.cuda.max_memory_allocated()``
 of a steady-state step, measured from a ``reset_peak_memory_stats()`` just before it.
 """
@@ -130,7 +130,7 @@ class MemoryResult:
     ``parameters_bytes``, ``gradients_bytes`` (every parameter's gradient), ``optimizer_bytes``
     (state), ``workspace_bytes`` (cuBLAS); ``activations_bytes``: saved-for-backward blocks live at
     the peak; ``saved_bytes``: all the forward saved (live at the backward's start);
-    ``peak_breakdown``: the peak split over :data:`~flopkit.memory.trace.CATEGORIES` (sums to
+    ``peak_breakdown``: the peak split over :data:`~flopkit.step_memory.trace.CATEGORIES` (sums to
     ``peak_bytes``); ``peak_phase``/``peak_path``/``peak_op``: where the peak falls.
     ``timeline``: ``(event, live bytes, phase)`` after each allocation or free.
     """
