@@ -143,35 +143,42 @@ def _round_up(n: int, m: int) -> int:
 
 
 def _bthd(x: torch.Tensor) -> torch.Tensor:
-    """``x [B, H, T, D]`` as the kernels read it, ``[B, T, H, D]``; copied when its last dim is not
-    contiguous (what the kernels' ``contiguous`` checks do)."""
+    """``x [B, H, T, D]`` as the kernels read it, ``[B, T, H, D]`` (a view); copied when its last dim
+    is not contiguous (the kernels' stride checks)."""
     x = x.transpose(1, 2)
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
 class _FlashAttention(torch.autograd.Function):
-    """``_scaled_dot_product_flash_attention`` (FA2) on meta: output ``[B, T, H, D]`` (returned as its
-    ``[B, H, T, D]`` view), log-sum-exp fp32 ``[B, H, T]``; saves q, k, v, output and log-sum-exp.
-    Backward: dq, dk, dv in ``[B, T, H, D]``, scratch ``softmax_d`` fp32 ``[B, H, round128(T)]`` and
-    ``dq_accum`` fp32 ``[B, round128(T), H, round32(D)]`` (FA2 always loops over key blocks)."""
+    """``_scaled_dot_product_flash_attention`` (FA2) on meta.
+
+    Forward: the output is ``empty_like(q)`` of the ``[B, T, H, D]`` view of the query (its strides
+    preserved: contiguous ``[B, T, H, D]`` when q is a head-split view of a ``[B, T, C]`` tensor,
+    contiguous ``[B, H, T, D]`` when q is), returned as its ``[B, H, T, D]`` view; log-sum-exp fp32
+    ``[B, H, T]``; saves q, k, v, output and log-sum-exp. Backward: ``grad_out`` and the output made
+    contiguous in ``[B, T, H, D]`` (copies when they are not), dq, dk, dv ``empty_like`` the
+    ``[B, T, H, D]`` views, scratch ``softmax_d`` fp32 ``[B, H, round128(T)]`` and ``dq_accum`` fp32
+    ``[B, round128(T), H, round32(D)]`` (FA2 always loops over key blocks)."""
 
     @staticmethod
     def forward(ctx, query, key, value, is_causal, scale):  # noqa: D102
         q = _bthd(query)
         _bthd(key), _bthd(value)
-        out = torch.empty_like(q, memory_format=torch.contiguous_format)
+        out = torch.empty_like(q)
         lse = torch.empty(query.shape[:3], dtype=torch.float32, device=query.device)
-        ctx.save_for_backward(query, key, value, out, lse)
-        return out.transpose(1, 2)
+        result = out.transpose(1, 2)
+        ctx.save_for_backward(query, key, value, result, lse)
+        return result
 
     @staticmethod
     def backward(ctx, grad):  # noqa: D102
         query, key, value, out, lse = ctx.saved_tensors
-        g = _bthd(grad)
+        g = grad.transpose(1, 2).contiguous()
+        o = out.transpose(1, 2).contiguous()
         batch, tokens, heads, head = g.shape
-        dq = torch.empty(query.transpose(1, 2).shape, dtype=query.dtype, device=query.device)
-        dk = torch.empty(key.transpose(1, 2).shape, dtype=key.dtype, device=key.device)
-        dv = torch.empty(value.transpose(1, 2).shape, dtype=value.dtype, device=value.device)
+        dq = torch.empty_like(_bthd(query))
+        dk = torch.empty_like(_bthd(key))
+        dv = torch.empty_like(_bthd(value))
         rows = _round_up(tokens, 128)
         softmax_d = torch.empty((batch, heads, rows), dtype=torch.float32, device=g.device)
         dq_accum = torch.empty(
@@ -179,15 +186,16 @@ class _FlashAttention(torch.autograd.Function):
             dtype=torch.float32,
             device=g.device,
         )
-        del softmax_d, dq_accum, g
+        del softmax_d, dq_accum, g, o
         return dq.transpose(1, 2), dk.transpose(1, 2), dv.transpose(1, 2), None, None
 
 
 class _EfficientAttention(torch.autograd.Function):
-    """``_scaled_dot_product_efficient_attention`` (cutlass) on meta: output ``[B, T, H, D]`` (as its
-    ``[B, H, T, D]`` view), log-sum-exp fp32 ``[B, H, round32(T)]``; saves q, k, v, mask, output and
-    log-sum-exp. Backward: dq, dk, dv (one packed ``[B, T, 3, H, D]`` buffer when q, k, v are slices
-    of one tensor: same bytes), and ``delta`` fp32 ``[B, H, T]``."""
+    """``_scaled_dot_product_efficient_attention`` (cutlass) on meta: output a new contiguous
+    ``[B, T, H, D]`` (returned as its ``[B, H, T, D]`` view), log-sum-exp fp32 ``[B, H, round32(T)]``;
+    saves q, k, v, mask, output and log-sum-exp. Backward: dq, dk, dv with the strides of the
+    ``[B, T, H, D]`` views of q, k, v (one packed buffer when q, k, v are slices of one tensor: the
+    same bytes), and ``delta`` fp32 ``[B, H, T]``."""
 
     @staticmethod
     def forward(ctx, query, key, value, attn_mask, is_causal, scale):  # noqa: D102
@@ -199,16 +207,17 @@ class _EfficientAttention(torch.autograd.Function):
         lse = torch.empty(
             (*query.shape[:2], _round_up(query.shape[2], 32)), dtype=torch.float32, device=query.device
         )
-        ctx.save_for_backward(query, key, value, attn_mask, out, lse)
-        return out.transpose(1, 2)
+        result = out.transpose(1, 2)
+        ctx.save_for_backward(query, key, value, attn_mask, result, lse)
+        return result
 
     @staticmethod
     def backward(ctx, grad):  # noqa: D102
         query, key, value, attn_mask, out, lse = ctx.saved_tensors
         g = _bthd(grad)
-        dq = torch.empty(query.transpose(1, 2).shape, dtype=query.dtype, device=query.device)
-        dk = torch.empty(key.transpose(1, 2).shape, dtype=key.dtype, device=key.device)
-        dv = torch.empty(value.transpose(1, 2).shape, dtype=value.dtype, device=value.device)
+        dq = torch.empty_like(_bthd(query))
+        dk = torch.empty_like(_bthd(key))
+        dv = torch.empty_like(_bthd(value))
         delta = torch.empty(query.shape[:3], dtype=torch.float32, device=query.device)
         del delta, g
         return dq.transpose(1, 2), dk.transpose(1, 2), dv.transpose(1, 2), None, None, None

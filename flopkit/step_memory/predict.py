@@ -503,7 +503,7 @@ def _replay(subject: _Subject, plan: _Plan, batch: int) -> _Replay:
         after_backward=after_backward,
     )
     try:
-        with user_code(subject.label, "the step"), tracker, semantics, trace:
+        with user_code(subject.label, "the step"), _device_paths(module), tracker, semantics, trace:
             loss = run_step(
                 module, args, kwargs, training=plan.training, optimizer=optimizer, loss=plan.loss, hooks=hooks
             )
@@ -520,6 +520,25 @@ def _replay(subject: _Subject, plan: _Plan, batch: int) -> _Replay:
     for choice in semantics.sdpa_choices:
         sdpa[choice.backend] = sdpa.get(choice.backend, 0) + 1
     return _Replay(trace, steady_index, saved["bytes"], outputs, param_blocks, sdpa, loss, workspace, units)
+
+
+def triton_path(module: nn.Module) -> bool:
+    """Whether ``module`` runs flopkit's Triton kernels on an H100: a submodule with
+    ``use_triton=True`` and the triton package importable here (the kernels' custom ops, whose
+    fakes and autograd the replay runs, need it)."""
+    from flopkit.kernels._dispatch import triton_available
+
+    return triton_available() and any(getattr(m, "use_triton", False) is True for m in module.modules())
+
+
+def _device_paths(module: nn.Module) -> contextlib.AbstractContextManager:
+    """The replay of flopkit's kernels as they run on CUDA (:func:`flopkit.kernels.replay_cuda_paths`)
+    for a model on the Triton path; nothing for any other model."""
+    if not triton_path(module):
+        return contextlib.nullcontext()
+    from flopkit.kernels import replay_cuda_paths
+
+    return replay_cuda_paths()
 
 
 @contextlib.contextmanager
