@@ -507,8 +507,8 @@ def _replay(subject: _Subject, plan: _Plan, batch: int) -> _Replay:
             loss = run_step(
                 module, args, kwargs, training=plan.training, optimizer=optimizer, loss=plan.loss, hooks=hooks
             )
-            del args, kwargs
     finally:
+        trace.close()
         restore()
         for handle in handles:
             handle.remove()

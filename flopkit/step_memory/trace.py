@@ -11,8 +11,8 @@ which is when the caching allocator would get the block back (same-stream reuse,
 tensor autograd saves for the backward, its storage and the module that saved it (the per-layer
 ``activation_bytes``).
 
-Only meta tensors are tracked: they stand for the GPU's. CPU tensors (the optimizer's step
-counters) are not GPU memory.
+Only meta tensors are tracked in a replay: they stand for the GPU's. CPU tensors (the optimizer's
+step counters) are not GPU memory.
 """
 
 from __future__ import annotations
@@ -76,22 +76,25 @@ class AllocationTrace(TorchDispatchMode):
 
     ``phase`` is set by the step driver (``forward``, ``loss``, ``backward``, ``optimizer``,
     ``zero_grad``, ``inference``); ``module_path`` (a callable) gives the current module path.
+    ``device``: the device type whose tensors are tracked (``meta`` in a replay; ``cpu`` to trace a
+    real CPU step, which checks the replay against real kernels).
     """
 
-    def __init__(self, module_path=lambda: "") -> None:
+    def __init__(self, module_path=lambda: "", device: str = "meta") -> None:
         super().__init__()
         self.module_path = module_path
+        self.device = device
         self.phase = "setup"
         self.blocks: dict[int, Block] = {}  # live, by storage key
         self.dead: list[Block] = []
         self.events: list[Event] = []
         self.live = 0
         self._refs: dict[int, weakref.ref] = {}
-        self._op = ""
+        self.closed = False
 
     # -------------------------------------------------------------------------------- blocks
     def _key(self, t: torch.Tensor) -> tuple[int, torch.UntypedStorage] | None:
-        if not isinstance(t, torch.Tensor) or t.device.type != "meta":
+        if not isinstance(t, torch.Tensor) or t.device.type != self.device:
             return None
         storage = t.untyped_storage()
         return id(storage), storage
@@ -111,7 +114,14 @@ class AllocationTrace(TorchDispatchMode):
         self._refs[key] = weakref.ref(storage, lambda _ref, key=key: self._free(key))
         self._record(size, phase, path, op)
 
+    def close(self) -> None:
+        """Stop recording: frees after the step (the replay's own objects dying) are not part of it."""
+        self.closed = True
+        self._refs.clear()
+
     def _free(self, key: int) -> None:
+        if self.closed:
+            return
         block = self.blocks.pop(key, None)
         self._refs.pop(key, None)
         if block is None:
