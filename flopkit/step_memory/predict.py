@@ -211,22 +211,22 @@ class MemoryResult:
 
         fig, ax = plt.subplots(figsize=(9, 4.5))
         gib = 1024**3
-        xs = [t[0] for t in self.timeline]
-        ys = [t[1] / gib for t in self.timeline]
-        phases = [t[2] for t in self.timeline]
-        start = 0
+        step = [t for t in self.timeline if t[2] != "setup"]  # the state before the step: the steady line
+        xs = [t[0] for t in step]
+        ys = [t[1] / gib for t in step]
+        phases = [t[2] for t in step]
+        palette = ["#7f7f7f", "#1f77b4", "#ff7f0e", "#d62728", "#2ca02c", "#9467bd", "#8c564b"]
         colours: dict[str, str] = {}
-        palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#7f7f7f"]
-        for i in range(1, len(xs) + 1):
+        start = 0
+        for i in range(1, len(xs) + 1):  # one line per run of events of one phase
             if i == len(xs) or phases[i] != phases[start]:
                 phase = phases[start]
+                new = phase not in colours
                 colour = colours.setdefault(phase, palette[len(colours) % len(palette)])
-                label = (
-                    phase
-                    if list(colours).count(phase) == 1 and phase not in ax.get_legend_handles_labels()[1]
-                    else None
+                end = min(i + 1, len(xs))
+                ax.step(
+                    xs[start:end], ys[start:end], where="post", color=colour, label=phase if new else None
                 )
-                ax.step(xs[start : i + 1], ys[start : i + 1], where="post", color=colour, label=label)
                 start = i
         peak = max(range(len(ys)), key=ys.__getitem__) if ys else 0
         if ys:

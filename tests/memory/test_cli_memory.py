@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from click.testing import CliRunner
 from flopkit.cli import app
 
@@ -89,3 +90,11 @@ def test_fit_prints_the_batch_and_its_peak():
     result = run("vit5-small", "--training", "--autocast", "bf16", "--fit", "1GiB")
     assert result.exit_code == 0, result.output
     assert "largest batch" in result.stdout and "predicted peak" in result.stdout
+
+
+def test_plot_writes_a_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "step.png"
+    result = run("vit5-small", "--batch", "2", "--training", "--plot", str(path), "--format", "csv")
+    assert result.exit_code == 0, result.output
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
