@@ -440,14 +440,17 @@ def _replay(subject: _Subject, plan: _Plan, batch: int) -> _Replay:
     names = dict(module.named_modules())
     param_blocks: dict[str, list[Block]] = {}
     for path, sub in names.items():
-        for t in (*sub.parameters(recurse=False), *sub.buffers(recurse=False)):
+        own = list(sub.parameters(recurse=False))
+        for t in (*own, *sub.buffers(recurse=False)):
             trace.adopt([t], "parameters", path)
             block = trace.block_of(t)
             if block is not None and block.path == path:
                 param_blocks.setdefault(path, []).append(block)
+        trace.recategorize(own, "parameters", shardable=True)
     if optimizer is not None:
         state = [t for s in optimizer.state.values() for t in s.values() if isinstance(t, torch.Tensor)]
         trace.adopt(state, "optimizer_state")
+        trace.recategorize(state, "optimizer_state", shardable=True)
     trace.adopt([t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)], "inputs")
     if plan.kv_cache is not None:
         trace.adopt(_cache_tensors(kwargs["past_key_values"]), "inputs")
@@ -489,7 +492,7 @@ def _replay(subject: _Subject, plan: _Plan, batch: int) -> _Replay:
     saved = {"bytes": 0}
 
     def after_backward(grads):
-        trace.recategorize(grads, "gradients")
+        trace.recategorize(grads, "gradients", shardable=True)
 
     def phase(name: str) -> None:
         if name == "backward":
@@ -587,18 +590,22 @@ def _intervals(replay: _Replay, plan: _Plan) -> list[tuple[int, int, int, Block 
     out = []
     for size, start, stop, b in spans:
         if b.category in ("parameters", "optimizer_state"):
-            out.append((_shard(size, n), start, stop, b))
+            out.append((b.sharded_bytes(n), start, stop, b))
         elif b.category == "gradients":
             owner = unit_of.get(b.key, "")
             cut = ranges.get(("backward", owner), (None, None))[1] if owner else None
             cut = min(max(cut or stop, start), stop)
             out.append((size, start, cut, b))
-            out.append((_shard(size, n), cut, stop, b))
+            out.append((b.sharded_bytes(n), cut, stop, b))
         else:
             out.append((size, start, stop, b))
     unit_bytes = {
         u: sum(
-            b.bytes for p, bs in replay.param_blocks.items() if p == u or p.startswith(u + ".") for b in bs
+            b.bytes
+            for p, bs in replay.param_blocks.items()
+            if p == u or p.startswith(u + ".")
+            for b in bs
+            if b.shard_shape is not None  # parameters (buffers are never sharded)
         )
         for u in replay.units
     }
@@ -606,7 +613,7 @@ def _intervals(replay: _Replay, plan: _Plan) -> list[tuple[int, int, int, Block 
         b.bytes
         for p, bs in replay.param_blocks.items()
         for b in bs
-        if not any(p == u or p.startswith(u + ".") for u in replay.units)
+        if b.shard_shape is not None and not any(p == u or p.startswith(u + ".") for u in replay.units)
     )
     phases = ("forward", "backward") if plan.training else ("inference",)
     first = next((i for i, e in enumerate(trace.events) if e.phase in phases), end)
@@ -622,10 +629,6 @@ def _intervals(replay: _Replay, plan: _Plan) -> list[tuple[int, int, int, Block 
                 start = min(start, ranges[(phase, order[i - 1])][0])
             out.append((unit_bytes[unit], start, stop, None))
     return out
-
-
-def _shard(size: int, n: int) -> int:
-    return block_bytes(-(-size // n))
 
 
 def _unit_ranges(trace: AllocationTrace, units: Sequence[str]) -> dict[tuple[str, str], tuple[int, int]]:
@@ -743,13 +746,9 @@ def _predict(subject: _Subject, plan: _Plan, batch: int, depth: int) -> MemoryRe
         return sum(b.bytes for b in blocks if b.category == category)
 
     n = plan.fsdp
-    params = total("parameters")
-    grads = total("gradients")
-    optim = total("optimizer_state")
-    if n > 1:
-        params = sum(_shard(b.bytes, n) for b in blocks if b.category == "parameters")
-        grads = sum(_shard(b.bytes, n) for b in blocks if b.category == "gradients")
-        optim = sum(_shard(b.bytes, n) for b in blocks if b.category == "optimizer_state")
+    params = sum(b.sharded_bytes(n) for b in blocks if b.category == "parameters")
+    grads = sum(b.sharded_bytes(n) for b in blocks if b.category == "gradients")
+    optim = sum(b.sharded_bytes(n) for b in blocks if b.category == "optimizer_state")
     settings = {
         "batch": batch,
         "training": plan.training,

@@ -57,6 +57,23 @@ class Block:
     born: int
     died: int | None = None
     saved_by: set[str] = field(default_factory=set)
+    # What FSDP shards: a parameter's, its gradient's or its optimizer state's shape and item size
+    # (None for everything else, buffers included).
+    shard_shape: tuple[int, ...] | None = None
+    itemsize: int = 0
+
+    def sharded_bytes(self, ranks: int) -> int:
+        """The block on one of ``ranks`` FSDP2 ranks: ``ceil(dim0 / ranks)`` rows of its shape (FSDP2
+        pads dim 0 to a multiple of the ranks), rounded to 512; whole if it is not sharded."""
+        if self.shard_shape is None or ranks == 1:
+            return self.bytes
+        if not self.shard_shape:
+            return self.bytes
+        rows = -(-self.shard_shape[0] // ranks)
+        rest = 1
+        for size in self.shard_shape[1:]:
+            rest *= size
+        return block_bytes(rows * rest * self.itemsize)
 
 
 @dataclass(frozen=True)
@@ -138,12 +155,15 @@ class AllocationTrace(TorchDispatchMode):
         found = self._key(t)
         return None if found is None else self.blocks.get(found[0])
 
-    def recategorize(self, tensors, category: str) -> None:
-        """Charge the blocks of ``tensors`` to ``category`` (gradients once backward is done)."""
+    def recategorize(self, tensors, category: str, shardable: bool = False) -> None:
+        """Charge the blocks of ``tensors`` to ``category`` (gradients once backward is done);
+        ``shardable``: FSDP shards them by their shape."""
         for t in tensors:
             block = self.block_of(t)
             if block is not None:
                 block.category = category
+                if shardable:
+                    block.shard_shape, block.itemsize = tuple(t.shape), t.element_size()
 
     # ------------------------------------------------------------------------------ dispatch
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: D105
