@@ -11,6 +11,8 @@ what it does not do is what CUDA decides for itself. This module supplies those 
     ops on CUDA's lower-precision list cast their floating inputs to ``dtype`` (with the cast cache
     for parameters, kept until the autocast region ends), ops on its fp32 list cast to float32,
     reductions on its "fp32 output" list run with ``dtype=torch.float32``;
+  - allocates what CUDA kernels allocate beyond their outputs where the meta kernel does not:
+    ``mse_loss``'s elementwise buffer;
   - routes ``F.scaled_dot_product_attention`` to the backend PyTorch picks on an H100
     (:func:`sdpa_backend`) and allocates what that backend allocates: flash attention (FA2) and
     memory-efficient attention save the output and a float32 log-sum-exp ``[B, H, T]``, never the
@@ -336,6 +338,13 @@ class CudaSemantics(TorchFunctionMode):
                     args, kwargs = tree_map(lambda x: self._cast(x, widest), (args, kwargs))
         if name == "scaled_dot_product_attention":
             return _run_sdpa(func, args, kwargs, self.sdpa_choices)
+        if name == "mse_loss" and args and isinstance(args[0], torch.Tensor):
+            # ATen's mse_loss writes the elementwise losses to a tensor of the input's shape and then
+            # reduces it (Loss.cpp); the meta kernel makes the reduced output only.
+            scratch = torch.empty_like(args[0], dtype=torch.result_type(args[0], args[1]))
+            out = func(*args, **kwargs)
+            del scratch
+            return out
         return func(*args, **kwargs)
 
 

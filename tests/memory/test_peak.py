@@ -31,6 +31,9 @@ def test_two_linear_training_step_peaks_where_the_hand_timeline_does():
     peak = after_forward + scalar + act
     assert result.steady_bytes == steady
     assert result.peak_bytes == peak
+    # In the loss, ATen's mse_loss holds an elementwise buffer of h2's shape while it reduces.
+    loss_phase = max(live for _, live, phase in result.timeline if phase == "loss")
+    assert loss_phase == steady + act + act + act + act + scalar
     assert result.peak_phase == "backward"
     assert result.timeline[-1][1] == steady  # zero_grad(set_to_none=True) gives everything back
     assert result.gradients_bytes == 2 * w
