@@ -188,10 +188,58 @@ def measure(case: Case, batch: int, options: dict[str, Any], device: str) -> dic
     return {"steady": steady, "peak": peak}
 
 
+# The cuBLAS workspace of the PyTorch build under test (probe_workspace); empty: flopkit's defaults.
+BUILD: dict[str, Any] = {}
+
+
+def probe_workspace() -> dict[str, Any]:
+    """How this PyTorch build holds the cuBLAS workspace, measured before anything else runs a GEMM:
+    the bytes kept after GEMMs on this thread (inference) and after a backward too (the autograd
+    engine's thread: training), and the transient peak of one GEMM beyond its output (``per_op``
+    builds allocate the workspace around each GEMM). A property of the build, not of any model."""
+    sync, allocated = torch.cuda.synchronize, torch.cuda.memory_allocated
+    sync()
+    base = allocated()
+    a = torch.randn(256, 256, device="cuda", requires_grad=True)
+    w = torch.randn(256, 256, device="cuda", requires_grad=True)
+    b = torch.randn(256, device="cuda", requires_grad=True)
+    own = allocated() - base
+    with torch.no_grad():
+        out = a @ w  # cuBLAS: a cached workspace is made here, at this thread's first GEMM
+        del out
+        out = torch.nn.functional.linear(a, w, b)  # addmm with a bias: the cuBLASLt path
+        del out
+        sync()
+        inference = allocated() - base - own
+        torch.cuda.reset_peak_memory_stats()
+        before = allocated()
+        out = a @ w  # a second GEMM: only a per-operation workspace shows above its output
+        sync()
+        transient = torch.cuda.max_memory_allocated() - before - out.untyped_storage().nbytes()
+        del out
+    sync()
+    torch.nn.functional.linear(a @ w, w, b).sum().backward()
+    a.grad = w.grad = b.grad = None
+    sync()
+    training = allocated() - base - own
+    mode = "per_op" if transient >= 1024**2 else "cached"
+    return {
+        "cublas_workspace": mode,
+        "kept_inference": inference,
+        "kept_training": training,
+        "transient": transient,
+    }
+
+
 def predict(case: Case, batch: int, options: dict[str, Any]) -> fm.MemoryResult:
     """``flopkit.memory`` for the case: a preset is loaded on meta with the case's Triton setting (the
-    prediction replays the Triton path's custom ops when it is on)."""
+    prediction replays the Triton path's custom ops when it is on), with the build's cuBLAS
+    workspace when it was probed."""
     from flopkit.models import load_model
+
+    if BUILD:
+        kept = BUILD["kept_training"] if options.get("training") else BUILD["kept_inference"]
+        options = {**options, "cublas_workspace": BUILD["cublas_workspace"], "workspace_bytes": kept}
 
     seq_len = case.options.get("seq_len")
     if ":" in case.source:
@@ -243,7 +291,10 @@ def fit_check(device: str, budget_gib: float) -> dict[str, Any]:
     case = Case("vit5-small", "vit5-small", 1)  # as built: the Triton path on an H100
     options = {"training": True, "autocast": "bf16"}
     budget = int(budget_gib * GiB)
-    found = fm.fit_batch("vit5-small", budget, **options)
+    build = {}
+    if BUILD:
+        build = {"cublas_workspace": BUILD["cublas_workspace"], "workspace_bytes": BUILD["kept_training"]}
+    found = fm.fit_batch("vit5-small", budget, **options, **build)
     out: dict[str, Any] = {
         "budget_bytes": budget,
         "predicted_batch": found.batch,
@@ -282,6 +333,9 @@ def main() -> None:
     if a.device == "cuda" and not torch.cuda.is_available():
         sys.exit("memory_accuracy: no CUDA device (use --device cpu --quick for a smoke test)")
     os.makedirs(a.out, exist_ok=True)
+    if a.device == "cuda":
+        BUILD.update(probe_workspace())  # first: the workspaces appear at a thread's first GEMM
+        print(f"cuBLAS workspace of this build: {BUILD}", flush=True)
     rows, failures = [], []
     settings = SETTINGS[:2] if a.quick else SETTINGS
     plan: list[tuple[Case, str, dict[str, Any], int]] = []
@@ -343,10 +397,20 @@ def main() -> None:
             f"--fit {a.fit_budget:g}GiB (vit5-small, training, bf16 autocast): predicted batch "
             f"{fit['predicted_batch']}, measured largest batch {fit['measured_batch']}"
         )
+    lines.append(
+        "cuBLAS workspace of this build (probed, used by the predictions): "
+        + (
+            f"{BUILD['cublas_workspace']}, kept {BUILD['kept_training'] / 2**20:.1f} MiB training / "
+            f"{BUILD['kept_inference'] / 2**20:.1f} MiB inference, {BUILD['transient'] / 2**20:.1f} MiB per GEMM"
+            if BUILD
+            else "not probed (flopkit's default: cached, 32 MiB per thread)"
+        )
+    )
     for f in failures:
         lines.append(f"- failed: {f}")
     res = {
         "device": device_name,
+        "cublas_workspace": dict(BUILD),
         "torch": torch.__version__,
         "rows": rows,
         "fit": fit,

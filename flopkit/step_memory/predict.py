@@ -44,6 +44,8 @@ __all__ = [
     "parse_bytes",
     "format_bytes",
     "CUBLAS_WORKSPACE",
+    "CUBLASLT_WORKSPACE",
+    "CUBLAS_WORKSPACE_MODES",
     "DTYPES",
     "AUTOCAST_DTYPES",
 ]
@@ -52,6 +54,10 @@ __all__ = [
 # allocated through the caching allocator at the first matmul of each thread. A training step uses
 # two threads (the forward's and the autograd engine's), an inference step one.
 CUBLAS_WORKSPACE = 32 * 1024**2
+# Builds that allocate the cuBLAS workspace per operation (TORCH_CUBLAS_WORKSPACE_CACHE off) still
+# cache cuBLASLt's, 1 MiB by default (CUBLASLT_WORKSPACE_SIZE), per thread.
+CUBLASLT_WORKSPACE = 1024**2
+CUBLAS_WORKSPACE_MODES = ("cached", "per_op")
 
 DTYPES = {
     "float32": torch.float32,
@@ -280,10 +286,20 @@ class _Plan:
     kv_cache: int | None
     fsdp: int
     workspace_bytes: int | None
+    cublas_workspace: str = "cached"
 
 
 def _check_plan(
-    training, optimizer, loss, dtype, autocast, checkpointing, kv_cache, fsdp, workspace_bytes
+    training,
+    optimizer,
+    loss,
+    dtype,
+    autocast,
+    checkpointing,
+    kv_cache,
+    fsdp,
+    workspace_bytes,
+    cublas_workspace="cached",
 ) -> _Plan:
     """Every option checked before any model is built; errors name the option, value and limit."""
     if optimizer is not None and optimizer not in OPTIMIZERS:
@@ -308,6 +324,10 @@ def _check_plan(
         raise ValueError("--kv-cache is an inference setting: it does not apply with --training")
     if workspace_bytes is not None and workspace_bytes < 0:
         raise ValueError(f"workspace_bytes must be >= 0, got {workspace_bytes}")
+    if cublas_workspace not in CUBLAS_WORKSPACE_MODES:
+        raise ValueError(
+            f"--cublas-workspace must be one of {', '.join(CUBLAS_WORKSPACE_MODES)}, got {cublas_workspace!r}"
+        )
     return _Plan(
         training,
         (optimizer or "adamw") if training else "none",
@@ -318,6 +338,7 @@ def _check_plan(
         kv_cache,
         fsdp,
         workspace_bytes,
+        cublas_workspace,
     )
 
 
@@ -432,10 +453,11 @@ def _replay(subject: _Subject, plan: _Plan, batch: int) -> _Replay:
         create_optimizer_state(optimizer)
     tracker = ModTracker()
     path_of = _ModulePath(tracker, module)
-    trace = AllocationTrace(path_of)
+    per_op = plan.cublas_workspace == "per_op"
+    trace = AllocationTrace(path_of, op_workspace=CUBLAS_WORKSPACE if per_op else 0)
     workspace = plan.workspace_bytes
-    if workspace is None:
-        workspace = CUBLAS_WORKSPACE * (2 if plan.training else 1)
+    if workspace is None:  # cached per thread: the forward's, and the autograd engine's in training
+        workspace = (CUBLASLT_WORKSPACE if per_op else CUBLAS_WORKSPACE) * (2 if plan.training else 1)
     # Blocks that exist before the step, in the order the step finds them.
     names = dict(module.named_modules())
     param_blocks: dict[str, list[Block]] = {}
@@ -693,6 +715,7 @@ def memory(
     kv_cache: int | None = None,
     fsdp: int = 1,
     workspace_bytes: int | None = None,
+    cublas_workspace: str = "cached",
     depth: int = 2,
 ) -> MemoryResult:
     """Predict the GPU memory of one steady-state step of ``model`` on an H100, without a GPU.
@@ -709,11 +732,23 @@ def memory(
     ``bf16``/``fp16`` autocast of the forward; ``checkpointing="blocks"``: every repeated block
     under ``torch.utils.checkpoint`` (non-reentrant). ``kv_cache=L``: inference with a Hugging Face
     ``DynamicCache`` holding ``L`` tokens. ``fsdp=N``: per-rank memory with FSDP2 ``fully_shard``
-    on each repeated block and the root. ``workspace_bytes``: the cuBLAS workspace (default 32 MiB
-    per thread that runs matmuls: 2 threads training, 1 inference).
+    on each repeated block and the root. ``cublas_workspace``: ``cached`` (PyTorch's long-standing
+    default: one 32 MiB workspace per thread that runs matmuls, kept) or ``per_op`` (builds that
+    allocate it around each cuBLAS op and keep only cuBLASLt's 1 MiB per thread);
+    ``workspace_bytes``: the kept workspace bytes, overriding those defaults (2 threads training, 1
+    inference).
     """
     plan = _check_plan(
-        training, optimizer, loss, dtype, autocast, checkpointing, kv_cache, fsdp, workspace_bytes
+        training,
+        optimizer,
+        loss,
+        dtype,
+        autocast,
+        checkpointing,
+        kv_cache,
+        fsdp,
+        workspace_bytes,
+        cublas_workspace,
     )
     if batch < 1:
         raise ValueError(f"--batch must be >= 1, got {batch}")
@@ -785,16 +820,24 @@ def _predict(subject: _Subject, plan: _Plan, batch: int, depth: int) -> MemoryRe
     )
 
 
+def _workspace_note(plan: _Plan, kept: int) -> str:
+    threads = "the forward's and the autograd engine's threads" if plan.training else "one thread"
+    if plan.workspace_bytes is not None:
+        kept_text = f"{format_bytes(kept)} kept (given)"
+    elif plan.cublas_workspace == "cached":
+        kept_text = f"{format_bytes(kept)} kept: 32 MiB for each of {threads}"
+    else:
+        kept_text = f"{format_bytes(kept)} kept: cuBLASLt's 1 MiB for each of {threads}"
+    if plan.cublas_workspace == "per_op":
+        return f"cuBLAS workspace per operation: 32 MiB around each GEMM; {kept_text}."
+    return f"cuBLAS workspace cached per thread: {kept_text}."
+
+
 def _assumptions(plan: _Plan, replay: _Replay) -> list[str]:
     notes = [
         "Predicts torch.cuda.max_memory_allocated() of a steady-state step on one H100 (sm90), measured "
         "from reset_peak_memory_stats() just before it; every block rounded up to 512 bytes.",
-        f"cuBLAS workspace: {format_bytes(replay.workspace)} "
-        + (
-            "(32 MiB for each of the 2 threads that run matmuls)."
-            if plan.workspace_bytes is None
-            else "(given)."
-        ),
+        _workspace_note(plan, replay.workspace),
         "Not modelled: cuDNN convolution workspaces, NCCL buffers, the allocator's unsplit blocks "
         "(a reused cached block larger than the request counts whole), and Triton kernels' own paths "
         "(flopkit's ViT-5 is replayed on its PyTorch reference path).",
@@ -859,11 +902,14 @@ def fit_batch(
         "kv_cache",
         "fsdp",
         "workspace_bytes",
+        "cublas_workspace",
     )
     plan = _check_plan(
         *(
             options.pop(k, d)
-            for k, d in zip(keys, (False, None, None, None, None, "none", None, 1, None), strict=True)
+            for k, d in zip(
+                keys, (False, None, None, None, None, "none", None, 1, None, "cached"), strict=True
+            )
         )
     )
     subject = _subject(

@@ -28,7 +28,12 @@ from torch.utils._pytree import tree_flatten
 
 from .cuda import block_bytes
 
-__all__ = ["Event", "Block", "AllocationTrace", "CATEGORIES"]
+__all__ = ["Event", "Block", "AllocationTrace", "CATEGORIES", "CUBLAS_OPS"]
+
+# ATen ops that run a cuBLAS GEMM (and so, with per-operation workspaces, allocate one around it).
+CUBLAS_OPS = frozenset(
+    {"mm", "bmm", "addmm", "baddbmm", "addbmm", "addmv", "mv", "dot", "vdot", "_addmm_activation"}
+)
 
 # What a block is, as charged at the peak; every block has exactly one.
 CATEGORIES = (
@@ -94,13 +99,16 @@ class AllocationTrace(TorchDispatchMode):
     ``phase`` is set by the step driver (``forward``, ``loss``, ``backward``, ``optimizer``,
     ``zero_grad``, ``inference``); ``module_path`` (a callable) gives the current module path.
     ``device``: the device type whose tensors are tracked (``meta`` in a replay; ``cpu`` to trace a
-    real CPU step, which checks the replay against real kernels).
+    real CPU step, which checks the replay against real kernels). ``op_workspace``: bytes allocated
+    and freed again around each cuBLAS op (:data:`CUBLAS_OPS`), after its output: PyTorch builds
+    that allocate the cuBLAS workspace per operation instead of caching it per thread.
     """
 
-    def __init__(self, module_path=lambda: "", device: str = "meta") -> None:
+    def __init__(self, module_path=lambda: "", device: str = "meta", op_workspace: int = 0) -> None:
         super().__init__()
         self.module_path = module_path
         self.device = device
+        self.op_workspace = op_workspace
         self.phase = "setup"
         self.blocks: dict[int, Block] = {}  # live, by storage key
         self.dead: list[Block] = []
@@ -175,7 +183,18 @@ class AllocationTrace(TorchDispatchMode):
                 if path is None:
                     path = self.module_path()
                 self._add(found[0], found[1], "temporaries", path, self.phase, str(func.overloadpacket))
+        if self.op_workspace and func.overloadpacket.__name__ in CUBLAS_OPS:
+            self._transient(self.op_workspace, "workspace", f"{func.overloadpacket} (cuBLAS workspace)")
         return out
+
+    def _transient(self, size: int, category: str, op: str) -> None:
+        """A block that lives for one event: allocated inside an op and freed before it returns."""
+        path = self.module_path()
+        block = Block(-len(self.events) - 1, size, category, path, self.phase, op, born=len(self.events))
+        self._record(size, self.phase, path, op)
+        block.died = len(self.events)
+        self.dead.append(block)
+        self._record(-size, self.phase, path, "free")
 
     # ---------------------------------------------------------------------------- saved tensors
     @contextlib.contextmanager

@@ -50,6 +50,23 @@ def test_two_linear_training_step_peaks_where_the_hand_timeline_does():
     assert sum(result.peak_breakdown.values()) == result.peak_bytes
 
 
+def test_per_op_cublas_workspace_spikes_at_the_largest_gemm_output():
+    batch = 512
+    x = torch.empty(batch, 256, device="meta")
+    result = memory(
+        toy(), args=(x,), batch=batch, training=True, optimizer="none", loss="mse", workspace_bytes=0,
+        cublas_workspace="per_op", depth=0,
+    )  # fmt: skip
+    w, act, scalar, workspace = 256 * 256 * F32, batch * 256 * F32, 512, 32 * 1024**2
+    # Layer 2's MmBackward: h2 and the targets are gone, the loss and its ones_like gradient (held by
+    # torch.autograd.backward until it returns) are not; grad_h1, then grad_W2 (the larger output),
+    # then the 32 MiB workspace around that GEMM.
+    live = 2 * w + act + act + 2 * scalar + act + act  # weights, x, h1, grad_h2, loss, ones, grad_h1
+    assert result.peak_bytes == live + w + workspace
+    assert result.peak_op == "aten.mm (cuBLAS workspace)" and result.peak_phase == "backward"
+    assert result.steady_bytes == 2 * w + act  # nothing kept beyond the given workspace_bytes=0
+
+
 def test_adamw_state_and_foreach_temporaries_put_the_peak_in_the_optimizer_step():
     batch = 8  # activations negligible: the optimizer step decides the peak
     x = torch.empty(batch, 256, device="meta")
