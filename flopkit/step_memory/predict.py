@@ -425,6 +425,7 @@ class _Replay:
     loss: str | None
     workspace: int
     units: list[str]
+    triton: bool | None  # the Triton path replayed (True), wanted but unavailable (False), no such modules
 
 
 def _replay(subject: _Subject, plan: _Plan, batch: int) -> _Replay:
@@ -544,7 +545,11 @@ def _replay(subject: _Subject, plan: _Plan, batch: int) -> _Replay:
     sdpa: dict[str, int] = {}
     for choice in semantics.sdpa_choices:
         sdpa[choice.backend] = sdpa.get(choice.backend, 0) + 1
-    return _Replay(trace, steady_index, saved["bytes"], outputs, param_blocks, sdpa, loss, workspace, units)
+    wants = any(getattr(m, "use_triton", False) is True for m in module.modules())
+    triton = triton_path(module) if wants else None
+    return _Replay(
+        trace, steady_index, saved["bytes"], outputs, param_blocks, sdpa, loss, workspace, units, triton
+    )
 
 
 def triton_path(module: nn.Module) -> bool:
@@ -838,10 +843,16 @@ def _assumptions(plan: _Plan, replay: _Replay) -> list[str]:
         "Predicts torch.cuda.max_memory_allocated() of a steady-state step on one H100 (sm90), measured "
         "from reset_peak_memory_stats() just before it; every block rounded up to 512 bytes.",
         _workspace_note(plan, replay.workspace),
-        "Not modelled: cuDNN convolution workspaces, NCCL buffers, the allocator's unsplit blocks "
-        "(a reused cached block larger than the request counts whole), and Triton kernels' own paths "
-        "(flopkit's ViT-5 is replayed on its PyTorch reference path).",
+        "Not modelled: cuDNN convolution workspaces and batch-norm reserve space, kernels' internal "
+        "scratch (except attention's and mse_loss's), NCCL buffers, and the allocator's unsplit blocks "
+        "(a reused cached block larger than the request counts whole).",
     ]
+    if replay.triton is not None:
+        notes.append(
+            "flopkit's Triton path replayed through its custom ops' fakes and autograd."
+            if replay.triton
+            else "use_triton modules replayed on the PyTorch reference path: triton is not importable here."
+        )
     if replay.sdpa:
         notes.append(
             "SDPA backends (H100 priority flash > memory-efficient > math): "
