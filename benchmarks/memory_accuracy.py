@@ -40,7 +40,7 @@ import flopkit.step_memory as fm
 from flopkit.step_memory.step import (
     StepHooks,
     checkpoint_blocks,
-    make_kv_cache,
+    kv_cache_inputs,
     make_optimizer,
     repeated_blocks,
     run_step,
@@ -162,7 +162,7 @@ def measure(case: Case, batch: int, options: dict[str, Any], device: str) -> dic
         extra = {}
         if kv is not None:
             dtype = autocast or next(model.parameters()).dtype
-            extra = {"past_key_values": make_kv_cache(model, batch, kv, dtype, device), "use_cache": True}
+            extra = kv_cache_inputs(model, batch, kv, dtype, device)
         torch.cuda.synchronize()
         before = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,7 +29,7 @@ from .step import (
     StepHooks,
     checkpoint_blocks,
     create_optimizer_state,
-    make_kv_cache,
+    kv_cache_inputs,
     make_optimizer,
     repeated_blocks,
     run_step,
@@ -444,11 +445,7 @@ def _replay(subject: _Subject, plan: _Plan, batch: int) -> _Replay:
     semantics = CudaSemantics(plan.autocast)
     if plan.kv_cache is not None:
         cache_dtype = plan.autocast or next(module.parameters()).dtype
-        kwargs = {
-            **kwargs,
-            "past_key_values": make_kv_cache(module, batch, plan.kv_cache, cache_dtype, "meta"),
-        }
-        kwargs["use_cache"] = True
+        kwargs = {**kwargs, **kv_cache_inputs(module, batch, plan.kv_cache, cache_dtype, "meta")}
     optimizer = make_optimizer(plan.optimizer, params) if plan.training else None
     with semantics:
         create_optimizer_state(optimizer)
@@ -476,7 +473,8 @@ def _replay(subject: _Subject, plan: _Plan, batch: int) -> _Replay:
         trace.recategorize(state, "optimizer_state", shardable=True)
     trace.adopt([t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)], "inputs")
     if plan.kv_cache is not None:
-        trace.adopt(_cache_tensors(kwargs["past_key_values"]), "inputs")
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        trace.adopt(_cache_tensors(cache), "inputs")
     if workspace:
         holder = torch.empty(workspace, dtype=torch.uint8, device="meta")
         trace.adopt([holder], "workspace")
@@ -529,7 +527,18 @@ def _replay(subject: _Subject, plan: _Plan, batch: int) -> _Replay:
         after_backward=after_backward,
     )
     try:
-        with user_code(subject.label, "the step"), _device_paths(module), tracker, semantics, trace:
+        with (
+            user_code(subject.label, "the step"),
+            warnings.catch_warnings(),
+            _device_paths(module),
+            tracker,
+            semantics,
+            trace,
+        ):
+            # ModTracker warns when a module's backward hooks fire out of order (modules called
+            # outside their parent's forward, as Hugging Face's rotary embeddings are); the
+            # attribution of those ops is then to the nearest module entered, the bytes unchanged.
+            warnings.filterwarnings("ignore", message="The module hierarchy tracking")
             loss = run_step(
                 module, args, kwargs, training=plan.training, optimizer=optimizer, loss=plan.loss, hooks=hooks
             )

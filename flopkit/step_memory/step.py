@@ -34,6 +34,7 @@ __all__ = [
     "repeated_blocks",
     "checkpoint_blocks",
     "make_kv_cache",
+    "kv_cache_inputs",
     "run_step",
 ]
 
@@ -151,6 +152,22 @@ def make_kv_cache(
             layer,
         )
     return cache
+
+
+def kv_cache_inputs(
+    model: nn.Module, batch: int, length: int, dtype: torch.dtype, device: torch.device | str
+) -> dict[str, Any]:
+    """The keyword inputs of a decoding step with a cache of ``length`` tokens
+    (:func:`make_kv_cache`): under the name the model's forward takes (``cache`` in recent
+    transformers, ``past_key_values`` before), with ``use_cache=True`` where it takes that."""
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    name = "cache" if "cache" in params else "past_key_values"
+    inputs: dict[str, Any] = {name: make_kv_cache(model, batch, length, dtype, device)}
+    if "use_cache" in params or any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        inputs["use_cache"] = True
+    return inputs
 
 
 @dataclass
