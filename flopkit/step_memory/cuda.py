@@ -11,8 +11,6 @@ what it does not do is what CUDA decides for itself. This module supplies those 
     ops on CUDA's lower-precision list cast their floating inputs to ``dtype`` (with the cast cache
     for parameters, kept until the autocast region ends), ops on its fp32 list cast to float32,
     reductions on its "fp32 output" list run with ``dtype=torch.float32``;
-  - allocates what CUDA kernels allocate beyond their outputs where the meta kernel does not:
-    ``mse_loss``'s elementwise buffer;
   - runs dropout as CUDA does, ATen's fused ``native_dropout`` with a bool mask (on meta and CPU,
     ``dropout`` saves a noise tensor of the input's dtype);
   - routes ``F.scaled_dot_product_attention`` to the backend PyTorch picks on an H100
@@ -344,13 +342,6 @@ class CudaSemantics(TorchFunctionMode):
             fused = _fused_dropout(args, kwargs)
             if fused is not None:
                 return fused
-        if name == "mse_loss" and args and isinstance(args[0], torch.Tensor):
-            # ATen's mse_loss writes the elementwise losses to a tensor of the input's shape and then
-            # reduces it (Loss.cpp); the meta kernel makes the reduced output only.
-            scratch = torch.empty_like(args[0], dtype=torch.result_type(args[0], args[1]))
-            out = func(*args, **kwargs)
-            del scratch
-            return out
         return func(*args, **kwargs)
 
 

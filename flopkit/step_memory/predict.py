@@ -606,10 +606,18 @@ def _cache_tensors(cache) -> list[torch.Tensor]:
 
 
 def _intervals(replay: _Replay, plan: _Plan) -> list[tuple[int, int, int, Block | None]]:
-    """``(bytes, start, end, block)`` for every block: live on events ``start <= i < end``. With
-    ``--fsdp N`` parameters, optimizer state and (after their unit's backward) gradients are
-    sharded to ``ceil(dim0 / N)`` rows, and each unit's unsharded parameters are added while it
-    runs, with the next unit's all-gather issued as it starts (FSDP2's one-unit prefetch)."""
+    """``(bytes, start, end, block)`` for every block: live on events ``start <= i < end``.
+
+    With ``--fsdp N`` (FSDP2 ``fully_shard`` on each repeated block, a *unit*, and the root) the
+    blocks of parameters, optimizer state and gradients are sharded (:meth:`Block.sharded_bytes`),
+    and FSDP2's own buffers are added as a traced FSDP2 step allocates them (CPU, fake process
+    group; ``tests/memory``): in the forward each unit's all-gather output (its parameters, flat,
+    each padded to ``N`` rows) from the unit's start until the next unit's parameters are copied
+    out of it, and its unsharded parameters while it runs; in the backward the same, each unit's
+    all-gather issued as the unit before it starts (FSDP2's backward prefetch), and at each unit's
+    end its gradients copied into a flat reduce-scatter input (kept until the next unit's
+    reduce-scatter) and replaced by their shards. The root's own parameters stay gathered from the
+    forward's start to the backward's end."""
     trace = replay.trace
     end = len(trace.events)
     blocks = trace.all_blocks()
@@ -618,52 +626,57 @@ def _intervals(replay: _Replay, plan: _Plan) -> list[tuple[int, int, int, Block 
         return spans
     n = plan.fsdp
     ranges = _unit_ranges(trace, replay.units)
-    unit_of = {}
-    for path, bs in replay.param_blocks.items():
-        unit = next((u for u in replay.units if path == u or path.startswith(u + ".")), "")
-        for b in bs:
-            unit_of[b.key] = unit
+
+    def unit_of(path: str) -> str:
+        return next((u for u in replay.units if path == u or path.startswith(u + ".")), "")
+
+    owner = {b.key: unit_of(p) for p, bs in replay.param_blocks.items() for b in bs}
+    params: dict[str, list[Block]] = {}
+    for p, bs in replay.param_blocks.items():
+        params.setdefault(unit_of(p), []).extend(b for b in bs if b.shard_shape is not None)
+    unsharded = {u: sum(b.bytes for b in bs) for u, bs in params.items()}
+    gathered = {
+        u: block_bytes(sum(b.sharded_bytes(n, padded=False) * n for b in bs)) for u, bs in params.items()
+    }
     out = []
     for size, start, stop, b in spans:
         if b.category in ("parameters", "optimizer_state"):
             out.append((b.sharded_bytes(n), start, stop, b))
         elif b.category == "gradients":
-            owner = unit_of.get(b.key, "")
-            cut = ranges.get(("backward", owner), (None, None))[1] if owner else None
+            unit = owner.get(b.key, "")
+            cut = ranges.get(("backward", unit), (None, None))[1] if unit else None
             cut = min(max(cut or stop, start), stop)
             out.append((size, start, cut, b))
             out.append((b.sharded_bytes(n), cut, stop, b))
         else:
             out.append((size, start, stop, b))
-    unit_bytes = {
-        u: sum(
-            b.bytes
-            for p, bs in replay.param_blocks.items()
-            if p == u or p.startswith(u + ".")
-            for b in bs
-            if b.shard_shape is not None  # parameters (buffers are never sharded)
-        )
-        for u in replay.units
-    }
-    root = sum(
-        b.bytes
-        for p, bs in replay.param_blocks.items()
-        for b in bs
-        if b.shard_shape is not None and not any(p == u or p.startswith(u + ".") for u in replay.units)
-    )
     phases = ("forward", "backward") if plan.training else ("inference",)
-    first = next((i for i, e in enumerate(trace.events) if e.phase in phases), end)
-    last = max((i for i, e in enumerate(trace.events) if e.phase in phases), default=end - 1) + 1
-    out.append((root, first, last, None))
+    steps = [i for i, e in enumerate(trace.events) if e.phase in phases]
+    if not steps:
+        return out
+    first, last = steps[0], steps[-1] + 1
+    if unsharded.get(""):  # the root's own parameters
+        out.append((unsharded[""], first, last, None))
+        out.append((gathered[""], first, first + 1, None))
     for phase in phases:
         order = [u for u in replay.units if (phase, u) in ranges]
         if phase == "backward":
             order.reverse()
-        for i, unit in enumerate(order):
+        phase_end = max(i for i, e in enumerate(trace.events) if e.phase == phase) + 1
+        for k, unit in enumerate(order):
             start, stop = ranges[(phase, unit)]
-            if i > 0:  # prefetched while the unit before it runs
-                start = min(start, ranges[(phase, order[i - 1])][0])
-            out.append((unit_bytes[unit], start, stop, None))
+            nxt = ranges[(phase, order[k + 1])] if k + 1 < len(order) else None
+            out.append((unsharded.get(unit, 0), start, stop, None))
+            if phase == "backward":
+                # Gathered once the unit before it has its own parameters copied out (the first
+                # unit: at its own start); freed once copied out itself. Two all-gather outputs
+                # are never live together in the backward.
+                gather_at = ranges[(phase, order[k - 1])][0] + 1 if k else start
+                out.append((gathered.get(unit, 0), gather_at, start + 1, None))
+                # Reduce-scatter input: the unit's gradients, flat, until the next reduce-scatter.
+                out.append((gathered.get(unit, 0), stop, nxt[1] if nxt else phase_end, None))
+            else:
+                out.append((gathered.get(unit, 0), start, nxt[0] + 1 if nxt else phase_end, None))
     return out
 
 

@@ -72,24 +72,27 @@ def create_optimizer_state(optimizer: torch.optim.Optimizer | None) -> None:
 
 def repeated_blocks(model: nn.Module) -> list[str]:
     """Paths of the repeated blocks: the children of each outermost ``ModuleList``/``Sequential``
-    whose class occurs at least twice among its siblings and holds parameters (a transformer's
-    layers, a ResNet stage's bottlenecks)."""
+    (the model itself included) whose class occurs at least twice among its siblings and that are
+    blocks, not single layers: they have children and parameters (a transformer's layers, a
+    ResNet stage's bottlenecks)."""
     found: list[str] = []
 
+    def is_block(module: nn.Module) -> bool:
+        return any(True for _ in module.children()) and any(True for _ in module.parameters())
+
     def visit(module: nn.Module, prefix: str) -> None:
+        if isinstance(module, (nn.ModuleList, nn.Sequential)):
+            kinds = [type(c) for c in module.children()]
+            hits = [
+                f"{prefix}.{name}" if prefix else name
+                for name, child in module.named_children()
+                if kinds.count(type(child)) >= 2 and is_block(child)
+            ]
+            if hits:
+                found.extend(hits)
+                return
         for name, child in module.named_children():
-            path = f"{prefix}.{name}" if prefix else name
-            if isinstance(child, (nn.ModuleList, nn.Sequential)):
-                kinds = [type(c) for c in child.children()]
-                hits = [
-                    f"{path}.{n}"
-                    for n, c in child.named_children()
-                    if kinds.count(type(c)) >= 2 and any(True for _ in c.parameters())
-                ]
-                if hits:
-                    found.extend(hits)
-                    continue
-            visit(child, path)
+            visit(child, f"{prefix}.{name}" if prefix else name)
 
     visit(model, "")
     return found
