@@ -12,20 +12,16 @@ Cases: ViT-5 small and base presets with and without the Triton path, timm ``res
 repeated blocks (training, AdamW). Then inference with a KV cache (gpt2, llama) and ``--fit``: the
 predicted largest batch under a budget against the measured one.
 
-Run from the repository root with flopkit installed (``pip install -e . --no-deps``) or
-``PYTHONPATH=.``: ``python benchmarks/memory_accuracy.py`` (``--quick``: a few cases;
-``--device cpu --quick``: a smoke test of the harness, where the "measured" column is the
-prediction's own replay and only the plumbing is checked). Writes ``memory_accuracy.json`` and
-``memory_accuracy.md`` under ``--out`` (default ``$OUT`` or ``./out``).
+Run from the repository root: ``python -m benchmarks.memory_accuracy`` (``--quick``: a few cases;
+``--device cpu --quick``: a smoke test of the plumbing, where the "measured" column is the
+prediction's own replay). Writes the harness record ``memory_accuracy_DEVICE.{json,md}`` under
+``--out`` (default ``$OUT``, else ``.``).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
-import os
-import platform
 import statistics
 import sys
 import time
@@ -34,9 +30,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from _results import write_results  # benchmarks/ is the script's folder, first on sys.path
 
 import flopkit.step_memory as fm
+from benchmarks._harness import ResultWriter, out_default
 from flopkit.step_memory.step import (
     StepHooks,
     checkpoint_blocks,
@@ -328,11 +324,10 @@ def main() -> None:
     ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     ap.add_argument("--quick", action="store_true", help="three models, two settings")
     ap.add_argument("--fit-budget", type=float, default=8.0, help="GiB for the --fit check")
-    ap.add_argument("--out", default=os.environ.get("OUT", "./out"))
+    ap.add_argument("--out", default=out_default())
     a = ap.parse_args()
     if a.device == "cuda" and not torch.cuda.is_available():
         sys.exit("memory_accuracy: no CUDA device (use --device cpu --quick for a smoke test)")
-    os.makedirs(a.out, exist_ok=True)
     if a.device == "cuda":
         BUILD.update(probe_workspace())  # first: the workspaces appear at a thread's first GEMM
         print(f"cuBLAS workspace of this build: {BUILD}", flush=True)
@@ -370,10 +365,8 @@ def main() -> None:
         failures.append({"model": "fit", "error": f"{type(exc).__name__}: {exc}"})
         traceback.print_exc()
     errors = [abs(r["error"]) for r in rows]
-    device_name = torch.cuda.get_device_name() if a.device == "cuda" else platform.processor() or "cpu"
     lines = [
-        f"## flopkit memory: predicted vs measured max_memory_allocated ({device_name}, torch {torch.__version__}, "
-        f"{datetime.date.today()})",
+        "## flopkit memory: predicted vs measured max_memory_allocated",
         "",
         "| model | setting | batch | predicted peak (GiB) | measured peak (GiB) | error | predicted steady | measured steady | workspace pred/meas (MiB) | peak in | SDPA |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
@@ -408,17 +401,15 @@ def main() -> None:
     )
     for f in failures:
         lines.append(f"- failed: {f}")
-    res = {
-        "device": device_name,
+    data = {
         "cublas_workspace": dict(BUILD),
-        "torch": torch.__version__,
         "rows": rows,
         "fit": fit,
         "failures": failures,
         "median_abs_error": statistics.median(errors) if errors else None,
         "max_abs_error": max(errors) if errors else None,
     }
-    write_results(a.out, "memory_accuracy", res, lines)
+    ResultWriter(a.out, "memory_accuracy").finish(data, lines)
 
 
 if __name__ == "__main__":
