@@ -30,6 +30,26 @@ def register_formula(op, fn, category: str = "matmul") -> None:
     register(op, fn, category)
 
 
+# Entry points that sit above the modules, imported on first use (the package stays light).
+_LAZY = {
+    "load_vit5": ("flopkit.checkpoints", "load_vit5"),
+    "memory": ("flopkit.step_memory", "memory"),
+    "fit_batch": ("flopkit.step_memory", "fit_batch"),
+    "MemoryResult": ("flopkit.step_memory", "MemoryResult"),
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'flopkit' has no attribute {name!r}")
+
+
 __all__ = [
     "RMSNorm",
     "PerHeadRMSNorm",
@@ -43,14 +63,8 @@ __all__ = [
     "ViT5Config",
     "load_vit5",
     "register_formula",
+    "memory",
+    "fit_batch",
+    "MemoryResult",
     "__version__",
 ]
-
-
-def __getattr__(name: str):
-    # Loaders that sit above the modules, imported on first use (the package stays light).
-    if name == "load_vit5":
-        from .checkpoints import load_vit5
-
-        return load_vit5
-    raise AttributeError(f"module 'flopkit' has no attribute {name!r}")

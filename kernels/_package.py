@@ -11,8 +11,8 @@ kernel first runs. ``activation.py`` holds :func:`gelu`, which compiled code run
 kernels.
 """
 
-from ._dispatch import BACKENDS, SUPPORTED_DTYPES, Route, ops_observed, resolve_backend, route
-from ._routing import route_through_custom_ops
+from ._dispatch import BACKENDS, SUPPORTED_DTYPES, Route, ops_observed, replaying_cuda, resolve_backend, route
+from ._routing import replay_cuda_paths, route_through_custom_ops
 from .activation import gelu
 from .norm import (
     head_norm,
@@ -37,6 +37,8 @@ __all__ = [
     "resolve_backend",
     "ops_observed",
     "route_through_custom_ops",
+    "replay_cuda_paths",
+    "replaying_cuda",
     "rms_norm",
     "rms_norm_ref",
     "rms_norm_residual",

@@ -367,11 +367,12 @@ class ViT5Block(CompositeFlops, nn.Module):
             and isinstance(mlp.fc2, ScalableLinear)
             and mlp.fc2.bias is None
             and isinstance(mlp.drop, nn.Identity)
-            and y.device.type in ("cuda", "cpu")
+            and (y.device.type in ("cuda", "cpu") or kernels.replaying_cuda())
             and not kernels.ops_observed()
         ):
             return ls(mlp(y))
-        device, gamma = y.device.type, ls.gamma.dtype
+        # A memory replay's meta tensors stand for CUDA tensors (kernels.replay_cuda_paths).
+        device, gamma = ("cuda" if y.device.type == "meta" else y.device.type), ls.gamma.dtype
         if torch.is_autocast_enabled(device):
             mm = torch.get_autocast_dtype(device)
         elif gamma == mlp.fc2.weight.dtype:
