@@ -343,7 +343,8 @@ def main() -> None:
     if not a.quick:
         for case in models(False):
             if case.source in ("hf:gpt2", "hf:llama") and has(case.needs):
-                plan.append((case, "inference kv-cache 512", {"kv_cache": 512}, 8))  # 512 + 512 new = gpt2's 1024 positions
+                # 512 cached + 512 new tokens: gpt2's 1024 positions
+                plan.append((case, "inference kv-cache 512", {"kv_cache": 512}, 8))
                 plan.append((case, "inference kv-cache 512 bf16", {"kv_cache": 512, "autocast": "bf16"}, 8))
         plan.append((models(False)[0], "inference", {}, 64))
     for case, name, options, batch in plan:
