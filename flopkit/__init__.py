@@ -18,6 +18,15 @@ from .nn import (  # noqa: E402
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    # flopkit.sharded(...) without importing flopkit.parallel (and torch.distributed) with the package.
+    if name == "sharded":
+        from .parallel import sharded
+
+        return sharded
+    raise AttributeError(f"module 'flopkit' has no attribute {name!r}")
+
 __all__ = [
     "RMSNorm",
     "PerHeadRMSNorm",
@@ -28,5 +37,6 @@ __all__ = [
     "LayerScale",
     "ViT5Block",
     "ViT5",
+    "sharded",
     "__version__",
 ]
