@@ -17,6 +17,8 @@ from ._options import (
     given,
     model_options,
     model_settings,
+    parallel_options,
+    parallel_settings,
     refuse_without_model,
     resolve_model,
     set_option,
@@ -52,11 +54,12 @@ __all__ = ["report"]
     help="With several --seq-len lengths: write FLOPs against length (PNG).",
 )
 @model_options
+@parallel_options
 @format_option
 @click.pass_context
 def report(
     ctx, config, overrides, batch, depth, training, convention, columns, plot_path, model_spec, model_args,
-    input_shape, seq_len, named_inputs, causal, fmt,
+    input_shape, seq_len, named_inputs, causal, fmt, **parallel,
 ) -> None:  # fmt: skip
     """Per-module FLOPs by category, parameters and share of the whole.
 
@@ -70,9 +73,25 @@ def report(
       flopkit report --model timm:resnet50 --columns shapes,memory
       flopkit report --model hf:gpt2 --seq-len 128,512,1024 --causal-attention half --plot gpt2.png
       flopkit report --model hf:llama --model-arg num_hidden_layers=2 --seq-len 2048 --training
+      flopkit report vit5-large --fsdp 8 --format json
+      flopkit report --model hf:llama --seq-len 4096 --tp 2 --fsdp 4 --step-ms 900
+
+    \b
+    With --fsdp/--tp/--dp-replicate/--world: one rank of a training step on a micro-batch of --batch
+    samples, sharded with torch's fully_shard and parallelize_module on a fake process group: FLOPs
+    and collectives per layer, memory, compute against communication time, MFU/HFU (--step-ms).
     """
     from .model_cmds import attach_shapes, parse_columns, render_model_rows, report_model
 
+    sharding = parallel_settings(ctx, parallel)
+    if sharding:
+        from .sharded import report_sharded
+
+        report_sharded(
+            ctx, config, overrides, batch, depth, model_spec, model_args, input_shape, seq_len, named_inputs,
+            fmt, sharding,
+        )  # fmt: skip
+        return
     column_groups = parse_columns(columns)
     if model_spec is None:
         refuse_without_model(

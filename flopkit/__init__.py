@@ -27,6 +27,7 @@ def __getattr__(name: str):
         return sharded
     raise AttributeError(f"module 'flopkit' has no attribute {name!r}")
 
+
 __all__ = [
     "RMSNorm",
     "PerHeadRMSNorm",
