@@ -42,6 +42,7 @@ __all__ = [
     "count_sharded",
     "wire_bytes",
     "fake_world",
+    "clear_dtensor_caches",
 ]
 
 COLLECTIVE_KINDS: tuple[str, ...] = ("all_gather", "reduce_scatter", "all_reduce", "all_to_all", "broadcast")
@@ -125,6 +126,36 @@ def fake_world(world: int) -> Iterator[None]:
         yield
     finally:
         dist.destroy_process_group()
+        clear_dtensor_caches()
+
+
+def clear_dtensor_caches() -> None:
+    """Forget what DTensor cached about meshes: a mesh compares equal to one of an earlier (destroyed)
+    world with the same layout, so cached sharding decisions would send a later world's collectives
+    to process groups that no longer exist."""
+    import sys
+
+    if "torch.distributed.tensor" not in sys.modules:
+        return
+    from torch.distributed.tensor import DTensor, _redistribute
+    from torch.distributed.tensor._collective_utils import MeshTopoInfo
+    from torch.distributed.tensor._sharding_prop import ShardingPropagator
+
+    propagator = DTensor._op_dispatcher.sharding_propagator
+    for cached in (
+        propagator.propagate_op_sharding,
+        ShardingPropagator._propagate_tensor_meta_cached,
+        getattr(_redistribute, "_gen_transform_infos", None),
+        MeshTopoInfo.build_from_mesh,
+    ):
+        if cached is not None and hasattr(cached, "cache_clear"):
+            cached.cache_clear()
+    native = getattr(torch._C, "_clear_DTensor_sharding_propagator_cache", None)
+    if native is not None:  # the C++ dispatch fast path's own cache
+        native()
+    planners = getattr(_redistribute, "_planner_cache", None)
+    if isinstance(planners, dict):
+        planners.clear()
 
 
 def _meshes(config: ParallelConfig):
