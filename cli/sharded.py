@@ -126,14 +126,20 @@ def report_sharded(
     sharding,
 ) -> None:
     """``flopkit report ... --fsdp N --tp M``: checks every option, then runs and renders."""
-    from flopkit.parallel import ParallelConfig, sharded_report
+    from flopkit.parallel import ParallelConfig, sharded_report, step_time
 
     for name, (option, why) in SHARDED_REFUSED.items():
         if given(ctx, name):
             raise click.UsageError(f"{option} does not apply with --fsdp/--tp/--dp-replicate: {why}")
+    # Every number is checked before the model is built.
     ParallelConfig(
         fsdp=sharding["fsdp"], tp=sharding["tp"], dp_replicate=sharding["dp_replicate"], batch=batch
     )
+    step_time(0, 0, {}, sharding["tflops"], sharding["gbps"], sharding["step_ms"])
+    if sharding["optimizer_states"] < 0:
+        raise click.BadParameter(
+            f"must be >= 0, got {sharding['optimizer_states']}", param_hint="--optimizer-states"
+        )
     settings = model_settings(model_args, input_shape, seq_len, named_inputs)
     if settings[2] is not None and len(settings[2]) > 1:
         raise click.UsageError("a sharded report takes one --seq-len")

@@ -232,7 +232,7 @@ def _split_dim(module: nn.Module, style: str) -> tuple[str, int]:
 def check_tp_divides(model: nn.Module, plan: TensorParallelPlan, tp: int) -> None:
     """ValueError unless ``tp`` divides every attention's heads, the hidden size and every split
     dimension of the plan's modules."""
-    from flopkit.nn import ViT5Attention
+    from flopkit.nn import HeadNorm, ViT5Attention
 
     config = getattr(model, "config", None)
     for field in ("num_attention_heads", "num_key_value_heads", "hidden_size"):
@@ -244,6 +244,11 @@ def check_tp_divides(model: nn.Module, plan: TensorParallelPlan, tp: int) -> Non
             for field, value in (("num_heads", module.num_heads), ("hidden_dim", module.hidden_dim)):
                 if value % tp:
                     raise ValueError(f"tp={tp} must divide {field} ({value}) of {path or 'the model'}")
+            if isinstance(getattr(module, "q_norm", None), HeadNorm):
+                raise ValueError(
+                    f"tp={tp}: {path or 'the model'} has per-head QK-norm weights (HeadNorm), which flopkit's "
+                    "ViT-5 plan does not split; use qk_norm='rmsnorm' or tp=1"
+                )
     modules = dict(model.named_modules())
     for path, style in plan.styles.items():
         field, size = _split_dim(modules[path], style)
