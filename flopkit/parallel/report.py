@@ -269,9 +269,11 @@ class ShardedReport:
             )
             + ".",
             "FLOPs: measured by FlopCounterMode on each rank's local tensors (a TP-split matmul counts its "
-            "shard); attention on SDPA's math path; categories as in report --model. tp_duplicated = tp x per "
-            "rank - single device (same micro-batch): work every TP rank repeats; all ranks together run "
-            "dp x (single device + tp_duplicated).",
+            "shard); attention on SDPA's math path; categories as in report --model (measured: residual adds, "
+            "LayerScale and RoPE written as tensor arithmetic are not counted; flopkit's own norm ops count "
+            "their forward only, their backward op having no FlopCounterMode formula). tp_duplicated = tp x "
+            "per rank - single device (same micro-batch, same counter): work every TP rank repeats; all "
+            "ranks together run dp x (single device + tp_duplicated).",
             "collectives: payload = the gathered buffer (all-gather), the reduced input (reduce-scatter), "
             "the tensor (all-reduce); wire = bytes each rank sends with the ring algorithm (all-gather and "
             "reduce-scatter payload x (n-1)/n, all-reduce twice that). FSDP's are attributed to the unit "
@@ -328,11 +330,32 @@ def _dtype(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+def _children(paths, path: str) -> list[str]:
+    depth = path.count(".") + 1 if path else 0
+    return [p for p in paths if p and (p.count(".") == depth) and (not path or p.startswith(path + "."))]
+
+
+def _counts_of(count: ShardedCount, path: str) -> tuple[dict[str, int], dict[str, int]]:
+    """Forward and backward FLOPs of ``path``; a container that is never called (a ModuleList)
+    has the sum of its children's."""
+    if path in count.forward or path in count.backward:
+        return count.forward.get(path, {}), count.backward.get(path, {})
+    f: dict[str, int] = {}
+    b: dict[str, int] = {}
+    for child in _children(count.types, path):
+        cf, cb = _counts_of(count, child)
+        for c, v in cf.items():
+            f[c] = f.get(c, 0) + v
+        for c, v in cb.items():
+            b[c] = b.get(c, 0) + v
+    return f, b
+
+
 def _rows(count: ShardedCount, depth: int | None) -> list[ShardedRow]:
     paths = [p for p in count.types if depth is None or (p.count(".") + 1 if p else 0) <= depth]
     rows = []
     for path in paths:
-        f, b = count.forward.get(path, {}), count.backward.get(path, {})
+        f, b = _counts_of(count, path)
         breakdown = {c: f.get(c, 0) + b.get(c, 0) for c in CATEGORIES}
         rows.append(
             ShardedRow(

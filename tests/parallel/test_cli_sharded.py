@@ -36,6 +36,9 @@ def test_vit5_large_fsdp8_json_is_one_rank_of_the_whole_step():
         ("backward", "reduce_scatter", "fsdp"),
     }
     assert data["rows"][0]["path"] == "" and data["time"]["bound"]
+    # the blocks' ModuleList is never called itself: its row sums its 24 blocks
+    rows = {r["path"]: r for r in data["rows"]}
+    assert rows["blocks"]["flops"] == sum(rows[f"blocks.{i}"]["flops"] for i in range(24)) > 0
 
 
 def test_table_shows_layers_collectives_and_mfu_with_a_step_time():
