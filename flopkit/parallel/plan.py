@@ -36,6 +36,7 @@ __all__ = [
     "resolve_tp_plan",
     "check_tp_divides",
     "fsdp_units",
+    "tp_local_model",
 ]
 
 TP_STYLES: tuple[str, ...] = ("colwise", "rowwise")
@@ -279,3 +280,38 @@ def fsdp_units(model: nn.Module) -> list[str]:
             prefix = f"{path}." if path else ""
             best, best_params = [f"{prefix}{name}" for name, _ in module.named_children()], params
     return best
+
+
+def tp_local_model(model: nn.Module, plan: TensorParallelPlan, tp: int) -> nn.Module:
+    """A copy of ``model`` (meta device) whose planned layers have one TP rank's shapes: a colwise
+    ``Linear(i, o)`` becomes ``Linear(i, o / tp)``, a rowwise one ``Linear(i / tp, o)`` (its bias
+    whole, as ``RowwiseParallel`` keeps it replicated); an ``Embedding(n, d)`` becomes ``(n, d / tp)``
+    colwise and ``(n / tp, d)`` rowwise. Running it gives the shapes, and so the activations, one rank
+    holds (a rowwise layer's output is the partial sum, the all-reduced tensor's shape). Checks
+    ``tp`` first (:func:`check_tp_divides`)."""
+    import copy
+
+    import torch
+
+    check_tp_divides(model, plan, tp)
+    local = copy.deepcopy(model)
+    modules = dict(local.named_modules())
+    for path, style in plan.styles.items():
+        module = modules[path]
+        parent_path, _, name = path.rpartition(".")
+        parent = modules[parent_path]
+        weight = next(module.parameters())
+        with torch.device(weight.device):
+            if isinstance(module, nn.Embedding):
+                n, d = module.num_embeddings, module.embedding_dim
+                shape = (n, d // tp) if style != "rowwise" else (n // tp, d)
+                new = nn.Embedding(*shape, dtype=weight.dtype)
+            else:
+                i, o = module.in_features, module.out_features
+                i, o = (i // tp, o) if style == "rowwise" else (i, o // tp)
+                # Keep a Linear subclass (ViT-5's ScalableLinear fc2) that takes Linear's arguments.
+                cls = type(module) if type(module).__init__ is nn.Linear.__init__ else nn.Linear
+                new = cls(i, o, bias=module.bias is not None, dtype=weight.dtype)
+        new.train(module.training)
+        setattr(parent, name, new)
+    return local

@@ -113,3 +113,23 @@ def test_a_plan_file_splitting_only_the_mlp_all_reduces_only_there(tmp_path, lla
     C, I, T = LLAMA["hidden_size"], LLAMA["intermediate_size"], 2 * 8
     # attention projections whole, the MLP's three matmuls halved; forward
     assert count.forward["layers.0"]["matmul"] == 2 * T * (4 * C * C + 3 * C * I // 2)
+
+
+@pytest.mark.parametrize("name", ["llama", "vit"])
+def test_the_tp_local_model_holds_what_a_tp_rank_holds(name, llama, vit, request):
+    from flopkit.parallel.plan import tp_local_model
+
+    model = request.getfixturevalue(name)
+    plan = resolve_tp_plan(model)
+    local = tp_local_model(model, plan, 2)
+    if name == "llama":
+        args, kwargs = (), {"input_ids": torch.zeros(2, 8, dtype=torch.long, device="meta")}
+    else:
+        args, kwargs = (torch.empty(2, 3, 32, 32, device="meta"),), {}
+    count = count_sharded(model, args, kwargs, ParallelConfig(tp=2, batch=2), param_dtype=torch.float32)
+    assert sum(p.numel() for p in local.parameters()) == count.local_params[""]
+    # and it runs on one rank's shapes: the local heads
+    with torch.no_grad():
+        out = local(*args, **kwargs)
+    out = out if isinstance(out, torch.Tensor) else out.last_hidden_state
+    assert out.shape[-1] == (10 if name == "vit" else LLAMA["hidden_size"])
