@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from . import bench, convert, inspect, presets, profile, report, validate
+from . import bench, convert, inspect, memory, presets, profile, report, validate
 from ._options import CONTEXT
 
 __all__ = ["main", "app", "COMMANDS"]
@@ -25,6 +25,7 @@ COMMANDS: list[click.Command] = [
     profile.profile,
     bench.bench,
     convert.convert,
+    memory.memory,
 ]
 
 

@@ -45,6 +45,12 @@ DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
 )
 @click.option("--training", is_flag=True, help="Profile forward + loss + backward (no optimizer).")
 @click.option(
+    "--loss",
+    type=click.Choice(["ce", "mse"]),
+    default=None,
+    help="With --training: cross-entropy (default for class/vocabulary outputs) or mean square error.",
+)
+@click.option(
     "--compile", "compile_", is_flag=True, help="torch.compile each region (the deepest rows) on its own."
 )
 @click.option(
@@ -92,6 +98,7 @@ def profile(
     input_shape,
     batch,
     training,
+    loss,
     compile_,
     dtype,
     device,
@@ -119,6 +126,8 @@ def profile(
     from flopkit.models import user_code
     from flopkit.profile import DTYPES, deepest_level, plot_roofline, profile_model, roofline_points
 
+    if loss is not None and not training:
+        raise click.UsageError("--loss applies only with --training")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
@@ -167,6 +176,7 @@ def profile(
                 compile=compile_,
                 steps=steps,
                 warmup=warmup,
+                loss=loss,
             )
     except torch.cuda.OutOfMemoryError:
         raise click.UsageError(

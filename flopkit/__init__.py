@@ -18,13 +18,23 @@ from .nn import (  # noqa: E402
 
 __version__ = "0.1.0"
 
+# Loaded on first use (``flopkit.memory(...)``), so that ``import flopkit`` stays light.
+_LAZY = {
+    "memory": ("flopkit.step_memory", "memory"),
+    "fit_batch": ("flopkit.step_memory", "fit_batch"),
+    "MemoryResult": ("flopkit.step_memory", "MemoryResult"),
+    "sharded": ("flopkit.parallel", "sharded"),
+}
+
 
 def __getattr__(name: str):
-    # flopkit.sharded(...) without importing flopkit.parallel (and torch.distributed) with the package.
-    if name == "sharded":
-        from .parallel import sharded
+    if name in _LAZY:
+        import importlib
 
-        return sharded
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'flopkit' has no attribute {name!r}")
 
 
@@ -38,6 +48,9 @@ __all__ = [
     "LayerScale",
     "ViT5Block",
     "ViT5",
+    "memory",
+    "fit_batch",
+    "MemoryResult",
     "sharded",
     "__version__",
 ]

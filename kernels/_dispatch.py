@@ -51,6 +51,9 @@ def triton_available() -> bool:
 # How many ``route_through_custom_ops`` contexts (kernels/_routing.py) are open. A plain module
 # global (not a ContextVar): torch.compile traces reads of it and guards on it.
 _ROUTE_DEPTH = 0
+# How many ``replay_cuda_paths`` contexts are open: a meta-device replay of a CUDA step
+# (``flopkit.memory``), under which models take the structure they take on CUDA.
+_REPLAY_DEPTH = 0
 
 
 def runs_reference_in_op(x: torch.Tensor) -> bool:
@@ -139,10 +142,18 @@ def ops_observed() -> bool:
     FakeTensor, opcheck), a JIT trace (fvcore) or :func:`route_through_custom_ops`. Models then run
     each module's ops as written instead of folding them algebraically (``ViT5Block`` folds its
     second LayerScale into ``fc2``), so that counters attribute every FLOP to its own module.
-    Never true while ``torch.compile`` traces: compiled code runs the folded form."""
-    if torch.compiler.is_compiling():
+    Never true while ``torch.compile`` traces (compiled code runs the folded form) or inside
+    :func:`~flopkit.kernels.replay_cuda_paths` (a memory replay must see the CUDA structure)."""
+    if torch.compiler.is_compiling() or _REPLAY_DEPTH > 0:
         return False
     return _ROUTE_DEPTH > 0 or torch._C._len_torch_dispatch_stack() > 0 or torch.jit.is_tracing()
+
+
+def replaying_cuda() -> bool:
+    """True inside :func:`~flopkit.kernels.replay_cuda_paths`: meta tensors stand for CUDA tensors,
+    and a model takes the path it takes on CUDA (folds included) although a dispatch mode (the
+    memory trace) records its ops."""
+    return _REPLAY_DEPTH > 0
 
 
 def direct_apply(function: type[torch.autograd.Function]) -> Callable[..., Any]:

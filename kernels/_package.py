@@ -8,8 +8,8 @@ formulas live in :mod:`flopkit.formulas`. Every public op takes ``backend="auto"
 ``activation.py`` holds :func:`gelu`, which compiled code runs as PyTorch's own kernels.
 """
 
-from ._dispatch import BACKENDS, SUPPORTED_DTYPES, ops_observed, resolve_backend
-from ._routing import route_through_custom_ops
+from ._dispatch import BACKENDS, SUPPORTED_DTYPES, ops_observed, replaying_cuda, resolve_backend
+from ._routing import replay_cuda_paths, route_through_custom_ops
 from .activation import gelu
 from .norm import (
     head_norm,
@@ -32,6 +32,8 @@ __all__ = [
     "resolve_backend",
     "ops_observed",
     "route_through_custom_ops",
+    "replay_cuda_paths",
+    "replaying_cuda",
     "rms_norm",
     "rms_norm_ref",
     "rms_norm_residual",

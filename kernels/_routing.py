@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 from . import _dispatch
 
-__all__ = ["route_through_custom_ops"]
+__all__ = ["route_through_custom_ops", "replay_cuda_paths"]
 
 
 @contextlib.contextmanager
@@ -34,3 +34,19 @@ def route_through_custom_ops() -> Iterator[None]:
         yield
     finally:
         _dispatch._ROUTE_DEPTH -= 1
+
+
+@contextlib.contextmanager
+def replay_cuda_paths() -> Iterator[None]:
+    """Inside this context meta tensors stand for CUDA tensors: every op goes through its
+    ``flopkit::`` custom op (meta runs its fake and its registered autograd, so the tensors the
+    Triton path saves are the ones saved), and models take the structure they take on CUDA
+    (:func:`~flopkit.kernels.ops_observed` is False, so ``ViT5`` hands MLP branches on to the next
+    norm and folds its LayerScale into ``fc2``) although a dispatch mode records their ops.
+    ``flopkit.memory`` replays a CUDA step on the meta device this way."""
+    with route_through_custom_ops():
+        _dispatch._REPLAY_DEPTH += 1
+        try:
+            yield
+        finally:
+            _dispatch._REPLAY_DEPTH -= 1

@@ -360,11 +360,12 @@ class ViT5Block(CompositeFlops, nn.Module):
             # A tensor-parallel fc2 holds a DTensor weight: W2 * gamma would mix it with a local tensor.
             and type(mlp.fc2.weight) in (nn.Parameter, torch.Tensor)
             and isinstance(mlp.drop, nn.Identity)
-            and y.device.type in ("cuda", "cpu")
+            and (y.device.type in ("cuda", "cpu") or kernels.replaying_cuda())
             and not kernels.ops_observed()
         ):
             return ls(mlp(y))
-        device, gamma = y.device.type, ls.gamma.dtype
+        # A memory replay's meta tensors stand for CUDA tensors (kernels.replay_cuda_paths).
+        device, gamma = ("cuda" if y.device.type == "meta" else y.device.type), ls.gamma.dtype
         if torch.is_autocast_enabled(device):
             mm = torch.get_autocast_dtype(device)
         elif gamma == mlp.fc2.weight.dtype:

@@ -14,8 +14,8 @@
 Each profiled op is charged to a module and a phase by :func:`~flopkit.profile.attribution.attribute`
 (the mechanism is in that module's docstring), and the rows add their submodules' time, as the
 FLOP rows of ``flopkit report`` add their submodules' FLOPs. A training step is forward, loss and
-backward (no optimizer); the loss is cross-entropy on random labels for a classifier's
-``[B, num_classes]`` logits, else the mean square of the output.
+backward (no optimizer); the loss is ``ce`` or ``mse`` of :mod:`flopkit.losses` (by default
+cross-entropy for a classifier's ``[B, num_classes]`` logits, else the mean square error).
 
 With ``compile`` each *region* is compiled on its own with ``torch.compile`` (regional
 compilation): the rows that have no row under them (at the default depth: the patch projection,
@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from flopkit.flops.analytic import FlopRow, depth_of, top_paths
+from flopkit.losses import LOSSES, default_loss, loss_value, main_output, make_targets
 
 from .attribution import (
     LOSS,
@@ -244,16 +245,6 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _default_loss(
-    output: torch.Tensor, model: nn.Module, batch: int
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    classes = getattr(model, "num_classes", 0)
-    if output.dim() == 2 and classes and output.shape[1] == classes:
-        labels = torch.randint(0, classes, (batch,), device=output.device)
-        return lambda out: nn.functional.cross_entropy(out.float(), labels)
-    return lambda out: out.float().square().mean()
-
-
 def profile_model(
     model: nn.Module,
     inputs: torch.Tensor,
@@ -266,15 +257,20 @@ def profile_model(
     steps: int = 10,
     warmup: int = 3,
     roofs: Roofs | None = None,
+    loss: str | None = None,
 ) -> ProfileResult:
     """Profile ``model`` on ``inputs`` (already on the device) and return one row per FLOP row.
 
     ``flop_rows`` are ``flopkit report``'s rows for this model and batch (their FLOPs are copied,
     not recounted); ``mfu_flops`` the FLOPs the MFU counts per step. ``dtype`` other than float32
-    runs under ``torch.autocast``. ``roofs`` skips the measurement (tests).
+    runs under ``torch.autocast``. ``roofs`` skips the measurement (tests). ``loss``: ``ce`` or
+    ``mse`` as :mod:`flopkit.losses` defines them; default ``ce`` for a class or vocabulary output,
+    else ``mse``.
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    if loss is not None and loss not in LOSSES:
+        raise ValueError(f"--loss must be one of {', '.join(LOSSES)}, got {loss!r}")
     if warmup < 0 or (compile and warmup < 1):
         raise ValueError(
             f"warmup must be >= {1 if compile else 0}{' with compile' if compile else ''}, got {warmup}"
@@ -333,7 +329,14 @@ def profile_model(
         try:
             if training:
                 with autocast:
-                    loss_fn = _default_loss(model(inputs), model, batch)
+                    first = model(inputs)
+                kind = loss or default_loss(model, first)
+                targets = make_targets(main_output(first), kind)
+                del first
+
+                def loss_fn(out):
+                    return loss_value(main_output(out), targets, kind)
+
             for _ in range(warmup):
                 step()
             step_ms = timed(steps)

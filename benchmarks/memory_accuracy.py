@@ -1,0 +1,361 @@
+"""Predicted against measured GPU memory: ``flopkit.memory`` vs ``torch.cuda.max_memory_allocated()``.
+
+For each case the same step (:func:`flopkit.step_memory.step.run_step`) runs twice on the GPU: a warm-up
+step (creates the optimizer state, the cuBLAS workspaces, the allocator's cache), then, after
+``torch.cuda.reset_peak_memory_stats()``, the measured step. Its ``max_memory_allocated()`` is the
+measured peak; ``memory_allocated()`` before it the measured steady state. The prediction is
+``flopkit.memory(...)`` for the same model, inputs and settings, computed on the meta device.
+
+Cases: ViT-5 small and base presets with and without the Triton path, timm ``resnet50`` and
+``vit_base_patch16_224`` (when timm imports), HF ``gpt2``, a small ``llama`` and ``bert``, timm
+``resnet18`` (BatchNorm); each in fp32 and bf16 autocast, each with and without checkpointing of the
+repeated blocks (training, AdamW). Then inference with a KV cache (gpt2, llama) and ``--fit``: the
+predicted largest batch under a budget against the measured one.
+
+Run from the repository root with flopkit installed (``pip install -e . --no-deps``) or
+``PYTHONPATH=.``: ``python benchmarks/memory_accuracy.py`` (``--quick``: a few cases;
+``--device cpu --quick``: a smoke test of the harness, where the "measured" column is the
+prediction's own replay and only the plumbing is checked). Writes ``memory_accuracy.json`` and
+``memory_accuracy.md`` under ``--out`` (default ``$OUT`` or ``./out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import os
+import platform
+import statistics
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from _results import write_results  # benchmarks/ is the script's folder, first on sys.path
+
+import flopkit.step_memory as fm
+from flopkit.step_memory.step import (
+    StepHooks,
+    checkpoint_blocks,
+    make_kv_cache,
+    make_optimizer,
+    repeated_blocks,
+    run_step,
+)
+
+GiB = 1024**3
+
+
+@dataclass
+class Case:
+    """One model and setting. ``source`` is a preset or a --model spec; ``options`` go to
+    ``flopkit.memory`` unchanged."""
+
+    name: str
+    source: str
+    batch: int
+    options: dict[str, Any] = field(default_factory=dict)
+    model_args: dict[str, Any] = field(default_factory=dict)
+    triton: bool | None = None  # ViT-5 presets: the Triton path on (True) or off (False)
+    needs: str | None = None  # an optional package the case needs
+
+
+LLAMA = dict(
+    num_hidden_layers=4,
+    hidden_size=1024,
+    intermediate_size=2816,
+    num_attention_heads=16,
+    num_key_value_heads=4,
+    vocab_size=32000,
+)
+BERT = dict(num_hidden_layers=6)
+
+
+def models(quick: bool) -> list[Case]:
+    """The model list (training cases are made from it in each setting)."""
+    cases = [
+        Case("vit5-small torch", "vit5-small", 32, triton=False),
+        Case("vit5-small triton", "vit5-small", 32, triton=True),
+        Case("vit5-base torch", "vit5-base", 16, triton=False),
+        Case("vit5-base triton", "vit5-base", 16, triton=True),
+        Case("timm resnet50", "timm:resnet50", 16, needs="timm"),
+        Case("timm resnet18 (BatchNorm)", "timm:resnet18", 32, needs="timm"),
+        Case("timm vit_base_patch16_224", "timm:vit_base_patch16_224", 16, needs="timm"),
+        Case("hf gpt2", "hf:gpt2", 4, {"seq_len": 512}, needs="transformers"),
+        Case("hf llama (4 layers)", "hf:llama", 4, {"seq_len": 512}, LLAMA, needs="transformers"),
+        Case("hf bert (6 layers)", "hf:bert", 8, {"seq_len": 256}, BERT, needs="transformers"),
+    ]
+    return cases[:3] if quick else cases
+
+
+SETTINGS = [
+    ("fp32", {}),
+    ("bf16 autocast", {"autocast": "bf16"}),
+    ("fp32 ckpt", {"checkpointing": "blocks"}),
+    ("bf16 autocast ckpt", {"autocast": "bf16", "checkpointing": "blocks"}),
+]
+
+
+def has(package: str | None) -> bool:
+    if package is None:
+        return True
+    try:
+        __import__(package)
+    except Exception:
+        return False
+    return True
+
+
+def build(case: Case, device: str):
+    """The model on ``device`` with real weights, and a function batch -> (args, kwargs)."""
+    from flopkit.models import build_model, load_model, model_inputs, real_inputs
+
+    if ":" in case.source:
+        meta = build_model(case.source, case.model_args)
+        model = build_model(case.source, case.model_args, device=device) if device != "meta" else meta
+        opts = case.options
+
+        def inputs(batch: int):
+            found = model_inputs(meta, batch=batch, seq_len=opts.get("seq_len"), spec=case.source)
+            if device == "meta":
+                return found.args, found.kwargs
+            real = real_inputs(found, device)
+            return real.args, real.kwargs
+
+        return model, inputs
+    from flopkit.config import model_input
+
+    loaded = load_model(case.source)
+    model = loaded.config.build(device)
+    if case.triton is not None:
+        for m in model.modules():
+            if hasattr(m, "use_triton"):
+                m.use_triton = case.triton
+    return model, lambda batch: ((model_input(loaded.config, model, batch, device),), {})
+
+
+def measure(case: Case, batch: int, options: dict[str, Any], device: str) -> dict[str, int]:
+    """Steady and peak allocated bytes of the second of two identical steps, on ``device``."""
+    model, make_inputs = build(case, device)
+    training = options.get("training", True)
+    autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(options.get("autocast") or "none")
+    model.train(training)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(options.get("optimizer") or "adamw", params) if training else None
+    restore = (
+        checkpoint_blocks(model, repeated_blocks(model))
+        if options.get("checkpointing") == "blocks"
+        else (lambda: None)
+    )
+    hooks = StepHooks(
+        autocast=(lambda: torch.autocast("cuda", dtype=autocast))
+        if autocast is not None
+        else StepHooks().autocast
+    )
+    args, kwargs = make_inputs(batch)
+    kv = options.get("kv_cache")
+
+    def step():
+        extra = {}
+        if kv is not None:
+            dtype = autocast or next(model.parameters()).dtype
+            extra = {"past_key_values": make_kv_cache(model, batch, kv, dtype, device), "use_cache": True}
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        run_step(
+            model,
+            args,
+            {**kwargs, **extra},
+            training=training,
+            optimizer=optimizer,
+            loss=options.get("loss"),
+            hooks=hooks,
+        )
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated()
+        del extra
+        return before, peak
+
+    try:
+        step()
+        steady, peak = step()
+    finally:
+        restore()
+    return {"steady": steady, "peak": peak}
+
+
+def predict(case: Case, batch: int, options: dict[str, Any]) -> fm.MemoryResult:
+    """``flopkit.memory`` for the case: a preset is loaded on meta with the case's Triton setting (the
+    prediction replays the Triton path's custom ops when it is on)."""
+    from flopkit.models import load_model
+
+    seq_len = case.options.get("seq_len")
+    if ":" in case.source:
+        return fm.memory(
+            case.source, batch=batch, seq_len=seq_len, model_args=case.model_args, depth=0, **options
+        )
+    loaded = load_model(case.source)
+    if case.triton is not None:
+        for m in loaded.module.modules():
+            if hasattr(m, "use_triton"):
+                m.use_triton = case.triton
+    return fm.memory(loaded, batch=batch, depth=0, **options)
+
+
+def row(case: Case, setting: str, batch: int, options: dict[str, Any], device: str) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    result = predict(case, batch, options)
+    t_pred = time.perf_counter() - t0
+    if device == "cuda":
+        measured = measure(case, batch, options, device)
+        gc.collect()  # the case's model and optimizer died with measure's frame
+        torch.cuda.empty_cache()
+    else:  # smoke mode: no GPU, the harness checks itself against the prediction
+        measured = {"steady": result.steady_bytes, "peak": result.peak_bytes}
+    error = (result.peak_bytes - measured["peak"]) / measured["peak"]
+    return {
+        "model": case.name,
+        "setting": setting,
+        "batch": batch,
+        "predicted_peak": result.peak_bytes,
+        "measured_peak": measured["peak"],
+        "error": error,
+        "predicted_steady": result.steady_bytes,
+        "measured_steady": measured["steady"],
+        # What the measured steady state leaves for the workspace once the predicted parameters,
+        # optimizer state and inputs are taken out: checks the cuBLAS assumption case by case.
+        "predicted_workspace": result.workspace_bytes,
+        "measured_workspace": measured["steady"] - (result.steady_bytes - result.workspace_bytes),
+        "peak_phase": result.peak_phase,
+        "peak_module": result.peak_path,
+        "sdpa": result.sdpa_backends,
+        "predict_s": round(t_pred, 2),
+    }
+
+
+def fit_check(device: str, budget_gib: float) -> dict[str, Any]:
+    """``--fit``: predicted largest batch of vit5-small (Triton path, training, bf16 autocast) under ``budget``
+    against the measured largest (measured peaks stepped from the predicted batch)."""
+    case = Case("vit5-small", "vit5-small", 1)  # as built: the Triton path on an H100
+    options = {"training": True, "autocast": "bf16"}
+    budget = int(budget_gib * GiB)
+    found = fm.fit_batch("vit5-small", budget, **options)
+    out: dict[str, Any] = {
+        "budget_bytes": budget,
+        "predicted_batch": found.batch,
+        "predicted_peak": found.result.peak_bytes,
+    }
+    if device != "cuda":
+        out["measured_batch"] = found.batch
+        return out
+    peaks: dict[int, int] = {}
+
+    def peak(b: int) -> int:
+        if b not in peaks:
+            peaks[b] = measure(case, b, options, device)["peak"]
+            gc.collect()
+            torch.cuda.empty_cache()
+        return peaks[b]
+
+    b = found.batch
+    if peak(b) <= budget:
+        while peak(b + 1) <= budget:
+            b += 1
+    else:
+        while b > 1 and peak(b) > budget:
+            b -= 1
+    out.update(measured_batch=b, measured_peaks={str(k): v for k, v in sorted(peaks.items())})
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    ap.add_argument("--quick", action="store_true", help="three models, two settings")
+    ap.add_argument("--fit-budget", type=float, default=8.0, help="GiB for the --fit check")
+    ap.add_argument("--out", default=os.environ.get("OUT", "./out"))
+    a = ap.parse_args()
+    if a.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("memory_accuracy: no CUDA device (use --device cpu --quick for a smoke test)")
+    os.makedirs(a.out, exist_ok=True)
+    rows, failures = [], []
+    settings = SETTINGS[:2] if a.quick else SETTINGS
+    plan: list[tuple[Case, str, dict[str, Any], int]] = []
+    for case in models(a.quick):
+        if not has(case.needs):
+            failures.append({"model": case.name, "error": f"skipped: {case.needs} not importable"})
+            continue
+        for name, options in settings:
+            plan.append((case, name, {"training": True, **options}, case.batch))
+    if not a.quick:
+        for case in models(False):
+            if case.source in ("hf:gpt2", "hf:llama") and has(case.needs):
+                plan.append((case, "inference kv-cache 1024", {"kv_cache": 1024}, 8))
+                plan.append((case, "inference kv-cache 1024 bf16", {"kv_cache": 1024, "autocast": "bf16"}, 8))
+        plan.append((models(False)[0], "inference", {}, 64))
+    for case, name, options, batch in plan:
+        options = dict(options)
+        training = options.pop("training", False)
+        options["training"] = training
+        try:
+            r = row(case, name, batch, options, a.device)
+            rows.append(r)
+            print(f"{r['model']:28s} {r['setting']:28s} pred {r['predicted_peak'] / GiB:7.3f} GiB  "
+                  f"meas {r['measured_peak'] / GiB:7.3f} GiB  {100 * r['error']:+6.2f}%", flush=True)  # fmt: skip
+        except Exception as exc:
+            failures.append({"model": case.name, "setting": name, "error": f"{type(exc).__name__}: {exc}"})
+            traceback.print_exc()
+    fit = None
+    try:
+        fit = fit_check(a.device, a.fit_budget)
+    except Exception as exc:
+        failures.append({"model": "fit", "error": f"{type(exc).__name__}: {exc}"})
+        traceback.print_exc()
+    errors = [abs(r["error"]) for r in rows]
+    device_name = torch.cuda.get_device_name() if a.device == "cuda" else platform.processor() or "cpu"
+    lines = [
+        f"## flopkit memory: predicted vs measured max_memory_allocated ({device_name}, torch {torch.__version__}, "
+        f"{datetime.date.today()})",
+        "",
+        "| model | setting | batch | predicted peak (GiB) | measured peak (GiB) | error | predicted steady | measured steady | workspace pred/meas (MiB) | peak in | SDPA |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for r in rows:
+        sdpa = ", ".join(f"{k} x{v}" for k, v in r["sdpa"].items()) or "-"
+        lines.append(
+            f"| {r['model']} | {r['setting']} | {r['batch']} | {r['predicted_peak'] / GiB:.3f} | "
+            f"{r['measured_peak'] / GiB:.3f} | {100 * r['error']:+.2f}% | {r['predicted_steady'] / GiB:.3f} | "
+            f"{r['measured_steady'] / GiB:.3f} | {r['predicted_workspace'] / 2**20:.0f}/"
+            f"{r['measured_workspace'] / 2**20:.1f} | {r['peak_phase']} {r['peak_module']} | {sdpa} |"
+        )
+    if errors:
+        lines += [
+            "",
+            f"cases: {len(errors)}; within 5%: {sum(e <= 0.05 for e in errors)}; median |error| "
+            f"{100 * statistics.median(errors):.2f}%; max |error| {100 * max(errors):.2f}%",
+        ]
+    if fit is not None:
+        lines.append(
+            f"--fit {a.fit_budget:g}GiB (vit5-small, training, bf16 autocast): predicted batch "
+            f"{fit['predicted_batch']}, measured largest batch {fit['measured_batch']}"
+        )
+    for f in failures:
+        lines.append(f"- failed: {f}")
+    res = {
+        "device": device_name,
+        "torch": torch.__version__,
+        "rows": rows,
+        "fit": fit,
+        "failures": failures,
+        "median_abs_error": statistics.median(errors) if errors else None,
+        "max_abs_error": max(errors) if errors else None,
+    }
+    write_results(a.out, "memory_accuracy", res, lines)
+
+
+if __name__ == "__main__":
+    main()
