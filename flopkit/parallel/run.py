@@ -100,6 +100,7 @@ class ShardedCount:
     param_dtype: torch.dtype
     reduce_dtype: torch.dtype
     types: dict[str, str] = field(default_factory=dict)  # module path -> class name
+    param_shards: dict[str, int] = field(default_factory=dict)  # parameter name -> this rank's bytes of it
 
     def total(self, path: str = "") -> dict[str, int]:
         """Forward + backward FLOPs by category of the module at ``path``."""
@@ -482,19 +483,19 @@ def _unit_groups(model: nn.Module, paths: list[str]) -> dict[str, list]:
     return out
 
 
-def _local_bytes(model: nn.Module) -> tuple[dict[str, int], int, int]:
-    """Parameter elements per module (descendants included), this rank's parameter bytes and its
-    gradient bytes (parameters that require grad)."""
+def _local_bytes(model: nn.Module) -> tuple[dict[str, int], dict[str, int], int]:
+    """Parameter elements per module (descendants included), this rank's bytes of each parameter, and
+    its gradient bytes (parameters that require grad)."""
     per_module: dict[str, int] = {}
     for path, module in model.named_modules():
         per_module[path] = sum(getattr(p, "_local_tensor", p).numel() for p in module.parameters())
-    params = grads = 0
-    for p in model.parameters():
+    shards: dict[str, int] = {}
+    grads = 0
+    for name, p in model.named_parameters():
         local = getattr(p, "_local_tensor", p)
-        size = local.numel() * local.element_size()
-        params += size
-        grads += size if p.requires_grad else 0
-    return per_module, params, grads
+        shards[name] = local.numel() * local.element_size()
+        grads += shards[name] if p.requires_grad else 0
+    return per_module, shards, grads
 
 
 def check_sharding(model: nn.Module, config: ParallelConfig, plan_file=None) -> TensorParallelPlan | None:
@@ -545,7 +546,7 @@ def count_sharded(
         observer = _StepObserver(groups, unit_groups)
         with FakeTensorMode(allow_non_fake_inputs=True), _Propagation.watched():
             model.to_empty(device="cpu")
-            local_params, param_bytes, grad_bytes = _local_bytes(model)
+            local_params, shards, grad_bytes = _local_bytes(model)
             fake_args, fake_kwargs = _fake_inputs(args, kwargs)
             autocast = (
                 torch.autocast("cpu", dtype=param_dtype)
@@ -576,8 +577,9 @@ def count_sharded(
         backward=backward,
         collectives=observer.calls,
         local_params=local_params,
-        param_bytes=param_bytes,
+        param_bytes=sum(shards.values()),
         grad_bytes=grad_bytes,
+        param_shards=shards,
         unit_bytes=dict(observer.unit_bytes),
         peak_unsharded_bytes=observer.peak_unsharded,
         param_dtype=param_dtype,
