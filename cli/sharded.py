@@ -90,7 +90,20 @@ def _summary(result, fmt: str) -> str:
             "unsharded FSDP units at a time (peak)",
             f"{_bytes(mem.unsharded_peak)} (largest unit {_bytes(mem.largest_unit)})",
         ],
-        ["memory without activations" if mem.activations is None else "memory", _bytes(mem.total)],
+        *(
+            [["activations saved for the backward", _bytes(mem.activations)]]
+            if mem.activations is not None
+            else []
+        ),
+        [
+            "memory without activations" if mem.activations is None else "memory (sum of the above)",
+            _bytes(mem.total),
+        ],
+        *(
+            [["predicted peak (flopkit memory, one rank)", _bytes(mem.predicted_peak)]]
+            if mem.predicted_peak is not None
+            else []
+        ),
         ["compute time", f"{time.compute_ms:.3f} ms at {time.tflops:g} TFLOP/s"],
     ]
     for group, ms in time.comm_ms.items():

@@ -94,7 +94,8 @@ class ShardedMemory:
     optimizer: int
     unsharded_peak: int
     largest_unit: int
-    activations: int | None = None
+    activations: int | None = None  # saved for the backward (flopkit memory's replay of one rank)
+    predicted_peak: int | None = None  # flopkit memory's peak of one rank's step (H100 allocator)
 
     @property
     def total(self) -> int:
@@ -111,6 +112,7 @@ def sharded_memory(
     unit_bytes: dict[str, int],
     unsharded_peak: int,
     activations: int | None = None,
+    predicted_peak: int | None = None,
 ) -> ShardedMemory:
     """Per-rank memory from the shards' bytes: ``optimizer_states`` tensors the size and dtype of each
     parameter shard (AdamW: 2; SGD with momentum: 1), ``unit_bytes`` the all-gathered size of each FSDP
@@ -124,6 +126,7 @@ def sharded_memory(
         unsharded_peak=unsharded_peak,
         largest_unit=max(unit_bytes.values(), default=0),
         activations=activations,
+        predicted_peak=predicted_peak,
     )
 
 
@@ -285,7 +288,14 @@ class ShardedReport:
             "memory: parameter, gradient and optimizer-state shards of rank 0 (optimizer states the size and "
             "dtype of the parameter shards), plus the unsharded FSDP units held at one time in the step "
             "(FSDP2's unshard/reshard, measured)"
-            + (", plus activations" if self.memory.activations is not None else "; activations not included")
+            + (
+                f"; activations (saved for the backward) and the predicted peak from flopkit memory's replay of "
+                f"one rank (training, {self.info.get('memory_settings', 'AdamW')}; the replay runs autocast on "
+                "float32 parameters, so its unsharded units are float32 where MixedPrecisionPolicy gathers "
+                "param_dtype, and its peak adds temporaries, the loss and the optimizer step)"
+                if self.memory.activations is not None
+                else "; activations not included (memory=False)"
+            )
             + ".",
         ]
         if self.time.step_ms is not None:
@@ -388,12 +398,14 @@ def sharded_report(
     gbps: float = NVLINK4_GBPS,
     step_ms: float | None = None,
     depth: int | None = 2,
+    memory: bool = True,
     info: dict[str, Any] | None = None,
 ) -> ShardedReport:
     """Rank 0 of one training step of ``model`` (meta device; not modified) on
     ``model(*args, **kwargs)`` (meta inputs: one rank's micro-batch of ``batch`` samples), sharded
     ``dp_replicate x fsdp x tp``: FLOPs and collectives per layer, memory, time, MFU and HFU
-    (``step_ms``). Every argument is checked before any counting.
+    (``step_ms``). ``memory``: also replay one rank's step with :func:`flopkit.memory` (activations
+    and the predicted peak; :func:`.memory.rank_memory`). Every argument is checked before any counting.
     """
     from flopkit.flops.anymodel import count_model
 
@@ -414,10 +426,55 @@ def sharded_report(
     rows = _rows(count, depth)
     wire = {g: v["wire_bytes"] for (g,), v in collectives_by(count.collectives, "group").items()}
     time = step_time(rows[0].flops, sum(single_total.values()) / tp, wire, tflops, gbps, step_ms)
-    memory = sharded_memory(
-        count.param_bytes, count.grad_bytes, optimizer_states, count.unit_bytes, count.peak_unsharded_bytes
+    activations = predicted = None
+    info = dict(info or {})
+    if memory:
+        predicted_step = _rank_step_memory(
+            model, args, kwargs, config, tp_plan, param_dtype, optimizer_states
+        )
+        activations, predicted = predicted_step.saved_bytes, predicted_step.peak_bytes
+        info["memory_settings"] = ", ".join(
+            f"{k} {v}" for k, v in predicted_step.settings.items() if k in ("optimizer", "autocast", "loss")
+        )
+    held = sharded_memory(
+        count.param_bytes,
+        count.grad_bytes,
+        optimizer_states,
+        count.unit_bytes,
+        count.peak_unsharded_bytes,
+        activations,
+        predicted,
     )
-    return ShardedReport(count, rows, single_total, memory, time, dict(info or {}))
+    return ShardedReport(count, rows, single_total, held, time, info)
+
+
+_OPTIMIZERS = {0: "none", 1: "sgd", 2: "adamw"}
+
+
+def _rank_step_memory(model, args, kwargs, config, tp_plan, param_dtype, optimizer_states):
+    """flopkit memory's replay of one rank's training step: the optimizer with ``optimizer_states``
+    states (AdamW 2, SGD with momentum 1, none 0), autocast to ``param_dtype`` when it is 16-bit."""
+    from .memory import rank_memory
+
+    if optimizer_states not in _OPTIMIZERS:
+        raise ValueError(
+            f"optimizer_states must be 0, 1 or 2 to replay the step's memory (none, SGD, AdamW), got "
+            f"{optimizer_states}; pass memory=False for other optimizers"
+        )
+    autocast = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(param_dtype)
+    return rank_memory(
+        model,
+        tp=config.tp,
+        fsdp=config.fsdp,
+        dp_replicate=config.dp_replicate,
+        tp_plan=tp_plan,
+        args=args,
+        kwargs=kwargs,
+        batch=config.batch,
+        training=True,
+        optimizer=_OPTIMIZERS[optimizer_states],
+        autocast=autocast,
+    )
 
 
 def sharded(

@@ -29,6 +29,14 @@ def test_vit5_large_fsdp8_json_is_one_rank_of_the_whole_step():
     assert data["flops_per_rank"]["breakdown"] == data["single_device_flops"]["breakdown"]
     assert set(data["tp_duplicated_flops"].values()) == {0}
     assert len(data["fsdp_units"]) == 24 and data["param_dtype"] == "bfloat16"
+    memory = data["memory"]
+    # rank 0 holds ceil(dim0 / 8) rows of every parameter, in float32; AdamW two states of each
+    from flopkit.models import load_model
+
+    shapes = [p.shape for p in load_model("vit5-large").module.parameters()]
+    rank0 = sum(-(-s[0] // 8) * (s.numel() // s[0]) * 4 for s in shapes)
+    assert memory["params"] == memory["grads"] == memory["optimizer"] // 2 == rank0
+    assert memory["activations"] > 0 and memory["predicted_peak"] > memory["params"]
     kinds = {(c["phase"], c["kind"], c["group"]) for c in data["collectives"]}
     assert kinds == {
         ("forward", "all_gather", "fsdp"),
