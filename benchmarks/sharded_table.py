@@ -64,6 +64,7 @@ def main() -> None:
                     gib(mem["params"] + mem["grads"] + mem["optimizer"]),
                     gib(mem["unsharded_peak"]),
                     "-" if mem.get("activations") is None else gib(mem["activations"]),
+                    "-" if mem.get("predicted_peak") is None else gib(mem["predicted_peak"]),
                     f"{time['compute_ms']:.1f}",
                     comm,
                     f"{time['intensity_flops_per_byte']:,.0f}",
@@ -72,7 +73,7 @@ def main() -> None:
             )
     headers = [
         "model", "configuration", "batch / GPU", "TFLOP / GPU", "TP duplicated TFLOP", "sent / GPU (GiB)",
-        "params + grads + AdamW (GiB)", "unsharded units (GiB)", "activations (GiB)", "compute ms",
+        "params + grads + AdamW (GiB)", "unsharded units (GiB)", "activations (GiB)", "predicted peak (GiB)", "compute ms",
         "comm ms", "FLOP / byte sent", "bound",
     ]  # fmt: skip
     print("| " + " | ".join(headers) + " |")
