@@ -415,6 +415,12 @@ def sharded_report(
     if optimizer_states < 0:
         raise ValueError(f"optimizer_states must be >= 0, got {optimizer_states}")
     kwargs = kwargs or {}
+    leading = {t.shape[0] for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor) and t.dim()}
+    if leading and batch not in leading:
+        raise ValueError(
+            f"batch={batch} is the per-rank micro-batch, but the inputs' leading dimension is "
+            f"{', '.join(map(str, sorted(leading)))}"
+        )
     count = count_sharded(
         model, args, kwargs, config, tp_plan=tp_plan, param_dtype=param_dtype, reduce_dtype=reduce_dtype
     )

@@ -59,3 +59,15 @@ def test_flopkit_sharded_counts_a_preset_per_rank():
     assert 0 < result.tp_duplicated["matmul"] < result.single_device["matmul"]
     assert result.time.hfu >= result.time.mfu > 0
     assert result.memory.params == result.count.param_bytes and result.count.param_dtype == torch.bfloat16
+
+
+def test_the_micro_batch_must_match_the_inputs():
+    from flopkit.parallel import sharded_report
+
+    with torch.device("meta"):
+        model = flopkit.ViT5(image_size=32, hidden_dim=64, depth=1, num_heads=4, num_classes=10)
+        images = torch.empty(4, 3, 32, 32)
+    with pytest.raises(
+        ValueError, match="batch=2 is the per-rank micro-batch, but the inputs' leading dimension is 4"
+    ):
+        sharded_report(model, (images,), fsdp=2, batch=2)
