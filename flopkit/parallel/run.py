@@ -43,6 +43,9 @@ __all__ = [
     "wire_bytes",
     "fake_world",
     "clear_dtensor_caches",
+    "apply_plan",
+    "check_sharding",
+    "collectives_by",
 ]
 
 COLLECTIVE_KINDS: tuple[str, ...] = ("all_gather", "reduce_scatter", "all_reduce", "all_to_all", "broadcast")
@@ -200,7 +203,6 @@ def _fused_qkv_style():
 
 def apply_plan(
     model: nn.Module,
-    config: ParallelConfig,
     plan: TensorParallelPlan | None,
     units: list[str],
     tp_mesh,
@@ -541,7 +543,7 @@ def count_sharded(
     types = {path: type(m).__name__ for path, m in model.named_modules()}
     with fake_world(config.world):
         tp_mesh, dp_mesh, groups = _meshes(config)
-        apply_plan(model, config, plan, units, tp_mesh, dp_mesh, param_dtype, reduce_dtype)
+        apply_plan(model, plan, units, tp_mesh, dp_mesh, param_dtype, reduce_dtype)
         unit_groups = _unit_groups(model, units) if dp_mesh is not None else {}
         observer = _StepObserver(groups, unit_groups)
         with FakeTensorMode(allow_non_fake_inputs=True), _Propagation.watched():

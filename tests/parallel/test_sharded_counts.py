@@ -157,7 +157,7 @@ def real_rank_step(name: str, config: ParallelConfig, rank: int, dtype: torch.dt
         plan = check_sharding(model, config)
         tp_mesh, dp_mesh, _ = _meshes(config)
         units = fsdp_units(model) if dp_mesh is not None else []
-        apply_plan(model, config, plan, units, tp_mesh, dp_mesh, dtype, torch.float32)
+        apply_plan(model, plan, units, tp_mesh, dp_mesh, dtype, torch.float32)
         args, kwargs = inputs(name, "cpu")
         recorder = WrappedCollectives()
         autocast = (

@@ -64,7 +64,7 @@ def tp_forward(name: str, styles: dict | None) -> torch.Tensor:
     config = ParallelConfig(tp=2)
     plan = check_sharding(model, config) if styles is None else TensorParallelPlan(styles, "naive")
     tp_mesh, _, _ = _meshes(config)
-    apply_plan(model, config, plan, [], tp_mesh, None, torch.float32, torch.float32)
+    apply_plan(model, plan, [], tp_mesh, None, torch.float32, torch.float32)
     return forward(model, name)
 
 
