@@ -244,7 +244,12 @@ class _Propagation:
     def watched(cls) -> Iterator[None]:
         from torch.distributed.tensor._sharding_prop import ShardingPropagator
 
-        original = ShardingPropagator._propagate_tensor_meta_non_cached
+        original = getattr(ShardingPropagator, "_propagate_tensor_meta_non_cached", None)
+        if original is None:
+            raise RuntimeError(
+                f"torch {torch.__version__}: DTensor's ShardingPropagator has no _propagate_tensor_meta_non_cached, "
+                "so its global-shape propagation cannot be told from the rank's own work"
+            )
 
         def propagate(self, *args, **kwargs):
             cls.active += 1
