@@ -133,3 +133,10 @@ def test_the_tp_local_model_holds_what_a_tp_rank_holds(name, llama, vit, request
         out = local(*args, **kwargs)
     out = out if isinstance(out, torch.Tensor) else out.last_hidden_state
     assert out.shape[-1] == (10 if name == "vit" else LLAMA["hidden_size"])
+
+
+def test_per_head_qk_norm_weights_are_refused_under_tp():
+    with torch.device("meta"):
+        model = ViT5(image_size=32, hidden_dim=64, depth=1, num_heads=4, num_classes=10, qk_norm="headnorm")
+    with pytest.raises(ValueError, match=r"blocks.0.attn has per-head QK-norm weights \(HeadNorm\)"):
+        check_tp_divides(model, resolve_tp_plan(model), 2)
