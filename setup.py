@@ -4,7 +4,7 @@ Everything else about the build is in ``pyproject.toml``. ``kernels/`` and ``cli
 ``__init__.py`` (so that, run from the repository root, they never shadow an installed distribution
 of the same name); their package body is ``_package.py``, which this hook writes as the installed
 sub-package's ``__init__.py``. An editable install needs no copy: ``flopkit/_source_tree.py`` maps
-the directories at import time. See the README, "Layout".
+the directories at import time. See ``docs/design.md``, "Layout".
 """
 
 import os

@@ -1,11 +1,11 @@
 """GPU benchmark of the fused QK-norm + RoPE op, ViT5Attention and a ViT-5 training step.
 
-Run on a CUDA machine from the repository root (flopkit installed, e.g. ``pip install -e . --no-deps``):
+Run on a CUDA machine from the repository root:
 
-    python benchmarks/bench_attention.py --out results_dir [--sweep] [--sections op,attention,train]
+    python -m benchmarks.bench_attention --out DIR [--sweep] [--sections check,op,attention,graphs,train]
 
-Sections (all bf16):
-  ceilings   device-to-device copy bandwidth (bytes read + written) and bf16 matmul rate (8192^3)
+The copy bandwidth (bytes read + written) and bf16 matmul rate (8192^3) every percentage and MFU
+divides by are ``benchmarks/_harness.py``'s roofs, measured once at the start. Sections (all bf16):
   sweep      forward/backward launch configurations of the kernel (tile rows, warps, programs)
   op         the fused op alone vs eager PyTorch (``qk_norm_rope_ref``) and ``torch.compile`` of it:
              forward moves 4*N*s bytes (read q, k; write q, k), backward 8*N*s (read dq, dk, dv, q, k;
@@ -15,33 +15,26 @@ Sections (all bf16):
   train      a vit5-base step (forward + backward, no optimizer), batch 128, autocast bf16: images/s,
              TFLOP/s from the analytic count and MFU against the measured matmul rate
 
-Timings: ``triton.testing.do_bench`` medians (CUDA events, L2 flushed between repeats) after
-explicit warm-up calls (so compilation stays out). Writes ``bench_attention.json`` and
-``bench_attention.md`` under ``--out`` and prints the table last.
+Timings: the harness's ``device_ms`` (``triton.testing.do_bench`` medians: CUDA events, L2 flushed
+between repeats) after explicit warm-up calls (so compilation stays out). Writes
+``bench_attention_DEVICE.json`` and ``.md`` under ``--out`` and prints the tables last.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
-import datetime
 import functools
 import itertools
-import json
-import os
-import platform
-import sys
 import time
 import traceback
 from operator import itemgetter
 
 import torch
 import torch.nn.functional as F
-import triton
 from flopkit.kernels import _rope_triton as qkt
-from triton.testing import do_bench
 
+from benchmarks._harness import ResultWriter, device_ms, out_default, run_roofs
 from flopkit import kernels
 from flopkit.nn import ViT5, ViT5Attention
 
@@ -59,7 +52,7 @@ def bench(fn, rep_ms=200, warmup_calls=3):
     for _ in range(warmup_calls):
         fn()
     torch.cuda.synchronize()
-    return do_bench(fn, warmup=25, rep=rep_ms, return_mode="median") * 1e-3  # seconds
+    return device_ms(fn, warmup_ms=25, rep_ms=rep_ms) * 1e-3  # seconds
 
 
 def set_use_triton(module: torch.nn.Module, on: bool) -> torch.nn.Module:
@@ -67,20 +60,6 @@ def set_use_triton(module: torch.nn.Module, on: bool) -> torch.nn.Module:
         if hasattr(m, "use_triton"):
             m.use_triton = on
     return module
-
-
-# ------------------------------------------------------------------------------------------ ceilings
-def measure_ceilings() -> dict:
-    n = 1 << 29  # 1 GiB of bf16
-    src = torch.randn(n // 2, device="cuda", dtype=torch.float32).view(DTYPE)
-    dst = torch.empty_like(src)
-    t = bench(functools.partial(dst.copy_, src), rep_ms=300)
-    copy_gbps = 2 * src.numel() * src.element_size() / t / 1e9
-    a = torch.randn(8192, 8192, device="cuda", dtype=DTYPE)
-    b = torch.randn(8192, 8192, device="cuda", dtype=DTYPE)
-    t = bench(functools.partial(torch.matmul, a, b), rep_ms=500)
-    mm_tflops = 2 * 8192**3 / t / 1e12
-    return {"copy_GBps": copy_gbps, "matmul_bf16_TFLOPs": mm_tflops}
 
 
 # ------------------------------------------------------------------------------------------ op
@@ -378,11 +357,11 @@ def bench_train(batch: int, peak_tflops: float, variants: list[str]) -> dict:
 
 # ------------------------------------------------------------------------------------------ report
 def markdown(res: dict) -> str:
-    lines = [f"# bench_attention — {res['date']} — {res['device']}", ""]
-    c = res.get("ceilings", {})
-    if c:
-        lines += [f"Ceilings measured in this run: device-to-device copy {c['copy_GBps']:.0f} GB/s "
-                  f"(read + write), bf16 matmul 8192³ {c['matmul_bf16_TFLOPs']:.0f} TFLOP/s.", ""]  # fmt: skip
+    lines = []
+    roofs = res.get("roofs") or {}
+    if roofs:
+        lines += [f"Roofs measured in this run: device-to-device copy {roofs['copy_gbs']:.0f} GB/s "
+                  f"(read + write), bf16 matmul 8192³ {roofs['matmul_tflops']:.0f} TFLOP/s.", ""]  # fmt: skip
     if res.get("op"):
         lines += ["## Fused QK-norm + RoPE op (bf16, split_half, shared (D,) weights)", "",
                   "| B, T, H, D | dir | impl | µs | GB/s | % copy | × compile | host µs/call |",
@@ -421,38 +400,30 @@ def markdown(res: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=os.environ.get("OUT", "."))
-    ap.add_argument("--sections", default="ceilings,check,op,attention,train")
+    ap.add_argument("--out", default=out_default())
+    ap.add_argument("--sections", default="check,op,attention,train")
     ap.add_argument("--sweep", action="store_true")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--train-variants", default="flopkit fused (all kernels),flopkit fused attention only,"
                     "reference eager,reference torch.compile")  # fmt: skip
     args = ap.parse_args()
     sections = set(args.sections.split(","))
-    props = torch.cuda.get_device_properties(0)
-    res = {"date": datetime.date.today().isoformat(), "device": props.name, "sms": props.multi_processor_count,
-           "torch": torch.__version__, "triton": triton.__version__, "python": platform.python_version(),
-           "argv": sys.argv}  # fmt: skip
-    log(res)
-    out_json = os.path.join(args.out, "bench_attention.json")
+    roofs = run_roofs()
+    log("roofs", roofs)
+    writer = ResultWriter(args.out, "bench_attention", roofs=roofs)
+    res: dict = {"args": vars(args)}
 
     def save():
-        with open(out_json, "w") as f:
-            json.dump(res, f, indent=1, default=str)
-        with open(os.path.join(args.out, "bench_attention.md"), "w") as f:
-            f.write(markdown(res))
+        writer.save(res, markdown(writer.record(res)).splitlines())
 
-    res["ceilings"] = measure_ceilings()
-    log("ceilings", res["ceilings"])
     for name, fn in (
         ("check", check_op_on_gpu),
         ("sweep", lambda: sweep(OP_SHAPES) if args.sweep else None),
-        ("op", lambda: bench_op(OP_SHAPES, res["ceilings"]["copy_GBps"])),
+        ("op", lambda: bench_op(OP_SHAPES, roofs.copy_gbs)),
         ("attention", lambda: bench_attention(args.batch)),
         ("graphs", lambda: bench_attention_graphs(args.batch)),
-        ("train", lambda: bench_train(args.batch, res["ceilings"]["matmul_bf16_TFLOPs"],
-                                      args.train_variants.split(","))),
-    ):  # fmt: skip
+        ("train", lambda: bench_train(args.batch, roofs.matmul_tflops, args.train_variants.split(","))),
+    ):
         if name not in sections and not (name == "sweep" and args.sweep):
             continue
         try:
@@ -462,9 +433,7 @@ def main() -> None:
             res[name + "_error"] = traceback.format_exc()[-2000:]
         save()
         torch.cuda.empty_cache()
-    save()
-    with contextlib.suppress(Exception):
-        print(markdown(res))
+    writer.finish(res, markdown(writer.record(res)).splitlines())
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@ elementwise kernels. It lost; this script keeps the measurement reproducible.
 
 Run on the device machine (see /work/.library/device/), from the repository root::
 
-    python benchmarks/bench_mlp_epilogue.py --out $OUT
+    python -m benchmarks.bench_mlp_epilogue --out $OUT [--no-sweep] [--shapes "vit5-small b256"]
 
 The idea (issue 8, item 4): ``fc2(gelu(fc1(x)))`` as cuBLAS GEMMs plus elementwise kernels moves
 the ``[M, H]`` hidden activation through memory several extra times per step (GELU reads the
@@ -25,7 +25,9 @@ Rows, each forward + backward (gradients of x, W1, W2), median of ``triton.testi
 kernels: what both compiled models run), ``fused (pointer)`` and ``fused (tma)`` (the epilogue
 kernels + cuBLAS). Those rows include each version's host latency (``do_bench`` times from the
 event before the call); the kernel rows do not. Also each
-kernel alone, a tile sweep, and the costliest kernels of each version (profiler).
+kernel alone, a tile sweep, and the costliest kernels of each version (profiler). Writes
+``bench_mlp_epilogue_DEVICE.json`` and ``.md`` under ``--out`` (``benchmarks/_harness.py``, whose
+copy and matmul roofs head the tables).
 """
 
 # ruff: noqa: B023
@@ -33,18 +35,13 @@ kernel alone, a tile sweep, and the costliest kernels of each version (profiler)
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import sys
 
 import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
-from triton.testing import do_bench
 
-sys.path.insert(0, os.path.dirname(__file__))
-from _results import write_results  # noqa: E402
+from benchmarks._harness import ResultWriter, device_ms, out_default, run_roofs
 
 SHAPES = {"vit5-small b256": (51456, 384, 1536), "vit5-base b128": (25728, 768, 3072)}
 DT = torch.bfloat16
@@ -284,20 +281,7 @@ def fused(x, w1, w2):
 
 
 def ms(fn, rep: int = 60) -> float:
-    return do_bench(fn, warmup=20, rep=rep, return_mode="median")
-
-
-def copy_bandwidth() -> float:
-    a = torch.empty(1 << 28, dtype=torch.uint8, device="cuda").random_()
-    b = torch.empty_like(a)
-    t = ms(lambda: b.copy_(a))
-    return 2 * a.numel() / t / 1e6
-
-
-def matmul_rate() -> float:
-    a = torch.randn(8192, 8192, dtype=DT, device="cuda")
-    t = ms(lambda: a @ a)
-    return 2 * 8192**3 / t / 1e9
+    return device_ms(fn, warmup_ms=20, rep_ms=rep)
 
 
 def make(M, C, H, seed=0):
@@ -403,22 +387,16 @@ def top_kernels(fn, n: int = 12) -> list[tuple[str, float]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default=".")
+    ap.add_argument("--out", default=out_default())
     ap.add_argument("--no-sweep", action="store_true")
+    ap.add_argument("--shapes", default=",".join(SHAPES), help=f"comma-separated, of {', '.join(SHAPES)}")
     args = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False
-    dev = torch.cuda.get_device_name()
-    res = {
-        "device": dev,
-        "torch": torch.__version__,
-        "triton": triton.__version__,
-        "date": datetime.date.today().isoformat(),
-        "copy_GBps": copy_bandwidth(),
-        "matmul_TFLOPs": matmul_rate(),
-        "shapes": {},
-    }
+    writer = ResultWriter(args.out, "bench_mlp_epilogue", roofs=run_roofs())
+    res: dict = {"shapes": {}}
     compiled_ref = torch.compile(ref)
-    for name, (M, C, H) in SHAPES.items():
+    for name in args.shapes.split(","):
+        M, C, H = SHAPES[name]
         r = res["shapes"][name] = {"M": M, "C": C, "H": H}
         r["check"] = check(M, C, H)
         print(name, "check", r["check"], flush=True)
@@ -443,10 +421,8 @@ def main() -> None:
         for k, rows in r["profile"].items():
             print(name, k, *[f"  {t:.4f} {n}" for n, t in rows], sep="\n", flush=True)
         print(name, r["kernels"], r["steps"], flush=True)
+        writer.save(res)
     lines = [
-        f"bench_mlp_epilogue: {dev}, torch {torch.__version__}, triton {triton.__version__}, {res['date']}",
-        f"copy {res['copy_GBps']:.0f} GB/s, bf16 matmul {res['matmul_TFLOPs']:.0f} TFLOP/s",
-        "",
         "| shape | MLP forward + backward | ms | TFLOP/s | vs torch.compile |",
         "|---|---|---:|---:|---:|",
     ]
@@ -463,7 +439,7 @@ def main() -> None:
             lines.append(
                 f"| {name} | sweep {row['kind']} {row['config']} fwd / bwd | {fwd:.4f} / {bwd:.4f} |"
             )
-    write_results(args.out, "bench_mlp_epilogue", res, lines)
+    writer.finish(res, lines)
 
 
 if __name__ == "__main__":

@@ -2,13 +2,18 @@
 
 Run on the device machine (see /work/.library/device/), from the repository root::
 
-    python benchmarks/bench_norms.py check sweep --out $OUT          # correctness + tile sweep
-    python benchmarks/bench_norms.py check bench heads --out $OUT    # timings vs peers
+    python -m benchmarks.bench_norms check sweep --out $OUT          # correctness + tile sweep
+    python -m benchmarks.bench_norms check bench heads --out $OUT    # timings vs peers
+    python -m benchmarks.bench_norms check bench --shapes 65536x768 --out $OUT   # a subset of rows
 
-Timings: median of ``triton.testing.do_bench`` (it clears L2 between repetitions), bf16.
+Timings (``benchmarks/_harness.py``): device time is the median of CUDA-graph replays after an L2
+flush (``graph_ms``), eager time the median of ``triton.testing.do_bench`` (``device_ms``), bf16.
 Bytes that must move (``s`` = 2): forward ``2*N*D*s``, backward ``3*N*D*s`` (x, dy in, dx out;
 dw is negligible), residual forward ``4*N*D*s`` (x, residual in; y, h out). Percentages are
-of the device-to-device copy bandwidth measured in the same run (bytes read + written).
+of the device-to-device copy bandwidth measured in the same run (bytes read + written; the
+harness's roof). The sweep times the launchers with explicit tiles; the kernel tables it informs
+are ``kernels/_norm_triton.py``'s ``*_TILES`` (keyed by architecture and width, each entry citing
+the result that chose it). Writes ``bench_norms_DEVICE.json`` and ``.md`` under ``--out``.
 Peers: ``F.rms_norm``, ``torch.compile`` of the reference, Liger-Kernel, QuACK (each skipped
 with the reason when it cannot be imported).
 """
@@ -19,36 +24,19 @@ with the reason when it cannot be imported).
 from __future__ import annotations
 
 import argparse
-import datetime
+import ast
 import json
-import os
-import platform
-import sys
 import time
 import traceback
 
+import flopkit.kernels as K
 import torch
 import torch.nn.functional as F
 import triton
-from triton.testing import do_bench
+from flopkit.kernels import _launch
+from flopkit.kernels import _norm_triton as tk
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
-try:
-    import flopkit.kernels as K
-except ImportError:  # not installed (device machine): load kernels/ as flopkit.kernels by hand
-    import importlib.util
-    import types
-
-    sys.modules.setdefault("flopkit", types.ModuleType("flopkit")).__path__ = [os.path.join(ROOT, "flopkit")]
-    spec = importlib.util.spec_from_file_location(
-        "flopkit.kernels",
-        os.path.join(ROOT, "kernels", "_package.py"),
-        submodule_search_locations=[os.path.join(ROOT, "kernels")],
-    )
-    K = importlib.util.module_from_spec(spec)
-    sys.modules["flopkit.kernels"] = K
-    spec.loader.exec_module(K)
-from flopkit.kernels import _norm_triton as tk  # noqa: E402
+from benchmarks._harness import ResultWriter, device_ms, graph_ms, out_default, run_roofs
 
 SHAPES = [
     (16384, 4096),
@@ -66,49 +54,23 @@ EPS = 1e-6
 DT = torch.bfloat16
 
 
-SAVE_PATH: list[str] = []
+WRITER: list[ResultWriter] = []
 
 
 def save(results) -> None:
     """Write the results so far (a run stopped at its time limit keeps what it measured)."""
-    if SAVE_PATH:
-        with open(SAVE_PATH[0], "w") as fh:
-            json.dump(results, fh, indent=1)
+    if WRITER:
+        WRITER[0].save(results)
 
 
 def ms(fn, rep: int = 40) -> float:
     """Eager time: median of do_bench (host launch overhead included where it exceeds the L2 flush)."""
-    return do_bench(fn, warmup=10, rep=rep, return_mode="median")
+    return device_ms(fn, warmup_ms=10, rep_ms=rep)
 
 
-_FLUSH: list[torch.Tensor] = []
-
-
-def gpu_ms(fn, n: int = 25) -> float:
-    """Device time: ``fn`` captured in a CUDA graph, median of ``n`` replays each after an L2 flush."""
-    if not _FLUSH:
-        _FLUSH.append(torch.empty(256 << 20, dtype=torch.int8, device="cuda"))
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    events = []
-    for _ in range(n):
-        _FLUSH[0].zero_()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        events.append((start, end))
-    torch.cuda.synchronize()
-    times = sorted(a.elapsed_time(b) for a, b in events)
-    del graph
-    return times[len(times) // 2]
+def gpu_ms(fn) -> float:
+    """Device time: ``fn`` captured in a CUDA graph, median of 25 replays each after an L2 flush."""
+    return graph_ms(fn, replays=25)
 
 
 def timed(fn) -> dict:
@@ -120,15 +82,6 @@ def timed(fn) -> dict:
         out["graph_err"] = repr(e)[:200]
         out["us"] = out["eager_us"]
     return out
-
-
-def copy_bandwidth() -> float:
-    n = 1 << 29  # 1 GiB of bf16
-    src = torch.randn(n, device="cuda", dtype=DT)
-    dst = torch.empty_like(src)
-    t = ms(lambda: dst.copy_(src), rep=200)
-    del src, dst
-    return 2 * n * 2 / (t * 1e-3) / 1e9
 
 
 def rel(a, b) -> float:
@@ -211,22 +164,35 @@ APPLY_SWEEP: list[bool] = []
 
 
 def apply_best(width: int, best: dict) -> None:
-    """Put the sweep's winners into the kernel tables for the timings that follow."""
-    import ast
-
-    for kind, table in (("fwd", tk.FWD_CONFIGS), ("res", tk.RES_CONFIGS)):
+    """Put the sweep's winners into this device's entries of the kernel tables for the timings that
+    follow (``--apply-sweep``: an A/B of a candidate table; the shipped tables change only by editing
+    ``kernels/_norm_triton.py``, citing the run)."""
+    arch = tk.device_arch(torch.device("cuda"))
+    source = "this run's sweep (--apply-sweep)"
+    for kind, table in (("fwd", tk.FWD_TILES), ("res", tk.RES_TILES)):
         if kind in best:
             cfg = ast.literal_eval(best[kind]["config"])
             if width <= tk.FUSED_MAX_FWD:
-                table[width] = cfg
+                table[(arch, width)] = tk.Tile(cfg, source)
             elif kind == "fwd":
-                tk.CHUNKED_FWD_CONFIG = cfg
+                tk.CHUNKED_FWD_TILES[arch] = tk.Tile(cfg, source)
     if "bwd" in best:
         cfg, per_sm = ast.literal_eval(best["bwd"]["config"])
         if width <= tk.FUSED_MAX_BWD:
-            tk.BWD_CONFIGS[width] = (*cfg, per_sm)
+            tk.BWD_TILES[(arch, width)] = tk.Tile((*cfg, per_sm), source)
         else:
-            tk.CHUNKED_BWD_CONFIG, tk.CHUNKED_BWD_PROGRAMS_PER_SM = cfg, per_sm
+            tk.CHUNKED_BWD_TILES[arch] = tk.Tile((*cfg, per_sm), source)
+    _launch.clear_launch_cache()  # plans cached before keep the old tiles
+
+
+def tables() -> dict:
+    """The kernel tables this run timed, as JSON: ``{table: {"ARCH/WIDTH": [config, source]}}``."""
+    out = {}
+    for name in ("FWD_TILES", "RES_TILES", "BWD_TILES", "BWD_PREFETCH_TILES", "BWD_SCALE_TILES"):
+        out[name] = {f"{arch}/{w}": [list(t.config), t.source] for (arch, w), t in getattr(tk, name).items()}
+    for name in ("CHUNKED_FWD_TILES", "CHUNKED_BWD_TILES"):
+        out[name] = {arch: [list(t.config), t.source] for arch, t in getattr(tk, name).items()}
+    return out
 
 
 def sweep(results):
@@ -416,7 +382,7 @@ def heads(results, copy_gbs):
 
 def table(results, copy_gbs) -> str:
     lines = [
-        f"Device: {results['device']}; copy bandwidth {copy_gbs:.0f} GB/s; bf16; median us "
+        f"Copy bandwidth {copy_gbs:.0f} GB/s; bf16; median us "
         "(GB/s, % of copy). fwd 2NDs, bwd 3NDs, residual fwd 4NDs bytes.",
         "",
         "Device time: CUDA graph replay after an L2 flush (median); eager: triton.testing.do_bench "
@@ -461,26 +427,17 @@ def table(results, copy_gbs) -> str:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("steps", nargs="+", choices=["check", "sweep", "bench", "heads"])
-    ap.add_argument("--out", default=os.environ.get("OUT", "."))
-    ap.add_argument("--tag", default="norms")
+    ap.add_argument("--out", default=out_default())
     ap.add_argument(
         "--shapes", default="", help="comma-separated NxD subset of the row shapes, e.g. 16384x4096"
     )
     ap.add_argument("--apply-sweep", action="store_true", help="time with the sweep's best tiles")
     args = ap.parse_args()
-    props = torch.cuda.get_device_properties(0)
-    results = {
-        "date": datetime.date.today().isoformat(),
-        "device": f"{props.name} ({props.multi_processor_count} SMs)",
-        "torch": torch.__version__,
-        "triton": triton.__version__,
-        "python": platform.python_version(),
-    }
-    copy_gbs = copy_bandwidth()
-    results["copy_gbs"] = copy_gbs
+    roofs = run_roofs()
+    copy_gbs = roofs.copy_gbs
     print(f"copy bandwidth {copy_gbs:.0f} GB/s", flush=True)
-    path = os.path.join(args.out, f"{args.tag}.json")
-    SAVE_PATH.append(path)
+    WRITER.append(ResultWriter(args.out, "bench_norms", roofs=roofs))
+    results: dict = {"args": vars(args)}
     if args.shapes:
         SHAPES[:] = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     if args.apply_sweep:
@@ -500,20 +457,9 @@ def main():
             results[f"{step}_error"] = traceback.format_exc()
             print(traceback.format_exc(), flush=True)
         print(f"step {step}: {time.time() - t0:.0f}s", flush=True)
-        results["tables"] = {
-            "FWD_CONFIGS": tk.FWD_CONFIGS,
-            "RES_CONFIGS": tk.RES_CONFIGS,
-            "BWD_CONFIGS": tk.BWD_CONFIGS,
-            "CHUNKED_FWD_CONFIG": tk.CHUNKED_FWD_CONFIG,
-            "CHUNKED_BWD_CONFIG": tk.CHUNKED_BWD_CONFIG,
-            "CHUNKED_BWD_PROGRAMS_PER_SM": tk.CHUNKED_BWD_PROGRAMS_PER_SM,
-        }
-        with open(path, "w") as fh:
-            json.dump(results, fh, indent=1)
-    md = table(results, copy_gbs)
-    with open(os.path.join(args.out, f"{args.tag}.md"), "w") as fh:
-        fh.write(md + "\n")
-    print(md)
+        results["tables"] = tables()
+        save(results)
+    WRITER[0].finish(results, table(results, copy_gbs).splitlines())
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """ViT-5 training step, flopkit against nvSubquadratic's own model, and the per-op host overhead.
 
-Run on a CUDA machine from the repository root (flopkit installed or on ``PYTHONPATH``):
+Run on a CUDA machine from the repository root:
 
-    python benchmarks/bench_train.py --upstream PATH_TO_nvSubquadratic [--presets vit5-small,vit5-base]
-        [--modes eager,compile,reduce-overhead,max-autotune] [--sections host,steps] [--out DIR]
+    python -m benchmarks.bench_train --upstream PATH_TO_nvSubquadratic [--presets vit5-small,vit5-base]
+        [--modes eager,compile,reduce-overhead,max-autotune] [--sections host,steps] [--batch N] [--out DIR]
 
 ``steps``: one training step is forward + cross-entropy + backward + ``zero_grad(set_to_none=True)``,
 bf16 weights under bf16 autocast, no optimizer: nvSubquadratic's
@@ -12,7 +12,7 @@ exactly as that script builds it (channels-last images in ``{"input", "condition
 from the source tree given with ``--upstream``; without one its rows are skipped and the reason
 printed. vit5-small runs at batch 256, vit5-base at batch 128. Per row: wall ms/step (the mean
 over ``--steps`` timed steps after warm-up, as upstream's script, taken ``--repeats`` times; the
-median is reported and every loop kept in the JSON), images/s, MFU (the README's rule:
+median is reported and every loop kept in the JSON), images/s, MFU (the rule in docs/benchmarks.md:
 the step's matmul + attention FLOPs as ``flopkit report --training`` counts them, over the bf16
 matmul rate measured at the start of the run), the GPU kernel time per step (union of kernel intervals under ``torch.profiler``) and
 the host-bound share ``1 - gpu / wall``.
@@ -37,21 +37,17 @@ Small ``[64, 64]`` tensors keep the GPU ahead of the host, so the loop time is h
 reference row is an autograd Function that launches one empty Triton kernel forward and one
 backward: the floor any Python-level op pays.
 
-Writes ``bench_train.json`` and ``bench_train.md`` under ``--out`` (default ``$OUT`` or ``.``) and
-prints the tables last.
+Writes ``bench_train_DEVICE.json`` and ``.md`` under ``--out`` (default ``$OUT`` or ``.``;
+``benchmarks/_harness.py``) and prints the tables last. The copy and matmul roofs are the
+harness's, measured once at the start of the run.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import gc
-import json
 import os
-import platform
-import statistics
-import sys
 import time
 import traceback
 import types
@@ -60,13 +56,11 @@ import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
-from triton.testing import do_bench
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_norms import copy_bandwidth, peers  # noqa: E402
-
-from flopkit import kernels  # noqa: E402
-from flopkit.nn import ViT5  # noqa: E402
+from benchmarks._harness import ResultWriter, import_from_source, median, out_default, run_roofs
+from benchmarks.bench_norms import peers
+from flopkit import kernels
+from flopkit.nn import ViT5
 
 BATCH = {"vit5-small": 256, "vit5-base": 128}
 DTYPE = torch.bfloat16
@@ -75,13 +69,6 @@ START = time.time()
 
 def log(*args) -> None:
     print(f"[{time.time() - START:6.1f}s]", *args, flush=True)
-
-
-def matmul_tflops() -> float:
-    a = torch.randn(8192, 8192, device="cuda", dtype=DTYPE)
-    b = torch.randn(8192, 8192, device="cuda", dtype=DTYPE)
-    t = do_bench(lambda: a @ b, warmup=50, rep=300, return_mode="median")
-    return 2 * 8192**3 / (t * 1e-3) / 1e12
 
 
 def kernel_ms(fn, iters: int) -> float:
@@ -134,8 +121,7 @@ def _plain_blocks(model, x):
 
 def build_upstream(preset: str, root: str) -> torch.nn.Module:
     """nvSubquadratic's ViT5ClassificationNet, built as its bench_vit5_compile.py builds ViT-5-Small."""
-    if root not in sys.path:
-        sys.path.insert(0, root)
+    import_from_source(root, "nvsubquadratic")
     from nvsubquadratic.lazy_config import LazyConfig
     from nvsubquadratic.modules.mlp import MLP
     from nvsubquadratic.modules.rms_norm import RMSNorm
@@ -188,7 +174,7 @@ def build_upstream(preset: str, root: str) -> torch.nn.Module:
 
 
 def training_flops(preset: str, batch: int) -> int:
-    """The MFU numerator (README's rule): a training step's matmul + attention FLOPs as
+    """The MFU numerator (the rule in docs/benchmarks.md): a training step's matmul + attention FLOPs as
     ``flopkit report --training`` counts them."""
     from flopkit.flops.summary import flop_report
     from flopkit.models import load_model
@@ -234,7 +220,7 @@ def compile_model(model, mode: str):
 
 
 def run_step_row(kind, preset, mode, args, peak_tflops) -> dict:
-    batch = BATCH[preset]
+    batch = getattr(args, "batch", None) or BATCH[preset]
     row = {"model": kind, "preset": preset, "batch": batch, "mode": mode}
     torch._dynamo.reset()
     torch.manual_seed(0)
@@ -259,7 +245,7 @@ def run_step_row(kind, preset, mode, args, peak_tflops) -> dict:
             step()
         torch.cuda.synchronize()
         runs.append((time.perf_counter() - start) / args.steps * 1e3)
-    wall = statistics.median(runs)
+    wall = median(runs)
     row["ms_runs"] = [round(r, 3) for r in runs]
     gpu = kernel_ms(step, 5)
     row.update(
@@ -520,11 +506,7 @@ def _md_table(head: str, sep: str, rows: list[dict], keys: tuple[str, ...], cell
 
 
 def md_tables(res: dict) -> str:
-    out = [
-        f"bench_train: {res['device']}, torch {res['torch']}, triton {res['triton']}, {res['date']}",
-        f"copy {res.get('copy_gbs', 0):.0f} GB/s, bf16 matmul {res.get('matmul_tflops', 0):.0f} TFLOP/s",
-        "",
-    ]
+    out = []
     if res.get("steps"):
         out += _md_table(
             "| model | preset | batch | mode | ms/step | img/s | MFU | GPU ms/step | host-bound |",
@@ -607,29 +589,16 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20, help="steps per timed loop")
     ap.add_argument("--repeats", type=int, default=5, help="timed loops per row (the median is reported)")
     ap.add_argument("--warmup", type=int, default=10)
-    ap.add_argument("--out", default=os.environ.get("OUT", "."))
-    ap.add_argument("--tag", default="")
+    ap.add_argument("--batch", type=int, default=None, help="one batch for every preset (default: BATCH)")
+    ap.add_argument("--out", default=out_default())
     args = ap.parse_args()
-    res = {
-        "device": torch.cuda.get_device_name(),
-        "torch": torch.__version__,
-        "triton": triton.__version__,
-        "python": platform.python_version(),
-        "date": datetime.date.today().isoformat(),
-        "args": vars(args),
-        "steps": [],
-        "skipped": [],
-    }
-    res["copy_gbs"] = copy_bandwidth()
-    res["matmul_tflops"] = matmul_tflops()
-    log(f"copy {res['copy_gbs']:.0f} GB/s, matmul {res['matmul_tflops']:.0f} TFLOP/s")
-    path = os.path.join(args.out, f"bench_train{args.tag}.json")
+    res = {"args": vars(args), "steps": [], "skipped": []}
+    roofs = run_roofs()
+    log(f"copy {roofs.copy_gbs:.0f} GB/s, matmul {roofs.matmul_tflops:.0f} TFLOP/s")
+    writer = ResultWriter(args.out, "bench_train", roofs=roofs)
 
     def save():
-        with open(path, "w") as fh:
-            json.dump(res, fh, indent=1)
-        with open(os.path.join(args.out, f"bench_train{args.tag}.md"), "w") as fh:
-            fh.write(md_tables(res))
+        writer.save(res, md_tables(res).splitlines())
 
     sections = args.sections.split(",")
     if "host" in sections:
@@ -655,7 +624,7 @@ def main() -> None:
                 for kind in models:
                     log(f"{kind} {preset} {mode} ...")
                     try:
-                        row = run_step_row(kind, preset, mode, args, res["matmul_tflops"])
+                        row = run_step_row(kind, preset, mode, args, roofs.matmul_tflops)
                     except Exception as e:  # noqa: BLE001
                         traceback.print_exc()
                         row = {"model": kind, "preset": preset, "batch": BATCH[preset], "mode": mode}
@@ -665,8 +634,7 @@ def main() -> None:
                     log(row)
                     res["steps"].append(row)
                     save()
-    save()
-    print(md_tables(res))
+    writer.finish(res, md_tables(res).splitlines())
 
 
 if __name__ == "__main__":

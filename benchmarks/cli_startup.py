@@ -4,10 +4,11 @@ Replaces the wall-clock assert that used to sit in the test suite (timings belon
 tests). Each run is a fresh interpreter that times, in-process: ``import torch``; ``import flopkit``
 and its CLI; building the model on the meta device (``flopkit.models.load_model``); the per-module
 rows (``flop_report``); rendering. Prints medians over the runs as a table (last), and writes them
-as JSON to ``$OUT/cli_startup.json`` when ``OUT`` is set. CPU only::
+to ``cli_startup_DEVICE.json`` and ``.md`` under ``--out`` (default ``$OUT``; nothing without either;
+``benchmarks/_harness.py``). CPU only; from the repository root::
 
-    python benchmarks/cli_startup.py                    # vit5-xlarge and the 175B config, 7 runs
-    python benchmarks/cli_startup.py --runs 11 vit5-small
+    python -m benchmarks.cli_startup                    # vit5-xlarge and the 175B config, 7 runs
+    python -m benchmarks.cli_startup --runs 11 vit5-small
 
 The end-to-end figure to quote is ``farm-bench --vs 'python -c "import torch"' -- flopkit report
 vit5-xlarge`` (whole processes); this script says where the difference goes.
@@ -18,9 +19,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
+
+from benchmarks._harness import ResultWriter, environment, median
 
 PHASES = ("torch", "flopkit", "build", "rows", "render")
 
@@ -54,8 +56,8 @@ CONFIGS = {
 def summarize(runs: list[dict[str, float]]) -> dict[str, float]:
     """Median of each phase over ``runs``, plus ``beyond_torch``: the median of the per-run sums of
     every phase after ``import torch``."""
-    out = {phase: statistics.median(r[phase] for r in runs) for phase in PHASES}
-    out["beyond_torch"] = statistics.median(sum(r[p] for p in PHASES if p != "torch") for r in runs)
+    out = {phase: median(r[phase] for r in runs) for phase in PHASES}
+    out["beyond_torch"] = median(sum(r[p] for p in PHASES if p != "torch") for r in runs)
     return out
 
 
@@ -73,15 +75,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("configs", nargs="*", default=list(CONFIGS), help="names in CONFIGS or presets")
     parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--out", default=os.environ.get("OUT"), help="result folder (default $OUT)")
     opts = parser.parse_args()
     results = {name: measure(CONFIGS.get(name, [name]), opts.runs) for name in opts.configs}
-    if os.environ.get("OUT"):
-        with open(os.path.join(os.environ["OUT"], "cli_startup.json"), "w") as f:
-            json.dump({"runs": opts.runs, "python": sys.version.split()[0], "results": results}, f, indent=2)
-    print(f"medians over {opts.runs} fresh processes, seconds")
-    print(f"{'config':<12}" + "".join(f"{p:>13}" for p in (*PHASES, "beyond_torch")))
+    lines = [f"medians over {opts.runs} fresh processes, seconds", ""]
+    lines.append("| config | " + " | ".join((*PHASES, "beyond_torch")) + " |")
+    lines.append("|---|" + "---:|" * (len(PHASES) + 1))
     for name, r in results.items():
-        print(f"{name:<12}" + "".join(f"{r[p]:>13.3f}" for p in (*PHASES, "beyond_torch")))
+        lines.append(f"| {name} | " + " | ".join(f"{r[p]:.3f}" for p in (*PHASES, "beyond_torch")) + " |")
+    if opts.out:
+        # a CPU benchmark: the record's device is the CPU even where a GPU is present
+        env = {**environment(), "gpu": None}
+        ResultWriter(opts.out, "cli_startup", env=env).finish({"runs": opts.runs, "results": results}, lines)
+    else:
+        print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -2,35 +2,30 @@
 
 Run on the device machine (see /work/.library/device/), from the repository root::
 
-    python benchmarks/compile_host.py [--upstream PATH] --out $OUT
+    python -m benchmarks.compile_host [--upstream PATH] [--batches 8,256] [--steps 20] --out $OUT
 
 A compiled step (``torch.compile`` default mode, the step of ``bench_train.py``) launches a few
 hundred kernels from Inductor's generated Python. When that host work approaches the GPU work the
 step becomes host-bound. Per model and batch this prints: the wall time per step (median of five
-loops of 20 steps), the host time to issue one step (the median of 9 single steps, each started
+loops of ``--steps`` steps, 20 by default), the host time to issue one step (the median of 9 single steps, each started
 on an idle GPU, so the host never waits on a full launch queue) and the GPU kernel time (the union
 of kernel intervals under the profiler). At batch 8 the GPU work is small and the wall time is the
 host's. Rows: flopkit as shipped (``Mlp`` runs ``kernels.gelu``: PyTorch's GELU kernels through the
 ``flopkit::gelu`` op), flopkit with ``nn.GELU`` traced by Inductor (its own Triton GELU kernels),
-and nvSubquadratic's model when ``--upstream`` is given. Writes ``compile_host.json`` and
-``compile_host.md`` under ``--out``.
+and nvSubquadratic's model when ``--upstream`` is given. Writes ``compile_host_DEVICE.json`` and
+``.md`` under ``--out`` (``benchmarks/_harness.py``).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import statistics
-import sys
 import time
 import types
 
 import torch
 
-sys.path.insert(0, os.path.dirname(__file__))
-import bench_train  # noqa: E402  (the models and the step, built one way)
-from _results import write_results  # noqa: E402
+from benchmarks import bench_train  # the models and the step, built one way
+from benchmarks._harness import ResultWriter, host_samples_ms, median, out_default
 
 
 def _inductor_gelu(model: torch.nn.Module) -> torch.nn.Module:
@@ -39,7 +34,7 @@ def _inductor_gelu(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def measure(kind: str, batch: int, upstream: str | None) -> dict:
+def measure(kind: str, batch: int, upstream: str | None, steps: int = 20) -> dict:
     torch._dynamo.reset()
     torch.manual_seed(0)
     if kind == "upstream":
@@ -55,16 +50,12 @@ def measure(kind: str, batch: int, upstream: str | None) -> dict:
     walls = []
     for _ in range(5):
         t0 = time.perf_counter()
-        for _ in range(20):
+        for _ in range(steps):
             step()
         torch.cuda.synchronize()
-        walls.append((time.perf_counter() - t0) / 20 * 1e3)
-    issue = []
-    for _ in range(9):
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        step()
-        issue.append((time.perf_counter() - t0) * 1e3)
+        walls.append((time.perf_counter() - t0) / steps * 1e3)
+    # each step started on an idle GPU; the sample ends when the host returns (no sync after it)
+    issue = host_samples_ms(step, reps=9, warmup=0, before=torch.cuda.synchronize)
     torch.cuda.synchronize()
     gpu = bench_train.kernel_ms(step, 3)
     del model, step
@@ -72,9 +63,9 @@ def measure(kind: str, batch: int, upstream: str | None) -> dict:
     return {
         "model": kind,
         "batch": batch,
-        "wall_ms": statistics.median(walls),
+        "wall_ms": median(walls),
         "wall_runs": [round(w, 3) for w in walls],
-        "issue_ms": statistics.median(issue),
+        "issue_ms": median(issue),
         "issue_runs": [round(h, 3) for h in issue],
         "gpu_ms": gpu,
     }
@@ -82,8 +73,7 @@ def measure(kind: str, batch: int, upstream: str | None) -> dict:
 
 def render(res: dict) -> list[str]:
     lines = [
-        f"compile_host: {res['device']}, torch {res['torch']}, {res['date']}; vit5-small, "
-        "torch.compile default mode, ms per training step",
+        "vit5-small, torch.compile default mode, ms per training step",
         "",
         "| model | batch | wall | host to issue one step | GPU kernels | host-bound |",
         "|---|---:|---:|---:|---:|---:|",
@@ -101,20 +91,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--upstream", default=None, help="nvSubquadratic source tree (has nvsubquadratic/)")
     ap.add_argument("--batches", default="8,256")
-    ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    ap.add_argument("--steps", type=int, default=20, help="steps per timed loop")
+    ap.add_argument("--out", default=out_default())
     args = ap.parse_args()
     kinds = ["flopkit", "flopkit, Inductor's GELU"] + (["upstream"] if args.upstream else [])
-    res = {
-        "device": torch.cuda.get_device_name(),
-        "torch": torch.__version__,
-        "date": datetime.date.today().isoformat(),
-        "rows": [],
-    }
+    writer = ResultWriter(args.out, "compile_host")
+    res: dict = {"args": vars(args), "rows": []}
     for batch in (int(b) for b in args.batches.split(",")):
         for kind in kinds:
-            res["rows"].append(measure(kind, batch, args.upstream))
+            res["rows"].append(measure(kind, batch, args.upstream, args.steps))
             print(res["rows"][-1], flush=True)
-    write_results(args.out, "compile_host", res, render(res))
+            writer.save(res)
+    writer.finish(res, render(res))
 
 
 if __name__ == "__main__":

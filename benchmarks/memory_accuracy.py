@@ -12,20 +12,16 @@ Cases: ViT-5 small and base presets with and without the Triton path, timm ``res
 repeated blocks (training, AdamW). Then inference with a KV cache (gpt2, llama) and ``--fit``: the
 predicted largest batch under a budget against the measured one.
 
-Run from the repository root with flopkit installed (``pip install -e . --no-deps``) or
-``PYTHONPATH=.``: ``python benchmarks/memory_accuracy.py`` (``--quick``: a few cases;
-``--device cpu --quick``: a smoke test of the harness, where the "measured" column is the
-prediction's own replay and only the plumbing is checked). Writes ``memory_accuracy.json`` and
-``memory_accuracy.md`` under ``--out`` (default ``$OUT`` or ``./out``).
+Run from the repository root: ``python -m benchmarks.memory_accuracy`` (``--quick``: a few cases;
+``--device cpu --quick``: a smoke test of the plumbing, where the "measured" column is the
+prediction's own replay). Writes the harness record ``memory_accuracy_DEVICE.{json,md}`` under
+``--out`` (default ``$OUT``, else ``.``).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
-import os
-import platform
 import statistics
 import sys
 import time
@@ -34,13 +30,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from _results import write_results  # benchmarks/ is the script's folder, first on sys.path
 
 import flopkit.step_memory as fm
+from benchmarks._harness import ResultWriter, out_default
 from flopkit.step_memory.step import (
     StepHooks,
     checkpoint_blocks,
-    make_kv_cache,
+    kv_cache_inputs,
     make_optimizer,
     repeated_blocks,
     run_step,
@@ -162,7 +158,7 @@ def measure(case: Case, batch: int, options: dict[str, Any], device: str) -> dic
         extra = {}
         if kv is not None:
             dtype = autocast or next(model.parameters()).dtype
-            extra = {"past_key_values": make_kv_cache(model, batch, kv, dtype, device), "use_cache": True}
+            extra = kv_cache_inputs(model, batch, kv, dtype, device)
         torch.cuda.synchronize()
         before = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
@@ -188,10 +184,58 @@ def measure(case: Case, batch: int, options: dict[str, Any], device: str) -> dic
     return {"steady": steady, "peak": peak}
 
 
+# The cuBLAS workspace of the PyTorch build under test (probe_workspace); empty: flopkit's defaults.
+BUILD: dict[str, Any] = {}
+
+
+def probe_workspace() -> dict[str, Any]:
+    """How this PyTorch build holds the cuBLAS workspace, measured before anything else runs a GEMM:
+    the bytes kept after GEMMs on this thread (inference) and after a backward too (the autograd
+    engine's thread: training), and the transient peak of one GEMM beyond its output (``per_op``
+    builds allocate the workspace around each GEMM). A property of the build, not of any model."""
+    sync, allocated = torch.cuda.synchronize, torch.cuda.memory_allocated
+    sync()
+    base = allocated()
+    a = torch.randn(256, 256, device="cuda", requires_grad=True)
+    w = torch.randn(256, 256, device="cuda", requires_grad=True)
+    b = torch.randn(256, device="cuda", requires_grad=True)
+    own = allocated() - base
+    with torch.no_grad():
+        out = a @ w  # cuBLAS: a cached workspace is made here, at this thread's first GEMM
+        del out
+        out = torch.nn.functional.linear(a, w, b)  # addmm with a bias: the cuBLASLt path
+        del out
+        sync()
+        inference = allocated() - base - own
+        torch.cuda.reset_peak_memory_stats()
+        before = allocated()
+        out = a @ w  # a second GEMM: only a per-operation workspace shows above its output
+        sync()
+        transient = torch.cuda.max_memory_allocated() - before - out.untyped_storage().nbytes()
+        del out
+    sync()
+    torch.nn.functional.linear(a @ w, w, b).sum().backward()
+    a.grad = w.grad = b.grad = None
+    sync()
+    training = allocated() - base - own
+    mode = "per_op" if transient >= 1024**2 else "cached"
+    return {
+        "cublas_workspace": mode,
+        "kept_inference": inference,
+        "kept_training": training,
+        "transient": transient,
+    }
+
+
 def predict(case: Case, batch: int, options: dict[str, Any]) -> fm.MemoryResult:
     """``flopkit.memory`` for the case: a preset is loaded on meta with the case's Triton setting (the
-    prediction replays the Triton path's custom ops when it is on)."""
+    prediction replays the Triton path's custom ops when it is on), with the build's cuBLAS
+    workspace when it was probed."""
     from flopkit.models import load_model
+
+    if BUILD:
+        kept = BUILD["kept_training"] if options.get("training") else BUILD["kept_inference"]
+        options = {**options, "cublas_workspace": BUILD["cublas_workspace"], "workspace_bytes": kept}
 
     seq_len = case.options.get("seq_len")
     if ":" in case.source:
@@ -243,7 +287,10 @@ def fit_check(device: str, budget_gib: float) -> dict[str, Any]:
     case = Case("vit5-small", "vit5-small", 1)  # as built: the Triton path on an H100
     options = {"training": True, "autocast": "bf16"}
     budget = int(budget_gib * GiB)
-    found = fm.fit_batch("vit5-small", budget, **options)
+    build = {}
+    if BUILD:
+        build = {"cublas_workspace": BUILD["cublas_workspace"], "workspace_bytes": BUILD["kept_training"]}
+    found = fm.fit_batch("vit5-small", budget, **options, **build)
     out: dict[str, Any] = {
         "budget_bytes": budget,
         "predicted_batch": found.batch,
@@ -277,11 +324,13 @@ def main() -> None:
     ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     ap.add_argument("--quick", action="store_true", help="three models, two settings")
     ap.add_argument("--fit-budget", type=float, default=8.0, help="GiB for the --fit check")
-    ap.add_argument("--out", default=os.environ.get("OUT", "./out"))
+    ap.add_argument("--out", default=out_default())
     a = ap.parse_args()
     if a.device == "cuda" and not torch.cuda.is_available():
         sys.exit("memory_accuracy: no CUDA device (use --device cpu --quick for a smoke test)")
-    os.makedirs(a.out, exist_ok=True)
+    if a.device == "cuda":
+        BUILD.update(probe_workspace())  # first: the workspaces appear at a thread's first GEMM
+        print(f"cuBLAS workspace of this build: {BUILD}", flush=True)
     rows, failures = [], []
     settings = SETTINGS[:2] if a.quick else SETTINGS
     plan: list[tuple[Case, str, dict[str, Any], int]] = []
@@ -316,10 +365,8 @@ def main() -> None:
         failures.append({"model": "fit", "error": f"{type(exc).__name__}: {exc}"})
         traceback.print_exc()
     errors = [abs(r["error"]) for r in rows]
-    device_name = torch.cuda.get_device_name() if a.device == "cuda" else platform.processor() or "cpu"
     lines = [
-        f"## flopkit memory: predicted vs measured max_memory_allocated ({device_name}, torch {torch.__version__}, "
-        f"{datetime.date.today()})",
+        "## flopkit memory: predicted vs measured max_memory_allocated",
         "",
         "| model | setting | batch | predicted peak (GiB) | measured peak (GiB) | error | predicted steady | measured steady | workspace pred/meas (MiB) | peak in | SDPA |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
@@ -343,18 +390,26 @@ def main() -> None:
             f"--fit {a.fit_budget:g}GiB (vit5-small, training, bf16 autocast): predicted batch "
             f"{fit['predicted_batch']}, measured largest batch {fit['measured_batch']}"
         )
+    lines.append(
+        "cuBLAS workspace of this build (probed, used by the predictions): "
+        + (
+            f"{BUILD['cublas_workspace']}, kept {BUILD['kept_training'] / 2**20:.1f} MiB training / "
+            f"{BUILD['kept_inference'] / 2**20:.1f} MiB inference, {BUILD['transient'] / 2**20:.1f} MiB per GEMM"
+            if BUILD
+            else "not probed (flopkit's default: cached, 32 MiB per thread)"
+        )
+    )
     for f in failures:
         lines.append(f"- failed: {f}")
-    res = {
-        "device": device_name,
-        "torch": torch.__version__,
+    data = {
+        "cublas_workspace": dict(BUILD),
         "rows": rows,
         "fit": fit,
         "failures": failures,
         "median_abs_error": statistics.median(errors) if errors else None,
         "max_abs_error": max(errors) if errors else None,
     }
-    write_results(a.out, "memory_accuracy", res, lines)
+    ResultWriter(a.out, "memory_accuracy").finish(data, lines)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 For each upstream (nvSubquadratic, official) the upstream model is built from its own source
 checkout with random weights (LayerScale, biases and norm weights perturbed away from their init,
 so that a misplaced one would show), and flopkit's ViT5 is loaded from its state dict with
-``ViT5.from_checkpoint``. Both run with float32 parameters under bf16 autocast (the usual mixed
+``flopkit.load_vit5``. Both run with float32 parameters under bf16 autocast (the usual mixed
 precision), flopkit on its fast path: Triton kernels ("eager"), and the same under
 ``torch.compile`` ("compile").
 
@@ -19,32 +19,29 @@ Measured, per upstream and flopkit mode:
   compiled curve, the same model and weights, is what bf16 rounding order alone does to a curve
   (the "up floor" column).
 
-Prints a table last; writes ``$OUT/parity_checkpoints.json`` when ``OUT`` is set.
+Prints a table last; writes ``parity_checkpoints_DEVICE.json`` and ``.md`` under ``--out`` (default
+``$OUT``; nothing without either; ``benchmarks/_harness.py``).
 
-Example (H100, upstream checkouts carried beside the repository)::
+Example (H100, upstream checkouts carried beside the repository), from the repository root::
 
-    python benchmarks/parity_checkpoints.py --nvsubq-src up/nvSubquadratic --official-src up/ViT-5
+    python -m benchmarks.parity_checkpoints --nvsubq-src up/nvSubquadratic --official-src up/ViT-5
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import upstream_models as U  # noqa: E402
-
-from flopkit import ViT5  # noqa: E402
-from flopkit.checkpoints import to_flopkit  # noqa: E402
+from benchmarks import upstream_models as U
+from benchmarks._harness import ResultWriter
+from flopkit.checkpoints import load_vit5, to_flopkit
 
 LOGIT_TOL = 2e-2  # bf16 has 8 mantissa bits (eps 3.9e-3); 12 blocks of rounding stay well under this
 GRAD_TOL = 5e-2
@@ -117,7 +114,7 @@ def build_upstream(source: str, src: str, image_size: int, seed: int) -> tuple[t
 
 
 def flopkit_model(upstream: torch.nn.Module, mode: str, device: str) -> tuple[torch.nn.Module, Any]:
-    model = ViT5.from_checkpoint(upstream.state_dict(), use_triton=True).to(device)
+    model = load_vit5(upstream.state_dict(), use_triton=True).to(device)
     run = torch.compile(model) if mode == "compile" else model
     return model, lambda m, x: run(x)
 
@@ -282,6 +279,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--floor", action="store_true", help="also train upstream compiled: the loss-gap floor")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument(
+        "--out", default=os.environ.get("OUT"), help="result folder (default $OUT; none: no files)"
+    )
     args = p.parse_args(argv)
     if not (args.nvsubq_src or args.official_src):
         p.error("give --nvsubq-src and/or --official-src")
@@ -303,17 +303,16 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             rows += run_source(source, src, args)
         except ImportError as exc:  # e.g. timm missing for the official code: say so, run the rest
             rows.append({"source": source, "error": f"cannot import upstream: {exc}", "pass": False})
-    meta = {
-        "device": torch.cuda.get_device_name() if args.device == "cuda" else args.device,
-        "torch": torch.__version__,
+    data = {
         "args": vars(args),
         "tolerances": {"logits": LOGIT_TOL, "grads": GRAD_TOL, "losses": LOSS_TOL},
+        "rows": rows,
     }
-    if os.environ.get("OUT"):
-        out = Path(os.environ["OUT"]) / "parity_checkpoints.json"
-        out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    print(f"{meta['device']}, torch {meta['torch']}, bf16 autocast, batch {args.batch}, {args.image_size} px")
-    print(table(rows))
+    lines = [f"bf16 autocast on {args.device}, batch {args.batch}, {args.image_size} px", "", table(rows)]
+    if args.out:
+        ResultWriter(args.out, "parity_checkpoints").finish(data, lines)
+    else:
+        print("\n".join(lines))
     return rows
 
 

@@ -10,11 +10,13 @@ acceptance criteria against the run and against ``flopkit report``:
 - ``overhead``: the step under the profiler (with the module ranges) is at most 10 % slower
   than the plain step.
 
-Writes ``profile_PRESET_VARIANT.{json,md,png}`` under ``$OUT`` when it is set (else only prints),
-and prints a table last. Usage (on the GPU machine, from the repository root)::
+Writes one record, ``profile_vit5_DEVICE.json`` and ``.md`` (every variant's profile, command
+and checks; ``benchmarks/_harness.py``), and the plots ``profile_vit5_PRESET_VARIANT.png`` under
+``--out`` (default ``$OUT``; without either it only prints), and prints a table last. Usage (on the
+GPU machine, from the repository root)::
 
-    python benchmarks/profile_vit5.py                      # vit5-base, batch 128, eager + compile
-    python benchmarks/profile_vit5.py --variants eager --batch 64
+    python -m benchmarks.profile_vit5                      # vit5-base, batch 128, eager + compile
+    python -m benchmarks.profile_vit5 --variants eager --batch 64
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from benchmarks._harness import ResultWriter
 
 CLI = [sys.executable, "-c", "from flopkit.cli import main; main()"]
 
@@ -71,18 +75,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--variants", default="eager,compile", help="comma-separated: eager, compile")
     parser.add_argument("--tolerance", type=float, default=0.03)
+    parser.add_argument("--out", default=os.environ.get("OUT"), help="result folder (default $OUT)")
     args = parser.parse_args(argv)
-    out = Path(os.environ["OUT"]) if os.environ.get("OUT") else None
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp())
     from flopkit.cli.profile import render_profile
 
     common = [args.preset, "--batch", str(args.batch), "--training", "--depth", str(args.depth)]
     report = json.loads(_run(["report", *common, "--format", "json"]))
     summary = []
+    record: dict[str, Any] = {"args": vars(args), "variants": {}}
+    lines: list[str] = []
     for variant in [v.strip() for v in args.variants.split(",") if v.strip()]:
         if variant not in ("eager", "compile"):
             raise SystemExit(f"--variants: expected eager and/or compile, got {variant!r}")
-        stem = f"profile_{Path(args.preset).stem if Path(args.preset).suffix else args.preset}_{variant}"
+        stem = f"profile_vit5_{Path(args.preset).stem if Path(args.preset).suffix else args.preset}_{variant}"
         png = (out or scratch) / f"{stem}.png"
         cmd = [
             "profile",
@@ -106,9 +115,10 @@ def main(argv: list[str] | None = None) -> int:
         data["acceptance"] = checks
         markdown = render_profile(data, "markdown")
         print(render_profile(data, "table"), flush=True)
+        record["variants"][variant] = data
+        lines += [f"## {variant}", "", f"`{data['command']}`", "", markdown, ""]
         if out is not None:
-            (out / f"{stem}.json").write_text(json.dumps(data, indent=2) + "\n")
-            (out / f"{stem}.md").write_text(f"`{data['command']}`\n\n{markdown}\n")
+            ResultWriter(out, "profile_vit5").save(record, lines)
         summary.append((variant, data, checks))
     print()
     header = (

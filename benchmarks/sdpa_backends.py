@@ -2,7 +2,7 @@
 
 Run on the device machine (see /work/.library/device/), from the repository root::
 
-    python benchmarks/sdpa_backends.py --out $OUT
+    python -m benchmarks.sdpa_backends --out $OUT
 
 For vit5-small at batch 256 (6 heads) and vit5-base at batch 128 (12 heads): forward, and forward
 + backward, of ``F.scaled_dot_product_attention`` pinned to each backend (cuDNN,
@@ -10,7 +10,7 @@ FlashAttention-2, memory-efficient), median of ``triton.testing.do_bench``, and 
 output and ``dq`` relative to cuDNN's (all compute the same function in bf16). flopkit's
 ``ViT5Attention`` and nvSubquadratic's both leave the choice to PyTorch, which picks cuDNN on the
 H100. Then the layout of q and k: head-major or token-major, with the output's transpose to
-``[B, T, C]``. Writes ``sdpa_backends.json`` and ``sdpa_backends.md`` under ``--out``.
+``[B, T, C]``. Writes ``sdpa_backends_DEVICE.json`` and ``.md`` under ``--out`` (``benchmarks/_harness.py``).
 """
 
 # ruff: noqa: B023
@@ -18,24 +18,19 @@ H100. Then the layout of q and k: head-major or token-major, with the output's t
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import sys
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from triton.testing import do_bench
 
-sys.path.insert(0, os.path.dirname(__file__))
-from _results import write_results  # noqa: E402
+from benchmarks._harness import device_ms, out_default, write_results
 
 SHAPES = {"vit5-small b256": (256, 6), "vit5-base b128": (128, 12)}
 BACKENDS = (SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION)
 
 
 def ms(fn) -> float:
-    return do_bench(fn, warmup=20, rep=100, return_mode="median")
+    return device_ms(fn, warmup_ms=20, rep_ms=100)
 
 
 def layouts() -> list[dict]:
@@ -82,13 +77,9 @@ def layouts() -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    ap.add_argument("--out", default=out_default())
     args = ap.parse_args()
-    res = {
-        "device": torch.cuda.get_device_name(),
-        "torch": torch.__version__,
-        "date": datetime.date.today().isoformat(),
-    }
+    res: dict = {}
     rows = res["rows"] = []
     g = torch.Generator(device="cuda").manual_seed(0)
     for shape, (B, H) in SHAPES.items():
@@ -121,7 +112,7 @@ def main() -> None:
             rows.append(row)
     layout_rows = res["layouts"] = layouts()
     lines = [
-        f"sdpa_backends: {res['device']}, torch {res['torch']}, {res['date']}; T = 201, head_dim 64, bf16",
+        "T = 201, head_dim 64, bf16.",
         "",
         "| shape | backend | forward ms | forward + backward ms | out vs cuDNN | dq vs cuDNN |",
         "|---|---|---:|---:|---:|---:|",

@@ -3,7 +3,7 @@
 # (git-ignored), so that a GPU machine without network can run benchmarks/parity_checkpoints.py:
 #
 #   bash benchmarks/stage_upstream.sh NVSUBQ_GIT_DIR VIT5_GIT_DIR [PYTHON]
-#   PYTHONPATH=upstream/site python benchmarks/parity_checkpoints.py \
+#   PYTHONPATH=upstream/site python -m benchmarks.parity_checkpoints \
 #       --nvsubq-src upstream/nvSubquadratic --official-src upstream/ViT-5
 #
 # NVSUBQ_GIT_DIR / VIT5_GIT_DIR: git directories (bare or not) of NVIDIA-BioNeMo/nvSubquadratic and

@@ -2,33 +2,30 @@
 
 Run on the device machine (see /work/.library/device/), from the repository root::
 
-    python benchmarks/step_kernels.py --upstream PATH [--preset vit5-small] [--batch 256] \
+    python -m benchmarks.step_kernels --upstream PATH [--presets vit5-small,vit5-base] [--batch N] \
         [--modes eager,compile] --out $OUT
 
 Builds both models and the step exactly as ``bench_train.py`` does (bf16 weights under bf16
 autocast, forward + cross-entropy + backward; ``torch.compile`` default mode unless ``--modes``
 names others, each a column of its own), runs 5 warm-up
-steps, then profiles 3 and prints, per model, the GPU time per step by group (cuBLAS GEMMs,
-attention, flopkit's Triton kernels, Inductor's generated kernels, other) and the costliest
-kernels. Writes ``step_kernels.json`` and ``step_kernels.md`` under ``--out``; ``--render FILE``
-prints the tables of a saved JSON again (no GPU).
+steps, then profiles 3 and prints, per preset and model, the GPU time per step by group (cuBLAS
+GEMMs, attention, flopkit's Triton kernels, Inductor's generated kernels, other) and the costliest
+kernels. Each preset runs at ``bench_train.py``'s batch unless ``--batch`` is given. Writes
+``step_kernels_DEVICE.json`` and ``.md`` under ``--out`` (``benchmarks/_harness.py``);
+``--render FILE`` prints the tables of a saved JSON again (no GPU).
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
-import datetime
 import json
-import os
-import sys
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-sys.path.insert(0, os.path.dirname(__file__))
-import bench_train  # noqa: E402  (the models and the step, built one way)
-from _results import write_results  # noqa: E402
+from benchmarks import bench_train  # the models and the step, built one way
+from benchmarks._harness import ResultWriter, out_default
 
 STEPS = 3
 
@@ -78,7 +75,19 @@ def profile_step(kind: str, preset: str, batch: int, upstream: str | None, mode:
 
 
 def render(res: dict, top: int) -> list[str]:
-    """The markdown tables of a result (groups recomputed from the kernel list)."""
+    """The markdown tables of a result, one section per preset (a record of one preset, as written
+    before ``--presets``, renders as one section; a gathered record, one per run)."""
+    runs = res.get("runs") or [res]
+    if isinstance(runs, dict):  # gathered from before the harness: {run name: {"data": record}}
+        runs = [dict(r["data"], preset=f"{r['data']['preset']} (run {name})") for name, r in runs.items()]
+    lines: list[str] = []
+    for run in runs:
+        lines += _render_run(run, top) + [""]
+    return lines[:-1]
+
+
+def _render_run(res: dict, top: int) -> list[str]:
+    """The tables of one preset's run (groups recomputed from the kernel list)."""
     kinds = list(res["models"])
     for m in res["models"].values():
         groups = collections.Counter()
@@ -86,8 +95,7 @@ def render(res: dict, top: int) -> list[str]:
             groups[group(name)] += t
         m["groups"] = dict(groups.most_common())
     lines = [
-        f"step_kernels: {res['device']}, torch {res['torch']}, {res['date']}; {res['preset']}, batch "
-        f"{res['batch']}, {', '.join(res.get('modes', ['compile']))}, GPU ms per step ({STEPS} profiled steps)",
+        f"**{res['preset']}**, batch {res['batch']}, {', '.join(res.get('modes', ['compile']))}, GPU ms per step ({STEPS} profiled steps)",
         "",
         "| group | " + " | ".join(kinds) + " |",
         "|---|" + "---:|" * len(kinds),
@@ -116,32 +124,30 @@ def render(res: dict, top: int) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--upstream", default=None, help="nvSubquadratic source tree (has nvsubquadratic/)")
-    ap.add_argument("--preset", default="vit5-small")
-    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--presets", "--preset", default="vit5-small", help="comma-separated")
+    ap.add_argument("--batch", type=int, default=None, help="default: bench_train.py's batch per preset")
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--modes", default="compile", help="of eager, compile, reduce-overhead (bench_train's)")
-    ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    ap.add_argument("--out", default=out_default())
     ap.add_argument("--render", default=None, help="re-render a step_kernels.json (no GPU needed)")
     args = ap.parse_args()
     if args.render:
         with open(args.render) as fh:
             print("\n".join(render(json.load(fh), args.top)))
         return
-    res = {
-        "device": torch.cuda.get_device_name(),
-        "torch": torch.__version__,
-        "date": datetime.date.today().isoformat(),
-        "preset": args.preset,
-        "batch": args.batch,
-        "modes": args.modes.split(","),
-        "models": {},
-    }
+    writer = ResultWriter(args.out, "step_kernels")
+    res: dict = {"runs": []}
     kinds = ["flopkit"] + (["upstream"] if args.upstream else [])
-    for mode in res["modes"]:
-        for kind in kinds:
-            name = kind if mode == "compile" else f"{kind} {mode}"
-            res["models"][name] = profile_step(kind, args.preset, args.batch, args.upstream, mode)
-    write_results(args.out, "step_kernels", res, render(res, args.top))
+    for preset in args.presets.split(","):
+        batch = args.batch or bench_train.BATCH[preset]
+        run = {"preset": preset, "batch": batch, "modes": args.modes.split(","), "models": {}}
+        res["runs"].append(run)
+        for mode in run["modes"]:
+            for kind in kinds:
+                name = kind if mode == "compile" else f"{kind} {mode}"
+                run["models"][name] = profile_step(kind, preset, batch, args.upstream, mode)
+                writer.save(res)
+    writer.finish(res, render(res, args.top))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Launch-configuration sweep of flopkit's kernels at ViT-5 training shapes, and the SDPA backends.
 
-The kernel tables in ``kernels/_norm_triton.py`` were first swept at power-of-two widths
-(``bench_norms.py``). A ViT-5 block runs its norms at ``C = 384`` (Small) and ``768`` (Base), which
+The kernel tables in ``kernels/_norm_triton.py`` (keyed by architecture and width, each entry
+citing the run that chose it) were first swept at power-of-two widths (``bench_norms.py``). A ViT-5 block runs its norms at ``C = 384`` (Small) and ``768`` (Base), which
 pad to 512 and 1024 columns, on ``B*T`` rows (256 x 201 and 128 x 201). This script times, at those
 shapes in bf16 on one GPU (``triton.testing.do_bench``, median):
 
@@ -17,19 +17,24 @@ Effective GB/s count the minimum bytes: plain backward reads dy and x and writes
 residual adds dres (4), the scaled one also reads the branch and writes its gradient (6); the
 forwards read x and the residual and write y and h (4).
 
-Run from the repository root on a CUDA machine (flopkit installed)::
+Run from the repository root on a CUDA machine::
 
-    python benchmarks/sweep_vit_kernels.py [--out DIR]
-    python benchmarks/sweep_vit_kernels.py --from-json results/sweep_vit_kernels_....json  # table only
+    python -m benchmarks.sweep_vit_kernels [--sweeps norm_bwd,norm_fwd,qk,sdpa] [--prefetch both]
+        [--presets vit5-small,vit5-base] [--out DIR]
+    python -m benchmarks.sweep_vit_kernels --from-json benchmarks/results/sweep_vit_kernels_h100.json
 
-Writes ``sweep_vit_kernels.json`` under ``--out`` (default ``$OUT`` or ``.``) and prints a table last.
+Timings are ``benchmarks/_harness.py``'s ``device_ms`` (``triton.testing.do_bench`` medians).
+Writes ``sweep_vit_kernels_DEVICE.json`` and ``.md`` under ``--out`` (default ``$OUT`` or ``.``)
+and prints a table last; ``--from-json`` prints the tables of a saved record again (every run of
+a record gathered from before the harness).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
+
+from benchmarks._harness import ResultWriter, device_ms, out_default
 
 SHAPES = {"vit5-small": (256, 6, 384), "vit5-base": (128, 12, 768)}  # batch, heads, C
 TOKENS, HEAD_DIM = 201, 64
@@ -39,11 +44,16 @@ NORM_UNITS = {"plain": 3, "res": 4, "res+scale": 6}
 SWEEPS = ("norm_bwd", "norm_fwd", "qk", "sdpa")
 
 
+def do_bench(fn, rep: int = 100) -> float:
+    """Median ms of ``fn`` (the harness's timer; ``rep`` ms of repetitions)."""
+    return device_ms(fn, warmup_ms=25, rep_ms=rep)
+
+
 def _norm_sweep(B: int, C: int, do_bench, sweeps=SWEEPS, prefetch=(None,)) -> dict:
-    """``prefetch``: values of ``BWD_PREFETCH`` to sweep the backward under (None: the module's);
-    rows swept with it set get ``+prefetch``/``+no-prefetch`` appended to their kind."""
+    """``prefetch``: values of ``norm_backward``'s ``prefetch`` to sweep the backward under (None:
+    the tables' choice); rows swept with it set get ``+prefetch``/``+no-prefetch`` appended to their
+    kind."""
     import torch
-    from flopkit.kernels import _launch
     from flopkit.kernels import _norm_triton as tk
 
     bf = torch.bfloat16
@@ -52,26 +62,22 @@ def _norm_sweep(B: int, C: int, do_bench, sweeps=SWEEPS, prefetch=(None,)) -> di
     w = torch.randn(C, device="cuda", dtype=bf)
     s = 0.1 * torch.randn(C, device="cuda", dtype=bf)
     out = {}
-    default_prefetch = tk.BWD_PREFETCH
     for kind in NORM_UNITS if "norm_bwd" in sweeps else ():
         kw = {"plain": {}, "res": {"dres": dres}, "res+scale": {"dres": dres, "branch": br, "scale": s}}[kind]
 
-        def bwd(kw=kw, **cfg):
-            return tk.norm_backward(dy, h, w, False, 1e-6, grad_dtype=bf, **kw, **cfg)
-
         for pf in prefetch:
-            tk.BWD_PREFETCH = default_prefetch if pf is None else pf
-            _launch.clear_launch_cache()  # plans carry the flag
+
+            def bwd(kw=kw, pf=pf, **cfg):
+                return tk.norm_backward(dy, h, w, False, 1e-6, grad_dtype=bf, prefetch=pf, **kw, **cfg)
+
             rows = [
-                (do_bench(lambda c=(e, n), p=p: bwd(config=c, programs_per_sm=p), rep=40), e, n, p)
+                (do_bench(lambda c=(e, n), p=p, bwd=bwd: bwd(config=c, programs_per_sm=p), rep=40), e, n, p)
                 for e in (1024, 2048, 4096)
                 for n in (2, 4, 8)
                 for p in (2, 4, 8)
             ]
             tag = "" if pf is None else "+prefetch" if pf else "+no-prefetch"
             out[f"norm_bwd|{kind}{tag}"] = {"default_ms": do_bench(bwd, rep=200), "best": sorted(rows)[:8]}
-        tk.BWD_PREFETCH = default_prefetch
-        _launch.clear_launch_cache()
     for kind in ("res", "res+scale") if "norm_fwd" in sweeps else ():
         kw = {"residual": dres} if kind == "res" else {"residual": dres, "scale": s}
 
@@ -133,41 +139,51 @@ def _sdpa(B: int, H: int, do_bench) -> dict:
     return out
 
 
-def sweep(out: str, sweeps=SWEEPS, prefetch=(None,)) -> dict:
+def sweep(writer: ResultWriter | None, sweeps=SWEEPS, prefetch=(None,), presets=tuple(SHAPES)) -> dict:
+    """Run ``sweeps`` at ``presets``' shapes; returns ``{"op|preset|kind": result}``, saved through
+    ``writer`` after each shape."""
     import torch
-    from triton.testing import do_bench
 
-    res: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
+    found: dict = {}
     chosen = [
         fn
         for fn, names in ((_norm_sweep, ("norm_bwd", "norm_fwd")), (_qk_sweep, ("qk",)), (_sdpa, ("sdpa",)))
         if any(n in sweeps for n in names)
     ]
     for sweep_one in chosen:
-        for name, (B, H, C) in SHAPES.items():
+        for name in presets:
+            B, H, C = SHAPES[name]
             if sweep_one is _norm_sweep:
                 got = _norm_sweep(B, C, do_bench, sweeps, prefetch)
             else:
                 got = sweep_one(B, H, do_bench)
             for key, val in got.items():
                 op, kind = key.split("|")
-                res[f"{op}|{name}|{kind}"] = val
-            with open(os.path.join(out, "sweep_vit_kernels.json"), "w") as fh:
-                json.dump(res, fh, indent=1)
+                found[f"{op}|{name}|{kind}"] = val
+            if writer is not None:
+                writer.save({"sweeps": list(sweeps), "results": found})
             torch.cuda.empty_cache()
-    return res
+    return found
+
+
+def render(record: dict) -> str:
+    """The tables of a saved record: a harness record's ``results``, or each run of a record
+    gathered from before the harness (``runs``), or an old flat result."""
+    if "runs" in record:
+        return "\n\n".join(f"run {run}:\n\n" + table(r["data"]) for run, r in record["runs"].items())
+    return table(record.get("results", record))
 
 
 def table(res: dict) -> str:
     """Markdown: per swept kernel, the table's choice and the best configurations, in us and GB/s."""
     lines = [
-        f"sweep_vit_kernels: {res.get('device', '?')}, torch {res.get('torch', '?')}, bf16",
+        "bf16; the table's choice and the three best configurations per kernel",
         "",
         "| kernel | shape | table's choice | best (config: us) |",
         "|---|---|---:|---|",
     ]
     for key, val in res.items():
-        if not isinstance(val, dict):
+        if not isinstance(val, dict) or key.count("|") != 2:
             continue
         op, name, kind = key.split("|")
         B, H, C = SHAPES[name]
@@ -198,20 +214,22 @@ def table(res: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default=os.environ.get("OUT", "."))
-    ap.add_argument("--from-json", default=None, help="print the table of an earlier run's JSON")
+    ap.add_argument("--out", default=out_default())
+    ap.add_argument("--from-json", default=None, help="print the tables of a saved record")
     ap.add_argument("--sweeps", default=",".join(SWEEPS), help=f"a subset of {','.join(SWEEPS)}")
+    ap.add_argument("--presets", default=",".join(SHAPES), help=f"a subset of {','.join(SHAPES)}")
     ap.add_argument(
-        "--prefetch", default="", help="'both': sweep the norm backward with and without BWD_PREFETCH"
+        "--prefetch", default="", help="'both': sweep the norm backward with and without its prefetch"
     )
     a = ap.parse_args()
     if a.from_json:
         with open(a.from_json) as fh:
-            res = json.load(fh)
-    else:
-        os.makedirs(a.out, exist_ok=True)
-        res = sweep(a.out, a.sweeps.split(","), (False, True) if a.prefetch == "both" else (None,))
-    print(table(res))
+            print(render(json.load(fh)))
+        return
+    writer = ResultWriter(a.out, "sweep_vit_kernels")
+    prefetch = (False, True) if a.prefetch == "both" else (None,)
+    found = sweep(writer, a.sweeps.split(","), prefetch, a.presets.split(","))
+    writer.finish({"sweeps": a.sweeps.split(","), "results": found}, table(found).splitlines())
 
 
 if __name__ == "__main__":

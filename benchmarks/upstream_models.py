@@ -12,7 +12,8 @@ the model the way upstream does:
   inert placeholders (nothing of torchvision runs in a ViT-5). Its RoPE calls ``.cuda()``;
   :func:`official_forward` lets that be a no-op on a CPU-only machine.
 
-Environment variables ``FLOPKIT_NVSUBQ_SRC`` and ``FLOPKIT_VIT5_SRC`` name the checkouts for tests.
+Environment variables ``FLOPKIT_NVSUBQ_SRC`` and ``FLOPKIT_VIT5_SRC`` name the checkouts for tests. A
+checkout is made importable by ``benchmarks._harness.add_source_tree`` (no ``sys.path`` edit).
 """
 
 from __future__ import annotations
@@ -29,18 +30,11 @@ from typing import Any
 
 import torch
 
+from benchmarks._harness import add_source_tree
+
 NVSUBQ_ENV = "FLOPKIT_NVSUBQ_SRC"
 OFFICIAL_ENV = "FLOPKIT_VIT5_SRC"
 OFFICIAL_BUILDERS = {384: "vit5_small", 768: "vit5_base", 1024: "vit5_large", 1152: "vit5_xlarge"}
-
-
-def _on_path(src: str | Path) -> Path:
-    path = Path(src).resolve()
-    if not path.is_dir():
-        raise FileNotFoundError(f"upstream source {path} is not a directory")
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
-    return path
 
 
 def upstream_unavailable(source: str) -> str | None:
@@ -61,7 +55,7 @@ def upstream_unavailable(source: str) -> str | None:
 
 # ------------------------------------------------------------------------------ nvSubquadratic
 def _import_nvsubquadratic(src: str | Path) -> types.SimpleNamespace:
-    _on_path(src)
+    add_source_tree(src)
     return types.SimpleNamespace(
         LazyConfig=importlib.import_module("nvsubquadratic.lazy_config").LazyConfig,
         MLP=importlib.import_module("nvsubquadratic.modules.mlp").MLP,
@@ -184,7 +178,7 @@ def _torchvision_works() -> bool:
 
 
 def _import_official(src: str | Path) -> types.ModuleType:
-    _on_path(src)
+    add_source_tree(src)
     if "models_vit5" in sys.modules:
         return sys.modules["models_vit5"]
     if not _torchvision_works() and not any(isinstance(f, _InertTorchvision) for f in sys.meta_path):

@@ -39,7 +39,7 @@ def convert(src: str, dst: str, source: str, target: str, ema: bool, force: bool
     flopkit layouts; the output format follows DST's suffix.
 
     The architecture is read off the tensors' shapes; a flopkit output records it, so
-    `flopkit report DST` and `ViT5.from_checkpoint(DST)` rebuild the same model.
+    `flopkit report DST` and `load_vit5(DST)` rebuild the same model.
 
     \b
     Example:

@@ -112,6 +112,15 @@ __all__ = ["memory"]
     help="Find the largest batch whose predicted peak fits SIZE (e.g. 80GiB, 80GB); replaces --batch.",
 )
 @click.option(
+    "--cublas-workspace",
+    "cublas_workspace",
+    type=click.Choice(["cached", "per-op"]),
+    default="cached",
+    show_default=True,
+    help="cuBLAS workspace of the PyTorch build: cached (32 MiB kept per thread) or per-op (32 MiB "
+    "around each GEMM, builds with TORCH_CUBLAS_WORKSPACE_CACHE off).",
+)
+@click.option(
     "--plot",
     "plot_path",
     type=click.Path(dir_okay=False),
@@ -123,8 +132,8 @@ __all__ = ["memory"]
 @click.pass_context
 def memory(
     ctx, config, overrides, batch, depth, training, optimizer, loss, dtype, autocast, checkpointing, kv_cache,
-    fsdp, tp, dp_replicate, tp_plan, fit, plot_path, model_spec, model_args, input_shape, seq_len, named_inputs,
-    causal, fmt,
+    fsdp, tp, dp_replicate, tp_plan, fit, cublas_workspace, plot_path, model_spec, model_args, input_shape,
+    seq_len, named_inputs, causal, fmt,
 ) -> None:  # fmt: skip
     """Predicted GPU memory (H100, torch.cuda.max_memory_allocated) of one step, without a GPU:
     peak, steady state, parameters, gradients, optimizer state, activations, per layer.
@@ -187,6 +196,7 @@ def memory(
         checkpointing=checkpointing,
         kv_cache=kv_cache,
         fsdp=fsdp,
+        cublas_workspace=cublas_workspace.replace("-", "_"),
         depth=depth,
     )
     if fit is not None:

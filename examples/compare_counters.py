@@ -1,4 +1,4 @@
-"""flopkit's count of timm and Hugging Face models against other counters (the README's table).
+"""flopkit's count of timm and Hugging Face models against other counters (the table in docs/any-model.md).
 
 For each model: flopkit (``report --model``: FlopCounterMode on the meta device with flopkit's norm,
 activation and softmax formulas), plain ``FlopCounterMode``, plain fvcore and fvcore with flopkit's

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from flopkit import ViT5
-from flopkit.checkpoints import save_checkpoint
+from flopkit.checkpoints import load_vit5, save_checkpoint
 
 
 def batches(
@@ -44,10 +44,10 @@ def main(argv: list[str] | None = None) -> list[float]:
     args = p.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
 
-    model = ViT5.from_checkpoint(args.checkpoint)  # architecture read off the weights
-    config = dict(model.config)
+    model = load_vit5(args.checkpoint)  # architecture read off the weights
+    config = model.config.to_dict()
     if args.num_classes is not None and args.num_classes != model.num_classes:
-        model.head = nn.Linear(model.hidden_dim, args.num_classes, bias=model.config["head_bias"])
+        model.head = nn.Linear(model.hidden_dim, args.num_classes, bias=model.config.head_bias)
         config["num_classes"] = model.num_classes = args.num_classes
     model.to(device).train()
     step_fn = model if args.no_compile or device != "cuda" else torch.compile(model)

@@ -14,12 +14,14 @@ from .nn import (  # noqa: E402
     ViT5,
     ViT5Attention,
     ViT5Block,
+    ViT5Config,
 )
 
 __version__ = "0.1.0"
 
-# Loaded on first use (``flopkit.memory(...)``), so that ``import flopkit`` stays light.
+# Entry points that sit above the modules, imported on first use (the package stays light).
 _LAZY = {
+    "load_vit5": ("flopkit.checkpoints", "load_vit5"),
     "memory": ("flopkit.step_memory", "memory"),
     "fit_batch": ("flopkit.step_memory", "fit_batch"),
     "MemoryResult": ("flopkit.step_memory", "MemoryResult"),
@@ -48,6 +50,8 @@ __all__ = [
     "LayerScale",
     "ViT5Block",
     "ViT5",
+    "ViT5Config",
+    "load_vit5",
     "memory",
     "fit_batch",
     "MemoryResult",

@@ -10,7 +10,7 @@ most a namespace portion, and namespace portions lose to any regular package fur
 Each directory's package body is ``_package.py``. ``setup.py`` writes it as the ``__init__.py`` of
 the installed sub-package; in a checkout (run from the root, or an editable install), this module
 maps the two names to their directories with ``_package.py`` as the package body. See
-the README, "Layout".
+``docs/design.md``, "Layout".
 """
 
 from __future__ import annotations

@@ -27,8 +27,8 @@ from typing import Any
 
 import torch
 
-from flopkit.nn import PRESETS, ViT5
-from flopkit.nn.vit5 import OFFICIAL_LAYOUT
+from flopkit.nn import PRESETS, ViT5, ViT5Config
+from flopkit.nn.vit5_config import OFFICIAL_LAYOUT
 
 __all__ = [
     "CheckpointError",
@@ -412,9 +412,7 @@ _EXPRESSIBLE: dict[str, dict[str, tuple[Any, ...]]] = {
 
 
 def _check_expressible(fields: Mapping[str, Any], target: str) -> None:
-    import inspect
-
-    defaults = {k: p.default for k, p in inspect.signature(ViT5.__init__).parameters.items()}
+    defaults = ViT5Config().to_dict()
     for key, allowed in _EXPRESSIBLE.get(target, {}).items():
         have = fields.get(key, defaults[key])
         if have not in allowed:
@@ -472,7 +470,7 @@ def infer_config(
     fields = _shape_fields(tensors)
     if source == "nvsubquadratic" and not fields["has_cls"]:
         # Its "gap" readout averages the patches and then normalises; flopkit normalises each patch
-        # and then averages (DESIGN.md): loading would silently compute another function.
+        # and then averages (docs/vit5.md): loading would silently compute another function.
         raise CheckpointError(
             "no tensor 'cls_token': an nvSubquadratic readout='gap' model (mean over patches, then "
             "out_norm), which flopkit's ViT5 (norm, then mean) does not compute; only readout='cls' loads"
@@ -550,9 +548,7 @@ def _conv_shape(t: Mapping[str, torch.Tensor]) -> tuple[int, int, int, int]:
 
 def matching_preset(fields: Mapping[str, Any]) -> str | None:
     """The preset whose model these fields build (extra fields at their defaults), else None."""
-    import inspect
-
-    defaults = {k: p.default for k, p in inspect.signature(ViT5.__init__).parameters.items() if k != "self"}
+    defaults = ViT5Config().to_dict()
     resolved = {**defaults, **fields}
     for name, preset in PRESETS.items():
         if {**defaults, **preset} == resolved:

@@ -18,7 +18,6 @@ the meta device and reports their ``ValueError``.
 from __future__ import annotations
 
 import difflib
-import inspect
 import json
 import math
 from collections.abc import Iterable, Mapping
@@ -31,10 +30,11 @@ from torch import nn
 
 from flopkit.checkpoints import is_checkpoint_path
 from flopkit.formulas import CONVENTIONS
-from flopkit.nn import PRESETS, Mlp, RMSNorm, ViT5, ViT5Attention, ViT5Block
+from flopkit.nn import PRESETS, Mlp, RMSNorm, ViT5, ViT5Attention, ViT5Block, ViT5Config
 from flopkit.nn._checks import is_int
 from flopkit.nn.attention import QK_NORMS
 from flopkit.nn.rope import ROPE_PAIRINGS, ROPE_TABLES
+from flopkit.nn.vit5_config import SIZE, file_fields
 
 __all__ = [
     "ConfigError",
@@ -66,33 +66,8 @@ MAX_CPU_PARAMETERS = 10**9
 """``validate``'s fvcore run builds the model on CPU: 4 GiB of float32 parameters at most."""
 
 
-# Field -> accepted type: int, float (ints accepted), bool, SIZE (an int or [height, width]), or a
-# tuple of allowed values.
-SIZE = "size"
-MODEL_FIELDS: dict[str, Any] = {
-    "image_size": SIZE,
-    "patch_size": int,
-    "in_channels": int,
-    "hidden_dim": int,
-    "depth": int,
-    "num_heads": int,
-    "mlp_ratio": float,
-    "num_registers": int,
-    "has_cls": bool,
-    "qk_norm": QK_NORMS,
-    "rope_base": float,
-    "reg_rope_base": float,
-    "rope_pairing": ROPE_PAIRINGS,
-    "num_classes": int,
-    "cls_first": bool,
-    "qkv_bias": bool,
-    "proj_bias": bool,
-    "mlp_bias": bool,
-    "patch_bias": bool,
-    "head_bias": bool,
-    "rope_tables": ROPE_TABLES,
-    "norm_cast_before_weight": bool,
-}
+MODEL_FIELDS: dict[str, Any] = file_fields()
+"""The ViT5 fields a config file or an override may set, from :class:`~flopkit.nn.ViT5Config`."""
 
 _LAYOUT_FIELDS: dict[str, Any] = {
     "hidden_dim": int,
@@ -554,9 +529,7 @@ def _layout(module: nn.Module):
     return _attention(module).layout
 
 
-_VIT5_DEFAULTS = {
-    name: p.default for name, p in inspect.signature(ViT5.__init__).parameters.items() if name != "self"
-}
+_VIT5_DEFAULTS = ViT5Config().to_dict()
 
 
 def preset_summaries() -> list[dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""Every FLOP formula and convention of flopkit, once (DESIGN.md §3).
+"""Every FLOP formula and convention of flopkit, once (docs/conventions.md).
 
 A leaf module: it imports nothing of flopkit (nor torch), so the modules (``flop_breakdown``), the
 kernels (``register_flop_formula``), the measured counters (fvcore handles, the FlopCounterMode

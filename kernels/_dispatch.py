@@ -1,32 +1,37 @@
-"""Backend selection shared by every op in ``flopkit.kernels``.
+"""How a call of a ``flopkit.kernels`` op reaches its kernel: the route, decided once per call.
 
-``backend="auto"`` runs the Triton kernel on CUDA tensors and the PyTorch reference
-elsewhere; ``"triton"`` forces the kernel (on CPU tensors only under
-``TRITON_INTERPRET=1``); ``"torch"`` forces the reference.
+:func:`route` is the one decision of a public op's call (:class:`Route`): the PyTorch reference,
+the eager kernel path, or the ``flopkit::`` custom op. ``backend="auto"`` runs the Triton kernel on
+CUDA tensors and the PyTorch reference elsewhere; ``"triton"`` forces the kernel (on CPU tensors
+only under ``TRITON_INTERPRET=1``); ``"torch"`` forces the reference.
+
+The public ops then call one of the two entries that ``_opspec.KernelOp`` generates from each op's
+one spec (``_norm_ops.py``, ``_rope_ops.py``).
 """
 
 from __future__ import annotations
 
+import enum
 import functools
 import importlib.util
 import os
-from collections.abc import Callable
-from typing import Any
 
 import torch
 
 __all__ = [
+    "Route",
+    "REFERENCE",
+    "KERNEL",
+    "CUSTOM_OP",
+    "route",
     "runs_reference_in_op",
-    "needs_custom_op",
     "ops_observed",
     "BACKENDS",
     "SUPPORTED_DTYPES",
     "resolve_backend",
-    "select_backend",
     "check_dtype",
     "triton_available",
     "num_sms",
-    "direct_apply",
 ]
 
 BACKENDS = ("auto", "triton", "torch")
@@ -71,45 +76,87 @@ def runs_reference_in_op(x: torch.Tensor) -> bool:
     )
 
 
+class Route(enum.Enum):
+    """Where one call of a public op runs, decided once by :func:`route`."""
+
+    REFERENCE = "reference"
+    """The PyTorch reference (``*_ref``): ``backend="torch"``, ``"auto"`` off CUDA, float64."""
+    KERNEL = "kernel"
+    """The eager hot path: the op's autograd Function (or, with no gradient needed, the launcher
+    alone) launches the Triton kernel through ``_launch.launch``, skipping the dispatcher."""
+    CUSTOM_OP = "custom_op"
+    """Through the op's ``flopkit::`` custom op: under ``torch.compile``, a dispatch mode
+    (``FlopCounterMode``, FakeTensor, opcheck), a JIT trace (fvcore), on meta tensors, or on a CPU
+    tensor whose op runs the reference inside (:func:`route_through_custom_ops`)."""
+
+
+REFERENCE, KERNEL, CUSTOM_OP = Route.REFERENCE, Route.KERNEL, Route.CUSTOM_OP
+
+
+def route(backend: str | Route, x: torch.Tensor, op: str, *, dtypes: bool = True) -> Route:
+    """The one decision of a public op's call: where it runs (:class:`Route`), for tensor ``x``.
+
+    ``backend`` is ``"auto"`` (Triton on CUDA tensors, the reference elsewhere), ``"triton"`` (the
+    kernel; on CPU tensors only under ``TRITON_INTERPRET=1``), ``"torch"`` (the reference), or a
+    :class:`Route` a caller already decided (returned as it is). Inside
+    :func:`route_through_custom_ops` ``"auto"`` and ``"triton"`` take the custom op on any device.
+    With ``dtypes`` the dtype rule applies too: float32, float16 and bfloat16 take either path;
+    float64 runs the reference (``backend="triton"`` with it is a ``TypeError``); any other dtype
+    is a ``TypeError``.
+
+    Raises ``ValueError`` for an unknown backend and ``RuntimeError`` when ``backend="triton"``
+    cannot run (no triton, or CPU tensors without the interpreter).
+    """
+    if backend.__class__ is Route:
+        return backend
+    if backend not in BACKENDS:
+        raise ValueError(f"{op}: backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "torch":
+        kernel = False
+    elif _ROUTE_DEPTH > 0:
+        kernel = True  # the custom op, which runs the reference on CPU and its fake on meta
+    elif backend == "auto":
+        kernel = _TRITON_AVAILABLE and x.is_cuda
+    else:
+        if not _TRITON_AVAILABLE:
+            raise RuntimeError(f"{op}: backend='triton' needs the triton package, which is not installed")
+        if not (x.is_cuda or (x.device.type == "cpu" and triton_interpret())):
+            raise RuntimeError(
+                f"{op}: backend='triton' needs CUDA tensors (got device {x.device.type!r}); "
+                "CPU tensors run the kernel only under TRITON_INTERPRET=1"
+            )
+        kernel = True
+    if dtypes:
+        if x.dtype == torch.float64:
+            if backend == "triton":
+                raise TypeError(
+                    f"{op}: the Triton kernel takes float32, float16 or bfloat16, got float64 "
+                    "(backend='torch' or 'auto' runs the float64 reference)"
+                )
+            return REFERENCE
+        if x.dtype not in SUPPORTED_DTYPES:
+            check_dtype(x, "x", op)
+    if not kernel:
+        return REFERENCE
+    # The kernel, through its custom op where something must see the op (or trace it), else
+    # directly. is_compiling() first: Dynamo folds it to a constant and never traces the calls after
+    # it. torch._C._is_tracing() is torch.jit.is_tracing() less its TorchScript check (flopkit's
+    # ops are never scripted), and a CUDA tensor skips the device-type checks: the eager hot path.
+    if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() > 0 or torch._C._is_tracing():
+        return CUSTOM_OP
+    if x.is_cuda:
+        return KERNEL
+    return CUSTOM_OP if x.device.type == "meta" or runs_reference_in_op(x) else KERNEL
+
+
 def resolve_backend(backend: str, x: torch.Tensor, op: str) -> str:
-    """Return ``"triton"`` or ``"torch"`` for an op on tensor ``x``.
+    """``"triton"`` or ``"torch"``: whether a call on ``x`` runs the kernel (directly or through its
+    custom op) or the reference, by :func:`route`'s rules without the dtype rule.
 
     Raises ``ValueError`` for an unknown backend and ``RuntimeError`` when
     ``backend="triton"`` cannot run (no triton, or CPU tensors without the interpreter).
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"{op}: backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "torch":
-        return "torch"
-    if _ROUTE_DEPTH > 0:
-        return "triton"  # the custom op, which runs the reference on CPU and its fake on meta
-    if backend == "auto":
-        return "triton" if _TRITON_AVAILABLE and x.is_cuda else "torch"
-    usable = x.is_cuda or (x.device.type == "cpu" and triton_interpret())
-    if not triton_available():
-        raise RuntimeError(f"{op}: backend='triton' needs the triton package, which is not installed")
-    if not usable:
-        raise RuntimeError(
-            f"{op}: backend='triton' needs CUDA tensors (got device {x.device.type!r}); "
-            "CPU tensors run the kernel only under TRITON_INTERPRET=1"
-        )
-    return "triton"
-
-
-def select_backend(backend: str, x: torch.Tensor, op: str) -> str:
-    """:func:`resolve_backend` plus the dtype rule: float32, float16 and bfloat16 take either path;
-    float64 (the tests' references) runs only the reference, so ``backend="triton"`` with it is a
-    ``TypeError``; any other dtype is a ``TypeError``."""
-    path = resolve_backend(backend, x, op)
-    if x.dtype == torch.float64:
-        if backend == "triton":
-            raise TypeError(
-                f"{op}: the Triton kernel takes float32, float16 or bfloat16, got float64 "
-                "(backend='torch' or 'auto' runs the float64 reference)"
-            )
-        return "torch"
-    check_dtype(x, "x", op)
-    return path
+    return "torch" if route(backend, x, op, dtypes=False) is REFERENCE else "triton"
 
 
 def check_dtype(x: torch.Tensor, name: str, op: str) -> None:
@@ -119,22 +166,6 @@ def check_dtype(x: torch.Tensor, name: str, op: str) -> None:
             f"{op}: {name} must be float32, float16 or bfloat16, got {x.dtype} "
             "(cast it first, e.g. x.float())"
         )
-
-
-def needs_custom_op(x: torch.Tensor) -> bool:
-    """Whether a Triton-path call on ``x`` must go through its ``flopkit::`` custom op rather than
-    straight to the launcher: under ``torch.compile``, a dispatch mode (``FlopCounterMode``,
-    FakeTensor), a JIT trace (fvcore), on meta tensors, or when the op runs the reference.
-
-    A plain eager call skips the dispatcher: its Python round trip costs about as much host time
-    as a small kernel runs.
-    """
-    # is_compiling() first: Dynamo folds it to a constant and never traces the calls after it.
-    # torch._C._is_tracing() is torch.jit.is_tracing() less its TorchScript check (flopkit's ops
-    # are never scripted), and a CUDA tensor skips the device-type checks: the eager hot path.
-    if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() > 0 or torch._C._is_tracing():
-        return True
-    return not x.is_cuda and (x.device.type == "meta" or runs_reference_in_op(x))
 
 
 def ops_observed() -> bool:
@@ -156,23 +187,6 @@ def replaying_cuda() -> bool:
     return _REPLAY_DEPTH > 0
 
 
-def direct_apply(function: type[torch.autograd.Function]) -> Callable[..., Any]:
-    """``function.apply``, calling its C++ implementation directly in plain eager code: without the
-    Python wrapper's default-argument binding and functorch bookkeeping, about 1.5 µs less host
-    time a call. While ``torch.compile`` traces (Dynamo knows ``apply``, not its C++ half) or a
-    functorch transform is active, the wrapper runs. ``function.forward`` must take no default
-    arguments."""
-    c_apply = torch._C._FunctionBase.__dict__["apply"].__get__(None, function)
-
-    def apply(*args: Any) -> Any:
-        # is_compiling() first: Dynamo folds it to True and traces function.apply.
-        if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
-            return function.apply(*args)
-        return c_apply(*args)
-
-    return apply
-
-
 @functools.cache
 def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
@@ -184,3 +198,17 @@ def num_sms(device: torch.device) -> int:
     if device.type != "cuda":
         return 4
     return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.cache
+def _arch(index: int) -> str:
+    major, minor = torch.cuda.get_device_capability(index)
+    return f"sm{major}{minor}"
+
+
+def device_arch(device: torch.device) -> str:
+    """The architecture a launcher's tile tables are keyed by: ``sm90`` for a CUDA device of compute
+    capability 9.0 (H100, H200), ``cpu`` elsewhere (the Triton interpreter)."""
+    if device.type != "cuda":
+        return device.type
+    return _arch(device.index if device.index is not None else torch.cuda.current_device())

@@ -19,12 +19,22 @@ compiled binary with the same arguments.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import torch
 
-__all__ = ["launch", "clear_launch_cache", "MAX_CACHED", "Plan", "cached_plan", "partials"]
+__all__ = [
+    "launch",
+    "clear_launch_cache",
+    "MAX_CACHED",
+    "Plan",
+    "cached_plan",
+    "partials",
+    "Tile",
+    "TUNED_ARCH",
+    "pick_tile",
+]
 
 MAX_CACHED = 4096  # cached launches (and, in the launchers, plans) before the cache starts over
 # key -> (compiled kernel, trailing constexpr values in parameter order, 3-D grid, the JITFunction)
@@ -209,3 +219,25 @@ def partials(
             torch.empty(plan.parts, dtype=torch.float32, device=like.device) if second else None,
         )
     return ws[1], ws[2]
+
+
+# ------------------------------------------------------------------------------------ tile tables
+# The architecture every table was swept on (an H100: compute capability 9.0). Launchers key their
+# tile tables by (architecture, width); an architecture without an entry of its own at a width takes
+# this one's, as every device did before the tables had an architecture.
+TUNED_ARCH = "sm90"
+
+
+class Tile(NamedTuple):
+    """One entry of a launcher's tile table: the launch configuration and the evidence for it (the
+    result file and run under ``benchmarks/results/`` whose sweep chose it, or why none did)."""
+
+    config: tuple[int, ...]
+    source: str
+
+
+def pick_tile(table: Mapping[tuple[str, int], Tile], arch: str, width: int) -> Tile | None:
+    """``table``'s entry at ``(arch, width)``, else at ``(TUNED_ARCH, width)``; None when neither
+    exists."""
+    tile = table.get((arch, width))
+    return tile if tile is not None else table.get((TUNED_ARCH, width))

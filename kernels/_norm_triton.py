@@ -8,7 +8,7 @@ normalised over its ``D`` columns with fp32 statistics. Row ``i`` of the tile is
 activation (``[B, T, H, D]`` with a row stride of ``3*H*D``) is read in place.
 
 Rows wider than ``FUSED_MAX_*`` columns do not fit in registers: the ``*_chunked`` kernels
-loop over the row in ``CHUNK`` columns (``CHUNKED_*_CONFIG``), one row per step, reading it twice (the second read
+loop over the row in ``CHUNK`` columns (``CHUNKED_*_TILES``), one row per step, reading it twice (the second read
 hits L2: one row is at most a few hundred KB).
 
 Backward recomputes the row statistics from ``x`` instead of storing ``rstd`` in forward:
@@ -29,8 +29,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._dispatch import num_sms
-from ._launch import Plan, cached_plan, launch, partials
+from ._dispatch import device_arch, num_sms
+from ._launch import TUNED_ARCH, Plan, Tile, cached_plan, launch, partials, pick_tile
 from ._reference import residual_dtype
 
 __all__ = [
@@ -43,68 +43,93 @@ __all__ = [
 FUSED_MAX_FWD = 16384
 FUSED_MAX_BWD = 8192
 
-# Tiles keyed by BLOCK_H * BLOCK_D (the padded row width), picked by benchmarks/bench_norms.py's
-# sweep on an H100 (2026-11-23, bf16; results in benchmarks/results/). Forward and residual
-# forward: (elements per program, num_warps). Widths not in the sweep carry neighbouring values.
-FWD_CONFIGS: dict[int, tuple[int, int]] = {
-    1: (1024, 4),
-    2: (1024, 4),
-    4: (1024, 4),
-    8: (2048, 4),
-    16: (2048, 4),
-    32: (2048, 4),
-    64: (2048, 8),
-    128: (4096, 8),
-    256: (2048, 8),
-    512: (4096, 8),
-    1024: (2048, 4),
-    2048: (4096, 8),
-    4096: (8192, 16),
-    8192: (8192, 16),
-    16384: (16384, 32),
-}
-RES_CONFIGS: dict[int, tuple[int, int]] = {
-    **FWD_CONFIGS,
-    64: (4096, 4),
-    128: (4096, 4),
-    1024: (2048, 8),
-    4096: (4096, 4),
-    8192: (8192, 8),
-}
+# ---------------------------------------------------------------------------------- tile tables
+# Keyed by (architecture, BLOCK_H * BLOCK_D = the padded row width); docs/benchmarks.md (Reproducing)
+# says how a table is swept and replaced. Every entry was chosen on an H100 (bf16) and cites the result that
+# chose it: benchmarks/bench_norms.py's sweep of row shapes (widths 64, 128, 1024, 4096, 8192 and
+# the chunked 65536), or benchmarks/sweep_vit_kernels.py at ViT-5 shapes. Widths that no sweep
+# covered carry a neighbouring width's tile.
+_NORMS = "benchmarks/results/bench_norms_h100.json, run 2026-11-23, sweep "
+_NORMS_TABLES = "benchmarks/results/bench_norms_h100.json, run recheck_2026-11-23 (its tables)"
+_NOT_SWEPT = "not swept: a neighbouring width's tile"
+_VIT = "benchmarks/results/sweep_vit_kernels_h100.json, run prefetch_2026-11-23, "
+
+
+def _table(
+    entries: dict[int, tuple[tuple[int, ...], str]], arch: str = TUNED_ARCH
+) -> dict[tuple[str, int], Tile]:
+    return {(arch, width): Tile(config, source) for width, (config, source) in entries.items()}
+
+
+# Forward and residual forward: (elements per program, num_warps).
+FWD_TILES: dict[tuple[str, int], Tile] = _table({
+    1: ((1024, 4), _NOT_SWEPT),
+    2: ((1024, 4), _NOT_SWEPT),
+    4: ((1024, 4), _NOT_SWEPT),
+    8: ((2048, 4), _NOT_SWEPT),
+    16: ((2048, 4), _NOT_SWEPT),
+    32: ((2048, 4), _NOT_SWEPT),
+    64: ((2048, 8), _NORMS + "308736x64"),
+    128: ((4096, 8), _NORMS + "524288x128"),
+    256: ((2048, 8), _NOT_SWEPT),
+    512: ((4096, 8), _NOT_SWEPT),
+    1024: ((2048, 4), _NORMS + "65536x768 (at 65536x1024 within 1 % of the best there, (2048, 8))"),
+    2048: ((4096, 8), _NOT_SWEPT),
+    4096: ((8192, 16), _NORMS + "16384x4096"),
+    8192: ((8192, 16), _NORMS + "4096x8192"),
+    16384: ((16384, 32), _NOT_SWEPT),
+})  # fmt: skip
+RES_TILES: dict[tuple[str, int], Tile] = {
+    **FWD_TILES,
+    **_table({
+        64: ((4096, 4), _NORMS + "308736x64"),
+        128: ((4096, 4), _NORMS + "524288x128"),
+        1024: ((2048, 8), _NORMS + "65536x768 (at 65536x1024 within 1 % of the best there, (2048, 4))"),
+        4096: ((4096, 4), _NORMS + "16384x4096"),
+        8192: ((8192, 8), _NORMS + "4096x8192"),
+    }),
+}  # fmt: skip
 # Persistent backward: (elements per tile, num_warps, programs per SM).
-BWD_CONFIGS: dict[int, tuple[int, int, int]] = {
-    1: (1024, 4, 2),
-    2: (1024, 4, 2),
-    4: (2048, 4, 2),
-    8: (2048, 4, 2),
-    16: (4096, 8, 2),
-    32: (2048, 8, 4),
-    64: (2048, 8, 4),
-    128: (2048, 8, 4),
-    256: (2048, 8, 4),
-    512: (2048, 8, 4),
-    1024: (4096, 4, 3),
-    2048: (4096, 4, 3),
-    4096: (4096, 4, 3),
-    8192: (8192, 8, 1),
-}
+BWD_TILES: dict[tuple[str, int], Tile] = _table({
+    1: ((1024, 4, 2), _NOT_SWEPT),
+    2: ((1024, 4, 2), _NOT_SWEPT),
+    4: ((2048, 4, 2), _NOT_SWEPT),
+    8: ((2048, 4, 2), _NOT_SWEPT),
+    16: ((4096, 8, 2), _NOT_SWEPT),
+    32: ((2048, 8, 4), _NOT_SWEPT + "; " + _NORMS_TABLES),
+    64: ((2048, 8, 4), _NORMS + "308736x64"),
+    128: ((2048, 8, 4), _NORMS + "524288x128"),
+    256: ((2048, 8, 4), _NOT_SWEPT),
+    512: ((2048, 8, 4), _NOT_SWEPT),
+    1024: ((4096, 4, 3), _NORMS + "65536x1024 and 65536x768"),
+    2048: ((4096, 4, 3), _NOT_SWEPT + "; " + _NORMS_TABLES),
+    4096: ((4096, 4, 3), _NORMS + "16384x4096"),
+    8192: ((8192, 8, 1), _NORMS + "4096x8192"),
+})  # fmt: skip
 # Plain and residual rows (BLOCK_H = 1) at the ViT widths (C = 384 and 768), and the
-# LayerScale-fused residual backward there, swept at ViT shapes with the loads of each program's
-# next block issued before the current one is reduced (``PREFETCH``; benchmarks/
-# sweep_vit_kernels.py --prefetch both, H100, bf16, 51456 x 384 and 25728 x 768 rows): 6-14 %
-# faster than the same sweep without it (plain 66.1 -> 56.7 us, residual 75.4 -> 68.9, scaled
-# residual 104.4 -> 98.4 at 51456 x 384). (elements per tile, num_warps, programs per SM).
-# Per-head tiles and other widths take BWD_CONFIGS, without prefetching (unswept with it; a tile
-# too large for two blocks in registers spills: 1.1 ms instead of 67 us at 25728 x 768).
-BWD_ROW_CONFIGS: dict[int, tuple[int, int, int]] = {512: (1024, 2, 8), 1024: (2048, 4, 4)}
-BWD_SCALE_CONFIGS: dict[int, tuple[int, int, int]] = {512: (1024, 8, 4), 1024: (1024, 8, 4)}
-# None: prefetch where the tables above apply; True/False forces it (the sweep's A/B).
-BWD_PREFETCH: bool | None = None
-# Chunked kernels (rows wider than FUSED_MAX_*): (columns per step, num_warps); backward
-# programs per SM.
-CHUNKED_FWD_CONFIG = (8192, 32)
-CHUNKED_BWD_CONFIG = (8192, 16)
-CHUNKED_BWD_PROGRAMS_PER_SM = 1
+# LayerScale-fused residual backward there, swept at ViT shapes (51456 x 384 and 25728 x 768 rows)
+# with the loads of each program's next block issued before the current one is reduced (the
+# kernel's PREFETCH), which beat the same sweep without it (the cited run has both). These entries
+# run with PREFETCH; per-head tiles and other widths take BWD_TILES without it: unswept with it,
+# and a tile too large for two blocks in registers spills (the same run's vit5-base res+prefetch
+# row: the tile the table then held, with PREFETCH forced, against the swept best).
+BWD_PREFETCH_TILES: dict[tuple[str, int], Tile] = _table({
+    512: ((1024, 2, 8), _VIT + "vit5-small plain+prefetch and res+prefetch (best of res, second of plain)"),
+    1024: ((2048, 4, 4), _VIT + "vit5-base plain+prefetch and res+prefetch"),
+})  # fmt: skip
+BWD_SCALE_TILES: dict[tuple[str, int], Tile] = _table({
+    512: ((1024, 8, 4), _VIT + "vit5-small res+scale+prefetch"),
+    1024: ((1024, 8, 4), _VIT + "vit5-base res+scale+prefetch"),
+})  # fmt: skip
+# Chunked kernels (rows wider than FUSED_MAX_*), keyed by architecture alone (one tile serves every
+# width): forward (columns per step, num_warps); backward (columns per step, num_warps, programs
+# per SM).
+CHUNKED_FWD_TILES: dict[str, Tile] = {TUNED_ARCH: Tile((8192, 32), _NORMS + "1024x65536")}
+CHUNKED_BWD_TILES: dict[str, Tile] = {TUNED_ARCH: Tile((8192, 16, 1), _NORMS + "1024x65536")}
+
+
+def _chunked_tile(table: dict[str, Tile], arch: str) -> tuple[int, ...]:
+    return table.get(arch, table[TUNED_ARCH]).config
 
 
 @triton.jit
@@ -667,8 +692,8 @@ def _plan_forward(x, residual, has_w, has_b, has_s, eps, H, D, layer, per_head_w
     sw = D if per_head_weight else 0
     if fused:
         width = block_h * block_d
-        table = RES_CONFIGS if residual is not None else FWD_CONFIGS
-        elems, warps = config or table[min(width, FUSED_MAX_FWD)]
+        table = RES_TILES if residual is not None else FWD_TILES
+        elems, warps = config or pick_tile(table, device_arch(x.device), min(width, FUSED_MAX_FWD)).config
         block_t = max(1, elems // width)
         plan = Plan(
             _norm_fwd_kernel,
@@ -681,7 +706,7 @@ def _plan_forward(x, residual, has_w, has_b, has_s, eps, H, D, layer, per_head_w
             res is not None and res.copied,
         )
     else:
-        chunk, warps = config or CHUNKED_FWD_CONFIG
+        chunk, warps = config or _chunked_tile(CHUNKED_FWD_TILES, device_arch(x.device))
         plan = Plan(
             _norm_fwd_chunked_kernel,
             (rows.n_tok,),
@@ -752,7 +777,19 @@ def norm_forward(
 
 
 def _plan_backward(
-    x, has_w, has_bias, has_dres, has_s, eps, H, D, layer, per_head_weight, config, programs_per_sm
+    x,
+    has_w,
+    has_bias,
+    has_dres,
+    has_s,
+    eps,
+    H,
+    D,
+    layer,
+    per_head_weight,
+    config,
+    programs_per_sm,
+    prefetch=None,
 ):
     """Plan :func:`norm_backward`; returns ``(plan, x_rows)``."""
     block_d = triton.next_power_of_2(D)
@@ -764,15 +801,15 @@ def _plan_backward(
     sw = D if per_head_weight else 0
     if fused:
         width = block_h * block_d
-        prefetch = True
-        if has_s and width in BWD_SCALE_CONFIGS:
-            elems, warps, per_sm = BWD_SCALE_CONFIGS[width]
-        elif block_h == 1 and width in BWD_ROW_CONFIGS:
-            elems, warps, per_sm = BWD_ROW_CONFIGS[width]
-        else:
-            elems, warps, per_sm = BWD_CONFIGS[min(width, FUSED_MAX_BWD)]
-            prefetch = False
-        prefetch = prefetch if BWD_PREFETCH is None else BWD_PREFETCH
+        arch = device_arch(x.device)
+        tile = pick_tile(BWD_SCALE_TILES, arch, width) if has_s else None
+        if tile is None and block_h == 1:
+            tile = pick_tile(BWD_PREFETCH_TILES, arch, width)
+        tiled = tile is not None  # the prefetching tables
+        if tile is None:
+            tile = pick_tile(BWD_TILES, arch, min(width, FUSED_MAX_BWD))
+        elems, warps, per_sm = tile.config
+        prefetch = tiled if prefetch is None else prefetch
         elems, warps = config or (elems, warps)
         block_t = max(1, elems // width)
         n_blocks = triton.cdiv(rows.n_tok, block_t)
@@ -795,8 +832,9 @@ def _plan_backward(
             (P, rows.NH, D),
         )
     else:
-        chunk, warps = config or CHUNKED_BWD_CONFIG
-        P = max(1, min(rows.n_tok, budget * (programs_per_sm or CHUNKED_BWD_PROGRAMS_PER_SM)))
+        chunk, warps, per_sm = _chunked_tile(CHUNKED_BWD_TILES, device_arch(x.device))
+        chunk, warps = config or (chunk, warps)
+        P = max(1, min(rows.n_tok, budget * (programs_per_sm or per_sm)))
         fold_w = per_head_weight and rows.HF > 1
         plan = Plan(
             _norm_bwd_chunked_kernel,
@@ -837,6 +875,7 @@ def norm_backward(
     scale: torch.Tensor | None = None,
     config: tuple[int, int] | None = None,
     programs_per_sm: int | None = None,
+    prefetch: bool | None = None,
     grad_dtype: torch.dtype = torch.float32,
     run: Runner = launch,
 ) -> NormGrads:
@@ -848,6 +887,11 @@ def norm_backward(
     ``x``'s shape and dtype; ``dweight``/``dbias``/``dscale`` have the weight's (scale's) shape
     (``(H, D)`` with ``per_head_weight``, else ``(D,)``) in ``grad_dtype`` (the fp32 partials summed
     in fp32, then rounded).
+
+    ``config`` = ``(elements per tile, num_warps)`` and ``programs_per_sm`` override the tile
+    table; ``prefetch`` forces the kernel's next-block prefetch on or off (None: on where the
+    prefetching tables ``BWD_PREFETCH_TILES``/``BWD_SCALE_TILES`` chose the tile). These serve
+    benchmark sweeps; the ops never pass them.
     """
     # int(): under dynamic-shape tracing the row width specialises (tile sizes are constexprs).
     D = int(x.shape[-1] if head_dim is None else head_dim)
@@ -876,6 +920,7 @@ def norm_backward(
         per_head_weight,
         config,
         programs_per_sm,
+        prefetch,
     )
     if run is launch:
         key = ("bwd", x.shape, x.stride(), x.get_device(), x.dtype, *args[1:])

@@ -1,14 +1,17 @@
 """flopkit.kernels: norm and RoPE ops with a Triton path (CUDA) and a PyTorch reference.
 
-Three files per op family (norm, rope): the public ops with their PyTorch references
-(``norm.py``, ``rope.py``), the ``torch.library`` registration (``_norm_ops.py``, ``_rope_ops.py``)
-and the Triton kernels with their launchers (``_norm_triton.py``, ``_rope_triton.py``). FLOP
-formulas live in :mod:`flopkit.formulas`. Every public op takes ``backend="auto" | "triton" |
-"torch"``: ``auto`` runs Triton on CUDA tensors and the reference elsewhere. Triton is imported only when a kernel first runs.
-``activation.py`` holds :func:`gelu`, which compiled code runs as PyTorch's own kernels.
+Three files per op family (norm, rope): the public ops with their PyTorch references (``norm.py``,
+``rope.py``), one spec per op (``_norm_ops.py``, ``_rope_ops.py``) from which ``_opspec.KernelOp``
+generates the ``torch.library`` op and the eager path, and the Triton kernels with their launchers
+(``_norm_triton.py``, ``_rope_triton.py``). FLOP formulas live in :mod:`flopkit.formulas`. Every
+public op takes ``backend="auto" | "triton" | "torch"``: ``auto`` runs Triton on CUDA tensors and
+the reference elsewhere. Each public op decides its call's route once (:func:`route`: the
+reference, the eager kernel path or the ``flopkit::`` custom op). Triton is imported only when a
+kernel first runs. ``activation.py`` holds :func:`gelu`, which compiled code runs as PyTorch's own
+kernels.
 """
 
-from ._dispatch import BACKENDS, SUPPORTED_DTYPES, ops_observed, replaying_cuda, resolve_backend
+from ._dispatch import BACKENDS, SUPPORTED_DTYPES, Route, ops_observed, replaying_cuda, resolve_backend, route
 from ._routing import replay_cuda_paths, route_through_custom_ops
 from .activation import gelu
 from .norm import (
@@ -29,6 +32,8 @@ __all__ = [
     "BACKENDS",
     "SUPPORTED_DTYPES",
     "ROPE_PAIRINGS",
+    "Route",
+    "route",
     "resolve_backend",
     "ops_observed",
     "route_through_custom_ops",

@@ -3,7 +3,7 @@ spec the Triton kernels are tested against, and what the ops run on CPU. Shared 
 files (``norm.py``, ``rope.py``) and the registrations (``_norm_ops.py``, ``_rope_ops.py``), so that
 neither imports the other.
 
-Rotation (DESIGN.md §2): ``x' = x * cos + rot(x) * sin`` with two pairings:
+Rotation (docs/vit5.md): ``x' = x * cos + rot(x) * sin`` with two pairings:
 
 * ``"split_half"`` (nvSubquadratic, default): with ``q4 = D/4``, ``h = D/2``,
   ``rot(x) = [-x[q4:h], x[:q4], -x[h+q4:], x[h:h+q4]]``. With the interleaved tables

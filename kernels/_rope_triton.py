@@ -30,7 +30,7 @@ import triton
 import triton.language as tl
 
 from ._dispatch import num_sms
-from ._launch import Plan, cached_plan, launch, partials
+from ._launch import TUNED_ARCH, Plan, Tile, cached_plan, launch, partials
 from ._norm_triton import Runner, empty_grad, sum_partials
 
 __all__ = ["qk_norm_rope_fwd", "qk_norm_rope_bwd"]
@@ -212,7 +212,7 @@ def _qk_norm_rope_bwd_kernel(
         dk_row = dk_ptr + (b * s_dk_b + h * s_dk_h + t * s_dk_t)[:, None]
         # Every read of the tile first (q's, k's and dv), then the math and the stores: one memory
         # round trip per tile instead of three (148.7 -> 138.0 us at vit5-small's shape on an H100:
-        # benchmarks/results/sweep_vit_kernels_qk-early-loads_*).
+        # benchmarks/results/sweep_vit_kernels_h100.md, run qk-early-loads_2026-11-23).
         gq, gqp, xq = _tile_bwd_loads(
             dq_row + (cols * s_dq_d)[None, :], dq_row + (partner * s_dq_d)[None, :],
             x_row + (q_cols * s_qkv_c)[None, :], mask, NORM, PARTNER_EVICT, INTERLEAVED,
@@ -250,11 +250,24 @@ def _qk_norm_rope_bwd_kernel(
 # --------------------------------------------------------------------------------------------------
 # Launchers
 #
-# Launch configurations from the H100 sweep in benchmarks/ (bf16, D = 64): the forward is fastest with
-# small one-warp programs (many CTAs per SM, ~512 elements of q and of k each); the backward with
-# ~2K-element tiles, two warps, and about 4 programs per SM looping over row tiles.
-FWD_TILE_ELEMS, FWD_WARPS = 512, 1
-BWD_TILE_ELEMS, BWD_WARPS, BWD_PROGRAMS_PER_SM = 2048, 2, 4
+# Tile tables keyed by (architecture, BLOCK_D), each entry citing the sweep that chose it
+# (benchmarks/bench_attention.py --sweep, H100, bf16, D = 64): the forward is fastest with small
+# one-warp programs (many CTAs per SM, ~512 elements of q and of k each); the backward with
+# ~2K-element tiles, two warps, and about 4 programs per SM looping over row tiles. Only D = 64 was
+# swept: every head dim and device runs its entry (the constants below).
+_SWEEP = "benchmarks/results/bench_attention_h100.json, run sweep_2026-11-23"
+FWD_TILES: dict[tuple[str, int], Tile] = {
+    (TUNED_ARCH, 64): Tile(
+        (512, 1), _SWEEP + ": best at (128, 201, 12, 64); within 1 % of the best at (32, 1025, 16, 64)"
+    ),
+}
+BWD_TILES: dict[tuple[str, int], Tile] = {
+    (TUNED_ARCH, 64): Tile(
+        (2048, 2, 4), _SWEEP + ": 2048 elements, 2 warps best at both shapes; 4 per SM within 2 % of 64"
+    ),
+}
+FWD_TILE_ELEMS, FWD_WARPS = FWD_TILES[(TUNED_ARCH, 64)].config
+BWD_TILE_ELEMS, BWD_WARPS, BWD_PROGRAMS_PER_SM = BWD_TILES[(TUNED_ARCH, 64)].config
 # Eviction hints: the cos/sin tables are re-read by every batch row and head; the partner re-read
 # of a tile is the last use of its lines.
 TABLE_EVICT, PARTNER_EVICT = "evict_last", "evict_first"

@@ -4,8 +4,9 @@ PyTorch's own CUDA kernels instead of generating Triton ones.
 At ViT-5's MLP width the activation's two passes over the ``[B*T, 4C]`` tensor (forward, and the
 backward's read of the incoming gradient and the saved input) are pure memory traffic. PyTorch's
 vectorised kernels move it at the device's copy rate; the kernels Inductor generates for the same
-``gelu`` and ``gelu_backward`` take about 7 % longer on an H100
-(``benchmarks/results/step_kernels_*``). Inside a compiled region :func:`gelu` therefore calls a
+``gelu`` and ``gelu_backward`` take about 7 % longer on an H100 (PyTorch's in
+``benchmarks/results/step_kernels_h100.md``; Inductor's in the run before,
+``git log -- benchmarks/results/step_kernels_vit5-small_pending_2026-11-23_h100.md``). Inside a compiled region :func:`gelu` therefore calls a
 custom op, opaque to Inductor, whose forward and backward run ``aten.gelu`` and
 ``aten.gelu_backward``; everywhere else it is ``F.gelu``. Results are identical: the same kernels
 run in eager mode. FLOPs: one per element, as ``nn.GELU`` (:func:`flopkit.formulas.elementwise`).

@@ -2,11 +2,13 @@
 step, the QK-norm over heads with one shared ``(D,)`` weight, and ExLlamaV2-style ``HeadNorm``
 (``(H, D)`` weight, optional ``(H, D)`` bias, RMS or Layer mode), with their PyTorch references.
 
-Semantics (DESIGN.md §2): ``y = (x_f32 * rsqrt(mean(x_f32**2) + eps) * w_f32).to(x.dtype)``;
+Semantics (docs/vit5.md): ``y = (x_f32 * rsqrt(mean(x_f32**2) + eps) * w_f32).to(x.dtype)``;
 per-head inputs are ``[*, H*D]`` (flat heads) or ``[*, H, D]`` and outputs keep the input's shape
 and dtype. FLOPs: :func:`flopkit.formulas.rms_norm`, :func:`~flopkit.formulas.per_head_rms_norm`
 and :func:`~flopkit.formulas.head_norm` (the residual add of the fused op is not counted).
-Registration (custom ops, autograd, FLOP formulas) is in ``_norm_ops.py``, the Triton kernels in
+Each public op decides its call's route once (``_dispatch.route``) and calls the op's eager entry
+or its custom op, both generated (``_opspec.KernelOp``) from the op's one spec in ``_norm_ops.py``
+(kernel launch, reference, fake, autograd, FLOP formula); the Triton kernels are in
 ``_norm_triton.py``, the references in ``_reference.py``.
 """
 
@@ -16,7 +18,7 @@ import torch
 
 from flopkit.formulas import NORM_MODES
 
-from ._dispatch import check_dtype, select_backend
+from ._dispatch import KERNEL, REFERENCE, check_dtype, route
 from ._reference import (
     _normalize_heads,
     check_heads,
@@ -46,9 +48,9 @@ _NORM_OPS = None  # kernels/_norm_ops.py once imported
 
 
 def _ops():
-    """The ``flopkit::`` norm ops and their eager entry points, registered on first use
-    (``torch.library`` imports triton, which ``import flopkit`` must not); kept in a global so that
-    later calls skip the import statement's machinery."""
+    """The norm family's op specs (``kernels/_norm_ops.py``), registered on first use (the launchers
+    import triton, which ``import flopkit`` must not). Callers read the global first
+    (``_NORM_OPS or _ops()``), so that later calls cost no function call."""
     global _NORM_OPS
     if _NORM_OPS is None:
         from . import _norm_ops
@@ -78,10 +80,11 @@ def rms_norm(
     (``"triton"`` with it is a TypeError). FLOPs: ``3 * x.numel()``.
     """
     _check_norm_args(x, weight, "rms_norm")
-    if select_backend(backend, x, "rms_norm") == "torch":
+    path = route(backend, x, "rms_norm")
+    if path is REFERENCE:
         return rms_norm_ref(x, weight, eps)
-    # kernels/_norm_ops.py launches the kernel: through its custom op, or directly when eager.
-    return _ops().rms_norm(x, weight, eps)
+    op = (_NORM_OPS or _ops()).RMS_NORM
+    return (op.eager if path is KERNEL else op.via_op)(x, weight, eps)
 
 
 def rms_norm_residual(
@@ -123,9 +126,11 @@ def rms_norm_residual(
         raise ValueError(f"rms_norm_residual: residual and scale must be on x's device {x.device}")
     # float64 anywhere runs the float64 reference (Triton takes float32, float16 and bfloat16).
     probe = next((t for t in others if t.dtype == torch.float64), x)
-    if select_backend(backend, probe, "rms_norm_residual") == "torch":
+    path = route(backend, probe, "rms_norm_residual")
+    if path is REFERENCE:
         return rms_norm_residual_ref(x, residual, weight, eps, scale)
-    return _ops().rms_norm_residual(x, residual, weight, eps, scale)
+    op = (_NORM_OPS or _ops()).RMS_NORM_RESIDUAL
+    return (op.eager if path is KERNEL else op.via_op)(x, residual, weight, eps, scale)
 
 
 def per_head_rms_norm_ref(
@@ -178,9 +183,11 @@ def per_head_rms_norm(
     D = _shared_head_dim(weight, head_dim, "per_head_rms_norm")
     _check_input(x, "per_head_rms_norm")
     check_heads(x, num_heads, D, "per_head_rms_norm")
-    if select_backend(backend, x, "per_head_rms_norm") == "torch":
+    path = route(backend, x, "per_head_rms_norm")
+    if path is REFERENCE:
         return per_head_rms_norm_ref(x, weight, num_heads, eps, head_dim=D)
-    return _ops().per_head_rms_norm(x, weight, num_heads, D, eps)
+    op = (_NORM_OPS or _ops()).PER_HEAD_RMS_NORM
+    return (op.eager if path is KERNEL else op.via_op)(x, weight, num_heads, D, eps)
 
 
 def head_norm(
@@ -204,9 +211,11 @@ def head_norm(
     H, D = _head_shape(weight, bias, num_heads, head_dim)
     _check_input(x, "head_norm")
     check_heads(x, H, D, "head_norm")
-    if select_backend(backend, x, "head_norm") == "torch":
+    path = route(backend, x, "head_norm")
+    if path is REFERENCE:
         return head_norm_ref(x, weight, bias, eps, mode, num_heads=H, head_dim=D)
-    return _ops().head_norm(x, weight, bias, H, D, eps, mode)
+    op = (_NORM_OPS or _ops()).HEAD_NORM
+    return (op.eager if path is KERNEL else op.via_op)(x, weight, bias, H, D, eps, mode)
 
 
 def _check_input(x: torch.Tensor, op: str) -> None:

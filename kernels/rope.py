@@ -3,14 +3,16 @@ primitives and references (defined in ``_reference.py``: ``x' = x * cos + rot(x)
 ``"split_half"`` as nvSubquadratic or ``"interleaved"`` as the official ViT-5).
 
 FLOPs: :func:`flopkit.formulas.qk_norm_rope` (RoPE 2 per element of q and of k; the norm 3).
-Registration is in ``_rope_ops.py``, the Triton kernels in ``_rope_triton.py``.
+:func:`qk_norm_rope` decides its call's route once (``_dispatch.route``) and calls the eager entry
+or the custom op, both generated (``_opspec.KernelOp``) from the op's one spec in ``_rope_ops.py``;
+the Triton kernels are in ``_rope_triton.py``.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ._dispatch import check_dtype, select_backend
+from ._dispatch import KERNEL, REFERENCE, Route, check_dtype, route
 from ._reference import ROPE_PAIRINGS, apply_rope_ref, qk_norm_rope_ref, rotate_pairs
 
 __all__ = [
@@ -81,7 +83,7 @@ def qk_norm_rope(
     pairing: str = "split_half",
     *,
     norm: bool | None = None,
-    backend: str = "auto",
+    backend: str | Route = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Fused QK-norm + RoPE + head transpose on the QKV projection output.
 
@@ -91,6 +93,8 @@ def qk_norm_rope(
         num_heads: ``H``.
         q_weight, k_weight: ``(D,)`` shared or ``(H, D)`` RMSNorm weights, or None.
         norm: whether to RMS-normalise q and k (default: whether a weight is given).
+        backend: ``"auto"``, ``"triton"``, ``"torch"``, or a :class:`~flopkit.kernels.Route` the
+            caller already decided with :func:`~flopkit.kernels.route` (``ViT5Attention``).
     Returns:
         ``q, k, v``, each ``[B, H, T, D]``. On the Triton path q and k are new tensors, contiguous
         below 12 heads and token-major views of ``[B, T, H, D]`` buffers from 12 heads up (cuDNN's
@@ -101,18 +105,23 @@ def qk_norm_rope(
     _check_qk_args(qkv, cos, sin, num_heads, q_weight, k_weight, pairing)
     if norm is None:
         norm = q_weight is not None or k_weight is not None
-    if select_backend(backend, qkv, "qk_norm_rope") == "torch":
+    path = route(backend, qkv, "qk_norm_rope")
+    if path is REFERENCE:
         return qk_norm_rope_ref(qkv, cos, sin, num_heads, q_weight, k_weight, eps, pairing, norm=norm)
-    return _triton_path()(qkv, cos, sin, num_heads, q_weight, k_weight, eps, pairing, norm)
+    op = (_ROPE_OPS or _ops()).QK_NORM_ROPE
+    args = (qkv, cos, sin, q_weight, k_weight, num_heads, float(eps), pairing, bool(norm))
+    return (op.eager if path is KERNEL else op.via_op)(*args)
 
 
-_ROPE_TRITON = None  # kernels/_rope_ops.py's entry point once imported (it imports triton)
+_ROPE_OPS = None  # kernels/_rope_ops.py once imported (it imports triton)
 
 
-def _triton_path():
-    global _ROPE_TRITON
-    if _ROPE_TRITON is None:
-        from ._rope_ops import qk_norm_rope_triton
+def _ops():
+    """The rope family's op specs (``kernels/_rope_ops.py``), registered on first use. Callers read
+    the global first (``_ROPE_OPS or _ops()``), so that later calls cost no function call."""
+    global _ROPE_OPS
+    if _ROPE_OPS is None:
+        from . import _rope_ops
 
-        _ROPE_TRITON = qk_norm_rope_triton
-    return _ROPE_TRITON
+        _ROPE_OPS = _rope_ops
+    return _ROPE_OPS

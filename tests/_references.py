@@ -1,4 +1,4 @@
-"""Independent float64 norms for the kernel tests (written from DESIGN.md §2, not imported)."""
+"""Independent float64 norms for the kernel tests (written from docs/vit5.md, not imported)."""
 
 from __future__ import annotations
 

@@ -208,7 +208,7 @@ def test_torch_files_with_wrappers_and_prefixes(tmp_path, wrap):
     torch.save(wrap(from_flopkit(model.state_dict(), "official")), path)
     x = images(model)
     with torch.no_grad():
-        assert torch.equal(ViT5.from_checkpoint(path, use_triton=False).eval()(x), model(x))
+        assert torch.equal(load_vit5(path, use_triton=False).eval()(x), model(x))
 
 
 def test_ema_weights_are_taken_only_when_asked(tmp_path):
@@ -223,11 +223,11 @@ def test_ema_weights_are_taken_only_when_asked(tmp_path):
     )
     x = images(plain)
     with torch.no_grad():
-        assert torch.equal(ViT5.from_checkpoint(path, use_triton=False).eval()(x), plain(x))
-        assert torch.equal(ViT5.from_checkpoint(path, ema=True, use_triton=False).eval()(x), ema(x))
+        assert torch.equal(load_vit5(path, use_triton=False).eval()(x), plain(x))
+        assert torch.equal(load_vit5(path, ema=True, use_triton=False).eval()(x), ema(x))
     torch.save({"model": from_flopkit(plain.state_dict(), "nvsubquadratic")}, path)
     with pytest.raises(CheckpointError, match="ema=True but no EMA weights"):
-        ViT5.from_checkpoint(path, ema=True)
+        load_vit5(path, ema=True)
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
@@ -250,7 +250,7 @@ def test_convert_files_both_ways_round_trips(tmp_path, suffix, layout):
     # the flopkit file records its fields: it rebuilds the same model, official options included
     x = images(model)
     with torch.no_grad():
-        assert torch.equal(ViT5.from_checkpoint(mine, use_triton=False).eval()(x), model(x))
+        assert torch.equal(load_vit5(mine, use_triton=False).eval()(x), model(x))
 
 
 # ------------------------------------------------------------------------------- errors
@@ -406,7 +406,7 @@ def test_finetune_example_runs_and_writes_a_loadable_checkpoint(tmp_path):
     torch.save(checkpoint("official"), src)
     losses = example.main([str(src), str(out), "--num-classes", "4", "--steps", "2", "--batch-size", "2"])
     assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
-    tuned = ViT5.from_checkpoint(out)
+    tuned = load_vit5(out)
     assert tuned.num_classes == 4 and tuned.cls_first and tuned.head.bias is not None
 
 

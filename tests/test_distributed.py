@@ -18,9 +18,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from benchmarks import multi_gpu as M
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import multi_gpu as M  # noqa: E402
 
 needs_gloo = pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()),
@@ -39,7 +39,12 @@ def run_script(tmp_path: Path, *extra: str) -> tuple[subprocess.CompletedProcess
         text=True,
         timeout=180,
         cwd=ROOT,
-        env={**os.environ, "OUT": str(tmp_path)},
+        # PYTHONPATH: the script imports flopkit from this checkout, installed or not.
+        env={
+            **os.environ,
+            "OUT": str(tmp_path),
+            "PYTHONPATH": os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH")))),
+        },
     )
     with open(tmp_path / "multi_gpu.json") as fh:
         return proc, json.load(fh)

@@ -6,17 +6,19 @@ with the reason when its code cannot be imported. Float32 on CPU: logits within 
 (max abs difference over max abs logit), at 224 px and at 256 px, on every module path.
 """
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-from flopkit import ViT5, kernels
-from flopkit.checkpoints import detect_source, from_flopkit, infer_config, matching_preset, to_flopkit
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import upstream_models as U  # noqa: E402
+from benchmarks import upstream_models as U
+from flopkit import kernels
+from flopkit.checkpoints import (
+    detect_source,
+    from_flopkit,
+    infer_config,
+    load_vit5,
+    matching_preset,
+    to_flopkit,
+)
 
 SOURCES = {
     "nvsubquadratic": (U.NVSUBQ_ENV, U.build_nvsubquadratic, U.nvsubquadratic_forward),
@@ -89,7 +91,7 @@ def test_checkpoint_matches_its_preset(upstream):
 @pytest.mark.parametrize("path", ["torch", "auto", "custom-ops"])
 def test_logits_match_upstream(upstream, path):
     source, image_size, model, forward = upstream
-    mine = ViT5.from_checkpoint(model.state_dict(), use_triton=path != "torch").eval()
+    mine = load_vit5(model.state_dict(), use_triton=path != "torch").eval()
     x = torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         expected = forward(model, x)
@@ -106,7 +108,7 @@ def test_gradients_match_upstream(upstream):
     source, image_size, model, forward = upstream
     if image_size != 224:
         pytest.skip("gradients are checked at one resolution (224 px) to keep the suite fast")
-    mine = ViT5.from_checkpoint(model.state_dict(), use_triton=False).eval()
+    mine = load_vit5(model.state_dict(), use_triton=False).eval()
     x = torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(3))
     target = torch.tensor([3, 777])
     model.zero_grad()

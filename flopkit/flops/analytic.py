@@ -1,4 +1,4 @@
-"""Analytic FLOPs as a tree: walk ``flop_children`` down to the leaves (DESIGN.md §3).
+"""Analytic FLOPs as a tree: walk ``flop_children`` down to the leaves (docs/conventions.md).
 
 Every number comes from the modules themselves: a composite's ``flop_self`` and
 ``flop_children(num_tokens, convention) -> [(name, module, count)]``, a leaf's

@@ -3,6 +3,7 @@
 from .attention import ViT5Attention
 from .norms import HeadNorm, PerHeadRMSNorm, RMSNorm
 from .vit5 import PRESETS, LayerScale, Mlp, PatchEmbed, ScalableLinear, ViT5, ViT5Block
+from .vit5_config import ViT5Config
 
 __all__ = [
     "RMSNorm",
@@ -15,5 +16,6 @@ __all__ = [
     "LayerScale",
     "ViT5Block",
     "ViT5",
+    "ViT5Config",
     "PRESETS",
 ]

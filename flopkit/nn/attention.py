@@ -1,4 +1,4 @@
-"""ViT5Attention: fused QKV, QK-norm before register-aware 2D RoPE, SDPA (DESIGN.md §2).
+"""ViT5Attention: fused QKV, QK-norm before register-aware 2D RoPE, SDPA (docs/vit5.md).
 
 Checkpoint-compatible with nvSubquadratic's ``ViT5Attention``: state-dict keys ``qkv.weight``,
 ``proj.weight``, ``q_norm.weight``, ``k_norm.weight`` (+ biases when enabled).
@@ -175,12 +175,13 @@ class ViT5Attention(CompositeFlops, nn.Module):
             return None
         return True, q.weight, k.weight, eps
 
-    def _use_fused(self, x: torch.Tensor) -> bool:
-        return (
-            bool(self.use_triton)
-            and x.dtype in kernels.SUPPORTED_DTYPES
-            and kernels.resolve_backend("auto", x, "ViT5Attention") == "triton"
-        )
+    def _fused_route(self, x: torch.Tensor) -> kernels.Route | None:
+        """Where the fused QK-norm + RoPE of ``x`` (the ``[B, T, 3C]`` qkv) runs, decided once
+        (:func:`flopkit.kernels.route`) and handed to the op; None for the modules' path."""
+        if not self.use_triton or x.dtype not in kernels.SUPPORTED_DTYPES:
+            return None
+        path = kernels.route("auto", x, "ViT5Attention")
+        return None if path is kernels.Route.REFERENCE else path
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: ``[B, T, C]`` with ``T = h*w + has_cls + R`` -> ``[B, T, C]``."""
@@ -196,7 +197,8 @@ class ViT5Attention(CompositeFlops, nn.Module):
         # by heads (flopkit.parallel: q, k and v each split, the local qkv [B, T, 3 * H_local * D]).
         H = qkv.shape[-1] // (3 * D)
         # In float32 both cast orders agree, so the fused kernel stays valid for them.
-        fused = self._fused_weights(qkv.dtype == torch.float32) if self._use_fused(qkv) else None
+        path = self._fused_route(qkv)
+        fused = self._fused_weights(qkv.dtype == torch.float32) if path is not None else None
         if fused is not None:
             norm, q_weight, k_weight, eps = fused
             q, k, v = kernels.qk_norm_rope(
@@ -209,7 +211,7 @@ class ViT5Attention(CompositeFlops, nn.Module):
                 eps,
                 self.rope_pairing,
                 norm=norm,
-                backend="triton",
+                backend=path,
             )
         else:
             q, k, v = qkv.view(B, T, 3, H, D).unbind(2)

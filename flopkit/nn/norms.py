@@ -1,7 +1,7 @@
 """Norm modules: RMSNorm (drop-in for torch.nn.RMSNorm), PerHeadRMSNorm (QK-norm), HeadNorm.
 
 Each dispatches to ``flopkit.kernels`` (Triton on CUDA, the PyTorch reference elsewhere or with
-``use_triton=False``) and counts its own FLOPs (DESIGN.md §3).
+``use_triton=False``) and counts its own FLOPs (docs/conventions.md).
 """
 
 from __future__ import annotations

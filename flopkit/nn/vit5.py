@@ -12,8 +12,6 @@ The official ViT-5 (``models_vit5.py``) is the same network with options: CLS fi
 
 from __future__ import annotations
 
-import difflib
-import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +25,7 @@ from ._checks import check_positive_int, is_int
 from ._flops import CompositeFlops, FlopCounted
 from .attention import ViT5Attention
 from .norms import RMSNorm
+from .vit5_config import OFFICIAL_LAYOUT, PRESETS, ViT5Config
 
 __all__ = [
     "PatchConv",
@@ -36,30 +35,10 @@ __all__ = [
     "LayerScale",
     "ViT5Block",
     "ViT5",
+    "ViT5Config",
     "PRESETS",
     "OFFICIAL_LAYOUT",
 ]
-
-# Presets are data: the fields that differ from ViT5's defaults (patch 16, image 224, R = 4,
-# CLS, MLP x4, GELU, LayerScale 1e-4, RMSNorm eps 1e-6, QK-norm RMSNorm).
-PRESETS: dict[str, dict[str, Any]] = {
-    "vit5-small": {"hidden_dim": 384, "depth": 12, "num_heads": 6},
-    "vit5-base": {"hidden_dim": 768, "depth": 12, "num_heads": 12},
-    "vit5-large": {"hidden_dim": 1024, "depth": 24, "num_heads": 16},
-    "vit5-xlarge": {"hidden_dim": 1152, "depth": 28, "num_heads": 16},
-}
-# The official ViT-5 layout (wangf3014/ViT-5 ``models_vit5.py``): what differs from nvSubquadratic's.
-OFFICIAL_LAYOUT: dict[str, Any] = {
-    "cls_first": True,
-    "patch_bias": True,
-    "proj_bias": True,
-    "mlp_bias": True,
-    "head_bias": True,
-    "rope_pairing": "interleaved",
-    "rope_tables": "official",
-    "norm_cast_before_weight": True,
-}
-PRESETS.update({f"{name}-official": {**fields, **OFFICIAL_LAYOUT} for name, fields in list(PRESETS.items())})
 
 
 def _pair(value: int | tuple[int, int], name: str) -> tuple[int, int]:
@@ -314,6 +293,36 @@ class ViT5Block(CompositeFlops, nn.Module):
         self.mlp = Mlp(hidden_dim, hidden, bias=mlp_bias)
         self.ls2 = LayerScale(hidden_dim, layer_scale_init) if layer_scale_init else nn.Identity()
 
+    @classmethod
+    def from_config(cls, config: ViT5Config, num_patches_h: int, num_patches_w: int) -> ViT5Block:
+        """One block of the ViT5 that ``config`` describes, on a ``num_patches_h x num_patches_w``
+        patch grid."""
+        c = config
+        return cls(
+            c.hidden_dim,
+            c.num_heads,
+            num_patches_h,
+            num_patches_w,
+            num_registers=c.num_registers,
+            has_cls=c.has_cls,
+            mlp_ratio=c.mlp_ratio,
+            qk_norm=c.qk_norm,
+            layer_scale_init=c.layer_scale_init,
+            rope_base=c.rope_base,
+            reg_rope_base=c.reg_rope_base,
+            rope_pairing=c.rope_pairing,
+            norm_eps=c.norm_eps,
+            attn_dropout=c.attn_dropout,
+            proj_dropout=c.proj_dropout,
+            use_triton=c.use_triton,
+            cls_first=c.cls_first,
+            qkv_bias=c.qkv_bias,
+            proj_bias=c.proj_bias,
+            mlp_bias=c.mlp_bias,
+            rope_tables=c.rope_tables,
+            norm_cast_before_weight=c.norm_cast_before_weight,
+        )
+
     def forward(
         self, x: torch.Tensor, branch: torch.Tensor | None = None, *, pending: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
@@ -405,48 +414,27 @@ class ViT5(CompositeFlops, nn.Module):
     norm on the readout token(s) + ``2 * C * num_classes`` per image (``num_tokens`` is fixed to ``T``).
     """
 
-    def __init__(
-        self,
-        image_size: int | tuple[int, int] = 224,
-        patch_size: int = 16,
-        in_channels: int = 3,
-        num_classes: int = 1000,
-        hidden_dim: int = 768,
-        depth: int = 12,
-        num_heads: int = 12,
-        mlp_ratio: float = 4.0,
-        num_registers: int = 4,
-        has_cls: bool = True,
-        qk_norm: str | None = "rmsnorm",
-        layer_scale_init: float | None = 1e-4,
-        rope_base: float = 10000.0,
-        reg_rope_base: float = 100.0,
-        rope_pairing: str = "split_half",
-        norm_eps: float = 1e-6,
-        attn_dropout: float = 0.0,
-        proj_dropout: float = 0.0,
-        use_triton: bool = True,
-        cls_first: bool = False,
-        qkv_bias: bool = False,
-        proj_bias: bool = False,
-        mlp_bias: bool = False,
-        patch_bias: bool = False,
-        head_bias: bool = False,
-        rope_tables: str = "flopkit",
-        norm_cast_before_weight: bool = False,
-    ) -> None:
+    def __init__(self, config: ViT5Config | None = None, /, **fields: Any) -> None:
+        """``ViT5(config)``, ``ViT5(**fields)`` (the :class:`ViT5Config` fields) or both (``fields``
+        override the config's). Unknown fields raise ``ValueError`` naming them."""
         super().__init__()
-        check_positive_int("hidden_dim", hidden_dim)
-        check_positive_int("num_heads", num_heads)
-        for name, value, low in (
-            ("depth", depth, 1),
-            ("num_classes", num_classes, 0),
-            ("in_channels", in_channels, 1),
-        ):
-            if not is_int(value) or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-        given = locals()
-        self.config = {k: given[k] for k in inspect.signature(ViT5.__init__).parameters if k != "self"}
+        if config is None:
+            config = ViT5Config.from_fields(fields)
+        elif not isinstance(config, ViT5Config):
+            raise TypeError(f"config must be a ViT5Config, got {type(config).__name__}")
+        elif fields:
+            config = config.replace(**fields)
+        self.config = config
+        c = config
+        image_size, patch_size, in_channels, hidden_dim = (
+            c.image_size,
+            c.patch_size,
+            c.in_channels,
+            c.hidden_dim,
+        )
+        depth, num_heads, num_registers, has_cls = c.depth, c.num_heads, c.num_registers, c.has_cls
+        num_classes, cls_first, patch_bias, head_bias = c.num_classes, c.cls_first, c.patch_bias, c.head_bias
+        norm_eps, use_triton, norm_cast_before_weight = c.norm_eps, c.use_triton, c.norm_cast_before_weight
         self.patch_embed = PatchEmbed(image_size, patch_size, in_channels, hidden_dim, bias=patch_bias)
         gh, gw = self.patch_embed.grid_size
         self.hidden_dim = hidden_dim
@@ -456,33 +444,7 @@ class ViT5(CompositeFlops, nn.Module):
         self.cls_first = bool(cls_first) and self.has_cls
         self.num_registers = num_registers
         self.num_classes = num_classes
-        self.blocks = nn.ModuleList(
-            ViT5Block(
-                hidden_dim,
-                num_heads,
-                gh,
-                gw,
-                num_registers=num_registers,
-                has_cls=has_cls,
-                mlp_ratio=mlp_ratio,
-                qk_norm=qk_norm,
-                layer_scale_init=layer_scale_init,
-                rope_base=rope_base,
-                reg_rope_base=reg_rope_base,
-                rope_pairing=rope_pairing,
-                norm_eps=norm_eps,
-                attn_dropout=attn_dropout,
-                proj_dropout=proj_dropout,
-                use_triton=use_triton,
-                cls_first=cls_first,
-                qkv_bias=qkv_bias,
-                proj_bias=proj_bias,
-                mlp_bias=mlp_bias,
-                rope_tables=rope_tables,
-                norm_cast_before_weight=norm_cast_before_weight,
-            )
-            for _ in range(depth)
-        )
+        self.blocks = nn.ModuleList(ViT5Block.from_config(c, gh, gw) for _ in range(depth))
         self.layout = self.blocks[0].attn.layout
         self.num_tokens = self.layout.num_tokens
         self.cls_token = nn.Parameter(torch.zeros(1, 1, hidden_dim)) if has_cls else None
@@ -497,41 +459,9 @@ class ViT5(CompositeFlops, nn.Module):
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> ViT5:
-        """Build a preset (``vit5-small|base|large|xlarge``) with field overrides."""
-        if name not in PRESETS:
-            hint = difflib.get_close_matches(name, PRESETS, n=1)
-            raise ValueError(
-                f"unknown preset {name!r}; expected one of {', '.join(PRESETS)}"
-                + (f" (did you mean {hint[0]!r}?)" if hint else "")
-            )
-        fields = set(inspect.signature(cls.__init__).parameters) - {"self"}
-        unknown = sorted(set(overrides) - fields)
-        if unknown:
-            hint = difflib.get_close_matches(unknown[0], fields, n=1)
-            raise ValueError(
-                f"unknown ViT5 field {unknown[0]!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
-            )
-        return cls(**{**PRESETS[name], **overrides})
-
-    @classmethod
-    def from_checkpoint(
-        cls,
-        path_or_state_dict: Any,
-        source: str = "auto",
-        *,
-        ema: bool = False,
-        **overrides: Any,
-    ) -> ViT5:
-        """Build a ViT5 from real weights: a ``.pth``/``.pt``/``.safetensors`` path or a state dict.
-
-        ``source`` is ``"auto"`` (recognised from the keys), ``"nvsubquadratic"``, ``"official"`` or
-        ``"flopkit"``. The architecture comes from the tensors' shapes; ``overrides`` set what
-        shapes cannot tell (e.g. ``num_heads`` without QK-norm) or runtime fields (``use_triton``).
-        ``ema=True`` takes the EMA weights of a training checkpoint. See :mod:`flopkit.checkpoints`.
-        """
-        from flopkit.checkpoints import load_vit5
-
-        return load_vit5(path_or_state_dict, source, ema=ema, **overrides)
+        """Build a preset (``vit5-small|base|large|xlarge``, ``*-official``) with field overrides;
+        weights from a checkpoint: :func:`flopkit.checkpoints.load_vit5`."""
+        return cls(ViT5Config.from_preset(name, **overrides))
 
     # ------------------------------------------------------------------ forward
     @property

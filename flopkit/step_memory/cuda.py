@@ -11,6 +11,8 @@ what it does not do is what CUDA decides for itself. This module supplies those 
     ops on CUDA's lower-precision list cast their floating inputs to ``dtype`` (with the cast cache
     for parameters, kept until the autocast region ends), ops on its fp32 list cast to float32,
     reductions on its "fp32 output" list run with ``dtype=torch.float32``;
+  - runs dropout as CUDA does, ATen's fused ``native_dropout`` with a bool mask (on meta and CPU,
+    ``dropout`` saves a noise tensor of the input's dtype);
   - routes ``F.scaled_dot_product_attention`` to the backend PyTorch picks on an H100
     (:func:`sdpa_backend`) and allocates what that backend allocates: flash attention (FA2) and
     memory-efficient attention save the output and a float32 log-sum-exp ``[B, H, T]``, never the
@@ -336,7 +338,25 @@ class CudaSemantics(TorchFunctionMode):
                     args, kwargs = tree_map(lambda x: self._cast(x, widest), (args, kwargs))
         if name == "scaled_dot_product_attention":
             return _run_sdpa(func, args, kwargs, self.sdpa_choices)
+        if name == "dropout" and args:
+            fused = _fused_dropout(args, kwargs)
+            if fused is not None:
+                return fused
         return func(*args, **kwargs)
+
+
+def _fused_dropout(args: tuple, kwargs: dict) -> torch.Tensor | None:
+    """``F.dropout``/``torch.dropout`` as CUDA runs it: out of place, in training, with ``0 < p < 1``,
+    ATen's fused ``native_dropout``, which saves a bool mask (1 byte an element); elsewhere (and on
+    meta) ``input * noise`` saves a noise tensor of the input's dtype. None where CUDA does not fuse
+    either (the call then runs as written)."""
+    x = args[0]
+    p = kwargs.get("p", args[1] if len(args) > 1 else 0.5)
+    train = kwargs.get("training", kwargs.get("train", args[2] if len(args) > 2 else True))
+    inplace = kwargs.get("inplace", args[3] if len(args) > 3 else False)
+    if not isinstance(x, torch.Tensor) or not train or inplace or not 0 < p < 1 or x.numel() == 0:
+        return None
+    return torch.native_dropout(x, p, True)[0]
 
 
 def _accepts_dtype(name: str, args: tuple) -> bool:

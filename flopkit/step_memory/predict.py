@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,7 +29,7 @@ from .step import (
     StepHooks,
     checkpoint_blocks,
     create_optimizer_state,
-    make_kv_cache,
+    kv_cache_inputs,
     make_optimizer,
     repeated_blocks,
     run_step,
@@ -44,6 +45,8 @@ __all__ = [
     "parse_bytes",
     "format_bytes",
     "CUBLAS_WORKSPACE",
+    "CUBLASLT_WORKSPACE",
+    "CUBLAS_WORKSPACE_MODES",
     "DTYPES",
     "AUTOCAST_DTYPES",
 ]
@@ -52,6 +55,10 @@ __all__ = [
 # allocated through the caching allocator at the first matmul of each thread. A training step uses
 # two threads (the forward's and the autograd engine's), an inference step one.
 CUBLAS_WORKSPACE = 32 * 1024**2
+# Builds that allocate the cuBLAS workspace per operation (TORCH_CUBLAS_WORKSPACE_CACHE off) still
+# cache cuBLASLt's, 1 MiB by default (CUBLASLT_WORKSPACE_SIZE), per thread.
+CUBLASLT_WORKSPACE = 1024**2
+CUBLAS_WORKSPACE_MODES = ("cached", "per_op")
 
 DTYPES = {
     "float32": torch.float32,
@@ -280,10 +287,20 @@ class _Plan:
     kv_cache: int | None
     fsdp: int
     workspace_bytes: int | None
+    cublas_workspace: str = "cached"
 
 
 def _check_plan(
-    training, optimizer, loss, dtype, autocast, checkpointing, kv_cache, fsdp, workspace_bytes
+    training,
+    optimizer,
+    loss,
+    dtype,
+    autocast,
+    checkpointing,
+    kv_cache,
+    fsdp,
+    workspace_bytes,
+    cublas_workspace="cached",
 ) -> _Plan:
     """Every option checked before any model is built; errors name the option, value and limit."""
     if optimizer is not None and optimizer not in OPTIMIZERS:
@@ -308,6 +325,10 @@ def _check_plan(
         raise ValueError("--kv-cache is an inference setting: it does not apply with --training")
     if workspace_bytes is not None and workspace_bytes < 0:
         raise ValueError(f"workspace_bytes must be >= 0, got {workspace_bytes}")
+    if cublas_workspace not in CUBLAS_WORKSPACE_MODES:
+        raise ValueError(
+            f"--cublas-workspace must be one of {', '.join(CUBLAS_WORKSPACE_MODES)}, got {cublas_workspace!r}"
+        )
     return _Plan(
         training,
         (optimizer or "adamw") if training else "none",
@@ -318,6 +339,7 @@ def _check_plan(
         kv_cache,
         fsdp,
         workspace_bytes,
+        cublas_workspace,
     )
 
 
@@ -404,6 +426,7 @@ class _Replay:
     loss: str | None
     workspace: int
     units: list[str]
+    triton: bool | None  # the Triton path replayed (True), wanted but unavailable (False), no such modules
 
 
 def _replay(subject: _Subject, plan: _Plan, batch: int) -> _Replay:
@@ -422,20 +445,17 @@ def _replay(subject: _Subject, plan: _Plan, batch: int) -> _Replay:
     semantics = CudaSemantics(plan.autocast)
     if plan.kv_cache is not None:
         cache_dtype = plan.autocast or next(module.parameters()).dtype
-        kwargs = {
-            **kwargs,
-            "past_key_values": make_kv_cache(module, batch, plan.kv_cache, cache_dtype, "meta"),
-        }
-        kwargs["use_cache"] = True
+        kwargs = {**kwargs, **kv_cache_inputs(module, batch, plan.kv_cache, cache_dtype, "meta")}
     optimizer = make_optimizer(plan.optimizer, params) if plan.training else None
     with semantics:
         create_optimizer_state(optimizer)
     tracker = ModTracker()
     path_of = _ModulePath(tracker, module)
-    trace = AllocationTrace(path_of)
+    per_op = plan.cublas_workspace == "per_op"
+    trace = AllocationTrace(path_of, op_workspace=CUBLAS_WORKSPACE if per_op else 0)
     workspace = plan.workspace_bytes
-    if workspace is None:
-        workspace = CUBLAS_WORKSPACE * (2 if plan.training else 1)
+    if workspace is None:  # cached per thread: the forward's, and the autograd engine's in training
+        workspace = (CUBLASLT_WORKSPACE if per_op else CUBLAS_WORKSPACE) * (2 if plan.training else 1)
     # Blocks that exist before the step, in the order the step finds them.
     names = dict(module.named_modules())
     param_blocks: dict[str, list[Block]] = {}
@@ -453,7 +473,8 @@ def _replay(subject: _Subject, plan: _Plan, batch: int) -> _Replay:
         trace.recategorize(state, "optimizer_state", shardable=True)
     trace.adopt([t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)], "inputs")
     if plan.kv_cache is not None:
-        trace.adopt(_cache_tensors(kwargs["past_key_values"]), "inputs")
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        trace.adopt(_cache_tensors(cache), "inputs")
     if workspace:
         holder = torch.empty(workspace, dtype=torch.uint8, device="meta")
         trace.adopt([holder], "workspace")
@@ -506,7 +527,18 @@ def _replay(subject: _Subject, plan: _Plan, batch: int) -> _Replay:
         after_backward=after_backward,
     )
     try:
-        with user_code(subject.label, "the step"), _device_paths(module), tracker, semantics, trace:
+        with (
+            user_code(subject.label, "the step"),
+            warnings.catch_warnings(),
+            _device_paths(module),
+            tracker,
+            semantics,
+            trace,
+        ):
+            # ModTracker warns when a module's backward hooks fire out of order (modules called
+            # outside their parent's forward, as Hugging Face's rotary embeddings are); the
+            # attribution of those ops is then to the nearest module entered, the bytes unchanged.
+            warnings.filterwarnings("ignore", message="The module hierarchy tracking")
             loss = run_step(
                 module, args, kwargs, training=plan.training, optimizer=optimizer, loss=plan.loss, hooks=hooks
             )
@@ -522,7 +554,11 @@ def _replay(subject: _Subject, plan: _Plan, batch: int) -> _Replay:
     sdpa: dict[str, int] = {}
     for choice in semantics.sdpa_choices:
         sdpa[choice.backend] = sdpa.get(choice.backend, 0) + 1
-    return _Replay(trace, steady_index, saved["bytes"], outputs, param_blocks, sdpa, loss, workspace, units)
+    wants = any(getattr(m, "use_triton", False) is True for m in module.modules())
+    triton = triton_path(module) if wants else None
+    return _Replay(
+        trace, steady_index, saved["bytes"], outputs, param_blocks, sdpa, loss, workspace, units, triton
+    )
 
 
 def triton_path(module: nn.Module) -> bool:
@@ -570,10 +606,18 @@ def _cache_tensors(cache) -> list[torch.Tensor]:
 
 
 def _intervals(replay: _Replay, plan: _Plan) -> list[tuple[int, int, int, Block | None]]:
-    """``(bytes, start, end, block)`` for every block: live on events ``start <= i < end``. With
-    ``--fsdp N`` parameters, optimizer state and (after their unit's backward) gradients are
-    sharded to ``ceil(dim0 / N)`` rows, and each unit's unsharded parameters are added while it
-    runs, with the next unit's all-gather issued as it starts (FSDP2's one-unit prefetch)."""
+    """``(bytes, start, end, block)`` for every block: live on events ``start <= i < end``.
+
+    With ``--fsdp N`` (FSDP2 ``fully_shard`` on each repeated block, a *unit*, and the root) the
+    blocks of parameters, optimizer state and gradients are sharded (:meth:`Block.sharded_bytes`),
+    and FSDP2's own buffers are added as a traced FSDP2 step allocates them (CPU, fake process
+    group; ``tests/memory``): in the forward each unit's all-gather output (its parameters, flat,
+    each padded to ``N`` rows) from the unit's start until the next unit's parameters are copied
+    out of it, and its unsharded parameters while it runs; in the backward the same, each unit's
+    all-gather issued as the unit before it starts (FSDP2's backward prefetch), and at each unit's
+    end its gradients copied into a flat reduce-scatter input (kept until the next unit's
+    reduce-scatter) and replaced by their shards. The root's own parameters stay gathered from the
+    forward's start to the backward's end."""
     trace = replay.trace
     end = len(trace.events)
     blocks = trace.all_blocks()
@@ -582,52 +626,57 @@ def _intervals(replay: _Replay, plan: _Plan) -> list[tuple[int, int, int, Block 
         return spans
     n = plan.fsdp
     ranges = _unit_ranges(trace, replay.units)
-    unit_of = {}
-    for path, bs in replay.param_blocks.items():
-        unit = next((u for u in replay.units if path == u or path.startswith(u + ".")), "")
-        for b in bs:
-            unit_of[b.key] = unit
+
+    def unit_of(path: str) -> str:
+        return next((u for u in replay.units if path == u or path.startswith(u + ".")), "")
+
+    owner = {b.key: unit_of(p) for p, bs in replay.param_blocks.items() for b in bs}
+    params: dict[str, list[Block]] = {}
+    for p, bs in replay.param_blocks.items():
+        params.setdefault(unit_of(p), []).extend(b for b in bs if b.shard_shape is not None)
+    unsharded = {u: sum(b.bytes for b in bs) for u, bs in params.items()}
+    gathered = {
+        u: block_bytes(sum(b.sharded_bytes(n, padded=False) * n for b in bs)) for u, bs in params.items()
+    }
     out = []
     for size, start, stop, b in spans:
         if b.category in ("parameters", "optimizer_state"):
             out.append((b.sharded_bytes(n), start, stop, b))
         elif b.category == "gradients":
-            owner = unit_of.get(b.key, "")
-            cut = ranges.get(("backward", owner), (None, None))[1] if owner else None
+            unit = owner.get(b.key, "")
+            cut = ranges.get(("backward", unit), (None, None))[1] if unit else None
             cut = min(max(cut or stop, start), stop)
             out.append((size, start, cut, b))
             out.append((b.sharded_bytes(n), cut, stop, b))
         else:
             out.append((size, start, stop, b))
-    unit_bytes = {
-        u: sum(
-            b.bytes
-            for p, bs in replay.param_blocks.items()
-            if p == u or p.startswith(u + ".")
-            for b in bs
-            if b.shard_shape is not None  # parameters (buffers are never sharded)
-        )
-        for u in replay.units
-    }
-    root = sum(
-        b.bytes
-        for p, bs in replay.param_blocks.items()
-        for b in bs
-        if b.shard_shape is not None and not any(p == u or p.startswith(u + ".") for u in replay.units)
-    )
     phases = ("forward", "backward") if plan.training else ("inference",)
-    first = next((i for i, e in enumerate(trace.events) if e.phase in phases), end)
-    last = max((i for i, e in enumerate(trace.events) if e.phase in phases), default=end - 1) + 1
-    out.append((root, first, last, None))
+    steps = [i for i, e in enumerate(trace.events) if e.phase in phases]
+    if not steps:
+        return out
+    first, last = steps[0], steps[-1] + 1
+    if unsharded.get(""):  # the root's own parameters
+        out.append((unsharded[""], first, last, None))
+        out.append((gathered[""], first, first + 1, None))
     for phase in phases:
         order = [u for u in replay.units if (phase, u) in ranges]
         if phase == "backward":
             order.reverse()
-        for i, unit in enumerate(order):
+        phase_end = max(i for i, e in enumerate(trace.events) if e.phase == phase) + 1
+        for k, unit in enumerate(order):
             start, stop = ranges[(phase, unit)]
-            if i > 0:  # prefetched while the unit before it runs
-                start = min(start, ranges[(phase, order[i - 1])][0])
-            out.append((unit_bytes[unit], start, stop, None))
+            nxt = ranges[(phase, order[k + 1])] if k + 1 < len(order) else None
+            out.append((unsharded.get(unit, 0), start, stop, None))
+            if phase == "backward":
+                # Gathered once the unit before it has its own parameters copied out (the first
+                # unit: at its own start); freed once copied out itself. Two all-gather outputs
+                # are never live together in the backward.
+                gather_at = ranges[(phase, order[k - 1])][0] + 1 if k else start
+                out.append((gathered.get(unit, 0), gather_at, start + 1, None))
+                # Reduce-scatter input: the unit's gradients, flat, until the next reduce-scatter.
+                out.append((gathered.get(unit, 0), stop, nxt[1] if nxt else phase_end, None))
+            else:
+                out.append((gathered.get(unit, 0), start, nxt[0] + 1 if nxt else phase_end, None))
     return out
 
 
@@ -693,6 +742,7 @@ def memory(
     kv_cache: int | None = None,
     fsdp: int = 1,
     workspace_bytes: int | None = None,
+    cublas_workspace: str = "cached",
     depth: int = 2,
 ) -> MemoryResult:
     """Predict the GPU memory of one steady-state step of ``model`` on an H100, without a GPU.
@@ -709,11 +759,23 @@ def memory(
     ``bf16``/``fp16`` autocast of the forward; ``checkpointing="blocks"``: every repeated block
     under ``torch.utils.checkpoint`` (non-reentrant). ``kv_cache=L``: inference with a Hugging Face
     ``DynamicCache`` holding ``L`` tokens. ``fsdp=N``: per-rank memory with FSDP2 ``fully_shard``
-    on each repeated block and the root. ``workspace_bytes``: the cuBLAS workspace (default 32 MiB
-    per thread that runs matmuls: 2 threads training, 1 inference).
+    on each repeated block and the root. ``cublas_workspace``: ``cached`` (PyTorch's long-standing
+    default: one 32 MiB workspace per thread that runs matmuls, kept) or ``per_op`` (builds that
+    allocate it around each cuBLAS op and keep only cuBLASLt's 1 MiB per thread);
+    ``workspace_bytes``: the kept workspace bytes, overriding those defaults (2 threads training, 1
+    inference).
     """
     plan = _check_plan(
-        training, optimizer, loss, dtype, autocast, checkpointing, kv_cache, fsdp, workspace_bytes
+        training,
+        optimizer,
+        loss,
+        dtype,
+        autocast,
+        checkpointing,
+        kv_cache,
+        fsdp,
+        workspace_bytes,
+        cublas_workspace,
     )
     if batch < 1:
         raise ValueError(f"--batch must be >= 1, got {batch}")
@@ -785,20 +847,34 @@ def _predict(subject: _Subject, plan: _Plan, batch: int, depth: int) -> MemoryRe
     )
 
 
+def _workspace_note(plan: _Plan, kept: int) -> str:
+    threads = "the forward's and the autograd engine's threads" if plan.training else "one thread"
+    if plan.workspace_bytes is not None:
+        kept_text = f"{format_bytes(kept)} kept (given)"
+    elif plan.cublas_workspace == "cached":
+        kept_text = f"{format_bytes(kept)} kept: 32 MiB for each of {threads}"
+    else:
+        kept_text = f"{format_bytes(kept)} kept: cuBLASLt's 1 MiB for each of {threads}"
+    if plan.cublas_workspace == "per_op":
+        return f"cuBLAS workspace per operation: 32 MiB around each GEMM; {kept_text}."
+    return f"cuBLAS workspace cached per thread: {kept_text}."
+
+
 def _assumptions(plan: _Plan, replay: _Replay) -> list[str]:
     notes = [
         "Predicts torch.cuda.max_memory_allocated() of a steady-state step on one H100 (sm90), measured "
         "from reset_peak_memory_stats() just before it; every block rounded up to 512 bytes.",
-        f"cuBLAS workspace: {format_bytes(replay.workspace)} "
-        + (
-            "(32 MiB for each of the 2 threads that run matmuls)."
-            if plan.workspace_bytes is None
-            else "(given)."
-        ),
-        "Not modelled: cuDNN convolution workspaces, NCCL buffers, the allocator's unsplit blocks "
-        "(a reused cached block larger than the request counts whole), and Triton kernels' own paths "
-        "(flopkit's ViT-5 is replayed on its PyTorch reference path).",
+        _workspace_note(plan, replay.workspace),
+        "Not modelled: cuDNN convolution workspaces and batch-norm reserve space, kernels' internal "
+        "scratch (except attention's and mse_loss's), NCCL buffers, and the allocator's unsplit blocks "
+        "(a reused cached block larger than the request counts whole).",
     ]
+    if replay.triton is not None:
+        notes.append(
+            "flopkit's Triton path replayed through its custom ops' fakes and autograd."
+            if replay.triton
+            else "use_triton modules replayed on the PyTorch reference path: triton is not importable here."
+        )
     if replay.sdpa:
         notes.append(
             "SDPA backends (H100 priority flash > memory-efficient > math): "
@@ -859,11 +935,14 @@ def fit_batch(
         "kv_cache",
         "fsdp",
         "workspace_bytes",
+        "cublas_workspace",
     )
     plan = _check_plan(
         *(
             options.pop(k, d)
-            for k, d in zip(keys, (False, None, None, None, None, "none", None, 1, None), strict=True)
+            for k, d in zip(
+                keys, (False, None, None, None, None, "none", None, 1, None, "cached"), strict=True
+            )
         )
     )
     subject = _subject(

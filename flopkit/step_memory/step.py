@@ -34,6 +34,7 @@ __all__ = [
     "repeated_blocks",
     "checkpoint_blocks",
     "make_kv_cache",
+    "kv_cache_inputs",
     "run_step",
 ]
 
@@ -71,24 +72,27 @@ def create_optimizer_state(optimizer: torch.optim.Optimizer | None) -> None:
 
 def repeated_blocks(model: nn.Module) -> list[str]:
     """Paths of the repeated blocks: the children of each outermost ``ModuleList``/``Sequential``
-    whose class occurs at least twice among its siblings and holds parameters (a transformer's
-    layers, a ResNet stage's bottlenecks)."""
+    (the model itself included) whose class occurs at least twice among its siblings and that are
+    blocks, not single layers: they have children and parameters (a transformer's layers, a
+    ResNet stage's bottlenecks)."""
     found: list[str] = []
 
+    def is_block(module: nn.Module) -> bool:
+        return any(True for _ in module.children()) and any(True for _ in module.parameters())
+
     def visit(module: nn.Module, prefix: str) -> None:
+        if isinstance(module, (nn.ModuleList, nn.Sequential)):
+            kinds = [type(c) for c in module.children()]
+            hits = [
+                f"{prefix}.{name}" if prefix else name
+                for name, child in module.named_children()
+                if kinds.count(type(child)) >= 2 and is_block(child)
+            ]
+            if hits:
+                found.extend(hits)
+                return
         for name, child in module.named_children():
-            path = f"{prefix}.{name}" if prefix else name
-            if isinstance(child, (nn.ModuleList, nn.Sequential)):
-                kinds = [type(c) for c in child.children()]
-                hits = [
-                    f"{path}.{n}"
-                    for n, c in child.named_children()
-                    if kinds.count(type(c)) >= 2 and any(True for _ in c.parameters())
-                ]
-                if hits:
-                    found.extend(hits)
-                    continue
-            visit(child, path)
+            visit(child, f"{prefix}.{name}" if prefix else name)
 
     visit(model, "")
     return found
@@ -151,6 +155,22 @@ def make_kv_cache(
             layer,
         )
     return cache
+
+
+def kv_cache_inputs(
+    model: nn.Module, batch: int, length: int, dtype: torch.dtype, device: torch.device | str
+) -> dict[str, Any]:
+    """The keyword inputs of a decoding step with a cache of ``length`` tokens
+    (:func:`make_kv_cache`): under the name the model's forward takes (``cache`` in recent
+    transformers, ``past_key_values`` before), with ``use_cache=True`` where it takes that."""
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    name = "cache" if "cache" in params else "past_key_values"
+    inputs: dict[str, Any] = {name: make_kv_cache(model, batch, length, dtype, device)}
+    if "use_cache" in params or any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        inputs["use_cache"] = True
+    return inputs
 
 
 @dataclass

@@ -28,7 +28,12 @@ from torch.utils._pytree import tree_flatten
 
 from .cuda import block_bytes
 
-__all__ = ["Event", "Block", "AllocationTrace", "CATEGORIES"]
+__all__ = ["Event", "Block", "AllocationTrace", "CATEGORIES", "CUBLAS_OPS"]
+
+# ATen ops that run a cuBLAS GEMM (and so, with per-operation workspaces, allocate one around it).
+CUBLAS_OPS = frozenset(
+    {"mm", "bmm", "addmm", "baddbmm", "addbmm", "addmv", "mv", "dot", "vdot", "_addmm_activation"}
+)
 
 # What a block is, as charged at the peak; every block has exactly one.
 CATEGORIES = (
@@ -40,6 +45,27 @@ CATEGORIES = (
     "temporaries",
     "workspace",
 )
+
+
+def _as_aten_allocates(func, args: tuple, kwargs: dict) -> torch.Tensor | None:
+    """Ops whose ATen kernel (any device) allocates more than its meta kernel, run as ATen does;
+    None for every other op.
+
+    ``mse_loss`` with a reduction writes the per-element losses to a tensor of the input's shape and
+    returns the reduction as a 0-d view into it (the buffer lives as long as the loss does), where
+    the meta kernel returns a fresh scalar.
+    """
+    if func is not torch.ops.aten.mse_loss.default or not args or args[0].device.type != "meta":
+        return None
+    reduction = args[2] if len(args) > 2 else kwargs.get("reduction", 1)
+    if reduction == 0:  # Reduction::None: the elementwise tensor is the output
+        return None
+    loss = torch.empty(
+        torch.broadcast_shapes(args[0].shape, args[1].shape),
+        dtype=torch.result_type(args[0], args[1]),
+        device="meta",
+    )
+    return loss.reshape(-1)[0]
 
 
 @dataclass
@@ -62,18 +88,18 @@ class Block:
     shard_shape: tuple[int, ...] | None = None
     itemsize: int = 0
 
-    def sharded_bytes(self, ranks: int) -> int:
+    def sharded_bytes(self, ranks: int, padded: bool = True) -> int:
         """The block on one of ``ranks`` FSDP2 ranks: ``ceil(dim0 / ranks)`` rows of its shape (FSDP2
-        pads dim 0 to a multiple of the ranks), rounded to 512; whole if it is not sharded."""
-        if self.shard_shape is None or ranks == 1:
-            return self.bytes
-        if not self.shard_shape:
+        pads dim 0 to a multiple of the ranks), rounded to 512 (``padded=False``: the exact bytes);
+        whole if it is not sharded."""
+        if self.shard_shape is None or ranks == 1 or not self.shard_shape:
             return self.bytes
         rows = -(-self.shard_shape[0] // ranks)
         rest = 1
         for size in self.shard_shape[1:]:
             rest *= size
-        return block_bytes(rows * rest * self.itemsize)
+        exact = rows * rest * self.itemsize
+        return block_bytes(exact) if padded else exact
 
 
 @dataclass(frozen=True)
@@ -94,13 +120,16 @@ class AllocationTrace(TorchDispatchMode):
     ``phase`` is set by the step driver (``forward``, ``loss``, ``backward``, ``optimizer``,
     ``zero_grad``, ``inference``); ``module_path`` (a callable) gives the current module path.
     ``device``: the device type whose tensors are tracked (``meta`` in a replay; ``cpu`` to trace a
-    real CPU step, which checks the replay against real kernels).
+    real CPU step, which checks the replay against real kernels). ``op_workspace``: bytes allocated
+    and freed again around each cuBLAS op (:data:`CUBLAS_OPS`), after its output: PyTorch builds
+    that allocate the cuBLAS workspace per operation instead of caching it per thread.
     """
 
-    def __init__(self, module_path=lambda: "", device: str = "meta") -> None:
+    def __init__(self, module_path=lambda: "", device: str = "meta", op_workspace: int = 0) -> None:
         super().__init__()
         self.module_path = module_path
         self.device = device
+        self.op_workspace = op_workspace
         self.phase = "setup"
         self.blocks: dict[int, Block] = {}  # live, by storage key
         self.dead: list[Block] = []
@@ -130,6 +159,48 @@ class AllocationTrace(TorchDispatchMode):
         self.blocks[key] = block
         self._refs[key] = weakref.ref(storage, lambda _ref, key=key: self._free(key))
         self._record(size, phase, path, op)
+
+    # ----------------------------------------------------------------------------- resizes
+    def __enter__(self):  # noqa: D105
+        self._patch_resize()
+        return super().__enter__()
+
+    def __exit__(self, *exc):  # noqa: D105
+        try:
+            return super().__exit__(*exc)
+        finally:
+            self._unpatch_resize()
+
+    def _patch_resize(self) -> None:
+        """Storages resized in place (FSDP2 frees and re-allocates unsharded parameters with
+        ``untyped_storage().resize_``; no op runs) change the live total too: as torch's
+        ``MemTracker`` does, ``UntypedStorage.resize_`` is wrapped while the trace is active. Only
+        traces of real steps see resizes; a replay's blocks never change size."""
+        original = torch.UntypedStorage.resize_
+        trace = self
+
+        def resize_(storage, size):
+            block = trace.blocks.get(id(storage))
+            out = original(storage, size)
+            if storage.device.type == trace.device and not trace.closed:
+                new = block_bytes(storage.nbytes())
+                if block is None:
+                    trace._add(
+                        id(storage), storage, "temporaries", trace.module_path(), trace.phase, "resize_"
+                    )
+                elif new != block.bytes:
+                    delta, block.bytes = new - block.bytes, new
+                    trace._record(delta, trace.phase, trace.module_path(), "resize_")
+            return out
+
+        self._resize_original = original
+        torch.UntypedStorage.resize_ = resize_
+
+    def _unpatch_resize(self) -> None:
+        original = getattr(self, "_resize_original", None)
+        if original is not None:
+            torch.UntypedStorage.resize_ = original
+            self._resize_original = None
 
     def close(self) -> None:
         """Stop recording: frees after the step (the replay's own objects dying) are not part of it."""
@@ -167,7 +238,9 @@ class AllocationTrace(TorchDispatchMode):
 
     # ------------------------------------------------------------------------------ dispatch
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: D105
-        out = func(*args, **(kwargs or {}))
+        out = _as_aten_allocates(func, args, kwargs or {})
+        if out is None:
+            out = func(*args, **(kwargs or {}))
         path = None
         for t in tree_flatten(out)[0]:
             found = self._key(t)
@@ -175,7 +248,18 @@ class AllocationTrace(TorchDispatchMode):
                 if path is None:
                     path = self.module_path()
                 self._add(found[0], found[1], "temporaries", path, self.phase, str(func.overloadpacket))
+        if self.op_workspace and func.overloadpacket.__name__ in CUBLAS_OPS:
+            self._transient(self.op_workspace, "workspace", f"{func.overloadpacket} (cuBLAS workspace)")
         return out
+
+    def _transient(self, size: int, category: str, op: str) -> None:
+        """A block that lives for one event: allocated inside an op and freed before it returns."""
+        path = self.module_path()
+        block = Block(-len(self.events) - 1, size, category, path, self.phase, op, born=len(self.events))
+        self._record(size, self.phase, path, op)
+        block.died = len(self.events)
+        self.dead.append(block)
+        self._record(-size, self.phase, path, "free")
 
     # ---------------------------------------------------------------------------- saved tensors
     @contextlib.contextmanager

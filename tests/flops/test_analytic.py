@@ -11,7 +11,7 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def vit5_small_flops(convention: str) -> int:
-    """vit5-small forward FLOPs for one image, written out from DESIGN.md §3."""
+    """vit5-small forward FLOPs for one image, written out from docs/conventions.md."""
     C, H, D, N, L, classes = 384, 6, 64, 196, 12, 1000
     T = N + 1 + 4
     patch = 2 * 3 * 16 * 16 * C * N + N * C

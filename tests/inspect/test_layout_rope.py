@@ -1,4 +1,4 @@
-"""Token layout and RoPE reports, checked against the layout rules of DESIGN.md §2."""
+"""Token layout and RoPE reports, checked against the layout rules of docs/vit5.md."""
 
 import math
 

@@ -33,7 +33,12 @@ def fused_calls(monkeypatch):
 
     monkeypatch.setattr(kernels, "qk_norm_rope", spy)
     if DEVICE == "cpu":
-        monkeypatch.setattr(ViT5Attention, "_use_fused", lambda self, x: bool(self.use_triton))
+        # The route "triton" takes on CPU tensors in the interpreter: the eager kernel path.
+        monkeypatch.setattr(
+            ViT5Attention,
+            "_fused_route",
+            lambda self, x: kernels.route("triton", x, "test") if self.use_triton else None,
+        )
     return calls
 
 
@@ -69,9 +74,10 @@ def test_fast_path_matches_reference_path(fused_calls, pairing, head_dim, layout
     x = torch.randn(2, fast.num_tokens, fast.hidden_dim, device=DEVICE)
     g = torch.randn_like(x)
     out_f, grads_f = forward_backward(fast, x, g)
-    assert fused_calls == ["triton"]
+    # The module decides the route once and hands it to the op: the eager kernel path.
+    assert fused_calls == [kernels.Route.KERNEL]
     out_r, grads_r = forward_backward(ref, x, g)
-    assert fused_calls == ["triton"]  # the reference path does not call the fused op
+    assert fused_calls == [kernels.Route.KERNEL]  # the reference path does not call the fused op
     assert rel_err(out_f, out_r) < 1e-5
     assert grads_f.keys() == grads_r.keys()
     for name in grads_r:
@@ -87,7 +93,7 @@ def test_fast_path_bf16_within_bf16_tolerance_of_float64(fused_calls, pairing):
     out_f, grads_f = forward_backward(fast, x.bfloat16(), g.bfloat16())
     out_r, grads_r = forward_backward(ref, x.bfloat16(), g.bfloat16())
     out_e, grads_e = forward_backward(exact, x.double(), g.double())
-    assert fused_calls == ["triton"]
+    assert fused_calls == [kernels.Route.KERNEL]
     # The fused path must be as close to float64 as the bf16 reference path is (plus slack).
     assert rel_err(out_f, out_e) < max(1e-2, 1.5 * rel_err(out_r, out_e))
     for name in grads_e:
@@ -100,3 +106,19 @@ def test_use_triton_false_takes_reference_path(fused_calls):
     fast.use_triton = False
     fast(torch.randn(1, fast.num_tokens, fast.hidden_dim, device=DEVICE))
     assert fused_calls == []
+
+
+def test_compiled_module_hands_its_route_to_the_op(fused_calls):
+    """Under torch.compile the module's one decision is the custom op, handed to qk_norm_rope as its
+    backend (a Route, traced by Dynamo); values and gradients match the eager kernel path."""
+    fast, _ = make_pair(64, "interleaved", True, 4, "rmsnorm")
+    x = torch.randn(2, fast.num_tokens, fast.hidden_dim, device=DEVICE)
+    g = torch.randn_like(x)
+    out_e, grads_e = forward_backward(fast, x, g)
+    torch._dynamo.reset()
+    out_c, grads_c = forward_backward(torch.compile(fast, fullgraph=True), x, g)
+    assert fused_calls == [kernels.Route.KERNEL, kernels.Route.CUSTOM_OP]
+    assert rel_err(out_c, out_e) < 1e-5
+    for name in grads_e:
+        key = name if name in grads_c else f"_orig_mod.{name}"
+        assert rel_err(grads_c[key], grads_e[name]) < 1e-5, name

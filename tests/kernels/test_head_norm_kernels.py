@@ -7,6 +7,7 @@ import torch
 from _references import TOL, device, grads64, kernel_grads, norm64, rel_err
 from flopkit.kernels import _norm_triton as tk
 from flopkit.kernels import head_norm, per_head_rms_norm
+from flopkit.kernels._launch import Tile
 from torch.utils.flop_counter import FlopCounterMode
 
 # importing _norm_ops registers the flopkit:: ops (on first use otherwise); these tests call them directly
@@ -86,8 +87,10 @@ def test_head_norm_without_weight_uses_num_heads_and_head_dim():
 def test_head_norm_wide_heads_take_the_chunked_kernels(monkeypatch, mode):
     monkeypatch.setattr(tk, "FUSED_MAX_FWD", 64)
     monkeypatch.setattr(tk, "FUSED_MAX_BWD", 64)
-    monkeypatch.setattr(tk, "CHUNKED_FWD_CONFIG", (32, 4))
-    monkeypatch.setattr(tk, "CHUNKED_BWD_CONFIG", (32, 4))
+    monkeypatch.setitem(tk.CHUNKED_FWD_TILES, tk.device_arch(torch.device(device())), Tile((32, 4), "test"))
+    monkeypatch.setitem(
+        tk.CHUNKED_BWD_TILES, tk.device_arch(torch.device(device())), Tile((32, 4, 1), "test")
+    )
     x, w, b = _data((5, 3, 100), torch.float32, 4, (3, 100), (3, 100))
     (dy,) = _data((5, 3, 100), torch.float32, 5)
     fn = lambda a, c, e: head_norm(a, c, e, mode=mode, backend="triton")  # noqa: E731

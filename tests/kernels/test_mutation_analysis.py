@@ -41,7 +41,10 @@ def test_torch_compile_sees_exactly_the_outputs_written():
 
     if not any(hasattr(tkw, f) for f in ("identify_accessed_tensors", "identify_mutated_tensors")):
         pytest.skip("this torch has no wrap_triton mutation analysis to probe")
-    env = {**os.environ, "TRITON_INTERPRET": "0", "PYTHONWARNINGS": "ignore"}
+    # The probe imports flopkit from this checkout, installed or not (PYTHONPATH: the repository root).
+    root = str(Path(__file__).resolve().parents[2])
+    pythonpath = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "TRITON_INTERPRET": "0", "PYTHONWARNINGS": "ignore", "PYTHONPATH": pythonpath}
     done = subprocess.run([sys.executable, str(PROBE)], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == EXPECTED

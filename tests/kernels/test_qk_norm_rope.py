@@ -1,7 +1,7 @@
 """Fused QK-norm + 2D RoPE (``flopkit::qk_norm_rope``): the Triton kernel against a float64 spec.
 
 On a machine without a GPU the kernel runs in Triton's CPU interpreter (conftest.py). The spec
-below is written from DESIGN.md §2 directly: the rotation is an explicit matrix built from the
+below is written from docs/vit5.md directly: the rotation is an explicit matrix built from the
 channel pairs, not the library's ``rotate_pairs``.
 """
 
@@ -38,7 +38,7 @@ def rotation_matrix(D: int, pairing: str) -> torch.Tensor:
 
 
 def spec(qkv, cos, sin, num_heads, q_weight, k_weight, eps, pairing, norm):
-    """float64 q, k, v ``[B, H, T, D]`` of DESIGN.md §2: RMS-norm per head, times weight, then rotate."""
+    """float64 q, k, v ``[B, H, T, D]`` of docs/vit5.md: RMS-norm per head, times weight, then rotate."""
     b, t, three_hd = qkv.shape
     D = three_hd // (3 * num_heads)
     x = qkv.double().reshape(b, t, 3, num_heads, D)
@@ -277,7 +277,7 @@ def test_flop_counter_sees_the_op(norm):
     with FlopCounterMode(display=False) as counter:
         qk_norm_rope(qkv, cos, sin, H, qw, kw, backend="triton")
     elems = B * T * H * 8
-    # Hand count, DESIGN.md §3: norm 3 and rope 2 FLOPs per element, for q and for k.
+    # Hand count, docs/conventions.md: norm 3 and rope 2 FLOPs per element, for q and for k.
     expected = 2 * (3 + 2) * elems if norm else 2 * 2 * elems
     assert counter.get_total_flops() == expected == formulas.qk_norm_rope(B, T, H, 8, norm)
     assert "flopkit.qk_norm_rope" in {str(op) for op in counter.get_flop_counts()["Global"]}

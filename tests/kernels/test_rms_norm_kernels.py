@@ -5,6 +5,7 @@ On CPU the kernels run in the Triton interpreter (``TRITON_INTERPRET=1``, see co
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -16,6 +17,7 @@ from flopkit.kernels import (
     rms_norm_residual,
 )
 from flopkit.kernels import _norm_triton as tk
+from flopkit.kernels._launch import Tile
 from torch.utils.flop_counter import FlopCounterMode
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -234,8 +236,10 @@ def test_wide_rows_take_the_chunked_kernels(monkeypatch, residual):
     # Shrink the register limits so that D=200 runs the chunked kernels (as D > 16K does on a GPU).
     monkeypatch.setattr(tk, "FUSED_MAX_FWD", 64)
     monkeypatch.setattr(tk, "FUSED_MAX_BWD", 64)
-    monkeypatch.setattr(tk, "CHUNKED_FWD_CONFIG", (64, 4))
-    monkeypatch.setattr(tk, "CHUNKED_BWD_CONFIG", (64, 4))
+    monkeypatch.setitem(tk.CHUNKED_FWD_TILES, tk.device_arch(torch.device(device())), Tile((64, 4), "test"))
+    monkeypatch.setitem(
+        tk.CHUNKED_BWD_TILES, tk.device_arch(torch.device(device())), Tile((64, 4, 1), "test")
+    )
     x, w, dy = _inputs(11, 200, torch.float32, seed=6)
     if residual == "scale":
         r, s, dh = _inputs(11, 200, torch.float32, seed=7)
@@ -280,8 +284,9 @@ def test_backward_prefetch_over_many_blocks_matches_float64(monkeypatch, kind, p
     from flopkit.kernels import _launch
 
     monkeypatch.setattr(tk, "num_sms", lambda dev: 1)
-    monkeypatch.setattr(tk, "BWD_PREFETCH", prefetch)
-    _launch.clear_launch_cache()  # plans carry the flag
+    # The ops call the launcher through the module: force the flag on the table's own tile.
+    monkeypatch.setattr(tk, "norm_backward", functools.partial(tk.norm_backward, prefetch=prefetch))
+    _launch.clear_launch_cache()
     try:
         x, w, dy = _inputs(61, 300, torch.float32, seed=9)
         r, s, dh = _inputs(61, 300, torch.float32, seed=10)

@@ -110,9 +110,11 @@ def test_route_is_scoped_to_the_context():
 
 
 def _eager_and_op(name):
+    """The eager entry and the custom op that ``KernelOp`` generates from the op's one spec."""
     from flopkit.kernels import _norm_ops as ops
 
-    return getattr(ops, name), getattr(ops, f"{name}_op")
+    spec = ops.OPS[f"flopkit::{name}"]
+    return spec.eager, spec.op
 
 
 @pytest.mark.parametrize(
@@ -129,8 +131,8 @@ def _eager_and_op(name):
     ],
 )
 def test_eager_path_matches_custom_op_path_in_the_interpreter(name, args):
-    """A plain eager call launches the kernels through an autograd.Function; the custom op (what
-    torch.compile and the counters see) must give the same values and gradients."""
+    """A plain eager call launches the kernels through the generated autograd.Function; the custom
+    op (what torch.compile and the counters see) must give the same values and gradients."""
     eager, op = _eager_and_op(name)
     results = []
     for fn in (eager, op):

@@ -98,3 +98,18 @@ def test_plot_writes_a_png(tmp_path):
     result = run("vit5-small", "--batch", "2", "--training", "--plot", str(path), "--format", "csv")
     assert result.exit_code == 0, result.output
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_kv_cache_is_part_of_the_steady_state():
+    pytest.importorskip("transformers")
+    from flopkit.step_memory import memory
+
+    batch, cached, layers, heads, head_dim = 2, 16, 2, 12, 64
+    result = memory(
+        "hf:gpt2", model_args={"n_layer": layers}, batch=batch, seq_len=1, kv_cache=cached, depth=0
+    )
+    cache = layers * 2 * batch * heads * cached * head_dim * 4  # keys and values, float32
+    ids = 512  # int64 [2, 1], one block
+    assert result.steady_bytes == result.parameters_bytes + ids + cache + result.workspace_bytes
+    # The new token's keys and values are concatenated to each layer's cache: new tensors.
+    assert result.peak_bytes > result.steady_bytes

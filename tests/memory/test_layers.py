@@ -152,3 +152,11 @@ def test_autocast_casts_linear_inputs_and_caches_the_weight_cast():
     # Linear under bf16 autocast saves its bf16 input cast and the bf16 weight cast.
     assert rows["1"].activation_bytes == 16 * 64 * 2 + 64 * 64 * 2
     assert rows["1"].output_bytes == 16 * 64 * 2
+
+
+def test_dropout_saves_a_bool_mask_as_cuda_fuses_it():
+    with torch.device("meta"):
+        model = nn.Sequential(Scale(64), nn.Dropout(0.1))
+    rows = layers(model, meta(16, 64))
+    # CUDA's native_dropout keeps a bool mask, one byte an element (not a float32 noise tensor).
+    assert rows["1"].activation_bytes == 16 * 64

@@ -21,10 +21,12 @@ def test_two_linear_training_step_peaks_where_the_hand_timeline_does():
     )
     w = 256 * 256 * F32  # 262,144 per weight
     act = batch * 256 * F32  # 524,288 per [512, 256] activation
-    scalar = 512  # a 4-byte loss or its gradient: one 512-byte block
+    scalar = 512  # a 4-byte tensor: one 512-byte block
     steady = 2 * w + act  # both weights and the input
-    # forward: h1 = x W1^T, h2 = h1 W2^T; loss: targets (zeros like h2), mse -> scalar
-    after_forward = steady + act + act + act + scalar
+    # forward: h1 = x W1^T, h2 = h1 W2^T; loss: targets (zeros like h2), then ATen's mse_loss writes
+    # the per-element losses to an h2-sized buffer and returns their mean as a 0-d view into it:
+    # the buffer lives as long as the loss.
+    after_forward = steady + act + act + act + act
     # backward: ones_like(loss), then MseLossBackward allocates grad_h2 while h2 and the targets
     # are still held by its node: the peak. Later steps free h2, targets, h1 before allocating the
     # weight gradients (2 w < 3 act).
@@ -41,10 +43,27 @@ def test_two_linear_training_step_peaks_where_the_hand_timeline_does():
         "optimizer_state": 0,
         "activations": 3 * act,  # h1, h2 and the targets, saved for the backward
         "inputs": act,
-        "temporaries": 2 * scalar + act,  # loss, its gradient, grad_h2
+        "temporaries": act + scalar + act,  # the loss's buffer, its gradient, grad_h2
         "workspace": 0,
     }
     assert sum(result.peak_breakdown.values()) == result.peak_bytes
+
+
+def test_per_op_cublas_workspace_spikes_at_the_largest_gemm_output():
+    batch = 512
+    x = torch.empty(batch, 256, device="meta")
+    result = memory(
+        toy(), args=(x,), batch=batch, training=True, optimizer="none", loss="mse", workspace_bytes=0,
+        cublas_workspace="per_op", depth=0,
+    )  # fmt: skip
+    w, act, scalar, workspace = 256 * 256 * F32, batch * 256 * F32, 512, 32 * 1024**2
+    # Layer 2's MmBackward: h2 and the targets are gone, the loss (a view into mse_loss's h2-sized
+    # buffer) and its ones_like gradient (held by torch.autograd.backward until it returns) are not;
+    # grad_h1, then grad_W2 (the larger output), then the 32 MiB workspace around that GEMM.
+    live = 2 * w + act + act + act + scalar + act + act  # weights, x, h1, loss, ones, grad_h2, grad_h1
+    assert result.peak_bytes == live + w + workspace
+    assert result.peak_op == "aten.mm (cuBLAS workspace)" and result.peak_phase == "backward"
+    assert result.steady_bytes == 2 * w + act  # nothing kept beyond the given workspace_bytes=0
 
 
 def test_adamw_state_and_foreach_temporaries_put_the_peak_in_the_optimizer_step():

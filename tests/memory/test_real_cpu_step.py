@@ -2,11 +2,12 @@
 kernels must allocate what real kernels allocate, in the same order, for ops without CUDA-specific
 choices (no SDPA, no autocast)."""
 
+import pytest
 import torch
 from torch import nn
 
 from flopkit.step_memory import memory
-from flopkit.step_memory.step import StepHooks, create_optimizer_state, make_optimizer, run_step
+from flopkit.step_memory.step import StepHooks, make_optimizer, run_step
 from flopkit.step_memory.trace import AllocationTrace
 
 
@@ -21,15 +22,21 @@ def mlp() -> nn.Module:
     )
 
 
-def real_cpu_step(model: nn.Module, x: torch.Tensor) -> tuple[int, int, list[int]]:
-    """Steady bytes, peak bytes and the live series of one traced SGD step on CPU tensors (SGD: AdamW's
-    step counters are CPU scalars, which a CPU trace would count and a GPU never holds)."""
+def local(t: torch.Tensor) -> torch.Tensor:
+    """A DTensor's local shard (FSDP2's sharded parameters and state), else the tensor."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+def real_cpu_step(model: nn.Module, x: torch.Tensor, loss: str = "ce") -> tuple[int, int, list[int]]:
+    """Steady bytes, peak bytes and the live series of one traced SGD step on CPU tensors, after a
+    first step (SGD: AdamW's step counters are CPU scalars, which a CPU trace would count and a GPU
+    never holds)."""
     model.train()
     optimizer = make_optimizer("sgd", list(model.parameters()))
-    create_optimizer_state(optimizer)
+    run_step(model, (x,), {}, training=True, optimizer=optimizer, loss=loss)
     trace = AllocationTrace(device="cpu")
-    trace.adopt([*model.parameters(), *model.buffers()], "parameters")
-    trace.adopt([t for s in optimizer.state.values() for t in s.values() if t.dim() > 0], "optimizer_state")
+    trace.adopt([local(t) for t in (*model.parameters(), *model.buffers())], "parameters")
+    trace.adopt([local(t) for s in optimizer.state.values() for t in s.values()], "optimizer_state")
     trace.adopt([x], "inputs")
     steady = trace.live
     start = len(trace.events)
@@ -38,16 +45,17 @@ def real_cpu_step(model: nn.Module, x: torch.Tensor) -> tuple[int, int, list[int
         trace.phase = name
 
     with trace:
-        run_step(model, (x,), {}, training=True, optimizer=optimizer, loss="ce", hooks=StepHooks(phase=phase))
+        run_step(model, (x,), {}, training=True, optimizer=optimizer, loss=loss, hooks=StepHooks(phase=phase))
     series = [e.live for e in trace.events[start:]]
     return steady, max([steady, *series]), series
 
 
-def test_meta_replay_matches_a_traced_real_cpu_step():
+@pytest.mark.parametrize("loss", ["ce", "mse"])
+def test_meta_replay_matches_a_traced_real_cpu_step(loss):
     torch.manual_seed(0)
     model = mlp()
     x = torch.randn(64, 96)
-    steady, peak, series = real_cpu_step(model, x)
+    steady, peak, series = real_cpu_step(model, x, loss)
     with torch.device("meta"):
         replica = mlp()
     predicted = memory(
@@ -56,10 +64,53 @@ def test_meta_replay_matches_a_traced_real_cpu_step():
         batch=64,
         training=True,
         optimizer="sgd",
-        loss="ce",
+        loss=loss,
         workspace_bytes=0,
     )
     assert predicted.steady_bytes == steady
     assert predicted.peak_bytes == peak
     step = [live for _, live, phase in predicted.timeline if phase != "setup"]
     assert step == series
+
+
+def blocks_of_mlps() -> nn.Module:
+    return nn.Sequential(
+        *[nn.Sequential(nn.Linear(256, 1024), nn.GELU(), nn.Linear(1024, 256)) for _ in range(4)]
+    )
+
+
+def test_fsdp_prediction_equals_a_traced_fsdp2_step():
+    """FSDP2 itself (fully_shard on each block and the root, rank 0 of 2 of torch's fake process
+    group, CPU tensors) traced like the replay: the predicted per-rank steady state and peak are its
+    bytes exactly (all-gather outputs, unsharded parameters, reduce-scatter buffers, shards)."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    torch.manual_seed(0)
+    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=2)
+    try:
+        model = blocks_of_mlps()
+        mesh = init_device_mesh("cpu", (2,))
+        for block in model:
+            fully_shard(block, mesh=mesh)
+        fully_shard(model, mesh=mesh)
+        steady, peak, _ = real_cpu_step(model, torch.randn(512, 256), "mse")
+    finally:
+        dist.destroy_process_group()
+    with torch.device("meta"):
+        replica = blocks_of_mlps()
+    predicted = memory(
+        replica,
+        args=(torch.empty(512, 256, device="meta"),),
+        batch=512,
+        training=True,
+        optimizer="sgd",
+        loss="mse",
+        fsdp=2,
+        workspace_bytes=0,
+        depth=0,
+    )
+    assert predicted.steady_bytes == steady
+    assert predicted.peak_bytes == peak

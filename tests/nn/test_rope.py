@@ -9,7 +9,7 @@ from flopkit.nn.rope import apply_rope, build_rope_tables, token_layout
 
 
 def angle(pos_y, pos_x, d, base):
-    """Angle vector for one grid position, from DESIGN.md §2, with plain Python math."""
+    """Angle vector for one grid position, from docs/vit5.md, with plain Python math."""
     theta = [base ** (-4 * j / d) for j in range(d // 4)]
     ys = [a for t in theta for a in (pos_y * t, pos_y * t)]
     xs = [a for t in theta for a in (pos_x * t, pos_x * t)]

@@ -18,7 +18,7 @@ SIZES = {
 
 
 def hand_vit5_flops(C, depth, H, image=224, patch=16, regs=4, classes=1000, one_head_qk=False, biases=False):
-    """DESIGN.md §3 written out term by term; ``biases``: the official layout's bias adds (one per
+    """docs/conventions.md written out term by term; ``biases``: the official layout's bias adds (one per
     output element of the patch conv, attn.proj, both MLP linears and the head)."""
     N = (image // patch) ** 2
     T = N + 1 + regs

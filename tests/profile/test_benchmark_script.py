@@ -1,4 +1,5 @@
-"""benchmarks/profile_vit5.py (the GPU run) on CPU: its acceptance checks and one tiny run."""
+"""benchmarks/profile_vit5.py (the GPU run) on CPU: its acceptance checks and one tiny run, which writes
+the harness's record (every variant in one ``profile_vit5_DEVICE.json``) and a plot per variant."""
 
 import importlib.util
 import json
@@ -63,8 +64,11 @@ def test_a_tiny_cpu_run_writes_json_markdown_and_png(script, tmp_path, monkeypat
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # small CPU runs; a shared runner thrashes otherwise
     args = ["--preset", TINY, "--batch", "2", "--steps", "1", "--warmup", "0", "--device", "cpu"]
     script.main([*args, "--variants", "eager", "--tolerance", "0.05"])
-    data = json.loads((tmp_path / "profile_vit5-tiny_eager.json").read_text())
+    (record_path,) = tmp_path.glob("profile_vit5_*.json")  # one harness record, NAME_DEVICE
+    record = json.loads(record_path.read_text())
+    assert record["schema"] == "flopkit-bench/1" and list(record["variants"]) == ["eager"]
+    data = record["variants"]["eager"]
     assert data["acceptance"]["flops_equal"] and data["acceptance"]["adds_up"]
-    assert (tmp_path / "profile_vit5-tiny_eager.md").read_text().count("\n") > 10
-    assert (tmp_path / "profile_vit5-tiny_eager.png").read_bytes()[:4] == b"\x89PNG"
+    assert record_path.with_suffix(".md").read_text().count("\n") > 10
+    assert (tmp_path / "profile_vit5_vit5-tiny_eager.png").read_bytes()[:4] == b"\x89PNG"
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("eager")

@@ -162,7 +162,7 @@ def test_cli_vit5_small_training_adds_up_to_the_profilers_cpu_time_and_flops_equ
     for want in json.loads(report.stdout)["rows"]:
         got = rows[want["path"]]["flops"]
         assert got == (None if want["counted_in"] else want["flops"]), want["path"]
-    # MFU under the README's rule: the training step's matmul + attention FLOPs, as report counts them
+    # MFU under the rule in docs/benchmarks.md: the training step's matmul + attention FLOPs, as report counts them
     step = json.loads(report.stdout)["rows"][0]["breakdown"]
     assert data["mfu_flops"] == step["matmul"] + step["attention"]
     assert data["mfu"] == pytest.approx(
