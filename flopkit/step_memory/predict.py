@@ -512,8 +512,14 @@ def _replay(subject: _Subject, plan: _Plan, batch: int) -> _Replay:
     )
     saved = {"bytes": 0}
 
+    owner_of = {id(p): name.rpartition(".")[0] for name, p in module.named_parameters()}
+
     def after_backward(grads):
         trace.recategorize(grads, "gradients", shardable=True)
+        for p in params:  # each gradient's parameter's module: FSDP reduce-scatters it with that unit
+            block = trace.block_of(p.grad) if p.grad is not None else None
+            if block is not None:
+                block.owner = owner_of.get(id(p), "")
 
     def phase(name: str) -> None:
         if name == "backward":
@@ -616,8 +622,10 @@ def _intervals(replay: _Replay, plan: _Plan) -> list[tuple[int, int, int, Block 
     out of it, and its unsharded parameters while it runs; in the backward the same, each unit's
     all-gather issued as the unit before it starts (FSDP2's backward prefetch), and at each unit's
     end its gradients copied into a flat reduce-scatter input (kept until the next unit's
-    reduce-scatter) and replaced by their shards. The root's own parameters stay gathered from the
-    forward's start to the backward's end."""
+    reduce-scatter; the last one freed at once) and replaced by their shards; the optimizer steps
+    the shards, so its per-parameter temporaries are shards too. The root's own parameters stay
+    gathered from the forward's start to the backward's end, and its gradients are reduce-scattered
+    when the backward ends."""
     trace = replay.trace
     end = len(trace.events)
     blocks = trace.all_blocks()
@@ -630,7 +638,6 @@ def _intervals(replay: _Replay, plan: _Plan) -> list[tuple[int, int, int, Block 
     def unit_of(path: str) -> str:
         return next((u for u in replay.units if path == u or path.startswith(u + ".")), "")
 
-    owner = {b.key: unit_of(p) for p, bs in replay.param_blocks.items() for b in bs}
     params: dict[str, list[Block]] = {}
     for p, bs in replay.param_blocks.items():
         params.setdefault(unit_of(p), []).extend(b for b in bs if b.shard_shape is not None)
@@ -638,14 +645,18 @@ def _intervals(replay: _Replay, plan: _Plan) -> list[tuple[int, int, int, Block 
     gathered = {
         u: block_bytes(sum(b.sharded_bytes(n, padded=False) * n for b in bs)) for u, bs in params.items()
     }
+    backward = [i for i, e in enumerate(trace.events) if e.phase == "backward"]
+    backward_end = backward[-1] + 1 if backward else end
     out = []
     for size, start, stop, b in spans:
-        if b.category in ("parameters", "optimizer_state"):
+        if b.category in ("parameters", "optimizer_state") or b.phase == "optimizer":
+            # The optimizer steps the shards: its state and its per-parameter temporaries are shards.
             out.append((b.sharded_bytes(n), start, stop, b))
         elif b.category == "gradients":
-            unit = owner.get(b.key, "")
-            cut = ranges.get(("backward", unit), (None, None))[1] if unit else None
-            cut = min(max(cut or stop, start), stop)
+            # Reduce-scattered at the end of the unit's backward (the root's: of the backward).
+            unit = unit_of(b.owner or "")
+            cut = ranges.get(("backward", unit), (None, backward_end))[1] if unit else backward_end
+            cut = min(max(cut, start), stop)
             out.append((size, start, cut, b))
             out.append((b.sharded_bytes(n), cut, stop, b))
         else:
@@ -673,8 +684,9 @@ def _intervals(replay: _Replay, plan: _Plan) -> list[tuple[int, int, int, Block 
                 # are never live together in the backward.
                 gather_at = ranges[(phase, order[k - 1])][0] + 1 if k else start
                 out.append((gathered.get(unit, 0), gather_at, start + 1, None))
-                # Reduce-scatter input: the unit's gradients, flat, until the next reduce-scatter.
-                out.append((gathered.get(unit, 0), stop, nxt[1] if nxt else phase_end, None))
+                # Reduce-scatter input: the unit's gradients, flat, until the next reduce-scatter
+                # (the last unit's: freed by FSDP2's end-of-backward right after its own).
+                out.append((gathered.get(unit, 0), stop, nxt[1] if nxt else stop + 1, None))
             else:
                 out.append((gathered.get(unit, 0), start, nxt[0] + 1 if nxt else phase_end, None))
     return out

@@ -87,6 +87,7 @@ class Block:
     # (None for everything else, buffers included).
     shard_shape: tuple[int, ...] | None = None
     itemsize: int = 0
+    owner: str | None = None  # a gradient's parameter's module path
 
     def sharded_bytes(self, ranks: int, padded: bool = True) -> int:
         """The block on one of ``ranks`` FSDP2 ranks: ``ceil(dim0 / ranks)`` rows of its shape (FSDP2
@@ -248,6 +249,9 @@ class AllocationTrace(TorchDispatchMode):
                 if path is None:
                     path = self.module_path()
                 self._add(found[0], found[1], "temporaries", path, self.phase, str(func.overloadpacket))
+                if self.phase == "optimizer":  # a per-parameter temporary: FSDP shards it with its parameter
+                    block = self.blocks[found[0]]
+                    block.shard_shape, block.itemsize = tuple(t.shape), t.element_size()
         if self.op_workspace and func.overloadpacket.__name__ in CUBLAS_OPS:
             self._transient(self.op_workspace, "workspace", f"{func.overloadpacket} (cuBLAS workspace)")
         return out

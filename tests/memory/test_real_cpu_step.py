@@ -27,7 +27,9 @@ def local(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if hasattr(t, "to_local") else t
 
 
-def real_cpu_step(model: nn.Module, x: torch.Tensor, loss: str = "ce") -> tuple[int, int, list[int]]:
+def real_cpu_step(
+    model: nn.Module, x: torch.Tensor, loss: str = "ce"
+) -> tuple[int, int, list[tuple[int, str]]]:
     """Steady bytes, peak bytes and the live series of one traced SGD step on CPU tensors, after a
     first step (SGD: AdamW's step counters are CPU scalars, which a CPU trace would count and a GPU
     never holds)."""
@@ -46,8 +48,8 @@ def real_cpu_step(model: nn.Module, x: torch.Tensor, loss: str = "ce") -> tuple[
 
     with trace:
         run_step(model, (x,), {}, training=True, optimizer=optimizer, loss=loss, hooks=StepHooks(phase=phase))
-    series = [e.live for e in trace.events[start:]]
-    return steady, max([steady, *series]), series
+    series = [(e.live, e.phase) for e in trace.events[start:]]
+    return steady, max([steady, *(live for live, _ in series)]), series
 
 
 @pytest.mark.parametrize("loss", ["ce", "mse"])
@@ -69,7 +71,10 @@ def test_meta_replay_matches_a_traced_real_cpu_step(loss):
     )
     assert predicted.steady_bytes == steady
     assert predicted.peak_bytes == peak
-    step = [live for _, live, phase in predicted.timeline if phase != "setup"]
+    # Once the backward is done every gradient is a shard and FSDP2's buffers are gone.
+    after_backward = [live for live, phase in series if phase == "backward"][-1]
+    assert [live for _, live, phase in predicted.timeline if phase == "backward"][-1] == after_backward
+    step = [(live, phase) for _, live, phase in predicted.timeline if phase != "setup"]
     assert step == series
 
 
@@ -96,7 +101,7 @@ def test_fsdp_prediction_equals_a_traced_fsdp2_step():
         for block in model:
             fully_shard(block, mesh=mesh)
         fully_shard(model, mesh=mesh)
-        steady, peak, _ = real_cpu_step(model, torch.randn(512, 256), "mse")
+        steady, peak, series = real_cpu_step(model, torch.randn(512, 256), "mse")
     finally:
         dist.destroy_process_group()
     with torch.device("meta"):
@@ -114,3 +119,6 @@ def test_fsdp_prediction_equals_a_traced_fsdp2_step():
     )
     assert predicted.steady_bytes == steady
     assert predicted.peak_bytes == peak
+    # Once the backward is done every gradient is a shard and FSDP2's buffers are gone.
+    after_backward = [live for live, phase in series if phase == "backward"][-1]
+    assert [live for _, live, phase in predicted.timeline if phase == "backward"][-1] == after_backward
