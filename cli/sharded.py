@@ -145,7 +145,7 @@ def report_sharded(
         if given(ctx, name):
             raise click.UsageError(f"{option} does not apply with --fsdp/--tp/--dp-replicate: {why}")
     # Every number is checked before the model is built.
-    ParallelConfig(
+    degrees = ParallelConfig(
         fsdp=sharding["fsdp"], tp=sharding["tp"], dp_replicate=sharding["dp_replicate"], batch=batch
     )
     step_time(0, 0, {}, sharding["tflops"], sharding["gbps"], sharding["step_ms"])
@@ -159,6 +159,11 @@ def report_sharded(
     if model_spec is None and (input_shape or seq_len or named_inputs or model_args):
         raise click.UsageError("--model-arg, --input-shape, --seq-len and --input apply only with --model")
     loaded = resolve_model(config, overrides, model_spec, settings[0])
+    from flopkit.parallel.run import check_sharding
+
+    check_sharding(
+        loaded.module, degrees, sharding["tp_plan"]
+    )  # the plan against the model, before running it
     if loaded.is_config:
         from flopkit.config import model_input
 
