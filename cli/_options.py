@@ -22,6 +22,10 @@ __all__ = [
     "refuse_without_model",
     "model_settings",
     "resolve_model",
+    "PARALLEL_OPTIONS",
+    "parallel_options",
+    "sharded_run",
+    "parallel_settings",
 ]
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -183,3 +187,150 @@ def resolve_model(
 ) -> LoadedModel:
     """The model the options name, built once on the meta device (:func:`flopkit.models.load_model`)."""
     return load_model(config, overrides, model=model_spec, model_args=model_args)
+
+
+# Options of a sharded run: parameter name -> option name.
+PARALLEL_OPTIONS = {
+    "fsdp": "--fsdp",
+    "tp": "--tp",
+    "dp_replicate": "--dp-replicate",
+    "world": "--world",
+    "tp_plan": "--tp-plan",
+    "param_dtype": "--param-dtype",
+    "reduce_dtype": "--reduce-dtype",
+    "tflops": "--tflops",
+    "gbps": "--gbps",
+    "step_ms": "--step-ms",
+    "optimizer_states": "--optimizer-states",
+}
+PARALLEL_DTYPES = ("bfloat16", "float16", "float32")
+
+
+def parallel_options(fn):
+    """``--fsdp``, ``--tp``, ``--dp-replicate``, ``--world``, ``--tp-plan`` and what a sharded report
+    prices its step with: ``--param-dtype``, ``--reduce-dtype``, ``--tflops``, ``--gbps``, ``--step-ms``,
+    ``--optimizer-states``."""
+    from flopkit.parallel.report import H100_BF16_TFLOPS, NVLINK4_GBPS
+
+    options = [
+        click.option(
+            "--fsdp", type=int, default=None, help="FSDP2 shard degree (ranks sharing the parameters)."
+        ),
+        click.option(
+            "--tp", type=int, default=None, help="Tensor-parallel degree (ranks splitting each matmul)."
+        ),
+        click.option(
+            "--dp-replicate",
+            "dp_replicate",
+            type=int,
+            default=None,
+            help="HSDP replica groups (each of --fsdp ranks); the world is dp-replicate x fsdp x tp.",
+        ),
+        click.option(
+            "--world",
+            type=int,
+            default=None,
+            help="Ranks in all: must equal dp-replicate x fsdp x tp; without --fsdp, fsdp = world / "
+            "(dp-replicate x tp).",
+        ),
+        click.option(
+            "--tp-plan",
+            "tp_plan",
+            type=click.Path(dir_okay=False),
+            default=None,
+            help="YAML/JSON plan: module path glob -> colwise|rowwise ('*' is one path component). Default: "
+            "the model's base_model_tp_plan, or flopkit's for ViT-5.",
+        ),
+        click.option(
+            "--param-dtype",
+            type=click.Choice(PARALLEL_DTYPES),
+            default="bfloat16",
+            show_default=True,
+            help="FSDP2 MixedPrecisionPolicy param_dtype (all-gathers and compute); autocast without FSDP.",
+        ),
+        click.option(
+            "--reduce-dtype",
+            type=click.Choice(PARALLEL_DTYPES),
+            default="float32",
+            show_default=True,
+            help="FSDP2 MixedPrecisionPolicy reduce_dtype (gradient reduce-scatter / all-reduce).",
+        ),
+        click.option(
+            "--tflops",
+            type=float,
+            default=H100_BF16_TFLOPS,
+            show_default=True,
+            help="Compute rate per GPU (default: H100 SXM dense BF16 peak).",
+        ),
+        click.option(
+            "--gbps",
+            type=float,
+            default=NVLINK4_GBPS,
+            show_default=True,
+            help="Interconnect GB/s per direction per GPU (default: NVLink 4, 900 GB/s total).",
+        ),
+        click.option(
+            "--step-ms", "step_ms", type=float, default=None, help="Measured step time: gives MFU and HFU."
+        ),
+        click.option(
+            "--optimizer-states",
+            type=int,
+            default=2,
+            show_default=True,
+            help="Optimizer tensors per parameter, each its shard's size and dtype (AdamW 2, SGD momentum 1).",
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def sharded_run(ctx: click.Context) -> bool:
+    """Whether any of ``--fsdp``, ``--tp``, ``--dp-replicate``, ``--world`` was given."""
+    return any(given(ctx, name) for name in ("fsdp", "tp", "dp_replicate", "world"))
+
+
+def parallel_settings(ctx: click.Context, params: dict) -> dict:
+    """The library's arguments from the parsed sharding options (``--world`` resolved to the degrees);
+    pricing options given without a sharding option are refused."""
+    import torch
+
+    if not sharded_run(ctx):
+        for name in (
+            "tp_plan",
+            "param_dtype",
+            "reduce_dtype",
+            "tflops",
+            "gbps",
+            "step_ms",
+            "optimizer_states",
+        ):
+            if given(ctx, name):
+                raise click.UsageError(
+                    f"{PARALLEL_OPTIONS[name]} applies with --fsdp, --tp, --dp-replicate or --world"
+                )
+        return {}
+    tp = params["tp"] if params["tp"] is not None else 1
+    replicate = params["dp_replicate"] if params["dp_replicate"] is not None else 1
+    fsdp = params["fsdp"]
+    world = params["world"]
+    if world is not None:
+        if fsdp is None and tp > 0 and replicate > 0 and world % (tp * replicate) == 0:
+            fsdp = world // (tp * replicate)
+        elif fsdp is None or world != replicate * (fsdp or 1) * tp:
+            raise click.BadParameter(
+                f"{world} is not dp-replicate x fsdp x tp = {replicate} x {fsdp if fsdp is not None else 1} x {tp}",
+                param_hint="--world",
+            )
+    return {
+        "fsdp": fsdp if fsdp is not None else 1,
+        "tp": tp,
+        "dp_replicate": replicate,
+        "tp_plan": params["tp_plan"],
+        "param_dtype": getattr(torch, params["param_dtype"]),
+        "reduce_dtype": getattr(torch, params["reduce_dtype"]),
+        "tflops": params["tflops"],
+        "gbps": params["gbps"],
+        "step_ms": params["step_ms"],
+        "optimizer_states": params["optimizer_states"],
+    }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import click
 
 from flopkit.report import render_json, render_rows
@@ -78,6 +80,31 @@ __all__ = ["memory"]
     help="Per-rank memory with FSDP2 fully_shard per repeated block over N ranks.",
 )
 @click.option(
+    "--tp",
+    type=int,
+    default=1,
+    show_default=True,
+    metavar="M",
+    help="Per-rank memory with tensor parallelism over M ranks (the model's TP plan, flopkit's for "
+    "ViT-5, or --tp-plan): the replay runs one rank's layer shapes.",
+)
+@click.option(
+    "--dp-replicate",
+    "dp_replicate",
+    type=int,
+    default=1,
+    show_default=True,
+    metavar="R",
+    help="HSDP: R replicas of the --fsdp group (per-rank memory is the group's).",
+)
+@click.option(
+    "--tp-plan",
+    "tp_plan",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="With --tp: YAML/JSON plan, module path glob -> colwise|rowwise.",
+)
+@click.option(
     "--fit",
     "fit",
     metavar="SIZE",
@@ -105,7 +132,8 @@ __all__ = ["memory"]
 @click.pass_context
 def memory(
     ctx, config, overrides, batch, depth, training, optimizer, loss, dtype, autocast, checkpointing, kv_cache,
-    fsdp, fit, cublas_workspace, plot_path, model_spec, model_args, input_shape, seq_len, named_inputs, causal, fmt,
+    fsdp, tp, dp_replicate, tp_plan, fit, cublas_workspace, plot_path, model_spec, model_args, input_shape,
+    seq_len, named_inputs, causal, fmt,
 ) -> None:  # fmt: skip
     """Predicted GPU memory (H100, torch.cuda.max_memory_allocated) of one step, without a GPU:
     peak, steady state, parameters, gradients, optimizer state, activations, per layer.
@@ -118,6 +146,7 @@ def memory(
       flopkit memory --model hf:gpt2 --seq-len 1024 --batch 8 --training --autocast bf16 --plot gpt2.png
       flopkit memory --model hf:llama --model-arg num_hidden_layers=4 --seq-len 1 --kv-cache 4096
       flopkit memory vit5-large --training --fsdp 8 --format json
+      flopkit memory --model hf:llama --seq-len 4096 --training --autocast bf16 --tp 2 --fsdp 4
     """
     from flopkit.step_memory import fit_batch, format_bytes
     from flopkit.step_memory import memory as predict
@@ -146,6 +175,14 @@ def memory(
         from flopkit.step_memory import parse_bytes
 
         parse_bytes(fit)  # a malformed size fails before the model is built
+    sharded = any(given(ctx, name) for name in ("tp", "dp_replicate", "tp_plan"))
+    if sharded:
+        from flopkit.parallel.memory import _check_degrees, rank_fit_batch, rank_memory
+
+        _check_degrees(tp, fsdp, dp_replicate, tp_plan)  # before the model is built
+        shard = {"tp": tp, "dp_replicate": dp_replicate, "tp_plan": tp_plan}
+        fit_batch = functools.partial(rank_fit_batch, **shard)
+        predict = functools.partial(rank_memory, **shard)
     loaded = resolve_model(config, overrides, model_spec, settings[0])
     options = dict(
         input_shape=settings[1],

@@ -18,6 +18,8 @@ from ._options import (
     given,
     model_options,
     model_settings,
+    parallel_options,
+    parallel_settings,
     refuse_without_model,
     resolve_model,
     set_option,
@@ -80,11 +82,13 @@ __all__ = ["report"]
     help="Exit 2 when the model runs ops that have no FLOP formula (they would count as zero).",
 )
 @model_options
+@parallel_options
 @format_option
 @click.pass_context
 def report(
     ctx, config, overrides, batch, depth, training, convention, columns, plot_path, kv_cache, generate,
     checkpointing, strict, model_spec, model_args, input_shape, seq_len, named_inputs, causal, fmt,
+    **parallel,
 ) -> None:  # fmt: skip
     """Per-module FLOPs by category, parameters and share of the whole.
 
@@ -102,9 +106,25 @@ def report(
       flopkit report --model hf:mixtral --generate 512:128 --causal-attention exact
       flopkit report --model hf:llama --seq-len 4 --causal-attention exact \\
           --input 'attention_mask=[[1,1,1,1],[0,0,1,1]]' --batch 2
+      flopkit report vit5-large --fsdp 8 --format json
+      flopkit report --model hf:llama --seq-len 4096 --tp 2 --fsdp 4 --step-ms 900
+
+    \b
+    With --fsdp/--tp/--dp-replicate/--world: one rank of a training step on a micro-batch of --batch
+    samples, sharded with torch's fully_shard and parallelize_module on a fake process group: FLOPs
+    and collectives per layer, memory, compute against communication time, MFU/HFU (--step-ms).
     """
     from .model_cmds import attach_shapes, parse_columns, parse_values, render_model_rows, report_model
 
+    sharding = parallel_settings(ctx, parallel)
+    if sharding:
+        from .sharded import report_sharded
+
+        report_sharded(
+            ctx, config, overrides, batch, depth, model_spec, model_args, input_shape, seq_len, named_inputs,
+            fmt, sharding,
+        )  # fmt: skip
+        return
     column_groups = parse_columns(columns)
     if model_spec is None:
         refuse_without_model(

@@ -36,6 +36,7 @@ _LAZY = {
     "memory": ("flopkit.step_memory", "memory"),
     "fit_batch": ("flopkit.step_memory", "fit_batch"),
     "MemoryResult": ("flopkit.step_memory", "MemoryResult"),
+    "sharded": ("flopkit.parallel", "sharded"),
 }
 
 
@@ -66,5 +67,6 @@ __all__ = [
     "memory",
     "fit_batch",
     "MemoryResult",
+    "sharded",
     "__version__",
 ]

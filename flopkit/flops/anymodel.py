@@ -489,6 +489,11 @@ def _record_shapes(shapes, path, module, args, kwargs, output) -> None:
     shapes[path] = LayerShapes(in_shapes, in_dtypes, out_shapes, out_dtypes, out_bytes, param_bytes)
 
 
+def _local_numel(x: torch.Tensor) -> int:
+    """Elements this rank holds: a DTensor's local shard, else the tensor's."""
+    return getattr(x, "_local_tensor", x).numel()
+
+
 def _is_rms_norm_module(module: nn.Module) -> bool:
     return bool(re.search(r"rms_?norm$", type(module).__name__, re.IGNORECASE)) and not hasattr(
         module, "flop_count"
@@ -622,7 +627,7 @@ class _CallCounter(TorchFunctionMode):
             x = args[0] if args else kwargs["input"]
             self.norm_depth += 1
             try:
-                self.rms_norm(x.numel(), torch.is_grad_enabled() and x.requires_grad)
+                self.rms_norm(_local_numel(x), torch.is_grad_enabled() and x.requires_grad)
                 return func(*args, **kwargs)
             finally:
                 self.norm_depth -= 1
@@ -676,17 +681,31 @@ def _run(
     shapes: dict[str, LayerShapes] | None,
     seen_ops: Counter | None,
     key_mask: torch.Tensor | None = None,
+    counter_cls: type | None = None,
+    observer: Any = None,
 ) -> tuple[dict[str, Counter], _CallCounter]:
+    """One run of ``model`` under the counters; per module path, FLOPs per op.
+
+    ``counter_cls``: a ``FlopCounterMode`` subclass to count with (default FlopCounterMode).
+    ``observer``: an object with ``recording(tracker)`` (a context manager entered inside the
+    counters, given the module tracker) and ``backward_starts(raw)`` (called just before the
+    backward with the forward's counts, as this function returns them); with one, this run's hooks are prepended, so that a module's own pre-hooks (a
+    sharding plan's input redistribution, FSDP's all-gather) run inside it.
+    """
+    import contextlib
+
     from torch.utils.flop_counter import FlopCounterMode
 
     from flopkit import kernels
+
+    counter_cls = counter_cls or FlopCounterMode
 
     names: dict[nn.Module, str] = {}
     for name, module in model.named_modules(remove_duplicate=False):
         names.setdefault(module, name)
     register_flopkit_formulas()
     mapping = {p: f for p, (_, f) in {**OP_FORMULAS, **USER_FORMULAS}.items()}
-    counter = FlopCounterMode(display=False, custom_mapping=mapping)
+    counter = counter_cls(display=False, custom_mapping=mapping)
     tracker = _ModuleStack(names)
     counter.mod_tracker = tracker
     calls = _CallCounter(counter, causal, backward, key_mask)
@@ -699,7 +718,7 @@ def _run(
         tracker.push(module, first.shape if first is not None else None)
         if _is_rms_norm_module(module) and calls.norm_depth == 0:
             x = args[0] if args else next(iter(kwargs.values()))
-            calls.rms_norm(x.numel(), torch.is_grad_enabled() and backward)
+            calls.rms_norm(_local_numel(x), torch.is_grad_enabled() and backward)
         if _is_rms_norm_module(module):
             calls.norm_depth += 1
 
@@ -718,11 +737,14 @@ def _run(
                 )
 
     for module in names:
-        handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
+        handles.append(
+            module.register_forward_pre_hook(pre_hook, with_kwargs=True, prepend=observer is not None)
+        )
         handles.append(module.register_forward_hook(post_hook, with_kwargs=True, always_call=True))
     recorder = _OpRecorder(seen_ops if seen_ops is not None else Counter())
     grad = torch.enable_grad() if backward else torch.no_grad()
     try:
+        observing = observer.recording(tracker) if observer is not None else contextlib.nullcontext()
         with (
             kernels.route_through_custom_ops(),
             GroupedMMAnyDtype(),
@@ -731,6 +753,7 @@ def _run(
             grad,
             tracker.mode(),
             calls,
+            observing,
         ):
             recorder.tracker = tracker
             recorder.inside_counted = lambda: calls.norm_depth > 0
@@ -740,20 +763,29 @@ def _run(
                 loss = [t.sum() for t in leaves if isinstance(t, torch.Tensor) and t.requires_grad]
                 if not loss:
                     raise ValueError("--training: no model output requires grad (no parameter takes part)")
-                torch.stack(loss).sum().backward()
+                loss = torch.stack(loss).sum()
+                if observer is not None:
+                    observer.backward_starts(_raw_counts(counter.flop_counts, recorder))
+                loss.backward()
     finally:
         for h in handles:
             h.remove()
     calls.eager_attention_rule()
+    return _raw_counts(counter.flop_counts, recorder), calls
+
+
+def _raw_counts(flop_counts: dict, recorder: _OpRecorder) -> dict[str, Counter]:
+    """A FlopCounterMode's counts as module path -> op name -> FLOPs, the fused QK-norm + RoPE op
+    split into its norm and RoPE parts."""
     raw: dict[str, Counter] = {}
-    for path, ops in counter.get_flop_counts().items():
+    for path, ops in flop_counts.items():
         if path == GLOBAL:
             continue
         raw[path] = Counter({str(op): int(v) for op, v in ops.items()})
         fused = raw[path].pop("flopkit.qk_norm_rope", None)
         if fused is not None:
             raw[path].update(recorder.qk_split.get(path, Counter()))
-    return raw, calls
+    return raw
 
 
 def expert_paths(model: nn.Module) -> list[str]:

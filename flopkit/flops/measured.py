@@ -11,6 +11,7 @@ fvcore is imported inside :func:`count_fvcore` only.
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections import Counter
 from collections.abc import Callable
@@ -38,6 +39,7 @@ __all__ = [
     "grouped_mm_output_shape",
     "PositionalCall",
     "count_fvcore_any",
+    "has_dtensor",
 ]
 
 
@@ -488,6 +490,14 @@ weights, hand-written norms outside a ``*RMSNorm`` module): not counted, by flop
 (DESIGN.md §3); listed apart from the ops that have no formula at all."""
 
 
+def has_dtensor(types) -> bool:
+    """Whether a dispatch's ``types`` include ``DTensor`` (never when ``torch.distributed.tensor`` was
+    not imported: no DTensor can exist then). A dispatch mode returns ``NotImplemented`` for these,
+    so that DTensor runs first and the mode sees the local ops (and collectives) it turns into."""
+    module = sys.modules.get("torch.distributed.tensor")
+    return module is not None and any(issubclass(t, module.DTensor) for t in types)
+
+
 class _OpRecorder(torch.utils._python_dispatch.TorchDispatchMode):
     """Counts every aten op dispatched (by packet name), to list the ones FlopCounterMode skips, and
     splits each ``flopkit.qk_norm_rope`` call into its norm and RoPE FLOPs per enclosing module
@@ -503,6 +513,8 @@ class _OpRecorder(torch.utils._python_dispatch.TorchDispatchMode):
         self.inside_counted: Callable[[], bool] = lambda: False
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if has_dtensor(types):
+            return NotImplemented
         name = str(func.overloadpacket)
         if not self.inside_counted():
             self.seen[name] += 1

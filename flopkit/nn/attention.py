@@ -191,8 +191,11 @@ class ViT5Attention(CompositeFlops, nn.Module):
                 f"(h*w + cls + R = {self.layout.describe()}) and C = {self.hidden_dim}, got {tuple(x.shape)}"
             )
         B, T, C = x.shape
-        H, D = self.num_heads, self.head_dim
+        D = self.head_dim
         qkv = self.qkv(x)
+        # The heads this rank computes: all of them, or its share when tensor parallelism splits qkv
+        # by heads (flopkit.parallel: q, k and v each split, the local qkv [B, T, 3 * H_local * D]).
+        H = qkv.shape[-1] // (3 * D)
         # In float32 both cast orders agree, so the fused kernel stays valid for them.
         path = self._fused_route(qkv)
         fused = self._fused_weights(qkv.dtype == torch.float32) if path is not None else None
@@ -221,7 +224,7 @@ class ViT5Attention(CompositeFlops, nn.Module):
         out = F.scaled_dot_product_attention(
             q, k, v, dropout_p=self.attn_dropout if self.training else 0.0, scale=self.scale
         )
-        out = out.transpose(1, 2).reshape(B, T, C)
+        out = out.transpose(1, 2).reshape(B, T, H * D)
         return self.proj_drop(self.proj(out))
 
     # ------------------------------------------------------------------ FLOPs

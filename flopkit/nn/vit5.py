@@ -366,6 +366,8 @@ class ViT5Block(CompositeFlops, nn.Module):
             and isinstance(ls, LayerScale)
             and isinstance(mlp.fc2, ScalableLinear)
             and mlp.fc2.bias is None
+            # A tensor-parallel fc2 holds a DTensor weight: W2 * gamma would mix it with a local tensor.
+            and type(mlp.fc2.weight) in (nn.Parameter, torch.Tensor)
             and isinstance(mlp.drop, nn.Identity)
             and (y.device.type in ("cuda", "cpu") or kernels.replaying_cuda())
             and not kernels.ops_observed()
