@@ -11,8 +11,10 @@ import sys
 
 import click
 
+from flopkit.checks import InputError
+
 from . import bench, convert, inspect, presets, profile, report, validate
-from ._options import CONTEXT
+from ._options import CONTEXT, OPTION_NAMES
 
 __all__ = ["main", "app", "COMMANDS"]
 
@@ -46,6 +48,9 @@ class FlopkitGroup(click.Group):
             code = 1
         except click.ClickException as exc:
             _error(exc.format_message())
+            code = 2
+        except InputError as exc:  # the library names a Python argument; show the option
+            _error(exc.as_option(OPTION_NAMES.get(exc.argument, exc.argument)))
             code = 2
         except (ValueError, TypeError, KeyError, OSError, ImportError) as exc:
             _error(str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc))

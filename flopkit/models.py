@@ -447,12 +447,21 @@ def model_inputs(
     * ``named`` -> keyword tensors with exactly the given shapes and dtypes (``--input``).
 
     A Hugging Face text model with neither gets an error naming ``--seq-len``; any other model with
-    neither an input shape nor a timm default gets one naming ``--input-shape``.
+    neither an input shape nor a timm default gets one naming ``--input-shape``. A ``seq_len`` beyond
+    the model's positions and a ``named`` input its ``forward`` does not take raise
+    :class:`flopkit.checks.InputError` (:func:`~flopkit.checks.check_seq_len`,
+    :func:`~flopkit.checks.check_input_names`).
     """
+    from flopkit.checks import check_input_names, check_seq_len
+
     if batch < 1:
         raise ModelError(f"--batch must be a positive integer, got {batch}")
     if input_shape is not None and seq_len is not None:
         raise ModelError("--input-shape and --seq-len both give the main input: use one")
+    named = list(named)
+    check_input_names(model, [name for name, _, _ in named])
+    if seq_len is not None:
+        check_seq_len(model, seq_len)
     kwargs = {name: _meta_tensor(shape, dtype) for name, shape, dtype in named}
     main = getattr(model, "main_input_name", None)
     if seq_len is not None:
