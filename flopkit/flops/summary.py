@@ -63,6 +63,7 @@ def flop_report(
     *,
     num_tokens: int | None = None,
     input_shape: tuple[int, ...] | None = None,
+    inputs: tuple[tuple, dict] | None = None,
     convention: str = "flopkit",
     depth: int | None = None,
     batch: int = 1,
@@ -74,11 +75,15 @@ def flop_report(
     A flopkit module is counted analytically on ``num_tokens`` tokens per sample (default: its own
     ``T``) times ``batch``. Any other module needs ``input_shape`` (batch included) and is measured
     by FlopCounterMode, with flopkit sub-modules counted analytically; ``batch`` must then be 1
-    (the batch is the shape's first entry).
+    (the batch is the shape's first entry). ``inputs`` (``(args, kwargs)`` of meta tensors, batch
+    included) replaces ``input_shape`` for a model with several or keyword inputs.
     """
     check_convention(convention)
     legend = [counted_legend()]
-    if input_shape is None:
+    if input_shape is not None and inputs is not None:
+        raise ValueError("give input_shape or inputs, not both")
+    measured = input_shape is not None or inputs is not None
+    if not measured:
         tree = flop_tree(
             module, module.default_flop_tokens() if num_tokens is None else num_tokens, convention
         )
@@ -87,16 +92,22 @@ def flop_report(
     else:
         if batch != 1:
             raise ValueError(
-                f"batch applies to a preset or config; with an input shape the batch is its first entry ({input_shape[0]})"
+                "batch applies to a preset or config; with an input shape or inputs the batch is its first "
+                f"entry ({input_shape[0] if input_shape is not None else 'of each tensor'})"
             )
-        with torch.device("meta"):
-            rows, _ = mixed_rows(module, torch.empty(input_shape), convention, depth, training)
+        if inputs is None:
+            with torch.device("meta"):
+                rows, _ = mixed_rows(module, torch.empty(input_shape), convention, depth, training)
+            run = f"input shape: {list(input_shape)}"
+        else:
+            rows, _ = mixed_rows(module, inputs, convention, depth, training)
+            shapes = [list(t.shape) for t in (*inputs[0], *inputs[1].values())]
+            run = f"inputs: {', '.join(map(str, shapes))}"
         legend.append(MIXED_LEGEND)
-        run = f"input shape: {list(input_shape)}"
     legend.append(f"convention: {convention}; {run}; per {'training step' if training else 'forward'}")
     if training:
         legend.append(training_legend())
-    return FlopReport(rows, legend, convention, batch, training, dict(info or {}), input_shape is not None)
+    return FlopReport(rows, legend, convention, batch, training, dict(info or {}), measured)
 
 
 def measure_config(config, counters: tuple[str, ...] = COUNTERS, batch: int = 1) -> tuple[nn.Module, list]:
