@@ -272,11 +272,9 @@ def _sweep(
 
 def _check_plot_path(path: str) -> None:
     """Refuse a ``--plot`` target in a missing directory, or without matplotlib, before any work."""
-    from pathlib import Path
+    from flopkit.checks import check_output_path
 
-    parent = Path(path).parent
-    if not parent.is_dir():
-        raise click.BadParameter(f"directory {str(parent)!r} does not exist", param_hint="--plot")
+    check_output_path(path, "plot_path")
     try:
         import matplotlib  # noqa: F401
     except ImportError:

@@ -71,8 +71,12 @@ def report(
       flopkit report --model hf:gpt2 --seq-len 128,512,1024 --causal-attention half --plot gpt2.png
       flopkit report --model hf:llama --model-arg num_hidden_layers=2 --seq-len 2048 --training
     """
+    from flopkit.checks import check_output_path
+
     from .model_cmds import attach_shapes, parse_columns, render_model_rows, report_model
 
+    if plot_path is not None:  # output paths first, before anything is read or built
+        check_output_path(plot_path, "plot_path")
     column_groups = parse_columns(columns)
     if model_spec is None:
         refuse_without_model(
