@@ -65,7 +65,9 @@ def validate(
     seq_len, named_inputs, causal, fmt,
 ) -> None:  # fmt: skip
     """Analytic FLOPs vs fvcore's FlopCountAnalysis and torch's FlopCounterMode, per module and
-    category. Exit status 1 when a comparable count differs by more than --rtol.
+    category. Verdict OK (equal), EXPLAINED (each difference is what a named counter blind spot
+    hides, e.g. fvcore's fused nn.MultiheadAttention op; exit 0) or MISMATCH (exit status 1: a
+    comparable count differs by more than --rtol).
 
     \b
     Examples:
@@ -169,9 +171,12 @@ def _render_validation(source: str, rec, fmt: str) -> str:
     cats = render_rows(
         cat_headers, cat_body, fmt, title="whole model, by category", notes=[*rec.notes, *skipped]
     )
-    verdict = (
-        f"OK: every comparable count agrees ({'exactly' if rec.rtol == 0 else f'within rtol={rec.rtol:g}'})"
-        if rec.ok
-        else f"MISMATCH: a comparable count differs by more than rtol={rec.rtol:g}"
-    )
+    within = "exactly" if rec.rtol == 0 else f"within rtol={rec.rtol:g}"
+    verdict = {
+        "OK": f"OK: every comparable count agrees ({within})",
+        "EXPLAINED": "EXPLAINED: every difference is work that a named counter blind spot hides "
+        f"({', '.join(op for calls in rec.blind_spots.values() for op in calls)}; see its note); the "
+        f"rest agrees ({within})",
+        "MISMATCH": f"MISMATCH: a comparable count differs by more than rtol={rec.rtol:g}",
+    }[rec.verdict]
     return f"{main}\n\n{cats}\n\n{verdict}"
