@@ -203,26 +203,18 @@ def _has_analytic(rows) -> bool:
 def _sweep(
     model, spec, model_args, batch, seq_lens, named_inputs, causal, training, convention, plot_path, fmt
 ):
-    from flopkit.flops.mixed import mixed_rows
     from flopkit.models import model_inputs
+    from flopkit.progress import progress_for
 
+    for n in seq_lens:  # every length is checked before the first is counted
+        model_inputs(model, batch=batch, seq_len=n, named=named_inputs, spec=f"--model {spec}")
     results = []
-    for n in seq_lens:
-        inputs = model_inputs(model, batch=batch, seq_len=n, named=named_inputs, spec=f"--model {spec}")
-        rows, count = run_forward(
-            spec, mixed_rows, model, (inputs.args, inputs.kwargs), convention, 0, training, causal
-        )
-        top = rows[0]
-        backward = sum(top.backward.values()) if top.backward is not None else 0
-        results.append(
-            {
-                "seq_len": n,
-                "breakdown": dict(top.breakdown),
-                "total_flops": top.flops,
-                "forward_flops": top.flops - backward,
-                "backward_flops": backward,
-            }
-        )
+    with progress_for(fmt) as progress:
+        for n in progress.iterate(seq_lens, "seq-len sweep"):
+            results.append(_sweep_row(model, spec, batch, n, named_inputs, causal, training, convention))
+    inputs, rows, count = results[-1].pop("_last")
+    for r in results:
+        r.pop("_last", None)
     label = spec + (f" ({', '.join(f'{k}={v}' for k, v in model_args.items())})" if model_args else "")
     written = _plot_sweep(results, label, causal, plot_path) if plot_path else None
     legend = model_legend(convention, inputs, count, training, batch, _has_analytic(rows))
@@ -268,6 +260,28 @@ def _sweep(
             notes=[] if fmt == "csv" else legend,
         )
     )
+
+
+def _sweep_row(model, spec, batch, n, named_inputs, causal, training, convention) -> dict:
+    """One length of a ``--seq-len`` sweep: the whole model's FLOPs (``_last``: the inputs, rows and
+    count, which the legend reads from the last length)."""
+    from flopkit.flops.mixed import mixed_rows
+    from flopkit.models import model_inputs
+
+    inputs = model_inputs(model, batch=batch, seq_len=n, named=named_inputs, spec=f"--model {spec}")
+    rows, count = run_forward(
+        spec, mixed_rows, model, (inputs.args, inputs.kwargs), convention, 0, training, causal
+    )
+    top = rows[0]
+    backward = sum(top.backward.values()) if top.backward is not None else 0
+    return {
+        "seq_len": n,
+        "breakdown": dict(top.breakdown),
+        "total_flops": top.flops,
+        "forward_flops": top.flops - backward,
+        "backward_flops": backward,
+        "_last": (inputs, rows, count),
+    }
 
 
 def _check_plot_path(path: str) -> None:
@@ -322,6 +336,7 @@ def validate_model(
     depth: int,
     fmt: str,
     render,
+    progress=None,
 ):
     """``flopkit validate --model SPEC``: :func:`flopkit.flops.summary.validate_model` on the model
     of ``loaded``, rendered. Returns the reconciliation."""
@@ -339,7 +354,9 @@ def validate_model(
         named=named_inputs,
         spec=f"--model {spec}",
     )
-    rec = validate_any(model, inputs, tuple(counters), rtol, depth, spec=spec, model_args=model_args)
+    rec = validate_any(
+        model, inputs, tuple(counters), rtol, depth, spec=spec, model_args=model_args, progress=progress
+    )
     if fmt == "json":
         click.echo(
             render_json(

@@ -77,6 +77,8 @@ def validate(
       flopkit validate --model hf:bert --model-arg num_hidden_layers=2 --seq-len 128
       flopkit validate --model timm:resnet18 --depth 1
     """
+    from flopkit.progress import progress_for
+
     counters = tuple(c.strip() for c in against.split(",") if c.strip())
     if not counters or any(c not in COUNTERS for c in counters) or len(set(counters)) != len(counters):
         raise click.BadParameter(f"expected fvcore and/or torch, got {against!r}", param_hint="--against")
@@ -89,14 +91,16 @@ def validate(
     if not loaded.is_config:
         from .model_cmds import validate_model
 
-        rec = validate_model(
-            loaded, *settings[1:], batch=batch, counters=list(counters), rtol=rtol, depth=depth, fmt=fmt,
-            render=_render_validation,
-        )  # fmt: skip
+        with progress_for(fmt) as progress:
+            rec = validate_model(
+                loaded, *settings[1:], batch=batch, counters=list(counters), rtol=rtol, depth=depth, fmt=fmt,
+                render=_render_validation, progress=progress,
+            )  # fmt: skip
         if not rec.ok:
             ctx.exit(1)
         return
-    rec = validate_config(loaded.config, counters, batch=batch, rtol=rtol, depth=depth)
+    with progress_for(fmt) as progress:
+        rec = validate_config(loaded.config, counters, batch=batch, rtol=rtol, depth=depth, progress=progress)
     if fmt == "json":
         data = {"config": loaded.to_dict(), "convention": convention, "batch": batch, **rec.to_dict()}
         click.echo(render_json(data))

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from flopkit.formulas import check_convention, counted_legend, training_legend
+from flopkit.progress import SILENT, Progress
 
 from .analytic import FlopRow, flop_rows, flop_tree
 from .mixed import MIXED_LEGEND, mixed_rows
@@ -110,7 +111,9 @@ def flop_report(
     return FlopReport(rows, legend, convention, batch, training, dict(info or {}), measured)
 
 
-def measure_config(config, counters: tuple[str, ...] = COUNTERS, batch: int = 1) -> tuple[nn.Module, list]:
+def measure_config(
+    config, counters: tuple[str, ...] = COUNTERS, batch: int = 1, progress: Progress | None = None
+) -> tuple[nn.Module, list]:
     """Run ``counters`` on the model of ``config`` (a :class:`flopkit.config.Config`) with a batch of
     ``batch``; returns the meta module and one :class:`~flopkit.flops.measured.Measurement` per counter.
 
@@ -124,27 +127,45 @@ def measure_config(config, counters: tuple[str, ...] = COUNTERS, batch: int = 1)
     unknown = [c for c in counters if c not in COUNTERS]
     if unknown or not counters:
         raise ValueError(f"counters must be a non-empty subset of {COUNTERS}, got {tuple(counters)}")
+    progress = progress or SILENT
     meta = config.meta_module.eval()
     measurements = []
     if "fvcore" in counters:
         config.check_cpu_build()
+        _check_cpu_run(meta, (model_input(config, meta, batch, "meta"),), {}, batch)
+        progress.phase("fvcore: tracing a CPU copy")
         torch.manual_seed(0)
         cpu = config.build("cpu").eval()
         measurements.append(count_fvcore(cpu, model_input(config, cpu, batch, "cpu")))
     if "torch" in counters:
+        progress.phase("torch: FlopCounterMode on meta")
         with torch.device("meta"):
             measurements.append(count_torch(meta, model_input(config, meta, batch, "meta")))
+    progress.close()
     return meta, measurements
 
 
+def _check_cpu_run(meta: nn.Module, args: tuple, kwargs: dict, batch: int) -> None:
+    """Refuse, before building it, a CPU copy whose forward cannot fit the host's free memory."""
+    from flopkit.checks import check_fits, peak_bytes_lower_bound
+
+    needed = peak_bytes_lower_bound(meta, args, kwargs)
+    check_fits(needed, "cpu", "batch", batch, "fvcore's forward of a CPU copy")
+
+
 def validate_config(
-    config, counters: tuple[str, ...] = COUNTERS, batch: int = 1, rtol: float = 0.0, depth: int | None = None
+    config,
+    counters: tuple[str, ...] = COUNTERS,
+    batch: int = 1,
+    rtol: float = 0.0,
+    depth: int | None = None,
+    progress: Progress | None = None,
 ):
     """:func:`measure_config`, then reconcile the measurements with the analytic count (flopkit's
     convention, what runs); returns a :class:`~flopkit.flops.reconcile.Reconciliation`."""
     from .reconcile import reconcile
 
-    meta, measurements = measure_config(config, counters, batch)
+    meta, measurements = measure_config(config, counters, batch, progress)
     tree = flop_tree(meta, config.tokens(meta))
     return reconcile(meta, tree, measurements, batch=batch, rtol=rtol, depth=depth)
 
@@ -157,13 +178,15 @@ def validate_model(
     depth: int | None = None,
     spec: str | None = None,
     model_args: dict[str, Any] | None = None,
+    progress: Progress | None = None,
 ):
     """flopkit's report of any model (``mixed_rows``: analytic where flopkit has formulas, measured
     elsewhere) against FlopCounterMode on the meta device and fvcore on a CPU copy built from
     ``spec`` and ``model_args`` (real, seeded weights), per module and category.
 
     ``model`` is the meta-device model, ``inputs`` its :class:`~flopkit.models.ModelInputs`; an error
-    inside the model names ``spec``. Returns a :class:`~flopkit.flops.reconcile.Reconciliation`.
+    inside the model names ``spec``. A CPU copy whose forward cannot fit the host's free memory is
+    refused before it is built (:func:`flopkit.checks.check_fits`); ``progress`` shows each counter. Returns a :class:`~flopkit.flops.reconcile.Reconciliation`.
     """
     from flopkit.models import build_model, real_inputs, user_code
 
@@ -175,16 +198,22 @@ def validate_model(
     if unknown or not counters:
         raise ValueError(f"counters must be a non-empty subset of {COUNTERS}, got {tuple(counters)}")
     label = spec or type(model).__name__
+    progress = progress or SILENT
     with user_code(label, "running the model"):
+        progress.phase("flopkit: counting on meta")
         rows, _ = mixed_rows(model, (inputs.args, inputs.kwargs), "flopkit", depth)
         measurements = []
         if "fvcore" in counters:
             if spec is None:
                 raise ValueError("fvcore needs a CPU copy of the model: give its spec")
+            _check_cpu_run(model, inputs.args, inputs.kwargs, inputs.tensors[0].shape[0])
+            progress.phase("fvcore: tracing a CPU copy")
             torch.manual_seed(0)
             cpu = build_model(spec, model_args, device="cpu")
             real = real_inputs(inputs)
             measurements.append(count_fvcore_any(cpu, real.args, real.kwargs))
         if "torch" in counters:
+            progress.phase("torch: FlopCounterMode on meta")
             measurements.append(count_model(model, inputs.args, inputs.kwargs).measurement())
+        progress.close()
     return reconcile_rows(model, rows, measurements, rtol=rtol)
