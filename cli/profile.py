@@ -312,7 +312,7 @@ def _legend(result, report_legend: list[str]) -> list[str]:
             else "the mean square of the output"
         )
         lines.append(
-            f"(loss): the loss ({result.loss}: {loss}) and the backward() call outside autograd nodes."
+            f"(loss): the loss, {result.loss}: {loss}; and the backward() call outside autograd nodes."
         )
     if result.compiled:
         lines.append(

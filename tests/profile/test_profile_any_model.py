@@ -59,7 +59,7 @@ def test_a_language_model_with_a_vocabulary_defaults_to_next_token_cross_entropy
         "profile", "--model", f"{factory}:build", "--seq-len", "8", "--batch", "2", "--training", *FAST
     )
     assert data["loss"] == "ce"
-    assert any("(loss): the loss (ce: cross-entropy" in line for line in data["legend"])
+    assert any("(loss): the loss, ce: cross-entropy" in line for line in data["legend"])
 
 
 def test_a_keyword_input_reaches_the_profiled_forward(tmp_path):
