@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from flopkit.report import render_json, render_rows
-from flopkit.steps import LOSSES
+from flopkit.steps import LOSSES, build_run, check_run_fits, run_inputs
 
 from ._options import (
     CONTEXT,
@@ -149,7 +149,8 @@ def profile(
         )
     loaded = resolve_model(config, overrides, model_spec, settings[0])
     batch = batch or 8
-    inputs = _meta_inputs(loaded, settings, batch)
+    _, input_shape, seq_lens, named = settings
+    inputs = run_inputs(loaded, batch, input_shape, seq_lens[0] if seq_lens else None, named)
     deepest = deepest_level(loaded.module)
     if depth > deepest:
         if given(ctx, "depth"):
@@ -159,8 +160,17 @@ def profile(
             )
         depth = deepest  # the default depth on a shallow model: all of it
     flops = _flop_report(loaded, inputs, depth, training, convention)
-    _check_memory(loaded, inputs, training, DTYPES[dtype], device, batch, settings)
-    model, real = _build(loaded, inputs, device)
+    # The option a refusal names: the batch, or at batch 1 the size that set the input.
+    if batch == 1 and (seq_lens or input_shape):
+        argument, value = (
+            ("seq_len", seq_lens[0]) if seq_lens else ("input_shape", ",".join(map(str, input_shape)))
+        )
+    else:
+        argument, value = "batch", batch
+    check_run_fits(
+        loaded, inputs, training=training, dtype=DTYPES[dtype], device=device, argument=argument, value=value
+    )
+    model, real = build_run(loaded, inputs, device)
     totals = flops.rows[0].breakdown
     # A user's model: its own errors are one line naming the spec (configs' errors are flopkit's).
     guard = user_code(loaded.spec, "a profiled step") if not loaded.is_config else contextlib.nullcontext()
@@ -202,25 +212,6 @@ def profile(
     click.echo(render_json(data) if fmt == "json" else render_profile(data, fmt))
 
 
-def _meta_inputs(loaded, settings: tuple, batch: int):
-    """The run's inputs on the meta device (:class:`flopkit.models.ModelInputs`): a config's image
-    batch, or what the input options give a ``--model`` (as ``report --model`` makes them)."""
-    from flopkit.config import model_input
-    from flopkit.models import ModelInputs, model_inputs
-
-    if loaded.is_config:
-        return ModelInputs((model_input(loaded.config, loaded.module, batch, "meta"),), {}, "the config")
-    _, input_shape, seq_lens, named = settings
-    return model_inputs(
-        loaded.module,
-        batch=batch,
-        input_shape=input_shape,
-        seq_len=seq_lens[0] if seq_lens else None,
-        named=named,
-        spec=f"--model {loaded.spec}",
-    )
-
-
 def _flop_report(loaded, inputs, depth, training, convention):
     """``flopkit report``'s rows for the run (the same counts ``report`` gives)."""
     from flopkit.flops.summary import flop_report
@@ -243,47 +234,6 @@ def _flop_report(loaded, inputs, depth, training, convention):
             depth=depth,
             training=training,
         )
-
-
-def _check_memory(loaded, inputs, training: bool, dtype, device: str, batch: int, settings: tuple) -> None:
-    """Refuse, before anything is allocated, a run whose lower bound on memory
-    (:func:`flopkit.checks.peak_bytes_lower_bound`) exceeds the device's free memory."""
-    import torch
-
-    from flopkit.checks import check_fits, peak_bytes_lower_bound
-    from flopkit.models import user_code
-
-    itemsize = torch.empty((), dtype=dtype).element_size() if dtype != torch.float32 else None
-    guard = user_code(loaded.spec, "the forward") if not loaded.is_config else contextlib.nullcontext()
-    with guard:
-        needed = peak_bytes_lower_bound(
-            loaded.module, inputs.args, inputs.kwargs, training=training, activation_itemsize=itemsize
-        )
-    _, input_shape, seq_lens, _ = settings
-    if batch == 1 and seq_lens:
-        argument, value = "seq_len", seq_lens[0]
-    elif batch == 1 and input_shape:
-        argument, value = "input_shape", ",".join(map(str, input_shape))
-    else:
-        argument, value = "batch", batch
-    what = f"a {'training step' if training else 'forward'} of {loaded.label} on {inputs.describe()}"
-    check_fits(needed, device, argument, value, what)
-
-
-def _build(loaded, inputs, device: str):
-    """The model with real (seeded) weights on ``device`` and the inputs as real tensors there
-    (floats from a seeded normal, token ids zero)."""
-    import torch
-
-    from flopkit.models import build_model, real_inputs
-
-    torch.manual_seed(0)
-    model = (
-        loaded.config.build(device)
-        if loaded.is_config
-        else build_model(loaded.spec, loaded.model_args, device)
-    )
-    return model, real_inputs(inputs, device)
 
 
 def _legend(result, report_legend: list[str]) -> list[str]:

@@ -1,7 +1,12 @@
-"""The pieces of a training step that every measured run shares: the output tensor and the loss.
+"""The pieces that every measured run shares (``profile``, the memory command): its inputs, the
+check that it fits the device, the model built on the device, and the training step's loss.
 
-``profile --training`` (and the memory command) run forward, loss and backward on random data; the
-loss is chosen here once:
+* :func:`run_inputs`: the run's inputs on the meta device, from a preset/config or a ``--model``
+  spec with its input options (the same inputs ``report`` counts);
+* :func:`check_run_fits`: refuse, before anything is allocated, a run whose lower bound on memory
+  exceeds the device's free memory (:mod:`flopkit.checks`);
+* :func:`build_run`: the model with seeded weights on the device, and the inputs as real tensors;
+* :func:`make_loss`: the loss of a training step, chosen once:
 
 * ``"ce"``: cross-entropy over the output's last dimension (classes, or a vocabulary: next-token
   prediction, one target per position) against random targets:
@@ -13,16 +18,96 @@ loss is chosen here once:
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+import contextlib
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["LOSSES", "output_tensor", "class_count", "has_class_dim", "resolve_loss", "make_loss"]
+__all__ = [
+    "LOSSES",
+    "run_inputs",
+    "check_run_fits",
+    "build_run",
+    "output_tensor",
+    "class_count",
+    "has_class_dim",
+    "resolve_loss",
+    "make_loss",
+]
+
+if TYPE_CHECKING:
+    from flopkit.models import LoadedModel, ModelInputs
 
 LOSSES = ("auto", "ce", "mse")
+
+
+def run_inputs(
+    loaded: LoadedModel,
+    batch: int,
+    input_shape: tuple[int, ...] | None = None,
+    seq_len: int | None = None,
+    named: Iterable[tuple[str, tuple[int, ...], torch.dtype]] = (),
+) -> ModelInputs:
+    """The run's inputs on the meta device: a config's image batch ``[batch, C, H, W]``, or what the
+    input options give a ``--model`` (:func:`flopkit.models.model_inputs`, which checks the length
+    against the model's positions and the keyword names against its forward)."""
+    from flopkit.config import model_input
+    from flopkit.models import ModelInputs, model_inputs
+
+    if loaded.is_config:
+        return ModelInputs((model_input(loaded.config, loaded.module, batch, "meta"),), {}, "the config")
+    return model_inputs(
+        loaded.module,
+        batch=batch,
+        input_shape=input_shape,
+        seq_len=seq_len,
+        named=named,
+        spec=f"--model {loaded.spec}",
+    )
+
+
+def check_run_fits(
+    loaded: LoadedModel,
+    inputs: ModelInputs,
+    *,
+    training: bool,
+    dtype: torch.dtype,
+    device: str | torch.device,
+    argument: str = "batch",
+    value: Any = None,
+) -> int:
+    """Refuse (:class:`flopkit.checks.InputError` naming ``argument`` and ``value``) a run whose lower
+    bound on memory exceeds the free memory of ``device``; returns the bound in bytes. Nothing is
+    allocated: the bound comes from a forward on the meta device."""
+    from flopkit.checks import check_fits, peak_bytes_lower_bound
+    from flopkit.models import user_code
+
+    itemsize = torch.empty((), dtype=dtype).element_size() if dtype != torch.float32 else None
+    guard = user_code(loaded.spec, "the forward") if not loaded.is_config else contextlib.nullcontext()
+    with guard:
+        needed = peak_bytes_lower_bound(
+            loaded.module, inputs.args, inputs.kwargs, training=training, activation_itemsize=itemsize
+        )
+    what = f"a {'training step' if training else 'forward'} of {loaded.label} on {inputs.describe()}"
+    check_fits(needed, device, argument, value, what)
+    return needed
+
+
+def build_run(loaded: LoadedModel, inputs: ModelInputs, device: str | torch.device, seed: int = 0):
+    """``(model, inputs)``: the model with seeded weights on ``device`` (a config's build, or the spec
+    built again there) and ``inputs`` as real tensors (floats from a seeded normal, ids zero)."""
+    from flopkit.models import build_model, real_inputs
+
+    torch.manual_seed(seed)
+    device = str(device)
+    if loaded.is_config:
+        model = loaded.config.build(device)
+    else:
+        model = build_model(loaded.spec, loaded.model_args, device)
+    return model, real_inputs(inputs, device, seed)
 
 
 def output_tensor(output: Any) -> torch.Tensor:

@@ -123,3 +123,22 @@ def test_ce_on_an_output_without_classes_is_refused():
         resolve_loss("ce", torch.zeros(4), _Classifier())
     with pytest.raises(ValueError, match="loss must be one of auto, ce, mse, got 'l1'"):
         resolve_loss("l1", torch.zeros(4, 2), _Classifier())
+
+
+def test_a_run_that_cannot_fit_is_refused_from_python_before_anything_is_built(monkeypatch):
+    import flopkit.checks
+    from flopkit.checks import InputError
+    from flopkit.models import load_model
+    from flopkit.steps import check_run_fits, run_inputs
+
+    loaded = load_model(TINY)
+    inputs = run_inputs(loaded, 4)
+    assert [list(t.shape) for t in inputs.tensors] == [[4, 3, 64, 64]]
+    params = sum(p.numel() * 4 for p in loaded.module.parameters())
+    needed = check_run_fits(loaded, inputs, training=True, dtype=torch.float32, device="cpu", value=4)
+    assert needed > 2 * params + 4 * 3 * 64 * 64 * 4  # gradients, and the input with a first output
+    monkeypatch.setattr(flopkit.checks, "available_bytes", lambda device: needed - 1)
+    with pytest.raises(
+        InputError, match=r"^batch=4: a training step of .*vit5-tiny.yaml on \[4, 3, 64, 64\]"
+    ):
+        check_run_fits(loaded, inputs, training=True, dtype=torch.float32, device="cpu", value=4)
