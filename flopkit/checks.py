@@ -126,17 +126,19 @@ def position_limit(model: nn.Module) -> tuple[int, str] | None:
     return None
 
 
-def check_seq_len(model: nn.Module, seq_len: int, argument: str = "seq_len") -> None:
-    """``seq_len`` must be a positive int within the model's positions (:func:`position_limit`)."""
+def check_seq_len(model: nn.Module, seq_len: int, argument: str = "seq_len", shown: Any = None) -> None:
+    """``seq_len`` must be a positive int within the model's positions (:func:`position_limit`).
+    ``shown`` is the value the error quotes (default ``seq_len``; an ``--input`` quotes its text)."""
+    shown = seq_len if shown is None else shown
     if not is_int(seq_len) or seq_len < 1:
-        raise InputError(argument, seq_len, "must be a positive integer")
+        raise InputError(argument, shown, "must be a positive integer")
     limit = position_limit(model)
     if limit is not None and seq_len > limit[0]:
         positions, name = limit
         raise InputError(
             argument,
-            seq_len,
-            f"more than the model's {positions:,} positions (config.{name} = {positions}); give a length "
+            shown,
+            f"a length of {seq_len:,} is more than the model's {positions:,} positions (config.{name} = {positions}); give a length "
             f"<= {positions}, or raise the limit with the model argument {name}={seq_len}",
         )
 

@@ -60,6 +60,9 @@ class ModelError(ValueError):
     names the spec."""
 
 
+# Keyword inputs with one entry per token: given with --input, their last dimension is a length.
+TOKEN_INPUTS = ("input_ids", "position_ids", "token_type_ids", "attention_mask")
+
 # --input NAME=SHAPE:DTYPE dtype names -> torch dtypes.
 INPUT_DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -319,9 +322,11 @@ def load_model(
 def user_code(spec: str, what: str = "the forward"):
     """Within the block, any exception (from the user's model code) becomes a :class:`ModelError`
     naming ``spec`` and keeping the original type and message."""
+    from flopkit.checks import InputError
+
     try:
         yield
-    except ModelError:
+    except (ModelError, InputError):  # flopkit's own errors already name what they are about
         raise
     except Exception as exc:
         message = _describe(exc)
@@ -462,8 +467,11 @@ def model_inputs(
     check_input_names(model, [name for name, _, _ in named])
     if seq_len is not None:
         check_seq_len(model, seq_len)
-    kwargs = {name: _meta_tensor(shape, dtype) for name, shape, dtype in named}
     main = getattr(model, "main_input_name", None)
+    for name, shape, dtype in named:  # token inputs given whole: their length is the last dim
+        if (name == main or name in TOKEN_INPUTS) and not dtype.is_floating_point and len(shape) >= 2:
+            check_seq_len(model, shape[-1], "named_inputs", f"{name}={','.join(map(str, shape))}")
+    kwargs = {name: _meta_tensor(shape, dtype) for name, shape, dtype in named}
     if seq_len is not None:
         if seq_len < 1:
             raise ModelError(f"--seq-len must be positive, got {seq_len}")

@@ -102,7 +102,9 @@ def test_seq_len_within_the_positions_passes_and_beyond_is_refused():
     model = _WithPositions()
     assert position_limit(model) == (512, "max_position_embeddings")
     check_seq_len(model, 512)
-    with pytest.raises(InputError, match=r"seq_len=513: more than the model's 512 positions"):
+    with pytest.raises(
+        InputError, match=r"seq_len=513: a length of 513 is more than the model's 512 positions"
+    ):
         check_seq_len(model, 513)
     check_seq_len(nn.Linear(2, 2), 10**9)  # no config: no limit to check
 

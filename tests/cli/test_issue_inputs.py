@@ -75,7 +75,35 @@ def test_profile_with_an_unallocatable_batch_is_one_line_before_any_allocation()
 def test_report_seq_len_beyond_gpt2s_positions_names_1024():
     pytest.importorskip("transformers")
     line = one_line_error(run("report", "--model", "hf:gpt2", "--seq-len", "100000"))
-    assert "--seq-len 100000: more than the model's 1,024 positions (config.n_positions = 1024)" in line
+    assert "--seq-len 100000: a length of 100,000 is more than the model's 1,024 positions" in line
+    assert "(config.n_positions = 1024)" in line
+
+
+def test_token_ids_given_whole_with_input_are_checked_against_the_positions_too():
+    pytest.importorskip("transformers")
+    one_line_error(
+        run("report", "--model", "hf:gpt2", "--input", "input_ids=1,2000:int64"),
+        "--input input_ids=1,2000: a length of 2,000 is more than the model's 1,024 positions",
+    )
+
+
+def test_validate_refuses_a_cpu_copy_that_cannot_fit_in_one_line_naming_the_batch():
+    pytest.importorskip("transformers")
+    line = one_line_error(
+        run(
+            "validate",
+            "--model",
+            "hf:gpt2",
+            "--model-arg",
+            "n_layer=1",
+            "--seq-len",
+            "1024",
+            "--batch",
+            "100000",
+        )
+    )
+    assert line.startswith("flopkit: error: --batch 100000: fvcore's forward of a CPU copy needs at least")
+    one_line_error(run("validate", "vit5-small", "--batch", "100000"), "--batch 100000: fvcore's forward")
 
 
 def test_a_seq_len_sweep_stops_at_the_first_length_beyond_the_positions():
