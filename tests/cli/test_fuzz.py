@@ -151,9 +151,58 @@ def options(draw) -> list[str]:
     return args
 
 
+USER_MODEL = """import torch
+class M(torch.nn.Module):
+    def __init__(self, width=8):
+        super().__init__()
+        self.fc = torch.nn.Linear(width, 4)
+    def forward(self, x, mask=None):
+        return self.fc(x)
+def build(width=8):
+    return M(width)
+"""
+SMALL_GPT2 = ["--model-arg", "n_layer=1", "--model-arg", "n_embd=32", "--model-arg", "n_head=2"]
+
+
+@st.composite
+def model_lines(draw, folder: Path) -> list[str]:
+    """report / validate / profile of a --model (a small GPT-2 where transformers is installed, a
+    user's factory file) with its input options drawn valid, out of range or ill-typed."""
+    import importlib.util
+
+    command = draw(st.sampled_from(["report", "validate", "profile"]))
+    user = folder / "m.py"
+    if not user.exists():
+        user.write_text(USER_MODEL)
+    specs = [f"{user}:build"] + (["hf:gpt2"] if importlib.util.find_spec("transformers") else [])
+    spec = draw(st.sampled_from(specs))
+    args = [command, "--model", spec]
+    if spec == "hf:gpt2":
+        args += [
+            *SMALL_GPT2,
+            "--seq-len",
+            draw(st.one_of(st.sampled_from(["8", "1024", "1025", "8,16"]), SIZES)),
+        ]
+    else:
+        args += ["--input-shape", draw(st.one_of(st.just("8"), SHAPES))]
+        args += ["--model-arg", f"width={draw(st.sampled_from(['8', '0', '-1', 'x', '10000000000']))}"]
+    if draw(st.booleans()):
+        args += [
+            "--input",
+            f"{draw(st.sampled_from(['mask', 'attention_mask', 'input_ids', 'nope']))}={draw(SHAPES)}",
+        ]
+    args += draw(options())
+    if command == "profile":
+        args += ["--steps", "1", "--warmup", "0", "--device", "cpu"]
+    return args
+
+
 @st.composite
 def command_lines(draw, folder: Path) -> list[str]:
-    """A command, a CONFIG (a preset, the tiny example or a random file) and random options."""
+    """A command, a CONFIG (a preset, the tiny example or a random file) and random options; or a
+    ``--model`` command line (:func:`model_lines`)."""
+    if draw(st.integers(0, 3)) == 0:
+        return draw(model_lines(folder))
     command = draw(
         st.sampled_from(
             ["report", "validate", "layout", "rope", "presets", "profile", "convert", "bench", "nope"]

@@ -170,3 +170,37 @@ def test_profile_takes_one_seq_len():
 
 def test_profile_refuses_model_options_without_a_model():
     one_line_error(run("profile", TINY, "--seq-len", "8"), "--seq-len applies only with --model")
+
+
+WARNING_MODEL = """import warnings
+import torch
+class M(torch.nn.Module):
+    def __init__(self, width=4):
+        super().__init__()
+        self.fc = torch.nn.Linear(width, 2)
+    def forward(self, x):
+        warnings.warn("this model warns on every call")
+        return self.fc(x)
+def build(width=4):
+    return M(width)
+"""
+
+
+def test_python_warnings_never_add_lines_to_an_error(tmp_path):
+    model = tmp_path / "warns.py"
+    model.write_text(WARNING_MODEL)
+    one_line_error(
+        run("report", "--model", f"{model}:build", "--input-shape", "5"), "running the model raised"
+    )
+
+
+def test_python_warnings_of_a_successful_run_are_one_note(tmp_path):
+    model = tmp_path / "warns.py"
+    model.write_text(WARNING_MODEL)
+    result = run("report", "--model", f"{model}:build", "--input-shape", "4", "--format", "json")
+    assert result.exit_code == 0, result.output
+    json.loads(result.stdout)
+    assert result.stderr.splitlines() == [
+        "flopkit: note: 1 Python warning(s) silenced (first: this model warns on every call); "
+        "PYTHONWARNINGS=default shows them"
+    ]
