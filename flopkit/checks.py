@@ -34,6 +34,7 @@ __all__ = [
     "is_int",
     "check_positive_int",
     "check_eps",
+    "check_finite",
     "check_output_path",
     "POSITION_FIELDS",
     "position_limit",
@@ -83,6 +84,14 @@ def check_eps(name: str, value: object, allow_none: bool = False) -> None:
     if not ok or not math.isfinite(value) or value <= 0:
         none = " or None" if allow_none else ""
         raise ValueError(f"{name} must be a finite number > 0{none}, got {value!r}")
+
+
+def check_finite(name: str, value: object, positive: bool = False) -> None:
+    """``value`` must be a finite real number (and > 0 with ``positive``): NaN and infinity
+    propagate silently through every output they touch."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or (positive and value <= 0):
+        raise ValueError(f"{name} must be a finite number{' > 0' if positive else ''}, got {value!r}")
 
 
 def check_output_path(path: str | os.PathLike, argument: str = "path") -> Path:

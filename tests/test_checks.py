@@ -2,12 +2,13 @@
 
 import math
 import os
+import re
 
 import pytest
 import torch
 from torch import nn
 
-from flopkit import HeadNorm, PerHeadRMSNorm, RMSNorm
+from flopkit import HeadNorm, LayerScale, PerHeadRMSNorm, RMSNorm, ViT5, ViT5Attention
 from flopkit.checks import (
     InputError,
     check_eps,
@@ -50,6 +51,34 @@ def test_rms_norm_keeps_torchs_eps_none_and_accepts_a_positive_eps():
 def test_norm_module_arguments_are_checked(build, message):
     with pytest.raises(ValueError, match=message):
         build()
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: ViT5Attention(384, 6, 14, 14, scale=math.nan), "scale must be a finite number > 0, got nan"),
+        (lambda: ViT5Attention(384, 6, 14, 14, scale=-1.0), "scale must be a finite number > 0, got -1.0"),
+        (lambda: ViT5Attention(384, 0, 14, 14), "num_heads must be a positive integer, got 0"),
+        (
+            lambda: ViT5Attention(36, 6, 14, 14),
+            "head_dim = hidden_dim / num_heads = 6 must be divisible by 4",
+        ),
+        (
+            lambda: ViT5(image_size=32, hidden_dim=32, depth=1, num_heads=2, layer_scale_init=math.inf),
+            "layer_scale_init must be a finite number, got inf",
+        ),
+        (lambda: LayerScale(8, math.nan), "init_values must be a finite number, got nan"),
+    ],
+)
+def test_attention_and_model_arguments_are_checked(build, message):
+    with pytest.raises(ValueError, match=re.escape(message)), torch.device("meta"):
+        build()
+
+
+def test_a_positive_scale_and_a_zero_layer_scale_are_accepted():
+    with torch.device("meta"):
+        assert ViT5Attention(384, 6, 14, 14, scale=0.1).scale == 0.1
+        assert float(LayerScale(8, 0.0).init_values) == 0.0
 
 
 def test_check_eps_allows_none_only_when_asked():

@@ -6,6 +6,6 @@ Python API); this module keeps the modules' imports short.
 
 from __future__ import annotations
 
-from flopkit.checks import check_eps, check_positive_int, is_int
+from flopkit.checks import check_eps, check_finite, check_positive_int, is_int
 
-__all__ = ["is_int", "check_positive_int", "check_eps"]
+__all__ = ["is_int", "check_positive_int", "check_eps", "check_finite"]

@@ -23,7 +23,7 @@ from torch import nn
 
 from flopkit import formulas, kernels
 
-from ._checks import check_positive_int, is_int
+from ._checks import check_finite, check_positive_int, is_int
 from ._flops import CompositeFlops, FlopCounted
 from .attention import ViT5Attention
 from .norms import RMSNorm
@@ -170,6 +170,7 @@ class LayerScale(FlopCounted, nn.Module):
 
     def __init__(self, dim: int, init_values: float = 1e-4) -> None:
         super().__init__()
+        check_finite("init_values", init_values)
         self.dim = dim
         self.init_values = init_values
         self.gamma = nn.Parameter(torch.full((dim,), float(init_values)))
@@ -442,6 +443,8 @@ class ViT5(CompositeFlops, nn.Module):
         ):
             if not is_int(value) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        if layer_scale_init is not None:
+            check_finite("layer_scale_init", layer_scale_init)
         given = locals()
         self.config = {k: given[k] for k in inspect.signature(ViT5.__init__).parameters if k != "self"}
         self.patch_embed = PatchEmbed(image_size, patch_size, in_channels, hidden_dim, bias=patch_bias)
