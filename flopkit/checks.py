@@ -21,6 +21,7 @@ from __future__ import annotations
 import inspect
 import math
 import os
+import re
 import typing
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -36,6 +37,7 @@ __all__ = [
     "check_eps",
     "check_finite",
     "check_output_path",
+    "check_model_args",
     "POSITION_FIELDS",
     "position_limit",
     "check_seq_len",
@@ -108,6 +110,31 @@ def check_output_path(path: str | os.PathLike, argument: str = "path") -> Path:
     if not os.access(parent, os.W_OK | os.X_OK):
         raise InputError(argument, str(path), f"directory {parent} is not writable")
     return out
+
+
+# Model arguments whose name says what they must be (timm, Hugging Face and user factories alike).
+_EPS_NAME = re.compile(r"(^|_)(eps|epsilon)$")
+_COUNT_NAME = re.compile(
+    r"(^|_)(heads|n_head|head_dim|hidden_size|n_embd|d_model|embed_dim|intermediate_size|dim|width)$"
+)
+_DEPTH_NAME = re.compile(r"(^|_)(layers|n_layer|depth)$")
+
+
+def check_model_args(model_args: Mapping[str, Any], argument: str = "model_args") -> None:
+    """Arguments for a model's factory or config whose names say what they are: an epsilon
+    (``eps``, ``layer_norm_epsilon``, ``rms_norm_eps``) must be a finite number > 0; a head count or
+    width (``num_attention_heads``, ``n_head``, ``head_dim``, ``hidden_size``, ``embed_dim``) a
+    positive int; a layer count (``num_hidden_layers``, ``n_layer``, ``depth``) an int >= 0. Values of
+    other types are left to the model, whose own error names them."""
+    for key, value in model_args.items():
+        shown = f"{key}={value}"
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if _EPS_NAME.search(key) and number and (not math.isfinite(value) or value <= 0):
+            raise InputError(argument, shown, "an epsilon must be a finite number > 0")
+        if _COUNT_NAME.search(key) and is_int(value) and value <= 0:
+            raise InputError(argument, shown, "a head count or width must be a positive integer")
+        if _DEPTH_NAME.search(key) and is_int(value) and value < 0:
+            raise InputError(argument, shown, "a layer count must be an integer >= 0")
 
 
 # Hugging Face config fields that bound the sequence length, in the order they are read.

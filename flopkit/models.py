@@ -217,11 +217,16 @@ def build_model(
     mode.
 
     ``model_args`` go to ``timm.create_model``, to the Hugging Face config (each key must be a
-    field of ``AutoConfig.for_model(type)``), or as keyword arguments to the callable. ``device="cpu"``
+    field of ``AutoConfig.for_model(type)``), or as keyword arguments to the callable; those whose
+    names say what they are (an epsilon, a head count, a width, a layer count) are checked first
+    (:func:`flopkit.checks.check_model_args`). ``device="cpu"``
     allocates and initialises real weights (``validate``'s fvcore run needs them).
     """
+    from flopkit.checks import check_model_args
+
     spec = parse_model_spec(spec) if isinstance(spec, str) else spec
     kwargs = dict(model_args or {})
+    check_model_args(kwargs)
     with torch.device(device):
         try:
             if spec.kind == "timm":

@@ -201,3 +201,29 @@ def test_available_bytes_of_the_host_is_positive():
     from flopkit.checks import available_bytes
 
     assert available_bytes("cpu") > 0 and available_bytes("meta") is None
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ({"n_head": 0}, "model_args=n_head=0: a head count or width must be a positive integer"),
+        ({"num_attention_heads": -2}, "num_attention_heads=-2: a head count"),
+        ({"head_dim": 0}, "head_dim=0: a head count"),
+        ({"hidden_size": 0}, "hidden_size=0: a head count or width"),
+        ({"layer_norm_epsilon": math.nan}, "layer_norm_epsilon=nan: an epsilon must be a finite number > 0"),
+        ({"rms_norm_eps": -1e-6}, "rms_norm_eps=-1e-06: an epsilon"),
+        ({"eps": 0}, "eps=0: an epsilon"),
+        ({"num_hidden_layers": -1}, "num_hidden_layers=-1: a layer count must be an integer >= 0"),
+    ],
+)
+def test_model_args_whose_names_say_what_they_are_are_checked(args, message):
+    from flopkit.checks import check_model_args
+
+    with pytest.raises(InputError, match=re.escape(message)):
+        check_model_args(args)
+
+
+def test_model_args_of_other_names_or_types_are_left_to_the_model():
+    from flopkit.checks import check_model_args
+
+    check_model_args({"n_layer": 0, "num_classes": 0, "n_inner": None, "eps": "x", "drop_rate": -1.0})

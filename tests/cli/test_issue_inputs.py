@@ -204,3 +204,15 @@ def test_python_warnings_of_a_successful_run_are_one_note(tmp_path):
         "flopkit: note: 1 Python warning(s) silenced (first: this model warns on every call); "
         "PYTHONWARNINGS=default shows them"
     ]
+
+
+def test_a_model_arg_eps_or_head_count_out_of_range_is_one_line_naming_it():
+    pytest.importorskip("transformers")
+    one_line_error(
+        run("report", "--model", "hf:gpt2", "--model-arg", "layer_norm_epsilon=.nan", "--seq-len", "8"),
+        "--model-arg layer_norm_epsilon=nan: an epsilon must be a finite number > 0",
+    )
+    one_line_error(
+        run("profile", "--model", "hf:gpt2", "--model-arg", "n_head=0", "--seq-len", "8"),
+        "--model-arg n_head=0: a head count or width must be a positive integer",
+    )
