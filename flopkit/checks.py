@@ -100,7 +100,9 @@ def check_output_path(path: str | os.PathLike, argument: str = "path") -> Path:
     """``path`` as a Path, after checking that a file can be written there: it is not a directory,
     its directory exists and is a directory, and that directory is writable."""
     out = Path(path)
-    if str(path) == "" or out.is_dir():
+    if str(path) == "":
+        raise InputError(argument, "''", "is empty; give a file name")
+    if out.is_dir():
         raise InputError(argument, str(path), "is a directory; give a file name inside it")
     parent = out.parent
     if not parent.exists():

@@ -97,6 +97,8 @@ def test_output_path_errors_name_the_argument_the_value_and_the_limit(tmp_path):
         check_output_path(missing, "dst")
     with pytest.raises(InputError, match="is a directory"):
         check_output_path(tmp_path, "dst")
+    with pytest.raises(InputError, match="^plot_path='': is empty; give a file name"):
+        check_output_path("", "plot_path")
     a_file = tmp_path / "file.txt"
     a_file.write_text("x")
     with pytest.raises(InputError, match="is not a directory"):
