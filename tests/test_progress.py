@@ -95,3 +95,24 @@ def test_cli_output_in_a_pipe_has_no_bar():
     result = CliRunner().invoke(app, ["validate", TINY, "--format", "json"])
     assert result.exit_code == 0 and result.stderr == ""
     json.loads(result.stdout)
+
+
+def test_a_seq_len_sweep_advances_once_per_length(monkeypatch):
+    pytest.importorskip("transformers")
+    recorder = Recorder()
+    monkeypatch.setattr(flopkit.progress, "progress_for", lambda fmt="table", stream=None: recorder)
+    args = [
+        "report",
+        "--model",
+        "hf:gpt2",
+        "--model-arg",
+        "n_layer=1",
+        "--seq-len",
+        "8,16,32",
+        "--format",
+        "json",
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert recorder.phases == [("seq-len sweep", 3)] and recorder.steps == 3
+    assert [r["seq_len"] for r in json.loads(result.stdout)["rows"]] == [8, 16, 32]
