@@ -37,6 +37,7 @@ OPTION_NAMES = {
     "plot_path": "--plot",
     "dst": "DST",
     "loss": "--loss",
+    "rtol": "--rtol",
 }
 
 

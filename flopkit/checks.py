@@ -36,6 +36,7 @@ __all__ = [
     "check_positive_int",
     "check_eps",
     "check_finite",
+    "check_tolerance",
     "check_output_path",
     "check_model_args",
     "POSITION_FIELDS",
@@ -94,6 +95,14 @@ def check_finite(name: str, value: object, positive: bool = False) -> None:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if not ok or (positive and value <= 0):
         raise ValueError(f"{name} must be a finite number{' > 0' if positive else ''}, got {value!r}")
+
+
+def check_tolerance(value: object, argument: str = "rtol") -> None:
+    """A relative tolerance: a finite number >= 0 (NaN fails every comparison, infinity passes
+    every one)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < 0:
+        raise InputError(argument, value, "a relative tolerance must be a finite number >= 0")
 
 
 def check_output_path(path: str | os.PathLike, argument: str = "path") -> Path:

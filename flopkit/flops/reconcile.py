@@ -19,6 +19,7 @@ from typing import Any
 from torch import nn
 
 from flopkit import formulas
+from flopkit.checks import check_tolerance
 from flopkit.formulas import CATEGORIES, scale_breakdown
 
 from .analytic import FlopNode, breakdown_at, depth_of, leaf_owner, top_paths
@@ -295,6 +296,7 @@ def reconcile(
 ) -> Reconciliation:
     """Compare the analytic ``tree`` (per sample, scaled by ``batch``) with each measurement, per
     module down to ``depth`` and for the whole model, category by category."""
+    check_tolerance(rtol)
     nodes = {node.path: node for node in tree.walk()}
     comparable = {
         m.counter: tuple(c for c in CATEGORIES if c in ALWAYS_COMPARABLE or c in m.categories)
@@ -360,6 +362,7 @@ def reconcile_rows(
     A category is compared when the counter counted an op in it (matmul and attention always),
     except ``not_comparable``.
     """
+    check_tolerance(rtol)
     comparable = {
         m.counter: tuple(
             c for c in CATEGORIES if (c in ALWAYS_COMPARABLE or c in m.categories) and c not in not_comparable

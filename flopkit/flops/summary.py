@@ -163,8 +163,11 @@ def validate_config(
 ):
     """:func:`measure_config`, then reconcile the measurements with the analytic count (flopkit's
     convention, what runs); returns a :class:`~flopkit.flops.reconcile.Reconciliation`."""
+    from flopkit.checks import check_tolerance
+
     from .reconcile import reconcile
 
+    check_tolerance(rtol)  # before the counters run
     meta, measurements = measure_config(config, counters, batch, progress)
     tree = flop_tree(meta, config.tokens(meta))
     return reconcile(meta, tree, measurements, batch=batch, rtol=rtol, depth=depth)
@@ -188,6 +191,7 @@ def validate_model(
     inside the model names ``spec``. A CPU copy whose forward cannot fit the host's free memory is
     refused before it is built (:func:`flopkit.checks.check_fits`); ``progress`` shows each counter. Returns a :class:`~flopkit.flops.reconcile.Reconciliation`.
     """
+    from flopkit.checks import check_tolerance
     from flopkit.models import build_model, real_inputs, user_code
 
     from .anymodel import count_model
@@ -197,6 +201,7 @@ def validate_model(
     unknown = [c for c in counters if c not in COUNTERS]
     if unknown or not counters:
         raise ValueError(f"counters must be a non-empty subset of {COUNTERS}, got {tuple(counters)}")
+    check_tolerance(rtol)  # before the counters run
     label = spec or type(model).__name__
     progress = progress or SILENT
     with user_code(label, "running the model"):

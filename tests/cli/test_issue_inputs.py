@@ -216,3 +216,20 @@ def test_a_model_arg_eps_or_head_count_out_of_range_is_one_line_naming_it():
         run("profile", "--model", "hf:gpt2", "--model-arg", "n_head=0", "--seq-len", "8"),
         "--model-arg n_head=0: a head count or width must be a positive integer",
     )
+
+
+@pytest.mark.parametrize("rtol", ["nan", "inf"])
+def test_validate_refuses_a_tolerance_that_fails_or_passes_everything(rtol):
+    one_line_error(
+        run("validate", TINY, "--rtol", rtol),
+        f"--rtol {rtol}: a relative tolerance must be a finite number >= 0",
+    )
+
+
+def test_reconcile_refuses_a_nan_tolerance_from_python():
+    from flopkit.checks import InputError
+    from flopkit.config import load_config
+    from flopkit.flops.summary import validate_config
+
+    with pytest.raises(InputError, match="^rtol=nan: a relative tolerance"):
+        validate_config(load_config(TINY), rtol=float("nan"))
