@@ -38,6 +38,8 @@ __all__ = [
     "check_finite",
     "check_tolerance",
     "check_output_path",
+    "MAX_ELEMENTS",
+    "check_tensor_shape",
     "check_model_args",
     "POSITION_FIELDS",
     "position_limit",
@@ -103,6 +105,22 @@ def check_tolerance(value: object, argument: str = "rtol") -> None:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if not ok or value < 0:
         raise InputError(argument, value, "a relative tolerance must be a finite number >= 0")
+
+
+MAX_ELEMENTS = 2**63 - 1
+"""A tensor's element count (and each size) is an int64."""
+
+
+def check_tensor_shape(shape: tuple[int, ...], argument: str, value: Any) -> None:
+    """A tensor of ``shape`` must be one torch can describe: every size and the element count at
+    most :data:`MAX_ELEMENTS` (``argument`` and ``value`` name the option that set it)."""
+    count = math.prod(shape)
+    if count > MAX_ELEMENTS or any(s > MAX_ELEMENTS for s in shape):
+        raise InputError(
+            argument,
+            value,
+            f"an input of shape {list(shape)} has {count:.3g} elements, more than a tensor can hold (2^63 - 1)",
+        )
 
 
 def check_output_path(path: str | os.PathLike, argument: str = "path") -> Path:

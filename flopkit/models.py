@@ -21,6 +21,7 @@ import contextlib
 import difflib
 import importlib
 import importlib.util
+import math
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -462,13 +463,20 @@ def model_inputs(
     :class:`flopkit.checks.InputError` (:func:`~flopkit.checks.check_seq_len`,
     :func:`~flopkit.checks.check_input_names`).
     """
-    from flopkit.checks import check_input_names, check_seq_len
+    from flopkit.checks import check_input_names, check_seq_len, check_tensor_shape
 
     if batch < 1:
         raise ModelError(f"--batch must be a positive integer, got {batch}")
     if input_shape is not None and seq_len is not None:
         raise ModelError("--input-shape and --seq-len both give the main input: use one")
     named = list(named)
+    for name, shape, _ in named:
+        check_tensor_shape(shape, "named_inputs", f"{name}={','.join(map(str, shape))}")
+    sample = (seq_len,) if seq_len is not None else tuple(input_shape or ())
+    if math.prod(sample) > batch:  # the larger factor is the one to name
+        shown = seq_len if seq_len is not None else ",".join(map(str, sample))
+        check_tensor_shape((batch, *sample), "seq_len" if seq_len is not None else "input_shape", shown)
+    check_tensor_shape((batch, *sample), "batch", batch)
     check_input_names(model, [name for name, _, _ in named])
     if seq_len is not None:
         check_seq_len(model, seq_len)

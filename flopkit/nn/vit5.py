@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -309,7 +310,13 @@ class ViT5Block(CompositeFlops, nn.Module):
         )
         self.ls1 = LayerScale(hidden_dim, layer_scale_init) if layer_scale_init else nn.Identity()
         self.norm2 = RMSNorm(hidden_dim, **norm_kw)
-        hidden = int(hidden_dim * mlp_ratio)
+        check_finite("mlp_ratio", mlp_ratio)
+        width = hidden_dim * mlp_ratio
+        if not math.isfinite(width) or width >= 2**63:
+            raise ValueError(
+                f"mlp_ratio={mlp_ratio} gives an MLP width of {width:g}, more than a tensor dimension can hold (2^63)"
+            )
+        hidden = int(width)
         if hidden <= 0:
             raise ValueError(f"mlp_ratio must give a positive MLP width, got mlp_ratio={mlp_ratio}")
         self.mlp = Mlp(hidden_dim, hidden, bias=mlp_bias)

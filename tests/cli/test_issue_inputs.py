@@ -233,3 +233,33 @@ def test_reconcile_refuses_a_nan_tolerance_from_python():
 
     with pytest.raises(InputError, match="^rtol=nan: a relative tolerance"):
         validate_config(load_config(TINY), rtol=float("nan"))
+
+
+def test_an_mlp_ratio_too_large_for_a_tensor_is_one_line():
+    one_line_error(
+        run("report", "vit5-small", "--set", "mlp_ratio=1e308"), "mlp_ratio=1e+308 gives an MLP width of inf"
+    )
+    one_line_error(
+        run("report", "vit5-small", "--set", "mlp_ratio=1e20"), "more than a tensor dimension can hold"
+    )
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--input-shape", "4", "--batch", str(10**20)], "--batch 100000000000000000000: an input of shape"),
+        (["--input-shape", str(10**20)], "--input-shape 100000000000000000000: an input of shape [1, 10"),
+        (
+            ["--input-shape", "4", "--input", f"x={10**11},{10**11}"],
+            "--input x=100000000000,100000000000: an input",
+        ),
+    ],
+)
+def test_an_input_larger_than_a_tensor_can_hold_is_one_line_naming_its_option(tmp_path, options, message):
+    model = tmp_path / "m.py"
+    model.write_text(WARNING_MODEL.replace("warnings.warn", "str"))
+    one_line_error(
+        run("report", "--model", f"{model}:build", *options),
+        message,
+        "more than a tensor can hold (2^63 - 1)",
+    )
