@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from flopkit.profile.run import MAX_STEPS
 from flopkit.report import render_json, render_rows
 from flopkit.steps import LOSSES, build_run, check_run_fits, run_inputs
 
@@ -69,14 +70,14 @@ DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
 )
 @click.option(
     "--steps",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=MAX_STEPS),
     default=10,
     show_default=True,
     help="Steps timed plain, then the same number under the profiler.",
 )
 @click.option(
     "--warmup",
-    type=click.IntRange(min=0),
+    type=click.IntRange(min=0, max=MAX_STEPS),
     default=3,
     show_default=True,
     help="Untimed steps first (compilation happens here).",

@@ -60,9 +60,12 @@ __all__ = [
     "compile_regions",
     "deepest_level",
     "DTYPES",
+    "MAX_STEPS",
 ]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+MAX_STEPS = 10_000
+"""Most timed (and warm-up) steps a profile runs: more is a typo, and would run for days."""
 
 
 @dataclass
@@ -282,8 +285,10 @@ def profile_model(
     if not tensors:
         raise ValueError("inputs: give at least one tensor")
     progress = progress or SILENT
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+    if steps < 1 or steps > MAX_STEPS:
+        raise ValueError(f"steps must be in 1..{MAX_STEPS:,}, got {steps}")
+    if warmup > MAX_STEPS:
+        raise ValueError(f"warmup must be at most {MAX_STEPS:,}, got {warmup}")
     if warmup < 0 or (compile and warmup < 1):
         raise ValueError(
             f"warmup must be >= {1 if compile else 0}{' with compile' if compile else ''}, got {warmup}"

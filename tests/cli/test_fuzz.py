@@ -266,3 +266,75 @@ def test_random_command_lines_end_in_status_0_or_2_with_one_line(data, folder, m
     assert len(lines) <= 1, f"{where}: {len(lines)} lines on stderr:\n{result.stderr}"
     if result.exit_code == 2:
         assert lines and lines[0].startswith("flopkit: error: "), f"{where}\n{result.stderr}"
+
+
+EXTREMES = [
+    "-1",
+    "0",
+    "1",
+    "3",
+    "1e308",
+    "-1e308",
+    ".nan",
+    ".inf",
+    "1e20",
+    str(2**63),
+    "[1, 2]",
+    "x",
+    "null",
+    "true",
+]
+
+
+def test_every_config_field_at_every_extreme_is_a_result_or_one_line():
+    """The grid the random search reaches only by chance: each field of a model config and of a
+    single-layer config at each extreme value (sign, zero, overflow, NaN, infinity, wrong type)."""
+    from flopkit.config import MODEL_FIELDS, MODULES
+
+    grid = [(TINY, field) for field in MODEL_FIELDS]
+    grid += [(str(EXAMPLES / "attention-small.yaml"), field) for field in MODULES["ViT5Attention"].fields]
+    failures = []
+    for config, field in grid:
+        for value in EXTREMES:
+            args = ["report", config, "--set", f"{field}={value}", "--depth", "0"]
+            result = CliRunner().invoke(app, args)
+            lines = result.stderr.splitlines()
+            crashed = result.exception is not None and not isinstance(result.exception, SystemExit)
+            if crashed or result.exit_code not in (0, 2) or len(lines) > 1:
+                failures.append(
+                    f"--set {field}={value}: exit {result.exit_code} {result.exception!r} {lines[:2]}"
+                )
+    assert not failures, "\n".join(failures)
+
+
+OPTION_EXTREMES = ["-1", "0", "1", "1e308", "nan", "inf", "99999999999999999999", "x", ""]
+# (command line, option): every value of OPTION_EXTREMES is tried for the option.
+OPTION_GRID = [
+    (["report", TINY], "--batch"),
+    (["report", TINY], "--depth"),
+    (["report", TINY], "--columns"),
+    (["validate", TINY, "--against", "torch"], "--batch"),
+    (["validate", TINY, "--against", "torch"], "--rtol"),
+    (["rope", TINY], "--tokens"),
+    (["rope", TINY], "--frequencies"),
+    (["profile", TINY, "--device", "cpu", "--warmup", "0", "--steps", "1"], "--batch"),
+    (["profile", TINY, "--device", "cpu", "--warmup", "0"], "--steps"),
+    (["profile", TINY, "--device", "cpu", "--steps", "1"], "--warmup"),
+]
+
+
+def test_every_numeric_option_at_every_extreme_is_a_result_or_one_line(monkeypatch):
+    import flopkit.checks
+
+    monkeypatch.setattr(flopkit.checks, "available_bytes", lambda device: FREE_BYTES)
+    failures = []
+    for line, option in OPTION_GRID:
+        for value in OPTION_EXTREMES:
+            result = CliRunner().invoke(app, [*line, option, value])
+            lines = result.stderr.splitlines()
+            crashed = result.exception is not None and not isinstance(result.exception, SystemExit)
+            if crashed or result.exit_code not in (0, 2) or len(lines) > 1:
+                failures.append(
+                    f"{line[0]} {option} {value!r}: exit {result.exit_code} {result.exception!r} {lines[:2]}"
+                )
+    assert not failures, "\n".join(failures)
