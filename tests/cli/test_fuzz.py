@@ -2,7 +2,7 @@
 unicode, empty files, directories, bytes that are not text). Every run must end with exit status 0
 or 2, print at most one line on stderr, never a traceback, and stay within a memory bound.
 
-The examples are derandomized (the same ones on every run) and bounded, so the test is a
+The examples are derandomized (the same 400 on every run) and bounded, so the test is a
 reproducible regression check that runs in CI within 60 s. Sizes that a valid config would really
 allocate (validate's CPU copy, profile's steps) are kept small or far out of range: a huge size must
 be refused by the input checks before anything is allocated, which is what the memory bound checks.
@@ -32,7 +32,7 @@ MEMORY_BOUND = 3 * 2**30  # bytes the whole fuzz run may add to the process's pe
 settings.register_profile(
     "fuzz",
     derandomize=not os.environ.get("FLOPKIT_FUZZ_RANDOM"),
-    max_examples=int(os.environ.get("FLOPKIT_FUZZ_EXAMPLES", "150")),
+    max_examples=int(os.environ.get("FLOPKIT_FUZZ_EXAMPLES", "400")),
     deadline=None,
     database=None,
     suppress_health_check=[
