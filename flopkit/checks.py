@@ -141,6 +141,10 @@ def check_output_path(path: str | os.PathLike, argument: str = "path") -> Path:
     return out
 
 
+MAX_LAYERS = 4096
+"""The most layers a model argument may ask for: flopkit.config's limit on ``depth`` (building
+4,096 blocks on the meta device takes seconds; 10^20 would never end)."""
+
 # Model arguments whose name says what they must be (timm, Hugging Face and user factories alike).
 _EPS_NAME = re.compile(r"(^|_)(eps|epsilon)$")
 _COUNT_NAME = re.compile(
@@ -153,7 +157,8 @@ def check_model_args(model_args: Mapping[str, Any], argument: str = "model_args"
     """Arguments for a model's factory or config whose names say what they are: an epsilon
     (``eps``, ``layer_norm_epsilon``, ``rms_norm_eps``) must be a finite number > 0; a head count or
     width (``num_attention_heads``, ``n_head``, ``head_dim``, ``hidden_size``, ``embed_dim``) a
-    positive int; a layer count (``num_hidden_layers``, ``n_layer``, ``depth``) an int >= 0. Values of
+    positive int; a layer count (``num_hidden_layers``, ``n_layer``, ``depth``) an int in
+    0..:data:`MAX_LAYERS`. Values of
     other types are left to the model, whose own error names them."""
     for key, value in model_args.items():
         shown = f"{key}={value}"
@@ -162,8 +167,13 @@ def check_model_args(model_args: Mapping[str, Any], argument: str = "model_args"
             raise InputError(argument, shown, "an epsilon must be a finite number > 0")
         if _COUNT_NAME.search(key) and is_int(value) and value <= 0:
             raise InputError(argument, shown, "a head count or width must be a positive integer")
-        if _DEPTH_NAME.search(key) and is_int(value) and value < 0:
-            raise InputError(argument, shown, "a layer count must be an integer >= 0")
+        if _DEPTH_NAME.search(key) and is_int(value) and not 0 <= value <= MAX_LAYERS:
+            raise InputError(
+                argument,
+                shown,
+                f"a layer count must be an integer in 0..{MAX_LAYERS:,} (a model is built layer by layer, "
+                "even on the meta device)",
+            )
 
 
 # Hugging Face config fields that bound the sequence length, in the order they are read.

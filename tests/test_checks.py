@@ -215,7 +215,8 @@ def test_available_bytes_of_the_host_is_positive():
         ({"layer_norm_epsilon": math.nan}, "layer_norm_epsilon=nan: an epsilon must be a finite number > 0"),
         ({"rms_norm_eps": -1e-6}, "rms_norm_eps=-1e-06: an epsilon"),
         ({"eps": 0}, "eps=0: an epsilon"),
-        ({"num_hidden_layers": -1}, "num_hidden_layers=-1: a layer count must be an integer >= 0"),
+        ({"num_hidden_layers": -1}, "num_hidden_layers=-1: a layer count must be an integer in 0..4,096"),
+        ({"n_layer": 10**20}, "n_layer=100000000000000000000: a layer count must be an integer in 0..4,096"),
     ],
 )
 def test_model_args_whose_names_say_what_they_are_are_checked(args, message):
