@@ -10,6 +10,7 @@ from flopkit.report import FORMATS
 
 __all__ = [
     "CONTEXT",
+    "OPTION_NAMES",
     "config_argument",
     "set_option",
     "format_option",
@@ -29,6 +30,19 @@ __all__ = [
 ]
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+# The library's argument names (flopkit.checks.InputError.argument) -> the option that sets them.
+OPTION_NAMES = {
+    "seq_len": "--seq-len",
+    "named_inputs": "--input",
+    "input_shape": "--input-shape",
+    "model_args": "--model-arg",
+    "batch": "--batch",
+    "plot_path": "--plot",
+    "dst": "DST",
+    "loss": "--loss",
+    "rtol": "--rtol",
+}
 
 
 def config_argument(required: bool = True):
@@ -105,9 +119,12 @@ MODEL_ONLY = {
 }
 
 
-def model_options(fn):
+def model_options(fn=None, *, causal: bool = True):
     """``--model`` and the options that go with it: ``--model-arg``, ``--input-shape``,
-    ``--seq-len``, ``--input``, ``--causal-attention``."""
+    ``--seq-len``, ``--input``, and ``--causal-attention`` unless ``causal=False``. Use as
+    ``@model_options`` or ``@model_options(causal=False)``."""
+    if fn is None:
+        return lambda f: model_options(f, causal=causal)
     options = [
         model_option,
         click.option(
@@ -149,6 +166,8 @@ def model_options(fn):
             "config's sliding window, attention_mask padding given as --input 'attention_mask=[[1,1,0]]').",
         ),
     ]
+    if not causal:
+        options.pop()
     for option in reversed(options):
         fn = option(fn)
     return fn

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import gc
 import sys
+import warnings
 
 import click
 
+from flopkit.checks import InputError
+
 from . import bench, convert, inspect, memory, presets, profile, report, validate
-from ._options import CONTEXT
+from ._options import CONTEXT, OPTION_NAMES
 
 __all__ = ["main", "app", "COMMANDS"]
 
@@ -38,6 +41,26 @@ class FlopkitGroup(click.Group):
     """
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # noqa: D102
+        # Python warnings (torch's, a user's model's) would break the one-line contract: they are
+        # collected and, after a successful run, counted in one note. -W / PYTHONWARNINGS turn
+        # this off and show them as Python would.
+        collect = not sys.warnoptions
+        with warnings.catch_warnings(record=collect) as caught:
+            if collect:
+                warnings.simplefilter("default")
+            code = self._run(args, prog_name, complete_var, **extra)
+        if collect and caught and code == 0:
+            click.echo(
+                f"flopkit: note: {len(caught)} Python warning(s) silenced (first: "
+                f"{_one_line(caught[0].message)}); PYTHONWARNINGS=default shows them",
+                err=True,
+            )
+        if not standalone_mode:
+            return code
+        sys.exit(code if isinstance(code, int) else 0)
+
+    def _run(self, args, prog_name, complete_var, **extra) -> int:
+        """The command's exit status; every error is one line on stderr (:func:`_error`)."""
         try:
             code = super().main(args, prog_name or "flopkit", complete_var, standalone_mode=False, **extra)
         except click.exceptions.Exit as exc:
@@ -48,12 +71,18 @@ class FlopkitGroup(click.Group):
         except click.ClickException as exc:
             _error(exc.format_message())
             code = 2
+        except InputError as exc:  # the library names a Python argument; show the option
+            _error(exc.as_option(OPTION_NAMES.get(exc.argument, exc.argument)))
+            code = 2
         except (ValueError, TypeError, KeyError, OSError, ImportError) as exc:
             _error(str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc))
             code = 2
-        if not standalone_mode:
-            return code
-        sys.exit(code if isinstance(code, int) else 0)
+        return code if isinstance(code, int) else 0
+
+
+def _one_line(message: object, width: int = 120) -> str:
+    text = " ".join(str(message).split())
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _error(message: str) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from flopkit.checkpoints import LAYOUTS, SOURCES, convert_checkpoint, is_checkpoint_path, matching_preset
+from flopkit.checks import check_output_path
 
 from ._options import CONTEXT
 
@@ -45,7 +46,7 @@ def convert(src: str, dst: str, source: str, target: str, ema: bool, force: bool
     Example:
       flopkit convert vit5_small.pth vit5_small_flopkit.safetensors --from official
     """
-    out = Path(dst)
+    out = check_output_path(dst, "dst")  # first: a bad destination fails before SRC is read
     if not is_checkpoint_path(out):
         raise click.BadParameter("must end in .pth, .pt, .bin, .ckpt or .safetensors", param_hint="DST")
     if out.exists() and not force:

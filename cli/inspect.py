@@ -104,14 +104,14 @@ def rope(config, overrides, spec, pairing, per_axis, plot_path, fmt) -> None:
         rope_token_rows,
     )
 
-    if plot_path:
+    if plot_path is not None:  # an empty path is refused too, never ignored
         check_plot_path(plot_path)
     loaded = resolve_model(config, overrides)
     attn = attention_of(loaded.module)
     spec = spec if spec is not None else default_token_spec(attn.layout)
     rows = rope_token_rows(attn, parse_token_spec(spec, attn.num_tokens), per_axis)
     summary = rope_summary(attn, pairing)
-    written = plot_rope_tables(attn, plot_path) if plot_path else None
+    written = plot_rope_tables(attn, plot_path) if plot_path is not None else None
     if fmt == "json":
         data = {"config": loaded.to_dict(), "summary": summary, "tokens": rows}
         if written:

@@ -455,27 +455,20 @@ def _sweep(
     model, spec, model_args, batch, seq_lens, named_inputs, causal, training, convention, plot_path, fmt,
     strict=False,
 ):  # fmt: skip
-    from flopkit.flops.mixed import mixed_rows
     from flopkit.models import model_inputs
+    from flopkit.progress import progress_for
 
+    for n in seq_lens:  # every length is checked before the first is counted
+        model_inputs(model, batch=batch, seq_len=n, named=named_inputs, spec=f"--model {spec}")
     results = []
-    for n in seq_lens:
-        inputs = model_inputs(model, batch=batch, seq_len=n, named=named_inputs, spec=f"--model {spec}")
-        rows, count = run_forward(
-            spec, mixed_rows, model, (inputs.args, inputs.kwargs), convention, 0, training, causal
-        )
-        _strict(strict, count)
-        top = rows[0]
-        backward = sum(top.backward.values()) if top.backward is not None else 0
-        results.append(
-            {
-                "seq_len": n,
-                "breakdown": dict(top.breakdown),
-                "total_flops": top.flops,
-                "forward_flops": top.flops - backward,
-                "backward_flops": backward,
-            }
-        )
+    with progress_for(fmt) as progress:
+        for n in progress.iterate(seq_lens, "seq-len sweep"):
+            row = _sweep_row(model, spec, batch, n, named_inputs, causal, training, convention)
+            _strict(strict, row["_last"][2])
+            results.append(row)
+    inputs, rows, count = results[-1].pop("_last")
+    for r in results:
+        r.pop("_last", None)
     label = spec + (f" ({', '.join(f'{k}={v}' for k, v in model_args.items())})" if model_args else "")
     written = _plot_sweep(results, label, causal, plot_path) if plot_path else None
     legend = model_legend(convention, inputs, count, training, batch, _has_analytic(rows))
@@ -523,13 +516,33 @@ def _sweep(
     )
 
 
+def _sweep_row(model, spec, batch, n, named_inputs, causal, training, convention) -> dict:
+    """One length of a ``--seq-len`` sweep: the whole model's FLOPs (``_last``: the inputs, rows and
+    count, which the legend reads from the last length)."""
+    from flopkit.flops.mixed import mixed_rows
+    from flopkit.models import model_inputs
+
+    inputs = model_inputs(model, batch=batch, seq_len=n, named=named_inputs, spec=f"--model {spec}")
+    rows, count = run_forward(
+        spec, mixed_rows, model, (inputs.args, inputs.kwargs), convention, 0, training, causal
+    )
+    top = rows[0]
+    backward = sum(top.backward.values()) if top.backward is not None else 0
+    return {
+        "seq_len": n,
+        "breakdown": dict(top.breakdown),
+        "total_flops": top.flops,
+        "forward_flops": top.flops - backward,
+        "backward_flops": backward,
+        "_last": (inputs, rows, count),
+    }
+
+
 def _check_plot_path(path: str) -> None:
     """Refuse a ``--plot`` target in a missing directory, or without matplotlib, before any work."""
-    from pathlib import Path
+    from flopkit.checks import check_output_path
 
-    parent = Path(path).parent
-    if not parent.is_dir():
-        raise click.BadParameter(f"directory {str(parent)!r} does not exist", param_hint="--plot")
+    check_output_path(path, "plot_path")
     try:
         import matplotlib  # noqa: F401
     except ImportError:
@@ -577,6 +590,7 @@ def validate_model(
     depth: int,
     fmt: str,
     render,
+    progress=None,
 ):
     """``flopkit validate --model SPEC``: :func:`flopkit.flops.summary.validate_model` on the model
     of ``loaded``, rendered. Returns the reconciliation."""
@@ -599,7 +613,15 @@ def validate_model(
     # The counters as shipped run on the CPU copy fvcore needs anyway (--against torch alone builds none).
     plain = PLAIN_COUNTERS if "fvcore" in counters else ()
     rec = validate_any(
-        model, inputs, tuple(counters), rtol, depth, spec=spec, model_args=model_args, plain=plain
+        model,
+        inputs,
+        tuple(counters),
+        rtol,
+        depth,
+        spec=spec,
+        model_args=model_args,
+        plain=plain,
+        progress=progress,
     )
     if fmt == "json":
         click.echo(
@@ -611,6 +633,9 @@ def validate_model(
                     "inputs": inputs.describe(),
                     "rtol": rec.rtol,
                     "ok": rec.ok,
+                    "verdict": rec.verdict,
+                    "hidden": rec.hidden,
+                    "blind_spots": rec.blind_spots,
                     "comparable": {k: list(v) for k, v in rec.comparable.items()},
                     "totals": rec.totals,
                     "raw_totals": rec.raw_totals,

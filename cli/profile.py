@@ -7,7 +7,9 @@ from typing import Any
 
 import click
 
+from flopkit.profile.run import MAX_STEPS
 from flopkit.report import render_json, render_rows
+from flopkit.steps import LOSSES, build_run, check_run_fits, run_inputs
 
 from ._options import (
     CONTEXT,
@@ -15,7 +17,10 @@ from ._options import (
     convention_option,
     depth_option,
     format_option,
-    model_option,
+    given,
+    model_options,
+    model_settings,
+    refuse_without_model,
     resolve_model,
     set_option,
 )
@@ -29,14 +34,7 @@ DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
 @click.command(context_settings=CONTEXT)
 @config_argument(required=False)
 @set_option
-@model_option
-@click.option(
-    "--input-shape",
-    default=None,
-    metavar="B,...",
-    help="Shape of one input sample for --model, without the batch (--batch is prepended), e.g. "
-    "3,224,224. Default: the model's own image size (timm pretrained_cfg, patch embedding).",
-)
+@model_options(causal=False)
 @click.option(
     "--batch",
     type=click.IntRange(min=1),
@@ -46,9 +44,12 @@ DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
 @click.option("--training", is_flag=True, help="Profile forward + loss + backward (no optimizer).")
 @click.option(
     "--loss",
-    type=click.Choice(["ce", "mse"]),
-    default=None,
-    help="With --training: cross-entropy (default for class/vocabulary outputs) or mean square error.",
+    type=click.Choice(LOSSES),
+    default="auto",
+    show_default=True,
+    help="With --training: ce (cross-entropy over the output's last dimension, zero targets: a "
+    "classifier's classes, a language model's next token), mse (mean square error against zero "
+    "targets); auto: ce when the output ends in the model's class or vocabulary size, else mse.",
 )
 @click.option(
     "--compile", "compile_", is_flag=True, help="torch.compile each region (the deepest rows) on its own."
@@ -69,14 +70,14 @@ DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
 )
 @click.option(
     "--steps",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=MAX_STEPS),
     default=10,
     show_default=True,
     help="Steps timed plain, then the same number under the profiler.",
 )
 @click.option(
     "--warmup",
-    type=click.IntRange(min=0),
+    type=click.IntRange(min=0, max=MAX_STEPS),
     default=3,
     show_default=True,
     help="Untimed steps first (compilation happens here).",
@@ -91,24 +92,11 @@ DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
     help="Write the roofline (PNG): one point per layer, the measured roofs.",
 )
 @format_option
+@click.pass_context
 def profile(
-    config,
-    overrides,
-    model_spec,
-    input_shape,
-    batch,
-    training,
-    loss,
-    compile_,
-    dtype,
-    device,
-    steps,
-    warmup,
-    depth,
-    convention,
-    plot_path,
-    fmt,
-) -> None:
+    ctx, config, overrides, model_spec, model_args, input_shape, seq_len, named_inputs, batch, training,
+    loss, compile_, dtype, device, steps, warmup, depth, convention, plot_path, fmt,
+) -> None:  # fmt: skip
     """Measured time per layer, forward and backward, with report's FLOPs, achieved TFLOP/s and
     GB/s against the matmul rate and copy bandwidth measured in the same run, the bound of each
     layer, and the whole step (wall ms, GPU busy ms, host-bound share, MFU).
@@ -119,15 +107,28 @@ def profile(
       flopkit profile vit5-base --batch 128 --training --compile --plot roofline.png
       flopkit profile vit5-small --batch 2 --device cpu --training --steps 2 --warmup 1
       flopkit profile --model examples/custom_model.py:build --input-shape 3,224,224 --batch 8
+      flopkit profile --model hf:gpt2 --model-arg n_layer=2 --seq-len 64 --device cpu --training
+      flopkit profile --model timm:resnet18 --batch 32 --training
     """
     import torch
 
-    from flopkit.inspect.rope import check_plot_path
+    from flopkit.checks import check_output_path
     from flopkit.models import user_code
     from flopkit.profile import DTYPES, deepest_level, plot_roofline, profile_model, roofline_points
+    from flopkit.progress import progress_for
 
-    if loss is not None and not training:
-        raise click.UsageError("--loss applies only with --training")
+    if plot_path is not None:  # output paths first, before anything is read or built
+        check_output_path(plot_path, "plot_path")
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise click.BadParameter(
+                "needs matplotlib: pip install 'flopkit[plot]'", param_hint="--plot"
+            ) from None
+    if model_spec is None:
+        refuse_without_model(ctx, "model_args", "input_shape", "seq_len", "named_inputs")
+    if given(ctx, "loss") and not training:
+        raise click.UsageError("--loss applies to a training step: add --training")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
@@ -141,34 +142,44 @@ def profile(
         raise click.BadParameter(
             "--compile needs at least one warm-up step (it compiles there)", param_hint="--warmup"
         )
-    if plot_path is not None:
-        check_plot_path(plot_path)
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            raise click.BadParameter(
-                "needs matplotlib: pip install 'flopkit[plot]'", param_hint="--plot"
-            ) from None
-    loaded, shape = _resolve(config, overrides, model_spec, input_shape, batch)
+    settings = model_settings(model_args, input_shape, seq_len, named_inputs)
+    if settings[2] is not None and len(settings[2]) > 1:
+        raise click.BadParameter(
+            f"profile runs one length, got {len(settings[2])} (a sweep is report --seq-len 128,512,...)",
+            param_hint="--seq-len",
+        )
+    loaded = resolve_model(config, overrides, model_spec, settings[0])
+    batch = batch or 8
+    _, input_shape, seq_lens, named = settings
+    inputs = run_inputs(loaded, batch, input_shape, seq_lens[0] if seq_lens else None, named)
     deepest = deepest_level(loaded.module)
     if depth > deepest:
-        source = click.get_current_context().get_parameter_source("depth")
-        if source != click.core.ParameterSource.DEFAULT:
+        if given(ctx, "depth"):
             raise click.BadParameter(
                 f"{depth} does not exist: {loaded.label}'s modules go {deepest} levels deep (0..{deepest})",
                 param_hint="--depth",
             )
         depth = deepest  # the default depth on a shallow model: all of it
-    flops = _flop_report(loaded, shape, depth, training, convention)
-    model, inputs = _build(loaded, shape, device)
+    flops = _flop_report(loaded, inputs, depth, training, convention)
+    # The option a refusal names: the batch, or at batch 1 the size that set the input.
+    if batch == 1 and (seq_lens or input_shape):
+        argument, value = (
+            ("seq_len", seq_lens[0]) if seq_lens else ("input_shape", ",".join(map(str, input_shape)))
+        )
+    else:
+        argument, value = "batch", batch
+    check_run_fits(
+        loaded, inputs, training=training, dtype=DTYPES[dtype], device=device, argument=argument, value=value
+    )
+    model, real = build_run(loaded, inputs, device)
     totals = flops.rows[0].breakdown
     # A user's model: its own errors are one line naming the spec (configs' errors are flopkit's).
     guard = user_code(loaded.spec, "a profiled step") if not loaded.is_config else contextlib.nullcontext()
     try:
-        with guard:
+        with guard, progress_for(fmt) as progress:
             result = profile_model(
                 model,
-                inputs,
+                (real.args, real.kwargs),
                 flops.rows,
                 mfu_flops=totals["matmul"] + totals["attention"],
                 training=training,
@@ -177,10 +188,11 @@ def profile(
                 steps=steps,
                 warmup=warmup,
                 loss=loss,
+                progress=progress,
             )
     except torch.cuda.OutOfMemoryError:
         raise click.UsageError(
-            f"out of memory on {device} at batch {shape[0]} ({dtype}); lower --batch"
+            f"out of memory on {device} at batch {batch} ({dtype}); lower --batch"
         ) from None
     source = loaded.label
     written = None
@@ -190,7 +202,10 @@ def profile(
         written = str(
             plot_roofline(points, result.roofs, plot_path, title=title + (", compiled" if compile_ else ""))
         )
-    described = {"config": loaded.to_dict()} if loaded.is_config else {"model": loaded.spec}
+    if loaded.is_config:
+        described: dict[str, Any] = {"config": loaded.to_dict()}
+    else:
+        described = {**loaded.to_dict(), "inputs": inputs.describe()}
     data: dict[str, Any] = {"source": source, **described, "convention": convention, **result.to_dict()}
     # HFU: hardware FLOPs (flash-attention backward's recompute) over the same time and rate as MFU.
     data["hfu_flops"] = flops.hardware_flops
@@ -201,28 +216,8 @@ def profile(
     click.echo(render_json(data) if fmt == "json" else render_profile(data, fmt))
 
 
-def _resolve(config, overrides, model_spec, input_shape, batch):
-    """The model the options name (on the meta device) and the input shape of the run."""
-    from flopkit.config import model_input
-
-    if model_spec is None and input_shape is not None:
-        raise click.BadParameter(
-            "applies to --model only (a config's input follows from it)", param_hint="--input-shape"
-        )
-    loaded = resolve_model(config, overrides, model_spec)
-    batch = batch or 8
-    if loaded.is_config:
-        return loaded, tuple(model_input(loaded.config, loaded.module, batch, "meta").shape)
-    from flopkit.models import default_input_shape, parse_shape
-
-    sample = parse_shape(input_shape) if input_shape is not None else default_input_shape(loaded.module)
-    if sample is None:
-        raise click.UsageError("--model needs --input-shape (one sample without the batch, e.g. 3,224,224)")
-    return loaded, (batch, *sample)
-
-
-def _flop_report(loaded, shape, depth, training, convention):
-    """``flopkit report``'s rows for the run (the same call ``report`` makes)."""
+def _flop_report(loaded, inputs, depth, training, convention):
+    """``flopkit report``'s rows for the run (the same counts ``report`` gives)."""
     from flopkit.flops.summary import flop_report
     from flopkit.models import user_code
 
@@ -232,30 +227,17 @@ def _flop_report(loaded, shape, depth, training, convention):
             num_tokens=loaded.tokens(),
             convention=convention,
             depth=depth,
-            batch=shape[0],
+            batch=inputs.args[0].shape[0],
             training=training,
         )
-    with user_code(loaded.spec, f"the forward on input shape {list(shape)}"):
+    with user_code(loaded.spec, f"the forward on {inputs.describe()}"):
         return flop_report(
-            loaded.module, input_shape=shape, convention=convention, depth=depth, training=training
+            loaded.module,
+            inputs=(inputs.args, inputs.kwargs),
+            convention=convention,
+            depth=depth,
+            training=training,
         )
-
-
-def _build(loaded, shape: tuple[int, ...], device: str):
-    """The model with real (seeded) weights on ``device`` and a random input of ``shape``."""
-    import torch
-
-    from flopkit.models import load_factory
-
-    torch.manual_seed(0)
-    if loaded.is_config:
-        model = loaded.config.build(device)
-    else:
-        from flopkit.models import user_code
-
-        with user_code(loaded.spec, f"the factory on {device}"), torch.device(device):
-            model = load_factory(loaded.spec)()
-    return model, torch.randn(shape, device=device)
 
 
 def _legend(result, report_legend: list[str]) -> list[str]:
@@ -278,9 +260,14 @@ def _legend(result, report_legend: list[str]) -> list[str]:
         "forward: flash and memory-efficient kernels recompute QK^T).",
     ]
     if result.training:
+        loss = (
+            "cross-entropy over the output's last dimension against random targets (a classifier's "
+            "classes, a language model's next token)"
+            if result.loss == "ce"
+            else "the mean square of the output"
+        )
         lines.append(
-            "(loss): the loss (cross-entropy on random labels for a classifier, else mean square) and the "
-            "backward() call outside autograd nodes."
+            f"(loss): the loss, {result.loss}: {loss}; and the backward() call outside autograd nodes."
         )
     if result.compiled:
         lines.append(

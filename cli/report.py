@@ -114,8 +114,12 @@ def report(
     samples, sharded with torch's fully_shard and parallelize_module on a fake process group: FLOPs
     and collectives per layer, memory, compute against communication time, MFU/HFU (--step-ms).
     """
+    from flopkit.checks import check_output_path
+
     from .model_cmds import attach_shapes, parse_columns, parse_values, render_model_rows, report_model
 
+    if plot_path is not None:  # output paths first, before anything is read or built
+        check_output_path(plot_path, "plot_path")
     sharding = parallel_settings(ctx, parallel)
     if sharding:
         from .sharded import report_sharded

@@ -65,7 +65,9 @@ def validate(
     seq_len, named_inputs, causal, fmt,
 ) -> None:  # fmt: skip
     """Analytic FLOPs vs fvcore's FlopCountAnalysis and torch's FlopCounterMode, per module and
-    category. Exit status 1 when a comparable count differs by more than --rtol.
+    category. Verdict OK (equal), EXPLAINED (each difference is what a named counter blind spot
+    hides, e.g. fvcore's fused nn.MultiheadAttention op; exit 0) or MISMATCH (exit status 1: a
+    comparable count differs by more than --rtol).
 
     \b
     Examples:
@@ -75,6 +77,8 @@ def validate(
       flopkit validate --model hf:bert --model-arg num_hidden_layers=2 --seq-len 128
       flopkit validate --model timm:resnet18 --depth 1
     """
+    from flopkit.progress import progress_for
+
     counters = tuple(c.strip() for c in against.split(",") if c.strip())
     if not counters or any(c not in COUNTERS for c in counters) or len(set(counters)) != len(counters):
         raise click.BadParameter(f"expected fvcore and/or torch, got {against!r}", param_hint="--against")
@@ -87,14 +91,16 @@ def validate(
     if not loaded.is_config:
         from .model_cmds import validate_model
 
-        rec = validate_model(
-            loaded, *settings[1:], batch=batch, counters=list(counters), rtol=rtol, depth=depth, fmt=fmt,
-            render=_render_validation,
-        )  # fmt: skip
+        with progress_for(fmt) as progress:
+            rec = validate_model(
+                loaded, *settings[1:], batch=batch, counters=list(counters), rtol=rtol, depth=depth, fmt=fmt,
+                render=_render_validation, progress=progress,
+            )  # fmt: skip
         if not rec.ok:
             ctx.exit(1)
         return
-    rec = validate_config(loaded.config, counters, batch=batch, rtol=rtol, depth=depth)
+    with progress_for(fmt) as progress:
+        rec = validate_config(loaded.config, counters, batch=batch, rtol=rtol, depth=depth, progress=progress)
     if fmt == "json":
         data = {"config": loaded.to_dict(), "convention": convention, "batch": batch, **rec.to_dict()}
         click.echo(render_json(data))
@@ -170,11 +176,14 @@ def _render_validation(source: str, rec, fmt: str) -> str:
         cat_headers, cat_body, fmt, title="whole model, by category", notes=[*rec.notes, *skipped]
     )
     plain = f"\n\n{render_plain_counters(rec, fmt)}" if rec.plain else ""
-    verdict = (
-        f"OK: every comparable count agrees ({'exactly' if rec.rtol == 0 else f'within rtol={rec.rtol:g}'})"
-        if rec.ok
-        else f"MISMATCH: a comparable count differs by more than rtol={rec.rtol:g}"
-    )
+    within = "exactly" if rec.rtol == 0 else f"within rtol={rec.rtol:g}"
+    verdict = {
+        "OK": f"OK: every comparable count agrees ({within})",
+        "EXPLAINED": "EXPLAINED: every difference is work that a named counter blind spot hides "
+        f"({', '.join(op for calls in rec.blind_spots.values() for op in calls)}; see its note); the "
+        f"rest agrees ({within})",
+        "MISMATCH": f"MISMATCH: a comparable count differs by more than rtol={rec.rtol:g}",
+    }[rec.verdict]
     return f"{main}\n\n{cats}{plain}\n\n{verdict}"
 
 

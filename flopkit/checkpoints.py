@@ -630,14 +630,21 @@ def save_checkpoint(
     ``config`` (flopkit's ViT5 fields) is recorded beside the weights, in the safetensors
     metadata or as a ``flopkit_config`` entry, so that the file builds the same model back.
     """
-    path = Path(path)
+    from flopkit.checks import check_output_path
+
+    path = check_output_path(path, "path")
     if not is_checkpoint_path(path):
         raise CheckpointError(f"{path}: output must end in {', '.join(CHECKPOINT_SUFFIXES)}")
     data = {k: v.contiguous() for k, v in tensors.items()}
     if path.suffix.lower() == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import save_file
 
-        save_file(data, str(path), metadata={_CONFIG_KEY: json.dumps(dict(config))} if config else None)
+        metadata = {_CONFIG_KEY: json.dumps(dict(config))} if config else None
+        try:
+            save_file(data, str(path), metadata=metadata)
+        except SafetensorError as exc:  # not an OSError: one line instead of a traceback
+            raise OSError(f"{path}: writing failed: {' '.join(str(exc).split())}") from None
     else:
         torch.save({"state_dict": data, _CONFIG_KEY: dict(config)} if config else data, path)
     return path
@@ -655,7 +662,11 @@ def convert_checkpoint(
 
     Converting to flopkit records the inferred ViT5 fields in the file. Converting to an
     upstream layout checks the weights fit it (the official one needs its biases and CLS).
+    ``dst`` is checked first (:func:`flopkit.checks.check_output_path`).
     """
+    from flopkit.checks import check_output_path
+
+    check_output_path(dst, "dst")  # before reading: a bad destination fails at once
     if target not in LAYOUTS:
         raise CheckpointError(f"target must be one of {', '.join(LAYOUTS)}, got {target!r}")
     raw, recorded = read_checkpoint(src, ema=ema)

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from flopkit.checkpoints import is_checkpoint_path
+from flopkit.checks import MAX_ELEMENTS, MAX_LAYERS
 from flopkit.formulas import CONVENTIONS
 from flopkit.nn import PRESETS, Mlp, RMSNorm, ViT5, ViT5Attention, ViT5Block, ViT5Config
 from flopkit.nn._checks import is_int
@@ -58,9 +59,9 @@ class ConfigError(ValueError):
 # Sanity bounds, checked before a model is built.
 MAX_PARAMETERS = 10**13
 """More parameters than any model trained so far by two orders of magnitude: a typo, not a model."""
-MAX_DEPTH = 4096
+MAX_DEPTH = MAX_LAYERS  # 4096, the same limit as a --model's layer count
 """Blocks are built one by one even on the meta device (about 1.3 ms each: 4,096 report in 6.5 s)."""
-MAX_TENSOR_ELEMENTS = 2**63 - 1
+MAX_TENSOR_ELEMENTS = MAX_ELEMENTS
 """A tensor's element count is an int64: the attention map ``[B, H, T, T]`` must fit for B = 1."""
 MAX_CPU_PARAMETERS = 10**9
 """``validate``'s fvcore run builds the model on CPU: 4 GiB of float32 parameters at most."""

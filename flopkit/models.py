@@ -21,6 +21,7 @@ import contextlib
 import difflib
 import importlib
 import importlib.util
+import math
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -59,6 +60,9 @@ class ModelError(ValueError):
     """A model spec, a model argument or an input that cannot be used; the message is one line and
     names the spec."""
 
+
+# Keyword inputs with one entry per token: given with --input, their last dimension is a length.
+TOKEN_INPUTS = ("input_ids", "position_ids", "token_type_ids", "attention_mask")
 
 # --input NAME=SHAPE:DTYPE dtype names -> torch dtypes.
 INPUT_DTYPES: dict[str, torch.dtype] = {
@@ -214,11 +218,16 @@ def build_model(
     mode.
 
     ``model_args`` go to ``timm.create_model``, to the Hugging Face config (each key must be a
-    field of ``AutoConfig.for_model(type)``), or as keyword arguments to the callable. ``device="cpu"``
+    field of ``AutoConfig.for_model(type)``), or as keyword arguments to the callable; those whose
+    names say what they are (an epsilon, a head count, a width, a layer count) are checked first
+    (:func:`flopkit.checks.check_model_args`). ``device="cpu"``
     allocates and initialises real weights (``validate``'s fvcore run needs them).
     """
+    from flopkit.checks import check_model_args
+
     spec = parse_model_spec(spec) if isinstance(spec, str) else spec
     kwargs = dict(model_args or {})
+    check_model_args(kwargs)
     with torch.device(device):
         try:
             if spec.kind == "timm":
@@ -319,9 +328,11 @@ def load_model(
 def user_code(spec: str, what: str = "the forward"):
     """Within the block, any exception (from the user's model code) becomes a :class:`ModelError`
     naming ``spec`` and keeping the original type and message."""
+    from flopkit.checks import InputError
+
     try:
         yield
-    except ModelError:
+    except (ModelError, InputError):  # flopkit's own errors already name what they are about
         raise
     except Exception as exc:
         message = _describe(exc)
@@ -464,14 +475,33 @@ def model_inputs(
     * ``named`` -> keyword tensors with exactly the given shapes and dtypes (``--input``).
 
     A Hugging Face text model with neither gets an error naming ``--seq-len``; any other model with
-    neither an input shape nor a timm default gets one naming ``--input-shape``.
+    neither an input shape nor a timm default gets one naming ``--input-shape``. A ``seq_len`` beyond
+    the model's positions and a ``named`` input its ``forward`` does not take raise
+    :class:`flopkit.checks.InputError` (:func:`~flopkit.checks.check_seq_len`,
+    :func:`~flopkit.checks.check_input_names`).
     """
+    from flopkit.checks import check_input_names, check_seq_len, check_tensor_shape
+
     if batch < 1:
         raise ModelError(f"--batch must be a positive integer, got {batch}")
     if input_shape is not None and seq_len is not None:
         raise ModelError("--input-shape and --seq-len both give the main input: use one")
-    kwargs = {name: _meta_tensor(shape, dtype) for name, shape, dtype in named}
+    named = list(named)
+    for name, shape, _ in named:
+        check_tensor_shape(shape, "named_inputs", f"{name}={','.join(map(str, shape))}")
+    sample = (seq_len,) if seq_len is not None else tuple(input_shape or ())
+    if math.prod(sample) > batch:  # the larger factor is the one to name
+        shown = seq_len if seq_len is not None else ",".join(map(str, sample))
+        check_tensor_shape((batch, *sample), "seq_len" if seq_len is not None else "input_shape", shown)
+    check_tensor_shape((batch, *sample), "batch", batch)
+    check_input_names(model, [name for name, _, _ in named])
+    if seq_len is not None:
+        check_seq_len(model, seq_len)
     main = getattr(model, "main_input_name", None)
+    for name, shape, dtype in named:  # token inputs given whole: their length is the last dim
+        if (name == main or name in TOKEN_INPUTS) and not dtype.is_floating_point and len(shape) >= 2:
+            check_seq_len(model, shape[-1], "named_inputs", f"{name}={','.join(map(str, shape))}")
+    kwargs = {name: _meta_tensor(shape, dtype) for name, shape, dtype in named}
     if seq_len is not None:
         if seq_len < 1:
             raise ModelError(f"--seq-len must be positive, got {seq_len}")

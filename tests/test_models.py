@@ -180,7 +180,7 @@ def test_text_models_take_int64_ids_and_keyword_inputs():
 
 
 def test_real_inputs_keep_shapes_and_give_valid_ids():
-    inputs = model_inputs(Text(), batch=2, seq_len=5, named=[parse_input("mask=2,5:bool")])
+    inputs = model_inputs(Text(), batch=2, seq_len=5, named=[parse_input("attention_mask=2,5:bool")])
     real = real_inputs(inputs)
     assert real.kwargs["input_ids"].device.type == "cpu" and int(real.kwargs["input_ids"].abs().sum()) == 0
-    assert bool(real.kwargs["mask"].all())
+    assert bool(real.kwargs["attention_mask"].all())

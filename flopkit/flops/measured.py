@@ -57,6 +57,19 @@ class Measurement:
     def breakdown(self, path: str) -> dict[str, int]:
         return self.flops.get(path, {})
 
+    def hidden(self, path: str) -> dict[str, int]:
+        """FLOPs by category that the counter's known blind spots hide at ``path`` (descendants
+        included): :func:`flopkit.flops.blind_spots.hidden_flops`."""
+        from .blind_spots import hidden_flops
+
+        return hidden_flops(self.raw.get(path, {}))
+
+    def blind_spot_calls(self, path: str = "") -> Counter:
+        """Calls of each blind-spot op at ``path`` (descendants included)."""
+        from .blind_spots import hidden_calls
+
+        return hidden_calls(self.raw.get(path, {}))
+
 
 # ----------------------------------------------------------------------------------------------
 # Which counted op belongs to which category. fvcore's own handles count one per multiply-accumulate
@@ -274,15 +287,19 @@ def _to_categories(raw: dict[str, Counter], table: Callable[[str], tuple[str, in
 
 def count_fvcore(model: nn.Module, inputs: torch.Tensor) -> Measurement:
     """Run fvcore's ``FlopCountAnalysis`` on ``model(inputs)`` (real tensors, CPU), with flopkit's
-    handles (:data:`FVCORE_HANDLES`) added; returns FLOPs by category per module path."""
+    handles (:data:`FVCORE_HANDLES`) added; returns FLOPs by category per module path. The ops of
+    fvcore's known blind spots (:mod:`flopkit.flops.blind_spots`) stay uncounted; their hidden
+    FLOPs are recorded beside the counts (:meth:`Measurement.hidden`)."""
     with warnings.catch_warnings():  # fvcore's import scripts functions with the deprecated torch.jit.script
         warnings.simplefilter("ignore")
         from fvcore.nn import FlopCountAnalysis
 
+    from .blind_spots import fvcore_blind_spot_handles
+
     recorder = _CallRecorder(model)
     try:
         analysis = FlopCountAnalysis(model, inputs)
-        analysis.set_op_handle(**FVCORE_HANDLES)
+        analysis.set_op_handle(**FVCORE_HANDLES, **fvcore_blind_spot_handles())
         analysis.unsupported_ops_warnings(False)
         analysis.uncalled_modules_warnings(False)
         analysis.tracer_warnings("none")

@@ -5,6 +5,10 @@ always (after converting fvcore's MACs to FLOPs), and any other category in whic
 counted at least one op (e.g. ``aten::rms_norm`` or a ``flopkit::`` custom op in the trace).
 Comparable categories must agree within ``rtol`` (default: exactly); everything else is listed
 with the reason the counter cannot see it (:data:`BLIND_SPOTS`).
+
+Verdicts: ``OK`` (every comparable count agrees), ``EXPLAINED`` (each difference is exactly the
+FLOPs that a named counter blind spot hides, :data:`flopkit.flops.blind_spots.KNOWN_BLIND_SPOTS`)
+and ``MISMATCH`` (anything else); only ``MISMATCH`` fails.
 """
 
 from __future__ import annotations
@@ -15,9 +19,11 @@ from typing import Any
 from torch import nn
 
 from flopkit import formulas
+from flopkit.checks import check_tolerance
 from flopkit.formulas import CATEGORIES, scale_breakdown
 
 from .analytic import FlopNode, breakdown_at, depth_of, leaf_owner, top_paths
+from .blind_spots import CATEGORY_BLIND_SPOTS, blind_spot
 from .measured import Measurement
 
 __all__ = [
@@ -25,6 +31,7 @@ __all__ = [
     "BLIND_SPOTS",
     "COUNTER_NOTES",
     "ANY_MODEL_NOTES",
+    "VERDICTS",
     "CheckRow",
     "Reconciliation",
     "reconcile",
@@ -32,28 +39,10 @@ __all__ = [
 ]
 
 ALWAYS_COMPARABLE = ("matmul", "attention")
+VERDICTS = ("OK", "EXPLAINED", "MISMATCH")
 
-# Why a counter does not see a category (shown when the category is not comparable).
-BLIND_SPOTS: dict[str, dict[str, str]] = {
-    "fvcore": {
-        "norm": "no norm op it has a handle for (aten::rms_norm, layer_norm, group_norm, batch_norm or a "
-        "flopkit:: norm op) is in the trace: a norm written as plain aten arithmetic (square, mean, rsqrt, "
-        "mul) is skipped",
-        "rope": "no flopkit::qk_norm_rope op is in the trace: a rotation written as plain aten::mul, add, "
-        "neg and slicing is skipped",
-        "elementwise": "LayerScale (aten::mul), GELU (aten::gelu) and the position-embedding add "
-        "(aten::add) have no fvcore handles (its elementwise handles cover upsample, adaptive pooling "
-        "and grid_sample only), and its adds could not be told apart from the residual adds flopkit "
-        "does not count",
-    },
-    "torch": {
-        "norm": "FlopCounterMode counts norms only through a registered formula (the flopkit:: norm "
-        "ops); a norm written as plain aten arithmetic (pow, mean, rsqrt, mul) is not counted",
-        "rope": "FlopCounterMode counts RoPE only through flopkit::qk_norm_rope's registered formula; a "
-        "rotation written as plain aten.mul, add, neg is not counted",
-        "elementwise": "LayerScale, GELU and the position-embedding add are not counted by FlopCounterMode",
-    },
-}
+# Why a counter does not see a category: the table lives with the op blind spots.
+BLIND_SPOTS = CATEGORY_BLIND_SPOTS
 
 COUNTER_NOTES: dict[str, list[str]] = {
     "fvcore": [
@@ -104,9 +93,10 @@ class CheckRow:
 
     @property
     def verdict(self) -> str:
-        bad = [f"{c}: {s}" for c, s in self.status.items() if s.startswith("MISMATCH")]
-        if bad:
-            return "; ".join(bad)
+        for kind in ("MISMATCH", "EXPLAINED"):
+            found = [f"{c}: {s}" for c, s in self.status.items() if s.startswith(kind)]
+            if found:
+                return "; ".join(found)
         for s in self.status.values():
             if s == "in parent" or s.startswith("counted in"):
                 return s
@@ -128,6 +118,8 @@ class Reconciliation:
     rtol: float
     # other counters run as shipped (flopkit.flops.counters.CounterColumn), with the cause of each difference
     plain: list = field(default_factory=list)
+    hidden: dict[str, dict[str, int]] = field(default_factory=dict)  # counter -> category -> hidden FLOPs
+    blind_spots: dict[str, dict[str, int]] = field(default_factory=dict)  # counter -> blind-spot op -> calls
 
     @property
     def counters(self) -> list[str]:
@@ -139,6 +131,9 @@ class Reconciliation:
         return {
             "rtol": self.rtol,
             "ok": self.ok,
+            "verdict": self.verdict,
+            "hidden": self.hidden,
+            "blind_spots": self.blind_spots,
             "comparable": {k: list(v) for k, v in self.comparable.items()},
             "totals": self.totals,
             "raw_totals": self.raw_totals,
@@ -162,15 +157,63 @@ class Reconciliation:
 
     @property
     def ok(self) -> bool:
+        """No ``MISMATCH``: every comparable count agrees, or differs by exactly what a known blind
+        spot hides (the whole model's totals included)."""
         return all(row.ok for row in self.rows) and all(
-            _close(self.totals[counter].get(cat, 0), self.totals["analytic"][cat], self.rtol)
+            _explained(
+                self.totals[counter].get(cat, 0),
+                self.hidden.get(counter, {}).get(cat, 0),
+                self.totals["analytic"][cat],
+                self.rtol,
+            )
             for counter, cats in self.comparable.items()
             for cat in cats
         )
 
+    @property
+    def verdict(self) -> str:
+        """``OK``, ``EXPLAINED`` (differences only where a named blind spot hides work) or
+        ``MISMATCH``."""
+        if not self.ok:
+            return "MISMATCH"
+        explained = any(s.startswith("EXPLAINED") for r in self.rows for s in r.status.values())
+        return "EXPLAINED" if explained else "OK"
+
+    def blind_spot_notes(self) -> list[str]:
+        """One line per blind-spot op a counter met: its calls, the FLOPs they hide, the cause."""
+        lines = []
+        for counter, calls in self.blind_spots.items():
+            hidden = self.hidden.get(counter, {})
+            for op, n in sorted(calls.items()):
+                spot = blind_spot(counter, op)
+                parts = ", ".join(f"{c} {v:,}" for c, v in hidden.items() if v)
+                lines.append(
+                    f"{counter} blind spot: {op} x{n} hides {sum(hidden.values()):,} FLOPs ({parts}): "
+                    f"{spot.cause if spot else 'no handle'}."
+                )
+        return lines
+
 
 def _close(measured: int, analytic: int, rtol: float) -> bool:
     return abs(measured - analytic) <= rtol * abs(analytic)
+
+
+def _explained(measured: int, hidden: int, analytic: int, rtol: float) -> bool:
+    """Equal, or equal once the FLOPs a known blind spot hid are added back."""
+    return _close(measured, analytic, rtol) or (hidden > 0 and _close(measured + hidden, analytic, rtol))
+
+
+def _hidden_at(m: Measurement, path: str) -> tuple[dict[str, int], list[str]]:
+    """The FLOPs the counter's blind spots hide at ``path`` and the ops that hide them (summed over
+    the top-most entered descendants of a container it never entered, like :func:`_measured_at`)."""
+    tops = [path] if path == "" or path in m.called else top_paths(path, m.called)
+    hidden: dict[str, int] = {}
+    ops: set[str] = set()
+    for p in tops:
+        for cat, v in m.hidden(p).items():
+            hidden[cat] = hidden.get(cat, 0) + v
+        ops |= set(m.blind_spot_calls(p))
+    return hidden, sorted(ops)
 
 
 def _measured_at(m: Measurement, path: str, model_paths: list[str]) -> dict[str, int] | None:
@@ -198,8 +241,8 @@ def _check_counter(
 ) -> None:
     """Fill ``row``'s entries for counter ``m`` over the categories ``cats``: its analytic count,
     the measured one at ``row.path`` and their per-category deltas, and the verdict (``counted in``
-    an owner row, ``in parent`` when the counter attributed nothing to this module, ok or
-    MISMATCH)."""
+    an owner row, ``in parent`` when the counter attributed nothing to this module, ok, EXPLAINED
+    when the FLOPs a known blind spot hid there make up each difference, else MISMATCH)."""
     want = {c: row.analytic.get(c, 0) for c in cats}
     row.compared[m.counter] = sum(want.values())
     if counted_in is not None:
@@ -213,7 +256,14 @@ def _check_counter(
     row.measured[m.counter] = sum(have.values())
     row.deltas[m.counter] = {c: have[c] - want[c] for c in cats}
     bad = [c for c in cats if not _close(have[c], want[c], rtol)]
-    row.status[m.counter] = f"MISMATCH {'+'.join(bad)}" if bad else "ok"
+    if not bad:
+        row.status[m.counter] = "ok"
+        return
+    hidden, ops = _hidden_at(m, row.path)
+    if all(_explained(have[c], hidden.get(c, 0), want[c], rtol) for c in bad):
+        row.status[m.counter] = f"EXPLAINED {'+'.join(bad)} (blind spot: {', '.join(ops)})"
+    else:
+        row.status[m.counter] = f"MISMATCH {'+'.join(bad)}"
 
 
 def _whole_model_counts(
@@ -230,6 +280,15 @@ def _whole_model_counts(
     return totals, raw_totals, skipped
 
 
+def _blind_spots(
+    measurements: list[Measurement],
+) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, int]]]:
+    """Per counter that met a known blind spot: the FLOPs hidden by category, and each op's calls."""
+    hidden = {m.counter: m.hidden("") for m in measurements if m.blind_spot_calls()}
+    calls = {m.counter: dict(m.blind_spot_calls()) for m in measurements if m.blind_spot_calls()}
+    return hidden, calls
+
+
 def reconcile(
     model: nn.Module,
     tree: FlopNode,
@@ -240,6 +299,7 @@ def reconcile(
 ) -> Reconciliation:
     """Compare the analytic ``tree`` (per sample, scaled by ``batch``) with each measurement, per
     module down to ``depth`` and for the whole model, category by category."""
+    check_tolerance(rtol)
     nodes = {node.path: node for node in tree.walk()}
     comparable = {
         m.counter: tuple(c for c in CATEGORIES if c in ALWAYS_COMPARABLE or c in m.categories)
@@ -266,7 +326,15 @@ def reconcile(
         for cat in CATEGORIES:
             if cat not in comparable[m.counter] and whole[cat]:
                 notes.append(f"{m.counter} / {cat}: not comparable: {BLIND_SPOTS[m.counter][cat]}.")
-    return Reconciliation(rows, comparable, totals, raw_totals, skipped, notes, rtol)
+    return _with_blind_spots(
+        Reconciliation(rows, comparable, totals, raw_totals, skipped, notes, rtol), measurements
+    )
+
+
+def _with_blind_spots(rec: Reconciliation, measurements: list[Measurement]) -> Reconciliation:
+    rec.hidden, rec.blind_spots = _blind_spots(measurements)
+    rec.notes.extend(rec.blind_spot_notes())
+    return rec
 
 
 ANY_MODEL_NOTES = [
@@ -297,6 +365,7 @@ def reconcile_rows(
     A category is compared when the counter counted an op in it (matmul and attention always),
     except ``not_comparable``.
     """
+    check_tolerance(rtol)
     comparable = {
         m.counter: tuple(
             c for c in CATEGORIES if (c in ALWAYS_COMPARABLE or c in m.categories) and c not in not_comparable
@@ -320,4 +389,6 @@ def reconcile_rows(
                 notes.append(
                     f"{m.counter} / {cat}: not comparable: the counter counted no op in this category."
                 )
-    return Reconciliation(out, comparable, totals, raw_totals, skipped, notes, rtol)
+    return _with_blind_spots(
+        Reconciliation(out, comparable, totals, raw_totals, skipped, notes, rtol), measurements
+    )

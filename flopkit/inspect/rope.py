@@ -184,13 +184,11 @@ def _boundaries(layout) -> list[tuple[int, str, str]]:
 
 
 def check_plot_path(path: str | Path) -> Path:
-    """``path`` as a Path; ValueError when it is a directory or its directory does not exist."""
-    out = Path(path)
-    if out.is_dir():
-        raise ValueError(f"--plot: {out} is a directory; give a file name such as {out / 'rope.png'}")
-    if not out.parent.is_dir():
-        raise ValueError(f"--plot: directory {out.parent} does not exist (create it, or pick another path)")
-    return out
+    """``path`` as a Path; :class:`flopkit.checks.InputError` (a ValueError) naming ``plot_path`` when
+    it is a directory, or its directory does not exist or is not writable."""
+    from flopkit.checks import check_output_path
+
+    return check_output_path(path, "plot_path")
 
 
 def plot_rope_tables(attn: ViT5Attention, path: str | Path) -> Path:

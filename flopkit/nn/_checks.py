@@ -1,16 +1,11 @@
-"""Argument checks shared by the modules: each raises ValueError naming the argument and value."""
+"""Argument checks shared by the modules: each raises ValueError naming the argument and value.
+
+The checks live in :mod:`flopkit.checks` (one input-checking layer for modules, commands and the
+Python API); this module keeps the modules' imports short.
+"""
 
 from __future__ import annotations
 
-__all__ = ["is_int", "check_positive_int"]
+from flopkit.checks import check_eps, check_finite, check_positive_int, is_int
 
-
-def is_int(value: object) -> bool:
-    """A Python int that is not a bool."""
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def check_positive_int(name: str, value: object) -> None:
-    """Raise ``ValueError("{name} must be a positive integer, got {value!r}")`` unless ``value > 0``."""
-    if not is_int(value) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+__all__ = ["is_int", "check_positive_int", "check_eps", "check_finite"]

@@ -14,7 +14,7 @@ from torch import nn
 
 from flopkit import formulas, kernels
 
-from ._checks import check_positive_int
+from ._checks import check_finite, check_positive_int
 from ._flops import CompositeFlops
 from .norms import HeadNorm, PerHeadRMSNorm, RMSNorm
 from .rope import ROPE_PAIRINGS, ROPE_TABLES, apply_rope, build_rope_tables, token_layout
@@ -126,6 +126,8 @@ class ViT5Attention(CompositeFlops, nn.Module):
         self.rope_tables = rope_tables
         self.norm_cast_before_weight = bool(norm_cast_before_weight)
         self.attn_dropout = attn_dropout
+        if scale is not None:
+            check_finite("scale", scale, positive=True)
         self.scale = head_dim**-0.5 if scale is None else float(scale)
         self.use_triton = use_triton
 

@@ -14,7 +14,7 @@ from torch import nn
 
 from flopkit import formulas, kernels
 
-from ._checks import check_positive_int
+from ._checks import check_eps, check_positive_int
 from ._flops import FlopCounted
 
 __all__ = ["RMSNorm", "PerHeadRMSNorm", "HeadNorm"]
@@ -47,6 +47,7 @@ class RMSNorm(FlopCounted, nn.Module):
             raise ValueError("normalized_shape must name at least one dimension, got ()")
         for size in shape:
             check_positive_int("normalized_shape entries", size)
+        check_eps("eps", eps, allow_none=True)
         self.normalized_shape = shape
         # torch.nn.RMSNorm takes eps=None as "machine epsilon of the input dtype"; keep that.
         self.eps = eps
@@ -129,6 +130,7 @@ class PerHeadRMSNorm(FlopCounted, nn.Module):
         super().__init__()
         check_positive_int("num_heads", num_heads)
         check_positive_int("head_dim", head_dim)
+        check_eps("eps", eps)
         self.num_heads = num_heads
         self.head_dim = head_dim
         self.use_triton = use_triton
@@ -184,6 +186,7 @@ class HeadNorm(FlopCounted, nn.Module):
         check_positive_int("head_dim", head_dim)
         if mode not in formulas.NORM_MODES:
             raise ValueError(f"mode must be one of {formulas.NORM_MODES}, got {mode!r}")
+        check_eps("eps", eps)
         self.num_heads = num_heads
         self.head_dim = head_dim
         self.mode = mode

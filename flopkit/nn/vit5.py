@@ -12,6 +12,7 @@ The official ViT-5 (``models_vit5.py``) is the same network with options: CLS fi
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -21,7 +22,7 @@ from torch import nn
 
 from flopkit import formulas, kernels
 
-from ._checks import check_positive_int, is_int
+from ._checks import check_finite, check_positive_int, is_int
 from ._flops import CompositeFlops, FlopCounted
 from .attention import ViT5Attention
 from .norms import RMSNorm
@@ -149,6 +150,7 @@ class LayerScale(FlopCounted, nn.Module):
 
     def __init__(self, dim: int, init_values: float = 1e-4) -> None:
         super().__init__()
+        check_finite("init_values", init_values)
         self.dim = dim
         self.init_values = init_values
         self.gamma = nn.Parameter(torch.full((dim,), float(init_values)))
@@ -287,7 +289,13 @@ class ViT5Block(CompositeFlops, nn.Module):
         )
         self.ls1 = LayerScale(hidden_dim, layer_scale_init) if layer_scale_init else nn.Identity()
         self.norm2 = RMSNorm(hidden_dim, **norm_kw)
-        hidden = int(hidden_dim * mlp_ratio)
+        check_finite("mlp_ratio", mlp_ratio)
+        width = hidden_dim * mlp_ratio
+        if not math.isfinite(width) or width >= 2**63:
+            raise ValueError(
+                f"mlp_ratio={mlp_ratio} gives an MLP width of {width:g}, more than a tensor dimension can hold (2^63)"
+            )
+        hidden = int(width)
         if hidden <= 0:
             raise ValueError(f"mlp_ratio must give a positive MLP width, got mlp_ratio={mlp_ratio}")
         self.mlp = Mlp(hidden_dim, hidden, bias=mlp_bias)

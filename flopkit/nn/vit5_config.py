@@ -12,7 +12,7 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._checks import is_int
+from ._checks import check_finite, is_int
 from .attention import QK_NORMS
 from .rope import ROPE_PAIRINGS, ROPE_TABLES
 
@@ -79,6 +79,8 @@ class ViT5Config:
             if not is_int(value) or value < low:
                 kind = "a positive integer" if name in ("hidden_dim", "num_heads") else f"an integer >= {low}"
                 raise ValueError(f"{name} must be {kind}, got {value!r}")
+        if self.layer_scale_init is not None:
+            check_finite("layer_scale_init", self.layer_scale_init)
 
     @classmethod
     def fields(cls) -> tuple[str, ...]:

@@ -14,8 +14,9 @@
 Each profiled op is charged to a module and a phase by :func:`~flopkit.profile.attribution.attribute`
 (the mechanism is in that module's docstring), and the rows add their submodules' time, as the
 FLOP rows of ``flopkit report`` add their submodules' FLOPs. A training step is forward, loss and
-backward (no optimizer); the loss is ``ce`` or ``mse`` of :mod:`flopkit.losses` (by default
-cross-entropy for a classifier's ``[B, num_classes]`` logits, else the mean square error).
+backward (no optimizer); the loss is :func:`flopkit.steps.make_loss`'s: cross-entropy on zero
+targets when the output has a class or vocabulary dimension (a classifier's logits, a language
+model's next-token logits), else the mean square error against zero targets.
 
 With ``compile`` each *region* is compiled on its own with ``torch.compile`` (regional
 compilation): the rows that have no row under them (at the default depth: the patch projection,
@@ -38,7 +39,7 @@ import torch
 from torch import nn
 
 from flopkit.flops.analytic import FlopRow, depth_of, top_paths
-from flopkit.losses import LOSSES, default_loss, loss_value, main_output, make_targets
+from flopkit.progress import SILENT, Progress
 
 from .attribution import (
     LOSS,
@@ -59,9 +60,12 @@ __all__ = [
     "compile_regions",
     "deepest_level",
     "DTYPES",
+    "MAX_STEPS",
 ]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+MAX_STEPS = 10_000
+"""Most timed (and warm-up) steps a profile runs: more is a typo, and would run for days."""
 
 
 @dataclass
@@ -152,6 +156,7 @@ class ProfileResult:
     mfu: float
     regions: list[str] = field(default_factory=list)
     device_name: str = ""
+    loss: str = ""  # "ce" or "mse" for a training step (flopkit.steps.make_loss), else ""
 
     @property
     def overhead(self) -> float:
@@ -166,6 +171,7 @@ class ProfileResult:
             "training": self.training,
             "compile": self.compiled,
             "compile_regions": self.regions,
+            "loss": self.loss or None,
             "steps": self.steps,
             "warmup": self.warmup,
             "step_ms": self.step_ms,
@@ -247,7 +253,7 @@ def _sync(device: torch.device) -> None:
 
 def profile_model(
     model: nn.Module,
-    inputs: torch.Tensor,
+    inputs: torch.Tensor | tuple[tuple, dict],
     flop_rows: Sequence[FlopRow],
     *,
     mfu_flops: int,
@@ -257,25 +263,37 @@ def profile_model(
     steps: int = 10,
     warmup: int = 3,
     roofs: Roofs | None = None,
-    loss: str | None = None,
+    loss: str = "auto",
+    progress: Progress | None = None,
 ) -> ProfileResult:
-    """Profile ``model`` on ``inputs`` (already on the device) and return one row per FLOP row.
+    """Profile ``model`` on ``inputs`` (already on the device: one tensor, or ``(args, kwargs)``)
+    and return one row per FLOP row.
 
     ``flop_rows`` are ``flopkit report``'s rows for this model and batch (their FLOPs are copied,
     not recounted); ``mfu_flops`` the FLOPs the MFU counts per step. ``dtype`` other than float32
-    runs under ``torch.autocast``. ``roofs`` skips the measurement (tests). ``loss``: ``ce`` or
-    ``mse`` as :mod:`flopkit.losses` defines them; default ``ce`` for a class or vocabulary output,
-    else ``mse``.
+    runs under ``torch.autocast``. ``roofs`` skips the measurement (tests). ``loss`` is one of
+    :data:`flopkit.steps.LOSSES` (training only). ``progress`` shows each phase's steps.
     """
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    if loss is not None and loss not in LOSSES:
-        raise ValueError(f"--loss must be one of {', '.join(LOSSES)}, got {loss!r}")
+    from flopkit.steps import LOSSES, make_loss
+
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
+    args, kwargs = (
+        ((inputs,), {}) if isinstance(inputs, torch.Tensor) else (tuple(inputs[0]), dict(inputs[1]))
+    )
+    tensors = [t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)]
+    if not tensors:
+        raise ValueError("inputs: give at least one tensor")
+    progress = progress or SILENT
+    if steps < 1 or steps > MAX_STEPS:
+        raise ValueError(f"steps must be in 1..{MAX_STEPS:,}, got {steps}")
+    if warmup > MAX_STEPS:
+        raise ValueError(f"warmup must be at most {MAX_STEPS:,}, got {warmup}")
     if warmup < 0 or (compile and warmup < 1):
         raise ValueError(
             f"warmup must be >= {1 if compile else 0}{' with compile' if compile else ''}, got {warmup}"
         )
-    device = inputs.device
+    device = tensors[0].device
     cuda = device.type == "cuda"
     modules = dict(model.named_modules())
     paths = [r.path for r in flop_rows]
@@ -293,22 +311,24 @@ def profile_model(
     # One compiled function per region class; they share dynamo's cache entry, whose default
     # limit (8) a deep --depth could exceed.
     limits = torch._dynamo.config.patch(recompile_limit=64) if compile else contextlib.nullcontext()
-    batch = inputs.shape[0]
-    loss_fn: Callable[[torch.Tensor], torch.Tensor] | None = None
+    batch = tensors[0].shape[0]
+    loss_fn: Callable[[Any], torch.Tensor] | None = None
+    loss_kind = ""
 
     def step() -> None:
         if training:
             for p in model.parameters():
                 p.grad = None
             with autocast:
-                output = model(inputs)
+                output = model(*args, **kwargs)
             with loss_range():
-                loss = loss_fn(output)
+                value = loss_fn(output)
             with loss_range(backward=True):
-                loss.backward()
+                value.backward()
         else:
             with torch.no_grad(), autocast:
-                model(inputs)
+                model(*args, **kwargs)
+        progress.advance()
 
     def timed(n: int, after: Callable[[], None] = lambda: None) -> float:
         """Wall ms per step over ``n`` steps, leaving out ``after`` (the profiler's ``step()``,
@@ -328,18 +348,14 @@ def profile_model(
     with limits:
         try:
             if training:
-                with autocast:
-                    first = model(inputs)
-                kind = loss or default_loss(model, first)
-                targets = make_targets(main_output(first), kind)
-                del first
-
-                def loss_fn(out):
-                    return loss_value(main_output(out), targets, kind)
-
+                with torch.no_grad(), autocast:
+                    loss_kind, loss_fn = make_loss(model(*args, **kwargs), model, loss)
+            progress.phase("warm-up" + (" (compiling)" if compile else ""), warmup)
             for _ in range(warmup):
                 step()
+            progress.phase("timed steps", steps)
             step_ms = timed(steps)
+            progress.phase("profiled steps", steps + 2)
             inside = [p for p in modules if any(p.startswith(f"{r}.") or (r == "" and p) for r in regions)]
             watched = {p: m for p, m in modules.items() if p not in inside}  # compiled code stays hook-free
             with ModuleRanges(watched, record_io=True) as every_module:
@@ -371,6 +387,7 @@ def profile_model(
                     prof.step()
                     profiled_ms = timed(steps, prof.step)
         finally:
+            progress.close()
             restore()
     attribution, busy, profiler_us = captured[0]
     if measured:  # a ceiling: the better of the measurements before and after the steps
@@ -398,6 +415,7 @@ def profile_model(
         mfu_flops=mfu_flops,
         mfu=mfu_flops / (step_ms / 1e3) / (roofs.matmul_tflops * 1e12),
         regions=regions,
+        loss=loss_kind,
         device_name=torch.cuda.get_device_name(device) if cuda else platform.processor() or "cpu",
     )
 

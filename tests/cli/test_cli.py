@@ -192,7 +192,7 @@ def test_official_preset_adds_exactly_the_bias_parameters_and_bias_adds():
         (["rope", "vit5-small", "--tokens", "5:2"], "range '5:2' is empty: start must be below stop"),
         (
             ["rope", "vit5-small", "--plot", "/missing/dir/x.png"],
-            "--plot: directory /missing/dir does not exist",
+            "--plot /missing/dir/x.png: directory /missing/dir does not exist",
         ),
         (["rope", "vit5-small", "--set", "image_size=16384"], "above its limit of 67,108,864"),
         (["validate", "vit5-small", "--convention", "nvsubquadratic"], "can never match a counter"),

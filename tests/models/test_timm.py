@@ -63,3 +63,13 @@ def test_cnn_matches_hooks_on_a_real_copy_and_fvcore():
 def test_unknown_name_suggests_close_names():
     result = CliRunner().invoke(app, ["report", "--model", "timm:resnet5O"])
     assert result.exit_code == 2 and "did you mean resnet50" in result.stderr
+
+
+def test_profile_takes_a_timm_model():
+    data = run_json("profile", "--model", "timm:resnet18", "--batch", "2", "--training", "--device", "cpu",
+                    "--steps", "1", "--warmup", "0", "--input-shape", "3,64,64")  # fmt: skip
+    report = run_json(
+        "report", "--model", "timm:resnet18", "--batch", "2", "--training", "--input-shape", "3,64,64"
+    )
+    assert data["rows"][0]["flops"] == report["total_flops"]
+    assert data["loss"] == "ce"  # [B, 1000] logits: the classifier's classes

@@ -1,0 +1,320 @@
+"""The docs cannot drift: every shell transcript in README.md and docs/*.md runs, and its output is
+compared with what the command prints now.
+
+The convention (docs/contributing.md, "Shell transcripts in the docs"):
+
+* A fenced block (no language, ``bash``, ``console``, ``shell``, ``sh`` or ``text``) whose first line
+  starts with ``$ `` is a transcript. Each ``$ `` line is a command; the lines up to the next one are
+  what it prints (stdout and stderr, as a terminal shows them).
+* Commands are ``flopkit ...`` (optionally after ``VAR=value`` settings, optionally piped into
+  ``head -N``); they run in-process, one scratch directory per block, where ``examples/`` is the
+  repository's and ``docs/`` is empty (a ``--plot`` writes there, not over the committed images).
+* Output is compared exactly, except for commands that time things (``profile``, ``bench``): there
+  the shape (every line, table rows cell by cell, notes as text) and the deterministic numbers
+  (FLOPs, bytes, shapes, counts) are compared, and timings, rates, percentages and the bound a
+  timing decides are masked.
+* ``<!-- doc-test: skip REASON -->`` on the line before a block skips it (say where it is checked
+  instead); ``<!-- doc-test: needs FILE -->`` makes FILE (one of :data:`FIXTURES`) first.
+* A line ``...`` alone in the expected output stands for any number of lines (an abbreviated output).
+* A command that names ``hf:`` or ``timm:`` models is left out where transformers or timm is missing
+  (the block is then reported as skipped, after its other commands ran).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import shlex
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+SHELL_LANGUAGES = {"", "bash", "console", "shell", "sh", "text"}
+TIMED_COMMANDS = {"profile", "bench"}
+DIRECTIVE = re.compile(r"^<!--\s*doc-test:\s*(skip|needs)\s*(.*?)\s*-->$")
+
+
+@dataclass
+class Command:
+    line: int  # 1-based line of the ``$ `` line in its file
+    text: str
+    expected: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Transcript:
+    path: Path
+    line: int  # 1-based line of the opening fence
+    commands: list[Command]
+    skip: str | None = None
+    needs: list[str] = field(default_factory=list)
+
+    @property
+    def id(self) -> str:
+        return f"{self.path.relative_to(ROOT)}:{self.line}"
+
+
+def transcripts(path: Path) -> list[Transcript]:
+    """Every transcript block of the markdown file ``path``."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    found, i = [], 0
+    while i < len(lines):
+        fence = re.match(r"^(```+|~~~+)\s*([\w-]*)", lines[i])
+        if not fence:
+            i += 1
+            continue
+        start, marker = i, fence.group(1)
+        end = next((j for j in range(i + 1, len(lines)) if lines[j].startswith(marker)), len(lines))
+        body = lines[start + 1 : end]
+        i = end + 1
+        if fence.group(2) not in SHELL_LANGUAGES or not body or not body[0].startswith("$ "):
+            continue
+        commands: list[Command] = []
+        for offset, text in enumerate(body):
+            if text.startswith("$ "):
+                commands.append(Command(start + 2 + offset, text[2:].strip()))
+            else:
+                commands[-1].expected.append(text)
+        block = Transcript(path, start + 1, commands)
+        k = start - 1
+        while k >= 0 and DIRECTIVE.match(lines[k].strip()):
+            kind, arg = DIRECTIVE.match(lines[k].strip()).groups()
+            if kind == "skip":
+                block.skip = arg or "marked skip"
+            else:
+                block.needs.extend(arg.split())
+            k -= 1
+        found.append(block)
+    return found
+
+
+ALL = [t for path in DOCS for t in transcripts(path)]
+
+
+# ------------------------------------------------------------------------------------ fixtures
+
+
+def _official_vit5_small(path: Path) -> None:
+    """An official-layout (wangf3014/ViT-5) checkpoint of vit5-small, random weights."""
+    import torch
+
+    from flopkit.checkpoints import from_flopkit
+    from flopkit.config import load_config
+
+    torch.manual_seed(0)
+    model = load_config("vit5-small-official").build("cpu")
+    torch.save(from_flopkit(model.state_dict(), "official"), path)
+
+
+FIXTURES: dict[str, Callable[[Path], None]] = {"vit5_small.pth": _official_vit5_small}
+
+
+# ----------------------------------------------------------------------------------- comparison
+
+NUMBER = r"[-+]?\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?"
+VOLATILE_UNIT = re.compile(rf"{NUMBER}\s*(ms|TFLOP/s|GB/s|%)")
+VOLATILE_HEADER = re.compile(r"(ms|TFLOP/s|GB/s)$|^%|^share$|^bound$")
+VOLATILE_ROWS = ("step (wall)", "CPU op time", "GPU busy", "host-bound share", "charged to layers")
+
+
+def _spans(dashes: str) -> list[tuple[int, int]]:
+    return [m.span() for m in re.finditer(r"-+", dashes)]
+
+
+def _cells(row: str, spans: list[tuple[int, int]]) -> list[str]:
+    """The row's cells: each column from its dashes' start to the next column's start."""
+    starts = [start for start, _ in spans]
+    return [row[a:b].strip() for a, b in zip(starts, [*starts[1:], len(row) + 1], strict=True)]
+
+
+def _is_row(line: str, spans: list[tuple[int, int]]) -> bool:
+    """A table row leaves the gaps between the columns blank; a note's text runs through them."""
+    gaps = [pos for (_, end), (start, _) in zip(spans, spans[1:], strict=False) for pos in range(end, start)]
+    return bool(line.strip()) and all(pos >= len(line) or line[pos] == " " for pos in gaps)
+
+
+def _mask(text: str) -> str:
+    return VOLATILE_UNIT.sub(lambda m: "#" + m.group(1), text)
+
+
+def timed_shape(lines: list[str]) -> list[object]:
+    """A timed command's output reduced to what a run repeats: table rows as cells (volatile columns
+    masked), other text joined per paragraph with timings masked."""
+    out: list[object] = []
+    text: list[str] = []
+
+    def flush() -> None:
+        if text:
+            out.append(_mask(" ".join(" ".join(text).split())))
+            text.clear()
+
+    i = 0
+    while i < len(lines):
+        if i + 1 < len(lines) and re.fullmatch(r"[- ]*-[- ]*", lines[i + 1]) and "  " in lines[i + 1]:
+            flush()
+            spans = _spans(lines[i + 1])
+            headers = _cells(lines[i], spans)
+            volatile = {k for k, h in enumerate(headers) if VOLATILE_HEADER.search(h)}
+            out.append(("header", headers))
+            i += 2
+            while i < len(lines) and _is_row(lines[i], spans):
+                row = _cells(lines[i], spans)
+                masked = row[0] in VOLATILE_ROWS
+                out.append(["#" if k in volatile or (masked and k) else _mask(c) for k, c in enumerate(row)])
+                i += 1
+            continue
+        if lines[i].strip():
+            text.append(lines[i])
+        else:
+            flush()
+        i += 1
+    flush()
+    return out
+
+
+# ------------------------------------------------------------------------------------- running
+
+
+def _parse(text: str) -> tuple[dict[str, str], list[str], list[str]]:
+    """``VAR=value flopkit ARGS | head -N`` -> (environment, words, the pipeline's later stages)."""
+    pipeline = [part.strip() for part in text.split(" | ")]
+    words = shlex.split(pipeline[0])
+    env = {}
+    while words and re.match(r"^[A-Z_][A-Z0-9_]*=", words[0]):
+        key, _, value = words.pop(0).partition("=")
+        env[key] = value
+    return env, words, pipeline[1:]
+
+
+def _run(command: Command, transcript: Transcript) -> list[str]:
+    from flopkit.cli import app
+
+    env, words, stages = _parse(command.text)
+    if not words or words[0] != "flopkit":
+        pytest.fail(
+            f"{transcript.path.name}:{command.line}: a transcript runs flopkit commands only; mark the block "
+            f"<!-- doc-test: skip REASON --> (got {command.text!r})"
+        )
+    result = CliRunner().invoke(app, words[1:], env=env)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    lines = result.output.splitlines()
+    for stage in stages:
+        head = re.fullmatch(r"head(?: -n)? -?(\d+)", stage)
+        if head is None:
+            pytest.fail(
+                f"{transcript.path.name}:{command.line}: only '| head -N' is supported, got {stage!r}"
+            )
+        lines = lines[: int(head.group(1))]
+    return lines
+
+
+def _trim(lines: list[str]) -> list[str]:
+    lines = [line.rstrip() for line in lines]
+    while lines and not lines[-1]:
+        lines.pop()
+    return lines
+
+
+def matches(expected: list[str], actual: list[str]) -> bool:
+    """``actual`` equals ``expected``, where a line ``...`` alone stands for any number of lines."""
+    parts = [[]]
+    for line in expected:
+        if line.strip() == "...":
+            parts.append([])
+        else:
+            parts[-1].append(line)
+    if len(parts) == 1:
+        return actual == expected
+    first, *middle, last = parts
+    if actual[: len(first)] != first or (last and actual[-len(last) :] != last):
+        return False
+    if len(first) + len(last) > len(actual):
+        return False
+    rest = actual[len(first) : len(actual) - len(last)]
+    for part in middle:
+        at = next((i for i in range(len(rest) - len(part) + 1) if rest[i : i + len(part)] == part), None)
+        if at is None:
+            return False
+        rest = rest[at + len(part) :]
+    return True
+
+
+def _missing_library(text: str) -> str | None:
+    """The optional library a command's model spec needs and this environment lacks, else None."""
+    import importlib.util
+
+    for prefix, module in (("hf:", "transformers"), ("timm:", "timm")):
+        if prefix in text and importlib.util.find_spec(module) is None:
+            return module
+    return None
+
+
+@pytest.mark.parametrize("transcript", ALL, ids=[t.id for t in ALL])
+def test_transcript_output_matches_the_docs(transcript: Transcript, tmp_path, monkeypatch):
+    if transcript.skip:
+        pytest.skip(transcript.skip)
+    (tmp_path / "examples").symlink_to(ROOT / "examples")
+    (tmp_path / "docs").mkdir()
+    monkeypatch.chdir(tmp_path)
+    for name in transcript.needs:
+        FIXTURES[name](tmp_path / name)
+    missing = []
+    for command in transcript.commands:
+        if _missing_library(command.text):
+            missing.append(_missing_library(command.text))
+            continue
+        actual, expected = _trim(_run(command, transcript)), _trim(command.expected)
+        where = f"{transcript.path.relative_to(ROOT)}:{command.line}: $ {command.text}"
+        words = _parse(command.text)[1]
+        if len(words) > 1 and words[1] in TIMED_COMMANDS:
+            assert timed_shape(actual) == timed_shape(expected), where + "\n" + "\n".join(actual)
+        else:
+            diff = "\n".join(difflib.unified_diff(expected, actual, "docs", "now", lineterm=""))
+            assert matches(expected, actual), f"{where}\n{diff}"
+    if missing:
+        pytest.skip(f"{len(missing)} command(s) need {', '.join(sorted(set(missing)))}, not installed")
+
+
+def test_every_doc_has_its_transcripts_found():
+    readme = [t for t in ALL if t.path.name == "README.md"]
+    assert readme, "README.md has shell transcripts"
+    assert all(t.commands and t.commands[0].text for t in ALL)
+
+
+def test_timed_output_masks_timings_but_keeps_flops():
+    doc = [
+        "title",
+        "module  GFLOP   fwd ms  bound",
+        "------  -----  -------  -------",
+        "a       0.463    6.012  compute",
+        "  note with 1.5 ms and 3 GFLOP",
+    ]
+    run = ["title", "module  GFLOP  fwd ms  bound", "------  -----  ------  ------", "a       0.463   9.1    memory", "  note with 2.5 ms and 3 GFLOP"]  # fmt: skip
+    assert timed_shape(doc) == timed_shape(run)
+    changed = [*run[:3], "a       0.464   9.1    memory", run[4]]
+    assert timed_shape(doc) != timed_shape(changed)
+    assert timed_shape([*doc[:4], "  note with 1.5 ms and 4 GFLOP"]) != timed_shape(doc)
+
+
+@pytest.mark.parametrize(
+    ("expected", "actual", "ok"),
+    [
+        (["a", "b"], ["a", "b"], True),
+        (["a", "b"], ["a", "c"], False),
+        (["a", "...", "z"], ["a", "b", "c", "z"], True),
+        (["a", "...", "z"], ["a", "z"], True),
+        (["a", "...", "z"], ["a", "b"], False),
+        (["a", "...", "m", "...", "z"], ["a", "m", "x", "z"], True),
+        (["a", "...", "m", "...", "z"], ["a", "x", "z"], False),
+        (["a", "..."], ["a", "b", "c"], True),
+        (["a", "b", "...", "b", "c"], ["a", "b", "c"], False),  # the two ends may not overlap
+    ],
+)
+def test_an_ellipsis_line_stands_for_any_lines(expected, actual, ok):
+    assert matches(expected, actual) is ok
