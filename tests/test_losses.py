@@ -40,4 +40,4 @@ def test_main_output_takes_logits_before_other_tensors():
 
 def test_profile_refuses_loss_without_training():
     result = CliRunner().invoke(app, ["profile", "vit5-small", "--device", "cpu", "--loss", "mse"])
-    assert result.exit_code == 2 and "--loss applies only with --training" in result.stderr
+    assert result.exit_code == 2 and "--loss applies to a training step: add --training" in result.stderr
