@@ -504,7 +504,7 @@ CONVENTION_UNCOUNTED = frozenset({
 })  # fmt: skip
 """Plain pointwise arithmetic and reductions (residual adds, RoPE as tensor arithmetic, routing
 weights, hand-written norms outside a ``*RMSNorm`` module): not counted, by flopkit's convention
-(DESIGN.md §3); listed apart from the ops that have no formula at all."""
+(docs/conventions.md); listed apart from the ops that have no formula at all."""
 
 
 def has_dtensor(types) -> bool:
