@@ -411,7 +411,10 @@ class _ModulePath:
         parents = [p for p in self.tracker.parents if p != "Global"]
         if not parents:
             return ""
-        deepest = max(parents, key=lambda p: p.count("."))
+        # ModTracker's parents is a set: two modules of one depth active at once (a module that hands
+        # its input on, such as a dropout of p=0, and its sibling) tie; the name breaks the tie, so
+        # the answer does not depend on the hash seed.
+        deepest = max(parents, key=lambda p: (p.count("."), p))
         return deepest[len(self.prefix) + 1 :] if deepest.startswith(self.prefix + ".") else ""
 
 
