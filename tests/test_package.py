@@ -202,3 +202,15 @@ def test_source_subpackages_match_pyproject():
     assert setup_py["PACKAGE_BODY"] == PACKAGE_BODY
     for directory in SOURCE_SUBPACKAGES.values():
         assert (ROOT / directory / PACKAGE_BODY).is_file()
+
+
+def test_every_subpackage_is_in_the_distribution():
+    """A package missing from ``[tool.setuptools] packages`` is left out of the wheel: an installed
+    flopkit would fail to import it while a checkout works."""
+    tomllib = pytest.importorskip("tomllib")
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        listed = set(tomllib.load(f)["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "flopkit").rglob("__init__.py")}
+    from flopkit._source_tree import SOURCE_SUBPACKAGES
+
+    assert listed == found | set(SOURCE_SUBPACKAGES)
