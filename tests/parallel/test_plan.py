@@ -3,20 +3,12 @@ the checks that refuse a plan before any counting."""
 
 import pytest
 import torch
+from _parallel_models import LLAMA
 
 from flopkit.models import build_model
 from flopkit.nn import ViT5
 from flopkit.parallel import ParallelConfig, count_sharded, fsdp_units, resolve_tp_plan
 from flopkit.parallel.plan import check_tp_divides, glob_to_regex
-
-LLAMA = {
-    "num_hidden_layers": 2,
-    "hidden_size": 64,
-    "intermediate_size": 96,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 4,
-    "vocab_size": 100,
-}
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from _parallel_models import LLAMA
 from click.testing import CliRunner
 from flopkit.cli import app
 
@@ -12,14 +13,6 @@ from flopkit.models import build_model, load_model
 from flopkit.parallel import ParallelConfig, count_sharded
 from flopkit.parallel.memory import rank_memory
 
-LLAMA = {
-    "num_hidden_layers": 2,
-    "hidden_size": 64,
-    "intermediate_size": 96,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 4,
-    "vocab_size": 100,
-}
 LLAMA_ARGS = ["--model", "hf:llama", *[a for k, v in LLAMA.items() for a in ("--model-arg", f"{k}={v}")]]
 
 

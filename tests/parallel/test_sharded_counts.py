@@ -28,6 +28,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.distributed._functional_collectives as funcol
+from _parallel_models import LLAMA
 from torch.distributed.tensor import DTensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils import flop_counter
@@ -41,14 +42,6 @@ from flopkit.parallel.run import _meshes, apply_plan, check_sharding, clear_dten
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
 
-LLAMA = {
-    "num_hidden_layers": 2,
-    "hidden_size": 64,
-    "intermediate_size": 96,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 4,
-    "vocab_size": 100,
-}
 VIT = {"image_size": 32, "patch_size": 16, "hidden_dim": 64, "depth": 2, "num_heads": 4, "num_classes": 10}
 BATCH, SEQ = 2, 8
 
