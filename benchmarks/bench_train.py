@@ -176,12 +176,9 @@ def build_upstream(preset: str, root: str) -> torch.nn.Module:
 def training_flops(preset: str, batch: int) -> int:
     """The MFU numerator (the rule in docs/benchmarks.md): a training step's matmul + attention FLOPs as
     ``flopkit report --training`` counts them."""
-    from flopkit.flops.summary import flop_report
-    from flopkit.models import load_model
+    import flopkit
 
-    loaded = load_model(preset)
-    report = flop_report(loaded.module, num_tokens=loaded.tokens(), depth=0, batch=batch, training=True)
-    totals = report.rows[0].breakdown
+    totals = flopkit.count(preset, depth=0, batch=batch, training=True).by_category()
     return totals["matmul"] + totals["attention"]
 
 

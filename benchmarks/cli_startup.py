@@ -3,7 +3,7 @@
 Replaces the wall-clock assert that used to sit in the test suite (timings belong here, not in
 tests). Each run is a fresh interpreter that times, in-process: ``import torch``; ``import flopkit``
 and its CLI; building the model on the meta device (``flopkit.models.load_model``); the per-module
-rows (``flop_report``); rendering. Prints medians over the runs as a table (last), and writes them
+rows (``flopkit.count``); rendering. Prints medians over the runs as a table (last), and writes them
 to ``cli_startup_DEVICE.json`` and ``.md`` under ``--out`` (default ``$OUT``; nothing without either;
 ``benchmarks/_harness.py``). CPU only; from the repository root::
 
@@ -34,13 +34,13 @@ import torch
 t1 = time.perf_counter()
 import flopkit, flopkit.cli
 from flopkit.cli._render import render_flop_rows
-from flopkit.flops.summary import flop_report
+from flopkit.flops.count import count
 from flopkit.models import load_model
 gc.freeze()  # as flopkit.cli.main does
 t2 = time.perf_counter()
 loaded = load_model(sys.argv[1], sys.argv[2:])
 t3 = time.perf_counter()
-report = flop_report(loaded.module, num_tokens=loaded.tokens(), depth=2)
+report = count(loaded, depth=2)
 t4 = time.perf_counter()
 render_flop_rows(report.rows, "table", loaded.label, report.legend)
 t5 = time.perf_counter()

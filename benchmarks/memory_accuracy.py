@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import statistics
 import sys
 import time
@@ -319,16 +320,72 @@ def fit_check(device: str, budget_gib: float) -> dict[str, Any]:
     return out
 
 
+CHILD_MARK = "memory_accuracy child rows: "
+
+
+def run_cases(plan: list, device: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Predict and measure each ``(case, setting, options, batch)`` of ``plan`` in this process."""
+    rows, failures = [], []
+    for case, name, options, batch in plan:
+        options = dict(options)
+        training = options.pop("training", False)
+        options["training"] = training
+        try:
+            r = row(case, name, batch, options, device)
+            rows.append(r)
+            print(f"{r['model']:28s} {r['setting']:28s} pred {r['predicted_peak'] / GiB:7.3f} GiB  "
+                  f"meas {r['measured_peak'] / GiB:7.3f} GiB  {100 * r['error']:+6.2f}%", flush=True)  # fmt: skip
+        except Exception as exc:
+            failures.append({"model": case.name, "setting": name, "error": f"{type(exc).__name__}: {exc}"})
+            traceback.print_exc()
+    return rows, failures
+
+
+def run_isolated(plan: list, quick: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Each model's training settings in one fresh process, each inference case in its own: what a
+    process holds from an earlier case (a cuBLAS workspace of the autograd thread, made by a
+    training step, stays allocated for the process's life) is not the next case's memory."""
+    import subprocess
+
+    groups: dict[tuple[str, bool], list[int]] = {}
+    for i, (case, name, options, _) in enumerate(plan):
+        training = options.get("training", False)
+        groups.setdefault((case.name, training) if training else (f"{case.name} {name}", False), []).append(i)
+    rows, failures = [], []
+    for (label, _), indexes in groups.items():
+        cmd = [sys.executable, "-m", "benchmarks.memory_accuracy", "--child", ",".join(map(str, indexes)),
+               "--build", json.dumps(BUILD)] + (["--quick"] if quick else [])  # fmt: skip
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        sys.stderr.write(done.stderr[-4000:])
+        lines = [line for line in done.stdout.splitlines() if line.startswith(CHILD_MARK)]
+        for line in done.stdout.splitlines():
+            if not line.startswith(CHILD_MARK):
+                print(line, flush=True)
+        if done.returncode != 0 or not lines:
+            failures.append({"model": label, "error": f"child process exited {done.returncode}"})
+            continue
+        got, failed = json.loads(lines[-1][len(CHILD_MARK):])
+        rows += got
+        failures += failed
+    return rows, failures
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     ap.add_argument("--quick", action="store_true", help="three models, two settings")
     ap.add_argument("--fit-budget", type=float, default=8.0, help="GiB for the --fit check")
     ap.add_argument("--out", default=out_default())
+    ap.add_argument(
+        "--shared-process", action="store_true",
+        help="run every case in this process (default on CUDA: each model's cases in a fresh process)",
+    )
+    ap.add_argument("--child", help=argparse.SUPPRESS)  # plan indexes run by a child process
+    ap.add_argument("--build", help=argparse.SUPPRESS)  # the parent's probed cuBLAS workspace (JSON)
     a = ap.parse_args()
     if a.device == "cuda" and not torch.cuda.is_available():
         sys.exit("memory_accuracy: no CUDA device (use --device cpu --quick for a smoke test)")
-    if a.device == "cuda":
+    if a.device == "cuda" and a.child is None:
         BUILD.update(probe_workspace())  # first: the workspaces appear at a thread's first GEMM
         print(f"cuBLAS workspace of this build: {BUILD}", flush=True)
     rows, failures = [], []
@@ -347,18 +404,16 @@ def main() -> None:
                 plan.append((case, "inference kv-cache 512", {"kv_cache": 512}, 8))
                 plan.append((case, "inference kv-cache 512 bf16", {"kv_cache": 512, "autocast": "bf16"}, 8))
         plan.append((models(False)[0], "inference", {}, 64))
-    for case, name, options, batch in plan:
-        options = dict(options)
-        training = options.pop("training", False)
-        options["training"] = training
-        try:
-            r = row(case, name, batch, options, a.device)
-            rows.append(r)
-            print(f"{r['model']:28s} {r['setting']:28s} pred {r['predicted_peak'] / GiB:7.3f} GiB  "
-                  f"meas {r['measured_peak'] / GiB:7.3f} GiB  {100 * r['error']:+6.2f}%", flush=True)  # fmt: skip
-        except Exception as exc:
-            failures.append({"model": case.name, "setting": name, "error": f"{type(exc).__name__}: {exc}"})
-            traceback.print_exc()
+    if a.child is not None:  # one group of the plan, in this fresh process; rows as JSON on stdout
+        BUILD.update(json.loads(a.build or "{}"))
+        picked = [plan[int(i)] for i in a.child.split(",")]
+        print(CHILD_MARK + json.dumps(run_cases(picked, a.device)), flush=True)
+        return
+    if a.device == "cuda" and not a.shared_process:
+        rows, more = run_isolated(plan, a.quick)
+    else:
+        rows, more = run_cases(plan, a.device)
+    failures += more
     fit = None
     try:
         fit = fit_check(a.device, a.fit_budget)

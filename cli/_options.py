@@ -42,6 +42,17 @@ OPTION_NAMES = {
     "dst": "DST",
     "loss": "--loss",
     "rtol": "--rtol",
+    "kv_cache": "--kv-cache",
+    "padding_mask": "--input",
+    "inputs": "--input",
+    "causal_attention": "--causal-attention",
+    "checkpointing": "--checkpointing",
+    "depth": "--depth",
+    "seq_lens": "--seq-len",
+    "overrides": "--set",
+    "convention": "--convention",
+    "prompt_tokens": "--generate",
+    "steps": "--generate",
 }
 
 

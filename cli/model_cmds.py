@@ -5,7 +5,6 @@ Parses the model options, calls :mod:`flopkit.models` and :mod:`flopkit.flops`, 
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any
 
 import click
@@ -66,17 +65,6 @@ def parse_values(texts: tuple[str, ...]) -> tuple[dict[str, Any], list[str]]:
     return values, rest
 
 
-def attach_shapes(rows, cfg, module, batch: int) -> None:
-    """Give each row of a flopkit config's report the shapes of its module's first call (one
-    meta-device forward on the config's input)."""
-    from flopkit.config import model_input
-    from flopkit.flops.anymodel import layer_shapes
-
-    shapes = layer_shapes(module, (model_input(cfg, module, batch, "meta"),))
-    for row in rows:
-        row.shapes = shapes.get(row.path)
-
-
 def _shape_text(shapes: list[list[int]], dtypes: list[str]) -> str:
     return "; ".join(f"[{', '.join(map(str, s))}] {d}" for s, d in zip(shapes, dtypes, strict=True))
 
@@ -125,55 +113,6 @@ def render_model_rows(
     )
 
 
-def model_legend(
-    convention: str,
-    inputs,
-    count,
-    training: bool,
-    batch: int,
-    analytic: bool,
-    checkpointing: str = "none",
-    described: str | None = None,
-) -> list[str]:
-    """Legend lines of a ``--model`` report; ``analytic``: some rows come from flopkit modules."""
-    from flopkit.flops.anymodel import ANYMODEL_LEGEND, causal_legend, skipped_legend
-    from flopkit.flops.mixed import MIXED_LEGEND
-    from flopkit.formulas import counted_legend, training_legend
-
-    legend = [counted_legend(), MIXED_LEGEND] if analytic else []
-    legend += [
-        ANYMODEL_LEGEND,
-        causal_legend(count.causal, count.causal_calls, count.masked_calls, count.rules),
-        *skipped_legend(count.uncounted, count.convention_uncounted),
-        f"convention: {convention}; batch: {batch}; inputs: {described or inputs.describe()} ({inputs.origin}); per "
-        + ("training step" if training else "forward"),
-    ]
-    if training:
-        legend.append(
-            "--training on a model: measured rows count the backward with FlopCounterMode on the meta "
-            "device (loss = sum of the outputs; inputs do not require grad, so the first layer computes no "
-            "input gradient); analytic rows use the rule below."
-        )
-        legend.append(training_legend())
-        legend.append(hardware_legend(checkpointing))
-    return legend
-
-
-def hardware_legend(checkpointing: str) -> str:
-    """What ``hardware_flops`` adds to the model's FLOPs."""
-    from flopkit.formulas import HARDWARE_ATTENTION_BACKWARD
-
-    num, den = HARDWARE_ATTENTION_BACKWARD
-    text = (
-        "hardware = matmul + attention as CUDA kernels run them (the HFU numerator; MFU uses model "
-        f"FLOPs): SDPA backward at {num}/{den} of its forward (flash and memory-efficient kernels recompute "
-        "QK^T) where the model's count is 2x"
-    )
-    if checkpointing == "blocks":
-        text += "; --checkpointing blocks: each repeated layer's forward matmul + attention once more"
-    return text
-
-
 def run_forward(spec: str, fn, *args, **kwargs):
     """Call ``fn`` (a count over the user's model); an error inside the model becomes one line naming
     the spec, with the original message (:func:`flopkit.models.user_code`)."""
@@ -200,52 +139,27 @@ def parse_generate(text: str) -> tuple[int, int]:
     return p, n
 
 
-def _check_llm_options(model, spec, *, kv_cache, generate, seq_lens, training, columns, plot_path, values,
-                       causal, batch, input_shape, depth_given) -> None:  # fmt: skip
-    """Refuse option combinations that cannot apply, before any work."""
-    from flopkit.flops.llm import accepts_argument, cache_argument
-
-    if kv_cache is not None and kv_cache < 1:
-        raise click.BadParameter(f"expected a positive number of cached tokens, got {kv_cache}",
-                                 param_hint="--kv-cache")  # fmt: skip
+def _check_combinations(*, kv_cache, generate, seq_lens, columns, plot_path, values, depth_given) -> None:
+    """Refuse option combinations that cannot apply (the command's own rules), before any work; the
+    library checks each argument itself (:func:`flopkit.count`)."""
     if generate is not None and kv_cache is not None:
         raise click.UsageError("--generate counts its own KV cache: give --generate P:N or --kv-cache L")
-    if kv_cache is not None or generate is not None:
-        flag = "--kv-cache" if kv_cache is not None else "--generate"
-        if training:
-            raise click.UsageError(f"{flag} counts inference (decode); it does not apply with --training")
-        if input_shape is not None:
-            raise click.UsageError(f"{flag} feeds token ids: give --seq-len, not --input-shape")
-        if cache_argument(model) is None:
-            raise click.UsageError(
-                f"{flag}: --model {spec} takes no KV cache (its forward has no past_key_values/cache argument)"
-            )
-        if seq_lens is not None and len(seq_lens) > 1:
-            raise click.UsageError(f"{flag} takes one --seq-len (the new tokens per step)")
+    if kv_cache is not None and seq_lens is not None and len(seq_lens) > 1:
+        raise click.UsageError("--kv-cache takes one --seq-len (the new tokens per step)")
     if generate is not None:
         given = [f for f, v in (("--seq-len", seq_lens), ("--columns", columns), ("--plot", plot_path),
                                 ("--input", values)) if v] + (["--depth"] if depth_given else [])  # fmt: skip
         if given:
             raise click.UsageError(f"--generate gives one row per phase: {given[0]} does not apply")
-    if values:
-        mask = values["attention_mask"]
-        if causal != "exact":
-            raise click.UsageError(
-                "--input attention_mask values change which query-key pairs are kept: they apply with "
-                "--causal-attention exact"
-            )
-        if not accepts_argument(model, "attention_mask"):
-            raise click.UsageError(f"--input attention_mask: --model {spec} takes no attention_mask")
-        new = seq_lens[0] if seq_lens else (1 if kv_cache else None)
-        if new is None:
-            raise click.UsageError("--input attention_mask values need --seq-len N (the tokens they mask)")
-        keys = new + (kv_cache or 0)
-        if mask.shape[0] != batch or mask.shape[1] != keys:
-            raise click.BadParameter(
-                f"attention_mask must be [batch, cached + new tokens] = [{batch}, {keys}], got "
-                f"{list(mask.shape)}",
-                param_hint="--input",
-            )
+    if seq_lens is not None and len(seq_lens) > 1:
+        if columns:
+            raise click.UsageError("--columns applies to the per-module table, not to a --seq-len sweep")
+        if values:
+            raise click.UsageError("--input attention_mask values apply to one --seq-len")
+    elif plot_path is not None:
+        raise click.UsageError(
+            "--plot draws FLOPs against length: give two or more lengths, --seq-len 128,512"
+        )
 
 
 def report_model(
@@ -269,166 +183,51 @@ def report_model(
     values: dict | None = None,
     depth_given: bool = False,
 ) -> None:
-    """``flopkit report --model SPEC ...``: the per-module table, one row per ``--seq-len``, or one
-    row per phase of a generation (``--generate``). ``loaded``: the
-    :class:`~flopkit.models.LoadedModel` of the spec."""
-    from flopkit.flops.llm import build_kv_cache, cache_argument, moe_parameters
-    from flopkit.flops.mixed import mixed_rows
-    from flopkit.models import model_inputs
+    """``flopkit report --model SPEC ...``: :func:`flopkit.count` (the per-module table),
+    :func:`flopkit.count_sweep` (one row per ``--seq-len``) or :func:`flopkit.count_generation` (one
+    row per phase of ``--generate``), rendered. ``loaded``: the :class:`~flopkit.models.LoadedModel`."""
+    from flopkit.flops.count import count, count_generation, count_sweep
+    from flopkit.progress import progress_for
 
-    model, spec, model_args = loaded.module, loaded.spec, loaded.model_args
     values = values or {}
     generation = parse_generate(generate) if generate is not None else None
-    _check_llm_options(model, spec, kv_cache=kv_cache, generate=generation, seq_lens=seq_lens,
-                       training=training, columns=columns, plot_path=plot_path, values=values, causal=causal,
-                       batch=batch, input_shape=input_shape, depth_given=depth_given)  # fmt: skip
+    _check_combinations(kv_cache=kv_cache, generate=generation, seq_lens=seq_lens, columns=columns,
+                        plot_path=plot_path, values=values, depth_given=depth_given)  # fmt: skip
     if plot_path is not None:
         _check_plot_path(plot_path)
     if generation is not None:
-        _generation(model, spec, model_args, batch, generation, causal, strict, fmt)
+        if training:
+            raise click.UsageError("--generate counts inference (decode); it does not apply with --training")
+        result = count_generation(loaded, *generation, batch=batch, causal_attention=causal)
+        _strict_counts(strict, result.uncounted)
+        _render_generation(result, fmt)
         return
     if seq_lens is not None and len(seq_lens) > 1:
-        if columns:
-            raise click.UsageError("--columns applies to the per-module table, not to a --seq-len sweep")
-        if values:
-            raise click.UsageError("--input attention_mask values apply to one --seq-len")
-        _sweep(
-            model,
-            spec,
-            model_args,
-            batch,
-            seq_lens,
-            named_inputs,
-            causal,
-            training,
-            convention,
-            plot_path,
-            fmt,
-            strict,
-        )
+        with progress_for(fmt) as progress:
+            sweep = count_sweep(
+                loaded, seq_lens, batch=batch, named_inputs=named_inputs, training=training,
+                convention=convention, causal_attention=causal, progress=progress,
+            )  # fmt: skip
+        _strict_counts(strict, sweep.uncounted)
+        _render_sweep(sweep, fmt, plot_path)
         return
-    if plot_path is not None:
-        raise click.UsageError(
-            "--plot draws FLOPs against length: give two or more lengths, --seq-len 128,512"
-        )
-    seq_len = seq_lens[0] if seq_lens else (1 if kv_cache is not None else None)
-    inputs = model_inputs(
-        model,
-        batch=batch,
-        input_shape=input_shape,
-        seq_len=seq_len,
-        named=named_inputs,
-        spec=f"--model {spec}",
-    )
-    if kv_cache is not None:
-        cache = run_forward(spec, build_kv_cache, model, batch, kv_cache, f"--model {spec}")
-        inputs.kwargs[cache_argument(model)] = cache
-        inputs.origin += (
-            f"; a KV cache of {kv_cache} token(s) ({type(cache).__name__}, filled by an uncounted prefill)"
-        )
-    described = inputs.describe()  # before the run: a decode step appends to the cache
-    rows, count = run_forward(
-        spec, mixed_rows, model, (inputs.args, inputs.kwargs), convention, depth, training, causal,
-        padding_mask=values.get("attention_mask"), checkpointing=checkpointing,
+    result = count(
+        loaded, batch=batch, input_shape=input_shape, seq_len=seq_lens[0] if seq_lens else None,
+        named_inputs=named_inputs, training=training, convention=convention, causal_attention=causal,
+        depth=depth, checkpointing=checkpointing, kv_cache=kv_cache, padding_mask=values.get("attention_mask"),
     )  # fmt: skip
-    legend = model_legend(
-        convention, inputs, count, training, batch, _has_analytic(rows), checkpointing, described
-    )
-    moe = moe_parameters(model)
-    tokens = batch * (seq_len or 1)
-    if moe is not None:
-        legend.append(moe_legend(moe, rows[0].flops, tokens if seq_len else None, training))
-    _strict(strict, count)
+    _strict_counts(strict, result.measurement.uncounted)
     if fmt == "json":
-        data = {
-            "model": spec,
-            "model_args": model_args,
-            "batch": batch,
-            "inputs": described,
-            "kv_cache": kv_cache,
-            "convention": convention,
-            "causal_attention": causal,
-            "attention_rules": dict(count.rules),
-            "training": training,
-            "checkpointing": checkpointing,
-            "total_flops": rows[0].flops,
-            "hardware_flops": rows[0].hardware_flops,
-            "total_params": rows[0].params,
-            **(moe.to_dict() if moe is not None else {}),
-            **({"flops_per_token": rows[0].flops / tokens} if seq_len else {}),
-            "uncounted_ops": dict(count.uncounted),
-            "convention_uncounted_ops": dict(count.convention_uncounted),
-            "rows": [r.to_dict() for r in rows],
-            "legend": legend,
-        }
-        click.echo(render_json(data))
+        click.echo(render_json(result.to_dict()))
         return
-    title = f"{spec}: {rows[0].flops:,} FLOPs, {rows[0].params:,} parameters"
-    click.echo(render_model_rows(rows, fmt, title, legend, columns, training))
+    title = f"{loaded.label}: {result.total_flops:,} FLOPs, {result.total_params:,} parameters"
+    click.echo(render_model_rows(result.rows, fmt, title, result.legend, columns, training))
 
 
-def moe_legend(moe, flops: int, tokens: int | None, training: bool) -> str:
-    """The mixture-of-experts legend line: routing assumption, active and total parameters."""
-    groups = "; ".join(f"{g['path']}: top-{g['top_k']} of {g['experts']}" for g in moe.groups[:3])
-    more = f" and {len(moe.groups) - 3} more" if len(moe.groups) > 3 else ""
-    text = (
-        f"mixture of experts ({groups}{more}): each token runs exactly its top-k routed experts (exact "
-        "whatever the router picks; shared experts always on); parameters "
-        f"{moe.active:,} active of {moe.total:,} total"
-    )
-    if tokens:
-        text += f"; {flops / tokens:,.0f} active FLOPs per token" + (" (training step)" if training else "")
-    return text
-
-
-def _strict(strict: bool, count) -> None:
-    _strict_counts(strict, count.uncounted)
-
-
-def _generation(model, spec, model_args, batch, generation, causal, strict, fmt) -> None:
-    from flopkit.flops.anymodel import causal_legend, skipped_legend
-    from flopkit.flops.llm import count_generation, moe_parameters
-
-    prompt, steps = generation
-    counts = []
-
-    def count(model, args, kwargs, causal):
-        from flopkit.flops.mixed import mixed_rows
-
-        rows, measured = mixed_rows(model, (args, kwargs), "flopkit", 0, False, causal)
-        counts.append(measured)
-        return dict(rows[0].breakdown)
-
-    gen = run_forward(spec, count_generation, model, prompt, steps, batch=batch, causal=causal, count=count,
-                      label=f"--model {spec}")  # fmt: skip
-    rules, uncounted, convention = Counter(), Counter(), Counter()
-    causal_calls = masked_calls = 0
-    for c in counts:
-        causal_calls += c.causal_calls
-        masked_calls += c.masked_calls
-        rules.update(c.rules)
-        uncounted.update(c.uncounted)
-        convention.update(c.convention_uncounted)
-    moe = moe_parameters(model)
-    legend = [
-        f"generation: a prefill of {prompt} token(s), then {steps} decode step(s); step k feeds one token "
-        f"against {prompt}+k cached (the model's own cache, filled by an uncounted prefill on the meta device)",
-        "decode total: steps counted at cache lengths "
-        f"{', '.join(map(str, gen.evaluated[:8]))}{' ...' if len(gen.evaluated) > 8 else ''} and summed exactly "
-        "(per category a step's FLOPs are concave and piecewise linear in the cache length: linear pieces "
-        "are summed in closed form)",
-        causal_legend(causal, causal_calls, masked_calls, rules),
-        *skipped_legend(uncounted, convention),
-        f"batch: {batch}; FLOPs per token = FLOPs / (batch x tokens of the phase)",
-    ]
-    if moe is not None:
-        legend.append(moe_legend(moe, 0, None, False))
-    _strict_counts(strict, uncounted)
-    data = gen.to_dict()
+def _render_generation(result, fmt: str) -> None:
+    data = result.to_dict()
     if fmt == "json":
-        click.echo(render_json({"model": spec, "model_args": model_args, "causal_attention": causal,
-                                **data, **(moe.to_dict() if moe is not None else {}),
-                                "uncounted_ops": dict(uncounted), "legend": legend}))  # fmt: skip
+        click.echo(render_json(data))
         return
     headers = ["phase", "tokens", "cached", *CATEGORIES, "total", "FLOPs / token"]
     body = [
@@ -436,7 +235,34 @@ def _generation(model, spec, model_args, batch, generation, causal, strict, fmt)
          f"{r['flops_per_token']:,.0f}"]
         for r in data["rows"]
     ]  # fmt: skip
-    title = f"{spec}: generation {prompt}:{steps}, {data['total_flops']:,} FLOPs"
+    gen = result.generation
+    title = f"{result.label}: generation {gen.prompt_tokens}:{gen.steps}, {data['total_flops']:,} FLOPs"
+    click.echo(render_rows(headers, body, fmt, title=None if fmt == "csv" else title,
+                           notes=[] if fmt == "csv" else result.legend))  # fmt: skip
+
+
+def _render_sweep(sweep, fmt: str, plot_path: str | None) -> None:
+    written = sweep.plot(plot_path) if plot_path else None
+    legend = list(sweep.legend)
+    if fmt == "json":
+        data = sweep.to_dict()
+        if written:
+            data["plot"] = written
+        click.echo(render_json(data))
+        return
+    headers = ["seq_len", *CATEGORIES, "total", "FLOPs / token"]
+    if sweep.training:
+        headers += ["forward", "backward"]
+    body = []
+    for p in sweep.points:
+        line = [p["seq_len"], *[p["breakdown"][c] for c in CATEGORIES], p["total_flops"]]
+        line.append(f"{p['total_flops'] / (p['seq_len'] * sweep.batch):,.0f}")
+        if sweep.training:
+            line += [p["forward_flops"], p["backward_flops"]]
+        body.append(line)
+    if written and fmt != "csv":
+        legend.append(f"plot: {written}")
+    title = f"{sweep.label}: FLOPs by sequence length ({sweep.params:,} parameters)"
     click.echo(render_rows(headers, body, fmt, title=None if fmt == "csv" else title,
                            notes=[] if fmt == "csv" else legend))  # fmt: skip
 
@@ -445,97 +271,6 @@ def _strict_counts(strict: bool, uncounted) -> None:
     if strict and uncounted:
         ops = ", ".join(f"{op} x{n}" for op, n in sorted(uncounted.items()))
         raise click.UsageError(f"--strict: ops without a FLOP formula ran (counted as 0): {ops}")
-
-
-def _has_analytic(rows) -> bool:
-    return any(r.source != "measured" for r in rows)
-
-
-def _sweep(
-    model, spec, model_args, batch, seq_lens, named_inputs, causal, training, convention, plot_path, fmt,
-    strict=False,
-):  # fmt: skip
-    from flopkit.models import model_inputs
-    from flopkit.progress import progress_for
-
-    for n in seq_lens:  # every length is checked before the first is counted
-        model_inputs(model, batch=batch, seq_len=n, named=named_inputs, spec=f"--model {spec}")
-    results = []
-    with progress_for(fmt) as progress:
-        for n in progress.iterate(seq_lens, "seq-len sweep"):
-            row = _sweep_row(model, spec, batch, n, named_inputs, causal, training, convention)
-            _strict(strict, row["_last"][2])
-            results.append(row)
-    inputs, rows, count = results[-1].pop("_last")
-    for r in results:
-        r.pop("_last", None)
-    label = spec + (f" ({', '.join(f'{k}={v}' for k, v in model_args.items())})" if model_args else "")
-    written = _plot_sweep(results, label, causal, plot_path) if plot_path else None
-    legend = model_legend(convention, inputs, count, training, batch, _has_analytic(rows))
-    at = next(i for i, line in enumerate(legend) if line.startswith("convention: "))
-    legend[at] = f"convention: {convention}; batch: {batch}; int64 ids [batch, seq_len]; per " + (
-        "training step" if training else "forward"
-    )
-    if fmt == "json":
-        data = {
-            "model": spec,
-            "model_args": model_args,
-            "batch": batch,
-            "causal_attention": causal,
-            "training": training,
-            "params": rows[0].params,
-            "rows": results,
-            "legend": legend,
-        }
-        if written:
-            data["plot"] = str(written)
-        click.echo(render_json(data))
-        return
-    headers = ["seq_len", *CATEGORIES, "total", "FLOPs / token"]
-    if training:
-        headers += ["forward", "backward"]
-    body = []
-    for r in results:
-        line = [r["seq_len"], *[r["breakdown"][c] for c in CATEGORIES], r["total_flops"]]
-        line.append(f"{r['total_flops'] / (r['seq_len'] * batch):,.0f}")
-        if training:
-            line += [r["forward_flops"], r["backward_flops"]]
-        body.append(line)
-    if written and fmt != "csv":
-        legend.append(f"plot: {written}")
-    click.echo(
-        render_rows(
-            headers,
-            body,
-            fmt,
-            title=None
-            if fmt == "csv"
-            else f"{spec}: FLOPs by sequence length ({rows[0].params:,} parameters)",
-            notes=[] if fmt == "csv" else legend,
-        )
-    )
-
-
-def _sweep_row(model, spec, batch, n, named_inputs, causal, training, convention) -> dict:
-    """One length of a ``--seq-len`` sweep: the whole model's FLOPs (``_last``: the inputs, rows and
-    count, which the legend reads from the last length)."""
-    from flopkit.flops.mixed import mixed_rows
-    from flopkit.models import model_inputs
-
-    inputs = model_inputs(model, batch=batch, seq_len=n, named=named_inputs, spec=f"--model {spec}")
-    rows, count = run_forward(
-        spec, mixed_rows, model, (inputs.args, inputs.kwargs), convention, 0, training, causal
-    )
-    top = rows[0]
-    backward = sum(top.backward.values()) if top.backward is not None else 0
-    return {
-        "seq_len": n,
-        "breakdown": dict(top.breakdown),
-        "total_flops": top.flops,
-        "forward_flops": top.flops - backward,
-        "backward_flops": backward,
-        "_last": (inputs, rows, count),
-    }
 
 
 def _check_plot_path(path: str) -> None:
@@ -547,35 +282,6 @@ def _check_plot_path(path: str) -> None:
         import matplotlib  # noqa: F401
     except ImportError:
         raise click.UsageError("--plot needs matplotlib: pip install 'flopkit[plot]'") from None
-
-
-def _plot_sweep(results: list[dict], spec: str, causal: str, path: str):
-    from pathlib import Path
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    target = Path(path)
-    lens = [r["seq_len"] for r in results]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for cat in CATEGORIES:
-        values = [r["breakdown"][cat] for r in results]
-        if any(values):
-            ax.plot(lens, values, marker="o", label=cat)
-    ax.plot(lens, [r["total_flops"] for r in results], marker="o", color="black", label="total")
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("sequence length (tokens)")
-    ax.set_ylabel("FLOPs")
-    ax.set_title(f"{spec} (causal attention: {causal})")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(target, dpi=120)
-    plt.close(fig)
-    return target
 
 
 def validate_model(

@@ -217,27 +217,14 @@ def profile(
 
 
 def _flop_report(loaded, inputs, depth, training, convention):
-    """``flopkit report``'s rows for the run (the same counts ``report`` gives)."""
-    from flopkit.flops.summary import flop_report
-    from flopkit.models import user_code
+    """:func:`flopkit.count` of the run (the same counts ``report`` gives)."""
+    from flopkit.flops.count import count
 
     if loaded.is_config:
-        return flop_report(
-            loaded.module,
-            num_tokens=loaded.tokens(),
-            convention=convention,
-            depth=depth,
-            batch=inputs.args[0].shape[0],
-            training=training,
+        return count(
+            loaded, batch=inputs.args[0].shape[0], training=training, convention=convention, depth=depth
         )
-    with user_code(loaded.spec, f"the forward on {inputs.describe()}"):
-        return flop_report(
-            loaded.module,
-            inputs=(inputs.args, inputs.kwargs),
-            convention=convention,
-            depth=depth,
-            training=training,
-        )
+    return count(loaded, inputs, training=training, convention=convention, depth=depth)
 
 
 def _legend(result, report_legend: list[str]) -> list[str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import click
 
 from flopkit.flops.llm import CHECKPOINTING
-from flopkit.flops.summary import flop_report
 from flopkit.report import render_json
 
 from ._options import (
@@ -115,8 +114,9 @@ def report(
     and collectives per layer, memory, compute against communication time, MFU/HFU (--step-ms).
     """
     from flopkit.checks import check_output_path
+    from flopkit.flops.count import count
 
-    from .model_cmds import attach_shapes, parse_columns, parse_values, render_model_rows, report_model
+    from .model_cmds import parse_columns, parse_values, render_model_rows, report_model
 
     if plot_path is not None:  # output paths first, before anything is read or built
         check_output_path(plot_path, "plot_path")
@@ -150,23 +150,20 @@ def report(
             depth_given=given(ctx, "depth"),
         )  # fmt: skip
         return
-    result = flop_report(
-        loaded.module,
-        num_tokens=loaded.tokens(),
-        convention=convention,
-        depth=depth,
+    result = count(
+        loaded,
         batch=batch,
         training=training,
-        info={"config": loaded.to_dict()},
+        convention=convention,
+        depth=depth,
         checkpointing=checkpointing,
     )
-    if fmt == "json" or column_groups:
-        attach_shapes(result.rows, loaded.config, loaded.module, batch)
     if fmt == "json":
         click.echo(render_json(result.to_dict()))
         return
     title = f"{loaded.label}: {result.total_flops:,} FLOPs, {result.total_params:,} parameters"
     if column_groups:
+        result.attach_shapes()
         click.echo(render_model_rows(result.rows, fmt, title, result.legend, column_groups, training))
         return
     click.echo(render_flop_rows(result.rows, fmt, title, result.legend, source=result.measured))

@@ -32,6 +32,12 @@ def register_formula(op, fn, category: str = "matmul") -> None:
 
 # Entry points that sit above the modules, imported on first use (the package stays light).
 _LAZY = {
+    "count": ("flopkit.flops.count", "count"),
+    "FlopCount": ("flopkit.flops.count", "FlopCount"),
+    "count_sweep": ("flopkit.flops.count", "count_sweep"),
+    "FlopSweep": ("flopkit.flops.count", "FlopSweep"),
+    "count_generation": ("flopkit.flops.count", "count_generation"),
+    "GenerationCount": ("flopkit.flops.count", "GenerationCount"),
     "load_vit5": ("flopkit.checkpoints", "load_vit5"),
     "memory": ("flopkit.step_memory", "memory"),
     "fit_batch": ("flopkit.step_memory", "fit_batch"),
@@ -63,6 +69,12 @@ __all__ = [
     "ViT5",
     "ViT5Config",
     "load_vit5",
+    "count",
+    "FlopCount",
+    "count_sweep",
+    "FlopSweep",
+    "count_generation",
+    "GenerationCount",
     "register_formula",
     "memory",
     "fit_batch",

@@ -1,12 +1,12 @@
-"""Whole reports as data: per-module FLOP rows with their legend, and validation runs.
+"""The analytic rows behind :func:`flopkit.count` for flopkit modules, and validation runs: the
+same count against fvcore and torch's ``FlopCounterMode``, reconciled per module and category.
 
-What the ``report`` and ``validate`` commands print, computed here so that tests and other tools
-call the same functions; the CLI only renders the results.
+What the ``report`` and ``validate`` commands print is computed here and in
+:mod:`flopkit.flops.count`; the CLI only renders the results.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -23,142 +23,60 @@ from flopkit.formulas import (
 from flopkit.progress import SILENT, Progress
 
 from .analytic import FlopRow, breakdown_at, flop_rows, flop_tree
-from .llm import CHECKPOINTING, checkpoint_blocks, hardware_flops
-from .mixed import MIXED_LEGEND, mixed_rows
+from .llm import checkpoint_blocks, hardware_flops
 
-__all__ = ["FlopReport", "flop_report", "COUNTERS", "measure_config", "validate_config"]
+__all__ = ["analytic_rows", "COUNTERS", "measure_config", "validate_config", "validate_model"]
 
 COUNTERS = ("fvcore", "torch")
 
 
-@dataclass
-class FlopReport:
-    """Per-module rows (``rows[0]`` is the whole model) and the legend that explains them."""
-
-    rows: list[FlopRow]
-    legend: list[str]
-    convention: str
-    batch: int
-    training: bool
-    info: dict[str, Any] = field(default_factory=dict)  # what the run was given (config, input shape)
-    measured: bool = False  # rows come from a measured run (any nn.Module), each marked with its source
-
-    @property
-    def total_flops(self) -> int:
-        return self.rows[0].flops
-
-    @property
-    def total_params(self) -> int:
-        return self.rows[0].params
-
-    @property
-    def hardware_flops(self) -> int | None:
-        """matmul + attention as CUDA kernels run them (:func:`~flopkit.flops.llm.hardware_flops`)."""
-        return self.rows[0].hardware_flops
-
-    def to_dict(self) -> dict[str, Any]:
-        rows = [r.to_dict() for r in self.rows]
-        if not self.measured:
-            rows = [{k: v for k, v in r.items() if k != "source"} for r in rows]
-        return {
-            **self.info,
-            "convention": self.convention,
-            "batch": self.batch,
-            "training": self.training,
-            "total_flops": self.total_flops,
-            "hardware_flops": self.hardware_flops,
-            "total_params": self.total_params,
-            "rows": rows,
-            "legend": self.legend,
-        }
-
-
-def flop_report(
+def analytic_rows(
     module: nn.Module,
-    *,
-    num_tokens: int | None = None,
-    input_shape: tuple[int, ...] | None = None,
-    inputs: tuple[tuple, dict] | None = None,
+    num_tokens: int,
     convention: str = "flopkit",
     depth: int | None = None,
     batch: int = 1,
     training: bool = False,
-    info: dict[str, Any] | None = None,
     checkpointing: str = "none",
-) -> FlopReport:
-    """Per-module FLOPs of ``module`` (on the meta device).
+) -> tuple[list[FlopRow], list[str]]:
+    """Per-module rows of a flopkit module counted analytically on ``num_tokens`` tokens per sample
+    times ``batch``, and the legend that explains them (:func:`flopkit.count`'s analytic path).
 
-    A flopkit module is counted analytically on ``num_tokens`` tokens per sample (default: its own
-    ``T``) times ``batch``. Any other module needs ``input_shape`` (batch included) and is measured
-    by FlopCounterMode, with flopkit sub-modules counted analytically; ``batch`` must then be 1
-    (the batch is the shape's first entry). ``inputs`` (``(args, kwargs)`` of meta tensors, batch
-    included) replaces ``input_shape`` for a model with several or keyword inputs. Every row carries
-    its hardware FLOPs (:func:`~flopkit.flops.llm.hardware_flops`; ``checkpointing="blocks"``
+    Every row carries its hardware FLOPs (:func:`~flopkit.flops.llm.hardware_flops`: flopkit's
+    attention runs SDPA, whose flash-style backward recomputes QK^T; ``checkpointing="blocks"``
     recomputes each repeated block's forward in a training step).
     """
     check_convention(convention)
-    if checkpointing not in CHECKPOINTING:
-        raise ValueError(f"checkpointing must be one of {', '.join(CHECKPOINTING)}, got {checkpointing!r}")
-    if checkpointing != "none" and not training:
-        raise ValueError("checkpointing applies to a training step (training=True)")
+    tree = flop_tree(module, num_tokens, convention)
+    rows = flop_rows(module, tree, depth=depth, batch=batch, training=training)
     block_forward: dict[str, dict[str, int]] = {}
-    legend = [counted_legend()]
-    if input_shape is not None and inputs is not None:
-        raise ValueError("give input_shape or inputs, not both")
-    measured = input_shape is not None or inputs is not None
-    if not measured:
-        tree = flop_tree(
-            module, module.default_flop_tokens() if num_tokens is None else num_tokens, convention
-        )
-        rows = flop_rows(module, tree, depth=depth, batch=batch, training=training)
-        run = f"batch: {batch}"
-        if checkpointing == "blocks":
-            nodes = {node.path: node for node in tree.walk()}
-            block_forward = {
-                b: scale_breakdown(breakdown_at(b, nodes), batch) for b in checkpoint_blocks(module)
-            }
-    else:
-        if batch != 1:
-            raise ValueError(
-                "batch applies to a preset or config; with an input shape or inputs the batch is its first "
-                f"entry ({input_shape[0] if input_shape is not None else 'of each tensor'})"
-            )
-        if inputs is None:
-            with torch.device("meta"):
-                rows, _ = mixed_rows(
-                    module, torch.empty(input_shape), convention, depth, training, checkpointing=checkpointing
-                )
-            run = f"input shape: {list(input_shape)}"
-        else:
-            rows, _ = mixed_rows(module, inputs, convention, depth, training, checkpointing=checkpointing)
-            shapes = [list(t.shape) for t in (*inputs[0], *inputs[1].values())]
-            run = f"inputs: {', '.join(map(str, shapes))}"
-        legend.append(MIXED_LEGEND)
-    legend.append(f"convention: {convention}; {run}; per {'training step' if training else 'forward'}")
+    if checkpointing == "blocks":
+        nodes = {node.path: node for node in tree.walk()}
+        block_forward = {b: scale_breakdown(breakdown_at(b, nodes), batch) for b in checkpoint_blocks(module)}
+    legend = [counted_legend(), f"convention: {convention}; batch: {batch}; per {'training step' if training else 'forward'}"]
     if training:
         legend.append(training_legend())
     for row in rows:
-        if row.hardware_flops is None:  # analytic rows: flopkit's attention runs SDPA (flash-style)
-            forward = row.breakdown
-            if row.backward is not None:
-                forward = {c: v - row.backward.get(c, 0) for c, v in row.breakdown.items()}
-            inside = any(row.path == b or row.path.startswith(b + ".") for b in block_forward)
-            recompute = (
-                forward
-                if inside
-                else add_breakdowns(*(f for b, f in block_forward.items() if row.path == "" or b.startswith(row.path + ".")))
-            )  # fmt: skip
-            row.hardware_flops = hardware_flops(
-                row.breakdown,
-                flash_backward_extra(forward["attention"]) if training else 0,
-                recompute if block_forward else None,
-            )
+        forward = row.breakdown
+        if row.backward is not None:
+            forward = {c: v - row.backward.get(c, 0) for c, v in row.breakdown.items()}
+        inside = any(row.path == b or row.path.startswith(b + ".") for b in block_forward)
+        recompute = (
+            forward
+            if inside
+            else add_breakdowns(*(f for b, f in block_forward.items() if row.path == "" or b.startswith(row.path + ".")))
+        )  # fmt: skip
+        row.hardware_flops = hardware_flops(
+            row.breakdown,
+            flash_backward_extra(forward["attention"]) if training else 0,
+            recompute if block_forward else None,
+        )
     if checkpointing == "blocks":
         legend.append(
             "hardware FLOPs: activation checkpointing of blocks recomputes the forward matmul + attention "
             f"of {len(block_forward) or 'each'} repeated block(s) in the backward"
         )
-    return FlopReport(rows, legend, convention, batch, training, dict(info or {}), measured)
+    return rows, legend
 
 
 def measure_config(
@@ -234,8 +152,8 @@ def validate_model(
     plain: tuple[str, ...] = (),
     progress: Progress | None = None,
 ):
-    """flopkit's report of any model (``mixed_rows``: analytic where flopkit has formulas, measured
-    elsewhere) against FlopCounterMode on the meta device and fvcore on a CPU copy built from
+    """flopkit's count of any model (:func:`flopkit.count`: analytic where flopkit has formulas,
+    measured elsewhere) against FlopCounterMode on the meta device and fvcore on a CPU copy built from
     ``spec`` and ``model_args`` (real, seeded weights), per module and category.
 
     ``model`` is the meta-device model, ``inputs`` its :class:`~flopkit.models.ModelInputs`; an error
@@ -247,9 +165,10 @@ def validate_model(
     CPU copy, each difference from flopkit with its cause (the reconciliation's ``plain``).
     """
     from flopkit.checks import check_tolerance
-    from flopkit.models import build_model, real_inputs, user_code
+    from flopkit.models import LoadedModel, build_model, real_inputs, user_code
 
     from .anymodel import count_model
+    from .count import count
     from .measured import count_fvcore_any
     from .reconcile import reconcile_rows
 
@@ -261,7 +180,8 @@ def validate_model(
     progress = progress or SILENT
     with user_code(label, "running the model"):
         progress.phase("flopkit: counting on meta")
-        rows, _ = mixed_rows(model, (inputs.args, inputs.kwargs), "flopkit", depth)
+        loaded = LoadedModel(label=label, module=model, spec=spec, model_args=dict(model_args or {}))
+        rows = count(loaded, inputs, depth=depth).rows
         measurements = []
         cpu = real = None
         if "fvcore" in counters or plain:

@@ -130,16 +130,16 @@ def _eager_and_op(name):
         ("head_norm", lambda x, w, b: (x, w.expand(3, 8).contiguous(), b, 3, 8, 1e-5, "layer")),
     ],
 )
-def test_eager_path_matches_custom_op_path_in_the_interpreter(name, args):
+def test_eager_path_matches_custom_op_path(name, args):
     """A plain eager call launches the kernels through the generated autograd.Function; the custom
     op (what torch.compile and the counters see) must give the same values and gradients."""
     eager, op = _eager_and_op(name)
     results = []
     for fn in (eager, op):
         torch.manual_seed(4)
-        x = torch.randn(5, 24, requires_grad=True)
-        w = torch.randn(8, requires_grad=True)
-        b = torch.randn(3, 8, requires_grad=True)
+        x = torch.randn(5, 24, device=device(), requires_grad=True)  # CUDA, or the CPU interpreter
+        w = torch.randn(8, device=device(), requires_grad=True)
+        b = torch.randn(3, 8, device=device(), requires_grad=True)
         out = fn(*args(x, w, b))
         outs = out if isinstance(out, tuple) else (out,)
         torch.manual_seed(5)
