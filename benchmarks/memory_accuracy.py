@@ -364,7 +364,7 @@ def run_isolated(plan: list, quick: bool) -> tuple[list[dict[str, Any]], list[di
         if done.returncode != 0 or not lines:
             failures.append({"model": label, "error": f"child process exited {done.returncode}"})
             continue
-        got, failed = json.loads(lines[-1][len(CHILD_MARK):])
+        got, failed = json.loads(lines[-1][len(CHILD_MARK) :])
         rows += got
         failures += failed
     return rows, failures
@@ -377,7 +377,8 @@ def main() -> None:
     ap.add_argument("--fit-budget", type=float, default=8.0, help="GiB for the --fit check")
     ap.add_argument("--out", default=out_default())
     ap.add_argument(
-        "--shared-process", action="store_true",
+        "--shared-process",
+        action="store_true",
         help="run every case in this process (default on CUDA: each model's cases in a fresh process)",
     )
     ap.add_argument("--child", help=argparse.SUPPRESS)  # plan indexes run by a child process

@@ -53,7 +53,10 @@ def analytic_rows(
     if checkpointing == "blocks":
         nodes = {node.path: node for node in tree.walk()}
         block_forward = {b: scale_breakdown(breakdown_at(b, nodes), batch) for b in checkpoint_blocks(module)}
-    legend = [counted_legend(), f"convention: {convention}; batch: {batch}; per {'training step' if training else 'forward'}"]
+    legend = [
+        counted_legend(),
+        f"convention: {convention}; batch: {batch}; per {'training step' if training else 'forward'}",
+    ]
     if training:
         legend.append(training_legend())
     for row in rows:
