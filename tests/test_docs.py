@@ -318,3 +318,54 @@ def test_timed_output_masks_timings_but_keeps_flops():
 )
 def test_an_ellipsis_line_stands_for_any_lines(expected, actual, ok):
     assert matches(expected, actual) is ok
+
+
+# ------------------------------------------------------------------------------------------------
+# Python blocks: a ``print(...)  # VALUE`` line states what it prints.
+
+PRINTED = re.compile(r"^print\(.*\)\s+#\s+(?P<value>\S.*?)\s*$")
+
+
+def python_blocks(path: Path) -> list[tuple[int, str]]:
+    """``(line, source)`` of every fenced ``python`` block of ``path`` with at least one stated value."""
+    blocks, lines = [], path.read_text().splitlines()
+    i = 0
+    while i < len(lines):
+        if lines[i].strip() == "```python":
+            start, body = i + 1, []
+            i += 1
+            while i < len(lines) and lines[i].strip() != "```":
+                body.append(lines[i])
+                i += 1
+            if any(PRINTED.match(line) for line in body):
+                blocks.append((start, "\n".join(body)))
+        i += 1
+    return blocks
+
+
+PYTHON_BLOCKS = [(path, line, source) for path in DOCS for line, source in python_blocks(path)]
+
+
+@pytest.mark.parametrize(
+    ("path", "line", "source"), PYTHON_BLOCKS, ids=[f"{p.relative_to(ROOT)}:{n}" for p, n, _ in PYTHON_BLOCKS]
+)
+def test_python_block_prints_what_its_comments_state(path, line, source, capsys, monkeypatch):
+    """Each ``print(...)  # VALUE`` prints VALUE: exactly, or as a prefix where VALUE ends in
+    ``...`` or ``...}``. Blocks naming ``hf:``/``timm:`` models skip where the library is missing."""
+    missing = _missing_library(source)
+    if missing:
+        pytest.skip(missing)
+    monkeypatch.chdir(ROOT)
+    exec(compile(source, f"{path.name}:{line}", "exec"), {"__name__": "__doc_block__"})
+    printed = capsys.readouterr().out.splitlines()
+    stated = [PRINTED.match(s).group("value") for s in source.splitlines() if PRINTED.match(s)]
+    assert len(printed) == len(stated), printed
+    for value, out in zip(stated, printed, strict=True):
+        if value.endswith("...}") or value.endswith("..."):
+            assert out.startswith(value.rstrip(".}").rstrip(", ")), (value, out)
+        else:
+            assert out == value, (value, out)
+
+
+def test_the_readme_has_a_checked_python_block():
+    assert any(p.name == "README.md" for p, _, _ in PYTHON_BLOCKS)

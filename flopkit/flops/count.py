@@ -113,7 +113,9 @@ class FlopCount:
 
         For an analytic count this runs the model once on the meta device the first time it is
         asked; under the ``nvsubquadratic`` convention or with ``training`` its sum differs from
-        :meth:`total` (the operators are the forward as it runs, in flopkit's convention)."""
+        :meth:`total` (the operators are the forward as it runs, in flopkit's convention). With
+        ``causal_attention="half"`` or ``"exact"`` the pairs the rule drops are one negative entry,
+        ``flopkit.measured.causal_masked``, beside the ``bmm`` that counted all of them."""
         measurement = self._measurement()
         if path not in measurement.raw and all(r.path != path for r in self.rows):
             raise KeyError(f"path {path!r} is not a module of {self.label}")
