@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from flopkit import formulas
-from flopkit.checks import InputError
+from flopkit.checks import InputError, check_seq_len
 from flopkit.formulas import CATEGORIES, check_convention
 
 from .analytic import FlopRow, depth_of, is_analytic
@@ -506,6 +506,8 @@ def _count_measured(
             seq_len=seq_len, named=named_inputs, spec=label,
         )  # fmt: skip
     keys = None if seq_len is None else seq_len + (kv_cache or 0)
+    if kv_cache is not None:  # the cache and the new tokens share the model's positions
+        check_seq_len(model, keys, "kv_cache", kv_cache)
     _check_padding(model, label, padding_mask, causal=causal, batch=batch, keys=keys)
     if kv_cache is not None:
         with user_code(label, "running the model"):
@@ -785,6 +787,8 @@ def count_generation(
             "prompt_tokens", prompt_tokens,
             f"{loaded.label} takes no KV cache (its forward has no past_key_values/cache argument)",
         )  # fmt: skip
+    check_seq_len(loaded.module, prompt_tokens, "prompt_tokens")
+    check_seq_len(loaded.module, prompt_tokens + steps, "steps", steps)  # the last step's positions
     counts = []
 
     def one(model, args, kwargs, causal):
