@@ -67,7 +67,7 @@ OPTION_NAMES = {
     "gbps": "--gbps",
     "step_ms": "--step-ms",
     "optimizer_states": "--optimizer-states",
-    "against": "--against",
+    "counters": "--against",
     "tokens": "--tokens",
     "pairing": "--pairing",
     "plot_path": "--plot",

@@ -13,6 +13,8 @@ import click
 from flopkit.formulas import CATEGORIES
 from flopkit.report import percent, render_json, render_rows
 
+from ._options import cli_text
+
 COLUMN_GROUPS = ("shapes", "memory")
 
 
@@ -156,7 +158,7 @@ def model_legend(
         )
         legend.append(training_legend())
         legend.append(hardware_legend(checkpointing))
-    return legend
+    return [cli_text(line) for line in legend]
 
 
 def hardware_legend(checkpointing: str) -> str:
@@ -318,7 +320,7 @@ def report_model(
         input_shape=input_shape,
         seq_len=seq_len,
         named=named_inputs,
-        spec=f"--model {spec}",
+        spec=spec,
     )
     if kv_cache is not None:
         cache = run_forward(spec, build_kv_cache, model, batch, kv_cache, f"--model {spec}")
@@ -459,7 +461,7 @@ def _sweep(
     from flopkit.progress import progress_for
 
     for n in seq_lens:  # every length is checked before the first is counted
-        model_inputs(model, batch=batch, seq_len=n, named=named_inputs, spec=f"--model {spec}")
+        model_inputs(model, batch=batch, seq_len=n, named=named_inputs, spec=spec)
     results = []
     with progress_for(fmt) as progress:
         for n in progress.iterate(seq_lens, "seq-len sweep"):
@@ -522,7 +524,7 @@ def _sweep_row(model, spec, batch, n, named_inputs, causal, training, convention
     from flopkit.flops.mixed import mixed_rows
     from flopkit.models import model_inputs
 
-    inputs = model_inputs(model, batch=batch, seq_len=n, named=named_inputs, spec=f"--model {spec}")
+    inputs = model_inputs(model, batch=batch, seq_len=n, named=named_inputs, spec=spec)
     rows, count = run_forward(
         spec, mixed_rows, model, (inputs.args, inputs.kwargs), convention, 0, training, causal
     )
@@ -606,7 +608,7 @@ def validate_model(
         input_shape=input_shape,
         seq_len=seq_lens[0] if seq_lens else None,
         named=named_inputs,
-        spec=f"--model {spec}",
+        spec=spec,
     )
     from flopkit.flops.counters import PLAIN_COUNTERS
 

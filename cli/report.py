@@ -11,6 +11,7 @@ from flopkit.report import render_json
 from ._options import (
     CONTEXT,
     batch_option,
+    cli_text,
     config_argument,
     convention_option,
     depth_option,
@@ -160,6 +161,7 @@ def report(
         info={"config": loaded.to_dict()},
         checkpointing=checkpointing,
     )
+    result.legend = [cli_text(line) for line in result.legend]  # the library's arguments as options
     if fmt == "json" or column_groups:
         attach_shapes(result.rows, loaded.config, loaded.module, batch)
     if fmt == "json":

@@ -519,7 +519,7 @@ def sharded(
         args, kwargs = (model_input(loaded.config, loaded.module, batch, "meta"),), {}
     else:
         inputs = model_inputs(
-            loaded.module, batch=batch, input_shape=input_shape, seq_len=seq_len, spec=f"model {model}"
+            loaded.module, batch=batch, input_shape=input_shape, seq_len=seq_len, spec=model
         )
         args, kwargs = inputs.args, inputs.kwargs
     info = {"model": loaded.to_dict()}

@@ -19,7 +19,7 @@ def test_flop_report_scales_by_batch_and_training_rule():
     expected = training_breakdown({k: 4 * v for k, v in one.rows[0].breakdown.items()})
     expected["matmul"] -= 4 * model.patch_embed.flop_breakdown()["matmul"]  # images need no gradient
     assert four.rows[0].breakdown == expected
-    assert any(line.startswith("--training") for line in four.legend)
+    assert any(line.startswith("`training`") for line in four.legend)
     assert "source" not in four.to_dict()["rows"][0] and four.to_dict()["batch"] == 4
 
 
