@@ -55,7 +55,7 @@ OPTION_NAMES = {
     "autocast": "--autocast",
     "checkpointing": "--checkpointing",
     "cublas_workspace": "--cublas-workspace",
-    "fit": "--fit",
+    "budget": "--fit",
     "fsdp": "--fsdp",
     "tp": "--tp",
     "dp_replicate": "--dp-replicate",

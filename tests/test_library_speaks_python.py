@@ -25,10 +25,8 @@ PENDING = {
     # converted by the next commits of this branch:
     "flopkit/checks.py",
     "flopkit/inspect",
-    "flopkit/losses.py",
     "flopkit/parallel/report.py",
     "flopkit/profile",
-    "flopkit/step_memory",
 }
 
 _TEXT_TOKENS = {tokenize.STRING, tokenize.COMMENT} | {
