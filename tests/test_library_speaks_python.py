@@ -22,11 +22,6 @@ FLAG = re.compile(r"--[a-z][a-z-]+")
 # Python; the set must end up empty.
 PENDING = {
     "flopkit/flops",  # being rewritten on another branch; its errors still name options
-    # converted by the next commits of this branch:
-    "flopkit/checks.py",
-    "flopkit/inspect",
-    "flopkit/parallel/report.py",
-    "flopkit/profile",
 }
 
 _TEXT_TOKENS = {tokenize.STRING, tokenize.COMMENT} | {
