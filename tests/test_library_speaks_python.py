@@ -72,3 +72,44 @@ def test_library_names_no_cli_option():
             "flopkit/ names command-line options (name the Python argument; the CLI maps it, "
             "cli/_options.py OPTION_NAMES):\n" + "\n".join(hits)
         )
+
+
+def test_errors_read_in_python_and_render_under_the_cli_options():
+    from flopkit.checks import InputError, name_arguments
+
+    error = InputError("overrides", "preset=x", "chosen by `config`, not by `overrides`; see `nothing`")
+    assert str(error) == "overrides=preset=x: chosen by `config`, not by `overrides`; see `nothing`"
+    names = {"overrides": "--set", "config": "CONFIG"}
+    assert error.render(names) == "--set preset=x: chosen by CONFIG, not by --set; see `nothing`"
+    assert InputError("tokens", None, "range '5:2' is empty").render({"tokens": "--tokens"}) == (
+        "--tokens: range '5:2' is empty"
+    )
+    assert name_arguments("give `seq_len` N", {"seq_len": "--seq-len"}) == "give --seq-len N"
+
+
+def _cli_options() -> set[str]:
+    import click
+    from flopkit.cli import app
+
+    def walk(command: click.Command):
+        yield command
+        for sub in getattr(command, "commands", {}).values():
+            yield from walk(sub)
+
+    return {
+        opt
+        for command in walk(app)
+        for param in command.params
+        for opt in (*param.opts, *param.secondary_opts)
+    }
+
+
+def test_one_table_maps_python_arguments_to_options_the_cli_has():
+    from flopkit.cli._options import MODEL_ONLY, OPTION_NAMES, PARALLEL_OPTIONS
+
+    options = _cli_options()
+    unknown = {arg: opt for arg, opt in OPTION_NAMES.items() if not opt.isupper() and opt not in options}
+    assert not unknown, f"OPTION_NAMES names options no command has: {unknown}"
+    assert all(not arg.startswith("-") and arg.isidentifier() for arg in OPTION_NAMES)
+    # the per-purpose lists read the one table
+    assert MODEL_ONLY.items() <= OPTION_NAMES.items() and PARALLEL_OPTIONS.items() <= OPTION_NAMES.items()
