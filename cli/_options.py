@@ -11,6 +11,7 @@ from flopkit.report import FORMATS
 __all__ = [
     "CONTEXT",
     "OPTION_NAMES",
+    "cli_text",
     "config_argument",
     "set_option",
     "format_option",
@@ -31,29 +32,62 @@ __all__ = [
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
-# The library's argument names (flopkit.checks.InputError.argument) -> the option that sets them.
+# The one table from the library's argument names (a Python function's parameters, named by
+# flopkit.checks.InputError.argument and marked `name` in its messages) to the option that sets them.
 OPTION_NAMES = {
+    "config": "CONFIG",
+    "overrides": "--set",
+    "model": "--model",
+    "model_args": "--model-arg",
+    "input_shape": "--input-shape",
     "seq_len": "--seq-len",
     "named_inputs": "--input",
-    "input_shape": "--input-shape",
-    "model_args": "--model-arg",
+    "causal": "--causal-attention",
+    "kv_cache": "--kv-cache",
+    "generate": "--generate",
+    "strict": "--strict",
     "batch": "--batch",
+    "depth": "--depth",
+    "training": "--training",
+    "optimizer": "--optimizer",
+    "loss": "--loss",
+    "dtype": "--dtype",
+    "autocast": "--autocast",
+    "checkpointing": "--checkpointing",
+    "cublas_workspace": "--cublas-workspace",
+    "budget": "--fit",
+    "fsdp": "--fsdp",
+    "tp": "--tp",
+    "dp_replicate": "--dp-replicate",
+    "world": "--world",
+    "tp_plan": "--tp-plan",
+    "param_dtype": "--param-dtype",
+    "reduce_dtype": "--reduce-dtype",
+    "tflops": "--tflops",
+    "gbps": "--gbps",
+    "step_ms": "--step-ms",
+    "optimizer_states": "--optimizer-states",
+    "counters": "--against",
+    "tokens": "--tokens",
+    "pairing": "--pairing",
     "plot_path": "--plot",
     "dst": "DST",
-    "loss": "--loss",
     "rtol": "--rtol",
-    "kv_cache": "--kv-cache",
     "padding_mask": "--input",
     "inputs": "--input",
     "causal_attention": "--causal-attention",
-    "checkpointing": "--checkpointing",
-    "depth": "--depth",
     "seq_lens": "--seq-len",
-    "overrides": "--set",
     "convention": "--convention",
     "prompt_tokens": "--generate",
     "steps": "--generate",
 }
+
+
+def cli_text(text: str) -> str:
+    """A library message with every argument it marks (`` `seq_len` ``) shown as its option."""
+    from flopkit.checks import name_arguments
+
+    return name_arguments(text, OPTION_NAMES)
 
 
 def config_argument(required: bool = True):
@@ -118,15 +152,18 @@ def model_option(fn):
 
 # Options that apply only with --model: parameter name -> option name.
 MODEL_ONLY = {
-    "model_args": "--model-arg",
-    "input_shape": "--input-shape",
-    "seq_len": "--seq-len",
-    "named_inputs": "--input",
-    "causal": "--causal-attention",
-    "plot_path": "--plot",
-    "kv_cache": "--kv-cache",
-    "generate": "--generate",
-    "strict": "--strict",
+    name: OPTION_NAMES[name]
+    for name in (
+        "model_args",
+        "input_shape",
+        "seq_len",
+        "named_inputs",
+        "causal",
+        "plot_path",
+        "kv_cache",
+        "generate",
+        "strict",
+    )
 }
 
 
@@ -221,17 +258,20 @@ def resolve_model(
 
 # Options of a sharded run: parameter name -> option name.
 PARALLEL_OPTIONS = {
-    "fsdp": "--fsdp",
-    "tp": "--tp",
-    "dp_replicate": "--dp-replicate",
-    "world": "--world",
-    "tp_plan": "--tp-plan",
-    "param_dtype": "--param-dtype",
-    "reduce_dtype": "--reduce-dtype",
-    "tflops": "--tflops",
-    "gbps": "--gbps",
-    "step_ms": "--step-ms",
-    "optimizer_states": "--optimizer-states",
+    name: OPTION_NAMES[name]
+    for name in (
+        "fsdp",
+        "tp",
+        "dp_replicate",
+        "world",
+        "tp_plan",
+        "param_dtype",
+        "reduce_dtype",
+        "tflops",
+        "gbps",
+        "step_ms",
+        "optimizer_states",
+    )
 }
 PARALLEL_DTYPES = ("bfloat16", "float16", "float32")
 

@@ -15,7 +15,7 @@ import click
 from flopkit.checks import InputError
 
 from . import bench, convert, inspect, memory, presets, profile, report, validate
-from ._options import CONTEXT, OPTION_NAMES
+from ._options import CONTEXT, OPTION_NAMES, cli_text
 
 __all__ = ["main", "app", "COMMANDS"]
 
@@ -71,11 +71,11 @@ class FlopkitGroup(click.Group):
         except click.ClickException as exc:
             _error(exc.format_message())
             code = 2
-        except InputError as exc:  # the library names a Python argument; show the option
-            _error(exc.as_option(OPTION_NAMES.get(exc.argument, exc.argument)))
+        except InputError as exc:  # the library names Python arguments; show the options
+            _error(exc.render(OPTION_NAMES))
             code = 2
         except (ValueError, TypeError, KeyError, OSError, ImportError) as exc:
-            _error(str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc))
+            _error(cli_text(str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)))
             code = 2
         return code if isinstance(code, int) else 0
 

@@ -12,6 +12,8 @@ import click
 from flopkit.formulas import CATEGORIES
 from flopkit.report import percent, render_json, render_rows
 
+from ._options import cli_text
+
 COLUMN_GROUPS = ("shapes", "memory")
 
 
@@ -217,6 +219,7 @@ def report_model(
         depth=depth, checkpointing=checkpointing, kv_cache=kv_cache, padding_mask=values.get("attention_mask"),
     )  # fmt: skip
     _strict_counts(strict, result.measurement.uncounted)
+    result.legend = [cli_text(line) for line in result.legend]  # the library's arguments as options
     if fmt == "json":
         click.echo(render_json(result.to_dict()))
         return
@@ -225,6 +228,7 @@ def report_model(
 
 
 def _render_generation(result, fmt: str) -> None:
+    result.legend = [cli_text(line) for line in result.legend]
     data = result.to_dict()
     if fmt == "json":
         click.echo(render_json(data))
@@ -243,7 +247,7 @@ def _render_generation(result, fmt: str) -> None:
 
 def _render_sweep(sweep, fmt: str, plot_path: str | None) -> None:
     written = sweep.plot(plot_path) if plot_path else None
-    legend = list(sweep.legend)
+    sweep.legend = legend = [cli_text(line) for line in sweep.legend]
     if fmt == "json":
         data = sweep.to_dict()
         if written:
@@ -312,7 +316,7 @@ def validate_model(
         input_shape=input_shape,
         seq_len=seq_lens[0] if seq_lens else None,
         named=named_inputs,
-        spec=f"--model {spec}",
+        spec=spec,
     )
     from flopkit.flops.counters import PLAIN_COUNTERS
 

@@ -13,6 +13,7 @@ from flopkit.steps import LOSSES, build_run, check_run_fits, run_inputs
 
 from ._options import (
     CONTEXT,
+    cli_text,
     config_argument,
     convention_option,
     depth_option,
@@ -263,7 +264,7 @@ def _legend(result, report_legend: list[str]) -> list[str]:
             + (", ..." if len(result.regions) > 6 else "")
             + "; Inductor's kernels never span two rows, so each is charged to its region."
         )
-    return [*lines, *report_legend]
+    return [*lines, *(cli_text(line) for line in report_legend)]
 
 
 def _fmt(value: float | None, spec: str) -> str:

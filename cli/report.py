@@ -10,6 +10,7 @@ from flopkit.report import render_json
 from ._options import (
     CONTEXT,
     batch_option,
+    cli_text,
     config_argument,
     convention_option,
     depth_option,
@@ -158,6 +159,7 @@ def report(
         depth=depth,
         checkpointing=checkpointing,
     )
+    result.legend = [cli_text(line) for line in result.legend]  # the library's arguments as options
     if fmt == "json":
         click.echo(render_json(result.to_dict()))
         return

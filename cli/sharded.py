@@ -181,7 +181,7 @@ def report_sharded(
             input_shape=settings[1],
             seq_len=settings[2][0] if settings[2] else None,
             named=settings[3],
-            spec=f"--model {model_spec}",
+            spec=model_spec,
         )
         args, kwargs, label = inputs.args, inputs.kwargs, model_spec
     from .model_cmds import run_forward

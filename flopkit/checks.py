@@ -2,8 +2,9 @@
 
 Each check raises :class:`InputError` (a ``ValueError``) that names the argument, the value and the
 limit it broke. Library errors name Python arguments (``seq_len``, ``named_inputs``, ``batch``);
-the CLI shows them under its own flags (``--seq-len``, ``--input``, ``--batch``) through
-:meth:`InputError.as_option`.
+a message that refers to another argument marks its name in backticks (`` `training` ``). The CLI
+shows both under its own option names through :meth:`InputError.render` and
+:func:`name_arguments`, with its one table from argument to option.
 
 * :func:`check_output_path`: a file to write: its directory exists and is writable, and it is not
   a directory (checked first, before anything is read or computed).
@@ -32,6 +33,7 @@ from torch import nn
 
 __all__ = [
     "InputError",
+    "name_arguments",
     "is_int",
     "check_positive_int",
     "check_eps",
@@ -52,18 +54,37 @@ __all__ = [
 ]
 
 
+_ARGUMENT_MARK = re.compile(r"`([A-Za-z_][A-Za-z0-9_]*)`")
+
+
+def name_arguments(text: str, names: Mapping[str, str]) -> str:
+    """``text`` with every argument it marks in backticks (`` `seq_len` ``) shown as ``names[argument]``;
+    marked names ``names`` lacks keep their backticks."""
+    return _ARGUMENT_MARK.sub(lambda m: names.get(m.group(1), m.group(0)), text)
+
+
 class InputError(ValueError):
     """An argument whose value breaks a limit: ``argument`` (the Python name), ``value``, and the
-    rest of the sentence in ``detail``. ``str()`` reads ``"{argument}={value}: {detail}"``."""
+    rest of the sentence in ``detail``. ``str()`` reads ``"{argument}={value}: {detail}"``
+    (``"{argument}: {detail}"`` when ``value`` is None). Other arguments that ``detail`` names are
+    marked in backticks (:func:`name_arguments`)."""
 
     def __init__(self, argument: str, value: Any, detail: str) -> None:
         self.argument, self.value, self.detail = argument, value, detail
         super().__init__(self.as_option(argument))
 
     def as_option(self, name: str) -> str:
-        """The message with the argument shown as ``name`` (a CLI flag: ``--seq-len 100000: ...``)."""
+        """The message with the argument shown as ``name``: an option that starts with a dash or is
+        upper case is followed by a space (``NAME 100000: ...``), a Python argument by ``=``."""
+        if self.value is None:
+            return f"{name}: {self.detail}"
         sep = " " if name.startswith("-") or name.isupper() else "="
         return f"{name}{sep}{self.value}: {self.detail}"
+
+    def render(self, names: Mapping[str, str]) -> str:
+        """The message with its argument, and every argument ``detail`` marks, under ``names`` (a
+        command line's table from argument to option); arguments it lacks keep their Python name."""
+        return name_arguments(self.as_option(names.get(self.argument, self.argument)), names)
 
 
 def is_int(value: object) -> bool:
@@ -203,7 +224,7 @@ def position_limit(model: nn.Module) -> tuple[int, str] | None:
 
 def check_seq_len(model: nn.Module, seq_len: int, argument: str = "seq_len", shown: Any = None) -> None:
     """``seq_len`` must be a positive int within the model's positions (:func:`position_limit`).
-    ``shown`` is the value the error quotes (default ``seq_len``; an ``--input`` quotes its text)."""
+    ``shown`` is the value the error quotes (default ``seq_len``; a named input quotes its text)."""
     shown = seq_len if shown is None else shown
     if not is_int(seq_len) or seq_len < 1:
         raise InputError(argument, shown, "must be a positive integer")

@@ -10,7 +10,9 @@ A config is either
   plus that module's arguments and ``num_tokens``, so one layer can be inspected alone.
 
 Every problem raises :class:`ConfigError` (a ``ValueError``) with a one-line message that names the
-source and the offending key. Structural checks (``hidden_dim % num_heads``, a square register
+source and the offending key; one about an argument of :func:`load_config` (``overrides``) raises
+:class:`ConfigInputError`, also a :class:`flopkit.checks.InputError` naming it. Other arguments a
+message names are marked in backticks (`` `config` ``). Structural checks (``hidden_dim % num_heads``, a square register
 count, image size vs patch size) are the modules' own: :meth:`Config.check` builds the module on
 the meta device and reports their ``ValueError``.
 """
@@ -29,7 +31,7 @@ import torch
 from torch import nn
 
 from flopkit.checkpoints import is_checkpoint_path
-from flopkit.checks import MAX_ELEMENTS, MAX_LAYERS
+from flopkit.checks import MAX_ELEMENTS, MAX_LAYERS, InputError
 from flopkit.formulas import CONVENTIONS
 from flopkit.nn import PRESETS, Mlp, RMSNorm, ViT5, ViT5Attention, ViT5Block, ViT5Config
 from flopkit.nn._checks import is_int
@@ -39,6 +41,7 @@ from flopkit.nn.vit5_config import SIZE, file_fields
 
 __all__ = [
     "ConfigError",
+    "ConfigInputError",
     "Config",
     "MODEL_FIELDS",
     "MODULES",
@@ -56,10 +59,15 @@ class ConfigError(ValueError):
     """A config that cannot be used; the message is one line."""
 
 
+class ConfigInputError(InputError, ConfigError):
+    """A :class:`ConfigError` about one argument: :class:`flopkit.checks.InputError`'s ``argument``
+    (``overrides``), ``value`` and ``detail``."""
+
+
 # Sanity bounds, checked before a model is built.
 MAX_PARAMETERS = 10**13
 """More parameters than any model trained so far by two orders of magnitude: a typo, not a model."""
-MAX_DEPTH = MAX_LAYERS  # 4096, the same limit as a --model's layer count
+MAX_DEPTH = MAX_LAYERS  # 4096, the same limit as a model spec's layer count (model_args)
 """Blocks are built one by one even on the meta device (about 1.3 ms each: 4,096 report in 6.5 s)."""
 MAX_TENSOR_ELEMENTS = MAX_ELEMENTS
 """A tensor's element count is an int64: the attention map ``[B, H, T, T]`` must fit for B = 1."""
@@ -298,7 +306,8 @@ class Config:
             raise ConfigError(
                 f"{self.source}: fvcore traces the model on CPU, and {params:,} parameters "
                 f"({4 * params / 2**30:,.0f} GiB in float32) is above the limit of {MAX_CPU_PARAMETERS:,}; "
-                f"use --against torch (meta device, no memory) or a smaller config"
+                f"drop fvcore from `counters` (torch's counter runs on the meta device, no memory) or use a "
+                f"smaller config"
             )
 
 
@@ -307,8 +316,9 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(text.split())
 
 
-def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
-    """``["key=value", ...]`` -> dict; values are read as YAML scalars (``true``, ``384``, ``null``)."""
+def parse_overrides(items: Iterable[str], argument: str = "overrides") -> dict[str, Any]:
+    """``["key=value", ...]`` -> dict; values are read as YAML scalars (``true``, ``384``, ``null``).
+    A malformed item raises :class:`ConfigInputError` naming ``argument``."""
     out: dict[str, Any] = {}
     items = list(items)
     if not items:
@@ -319,7 +329,7 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise ConfigError(f"--set: expected key=value, got {item!r}")
+            raise ConfigInputError(argument, repr(item), "expected key=value")
         try:
             out[key] = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
@@ -407,15 +417,17 @@ def _looks_like_path(source: str) -> bool:
 def load_config(source: str, overrides: Mapping[str, Any] | Iterable[str] = ()) -> Config:
     """Read a preset name or a YAML/JSON file, apply overrides, validate; returns a :class:`Config`.
 
-    ``overrides`` is a mapping or ``["key=value", ...]`` (as given to ``--set``).
+    ``overrides`` is a mapping or ``["key=value", ...]`` (:func:`parse_overrides`).
     """
     if not isinstance(overrides, Mapping):
         overrides = parse_overrides(overrides)
     for key in ("preset", "module"):
         if key in overrides:
-            raise ConfigError(
-                f"--set {key}={overrides[key]}: the {key} is chosen by CONFIG ({source}), not by --set; "
-                f"give {overrides[key]} as CONFIG or edit the file"
+            raise ConfigInputError(
+                "overrides",
+                f"{key}={overrides[key]}",
+                f"the {key} is chosen by `config` ({source}), not by `overrides`; give {overrides[key]} as "
+                "`config` or edit the file",
             )
     if is_checkpoint_path(source):
         config = _checkpoint_config(source, overrides)
@@ -447,11 +459,13 @@ def _checkpoint_config(path: str, overrides: Mapping[str, Any]) -> Config:
     for key, value in overrides.items():
         if key in SHAPE_FIELDS and fields.get(key) is not None and value != fields[key]:
             raise ConfigError(
-                f"{path}: --set {key}={value} contradicts the checkpoint's tensors, which fix "
+                f"{path}: `overrides` {key}={value} contradicts the checkpoint's tensors, which fix "
                 f"{key}={fields[key]} (image_size, RoPE and layout options can be set)"
             )
     if fields.get("num_heads") is None and "num_heads" not in overrides:
-        raise ConfigError(f"{path}: no QK-norm weight to read the head count from; give --set num_heads=H")
+        raise ConfigError(
+            f"{path}: no QK-norm weight to read the head count from; give `overrides` num_heads=H"
+        )
     # Overrides go through the same validation as any config's (a preset stands in for the fields).
     checked = _validate({"preset": next(iter(PRESETS)), **overrides}, path).fields
     return Config(source=path, fields={**fields, **checked})

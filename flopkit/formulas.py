@@ -80,7 +80,7 @@ FLOPS_PER_MAC = 2
 
 NORM_MODES: tuple[str, ...] = ("rms", "layer")
 
-# Backward FLOPs as a multiple of the forward, per category (``report --training``).
+# Backward FLOPs as a multiple of the forward, per category (a training step's report).
 BACKWARD_MULTIPLIERS: dict[str, int] = {
     # dX = dY W^T and dW = X^T dY: two matmuls of the forward's size.
     "matmul": 2,
@@ -449,10 +449,11 @@ def not_counted_legend() -> str:
 
 
 def training_legend() -> str:
-    """The ``--training`` rule per category, read from :data:`BACKWARD_MULTIPLIERS`."""
+    """The training-step rule per category, read from :data:`BACKWARD_MULTIPLIERS`; the argument that
+    asks for it is marked `` `training` `` (:func:`flopkit.checks.name_arguments`)."""
     rules = ", ".join(f"{cat} {1 + BACKWARD_MULTIPLIERS[cat]}x" for cat in CATEGORIES)
     return (
-        f"--training: forward + backward per category = {rules} the forward, except the patch "
+        f"`training`: forward + backward per category = {rules} the forward, except the patch "
         "embedding's conv, whose input is data and needs no gradient: its backward is the weight "
         "gradient only (1x). matmul and attention backward are exactly two matmuls per forward matmul "
         "(checked against FlopCounterMode's measured backward on the meta device); rope backward is the "

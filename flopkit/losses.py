@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from flopkit.checks import InputError
+
 __all__ = ["LOSSES", "main_output", "default_loss", "make_targets", "loss_value"]
 
 LOSSES = ("ce", "mse")
@@ -60,7 +62,7 @@ def make_targets(output: torch.Tensor, loss: str) -> torch.Tensor:
         return torch.zeros(output.shape[:-1], dtype=torch.int64, device=output.device)
     if loss == "mse":
         return torch.zeros(output.shape, dtype=torch.float32, device=output.device)
-    raise ValueError(f"--loss must be one of {', '.join(LOSSES)}, got {loss!r}")
+    raise InputError("loss", repr(loss), f"must be one of {', '.join(LOSSES)}")
 
 
 def loss_value(output: torch.Tensor, targets: torch.Tensor, loss: str) -> torch.Tensor:
@@ -70,4 +72,4 @@ def loss_value(output: torch.Tensor, targets: torch.Tensor, loss: str) -> torch.
         return nn.functional.cross_entropy(output.float().flatten(0, -2), targets.flatten())
     if loss == "mse":
         return nn.functional.mse_loss(output.float(), targets)
-    raise ValueError(f"--loss must be one of {', '.join(LOSSES)}, got {loss!r}")
+    raise InputError("loss", repr(loss), f"must be one of {', '.join(LOSSES)}")

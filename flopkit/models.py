@@ -1,17 +1,21 @@
 """One entry point from what a user names to a model built on the meta device, and its inputs.
 
-* :func:`load_model` is what every command calls: a preset name or a YAML/JSON config (with
-  ``--set`` overrides), or ``--model SPEC``. The model is built once, on the meta device.
+* :func:`load_model` is what every command calls: a preset name or a YAML/JSON ``config`` (with
+  ``overrides``), or a ``model`` spec (with ``model_args``). The model is built once, on the meta
+  device.
 * :func:`build_model` turns a spec (``timm:NAME``, ``hf:MODEL_TYPE``, ``package.module:callable``,
-  ``file.py:callable``) and its ``--model-arg`` values into an ``nn.Module`` on the meta device (no
+  ``file.py:callable``) and its ``model_args`` into an ``nn.Module`` on the meta device (no
   parameter memory, so a 7B model builds in seconds), in eval mode.
-* :func:`model_inputs` makes the meta-device inputs: one tensor (``--input-shape``, defaulting to
-  timm's ``pretrained_cfg["input_size"]``), int64 token ids ``[batch, seq_len]`` (``--seq-len``),
-  and keyword tensors (``--input NAME=SHAPE[:DTYPE]``).
+* :func:`model_inputs` makes the meta-device inputs: one tensor (``input_shape``, defaulting to
+  timm's ``pretrained_cfg["input_size"]``), int64 token ids ``[batch, seq_len]`` (``seq_len``),
+  and keyword tensors (``named``: ``(name, shape, dtype)``, parsed from ``NAME=SHAPE[:DTYPE]`` by
+  :func:`parse_input`).
 
-Every problem raises :class:`ModelError` (a ``ValueError``) with one line naming the spec; an
-exception raised inside a user's factory, a library's constructor or the forward
-(:func:`user_code`) keeps its type and message.
+Every problem raises :class:`ModelError` (a ``ValueError``) with one line naming the spec; one about
+a single argument raises :class:`ModelInputError`, which is also a
+:class:`flopkit.checks.InputError` naming the Python argument (``model``, ``model_args``,
+``input_shape``, ``seq_len``, ``named_inputs``, ``batch``). An exception raised inside a user's
+factory, a library's constructor or the forward (:func:`user_code`) keeps its type and message.
 timm and transformers are optional: they are imported only when a spec names them.
 """
 
@@ -31,10 +35,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from flopkit.checks import InputError
 from flopkit.config import Config, load_config
 
 __all__ = [
     "ModelError",
+    "ModelInputError",
     "LoadedModel",
     "load_model",
     "load_factory",
@@ -58,13 +64,19 @@ __all__ = [
 
 class ModelError(ValueError):
     """A model spec, a model argument or an input that cannot be used; the message is one line and
-    names the spec."""
+    names the spec. Arguments it names are marked in backticks (`` `seq_len` ``), as
+    :func:`flopkit.checks.name_arguments` reads them."""
 
 
-# Keyword inputs with one entry per token: given with --input, their last dimension is a length.
+class ModelInputError(InputError, ModelError):
+    """A :class:`ModelError` about one argument: :class:`flopkit.checks.InputError`'s ``argument``
+    (the Python name: ``model``, ``model_args``, ``seq_len``, ...), ``value`` and ``detail``."""
+
+
+# Keyword inputs with one entry per token: given as named inputs, their last dimension is a length.
 TOKEN_INPUTS = ("input_ids", "position_ids", "token_type_ids", "attention_mask")
 
-# --input NAME=SHAPE:DTYPE dtype names -> torch dtypes.
+# Named-input dtype names (NAME=SHAPE:DTYPE) -> torch dtypes.
 INPUT_DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
     "float": torch.float32,
@@ -82,7 +94,7 @@ INPUT_DTYPES: dict[str, torch.dtype] = {
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A parsed ``--model`` value: ``kind`` is ``"timm"``, ``"hf"``, ``"module"`` or ``"file"``."""
+    """A parsed model spec (``model``): ``kind`` is ``"timm"``, ``"hf"``, ``"module"`` or ``"file"``."""
 
     text: str
     kind: str
@@ -96,24 +108,28 @@ def parse_model_spec(text: str) -> ModelSpec:
     if text.startswith(("timm:", "hf:")):
         kind, _, rest = text.partition(":")
         if not rest:
-            raise ModelError(f"--model {text!r}: give a name after '{kind}:', e.g. timm:resnet50, hf:bert")
+            raise ModelInputError(
+                "model", repr(text), f"give a name after '{kind}:', e.g. timm:resnet50, hf:bert"
+            )
         return ModelSpec(text, kind, rest)
     if not sep or not target or not name:
-        raise ModelError(
-            f"--model must be timm:NAME, hf:MODEL_TYPE, package.module:callable or file.py:callable, "
-            f"got {text!r}"
+        raise ModelInputError(
+            "model",
+            repr(text),
+            "must be timm:NAME, hf:MODEL_TYPE, package.module:callable or file.py:callable",
         )
     return ModelSpec(text, "file" if target.endswith(".py") else "module", target, name)
 
 
 def parse_model_args(items: Iterable[str]) -> dict[str, Any]:
-    """``["key=value", ...]`` -> dict, values read as YAML scalars like ``--set`` (``4``, ``true``, ``null``)."""
-    from flopkit.config import ConfigError, parse_overrides
+    """``["key=value", ...]`` -> dict, values read as YAML scalars like a config's ``overrides``
+    (``4``, ``true``, ``null``)."""
+    from flopkit.config import ConfigInputError, parse_overrides
 
     try:
-        return parse_overrides(items)
-    except ConfigError as exc:
-        raise ModelError(str(exc).replace("--set", "--model-arg")) from None
+        return parse_overrides(items, argument="model_args")
+    except ConfigInputError as exc:
+        raise ModelInputError(exc.argument, exc.value, exc.detail) from None
 
 
 def close_names(word: str, names: Iterable[str], n: int = 3) -> list[str]:
@@ -132,20 +148,21 @@ def _describe(exc: BaseException) -> str:
 
 
 def _user_error(spec: ModelSpec, exc: BaseException, what: str = "the factory") -> ModelError:
-    return ModelError(f"--model {spec.text}: {what} raised {_describe(exc)}")
+    return ModelInputError("model", spec.text, f"{what} raised {_describe(exc)}")
 
 
 def _import_optional(name: str, extra: str, spec: ModelSpec):
     try:
         return importlib.import_module(name)
     except ImportError as exc:
-        raise ModelError(
-            f"--model {spec.text}: needs {name} ({exc}); install it with pip install 'flopkit[{extra}]'"
+        raise ModelInputError(
+            "model", spec.text, f"needs {name} ({exc}); install it with pip install 'flopkit[{extra}]'"
         ) from None
     except Exception as exc:  # a broken install (e.g. a torchvision built for another torch)
-        raise ModelError(
-            f"--model {spec.text}: importing {name} failed: {type(exc).__name__}: "
-            f"{' '.join(str(exc).split())}"
+        raise ModelInputError(
+            "model",
+            spec.text,
+            f"importing {name} failed: {type(exc).__name__}: {' '.join(str(exc).split())}",
         ) from None
 
 
@@ -153,7 +170,7 @@ def _load_callable(spec: ModelSpec) -> Callable[..., Any]:
     if spec.kind == "file":
         path = Path(spec.target)
         if not path.is_file():
-            raise ModelError(f"--model {spec.text}: no such file {spec.target}")
+            raise ModelInputError("model", spec.text, f"no such file {spec.target}")
         mod_name = f"_flopkit_user_{path.stem}"
         loader_spec = importlib.util.spec_from_file_location(mod_name, path)
         module = importlib.util.module_from_spec(loader_spec)
@@ -167,15 +184,15 @@ def _load_callable(spec: ModelSpec) -> Callable[..., Any]:
             module = importlib.import_module(spec.target)
         except ModuleNotFoundError as exc:
             if exc.name is not None and (spec.target == exc.name or spec.target.startswith(exc.name + ".")):
-                raise ModelError(f"--model {spec.text}: cannot import {spec.target!r}: {exc}") from None
+                raise ModelInputError("model", spec.text, f"cannot import {spec.target!r}: {exc}") from None
             raise _user_error(spec, exc, f"importing {spec.target}") from None
         except Exception as exc:  # the user's module failed while importing
             raise _user_error(spec, exc, f"importing {spec.target}") from None
     factory = getattr(module, spec.name, None)
     if not callable(factory):
         public = [n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n))]
-        raise ModelError(
-            f"--model {spec.text}: {spec.target} has no callable {spec.name!r}{_suggest(spec.name, public)}"
+        raise ModelInputError(
+            "model", spec.text, f"{spec.target} has no callable {spec.name!r}{_suggest(spec.name, public)}"
         )
     return factory
 
@@ -184,8 +201,8 @@ def _build_timm(spec: ModelSpec, kwargs: dict[str, Any]) -> nn.Module:
     timm = _import_optional("timm", "timm", spec)
     names = timm.list_models()
     if spec.target not in names and not timm.is_model(spec.target):
-        raise ModelError(
-            f"--model {spec.text}: timm has no model {spec.target!r}{_suggest(spec.target, names)}"
+        raise ModelInputError(
+            "model", spec.text, f"timm has no model {spec.target!r}{_suggest(spec.target, names)}"
         )
     return timm.create_model(spec.target, pretrained=False, **kwargs)
 
@@ -196,15 +213,17 @@ def _build_hf(spec: ModelSpec, kwargs: dict[str, Any]) -> nn.Module:
 
     types = list(CONFIG_MAPPING.keys())
     if spec.target not in types:
-        raise ModelError(
-            f"--model {spec.text}: transformers has no model type {spec.target!r}{_suggest(spec.target, types)}"
+        raise ModelInputError(
+            "model",
+            spec.text,
+            f"transformers has no model type {spec.target!r}{_suggest(spec.target, types)}",
         )
     defaults = transformers.AutoConfig.for_model(spec.target)
     for key in kwargs:
         if not hasattr(defaults, key):
             known = [k for k in defaults.to_dict() if not k.startswith("_")]
-            raise ModelError(
-                f"--model-arg {key}: {type(defaults).__name__} has no field {key!r}{_suggest(key, known)}"
+            raise ModelInputError(
+                "model_args", key, f"{type(defaults).__name__} has no field {key!r}{_suggest(key, known)}"
             )
     # Through the constructor, so that derived fields (Llama's head_dim, ...) follow the arguments.
     config = transformers.AutoConfig.for_model(spec.target, **kwargs)
@@ -242,14 +261,16 @@ def build_model(
             what = {"timm": "timm.create_model", "hf": "transformers"}.get(spec.kind, "the factory")
             raise _user_error(spec, exc, what) from None
     if not isinstance(model, nn.Module):
-        raise ModelError(
-            f"--model {spec.text}: the factory returned a {type(model).__name__}, not an nn.Module"
+        raise ModelInputError(
+            "model", spec.text, f"the factory returned a {type(model).__name__}, not an nn.Module"
         )
     on_cpu = [n for n, p in (*model.named_parameters(), *model.named_buffers()) if p.device.type != device]
     if on_cpu and device == "meta":
-        raise ModelError(
-            f"--model {spec.text}: {on_cpu[0]} was not created on the meta device (the factory moves it to "
-            "a device or loads weights); build tensors without an explicit device"
+        raise ModelInputError(
+            "model",
+            spec.text,
+            f"{on_cpu[0]} was not created on the meta device (the factory moves it to a device or loads "
+            "weights); build tensors without an explicit device",
         )
     return model.eval()
 
@@ -258,7 +279,7 @@ def load_factory(spec: str) -> Callable[..., Any]:
     """``"package.module:factory"`` or ``"path/to/file.py:factory"`` -> the factory callable."""
     parsed = parse_model_spec(spec)
     if parsed.kind not in ("module", "file"):
-        raise ModelError(f"--model {spec}: a {parsed.kind}: spec names a model, not a factory")
+        raise ModelInputError("model", spec, f"a {parsed.kind}: spec names a model, not a factory")
     return _load_callable(parsed)
 
 
@@ -266,7 +287,7 @@ def load_factory(spec: str) -> Callable[..., Any]:
 class LoadedModel:
     """A model built on the meta device and where it came from.
 
-    ``config`` is set for presets and config files, ``spec`` (and ``model_args``) for ``--model``;
+    ``config`` is set for presets and config files, ``spec`` (and ``model_args``) for a model spec;
     ``label`` is what reports print as the model's name.
     """
 
@@ -283,7 +304,7 @@ class LoadedModel:
     def tokens(self) -> int:
         """Tokens per sample a FLOP walk starts from (a ViT5's ``T``, a module config's ``num_tokens``)."""
         if self.config is None:
-            raise ModelError(f"--model {self.spec}: the token count follows from the model's inputs")
+            raise ModelInputError("model", self.spec, "the token count follows from the model's inputs")
         return self.config.tokens(self.module)
 
     def to_dict(self) -> dict[str, Any]:
@@ -309,17 +330,17 @@ def load_model(
     overrides = dict(overrides) if isinstance(overrides, Mapping) else list(overrides)
     if model is not None:
         if config is not None:
-            raise ModelError(f"give a CONFIG ({config}) or --model ({model}), not both")
+            raise ModelError(f"give a `config` ({config}) or `model` ({model}), not both")
         if overrides:
             raise ModelError(
-                f"--set applies to a preset or config file, not to --model {model} (use --model-arg KEY=VALUE)"
+                f"`overrides` applies to a preset or config file, not to `model` {model} (use `model_args` KEY=VALUE)"
             )
         module = build_model(model, model_args)
         return LoadedModel(label=model, module=module, spec=model, model_args=dict(model_args or {}))
     if model_args:
-        raise ModelError("--model-arg applies to --model only (a config takes --set)")
+        raise ModelError("`model_args` applies to `model` only (a config takes `overrides`)")
     if config is None:
-        raise ModelError("missing CONFIG: a preset name or a YAML/JSON file (or --model SPEC)")
+        raise ModelError("missing `config`: a preset name or a YAML/JSON file (or `model` SPEC)")
     cfg = load_config(config, overrides)
     return LoadedModel(label=config, module=cfg.meta_module, config=cfg)
 
@@ -348,21 +369,23 @@ def user_code(spec: str, what: str = "the forward"):
                 "inputs the model reads, such as an attention mask it checks for padding; a full mask "
                 "costs the same FLOPs)"
             )
-        raise ModelError(f"--model {spec}: {what} raised {message}") from None
+        raise ModelInputError("model", spec, f"{what} raised {message}") from None
 
 
 # ---------------------------------------------------------------------------------------- inputs
 
 
-def parse_shape(text: str, option: str = "--input-shape") -> tuple[int, ...]:
-    """``"1,3,224,224"`` (or ``1x3x224x224``) -> ``(1, 3, 224, 224)``; every size a positive int."""
+def parse_shape(text: str, argument: str = "input_shape", shown: str | None = None) -> tuple[int, ...]:
+    """``"1,3,224,224"`` (or ``1x3x224x224``) -> ``(1, 3, 224, 224)``; every size a positive int.
+    Errors name ``argument`` and quote ``shown`` (default: ``text``)."""
     parts = [p.strip() for p in text.replace("x", ",").split(",")]
+    shown = repr(text) if shown is None else shown
     try:
         shape = tuple(int(p) for p in parts)
     except ValueError:
-        raise ModelError(f"{option}: expected comma-separated positive integers, got {text!r}") from None
+        raise ModelInputError(argument, shown, "expected comma-separated positive integers") from None
     if not shape or any(s <= 0 for s in shape):
-        raise ModelError(f"{option}: expected comma-separated positive integers, got {text!r}")
+        raise ModelInputError(argument, shown, "expected comma-separated positive integers")
     return shape
 
 
@@ -372,24 +395,25 @@ def parse_input(text: str) -> tuple[str, tuple[int, ...], torch.dtype]:
     name, sep, rest = text.partition("=")
     name = name.strip()
     if not sep or not name.isidentifier():
-        raise ModelError(
-            f"--input: expected NAME=SHAPE[:DTYPE], e.g. attention_mask=1,128:int64, got {text!r}"
+        raise ModelInputError(
+            "named_inputs", repr(text), "expected NAME=SHAPE[:DTYPE], e.g. attention_mask=1,128:int64"
         )
     shape_text, _, dtype_text = rest.partition(":")
     dtype_text = dtype_text.strip() or "float32"
     if dtype_text not in INPUT_DTYPES:
-        raise ModelError(
-            f"--input {name}: dtype must be one of {', '.join(INPUT_DTYPES)}, got {dtype_text!r}"
-            f"{_suggest(dtype_text, INPUT_DTYPES)}"
+        raise ModelInputError(
+            "named_inputs",
+            name,
+            f"dtype must be one of {', '.join(INPUT_DTYPES)}, got {dtype_text!r}{_suggest(dtype_text, INPUT_DTYPES)}",
         )
-    return name, parse_shape(shape_text, f"--input {name}"), INPUT_DTYPES[dtype_text]
+    return name, parse_shape(shape_text, "named_inputs", f"{name}={shape_text}"), INPUT_DTYPES[dtype_text]
 
 
 def parse_seq_lens(text: str) -> list[int]:
     """``"128,512,2048"`` -> ``[128, 512, 2048]`` (positive, in the order given, no repeats)."""
-    lens = list(parse_shape(text, "--seq-len"))
+    lens = list(parse_shape(text, "seq_len"))
     if len(set(lens)) != len(lens):
-        raise ModelError(f"--seq-len: repeated length in {text!r}")
+        raise ModelInputError("seq_len", repr(text), "repeated length")
     return lens
 
 
@@ -423,7 +447,8 @@ def is_text_model(model: nn.Module) -> bool:
 
 @dataclass
 class ModelInputs:
-    """Positional and keyword tensors (meta device) for one forward, and how they were chosen."""
+    """Positional and keyword tensors (meta device) for one forward, and how they were chosen
+    (``origin``: the argument that chose them marked in backticks, `` `seq_len` 128: ...``)."""
 
     args: tuple[torch.Tensor, ...] = ()
     kwargs: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -464,7 +489,7 @@ def model_inputs(
     input_shape: tuple[int, ...] | None = None,
     seq_len: int | None = None,
     named: Iterable[tuple[str, tuple[int, ...], torch.dtype]] = (),
-    spec: str = "--model",
+    spec: str | None = None,
 ) -> ModelInputs:
     """Meta-device inputs for ``model``.
 
@@ -472,10 +497,12 @@ def model_inputs(
       ``[batch, *input_shape]``; default timm's ``pretrained_cfg`` input size.
     * ``seq_len`` -> int64 ids ``[batch, seq_len]`` passed as the model's main input (``input_ids``
       for a Hugging Face model, else positionally).
-    * ``named`` -> keyword tensors with exactly the given shapes and dtypes (``--input``).
+    * ``named`` -> keyword tensors with exactly the given shapes and dtypes (errors call them
+      ``named_inputs``).
 
-    A Hugging Face text model with neither gets an error naming ``--seq-len``; any other model with
-    neither an input shape nor a timm default gets one naming ``--input-shape``. A ``seq_len`` beyond
+    ``spec`` is the model's name in errors (its spec or label). A Hugging Face text model with
+    neither gets an error naming ``seq_len``; any other model with neither an input shape nor a timm
+    default gets one naming ``input_shape``. A ``seq_len`` beyond
     the model's positions and a ``named`` input its ``forward`` does not take raise
     :class:`flopkit.checks.InputError` (:func:`~flopkit.checks.check_seq_len`,
     :func:`~flopkit.checks.check_input_names`).
@@ -483,9 +510,9 @@ def model_inputs(
     from flopkit.checks import check_input_names, check_seq_len, check_tensor_shape
 
     if batch < 1:
-        raise ModelError(f"--batch must be a positive integer, got {batch}")
+        raise ModelInputError("batch", batch, "must be a positive integer")
     if input_shape is not None and seq_len is not None:
-        raise ModelError("--input-shape and --seq-len both give the main input: use one")
+        raise ModelError("`input_shape` and `seq_len` both give the main input: use one")
     named = list(named)
     for name, shape, _ in named:
         check_tensor_shape(shape, "named_inputs", f"{name}={','.join(map(str, shape))}")
@@ -504,34 +531,41 @@ def model_inputs(
     kwargs = {name: _meta_tensor(shape, dtype) for name, shape, dtype in named}
     if seq_len is not None:
         if seq_len < 1:
-            raise ModelError(f"--seq-len must be positive, got {seq_len}")
+            raise ModelInputError("seq_len", seq_len, "must be positive")
         ids = _meta_tensor((batch, seq_len), torch.int64)
         if main in kwargs:
-            raise ModelError(f"--input {main} and --seq-len both give {main}: use one")
+            raise ModelError(f"`named_inputs` {main} and `seq_len` both give {main}: use one")
         if main:
             return ModelInputs(
-                (), {main: ids, **kwargs}, f"--seq-len {seq_len}: int64 {main} [batch, seq_len]"
+                (), {main: ids, **kwargs}, f"`seq_len` {seq_len}: int64 {main} [batch, seq_len]"
             )
-        return ModelInputs((ids,), kwargs, f"--seq-len {seq_len}: int64 ids [batch, seq_len]")
+        return ModelInputs((ids,), kwargs, f"`seq_len` {seq_len}: int64 ids [batch, seq_len]")
     if input_shape is None:
         if main is not None and main in kwargs:
-            return ModelInputs((), kwargs, "--input")
+            return ModelInputs((), kwargs, "`named_inputs`")
         if is_text_model(model):
-            raise ModelError(f"{spec} is a text model: give --seq-len N (int64 input_ids [batch, N])")
+            raise _about_model(spec, "is a text model: give `seq_len` N (int64 input_ids [batch, N])")
         input_shape = default_input_shape(model)
         if input_shape is None:
             if kwargs:
-                return ModelInputs((), kwargs, "--input")
-            raise ModelError(
-                f"{spec} has no default input size: give --input-shape C,H,W (per sample, without the batch)"
+                return ModelInputs((), kwargs, "`named_inputs`")
+            raise _about_model(
+                spec, "has no default input size: give `input_shape` C,H,W (per sample, without the batch)"
             )
         origin = "the model's default input size"
     else:
-        origin = "--input-shape"
+        origin = "`input_shape`"
     tensor = _meta_tensor((batch, *input_shape), torch.float32)
     if main and main not in kwargs and main != "input_ids":
         return ModelInputs((), {main: tensor, **kwargs}, origin)
     return ModelInputs((tensor,), kwargs, origin)
+
+
+def _about_model(spec: str | None, detail: str) -> ModelError:
+    """An error about the model named ``spec`` (None: "the model")."""
+    if spec is None:
+        return ModelError(f"the model {detail}")
+    return ModelInputError("model", spec, detail)
 
 
 def real_inputs(inputs: ModelInputs, device: str = "cpu", seed: int = 0) -> ModelInputs:

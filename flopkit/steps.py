@@ -1,8 +1,8 @@
 """The pieces that every measured run shares (``profile``, the memory command): its inputs, the
 check that it fits the device, the model built on the device, and the training step's loss.
 
-* :func:`run_inputs`: the run's inputs on the meta device, from a preset/config or a ``--model``
-  spec with its input options (the same inputs ``report`` counts);
+* :func:`run_inputs`: the run's inputs on the meta device, from a preset/config or a model spec
+  with its input arguments (the same inputs ``report`` counts);
 * :func:`check_run_fits`: refuse, before anything is allocated, a run whose lower bound on memory
   exceeds the device's free memory (:mod:`flopkit.checks`);
 * :func:`build_run`: the model with seeded weights on the device, and the inputs as real tensors;
@@ -51,7 +51,7 @@ def run_inputs(
     named: Iterable[tuple[str, tuple[int, ...], torch.dtype]] = (),
 ) -> ModelInputs:
     """The run's inputs on the meta device: a config's image batch ``[batch, C, H, W]``, or what the
-    input options give a ``--model`` (:func:`flopkit.models.model_inputs`, which checks the length
+    input arguments give a model spec (:func:`flopkit.models.model_inputs`, which checks the length
     against the model's positions and the keyword names against its forward)."""
     from flopkit.config import model_input
     from flopkit.models import ModelInputs, model_inputs
@@ -64,7 +64,7 @@ def run_inputs(
         input_shape=input_shape,
         seq_len=seq_len,
         named=named,
-        spec=f"--model {loaded.spec}",
+        spec=loaded.spec,
     )
 
 

@@ -9,6 +9,7 @@ from torch import nn
 
 from flopkit.models import (
     ModelError,
+    ModelInputError,
     build_model,
     load_model,
     model_inputs,
@@ -42,9 +43,9 @@ def test_a_factory_spec_builds_the_users_module_on_meta():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"config": "vit5-small", "model": FACTORY}, "give a CONFIG (vit5-small) or --model"),
-        ({"overrides": ["depth=2"], "model": FACTORY}, "--set applies to a preset or config file"),
-        ({}, "missing CONFIG"),
+        ({"config": "vit5-small", "model": FACTORY}, "give a `config` (vit5-small) or `model`"),
+        ({"overrides": ["depth=2"], "model": FACTORY}, "`overrides` applies to a preset or config file"),
+        ({}, "missing `config`"),
         ({"model": "no_colon"}, "package.module:callable or file.py:callable"),
         ({"model": "missing_file.py:build"}, "no such file missing_file.py"),
     ],
@@ -58,7 +59,7 @@ def test_bad_specs_are_one_line_model_errors(kwargs, message):
 def test_user_code_names_the_spec_and_keeps_type_and_message():
     with pytest.raises(ModelError) as info, user_code("pkg:build"):
         raise ZeroDivisionError("division by zero")
-    assert str(info.value) == "--model pkg:build: the forward raised ZeroDivisionError: division by zero"
+    assert str(info.value) == "model=pkg:build: the forward raised ZeroDivisionError: division by zero"
 
 
 FACTORY_FILE = """
@@ -102,8 +103,9 @@ def test_parse_model_spec(text, kind, target, name):
 
 @pytest.mark.parametrize("text", ["resnet50", "timm:", "pkg.mod:", ":build"])
 def test_bad_model_specs_say_the_accepted_forms(text):
-    with pytest.raises(ModelError, match="--model"):
+    with pytest.raises(ModelInputError, match="^model=") as info:
         parse_model_spec(text)
+    assert info.value.argument == "model"
 
 
 def test_factory_gets_model_args_and_builds_on_meta(factories):
@@ -114,7 +116,7 @@ def test_factory_gets_model_args_and_builds_on_meta(factories):
 
 def test_errors_inside_the_factory_name_the_spec_and_keep_the_message(factories):
     with pytest.raises(
-        ModelError, match=r"--model .*:broken: the factory raised RuntimeError: weights missing"
+        ModelError, match=r"^model=.*:broken: the factory raised RuntimeError: weights missing"
     ):
         build_model(f"{factories}:broken")
     with pytest.raises(ModelError, match="unexpected keyword argument 'widht'"):
@@ -133,7 +135,7 @@ def test_unknown_callable_suggests_close_names(factories):
 def test_shapes_inputs_and_lengths_parse_strictly():
     assert parse_shape("3,224,224") == (3, 224, 224) and parse_shape("3x32x32") == (3, 32, 32)
     for bad in ("3,a", "0,2", ""):
-        with pytest.raises(ModelError, match="--input-shape"):
+        with pytest.raises(ModelInputError, match="^input_shape="):
             parse_shape(bad)
     assert parse_input("attention_mask=1,128:int64") == ("attention_mask", (1, 128), torch.int64)
     assert parse_input("pixel_values=1,3,8,8") == ("pixel_values", (1, 3, 8, 8), torch.float32)
@@ -171,9 +173,9 @@ def test_text_models_take_int64_ids_and_keyword_inputs():
     inputs = model_inputs(Text(), batch=2, seq_len=16, named=[parse_input("attention_mask=2,16:int64")])
     assert inputs.kwargs["input_ids"].shape == (2, 16) and inputs.kwargs["input_ids"].dtype == torch.int64
     assert inputs.kwargs["attention_mask"].dtype == torch.int64
-    with pytest.raises(ModelError, match="--seq-len"):
+    with pytest.raises(ModelError, match="give `seq_len` N"):
         model_inputs(Text())
-    with pytest.raises(ModelError, match="--input-shape"):
+    with pytest.raises(ModelError, match="give `input_shape` C,H,W"):
         model_inputs(nn.Linear(2, 2))
     with pytest.raises(ModelError, match="use one"):
         model_inputs(Text(), input_shape=(3,), seq_len=4)

@@ -346,7 +346,7 @@ def count(
     if checkpointing not in CHECKPOINTING:
         raise InputError("checkpointing", checkpointing, f"expected one of {', '.join(CHECKPOINTING)}")
     if checkpointing != "none" and not training:
-        raise InputError("checkpointing", checkpointing, "applies to a training step (training=True)")
+        raise InputError("checkpointing", checkpointing, "applies to a training step: add `training`")
     if depth is not None and depth < 0:
         raise InputError("depth", depth, "must be 0 or more")
     if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
@@ -434,11 +434,9 @@ def _check_cache(
     if not isinstance(kv_cache, int) or isinstance(kv_cache, bool) or kv_cache < 1:
         raise InputError("kv_cache", kv_cache, "expected a positive number of cached tokens")
     if training:
-        raise InputError(
-            "kv_cache", kv_cache, "counts inference (decode); it does not apply to a training step"
-        )
+        raise InputError("kv_cache", kv_cache, "counts inference (decode); it does not apply with `training`")
     if input_shape is not None:
-        raise InputError("kv_cache", kv_cache, "feeds token ids: give a sequence length, not an input shape")
+        raise InputError("kv_cache", kv_cache, "feeds token ids: give `seq_len`, not `input_shape`")
     if cache_argument(model) is None:
         raise InputError(
             "kv_cache",
@@ -456,13 +454,13 @@ def _check_padding(model, label, mask, *, causal, batch, keys) -> None:
     if causal != "exact":
         raise InputError(
             "padding_mask", shown, "attention_mask values change which query-key pairs are kept: they apply "
-            "with exact causal attention (causal_attention='exact')"
+            "with `causal_attention` exact"
         )  # fmt: skip
     if not accepts_argument(model, "attention_mask"):
         raise InputError("padding_mask", shown, f"{label} takes no attention_mask")
     if keys is None:
         raise InputError(
-            "padding_mask", shown, "attention_mask values need a sequence length (the tokens they mask)"
+            "padding_mask", shown, "attention_mask values need `seq_len` N (the tokens they mask)"
         )
     if mask.dim() != 2 or list(mask.shape) != [batch, keys]:
         raise InputError(
@@ -581,7 +579,7 @@ def measured_legend(
     ]
     if training:
         legend.append(
-            "training on a model: measured rows count the backward with FlopCounterMode on the meta "
+            "`training` on a model: measured rows count the backward with FlopCounterMode on the meta "
             "device (loss = sum of the outputs; inputs do not require grad, so the first layer computes no "
             "input gradient); analytic rows use the rule below."
         )
@@ -601,7 +599,7 @@ def hardware_legend(checkpointing: str) -> str:
         "QK^T) where the model's count is 2x"
     )
     if checkpointing == "blocks":
-        text += "; checkpointing of blocks: each repeated layer's forward matmul + attention once more"
+        text += "; `checkpointing` blocks: each repeated layer's forward matmul + attention once more"
     return text
 
 

@@ -78,14 +78,18 @@ def layout_ranges(layout: TokenLayout) -> list[dict[str, Any]]:
 
 
 MAX_LISTED_TOKENS = 1_000_000
-"""Most tokens a report lists one row each (``layout --tokens``, ``rope --tokens``)."""
+"""Most tokens a report lists one row each (:func:`layout_tokens`, and the ``tokens`` that
+:func:`flopkit.inspect.rope.rope_token_rows` reports)."""
 
 
 def check_listed_tokens(count: int, hint: str) -> None:
-    """ValueError (ending in ``hint``) when a report would list more than :data:`MAX_LISTED_TOKENS` tokens."""
+    """:class:`flopkit.checks.InputError` (a ValueError naming ``tokens``, ending in ``hint``) when a
+    report would list more than :data:`MAX_LISTED_TOKENS` tokens."""
+    from flopkit.checks import InputError
+
     if count > MAX_LISTED_TOKENS:
-        raise ValueError(
-            f"--tokens: {count:,} tokens is above the {MAX_LISTED_TOKENS:,} a report lists; {hint}"
+        raise InputError(
+            "tokens", None, f"{count:,} tokens is above the {MAX_LISTED_TOKENS:,} a report lists; {hint}"
         )
 
 
@@ -93,5 +97,7 @@ def layout_tokens(layout: TokenLayout) -> list[dict[str, Any]]:
     """Every token: ``index``, ``kind`` (patch | cls | register), grid ``y`` and ``x`` (None for CLS).
 
     ValueError above :data:`MAX_LISTED_TOKENS` tokens."""
-    check_listed_tokens(layout.num_tokens, "use rope --tokens with a range, or a smaller image_size")
+    check_listed_tokens(
+        layout.num_tokens, "list a range of them with the RoPE report's `tokens`, or use a smaller image_size"
+    )
     return [{"index": i, "kind": kind, "y": y, "x": x} for i, kind, y, x in layout.tokens()]

@@ -32,7 +32,10 @@ __all__ = [
 
 def parse_token_spec(spec: str, num_tokens: int) -> list[int]:
     """``"0:3,196:201"`` -> ``[0, 1, 2, 196, 197, 198, 199, 200]``: half-open ranges or single
-    indices, comma-separated; ValueError for anything outside ``0 .. T-1``."""
+    indices, comma-separated; :class:`flopkit.checks.InputError` (a ValueError) naming ``tokens``
+    (the token selection :func:`rope_token_rows` reports) for anything outside ``0 .. T-1``."""
+    from flopkit.checks import InputError
+
     out: list[int] = []
     for part in spec.split(","):
         part = part.strip()
@@ -45,12 +48,14 @@ def parse_token_spec(spec: str, num_tokens: int) -> list[int]:
                 start = int(part)
                 stop = start + 1
         except ValueError:
-            raise ValueError(f"--tokens: expected ranges like 0:3,196:201, got {part!r}") from None
+            raise InputError("tokens", None, f"expected ranges like 0:3,196:201, got {part!r}") from None
         if ":" in part and start >= stop:
-            raise ValueError(f"--tokens: range {part!r} is empty: start must be below stop (half-open a:b)")
+            raise InputError(
+                "tokens", None, f"range {part!r} is empty: start must be below stop (half-open a:b)"
+            )
         if not 0 <= start < stop <= num_tokens:
-            raise ValueError(
-                f"--tokens: range {part!r} is outside the {num_tokens} tokens (0..{num_tokens - 1})"
+            raise InputError(
+                "tokens", None, f"range {part!r} is outside the {num_tokens} tokens (0..{num_tokens - 1})"
             )
         check_listed_tokens(len(out) + stop - start, "ask for a smaller range")
         out.extend(range(start, stop))
@@ -130,7 +135,9 @@ def pairing_norm_ratios(
     frequencies with the interleaved tables, so its ratios spread around 1.
     """
     if pairing not in ROPE_PAIRINGS:
-        raise ValueError(f"--pairing must be one of {', '.join(ROPE_PAIRINGS)}, got {pairing!r}")
+        from flopkit.checks import InputError
+
+        raise InputError("pairing", repr(pairing), f"must be one of {', '.join(ROPE_PAIRINGS)}")
     cos, sin = rope_tables(attn)
     # Bound the sample (num_vectors * T * D float64 values) for large layouts; at least one per token.
     num_vectors = max(1, min(num_vectors, (1 << 22) // cos.numel()))
@@ -204,7 +211,7 @@ def plot_rope_tables(attn: ViT5Attention, path: str | Path) -> Path:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise ImportError("--plot needs matplotlib: pip install 'flopkit[plot]'") from None
+        raise ImportError("plotting needs matplotlib: pip install 'flopkit[plot]'") from None
     cos, sin = rope_tables(attn)
     layout = attn.layout
     T, D = cos.shape

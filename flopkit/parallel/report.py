@@ -272,7 +272,7 @@ class ShardedReport:
             )
             + ".",
             "FLOPs: measured by FlopCounterMode on each rank's local tensors (a TP-split matmul counts its "
-            "shard); attention on SDPA's math path; categories as in report --model (measured: residual adds, "
+            "shard); attention on SDPA's math path; categories as in a model spec's FLOP report (measured: residual adds, "
             "LayerScale and RoPE written as tensor arithmetic are not counted; flopkit's own norm ops count "
             "their forward only, their backward op having no FlopCounterMode formula). tp_duplicated = tp x "
             "per rank - single device (same micro-batch, same counter): work every TP rank repeats; all "
@@ -519,7 +519,7 @@ def sharded(
         args, kwargs = (model_input(loaded.config, loaded.module, batch, "meta"),), {}
     else:
         inputs = model_inputs(
-            loaded.module, batch=batch, input_shape=input_shape, seq_len=seq_len, spec=f"model {model}"
+            loaded.module, batch=batch, input_shape=input_shape, seq_len=seq_len, spec=model
         )
         args, kwargs = inputs.args, inputs.kwargs
     info = {"model": loaded.to_dict()}

@@ -177,7 +177,7 @@ def plot_roofline(
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise ImportError("--plot needs matplotlib: pip install 'flopkit[plot]'") from None
+        raise ImportError("plotting needs matplotlib: pip install 'flopkit[plot]'") from None
     usable = [p for p in points if p[1] > 0 and p[2] > 0]
     if not usable:
         raise ValueError("no layer has both FLOPs and time to plot")

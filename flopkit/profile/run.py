@@ -207,7 +207,7 @@ def _is_container(module: nn.Module) -> bool:
 
 def ranged_paths(modules: dict[str, nn.Module], paths: Sequence[str]) -> list[str]:
     """The modules that get a profiler range: the rows, and the children of any row that is a
-    container (so that ``blocks`` gets the time of ``blocks.0``, ``blocks.1``... at ``--depth 1``)."""
+    container (so that ``blocks`` gets the time of ``blocks.0``, ``blocks.1``... at ``depth=1``)."""
     out = list(paths)
     todo = [p for p in paths if _is_container(modules[p])]
     while todo:
@@ -309,7 +309,7 @@ def profile_model(
     regions = compile_regions(modules, paths) if compile else []
     restore = _compile(modules, regions) if compile else (lambda: None)
     # One compiled function per region class; they share dynamo's cache entry, whose default
-    # limit (8) a deep --depth could exceed.
+    # limit (8) a deep ``depth`` could exceed.
     limits = torch._dynamo.config.patch(recompile_limit=64) if compile else contextlib.nullcontext()
     batch = tensors[0].shape[0]
     loss_fn: Callable[[Any], torch.Tensor] | None = None

@@ -21,6 +21,8 @@ import torch
 from torch import nn
 from torch.overrides import _get_current_function_mode_stack
 
+from flopkit.checks import InputError
+
 from .cuda import CudaSemantics, block_bytes
 from .step import (
     CHECKPOINTING,
@@ -74,8 +76,9 @@ _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
 _UNITS.update({"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "k": 2**10, "m": 2**20, "g": 2**30})
 
 
-def parse_bytes(text: str | int, option: str = "--fit") -> int:
-    """``"80GiB"``, ``"80GB"``, ``"512MiB"``, ``"1024"`` -> bytes (``GiB`` = 2**30, ``GB`` = 10**9)."""
+def parse_bytes(text: str | int, argument: str = "budget") -> int:
+    """``"80GiB"``, ``"80GB"``, ``"512MiB"``, ``"1024"`` -> bytes (``GiB`` = 2**30, ``GB`` = 10**9);
+    errors (:class:`flopkit.checks.InputError`) name ``argument``."""
     if isinstance(text, int):
         value = text
     else:
@@ -83,13 +86,13 @@ def parse_bytes(text: str | int, option: str = "--fit") -> int:
         number = raw.rstrip("abcdefghijklmnopqrstuvwxyz")
         unit = raw[len(number) :]
         if unit not in _UNITS or not number:
-            raise ValueError(f"{option}: expected a size such as 80GiB, 80GB or 512MiB, got {text!r}")
+            raise InputError(argument, repr(text), "expected a size such as 80GiB, 80GB or 512MiB")
         try:
             value = int(float(number) * _UNITS[unit])
         except ValueError:
-            raise ValueError(f"{option}: expected a size such as 80GiB, got {text!r}") from None
+            raise InputError(argument, repr(text), "expected a size such as 80GiB") from None
     if value <= 0:
-        raise ValueError(f"{option}: the size must be positive, got {text!r}")
+        raise InputError(argument, repr(text), "the size must be positive")
     return value
 
 
@@ -212,7 +215,7 @@ class MemoryResult:
         try:
             import matplotlib
         except ImportError as exc:
-            raise ImportError(f"--plot needs matplotlib ({exc}); pip install 'flopkit[plot]'") from None
+            raise ImportError(f"plotting needs matplotlib ({exc}); pip install 'flopkit[plot]'") from None
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
@@ -258,21 +261,21 @@ class MemoryResult:
 # ------------------------------------------------------------------------------------- options
 
 
-def _dtype(value: str | torch.dtype | None, option: str) -> torch.dtype | None:
+def _dtype(value: str | torch.dtype | None, argument: str) -> torch.dtype | None:
     if value is None or isinstance(value, torch.dtype):
         return value
     if value not in DTYPES:
-        raise ValueError(f"{option} must be one of {', '.join(DTYPES)}, got {value!r}")
+        raise InputError(argument, repr(value), f"must be one of {', '.join(DTYPES)}")
     return DTYPES[value]
 
 
 def _autocast(value: str | torch.dtype | None) -> torch.dtype | None:
     if value is None or isinstance(value, torch.dtype):
         if value not in (None, torch.bfloat16, torch.float16):
-            raise ValueError(f"--autocast must be bf16, fp16 or none, got {value}")
+            raise InputError("autocast", value, "must be bf16, fp16 or none")
         return value
     if value not in AUTOCAST_DTYPES:
-        raise ValueError(f"--autocast must be one of {', '.join(AUTOCAST_DTYPES)}, got {value!r}")
+        raise InputError("autocast", repr(value), f"must be one of {', '.join(AUTOCAST_DTYPES)}")
     return AUTOCAST_DTYPES[value]
 
 
@@ -302,38 +305,39 @@ def _check_plan(
     workspace_bytes,
     cublas_workspace="cached",
 ) -> _Plan:
-    """Every option checked before any model is built; errors name the option, value and limit."""
+    """Every argument checked before any model is built; errors (:class:`flopkit.checks.InputError`)
+    name the argument, value and limit."""
     if optimizer is not None and optimizer not in OPTIMIZERS:
-        raise ValueError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
+        raise InputError("optimizer", repr(optimizer), f"must be one of {', '.join(OPTIMIZERS)}")
     if loss is not None and loss not in LOSSES:
-        raise ValueError(f"--loss must be one of {', '.join(LOSSES)}, got {loss!r}")
+        raise InputError("loss", repr(loss), f"must be one of {', '.join(LOSSES)}")
     if checkpointing not in CHECKPOINTING:
-        raise ValueError(f"--checkpointing must be one of {', '.join(CHECKPOINTING)}, got {checkpointing!r}")
+        raise InputError("checkpointing", repr(checkpointing), f"must be one of {', '.join(CHECKPOINTING)}")
     if not isinstance(fsdp, int) or isinstance(fsdp, bool) or fsdp < 1:
-        raise ValueError(f"--fsdp must be a number of ranks >= 1, got {fsdp!r}")
+        raise InputError("fsdp", repr(fsdp), "must be a number of ranks >= 1")
     if kv_cache is not None and (not isinstance(kv_cache, int) or kv_cache < 1):
-        raise ValueError(f"--kv-cache must be a number of cached tokens >= 1, got {kv_cache!r}")
+        raise InputError("kv_cache", repr(kv_cache), "must be a number of cached tokens >= 1")
     if not training:
         for name, value, default in (
-            ("--optimizer", optimizer, None),
-            ("--loss", loss, None),
-            ("--checkpointing", checkpointing, "none"),
+            ("optimizer", optimizer, None),
+            ("loss", loss, None),
+            ("checkpointing", checkpointing, "none"),
         ):
             if value != default:
-                raise ValueError(f"{name} {value} applies only with --training")
+                raise InputError(name, value, "applies only with `training`")
     if training and kv_cache is not None:
-        raise ValueError("--kv-cache is an inference setting: it does not apply with --training")
+        raise InputError("kv_cache", kv_cache, "is an inference setting: it does not apply with `training`")
     if workspace_bytes is not None and workspace_bytes < 0:
-        raise ValueError(f"workspace_bytes must be >= 0, got {workspace_bytes}")
+        raise InputError("workspace_bytes", workspace_bytes, "must be >= 0")
     if cublas_workspace not in CUBLAS_WORKSPACE_MODES:
-        raise ValueError(
-            f"--cublas-workspace must be one of {', '.join(CUBLAS_WORKSPACE_MODES)}, got {cublas_workspace!r}"
+        raise InputError(
+            "cublas_workspace", repr(cublas_workspace), f"must be one of {', '.join(CUBLAS_WORKSPACE_MODES)}"
         )
     return _Plan(
         training,
         (optimizer or "adamw") if training else "none",
         loss,
-        _dtype(dtype, "--dtype"),
+        _dtype(dtype, "dtype"),
         _autocast(autocast),
         checkpointing,
         kv_cache,
@@ -374,7 +378,7 @@ def _subject(
             loaded = load_model(model, overrides)
         else:
             raise TypeError(
-                f"model must be a preset, a config file, a --model spec or an nn.Module, got {model!r}"
+                f"model must be a preset, a config file, a model spec or an nn.Module, got {model!r}"
             )
         module, label = loaded.module, loaded.label
     given = args is not None or kwargs is not None
@@ -382,7 +386,7 @@ def _subject(
     def make_inputs(b: int):
         if given:
             if b != batch:
-                raise ValueError("explicit inputs have a fixed batch: --fit needs the batch to vary")
+                raise ValueError("explicit inputs have a fixed batch: fit_batch needs the batch to vary")
             return tuple(args or ()), dict(kwargs or {}), "given"
         if loaded is not None and loaded.config is not None:
             from flopkit.config import model_input
@@ -443,7 +447,7 @@ def _replay(subject: _Subject, plan: _Plan, batch: int) -> _Replay:
     module.train(plan.training)
     params = [p for p in module.parameters() if p.requires_grad]
     if plan.training and not params:
-        raise ValueError(f"{subject.label} has no trainable parameters: --training has nothing to train")
+        raise InputError("training", True, f"{subject.label} has no trainable parameters: nothing to train")
     args, kwargs, _ = subject.make_inputs(batch)
     semantics = CudaSemantics(plan.autocast)
     if plan.kv_cache is not None:
@@ -617,7 +621,7 @@ def _cache_tensors(cache) -> list[torch.Tensor]:
 def _intervals(replay: _Replay, plan: _Plan) -> list[tuple[int, int, int, Block | None]]:
     """``(bytes, start, end, block)`` for every block: live on events ``start <= i < end``.
 
-    With ``--fsdp N`` (FSDP2 ``fully_shard`` on each repeated block, a *unit*, and the root) the
+    With ``fsdp=N`` (FSDP2 ``fully_shard`` on each repeated block, a *unit*, and the root) the
     blocks of parameters, optimizer state and gradients are sharded (:meth:`Block.sharded_bytes`),
     and FSDP2's own buffers are added as a traced FSDP2 step allocates them (CPU, fake process
     group; ``tests/memory``): in the forward each unit's all-gather output (its parameters, flat,
@@ -762,7 +766,7 @@ def memory(
 ) -> MemoryResult:
     """Predict the GPU memory of one steady-state step of ``model`` on an H100, without a GPU.
 
-    ``model``: a preset or YAML/JSON config (with ``overrides``), a ``--model`` spec
+    ``model``: a preset or YAML/JSON config (with ``overrides``), a model spec
     (``timm:resnet50``, ``hf:gpt2`` with ``model_args``, ``file.py:fn``), or an ``nn.Module`` (a
     copy is moved to the meta device). Inputs: ``args``/``kwargs`` (meta tensors, fixed batch), or
     made like ``flopkit report``'s: ``batch`` with ``input_shape`` (per sample), ``seq_len`` (int64
@@ -793,9 +797,9 @@ def memory(
         cublas_workspace,
     )
     if batch < 1:
-        raise ValueError(f"--batch must be >= 1, got {batch}")
+        raise InputError("batch", batch, "must be >= 1")
     if depth < 0:
-        raise ValueError(f"--depth must be >= 0, got {depth}")
+        raise InputError("depth", depth, "must be >= 0")
     subject = _subject(model, args, kwargs, batch, input_shape, seq_len, named_inputs, model_args, overrides)
     return _predict(subject, plan, batch, depth)
 
@@ -936,10 +940,10 @@ def fit_batch(
     the steady state (parameters, optimizer state, workspace) does not fit, or batch 1 does not."""
     budget_bytes = parse_bytes(budget)
     if "batch" in options:
-        raise ValueError("--fit searches the batch: do not give --batch with it")
+        raise InputError("batch", options["batch"], "fit_batch searches the batch: do not give it")
     for name in ("args", "kwargs"):
         if options.get(name) is not None:
-            raise ValueError("--fit varies the batch: give input shapes, not fixed inputs")
+            raise InputError(name, None, "fit_batch varies the batch: give input shapes, not fixed inputs")
     keys = (
         "training",
         "optimizer",
@@ -982,13 +986,15 @@ def fit_batch(
 
     first = run(1)
     if first.steady_bytes > budget_bytes:
-        raise ValueError(
-            f"--fit {format_bytes(budget_bytes)} is below the steady state of {subject.label} "
-            f"({format_bytes(first.steady_bytes)}: parameters, optimizer state, workspace)"
+        raise InputError(
+            "budget",
+            format_bytes(budget_bytes),
+            f"below the steady state of {subject.label} ({format_bytes(first.steady_bytes)}: parameters, "
+            "optimizer state, workspace)",
         )
     if first.peak_bytes > budget_bytes:
-        raise ValueError(
-            f"--fit {format_bytes(budget_bytes)}: even batch 1 peaks at {format_bytes(first.peak_bytes)}"
+        raise InputError(
+            "budget", format_bytes(budget_bytes), f"even batch 1 peaks at {format_bytes(first.peak_bytes)}"
         )
     # Doubling brackets the answer; then interpolation on the bracket (the peak grows about
     # linearly with the batch once activations dominate), alternating with bisection so that the

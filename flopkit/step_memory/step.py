@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from flopkit.checks import InputError
 from flopkit.losses import LOSSES, default_loss, loss_value, main_output, make_targets
 
 __all__ = [
@@ -48,7 +49,7 @@ def make_optimizer(name: str, params: Sequence[nn.Parameter]) -> torch.optim.Opt
     ``sgd``: ``SGD(lr=1e-3, momentum=0.9, foreach=True)`` (one momentum buffer per parameter);
     ``none``: no optimizer (forward, loss and backward only)."""
     if name not in OPTIMIZERS:
-        raise ValueError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
+        raise InputError("optimizer", repr(name), f"must be one of {', '.join(OPTIMIZERS)}")
     params = list(params)
     if name == "adamw":
         return torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01, foreach=True)
@@ -138,8 +139,10 @@ def make_kv_cache(
     keys and values ``[batch, kv_heads, length, head_dim]`` of ``dtype`` (zeros)."""
     config = getattr(model, "config", None)
     if config is None or not hasattr(config, "num_hidden_layers"):
-        raise ValueError(
-            f"--kv-cache needs a Hugging Face decoder (hf:gpt2, hf:llama, ...), got {type(model).__name__}"
+        raise InputError(
+            "kv_cache",
+            length,
+            f"needs a Hugging Face decoder (hf:gpt2, hf:llama, ...), got {type(model).__name__}",
         )
     from transformers import DynamicCache
 

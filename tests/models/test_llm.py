@@ -167,8 +167,8 @@ def test_hardware_flops_add_flash_backward_and_recompute():
     [
         (["--model", "hf:bert", "--model-arg", "num_hidden_layers=1", "--kv-cache", "4"], "no KV cache"),
         ([*llama_args(2), "--generate", "0:5"], "at least 1"),
-        ([*llama_args(2), "--kv-cache", "4", "--training"], "does not apply to a training step"),
-        ([*llama_args(2), "--seq-len", "2", "--input", "attention_mask=[[1,1]]"], "exact causal attention"),
+        ([*llama_args(2), "--kv-cache", "4", "--training"], "does not apply with --training"),
+        ([*llama_args(2), "--seq-len", "2", "--input", "attention_mask=[[1,1]]"], "--causal-attention exact"),
         ([*llama_args(2), "--seq-len", "2", "--causal-attention", "exact", "--input", "attention_mask=[[1,1,1]]"],
          "[1, 2]"),
         (["--model", "torch.nn:Identity", "--input-shape", "4", "--causal-attention", "exact", "--input",
