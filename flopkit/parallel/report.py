@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from flopkit.checks import InputError
 from flopkit.formulas import CATEGORIES
 
 from .plan import ParallelConfig
@@ -484,25 +485,26 @@ def _rank_step_memory(model, args, kwargs, config, tp_plan, param_dtype, optimiz
 
 
 def sharded(
-    config: str | None = None,
+    model: Any,
     overrides: Any = (),
     *,
-    model: str | None = None,
     model_args: dict[str, Any] | None = None,
     batch: int = 1,
     seq_len: int | None = None,
     input_shape: tuple[int, ...] | None = None,
     **options: Any,
 ) -> ShardedReport:
-    """:func:`sharded_report` of a preset or config file (``config``, ``overrides``) or a model spec
-    (``model``, ``model_args``), built on the meta device, on a micro-batch of ``batch`` samples per
-    rank (``seq_len`` tokens for a text model, ``input_shape`` per sample otherwise). ``options``:
-    :func:`sharded_report`'s (``fsdp``, ``tp``, ``dp_replicate``, ``tp_plan``, ``step_ms``, ...).
+    """:func:`sharded_report` of ``model`` as :func:`flopkit.count` takes it (a preset or config
+    file with ``overrides``, a spec with ``model_args``, or an ``nn.Module``: a meta copy), on a
+    micro-batch of ``batch`` samples per rank (``seq_len`` tokens for a text model, ``input_shape``
+    per sample otherwise). ``options``: :func:`sharded_report`'s (``fsdp``, ``tp``, ``dp_replicate``,
+    ``tp_plan``, ``step_ms``, ...).
 
     ``flopkit.sharded("vit5-large", fsdp=8)``;
-    ``flopkit.sharded(model="hf:llama", model_args={...}, seq_len=4096, tp=2, fsdp=4)``.
+    ``flopkit.sharded("hf:llama", model_args={...}, seq_len=4096, tp=2, fsdp=4)``.
     """
-    from flopkit.models import load_model, model_inputs
+    from flopkit.flops.count import load
+    from flopkit.models import model_inputs
 
     ParallelConfig(
         fsdp=options.get("fsdp", 1),
@@ -510,16 +512,20 @@ def sharded(
         dp_replicate=options.get("dp_replicate", 1),
         batch=batch,
     )
-    loaded = load_model(config, overrides, model=model, model_args=model_args)
+    loaded = load(model, overrides=overrides, model_args=model_args)
     if loaded.is_config:
         if seq_len is not None or input_shape is not None:
-            raise ValueError("seq_len and input_shape apply to a model spec; a config fixes its input")
+            raise InputError(
+                "seq_len" if seq_len is not None else "input_shape",
+                seq_len if seq_len is not None else input_shape,
+                "applies to a model spec or module; a config fixes its input",
+            )
         from flopkit.config import model_input
 
         args, kwargs = (model_input(loaded.config, loaded.module, batch, "meta"),), {}
     else:
         inputs = model_inputs(
-            loaded.module, batch=batch, input_shape=input_shape, seq_len=seq_len, spec=model
+            loaded.module, batch=batch, input_shape=input_shape, seq_len=seq_len, spec=loaded.label
         )
         args, kwargs = inputs.args, inputs.kwargs
     info = {"model": loaded.to_dict()}
