@@ -241,6 +241,11 @@ def test_results_hold_one_pair_per_benchmark_and_device():
         if record.get("schema") == H.SCHEMA:
             H.validate_record(record)
             assert (record["benchmark"], H.device_tag(record["env"])) == (name, device)
+        elif record.get("schema") == "flopkit-bench/runs":  # several harness runs of one benchmark
+            assert record["benchmark"] == name and record["device"] == device and record["runs"]
+            for run in record["runs"].values():
+                H.validate_record(run)
+                assert (run["benchmark"], H.device_tag(run["env"])) == (name, device)
         else:  # runs from before the harness, gathered per benchmark and device
             assert record.get("schema") == "flopkit-bench/legacy" and record["benchmark"] == name
             assert record["device"] == device and record["runs"]
