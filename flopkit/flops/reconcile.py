@@ -296,13 +296,20 @@ def reconcile(
     batch: int = 1,
     rtol: float = 0.0,
     depth: int | None = None,
+    not_comparable: tuple[str, ...] = ("elementwise",),
 ) -> Reconciliation:
     """Compare the analytic ``tree`` (per sample, scaled by ``batch``) with each measurement, per
-    module down to ``depth`` and for the whole model, category by category."""
+    module down to ``depth`` and for the whole model, category by category.
+
+    ``not_comparable``: categories never compared (:data:`BLIND_SPOTS` says why): flopkit's
+    elementwise (LayerScale, GELU, bias and position-embedding adds) is what no counter sees whole.
+    """
     check_tolerance(rtol)
     nodes = {node.path: node for node in tree.walk()}
     comparable = {
-        m.counter: tuple(c for c in CATEGORIES if c in ALWAYS_COMPARABLE or c in m.categories)
+        m.counter: tuple(
+            c for c in CATEGORIES if (c in ALWAYS_COMPARABLE or c in m.categories) and c not in not_comparable
+        )
         for m in measurements
     }
     paths = [p for p, _ in model.named_modules()]
