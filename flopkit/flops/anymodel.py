@@ -64,6 +64,8 @@ __all__ = [
     "ModelCount",
     "count_model",
     "count_torch",
+    "run_counters",
+    "categories_by_path",
     "layer_shapes",
     "causal_pairs",
     "causal_legend",
@@ -434,7 +436,7 @@ class _ModuleStack(TorchFunctionMode):
                 todo.extend(fn for fn, _ in node.next_functions)
         return out
 
-    def __enter__(self):  # FlopCounterMode enters its tracker; the mode is entered by _run
+    def __enter__(self):  # FlopCounterMode enters its tracker; the mode is entered by run_counters
         return self
 
     def __exit__(self, *args):
@@ -548,7 +550,7 @@ class _CallCounter(TorchFunctionMode):
                 self.hardware.setdefault(parent, Counter())["attention"] += extra
 
 
-def _run(
+def run_counters(
     model: nn.Module,
     args: tuple,
     kwargs: dict,
@@ -706,7 +708,7 @@ def grouped_experts(model: nn.Module):
             config._experts_implementation = "eager"
 
 
-def _categories(raw: dict[str, Counter], experts: list[str] = ()) -> dict[str, dict[str, int]]:
+def categories_by_path(raw: dict[str, Counter], experts: list[str] = ()) -> dict[str, dict[str, int]]:
     """FLOPs by category per path; ``bmm`` inside the modules at ``experts`` (and its share in their
     ancestors) is a matmul."""
 
@@ -774,14 +776,16 @@ def count_model(
         try:
             # A training step runs the model in train mode (batch norm on batch statistics, dropout on).
             model.train(backward)
-            raw, calls = _run(model, args, kwargs, causal, False, shapes, seen, padding_mask)
+            raw, calls = run_counters(model, args, kwargs, causal, False, shapes, seen, padding_mask)
             experts = expert_paths(model)
-            forward = _categories(raw, experts)
+            forward = categories_by_path(raw, experts)
             hardware: dict[str, dict[str, int]] = {}
             if backward:
-                raw_total, back_calls = _run(model, args, kwargs, causal, True, None, None, padding_mask)
+                raw_total, back_calls = run_counters(
+                    model, args, kwargs, causal, True, None, None, padding_mask
+                )
                 hardware = {p: dict(c) for p, c in back_calls.hardware.items() if p != GLOBAL}
-                total = _categories(raw_total, experts)
+                total = categories_by_path(raw_total, experts)
                 back = {
                     path: {c: total[path][c] - forward.get(path, {}).get(c, 0) for c in CATEGORIES}
                     for path in total
