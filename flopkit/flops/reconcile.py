@@ -2,7 +2,9 @@
 
 A category is *comparable* for a counter when the counter can see that work: matmul and attention
 always (after converting fvcore's MACs to FLOPs), and any other category in which the counter
-counted at least one op (e.g. ``aten::rms_norm`` or a ``flopkit::`` custom op in the trace).
+counted at least one op (e.g. ``aten::rms_norm`` or a ``flopkit::`` custom op in the trace),
+except elementwise: no counter sees flopkit's elementwise whole (LayerScale and bias adds are plain
+``mul``/``add``), and torch's count holds the softmax inside SDPA, which flopkit leaves out.
 Comparable categories must agree within ``rtol`` (default: exactly); everything else is listed
 with the reason the counter cannot see it (:data:`BLIND_SPOTS`).
 

@@ -7,7 +7,7 @@ from torch.utils.flop_counter import flop_registry
 from flopkit.config import load_config, model_input
 from flopkit.flops import ops
 from flopkit.flops.anymodel import count_model, count_torch, register_formula
-from flopkit.formulas import CATEGORIES, FLOPS_PER_MAC
+from flopkit.formulas import CATEGORIES, FLOP_FORMULAS, FLOPS_PER_MAC
 
 TINY = ["image_size=32", "hidden_dim=32", "num_heads=2", "depth=2", "num_classes=10"]
 
@@ -16,6 +16,8 @@ def test_every_entry_is_counted_or_says_why_not():
     for name, entry in ops.OPS.items():
         assert entry.name == name
         assert entry.category in (*CATEGORIES, None), name
+        # a flopkit:: custom op names the registered formula that counts it
+        assert entry.custom is None or entry.custom in FLOP_FORMULAS, name
         # an op without a category moves data or is arithmetic left out by convention, not both
         if entry.category is None:
             assert entry.movement != entry.convention, name
