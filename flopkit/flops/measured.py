@@ -182,23 +182,23 @@ class _CallRecorder:
             handle.remove()
 
 
-def _to_categories(raw: dict[str, Counter], table: Callable[[str], tuple[str, int] | None]):
+def _to_categories(raw: dict[str, Counter]) -> tuple[dict[str, dict[str, int]], set[str]]:
+    """fvcore's per-path op counts as FLOPs by category (its unit times each op's factor, from the op
+    table), and the categories with at least one counted op."""
+    table = fvcore_table()
     flops: dict[str, dict[str, int]] = {}
     seen: set[str] = set()
-    skipped: Counter = Counter()
     for path, ops in raw.items():
         out: dict[str, int] = {}
         for op, value in ops.items():
-            entry = table(op)
+            entry = table.get(op)
             if entry is None:
-                if path == "":
-                    skipped[op] += value
                 continue
             category, factor = entry
             out[category] = out.get(category, 0) + int(value) * factor
             seen.add(category)
         flops[path] = out
-    return flops, seen, skipped
+    return flops, seen
 
 
 def count_fvcore(model: nn.Module, inputs: torch.Tensor) -> Measurement:
@@ -225,7 +225,7 @@ def count_fvcore(model: nn.Module, inputs: torch.Tensor) -> Measurement:
             unsupported = Counter(analysis.unsupported_ops(""))
     finally:
         recorder.remove()
-    flops, seen, _ = _to_categories(raw, fvcore_table().get)
+    flops, seen = _to_categories(raw)
     return Measurement("fvcore", flops, raw, recorder.called, unsupported, seen)
 
 

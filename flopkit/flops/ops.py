@@ -38,6 +38,7 @@ from flopkit.formulas import CATEGORIES, FLOP_FORMULAS, FLOPS_PER_MAC
 __all__ = [
     "Op",
     "OPS",
+    "op",
     "QK_NORM_ROPE",
     "QK_NORM_ROPE_PARTS",
     "RMS_NORM_OP",
