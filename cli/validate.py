@@ -111,13 +111,7 @@ def validate(
 
 
 def _render_validation(source: str, rec, fmt: str) -> str:
-    from flopkit.flops.anymodel import MEASURED_OPS
-    from flopkit.flops.measured import FVCORE_OPS
-
-    def category_of(counter: str, op: str) -> str | None:
-        if counter == "fvcore":
-            return FVCORE_OPS.get(op, (None, 0))[0]
-        return MEASURED_OPS.get(op)  # a superset of TORCH_OPS: also what validate --model counts
+    from flopkit.flops.ops import category_of
 
     names = rec.counters
     sets = {tuple(rec.comparable[n]) for n in names}

@@ -1,9 +1,12 @@
 """Measured FLOPs of any model on the meta device, in every category, forward and backward.
 
+This is flopkit's one FlopCounterMode engine: :func:`count_model` (and :func:`count_torch`, its
+forward as a :class:`~flopkit.flops.measured.Measurement`, for ``validate --against torch``).
 torch's ``FlopCounterMode`` counts matmul, convolution and (on the meta device, where SDPA runs its
-math decomposition as two ``bmm``) attention. :data:`OP_FORMULAS` adds formulas for the norm and
-elementwise ops through its ``custom_mapping`` (no tracer of our own): ``native_layer_norm``,
-``native_group_norm``, ``native_batch_norm``, activations and softmax, and their backward ops.
+math decomposition as two ``bmm``) attention. The op table (:mod:`flopkit.flops.ops`) gives every
+op its category and adds formulas for the ops torch has none for through the counter's
+``custom_mapping`` (no tracer of our own): ``native_layer_norm``, ``native_group_norm``,
+``native_batch_norm``, activations and softmax, and their backward ops.
 Two things have no aten op of their own and are counted at the call:
 
 * ``F.rms_norm`` (which decomposes into ``pow``/``mean``/``rsqrt``/``mul``) and modules whose class
@@ -41,26 +44,28 @@ from torch.utils._pytree import tree_flatten
 from flopkit import formulas
 from flopkit.formulas import CATEGORIES
 
-from .measured import (
-    _NOT_FLOPS,
-    CONVENTION_UNCOUNTED,
-    TORCH_OPS,
-    GroupedMMAnyDtype,
-    Measurement,
-    _numel,
-    _OpRecorder,
-    grouped_mm_flops,
-    register_flopkit_formulas,
+from .measured import GroupedMMAnyDtype, Measurement, OpRecorder, register_flopkit_formulas
+from .ops import (
+    CAUSAL_OP,
+    QK_NORM_ROPE,
+    RMS_NORM_BACKWARD_OP,
+    RMS_NORM_OP,
+    is_convention,
+    not_flops,
+    register_op,
+    torch_category,
+    torch_mapping,
 )
 
 __all__ = [
     "CAUSAL_MODES",
-    "OP_FORMULAS",
-    "MEASURED_OPS",
     "ANYMODEL_LEGEND",
     "LayerShapes",
     "ModelCount",
     "count_model",
+    "count_torch",
+    "run_counters",
+    "categories_by_path",
     "layer_shapes",
     "causal_pairs",
     "causal_legend",
@@ -68,7 +73,6 @@ __all__ = [
     "sliding_window_of",
     "padded_pairs",
     "register_formula",
-    "USER_FORMULAS",
     "expert_paths",
     "grouped_experts",
     "skipped_legend",
@@ -77,104 +81,6 @@ __all__ = [
 CAUSAL_MODES = formulas.ATTENTION_RULES
 
 aten = torch.ops.aten
-
-
-# ------------------------------------------------------------------------------------------------
-# FlopCounterMode formulas (``custom_mapping``: op arguments as shapes) for the ops it has none for,
-# each calling the single registry (flopkit.formulas): one FLOP = one multiply or add.
-
-
-def _layer_norm(input, normalized_shape, weight=None, bias=None, eps=None, *, out_shape=None, **kw):
-    return formulas.group_norm(_numel(input), weight is not None, bias is not None)
-
-
-def _group_norm(input, weight, bias, *args, out_shape=None, **kw):
-    return formulas.group_norm(_numel(input), weight is not None, bias is not None)
-
-
-def _batch_norm(input, weight, bias, running_mean, running_var, training, *args, out_shape=None, **kw):
-    return formulas.batch_norm(_numel(input), bool(training), weight is not None, bias is not None)
-
-
-def _batch_norm_no_training(input, weight, bias, *args, out_shape=None, **kw):
-    return formulas.batch_norm(_numel(input), False, weight is not None, bias is not None)
-
-
-def _batch_norm_legit(input, weight, bias, *args, out_shape=None, **kw):
-    return formulas.batch_norm(_numel(input), True, weight is not None, bias is not None)
-
-
-def _activation(input, *args, out_shape=None, **kw):
-    return formulas.activation(_numel(input))
-
-
-def _softmax(input, *args, out_shape=None, **kw):
-    return formulas.softmax(_numel(input))
-
-
-# Backward ops: output_mask says which gradients run (a frozen weight or an input that needs no
-# gradient drops its part).
-def _layer_norm_backward(grad_out, input, normalized_shape, mean, rstd, weight, bias, output_mask, **kw):
-    forward = formulas.group_norm(_numel(input), weight is not None, bias is not None)
-    return formulas.norm_backward(forward, output_mask[0], output_mask[1] or output_mask[2])
-
-
-def _group_norm_backward(grad_out, input, mean, rstd, weight, *args, out_shape=None, **kw):
-    output_mask = args[-1]
-    forward = formulas.group_norm(_numel(input), weight is not None, weight is not None)
-    return formulas.norm_backward(forward, output_mask[0], output_mask[1] or output_mask[2])
-
-
-def _batch_norm_backward(grad_out, input, weight, running_mean, running_var, save_mean, save_invstd, train,
-                         eps, output_mask, *args, out_shape=None, **kw):  # fmt: skip
-    forward = formulas.batch_norm(_numel(input), bool(train), weight is not None, weight is not None)
-    return formulas.norm_backward(forward, output_mask[0], output_mask[1] or output_mask[2])
-
-
-def _activation_backward(grad_out, *args, out_shape=None, **kw):
-    return formulas.activation_backward(_numel(grad_out))
-
-
-def _softmax_backward(grad_out, output, *args, out_shape=None, **kw):
-    return formulas.softmax_backward(_numel(grad_out))
-
-
-def _packets(*names: str) -> list:
-    return [getattr(aten, n) for n in names if hasattr(aten, n)]
-
-
-_ACTIVATIONS = (
-    "gelu", "gelu_", "silu", "silu_", "relu", "relu_", "tanh", "tanh_", "sigmoid", "sigmoid_", "hardswish",
-    "hardswish_", "hardsigmoid", "hardsigmoid_", "hardtanh", "hardtanh_", "elu", "elu_", "leaky_relu",
-    "leaky_relu_", "mish", "mish_", "softplus", "glu", "prelu", "_prelu_kernel", "log_sigmoid_forward",
-)  # fmt: skip
-_ACTIVATION_BACKWARDS = (
-    "gelu_backward", "silu_backward", "threshold_backward", "tanh_backward", "sigmoid_backward",
-    "hardswish_backward", "hardsigmoid_backward", "hardtanh_backward", "elu_backward",
-    "leaky_relu_backward", "mish_backward", "softplus_backward", "glu_backward", "_prelu_kernel_backward",
-    "log_sigmoid_backward",
-)  # fmt: skip
-
-
-# op packet -> (category, formula taking shapes, as FlopCounterMode's custom_mapping expects)
-OP_FORMULAS: dict[Any, tuple[str, Callable[..., int]]] = {
-    **{p: ("norm", _layer_norm) for p in _packets("native_layer_norm")},
-    **{p: ("norm", _group_norm) for p in _packets("native_group_norm")},
-    **{p: ("norm", _batch_norm) for p in _packets("native_batch_norm")},
-    **{p: ("norm", _batch_norm_no_training) for p in _packets("_native_batch_norm_legit_no_training")},
-    **{p: ("norm", _batch_norm_legit) for p in _packets("_native_batch_norm_legit")},
-    **{p: ("norm", _layer_norm_backward) for p in _packets("native_layer_norm_backward")},
-    **{p: ("norm", _group_norm_backward) for p in _packets("native_group_norm_backward")},
-    **{p: ("norm", _batch_norm_backward) for p in _packets("native_batch_norm_backward")},
-    **{p: ("elementwise", _activation) for p in _packets(*_ACTIVATIONS)},
-    **{p: ("elementwise", _activation_backward) for p in _packets(*_ACTIVATION_BACKWARDS)},
-    **{p: ("elementwise", _softmax) for p in _packets("_softmax", "_safe_softmax", "_log_softmax")},
-    **{p: ("elementwise", _softmax_backward) for p in _packets("_softmax_backward_data", "_log_softmax_backward_data")},
-    **{p: ("matmul", grouped_mm_flops) for p in _packets("_grouped_mm")},
-}  # fmt: skip
-
-USER_FORMULAS: dict[Any, tuple[str, Callable[..., int]]] = {}
-"""Formulas given by :func:`register_formula`: op packet -> (category, formula taking shapes)."""
 
 
 def register_formula(op: Any, fn: Callable[..., int], category: str = "matmul") -> None:
@@ -195,38 +101,10 @@ def register_formula(op: Any, fn: Callable[..., int], category: str = "matmul") 
         raise ValueError(f"category must be one of {', '.join(CATEGORIES)}, got {category!r}")
     if not callable(fn):
         raise TypeError(f"fn must be callable (op arguments as shapes -> FLOPs), got {fn!r}")
-    USER_FORMULAS[packet] = (category, fn)
-    MEASURED_OPS[str(packet)] = category
+    register_op(str(packet), category, fn)
     if packet not in flop_registry:
         register_flop_formula(packet)(fn)
 
-
-# Pseudo-ops recorded at the call (no aten op of their own), by name.
-RMS_NORM_OP = "flopkit.measured.rms_norm"
-RMS_NORM_BACKWARD_OP = "flopkit.measured.rms_norm_backward"
-CAUSAL_OP = "flopkit.measured.causal_masked"
-
-# op name (as FlopCounterMode reports it) -> category, for every op this module's counts can hold.
-MEASURED_OPS: dict[str, str] = {
-    **TORCH_OPS,
-    **{str(p): cat for p, (cat, _) in OP_FORMULAS.items()},
-    # Backward and other FlopCounterMode formulas outside TORCH_OPS (the forward-only table).
-    "aten.convolution_backward": "matmul",
-    "aten._scaled_mm": "matmul",
-    "aten._slow_conv2d_forward": "matmul",
-    "aten.cudnn_convolution": "matmul",
-    "aten.convolution_overrideable": "matmul",
-    "aten._scaled_dot_product_efficient_attention_backward": "attention",
-    "aten._scaled_dot_product_flash_attention_backward": "attention",
-    "aten._scaled_dot_product_cudnn_attention_backward": "attention",
-    "aten._flash_attention_backward": "attention",
-    "aten._efficient_attention_backward": "attention",
-    "flex_attention": "attention",
-    "flex_attention_backward": "attention",
-    RMS_NORM_OP: "norm",
-    RMS_NORM_BACKWARD_OP: "norm",
-    CAUSAL_OP: "attention",
-}
 
 ANYMODEL_LEGEND = (
     "measured (FlopCounterMode on the meta device, with flopkit's formulas for the ops it has none "
@@ -437,17 +315,17 @@ class ModelCount:
     @property
     def uncounted(self) -> Counter:
         """Ops seen in the forward that have no FLOP formula (counted as zero) -> calls."""
-        return Counter({op: n for op, n in self.skipped.items() if op not in CONVENTION_UNCOUNTED})
+        return Counter({op: n for op, n in self.skipped.items() if not is_convention(op)})
 
     @property
     def convention_uncounted(self) -> Counter:
         """Pointwise arithmetic seen in the forward, not counted by convention -> calls."""
-        return Counter({op: n for op, n in self.skipped.items() if op in CONVENTION_UNCOUNTED})
+        return Counter({op: n for op, n in self.skipped.items() if is_convention(op)})
 
     def measurement(self) -> Measurement:
         """The forward as a :class:`~flopkit.flops.measured.Measurement` named ``"torch"``, for
         :func:`~flopkit.flops.reconcile.reconcile_rows`."""
-        seen = {MEASURED_OPS[op] for ops in self.raw.values() for op, v in ops.items() if v}
+        seen = {torch_category(op) for ops in self.raw.values() for op, v in ops.items() if v}
         return Measurement("torch", self.forward, self.raw, self.called, self.skipped, seen)
 
 
@@ -558,7 +436,7 @@ class _ModuleStack(TorchFunctionMode):
                 todo.extend(fn for fn, _ in node.next_functions)
         return out
 
-    def __enter__(self):  # FlopCounterMode enters its tracker; the mode is entered by _run
+    def __enter__(self):  # FlopCounterMode enters its tracker; the mode is entered by run_counters
         return self
 
     def __exit__(self, *args):
@@ -672,7 +550,7 @@ class _CallCounter(TorchFunctionMode):
                 self.hardware.setdefault(parent, Counter())["attention"] += extra
 
 
-def _run(
+def run_counters(
     model: nn.Module,
     args: tuple,
     kwargs: dict,
@@ -704,8 +582,7 @@ def _run(
     for name, module in model.named_modules(remove_duplicate=False):
         names.setdefault(module, name)
     register_flopkit_formulas()
-    mapping = {p: f for p, (_, f) in {**OP_FORMULAS, **USER_FORMULAS}.items()}
-    counter = counter_cls(display=False, custom_mapping=mapping)
+    counter = counter_cls(display=False, custom_mapping=torch_mapping())
     tracker = _ModuleStack(names)
     counter.mod_tracker = tracker
     calls = _CallCounter(counter, causal, backward, key_mask)
@@ -741,7 +618,7 @@ def _run(
             module.register_forward_pre_hook(pre_hook, with_kwargs=True, prepend=observer is not None)
         )
         handles.append(module.register_forward_hook(post_hook, with_kwargs=True, always_call=True))
-    recorder = _OpRecorder(seen_ops if seen_ops is not None else Counter())
+    recorder = OpRecorder(seen_ops if seen_ops is not None else Counter())
     grad = torch.enable_grad() if backward else torch.no_grad()
     try:
         observing = observer.recording(tracker) if observer is not None else contextlib.nullcontext()
@@ -774,17 +651,20 @@ def _run(
     return _raw_counts(counter.flop_counts, recorder), calls
 
 
-def _raw_counts(flop_counts: dict, recorder: _OpRecorder) -> dict[str, Counter]:
+def _raw_counts(flop_counts: dict, recorder: OpRecorder) -> dict[str, Counter]:
     """A FlopCounterMode's counts as module path -> op name -> FLOPs, the fused QK-norm + RoPE op
-    split into its norm and RoPE parts."""
+    split into its norm and RoPE parts (which must add up to the op's registered formula)."""
     raw: dict[str, Counter] = {}
     for path, ops in flop_counts.items():
         if path == GLOBAL:
             continue
         raw[path] = Counter({str(op): int(v) for op, v in ops.items()})
-        fused = raw[path].pop("flopkit.qk_norm_rope", None)
+        fused = raw[path].pop(f"flopkit.{QK_NORM_ROPE}", None)
         if fused is not None:
-            raw[path].update(recorder.qk_split.get(path, Counter()))
+            split = recorder.qk_split.get(path, Counter())
+            if sum(split.values()) != fused:
+                raise RuntimeError(f"{path}: qk_norm_rope split {dict(split)} does not add up to {fused}")
+            raw[path].update(split)
     return raw
 
 
@@ -828,7 +708,7 @@ def grouped_experts(model: nn.Module):
             config._experts_implementation = "eager"
 
 
-def _categories(raw: dict[str, Counter], experts: list[str] = ()) -> dict[str, dict[str, int]]:
+def categories_by_path(raw: dict[str, Counter], experts: list[str] = ()) -> dict[str, dict[str, int]]:
     """FLOPs by category per path; ``bmm`` inside the modules at ``experts`` (and its share in their
     ancestors) is a matmul."""
 
@@ -839,9 +719,10 @@ def _categories(raw: dict[str, Counter], experts: list[str] = ()) -> dict[str, d
     for path, ops in raw.items():
         cats = dict.fromkeys(CATEGORIES, 0)
         for op, value in ops.items():
-            if op not in MEASURED_OPS:
-                raise RuntimeError(f"measured op {op!r} has no category in MEASURED_OPS")
-            cats["matmul" if op in _BATCHED_MATMULS and inside(path) else MEASURED_OPS[op]] += value
+            category = torch_category(op)
+            if category is None:
+                raise RuntimeError(f"measured op {op!r} has no category in the op table (flopkit.flops.ops)")
+            cats["matmul" if op in _BATCHED_MATMULS and inside(path) else category] += value
         for e in experts:  # an ancestor holds its experts' bmm among its own: move that share
             if e != path and (path == "" or e.startswith(path + ".")):
                 moved = sum(raw.get(e, {}).get(op, 0) for op in _BATCHED_MATMULS)
@@ -895,14 +776,16 @@ def count_model(
         try:
             # A training step runs the model in train mode (batch norm on batch statistics, dropout on).
             model.train(backward)
-            raw, calls = _run(model, args, kwargs, causal, False, shapes, seen, padding_mask)
+            raw, calls = run_counters(model, args, kwargs, causal, False, shapes, seen, padding_mask)
             experts = expert_paths(model)
-            forward = _categories(raw, experts)
+            forward = categories_by_path(raw, experts)
             hardware: dict[str, dict[str, int]] = {}
             if backward:
-                raw_total, back_calls = _run(model, args, kwargs, causal, True, None, None, padding_mask)
+                raw_total, back_calls = run_counters(
+                    model, args, kwargs, causal, True, None, None, padding_mask
+                )
                 hardware = {p: dict(c) for p, c in back_calls.hardware.items() if p != GLOBAL}
-                total = _categories(raw_total, experts)
+                total = categories_by_path(raw_total, experts)
                 back = {
                     path: {c: total[path][c] - forward.get(path, {}).get(c, 0) for c in CATEGORIES}
                     for path in total
@@ -915,8 +798,15 @@ def count_model(
             looped
         )
     counted = {op.split("[")[0] for ops in raw.values() for op in ops}
-    skipped = Counter({op: n for op, n in seen.items() if op not in counted and op not in _NOT_FLOPS})
+    skipped = Counter({op: n for op, n in seen.items() if op not in counted and not not_flops(op)})
     return ModelCount(
         forward, back, shapes, raw, skipped, calls.causal_calls, calls.masked_calls, causal, set(shapes),
         calls.rules, hardware,
     )  # fmt: skip
+
+
+def count_torch(model: nn.Module, inputs: torch.Tensor) -> Measurement:
+    """``validate --against torch``: FlopCounterMode on ``model(inputs)`` (meant for the meta device,
+    where SDPA runs as two ``bmm`` it can count), as :func:`count_model`'s forward, its
+    :meth:`ModelCount.measurement`."""
+    return count_model(model, (inputs,)).measurement()

@@ -54,11 +54,14 @@ CATEGORY_BLIND_SPOTS: dict[str, dict[str, str]] = {
         "does not count",
     },
     "torch": {
-        "norm": "FlopCounterMode counts norms only through a registered formula (the flopkit:: norm "
-        "ops); a norm written as plain aten arithmetic (pow, mean, rsqrt, mul) is not counted",
+        "norm": "FlopCounterMode counts norms only through a formula (the flopkit:: norm ops', native "
+        "layer/group/batch norm, F.rms_norm and modules named *RMSNorm); a norm written as plain aten "
+        "arithmetic (pow, mean, rsqrt, mul) elsewhere is not counted",
         "rope": "FlopCounterMode counts RoPE only through flopkit::qk_norm_rope's registered formula; a "
         "rotation written as plain aten.mul, add, neg is not counted",
-        "elementwise": "LayerScale, GELU and the position-embedding add are not counted by FlopCounterMode",
+        "elementwise": "FlopCounterMode with flopkit's formulas counts GELU and the softmax inside SDPA "
+        "(which flopkit's analytic attention does not count), not LayerScale (aten.mul) or the "
+        "position-embedding add (aten.add)",
     },
 }
 
@@ -108,10 +111,10 @@ def _native_mha_flops(inputs: list, outputs: list) -> dict[str, int]:
 def _baddbmm_flops(inputs: list, outputs: list) -> dict[str, int]:
     """``aten::baddbmm(self, batch1 [b, n, m], batch2 [b, m, p], beta, alpha)``: the batched product,
     ``2*b*n*m*p``, in the category FlopCounterMode's count puts it (as ``aten.bmm``: attention)."""
-    from .measured import TORCH_OPS
+    from .ops import torch_category
 
     (b, n, m), p = _shape(inputs[1]), _shape(inputs[2])[-1]
-    return {TORCH_OPS["aten.baddbmm"]: formulas.FLOPS_PER_MAC * b * n * m * p}
+    return {torch_category("aten.baddbmm"): formulas.FLOPS_PER_MAC * b * n * m * p}
 
 
 KNOWN_BLIND_SPOTS: tuple[BlindSpot, ...] = (

@@ -25,7 +25,8 @@ from torch import nn
 
 from flopkit.formulas import CATEGORIES, FLOPS_PER_MAC
 
-from .measured import GroupedMMAnyDtype, PositionalCall, _OpRecorder
+from .measured import GroupedMMAnyDtype, OpRecorder, PositionalCall
+from .ops import fvcore_table, torch_category
 
 __all__ = [
     "PLAIN_COUNTERS",
@@ -41,31 +42,16 @@ PLAIN_COUNTERS = ("fvcore", "flopcountermode", "ptflops")
 _UNITS = {"fvcore": "MAC", "flopcountermode": "FLOP", "ptflops": "MAC"}
 _PACKAGES = {"fvcore": "fvcore", "flopcountermode": "torch", "ptflops": "ptflops"}
 
-# fvcore's op names (its JIT trace) -> category.
-_FVCORE_CATEGORIES = {
-    **dict.fromkeys(("linear", "addmm", "mm", "conv", "_convolution", "einsum", "upsample_bilinear2d"), "matmul"),
-    **dict.fromkeys(("matmul", "bmm"), "attention"),
-    **dict.fromkeys(("layer_norm", "group_norm", "batch_norm", "instance_norm"), "norm"),
-}  # fmt: skip
-# aten packet names -> category (FlopCounterMode, ptflops, and what they skip).
-_ATEN_CATEGORIES = {
-    **dict.fromkeys(("aten.mm", "aten.addmm", "aten.matmul", "aten.convolution", "aten._convolution",
-                     "aten._grouped_mm"), "matmul"),
-    **dict.fromkeys(("aten.bmm", "aten.baddbmm"), "attention"),
-}  # fmt: skip
-
 
 def flop_bearing_category(op: str) -> str | None:
     """The category of an aten op (``aten.name``) that does floating-point work flopkit counts, or
-    None for data movement and pointwise arithmetic flopkit leaves out."""
-    from .anymodel import MEASURED_OPS
-
-    if op in _ATEN_CATEGORIES:
-        return _ATEN_CATEGORIES[op]
+    None for data movement and pointwise arithmetic flopkit leaves out (the op table,
+    :mod:`flopkit.flops.ops`; any SDPA kernel is attention)."""
+    if op.startswith("flopkit.measured"):
+        return None  # flopkit's own pseudo-ops, recorded at the call: no counter runs them
     if "scaled_dot_product" in op or "flash_attention" in op or "efficient_attention" in op:
         return "attention"
-    category = MEASURED_OPS.get(op)
-    return category if category is not None and not op.startswith("flopkit.measured") else None
+    return torch_category(op)
 
 
 @dataclass
@@ -111,10 +97,12 @@ def _fvcore(model: nn.Module, args: tuple, kwargs: dict) -> tuple[dict[str, int]
         by_op = analysis.by_operator()
         unsupported = Counter(analysis.unsupported_ops())
     flops = dict.fromkeys(CATEGORIES, 0)
+    table = fvcore_table()
     for op, count in by_op.items():
-        category = _FVCORE_CATEGORIES.get(op, "elementwise")
-        # Its matmul handles count multiply-accumulates; its norm handles count operations per element.
-        flops[category] += int(count) * (1 if category == "norm" else FLOPS_PER_MAC)
+        # Its matmul handles count multiply-accumulates, its norm handles operations per element; its
+        # other handles (upsample, adaptive pooling, grid_sample) are elementwise, in MACs.
+        category, factor = table.get(op, ("elementwise", FLOPS_PER_MAC))
+        flops[category] += int(count) * factor
     missed = Counter()
     for op, n in unsupported.items():
         aten = "aten." + op.split("::")[-1]
@@ -130,7 +118,7 @@ def _dispatch_counter(
 ) -> tuple[dict[str, int], Counter]:
     """FlopCounterMode or ptflops' aten FlopCounterMode over one forward; ops seen via a recorder."""
     seen: Counter = Counter()
-    recorder = _OpRecorder(seen)
+    recorder = OpRecorder(seen)
     if counter == "flopcountermode":
         from torch.utils.flop_counter import FlopCounterMode
 
@@ -149,7 +137,7 @@ def _dispatch_counter(
         factor = FLOPS_PER_MAC
     flops = dict.fromkeys(CATEGORIES, 0)
     for op, value in counts.items():
-        flops[_ATEN_CATEGORIES.get(op, flop_bearing_category(op) or "elementwise")] += value * factor
+        flops[flop_bearing_category(op) or "elementwise"] += value * factor
     missed = Counter(
         {op: n for op, n in seen.items() if op not in counts and flop_bearing_category(op) is not None}
     )
@@ -183,12 +171,10 @@ def _has_linear_bias(model: nn.Module) -> bool:
 
 def _explain(column: CounterColumn, flopkit: dict[str, int], model: nn.Module) -> None:
     """Fill ``column.causes``: one cause per category where the counter and flopkit differ."""
-    from .anymodel import MEASURED_OPS
-
     missed_by_category: dict[str, list[str]] = {}
     for op, n in column.missed.items():
         aten = op if op.startswith("aten.") else "aten." + op.split("::")[-1]
-        category = flop_bearing_category(aten) or MEASURED_OPS.get(aten) or "elementwise"
+        category = flop_bearing_category(aten) or "elementwise"
         missed_by_category.setdefault(category, []).append(f"{op} x{n}")
     unit = " (its MACs x2 as FLOPs)" if column.unit == "MAC" else ""
     for category in CATEGORIES:

@@ -1,10 +1,13 @@
 """Measured FLOPs: fvcore's ``FlopCountAnalysis`` (a JIT trace on CPU) and torch's ``FlopCounterMode``
 (dispatch on the meta device), both reduced to FLOPs by category per module path.
 
-Each counter reports counts per module and per op in its own units; :data:`FVCORE_OPS` and
-:data:`TORCH_OPS` say which category each op belongs to and the factor that turns the counter's
-unit into FLOPs (fvcore counts one per multiply-accumulate). Ops in neither table are skipped by
-the counter (fvcore lists them as unsupported; FlopCounterMode has no formula for them).
+This module holds the fvcore engine (:func:`count_fvcore`, flopkit's fvcore handles) and what the
+counters share: :class:`Measurement`, and the dispatch modes of the FlopCounterMode engine
+(:class:`OpRecorder`, :class:`GroupedMMAnyDtype`; the engine itself is
+:func:`flopkit.flops.anymodel.count_model`, and :func:`~flopkit.flops.anymodel.count_torch` a view
+of it). Which category each op belongs to, and the factor that turns fvcore's unit into FLOPs
+(it counts one per multiply-accumulate), is read from the one op table, :mod:`flopkit.flops.ops`.
+Ops fvcore does not count there are skipped (fvcore lists them as unsupported).
 
 fvcore is imported inside :func:`count_fvcore` only.
 """
@@ -21,21 +24,17 @@ import torch
 from torch import nn
 
 from flopkit import formulas, kernels
-from flopkit.formulas import FLOP_FORMULAS, FLOPS_PER_MAC
+from flopkit.formulas import FLOPS_PER_MAC
+
+from .ops import fvcore_table, grouped_mm_flops, numel, qk_norm_rope_split
 
 __all__ = [
     "Measurement",
-    "FLOPKIT_OPS",
-    "FVCORE_OPS",
-    "TORCH_OPS",
     "FVCORE_HANDLES",
-    "category_of",
     "count_fvcore",
-    "count_torch",
     "register_flopkit_formulas",
-    "CONVENTION_UNCOUNTED",
-    "grouped_mm_flops",
     "GroupedMMAnyDtype",
+    "OpRecorder",
     "grouped_mm_output_shape",
     "PositionalCall",
     "count_fvcore_any",
@@ -72,48 +71,8 @@ class Measurement:
 
 
 # ----------------------------------------------------------------------------------------------
-# Which counted op belongs to which category. fvcore's own handles count one per multiply-accumulate
-# (factor FLOPS_PER_MAC). Its norm handles are replaced by flopkit's (flops/anymodel.py), in FLOPs.
-# flopkit's own ops are counted by their registered formulas (flopkit.formulas), in FLOPs.
-
-# flopkit:: custom op -> the formula that counts it (its category is the formula's).
-FLOPKIT_OPS: dict[str, str] = {
-    "rms_norm": "rms_norm",
-    "rms_norm_residual": "rms_norm",
-    "per_head_rms_norm": "per_head_rms_norm",
-    "head_norm": "head_norm",
-}
-# flopkit::qk_norm_rope spans two categories: each call is split by formulas.qk_norm_rope_breakdown
-# into these pseudo-ops.
-QK_NORM_ROPE_PARTS = ("norm", "rope")
-
-
-def _qk_part(prefix: str, category: str) -> str:
-    return f"{prefix}qk_norm_rope[{category}]"
-
-
-FVCORE_OPS: dict[str, tuple[str, int]] = {
-    **dict.fromkeys(
-        ("linear", "addmm", "mm", "matmul", "bmm", "einsum", "conv", "_convolution"),
-        ("matmul", FLOPS_PER_MAC),
-    ),
-    **dict.fromkeys(("layer_norm", "group_norm", "batch_norm", "instance_norm"), ("norm", 1)),
-    # flopkit's handles below: SDPA in MACs like fvcore's matmuls, norms and RoPE in FLOPs.
-    "scaled_dot_product_attention": (FLOP_FORMULAS["sdpa"].category, FLOPS_PER_MAC),
-    "rms_norm": (FLOP_FORMULAS["rms_norm"].category, 1),
-    # fvcore reports custom ops without their namespace (flopkit::rms_norm_residual -> rms_norm_residual).
-    **{op: (FLOP_FORMULAS[formula].category, 1) for op, formula in FLOPKIT_OPS.items()},
-    **{_qk_part("flopkit::", cat): (cat, 1) for cat in QK_NORM_ROPE_PARTS},
-}
-
-
-def category_of(counter: str, op: str) -> str | None:
-    """The category of ``op`` as ``counter`` (``"fvcore"`` or ``"torch"``) names it, or None when
-    the counter does not count it."""
-    if counter == "fvcore":
-        return FVCORE_OPS.get(op, (None, 0))[0]
-    return TORCH_OPS.get(op)
-
+# fvcore handles flopkit adds: fvcore's own count one per multiply-accumulate; these count SDPA in
+# MACs like fvcore's matmuls, and norms and RoPE in FLOPs (each op's factor: flopkit.flops.ops).
 
 FvcoreHandle = Callable[[list, list], "int | Counter"]
 FVCORE_HANDLES: dict[str, FvcoreHandle] = {}
@@ -136,16 +95,6 @@ def _shape(value) -> list[int]:
     return list(get_shape(value))
 
 
-def _numel(shape) -> int:
-    """Elements of a shape (0 for None, an absent tensor)."""
-    if shape is None:
-        return 0
-    out = 1
-    for s in shape:
-        out *= s
-    return out
-
-
 def _constant(value):
     return value.toIValue() if value.node().kind() == "prim::Constant" else None
 
@@ -159,21 +108,21 @@ def _fv_present(value) -> bool:
 @fvcore_handle("aten::layer_norm", "aten::group_norm")
 def _fvcore_layer_norm(inputs: list, outputs: list) -> int:
     """``layer_norm(input, shape, weight, bias, ...)`` / ``group_norm(input, groups, weight, bias, ...)``."""
-    return formulas.group_norm(_numel(_shape(inputs[0])), _fv_present(inputs[2]), _fv_present(inputs[3]))
+    return formulas.group_norm(numel(_shape(inputs[0])), _fv_present(inputs[2]), _fv_present(inputs[3]))
 
 
 @fvcore_handle("aten::instance_norm")
 def _fvcore_instance_norm(inputs: list, outputs: list) -> int:
     """``instance_norm(input, weight, bias, ...)``: statistics per sample, as a layer norm."""
-    return formulas.group_norm(_numel(_shape(inputs[0])), _fv_present(inputs[1]), _fv_present(inputs[2]))
+    return formulas.group_norm(numel(_shape(inputs[0])), _fv_present(inputs[1]), _fv_present(inputs[2]))
 
 
 @fvcore_handle("aten::batch_norm")
 def _fvcore_batch_norm(inputs: list, outputs: list) -> int:
     """``batch_norm(input, weight, bias, running_mean, running_var, training, ...)``."""
-    numel = _numel(_shape(inputs[0]))
+    elements = numel(_shape(inputs[0]))
     return formulas.batch_norm(
-        numel, bool(inputs[5].toIValue()), _fv_present(inputs[1]), _fv_present(inputs[2])
+        elements, bool(inputs[5].toIValue()), _fv_present(inputs[1]), _fv_present(inputs[2])
     )
 
 
@@ -188,7 +137,7 @@ def sdpa_macs(inputs: list, outputs: list) -> int:
 def rms_norm_op_flops(inputs: list, outputs: list) -> int:
     """:func:`flopkit.formulas.rms_norm` over the input's rows (the last dim normalised)."""
     shape = _shape(inputs[0])
-    return formulas.rms_norm(_numel(shape[:-1]), shape[-1])
+    return formulas.rms_norm(numel(shape[:-1]), shape[-1])
 
 
 @fvcore_handle("flopkit::per_head_rms_norm", "flopkit::head_norm")
@@ -199,7 +148,7 @@ def head_norm_op_flops(inputs: list, outputs: list) -> int:
     mode = next((c for c in map(_constant, inputs) if c in formulas.NORM_MODES), "rms")
     tensors = [x for x in inputs[1:] if x.type().kind() == "TensorType"]
     bias = len(tensors) >= 2
-    return formulas.head_norm(_numel(shape[:-1]), 1, shape[-1], mode, bias)
+    return formulas.head_norm(numel(shape[:-1]), 1, shape[-1], mode, bias)
 
 
 @fvcore_handle("flopkit::qk_norm_rope")
@@ -210,40 +159,7 @@ def qk_norm_rope_op_flops(inputs: list, outputs: list) -> Counter:
     """
     B, T, three_hd = _shape(inputs[0])
     heads, norm = _constant(inputs[5]), bool(_constant(inputs[8]))
-    return _qk_norm_rope_split("flopkit::", B, T, heads, three_hd // (3 * heads), norm)
-
-
-def _qk_norm_rope_split(prefix: str, B: int, T: int, heads: int, head_dim: int, norm: bool) -> Counter:
-    parts = formulas.qk_norm_rope_breakdown(B, T, heads, head_dim, norm)
-    return Counter({_qk_part(prefix, cat): parts[cat] for cat in QK_NORM_ROPE_PARTS})
-
-
-# ----------------------------------------------------------------------------------------------
-# FlopCounterMode: op packet name -> category. Its formulas already count 2 FLOPs per MAC.
-
-TORCH_OPS: dict[str, str] = {
-    **dict.fromkeys(("aten.mm", "aten.addmm", "aten.convolution", "aten._convolution"), "matmul"),
-    # On the meta device SDPA runs its math decomposition: QK^T and AV as two bmm.
-    **dict.fromkeys(
-        (
-            "aten.bmm",
-            "aten.baddbmm",
-            "aten._scaled_dot_product_efficient_attention",
-            "aten._scaled_dot_product_flash_attention",
-            "aten._scaled_dot_product_cudnn_attention",
-            "aten._flash_attention_forward",
-            "aten._efficient_attention_forward",
-        ),
-        FLOP_FORMULAS["sdpa"].category,
-    ),
-    **{f"flopkit.{op}": FLOP_FORMULAS[formula].category for op, formula in FLOPKIT_OPS.items()},
-    # FlopCounterMode counts flopkit.qk_norm_rope as one number (its registered formula, norm + rope);
-    # count_torch splits each call into these by the same formula applied to the call's arguments.
-    **{_qk_part("flopkit.", cat): cat for cat in QK_NORM_ROPE_PARTS},
-}
-
-
-# ----------------------------------------------------------------------------------------------
+    return qk_norm_rope_split("flopkit::", B, T, heads, three_hd // (3 * heads), norm)
 
 
 class _CallRecorder:
@@ -266,23 +182,23 @@ class _CallRecorder:
             handle.remove()
 
 
-def _to_categories(raw: dict[str, Counter], table: Callable[[str], tuple[str, int] | None]):
+def _to_categories(raw: dict[str, Counter]) -> tuple[dict[str, dict[str, int]], set[str]]:
+    """fvcore's per-path op counts as FLOPs by category (its unit times each op's factor, from the op
+    table), and the categories with at least one counted op."""
+    table = fvcore_table()
     flops: dict[str, dict[str, int]] = {}
     seen: set[str] = set()
-    skipped: Counter = Counter()
     for path, ops in raw.items():
         out: dict[str, int] = {}
         for op, value in ops.items():
-            entry = table(op)
+            entry = table.get(op)
             if entry is None:
-                if path == "":
-                    skipped[op] += value
                 continue
             category, factor = entry
             out[category] = out.get(category, 0) + int(value) * factor
             seen.add(category)
         flops[path] = out
-    return flops, seen, skipped
+    return flops, seen
 
 
 def count_fvcore(model: nn.Module, inputs: torch.Tensor) -> Measurement:
@@ -309,7 +225,7 @@ def count_fvcore(model: nn.Module, inputs: torch.Tensor) -> Measurement:
             unsupported = Counter(analysis.unsupported_ops(""))
     finally:
         recorder.remove()
-    flops, seen, _ = _to_categories(raw, FVCORE_OPS.get)
+    flops, seen = _to_categories(raw)
     return Measurement("fvcore", flops, raw, recorder.called, unsupported, seen)
 
 
@@ -352,12 +268,6 @@ def count_fvcore_any(model: nn.Module, args: tuple = (), kwargs: dict | None = N
     m.raw = {strip(p): v for p, v in m.raw.items() if strip(p) is not None}
     m.called = {strip(p) for p in m.called if strip(p) is not None}
     return m
-
-
-def grouped_mm_flops(mat_a, mat_b, offs=None, bias=None, out_dtype=None, *, out_shape=None, **kw) -> int:
-    """FlopCounterMode formula (arguments as shapes) of ``aten._grouped_mm``:
-    :func:`flopkit.formulas.grouped_mm` (every row of the jagged operand in one group)."""
-    return formulas.grouped_mm(tuple(mat_a), tuple(mat_b))
 
 
 def register_flopkit_formulas() -> None:
@@ -423,90 +333,6 @@ class GroupedMMAnyDtype(torch.utils._python_dispatch.TorchDispatchMode):
         return func(*args, **kwargs)
 
 
-def count_torch(model: nn.Module, inputs: torch.Tensor) -> Measurement:
-    """Run torch's ``FlopCounterMode`` on ``model(inputs)``; meant for the meta device, where SDPA
-    runs as two ``bmm`` it can count (on CPU it dispatches to a fused kernel it has no formula for)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    register_flopkit_formulas()
-    root = type(model).__name__
-    recorder = _CallRecorder(model)
-    seen_ops: Counter = Counter()
-    recorder_ops = _OpRecorder(seen_ops)
-    try:
-        with (
-            kernels.route_through_custom_ops(),
-            recorder_ops,
-            FlopCounterMode(display=False) as counter,
-            torch.no_grad(),
-        ):
-            recorder_ops.tracker = counter.mod_tracker
-            model(inputs)
-    finally:
-        recorder.remove()
-    raw: dict[str, Counter] = {}
-    for name, ops in counter.get_flop_counts().items():
-        if name == root:
-            path = ""
-        elif name.startswith(root + "."):
-            path = name[len(root) + 1 :]
-        else:
-            continue  # "Global"
-        raw[path] = Counter({str(op): int(v) for op, v in ops.items()})
-        fused = raw[path].pop("flopkit.qk_norm_rope", None)
-        if fused is not None:
-            split = recorder_ops.qk_split.get(name, Counter())
-            if sum(split.values()) != fused:
-                raise RuntimeError(f"{name}: qk_norm_rope split {dict(split)} does not add up to {fused}")
-            raw[path].update(split)
-    flops, seen, _ = _to_categories(raw, lambda op: (TORCH_OPS[op], 1) if op in TORCH_OPS else None)
-    counted = {op.split("[")[0] for ops in raw.values() for op in ops}
-    skipped = Counter({op: n for op, n in seen_ops.items() if op not in counted and op not in _NOT_FLOPS})
-    return Measurement("torch", flops, raw, recorder.called, skipped, seen)
-
-
-# Ops not listed as skipped: data movement, ops counted above, and softmax/masking, which
-# flopkit's convention does not count either.
-_NOT_FLOPS = {
-    "aten.view", "aten._unsafe_view", "aten.t", "aten.transpose", "aten.permute", "aten.expand",
-    "aten.unbind", "aten.select", "aten.slice", "aten.cat", "aten.clone", "aten.detach",
-    "aten.unsqueeze", "aten.squeeze", "aten.flatten", "aten.reshape", "aten._to_copy", "aten.copy_",
-    "aten.empty", "aten.empty_like", "aten.new_empty", "aten.lift_fresh", "aten.alias", "aten.stack",
-    "aten.split", "aten.split_with_sizes", "aten.as_strided", "aten.contiguous", "aten.zeros",
-    "aten.unflatten", "aten.expand_as", "aten.index", "aten.arange", "aten.full", "aten.ones",
-    "aten.mm", "aten.addmm", "aten.bmm", "aten.convolution", "aten.scalar_tensor", "aten.empty_strided",
-    "aten._scaled_dot_product_flash_attention_for_cpu", "aten.scaled_dot_product_attention",
-    "aten._softmax", "aten._safe_softmax", "aten.where", "aten.masked_fill", "aten.tril", "aten.triu",
-    # Indexing, sorting, comparisons, integer bookkeeping (routing, masks, positions): no FLOPs.
-    "aten.embedding", "aten.embedding_dense_backward", "aten.topk", "aten.sort", "aten.argsort",
-    "aten.histc", "aten.bincount", "aten.cumsum", "aten.index_put", "aten.index_put_", "aten.index_select",
-    "aten.gather", "aten.scatter", "aten.scatter_add", "aten.scatter_add_", "aten.floor_divide",
-    "aten.one_hot", "aten.eq", "aten.ne", "aten.gt", "aten.lt", "aten.ge", "aten.le", "aten.logical_and",
-    "aten.logical_or", "aten.logical_not", "aten.bitwise_and", "aten.bitwise_or", "aten.bitwise_not",
-    "aten.any", "aten.all", "aten.nonzero", "aten.masked_fill_", "aten.fill_", "aten.zero_",
-    "aten.zeros_like", "aten.ones_like", "aten.full_like", "aten.new_zeros", "aten.new_ones",
-    "aten.new_full", "aten.repeat", "aten.repeat_interleave", "aten.roll", "aten.flip",
-    "aten.constant_pad_nd", "aten._unsafe_index", "aten.index_copy", "aten.argmax", "aten.max",
-    "aten.native_dropout", "aten.native_dropout_backward", "aten.bernoulli_", "aten.rand", "aten.randn",
-    "aten.lift_fresh_copy", "aten._assert_async", "aten.masked_select", "aten.diagonal",
-    "aten.split_with_sizes_copy", "aten.view_as_real", "aten.view_as_complex", "aten._to_dtype",
-    "aten.narrow", "aten.movedim", "aten.mT", "aten.set_", "aten.resize_", "aten.count_nonzero",
-    "aten.scatter_", "aten.scatter_reduce", "aten.index_add", "aten.index_add_", "aten.masked_scatter",
-}  # fmt: skip
-
-CONVENTION_UNCOUNTED = frozenset({
-    "aten.add", "aten.add_", "aten.sub", "aten.sub_", "aten.rsub", "aten.mul", "aten.mul_", "aten.div",
-    "aten.div_", "aten.neg", "aten.pow", "aten.rsqrt", "aten.sqrt", "aten.exp", "aten.log", "aten.cos",
-    "aten.sin", "aten.sum", "aten.mean", "aten.abs", "aten.reciprocal", "aten.square", "aten.addcmul",
-    "aten.addcdiv", "aten.maximum", "aten.minimum", "aten.clamp", "aten.clamp_min", "aten.clamp_max",
-    "aten.var_mean", "aten.var", "aten.std", "aten.amax", "aten.amin", "aten.erf", "aten.logsumexp",
-    "aten.lerp", "aten.sign", "aten.outer", "aten.polar",
-})  # fmt: skip
-"""Plain pointwise arithmetic and reductions (residual adds, RoPE as tensor arithmetic, routing
-weights, hand-written norms outside a ``*RMSNorm`` module): not counted, by flopkit's convention
-(docs/conventions.md); listed apart from the ops that have no formula at all."""
-
-
 def has_dtensor(types) -> bool:
     """Whether a dispatch's ``types`` include ``DTensor`` (never when ``torch.distributed.tensor`` was
     not imported: no DTensor can exist then). A dispatch mode returns ``NotImplemented`` for these,
@@ -515,7 +341,7 @@ def has_dtensor(types) -> bool:
     return module is not None and any(issubclass(t, module.DTensor) for t in types)
 
 
-class _OpRecorder(torch.utils._python_dispatch.TorchDispatchMode):
+class OpRecorder(torch.utils._python_dispatch.TorchDispatchMode):
     """Counts every aten op dispatched (by packet name), to list the ones FlopCounterMode skips, and
     splits each ``flopkit.qk_norm_rope`` call into its norm and RoPE FLOPs per enclosing module
     (``tracker``: the FlopCounterMode's module tracker, set once the counter is entered)."""
@@ -538,7 +364,7 @@ class _OpRecorder(torch.utils._python_dispatch.TorchDispatchMode):
         if name == "flopkit.qk_norm_rope" and self.tracker is not None:
             qkv, num_heads, norm = args[0], args[5], args[8]
             B, T, three_hd = qkv.shape
-            parts = _qk_norm_rope_split("flopkit.", B, T, num_heads, three_hd // (3 * num_heads), norm)
+            parts = qk_norm_rope_split("flopkit.", B, T, num_heads, three_hd // (3 * num_heads), norm)
             for parent in self.tracker.parents:
                 self.qk_split.setdefault(parent, Counter()).update(parts)
         return func(*args, **(kwargs or {}))

@@ -2,7 +2,9 @@
 
 A category is *comparable* for a counter when the counter can see that work: matmul and attention
 always (after converting fvcore's MACs to FLOPs), and any other category in which the counter
-counted at least one op (e.g. ``aten::rms_norm`` or a ``flopkit::`` custom op in the trace).
+counted at least one op (e.g. ``aten::rms_norm`` or a ``flopkit::`` custom op in the trace),
+except elementwise: no counter sees flopkit's elementwise whole (LayerScale and bias adds are plain
+``mul``/``add``), and torch's count holds the softmax inside SDPA, which flopkit leaves out.
 Comparable categories must agree within ``rtol`` (default: exactly); everything else is listed
 with the reason the counter cannot see it (:data:`BLIND_SPOTS`).
 
@@ -296,13 +298,20 @@ def reconcile(
     batch: int = 1,
     rtol: float = 0.0,
     depth: int | None = None,
+    not_comparable: tuple[str, ...] = ("elementwise",),
 ) -> Reconciliation:
     """Compare the analytic ``tree`` (per sample, scaled by ``batch``) with each measurement, per
-    module down to ``depth`` and for the whole model, category by category."""
+    module down to ``depth`` and for the whole model, category by category.
+
+    ``not_comparable``: categories never compared (:data:`BLIND_SPOTS` says why): flopkit's
+    elementwise (LayerScale, GELU, bias and position-embedding adds) is what no counter sees whole.
+    """
     check_tolerance(rtol)
     nodes = {node.path: node for node in tree.walk()}
     comparable = {
-        m.counter: tuple(c for c in CATEGORIES if c in ALWAYS_COMPARABLE or c in m.categories)
+        m.counter: tuple(
+            c for c in CATEGORIES if (c in ALWAYS_COMPARABLE or c in m.categories) and c not in not_comparable
+        )
         for m in measurements
     }
     paths = [p for p, _ in model.named_modules()]

@@ -93,7 +93,8 @@ def measure_config(
     """
     from flopkit.config import model_input
 
-    from .measured import count_fvcore, count_torch
+    from .anymodel import count_torch
+    from .measured import count_fvcore
 
     unknown = [c for c in counters if c not in COUNTERS]
     if unknown or not counters:

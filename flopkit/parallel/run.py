@@ -538,7 +538,9 @@ def count_sharded(
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from flopkit.flops.anymodel import RMS_NORM_BACKWARD_OP, _categories, _run
+    from flopkit.flops.anymodel import RMS_NORM_BACKWARD_OP
+    from flopkit.flops.anymodel import categories_by_path as _categories
+    from flopkit.flops.anymodel import run_counters as _run
 
     config = config or ParallelConfig()
     kwargs = kwargs or {}
