@@ -363,7 +363,7 @@ def validate_model(
                         }
                         for r in rec.rows
                     ],
-                    "notes": rec.notes,
+                    "notes": [cli_text(n) for n in rec.notes],
                     "counters": [c.to_dict() for c in rec.plain],
                 }
             )

@@ -13,6 +13,7 @@ from flopkit.report import render_json, render_rows
 from ._options import (
     CONTEXT,
     batch_option,
+    cli_text,
     config_argument,
     depth_option,
     format_option,
@@ -167,7 +168,11 @@ def _render_validation(source: str, rec, fmt: str) -> str:
         if ops:
             skipped.append(f"{n} saw but did not count: {ops}.")
     cats = render_rows(
-        cat_headers, cat_body, fmt, title="whole model, by category", notes=[*rec.notes, *skipped]
+        cat_headers,
+        cat_body,
+        fmt,
+        title="whole model, by category",
+        notes=[*map(cli_text, rec.notes), *skipped],
     )
     plain = f"\n\n{render_plain_counters(rec, fmt)}" if rec.plain else ""
     within = "exactly" if rec.rtol == 0 else f"within rtol={rec.rtol:g}"

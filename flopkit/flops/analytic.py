@@ -105,7 +105,7 @@ class FlopRow:
     breakdown: dict[str, int]
     source: str = "analytic"
     counted_in: str | None = None  # the ancestor whose own formula includes this module's work
-    backward: dict[str, int] | None = None  # with --training on a measured model: the backward part
+    backward: dict[str, int] | None = None  # with training on a measured model: the backward part
     shapes: Any = None  # a flopkit.flops.anymodel.LayerShapes: the module's first call, when recorded
     hardware_flops: int | None = None  # matmul + attention as CUDA kernels run them (flopkit.flops.llm)
 

@@ -1,7 +1,7 @@
 """Measured FLOPs of any model on the meta device, in every category, forward and backward.
 
 This is flopkit's one FlopCounterMode engine: :func:`count_model` (and :func:`count_torch`, its
-forward as a :class:`~flopkit.flops.measured.Measurement`, for ``validate --against torch``).
+forward as a :class:`~flopkit.flops.measured.Measurement`, for validate's torch counter).
 torch's ``FlopCounterMode`` counts matmul, convolution and (on the meta device, where SDPA runs its
 math decomposition as two ``bmm``) attention. The op table (:mod:`flopkit.flops.ops`) gives every
 op its category and adds formulas for the ops torch has none for through the counter's
@@ -42,6 +42,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
 from flopkit import formulas
+from flopkit.checks import InputError
 from flopkit.formulas import CATEGORIES
 
 from .measured import GroupedMMAnyDtype, Measurement, OpRecorder, register_flopkit_formulas
@@ -639,7 +640,9 @@ def run_counters(
                 leaves, _ = tree_flatten(out)
                 loss = [t.sum() for t in leaves if isinstance(t, torch.Tensor) and t.requires_grad]
                 if not loss:
-                    raise ValueError("--training: no model output requires grad (no parameter takes part)")
+                    raise InputError(
+                        "training", None, "no model output requires grad (no parameter takes part)"
+                    )
                 loss = torch.stack(loss).sum()
                 if observer is not None:
                     observer.backward_starts(_raw_counts(counter.flop_counts, recorder))
@@ -806,7 +809,7 @@ def count_model(
 
 
 def count_torch(model: nn.Module, inputs: torch.Tensor) -> Measurement:
-    """``validate --against torch``: FlopCounterMode on ``model(inputs)`` (meant for the meta device,
+    """validate's torch counter: FlopCounterMode on ``model(inputs)`` (meant for the meta device,
     where SDPA runs as two ``bmm`` it can count), as :func:`count_model`'s forward, its
     :meth:`ModelCount.measurement`."""
     return count_model(model, (inputs,)).measurement()

@@ -1,6 +1,6 @@
 """Other FLOP counters as users run them, side by side with flopkit, each difference with its cause.
 
-``validate --model`` reconciles flopkit against fvcore and FlopCounterMode with flopkit's own
+Validating a model spec reconciles flopkit against fvcore and FlopCounterMode with flopkit's own
 handles added (:mod:`flopkit.flops.reconcile`). This module runs the counters *plain*, on a CPU copy
 of the model with real tensors, as a user would: fvcore's ``FlopCountAnalysis`` (its own handles),
 torch's ``FlopCounterMode`` (its own registry) and ptflops' ``aten`` backend (the one its maintainer

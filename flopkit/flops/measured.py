@@ -276,7 +276,7 @@ def register_flopkit_formulas() -> None:
 
     The custom ops' formulas are registered when their modules are first imported (at the first
     routed call), but ``FlopCounterMode`` copies the registry when it is constructed: a counter made
-    before that first call would not count them (``validate --against torch`` in a fresh process
+    before that first call would not count them (validate's torch counter in a fresh process
     missed every norm).
     """
     from torch.utils.flop_counter import flop_registry, register_flop_formula

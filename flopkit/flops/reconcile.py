@@ -76,7 +76,7 @@ GENERAL_NOTES = [
     "The final RMSNorm runs on the readout token only (the CLS token; all patches when has_cls=False), "
     f"and flopkit counts it so ({formulas.rms_norm(1, 1)}*C per image with CLS).",
     "validate compares flopkit's convention (QK-norm counted over all heads, which is what runs); upstream's "
-    "nvsubquadratic convention (report --convention nvsubquadratic) counts one head and would fall short "
+    "nvsubquadratic convention (`convention` nvsubquadratic) counts one head and would fall short "
     f"of both counters by 2*{formulas.per_head_rms_norm(1, 1, 1)}*T*(H-1)*D per attention layer.",
 ]
 
@@ -129,7 +129,7 @@ class Reconciliation:
         return list(self.comparable)
 
     def to_dict(self) -> dict[str, Any]:
-        """The reconciliation as data (what ``validate --format json`` prints, less the config)."""
+        """The reconciliation as data (what the validate command prints as JSON, less the config)."""
         return {
             "rtol": self.rtol,
             "ok": self.ok,
@@ -347,7 +347,7 @@ def _with_blind_spots(rec: Reconciliation, measurements: list[Measurement]) -> R
 
 
 ANY_MODEL_NOTES = [
-    "validate --model: 'analytic' is flopkit's report of the model: analytic for flopkit's own modules, "
+    "model validation: 'analytic' is flopkit's report of the model: analytic for flopkit's own modules, "
     "FlopCounterMode with flopkit's norm/activation/softmax formulas elsewhere (the report's 'measured' rows).",
     "torch here is FlopCounterMode on the meta device with the same formulas over the whole model: on measured "
     "modules it is the report's own count, so the comparison checks flopkit's analytic modules and the "
