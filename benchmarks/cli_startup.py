@@ -33,7 +33,6 @@ t0 = time.perf_counter()
 import torch
 t1 = time.perf_counter()
 import flopkit, flopkit.cli
-from flopkit.cli._render import render_flop_rows
 from flopkit.flops.count import count
 from flopkit.models import load_model
 gc.freeze()  # as flopkit.cli.main does
@@ -42,7 +41,7 @@ loaded = load_model(sys.argv[1], sys.argv[2:])
 t3 = time.perf_counter()
 report = count(loaded, depth=2)
 t4 = time.perf_counter()
-render_flop_rows(report.rows, "table", loaded.label, report.legend)
+report.to_table()
 t5 = time.perf_counter()
 print(json.dumps({"torch": t1 - t0, "flopkit": t2 - t1, "build": t3 - t2, "rows": t4 - t3, "render": t5 - t4}))
 """

@@ -179,6 +179,14 @@ class FlopCount:
             "legend": list(self.legend),
         }
 
+    def to_table(self, fmt: str = "table") -> str:
+        """The per-module rows as ``report`` prints them (``fmt``: ``table``, ``markdown`` or ``csv``),
+        the whole model last, with the legend below."""
+        from flopkit.report import render_flop_rows
+
+        title = f"{self.label}: {self.total_flops:,} FLOPs, {self.total_params:,} parameters"
+        return render_flop_rows(self.rows, fmt, title, self.legend, source=self.measured)
+
     def to_json(self, indent: int = 2) -> str:
         """:meth:`to_dict` as JSON."""
         import json

@@ -157,3 +157,14 @@ def test_a_spec_is_counted_like_the_cli_counts_it():
 def test_validate_config_refuses_unknown_counters():
     with pytest.raises(ValueError, match="non-empty subset"):
         validate_config(load_config("vit5-small", TINY), ("ptflops",))
+
+
+def test_to_table_is_what_report_prints():
+    from click.testing import CliRunner
+    from flopkit.cli import app
+
+    result = flopkit.count("vit5-small", overrides=TINY, depth=2)  # the command's default depth
+    printed = CliRunner().invoke(app, ["report", "vit5-small", *sum((["--set", t] for t in TINY), [])])
+    assert printed.exit_code == 0 and printed.stdout.strip() == result.to_table().strip()
+    csv_lines = result.to_table("csv").splitlines()
+    assert csv_lines[0].startswith("module,type,params") and csv_lines[-1].startswith("TOTAL,ViT5")
