@@ -1,0 +1,103 @@
+"""benchmarks/step_floor.py on the committed H100 records: every floor is positive and below what
+was measured, the GEMM floor is the hand-counted matmul FLOPs at the measured rate, the bytes are
+the hand formulas, and the op inventory matches the kernels the profiler saw."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks import _harness as H
+from benchmarks import step_floor as F
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def floors():
+    return F.step_floor(ROOT / "benchmarks" / "results")
+
+
+def _kernels(preset):
+    record = json.loads((ROOT / "benchmarks" / "results" / F.STEP_KERNELS).read_text())
+    return record["runs"][F.KERNEL_RUNS[preset]]["data"]["models"][F.KERNEL_COLUMN]["kernels"]
+
+
+def _calls(preset, fragment):
+    return sum(calls for name, _, calls in _kernels(preset) if fragment in name)
+
+
+def test_every_group_has_a_positive_floor_at_most_its_measured_time(floors):
+    by_preset, _ = floors
+    assert set(by_preset) == {"vit5-small", "vit5-base"}
+    for f in by_preset.values():
+        assert [g.group for g in f.groups] == list(F.GROUPS)
+        for g in f.groups:
+            assert g.floor_ms > 0, (f.preset, g.group)
+            assert g.floor_ms <= g.measured_ms, (f.preset, g.group)
+
+
+def test_the_step_floor_is_below_the_measured_gpu_time(floors):
+    for f in floors[0].values():
+        assert f.floor_ms == pytest.approx(sum(g.floor_ms for g in f.groups))
+        assert f.floor_ms <= f.kernels_ms and f.floor_ms <= f.flopkit_gpu_ms <= f.flopkit_ms
+        assert sum(g.measured_ms for g in f.groups) == pytest.approx(f.kernels_ms)  # no kernel lost
+
+
+@pytest.mark.parametrize("preset, batch, width", [("vit5-small", 256, 384), ("vit5-base", 128, 768)])
+def test_gemm_floor_is_the_hand_counted_matmul_flops_at_the_measured_rate(floors, preset, batch, width):
+    by_preset, roofs = floors
+    T, patches, depth, classes = 201, 196, 12, 1000
+    # Per image: qkv, proj, fc1, fc2 (2 * T * 12 C^2) forward, input and weight gradients;
+    # the patch GEMM (3 * 16 * 16 -> C) without an input gradient; the head on the CLS row.
+    matmul = batch * (3 * 24 * T * width**2 * depth + 2 * 2 * patches * 768 * width + 3 * 2 * width * classes)
+    f = by_preset[preset]
+    assert f.matmul_flops == matmul
+    assert f.groups[0].floor_ms == pytest.approx(matmul / (roofs["matmul_tflops"] * 1e12) * 1e3, rel=1e-12)
+
+
+def test_attention_floor_counts_the_flash_backward_recompute(floors):
+    f = floors[0]["vit5-base"]
+    # forward QK^T and PV (4 B H T^2 D), backward 8 B H T^2 D plus the recomputed QK^T (2)
+    assert f.attention_flops == (4 + 8 + 2) * 128 * 12 * 201**2 * 64 * 12
+
+
+def test_vit5_base_bytes_are_the_hand_formulas(floors):
+    f = floors[0]["vit5-base"]
+    n, c, mlp, depth = 128 * 201, 768, 3072, 12
+    assert f.bytes[F.GELU] == (2 + 3) * n * mlp * 2 * depth  # read h, write g; read dg, h, write dh
+    assert f.bytes[F.QK] == (4 + 8) * n * c * 2 * depth
+    norms = (2 + 3) + (depth - 1) * (4 + 4) + depth * (4 + 6)  # norm1 of block 0, other norm1s, norm2s
+    assert f.bytes[F.NORMS] == norms * n * c * 2 + (2 + 3) * 128 * c * 2  # + the final norm on CLS
+
+
+@pytest.mark.parametrize("preset", ["vit5-small", "vit5-base"])
+def test_the_op_inventory_matches_the_profiled_kernel_calls(preset):
+    shapes = F.StepShapes.of(preset, 256 if preset == "vit5-small" else 128)
+    ops = F.norm_ops(shapes)
+    assert (
+        _calls(preset, "_norm_fwd_kernel") == _calls(preset, "_norm_bwd_kernel") == sum(o.calls for o in ops)
+    )
+    assert _calls(preset, "_qk_norm_rope_fwd") == _calls(preset, "_qk_norm_rope_bwd") == shapes.depth
+    assert _calls(preset, "GeluCUDAKernel") == _calls(preset, "GeluBackwardCUDAKernel") == shapes.depth
+    assert _calls(preset, "dot_do_o") == _calls(preset, "convert_dq") == shapes.depth
+
+
+def test_script_prints_the_tables_and_writes_a_harness_record(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.step_floor", "--out", str(tmp_path)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("| floor (sum of the groups) |") == 2
+    record = json.loads((tmp_path / "step_floor.json").read_text())
+    H.validate_record(record)
+    assert record["benchmark"] == "step_floor" and set(record["presets"]) == {"vit5-small", "vit5-base"}
+    assert record["roofs"]["matmul_tflops"] == pytest.approx(694.3675785997043)
