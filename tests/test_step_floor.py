@@ -101,3 +101,10 @@ def test_script_prints_the_tables_and_writes_a_harness_record(tmp_path):
     H.validate_record(record)
     assert record["benchmark"] == "step_floor" and set(record["presets"]) == {"vit5-small", "vit5-base"}
     assert record["roofs"]["matmul_tflops"] == pytest.approx(694.3675785997043)
+
+
+def test_the_docs_tables_are_what_the_script_prints(floors):
+    section = (ROOT / "docs" / "benchmarks.md").read_text().split("## The step's physical floor", 1)[1]
+    section = section.split("\n## ", 1)[0]
+    printed = [line for line in F.render(*floors) if line.startswith(("|", "**"))]
+    assert printed and [line for line in section.splitlines() if line.startswith(("|", "**"))] == printed
