@@ -257,21 +257,18 @@ def resolve_model(
 
 
 # Options of a sharded run: parameter name -> option name.
+# What a sharded report prices its step with (refused without a sharding option), beside the degrees.
+PRICING_ARGUMENTS = (
+    "tp_plan",
+    "param_dtype",
+    "reduce_dtype",
+    "tflops",
+    "gbps",
+    "step_ms",
+    "optimizer_states",
+)
 PARALLEL_OPTIONS = {
-    name: OPTION_NAMES[name]
-    for name in (
-        "fsdp",
-        "tp",
-        "dp_replicate",
-        "world",
-        "tp_plan",
-        "param_dtype",
-        "reduce_dtype",
-        "tflops",
-        "gbps",
-        "step_ms",
-        "optimizer_states",
-    )
+    name: OPTION_NAMES[name] for name in ("fsdp", "tp", "dp_replicate", "world", *PRICING_ARGUMENTS)
 }
 PARALLEL_DTYPES = ("bfloat16", "float16", "float32")
 
@@ -366,15 +363,7 @@ def parallel_settings(ctx: click.Context, params: dict) -> dict:
     import torch
 
     if not sharded_run(ctx):
-        for name in (
-            "tp_plan",
-            "param_dtype",
-            "reduce_dtype",
-            "tflops",
-            "gbps",
-            "step_ms",
-            "optimizer_states",
-        ):
+        for name in PRICING_ARGUMENTS:
             if given(ctx, name):
                 raise click.UsageError(
                     f"{PARALLEL_OPTIONS[name]} applies with --fsdp, --tp, --dp-replicate or --world"
