@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+import flopkit
 from flopkit.flops.measured import PositionalCall, count_fvcore_any
-from flopkit.flops.mixed import mixed_rows
 from flopkit.models import build_model, model_inputs, real_inputs
 
 # timm's published inference GMACs (column infer_gmacs) at 224x224, from
@@ -117,15 +117,16 @@ def ptflops_count(model, args, kwargs) -> int | None:
 def measure(case: Case) -> dict:
     meta = build_model(case.spec, case.model_args)
     inputs = model_inputs(meta, seq_len=case.seq_len)
-    rows, count = mixed_rows(meta, (inputs.args, inputs.kwargs))
-    half, _ = mixed_rows(meta, (inputs.args, inputs.kwargs), depth=0, causal="half")
+    full = flopkit.count(meta, inputs)
+    half = flopkit.count(meta, inputs, depth=0, causal_attention="half")
+    causal_calls = full.measurement.causal_calls
     out = {
         "model": case.label,
         "inputs": inputs.describe(),
-        "flopkit": rows[0].flops,
-        "breakdown": dict(rows[0].breakdown),
-        "flopkit_causal_half": half[0].flops if count.causal_calls else None,
-        "causal_calls": count.causal_calls,
+        "flopkit": full.total(),
+        "breakdown": full.by_category(),
+        "flopkit_causal_half": half.total() if causal_calls else None,
+        "causal_calls": causal_calls,
         "flop_counter_mode": plain_flop_counter(meta, inputs.args, inputs.kwargs),
     }
     torch.manual_seed(0)
