@@ -1,6 +1,7 @@
 """Package hygiene: lazy heavy imports, public API."""
 
 import ast
+import functools
 import importlib
 import importlib.machinery
 import importlib.metadata
@@ -132,6 +133,7 @@ def _names_importable_from(root: Path) -> dict[str, Path]:
     return names
 
 
+@functools.cache
 def _installed_top_level_names() -> dict[str, str]:
     """Top-level import names of every installed distribution, from its ``top_level.txt`` or, where
     it has none, from the first component of each file it installed."""
