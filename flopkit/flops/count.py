@@ -458,23 +458,21 @@ def _check_padding(model, label, mask, *, causal, batch, keys) -> None:
 
     if mask is None:
         return
-    shown = f"tensor{list(mask.shape)}"
+    shown = f"attention_mask{list(mask.shape)}"  # the mask's values are the model's attention_mask
     if causal != "exact":
         raise InputError(
-            "padding_mask", shown, "attention_mask values change which query-key pairs are kept: they apply "
-            "with `causal_attention` exact"
+            "padding_mask", shown, "mask values change which query-key pairs are kept: they apply with "
+            "`causal_attention` exact"
         )  # fmt: skip
     if not accepts_argument(model, "attention_mask"):
         raise InputError("padding_mask", shown, f"{label} takes no attention_mask")
     if keys is None:
-        raise InputError(
-            "padding_mask", shown, "attention_mask values need `seq_len` N (the tokens they mask)"
-        )
+        raise InputError("padding_mask", shown, "mask values need `seq_len` N (the tokens they mask)")
     if mask.dim() != 2 or list(mask.shape) != [batch, keys]:
         raise InputError(
             "padding_mask",
             shown,
-            f"attention_mask must be [batch, cached + new tokens] = [{batch}, {keys}], got {list(mask.shape)}",
+            f"must be [batch, cached + new tokens] = [{batch}, {keys}], got {list(mask.shape)}",
         )
 
 
