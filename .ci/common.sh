@@ -27,9 +27,13 @@ install_timm() {
     pip_install "$py" "$@" -e ".[dev,timm,hf]" kernels
 }
 
+# Venvs go under one scratch directory, removed when the sourcing script exits (each timm venv is
+# about 6 GB: left behind, a few runs fill the disk).
+CI_SCRATCH="$(mktemp -d)"
+trap 'rm -rf "$CI_SCRATCH"' EXIT
+
 new_venv() {
-    local dir
-    dir="$(mktemp -d)/$1"
+    local dir="$CI_SCRATCH/$1"
     python3 -m venv "$dir"
     echo "$dir/bin/python"
 }
