@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from flopkit.formulas import CATEGORIES
-from flopkit.report import percent, render_json, render_rows
+from flopkit.report import percent, render_json, render_rows, short
 
 from ._options import cli_text
 
@@ -71,10 +71,6 @@ def _shape_text(shapes: list[list[int]], dtypes: list[str]) -> str:
     return "; ".join(f"[{', '.join(map(str, s))}] {d}" for s, d in zip(shapes, dtypes, strict=True))
 
 
-def _short(text: str, width: int = 44) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
 def render_model_rows(
     rows, fmt: str, title: str, legend: list[str], columns: tuple[str, ...], training: bool
 ) -> str:
@@ -108,7 +104,7 @@ def render_model_rows(
             )
         if "memory" in columns:
             line += [s.param_bytes, s.output_bytes] if s is not None else ["-", "-"]
-        line += [r.source, _short(r.repr) if fmt == "table" else r.repr]
+        line += [r.source, short(r.repr) if fmt == "table" else r.repr]
         body.append(line)
     return render_rows(
         headers, body, fmt, title=None if fmt == "csv" else title, notes=[] if fmt == "csv" else legend

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from flopkit.flops.llm import CHECKPOINTING
-from flopkit.report import render_json
+from flopkit.report import render_flop_rows, render_json
 
 from ._options import (
     CONTEXT,
@@ -24,7 +24,6 @@ from ._options import (
     resolve_model,
     set_option,
 )
-from ._render import render_flop_rows
 
 __all__ = ["report"]
 

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from flopkit import formulas
-from flopkit.checks import InputError, check_seq_len
+from flopkit.checks import InputError, check_seq_len, is_int
 from flopkit.formulas import CATEGORIES, check_convention
 
 from .analytic import FlopRow, depth_of, is_analytic
@@ -347,18 +347,14 @@ def count(
         flopkit.checks.InputError: an argument that cannot apply, naming it, before any work.
     """
     check_convention(convention)
-    if causal_attention not in formulas.ATTENTION_RULES:
-        raise InputError(
-            "causal_attention", causal_attention, f"expected one of {', '.join(formulas.ATTENTION_RULES)}"
-        )
+    _check_causal(causal_attention)
     if checkpointing not in CHECKPOINTING:
         raise InputError("checkpointing", checkpointing, f"expected one of {', '.join(CHECKPOINTING)}")
     if checkpointing != "none" and not training:
         raise InputError("checkpointing", checkpointing, "applies to a training step: add `training`")
     if depth is not None and depth < 0:
         raise InputError("depth", depth, "must be 0 or more")
-    if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
-        raise InputError("batch", batch, "must be a positive integer")
+    _check_positive("batch", batch, "must be a positive integer")
     loaded = load(model, overrides=overrides, model_args=model_args)
     given = {
         "inputs": inputs, "input_shape": input_shape, "seq_len": seq_len, "named_inputs": list(named_inputs) or None,
@@ -383,6 +379,18 @@ def count(
         training=training, convention=convention, causal=causal_attention, depth=depth,
         checkpointing=checkpointing, kv_cache=kv_cache, padding_mask=padding_mask,
     )  # fmt: skip
+
+
+def _check_positive(name: str, value: Any, detail: str) -> None:
+    """``value`` must be an int (not a bool) of at least 1; else :class:`InputError` naming ``name``."""
+    if not is_int(value) or value < 1:
+        raise InputError(name, value, detail)
+
+
+def _check_causal(rule: Any) -> None:
+    """``rule`` must be one of :data:`flopkit.formulas.ATTENTION_RULES`."""
+    if rule not in formulas.ATTENTION_RULES:
+        raise InputError("causal_attention", rule, f"expected one of {', '.join(formulas.ATTENTION_RULES)}")
 
 
 def _shown(value: Any) -> Any:
@@ -439,8 +447,7 @@ def _check_cache(
 
     if kv_cache is None:
         return
-    if not isinstance(kv_cache, int) or isinstance(kv_cache, bool) or kv_cache < 1:
-        raise InputError("kv_cache", kv_cache, "expected a positive number of cached tokens")
+    _check_positive("kv_cache", kv_cache, "expected a positive number of cached tokens")
     if training:
         raise InputError("kv_cache", kv_cache, "counts inference (decode); it does not apply with `training`")
     if input_shape is not None:
@@ -779,12 +786,8 @@ def count_generation(
     from .mixed import mixed_rows
 
     for name, value in (("prompt_tokens", prompt_tokens), ("steps", steps), ("batch", batch)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise InputError(name, value, "must be at least 1")
-    if causal_attention not in formulas.ATTENTION_RULES:
-        raise InputError(
-            "causal_attention", causal_attention, f"expected one of {', '.join(formulas.ATTENTION_RULES)}"
-        )
+        _check_positive(name, value, "must be at least 1")
+    _check_causal(causal_attention)
     loaded = load(model, model_args=model_args)
     if loaded.is_config or llm.cache_argument(loaded.module) is None:
         raise InputError(
