@@ -27,6 +27,7 @@ from .norm import (
     split_heads,
 )
 from .rope import ROPE_PAIRINGS, apply_rope_ref, qk_norm_rope, qk_norm_rope_ref, rotate_pairs
+from .sdpa import ATTENTION_HEAD_DIMS, ATTENTION_MAX_TOKENS, attention, attention_supported
 
 __all__ = [
     "BACKENDS",
@@ -54,4 +55,8 @@ __all__ = [
     "apply_rope_ref",
     "rotate_pairs",
     "gelu",
+    "attention",
+    "attention_supported",
+    "ATTENTION_HEAD_DIMS",
+    "ATTENTION_MAX_TOKENS",
 ]

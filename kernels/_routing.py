@@ -28,7 +28,7 @@ def route_through_custom_ops() -> Iterator[None]:
         # Register the ops and their FLOP formulas now (they are otherwise registered on first
         # use): a FlopCounterMode copies torch's formula table when it is created, so one created
         # inside this context before the first op ran would not know flopkit's formulas.
-        from . import _norm_ops, _rope_ops  # noqa: F401
+        from . import _norm_ops, _rope_ops, _sdpa_ops  # noqa: F401
     _dispatch._ROUTE_DEPTH += 1
     try:
         yield

@@ -1,0 +1,247 @@
+"""flopkit's Triton attention (``kernels/_sdpa_triton.py``) against cuDNN's SDPA at the ViT-5
+attention shapes (T = 201 tokens, head_dim 64, bf16), forward and backward.
+
+Run on the device machine from the repository root::
+
+    python -m benchmarks.triton_attention --out $OUT [--no-sweep]
+
+vit5-small at batch 256 (6 heads) and vit5-base at batch 128 (12 heads) have the same B·H, so the
+tile sweep runs at vit5-base's shape only and its best tiles are then timed at both. The tensors
+are laid out as in ``ViT5Attention``: q and k token-major views (``[B, H, T, D]`` over
+``[B, T, H, D]``), v a slice of the fused qkv activation, the output's gradient a ``[B, T, C]``
+buffer. Rows:
+
+- cuDNN: ``F.scaled_dot_product_attention`` (PyTorch picks cuDNN on the H100), forward alone and
+  forward + backward through autograd; its backward includes its side kernels.
+- Triton: the forward, the backward's two kernels, and forward + backward called directly.
+
+Each output is also compared with cuDNN's (relative Frobenius error) and with a float64 reference
+on the first batch entry. Timings are ``triton.testing.do_bench`` medians (L2 flushed between
+repeats). Writes ``triton_attention_DEVICE.json`` and ``.md`` under ``--out``.
+"""
+
+# ruff: noqa: B023
+
+from __future__ import annotations
+
+import argparse
+import itertools
+
+import torch
+import torch.nn.functional as F
+from flopkit.kernels._sdpa_triton import (
+    DKDV_TILE,
+    DQ_TILE,
+    FWD_TILE,
+    AttnTile,
+    attention_bwd,
+    attention_fwd,
+    attention_ref,
+)
+
+from benchmarks._harness import device_ms, out_default, write_results
+
+SHAPES = {"vit5-small b256": (256, 6), "vit5-base b128": (128, 12)}
+T, D = 201, 64
+
+
+def ms(fn) -> float:
+    return device_ms(fn, warmup_ms=25, rep_ms=100)
+
+
+def tensors(B: int, H: int, seed: int = 0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+
+    def randn(*shape):
+        return torch.randn(*shape, device="cuda", generator=g).to(torch.bfloat16)
+
+    q, k = (randn(B, T, H, D).transpose(1, 2) for _ in range(2))
+    v = randn(B, T, 3 * H * D)[..., 2 * H * D :].unflatten(-1, (H, D)).transpose(1, 2)
+    do = randn(B, T, H, D).transpose(1, 2)
+    return q, k, v, do
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm()).item()
+
+
+def sweep(q, k, v, do, scale) -> list[dict]:
+    rows = []
+    o, lse = attention_fwd(q, k, v, scale)
+    fwd = [AttnTile(bm, bn, w, s) for bm, bn, s in itertools.product((64, 128), (64, 128, 256), (1, 2, 3))
+           for w in ((4,) if bm == 64 else (4, 8))]  # fmt: skip
+    for t in fwd:
+        rows.append(_timed("forward", t, lambda t=t: attention_fwd(q, k, v, scale, tile=t)))
+    dq = [AttnTile(bm, bn, w, s) for bm, bn, s in itertools.product((64, 128), (32, 64, 128), (1, 2))
+          for w in ((4,) if bm == 64 else (4, 8))]  # fmt: skip
+    for t in dq:
+        rows.append(_timed("dq", t, lambda t=t: attention_bwd(do, q, k, v, o, lse, scale, dq_tile=t)))
+    dkdv = [AttnTile(bm, bn, w, s) for bm, bn, s in itertools.product((32, 64, 128), (64, 128), (1, 2))
+            for w in ((4,) if bn == 64 else (4, 8))]  # fmt: skip
+    for t in dkdv:
+        rows.append(_timed("dkdv", t, lambda t=t: attention_bwd(do, q, k, v, o, lse, scale, dkdv_tile=t)))
+    for t in dkdv:
+        rows.append(
+            _timed(
+                "atomic",
+                t,
+                lambda t=t: attention_bwd(do, q, k, v, o, lse, scale, dkdv_tile=t, atomic_dq=True),
+            )
+        )
+    return rows
+
+
+def _timed(kernel: str, tile: AttnTile, fn) -> dict:
+    row = {"kernel": kernel, "tile": list(tile)}
+    try:
+        fn()
+        row["ms"] = ms(fn)
+    except Exception as e:  # a tile that does not fit (shared memory, registers)
+        row["error"] = repr(e)[:160]
+    return row
+
+
+def best(rows: list[dict], kernel: str) -> tuple[AttnTile, float]:
+    ok = [r for r in rows if r["kernel"] == kernel and "ms" in r]
+    r = min(ok, key=lambda r: r["ms"])
+    return AttnTile(*r["tile"]), r["ms"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=out_default())
+    ap.add_argument("--no-sweep", action="store_true", help="time the committed tiles only")
+    args = ap.parse_args()
+    scale = D**-0.5
+    res: dict = {"T": T, "D": D}
+    tiles = {"forward": FWD_TILE, "dq": DQ_TILE, "dkdv": DKDV_TILE, "atomic": DKDV_TILE}
+    if not args.no_sweep:
+        q, k, v, do = tensors(*SHAPES["vit5-base b128"])
+        # The dq sweep times the whole backward with each dq tile (dkdv at its default) and the
+        # other way round: subtract the fixed kernel's share when comparing across kernels.
+        res["sweep"] = rows = sweep(q, k, v, do, scale)
+        tiles = {name: best(rows, name)[0] for name in tiles}
+    res["tiles"] = {name: list(t) for name, t in tiles.items()}
+    res["rows"] = out_rows = []
+    for shape, (B, H) in SHAPES.items():
+        q, k, v, do = tensors(B, H)
+        q.requires_grad_()
+        k.requires_grad_()
+        v.requires_grad_()
+
+        def sdpa_fwd():
+            return F.scaled_dot_product_attention(q, k, v, scale=scale)
+
+        def sdpa_fwd_bwd():
+            q.grad = k.grad = v.grad = None
+            sdpa_fwd().backward(do)
+
+        o, lse = attention_fwd(q.detach(), k.detach(), v.detach(), scale, tile=tiles["forward"])
+
+        def tri_fwd():
+            return attention_fwd(q.detach(), k.detach(), v.detach(), scale, tile=tiles["forward"])
+
+        def tri_bwd():
+            return attention_bwd(
+                do,
+                q.detach(),
+                k.detach(),
+                v.detach(),
+                o,
+                lse,
+                scale,
+                dq_tile=tiles["dq"],
+                dkdv_tile=tiles["dkdv"],
+            )
+
+        def tri_bwd_atomic():
+            return attention_bwd(
+                do,
+                q.detach(),
+                k.detach(),
+                v.detach(),
+                o,
+                lse,
+                scale,
+                dkdv_tile=tiles["atomic"],
+                atomic_dq=True,
+            )
+
+        def tri_fwd_bwd():
+            o2, lse2 = tri_fwd()
+            return attention_bwd(
+                do,
+                q.detach(),
+                k.detach(),
+                v.detach(),
+                o2,
+                lse2,
+                scale,
+                dq_tile=tiles["dq"],
+                dkdv_tile=tiles["dkdv"],
+            )
+
+        sdpa_fwd_bwd()
+        ref_o = sdpa_fwd().detach()
+        ref_grads = (q.grad, k.grad, v.grad)
+        grads = tri_bwd()
+        grads_atomic = tri_bwd_atomic()
+        # float64 reference on batch entry 0
+        q0, k0, v0 = (t.detach()[:1].double().requires_grad_() for t in (q, k, v))
+        o64 = attention_ref(q0, k0, v0, scale)
+        o64.backward(do[:1].double())
+        row = {
+            "shape": shape,
+            "cudnn_forward_ms": ms(sdpa_fwd),
+            "cudnn_forward_backward_ms": ms(sdpa_fwd_bwd),
+            "triton_forward_ms": ms(tri_fwd),
+            "triton_backward_ms": ms(tri_bwd),
+            "triton_forward_backward_ms": ms(tri_fwd_bwd),
+            "triton_backward_atomic_ms": ms(tri_bwd_atomic),
+            "atomic_vs_two_kernel": [rel(a, b) for a, b in zip(grads_atomic, grads, strict=True)],
+            "o_vs_cudnn": rel(o, ref_o),
+            "o_err_f64": {"triton": rel(o[:1], o64), "cudnn": rel(ref_o[:1], o64)},
+        }
+        for name, a, b, g64 in zip(
+            ("dq", "dk", "dv"), grads, ref_grads, (q0.grad, k0.grad, v0.grad), strict=True
+        ):
+            row[f"{name}_vs_cudnn"] = rel(a, b)
+            row[f"{name}_err_f64"] = {"triton": rel(a[:1], g64), "cudnn": rel(b[:1], g64)}
+        out_rows.append(row)
+    lines = [
+        f"T = {T}, head_dim {D}, bf16; tiles (block_m, block_n, warps, stages): "
+        + ", ".join(f"{n} {tuple(t)}" for n, t in res["tiles"].items()),
+        "",
+        "| shape | cuDNN fwd | cuDNN fwd+bwd | Triton fwd | Triton bwd | Triton bwd (atomic dq) "
+        "| Triton fwd+bwd | fwd+bwd vs cuDNN |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in out_rows:
+        lines.append(
+            f"| {r['shape']} | {r['cudnn_forward_ms']:.4f} | {r['cudnn_forward_backward_ms']:.4f} | "
+            f"{r['triton_forward_ms']:.4f} | {r['triton_backward_ms']:.4f} | {r['triton_backward_atomic_ms']:.4f} | "
+            f"{r['triton_forward_backward_ms']:.4f} | "
+            f"{r['cudnn_forward_backward_ms'] / r['triton_forward_backward_ms']:.2f}x |"
+        )
+    lines += [
+        "",
+        "| shape | tensor | vs cuDNN | Triton vs float64 | cuDNN vs float64 |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for r in out_rows:
+        for name in ("o", "dq", "dk", "dv"):
+            e = r[f"{name}_err_f64"]
+            lines.append(
+                f"| {r['shape']} | {name} | {r[f'{name}_vs_cudnn']:.1e} | {e['triton']:.1e} | {e['cudnn']:.1e} |"
+            )
+    if "sweep" in res:
+        lines += ["", "Sweep at vit5-base b128 (ms; dq and dkdv rows time the whole backward):", "",
+                  "| kernel | tile | ms |", "|---|---|---:|"]  # fmt: skip
+        for r in res["sweep"]:
+            lines.append(f"| {r['kernel']} | {tuple(r['tile'])} | {r.get('ms', float('nan')):.4f} |")
+    write_results(args.out, "triton_attention", res, lines)
+
+
+if __name__ == "__main__":
+    main()

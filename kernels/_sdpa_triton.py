@@ -1,0 +1,371 @@
+"""Triton kernels for short-sequence softmax attention, forward and backward (ViT shapes: T in the
+hundreds, head_dim 64 or 128, no mask, no dropout).
+
+Forward, per ``(b, h)`` and block of ``BLOCK_M`` query rows (``S = scale * q kᵀ``, in base 2:
+``s = S * log2(e)``)::
+
+    m = max_j s_ij;  l = sum_j 2**(s_ij - m);  o = sum_j 2**(s_ij - m) v_j / l;  lse = m + log2(l)
+
+over key blocks of ``BLOCK_N`` with the running maximum rescaling the partial sums (one block when
+``BLOCK_N >= T``). ``o`` is written ``[B, T, H, D]`` (returned as a ``[B, H, T, D]`` view, so
+merging heads is free); ``lse`` ``[B, H, T]`` in fp32, base 2, for the backward.
+
+Backward, with ``p = 2**(s - lse)``, ``dp = do vᵀ`` and ``delta_i = sum_d o_id * do_id``
+(``= sum_j p_ij dp_ij``)::
+
+    ds = p * (dp - delta);  dq = scale * ds k;  dk = scale * dsᵀ q;  dv = pᵀ do
+
+in two kernels that need no atomics and no fp32 scratch: ``_attn_bwd_dq`` (per query block,
+looping over key blocks; it computes ``delta`` from ``o`` and ``do`` and stores it) and then
+``_attn_bwd_dkdv`` (per key block, looping over query blocks; it reads ``delta``). Each recomputes
+``p`` from ``lse``. Every product accumulates in fp32; ``p`` and ``ds`` enter the tensor-core
+products in the input dtype, as in FlashAttention.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+from ._launch import launch
+
+__all__ = ["AttnTile", "attention_fwd", "attention_bwd", "FWD_TILE", "DQ_TILE", "DKDV_TILE"]
+
+LOG2E = 1.4426950408889634
+
+
+class AttnTile(NamedTuple):
+    """One kernel's launch: query rows and keys per block, warps, software-pipeline stages."""
+
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+
+
+FWD_TILE = AttnTile(128, 64, 8, 2)
+"""The forward's tile: a program's query rows, the keys per step."""
+DQ_TILE = AttnTile(64, 64, 4, 2)
+"""``_attn_bwd_dq``: a program's query rows, the keys per step."""
+DKDV_TILE = AttnTile(64, 64, 4, 2)
+"""``_attn_bwd_dkdv``: the query rows per step, a program's keys."""
+
+
+@triton.jit
+def _attn_fwd(
+    Q, K, V, O, LSE,
+    s_qb, s_qh, s_qt, s_kb, s_kh, s_kt, s_vb, s_vh, s_vt, s_ob, s_oh, s_ot,
+    H, T, qk_scale,
+    HEAD_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.arange(0, BLOCK_N)
+    d = tl.arange(0, HEAD_D)
+    row_ok = rows < T
+    q = tl.load(
+        Q + b.to(tl.int64) * s_qb + h * s_qh + rows[:, None] * s_qt + d[None, :],
+        mask=row_ok[:, None],
+        other=0.0,
+    )
+    k_base = K + b.to(tl.int64) * s_kb + h * s_kh
+    v_base = V + b.to(tl.int64) * s_vb + h * s_vh
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_D], tl.float32)
+    for start in range(0, T, BLOCK_N):
+        keys = start + cols
+        key_ok = keys < T
+        kt = tl.load(k_base + keys[None, :] * s_kt + d[:, None], mask=key_ok[None, :], other=0.0)
+        s = tl.dot(q, kt) * qk_scale
+        s = tl.where(key_ok[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        p = tl.exp2(s - m_new[:, None])
+        alpha = tl.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(v_base + keys[:, None] * s_vt + d[None, :], mask=key_ok[:, None], other=0.0)
+        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
+        m_i = m_new
+    acc = acc / l_i[:, None]
+    tl.store(
+        O + b.to(tl.int64) * s_ob + h * s_oh + rows[:, None] * s_ot + d[None, :],
+        acc.to(O.dtype.element_ty),
+        mask=row_ok[:, None],
+    )
+    tl.store(LSE + pid_bh.to(tl.int64) * T + rows, m_i + tl.log2(l_i), mask=row_ok)
+
+
+@triton.jit
+def _attn_bwd_dq(
+    Q, K, V, O, DO, LSE, DELTA, DQ,
+    s_qb, s_qh, s_qt, s_kb, s_kh, s_kt, s_vb, s_vh, s_vt, s_ob, s_oh, s_ot, s_gb, s_gh, s_gt,
+    s_dqb, s_dqh, s_dqt,
+    H, T, qk_scale, scale,
+    HEAD_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    b64 = b.to(tl.int64)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.arange(0, BLOCK_N)
+    d = tl.arange(0, HEAD_D)
+    row_ok = rows < T
+    q = tl.load(
+        Q + b64 * s_qb + h * s_qh + rows[:, None] * s_qt + d[None, :], mask=row_ok[:, None], other=0.0
+    )
+    do = tl.load(
+        DO + b64 * s_gb + h * s_gh + rows[:, None] * s_gt + d[None, :], mask=row_ok[:, None], other=0.0
+    )
+    o = tl.load(
+        O + b64 * s_ob + h * s_oh + rows[:, None] * s_ot + d[None, :], mask=row_ok[:, None], other=0.0
+    )
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    tl.store(DELTA + pid_bh.to(tl.int64) * T + rows, delta, mask=row_ok)
+    lse = tl.load(LSE + pid_bh.to(tl.int64) * T + rows, mask=row_ok, other=0.0)
+    k_base = K + b64 * s_kb + h * s_kh
+    v_base = V + b64 * s_vb + h * s_vh
+    dq = tl.zeros([BLOCK_M, HEAD_D], tl.float32)
+    for start in range(0, T, BLOCK_N):
+        keys = start + cols
+        key_ok = keys < T
+        kt = tl.load(k_base + keys[None, :] * s_kt + d[:, None], mask=key_ok[None, :], other=0.0)
+        vt = tl.load(v_base + keys[None, :] * s_vt + d[:, None], mask=key_ok[None, :], other=0.0)
+        s = tl.dot(q, kt) * qk_scale
+        p = tl.where(key_ok[None, :], tl.exp2(s - lse[:, None]), 0.0)
+        dp = tl.dot(do, vt)
+        ds = p * (dp - delta[:, None])
+        dq = tl.dot(ds.to(kt.dtype), tl.trans(kt), dq)
+    tl.store(
+        DQ + b64 * s_dqb + h * s_dqh + rows[:, None] * s_dqt + d[None, :],
+        (dq * scale).to(DQ.dtype.element_ty),
+        mask=row_ok[:, None],
+    )
+
+
+@triton.jit
+def _attn_bwd_dkdv(
+    Q, K, V, DO, LSE, DELTA, DK, DV,
+    s_qb, s_qh, s_qt, s_kb, s_kh, s_kt, s_vb, s_vh, s_vt, s_gb, s_gh, s_gt,
+    s_dkb, s_dkh, s_dkt, s_dvb, s_dvh, s_dvt,
+    H, T, qk_scale, scale,
+    HEAD_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    pid_n = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    b64 = b.to(tl.int64)
+    keys = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows0 = tl.arange(0, BLOCK_M)
+    d = tl.arange(0, HEAD_D)
+    key_ok = keys < T
+    k = tl.load(
+        K + b64 * s_kb + h * s_kh + keys[:, None] * s_kt + d[None, :], mask=key_ok[:, None], other=0.0
+    )
+    v = tl.load(
+        V + b64 * s_vb + h * s_vh + keys[:, None] * s_vt + d[None, :], mask=key_ok[:, None], other=0.0
+    )
+    q_base = Q + b64 * s_qb + h * s_qh
+    do_base = DO + b64 * s_gb + h * s_gh
+    stats = pid_bh.to(tl.int64) * T
+    dk = tl.zeros([BLOCK_N, HEAD_D], tl.float32)
+    dv = tl.zeros([BLOCK_N, HEAD_D], tl.float32)
+    for start in range(0, T, BLOCK_M):
+        rows = start + rows0
+        row_ok = rows < T
+        qt = tl.load(q_base + rows[None, :] * s_qt + d[:, None], mask=row_ok[None, :], other=0.0)
+        do = tl.load(do_base + rows[:, None] * s_gt + d[None, :], mask=row_ok[:, None], other=0.0)
+        # Rows past T get lse = +inf, so their p is exactly 0 (their q and do are 0 as well).
+        lse = tl.load(LSE + stats + rows, mask=row_ok, other=float("inf"))
+        delta = tl.load(DELTA + stats + rows, mask=row_ok, other=0.0)
+        st = tl.dot(k, qt) * qk_scale  # [BLOCK_N, BLOCK_M] = sᵀ
+        pt = tl.exp2(st - lse[None, :])
+        dv = tl.dot(pt.to(do.dtype), do, dv)
+        dpt = tl.dot(v, tl.trans(do))
+        dst = pt * (dpt - delta[None, :])
+        dk = tl.dot(dst.to(qt.dtype), tl.trans(qt), dk)
+    tl.store(
+        DK + b64 * s_dkb + h * s_dkh + keys[:, None] * s_dkt + d[None, :],
+        (dk * scale).to(DK.dtype.element_ty),
+        mask=key_ok[:, None],
+    )
+    tl.store(
+        DV + b64 * s_dvb + h * s_dvh + keys[:, None] * s_dvt + d[None, :],
+        dv.to(DV.dtype.element_ty),
+        mask=key_ok[:, None],
+    )
+
+
+@triton.jit
+def _attn_bwd_atomic(
+    Q, K, V, O, DO, LSE, DK, DV, DQ32,
+    s_qb, s_qh, s_qt, s_kb, s_kh, s_kt, s_vb, s_vh, s_vt, s_ob, s_oh, s_ot, s_gb, s_gh, s_gt,
+    s_dkb, s_dkh, s_dkt, s_dvb, s_dvh, s_dvt,
+    H, T, qk_scale, scale,
+    HEAD_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    """One pass: per key block, dk and dv as ``_attn_bwd_dkdv``, and each query block's share of
+    ``dq`` added (fp32 atomics) into ``DQ32`` ``[B, T, H, D]``, zeroed by the caller. ``delta`` is
+    computed in place from ``o`` and ``do``."""
+    pid_n = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    b64 = b.to(tl.int64)
+    keys = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows0 = tl.arange(0, BLOCK_M)
+    d = tl.arange(0, HEAD_D)
+    key_ok = keys < T
+    k = tl.load(
+        K + b64 * s_kb + h * s_kh + keys[:, None] * s_kt + d[None, :], mask=key_ok[:, None], other=0.0
+    )
+    v = tl.load(
+        V + b64 * s_vb + h * s_vh + keys[:, None] * s_vt + d[None, :], mask=key_ok[:, None], other=0.0
+    )
+    q_base = Q + b64 * s_qb + h * s_qh
+    o_base = O + b64 * s_ob + h * s_oh
+    do_base = DO + b64 * s_gb + h * s_gh
+    dq_base = DQ32 + b64 * T * H * HEAD_D + h * HEAD_D
+    stats = pid_bh.to(tl.int64) * T
+    dk = tl.zeros([BLOCK_N, HEAD_D], tl.float32)
+    dv = tl.zeros([BLOCK_N, HEAD_D], tl.float32)
+    for start in range(0, T, BLOCK_M):
+        rows = start + rows0
+        row_ok = rows < T
+        q = tl.load(q_base + rows[:, None] * s_qt + d[None, :], mask=row_ok[:, None], other=0.0)
+        do = tl.load(do_base + rows[:, None] * s_gt + d[None, :], mask=row_ok[:, None], other=0.0)
+        o = tl.load(o_base + rows[:, None] * s_ot + d[None, :], mask=row_ok[:, None], other=0.0)
+        delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+        lse = tl.load(LSE + stats + rows, mask=row_ok, other=float("inf"))
+        st = tl.dot(k, tl.trans(q)) * qk_scale
+        pt = tl.exp2(st - lse[None, :])
+        dv = tl.dot(pt.to(do.dtype), do, dv)
+        dpt = tl.dot(v, tl.trans(do))
+        dst = pt * (dpt - delta[None, :])
+        ds_in = dst.to(q.dtype)
+        dk = tl.dot(ds_in, q, dk)
+        dq = tl.dot(tl.trans(ds_in), k) * scale
+        tl.atomic_add(
+            dq_base + rows[:, None] * (H * HEAD_D) + d[None, :], dq, mask=row_ok[:, None], sem="relaxed"
+        )
+    tl.store(
+        DK + b64 * s_dkb + h * s_dkh + keys[:, None] * s_dkt + d[None, :],
+        (dk * scale).to(DK.dtype.element_ty),
+        mask=key_ok[:, None],
+    )
+    tl.store(
+        DV + b64 * s_dvb + h * s_dvh + keys[:, None] * s_dvt + d[None, :],
+        dv.to(DV.dtype.element_ty),
+        mask=key_ok[:, None],
+    )
+
+
+def _strides(t: torch.Tensor) -> tuple[int, int, int]:
+    """``(batch, head, token)`` strides of a ``[B, H, T, D]`` tensor whose last dimension is dense."""
+    return t.stride(0), t.stride(1), t.stride(2)
+
+
+def empty_token_major(like: torch.Tensor) -> torch.Tensor:
+    """An uninitialised ``[B, H, T, D]`` tensor stored ``[B, T, H, D]`` (the heads merge for free)."""
+    B, H, T, D = like.shape
+    return like.new_empty((B, T, H, D)).transpose(1, 2)
+
+
+def attention_fwd(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    scale: float,
+    *,
+    tile: AttnTile = FWD_TILE,
+    run=launch,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``softmax(scale * q kᵀ) v`` and its base-2 log-sum-exp.
+
+    Args:
+        q, k, v: ``[B, H, T, D]``, any strides with a dense last dimension, one dtype (fp16/bf16).
+        scale: the logits' factor.
+    Returns:
+        ``o`` ``[B, H, T, D]`` (a view of a ``[B, T, H, D]`` buffer) and ``lse`` ``[B, H, T]`` fp32.
+    """
+    B, H, T, D = q.shape
+    bm = tile.block_m
+    o = empty_token_major(q)
+    lse = torch.empty((B, H, T), device=q.device, dtype=torch.float32)
+    if o.numel() == 0:
+        return o, lse
+    scalars = (*_strides(q), *_strides(k), *_strides(v), *_strides(o), H, T, scale * LOG2E)
+    _run(run, _attn_fwd, triton.cdiv(T, bm), B * H, (q, k, v, o, lse), scalars, D, tile)
+    return o, lse
+
+
+def attention_bwd(
+    do: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    o: torch.Tensor,
+    lse: torch.Tensor,
+    scale: float,
+    *,
+    dq_tile: AttnTile = DQ_TILE,
+    dkdv_tile: AttnTile = DKDV_TILE,
+    atomic_dq: bool = False,
+    run=launch,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The gradients of :func:`attention_fwd`'s ``o`` w.r.t. q, k and v.
+
+    Args:
+        do: ``[B, H, T, D]``, the gradient of ``o`` (any strides with a dense last dimension).
+        q, k, v, o, lse: the forward's inputs and outputs.
+    Returns:
+        ``dq, dk, dv`` ``[B, H, T, D]``, views of ``[B, T, H, D]`` buffers, in q's dtype.
+    """
+    B, H, T, D = q.shape
+    dq, dk, dv = empty_token_major(q), empty_token_major(k), empty_token_major(v)
+    if dq.numel() == 0:
+        return dq, dk, dv
+    qk_scale = scale * LOG2E
+    if atomic_dq:
+        t = dkdv_tile
+        dq32 = torch.zeros((B, T, H, D), device=q.device, dtype=torch.float32)
+        strides = (*_strides(q), *_strides(k), *_strides(v), *_strides(o), *_strides(do), *_strides(dk))
+        scalars = (*strides, *_strides(dv), H, T, qk_scale, scale)
+        tensors = (q, k, v, o, do, lse, dk, dv, dq32)
+        _run(run, _attn_bwd_atomic, triton.cdiv(T, t.block_n), B * H, tensors, scalars, D, t)
+        return dq.copy_(dq32.transpose(1, 2)), dk, dv
+    delta = torch.empty((B, H, T), device=q.device, dtype=torch.float32)
+    strides = (*_strides(q), *_strides(k), *_strides(v))
+    scalars = (*strides, *_strides(o), *_strides(do), *_strides(dq), H, T, qk_scale, scale)
+    tensors = (q, k, v, o, do, lse, delta, dq)
+    _run(run, _attn_bwd_dq, triton.cdiv(T, dq_tile.block_m), B * H, tensors, scalars, D, dq_tile)
+    scalars = (*strides, *_strides(do), *_strides(dk), *_strides(dv), H, T, qk_scale, scale)
+    tensors = (q, k, v, do, lse, delta, dk, dv)
+    _run(run, _attn_bwd_dkdv, triton.cdiv(T, dkdv_tile.block_n), B * H, tensors, scalars, D, dkdv_tile)
+    return dq, dk, dv
+
+
+def _run(run, kernel, blocks: int, heads: int, tensors: tuple, scalars: tuple, head_dim: int, tile: AttnTile):
+    """``run`` (``_launch.launch`` eager, ``wrapped`` traced) one kernel over ``(blocks, B·H)``."""
+    meta = {
+        "HEAD_D": head_dim,
+        "BLOCK_M": tile.block_m,
+        "BLOCK_N": tile.block_n,
+        "num_warps": tile.num_warps,
+        "num_stages": tile.num_stages,
+    }
+    run(kernel, (blocks, heads), tensors + scalars, meta, len(tensors))
+
+
+def attention_ref(q, k, v, scale: float) -> torch.Tensor:
+    """The float64 reference (tests): ``softmax(scale * q kᵀ) v``."""
+    s = (q.double() @ k.double().transpose(-1, -2)) * scale
+    return torch.softmax(s, -1) @ v.double()

@@ -1,0 +1,93 @@
+"""The attention family's public op: softmax attention for short sequences (ViT token counts) with
+a Triton path, forward and backward, and PyTorch's SDPA as the reference.
+
+:func:`attention` decides its call's route once (``_dispatch.route``) and calls the eager entry or
+the custom op, both generated (``_opspec.KernelOp``) from the op's one spec in
+``_sdpa_ops.py``; the Triton kernels are in ``_sdpa_triton.py``. FLOPs:
+:func:`flopkit.formulas.sdpa` (PyTorch's count for SDPA), twice that for the backward.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ._dispatch import REFERENCE, Route, route
+
+__all__ = ["attention", "attention_supported", "ATTENTION_HEAD_DIMS", "ATTENTION_MAX_TOKENS"]
+
+ATTENTION_HEAD_DIMS = (16, 32, 64, 128)
+"""Head dims the kernels take (a power of two: one ``tl.arange`` spans the head)."""
+ATTENTION_MAX_TOKENS = 1024
+"""The longest sequence :func:`attention_supported` sends to the kernels. They are correct at any
+length; they were measured (``benchmarks/triton_attention.py``) at ViT lengths only, and long
+sequences belong to FlashAttention-class kernels, which PyTorch's SDPA picks."""
+KERNEL_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def attention_supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether the Triton kernels take q, k, v ``[B, H, T, D]``: one float16/bfloat16 dtype, equal
+    shapes (self-attention without grouped heads), ``D`` in :data:`ATTENTION_HEAD_DIMS` and
+    ``T <= ATTENTION_MAX_TOKENS``. float32 takes SDPA: the kernels' tensor-core products would round
+    it to TF32."""
+    return (
+        q.dim() == 4
+        and q.dtype in KERNEL_DTYPES
+        and k.dtype == q.dtype
+        and v.dtype == q.dtype
+        and q.shape == k.shape == v.shape
+        and q.shape[-1] in ATTENTION_HEAD_DIMS
+        and q.shape[2] <= ATTENTION_MAX_TOKENS
+    )
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    scale: float | None = None,
+    *,
+    backend: str | Route = "auto",
+) -> torch.Tensor:
+    """``softmax(scale · q kᵀ) v``: :func:`torch.nn.functional.scaled_dot_product_attention` with no
+    mask and no dropout, on flopkit's Triton kernels where :func:`attention_supported`.
+
+    Args:
+        q, k, v: ``[B, H, T, D]``, any strides (a unit stride along ``D`` avoids a copy).
+        scale: the logits' factor (default ``D ** -0.5``).
+        backend: ``"auto"``, ``"triton"``, ``"torch"``, or a :class:`~flopkit.kernels.Route` the
+            caller already decided with :func:`~flopkit.kernels.route`.
+    Returns:
+        ``[B, H, T, D]``. From the kernels a view of a ``[B, T, H, D]`` buffer, so
+        ``out.transpose(1, 2).reshape(B, T, H * D)`` needs no copy.
+    Raises:
+        ValueError: shapes the kernels do not take, with ``backend="triton"``.
+    FLOPs: :func:`flopkit.formulas.sdpa` ``(B, H, T, T, D)``.
+    """
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    path = route(backend, q, "attention", dtypes=False)
+    if path is not REFERENCE and not attention_supported(q, k, v):
+        if backend == "triton":
+            raise ValueError(
+                "attention: the Triton kernels take float16/bfloat16 q, k, v of one shape [B, H, T, D] with "
+                f"D in {ATTENTION_HEAD_DIMS} and T <= {ATTENTION_MAX_TOKENS}; got q {tuple(q.shape)} "
+                f"{q.dtype}, k {tuple(k.shape)} {k.dtype}, v {tuple(v.shape)} {v.dtype}"
+            )
+        path = REFERENCE
+    if path is REFERENCE:
+        return F.scaled_dot_product_attention(q, k, v, scale=scale)
+    op = (_SDPA_OPS or _ops()).ATTENTION
+    return (op.eager if path is Route.KERNEL else op.via_op)(q, k, v, scale)[0]
+
+
+_SDPA_OPS = None  # kernels/_sdpa_ops.py once imported (it imports triton)
+
+
+def _ops():
+    """The attention op specs (``kernels/_sdpa_ops.py``), registered on first use."""
+    global _SDPA_OPS
+    if _SDPA_OPS is None:
+        from . import _sdpa_ops
+
+        _SDPA_OPS = _sdpa_ops
+    return _SDPA_OPS

@@ -1,0 +1,110 @@
+"""flopkit's Triton attention (``kernels/_sdpa_triton.py``) against a float64 softmax attention
+written here, forward and backward (both backward variants), at small shapes.
+
+On a machine without a GPU the kernels run in Triton's CPU interpreter (conftest.py). Triton 3.9's
+interpreter computes ``tl.dot`` on bfloat16 tiles wrongly (values of order 1e9 for a product of
+unit-normal 16 x 16 tiles; float16 and float32 are right), so bfloat16 runs on CUDA only.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from _references import device, rel_err
+from flopkit.kernels._sdpa_triton import AttnTile, attention_bwd, attention_fwd
+
+DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if torch.cuda.is_available() else [])
+TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+SMALL = AttnTile(16, 32, 4, 1)
+
+
+def spec(q, k, v, scale):
+    """float64 ``softmax(scale q kᵀ) v`` with the softmax written out."""
+    s = torch.einsum("bhid,bhjd->bhij", q.double(), k.double()) * scale
+    p = torch.exp(s - s.amax(-1, keepdim=True))
+    p = p / p.sum(-1, keepdim=True)
+    return torch.einsum("bhij,bhjd->bhid", p, v.double())
+
+
+def token_major(B, H, T, D, dtype, scale=1.0):
+    """A ``[B, H, T, D]`` view of a ``[B, T, H, D]`` buffer, as ViT5Attention hands q and k over."""
+    return (torch.randn(B, T, H, D, device=device()) * scale).to(dtype).transpose(1, 2)
+
+
+def qkv_slices(B, H, T, D, dtype):
+    """q, k, v as head views of one ``[B, T, 3HD]`` activation (v's layout in the model)."""
+    qkv = torch.randn(B, T, 3 * H * D, device=device()).to(dtype)
+    return tuple(
+        qkv[..., i * H * D : (i + 1) * H * D].unflatten(-1, (H, D)).transpose(1, 2) for i in range(3)
+    )
+
+
+def check(
+    q,
+    k,
+    v,
+    dtype,
+    *,
+    fwd_tile=SMALL,
+    dq_tile=SMALL,
+    dkdv_tile=SMALL,
+    atomic=False,
+    scale=None,
+    relative=("dq", "dk", "dv"),
+):
+    """The kernels' o, lse and gradients against :func:`spec`; gradients not in ``relative`` are held
+    to an absolute error (a saturated softmax's dq and dk are zero up to rounding)."""
+    D = q.shape[-1]
+    scale = D**-0.5 if scale is None else scale
+    o, lse = attention_fwd(q, k, v, scale, tile=fwd_tile)
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    ref = spec(q64, k64, v64, scale)
+    assert o.shape == q.shape and o.dtype == dtype
+    assert rel_err(o, ref) < TOL[dtype]
+    # lse is base 2: log2(sum_j exp(s_ij))
+    s = torch.einsum("bhid,bhjd->bhij", q64, k64).detach() * scale
+    assert rel_err(lse, torch.logsumexp(s, -1) / math.log(2)) < 1e-5
+    do = torch.randn_like(ref).to(dtype)
+    ref.backward(do.double())
+    grads = attention_bwd(do, q, k, v, o, lse, scale, dq_tile=dq_tile, dkdv_tile=dkdv_tile, atomic_dq=atomic)
+    for name, g, r in zip(("dq", "dk", "dv"), grads, (q64.grad, k64.grad, v64.grad), strict=True):
+        assert g.shape == r.shape and g.dtype == dtype, name
+        if name in relative:
+            assert rel_err(g, r) < TOL[dtype], name
+        else:
+            assert torch.isfinite(g).all() and (g.double().cpu() - r.cpu()).abs().max() < 1e-3, name
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("atomic", [False, True], ids=["two-kernels", "atomic-dq"])
+def test_matches_float64(dtype, atomic):
+    # T = 37: neither block size divides it, so the last query and key blocks are masked.
+    q, k, v = (token_major(2, 3, 37, 16, dtype) for _ in range(3))
+    check(q, k, v, dtype, atomic=atomic)
+
+
+@pytest.mark.parametrize("atomic", [False, True], ids=["two-kernels", "atomic-dq"])
+def test_model_layout_and_head_dim_64(atomic):
+    """v a slice of the qkv activation (row stride 3·H·D), D = 64, T not a multiple of any block."""
+    q, k, v = qkv_slices(1, 2, 21, 64, torch.float16)
+    check(q, k, v, torch.float16, atomic=atomic)
+
+
+def test_tiles_larger_than_the_sequence():
+    """One block holds every key and every query (the forward's single-step case)."""
+    q, k, v = (token_major(1, 2, 5, 16, torch.float32) for _ in range(3))
+    tile = AttnTile(16, 64, 4, 1)
+    check(q, k, v, torch.float32, fwd_tile=tile, dq_tile=tile, dkdv_tile=AttnTile(16, 16, 4, 1))
+
+
+def test_large_logits_stay_finite():
+    """Logits of order 1e3: the running maximum must keep every exponent at or below zero."""
+    q, k, v = (token_major(1, 1, 19, 16, torch.float32, scale=s) for s in (30.0, 30.0, 1.0))
+    check(q, k, v, torch.float32, scale=1.0, relative=("dv",))
+
+
+def test_custom_scale_and_contiguous_head_major():
+    q, k, v = (torch.randn(1, 2, 33, 32, device=device()) for _ in range(3))
+    check(q, k, v, torch.float32, scale=0.3)
