@@ -101,11 +101,17 @@ def kernel_ms(fn, iters: int) -> float:
 # ------------------------------------------------------------------------------------------ models
 
 
-def build_flopkit(preset: str, unfolded: bool = False) -> torch.nn.Module:
+def build_flopkit(preset: str, unfolded: bool = False, attention: bool | str = "eager") -> torch.nn.Module:
     """flopkit's ViT5; ``unfolded`` (the ``flopkit-unfolded`` rows, an ablation) runs the blocks as
     written: each block sums its output itself and ``ls2`` runs after ``fc2``, instead of the next
-    block's ``norm1`` adding the pending branch and ``ls2`` folding into ``fc2``'s weight."""
+    block's ``norm1`` adding the pending branch and ``ls2`` folding into ``fc2``'s weight.
+    ``attention`` is every ``ViT5Attention.triton_attention``: the ``flopkit-sdpa`` rows run SDPA
+    everywhere (False), the ``flopkit-attention-compiled`` rows flopkit's kernels under
+    ``torch.compile`` too (True)."""
     model = ViT5.from_preset(preset).cuda().to(DTYPE)
+    for m in model.modules():
+        if hasattr(m, "triton_attention"):
+            m.triton_attention = attention
     if unfolded:
         for block in model.blocks:
             block.mlp_branch = types.MethodType(lambda self, y, dtype: self.ls2(self.mlp(y)), block)
@@ -224,7 +230,8 @@ def run_step_row(kind, preset, mode, args, peak_tflops) -> dict:
     if kind == "upstream":
         model = build_upstream(preset, args.upstream)
     else:
-        model = build_flopkit(preset, unfolded=kind == "flopkit-unfolded")
+        attention = {"flopkit-sdpa": False, "flopkit-attention-compiled": True}.get(kind, "eager")
+        model = build_flopkit(preset, unfolded=kind == "flopkit-unfolded", attention=attention)
     model.train()
     step_flops = training_flops(preset, batch)
     step = make_step(compile_model(model, mode), kind, batch)
@@ -581,7 +588,11 @@ def main() -> None:
     ap.add_argument("--upstream", default=None, help="nvSubquadratic source tree (has nvsubquadratic/)")
     ap.add_argument("--presets", default="vit5-small,vit5-base")
     ap.add_argument("--modes", default="eager,compile,reduce-overhead,max-autotune")
-    ap.add_argument("--models", default="flopkit,upstream", help="of flopkit, flopkit-unfolded, upstream")
+    ap.add_argument(
+        "--models",
+        default="flopkit,upstream",
+        help="of flopkit, flopkit-sdpa, flopkit-attention-compiled, flopkit-unfolded, upstream",
+    )
     ap.add_argument("--sections", default="host,steps")
     ap.add_argument("--steps", type=int, default=20, help="steps per timed loop")
     ap.add_argument("--repeats", type=int, default=5, help="timed loops per row (the median is reported)")

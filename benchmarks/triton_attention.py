@@ -30,6 +30,7 @@ import itertools
 import torch
 import torch.nn.functional as F
 from flopkit.kernels._sdpa_triton import (
+    ATOMIC_TILE,
     DKDV_TILE,
     DQ_TILE,
     FWD_TILE,
@@ -69,24 +70,34 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 def sweep(q, k, v, do, scale) -> list[dict]:
     rows = []
     o, lse = attention_fwd(q, k, v, scale)
-    fwd = [AttnTile(bm, bn, w, s) for bm, bn, s in itertools.product((64, 128), (64, 128, 256), (1, 2, 3))
-           for w in ((4,) if bm == 64 else (4, 8))]  # fmt: skip
+    fwd = [
+        AttnTile(bm, bn, 4 if bm == 64 else 8, s)
+        for bm, bn, s in itertools.product((64, 128), (64, 128), (2, 3))
+    ]
     for t in fwd:
         rows.append(_timed("forward", t, lambda t=t: attention_fwd(q, k, v, scale, tile=t)))
-    dq = [AttnTile(bm, bn, w, s) for bm, bn, s in itertools.product((64, 128), (32, 64, 128), (1, 2))
-          for w in ((4,) if bm == 64 else (4, 8))]  # fmt: skip
+    dq = [
+        AttnTile(bm, bn, 4 if bm == 64 else 8, s)
+        for bm, bn, s in itertools.product((64, 128), (32, 64), (1, 2))
+    ]
     for t in dq:
         rows.append(_timed("dq", t, lambda t=t: attention_bwd(do, q, k, v, o, lse, scale, dq_tile=t)))
-    dkdv = [AttnTile(bm, bn, w, s) for bm, bn, s in itertools.product((32, 64, 128), (64, 128), (1, 2))
-            for w in ((4,) if bn == 64 else (4, 8))]  # fmt: skip
+    dkdv = [
+        AttnTile(bm, bn, 4 if bn == 64 else 8, s)
+        for bm, bn, s in itertools.product((32, 64), (64, 128), (1, 2))
+    ]
     for t in dkdv:
-        rows.append(_timed("dkdv", t, lambda t=t: attention_bwd(do, q, k, v, o, lse, scale, dkdv_tile=t)))
-    for t in dkdv:
+        rows.append(
+            _timed(
+                "dkdv", t, lambda t=t: attention_bwd(do, q, k, v, o, lse, scale, dkdv_tile=t, atomic_dq=False)
+            )
+        )
+    for t in dkdv[::2]:
         rows.append(
             _timed(
                 "atomic",
                 t,
-                lambda t=t: attention_bwd(do, q, k, v, o, lse, scale, dkdv_tile=t, atomic_dq=True),
+                lambda t=t: attention_bwd(do, q, k, v, o, lse, scale, atomic_tile=t, atomic_dq=True),
             )
         )
     return rows
@@ -115,7 +126,7 @@ def main() -> None:
     args = ap.parse_args()
     scale = D**-0.5
     res: dict = {"T": T, "D": D}
-    tiles = {"forward": FWD_TILE, "dq": DQ_TILE, "dkdv": DKDV_TILE, "atomic": DKDV_TILE}
+    tiles = {"forward": FWD_TILE, "dq": DQ_TILE, "dkdv": DKDV_TILE, "atomic": ATOMIC_TILE}
     if not args.no_sweep:
         q, k, v, do = tensors(*SHAPES["vit5-base b128"])
         # The dq sweep times the whole backward with each dq tile (dkdv at its default) and the
@@ -164,7 +175,7 @@ def main() -> None:
                 o,
                 lse,
                 scale,
-                dkdv_tile=tiles["atomic"],
+                atomic_tile=tiles["atomic"],
                 atomic_dq=True,
             )
 

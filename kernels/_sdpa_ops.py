@@ -14,18 +14,12 @@ import torch
 
 from flopkit import formulas
 
-from ._launch import launch
 from ._opspec import KernelOp
 from ._sdpa_triton import attention_bwd, attention_fwd, empty_token_major
 
 __all__ = ["ATTENTION", "ATTENTION_BACKWARD", "OPS"]
 
 Tensor = torch.Tensor
-
-
-def _dense_last(t: Tensor) -> Tensor:
-    """The kernels address the head dimension with unit stride."""
-    return t if t.stride(-1) == 1 else t.contiguous()
 
 
 def _lse2(q: Tensor, k: Tensor, scale: float) -> Tensor:
@@ -38,17 +32,16 @@ def _lse2(q: Tensor, k: Tensor, scale: float) -> Tensor:
 # --------------------------------------------------------------------------- backward op
 
 
-def _attention_backward_forward(do, q, k, v, o, lse, scale, *, run=launch):
-    return attention_bwd(_dense_last(do), q, k, v, o, lse, scale, run=run)
-
-
 def _attention_backward_reference(do, q, k, v, o, lse, scale):
+    """Closed form in fp32 (no autograd: the op's body may run while a compiler traces it):
+    ``ds = p * (do vᵀ - rowsum(do * o))``, ``dq = scale ds k``, ``dk = scale dsᵀ q``, ``dv = pᵀ do``."""
     acc = torch.promote_types(q.dtype, torch.float32)
-    with torch.enable_grad():
-        leaves = [t.detach().to(acc).requires_grad_() for t in (q, k, v)]
-        out = torch.nn.functional.scaled_dot_product_attention(*leaves, scale=scale)
-        grads = torch.autograd.grad(out, leaves, do.to(acc))
-    return tuple(empty_token_major(t).copy_(g) for t, g in zip((q, k, v), grads, strict=True))
+    q_, k_, v_, o_, do_ = (t.to(acc) for t in (q, k, v, o, do))
+    p = torch.softmax((q_ @ k_.transpose(-1, -2)) * scale, -1)
+    dv = p.transpose(-1, -2) @ do_
+    ds = p * (do_ @ v_.transpose(-1, -2) - (do_ * o_).sum(-1, keepdim=True))
+    dq, dk = (ds @ k_) * scale, (ds.transpose(-1, -2) @ q_) * scale
+    return tuple(empty_token_major(t).copy_(g) for t, g in zip((q, k, v), (dq, dk, dv), strict=True))
 
 
 def _attention_backward_flops(do_shape, q_shape, k_shape, v_shape, *args, out_shape=None, **kwargs) -> int:
@@ -68,7 +61,7 @@ def _attention_backward_fake(do, q, k, v, o, lse, scale):
 ATTENTION_BACKWARD = KernelOp(
     "flopkit::attention_backward",
     "(Tensor do, Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, float scale) -> (Tensor, Tensor, Tensor)",
-    forward=_attention_backward_forward,
+    forward=attention_bwd,
     reference=_attention_backward_reference,
     fake=_attention_backward_fake,
     flops=_attention_backward_flops,
@@ -77,10 +70,6 @@ ATTENTION_BACKWARD = KernelOp(
 
 
 # --------------------------------------------------------------------------- forward op
-
-
-def _attention_forward(q, k, v, scale, *, run):
-    return attention_fwd(_dense_last(q), _dense_last(k), _dense_last(v), scale, run=run)
 
 
 def _attention_reference(q, k, v, scale):
@@ -118,7 +107,7 @@ def _backward(ctx, do, dlse=None):
 ATTENTION = KernelOp(
     "flopkit::attention",
     "(Tensor q, Tensor k, Tensor v, float scale) -> (Tensor, Tensor)",
-    forward=_attention_forward,
+    forward=attention_fwd,
     reference=_attention_reference,
     fake=_attention_fake,
     flops=_attention_flops,

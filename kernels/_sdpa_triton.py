@@ -15,11 +15,19 @@ Backward, with ``p = 2**(s - lse)``, ``dp = do vᵀ`` and ``delta_i = sum_d o_id
 
     ds = p * (dp - delta);  dq = scale * ds k;  dk = scale * dsᵀ q;  dv = pᵀ do
 
-in two kernels that need no atomics and no fp32 scratch: ``_attn_bwd_dq`` (per query block,
-looping over key blocks; it computes ``delta`` from ``o`` and ``do`` and stores it) and then
-``_attn_bwd_dkdv`` (per key block, looping over query blocks; it reads ``delta``). Each recomputes
-``p`` from ``lse``. Every product accumulates in fp32; ``p`` and ``ds`` enter the tensor-core
-products in the input dtype, as in FlashAttention.
+in two kernels that need no atomics and no fp32 scratch besides ``delta`` ``[B, H, T]``:
+``_attn_bwd_dq`` (per query block, looping over key blocks; it computes ``delta`` from ``o`` and
+``do`` and stores it) and then ``_attn_bwd_dkdv`` (per key block, looping over query blocks; it
+reads ``delta``). Each recomputes ``p`` from ``lse``. ``_attn_bwd_atomic`` (``ATOMIC_DQ``) does
+it in one kernel that adds ``dq`` with fp32 atomics; slower on the H100, off. Every product
+accumulates in fp32; ``p`` and ``ds`` enter the tensor-core products in the input dtype, as in
+FlashAttention. The scales are cast to fp32 once per program: Inductor launches user kernels with
+float scalars typed fp64, which would otherwise carry every logit tile through fp64.
+
+The tiles (``FWD_TILE``, ``DQ_TILE``, ``DKDV_TILE``, ``ATOMIC_TILE``) are the best of
+``benchmarks/triton_attention.py``'s sweep on the H100 at T = 201, D = 64
+(``benchmarks/results/triton_attention_h100.md``), written here by
+``benchmarks/adopt_attention_tiles.py``.
 """
 
 from __future__ import annotations
@@ -46,12 +54,17 @@ class AttnTile(NamedTuple):
     num_stages: int
 
 
-FWD_TILE = AttnTile(128, 64, 8, 2)
+FWD_TILE = AttnTile(64, 64, 4, 3)
 """The forward's tile: a program's query rows, the keys per step."""
 DQ_TILE = AttnTile(64, 64, 4, 2)
 """``_attn_bwd_dq``: a program's query rows, the keys per step."""
-DKDV_TILE = AttnTile(64, 64, 4, 2)
+DKDV_TILE = AttnTile(64, 64, 4, 1)
 """``_attn_bwd_dkdv``: the query rows per step, a program's keys."""
+ATOMIC_TILE = AttnTile(32, 64, 4, 1)
+"""``_attn_bwd_atomic``: the query rows per step, a program's keys."""
+ATOMIC_DQ = False
+"""Whether the backward runs as one kernel adding ``dq`` with fp32 atomics (``_attn_bwd_atomic``)
+instead of the two kernels without atomics."""
 
 
 @triton.jit
@@ -61,6 +74,8 @@ def _attn_fwd(
     H, T, qk_scale,
     HEAD_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
+    # Scalars may arrive as fp64 (Inductor's launches): every product stays fp32.
+    qk_scale = tl.cast(qk_scale, tl.float32)
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // H
@@ -109,6 +124,8 @@ def _attn_bwd_dq(
     H, T, qk_scale, scale,
     HEAD_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
+    # Scalars may arrive as fp64 (Inductor's launches): every product stays fp32.
+    qk_scale = tl.cast(qk_scale, tl.float32)
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // H
@@ -145,7 +162,7 @@ def _attn_bwd_dq(
         dq = tl.dot(ds.to(kt.dtype), tl.trans(kt), dq)
     tl.store(
         DQ + b64 * s_dqb + h * s_dqh + rows[:, None] * s_dqt + d[None, :],
-        (dq * scale).to(DQ.dtype.element_ty),
+        (dq * tl.cast(scale, tl.float32)).to(DQ.dtype.element_ty),
         mask=row_ok[:, None],
     )
 
@@ -158,6 +175,7 @@ def _attn_bwd_dkdv(
     H, T, qk_scale, scale,
     HEAD_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
+    qk_scale = tl.cast(qk_scale, tl.float32)
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // H
@@ -194,7 +212,7 @@ def _attn_bwd_dkdv(
         dk = tl.dot(dst.to(qt.dtype), tl.trans(qt), dk)
     tl.store(
         DK + b64 * s_dkb + h * s_dkh + keys[:, None] * s_dkt + d[None, :],
-        (dk * scale).to(DK.dtype.element_ty),
+        (dk * tl.cast(scale, tl.float32)).to(DK.dtype.element_ty),
         mask=key_ok[:, None],
     )
     tl.store(
@@ -215,6 +233,7 @@ def _attn_bwd_atomic(
     """One pass: per key block, dk and dv as ``_attn_bwd_dkdv``, and each query block's share of
     ``dq`` added (fp32 atomics) into ``DQ32`` ``[B, T, H, D]``, zeroed by the caller. ``delta`` is
     computed in place from ``o`` and ``do``."""
+    qk_scale = tl.cast(qk_scale, tl.float32)
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // H
@@ -252,13 +271,13 @@ def _attn_bwd_atomic(
         dst = pt * (dpt - delta[None, :])
         ds_in = dst.to(q.dtype)
         dk = tl.dot(ds_in, q, dk)
-        dq = tl.dot(tl.trans(ds_in), k) * scale
+        dq = (tl.dot(tl.trans(ds_in), k) * scale).to(tl.float32)
         tl.atomic_add(
             dq_base + rows[:, None] * (H * HEAD_D) + d[None, :], dq, mask=row_ok[:, None], sem="relaxed"
         )
     tl.store(
         DK + b64 * s_dkb + h * s_dkh + keys[:, None] * s_dkt + d[None, :],
-        (dk * scale).to(DK.dtype.element_ty),
+        (dk * tl.cast(scale, tl.float32)).to(DK.dtype.element_ty),
         mask=key_ok[:, None],
     )
     tl.store(
@@ -266,6 +285,11 @@ def _attn_bwd_atomic(
         dv.to(DV.dtype.element_ty),
         mask=key_ok[:, None],
     )
+
+
+def _dense_last(t: torch.Tensor) -> torch.Tensor:
+    """The kernels address the head dimension with unit stride: copy a tensor that lacks it."""
+    return t if t.stride(-1) == 1 else t.contiguous()
 
 
 def _strides(t: torch.Tensor) -> tuple[int, int, int]:
@@ -296,6 +320,7 @@ def attention_fwd(
     Returns:
         ``o`` ``[B, H, T, D]`` (a view of a ``[B, T, H, D]`` buffer) and ``lse`` ``[B, H, T]`` fp32.
     """
+    q, k, v = _dense_last(q), _dense_last(k), _dense_last(v)
     B, H, T, D = q.shape
     bm = tile.block_m
     o = empty_token_major(q)
@@ -318,7 +343,8 @@ def attention_bwd(
     *,
     dq_tile: AttnTile = DQ_TILE,
     dkdv_tile: AttnTile = DKDV_TILE,
-    atomic_dq: bool = False,
+    atomic_dq: bool | None = None,
+    atomic_tile: AttnTile | None = None,
     run=launch,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The gradients of :func:`attention_fwd`'s ``o`` w.r.t. q, k and v.
@@ -329,13 +355,14 @@ def attention_bwd(
     Returns:
         ``dq, dk, dv`` ``[B, H, T, D]``, views of ``[B, T, H, D]`` buffers, in q's dtype.
     """
+    do, q, k, v = _dense_last(do), _dense_last(q), _dense_last(k), _dense_last(v)
     B, H, T, D = q.shape
     dq, dk, dv = empty_token_major(q), empty_token_major(k), empty_token_major(v)
     if dq.numel() == 0:
         return dq, dk, dv
     qk_scale = scale * LOG2E
-    if atomic_dq:
-        t = dkdv_tile
+    if ATOMIC_DQ if atomic_dq is None else atomic_dq:
+        t = atomic_tile or ATOMIC_TILE
         dq32 = torch.zeros((B, T, H, D), device=q.device, dtype=torch.float32)
         strides = (*_strides(q), *_strides(k), *_strides(v), *_strides(o), *_strides(do), *_strides(dk))
         scalars = (*strides, *_strides(dv), H, T, qk_scale, scale)

@@ -130,6 +130,11 @@ class ViT5Attention(CompositeFlops, nn.Module):
             check_finite("scale", scale, positive=True)
         self.scale = head_dim**-0.5 if scale is None else float(scale)
         self.use_triton = use_triton
+        self.triton_attention: bool | str = "eager"
+        """Where flopkit's attention kernels (``kernels.attention``) replace SDPA, for inputs they
+        take (:func:`flopkit.kernels.attention_supported`) on the Triton path: ``"eager"`` (the
+        default) in eager CUDA code only, SDPA under ``torch.compile`` (docs/kernels.md gives the
+        measurements behind the split); True under ``torch.compile`` too; False never."""
 
         self.qkv = nn.Linear(hidden_dim, 3 * hidden_dim, bias=qkv_bias)
         self.proj = nn.Linear(hidden_dim, hidden_dim, bias=out_proj_bias)
@@ -185,6 +190,17 @@ class ViT5Attention(CompositeFlops, nn.Module):
         path = kernels.route("auto", x, "ViT5Attention")
         return None if path is kernels.Route.REFERENCE else path
 
+    def _attention_kernels(self, path: kernels.Route | None) -> bool:
+        """Whether this call may run flopkit's attention kernels (:attr:`triton_attention`): on the
+        Triton path, never while ops are recorded (counters and traces see SDPA), and with
+        ``"eager"`` not through the custom op, except in a memory replay of an eager CUDA step."""
+        mode = self.triton_attention
+        if mode is not True and mode is not False and mode != "eager":
+            raise ValueError(f"triton_attention must be True, False or 'eager', got {mode!r}")
+        if path is None or mode is False or kernels.ops_observed():
+            return False
+        return mode is True or path is kernels.Route.KERNEL or kernels.replaying_cuda()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: ``[B, T, C]`` with ``T = h*w + has_cls + R`` -> ``[B, T, C]``."""
         if x.dim() != 3 or x.shape[1] != self.num_tokens or x.shape[2] != self.hidden_dim:
@@ -223,9 +239,11 @@ class ViT5Attention(CompositeFlops, nn.Module):
             q = apply_rope(q, cos, sin, self.rope_pairing).transpose(1, 2)
             k = apply_rope(k, cos, sin, self.rope_pairing).transpose(1, 2)
             v = v.transpose(1, 2)
-        out = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.attn_dropout if self.training else 0.0, scale=self.scale
-        )
+        dropout = self.attn_dropout if self.training else 0.0
+        if not dropout and self._attention_kernels(path) and kernels.attention_supported(q, k, v):
+            out = kernels.attention(q, k, v, self.scale, backend=path)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=self.scale)
         out = out.transpose(1, 2).reshape(B, T, H * D)
         return self.proj_drop(self.proj(out))
 

@@ -94,7 +94,7 @@ def block_bytes(nbytes: int) -> int:
 class SdpaChoice:
     """The SDPA backend for one call and why."""
 
-    backend: str  # "flash", "efficient" or "math"
+    backend: str  # "flash", "efficient" or "math"; "flopkit" for flopkit's attention kernels
     reason: str
 
 
@@ -338,6 +338,10 @@ class CudaSemantics(TorchFunctionMode):
                     args, kwargs = tree_map(lambda x: self._cast(x, widest), (args, kwargs))
         if name == "scaled_dot_product_attention":
             return _run_sdpa(func, args, kwargs, self.sdpa_choices)
+        if name == "attention.default" and getattr(func, "namespace", None) == "flopkit":
+            # ViT5Attention on the Triton path: flopkit's kernels (kernels/sdpa.py), whose fake
+            # and autograd allocate what the kernels allocate.
+            self.sdpa_choices.append(SdpaChoice("flopkit", "flopkit's Triton attention (kernels.attention)"))
         if name == "dropout" and args:
             fused = _fused_dropout(args, kwargs)
             if fused is not None:

@@ -122,3 +122,89 @@ def test_compiled_module_hands_its_route_to_the_op(fused_calls):
     for name in grads_e:
         key = name if name in grads_c else f"_orig_mod.{name}"
         assert rel_err(grads_c[key], grads_e[name]) < 1e-5, name
+
+
+HALF = torch.bfloat16 if DEVICE == "cuda" else torch.float16  # the interpreter's bf16 tl.dot is wrong
+
+
+@pytest.fixture
+def attention_calls(monkeypatch):
+    """Count calls of flopkit's attention op (``kernels.attention``) by ViT5Attention."""
+    calls = []
+    real = kernels.attention
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("backend"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(kernels, "attention", spy)
+    return calls
+
+
+def test_half_precision_runs_flopkit_attention(fused_calls, attention_calls):
+    """Half-precision inputs at head_dim 64 take flopkit's attention kernels on the route the module
+    decided, as close to float64 as the reference path (SDPA) in the same precision."""
+    fast, ref = make_pair(64, "split_half", True, 4, "rmsnorm", dtype=HALF)
+    exact = copy.deepcopy(ref).double()
+    x = torch.randn(2, fast.num_tokens, fast.hidden_dim, device=DEVICE)
+    g = torch.randn_like(x)
+    out_f, grads_f = forward_backward(fast, x.to(HALF), g.to(HALF))
+    assert attention_calls == [kernels.Route.KERNEL]
+    out_r, grads_r = forward_backward(ref, x.to(HALF), g.to(HALF))
+    assert attention_calls == [kernels.Route.KERNEL]
+    out_e, grads_e = forward_backward(exact, x.double(), g.double())
+    assert rel_err(out_f, out_e) < max(3e-3, 1.5 * rel_err(out_r, out_e))
+    for name in grads_e:
+        bound = max(6e-3, 1.5 * rel_err(grads_r[name], grads_e[name]))
+        assert rel_err(grads_f[name], grads_e[name]) < bound, name
+
+
+@pytest.mark.parametrize("case", ["float32", "head_dim_72", "dropout", "counted", "switched_off"])
+def test_attention_takes_sdpa_where_the_kernels_do_not_apply(fused_calls, attention_calls, case):
+    """float32 (the kernels' products would round it to TF32), a head dim that is not a power of
+    two, attention dropout in training, a FLOP counter recording the ops (it must see SDPA), and
+    ``triton_attention = False``: SDPA runs, the fused QK-norm + RoPE still does."""
+    dtype = torch.float32 if case == "float32" else HALF
+    fast, _ = make_pair(72 if case == "head_dim_72" else 64, "split_half", True, 4, "rmsnorm", dtype=dtype)
+    if case == "dropout":
+        fast.attn_dropout = 0.1
+    fast.triton_attention = case != "switched_off"
+    x = torch.randn(1, fast.num_tokens, fast.hidden_dim, device=DEVICE, dtype=dtype)
+    if case == "counted":
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with FlopCounterMode(display=False) as counter:
+            fast(x)
+        counted = {str(op) for op in counter.get_flop_counts()["Global"]}
+        assert not any("flopkit.attention" in op for op in counted), counted
+    else:
+        fast(x)
+    assert attention_calls == []
+    assert fused_calls  # the QK-norm + RoPE kernel path was taken
+
+
+def test_compiled_module_keeps_sdpa_unless_asked(fused_calls, attention_calls):
+    """``triton_attention="eager"`` (the default): torch.compile runs SDPA; with True the module
+    hands the custom-op route to the attention op, and values and gradients match eager."""
+    fast, _ = make_pair(64, "split_half", True, 4, "rmsnorm", dtype=HALF)
+    x = torch.randn(2, fast.num_tokens, fast.hidden_dim, device=DEVICE, dtype=HALF)
+    g = torch.randn_like(x)
+    out_e, grads_e = forward_backward(fast, x, g)
+    torch._dynamo.reset()
+    forward_backward(torch.compile(fast, fullgraph=True), x, g)
+    assert attention_calls == [kernels.Route.KERNEL]
+    fast.triton_attention = True
+    torch._dynamo.reset()
+    out_c, grads_c = forward_backward(torch.compile(fast, fullgraph=True), x, g)
+    assert attention_calls == [kernels.Route.KERNEL, kernels.Route.CUSTOM_OP]
+    assert rel_err(out_c, out_e) < 2e-3
+    for name in grads_e:
+        key = name if name in grads_c else f"_orig_mod.{name}"
+        assert rel_err(grads_c[key], grads_e[name]) < 4e-3, name
+
+
+def test_triton_attention_rejects_unknown_modes(fused_calls):
+    fast, _ = make_pair(64, "split_half", True, 4, "rmsnorm", dtype=HALF)
+    fast.triton_attention = "always"
+    with pytest.raises(ValueError, match="triton_attention must be True, False or 'eager', got 'always'"):
+        fast(torch.randn(1, fast.num_tokens, fast.hidden_dim, device=DEVICE, dtype=HALF))

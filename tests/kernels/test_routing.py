@@ -128,14 +128,16 @@ def test_route_table(monkeypatch):
 
 
 def _families():
-    from flopkit.kernels import _norm_ops, _rope_ops
+    from flopkit.kernels import _norm_ops, _rope_ops, _sdpa_ops
 
-    return {"_norm_ops.py": _norm_ops.OPS, "_rope_ops.py": _rope_ops.OPS}
+    return {"_norm_ops.py": _norm_ops.OPS, "_rope_ops.py": _rope_ops.OPS, "_sdpa_ops.py": _sdpa_ops.OPS}
 
 
 def test_every_flopkit_kernel_op_comes_from_one_spec():
     specs = {name: spec for ops in _families().values() for name, spec in ops.items()}
     assert sorted(specs) == [
+        "flopkit::attention",
+        "flopkit::attention_backward",
         "flopkit::head_norm",
         "flopkit::norm_backward",
         "flopkit::per_head_rms_norm",
@@ -156,7 +158,7 @@ def test_every_flopkit_kernel_op_comes_from_one_spec():
             assert spec.eager is None and spec.via_op is spec.op
 
 
-@pytest.mark.parametrize("module", ["_norm_ops.py", "_rope_ops.py"])
+@pytest.mark.parametrize("module", ["_norm_ops.py", "_rope_ops.py", "_sdpa_ops.py"])
 def test_op_modules_write_no_op_machinery_of_their_own(module):
     """The op modules hold specs only: no custom op, autograd Function or registration is written
     there (KernelOp generates them), so no op can be written twice."""

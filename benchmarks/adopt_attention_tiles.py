@@ -1,0 +1,45 @@
+"""Write the tiles a ``benchmarks/triton_attention.py`` run chose into ``kernels/_sdpa_triton.py``
+(``FWD_TILE``, ``DQ_TILE``, ``DKDV_TILE``, ``ATOMIC_TILE``) and pick the backward variant
+(``ATOMIC_DQ``) that was faster at vit5-base's shape in that run.
+
+    python -m benchmarks.adopt_attention_tiles RESULT.json
+
+A device run sweeps, adopts and then times the training step on the adopted tiles in one call;
+the same edit is then committed with the result file that justifies it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+SOURCE = Path(__file__).resolve().parents[1] / "kernels" / "_sdpa_triton.py"
+NAMES = {"forward": "FWD_TILE", "dq": "DQ_TILE", "dkdv": "DKDV_TILE", "atomic": "ATOMIC_TILE"}
+
+
+def adopt(record: dict, source: Path = SOURCE) -> str:
+    text = source.read_text()
+    for kernel, name in NAMES.items():
+        tile = tuple(record["tiles"][kernel])
+        text, n = re.subn(rf"^{name} = AttnTile\([^)]*\)", f"{name} = AttnTile{tile}", text, flags=re.M)
+        if n != 1:
+            raise SystemExit(f"{source}: no single `{name} = AttnTile(...)` line")
+    base = next(r for r in record["rows"] if r["shape"] == "vit5-base b128")
+    atomic = base["triton_backward_atomic_ms"] < base["triton_backward_ms"]
+    text, n = re.subn(r"^ATOMIC_DQ = (True|False)", f"ATOMIC_DQ = {atomic}", text, flags=re.M)
+    if n != 1:
+        raise SystemExit(f"{source}: no single `ATOMIC_DQ = ...` line")
+    source.write_text(text)
+    return f"tiles {record['tiles']}, ATOMIC_DQ = {atomic}"
+
+
+def main() -> None:
+    if len(sys.argv) != 2:
+        raise SystemExit("usage: python -m benchmarks.adopt_attention_tiles RESULT.json")
+    print(adopt(json.loads(Path(sys.argv[1]).read_text())))
+
+
+if __name__ == "__main__":
+    main()
