@@ -155,6 +155,7 @@ def floor_group(kernel: str) -> str:
     return {
         "GEMM (cuBLAS)": GEMM,
         "attention (cuDNN)": ATTENTION,
+        "attention (flopkit Triton)": ATTENTION,
         "flopkit Triton kernels": NORMS,
     }.get(profiler_group(kernel), OTHER)
 

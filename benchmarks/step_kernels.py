@@ -33,6 +33,8 @@ STEPS = 3
 def group(name: str) -> str:
     if "sdpa" in name or "fmha" in name or "flash" in name or "dot_do_o" in name or "convert_dq" in name:
         return "attention (cuDNN)"
+    if name.startswith("_attn_"):  # kernels/_sdpa_triton.py
+        return "attention (flopkit Triton)"
     if "fprop" in name or "dgrad" in name or "wgrad" in name or "nhwc" in name or "convolve" in name:
         return "convolution (cuDNN)"
     if "nvjet" in name or "gemm" in name.lower() or "cutlass" in name or "splitKreduce" in name:

@@ -108,3 +108,13 @@ def test_the_docs_tables_are_what_the_script_prints(floors):
     section = section.split("\n## ", 1)[0]
     printed = [line for line in F.render(*floors) if line.startswith(("|", "**"))]
     assert printed and [line for line in section.splitlines() if line.startswith(("|", "**"))] == printed
+
+
+def test_flopkit_attention_kernels_group_as_attention():
+    """flopkit's attention kernels (kernels/_sdpa_triton.py) count as attention, not as norms."""
+    from benchmarks.step_kernels import group
+
+    for name in ("_attn_fwd", "_attn_bwd_dq", "_attn_bwd_dkdv", "_attn_bwd_atomic"):
+        assert group(name) == "attention (flopkit Triton)"
+        assert F.floor_group(name) == F.ATTENTION
+    assert F.floor_group("_norm_bwd_kernel") == F.NORMS
