@@ -1,6 +1,5 @@
 """Write the tiles a ``benchmarks/triton_attention.py`` run chose into ``kernels/_sdpa_triton.py``
-(``FWD_TILE``, ``DQ_TILE``, ``DKDV_TILE``, ``ATOMIC_TILE``) and pick the backward variant
-(``ATOMIC_DQ``) that was faster at vit5-base's shape in that run.
+(``FWD_TILE``, ``DQ_TILE``, ``DKDV_TILE``).
 
     python -m benchmarks.adopt_attention_tiles RESULT.json
 
@@ -16,7 +15,7 @@ import sys
 from pathlib import Path
 
 SOURCE = Path(__file__).resolve().parents[1] / "kernels" / "_sdpa_triton.py"
-NAMES = {"forward": "FWD_TILE", "dq": "DQ_TILE", "dkdv": "DKDV_TILE", "atomic": "ATOMIC_TILE"}
+NAMES = {"forward": "FWD_TILE", "dq": "DQ_TILE", "dkdv": "DKDV_TILE"}
 
 
 def adopt(record: dict, source: Path = SOURCE) -> str:
@@ -26,13 +25,8 @@ def adopt(record: dict, source: Path = SOURCE) -> str:
         text, n = re.subn(rf"^{name} = AttnTile\([^)]*\)", f"{name} = AttnTile{tile}", text, flags=re.M)
         if n != 1:
             raise SystemExit(f"{source}: no single `{name} = AttnTile(...)` line")
-    base = next(r for r in record["rows"] if r["shape"] == "vit5-base b128")
-    atomic = base["triton_backward_atomic_ms"] < base["triton_backward_ms"]
-    text, n = re.subn(r"^ATOMIC_DQ = (True|False)", f"ATOMIC_DQ = {atomic}", text, flags=re.M)
-    if n != 1:
-        raise SystemExit(f"{source}: no single `ATOMIC_DQ = ...` line")
     source.write_text(text)
-    return f"tiles {record['tiles']}, ATOMIC_DQ = {atomic}"
+    return "tiles " + ", ".join(f"{name} {tuple(record['tiles'][k])}" for k, name in NAMES.items())
 
 
 def main() -> None:

@@ -29,21 +29,109 @@ import itertools
 
 import torch
 import torch.nn.functional as F
+import triton
+import triton.language as tl
+from flopkit.kernels._launch import launch
 from flopkit.kernels._sdpa_triton import (
-    ATOMIC_TILE,
     DKDV_TILE,
     DQ_TILE,
     FWD_TILE,
+    LOG2E,
     AttnTile,
     attention_bwd,
     attention_fwd,
     attention_ref,
+    dense_last,
+    empty_token_major,
+    run_kernel,
+    strides_bht,
 )
 
 from benchmarks._harness import device_ms, out_default, write_results
 
 SHAPES = {"vit5-small b256": (256, 6), "vit5-base b128": (128, 12)}
 T, D = 201, 64
+ATOMIC_TILE = AttnTile(32, 64, 4, 1)  # the best of the atomic variant's sweep (results/triton_attention_h100)
+
+
+# The backward as one kernel (tried, slower than the two kernels flopkit ships; kept for the comparison).
+@triton.jit
+def _attn_bwd_atomic(
+    Q, K, V, O, DO, LSE, DK, DV, DQ32,
+    s_qb, s_qh, s_qt, s_kb, s_kh, s_kt, s_vb, s_vh, s_vt, s_ob, s_oh, s_ot, s_gb, s_gh, s_gt,
+    s_dkb, s_dkh, s_dkt, s_dvb, s_dvh, s_dvt,
+    H, T, qk_scale, scale,
+    HEAD_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    """One pass: per key block, dk and dv as ``_attn_bwd_dkdv``, and each query block's share of
+    ``dq`` added (fp32 atomics) into ``DQ32`` ``[B, T, H, D]``, zeroed by the caller. ``delta`` is
+    computed in place from ``o`` and ``do``."""
+    qk_scale = tl.cast(qk_scale, tl.float32)
+    pid_n = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    b64 = b.to(tl.int64)
+    keys = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows0 = tl.arange(0, BLOCK_M)
+    d = tl.arange(0, HEAD_D)
+    key_ok = keys < T
+    k = tl.load(
+        K + b64 * s_kb + h * s_kh + keys[:, None] * s_kt + d[None, :], mask=key_ok[:, None], other=0.0
+    )
+    v = tl.load(
+        V + b64 * s_vb + h * s_vh + keys[:, None] * s_vt + d[None, :], mask=key_ok[:, None], other=0.0
+    )
+    q_base = Q + b64 * s_qb + h * s_qh
+    o_base = O + b64 * s_ob + h * s_oh
+    do_base = DO + b64 * s_gb + h * s_gh
+    dq_base = DQ32 + b64 * T * H * HEAD_D + h * HEAD_D
+    stats = pid_bh.to(tl.int64) * T
+    dk = tl.zeros([BLOCK_N, HEAD_D], tl.float32)
+    dv = tl.zeros([BLOCK_N, HEAD_D], tl.float32)
+    for start in range(0, T, BLOCK_M):
+        rows = start + rows0
+        row_ok = rows < T
+        q = tl.load(q_base + rows[:, None] * s_qt + d[None, :], mask=row_ok[:, None], other=0.0)
+        do = tl.load(do_base + rows[:, None] * s_gt + d[None, :], mask=row_ok[:, None], other=0.0)
+        o = tl.load(o_base + rows[:, None] * s_ot + d[None, :], mask=row_ok[:, None], other=0.0)
+        delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+        lse = tl.load(LSE + stats + rows, mask=row_ok, other=float("inf"))
+        st = tl.dot(k, tl.trans(q)) * qk_scale
+        pt = tl.exp2(st - lse[None, :])
+        dv = tl.dot(pt.to(do.dtype), do, dv)
+        dpt = tl.dot(v, tl.trans(do))
+        dst = pt * (dpt - delta[None, :])
+        ds_in = dst.to(q.dtype)
+        dk = tl.dot(ds_in, q, dk)
+        dq = (tl.dot(tl.trans(ds_in), k) * scale).to(tl.float32)
+        tl.atomic_add(
+            dq_base + rows[:, None] * (H * HEAD_D) + d[None, :], dq, mask=row_ok[:, None], sem="relaxed"
+        )
+    tl.store(
+        DK + b64 * s_dkb + h * s_dkh + keys[:, None] * s_dkt + d[None, :],
+        (dk * tl.cast(scale, tl.float32)).to(DK.dtype.element_ty),
+        mask=key_ok[:, None],
+    )
+    tl.store(
+        DV + b64 * s_dvb + h * s_dvh + keys[:, None] * s_dvt + d[None, :],
+        dv.to(DV.dtype.element_ty),
+        mask=key_ok[:, None],
+    )
+
+
+def attention_bwd_atomic(do, q, k, v, o, lse, scale: float, *, tile: AttnTile = ATOMIC_TILE):
+    """:func:`attention_bwd`'s gradients from one kernel that adds ``dq`` with fp32 atomics into a
+    zeroed ``[B, T, H, D]`` buffer, then rounds it to q's dtype."""
+    do, q, k, v = dense_last(do), dense_last(q), dense_last(k), dense_last(v)
+    B, H, T_, D_ = q.shape
+    dq, dk, dv = empty_token_major(q), empty_token_major(k), empty_token_major(v)
+    dq32 = torch.zeros((B, T_, H, D_), device=q.device, dtype=torch.float32)
+    strides = (*strides_bht(q), *strides_bht(k), *strides_bht(v), *strides_bht(o), *strides_bht(do))
+    scalars = (*strides, *strides_bht(dk), *strides_bht(dv), H, T_, scale * LOG2E, scale)
+    tensors = (q, k, v, o, do, lse, dk, dv, dq32)
+    run_kernel(launch, _attn_bwd_atomic, triton.cdiv(T_, tile.block_n), B * H, tensors, scalars, D_, tile)
+    return dq.copy_(dq32.transpose(1, 2)), dk, dv
 
 
 def ms(fn) -> float:
@@ -167,16 +255,8 @@ def main() -> None:
             )
 
         def tri_bwd_atomic():
-            return attention_bwd(
-                do,
-                q.detach(),
-                k.detach(),
-                v.detach(),
-                o,
-                lse,
-                scale,
-                atomic_tile=tiles["atomic"],
-                atomic_dq=True,
+            return attention_bwd_atomic(
+                do, q.detach(), k.detach(), v.detach(), o, lse, scale, tile=tiles["atomic"]
             )
 
         def tri_fwd_bwd():

@@ -18,13 +18,13 @@ Backward, with ``p = 2**(s - lse)``, ``dp = do vᵀ`` and ``delta_i = sum_d o_id
 in two kernels that need no atomics and no fp32 scratch besides ``delta`` ``[B, H, T]``:
 ``_attn_bwd_dq`` (per query block, looping over key blocks; it computes ``delta`` from ``o`` and
 ``do`` and stores it) and then ``_attn_bwd_dkdv`` (per key block, looping over query blocks; it
-reads ``delta``). Each recomputes ``p`` from ``lse``. ``_attn_bwd_atomic`` (``ATOMIC_DQ``) does
-it in one kernel that adds ``dq`` with fp32 atomics; slower on the H100, off. Every product
+reads ``delta``). Each recomputes ``p`` from ``lse``. (One kernel adding ``dq`` with fp32 atomics
+was slower on the H100; ``benchmarks/triton_attention.py`` keeps it for the comparison.) Every product
 accumulates in fp32; ``p`` and ``ds`` enter the tensor-core products in the input dtype, as in
 FlashAttention. The scales are cast to fp32 once per program: Inductor launches user kernels with
 float scalars typed fp64, which would otherwise carry every logit tile through fp64.
 
-The tiles (``FWD_TILE``, ``DQ_TILE``, ``DKDV_TILE``, ``ATOMIC_TILE``) are the best of
+The tiles (``FWD_TILE``, ``DQ_TILE``, ``DKDV_TILE``) are the best of
 ``benchmarks/triton_attention.py``'s sweep on the H100 at T = 201, D = 64
 (``benchmarks/results/triton_attention_h100.md``), written here by
 ``benchmarks/adopt_attention_tiles.py``.
@@ -40,7 +40,15 @@ import triton.language as tl
 
 from ._launch import launch
 
-__all__ = ["AttnTile", "attention_fwd", "attention_bwd", "FWD_TILE", "DQ_TILE", "DKDV_TILE"]
+__all__ = [
+    "AttnTile",
+    "attention_fwd",
+    "attention_bwd",
+    "FWD_TILE",
+    "DQ_TILE",
+    "DKDV_TILE",
+    "empty_token_major",
+]
 
 LOG2E = 1.4426950408889634
 
@@ -60,11 +68,6 @@ DQ_TILE = AttnTile(64, 64, 4, 2)
 """``_attn_bwd_dq``: a program's query rows, the keys per step."""
 DKDV_TILE = AttnTile(64, 64, 4, 1)
 """``_attn_bwd_dkdv``: the query rows per step, a program's keys."""
-ATOMIC_TILE = AttnTile(32, 64, 4, 1)
-"""``_attn_bwd_atomic``: the query rows per step, a program's keys."""
-ATOMIC_DQ = False
-"""Whether the backward runs as one kernel adding ``dq`` with fp32 atomics (``_attn_bwd_atomic``)
-instead of the two kernels without atomics."""
 
 
 @triton.jit
@@ -222,77 +225,12 @@ def _attn_bwd_dkdv(
     )
 
 
-@triton.jit
-def _attn_bwd_atomic(
-    Q, K, V, O, DO, LSE, DK, DV, DQ32,
-    s_qb, s_qh, s_qt, s_kb, s_kh, s_kt, s_vb, s_vh, s_vt, s_ob, s_oh, s_ot, s_gb, s_gh, s_gt,
-    s_dkb, s_dkh, s_dkt, s_dvb, s_dvh, s_dvt,
-    H, T, qk_scale, scale,
-    HEAD_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-):  # fmt: skip
-    """One pass: per key block, dk and dv as ``_attn_bwd_dkdv``, and each query block's share of
-    ``dq`` added (fp32 atomics) into ``DQ32`` ``[B, T, H, D]``, zeroed by the caller. ``delta`` is
-    computed in place from ``o`` and ``do``."""
-    qk_scale = tl.cast(qk_scale, tl.float32)
-    pid_n = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
-    b64 = b.to(tl.int64)
-    keys = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    rows0 = tl.arange(0, BLOCK_M)
-    d = tl.arange(0, HEAD_D)
-    key_ok = keys < T
-    k = tl.load(
-        K + b64 * s_kb + h * s_kh + keys[:, None] * s_kt + d[None, :], mask=key_ok[:, None], other=0.0
-    )
-    v = tl.load(
-        V + b64 * s_vb + h * s_vh + keys[:, None] * s_vt + d[None, :], mask=key_ok[:, None], other=0.0
-    )
-    q_base = Q + b64 * s_qb + h * s_qh
-    o_base = O + b64 * s_ob + h * s_oh
-    do_base = DO + b64 * s_gb + h * s_gh
-    dq_base = DQ32 + b64 * T * H * HEAD_D + h * HEAD_D
-    stats = pid_bh.to(tl.int64) * T
-    dk = tl.zeros([BLOCK_N, HEAD_D], tl.float32)
-    dv = tl.zeros([BLOCK_N, HEAD_D], tl.float32)
-    for start in range(0, T, BLOCK_M):
-        rows = start + rows0
-        row_ok = rows < T
-        q = tl.load(q_base + rows[:, None] * s_qt + d[None, :], mask=row_ok[:, None], other=0.0)
-        do = tl.load(do_base + rows[:, None] * s_gt + d[None, :], mask=row_ok[:, None], other=0.0)
-        o = tl.load(o_base + rows[:, None] * s_ot + d[None, :], mask=row_ok[:, None], other=0.0)
-        delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
-        lse = tl.load(LSE + stats + rows, mask=row_ok, other=float("inf"))
-        st = tl.dot(k, tl.trans(q)) * qk_scale
-        pt = tl.exp2(st - lse[None, :])
-        dv = tl.dot(pt.to(do.dtype), do, dv)
-        dpt = tl.dot(v, tl.trans(do))
-        dst = pt * (dpt - delta[None, :])
-        ds_in = dst.to(q.dtype)
-        dk = tl.dot(ds_in, q, dk)
-        dq = (tl.dot(tl.trans(ds_in), k) * scale).to(tl.float32)
-        tl.atomic_add(
-            dq_base + rows[:, None] * (H * HEAD_D) + d[None, :], dq, mask=row_ok[:, None], sem="relaxed"
-        )
-    tl.store(
-        DK + b64 * s_dkb + h * s_dkh + keys[:, None] * s_dkt + d[None, :],
-        (dk * tl.cast(scale, tl.float32)).to(DK.dtype.element_ty),
-        mask=key_ok[:, None],
-    )
-    tl.store(
-        DV + b64 * s_dvb + h * s_dvh + keys[:, None] * s_dvt + d[None, :],
-        dv.to(DV.dtype.element_ty),
-        mask=key_ok[:, None],
-    )
-
-
-def _dense_last(t: torch.Tensor) -> torch.Tensor:
+def dense_last(t: torch.Tensor) -> torch.Tensor:
     """The kernels address the head dimension with unit stride: copy a tensor that lacks it."""
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-def _strides(t: torch.Tensor) -> tuple[int, int, int]:
+def strides_bht(t: torch.Tensor) -> tuple[int, int, int]:
     """``(batch, head, token)`` strides of a ``[B, H, T, D]`` tensor whose last dimension is dense."""
     return t.stride(0), t.stride(1), t.stride(2)
 
@@ -320,15 +258,15 @@ def attention_fwd(
     Returns:
         ``o`` ``[B, H, T, D]`` (a view of a ``[B, T, H, D]`` buffer) and ``lse`` ``[B, H, T]`` fp32.
     """
-    q, k, v = _dense_last(q), _dense_last(k), _dense_last(v)
+    q, k, v = dense_last(q), dense_last(k), dense_last(v)
     B, H, T, D = q.shape
     bm = tile.block_m
     o = empty_token_major(q)
     lse = torch.empty((B, H, T), device=q.device, dtype=torch.float32)
     if o.numel() == 0:
         return o, lse
-    scalars = (*_strides(q), *_strides(k), *_strides(v), *_strides(o), H, T, scale * LOG2E)
-    _run(run, _attn_fwd, triton.cdiv(T, bm), B * H, (q, k, v, o, lse), scalars, D, tile)
+    scalars = (*strides_bht(q), *strides_bht(k), *strides_bht(v), *strides_bht(o), H, T, scale * LOG2E)
+    run_kernel(run, _attn_fwd, triton.cdiv(T, bm), B * H, (q, k, v, o, lse), scalars, D, tile)
     return o, lse
 
 
@@ -343,8 +281,6 @@ def attention_bwd(
     *,
     dq_tile: AttnTile = DQ_TILE,
     dkdv_tile: AttnTile = DKDV_TILE,
-    atomic_dq: bool | None = None,
-    atomic_tile: AttnTile | None = None,
     run=launch,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The gradients of :func:`attention_fwd`'s ``o`` w.r.t. q, k and v.
@@ -355,32 +291,26 @@ def attention_bwd(
     Returns:
         ``dq, dk, dv`` ``[B, H, T, D]``, views of ``[B, T, H, D]`` buffers, in q's dtype.
     """
-    do, q, k, v = _dense_last(do), _dense_last(q), _dense_last(k), _dense_last(v)
+    do, q, k, v = dense_last(do), dense_last(q), dense_last(k), dense_last(v)
     B, H, T, D = q.shape
     dq, dk, dv = empty_token_major(q), empty_token_major(k), empty_token_major(v)
     if dq.numel() == 0:
         return dq, dk, dv
     qk_scale = scale * LOG2E
-    if ATOMIC_DQ if atomic_dq is None else atomic_dq:
-        t = atomic_tile or ATOMIC_TILE
-        dq32 = torch.zeros((B, T, H, D), device=q.device, dtype=torch.float32)
-        strides = (*_strides(q), *_strides(k), *_strides(v), *_strides(o), *_strides(do), *_strides(dk))
-        scalars = (*strides, *_strides(dv), H, T, qk_scale, scale)
-        tensors = (q, k, v, o, do, lse, dk, dv, dq32)
-        _run(run, _attn_bwd_atomic, triton.cdiv(T, t.block_n), B * H, tensors, scalars, D, t)
-        return dq.copy_(dq32.transpose(1, 2)), dk, dv
     delta = torch.empty((B, H, T), device=q.device, dtype=torch.float32)
-    strides = (*_strides(q), *_strides(k), *_strides(v))
-    scalars = (*strides, *_strides(o), *_strides(do), *_strides(dq), H, T, qk_scale, scale)
+    strides = (*strides_bht(q), *strides_bht(k), *strides_bht(v))
+    scalars = (*strides, *strides_bht(o), *strides_bht(do), *strides_bht(dq), H, T, qk_scale, scale)
     tensors = (q, k, v, o, do, lse, delta, dq)
-    _run(run, _attn_bwd_dq, triton.cdiv(T, dq_tile.block_m), B * H, tensors, scalars, D, dq_tile)
-    scalars = (*strides, *_strides(do), *_strides(dk), *_strides(dv), H, T, qk_scale, scale)
+    run_kernel(run, _attn_bwd_dq, triton.cdiv(T, dq_tile.block_m), B * H, tensors, scalars, D, dq_tile)
+    scalars = (*strides, *strides_bht(do), *strides_bht(dk), *strides_bht(dv), H, T, qk_scale, scale)
     tensors = (q, k, v, do, lse, delta, dk, dv)
-    _run(run, _attn_bwd_dkdv, triton.cdiv(T, dkdv_tile.block_n), B * H, tensors, scalars, D, dkdv_tile)
+    run_kernel(run, _attn_bwd_dkdv, triton.cdiv(T, dkdv_tile.block_n), B * H, tensors, scalars, D, dkdv_tile)
     return dq, dk, dv
 
 
-def _run(run, kernel, blocks: int, heads: int, tensors: tuple, scalars: tuple, head_dim: int, tile: AttnTile):
+def run_kernel(
+    run, kernel, blocks: int, heads: int, tensors: tuple, scalars: tuple, head_dim: int, tile: AttnTile
+):
     """``run`` (``_launch.launch`` eager, ``wrapped`` traced) one kernel over ``(blocks, B·H)``."""
     meta = {
         "HEAD_D": head_dim,
