@@ -138,3 +138,24 @@ def test_strided_head_dimension_is_copied_not_misread():
     q = torch.randn(1, 2, 16, 11, device=device()).transpose(-1, -2)  # [1, 2, 11, 16], stride(-1) = 11
     k, v = (token_major(1, 2, 11, 16, torch.float32) for _ in range(2))
     check(q, k, v, torch.float32)
+
+
+def test_public_op_routes_and_rejects_what_the_kernels_do_not_take():
+    """``kernels.attention``: SDPA on ``backend="torch"`` and for inputs the kernels do not take under
+    ``"auto"``; ``backend="triton"`` names the shapes and dtypes it was given instead of guessing."""
+    import torch.nn.functional as F
+
+    from flopkit import kernels
+
+    q, k, v = (token_major(1, 2, 9, 16, torch.float16) for _ in range(3))
+    expected = F.scaled_dot_product_attention(q.float(), k.float(), v.float())
+    assert rel_err(kernels.attention(q, k, v, backend="torch"), expected) < TOL[torch.float16]
+    assert rel_err(kernels.attention(q, k, v, backend="triton"), expected) < TOL[torch.float16]
+    q24, k24, v24 = (token_major(1, 2, 9, 24, torch.float16) for _ in range(3))  # D = 24: not a power of two
+    auto = kernels.attention(q24, k24, v24)  # SDPA, not the kernels
+    assert rel_err(auto, F.scaled_dot_product_attention(q24.float(), k24.float(), v24.float())) < 2e-3
+    with pytest.raises(ValueError, match=r"D in \(16, 32, 64, 128\).*got q \(1, 2, 9, 24\) torch.float16"):
+        kernels.attention(q24, k24, v24, backend="triton")
+    with pytest.raises(ValueError, match="float16/bfloat16"):
+        kernels.attention(q.float(), k.float(), v.float(), backend="triton")
+    assert not kernels.attention_supported(q, k[:, :, :5], v)  # cross-attention lengths differ
