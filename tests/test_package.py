@@ -140,6 +140,7 @@ def _installed_top_level_names() -> dict[str, str]:
     names: dict[str, str] = {}
     for dist in importlib.metadata.distributions():
         listed = (dist.read_text("top_level.txt") or "").split()
+        distribution = dist.metadata["Name"]  # once: each .metadata parses METADATA again
         if not listed:
             for file in dist.files or ():
                 first = file.parts[0]
@@ -149,7 +150,7 @@ def _installed_top_level_names() -> dict[str, str]:
                     continue
                 listed.append(first.split(".")[0])
         for name in listed:
-            names.setdefault(name, dist.metadata["Name"])
+            names.setdefault(name, distribution)
     return names
 
 
