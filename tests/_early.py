@@ -33,6 +33,9 @@ class EarlyRun:
     def __init__(self, key: str, make: Make):
         self.key, self._make = key, make
         self.out: Path | None = None
+        # What the selected tests need of a run that serves several (``@pytest.mark.early(KEY,
+        # part=...)``), in their order; ``make`` may read it. None: no test named a part.
+        self.parts: list[str] | None = None
         self._lock = threading.Lock()
         self._done = False
         self._result: subprocess.CompletedProcess | None = None
@@ -81,13 +84,15 @@ def early(key: str, make: Make) -> EarlyRun:
     return RUNS[key]
 
 
-def start_in_background(keys: list[str]) -> None:
+def start_in_background(keys: list[str], parts: dict[str, list[str]]) -> None:
     """Snapshot the environment, then run ``keys`` one after another in a daemon thread."""
     global _thread
     _session_environ()
     unknown = [k for k in keys if k not in RUNS]
     if unknown:
         raise KeyError(f"@pytest.mark.early names unregistered runs: {unknown}")
+    for key, wanted in parts.items():
+        RUNS[key].parts = wanted
     if not keys:
         return
 

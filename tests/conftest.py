@@ -21,7 +21,9 @@ def _seed():
 
 def pytest_configure(config):
     config.addinivalue_line(
-        "markers", "early(*keys): the test checks these _early.py subprocesses, started once collected"
+        "markers",
+        "early(*keys, part=None): the test checks these _early.py subprocesses (part: what it needs of"
+        " a run serving several tests), started once collected",
     )
 
 
@@ -32,10 +34,14 @@ def pytest_collection_finish(session):
     import _early
 
     keys: list[str] = []
+    parts: dict[str, list[str]] = {}
     for item in session.items:
         for mark in item.iter_markers("early"):
             keys += [k for k in mark.args if k not in keys]
-    _early.start_in_background(keys)
+            if "part" in mark.kwargs:
+                for key in mark.args:
+                    parts.setdefault(key, []).append(mark.kwargs["part"])
+    _early.start_in_background(keys, parts)
 
 
 def pytest_sessionfinish(session):
