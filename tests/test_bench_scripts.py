@@ -4,11 +4,10 @@ record end to end."""
 
 import importlib
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
+import _early
 import pytest
 
 from benchmarks import _harness as H
@@ -48,18 +47,21 @@ def test_step_kernels_render_a_harness_record_and_a_gathered_one():
     assert sum(line.startswith("**vit5-") for line in S.render(stored, top=1)) == len(stored["runs"])
 
 
-def test_cli_startup_writes_a_valid_record(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.cli_startup", "--runs", "1", "vit5-small", "--out", str(tmp_path)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+# Starts when the session is collected (tests/_early.py).
+CLI_STARTUP = _early.early(
+    "cli_startup",
+    lambda out, environ: (
+        [sys.executable, "-m", "benchmarks.cli_startup", "--runs", "1", "vit5-small", "--out", str(out)],
+        {"cwd": ROOT, "env": {**environ, "PYTHONPATH": str(ROOT)}, "timeout": 300},
+    ),
+)
+
+
+@pytest.mark.early("cli_startup")
+def test_cli_startup_writes_a_valid_record():
+    done = CLI_STARTUP.result()
     assert done.returncode == 0, done.stderr
-    record = json.loads((tmp_path / "cli_startup_cpu.json").read_text())
+    record = json.loads((CLI_STARTUP.out / "cli_startup_cpu.json").read_text())
     H.validate_record(record)
     assert record["benchmark"] == "cli_startup" and record["env"]["gpu"] is None
     assert set(record["results"]["vit5-small"]) == {

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import _early
 import pytest
 import torch
 import torch.distributed as dist
@@ -32,21 +33,34 @@ SMALL_ARGS = ["--device", "cpu", "--nproc", "2", "--depth", "2", "--image-size",
 SMALL_ARGS += ["--steps", "3"]
 
 
-def run_script(tmp_path: Path, *extra: str) -> tuple[subprocess.CompletedProcess, dict]:
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "multi_gpu.py"), *SMALL_ARGS, *extra],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        cwd=ROOT,
-        # PYTHONPATH: the script imports flopkit from this checkout, installed or not.
-        env={
-            **os.environ,
-            "OUT": str(tmp_path),
-            "PYTHONPATH": os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH")))),
-        },
-    )
-    with open(tmp_path / "multi_gpu.json") as fh:
+def _script(*extra: str) -> _early.Make:
+    def make(out: Path, environ) -> tuple[list[str], dict]:
+        return [sys.executable, str(ROOT / "benchmarks" / "multi_gpu.py"), *SMALL_ARGS, *extra], {
+            "timeout": 180,
+            "cwd": ROOT,
+            # PYTHONPATH: the script imports flopkit from this checkout, installed or not.
+            "env": {
+                **environ,
+                "OUT": str(out),
+                "PYTHONPATH": os.pathsep.join(filter(None, (str(ROOT), environ.get("PYTHONPATH")))),
+            },
+        }
+
+    return make
+
+
+# Each run starts when the session is collected (tests/_early.py): 2 ranks on the idle core.
+RUNS = {
+    "eager": _early.early("multi_gpu-eager", _script()),
+    "custom-ops": _early.early("multi_gpu-custom-ops", _script("--custom-ops")),
+    "no-grad-sync": _early.early("multi_gpu-no-grad-sync", _script("--no-grad-sync")),
+}
+
+
+def run_script(name: str) -> tuple[subprocess.CompletedProcess, dict]:
+    run = RUNS[name]
+    proc = run.result()
+    with open(run.out / "multi_gpu.json") as fh:
         return proc, json.load(fh)
 
 
@@ -65,9 +79,15 @@ def single_process_run(cfg: M.RunConfig, rows: slice = slice(None)) -> tuple[lis
 
 
 @needs_gloo
-@pytest.mark.parametrize("extra", [[], ["--custom-ops"]], ids=["eager", "custom-ops"])
-def test_ddp_and_fsdp2_losses_match_one_process_on_two_gloo_ranks(tmp_path, extra):
-    proc, out = run_script(tmp_path, *extra)
+@pytest.mark.parametrize(
+    "extra",
+    [
+        pytest.param([], id="eager", marks=pytest.mark.early("multi_gpu-eager")),
+        pytest.param(["--custom-ops"], id="custom-ops", marks=pytest.mark.early("multi_gpu-custom-ops")),
+    ],
+)
+def test_ddp_and_fsdp2_losses_match_one_process_on_two_gloo_ranks(extra):
+    proc, out = run_script("custom-ops" if extra else "eager")
     assert proc.returncode == 0, proc.stderr[-3000:]
     ref_losses, _ = single_process_run(SMALL)
     assert out["ok"] and out["world_size"] == 2
@@ -83,8 +103,9 @@ def test_ddp_and_fsdp2_losses_match_one_process_on_two_gloo_ranks(tmp_path, extr
 
 
 @needs_gloo
-def test_skipping_the_gradient_average_fails_the_check_with_exit_1(tmp_path):
-    proc, out = run_script(tmp_path, "--no-grad-sync")
+@pytest.mark.early("multi_gpu-no-grad-sync")
+def test_skipping_the_gradient_average_fails_the_check_with_exit_1():
+    proc, out = run_script("no-grad-sync")
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert not out["ok"]
     assert all(not r["ok"] and r["error"] is None and r["param_rel"] > 0.5 for r in out["results"])

@@ -9,6 +9,10 @@ The convention (docs/contributing.md, "Shell transcripts in the docs"):
 * Commands are ``flopkit ...`` (optionally after ``VAR=value`` settings, optionally piped into
   ``head -N``); they run in-process, one scratch directory per block, where ``examples/`` is the
   repository's and ``docs/`` is empty (a ``--plot`` writes there, not over the committed images).
+  The process is one Python process for all the selected blocks (``python tests/test_docs.py``),
+  started once the session is collected (tests/_early.py), so that its 20 s run on the core the
+  other tests leave idle; each block starts with ``torch.manual_seed(0)``, as every test does, and
+  the test compares what it printed.
 * Output is compared exactly, except for commands that time things (``profile``, ``bench``): there
   the shape (every line, table rows cell by cell, notes as text) and the deterministic numbers
   (FLOPs, bytes, shapes, counts) are compared, and timings, rates, percentages and the bound a
@@ -23,12 +27,18 @@ The convention (docs/contributing.md, "Shell transcripts in the docs"):
 from __future__ import annotations
 
 import difflib
+import json
+import os
 import re
 import shlex
+import sys
+import tempfile
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import _early
 import pytest
 from click.testing import CliRunner
 
@@ -255,22 +265,77 @@ def _missing_library(text: str) -> str | None:
     return None
 
 
-@pytest.mark.parametrize("transcript", ALL, ids=[t.id for t in ALL])
-def test_transcript_output_matches_the_docs(transcript: Transcript, tmp_path, monkeypatch):
+def run_transcripts(ids: list[str], scratch: Path) -> dict[str, list[dict | None]]:
+    """Run the blocks ``ids``, each in a scratch directory of its own under ``scratch``: per command,
+    ``{"lines": [...]}`` (what it printed), ``{"error": traceback}`` (the block stops there) or None
+    (its model needs a library that is not installed)."""
+    import torch
+
+    by_id = {t.id: t for t in ALL}
+    results: dict[str, list[dict | None]] = {}
+    here = os.getcwd()
+    for n, transcript_id in enumerate(ids):
+        transcript = by_id[transcript_id]
+        folder = scratch / f"block{n}"
+        folder.mkdir()
+        (folder / "examples").symlink_to(ROOT / "examples")
+        (folder / "docs").mkdir()
+        os.chdir(folder)
+        torch.manual_seed(0)  # conftest.py's per-test seed
+        outs: list[dict | None] = []
+        try:
+            for name in transcript.needs:
+                FIXTURES[name](folder / name)
+            for command in transcript.commands:
+                if _missing_library(command.text):
+                    outs.append(None)
+                    continue
+                outs.append({"lines": _run(command, transcript)})
+        except BaseException:  # pytest.fail too: the test reports it
+            outs.append({"error": traceback.format_exc()})
+        finally:
+            os.chdir(here)
+        results[transcript_id] = outs
+    return results
+
+
+def _transcripts_command(out: Path, environ) -> tuple[list[str], dict]:
+    skipped = {t.id for t in ALL if t.skip}
+    ids = [i for i in (DOC_RUN.parts or [t.id for t in ALL]) if i not in skipped]
+    (out / "ids.json").write_text(json.dumps(ids))
+    # PYTHONPATH: this checkout's flopkit (the script's own folder, tests/, comes first on sys.path).
+    pythonpath = os.pathsep.join(filter(None, (str(ROOT), environ.get("PYTHONPATH"))))
+    return [sys.executable, __file__, str(out)], {
+        "cwd": ROOT,
+        "env": {**environ, "PYTHONPATH": pythonpath},
+        "timeout": 600,
+    }
+
+
+DOC_RUN = _early.early("doc-transcripts", _transcripts_command)
+
+
+@pytest.mark.parametrize(
+    "transcript",
+    [pytest.param(t, id=t.id, marks=pytest.mark.early("doc-transcripts", part=t.id)) for t in ALL],
+)
+def test_transcript_output_matches_the_docs(transcript: Transcript):
     if transcript.skip:
         pytest.skip(transcript.skip)
-    (tmp_path / "examples").symlink_to(ROOT / "examples")
-    (tmp_path / "docs").mkdir()
-    monkeypatch.chdir(tmp_path)
-    for name in transcript.needs:
-        FIXTURES[name](tmp_path / name)
+    done = DOC_RUN.result()
+    assert done.returncode == 0, done.stderr[-3000:]
+    outs = json.loads((DOC_RUN.out / "results.json").read_text())[transcript.id]
     missing = []
-    for command in transcript.commands:
-        if _missing_library(command.text):
+    for n, command in enumerate(transcript.commands):
+        where = f"{transcript.path.relative_to(ROOT)}:{command.line}: $ {command.text}"
+        assert n < len(outs), f"{where}: the transcripts' run has no output for it"
+        out = outs[n]
+        if out is None:
             missing.append(_missing_library(command.text))
             continue
-        actual, expected = _trim(_run(command, transcript)), _trim(command.expected)
-        where = f"{transcript.path.relative_to(ROOT)}:{command.line}: $ {command.text}"
+        if "error" in out:
+            pytest.fail(f"{where}\n{out['error']}")
+        actual, expected = _trim(out["lines"]), _trim(command.expected)
         words = _parse(command.text)[1]
         if len(words) > 1 and words[1] in TIMED_COMMANDS:
             assert timed_shape(actual) == timed_shape(expected), where + "\n" + "\n".join(actual)
@@ -369,3 +434,11 @@ def test_python_block_prints_what_its_comments_state(path, line, source, capsys,
 
 def test_the_readme_has_a_checked_python_block():
     assert any(p.name == "README.md" for p, _, _ in PYTHON_BLOCKS)
+
+
+if __name__ == "__main__":  # the transcripts' run (see the module docstring): python tests/test_docs.py OUT
+    out_dir = Path(sys.argv[1])
+    block_ids = json.loads((out_dir / "ids.json").read_text())
+    with tempfile.TemporaryDirectory() as scratch_dir:
+        found = run_transcripts(block_ids, Path(scratch_dir))
+    (out_dir / "results.json").write_text(json.dumps(found))

@@ -12,16 +12,31 @@ import sys
 import types
 from pathlib import Path
 
+import _early
 import flopkit.kernels
 import pytest
 
 import flopkit
 
+# The fresh interpreters below start when the session is collected (tests/_early.py).
+ROOT = Path(__file__).resolve().parents[1]
+HEAVY = ["triton", "fvcore", "timm", "transformers", "matplotlib"]
+LIGHT_IMPORT = _early.early(
+    "import-is-light",
+    lambda out, environ: (
+        [
+            sys.executable,
+            "-c",
+            f"import sys, flopkit, flopkit.kernels, flopkit.cli; print([m for m in {HEAVY!r} if m in sys.modules])",
+        ],
+        {"check": True},
+    ),
+)
 
+
+@pytest.mark.early("import-is-light")
 def test_import_does_not_pull_optional_or_heavy_packages():
-    heavy = ["triton", "fvcore", "timm", "transformers", "matplotlib"]
-    code = f"import sys, flopkit, flopkit.kernels, flopkit.cli; print([m for m in {heavy!r} if m in sys.modules])"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    out = LIGHT_IMPORT.result().stdout
     assert out.strip() == "[]"
 
 
@@ -31,18 +46,29 @@ def test_public_names_exist():
             assert hasattr(mod, name), name
 
 
+NO_EDITABLE = _early.early(
+    "import-without-editable-finder",
+    lambda out, environ: (
+        [
+            sys.executable,
+            "-c",
+            "import sys\n"
+            "sys.meta_path = [f for f in sys.meta_path if 'editable' not in repr(f).lower()]\n"
+            "import flopkit, flopkit.kernels, flopkit.cli\n"
+            "print(flopkit.__file__, flopkit.kernels.__file__, flopkit.cli.__file__, sep='\\n')\n",
+        ],
+        {"cwd": ROOT},
+    ),
+)
+
+
+@pytest.mark.early("import-without-editable-finder")
 def test_import_from_the_repository_root_without_an_editable_install():
     """Run from the repository root, Python imports flopkit/ from there; with no editable finder
     (as after a regular `pip install .`) flopkit.kernels and flopkit.cli must still resolve to
     kernels/ and cli/ as pyproject.toml maps them, with _package.py as each package's body."""
-    root = Path(__file__).resolve().parents[1]
-    code = (
-        "import sys\n"
-        "sys.meta_path = [f for f in sys.meta_path if 'editable' not in repr(f).lower()]\n"
-        "import flopkit, flopkit.kernels, flopkit.cli\n"
-        "print(flopkit.__file__, flopkit.kernels.__file__, flopkit.cli.__file__, sep='\\n')\n"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root)
+    root = ROOT
+    done = NO_EDITABLE.result()
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [
         str(root / "flopkit" / "__init__.py"),
@@ -51,11 +77,8 @@ def test_import_from_the_repository_root_without_an_editable_install():
     ]
 
 
-def test_import_from_the_repository_root_ignores_an_editable_install_of_another_checkout(tmp_path):
-    """An editable finder that maps flopkit.kernels to another checkout must not pair that
-    checkout's kernels with this tree's flopkit/."""
-    root = Path(__file__).resolve().parents[1]
-    other = tmp_path / "kernels"
+def _other_checkout(out: Path, environ) -> tuple[list[str], dict]:
+    other = out / "kernels"
     other.mkdir()
     (other / "__init__.py").write_text("raise ImportError('the other checkout was imported')\n")
     code = (
@@ -69,9 +92,19 @@ def test_import_from_the_repository_root_ignores_an_editable_install_of_another_
         "import flopkit, flopkit.kernels\n"
         "print(flopkit.kernels.__file__)\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root)
+    return [sys.executable, "-c", code], {"cwd": ROOT}
+
+
+OTHER_CHECKOUT = _early.early("import-beside-another-checkouts-finder", _other_checkout)
+
+
+@pytest.mark.early("import-beside-another-checkouts-finder")
+def test_import_from_the_repository_root_ignores_an_editable_install_of_another_checkout():
+    """An editable finder that maps flopkit.kernels to another checkout must not pair that
+    checkout's kernels with this tree's flopkit/."""
+    done = OTHER_CHECKOUT.result()
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == str(root / "kernels" / "_package.py")
+    assert done.stdout.strip() == str(ROOT / "kernels" / "_package.py")
 
 
 def test_startup_benchmark_summary_takes_medians_per_phase():
@@ -111,7 +144,6 @@ def test_no_kernel_function_shadows_its_module():
     assert _shadowed_submodules("flopkit.kernels") == []
 
 
-ROOT = Path(__file__).resolve().parents[1]
 # flopkit/ is this distribution's own top-level name; setup.py is setuptools' build script.
 OWN_ROOT_NAMES = {"flopkit", "setup"}
 
@@ -140,6 +172,7 @@ def _installed_top_level_names() -> dict[str, str]:
     names: dict[str, str] = {}
     for dist in importlib.metadata.distributions():
         listed = (dist.read_text("top_level.txt") or "").split()
+        distribution = dist.metadata["Name"]  # once: each .metadata parses METADATA again
         if not listed:
             for file in dist.files or ():
                 first = file.parts[0]
@@ -149,7 +182,7 @@ def _installed_top_level_names() -> dict[str, str]:
                     continue
                 listed.append(first.split(".")[0])
         for name in listed:
-            names.setdefault(name, dist.metadata["Name"])
+            names.setdefault(name, distribution)
     return names
 
 

@@ -3,11 +3,10 @@ was measured, the GEMM floor is the hand-counted matmul FLOPs at the measured ra
 the hand formulas, and the op inventory matches the kernels the profiler saw."""
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
+import _early
 import pytest
 
 from benchmarks import _harness as H
@@ -86,18 +85,22 @@ def test_the_op_inventory_matches_the_profiled_kernel_calls(preset):
     assert _calls(preset, "dot_do_o") == _calls(preset, "convert_dq") == shapes.depth
 
 
-def test_script_prints_the_tables_and_writes_a_harness_record(tmp_path):
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.step_floor", "--out", str(tmp_path)],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+# Starts when the session is collected (tests/_early.py).
+SCRIPT = _early.early(
+    "step_floor",
+    lambda out, environ: (
+        [sys.executable, "-m", "benchmarks.step_floor", "--out", str(out)],
+        {"cwd": ROOT, "env": {**environ, "PYTHONPATH": str(ROOT)}, "timeout": 300},
+    ),
+)
+
+
+@pytest.mark.early("step_floor")
+def test_script_prints_the_tables_and_writes_a_harness_record():
+    done = SCRIPT.result()
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("| floor (sum of the groups) |") == 2
-    record = json.loads((tmp_path / "step_floor.json").read_text())
+    record = json.loads((SCRIPT.out / "step_floor.json").read_text())
     H.validate_record(record)
     assert record["benchmark"] == "step_floor" and set(record["presets"]) == {"vit5-small", "vit5-base"}
     assert record["roofs"]["matmul_tflops"] == pytest.approx(694.3675785997043)

@@ -2,10 +2,10 @@
 
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
+import _early
 import pytest
 from click.testing import CliRunner
 from flopkit.cli import app
@@ -253,17 +253,27 @@ def test_every_command_help_shows_an_example():
         assert result.exit_code == 0 and "Example" in result.stdout and "flopkit " + command in result.stdout
 
 
+def _installed_script(*args: str) -> _early.Make:
+    def make(out, environ):
+        script = shutil.which("flopkit") or str(Path(sys.executable).with_name("flopkit"))
+        return [script, *args], {"timeout": 60}
+
+    return make
+
+
+# Both start when the session is collected (tests/_early.py).
+SCRIPT_REPORT = _early.early(
+    "installed-script-report", _installed_script("report", "vit5-small", "--format", "json", "--depth", "0")
+)
+SCRIPT_TYPO = _early.early("installed-script-typo", _installed_script("report", "vit5-smal"))
+
+
+@pytest.mark.early("installed-script-report", "installed-script-typo")
 def test_installed_script_runs_as_a_subprocess():
-    script = shutil.which("flopkit") or str(Path(sys.executable).with_name("flopkit"))
-    done = subprocess.run(
-        [script, "report", "vit5-small", "--format", "json", "--depth", "0"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = SCRIPT_REPORT.result()
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["total_flops"] == 9_417_430_656
-    bad = subprocess.run([script, "report", "vit5-smal"], capture_output=True, text=True, timeout=60)
+    bad = SCRIPT_TYPO.result()
     assert (
         bad.returncode == 2 and bad.stderr.startswith("flopkit: error: unknown preset") and bad.stdout == ""
     )

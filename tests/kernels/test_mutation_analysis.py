@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
+import _early
 import pytest
 
 PROBE = Path(__file__).with_name("_mutation_probe.py")
@@ -35,16 +35,25 @@ EXPECTED = {
 }
 
 
+def _probe(out: Path, environ) -> tuple[list[str], dict]:
+    # The probe imports flopkit from this checkout, installed or not (PYTHONPATH: the repository root).
+    root = str(Path(__file__).resolve().parents[2])
+    pythonpath = os.pathsep.join(p for p in (root, environ.get("PYTHONPATH", "")) if p)
+    env = {**environ, "TRITON_INTERPRET": "0", "PYTHONWARNINGS": "ignore", "PYTHONPATH": pythonpath}
+    return [sys.executable, str(PROBE)], {"env": env, "timeout": 120}
+
+
+# Starts when the session is collected (tests/_early.py).
+PROBE_RUN = _early.early("mutation_probe", _probe)
+
+
+@pytest.mark.early("mutation_probe")
 def test_torch_compile_sees_exactly_the_outputs_written():
     pytest.importorskip("triton")
     import torch._higher_order_ops.triton_kernel_wrap as tkw
 
     if not any(hasattr(tkw, f) for f in ("identify_accessed_tensors", "identify_mutated_tensors")):
         pytest.skip("this torch has no wrap_triton mutation analysis to probe")
-    # The probe imports flopkit from this checkout, installed or not (PYTHONPATH: the repository root).
-    root = str(Path(__file__).resolve().parents[2])
-    pythonpath = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
-    env = {**os.environ, "TRITON_INTERPRET": "0", "PYTHONWARNINGS": "ignore", "PYTHONPATH": pythonpath}
-    done = subprocess.run([sys.executable, str(PROBE)], capture_output=True, text=True, env=env, timeout=120)
+    done = PROBE_RUN.result()
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == EXPECTED

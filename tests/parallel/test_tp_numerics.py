@@ -4,10 +4,10 @@ forward, for ViT-5 under flopkit's plan (fused qkv split by heads) and Llama und
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
+import _early
 import pytest
 import torch.distributed as dist
 
@@ -15,26 +15,31 @@ WORKER = Path(__file__).with_name("tp_forward_worker.py")
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _worker(out: Path, environ) -> tuple[list[str], dict]:
+    return [sys.executable, str(WORKER), str(out / "tp.json")], {
+        "timeout": 300,
+        "cwd": ROOT,
+        # this checkout's flopkit, not an installed one
+        "env": {
+            **environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), environ.get("PYTHONPATH")])),
+        },
+    }
+
+
+# Starts when the session is collected (tests/_early.py).
+TP_RUN = _early.early("tp_forward_worker", _worker)
+
+
 @pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()),
     reason="torch.distributed with gloo is not available",
 )
-def test_two_rank_tp_forward_equals_one_rank_forward(tmp_path):
-    out = tmp_path / "tp.json"
-    proc = subprocess.run(
-        [sys.executable, str(WORKER), str(out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-        # this checkout's flopkit, not an installed one
-        env={
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-        },
-    )
+@pytest.mark.early("tp_forward_worker")
+def test_two_rank_tp_forward_equals_one_rank_forward():
+    proc = TP_RUN.result()
     assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads(out.read_text())
+    results = json.loads((TP_RUN.out / "tp.json").read_text())
     for name in ("vit5", "llama"):
         # float32: only the order of the row-parallel sums differs
         assert results[name]["max_abs"] <= 1e-5 * max(1.0, results[name]["ref_max"]), (name, results[name])

@@ -7,7 +7,6 @@ how far each TP forward is from the same model's one-process forward (run by ``t
 from __future__ import annotations
 
 import json
-import os
 import socket
 import sys
 
@@ -69,6 +68,7 @@ def tp_forward(name: str, styles: dict | None) -> torch.Tensor:
 
 
 def run(rank: int, port: int, out: str) -> None:
+    torch.set_num_threads(1)  # one intra-op thread per rank (2 ranks on 2 cores)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     results = {}
     for name in ("vit5", "llama"):
@@ -99,5 +99,11 @@ def free_port() -> int:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    mp.spawn(run, args=(free_port(), sys.argv[1]), nprocs=2, join=True)
+    # The ranks fork from this process and inherit its imports (spawned, each imported torch,
+    # flopkit and transformers' Llama again: seconds per rank). This process has run no op yet.
+    import transformers.models.llama.modeling_llama  # noqa: F401
+
+    import flopkit.models  # noqa: F401
+    import flopkit.parallel.run  # noqa: F401
+
+    mp.start_processes(run, args=(free_port(), sys.argv[1]), nprocs=2, join=True, start_method="fork")

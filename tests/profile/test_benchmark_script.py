@@ -3,12 +3,15 @@ the harness's record (every variant in one ``profile_vit5_DEVICE.json``) and a p
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
+import _early
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "profile_vit5.py"
-TINY = str(Path(__file__).resolve().parents[2] / "examples" / "vit5-tiny.yaml")
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "benchmarks" / "profile_vit5.py"
+TINY = str(ROOT / "examples" / "vit5-tiny.yaml")
 
 
 @pytest.fixture(scope="module")
@@ -59,16 +62,40 @@ def test_acceptance_fails_each_check(script, profile, failing):
     assert all(c[k] for k in ("adds_up", "flops_equal", "overhead_ok") if k != failing)
 
 
-def test_a_tiny_cpu_run_writes_json_markdown_and_png(script, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("OUT", str(tmp_path))
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # small CPU runs; a shared runner thrashes otherwise
+def _tiny_run(out: Path, environ) -> tuple[list[str], dict]:
     args = ["--preset", TINY, "--batch", "2", "--steps", "1", "--warmup", "0", "--device", "cpu"]
-    script.main([*args, "--variants", "eager", "--tolerance", "0.05"])
-    (record_path,) = tmp_path.glob("profile_vit5_*.json")  # one harness record, NAME_DEVICE
+    return [
+        sys.executable,
+        "-m",
+        "benchmarks.profile_vit5",
+        *args,
+        "--variants",
+        "eager",
+        "--tolerance",
+        "0.05",
+    ], {
+        "cwd": ROOT,
+        # OMP_NUM_THREADS: small CPU runs; a shared runner thrashes otherwise
+        "env": {**environ, "OUT": str(out), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)},
+        "timeout": 300,
+    }
+
+
+# The script's run (its report and profile subprocesses) starts when the session is collected
+# (tests/_early.py).
+TINY_RUN = _early.early("profile_vit5-tiny", _tiny_run)
+
+
+@pytest.mark.early("profile_vit5-tiny")
+def test_a_tiny_cpu_run_writes_json_markdown_and_png():
+    done = TINY_RUN.result()
+    # 1 is also a failed acceptance check (overhead_ok is not asserted: a busy runner's timing)
+    assert done.returncode in (0, 1) and "Traceback" not in done.stderr, done.stderr[-3000:]
+    (record_path,) = TINY_RUN.out.glob("profile_vit5_*.json")  # one harness record, NAME_DEVICE
     record = json.loads(record_path.read_text())
     assert record["schema"] == "flopkit-bench/1" and list(record["variants"]) == ["eager"]
     data = record["variants"]["eager"]
     assert data["acceptance"]["flops_equal"] and data["acceptance"]["adds_up"]
     assert record_path.with_suffix(".md").read_text().count("\n") > 10
-    assert (tmp_path / "profile_vit5_vit5-tiny_eager.png").read_bytes()[:4] == b"\x89PNG"
-    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("eager")
+    assert (TINY_RUN.out / "profile_vit5_vit5-tiny_eager.png").read_bytes()[:4] == b"\x89PNG"
+    assert done.stdout.strip().splitlines()[-1].startswith("eager")
