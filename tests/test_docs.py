@@ -324,7 +324,11 @@ def test_transcript_output_matches_the_docs(transcript: Transcript):
         pytest.skip(transcript.skip)
     done = DOC_RUN.result()
     assert done.returncode == 0, done.stderr[-3000:]
-    outs = json.loads((DOC_RUN.out / "results.json").read_text())[transcript.id]
+    check_outputs(transcript, json.loads((DOC_RUN.out / "results.json").read_text())[transcript.id])
+
+
+def check_outputs(transcript: Transcript, outs: list[dict | None]) -> None:
+    """Compare one block's run (:func:`run_transcripts`' entry for it) with what the docs show."""
     missing = []
     for n, command in enumerate(transcript.commands):
         where = f"{transcript.path.relative_to(ROOT)}:{command.line}: $ {command.text}"
