@@ -67,8 +67,9 @@ def _attn_bwd_atomic(
     ``dq`` added (fp32 atomics) into ``DQ32`` ``[B, T, H, D]``, zeroed by the caller. ``delta`` is
     computed in place from ``o`` and ``do``."""
     qk_scale = tl.cast(qk_scale, tl.float32)
-    pid_n = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    blocks = tl.cdiv(T, BLOCK_N)  # one grid dimension, as in _attn_fwd
+    pid_n = tl.program_id(0) % blocks
+    pid_bh = tl.program_id(0) // blocks
     b = pid_bh // H
     h = pid_bh % H
     b64 = b.to(tl.int64)

@@ -79,8 +79,11 @@ def _attn_fwd(
 ):  # fmt: skip
     # Scalars may arrive as fp64 (Inductor's launches): every product stays fp32.
     qk_scale = tl.cast(qk_scale, tl.float32)
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    # One grid dimension (the second is limited to 65,535 programs: B·H exceeds it at large batches),
+    # ordered as a (blocks, B·H) grid would be: a head's blocks run side by side.
+    blocks = tl.cdiv(T, BLOCK_M)
+    pid_m = tl.program_id(0) % blocks
+    pid_bh = tl.program_id(0) // blocks
     b = pid_bh // H
     h = pid_bh % H
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -129,8 +132,11 @@ def _attn_bwd_dq(
 ):  # fmt: skip
     # Scalars may arrive as fp64 (Inductor's launches): every product stays fp32.
     qk_scale = tl.cast(qk_scale, tl.float32)
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    # One grid dimension (the second is limited to 65,535 programs: B·H exceeds it at large batches),
+    # ordered as a (blocks, B·H) grid would be: a head's blocks run side by side.
+    blocks = tl.cdiv(T, BLOCK_M)
+    pid_m = tl.program_id(0) % blocks
+    pid_bh = tl.program_id(0) // blocks
     b = pid_bh // H
     h = pid_bh % H
     b64 = b.to(tl.int64)
@@ -179,8 +185,9 @@ def _attn_bwd_dkdv(
     HEAD_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     qk_scale = tl.cast(qk_scale, tl.float32)
-    pid_n = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    blocks = tl.cdiv(T, BLOCK_N)  # one grid dimension, as in _attn_fwd
+    pid_n = tl.program_id(0) % blocks
+    pid_bh = tl.program_id(0) // blocks
     b = pid_bh // H
     h = pid_bh % H
     b64 = b.to(tl.int64)
@@ -311,7 +318,8 @@ def attention_bwd(
 def run_kernel(
     run, kernel, blocks: int, heads: int, tensors: tuple, scalars: tuple, head_dim: int, tile: AttnTile
 ):
-    """``run`` (``_launch.launch`` eager, ``wrapped`` traced) one kernel over ``(blocks, B·H)``."""
+    """``run`` (``_launch.launch`` eager, ``wrapped`` traced) one kernel over ``blocks · B·H`` programs,
+    a one-dimensional grid (each kernel splits its program id into block and head)."""
     meta = {
         "HEAD_D": head_dim,
         "BLOCK_M": tile.block_m,
@@ -319,7 +327,7 @@ def run_kernel(
         "num_warps": tile.num_warps,
         "num_stages": tile.num_stages,
     }
-    run(kernel, (blocks, heads), tensors + scalars, meta, len(tensors))
+    run(kernel, (blocks * heads,), tensors + scalars, meta, len(tensors))
 
 
 def attention_ref(q, k, v, scale: float) -> torch.Tensor:

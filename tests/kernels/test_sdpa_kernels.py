@@ -159,3 +159,19 @@ def test_public_op_routes_and_rejects_what_the_kernels_do_not_take():
     with pytest.raises(ValueError, match="float16/bfloat16"):
         kernels.attention(q.float(), k.float(), v.float(), backend="triton")
     assert not kernels.attention_supported(q, k[:, :, :5], v)  # cross-attention lengths differ
+
+
+def test_grids_fit_cuda_limits_at_large_batches():
+    """B·H beyond 65,535 (vit5-small at batch 12,000: 72,000 heads) must not land in a grid dimension
+    CUDA limits to 65,535: every launch is one-dimensional (the limit there is 2**31 - 1)."""
+    grids = []
+
+    def capture(kernel, grid, args, meta, num_tensors, plan=None):
+        grids.append(grid)
+
+    q, k, v = (torch.empty(12_000, 6, 201, 64, device="meta", dtype=torch.bfloat16) for _ in range(3))
+    o, lse = attention_fwd(q, k, v, 0.125, run=capture)
+    attention_bwd(torch.empty_like(o), q, k, v, o, lse, 0.125, run=capture)
+    assert len(grids) == 3
+    for grid in grids:
+        assert len(grid) == 1 and 72_000 <= grid[0] < 2**31
