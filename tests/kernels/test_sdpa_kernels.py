@@ -8,8 +8,11 @@ unit-normal 16 x 16 tiles; float16 and float32 are right), so bfloat16 runs on C
 
 from __future__ import annotations
 
+import json
 import math
+import sys
 
+import _early
 import pytest
 import torch
 from _references import device, rel_err
@@ -175,3 +178,75 @@ def test_grids_fit_cuda_limits_at_large_batches():
     assert len(grids) == 3
     for grid in grids:
         assert len(grid) == 1 and 72_000 <= grid[0] < 2**31
+
+
+# Compiles the kernels for sm90 with fp64 scales in a fresh interpreter (the suite's runs in Triton's
+# interpreter, whose language cannot compile): prints, per kernel, its TTIR lines with fp64 tensors.
+_F64_CHECK = """
+import json, sys
+import triton
+import triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource, compile
+from flopkit.kernels import _sdpa_triton as st
+
+TARGET = GPUTarget("cuda", 90, 32)
+
+
+@triton.jit
+def probe(X):
+    tl.store(X, 1.0)
+
+
+try:  # can this Triton build compile for sm90 at all (NVIDIA backend, ptxas)?
+    compile(ASTSource(probe, {"X": "*fp32"}, {}), target=TARGET)
+except Exception as e:
+    print(json.dumps({"skip": f"{type(e).__name__}: {str(e)[:200]}"}))
+    sys.exit(0)
+found = {}
+for fn in (st._attn_fwd, st._attn_bwd_dq, st._attn_bwd_dkdv):
+    signature, constants = {}, {}
+    for i, name in enumerate(fn.arg_names):
+        if name in ("HEAD_D", "BLOCK_M", "BLOCK_N"):
+            signature[name], constants[(i,)] = "constexpr", 64
+        elif name in ("qk_scale", "scale"):
+            signature[name] = "fp64"
+        elif name in ("LSE", "DELTA"):
+            signature[name] = "*fp32"
+        elif name.isupper() and name not in ("H", "T"):
+            signature[name] = "*bf16"
+        else:
+            signature[name] = "i32"
+    try:
+        compiled = compile(ASTSource(fn, signature, constants), target=TARGET)
+    except Exception as e:  # the kernel itself does not compile with fp64 scales
+        found[fn.__name__] = [f"does not compile: {type(e).__name__}: {str(e)[:300]}"]
+        continue
+    found[fn.__name__] = [line.strip() for line in compiled.asm["ttir"].splitlines() if "xf64" in line]
+print(json.dumps(found))
+"""
+
+
+def _f64_check(out, environ):
+    script = out / "f64_check.py"  # a file: Triton reads a kernel's source with inspect
+    script.write_text(_F64_CHECK)
+    env = {k: v for k, v in environ.items() if k != "TRITON_INTERPRET"}
+    return [sys.executable, str(script)], {"env": env, "timeout": 300}
+
+
+F64_CHECK = _early.early("attention-fp64-scalars", _f64_check)
+
+
+@pytest.mark.early("attention-fp64-scalars")
+def test_fp64_scalars_do_not_reach_the_tiles():
+    """Inductor launches user kernels with Python floats typed fp64. Compiled for sm90 with fp64
+    scales, no kernel may compute a tile in fp64 (run F of benchmarks/results/bench_train_h100.md
+    lost 1.3 GPU-ms a step to that): only the scalars' casts may be fp64."""
+    done = F64_CHECK.result()
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    if "skip" in found:
+        pytest.skip(f"cannot compile for sm90 here: {found['skip']}")
+    assert sorted(found) == ["_attn_bwd_dkdv", "_attn_bwd_dq", "_attn_fwd"]
+    for kernel, lines in found.items():
+        assert lines == [], f"{kernel}: {lines[:3]}"
