@@ -38,6 +38,8 @@ from flopkit.kernels._sdpa_triton import (
     FWD_TILE,
     LOG2E,
     AttnTile,
+    _program,
+    _tile,
     attention_bwd,
     attention_fwd,
     attention_ref,
@@ -67,35 +69,26 @@ def _attn_bwd_atomic(
     ``dq`` added (fp32 atomics) into ``DQ32`` ``[B, T, H, D]``, zeroed by the caller. ``delta`` is
     computed in place from ``o`` and ``do``."""
     qk_scale = tl.cast(qk_scale, tl.float32)
-    blocks = tl.cdiv(T, BLOCK_N)  # one grid dimension, as in _attn_fwd
-    pid_n = tl.program_id(0) % blocks
-    pid_bh = tl.program_id(0) // blocks
-    b = pid_bh // H
-    h = pid_bh % H
-    b64 = b.to(tl.int64)
+    pid_n, bh, b, h = _program(T, H, BLOCK_N)
     keys = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rows0 = tl.arange(0, BLOCK_M)
     d = tl.arange(0, HEAD_D)
     key_ok = keys < T
-    k = tl.load(
-        K + b64 * s_kb + h * s_kh + keys[:, None] * s_kt + d[None, :], mask=key_ok[:, None], other=0.0
-    )
-    v = tl.load(
-        V + b64 * s_vb + h * s_vh + keys[:, None] * s_vt + d[None, :], mask=key_ok[:, None], other=0.0
-    )
-    q_base = Q + b64 * s_qb + h * s_qh
-    o_base = O + b64 * s_ob + h * s_oh
-    do_base = DO + b64 * s_gb + h * s_gh
-    dq_base = DQ32 + b64 * T * H * HEAD_D + h * HEAD_D
-    stats = pid_bh.to(tl.int64) * T
+    k = _tile(K + b * s_kb + h * s_kh, keys, s_kt, d, key_ok)
+    v = _tile(V + b * s_vb + h * s_vh, keys, s_vt, d, key_ok)
+    q_base = Q + b * s_qb + h * s_qh
+    o_base = O + b * s_ob + h * s_oh
+    do_base = DO + b * s_gb + h * s_gh
+    dq_base = DQ32 + b * T * H * HEAD_D + h * HEAD_D
+    stats = bh.to(tl.int64) * T
     dk = tl.zeros([BLOCK_N, HEAD_D], tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_D], tl.float32)
     for start in range(0, T, BLOCK_M):
         rows = start + rows0
         row_ok = rows < T
-        q = tl.load(q_base + rows[:, None] * s_qt + d[None, :], mask=row_ok[:, None], other=0.0)
-        do = tl.load(do_base + rows[:, None] * s_gt + d[None, :], mask=row_ok[:, None], other=0.0)
-        o = tl.load(o_base + rows[:, None] * s_ot + d[None, :], mask=row_ok[:, None], other=0.0)
+        q = _tile(q_base, rows, s_qt, d, row_ok)
+        do = _tile(do_base, rows, s_gt, d, row_ok)
+        o = _tile(o_base, rows, s_ot, d, row_ok)
         delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
         lse = tl.load(LSE + stats + rows, mask=row_ok, other=float("inf"))
         st = tl.dot(k, tl.trans(q)) * qk_scale
@@ -109,16 +102,10 @@ def _attn_bwd_atomic(
         tl.atomic_add(
             dq_base + rows[:, None] * (H * HEAD_D) + d[None, :], dq, mask=row_ok[:, None], sem="relaxed"
         )
-    tl.store(
-        DK + b64 * s_dkb + h * s_dkh + keys[:, None] * s_dkt + d[None, :],
-        (dk * tl.cast(scale, tl.float32)).to(DK.dtype.element_ty),
-        mask=key_ok[:, None],
-    )
-    tl.store(
-        DV + b64 * s_dvb + h * s_dvh + keys[:, None] * s_dvt + d[None, :],
-        dv.to(DV.dtype.element_ty),
-        mask=key_ok[:, None],
-    )
+    dk_ptrs = DK + b * s_dkb + h * s_dkh + keys[:, None] * s_dkt + d[None, :]
+    tl.store(dk_ptrs, (dk * tl.cast(scale, tl.float32)).to(DK.dtype.element_ty), mask=key_ok[:, None])
+    dv_ptrs = DV + b * s_dvb + h * s_dvh + keys[:, None] * s_dvt + d[None, :]
+    tl.store(dv_ptrs, dv.to(DV.dtype.element_ty), mask=key_ok[:, None])
 
 
 def attention_bwd_atomic(do, q, k, v, o, lse, scale: float, *, tile: AttnTile = ATOMIC_TILE):

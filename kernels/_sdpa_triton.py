@@ -71,6 +71,26 @@ DKDV_TILE = AttnTile(64, 64, 4, 1)
 
 
 @triton.jit
+def _program(T, H, BLOCK: tl.constexpr):
+    """This program's block (of ``BLOCK`` tokens) and ``(b·H + h, b, h)``, ``b`` in int64 for the
+    pointer arithmetic. The grid is one-dimensional (the second dimension is limited to 65,535
+    programs: B·H exceeds it at large batches) and ordered as a ``(blocks, B·H)`` grid would be: a
+    head's blocks run side by side."""
+    blocks = tl.cdiv(T, BLOCK)
+    bh = tl.program_id(0) // blocks
+    return tl.program_id(0) % blocks, bh, (bh // H).to(tl.int64), bh % H
+
+
+@triton.jit
+def _tile(base, tokens, s_t, d, ok, TRANSPOSED: tl.constexpr = False):
+    """The ``[tokens, D]`` tile at ``base`` (token stride ``s_t``, unit stride along ``d``), or its
+    ``[D, tokens]`` transpose; tokens where ``ok`` is False read as 0."""
+    if TRANSPOSED:
+        return tl.load(base + tokens[None, :] * s_t + d[:, None], mask=ok[None, :], other=0.0)
+    return tl.load(base + tokens[:, None] * s_t + d[None, :], mask=ok[:, None], other=0.0)
+
+
+@triton.jit
 def _attn_fwd(
     Q, K, V, O, LSE,
     s_qb, s_qh, s_qt, s_kb, s_kh, s_kt, s_vb, s_vh, s_vt, s_ob, s_oh, s_ot,
@@ -79,47 +99,34 @@ def _attn_fwd(
 ):  # fmt: skip
     # Scalars may arrive as fp64 (Inductor's launches): every product stays fp32.
     qk_scale = tl.cast(qk_scale, tl.float32)
-    # One grid dimension (the second is limited to 65,535 programs: B·H exceeds it at large batches),
-    # ordered as a (blocks, B·H) grid would be: a head's blocks run side by side.
-    blocks = tl.cdiv(T, BLOCK_M)
-    pid_m = tl.program_id(0) % blocks
-    pid_bh = tl.program_id(0) // blocks
-    b = pid_bh // H
-    h = pid_bh % H
+    pid_m, bh, b, h = _program(T, H, BLOCK_M)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_N)
     d = tl.arange(0, HEAD_D)
     row_ok = rows < T
-    q = tl.load(
-        Q + b.to(tl.int64) * s_qb + h * s_qh + rows[:, None] * s_qt + d[None, :],
-        mask=row_ok[:, None],
-        other=0.0,
-    )
-    k_base = K + b.to(tl.int64) * s_kb + h * s_kh
-    v_base = V + b.to(tl.int64) * s_vb + h * s_vh
+    q = _tile(Q + b * s_qb + h * s_qh, rows, s_qt, d, row_ok)
+    k_base = K + b * s_kb + h * s_kh
+    v_base = V + b * s_vb + h * s_vh
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_D], tl.float32)
     for start in range(0, T, BLOCK_N):
         keys = start + cols
         key_ok = keys < T
-        kt = tl.load(k_base + keys[None, :] * s_kt + d[:, None], mask=key_ok[None, :], other=0.0)
+        kt = _tile(k_base, keys, s_kt, d, key_ok, TRANSPOSED=True)
         s = tl.dot(q, kt) * qk_scale
         s = tl.where(key_ok[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         p = tl.exp2(s - m_new[:, None])
         alpha = tl.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_base + keys[:, None] * s_vt + d[None, :], mask=key_ok[:, None], other=0.0)
+        v = _tile(v_base, keys, s_vt, d, key_ok)
         acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
         m_i = m_new
     acc = acc / l_i[:, None]
-    tl.store(
-        O + b.to(tl.int64) * s_ob + h * s_oh + rows[:, None] * s_ot + d[None, :],
-        acc.to(O.dtype.element_ty),
-        mask=row_ok[:, None],
-    )
-    tl.store(LSE + pid_bh.to(tl.int64) * T + rows, m_i + tl.log2(l_i), mask=row_ok)
+    o_ptrs = O + b * s_ob + h * s_oh + rows[:, None] * s_ot + d[None, :]
+    tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=row_ok[:, None])
+    tl.store(LSE + bh.to(tl.int64) * T + rows, m_i + tl.log2(l_i), mask=row_ok)
 
 
 @triton.jit
@@ -130,50 +137,34 @@ def _attn_bwd_dq(
     H, T, qk_scale, scale,
     HEAD_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
-    # Scalars may arrive as fp64 (Inductor's launches): every product stays fp32.
-    qk_scale = tl.cast(qk_scale, tl.float32)
-    # One grid dimension (the second is limited to 65,535 programs: B·H exceeds it at large batches),
-    # ordered as a (blocks, B·H) grid would be: a head's blocks run side by side.
-    blocks = tl.cdiv(T, BLOCK_M)
-    pid_m = tl.program_id(0) % blocks
-    pid_bh = tl.program_id(0) // blocks
-    b = pid_bh // H
-    h = pid_bh % H
-    b64 = b.to(tl.int64)
+    qk_scale = tl.cast(qk_scale, tl.float32)  # as in _attn_fwd
+    pid_m, bh, b, h = _program(T, H, BLOCK_M)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_N)
     d = tl.arange(0, HEAD_D)
     row_ok = rows < T
-    q = tl.load(
-        Q + b64 * s_qb + h * s_qh + rows[:, None] * s_qt + d[None, :], mask=row_ok[:, None], other=0.0
-    )
-    do = tl.load(
-        DO + b64 * s_gb + h * s_gh + rows[:, None] * s_gt + d[None, :], mask=row_ok[:, None], other=0.0
-    )
-    o = tl.load(
-        O + b64 * s_ob + h * s_oh + rows[:, None] * s_ot + d[None, :], mask=row_ok[:, None], other=0.0
-    )
+    q = _tile(Q + b * s_qb + h * s_qh, rows, s_qt, d, row_ok)
+    do = _tile(DO + b * s_gb + h * s_gh, rows, s_gt, d, row_ok)
+    o = _tile(O + b * s_ob + h * s_oh, rows, s_ot, d, row_ok)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
-    tl.store(DELTA + pid_bh.to(tl.int64) * T + rows, delta, mask=row_ok)
-    lse = tl.load(LSE + pid_bh.to(tl.int64) * T + rows, mask=row_ok, other=0.0)
-    k_base = K + b64 * s_kb + h * s_kh
-    v_base = V + b64 * s_vb + h * s_vh
+    stats = bh.to(tl.int64) * T
+    tl.store(DELTA + stats + rows, delta, mask=row_ok)
+    lse = tl.load(LSE + stats + rows, mask=row_ok, other=0.0)
+    k_base = K + b * s_kb + h * s_kh
+    v_base = V + b * s_vb + h * s_vh
     dq = tl.zeros([BLOCK_M, HEAD_D], tl.float32)
     for start in range(0, T, BLOCK_N):
         keys = start + cols
         key_ok = keys < T
-        kt = tl.load(k_base + keys[None, :] * s_kt + d[:, None], mask=key_ok[None, :], other=0.0)
-        vt = tl.load(v_base + keys[None, :] * s_vt + d[:, None], mask=key_ok[None, :], other=0.0)
+        kt = _tile(k_base, keys, s_kt, d, key_ok, TRANSPOSED=True)
+        vt = _tile(v_base, keys, s_vt, d, key_ok, TRANSPOSED=True)
         s = tl.dot(q, kt) * qk_scale
         p = tl.where(key_ok[None, :], tl.exp2(s - lse[:, None]), 0.0)
         dp = tl.dot(do, vt)
         ds = p * (dp - delta[:, None])
         dq = tl.dot(ds.to(kt.dtype), tl.trans(kt), dq)
-    tl.store(
-        DQ + b64 * s_dqb + h * s_dqh + rows[:, None] * s_dqt + d[None, :],
-        (dq * tl.cast(scale, tl.float32)).to(DQ.dtype.element_ty),
-        mask=row_ok[:, None],
-    )
+    dq_ptrs = DQ + b * s_dqb + h * s_dqh + rows[:, None] * s_dqt + d[None, :]
+    tl.store(dq_ptrs, (dq * tl.cast(scale, tl.float32)).to(DQ.dtype.element_ty), mask=row_ok[:, None])
 
 
 @triton.jit
@@ -184,33 +175,24 @@ def _attn_bwd_dkdv(
     H, T, qk_scale, scale,
     HEAD_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
-    qk_scale = tl.cast(qk_scale, tl.float32)
-    blocks = tl.cdiv(T, BLOCK_N)  # one grid dimension, as in _attn_fwd
-    pid_n = tl.program_id(0) % blocks
-    pid_bh = tl.program_id(0) // blocks
-    b = pid_bh // H
-    h = pid_bh % H
-    b64 = b.to(tl.int64)
+    qk_scale = tl.cast(qk_scale, tl.float32)  # as in _attn_fwd
+    pid_n, bh, b, h = _program(T, H, BLOCK_N)
     keys = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rows0 = tl.arange(0, BLOCK_M)
     d = tl.arange(0, HEAD_D)
     key_ok = keys < T
-    k = tl.load(
-        K + b64 * s_kb + h * s_kh + keys[:, None] * s_kt + d[None, :], mask=key_ok[:, None], other=0.0
-    )
-    v = tl.load(
-        V + b64 * s_vb + h * s_vh + keys[:, None] * s_vt + d[None, :], mask=key_ok[:, None], other=0.0
-    )
-    q_base = Q + b64 * s_qb + h * s_qh
-    do_base = DO + b64 * s_gb + h * s_gh
-    stats = pid_bh.to(tl.int64) * T
+    k = _tile(K + b * s_kb + h * s_kh, keys, s_kt, d, key_ok)
+    v = _tile(V + b * s_vb + h * s_vh, keys, s_vt, d, key_ok)
+    q_base = Q + b * s_qb + h * s_qh
+    do_base = DO + b * s_gb + h * s_gh
+    stats = bh.to(tl.int64) * T
     dk = tl.zeros([BLOCK_N, HEAD_D], tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_D], tl.float32)
     for start in range(0, T, BLOCK_M):
         rows = start + rows0
         row_ok = rows < T
-        qt = tl.load(q_base + rows[None, :] * s_qt + d[:, None], mask=row_ok[None, :], other=0.0)
-        do = tl.load(do_base + rows[:, None] * s_gt + d[None, :], mask=row_ok[:, None], other=0.0)
+        qt = _tile(q_base, rows, s_qt, d, row_ok, TRANSPOSED=True)
+        do = _tile(do_base, rows, s_gt, d, row_ok)
         # Rows past T get lse = +inf, so their p is exactly 0 (their q and do are 0 as well).
         lse = tl.load(LSE + stats + rows, mask=row_ok, other=float("inf"))
         delta = tl.load(DELTA + stats + rows, mask=row_ok, other=0.0)
@@ -220,16 +202,10 @@ def _attn_bwd_dkdv(
         dpt = tl.dot(v, tl.trans(do))
         dst = pt * (dpt - delta[None, :])
         dk = tl.dot(dst.to(qt.dtype), tl.trans(qt), dk)
-    tl.store(
-        DK + b64 * s_dkb + h * s_dkh + keys[:, None] * s_dkt + d[None, :],
-        (dk * tl.cast(scale, tl.float32)).to(DK.dtype.element_ty),
-        mask=key_ok[:, None],
-    )
-    tl.store(
-        DV + b64 * s_dvb + h * s_dvh + keys[:, None] * s_dvt + d[None, :],
-        dv.to(DV.dtype.element_ty),
-        mask=key_ok[:, None],
-    )
+    dk_ptrs = DK + b * s_dkb + h * s_dkh + keys[:, None] * s_dkt + d[None, :]
+    tl.store(dk_ptrs, (dk * tl.cast(scale, tl.float32)).to(DK.dtype.element_ty), mask=key_ok[:, None])
+    dv_ptrs = DV + b * s_dvb + h * s_dvh + keys[:, None] * s_dvt + d[None, :]
+    tl.store(dv_ptrs, dv.to(DV.dtype.element_ty), mask=key_ok[:, None])
 
 
 def dense_last(t: torch.Tensor) -> torch.Tensor:
