@@ -21,17 +21,24 @@ PAIRINGS = ("split_half", "interleaved")
 LAYOUTS = [(True, 4, "rmsnorm"), (False, 0, None), (True, 1, "headnorm"), (False, 4, "rmsnorm")]
 
 
-@pytest.fixture
-def fused_calls(monkeypatch):
-    """Force the fused path on CPU and count the fused op's calls."""
+def spy_backends(monkeypatch, op: str) -> list:
+    """Replace ``kernels.<op>`` by a wrapper that records each call's ``backend`` (the route the
+    module handed it) and calls the op; returns the record."""
     calls = []
-    real = kernels.qk_norm_rope
+    real = getattr(kernels, op)
 
     def spy(*args, **kwargs):
         calls.append(kwargs.get("backend"))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(kernels, "qk_norm_rope", spy)
+    monkeypatch.setattr(kernels, op, spy)
+    return calls
+
+
+@pytest.fixture
+def fused_calls(monkeypatch):
+    """Force the fused path on CPU and count the fused op's calls."""
+    calls = spy_backends(monkeypatch, "qk_norm_rope")
     if DEVICE == "cpu":
         # The route "triton" takes on CPU tensors in the interpreter: the eager kernel path.
         monkeypatch.setattr(
@@ -130,15 +137,7 @@ HALF = torch.bfloat16 if DEVICE == "cuda" else torch.float16  # the interpreter'
 @pytest.fixture
 def attention_calls(monkeypatch):
     """Count calls of flopkit's attention op (``kernels.attention``) by ViT5Attention."""
-    calls = []
-    real = kernels.attention
-
-    def spy(*args, **kwargs):
-        calls.append(kwargs.get("backend"))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(kernels, "attention", spy)
-    return calls
+    return spy_backends(monkeypatch, "attention")
 
 
 def test_half_precision_runs_flopkit_attention(fused_calls, attention_calls):
