@@ -85,9 +85,13 @@ def _program(T, H, BLOCK: tl.constexpr):
 def _tile(base, tokens, s_t, d, ok, TRANSPOSED: tl.constexpr = False):
     """The ``[tokens, D]`` tile at ``base`` (token stride ``s_t``, unit stride along ``d``), or its
     ``[D, tokens]`` transpose; tokens where ``ok`` is False read as 0."""
+    # One return: Triton 3.6 type-checks every return of a function, even one a constexpr
+    # condition rules out, and refuses two tiles of different shapes (BLOCK != HEAD_D).
     if TRANSPOSED:
-        return tl.load(base + tokens[None, :] * s_t + d[:, None], mask=ok[None, :], other=0.0)
-    return tl.load(base + tokens[:, None] * s_t + d[None, :], mask=ok[:, None], other=0.0)
+        tile = tl.load(base + tokens[None, :] * s_t + d[:, None], mask=ok[None, :], other=0.0)
+    else:
+        tile = tl.load(base + tokens[:, None] * s_t + d[None, :], mask=ok[:, None], other=0.0)
+    return tile
 
 
 @triton.jit
