@@ -64,6 +64,15 @@ from flopkit.nn import ViT5
 
 BATCH = {"vit5-small": 256, "vit5-base": 128}
 DTYPE = torch.bfloat16
+# --models: flopkit's rows by ViT5Attention.triton_attention (None: the module's default, True), and
+# nvSubquadratic's own model.
+FLOPKIT_ATTENTION: dict[str, bool | str | None] = {
+    "flopkit": None,
+    "flopkit-sdpa": False,
+    "flopkit-attention-eager": "eager",
+    "flopkit-unfolded": None,
+}
+MODELS = (*FLOPKIT_ATTENTION, "upstream")
 START = time.time()
 
 
@@ -101,16 +110,17 @@ def kernel_ms(fn, iters: int) -> float:
 # ------------------------------------------------------------------------------------------ models
 
 
-def build_flopkit(preset: str, unfolded: bool = False, attention: bool | str = "eager") -> torch.nn.Module:
+def build_flopkit(preset: str, unfolded: bool = False, attention: bool | str | None = None) -> torch.nn.Module:
     """flopkit's ViT5; ``unfolded`` (the ``flopkit-unfolded`` rows, an ablation) runs the blocks as
     written: each block sums its output itself and ``ls2`` runs after ``fc2``, instead of the next
     block's ``norm1`` adding the pending branch and ``ls2`` folding into ``fc2``'s weight.
-    ``attention`` is every ``ViT5Attention.triton_attention``: the ``flopkit-sdpa`` rows run SDPA
-    everywhere (False), the ``flopkit-attention-compiled`` rows flopkit's kernels under
-    ``torch.compile`` too (True)."""
+    ``attention``, when given, is every ``ViT5Attention.triton_attention`` (default: the module's,
+    flopkit's kernels in eager and compiled code): the ``flopkit-sdpa`` rows run SDPA everywhere
+    (False), the ``flopkit-attention-eager`` rows the kernels in eager code and SDPA under
+    ``torch.compile`` ("eager")."""
     model = ViT5.from_preset(preset).cuda().to(DTYPE)
     for m in model.modules():
-        if hasattr(m, "triton_attention"):
+        if attention is not None and hasattr(m, "triton_attention"):
             m.triton_attention = attention
     if unfolded:
         for block in model.blocks:
@@ -230,7 +240,7 @@ def run_step_row(kind, preset, mode, args, peak_tflops) -> dict:
     if kind == "upstream":
         model = build_upstream(preset, args.upstream)
     else:
-        attention = {"flopkit-sdpa": False, "flopkit-attention-compiled": True}.get(kind, "eager")
+        attention = FLOPKIT_ATTENTION[kind]
         model = build_flopkit(preset, unfolded=kind == "flopkit-unfolded", attention=attention)
     model.train()
     step_flops = training_flops(preset, batch)
@@ -591,7 +601,7 @@ def main() -> None:
     ap.add_argument(
         "--models",
         default="flopkit,upstream",
-        help="of flopkit, flopkit-sdpa, flopkit-attention-compiled, flopkit-unfolded, upstream",
+        help=f"comma list of {', '.join(MODELS)}",
     )
     ap.add_argument("--sections", default="host,steps")
     ap.add_argument("--steps", type=int, default=20, help="steps per timed loop")
@@ -600,6 +610,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=None, help="one batch for every preset (default: BATCH)")
     ap.add_argument("--out", default=out_default())
     args = ap.parse_args()
+    unknown = [m for m in args.models.split(",") if m not in MODELS]
+    if unknown:
+        ap.error(f"--models: unknown {', '.join(map(repr, unknown))}; choose from {', '.join(MODELS)}")
     res = {"args": vars(args), "steps": [], "skipped": []}
     roofs = run_roofs()
     log(f"copy {roofs.copy_gbs:.0f} GB/s, matmul {roofs.matmul_tflops:.0f} TFLOP/s")

@@ -130,11 +130,11 @@ class ViT5Attention(CompositeFlops, nn.Module):
             check_finite("scale", scale, positive=True)
         self.scale = head_dim**-0.5 if scale is None else float(scale)
         self.use_triton = use_triton
-        self.triton_attention: bool | str = "eager"
+        self.triton_attention: bool | str = True
         """Where flopkit's attention kernels (``kernels.attention``) replace SDPA, for inputs they
-        take (:func:`flopkit.kernels.attention_supported`) on the Triton path: ``"eager"`` (the
-        default) in eager CUDA code only, SDPA under ``torch.compile`` (docs/kernels.md gives the
-        measurements behind the split); True under ``torch.compile`` too; False never."""
+        take (:func:`flopkit.kernels.attention_supported`) on the Triton path: True (the default)
+        in eager CUDA code and under ``torch.compile``; ``"eager"`` in eager CUDA code only, SDPA
+        under ``torch.compile``; False never (docs/kernels.md gives the measurements)."""
 
         self.qkv = nn.Linear(hidden_dim, 3 * hidden_dim, bias=qkv_bias)
         self.proj = nn.Linear(hidden_dim, hidden_dim, bias=out_proj_bias)

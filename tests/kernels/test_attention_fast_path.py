@@ -182,17 +182,15 @@ def test_attention_takes_sdpa_where_the_kernels_do_not_apply(fused_calls, attent
     assert fused_calls  # the QK-norm + RoPE kernel path was taken
 
 
-def test_compiled_module_keeps_sdpa_unless_asked(fused_calls, attention_calls):
-    """``triton_attention="eager"`` (the default): torch.compile runs SDPA; with True the module
-    hands the custom-op route to the attention op, and values and gradients match eager."""
+def test_compiled_module_runs_the_kernels_unless_eager_only(fused_calls, attention_calls):
+    """True (the default): torch.compile hands the custom-op route to the attention op, and values
+    and gradients match eager; ``triton_attention="eager"``: torch.compile runs SDPA."""
     fast, _ = make_pair(64, "split_half", True, 4, "rmsnorm", dtype=HALF)
+    assert fast.triton_attention is True
     x = torch.randn(2, fast.num_tokens, fast.hidden_dim, device=DEVICE, dtype=HALF)
     g = torch.randn_like(x)
     out_e, grads_e = forward_backward(fast, x, g)
-    torch._dynamo.reset()
-    forward_backward(torch.compile(fast, fullgraph=True), x, g)
     assert attention_calls == [kernels.Route.KERNEL]
-    fast.triton_attention = True
     torch._dynamo.reset()
     out_c, grads_c = forward_backward(torch.compile(fast, fullgraph=True), x, g)
     assert attention_calls == [kernels.Route.KERNEL, kernels.Route.CUSTOM_OP]
@@ -200,6 +198,11 @@ def test_compiled_module_keeps_sdpa_unless_asked(fused_calls, attention_calls):
     for name in grads_e:
         key = name if name in grads_c else f"_orig_mod.{name}"
         assert rel_err(grads_c[key], grads_e[name]) < 4e-3, name
+    fast.triton_attention = "eager"
+    torch._dynamo.reset()
+    forward_backward(torch.compile(fast, fullgraph=True), x, g)
+    forward_backward(fast, x, g)
+    assert attention_calls == [kernels.Route.KERNEL, kernels.Route.CUSTOM_OP, kernels.Route.KERNEL]
 
 
 def test_triton_attention_rejects_unknown_modes(fused_calls):

@@ -240,8 +240,9 @@ F64_CHECK = _early.early("attention-fp64-scalars", _f64_check)
 @pytest.mark.early("attention-fp64-scalars")
 def test_fp64_scalars_do_not_reach_the_tiles():
     """Inductor launches user kernels with Python floats typed fp64. Compiled for sm90 with fp64
-    scales, no kernel may compute a tile in fp64 (run F of benchmarks/results/bench_train_h100.md
-    lost 1.3 GPU-ms a step to that): only the scalars' casts may be fp64."""
+    scales, no kernel may compute a tile in fp64 (run ``attention-compiled_2026-12-06`` of
+    benchmarks/results/bench_train_h100.md, in git history, lost 1.3 GPU-ms a step to that):
+    only the scalars' casts may be fp64."""
     done = F64_CHECK.result()
     assert done.returncode == 0, done.stderr[-3000:]
     found = json.loads(done.stdout.strip().splitlines()[-1])
