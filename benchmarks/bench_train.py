@@ -110,7 +110,9 @@ def kernel_ms(fn, iters: int) -> float:
 # ------------------------------------------------------------------------------------------ models
 
 
-def build_flopkit(preset: str, unfolded: bool = False, attention: bool | str | None = None) -> torch.nn.Module:
+def build_flopkit(
+    preset: str, unfolded: bool = False, attention: bool | str | None = None
+) -> torch.nn.Module:
     """flopkit's ViT5; ``unfolded`` (the ``flopkit-unfolded`` rows, an ablation) runs the blocks as
     written: each block sums its output itself and ``ls2`` runs after ``fc2``, instead of the next
     block's ``norm1`` adding the pending branch and ``ls2`` folding into ``fc2``'s weight.
