@@ -59,9 +59,10 @@ def backward(*outs):
 def run_ops() -> None:
     B, T = 2, 201
     for dt in (torch.bfloat16, torch.float32):
-        for C in (384, 768):
+        # ViT-5's widths, and one past the fused kernels' limits (the chunked kernels).
+        for rows, C in (((B, T), 384), ((B, T), 768), ((4,), 32768)):
             x, r, w, s = leaves(
-                *(torch.randn(*shape, dtype=dt) for shape in ((B, T, C), (B, T, C), (C,), (C,)))
+                *(torch.randn(*shape, dtype=dt) for shape in ((*rows, C), (*rows, C), (C,), (C,)))
             )
             backward(K.rms_norm(x, w, backend="triton"))
             backward(*K.rms_norm_residual(x, r, w, backend="triton"))
