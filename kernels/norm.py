@@ -49,14 +49,16 @@ _NORM_OPS = None  # kernels/_norm_ops.py once imported
 
 def _ops():
     """The norm family's op specs (``kernels/_norm_ops.py``), registered on first use (the launchers
-    import triton, which ``import flopkit`` must not). Callers read the global first
-    (``_NORM_OPS or _ops()``), so that later calls cost no function call."""
+    import triton, which ``import flopkit`` must not). The eager path
+    reads ``_NORM_OPS`` first (``_NORM_OPS if path is KERNEL and _NORM_OPS else _ops()``); the
+    custom-op route, which torch.compile traces, calls this function, whose body is an import
+    statement and a store: the first trace then installs no guard on the global (a read of it, None
+    then, made the second call recompile)."""
     global _NORM_OPS
-    if _NORM_OPS is None:
-        from . import _norm_ops
+    from . import _norm_ops
 
-        _NORM_OPS = _norm_ops
-    return _NORM_OPS
+    _NORM_OPS = _norm_ops
+    return _norm_ops
 
 
 def _check_norm_args(x: torch.Tensor, weight: torch.Tensor | None, op: str) -> None:
@@ -83,7 +85,7 @@ def rms_norm(
     path = route(backend, x, "rms_norm")
     if path is REFERENCE:
         return rms_norm_ref(x, weight, eps)
-    op = (_NORM_OPS or _ops()).RMS_NORM
+    op = (_NORM_OPS if path is KERNEL and _NORM_OPS else _ops()).RMS_NORM
     return (op.eager if path is KERNEL else op.via_op)(x, weight, eps)
 
 
@@ -129,7 +131,7 @@ def rms_norm_residual(
     path = route(backend, probe, "rms_norm_residual")
     if path is REFERENCE:
         return rms_norm_residual_ref(x, residual, weight, eps, scale)
-    op = (_NORM_OPS or _ops()).RMS_NORM_RESIDUAL
+    op = (_NORM_OPS if path is KERNEL and _NORM_OPS else _ops()).RMS_NORM_RESIDUAL
     return (op.eager if path is KERNEL else op.via_op)(x, residual, weight, eps, scale)
 
 
@@ -186,7 +188,7 @@ def per_head_rms_norm(
     path = route(backend, x, "per_head_rms_norm")
     if path is REFERENCE:
         return per_head_rms_norm_ref(x, weight, num_heads, eps, head_dim=D)
-    op = (_NORM_OPS or _ops()).PER_HEAD_RMS_NORM
+    op = (_NORM_OPS if path is KERNEL and _NORM_OPS else _ops()).PER_HEAD_RMS_NORM
     return (op.eager if path is KERNEL else op.via_op)(x, weight, num_heads, D, eps)
 
 
@@ -214,7 +216,7 @@ def head_norm(
     path = route(backend, x, "head_norm")
     if path is REFERENCE:
         return head_norm_ref(x, weight, bias, eps, mode, num_heads=H, head_dim=D)
-    op = (_NORM_OPS or _ops()).HEAD_NORM
+    op = (_NORM_OPS if path is KERNEL and _NORM_OPS else _ops()).HEAD_NORM
     return (op.eager if path is KERNEL else op.via_op)(x, weight, bias, H, D, eps, mode)
 
 

@@ -108,7 +108,7 @@ def qk_norm_rope(
     path = route(backend, qkv, "qk_norm_rope")
     if path is REFERENCE:
         return qk_norm_rope_ref(qkv, cos, sin, num_heads, q_weight, k_weight, eps, pairing, norm=norm)
-    op = (_ROPE_OPS or _ops()).QK_NORM_ROPE
+    op = (_ROPE_OPS if path is KERNEL and _ROPE_OPS else _ops()).QK_NORM_ROPE
     args = (qkv, cos, sin, q_weight, k_weight, num_heads, float(eps), pairing, bool(norm))
     return (op.eager if path is KERNEL else op.via_op)(*args)
 
@@ -117,11 +117,13 @@ _ROPE_OPS = None  # kernels/_rope_ops.py once imported (it imports triton)
 
 
 def _ops():
-    """The rope family's op specs (``kernels/_rope_ops.py``), registered on first use. Callers read
-    the global first (``_ROPE_OPS or _ops()``), so that later calls cost no function call."""
+    """The rope family's op specs (``kernels/_rope_ops.py``), registered on first use. The eager path
+    reads ``_ROPE_OPS`` first (``_ROPE_OPS if path is KERNEL and _ROPE_OPS else _ops()``); the
+    custom-op route, which torch.compile traces, calls this function, whose body is an import
+    statement and a store: the first trace then installs no guard on the global (a read of it, None
+    then, made the second call recompile)."""
     global _ROPE_OPS
-    if _ROPE_OPS is None:
-        from . import _rope_ops
+    from . import _rope_ops
 
-        _ROPE_OPS = _rope_ops
-    return _ROPE_OPS
+    _ROPE_OPS = _rope_ops
+    return _rope_ops

@@ -76,7 +76,7 @@ def attention(
         path = REFERENCE
     if path is REFERENCE:
         return F.scaled_dot_product_attention(q, k, v, scale=scale)
-    op = (_SDPA_OPS or _ops()).ATTENTION
+    op = (_SDPA_OPS if path is Route.KERNEL and _SDPA_OPS else _ops()).ATTENTION
     return (op.eager if path is Route.KERNEL else op.via_op)(q, k, v, scale)[0]
 
 
@@ -84,10 +84,13 @@ _SDPA_OPS = None  # kernels/_sdpa_ops.py once imported (it imports triton)
 
 
 def _ops():
-    """The attention op specs (``kernels/_sdpa_ops.py``), registered on first use."""
+    """The attention op specs (``kernels/_sdpa_ops.py``), registered on first use. The eager path
+    reads ``_SDPA_OPS`` first (``_SDPA_OPS if path is KERNEL and _SDPA_OPS else _ops()``); the
+    custom-op route, which torch.compile traces, calls this function, whose body is an import
+    statement and a store: the first trace then installs no guard on the global (a read of it, None
+    then, made the second call recompile)."""
     global _SDPA_OPS
-    if _SDPA_OPS is None:
-        from . import _sdpa_ops
+    from . import _sdpa_ops
 
-        _SDPA_OPS = _sdpa_ops
-    return _SDPA_OPS
+    _SDPA_OPS = _sdpa_ops
+    return _sdpa_ops

@@ -205,6 +205,42 @@ def test_compiled_module_runs_the_kernels_unless_eager_only(fused_calls, attenti
     assert attention_calls == [kernels.Route.KERNEL, kernels.Route.CUSTOM_OP, kernels.Route.KERNEL]
 
 
+def test_compiled_module_with_dynamic_batch_compiles_once(monkeypatch):
+    """Under ``torch.compile(dynamic=True)`` the attention op sits in the one graph every batch size
+    reuses: its fake and launchers take symbolic sizes, nothing in the route guards on the batch,
+    and loading the op families during the first trace guards on nothing (a read of their lazily
+    set module globals did, and the second call recompiled)."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    if DEVICE == "cpu":  # as in fused_calls, without a spy (a list the graph would guard on)
+        monkeypatch.setattr(
+            ViT5Attention,
+            "_fused_route",
+            lambda self, x: kernels.route("triton", x, "test") if self.use_triton else None,
+        )
+    # As in a fresh process, whatever ran before: no op family loaded yet.
+    from flopkit.kernels import norm, rope, sdpa
+
+    for module, name in ((norm, "_NORM_OPS"), (rope, "_ROPE_OPS"), (sdpa, "_SDPA_OPS")):
+        monkeypatch.setattr(module, name, None)
+    fast, ref = make_pair(64, "split_half", True, 4, "rmsnorm", dtype=HALF)
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend("inductor")
+    compiled = torch.compile(fast, backend=counter, dynamic=True, fullgraph=True)
+    for batch in (2, 3, 5):
+        x = torch.randn(batch, fast.num_tokens, fast.hidden_dim, device=DEVICE, dtype=HALF)
+        g = torch.randn_like(x)
+        out_c, grads_c = forward_backward(compiled, x, g)
+        out_r, grads_r = forward_backward(ref, x, g)
+        assert rel_err(out_c, out_r) < 2e-3, batch
+        assert rel_err(grads_c["x"], grads_r["x"]) < 4e-3, batch
+    # One graph for every batch size. The first trace in a process imports the op families and
+    # restarts once, which hands the backend an empty graph besides.
+    graphs = [graph for graph in counter.graphs if len(graph.graph.nodes)]
+    assert len(graphs) == 1, counter.frame_count
+    assert "flopkit.attention" in str(graphs[0].graph)
+
+
 def test_triton_attention_rejects_unknown_modes(fused_calls):
     fast, _ = make_pair(64, "split_half", True, 4, "rmsnorm", dtype=HALF)
     fast.triton_attention = "always"
