@@ -225,7 +225,7 @@ def test_compiled_module_with_dynamic_batch_compiles_once(monkeypatch):
         monkeypatch.setattr(module, name, None)
     fast, ref = make_pair(64, "split_half", True, 4, "rmsnorm", dtype=HALF)
     torch._dynamo.reset()
-    counter = CompileCounterWithBackend("inductor")
+    counter = CompileCounterWithBackend("aot_eager")  # dynamo guards and the op in the graph; no codegen
     compiled = torch.compile(fast, backend=counter, dynamic=True, fullgraph=True)
     for batch in (2, 3, 5):
         x = torch.randn(batch, fast.num_tokens, fast.hidden_dim, device=DEVICE, dtype=HALF)
