@@ -229,18 +229,9 @@ def main() -> None:
         def tri_fwd():
             return attention_fwd(q.detach(), k.detach(), v.detach(), scale, tile=tiles["forward"])
 
-        def tri_bwd():
-            return attention_bwd(
-                do,
-                q.detach(),
-                k.detach(),
-                v.detach(),
-                o,
-                lse,
-                scale,
-                dq_tile=tiles["dq"],
-                dkdv_tile=tiles["dkdv"],
-            )
+        def tri_bwd(o=o, lse=lse):
+            q_, k_, v_ = q.detach(), k.detach(), v.detach()
+            return attention_bwd(do, q_, k_, v_, o, lse, scale, dq_tile=tiles["dq"], dkdv_tile=tiles["dkdv"])
 
         def tri_bwd_atomic():
             return attention_bwd_atomic(
@@ -248,18 +239,7 @@ def main() -> None:
             )
 
         def tri_fwd_bwd():
-            o2, lse2 = tri_fwd()
-            return attention_bwd(
-                do,
-                q.detach(),
-                k.detach(),
-                v.detach(),
-                o2,
-                lse2,
-                scale,
-                dq_tile=tiles["dq"],
-                dkdv_tile=tiles["dkdv"],
-            )
+            return tri_bwd(*tri_fwd())
 
         sdpa_fwd_bwd()
         ref_o = sdpa_fwd().detach()

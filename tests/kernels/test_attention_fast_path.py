@@ -65,6 +65,14 @@ def make_pair(head_dim, pairing, has_cls, num_registers, qk_norm, dtype=torch.fl
     return fast, ref
 
 
+def assert_grads_close(compiled: dict, eager: dict, tol: float) -> None:
+    """Each gradient of a ``torch.compile``-wrapped module (parameters named ``_orig_mod.NAME``)
+    within ``tol`` of the eager module's."""
+    for name in eager:
+        key = name if name in compiled else f"_orig_mod.{name}"
+        assert rel_err(compiled[key], eager[name]) < tol, name
+
+
 def forward_backward(module, x, grad_out):
     x = x.detach().clone().requires_grad_()
     out = module(x)
@@ -126,9 +134,7 @@ def test_compiled_module_hands_its_route_to_the_op(fused_calls):
     out_c, grads_c = forward_backward(torch.compile(fast, fullgraph=True), x, g)
     assert fused_calls == [kernels.Route.KERNEL, kernels.Route.CUSTOM_OP]
     assert rel_err(out_c, out_e) < 1e-5
-    for name in grads_e:
-        key = name if name in grads_c else f"_orig_mod.{name}"
-        assert rel_err(grads_c[key], grads_e[name]) < 1e-5, name
+    assert_grads_close(grads_c, grads_e, 1e-5)
 
 
 HALF = torch.bfloat16 if DEVICE == "cuda" else torch.float16  # the interpreter's bf16 tl.dot is wrong
@@ -195,9 +201,7 @@ def test_compiled_module_runs_the_kernels_unless_eager_only(fused_calls, attenti
     out_c, grads_c = forward_backward(torch.compile(fast, fullgraph=True), x, g)
     assert attention_calls == [kernels.Route.KERNEL, kernels.Route.CUSTOM_OP]
     assert rel_err(out_c, out_e) < 2e-3
-    for name in grads_e:
-        key = name if name in grads_c else f"_orig_mod.{name}"
-        assert rel_err(grads_c[key], grads_e[name]) < 4e-3, name
+    assert_grads_close(grads_c, grads_e, 4e-3)
     fast.triton_attention = "eager"
     torch._dynamo.reset()
     forward_backward(torch.compile(fast, fullgraph=True), x, g)
