@@ -191,6 +191,14 @@ def build_upstream(preset: str, root: str) -> torch.nn.Module:
     return net.cuda().to(DTYPE)
 
 
+def build_model(kind: str, preset: str, upstream: str | None) -> torch.nn.Module:
+    """The model of a ``--models`` name (:data:`MODELS`): nvSubquadratic's from ``upstream``, or
+    flopkit's with that row's attention setting."""
+    if kind == "upstream":
+        return build_upstream(preset, upstream)
+    return build_flopkit(preset, unfolded=kind == "flopkit-unfolded", attention=FLOPKIT_ATTENTION[kind])
+
+
 def training_flops(preset: str, batch: int) -> int:
     """The MFU numerator (the rule in docs/benchmarks.md): a training step's matmul + attention FLOPs as
     ``flopkit report --training`` counts them."""
@@ -239,11 +247,7 @@ def run_step_row(kind, preset, mode, args, peak_tflops) -> dict:
     row = {"model": kind, "preset": preset, "batch": batch, "mode": mode}
     torch._dynamo.reset()
     torch.manual_seed(0)
-    if kind == "upstream":
-        model = build_upstream(preset, args.upstream)
-    else:
-        attention = FLOPKIT_ATTENTION[kind]
-        model = build_flopkit(preset, unfolded=kind == "flopkit-unfolded", attention=attention)
+    model = build_model(kind, preset, args.upstream)
     model.train()
     step_flops = training_flops(preset, batch)
     step = make_step(compile_model(model, mode), kind, batch)

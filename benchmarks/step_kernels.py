@@ -3,12 +3,13 @@
 Run on the device machine (see /work/.library/device/), from the repository root::
 
     python -m benchmarks.step_kernels --upstream PATH [--presets vit5-small,vit5-base] [--batch N] \
-        [--modes eager,compile] --out $OUT
+        [--modes eager,compile] [--models flopkit,flopkit-sdpa,upstream] --out $OUT
 
 Builds both models and the step exactly as ``bench_train.py`` does (bf16 weights under bf16
 autocast, forward + cross-entropy + backward; ``torch.compile`` default mode unless ``--modes``
 names others, each a column of its own), runs 5 warm-up
-steps, then profiles 3 and prints, per preset and model, the GPU time per step by group (cuBLAS
+steps, then profiles 3 and prints, per preset and model (``--models``, ``bench_train.py``'s
+names; default flopkit, and upstream when ``--upstream`` is given), the GPU time per step by group (cuBLAS
 GEMMs, attention, flopkit's Triton kernels, Inductor's generated kernels, other) and the costliest
 kernels. Each preset runs at ``bench_train.py``'s batch unless ``--batch`` is given. Writes
 ``step_kernels_DEVICE.json`` and ``.md`` under ``--out`` (``benchmarks/_harness.py``);
@@ -48,10 +49,7 @@ def group(name: str) -> str:
 
 def profile_step(kind: str, preset: str, batch: int, upstream: str | None, mode: str = "compile") -> dict:
     torch._dynamo.reset()
-    if kind == "flopkit":
-        model = bench_train.build_flopkit(preset)
-    else:
-        model = bench_train.build_upstream(preset, upstream)
+    model = bench_train.build_model(kind, preset, upstream)
     step = bench_train.make_step(bench_train.compile_model(model, mode), kind, batch)
     for _ in range(5):
         step()
@@ -130,6 +128,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=None, help="default: bench_train.py's batch per preset")
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--modes", default="compile", help="of eager, compile, reduce-overhead (bench_train's)")
+    ap.add_argument("--models", default=None, help=f"comma list of {', '.join(bench_train.MODELS)}")
     ap.add_argument("--out", default=out_default())
     ap.add_argument("--render", default=None, help="re-render a step_kernels.json (no GPU needed)")
     args = ap.parse_args()
@@ -137,9 +136,16 @@ def main() -> None:
         with open(args.render) as fh:
             print("\n".join(render(json.load(fh), args.top)))
         return
+    kinds = args.models.split(",") if args.models else ["flopkit"] + (["upstream"] if args.upstream else [])
+    unknown = [k for k in kinds if k not in bench_train.MODELS]
+    if unknown:
+        ap.error(
+            f"--models: unknown {', '.join(map(repr, unknown))}; choose from {', '.join(bench_train.MODELS)}"
+        )
+    if "upstream" in kinds and not args.upstream:
+        ap.error("--models: upstream needs --upstream PATH")
     writer = ResultWriter(args.out, "step_kernels")
     res: dict = {"runs": []}
-    kinds = ["flopkit"] + (["upstream"] if args.upstream else [])
     for preset in args.presets.split(","):
         batch = args.batch or bench_train.BATCH[preset]
         run = {"preset": preset, "batch": batch, "modes": args.modes.split(","), "models": {}}
