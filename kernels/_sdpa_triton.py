@@ -60,6 +60,10 @@ class AttnTile(NamedTuple):
     block_n: int
     num_warps: int
     num_stages: int
+    tail: int = 0
+    """Past the last full block, the step over the rest of the tokens (query rows and keys); 0 pads
+    the last block to a full one. At T = 201 with 64-blocks a tail of 16 computes 208 tokens where
+    padding computes 256."""
 
 
 FWD_TILE = AttnTile(64, 64, 4, 3)
@@ -95,31 +99,18 @@ def _tile(base, tokens, s_t, d, ok, TRANSPOSED: tl.constexpr = False):
 
 
 @triton.jit
-def _attn_fwd(
-    Q, K, V, O, LSE,
-    s_qb, s_qh, s_qt, s_kb, s_kh, s_kt, s_vb, s_vh, s_vt, s_ob, s_oh, s_ot,
-    H, T, qk_scale,
-    HEAD_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-):  # fmt: skip
-    # Scalars may arrive as fp64 (Inductor's launches): every product stays fp32.
-    qk_scale = tl.cast(qk_scale, tl.float32)
-    pid_m, bh, b, h = _program(T, H, BLOCK_M)
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.arange(0, BLOCK_N)
-    d = tl.arange(0, HEAD_D)
-    row_ok = rows < T
-    q = _tile(Q + b * s_qb + h * s_qh, rows, s_qt, d, row_ok)
-    k_base = K + b * s_kb + h * s_kh
-    v_base = V + b * s_vb + h * s_vh
-    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, HEAD_D], tl.float32)
-    for start in range(0, T, BLOCK_N):
-        keys = start + cols
+def _fwd_keys(q, kv_bases, s_kt, s_vt, start, stop, T, qk_scale, m_i, l_i, acc, d,
+              STEP: tl.constexpr, MASKED: tl.constexpr):  # fmt: skip
+    """The online softmax of ``q``'s rows over keys ``start .. stop`` in steps of ``STEP``; only a
+    ``MASKED`` loop meets keys past ``T`` (a full block's keys are all valid)."""
+    k_base, v_base = kv_bases
+    for k0 in range(start, stop, STEP):
+        keys = k0 + tl.arange(0, STEP)
         key_ok = keys < T
         kt = _tile(k_base, keys, s_kt, d, key_ok, TRANSPOSED=True)
         s = tl.dot(q, kt) * qk_scale
-        s = tl.where(key_ok[None, :], s, float("-inf"))
+        if MASKED:
+            s = tl.where(key_ok[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         p = tl.exp2(s - m_new[:, None])
         alpha = tl.exp2(m_i - m_new)
@@ -127,10 +118,121 @@ def _attn_fwd(
         v = _tile(v_base, keys, s_vt, d, key_ok)
         acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
         m_i = m_new
+    return m_i, l_i, acc
+
+
+@triton.jit
+def _fwd_rows(q_base, kv_bases, o_base, lse_base, s_qt, s_kt, s_vt, s_ot, row0, T, qk_scale,
+              HEAD_D: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr, TAIL: tl.constexpr):  # fmt: skip
+    """``o`` and ``lse`` of one head's query rows ``row0 .. row0 + ROWS`` (those below ``T``)."""
+    rows = row0 + tl.arange(0, ROWS)
+    d = tl.arange(0, HEAD_D)
+    row_ok = rows < T
+    q = _tile(q_base, rows, s_qt, d, row_ok)
+    m_i = tl.full([ROWS], float("-inf"), tl.float32)
+    l_i = tl.zeros([ROWS], tl.float32)
+    acc = tl.zeros([ROWS, HEAD_D], tl.float32)
+    if TAIL:  # full key blocks unmasked, then the rest in steps of TAIL
+        full = T - T % BLOCK_N
+        m_i, l_i, acc = _fwd_keys(
+            q, kv_bases, s_kt, s_vt, 0, full, T, qk_scale, m_i, l_i, acc, d, BLOCK_N, False
+        )
+        m_i, l_i, acc = _fwd_keys(q, kv_bases, s_kt, s_vt, full, T, T, qk_scale, m_i, l_i, acc, d, TAIL, True)
+    else:  # every key block masked, the last one padded to BLOCK_N
+        m_i, l_i, acc = _fwd_keys(q, kv_bases, s_kt, s_vt, 0, T, T, qk_scale, m_i, l_i, acc, d, BLOCK_N, True)
     acc = acc / l_i[:, None]
-    o_ptrs = O + b * s_ob + h * s_oh + rows[:, None] * s_ot + d[None, :]
-    tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=row_ok[:, None])
-    tl.store(LSE + bh.to(tl.int64) * T + rows, m_i + tl.log2(l_i), mask=row_ok)
+    o_ptrs = o_base + rows[:, None] * s_ot + d[None, :]
+    tl.store(o_ptrs, acc.to(o_base.dtype.element_ty), mask=row_ok[:, None])
+    tl.store(lse_base + rows, m_i + tl.log2(l_i), mask=row_ok)
+
+
+@triton.jit
+def _attn_fwd(
+    Q, K, V, O, LSE,
+    s_qb, s_qh, s_qt, s_kb, s_kh, s_kt, s_vb, s_vh, s_vt, s_ob, s_oh, s_ot,
+    H, T, qk_scale,
+    HEAD_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TAIL: tl.constexpr,
+):  # fmt: skip
+    # Scalars may arrive as fp64 (Inductor's launches): every product stays fp32.
+    qk_scale = tl.cast(qk_scale, tl.float32)
+    pid_m, bh, b, h = _program(T, H, BLOCK_M)
+    q_base = Q + b * s_qb + h * s_qh
+    kv_bases = (K + b * s_kb + h * s_kh, V + b * s_vb + h * s_vh)
+    o_base = O + b * s_ob + h * s_oh
+    lse_base = LSE + bh.to(tl.int64) * T
+    row0 = pid_m * BLOCK_M
+    strides = (s_qt, s_kt, s_vt, s_ot)
+    if TAIL:  # the last, partial block of queries in steps of TAIL rows
+        if row0 + BLOCK_M <= T:
+            _fwd_rows(
+                q_base,
+                kv_bases,
+                o_base,
+                lse_base,
+                *strides,
+                row0,
+                T,
+                qk_scale,
+                HEAD_D,
+                BLOCK_M,
+                BLOCK_N,
+                TAIL,
+            )
+        else:
+            for r in range(row0, T, TAIL):
+                _fwd_rows(
+                    q_base, kv_bases, o_base, lse_base, *strides, r, T, qk_scale, HEAD_D, TAIL, BLOCK_N, TAIL
+                )
+    else:
+        _fwd_rows(
+            q_base, kv_bases, o_base, lse_base, *strides, row0, T, qk_scale, HEAD_D, BLOCK_M, BLOCK_N, 0
+        )
+
+
+@triton.jit
+def _dq_keys(q, do, lse, delta, kv_bases, s_kt, s_vt, start, stop, T, qk_scale, dq, d,
+             STEP: tl.constexpr, MASKED: tl.constexpr):  # fmt: skip
+    """``dq``'s sum over keys ``start .. stop`` in steps of ``STEP`` (unscaled); only a ``MASKED``
+    loop meets keys past ``T``."""
+    k_base, v_base = kv_bases
+    for k0 in range(start, stop, STEP):
+        keys = k0 + tl.arange(0, STEP)
+        key_ok = keys < T
+        kt = _tile(k_base, keys, s_kt, d, key_ok, TRANSPOSED=True)
+        vt = _tile(v_base, keys, s_vt, d, key_ok, TRANSPOSED=True)
+        s = tl.dot(q, kt) * qk_scale
+        p = tl.exp2(s - lse[:, None])
+        if MASKED:  # a key past T reads as 0: its p, 2**-lse, overflows where every logit is below -128
+            p = tl.where(key_ok[None, :], p, 0.0)
+        dp = tl.dot(do, vt)
+        ds = p * (dp - delta[:, None])
+        dq = tl.dot(ds.to(kt.dtype), tl.trans(kt), dq)
+    return dq
+
+
+@triton.jit
+def _dq_rows(q_base, kv_bases, o_base, do_base, dq_base, lse_base, delta_base,
+             s_qt, s_kt, s_vt, s_ot, s_gt, s_dqt, row0, T, qk_scale, scale,
+             HEAD_D: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr, TAIL: tl.constexpr):  # fmt: skip
+    """``dq`` and ``delta`` of one head's query rows ``row0 .. row0 + ROWS`` (those below ``T``)."""
+    rows = row0 + tl.arange(0, ROWS)
+    d = tl.arange(0, HEAD_D)
+    row_ok = rows < T
+    q = _tile(q_base, rows, s_qt, d, row_ok)
+    do = _tile(do_base, rows, s_gt, d, row_ok)
+    o = _tile(o_base, rows, s_ot, d, row_ok)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    tl.store(delta_base + rows, delta, mask=row_ok)
+    lse = tl.load(lse_base + rows, mask=row_ok, other=0.0)
+    dq = tl.zeros([ROWS, HEAD_D], tl.float32)
+    if TAIL:  # as in _fwd_rows
+        full = T - T % BLOCK_N
+        dq = _dq_keys(q, do, lse, delta, kv_bases, s_kt, s_vt, 0, full, T, qk_scale, dq, d, BLOCK_N, False)
+        dq = _dq_keys(q, do, lse, delta, kv_bases, s_kt, s_vt, full, T, T, qk_scale, dq, d, TAIL, True)
+    else:
+        dq = _dq_keys(q, do, lse, delta, kv_bases, s_kt, s_vt, 0, T, T, qk_scale, dq, d, BLOCK_N, True)
+    dq_ptrs = dq_base + rows[:, None] * s_dqt + d[None, :]
+    tl.store(dq_ptrs, (dq * scale).to(dq_base.dtype.element_ty), mask=row_ok[:, None])
 
 
 @triton.jit
@@ -139,36 +241,82 @@ def _attn_bwd_dq(
     s_qb, s_qh, s_qt, s_kb, s_kh, s_kt, s_vb, s_vh, s_vt, s_ob, s_oh, s_ot, s_gb, s_gh, s_gt,
     s_dqb, s_dqh, s_dqt,
     H, T, qk_scale, scale,
-    HEAD_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HEAD_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TAIL: tl.constexpr,
 ):  # fmt: skip
     qk_scale = tl.cast(qk_scale, tl.float32)  # as in _attn_fwd
+    scale = tl.cast(scale, tl.float32)
     pid_m, bh, b, h = _program(T, H, BLOCK_M)
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.arange(0, BLOCK_N)
-    d = tl.arange(0, HEAD_D)
-    row_ok = rows < T
-    q = _tile(Q + b * s_qb + h * s_qh, rows, s_qt, d, row_ok)
-    do = _tile(DO + b * s_gb + h * s_gh, rows, s_gt, d, row_ok)
-    o = _tile(O + b * s_ob + h * s_oh, rows, s_ot, d, row_ok)
-    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
     stats = bh.to(tl.int64) * T
-    tl.store(DELTA + stats + rows, delta, mask=row_ok)
-    lse = tl.load(LSE + stats + rows, mask=row_ok, other=0.0)
-    k_base = K + b * s_kb + h * s_kh
-    v_base = V + b * s_vb + h * s_vh
-    dq = tl.zeros([BLOCK_M, HEAD_D], tl.float32)
-    for start in range(0, T, BLOCK_N):
-        keys = start + cols
-        key_ok = keys < T
-        kt = _tile(k_base, keys, s_kt, d, key_ok, TRANSPOSED=True)
-        vt = _tile(v_base, keys, s_vt, d, key_ok, TRANSPOSED=True)
-        s = tl.dot(q, kt) * qk_scale
-        p = tl.where(key_ok[None, :], tl.exp2(s - lse[:, None]), 0.0)
-        dp = tl.dot(do, vt)
-        ds = p * (dp - delta[:, None])
-        dq = tl.dot(ds.to(kt.dtype), tl.trans(kt), dq)
-    dq_ptrs = DQ + b * s_dqb + h * s_dqh + rows[:, None] * s_dqt + d[None, :]
-    tl.store(dq_ptrs, (dq * tl.cast(scale, tl.float32)).to(DQ.dtype.element_ty), mask=row_ok[:, None])
+    bases = (
+        Q + b * s_qb + h * s_qh,
+        (K + b * s_kb + h * s_kh, V + b * s_vb + h * s_vh),
+        O + b * s_ob + h * s_oh,
+        DO + b * s_gb + h * s_gh,
+        DQ + b * s_dqb + h * s_dqh,
+        LSE + stats,
+        DELTA + stats,
+    )
+    strides = (s_qt, s_kt, s_vt, s_ot, s_gt, s_dqt)
+    row0 = pid_m * BLOCK_M
+    if TAIL:  # as in _attn_fwd
+        if row0 + BLOCK_M <= T:
+            _dq_rows(*bases, *strides, row0, T, qk_scale, scale, HEAD_D, BLOCK_M, BLOCK_N, TAIL)
+        else:
+            for r in range(row0, T, TAIL):
+                _dq_rows(*bases, *strides, r, T, qk_scale, scale, HEAD_D, TAIL, BLOCK_N, TAIL)
+    else:
+        _dq_rows(*bases, *strides, row0, T, qk_scale, scale, HEAD_D, BLOCK_M, BLOCK_N, 0)
+
+
+@triton.jit
+def _dkdv_rows(k, v, q_base, do_base, lse_base, delta_base, s_qt, s_gt, start, stop, T, qk_scale, dk, dv, d,
+               STEP: tl.constexpr, MASKED: tl.constexpr):  # fmt: skip
+    """``dk`` (unscaled) and ``dv``'s sums over query rows ``start .. stop`` in steps of ``STEP``;
+    only a ``MASKED`` loop meets rows past ``T``."""
+    for r0 in range(start, stop, STEP):
+        rows = r0 + tl.arange(0, STEP)
+        row_ok = rows < T
+        qt = _tile(q_base, rows, s_qt, d, row_ok, TRANSPOSED=True)
+        do = _tile(do_base, rows, s_gt, d, row_ok)
+        if MASKED:
+            # Rows past T get lse = +inf, so their p is exactly 0 (their q and do are 0 as well).
+            lse = tl.load(lse_base + rows, mask=row_ok, other=float("inf"))
+            delta = tl.load(delta_base + rows, mask=row_ok, other=0.0)
+        else:
+            lse = tl.load(lse_base + rows)
+            delta = tl.load(delta_base + rows)
+        st = tl.dot(k, qt) * qk_scale  # [KEYS, STEP] = sᵀ
+        pt = tl.exp2(st - lse[None, :])
+        dv = tl.dot(pt.to(do.dtype), do, dv)
+        dpt = tl.dot(v, tl.trans(do))
+        dst = pt * (dpt - delta[None, :])
+        dk = tl.dot(dst.to(qt.dtype), tl.trans(qt), dk)
+    return dk, dv
+
+
+@triton.jit
+def _dkdv_keys(q_base, k_base, v_base, do_base, dk_base, dv_base, lse_base, delta_base,
+               s_qt, s_kt, s_vt, s_gt, s_dkt, s_dvt, key0, T, qk_scale, scale,
+               HEAD_D: tl.constexpr, KEYS: tl.constexpr, BLOCK_M: tl.constexpr, TAIL: tl.constexpr):  # fmt: skip
+    """``dk`` and ``dv`` of one head's keys ``key0 .. key0 + KEYS`` (those below ``T``)."""
+    keys = key0 + tl.arange(0, KEYS)
+    d = tl.arange(0, HEAD_D)
+    key_ok = keys < T
+    k = _tile(k_base, keys, s_kt, d, key_ok)
+    v = _tile(v_base, keys, s_vt, d, key_ok)
+    dk = tl.zeros([KEYS, HEAD_D], tl.float32)
+    dv = tl.zeros([KEYS, HEAD_D], tl.float32)
+    rest = (q_base, do_base, lse_base, delta_base, s_qt, s_gt)
+    if TAIL:  # full query blocks unmasked, then the rest in steps of TAIL
+        full = T - T % BLOCK_M
+        dk, dv = _dkdv_rows(k, v, *rest, 0, full, T, qk_scale, dk, dv, d, BLOCK_M, False)
+        dk, dv = _dkdv_rows(k, v, *rest, full, T, T, qk_scale, dk, dv, d, TAIL, True)
+    else:
+        dk, dv = _dkdv_rows(k, v, *rest, 0, T, T, qk_scale, dk, dv, d, BLOCK_M, True)
+    dk_ptrs = dk_base + keys[:, None] * s_dkt + d[None, :]
+    tl.store(dk_ptrs, (dk * scale).to(dk_base.dtype.element_ty), mask=key_ok[:, None])
+    dv_ptrs = dv_base + keys[:, None] * s_dvt + d[None, :]
+    tl.store(dv_ptrs, dv.to(dv_base.dtype.element_ty), mask=key_ok[:, None])
 
 
 @triton.jit
@@ -177,39 +325,32 @@ def _attn_bwd_dkdv(
     s_qb, s_qh, s_qt, s_kb, s_kh, s_kt, s_vb, s_vh, s_vt, s_gb, s_gh, s_gt,
     s_dkb, s_dkh, s_dkt, s_dvb, s_dvh, s_dvt,
     H, T, qk_scale, scale,
-    HEAD_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HEAD_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TAIL: tl.constexpr,
 ):  # fmt: skip
     qk_scale = tl.cast(qk_scale, tl.float32)  # as in _attn_fwd
+    scale = tl.cast(scale, tl.float32)
     pid_n, bh, b, h = _program(T, H, BLOCK_N)
-    keys = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    rows0 = tl.arange(0, BLOCK_M)
-    d = tl.arange(0, HEAD_D)
-    key_ok = keys < T
-    k = _tile(K + b * s_kb + h * s_kh, keys, s_kt, d, key_ok)
-    v = _tile(V + b * s_vb + h * s_vh, keys, s_vt, d, key_ok)
-    q_base = Q + b * s_qb + h * s_qh
-    do_base = DO + b * s_gb + h * s_gh
     stats = bh.to(tl.int64) * T
-    dk = tl.zeros([BLOCK_N, HEAD_D], tl.float32)
-    dv = tl.zeros([BLOCK_N, HEAD_D], tl.float32)
-    for start in range(0, T, BLOCK_M):
-        rows = start + rows0
-        row_ok = rows < T
-        qt = _tile(q_base, rows, s_qt, d, row_ok, TRANSPOSED=True)
-        do = _tile(do_base, rows, s_gt, d, row_ok)
-        # Rows past T get lse = +inf, so their p is exactly 0 (their q and do are 0 as well).
-        lse = tl.load(LSE + stats + rows, mask=row_ok, other=float("inf"))
-        delta = tl.load(DELTA + stats + rows, mask=row_ok, other=0.0)
-        st = tl.dot(k, qt) * qk_scale  # [BLOCK_N, BLOCK_M] = sᵀ
-        pt = tl.exp2(st - lse[None, :])
-        dv = tl.dot(pt.to(do.dtype), do, dv)
-        dpt = tl.dot(v, tl.trans(do))
-        dst = pt * (dpt - delta[None, :])
-        dk = tl.dot(dst.to(qt.dtype), tl.trans(qt), dk)
-    dk_ptrs = DK + b * s_dkb + h * s_dkh + keys[:, None] * s_dkt + d[None, :]
-    tl.store(dk_ptrs, (dk * tl.cast(scale, tl.float32)).to(DK.dtype.element_ty), mask=key_ok[:, None])
-    dv_ptrs = DV + b * s_dvb + h * s_dvh + keys[:, None] * s_dvt + d[None, :]
-    tl.store(dv_ptrs, dv.to(DV.dtype.element_ty), mask=key_ok[:, None])
+    bases = (
+        Q + b * s_qb + h * s_qh,
+        K + b * s_kb + h * s_kh,
+        V + b * s_vb + h * s_vh,
+        DO + b * s_gb + h * s_gh,
+        DK + b * s_dkb + h * s_dkh,
+        DV + b * s_dvb + h * s_dvh,
+        LSE + stats,
+        DELTA + stats,
+    )
+    strides = (s_qt, s_kt, s_vt, s_gt, s_dkt, s_dvt)
+    key0 = pid_n * BLOCK_N
+    if TAIL:  # the last, partial block of keys in steps of TAIL
+        if key0 + BLOCK_N <= T:
+            _dkdv_keys(*bases, *strides, key0, T, qk_scale, scale, HEAD_D, BLOCK_N, BLOCK_M, TAIL)
+        else:
+            for k0 in range(key0, T, TAIL):
+                _dkdv_keys(*bases, *strides, k0, T, qk_scale, scale, HEAD_D, TAIL, BLOCK_M, TAIL)
+    else:
+        _dkdv_keys(*bases, *strides, key0, T, qk_scale, scale, HEAD_D, BLOCK_N, BLOCK_M, 0)
 
 
 def dense_last(t: torch.Tensor) -> torch.Tensor:
@@ -304,6 +445,7 @@ def run_kernel(
         "HEAD_D": head_dim,
         "BLOCK_M": tile.block_m,
         "BLOCK_N": tile.block_n,
+        "TAIL": tile.tail,
         "num_warps": tile.num_warps,
         "num_stages": tile.num_stages,
     }

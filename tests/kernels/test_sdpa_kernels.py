@@ -108,6 +108,29 @@ def test_model_layout_and_head_dim_64(atomic):
     check(q, k, v, torch.float16, atomic=atomic)
 
 
+# Tiles that step TAIL tokens past the last full block (the shipped tiles' form at ViT-5's T = 201).
+TAILED = AttnTile(32, 32, 4, 1, 16)
+
+
+@pytest.mark.parametrize(
+    "T, tile",
+    [
+        (16, TAILED),  # shorter than a block: one tail step and nothing else
+        (37, TAILED),  # one full block each way, then a partial tail step (5 of 16)
+        (64, TAILED),  # full blocks only: the tail loops run zero times
+        (87, TAILED),  # two full blocks, then a full tail step and a partial one (16 + 7)
+        (37, AttnTile(64, 64, 4, 1, 16)),  # tail steps only: 16 + 16 + 5
+        (45, AttnTile(32, 64, 4, 1, 32)),  # different full blocks per side; a 32-token tail
+    ],
+    ids=["T16", "T37", "T64", "T87", "T37-tail-only", "T45-tail32"],
+)
+def test_tail_steps_match_float64(T, tile):
+    """Every kernel's query-row and key loops, with tail steps, against the float64 softmax: the
+    masked tail steps, the unmasked full blocks and the programs that hold the partial last block."""
+    q, k, v = (token_major(1, 2, T, 16, torch.float32) for _ in range(3))
+    check(q, k, v, torch.float32, fwd_tile=tile, dq_tile=tile, dkdv_tile=tile)
+
+
 def test_tiles_larger_than_the_sequence():
     """One block holds every key and every query (the forward's single-step case)."""
     q, k, v = (token_major(1, 2, 5, 16, torch.float32) for _ in range(3))
@@ -211,7 +234,7 @@ for (fn, tile), head_dim in itertools.product(
     ((st._attn_fwd, st.FWD_TILE), (st._attn_bwd_dq, st.DQ_TILE), (st._attn_bwd_dkdv, st.DKDV_TILE)),
     [int(d) for d in sys.argv[1:]] or sdpa.ATTENTION_HEAD_DIMS,
 ):
-    meta = {"HEAD_D": head_dim, "BLOCK_M": tile.block_m, "BLOCK_N": tile.block_n}
+    meta = {"HEAD_D": head_dim, "BLOCK_M": tile.block_m, "BLOCK_N": tile.block_n, "TAIL": tile.tail}
     options = {"num_warps": tile.num_warps, "num_stages": tile.num_stages}
     signature, constants = {}, {}
     for i, name in enumerate(fn.arg_names):
