@@ -66,11 +66,11 @@ class AttnTile(NamedTuple):
     padding computes 256."""
 
 
-FWD_TILE = AttnTile(64, 64, 4, 3)
+FWD_TILE = AttnTile(64, 64, 4, 3, 0)
 """The forward's tile: a program's query rows, the keys per step."""
-DQ_TILE = AttnTile(64, 64, 4, 2)
+DQ_TILE = AttnTile(64, 64, 4, 2, 0)
 """``_attn_bwd_dq``: a program's query rows, the keys per step."""
-DKDV_TILE = AttnTile(64, 64, 4, 1)
+DKDV_TILE = AttnTile(64, 64, 4, 1, 16)
 """``_attn_bwd_dkdv``: the query rows per step, a program's keys."""
 
 

@@ -31,7 +31,7 @@ KERNELS = [
 
 
 def _launches(out, environ):
-    env = {k: v for k, v in environ.items() if k != "TRITON_INTERPRET"}
+    env = _early.compile_env(environ)
     return [sys.executable, str(SCRIPT)], {"env": env, "timeout": 600}
 
 
