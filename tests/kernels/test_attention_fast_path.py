@@ -227,7 +227,9 @@ def test_compiled_module_with_dynamic_batch_compiles_once(monkeypatch):
 
     for module, name in ((norm, "_NORM_OPS"), (rope, "_ROPE_OPS"), (sdpa, "_SDPA_OPS")):
         monkeypatch.setattr(module, name, None)
-    fast, _ = make_pair(64, "split_half", True, 4, "rmsnorm", dtype=HALF)
+    fast, ref = make_pair(64, "split_half", True, 4, "rmsnorm", dtype=HALF)
+    # bfloat16 (CUDA) rounds at 2**-8: the SDPA reference path differed by 3.9e-3 on an H100.
+    tol = 2e-3 if torch.float16 == HALF else 8e-3
     torch._dynamo.reset()
     counter = CompileCounterWithBackend("aot_eager")  # dynamo guards and the op in the graph; no codegen
     compiled = torch.compile(fast, backend=counter, dynamic=True, fullgraph=True)
@@ -235,11 +237,9 @@ def test_compiled_module_with_dynamic_batch_compiles_once(monkeypatch):
         x = torch.randn(batch, fast.num_tokens, fast.hidden_dim, device=DEVICE, dtype=HALF)
         g = torch.randn_like(x)
         out_c, grads_c = forward_backward(compiled, x, g)
-        # Against the same module in eager code (the kernels either way): in bfloat16 on CUDA the
-        # SDPA reference path differs by bf16's rounding (3.9e-3 on an H100).
-        out_e, grads_e = forward_backward(fast, x, g)
-        assert rel_err(out_c, out_e) < 2e-3, batch
-        assert rel_err(grads_c["x"], grads_e["x"]) < 4e-3, batch
+        out_r, grads_r = forward_backward(ref, x, g)
+        assert rel_err(out_c, out_r) < tol, batch
+        assert rel_err(grads_c["x"], grads_r["x"]) < 2 * tol, batch
     # One graph for every batch size. The first trace in a process imports the op families and
     # restarts once, which hands the backend an empty graph besides.
     graphs = [graph for graph in counter.graphs if len(graph.graph.nodes)]
