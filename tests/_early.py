@@ -76,13 +76,13 @@ def _session_environ() -> dict[str, str]:
     return _environ
 
 
-def compile_env(environ: Mapping[str, str]) -> dict[str, str]:
-    """``environ`` for a script that compiles this checkout's kernels: no ``TRITON_INTERPRET``, and
-    the repository root first on ``PYTHONPATH``, so that ``import flopkit`` finds this checkout
-    whether or not it is installed (a script's own folder, not the working directory, heads
-    ``sys.path``; the GPU machines' copies are not installed)."""
+def checkout_env(environ: Mapping[str, str], *, drop: tuple[str, ...] = (), **extra: str) -> dict[str, str]:
+    """``environ`` for a subprocess that imports this checkout's flopkit, installed or not: the
+    repository root first on ``PYTHONPATH`` (a script's own folder, not the working directory, heads
+    ``sys.path``; the GPU machines' copies are not installed), the variables in ``drop`` removed and
+    ``extra`` set."""
     root = str(Path(__file__).resolve().parents[1])
-    env = {k: v for k, v in environ.items() if k != "TRITON_INTERPRET"}
+    env = {k: v for k, v in environ.items() if k not in drop} | extra
     env["PYTHONPATH"] = os.pathsep.join(filter(None, (root, environ.get("PYTHONPATH"))))
     return env
 

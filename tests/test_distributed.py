@@ -8,7 +8,6 @@ and their registered autograd. ``--compile`` (about 40 s on CPU) is left to a ma
 """
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -38,12 +37,8 @@ def _script(*extra: str) -> _early.Make:
         return [sys.executable, str(ROOT / "benchmarks" / "multi_gpu.py"), *SMALL_ARGS, *extra], {
             "timeout": 180,
             "cwd": ROOT,
-            # PYTHONPATH: the script imports flopkit from this checkout, installed or not.
-            "env": {
-                **environ,
-                "OUT": str(out),
-                "PYTHONPATH": os.pathsep.join(filter(None, (str(ROOT), environ.get("PYTHONPATH")))),
-            },
+            # The script imports flopkit from this checkout, installed or not.
+            "env": _early.checkout_env(environ, OUT=str(out)),
         }
 
     return make

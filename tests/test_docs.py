@@ -303,11 +303,10 @@ def _transcripts_command(out: Path, environ) -> tuple[list[str], dict]:
     skipped = {t.id for t in ALL if t.skip}
     ids = [i for i in (DOC_RUN.parts or [t.id for t in ALL]) if i not in skipped]
     (out / "ids.json").write_text(json.dumps(ids))
-    # PYTHONPATH: this checkout's flopkit (the script's own folder, tests/, comes first on sys.path).
-    pythonpath = os.pathsep.join(filter(None, (str(ROOT), environ.get("PYTHONPATH"))))
+    # This checkout's flopkit (the script's own folder, tests/, comes first on sys.path).
     return [sys.executable, __file__, str(out)], {
         "cwd": ROOT,
-        "env": {**environ, "PYTHONPATH": pythonpath},
+        "env": _early.checkout_env(environ),
         "timeout": 600,
     }
 

@@ -9,7 +9,6 @@ silently. A helper that takes input pointers and returns the offsets a store use
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -36,10 +35,8 @@ EXPECTED = {
 
 
 def _probe(out: Path, environ) -> tuple[list[str], dict]:
-    # The probe imports flopkit from this checkout, installed or not (PYTHONPATH: the repository root).
-    root = str(Path(__file__).resolve().parents[2])
-    pythonpath = os.pathsep.join(p for p in (root, environ.get("PYTHONPATH", "")) if p)
-    env = {**environ, "TRITON_INTERPRET": "0", "PYTHONWARNINGS": "ignore", "PYTHONPATH": pythonpath}
+    # The probe imports flopkit from this checkout, installed or not.
+    env = _early.checkout_env(environ, TRITON_INTERPRET="0", PYTHONWARNINGS="ignore")
     return [sys.executable, str(PROBE)], {"env": env, "timeout": 120}
 
 

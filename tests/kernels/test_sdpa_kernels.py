@@ -274,7 +274,7 @@ SM90_HEAD_DIMS = ATTENTION_HEAD_DIMS if os.environ.get("FLOPKIT_REQUIRE_SM90") e
 def _f64_check(out, environ):
     script = out / "f64_check.py"  # a file: Triton reads a kernel's source with inspect
     script.write_text(_F64_CHECK)
-    env = _early.compile_env(environ)
+    env = _early.checkout_env(environ, drop=("TRITON_INTERPRET",))
     return [sys.executable, str(script), *map(str, SM90_HEAD_DIMS)], {"env": env, "timeout": 300}
 
 

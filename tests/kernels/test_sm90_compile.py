@@ -31,7 +31,7 @@ KERNELS = [
 
 
 def _launches(out, environ):
-    env = _early.compile_env(environ)
+    env = _early.checkout_env(environ, drop=("TRITON_INTERPRET",))
     return [sys.executable, str(SCRIPT)], {"env": env, "timeout": 600}
 
 
