@@ -65,9 +65,12 @@ from flopkit.nn import ViT5
 BATCH = {"vit5-small": 256, "vit5-base": 128}
 DTYPE = torch.bfloat16
 # --models: flopkit's rows by ViT5Attention.triton_attention (None: the module's default, True), and
-# nvSubquadratic's own model.
+# nvSubquadratic's own model. flopkit-two-ops and flopkit-one-op-compiled: ViT5Attention.fused_qk_attention
+# False (the QK-norm + RoPE op, then the attention op) and True (one op under torch.compile too).
 FLOPKIT_ATTENTION: dict[str, bool | str | None] = {
     "flopkit": None,
+    "flopkit-two-ops": None,
+    "flopkit-one-op-compiled": None,
     "flopkit-sdpa": False,
     "flopkit-attention-eager": "eager",
     "flopkit-unfolded": None,
@@ -111,7 +114,7 @@ def kernel_ms(fn, iters: int) -> float:
 
 
 def build_flopkit(
-    preset: str, unfolded: bool = False, attention: bool | str | None = None
+    preset: str, unfolded: bool = False, attention: bool | str | None = None, one_op: bool | str | None = None
 ) -> torch.nn.Module:
     """flopkit's ViT5; ``unfolded`` (the ``flopkit-unfolded`` rows, an ablation) runs the blocks as
     written: each block sums its output itself and ``ls2`` runs after ``fc2``, instead of the next
@@ -119,11 +122,15 @@ def build_flopkit(
     ``attention``, when given, is every ``ViT5Attention.triton_attention`` (default: the module's,
     flopkit's kernels in eager and compiled code): the ``flopkit-sdpa`` rows run SDPA everywhere
     (False), the ``flopkit-attention-eager`` rows the kernels in eager code and SDPA under
-    ``torch.compile`` ("eager")."""
+    ``torch.compile`` ("eager"). ``one_op``, when given, is every
+    ``ViT5Attention.fused_qk_attention`` (the ``flopkit-two-ops`` rows False, the
+    ``flopkit-one-op-compiled`` rows True)."""
     model = ViT5.from_preset(preset).cuda().to(DTYPE)
     for m in model.modules():
         if attention is not None and hasattr(m, "triton_attention"):
             m.triton_attention = attention
+        if one_op is not None and hasattr(m, "fused_qk_attention"):
+            m.fused_qk_attention = one_op
     if unfolded:
         for block in model.blocks:
             block.mlp_branch = types.MethodType(lambda self, y, dtype: self.ls2(self.mlp(y)), block)
@@ -196,7 +203,12 @@ def build_model(kind: str, preset: str, upstream: str | None) -> torch.nn.Module
     flopkit's with that row's attention setting."""
     if kind == "upstream":
         return build_upstream(preset, upstream)
-    return build_flopkit(preset, unfolded=kind == "flopkit-unfolded", attention=FLOPKIT_ATTENTION[kind])
+    return build_flopkit(
+        preset,
+        unfolded=kind == "flopkit-unfolded",
+        attention=FLOPKIT_ATTENTION[kind],
+        one_op={"flopkit-two-ops": False, "flopkit-one-op-compiled": True}.get(kind),
+    )
 
 
 def training_flops(preset: str, batch: int) -> int:

@@ -14,6 +14,11 @@ buffer. Rows:
 - cuDNN: ``F.scaled_dot_product_attention`` (PyTorch picks cuDNN on the H100), forward alone and
   forward + backward through autograd; its backward includes its side kernels.
 - Triton: the forward, the backward's two kernels, and forward + backward called directly.
+- QK-norm + RoPE's backward (a shared ``(D,)`` weight, split_half): the two ops' backward
+  (``attention_bwd`` into dq, dk, dv buffers, then ``_rope_triton``'s kernel reading all three and
+  writing the gradient of qkv) against ``qk_norm_rope_attention_bwd`` (the same kernels, the
+  attention's writing into the gradient of qkv and the QK-norm + RoPE's running in place on its q
+  and k parts), and the relative difference of their results (0: the same values).
 
 Each output is also compared with cuDNN's (relative Frobenius error) and with a float64 reference
 on the first batch entry. Timings are ``triton.testing.do_bench`` medians (L2 flushed between
@@ -31,6 +36,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 from flopkit.kernels._launch import launch
+from flopkit.kernels._rope_triton import qk_norm_rope_bwd
 from flopkit.kernels._sdpa_triton import (
     DKDV_TILE,
     DQ_TILE,
@@ -44,6 +50,8 @@ from flopkit.kernels._sdpa_triton import (
     attention_ref,
     dense_last,
     empty_token_major,
+    qk_norm_rope_attention_bwd,
+    qk_norm_rope_attention_fwd,
     run_kernel,
     strides_bht,
 )
@@ -187,6 +195,32 @@ def _timed(kernel: str, tile: AttnTile, fn) -> dict:
     return row
 
 
+def qk_backward(B: int, H: int, scale: float, tiles: dict) -> dict:
+    """The QK-norm + RoPE's backward two ways (module docstring) on one qkv activation ``[B, T, 3HD]``."""
+    g = torch.Generator(device="cuda").manual_seed(1)
+    qkv = torch.randn(B, T, 3 * H * D, device="cuda", generator=g).to(torch.bfloat16)
+    cos, sin = (torch.randn(T, D, device="cuda", generator=g) for _ in range(2))
+    w = 1 + 0.1 * torch.randn(D, device="cuda", generator=g)
+    args = (cos, sin, w, w, H, 1e-6, "split_half", True)
+    o, lse, q, k = qk_norm_rope_attention_fwd(qkv, *args, scale)
+    do = torch.randn(B, T, H, D, device="cuda", generator=g).to(torch.bfloat16).transpose(1, 2)
+    v = qkv.unflatten(-1, (3, H, D))[:, :, 2].transpose(1, 2)
+    bwd_tiles = {"dq_tile": tiles["dq"], "dkdv_tile": tiles["dkdv"]}
+
+    def two_ops():
+        dq, dk, dv = attention_bwd(do, q, k, v, o, lse, scale, **bwd_tiles)
+        return qk_norm_rope_bwd(dq, dk, dv, qkv, *args)
+
+    def one_op():
+        return qk_norm_rope_attention_bwd(do, qkv, q, k, o, lse, *args, scale, **bwd_tiles)
+
+    return {
+        "qk_two_ops_backward_ms": ms(two_ops),
+        "qk_one_op_backward_ms": ms(one_op),
+        "qk_one_op_vs_two_ops": [rel(a, b) for a, b in zip(one_op(), two_ops(), strict=True)],
+    }
+
+
 def best(rows: list[dict], kernel: str) -> tuple[AttnTile, float]:
     ok = [r for r in rows if r["kernel"] == kernel and "ms" in r]
     r = min(ok, key=lambda r: r["ms"])
@@ -265,6 +299,7 @@ def main() -> None:
         ):
             row[f"{name}_vs_cudnn"] = rel(a, b)
             row[f"{name}_err_f64"] = {"triton": rel(a[:1], g64), "cudnn": rel(b[:1], g64)}
+        row |= qk_backward(B, H, scale, tiles)
         out_rows.append(row)
     lines = [
         f"T = {T}, head_dim {D}, bf16; tiles (block_m, block_n, warps, stages, tail): "
@@ -292,6 +327,20 @@ def main() -> None:
             lines.append(
                 f"| {r['shape']} | {name} | {r[f'{name}_vs_cudnn']:.1e} | {e['triton']:.1e} | {e['cudnn']:.1e} |"
             )
+    lines += [
+        "",
+        "QK-norm + RoPE's backward after the attention's: the two ops' against the one op's (one "
+        "gradient buffer, the QK-norm + RoPE's kernel in place), ms:",
+        "",
+        "| shape | two ops | one op | saved | rel. difference (dqkv, dw_q, dw_k) |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for r in out_rows:
+        diff = ", ".join(f"{e:.1e}" for e in r["qk_one_op_vs_two_ops"])
+        lines.append(
+            f"| {r['shape']} | {r['qk_two_ops_backward_ms']:.4f} | {r['qk_one_op_backward_ms']:.4f} | "
+            f"{r['qk_two_ops_backward_ms'] - r['qk_one_op_backward_ms']:.4f} | {diff} |"
+        )
     if "sweep" in res:
         lines += ["", "Sweep at vit5-base b128 (ms; dq and dkdv rows time the whole backward):", "",
                   "| kernel | tile | ms |", "|---|---|---:|"]  # fmt: skip

@@ -27,7 +27,14 @@ from .norm import (
     split_heads,
 )
 from .rope import ROPE_PAIRINGS, apply_rope_ref, qk_norm_rope, qk_norm_rope_ref, rotate_pairs
-from .sdpa import ATTENTION_HEAD_DIMS, ATTENTION_MAX_TOKENS, attention, attention_supported
+from .sdpa import (
+    ATTENTION_HEAD_DIMS,
+    ATTENTION_MAX_TOKENS,
+    attention,
+    attention_supported,
+    qk_norm_rope_attention,
+    qk_norm_rope_attention_supported,
+)
 
 __all__ = [
     "BACKENDS",
@@ -57,6 +64,8 @@ __all__ = [
     "gelu",
     "attention",
     "attention_supported",
+    "qk_norm_rope_attention",
+    "qk_norm_rope_attention_supported",
     "ATTENTION_HEAD_DIMS",
     "ATTENTION_MAX_TOKENS",
 ]

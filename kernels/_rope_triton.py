@@ -179,7 +179,10 @@ def _qk_norm_rope_bwd_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
     NORM: tl.constexpr, HAS_QW: tl.constexpr, HAS_KW: tl.constexpr, HAS_DV: tl.constexpr,
     INTERLEAVED: tl.constexpr, ACC: tl.constexpr, TABLE_EVICT: tl.constexpr, PARTNER_EVICT: tl.constexpr,
+    WRITE_V: tl.constexpr,
 ):  # fmt: skip
+    # Without WRITE_V, dqkv's v part is left as it is (it holds dv already), and dq, dk may be dqkv's
+    # own q and k parts: a program reads every element it writes before writing it.
     # Program (chunk, h) walks ``tiles_per_prog`` consecutive row tiles of head h and keeps the
     # weight-gradient partial in registers: partials are [num_chunks, H, D], not one per tile.
     pid = tl.program_id(0)
@@ -238,7 +241,8 @@ def _qk_norm_rope_bwd_kernel(
         )  # fmt: skip
         tl.store(out_row + (q_cols + hd)[None, :], dxk.to(dqkv_ptr.dtype.element_ty), mask=mask)
         dkw_acc += dwk
-        tl.store(out_row + (q_cols + 2 * hd)[None, :], dv.to(dqkv_ptr.dtype.element_ty), mask=mask)
+        if WRITE_V:
+            tl.store(out_row + (q_cols + 2 * hd)[None, :], dv.to(dqkv_ptr.dtype.element_ty), mask=mask)
 
     part = (chunk * num_heads + h) * HEAD_DIM + cols
     if HAS_QW:
@@ -390,7 +394,7 @@ def _weight_key(w: torch.Tensor | None) -> tuple | None:
 
 def _plan_bwd(
     dq, dk, dv, qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm,
-    block_t, num_warps, num_programs, evict_hints,
+    block_t, num_warps, num_programs, evict_hints, write_v,
 ):  # fmt: skip
     """Plan :func:`qk_norm_rope_bwd`: grid, scalars, constexprs, the partials' shape and ``extra``
     (whether each weight has a gradient)."""
@@ -418,7 +422,7 @@ def _plan_bwd(
         dict(
             HEAD_DIM=D, BLOCK_T=block_t, BLOCK_D=_block_d(D), NORM=norm, HAS_QW=has_qw, HAS_KW=has_kw,
             HAS_DV=dv is not None, INTERLEAVED=pairing == "interleaved", ACC=ACC_DTYPE,
-            TABLE_EVICT=table_evict, PARTNER_EVICT=partner_evict, num_warps=num_warps,
+            TABLE_EVICT=table_evict, PARTNER_EVICT=partner_evict, WRITE_V=write_v, num_warps=num_warps,
         ),
         parts=(chunks, num_heads, D),
         extra=(has_qw, has_kw),
@@ -444,6 +448,7 @@ def qk_norm_rope_bwd(
     num_warps: int = BWD_WARPS,
     num_programs: int | None = None,
     evict_hints: bool = True,
+    out: torch.Tensor | None = None,
     run: Runner = launch,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launch the backward kernel.
@@ -451,10 +456,21 @@ def qk_norm_rope_bwd(
     ``dq``, ``dk``, ``dv``: ``[B, H, T, D]`` (any strides; ``dv`` None means zeros). Returns
     ``dqkv`` ``[B, T, 3*H*D]`` contiguous with all three parts written, and the weight gradients in
     the weights' shapes and dtypes (empty ``(0,)`` tensors where a weight is absent or unused).
+    ``out``: a contiguous ``[B, T, 3*H*D]`` buffer of ``qkv``'s dtype to write the q and k parts
+    into instead, leaving its v part as it is (``dv`` must then be None); ``dq`` and ``dk`` may be
+    its own q and k parts (the kernel then runs in place).
     """
+    write_v = out is None
+    if out is not None and (dv is not None or out.shape != qkv.shape or out.dtype != qkv.dtype
+                            or not out.is_contiguous()):  # fmt: skip
+        raise ValueError(
+            f"qk_norm_rope_bwd: out must be a contiguous {tuple(qkv.shape)} {qkv.dtype} buffer and dv None, "
+            f"got {tuple(out.shape)} {out.dtype} (contiguous: {out.is_contiguous()}), dv "
+            f"{'None' if dv is None else tuple(dv.shape)}"
+        )
     args = (
         dq, dk, dv, qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm,
-        block_t, num_warps, num_programs, evict_hints,
+        block_t, num_warps, num_programs, evict_hints, write_v,
     )  # fmt: skip
     if run is launch:
         key = (
@@ -467,7 +483,7 @@ def qk_norm_rope_bwd(
         plan, cached = _plan_bwd(*args)[0], None
     has_qw, has_kw = plan.extra
     rows = qkv.shape[0] * qkv.shape[1]
-    dqkv = torch.empty(qkv.shape, dtype=qkv.dtype, device=qkv.device)
+    dqkv = torch.empty(qkv.shape, dtype=qkv.dtype, device=qkv.device) if out is None else out
     dqw_part, dkw_part = partials(plan, cached is not None, qkv, has_qw, has_kw)
     if rows:
         tensors = (

@@ -15,9 +15,24 @@ import torch
 from flopkit import formulas
 
 from ._opspec import KernelOp
-from ._sdpa_triton import attention_bwd, attention_fwd, empty_token_major
+from ._rope_ops import _qk_norm_rope_bwd_ref, _qk_norm_rope_flops, _qk_norm_rope_reference
+from ._rope_triton import empty_qk
+from ._sdpa_triton import (
+    _qkv_heads,
+    attention_bwd,
+    attention_fwd,
+    empty_token_major,
+    qk_norm_rope_attention_bwd,
+    qk_norm_rope_attention_fwd,
+)
 
-__all__ = ["ATTENTION", "ATTENTION_BACKWARD", "OPS"]
+__all__ = [
+    "ATTENTION",
+    "ATTENTION_BACKWARD",
+    "QK_NORM_ROPE_ATTENTION",
+    "QK_NORM_ROPE_ATTENTION_BACKWARD",
+    "OPS",
+]
 
 Tensor = torch.Tensor
 
@@ -119,5 +134,129 @@ ATTENTION = KernelOp(
 log-sum-exp ``[B, H, T]`` fp32, from q, k, v ``[B, H, T, D]``."""
 
 
-OPS: dict[str, KernelOp] = {op.name: op for op in (ATTENTION, ATTENTION_BACKWARD)}
+# --------------------------------------------------------------------------- fused QK-norm + RoPE + attention
+
+
+def _fused_backward_reference(do, qkv, q, k, o, lse, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm,
+                              scale):  # fmt: skip
+    """The two ops' references in a row: the attention's backward, then the QK-norm + RoPE's."""
+    v = _qkv_heads(qkv, num_heads)[2]
+    dq, dk, dv = _attention_backward_reference(do, q, k, v, o, lse, scale)
+    return _qk_norm_rope_bwd_ref(dq, dk, dv, qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm)
+
+
+def _fused_backward_fake(
+    do, qkv, q, k, o, lse, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm, scale
+):
+    # The launcher's allocations in its order: dqkv, the attention's delta [B, H, T] fp32 (freed on
+    # return); then the weight gradients.
+    dqkv = qkv.new_empty(qkv.shape)
+    torch.empty_like(lse)
+
+    def weight_grad(w):
+        return w.new_empty(w.shape) if w is not None and norm else qkv.new_empty((0,), dtype=torch.float32)
+
+    return dqkv, weight_grad(q_weight), weight_grad(k_weight)
+
+
+def _fused_backward_flops(do_shape, qkv_shape, q_shape, *args, out_shape=None, **kwargs) -> int:
+    """The parts' counts: the attention's backward (twice SDPA's forward); the QK-norm + RoPE's
+    backward has no formula of its own (as ``flopkit::qk_norm_rope_backward``)."""
+    B, H, T, D = q_shape
+    return 2 * formulas.sdpa(B, H, T, T, D, D)
+
+
+QK_NORM_ROPE_ATTENTION_BACKWARD = KernelOp(
+    "flopkit::qk_norm_rope_attention_backward",
+    "(Tensor do, Tensor qkv, Tensor q, Tensor k, Tensor o, Tensor lse, Tensor cos, Tensor sin, "
+    "Tensor? q_weight, Tensor? k_weight, SymInt num_heads, float eps, str pairing, bool norm, float scale) "
+    "-> (Tensor, Tensor, Tensor)",
+    forward=qk_norm_rope_attention_bwd,
+    reference=_fused_backward_reference,
+    fake=_fused_backward_fake,
+    flops=_fused_backward_flops,
+)
+"""``(dqkv, dq_weight, dk_weight)``: the attention's backward kernels write dq, dk and dv into one
+``dqkv`` buffer, then the QK-norm + RoPE's backward kernel runs in place on its q and k parts;
+absent weight gradients are empty ``(0,)``."""
+
+
+def _fused_reference(qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm, scale):
+    q, k = _qk_norm_rope_reference(qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm)
+    o, lse = _attention_reference(q, k, _qkv_heads(qkv, num_heads)[2], scale)
+    return o, lse, q, k
+
+
+def _fused_fake(qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm, scale):
+    q, k = empty_qk(qkv, num_heads), empty_qk(qkv, num_heads)
+    o, lse = _attention_fake(q, k, q, scale)
+    return o, lse, q, k
+
+
+def _fused_flops(qkv_shape, cos_shape, sin_shape, qw_shape, kw_shape, num_heads, eps, pairing, norm, scale,
+                 *args, out_shape=None, **kwargs) -> int:  # fmt: skip
+    """The parts' counts: QK-norm + RoPE (:func:`flopkit.formulas.qk_norm_rope`) plus SDPA's."""
+    B, T, three_hd = qkv_shape
+    D = three_hd // (3 * num_heads)
+    rope = _qk_norm_rope_flops(
+        qkv_shape, cos_shape, sin_shape, qw_shape, kw_shape, num_heads, eps, pairing, norm
+    )
+    return rope + formulas.sdpa(B, num_heads, T, T, D, D)
+
+
+def _fused_setup(ctx, inputs, output) -> None:
+    qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm, scale = inputs
+    o, lse, q, k = output
+    ctx.save_for_backward(qkv, q, k, o, lse, cos, sin, q_weight, k_weight)
+    ctx.num_heads, ctx.eps, ctx.pairing, ctx.norm, ctx.scale = num_heads, eps, pairing, norm, scale
+
+
+def _fused_backward(ctx, do, *unused):
+    """``unused``: the gradients of lse, q and k, outputs only the backward reads (None, or zeros
+    through the op's autograd; no caller differentiates them)."""
+    qkv, q, k, o, lse, cos, sin, q_weight, k_weight = ctx.saved_tensors
+    bwd = QK_NORM_ROPE_ATTENTION_BACKWARD.forward if ctx.eager else QK_NORM_ROPE_ATTENTION_BACKWARD.op
+    dqkv, dqw, dkw = bwd(
+        do,
+        qkv,
+        q,
+        k,
+        o,
+        lse,
+        cos,
+        sin,
+        q_weight,
+        k_weight,
+        ctx.num_heads,
+        ctx.eps,
+        ctx.pairing,
+        ctx.norm,
+        ctx.scale,
+    )
+    dqw = dqw if q_weight is not None and ctx.norm else None
+    dkw = dkw if k_weight is not None and ctx.norm else None
+    return dqkv, None, None, dqw, dkw, None, None, None, None, None
+
+
+QK_NORM_ROPE_ATTENTION = KernelOp(
+    "flopkit::qk_norm_rope_attention",
+    "(Tensor qkv, Tensor cos, Tensor sin, Tensor? q_weight, Tensor? k_weight, SymInt num_heads, float eps, "
+    "str pairing, bool norm, float scale) -> (Tensor, Tensor, Tensor, Tensor)",
+    forward=qk_norm_rope_attention_fwd,
+    reference=_fused_reference,
+    fake=_fused_fake,
+    flops=_fused_flops,
+    setup=_fused_setup,
+    backward=_fused_backward,
+    materialize_grads=False,
+)
+"""From ``qkv`` ``[B, T, 3*H*D]``: ``(o, lse, q, k)``, the attention of the QK-normalised, rotated
+q and k with v (``o`` ``[B, H, T, D]`` over a ``[B, T, H, D]`` buffer, ``lse`` base 2), and the q
+and k it attended with (the backward's inputs)."""
+
+
+OPS: dict[str, KernelOp] = {
+    op.name: op
+    for op in (ATTENTION, ATTENTION_BACKWARD, QK_NORM_ROPE_ATTENTION, QK_NORM_ROPE_ATTENTION_BACKWARD)
+}
 """Every op of the family by its ``flopkit::`` name."""

@@ -39,11 +39,14 @@ import triton
 import triton.language as tl
 
 from ._launch import launch
+from ._rope_triton import qk_norm_rope_bwd, qk_norm_rope_fwd
 
 __all__ = [
     "AttnTile",
     "attention_fwd",
     "attention_bwd",
+    "qk_norm_rope_attention_fwd",
+    "qk_norm_rope_attention_bwd",
     "FWD_TILE",
     "DQ_TILE",
     "DKDV_TILE",
@@ -409,6 +412,7 @@ def attention_bwd(
     *,
     dq_tile: AttnTile = DQ_TILE,
     dkdv_tile: AttnTile = DKDV_TILE,
+    out: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     run=launch,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The gradients of :func:`attention_fwd`'s ``o`` w.r.t. q, k and v.
@@ -416,12 +420,23 @@ def attention_bwd(
     Args:
         do: ``[B, H, T, D]``, the gradient of ``o`` (any strides with a dense last dimension).
         q, k, v, o, lse: the forward's inputs and outputs.
+        out: where to write ``dq, dk, dv`` (``[B, H, T, D]`` each, in q's dtype, a dense last
+            dimension, e.g. the head views of one ``dqkv`` buffer); default new buffers.
     Returns:
-        ``dq, dk, dv`` ``[B, H, T, D]``, views of ``[B, T, H, D]`` buffers, in q's dtype.
+        ``dq, dk, dv`` ``[B, H, T, D]``: ``out``, or views of ``[B, T, H, D]`` buffers, in q's dtype.
     """
     do, q, k, v = dense_last(do), dense_last(q), dense_last(k), dense_last(v)
     B, H, T, D = q.shape
-    dq, dk, dv = empty_token_major(q), empty_token_major(k), empty_token_major(v)
+    if out is None:
+        dq, dk, dv = empty_token_major(q), empty_token_major(k), empty_token_major(v)
+    else:
+        dq, dk, dv = out
+        for name, t in zip(("dq", "dk", "dv"), out, strict=True):
+            if t.shape != q.shape or t.dtype != q.dtype or t.stride(-1) != 1:
+                raise ValueError(
+                    f"attention_bwd: out's {name} must be {tuple(q.shape)} {q.dtype} with a unit last "
+                    f"stride, got {tuple(t.shape)} {t.dtype} with strides {t.stride()}"
+                )
     if dq.numel() == 0:
         return dq, dk, dv
     qk_scale = scale * LOG2E
@@ -434,6 +449,85 @@ def attention_bwd(
     tensors = (q, k, v, do, lse, delta, dk, dv)
     run_kernel(run, _attn_bwd_dkdv, triton.cdiv(T, dkdv_tile.block_n), B * H, tensors, scalars, D, dkdv_tile)
     return dq, dk, dv
+
+
+def _qkv_heads(qkv: torch.Tensor, num_heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k and v of ``qkv`` ``[B, T, 3*H*D]`` as ``[B, H, T, D]`` views."""
+    q, k, v = qkv.unflatten(-1, (3, num_heads, -1)).unbind(2)
+    return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+
+
+def qk_norm_rope_attention_fwd(
+    qkv: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    q_weight: torch.Tensor | None,
+    k_weight: torch.Tensor | None,
+    num_heads: int,
+    eps: float,
+    pairing: str,
+    norm: bool,
+    scale: float,
+    *,
+    run=launch,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """QK-norm + RoPE (``_rope_triton``'s forward kernel), then :func:`attention_fwd` with v a view
+    of ``qkv``.
+
+    Args:
+        qkv: ``[B, T, 3*H*D]``; cos, sin ``[T, D]``; the weights ``(D,)``, ``(H, D)`` or None; as
+            :func:`~flopkit.kernels.qk_norm_rope`.
+    Returns:
+        ``o`` ``[B, H, T, D]`` and ``lse`` as :func:`attention_fwd`, and the normalised, rotated
+        q and k ``[B, H, T, D]`` the backward reads.
+    """
+    q, k = qk_norm_rope_fwd(qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm, run=run)
+    o, lse = attention_fwd(q, k, _qkv_heads(qkv, num_heads)[2], scale, run=run)
+    return o, lse, q, k
+
+
+def qk_norm_rope_attention_bwd(
+    do: torch.Tensor,
+    qkv: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    o: torch.Tensor,
+    lse: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    q_weight: torch.Tensor | None,
+    k_weight: torch.Tensor | None,
+    num_heads: int,
+    eps: float,
+    pairing: str,
+    norm: bool,
+    scale: float,
+    *,
+    dq_tile: AttnTile = DQ_TILE,
+    dkdv_tile: AttnTile = DKDV_TILE,
+    run=launch,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The gradients of :func:`qk_norm_rope_attention_fwd`'s ``o`` in one ``dqkv`` buffer: the
+    attention's backward kernels write dq, dk and dv into its q, k and v parts, and the QK-norm +
+    RoPE's backward kernel then turns the q and k parts into the gradients of the raw q and k in
+    place (leaving v's). The two ops write dq, dk, dv apart and the second kernel copies dv over.
+
+    Args:
+        do: ``[B, H, T, D]``; the rest: the forward's inputs and outputs.
+    Returns:
+        ``dqkv`` ``[B, T, 3*H*D]`` contiguous, and the weights' gradients as
+        :func:`~flopkit.kernels._rope_triton.qk_norm_rope_bwd` returns them.
+    """
+    dqkv = torch.empty(qkv.shape, dtype=qkv.dtype, device=qkv.device)
+    grads = _qkv_heads(dqkv, num_heads)
+    attention_bwd(
+        do, q, k, _qkv_heads(qkv, num_heads)[2], o, lse, scale, dq_tile=dq_tile, dkdv_tile=dkdv_tile,
+        out=grads, run=run,
+    )  # fmt: skip
+    return qk_norm_rope_bwd(
+        grads[0], grads[1], None, qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm,
+        out=dqkv, run=run,
+    )  # fmt: skip
 
 
 def run_kernel(

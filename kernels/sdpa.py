@@ -14,7 +14,14 @@ import torch.nn.functional as F
 
 from ._dispatch import REFERENCE, Route, route
 
-__all__ = ["attention", "attention_supported", "ATTENTION_HEAD_DIMS", "ATTENTION_MAX_TOKENS"]
+__all__ = [
+    "attention",
+    "attention_supported",
+    "qk_norm_rope_attention",
+    "qk_norm_rope_attention_supported",
+    "ATTENTION_HEAD_DIMS",
+    "ATTENTION_MAX_TOKENS",
+]
 
 ATTENTION_HEAD_DIMS = (16, 32, 64, 128)
 """Head dims the kernels take (a power of two: one ``tl.arange`` spans the head)."""
@@ -32,13 +39,25 @@ def attention_supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bo
     it to TF32."""
     return (
         q.dim() == 4
-        and q.dtype in KERNEL_DTYPES
         and k.dtype == q.dtype
         and v.dtype == q.dtype
         and q.shape == k.shape == v.shape
-        and q.shape[-1] in ATTENTION_HEAD_DIMS
-        and q.shape[2] <= ATTENTION_MAX_TOKENS
+        and _kernels_take(q.dtype, q.shape[2], q.shape[-1])
     )
+
+
+def qk_norm_rope_attention_supported(qkv: torch.Tensor, num_heads: int) -> bool:
+    """Whether the kernels take :func:`qk_norm_rope_attention` of ``qkv`` ``[B, T, 3*H*D]``: the
+    q, k and v it makes would pass :func:`attention_supported`."""
+    return (
+        qkv.dim() == 3
+        and qkv.shape[-1] % (3 * num_heads) == 0
+        and _kernels_take(qkv.dtype, qkv.shape[1], qkv.shape[-1] // (3 * num_heads))
+    )
+
+
+def _kernels_take(dtype: torch.dtype, tokens: int, head_dim: int) -> bool:
+    return dtype in KERNEL_DTYPES and head_dim in ATTENTION_HEAD_DIMS and tokens <= ATTENTION_MAX_TOKENS
 
 
 def attention(
@@ -78,6 +97,54 @@ def attention(
         return F.scaled_dot_product_attention(q, k, v, scale=scale)
     op = (_SDPA_OPS if path is Route.KERNEL and _SDPA_OPS else _ops()).ATTENTION
     return (op.eager if path is Route.KERNEL else op.via_op)(q, k, v, scale)[0]
+
+
+def qk_norm_rope_attention(
+    qkv: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    num_heads: int,
+    q_weight: torch.Tensor | None = None,
+    k_weight: torch.Tensor | None = None,
+    eps: float = 1e-6,
+    pairing: str = "split_half",
+    *,
+    norm: bool | None = None,
+    scale: float | None = None,
+    backend: str | Route = "auto",
+) -> torch.Tensor:
+    """:func:`~flopkit.kernels.qk_norm_rope` then :func:`attention`, as one op with one backward:
+    the attention's backward kernels write dq, dk and dv into the q, k and v parts of one ``dqkv``
+    buffer, and the QK-norm + RoPE's backward kernel turns its q and k parts into the gradient of
+    the raw q and k in place. The two ops write dq, dk and dv apart, and their second kernel reads
+    dv and writes it again. Values and gradients are the two ops', bit for bit (the same kernels).
+
+    Args:
+        qkv, cos, sin, num_heads, q_weight, k_weight, eps, pairing, norm: as
+            :func:`~flopkit.kernels.qk_norm_rope`.
+        scale: the logits' factor (default ``D ** -0.5``).
+        backend: as :func:`attention`. Where the kernels do not take the shapes
+            (:func:`qk_norm_rope_attention_supported`) the two ops run instead, each on this route.
+    Returns:
+        ``[B, H, T, D]``, as :func:`attention`.
+    FLOPs: :func:`flopkit.formulas.qk_norm_rope` plus :func:`flopkit.formulas.sdpa` ``(B, H, T, T, D)``.
+    """
+    from .rope import _check_qk_args, qk_norm_rope
+
+    _check_qk_args(qkv, cos, sin, num_heads, q_weight, k_weight, pairing)
+    if norm is None:
+        norm = q_weight is not None or k_weight is not None
+    D = qkv.shape[-1] // (3 * num_heads)
+    scale = D**-0.5 if scale is None else float(scale)
+    path = route(backend, qkv, "qk_norm_rope_attention")
+    if path is REFERENCE or not qk_norm_rope_attention_supported(qkv, num_heads):
+        q, k, v = qk_norm_rope(
+            qkv, cos, sin, num_heads, q_weight, k_weight, eps, pairing, norm=norm, backend=path
+        )
+        return attention(q, k, v, scale, backend=backend if backend == "triton" else path)
+    op = (_SDPA_OPS if path is Route.KERNEL and _SDPA_OPS else _ops()).QK_NORM_ROPE_ATTENTION
+    args = (qkv, cos, sin, q_weight, k_weight, num_heads, float(eps), pairing, bool(norm), scale)
+    return (op.eager if path is Route.KERNEL else op.via_op)(*args)[0]
 
 
 _SDPA_OPS = None  # kernels/_sdpa_ops.py once imported (it imports triton)

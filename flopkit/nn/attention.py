@@ -135,6 +135,13 @@ class ViT5Attention(CompositeFlops, nn.Module):
         take (:func:`flopkit.kernels.attention_supported`) on the Triton path: True (the default)
         in eager CUDA code and under ``torch.compile``; ``"eager"`` in eager CUDA code only, SDPA
         under ``torch.compile``; False never (docs/kernels.md gives the measurements)."""
+        self.fused_qk_attention: bool | str = "eager"
+        """Where the attention kernels run and the q/k norms fit the fused QK-norm + RoPE kernel, one
+        op (``kernels.qk_norm_rope_attention``) may run both: its backward writes dq, dk and dv into
+        one buffer and turns dq and dk into the gradient of ``qkv`` in place, where the two ops
+        (``kernels.qk_norm_rope`` and ``kernels.attention``) copy dv over. ``"eager"`` (the default):
+        in eager CUDA code, the two ops under ``torch.compile``; True: under ``torch.compile`` too;
+        False: never (docs/kernels.md gives the measurements)."""
 
         self.qkv = nn.Linear(hidden_dim, 3 * hidden_dim, bias=qkv_bias)
         self.proj = nn.Linear(hidden_dim, hidden_dim, bias=out_proj_bias)
@@ -201,6 +208,46 @@ class ViT5Attention(CompositeFlops, nn.Module):
             return False
         return mode is True or path is kernels.Route.KERNEL or kernels.replaying_cuda()
 
+    def _one_op(self, path: kernels.Route, qkv: torch.Tensor, H: int) -> bool:
+        """Whether QK-norm + RoPE and the attention kernels run as one op (:attr:`fused_qk_attention`)."""
+        mode = self.fused_qk_attention
+        if mode is not True and mode is not False and mode != "eager":
+            raise ValueError(f"fused_qk_attention must be True, False or 'eager', got {mode!r}")
+        # "eager" in a memory replay of an eager CUDA step too (its meta tensors take the custom ops).
+        if mode is False or (
+            mode == "eager" and path is not kernels.Route.KERNEL and not kernels.replaying_cuda()
+        ):
+            return False
+        return kernels.qk_norm_rope_attention_supported(qkv, H)
+
+    def _heads(
+        self, qkv: torch.Tensor, H: int, path: kernels.Route | None, fused: tuple | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v ``[B, H, T, D]`` of ``qkv`` ``[B, T, 3*H*D]``, q and k normalised and rotated: by
+        the fused kernel (``fused``, from :meth:`_fused_weights`) or by the modules."""
+        if fused is not None:
+            norm, q_weight, k_weight, eps = fused
+            return kernels.qk_norm_rope(
+                qkv,
+                self.rope_cos,
+                self.rope_sin,
+                H,
+                q_weight,
+                k_weight,
+                eps,
+                self.rope_pairing,
+                norm=norm,
+                backend=path,
+            )
+        B, T, _ = qkv.shape
+        q, k, v = qkv.view(B, T, 3, H, self.head_dim).unbind(2)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        cos, sin = self.rope_cos[:, None, :], self.rope_sin[:, None, :]
+        q = apply_rope(q, cos, sin, self.rope_pairing).transpose(1, 2)
+        k = apply_rope(k, cos, sin, self.rope_pairing).transpose(1, 2)
+        return q, k, v.transpose(1, 2)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: ``[B, T, C]`` with ``T = h*w + has_cls + R`` -> ``[B, T, C]``."""
         if x.dim() != 3 or x.shape[1] != self.num_tokens or x.shape[2] != self.hidden_dim:
@@ -217,9 +264,11 @@ class ViT5Attention(CompositeFlops, nn.Module):
         # In float32 both cast orders agree, so the fused kernel stays valid for them.
         path = self._fused_route(qkv)
         fused = self._fused_weights(qkv.dtype == torch.float32) if path is not None else None
-        if fused is not None:
+        dropout = self.attn_dropout if self.training else 0.0
+        kernel_attention = not dropout and self._attention_kernels(path)
+        if fused is not None and kernel_attention and self._one_op(path, qkv, H):
             norm, q_weight, k_weight, eps = fused
-            q, k, v = kernels.qk_norm_rope(
+            out = kernels.qk_norm_rope_attention(
                 qkv,
                 self.rope_cos,
                 self.rope_sin,
@@ -229,21 +278,15 @@ class ViT5Attention(CompositeFlops, nn.Module):
                 eps,
                 self.rope_pairing,
                 norm=norm,
+                scale=self.scale,
                 backend=path,
             )
         else:
-            q, k, v = qkv.view(B, T, 3, H, D).unbind(2)
-            if self.qk_norm:
-                q, k = self.q_norm(q), self.k_norm(k)
-            cos, sin = self.rope_cos[:, None, :], self.rope_sin[:, None, :]
-            q = apply_rope(q, cos, sin, self.rope_pairing).transpose(1, 2)
-            k = apply_rope(k, cos, sin, self.rope_pairing).transpose(1, 2)
-            v = v.transpose(1, 2)
-        dropout = self.attn_dropout if self.training else 0.0
-        if not dropout and self._attention_kernels(path) and kernels.attention_supported(q, k, v):
-            out = kernels.attention(q, k, v, self.scale, backend=path)
-        else:
-            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=self.scale)
+            q, k, v = self._heads(qkv, H, path, fused)
+            if kernel_attention and kernels.attention_supported(q, k, v):
+                out = kernels.attention(q, k, v, self.scale, backend=path)
+            else:
+                out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, scale=self.scale)
         out = out.transpose(1, 2).reshape(B, T, H * D)
         return self.proj_drop(self.proj(out))
 

@@ -338,15 +338,22 @@ class CudaSemantics(TorchFunctionMode):
                     args, kwargs = tree_map(lambda x: self._cast(x, widest), (args, kwargs))
         if name == "scaled_dot_product_attention":
             return _run_sdpa(func, args, kwargs, self.sdpa_choices)
-        if name == "attention.default" and getattr(func, "namespace", None) == "flopkit":
-            # ViT5Attention on the Triton path: flopkit's kernels (kernels/sdpa.py), whose fake
+        if name in _FLOPKIT_ATTENTION and getattr(func, "namespace", None) == "flopkit":
+            # ViT5Attention on the Triton path: flopkit's kernels (kernels/sdpa.py), whose fakes
             # and autograd allocate what the kernels allocate.
-            self.sdpa_choices.append(SdpaChoice("flopkit", "flopkit's Triton attention (kernels.attention)"))
+            self.sdpa_choices.append(SdpaChoice("flopkit", _FLOPKIT_ATTENTION[name]))
         if name == "dropout" and args:
             fused = _fused_dropout(args, kwargs)
             if fused is not None:
                 return fused
         return func(*args, **kwargs)
+
+
+_FLOPKIT_ATTENTION = {
+    "attention.default": "flopkit's Triton attention (kernels.attention)",
+    "qk_norm_rope_attention.default": "flopkit's Triton attention with QK-norm + RoPE (kernels.qk_norm_rope_attention)",
+}
+"""The flopkit ops that run flopkit's attention kernels, by ``__name__``, and how a report names them."""
 
 
 def _fused_dropout(args: tuple, kwargs: dict) -> torch.Tensor | None:

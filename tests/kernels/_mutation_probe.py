@@ -97,7 +97,7 @@ def cases() -> dict[str, list[str]]:
     dq = torch.randn(2, 2, 5, 64)
     out["rope bwd"] = writes(
         rt._plan_bwd(
-            dq, dq, dq, qkv, cos, cos, w, w, 2, 1e-6, "split_half", True, None, rt.BWD_WARPS, 8, True
+            dq, dq, dq, qkv, cos, cos, w, w, 2, 1e-6, "split_half", True, None, rt.BWD_WARPS, 8, True, True
         )[0],
         11,
     )

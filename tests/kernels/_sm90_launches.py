@@ -1,4 +1,5 @@
-"""Compile every launch configuration of the norm and QK-norm + RoPE kernels for sm90.
+"""Compile every launch configuration of the norm and QK-norm + RoPE kernels for sm90 (and the
+attention kernels as the QK-norm + RoPE + attention op launches them).
 
 Run as a script in a fresh interpreter (``tests/kernels/test_sm90_compile.py``): it runs each public
 op forward and backward on CPU tensors at ViT-5 shapes with Triton's launch replaced by a capture,
@@ -13,7 +14,7 @@ import os
 import sys
 
 import torch
-from flopkit.kernels import _norm_ops, _rope_ops  # noqa: F401  the kernels, as JITFunctions
+from flopkit.kernels import _norm_ops, _rope_ops, _sdpa_ops  # noqa: F401  the kernels, as JITFunctions
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource, compile
 from triton.runtime.jit import JITFunction
@@ -85,6 +86,11 @@ def run_ops() -> None:
                         qkv, cos, sin, H, *weights, pairing=pairing, norm=norm, backend="triton"
                     )
                     backward(*out)
+                    if dt != torch.float32:  # with the attention: its backward in place (no v part)
+                        args = (qkv, cos, sin, H, *weights)
+                        backward(
+                            K.qk_norm_rope_attention(*args, pairing=pairing, norm=norm, backend="triton")
+                        )
 
 
 def main() -> None:

@@ -146,17 +146,36 @@ def attention_calls(monkeypatch):
     return spy_backends(monkeypatch, "attention")
 
 
-def test_half_precision_runs_flopkit_attention(fused_calls, attention_calls):
+@pytest.fixture
+def one_op_calls(monkeypatch):
+    """Count calls of the QK-norm + RoPE + attention op (``kernels.qk_norm_rope_attention``)."""
+    return spy_backends(monkeypatch, "qk_norm_rope_attention")
+
+
+@pytest.mark.parametrize(
+    "one_op, qk_norm, pairing",
+    [(True, "rmsnorm", "split_half"), (True, "headnorm", "interleaved"), (False, "rmsnorm", "split_half")],
+    ids=["one-op-rmsnorm", "one-op-headnorm-interleaved", "two-ops"],
+)
+def test_half_precision_runs_flopkit_attention(
+    fused_calls, attention_calls, one_op_calls, one_op, qk_norm, pairing
+):
     """Half-precision inputs at head_dim 64 take flopkit's attention kernels on the route the module
-    decided, as close to float64 as the reference path (SDPA) in the same precision."""
-    fast, ref = make_pair(64, "split_half", True, 4, "rmsnorm", dtype=HALF)
+    decided: by default one op with the QK-norm + RoPE (its backward in the attention's kernels),
+    with ``fused_qk_attention = False`` the two ops; either as close to float64 as the reference
+    path (SDPA) in the same precision."""
+    fast, ref = make_pair(64, pairing, True, 4, qk_norm, dtype=HALF)
+    fast.fused_qk_attention = one_op
     exact = copy.deepcopy(ref).double()
     x = torch.randn(2, fast.num_tokens, fast.hidden_dim, device=DEVICE)
     g = torch.randn_like(x)
     out_f, grads_f = forward_backward(fast, x.to(HALF), g.to(HALF))
-    assert attention_calls == [kernels.Route.KERNEL]
+    expected = (
+        ([kernels.Route.KERNEL], [], []) if one_op else ([], [kernels.Route.KERNEL], [kernels.Route.KERNEL])
+    )
+    assert (one_op_calls, attention_calls, fused_calls) == expected
     out_r, grads_r = forward_backward(ref, x.to(HALF), g.to(HALF))
-    assert attention_calls == [kernels.Route.KERNEL]
+    assert (one_op_calls, attention_calls, fused_calls) == expected
     out_e, grads_e = forward_backward(exact, x.double(), g.double())
     assert rel_err(out_f, out_e) < max(3e-3, 1.5 * rel_err(out_r, out_e))
     for name in grads_e:
@@ -165,7 +184,9 @@ def test_half_precision_runs_flopkit_attention(fused_calls, attention_calls):
 
 
 @pytest.mark.parametrize("case", ["float32", "head_dim_72", "dropout", "counted", "switched_off"])
-def test_attention_takes_sdpa_where_the_kernels_do_not_apply(fused_calls, attention_calls, case):
+def test_attention_takes_sdpa_where_the_kernels_do_not_apply(
+    fused_calls, attention_calls, one_op_calls, case
+):
     """float32 (the kernels' products would round it to TF32), a head dim that is not a power of
     two, attention dropout in training, a FLOP counter recording the ops (it must see SDPA), and
     ``triton_attention = False``: SDPA runs, the fused QK-norm + RoPE still does."""
@@ -184,29 +205,49 @@ def test_attention_takes_sdpa_where_the_kernels_do_not_apply(fused_calls, attent
         assert not any("flopkit.attention" in op for op in counted), counted
     else:
         fast(x)
-    assert attention_calls == []
+    assert attention_calls == one_op_calls == []
     assert fused_calls  # the QK-norm + RoPE kernel path was taken
 
 
-def test_compiled_module_runs_the_kernels_unless_eager_only(fused_calls, attention_calls):
-    """True (the default): torch.compile hands the custom-op route to the attention op, and values
-    and gradients match eager; ``triton_attention="eager"``: torch.compile runs SDPA."""
+def test_compiled_module_runs_the_kernels_unless_eager_only(fused_calls, attention_calls, one_op_calls):
+    """True (the default): torch.compile hands the custom-op route to the QK-norm + RoPE op and the
+    attention op (one op in eager code: ``fused_qk_attention = "eager"``), and values and gradients
+    match eager; ``triton_attention="eager"``: torch.compile runs SDPA."""
     fast, _ = make_pair(64, "split_half", True, 4, "rmsnorm", dtype=HALF)
-    assert fast.triton_attention is True
+    assert fast.triton_attention is True and fast.fused_qk_attention == "eager"
     x = torch.randn(2, fast.num_tokens, fast.hidden_dim, device=DEVICE, dtype=HALF)
     g = torch.randn_like(x)
     out_e, grads_e = forward_backward(fast, x, g)
-    assert attention_calls == [kernels.Route.KERNEL]
+    assert (one_op_calls, attention_calls) == ([kernels.Route.KERNEL], [])
     torch._dynamo.reset()
     out_c, grads_c = forward_backward(torch.compile(fast, fullgraph=True), x, g)
-    assert attention_calls == [kernels.Route.KERNEL, kernels.Route.CUSTOM_OP]
+    assert (one_op_calls, attention_calls) == ([kernels.Route.KERNEL], [kernels.Route.CUSTOM_OP])
     assert rel_err(out_c, out_e) < 2e-3
     assert_grads_close(grads_c, grads_e, 4e-3)
     fast.triton_attention = "eager"
     torch._dynamo.reset()
     forward_backward(torch.compile(fast, fullgraph=True), x, g)
-    forward_backward(fast, x, g)
-    assert attention_calls == [kernels.Route.KERNEL, kernels.Route.CUSTOM_OP, kernels.Route.KERNEL]
+    assert attention_calls == [kernels.Route.CUSTOM_OP]  # SDPA under torch.compile
+    assert fused_calls == [kernels.Route.CUSTOM_OP, kernels.Route.CUSTOM_OP]
+
+
+def test_compiled_module_runs_the_one_op_when_asked(fused_calls, attention_calls, one_op_calls):
+    """``fused_qk_attention = True``: torch.compile runs the one op too, with eager's values and
+    gradients; an unknown setting names itself."""
+    fast, _ = make_pair(64, "split_half", True, 4, "rmsnorm", dtype=HALF)
+    x = torch.randn(2, fast.num_tokens, fast.hidden_dim, device=DEVICE, dtype=HALF)
+    g = torch.randn_like(x)
+    out_e, grads_e = forward_backward(fast, x, g)
+    fast.fused_qk_attention = True
+    torch._dynamo.reset()
+    out_c, grads_c = forward_backward(torch.compile(fast, fullgraph=True), x, g)
+    assert one_op_calls == [kernels.Route.KERNEL, kernels.Route.CUSTOM_OP]
+    assert fused_calls == attention_calls == []
+    assert rel_err(out_c, out_e) < 2e-3
+    assert_grads_close(grads_c, grads_e, 4e-3)
+    fast.fused_qk_attention = "compiled"
+    with pytest.raises(ValueError, match="fused_qk_attention must be True, False or 'eager', got 'compiled'"):
+        fast(x)
 
 
 def test_compiled_module_with_dynamic_batch_compiles_once(monkeypatch):

@@ -142,6 +142,8 @@ def test_every_flopkit_kernel_op_comes_from_one_spec():
         "flopkit::norm_backward",
         "flopkit::per_head_rms_norm",
         "flopkit::qk_norm_rope",
+        "flopkit::qk_norm_rope_attention",
+        "flopkit::qk_norm_rope_attention_backward",
         "flopkit::qk_norm_rope_backward",
         "flopkit::rms_norm",
         "flopkit::rms_norm_residual",

@@ -1,7 +1,8 @@
 """The norm and QK-norm + RoPE kernels compile for sm90 in every configuration their launchers plan
-at ViT-5 shapes (``_sm90_launches.py``), with the installed Triton.
+at ViT-5 shapes (``_sm90_launches.py``; the QK-norm + RoPE backward also in place, as
+``kernels.qk_norm_rope_attention`` runs it after the attention kernels), with the installed Triton.
 
-About 85 compiles (30-60 s), so the main suite leaves it to ``.ci/run``'s step that sets
+About 90 compiles (30-60 s), so the main suite leaves it to ``.ci/run``'s step that sets
 ``FLOPKIT_REQUIRE_SM90=1`` and runs it with Triton 3.6.0, the GPU machines' (the interpreter the
 suite uses cannot see a compile error of the real backend). The attention kernels have their own
 sm90 check in ``test_sdpa_kernels.py``.
@@ -20,6 +21,9 @@ import pytest
 REQUIRED = bool(os.environ.get("FLOPKIT_REQUIRE_SM90"))
 SCRIPT = Path(__file__).with_name("_sm90_launches.py")
 KERNELS = [
+    "_attn_bwd_dkdv",
+    "_attn_bwd_dq",
+    "_attn_fwd",
     "_norm_bwd_chunked_kernel",
     "_norm_bwd_kernel",
     "_norm_fwd_chunked_kernel",
@@ -39,7 +43,7 @@ LAUNCHES = _early.early("sm90-launches", _launches)
 
 
 # The early mark only when the test runs: a marked test's subprocess starts even if it skips.
-@pytest.mark.skipif(not REQUIRED, reason="about 85 sm90 compiles: set FLOPKIT_REQUIRE_SM90=1 (.ci/run does)")
+@pytest.mark.skipif(not REQUIRED, reason="about 90 sm90 compiles: set FLOPKIT_REQUIRE_SM90=1 (.ci/run does)")
 @(pytest.mark.early("sm90-launches") if REQUIRED else (lambda test: test))
 def test_norm_and_rope_kernels_compile_for_sm90():
     done = LAUNCHES.result()

@@ -1,0 +1,220 @@
+"""QK-norm + RoPE and attention as one op (``flopkit::qk_norm_rope_attention``), whose backward
+writes dq, dk and dv into one buffer and runs the QK-norm + RoPE's backward in place on it: equal,
+bit for bit, to the two ops run one after the other, and within rounding of float64 specs written
+in the two ops' own test files.
+
+On a machine without a GPU the kernels run in Triton's CPU interpreter (float16 there: its bfloat16
+``tl.dot`` is wrong, see ``test_sdpa_kernels.py``).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from _references import device, rel_err
+from flopkit.kernels._rope_triton import qk_norm_rope_bwd
+from flopkit.kernels._sdpa_triton import (
+    AttnTile,
+    attention_bwd,
+    attention_fwd,
+    qk_norm_rope_attention_bwd,
+    qk_norm_rope_attention_fwd,
+)
+from test_qk_norm_rope import make_inputs
+from test_qk_norm_rope import spec as qk_spec
+from test_sdpa_kernels import spec as attention_spec
+from torch.utils.flop_counter import FlopCounterMode
+
+from flopkit import formulas, kernels
+
+HALF = [torch.float16] + ([torch.bfloat16] if torch.cuda.is_available() else [])
+TILES = {"dq_tile": AttnTile(16, 16, 4, 1), "dkdv_tile": AttnTile(16, 16, 4, 1)}
+# dk/dv's keys in full blocks, then tail steps of 8 (the shipped DKDV_TILE's form).
+TAILED = {"dq_tile": AttnTile(16, 16, 4, 1), "dkdv_tile": AttnTile(16, 16, 4, 1, 8)}
+
+
+def float64_grads(qkv, cos, sin, qw, kw, heads, eps, pairing, norm, scale, do):
+    """``o`` and the gradients of ``qkv`` and the weights, all in float64, from the two specs."""
+    leaves = [None if t is None else t.detach().double().requires_grad_() for t in (qkv, qw, kw)]
+    q, k, v = qk_spec(leaves[0], cos, sin, heads, leaves[1], leaves[2], eps, pairing, norm)
+    o = attention_spec(q, k, v, scale)
+    o.backward(do.double())
+    return o, [None if t is None else t.grad for t in leaves]
+
+
+def run(D, weights, pairing, dtype, *, batch=2, heads=2, tokens=21, norm=None, tiles=TILES):
+    """The one op's launchers (forward, then backward on a random ``do``), the two ops' launchers on
+    the same inputs, and the float64 specs: ``(one_op, two_ops, exact)``, each ``(o, [dqkv, dqw, dkw])``."""
+    qkv, cos, sin, qw, kw = make_inputs(D, weights, dtype, batch=batch, tokens=tokens, heads=heads)
+    norm = qw is not None if norm is None else norm
+    args = (cos, sin, qw, kw, heads, 1e-6, pairing, norm)
+    scale = D**-0.5
+    o, lse, q, k = qk_norm_rope_attention_fwd(qkv, *args, scale)
+    do = torch.randn_like(o)
+    one_op = (o, list(qk_norm_rope_attention_bwd(do, qkv, q, k, o, lse, *args, scale, **tiles)))
+    # The two ops' launchers: dq, dk, dv in buffers of their own, then the QK-norm + RoPE's kernel.
+    v = qkv.unflatten(-1, (3, heads, D))[:, :, 2].transpose(1, 2)
+    o2, lse2 = attention_fwd(q, k, v, scale)
+    dq, dk, dv = attention_bwd(do, q, k, v, o2, lse2, scale, **tiles)
+    two_ops = (o2, list(qk_norm_rope_bwd(dq, dk, dv, qkv, *args)))
+    return one_op, two_ops, float64_grads(qkv, *args, scale, do)
+
+
+def assert_the_two_ops_results(one_op, two_ops, exact, tol):
+    """Each of the one op's results equal to the two ops' (the same kernels on the same values) and
+    within ``tol`` of float64; a gradient without a weight is the empty ``(0,)`` tensor."""
+    assert torch.equal(one_op[0], two_ops[0])
+    assert rel_err(one_op[0], exact[0]) < tol
+    for name, got, other, ref in zip(("dqkv", "dqw", "dkw"), one_op[1], two_ops[1], exact[1], strict=True):
+        assert got.dtype == other.dtype and got.shape == other.shape, name
+        assert torch.equal(got, other), name
+        if ref is None:  # no weight, or norm=False
+            assert got.shape == (0,), name
+        else:
+            assert rel_err(got, ref) < tol, name
+
+
+@pytest.mark.parametrize("weights", ["shared", "per_head", None])
+@pytest.mark.parametrize("pairing", ["split_half", "interleaved"])
+@pytest.mark.parametrize("dtype", HALF)
+def test_matches_the_two_ops_and_float64(dtype, pairing, weights):
+    """T = 21 (a partial last block each way), D = 16, both pairings, shared, per-head and no weights."""
+    tol = 3e-3 if dtype == torch.float16 else 2e-2
+    assert_the_two_ops_results(*run(16, weights, pairing, dtype), tol=tol)
+
+
+def test_model_layout_and_tail_steps():
+    """12 heads (q and k token-major, as ViT-5-Base's) and T = 37 with the dk/dv kernel's tail
+    steps writing into the shared buffer."""
+    one_op, two_ops, exact = run(
+        16, "per_head", "split_half", torch.float16, batch=1, heads=12, tokens=37, tiles=TAILED
+    )
+    assert_the_two_ops_results(one_op, two_ops, exact, tol=3e-3)
+
+
+@pytest.mark.parametrize("pairing", ["split_half", "interleaved"])
+def test_rope_without_norm_ignores_the_weights(pairing):
+    """``norm=False``: RoPE's backward only; the weights get no gradient (empty, as the two ops')."""
+    assert_the_two_ops_results(*run(32, "shared", pairing, torch.float16, norm=False), tol=3e-3)
+
+
+def test_opcheck_ops():
+    """The custom ops' schema, fake, autograd registration and dispatch (forward and backward op)."""
+    from flopkit.kernels import _sdpa_ops  # noqa: F401  (registers the ops)
+
+    qkv, cos, sin, qw, kw = make_inputs(16, "per_head", batch=1, tokens=5, heads=1)
+    qkv, qw, kw = (t.requires_grad_() for t in (qkv, qw, kw))
+    args = (qkv, cos, sin, qw, kw, 1, 1e-6, "split_half", True, 0.25)
+    torch.library.opcheck(torch.ops.flopkit.qk_norm_rope_attention.default, args)
+    o, lse, q, k = torch.ops.flopkit.qk_norm_rope_attention.default(
+        *(a.detach() if torch.is_tensor(a) else a for a in args)
+    )
+    back = (torch.randn_like(o), qkv.detach(), q, k, o, lse, cos, sin, qw.detach(), kw.detach(), 1, 1e-6,
+            "split_half", True, 0.25)  # fmt: skip
+    torch.library.opcheck(torch.ops.flopkit.qk_norm_rope_attention_backward.default, back)
+
+
+def public_inputs(D, dtype=torch.float16, heads=2, tokens=9):
+    qkv, cos, sin, qw, kw = make_inputs(D, "shared", dtype, batch=1, tokens=tokens, heads=heads)
+    return qkv.requires_grad_(), cos, sin, qw.requires_grad_(), kw.requires_grad_()
+
+
+def two_ops(qkv, cos, sin, heads, qw, kw, backend):
+    q, k, v = kernels.qk_norm_rope(qkv, cos, sin, heads, qw, kw, backend=backend)
+    return kernels.attention(q, k, v, backend=backend)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_public_op_gives_the_two_ops_values_and_gradients(backend):
+    qkv, cos, sin, qw, kw = public_inputs(16)
+    results = []
+    for fn in (kernels.qk_norm_rope_attention, lambda *a, backend: two_ops(*a, backend)):
+        for t in (qkv, qw, kw):
+            t.grad = None
+        out = fn(qkv, cos, sin, 2, qw, kw, backend=backend)
+        out.float().square().sum().backward()
+        results.append([out] + [t.grad.clone() for t in (qkv, qw, kw)])
+    for got, ref in zip(*results, strict=True):
+        assert torch.equal(got, ref)
+
+
+def test_public_op_runs_the_two_ops_where_the_kernels_do_not_apply(monkeypatch):
+    """D = 24 (not a power of two) takes the two ops on the same route; ``backend="triton"`` with
+    such shapes or float32 raises the attention's error, which names them."""
+    from flopkit.kernels import _sdpa_ops
+
+    calls = []
+    monkeypatch.setattr(_sdpa_ops.QK_NORM_ROPE_ATTENTION, "eager", lambda *a: calls.append(a))
+    qkv, cos, sin, qw, kw = public_inputs(24)
+    auto = kernels.qk_norm_rope_attention(qkv, cos, sin, 2, qw, kw)
+    assert rel_err(auto, two_ops(qkv, cos, sin, 2, qw, kw, "torch")) < 1e-6
+    assert calls == []
+    with pytest.raises(ValueError, match=r"D in \(16, 32, 64, 128\).*got q \(1, 2, 9, 24\)"):
+        kernels.qk_norm_rope_attention(qkv, cos, sin, 2, qw, kw, backend="triton")
+    with pytest.raises(ValueError, match=r"cos must have shape \(T, D\) = \(9, 24\)"):
+        kernels.qk_norm_rope_attention(qkv, cos[:5], sin, 2, qw, kw, backend="triton")
+    f32 = [t.detach().float() for t in public_inputs(16)]  # TF32 on CUDA: the kernels do not take it
+    with pytest.raises(ValueError, match="float16/bfloat16.*torch.float32"):
+        kernels.qk_norm_rope_attention(*f32[:3], 2, *f32[3:], backend="triton")
+
+
+def test_flop_counter_counts_both_parts():
+    """The custom op's registered counts: forward QK-norm + RoPE plus SDPA, backward twice SDPA (the
+    counts of the two ops it replaces), on meta tensors routed through the custom ops."""
+    with torch.device("meta"):
+        qkv, cos, sin, qw, kw = public_inputs(16, heads=2, tokens=9)
+    with kernels.route_through_custom_ops(), FlopCounterMode(display=False) as counter:
+        kernels.qk_norm_rope_attention(qkv, cos, sin, 2, qw, kw).sum().backward()
+    counts = {str(op): n for op, n in counter.get_flop_counts()["Global"].items()}
+    sdpa = formulas.sdpa(1, 2, 9, 9, 16, 16)
+    assert counts["flopkit.qk_norm_rope_attention"] == formulas.qk_norm_rope(1, 9, 2, 16, True) + sdpa
+    assert counts["flopkit.qk_norm_rope_attention_backward"] == 2 * sdpa
+
+
+def test_backward_writes_one_buffer_and_runs_the_rope_backward_in_place():
+    """On meta tensors at vit5-base's shape: the attention's backward kernels get the three head
+    views of one ``dqkv`` as their outputs, and the QK-norm + RoPE's backward kernel reads dq and dk
+    from it and writes into it, leaving its v part (``WRITE_V`` off)."""
+    launches = []
+
+    def capture(kernel, grid, args, meta, num_tensors, plan=None):
+        launches.append((kernel.__name__, args[:num_tensors], meta))
+
+    B, T, H, D = 128, 201, 12, 64
+    qkv = torch.empty(B, T, 3 * H * D, device="meta", dtype=torch.bfloat16)
+    cos = sin = torch.empty(T, D, device="meta")
+    w = torch.empty(D, device="meta")
+    args = (cos, sin, w, w, H, 1e-6, "split_half", True, 0.125)
+    o, lse, q, k = qk_norm_rope_attention_fwd(qkv, *args, run=capture)
+    launches.clear()
+    dqkv, dqw, dkw = qk_norm_rope_attention_bwd(torch.empty_like(o), qkv, q, k, o, lse, *args, run=capture)
+    assert dqkv.shape == qkv.shape and dqw.shape == dkw.shape == (D,)
+    names = [name for name, _, _ in launches]
+    assert names[:3] == ["_attn_bwd_dq", "_attn_bwd_dkdv", "_qk_norm_rope_bwd_kernel"], names
+    dq = launches[0][1][7]
+    dk, dv = launches[1][1][6:8]
+    for view, part in ((dq, 0), (dk, 1), (dv, 2)):
+        assert view._base is dqkv and view.storage_offset() == part * H * D
+        assert view.stride() == (T * 3 * H * D, D, 3 * H * D, 1)
+    rope_tensors, rope_meta = launches[2][1], launches[2][2]
+    assert rope_tensors[0] is dq and rope_tensors[1] is dk and rope_tensors[8] is dqkv
+    assert rope_meta["WRITE_V"] is False and rope_meta["HAS_DV"] is False
+
+
+def test_rope_backward_refuses_an_out_it_cannot_write_in_place():
+    qkv = torch.empty(1, 3, 48, device="meta")
+    g = torch.empty(1, 2, 3, 8, device="meta")
+    table = torch.empty(3, 8, device="meta")
+    args = (qkv, table, table, None, None, 2, 1e-6, "split_half", False)
+    with pytest.raises(
+        ValueError, match=r"out must be a contiguous \(1, 3, 48\) torch.float32 buffer and dv None"
+    ):
+        qk_norm_rope_bwd(g, g, g, *args, out=torch.empty_like(qkv))
+    with pytest.raises(ValueError, match="contiguous: False"):
+        qk_norm_rope_bwd(g, g, None, *args, out=torch.empty(1, 48, 3, device="meta").mT)
+
+
+@pytest.mark.skipif(device() != "cuda", reason="bfloat16 end to end needs CUDA (the interpreter's bf16 dot)")
+def test_bfloat16_at_vit5_base_shape_on_cuda():
+    one_op, two_ops, exact = run(64, "shared", "split_half", torch.bfloat16, batch=1, heads=12, tokens=201)
+    assert_the_two_ops_results(one_op, two_ops, exact, tol=2e-2)
