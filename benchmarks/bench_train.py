@@ -65,11 +65,11 @@ from flopkit.nn import ViT5
 BATCH = {"vit5-small": 256, "vit5-base": 128}
 DTYPE = torch.bfloat16
 # --models: flopkit's rows by ViT5Attention.triton_attention (None: the module's default, True), and
-# nvSubquadratic's own model. flopkit-two-ops and flopkit-one-op-compiled: ViT5Attention.fused_qk_attention
-# False (the QK-norm + RoPE op, then the attention op) and True (one op under torch.compile too).
+# nvSubquadratic's own model. flopkit-one-op and flopkit-one-op-compiled: ViT5Attention.fused_qk_attention
+# "eager" (QK-norm + RoPE and the attention as one op in eager code) and True (under torch.compile too).
 FLOPKIT_ATTENTION: dict[str, bool | str | None] = {
     "flopkit": None,
-    "flopkit-two-ops": None,
+    "flopkit-one-op": None,
     "flopkit-one-op-compiled": None,
     "flopkit-sdpa": False,
     "flopkit-attention-eager": "eager",
@@ -123,7 +123,7 @@ def build_flopkit(
     flopkit's kernels in eager and compiled code): the ``flopkit-sdpa`` rows run SDPA everywhere
     (False), the ``flopkit-attention-eager`` rows the kernels in eager code and SDPA under
     ``torch.compile`` ("eager"). ``one_op``, when given, is every
-    ``ViT5Attention.fused_qk_attention`` (the ``flopkit-two-ops`` rows False, the
+    ``ViT5Attention.fused_qk_attention`` (the ``flopkit-one-op`` rows ``"eager"``, the
     ``flopkit-one-op-compiled`` rows True)."""
     model = ViT5.from_preset(preset).cuda().to(DTYPE)
     for m in model.modules():
@@ -207,7 +207,7 @@ def build_model(kind: str, preset: str, upstream: str | None) -> torch.nn.Module
         preset,
         unfolded=kind == "flopkit-unfolded",
         attention=FLOPKIT_ATTENTION[kind],
-        one_op={"flopkit-two-ops": False, "flopkit-one-op-compiled": True}.get(kind),
+        one_op={"flopkit-one-op": "eager", "flopkit-one-op-compiled": True}.get(kind),
     )
 
 

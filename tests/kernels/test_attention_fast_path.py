@@ -161,11 +161,12 @@ def test_half_precision_runs_flopkit_attention(
     fused_calls, attention_calls, one_op_calls, one_op, qk_norm, pairing
 ):
     """Half-precision inputs at head_dim 64 take flopkit's attention kernels on the route the module
-    decided: by default one op with the QK-norm + RoPE (its backward in the attention's kernels),
-    with ``fused_qk_attention = False`` the two ops; either as close to float64 as the reference
-    path (SDPA) in the same precision."""
+    decided: the QK-norm + RoPE op and the attention op (``fused_qk_attention = False``, the
+    default), or one op for both (``"eager"``); either as close to float64 as the reference path
+    (SDPA) in the same precision."""
     fast, ref = make_pair(64, pairing, True, 4, qk_norm, dtype=HALF)
-    fast.fused_qk_attention = one_op
+    assert fast.fused_qk_attention is False
+    fast.fused_qk_attention = "eager" if one_op else False
     exact = copy.deepcopy(ref).double()
     x = torch.randn(2, fast.num_tokens, fast.hidden_dim, device=DEVICE)
     g = torch.randn_like(x)
@@ -211,10 +212,11 @@ def test_attention_takes_sdpa_where_the_kernels_do_not_apply(
 
 def test_compiled_module_runs_the_kernels_unless_eager_only(fused_calls, attention_calls, one_op_calls):
     """True (the default): torch.compile hands the custom-op route to the QK-norm + RoPE op and the
-    attention op (one op in eager code: ``fused_qk_attention = "eager"``), and values and gradients
-    match eager; ``triton_attention="eager"``: torch.compile runs SDPA."""
+    attention op (one op in eager code with ``fused_qk_attention = "eager"``), and values and
+    gradients match eager; ``triton_attention="eager"``: torch.compile runs SDPA."""
     fast, _ = make_pair(64, "split_half", True, 4, "rmsnorm", dtype=HALF)
-    assert fast.triton_attention is True and fast.fused_qk_attention == "eager"
+    assert fast.triton_attention is True
+    fast.fused_qk_attention = "eager"
     x = torch.randn(2, fast.num_tokens, fast.hidden_dim, device=DEVICE, dtype=HALF)
     g = torch.randn_like(x)
     out_e, grads_e = forward_backward(fast, x, g)
@@ -237,8 +239,8 @@ def test_compiled_module_runs_the_one_op_when_asked(fused_calls, attention_calls
     fast, _ = make_pair(64, "split_half", True, 4, "rmsnorm", dtype=HALF)
     x = torch.randn(2, fast.num_tokens, fast.hidden_dim, device=DEVICE, dtype=HALF)
     g = torch.randn_like(x)
-    out_e, grads_e = forward_backward(fast, x, g)
     fast.fused_qk_attention = True
+    out_e, grads_e = forward_backward(fast, x, g)
     torch._dynamo.reset()
     out_c, grads_c = forward_backward(torch.compile(fast, fullgraph=True), x, g)
     assert one_op_calls == [kernels.Route.KERNEL, kernels.Route.CUSTOM_OP]
