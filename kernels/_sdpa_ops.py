@@ -134,10 +134,10 @@ ATTENTION = KernelOp(
 log-sum-exp ``[B, H, T]`` fp32, from q, k, v ``[B, H, T, D]``."""
 
 
-# --------------------------------------------------------------------------- fused QK-norm + RoPE + attention
+# --------------------------------------------------------------------------- QK-norm + RoPE and attention, one op
 
 
-def _fused_backward_reference(do, qkv, q, k, o, lse, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm,
+def _qk_attention_backward_reference(do, qkv, q, k, o, lse, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm,
                               scale):  # fmt: skip
     """The two ops' references in a row: the attention's backward, then the QK-norm + RoPE's."""
     v = _qkv_heads(qkv, num_heads)[2]
@@ -145,7 +145,7 @@ def _fused_backward_reference(do, qkv, q, k, o, lse, cos, sin, q_weight, k_weigh
     return _qk_norm_rope_bwd_ref(dq, dk, dv, qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm)
 
 
-def _fused_backward_fake(
+def _qk_attention_backward_fake(
     do, qkv, q, k, o, lse, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm, scale
 ):
     # The launcher's allocations in its order: dqkv, the attention's delta [B, H, T] fp32 (freed on
@@ -159,7 +159,7 @@ def _fused_backward_fake(
     return dqkv, weight_grad(q_weight), weight_grad(k_weight)
 
 
-def _fused_backward_flops(do_shape, qkv_shape, q_shape, *args, out_shape=None, **kwargs) -> int:
+def _qk_attention_backward_flops(do_shape, qkv_shape, q_shape, *args, out_shape=None, **kwargs) -> int:
     """The parts' counts: the attention's backward (twice SDPA's forward); the QK-norm + RoPE's
     backward has no formula of its own (as ``flopkit::qk_norm_rope_backward``)."""
     B, H, T, D = q_shape
@@ -172,28 +172,28 @@ QK_NORM_ROPE_ATTENTION_BACKWARD = KernelOp(
     "Tensor? q_weight, Tensor? k_weight, SymInt num_heads, float eps, str pairing, bool norm, float scale) "
     "-> (Tensor, Tensor, Tensor)",
     forward=qk_norm_rope_attention_bwd,
-    reference=_fused_backward_reference,
-    fake=_fused_backward_fake,
-    flops=_fused_backward_flops,
+    reference=_qk_attention_backward_reference,
+    fake=_qk_attention_backward_fake,
+    flops=_qk_attention_backward_flops,
 )
 """``(dqkv, dq_weight, dk_weight)``: the attention's backward kernels write dq, dk and dv into one
 ``dqkv`` buffer, then the QK-norm + RoPE's backward kernel runs in place on its q and k parts;
 absent weight gradients are empty ``(0,)``."""
 
 
-def _fused_reference(qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm, scale):
+def _qk_attention_reference(qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm, scale):
     q, k = _qk_norm_rope_reference(qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm)
     o, lse = _attention_reference(q, k, _qkv_heads(qkv, num_heads)[2], scale)
     return o, lse, q, k
 
 
-def _fused_fake(qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm, scale):
+def _qk_attention_fake(qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm, scale):
     q, k = empty_qk(qkv, num_heads), empty_qk(qkv, num_heads)
     o, lse = _attention_fake(q, k, q, scale)
     return o, lse, q, k
 
 
-def _fused_flops(qkv_shape, cos_shape, sin_shape, qw_shape, kw_shape, num_heads, eps, pairing, norm, scale,
+def _qk_attention_flops(qkv_shape, cos_shape, sin_shape, qw_shape, kw_shape, num_heads, eps, pairing, norm, scale,
                  *args, out_shape=None, **kwargs) -> int:  # fmt: skip
     """The parts' counts: QK-norm + RoPE (:func:`flopkit.formulas.qk_norm_rope`) plus SDPA's."""
     B, T, three_hd = qkv_shape
@@ -204,35 +204,20 @@ def _fused_flops(qkv_shape, cos_shape, sin_shape, qw_shape, kw_shape, num_heads,
     return rope + formulas.sdpa(B, num_heads, T, T, D, D)
 
 
-def _fused_setup(ctx, inputs, output) -> None:
+def _qk_attention_setup(ctx, inputs, output) -> None:
     qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm, scale = inputs
     o, lse, q, k = output
     ctx.save_for_backward(qkv, q, k, o, lse, cos, sin, q_weight, k_weight)
     ctx.num_heads, ctx.eps, ctx.pairing, ctx.norm, ctx.scale = num_heads, eps, pairing, norm, scale
 
 
-def _fused_backward(ctx, do, *unused):
+def _qk_attention_backward(ctx, do, *unused):
     """``unused``: the gradients of lse, q and k, outputs only the backward reads (None, or zeros
     through the op's autograd; no caller differentiates them)."""
-    qkv, q, k, o, lse, cos, sin, q_weight, k_weight = ctx.saved_tensors
+    saved = ctx.saved_tensors  # the backward op's tensors in its order: qkv, q, k, o, lse, cos, sin, weights
     bwd = QK_NORM_ROPE_ATTENTION_BACKWARD.forward if ctx.eager else QK_NORM_ROPE_ATTENTION_BACKWARD.op
-    dqkv, dqw, dkw = bwd(
-        do,
-        qkv,
-        q,
-        k,
-        o,
-        lse,
-        cos,
-        sin,
-        q_weight,
-        k_weight,
-        ctx.num_heads,
-        ctx.eps,
-        ctx.pairing,
-        ctx.norm,
-        ctx.scale,
-    )
+    dqkv, dqw, dkw = bwd(do, *saved, ctx.num_heads, ctx.eps, ctx.pairing, ctx.norm, ctx.scale)
+    q_weight, k_weight = saved[-2:]
     dqw = dqw if q_weight is not None and ctx.norm else None
     dkw = dkw if k_weight is not None and ctx.norm else None
     return dqkv, None, None, dqw, dkw, None, None, None, None, None
@@ -243,11 +228,11 @@ QK_NORM_ROPE_ATTENTION = KernelOp(
     "(Tensor qkv, Tensor cos, Tensor sin, Tensor? q_weight, Tensor? k_weight, SymInt num_heads, float eps, "
     "str pairing, bool norm, float scale) -> (Tensor, Tensor, Tensor, Tensor)",
     forward=qk_norm_rope_attention_fwd,
-    reference=_fused_reference,
-    fake=_fused_fake,
-    flops=_fused_flops,
-    setup=_fused_setup,
-    backward=_fused_backward,
+    reference=_qk_attention_reference,
+    fake=_qk_attention_fake,
+    flops=_qk_attention_flops,
+    setup=_qk_attention_setup,
+    backward=_qk_attention_backward,
     materialize_grads=False,
 )
 """From ``qkv`` ``[B, T, 3*H*D]``: ``(o, lse, q, k)``, the attention of the QK-normalised, rotated

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ._dispatch import REFERENCE, Route, route
+from .rope import _check_qk_args, qk_norm_rope
 
 __all__ = [
     "attention",
@@ -129,8 +130,6 @@ def qk_norm_rope_attention(
         ``[B, H, T, D]``, as :func:`attention`.
     FLOPs: :func:`flopkit.formulas.qk_norm_rope` plus :func:`flopkit.formulas.sdpa` ``(B, H, T, T, D)``.
     """
-    from .rope import _check_qk_args, qk_norm_rope
-
     _check_qk_args(qkv, cos, sin, num_heads, q_weight, k_weight, pairing)
     if norm is None:
         norm = q_weight is not None or k_weight is not None
