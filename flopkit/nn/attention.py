@@ -220,25 +220,19 @@ class ViT5Attention(CompositeFlops, nn.Module):
             return False
         return kernels.qk_norm_rope_attention_supported(qkv, H)
 
+    def _rope_args(self, qkv: torch.Tensor, H: int, fused: tuple) -> tuple:
+        """The fused QK-norm + RoPE's positional arguments (``kernels.qk_norm_rope`` and
+        ``kernels.qk_norm_rope_attention``) from ``fused`` (:meth:`_fused_weights`)."""
+        _, q_weight, k_weight, eps = fused
+        return qkv, self.rope_cos, self.rope_sin, H, q_weight, k_weight, eps, self.rope_pairing
+
     def _heads(
         self, qkv: torch.Tensor, H: int, path: kernels.Route | None, fused: tuple | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q, k, v ``[B, H, T, D]`` of ``qkv`` ``[B, T, 3*H*D]``, q and k normalised and rotated: by
         the fused kernel (``fused``, from :meth:`_fused_weights`) or by the modules."""
         if fused is not None:
-            norm, q_weight, k_weight, eps = fused
-            return kernels.qk_norm_rope(
-                qkv,
-                self.rope_cos,
-                self.rope_sin,
-                H,
-                q_weight,
-                k_weight,
-                eps,
-                self.rope_pairing,
-                norm=norm,
-                backend=path,
-            )
+            return kernels.qk_norm_rope(*self._rope_args(qkv, H, fused), norm=fused[0], backend=path)
         B, T, _ = qkv.shape
         q, k, v = qkv.view(B, T, 3, H, self.head_dim).unbind(2)
         if self.qk_norm:
@@ -267,20 +261,8 @@ class ViT5Attention(CompositeFlops, nn.Module):
         dropout = self.attn_dropout if self.training else 0.0
         kernel_attention = not dropout and self._attention_kernels(path)
         if fused is not None and kernel_attention and self._one_op(path, qkv, H):
-            norm, q_weight, k_weight, eps = fused
-            out = kernels.qk_norm_rope_attention(
-                qkv,
-                self.rope_cos,
-                self.rope_sin,
-                H,
-                q_weight,
-                k_weight,
-                eps,
-                self.rope_pairing,
-                norm=norm,
-                scale=self.scale,
-                backend=path,
-            )
+            rope = self._rope_args(qkv, H, fused)
+            out = kernels.qk_norm_rope_attention(*rope, norm=fused[0], scale=self.scale, backend=path)
         else:
             q, k, v = self._heads(qkv, H, path, fused)
             if kernel_attention and kernels.attention_supported(q, k, v):
