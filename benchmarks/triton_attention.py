@@ -36,7 +36,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 from flopkit.kernels._launch import launch
-from flopkit.kernels._rope_triton import qk_norm_rope_bwd
+from flopkit.kernels._rope_triton import qk_norm_rope_bwd, qkv_heads
 from flopkit.kernels._sdpa_triton import (
     DKDV_TILE,
     DQ_TILE,
@@ -204,7 +204,7 @@ def qk_backward(B: int, H: int, scale: float, tiles: dict) -> dict:
     args = (cos, sin, w, w, H, 1e-6, "split_half", True)
     o, lse, q, k = qk_norm_rope_attention_fwd(qkv, *args, scale)
     do = torch.randn(B, T, H, D, device="cuda", generator=g).to(torch.bfloat16).transpose(1, 2)
-    v = qkv.unflatten(-1, (3, H, D))[:, :, 2].transpose(1, 2)
+    v = qkv_heads(qkv, H)[2]
     bwd_tiles = {"dq_tile": tiles["dq"], "dkdv_tile": tiles["dkdv"]}
 
     def two_ops():

@@ -352,6 +352,12 @@ def empty_qk(qkv: torch.Tensor, num_heads: int) -> torch.Tensor:
     return qkv.new_empty((B, num_heads, T, D))
 
 
+def qkv_heads(qkv: torch.Tensor, num_heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k and v of ``qkv`` ``[B, T, 3*H*D]`` as ``[B, H, T, D]`` views."""
+    q, k, v = qkv.unflatten(-1, (3, num_heads, -1)).unbind(2)
+    return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+
+
 def qk_norm_rope_fwd(
     qkv: torch.Tensor,
     cos: torch.Tensor,

@@ -16,9 +16,8 @@ from flopkit import formulas
 
 from ._opspec import KernelOp
 from ._rope_ops import _qk_norm_rope_bwd_ref, _qk_norm_rope_flops, _qk_norm_rope_reference
-from ._rope_triton import empty_qk
+from ._rope_triton import empty_qk, qkv_heads
 from ._sdpa_triton import (
-    _qkv_heads,
     attention_bwd,
     attention_fwd,
     empty_token_major,
@@ -140,7 +139,7 @@ log-sum-exp ``[B, H, T]`` fp32, from q, k, v ``[B, H, T, D]``."""
 def _qk_attention_backward_reference(do, qkv, q, k, o, lse, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm,
                               scale):  # fmt: skip
     """The two ops' references in a row: the attention's backward, then the QK-norm + RoPE's."""
-    v = _qkv_heads(qkv, num_heads)[2]
+    v = qkv_heads(qkv, num_heads)[2]
     dq, dk, dv = _attention_backward_reference(do, q, k, v, o, lse, scale)
     return _qk_norm_rope_bwd_ref(dq, dk, dv, qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm)
 
@@ -183,7 +182,7 @@ absent weight gradients are empty ``(0,)``."""
 
 def _qk_attention_reference(qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm, scale):
     q, k = _qk_norm_rope_reference(qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm)
-    o, lse = _attention_reference(q, k, _qkv_heads(qkv, num_heads)[2], scale)
+    o, lse = _attention_reference(q, k, qkv_heads(qkv, num_heads)[2], scale)
     return o, lse, q, k
 
 

@@ -39,7 +39,7 @@ import triton
 import triton.language as tl
 
 from ._launch import launch
-from ._rope_triton import qk_norm_rope_bwd, qk_norm_rope_fwd
+from ._rope_triton import qk_norm_rope_bwd, qk_norm_rope_fwd, qkv_heads
 
 __all__ = [
     "AttnTile",
@@ -451,12 +451,6 @@ def attention_bwd(
     return dq, dk, dv
 
 
-def _qkv_heads(qkv: torch.Tensor, num_heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """q, k and v of ``qkv`` ``[B, T, 3*H*D]`` as ``[B, H, T, D]`` views."""
-    q, k, v = qkv.unflatten(-1, (3, num_heads, -1)).unbind(2)
-    return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-
-
 def qk_norm_rope_attention_fwd(
     qkv: torch.Tensor,
     cos: torch.Tensor,
@@ -482,7 +476,7 @@ def qk_norm_rope_attention_fwd(
         q and k ``[B, H, T, D]`` the backward reads.
     """
     q, k = qk_norm_rope_fwd(qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm, run=run)
-    o, lse = attention_fwd(q, k, _qkv_heads(qkv, num_heads)[2], scale, run=run)
+    o, lse = attention_fwd(q, k, qkv_heads(qkv, num_heads)[2], scale, run=run)
     return o, lse, q, k
 
 
@@ -519,9 +513,9 @@ def qk_norm_rope_attention_bwd(
         :func:`~flopkit.kernels._rope_triton.qk_norm_rope_bwd` returns them.
     """
     dqkv = torch.empty(qkv.shape, dtype=qkv.dtype, device=qkv.device)
-    grads = _qkv_heads(dqkv, num_heads)
+    grads = qkv_heads(dqkv, num_heads)
     attention_bwd(
-        do, q, k, _qkv_heads(qkv, num_heads)[2], o, lse, scale, dq_tile=dq_tile, dkdv_tile=dkdv_tile,
+        do, q, k, qkv_heads(qkv, num_heads)[2], o, lse, scale, dq_tile=dq_tile, dkdv_tile=dkdv_tile,
         out=grads, run=run,
     )  # fmt: skip
     return qk_norm_rope_bwd(

@@ -197,28 +197,28 @@ class ViT5Attention(CompositeFlops, nn.Module):
         path = kernels.route("auto", x, "ViT5Attention")
         return None if path is kernels.Route.REFERENCE else path
 
+    def _mode_allows(self, name: str, path: kernels.Route | None) -> bool:
+        """Whether the setting ``name`` (True, False or ``"eager"``) allows this call's ``path``:
+        True always, ``"eager"`` on the eager kernel route and in a memory replay of an eager CUDA
+        step (its meta tensors take the custom ops), False never."""
+        mode = getattr(self, name)
+        if mode is not True and mode is not False and mode != "eager":
+            raise ValueError(f"{name} must be True, False or 'eager', got {mode!r}")
+        return mode is True or (
+            mode == "eager" and (path is kernels.Route.KERNEL or kernels.replaying_cuda())
+        )
+
     def _attention_kernels(self, path: kernels.Route | None) -> bool:
         """Whether this call may run flopkit's attention kernels (:attr:`triton_attention`): on the
-        Triton path, never while ops are recorded (counters and traces see SDPA), and with
-        ``"eager"`` not through the custom op, except in a memory replay of an eager CUDA step."""
-        mode = self.triton_attention
-        if mode is not True and mode is not False and mode != "eager":
-            raise ValueError(f"triton_attention must be True, False or 'eager', got {mode!r}")
-        if path is None or mode is False or kernels.ops_observed():
-            return False
-        return mode is True or path is kernels.Route.KERNEL or kernels.replaying_cuda()
+        Triton path, never while ops are recorded (counters and traces see SDPA)."""
+        allowed = self._mode_allows("triton_attention", path)
+        return allowed and path is not None and not kernels.ops_observed()
 
     def _one_op(self, path: kernels.Route, qkv: torch.Tensor, H: int) -> bool:
         """Whether QK-norm + RoPE and the attention kernels run as one op (:attr:`fused_qk_attention`)."""
-        mode = self.fused_qk_attention
-        if mode is not True and mode is not False and mode != "eager":
-            raise ValueError(f"fused_qk_attention must be True, False or 'eager', got {mode!r}")
-        # "eager" in a memory replay of an eager CUDA step too (its meta tensors take the custom ops).
-        if mode is False or (
-            mode == "eager" and path is not kernels.Route.KERNEL and not kernels.replaying_cuda()
-        ):
-            return False
-        return kernels.qk_norm_rope_attention_supported(qkv, H)
+        return self._mode_allows("fused_qk_attention", path) and kernels.qk_norm_rope_attention_supported(
+            qkv, H
+        )
 
     def _rope_args(self, qkv: torch.Tensor, H: int, fused: tuple) -> tuple:
         """The fused QK-norm + RoPE's positional arguments (``kernels.qk_norm_rope`` and
