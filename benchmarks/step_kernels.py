@@ -69,6 +69,7 @@ def profile_step(kind: str, preset: str, batch: int, upstream: str | None, mode:
     torch.cuda.empty_cache()
     return {
         "total_ms": sum(t for _, t, _ in kernels),
+        "launches": sum(n for _, _, n in kernels),
         "groups": dict(groups.most_common()),
         "kernels": kernels,
     }
@@ -106,6 +107,10 @@ def _render_run(res: dict, top: int) -> list[str]:
             f"| {g} | " + " | ".join(f"{res['models'][k]['groups'].get(g, 0.0):.2f}" for k in kinds) + " |"
         )
     lines.append("| total | " + " | ".join(f"{res['models'][k]['total_ms']:.2f}" for k in kinds) + " |")
+    if all("launches" in res["models"][k] for k in kinds):  # runs from 2026-12-07 on
+        lines.append(
+            "| kernels per step | " + " | ".join(str(res["models"][k]["launches"]) for k in kinds) + " |"
+        )
     for kind in kinds:
         lines += [
             "",

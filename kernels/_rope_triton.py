@@ -179,10 +179,12 @@ def _qk_norm_rope_bwd_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
     NORM: tl.constexpr, HAS_QW: tl.constexpr, HAS_KW: tl.constexpr, HAS_DV: tl.constexpr,
     INTERLEAVED: tl.constexpr, ACC: tl.constexpr, TABLE_EVICT: tl.constexpr, PARTNER_EVICT: tl.constexpr,
-    WRITE_V: tl.constexpr,
+    IN_PLACE: tl.constexpr,
 ):  # fmt: skip
-    # Without WRITE_V, dqkv's v part is left as it is (it holds dv already), and dq, dk may be dqkv's
-    # own q and k parts: a program reads every element it writes before writing it.
+    # IN_PLACE: dqkv holds dq, dk and dv on entry (the attention's backward wrote them there). The
+    # gradients are read from its q and k parts (dq_ptr, dk_ptr, dv_ptr are unused, and dq's and dk's
+    # strides are dqkv's head views'), the results written over them, and its v part left as it is:
+    # a program reads every element it writes before writing it.
     # Program (chunk, h) walks ``tiles_per_prog`` consecutive row tiles of head h and keeps the
     # weight-gradient partial in registers: partials are [num_chunks, H, D], not one per tile.
     pid = tl.program_id(0)
@@ -211,8 +213,12 @@ def _qk_norm_rope_bwd_kernel(
                             eviction_policy=TABLE_EVICT).to(ACC)  # fmt: skip
         x_row = qkv_ptr + (b * s_qkv_b + t * s_qkv_t)[:, None]
         out_row = dqkv_ptr + (rows.to(tl.int64) * (3 * hd))[:, None]
-        dq_row = dq_ptr + (b * s_dq_b + h * s_dq_h + t * s_dq_t)[:, None]
-        dk_row = dk_ptr + (b * s_dk_b + h * s_dk_h + t * s_dk_t)[:, None]
+        if IN_PLACE:
+            dq_row = out_row + h * HEAD_DIM
+            dk_row = out_row + (hd + h * HEAD_DIM)
+        else:
+            dq_row = dq_ptr + (b * s_dq_b + h * s_dq_h + t * s_dq_t)[:, None]
+            dk_row = dk_ptr + (b * s_dk_b + h * s_dk_h + t * s_dk_t)[:, None]
         # Every read of the tile first (q's, k's and dv), then the math and the stores: one memory
         # round trip per tile instead of three (148.7 -> 138.0 us at vit5-small's shape on an H100:
         # benchmarks/results/sweep_vit_kernels_h100.md, run qk-early-loads_2026-11-23).
@@ -241,7 +247,7 @@ def _qk_norm_rope_bwd_kernel(
         )  # fmt: skip
         tl.store(out_row + (q_cols + hd)[None, :], dxk.to(dqkv_ptr.dtype.element_ty), mask=mask)
         dkw_acc += dwk
-        if WRITE_V:
+        if not IN_PLACE:
             tl.store(out_row + (q_cols + 2 * hd)[None, :], dv.to(dqkv_ptr.dtype.element_ty), mask=mask)
 
     part = (chunk * num_heads + h) * HEAD_DIM + cols
@@ -400,7 +406,7 @@ def _weight_key(w: torch.Tensor | None) -> tuple | None:
 
 def _plan_bwd(
     dq, dk, dv, qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm,
-    block_t, num_warps, num_programs, evict_hints, write_v,
+    block_t, num_warps, num_programs, evict_hints, in_place,
 ):  # fmt: skip
     """Plan :func:`qk_norm_rope_bwd`: grid, scalars, constexprs, the partials' shape and ``extra``
     (whether each weight has a gradient)."""
@@ -428,7 +434,7 @@ def _plan_bwd(
         dict(
             HEAD_DIM=D, BLOCK_T=block_t, BLOCK_D=_block_d(D), NORM=norm, HAS_QW=has_qw, HAS_KW=has_kw,
             HAS_DV=dv is not None, INTERLEAVED=pairing == "interleaved", ACC=ACC_DTYPE,
-            TABLE_EVICT=table_evict, PARTNER_EVICT=partner_evict, WRITE_V=write_v, num_warps=num_warps,
+            TABLE_EVICT=table_evict, PARTNER_EVICT=partner_evict, IN_PLACE=in_place, num_warps=num_warps,
         ),
         parts=(chunks, num_heads, D),
         extra=(has_qw, has_kw),
@@ -437,8 +443,8 @@ def _plan_bwd(
 
 
 def qk_norm_rope_bwd(
-    dq: torch.Tensor,
-    dk: torch.Tensor,
+    dq: torch.Tensor | None,
+    dk: torch.Tensor | None,
     dv: torch.Tensor | None,
     qkv: torch.Tensor,
     cos: torch.Tensor,
@@ -462,21 +468,25 @@ def qk_norm_rope_bwd(
     ``dq``, ``dk``, ``dv``: ``[B, H, T, D]`` (any strides; ``dv`` None means zeros). Returns
     ``dqkv`` ``[B, T, 3*H*D]`` contiguous with all three parts written, and the weight gradients in
     the weights' shapes and dtypes (empty ``(0,)`` tensors where a weight is absent or unused).
-    ``out``: a contiguous ``[B, T, 3*H*D]`` buffer of ``qkv``'s dtype to write the q and k parts
-    into instead, leaving its v part as it is (``dv`` must then be None); ``dq`` and ``dk`` may be
-    its own q and k parts (the kernel then runs in place).
+    ``out``: run in place on this contiguous ``[B, T, 3*H*D]`` buffer of ``qkv``'s dtype, whose q, k
+    and v parts hold dq, dk and dv (``dq``, ``dk`` and ``dv`` must then be None): the q and k parts
+    are turned into the gradients of the raw q and k, the v part is left as it is. The kernel takes
+    the buffer itself, never views of it (see :func:`~flopkit.kernels._sdpa_triton.attention_bwd`).
     """
-    write_v = out is None
-    if out is not None and (dv is not None or out.shape != qkv.shape or out.dtype != qkv.dtype
-                            or not out.is_contiguous()):  # fmt: skip
-        raise ValueError(
-            f"qk_norm_rope_bwd: out must be a contiguous {tuple(qkv.shape)} {qkv.dtype} buffer and dv None, "
-            f"got {tuple(out.shape)} {out.dtype} (contiguous: {out.is_contiguous()}), dv "
-            f"{'None' if dv is None else tuple(dv.shape)}"
-        )
+    in_place = out is not None
+    if in_place:
+        given = any(t is not None for t in (dq, dk, dv))
+        if given or out.shape != qkv.shape or out.dtype != qkv.dtype or not out.is_contiguous():
+            raise ValueError(
+                f"qk_norm_rope_bwd: in place (out given), dq, dk and dv must be None and out a contiguous "
+                f"{tuple(qkv.shape)} {qkv.dtype} buffer; got out {tuple(out.shape)} {out.dtype} "
+                f"(contiguous: {out.is_contiguous()}), dq, dk, dv "
+                f"{tuple('None' if t is None else tuple(t.shape) for t in (dq, dk, dv))}"
+            )
+        dq, dk = qkv_heads(out, num_heads)[:2]  # their strides plan the launch; the kernel reads out
     args = (
         dq, dk, dv, qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm,
-        block_t, num_warps, num_programs, evict_hints, write_v,
+        block_t, num_warps, num_programs, evict_hints, in_place,
     )  # fmt: skip
     if run is launch:
         key = (
@@ -492,8 +502,10 @@ def qk_norm_rope_bwd(
     dqkv = torch.empty(qkv.shape, dtype=qkv.dtype, device=qkv.device) if out is None else out
     dqw_part, dkw_part = partials(plan, cached is not None, qkv, has_qw, has_kw)
     if rows:
+        # In place, qkv stands in for the unused gradient pointers: out is passed once.
+        grads = (qkv, qkv, qkv) if in_place else (dq, dk, dv if dv is not None else dq)
         tensors = (
-            dq, dk, dv if dv is not None else dq, qkv, cos, sin, q_weight if has_qw else qkv,
+            *grads, qkv, cos, sin, q_weight if has_qw else qkv,
             k_weight if has_kw else qkv, dqkv, dqw_part if has_qw else dqkv, dkw_part if has_kw else dqkv,
         )  # fmt: skip
         run(plan.kernel, plan.grid, tensors + plan.scalars, plan.meta, 11, plan=cached)

@@ -242,10 +242,11 @@ def _dq_rows(q_base, kv_bases, o_base, do_base, dq_base, lse_base, delta_base,
 def _attn_bwd_dq(
     Q, K, V, O, DO, LSE, DELTA, DQ,
     s_qb, s_qh, s_qt, s_kb, s_kh, s_kt, s_vb, s_vh, s_vt, s_ob, s_oh, s_ot, s_gb, s_gh, s_gt,
-    s_dqb, s_dqh, s_dqt,
+    s_dqb, s_dqh, s_dqt, dq_off,
     H, T, qk_scale, scale,
     HEAD_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TAIL: tl.constexpr,
 ):  # fmt: skip
+    # ``dq_off``: dq's element offset in DQ (a packed dqkv buffer's q part: 0; see attention_bwd).
     qk_scale = tl.cast(qk_scale, tl.float32)  # as in _attn_fwd
     scale = tl.cast(scale, tl.float32)
     pid_m, bh, b, h = _program(T, H, BLOCK_M)
@@ -255,7 +256,7 @@ def _attn_bwd_dq(
         (K + b * s_kb + h * s_kh, V + b * s_vb + h * s_vh),
         O + b * s_ob + h * s_oh,
         DO + b * s_gb + h * s_gh,
-        DQ + b * s_dqb + h * s_dqh,
+        DQ + dq_off + b * s_dqb + h * s_dqh,
         LSE + stats,
         DELTA + stats,
     )
@@ -326,10 +327,13 @@ def _dkdv_keys(q_base, k_base, v_base, do_base, dk_base, dv_base, lse_base, delt
 def _attn_bwd_dkdv(
     Q, K, V, DO, LSE, DELTA, DK, DV,
     s_qb, s_qh, s_qt, s_kb, s_kh, s_kt, s_vb, s_vh, s_vt, s_gb, s_gh, s_gt,
-    s_dkb, s_dkh, s_dkt, s_dvb, s_dvh, s_dvt,
+    s_dkb, s_dkh, s_dkt, s_dvb, s_dvh, s_dvt, dk_off, dv_off,
     H, T, qk_scale, scale,
     HEAD_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TAIL: tl.constexpr,
+    PACKED: tl.constexpr,
 ):  # fmt: skip
+    # PACKED: dk and dv are parts of one buffer, DK, at element offsets dk_off and dv_off (DV unused):
+    # the kernel then mutates one tensor, which torch.compile keeps in place (see attention_bwd).
     qk_scale = tl.cast(qk_scale, tl.float32)  # as in _attn_fwd
     scale = tl.cast(scale, tl.float32)
     pid_n, bh, b, h = _program(T, H, BLOCK_N)
@@ -339,8 +343,8 @@ def _attn_bwd_dkdv(
         K + b * s_kb + h * s_kh,
         V + b * s_vb + h * s_vh,
         DO + b * s_gb + h * s_gh,
-        DK + b * s_dkb + h * s_dkh,
-        DV + b * s_dvb + h * s_dvh,
+        DK + dk_off + b * s_dkb + h * s_dkh,
+        (DK if PACKED else DV) + dv_off + b * s_dvb + h * s_dvh,
         LSE + stats,
         DELTA + stats,
     )
@@ -412,7 +416,7 @@ def attention_bwd(
     *,
     dq_tile: AttnTile = DQ_TILE,
     dkdv_tile: AttnTile = DKDV_TILE,
-    out: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    out: torch.Tensor | None = None,
     run=launch,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The gradients of :func:`attention_fwd`'s ``o`` w.r.t. q, k and v.
@@ -420,34 +424,42 @@ def attention_bwd(
     Args:
         do: ``[B, H, T, D]``, the gradient of ``o`` (any strides with a dense last dimension).
         q, k, v, o, lse: the forward's inputs and outputs.
-        out: where to write ``dq, dk, dv`` (``[B, H, T, D]`` each, in q's dtype, a dense last
-            dimension, e.g. the head views of one ``dqkv`` buffer); default new buffers.
+        out: a contiguous ``[B, T, 3*H*D]`` buffer in q's dtype (a ``dqkv``) to write dq, dk and dv
+            into, as its q, k and v parts (:func:`~flopkit.kernels._rope_triton.qkv_heads`);
+            default new buffers. The kernels take the buffer itself and element offsets, never
+            views of it: under ``torch.compile`` a mutated view may be copied to a buffer of other
+            strides than the ones the launch passed (the strides are read once, at trace time).
     Returns:
-        ``dq, dk, dv`` ``[B, H, T, D]``: ``out``, or views of ``[B, T, H, D]`` buffers, in q's dtype.
+        ``dq, dk, dv`` ``[B, H, T, D]``: the head views of ``out``, or views of ``[B, T, H, D]``
+        buffers, in q's dtype.
     """
     do, q, k, v = dense_last(do), dense_last(q), dense_last(k), dense_last(v)
     B, H, T, D = q.shape
     if out is None:
         dq, dk, dv = empty_token_major(q), empty_token_major(k), empty_token_major(v)
+        buffers, offsets = (dq, dk, dv), (0, 0, 0)
     else:
-        dq, dk, dv = out
-        for name, t in zip(("dq", "dk", "dv"), out, strict=True):
-            if t.shape != q.shape or t.dtype != q.dtype or t.stride(-1) != 1:
-                raise ValueError(
-                    f"attention_bwd: out's {name} must be {tuple(q.shape)} {q.dtype} with a unit last "
-                    f"stride, got {tuple(t.shape)} {t.dtype} with strides {t.stride()}"
-                )
+        if out.shape != (B, T, 3 * H * D) or out.dtype != q.dtype or not out.is_contiguous():
+            raise ValueError(
+                f"attention_bwd: out must be a contiguous {(B, T, 3 * H * D)} {q.dtype} buffer, got "
+                f"{tuple(out.shape)} {out.dtype} (contiguous: {out.is_contiguous()})"
+            )
+        dq, dk, dv = qkv_heads(out, H)  # for their strides, and the return value
+        buffers, offsets = (out, out, out), (0, H * D, 2 * H * D)
     if dq.numel() == 0:
         return dq, dk, dv
     qk_scale = scale * LOG2E
     delta = torch.empty((B, H, T), device=q.device, dtype=torch.float32)
     strides = (*strides_bht(q), *strides_bht(k), *strides_bht(v))
-    scalars = (*strides, *strides_bht(o), *strides_bht(do), *strides_bht(dq), H, T, qk_scale, scale)
-    tensors = (q, k, v, o, do, lse, delta, dq)
+    tail = (H, T, qk_scale, scale)
+    scalars = (*strides, *strides_bht(o), *strides_bht(do), *strides_bht(dq), offsets[0], *tail)
+    tensors = (q, k, v, o, do, lse, delta, buffers[0])
     run_kernel(run, _attn_bwd_dq, triton.cdiv(T, dq_tile.block_m), B * H, tensors, scalars, D, dq_tile)
-    scalars = (*strides, *strides_bht(do), *strides_bht(dk), *strides_bht(dv), H, T, qk_scale, scale)
-    tensors = (q, k, v, do, lse, delta, dk, dv)
-    run_kernel(run, _attn_bwd_dkdv, triton.cdiv(T, dkdv_tile.block_n), B * H, tensors, scalars, D, dkdv_tile)
+    scalars = (*strides, *strides_bht(do), *strides_bht(dk), *strides_bht(dv), *offsets[1:], *tail)
+    # Packed: DV is a placeholder (the kernel addresses dv in DK), so the buffer is passed once.
+    tensors = (q, k, v, do, lse, delta, buffers[1], lse if out is not None else buffers[2])
+    blocks = triton.cdiv(T, dkdv_tile.block_n)
+    run_kernel(run, _attn_bwd_dkdv, blocks, B * H, tensors, scalars, D, dkdv_tile, PACKED=out is not None)
     return dq, dk, dv
 
 
@@ -513,23 +525,32 @@ def qk_norm_rope_attention_bwd(
         :func:`~flopkit.kernels._rope_triton.qk_norm_rope_bwd` returns them.
     """
     dqkv = torch.empty(qkv.shape, dtype=qkv.dtype, device=qkv.device)
-    grads = qkv_heads(dqkv, num_heads)
     attention_bwd(
         do, q, k, qkv_heads(qkv, num_heads)[2], o, lse, scale, dq_tile=dq_tile, dkdv_tile=dkdv_tile,
-        out=grads, run=run,
-    )  # fmt: skip
-    return qk_norm_rope_bwd(
-        grads[0], grads[1], None, qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm,
         out=dqkv, run=run,
     )  # fmt: skip
+    return qk_norm_rope_bwd(
+        None, None, None, qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm, out=dqkv, run=run
+    )
 
 
 def run_kernel(
-    run, kernel, blocks: int, heads: int, tensors: tuple, scalars: tuple, head_dim: int, tile: AttnTile
-):
+    run, kernel, blocks: int, heads: int, tensors: tuple, scalars: tuple, head_dim: int, tile: AttnTile,
+    **constexprs,
+):  # fmt: skip
     """``run`` (``_launch.launch`` eager, ``wrapped`` traced) one kernel over ``blocks · B·H`` programs,
-    a one-dimensional grid (each kernel splits its program id into block and head)."""
+    a one-dimensional grid (each kernel splits its program id into block and head); ``constexprs``:
+    the kernel's own compile-time flags."""
+    # Each of these is a tl.dot's K somewhere; on a GPU tl.dot takes K >= 16 (the interpreter any).
+    for name in ("block_m", "block_n", "tail"):
+        size = getattr(tile, name)
+        if (size or name != "tail") and (size < 16 or size & (size - 1)):
+            raise ValueError(
+                f"{kernel.__name__}: {tile} has {name}={size}; it must be a power of two of at least 16"
+                + (" (or 0, no tail steps)" if name == "tail" else "")
+            )
     meta = {
+        **constexprs,
         "HEAD_D": head_dim,
         "BLOCK_M": tile.block_m,
         "BLOCK_N": tile.block_n,

@@ -29,8 +29,9 @@ from flopkit import formulas, kernels
 
 HALF = [torch.float16] + ([torch.bfloat16] if torch.cuda.is_available() else [])
 TILES = {"dq_tile": AttnTile(16, 16, 4, 1), "dkdv_tile": AttnTile(16, 16, 4, 1)}
-# dk/dv's keys in full blocks, then tail steps of 8 (the shipped DKDV_TILE's form).
-TAILED = {"dq_tile": AttnTile(16, 16, 4, 1), "dkdv_tile": AttnTile(16, 16, 4, 1, 8)}
+# dk/dv's keys in full blocks, then tail steps of 16 (the shipped DKDV_TILE's form; 16 is the
+# smallest step tl.dot takes on a GPU).
+TAILED = {"dq_tile": AttnTile(16, 16, 4, 1), "dkdv_tile": AttnTile(32, 32, 4, 1, 16)}
 
 
 def float64_grads(qkv, cos, sin, qw, kw, heads, eps, pairing, norm, scale, do):
@@ -175,46 +176,53 @@ def test_flop_counter_counts_both_parts():
 
 
 def test_backward_writes_one_buffer_and_runs_the_rope_backward_in_place():
-    """On meta tensors at vit5-base's shape: the attention's backward kernels get the three head
-    views of one ``dqkv`` as their outputs, and the QK-norm + RoPE's backward kernel reads dq and dk
-    from it and writes into it, leaving its v part (``WRITE_V`` off)."""
+    """On meta tensors at vit5-base's shape: every backward kernel gets the one ``dqkv`` buffer
+    itself, never a view of it (torch.compile may copy a mutated view to other strides than the
+    launch's), with dq, dk and dv at element offsets 0, C and 2C of its rows; the QK-norm + RoPE's
+    backward kernel then runs in place on it (``IN_PLACE``), leaving its v part."""
     launches = []
 
     def capture(kernel, grid, args, meta, num_tensors, plan=None):
-        launches.append((kernel.__name__, args[:num_tensors], meta))
+        launches.append((kernel.__name__, args[:num_tensors], args[num_tensors:], meta))
 
     B, T, H, D = 128, 201, 12, 64
-    qkv = torch.empty(B, T, 3 * H * D, device="meta", dtype=torch.bfloat16)
+    C = H * D
+    qkv = torch.empty(B, T, 3 * C, device="meta", dtype=torch.bfloat16)
     cos = sin = torch.empty(T, D, device="meta")
     w = torch.empty(D, device="meta")
     args = (cos, sin, w, w, H, 1e-6, "split_half", True, 0.125)
     o, lse, q, k = qk_norm_rope_attention_fwd(qkv, *args, run=capture)
     launches.clear()
     dqkv, dqw, dkw = qk_norm_rope_attention_bwd(torch.empty_like(o), qkv, q, k, o, lse, *args, run=capture)
-    assert dqkv.shape == qkv.shape and dqw.shape == dkw.shape == (D,)
-    names = [name for name, _, _ in launches]
+    assert dqkv.shape == qkv.shape and dqkv.is_contiguous() and dqw.shape == dkw.shape == (D,)
+    names = [name for name, *_ in launches]
     assert names[:3] == ["_attn_bwd_dq", "_attn_bwd_dkdv", "_qk_norm_rope_bwd_kernel"], names
-    dq = launches[0][1][7]
-    dk, dv = launches[1][1][6:8]
-    for view, part in ((dq, 0), (dk, 1), (dv, 2)):
-        assert view._base is dqkv and view.storage_offset() == part * H * D
-        assert view.stride() == (T * 3 * H * D, D, 3 * H * D, 1)
-    rope_tensors, rope_meta = launches[2][1], launches[2][2]
-    assert rope_tensors[0] is dq and rope_tensors[1] is dk and rope_tensors[8] is dqkv
-    assert rope_meta["WRITE_V"] is False and rope_meta["HAS_DV"] is False
+    head_view = (T * 3 * C, D, 3 * C)  # (batch, head, token) strides of a part of dqkv
+    (_, dq_tensors, dq_scalars, _), (_, kv_tensors, kv_scalars, kv_meta) = launches[:2]
+    assert dq_tensors[7] is dqkv and dq_scalars[15:19] == (*head_view, 0)
+    assert kv_tensors[6] is dqkv and kv_meta["PACKED"] is True
+    assert all(t is not dqkv for t in kv_tensors[:6] + kv_tensors[7:])  # passed once
+    assert kv_scalars[12:20] == (*head_view, *head_view, C, 2 * C)
+    for _, tensors, _, _ in launches[:3]:
+        assert not any(t._base is dqkv for t in tensors if t is not None)
+    _, rope_tensors, _, rope_meta = launches[2]
+    assert rope_tensors[8] is dqkv and all(t is not dqkv for t in rope_tensors[:8])
+    assert rope_meta["IN_PLACE"] is True and rope_meta["HAS_DV"] is False
 
 
-def test_rope_backward_refuses_an_out_it_cannot_write_in_place():
+def test_backward_launchers_refuse_an_out_they_cannot_write():
     qkv = torch.empty(1, 3, 48, device="meta")
     g = torch.empty(1, 2, 3, 8, device="meta")
     table = torch.empty(3, 8, device="meta")
     args = (qkv, table, table, None, None, 2, 1e-6, "split_half", False)
-    with pytest.raises(
-        ValueError, match=r"out must be a contiguous \(1, 3, 48\) torch.float32 buffer and dv None"
-    ):
-        qk_norm_rope_bwd(g, g, g, *args, out=torch.empty_like(qkv))
+    with pytest.raises(ValueError, match=r"dq, dk and dv must be None and out a contiguous \(1, 3, 48\)"):
+        qk_norm_rope_bwd(g, g, None, *args, out=torch.empty_like(qkv))
     with pytest.raises(ValueError, match="contiguous: False"):
-        qk_norm_rope_bwd(g, g, None, *args, out=torch.empty(1, 48, 3, device="meta").mT)
+        qk_norm_rope_bwd(None, None, None, *args, out=torch.empty(1, 48, 3, device="meta").mT)
+    q = torch.empty(1, 2, 3, 8, device="meta", dtype=torch.float16)
+    lse = torch.empty(1, 2, 3, device="meta")
+    with pytest.raises(ValueError, match=r"out must be a contiguous \(1, 3, 48\) torch.float16 buffer"):
+        attention_bwd(q, q, q, q, q, lse, 0.5, out=torch.empty(1, 3, 16, device="meta", dtype=torch.float16))
 
 
 @pytest.mark.skipif(device() != "cuda", reason="bfloat16 end to end needs CUDA (the interpreter's bf16 dot)")
