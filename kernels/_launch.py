@@ -189,6 +189,14 @@ def cached_plan(key: tuple, build: Callable[..., tuple], args: tuple) -> Plan:
     return plan
 
 
+def program_count(work: int | torch.SymInt, cap: int) -> int | torch.SymInt:
+    """``max(1, min(work, cap))``: the programs of a grid that loops over ``work`` blocks with at
+    most ``cap`` programs. ``torch.sym_max``/``sym_min`` keep a traced (symbolic) ``work`` symbolic:
+    Python's ``min`` compares it, and under ``torch.compile(dynamic=True)`` that comparison became
+    a guard on the batch (``cdiv(11*B, 32) <= 1`` recompiled a graph traced at batch 2 at batch 3)."""
+    return torch.sym_max(1, torch.sym_min(work, cap))
+
+
 def partials(
     plan: Plan, cached: bool, like: torch.Tensor, first: bool, second: bool, reusable: bool = True
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:

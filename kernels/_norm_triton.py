@@ -30,7 +30,7 @@ import triton
 import triton.language as tl
 
 from ._dispatch import device_arch, num_sms
-from ._launch import TUNED_ARCH, Plan, Tile, cached_plan, launch, partials, pick_tile
+from ._launch import TUNED_ARCH, Plan, Tile, cached_plan, launch, partials, pick_tile, program_count
 from ._reference import residual_dtype
 
 __all__ = [
@@ -813,7 +813,7 @@ def _plan_backward(
         elems, warps = config or (elems, warps)
         block_t = max(1, elems // width)
         n_blocks = triton.cdiv(rows.n_tok, block_t)
-        P = max(1, min(n_blocks, budget * (programs_per_sm or per_sm)))
+        P = program_count(n_blocks, budget * (programs_per_sm or per_sm))
         plan = Plan(
             _norm_bwd_kernel,
             (P,),
@@ -834,7 +834,7 @@ def _plan_backward(
     else:
         chunk, warps, per_sm = _chunked_tile(CHUNKED_BWD_TILES, device_arch(x.device))
         chunk, warps = config or (chunk, warps)
-        P = max(1, min(rows.n_tok, budget * (programs_per_sm or per_sm)))
+        P = program_count(rows.n_tok, budget * (programs_per_sm or per_sm))
         fold_w = per_head_weight and rows.HF > 1
         plan = Plan(
             _norm_bwd_chunked_kernel,

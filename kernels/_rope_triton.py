@@ -30,7 +30,7 @@ import triton
 import triton.language as tl
 
 from ._dispatch import num_sms
-from ._launch import TUNED_ARCH, Plan, Tile, cached_plan, launch, partials
+from ._launch import TUNED_ARCH, Plan, Tile, cached_plan, launch, partials, program_count
 from ._norm_triton import Runner, empty_grad, sum_partials
 
 __all__ = ["qk_norm_rope_fwd", "qk_norm_rope_bwd"]
@@ -415,8 +415,8 @@ def _plan_bwd(
     rows = B * T
     has_qw, has_kw = norm and q_weight is not None, norm and k_weight is not None
     block_t = block_t or max(1, BWD_TILE_ELEMS // _block_d(D))
-    n_tiles = max(1, triton.cdiv(rows, block_t))
-    chunks = max(1, min(n_tiles, (num_programs or _program_count_hint(qkv.device)) // num_heads))
+    n_tiles = torch.sym_max(1, triton.cdiv(rows, block_t))
+    chunks = program_count(n_tiles, (num_programs or _program_count_hint(qkv.device)) // num_heads)
     tiles_per_prog = triton.cdiv(n_tiles, chunks)
     chunks = triton.cdiv(n_tiles, tiles_per_prog)
     dv_t = dv if dv is not None else dq
