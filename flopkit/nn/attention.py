@@ -135,13 +135,13 @@ class ViT5Attention(CompositeFlops, nn.Module):
         take (:func:`flopkit.kernels.attention_supported`) on the Triton path: True (the default)
         in eager CUDA code and under ``torch.compile``; ``"eager"`` in eager CUDA code only, SDPA
         under ``torch.compile``; False never (docs/kernels.md gives the measurements)."""
-        self.fused_qk_attention: bool | str = False
+        self.fused_qk_attention: bool | str = True
         """Where the attention kernels run and the q/k norms fit the fused QK-norm + RoPE kernel, one
         op (``kernels.qk_norm_rope_attention``) may run both: its backward writes dq, dk and dv into
         one buffer and turns dq and dk into the gradient of ``qkv`` in place, where the two ops
-        (``kernels.qk_norm_rope`` and ``kernels.attention``) copy dv over. False (the default, until
-        a GPU has timed the one op): never; ``"eager"``: in eager CUDA code, the two ops under
-        ``torch.compile``; True: under ``torch.compile`` too (docs/kernels.md says what is measured)."""
+        (``kernels.qk_norm_rope`` and ``kernels.attention``) copy dv over. True (the default): in
+        eager CUDA code and under ``torch.compile``; ``"eager"``: in eager CUDA code, the two ops
+        under ``torch.compile``; False: never, the two ops (docs/kernels.md gives the measurements)."""
 
         self.qkv = nn.Linear(hidden_dim, 3 * hidden_dim, bias=qkv_bias)
         self.proj = nn.Linear(hidden_dim, hidden_dim, bias=out_proj_bias)

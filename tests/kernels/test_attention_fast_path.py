@@ -161,12 +161,12 @@ def test_half_precision_runs_flopkit_attention(
     fused_calls, attention_calls, one_op_calls, one_op, qk_norm, pairing
 ):
     """Half-precision inputs at head_dim 64 take flopkit's attention kernels on the route the module
-    decided: the QK-norm + RoPE op and the attention op (``fused_qk_attention = False``, the
-    default), or one op for both (``"eager"``); either as close to float64 as the reference path
-    (SDPA) in the same precision."""
+    decided: one op for both (``fused_qk_attention = True``, the default), or the QK-norm + RoPE op
+    and the attention op (False); either as close to float64 as the reference path (SDPA) in the
+    same precision."""
     fast, ref = make_pair(64, pairing, True, 4, qk_norm, dtype=HALF)
-    assert fast.fused_qk_attention is False
-    fast.fused_qk_attention = "eager" if one_op else False
+    assert fast.fused_qk_attention is True
+    fast.fused_qk_attention = one_op
     exact = copy.deepcopy(ref).double()
     x = torch.randn(2, fast.num_tokens, fast.hidden_dim, device=DEVICE)
     g = torch.randn_like(x)
@@ -252,11 +252,14 @@ def test_compiled_module_runs_the_one_op_when_asked(fused_calls, attention_calls
         fast(x)
 
 
-def test_compiled_module_with_dynamic_batch_compiles_once(monkeypatch):
-    """Under ``torch.compile(dynamic=True)`` the attention op sits in the one graph every batch size
-    reuses: its fake and launchers take symbolic sizes, nothing in the route guards on the batch,
-    and loading the op families during the first trace guards on nothing (a read of their lazily
-    set module globals did, and the second call recompiled)."""
+@pytest.mark.parametrize("one_op", [True, False], ids=["one-op", "two-ops"])
+def test_compiled_module_with_dynamic_batch_compiles_once(monkeypatch, one_op):
+    """Under ``torch.compile(dynamic=True)`` the attention op (the one op by default, or the two)
+    sits in the one graph every batch size reuses: its fake and launchers take symbolic sizes
+    (``test_symbolic_batch.py``: on CUDA a launcher's plan guarded on the batch, and batch 3
+    recompiled), nothing in the route guards on the batch, and loading the op families during the
+    first trace guards on nothing (a read of their lazily set module globals did, and the second
+    call recompiled)."""
     from torch._dynamo.testing import CompileCounterWithBackend
 
     if DEVICE == "cpu":  # as in fused_calls, without a spy (a list the graph would guard on)
@@ -271,6 +274,7 @@ def test_compiled_module_with_dynamic_batch_compiles_once(monkeypatch):
     for module, name in ((norm, "_NORM_OPS"), (rope, "_ROPE_OPS"), (sdpa, "_SDPA_OPS")):
         monkeypatch.setattr(module, name, None)
     fast, ref = make_pair(64, "split_half", True, 4, "rmsnorm", dtype=HALF)
+    fast.fused_qk_attention = one_op
     # bfloat16 (CUDA) rounds at 2**-8: the SDPA reference path differed by 3.9e-3 on an H100.
     tol = 2e-3 if torch.float16 == HALF else 8e-3
     torch._dynamo.reset()
@@ -287,7 +291,8 @@ def test_compiled_module_with_dynamic_batch_compiles_once(monkeypatch):
     # restarts once, which hands the backend an empty graph besides.
     graphs = [graph for graph in counter.graphs if len(graph.graph.nodes)]
     assert len(graphs) == 1, counter.frame_count
-    assert "flopkit.attention" in str(graphs[0].graph)
+    op = "flopkit.qk_norm_rope_attention" if one_op else "flopkit.attention."
+    assert op in str(graphs[0].graph)
 
 
 def test_triton_attention_rejects_unknown_modes(fused_calls):
