@@ -427,8 +427,9 @@ def attention_bwd(
         out: a contiguous ``[B, T, 3*H*D]`` buffer in q's dtype (a ``dqkv``) to write dq, dk and dv
             into, as its q, k and v parts (:func:`~flopkit.kernels._rope_triton.qkv_heads`);
             default new buffers. The kernels take the buffer itself and element offsets, never
-            views of it: under ``torch.compile`` a mutated view may be copied to a buffer of other
-            strides than the ones the launch passed (the strides are read once, at trace time).
+            views of it: a traced launch reads the strides once, at trace time, and a compiled
+            vit5-base step whose kernels mutated the head views hit an illegal memory access on an
+            H100 (docs/kernels.md).
     Returns:
         ``dq, dk, dv`` ``[B, H, T, D]``: the head views of ``out``, or views of ``[B, T, H, D]``
         buffers, in q's dtype.

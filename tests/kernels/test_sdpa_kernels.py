@@ -142,6 +142,29 @@ def test_tiles_larger_than_the_sequence():
     check(q, k, v, torch.float32, fwd_tile=tile, dq_tile=tile, dkdv_tile=AttnTile(16, 16, 4, 1))
 
 
+@pytest.mark.parametrize(
+    "tile, field",
+    [
+        (AttnTile(32, 32, 4, 1, 8), "tail=8"),
+        (AttnTile(8, 32, 4, 1), "block_m=8"),
+        (AttnTile(32, 48, 4, 1), "block_n=48"),
+    ],
+)
+def test_tiles_a_gpu_cannot_compile_are_refused(tile, field):
+    """Each block and tail size is some ``tl.dot``'s K, which must be at least 16 on a GPU (the
+    interpreter takes any): a tail of 8 passed the CPU tests and failed to compile on an H100."""
+    q = torch.empty(1, 2, 37, 16, device="meta", dtype=torch.float16)
+    with pytest.raises(ValueError, match=f"{field}; it must be a power of two of at least 16"):
+        attention_fwd(q, q, q, 0.25, tile=tile, run=no_launch)
+    lse = torch.empty(1, 2, 37, device="meta")
+    with pytest.raises(ValueError, match=f"{field}; it must be a power of two of at least 16"):
+        attention_bwd(q, q, q, q, q, lse, 0.25, dq_tile=AttnTile(32, 32, 4, 1), dkdv_tile=tile, run=no_launch)
+
+
+def no_launch(kernel, grid, args, meta, num_tensors=0, plan=None):
+    """A launch that runs nothing (meta tensors): what is checked is raised before it."""
+
+
 def test_large_logits_stay_finite():
     """Logits of order 1e3: the running maximum must keep every exponent at or below zero. On CUDA
     float32 q kᵀ runs as TF32, whose logits of order 1e3 are off by order 1 (an H100's dq was off by
