@@ -49,12 +49,21 @@ def _qk_norm_rope_bwd_ref(dq, dk, dv, qkv, cos, sin, q_weight, k_weight, num_hea
     return dqkv, weight_grads[0], weight_grads[1]
 
 
-def _qk_norm_rope_bwd_fake(dq, dk, dv, qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm):
-    def weight_grad(w):
+def fake_weight_grads(
+    qkv: Tensor, q_weight: Tensor | None, k_weight: Tensor | None, norm: bool
+) -> tuple[Tensor, Tensor]:
+    """The backward ops' weight gradients as their fakes allocate them: a weight's shape where the
+    norm uses it, else empty ``(0,)`` fp32 (the QK-norm + RoPE's backward op and the one op's)."""
+
+    def one(w):
         return w.new_empty(w.shape) if w is not None and norm else qkv.new_empty((0,), dtype=torch.float32)
 
+    return one(q_weight), one(k_weight)
+
+
+def _qk_norm_rope_bwd_fake(dq, dk, dv, qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm):
     dqkv = qkv.new_empty(qkv.shape)
-    return dqkv, weight_grad(q_weight), weight_grad(k_weight)
+    return dqkv, *fake_weight_grads(qkv, q_weight, k_weight, norm)
 
 
 QK_NORM_ROPE_BACKWARD = KernelOp(

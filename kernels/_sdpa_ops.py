@@ -15,7 +15,12 @@ import torch
 from flopkit import formulas
 
 from ._opspec import KernelOp
-from ._rope_ops import _qk_norm_rope_bwd_ref, _qk_norm_rope_flops, _qk_norm_rope_reference
+from ._rope_ops import (
+    _qk_norm_rope_bwd_ref,
+    _qk_norm_rope_flops,
+    _qk_norm_rope_reference,
+    fake_weight_grads,
+)
 from ._rope_triton import empty_qk, qkv_heads
 from ._sdpa_triton import (
     attention_bwd,
@@ -151,11 +156,7 @@ def _qk_attention_backward_fake(
     # return); then the weight gradients.
     dqkv = qkv.new_empty(qkv.shape)
     torch.empty_like(lse)
-
-    def weight_grad(w):
-        return w.new_empty(w.shape) if w is not None and norm else qkv.new_empty((0,), dtype=torch.float32)
-
-    return dqkv, weight_grad(q_weight), weight_grad(k_weight)
+    return dqkv, *fake_weight_grads(qkv, q_weight, k_weight, norm)
 
 
 def _qk_attention_backward_flops(do_shape, qkv_shape, q_shape, *args, out_shape=None, **kwargs) -> int:

@@ -333,7 +333,7 @@ def _attn_bwd_dkdv(
     PACKED: tl.constexpr,
 ):  # fmt: skip
     # PACKED: dk and dv are parts of one buffer, DK, at element offsets dk_off and dv_off (DV unused):
-    # the kernel then mutates one tensor, which torch.compile keeps in place (see attention_bwd).
+    # the kernel then mutates one tensor, passed once (see attention_bwd).
     qk_scale = tl.cast(qk_scale, tl.float32)  # as in _attn_fwd
     scale = tl.cast(scale, tl.float32)
     pid_n, bh, b, h = _program(T, H, BLOCK_N)
