@@ -64,18 +64,21 @@ from flopkit.nn import ViT5
 
 BATCH = {"vit5-small": 256, "vit5-base": 128}
 DTYPE = torch.bfloat16
-# --models: flopkit's rows by ViT5Attention.triton_attention (None: the module's default, True), and
-# nvSubquadratic's own model. flopkit-one-op and flopkit-one-op-compiled: ViT5Attention.fused_qk_attention
-# "eager" (QK-norm + RoPE and the attention as one op in eager code) and True (under torch.compile too).
-FLOPKIT_ATTENTION: dict[str, bool | str | None] = {
-    "flopkit": None,
-    "flopkit-one-op": None,
-    "flopkit-one-op-compiled": None,
-    "flopkit-sdpa": False,
-    "flopkit-attention-eager": "eager",
-    "flopkit-unfolded": None,
+# --models: flopkit's rows by the ViT5Attention settings they change from the module's defaults
+# (triton_attention=True: flopkit's attention kernels in eager and compiled code;
+# fused_qk_attention=True: QK-norm + RoPE and the attention as one op there too), and
+# nvSubquadratic's own model. flopkit-one-op-compiled is the default since 2026-12-07 (the name
+# stays for the runs that used it); flopkit-two-ops is the default before it.
+FLOPKIT_MODELS: dict[str, dict[str, bool | str]] = {
+    "flopkit": {},
+    "flopkit-two-ops": {"fused_qk_attention": False},
+    "flopkit-one-op": {"fused_qk_attention": "eager"},
+    "flopkit-one-op-compiled": {"fused_qk_attention": True},
+    "flopkit-sdpa": {"triton_attention": False},
+    "flopkit-attention-eager": {"triton_attention": "eager"},
+    "flopkit-unfolded": {},
 }
-MODELS = (*FLOPKIT_ATTENTION, "upstream")
+MODELS = (*FLOPKIT_MODELS, "upstream")
 START = time.time()
 
 
@@ -114,23 +117,19 @@ def kernel_ms(fn, iters: int) -> float:
 
 
 def build_flopkit(
-    preset: str, unfolded: bool = False, attention: bool | str | None = None, one_op: bool | str | None = None
+    preset: str, unfolded: bool = False, settings: dict[str, bool | str] | None = None
 ) -> torch.nn.Module:
     """flopkit's ViT5; ``unfolded`` (the ``flopkit-unfolded`` rows, an ablation) runs the blocks as
     written: each block sums its output itself and ``ls2`` runs after ``fc2``, instead of the next
     block's ``norm1`` adding the pending branch and ``ls2`` folding into ``fc2``'s weight.
-    ``attention``, when given, is every ``ViT5Attention.triton_attention`` (default: the module's,
-    flopkit's kernels in eager and compiled code): the ``flopkit-sdpa`` rows run SDPA everywhere
-    (False), the ``flopkit-attention-eager`` rows the kernels in eager code and SDPA under
-    ``torch.compile`` ("eager"). ``one_op``, when given, is every
-    ``ViT5Attention.fused_qk_attention`` (the ``flopkit-one-op`` rows ``"eager"``, the
-    ``flopkit-one-op-compiled`` rows True)."""
+    ``settings``: attribute values set on every module that has the attribute (a row of
+    :data:`FLOPKIT_MODELS`, e.g. ``{"triton_attention": False}`` for the ``flopkit-sdpa`` rows,
+    SDPA everywhere); default the modules' own."""
     model = ViT5.from_preset(preset).cuda().to(DTYPE)
     for m in model.modules():
-        if attention is not None and hasattr(m, "triton_attention"):
-            m.triton_attention = attention
-        if one_op is not None and hasattr(m, "fused_qk_attention"):
-            m.fused_qk_attention = one_op
+        for name, value in (settings or {}).items():
+            if hasattr(m, name):
+                setattr(m, name, value)
     if unfolded:
         for block in model.blocks:
             block.mlp_branch = types.MethodType(lambda self, y, dtype: self.ls2(self.mlp(y)), block)
@@ -200,15 +199,10 @@ def build_upstream(preset: str, root: str) -> torch.nn.Module:
 
 def build_model(kind: str, preset: str, upstream: str | None) -> torch.nn.Module:
     """The model of a ``--models`` name (:data:`MODELS`): nvSubquadratic's from ``upstream``, or
-    flopkit's with that row's attention setting."""
+    flopkit's with that row's settings."""
     if kind == "upstream":
         return build_upstream(preset, upstream)
-    return build_flopkit(
-        preset,
-        unfolded=kind == "flopkit-unfolded",
-        attention=FLOPKIT_ATTENTION[kind],
-        one_op={"flopkit-one-op": "eager", "flopkit-one-op-compiled": True}.get(kind),
-    )
+    return build_flopkit(preset, unfolded=kind == "flopkit-unfolded", settings=FLOPKIT_MODELS[kind])
 
 
 def training_flops(preset: str, batch: int) -> int:
