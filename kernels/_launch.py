@@ -18,6 +18,7 @@ compiled binary with the same arguments.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
@@ -207,24 +208,30 @@ def partials(
     after, on the same stream; an eager (``cached``) plan then keeps them between calls, one
     allocation less per call, per stream and thread so that two streams, or two threads on one
     stream, never share them. Otherwise (a kernel that accumulates into them) they are new zeros.
+
+    The buffers are flat (``prod(plan.parts)`` elements; the kernels address them by pointer): under
+    ``torch.compile(dynamic=True)`` a leading dimension of programs is symbolic, and a traced copy
+    of a ``[programs, ...]`` buffer checks its contiguity by asking whether ``programs == 1``, a
+    guard on the batch (an attention module traced at batch 2 recompiled at batch 3 on an H100).
     """
+    numel = math.prod(plan.parts)
     if not reusable:
         return (
-            torch.zeros(plan.parts, dtype=torch.float32, device=like.device) if first else None,
-            torch.zeros(plan.parts, dtype=torch.float32, device=like.device) if second else None,
+            torch.zeros(numel, dtype=torch.float32, device=like.device) if first else None,
+            torch.zeros(numel, dtype=torch.float32, device=like.device) if second else None,
         )
     if not cached:  # traced (fake tensors, Inductor plans the memory) or uncached: new buffers
         return (
-            torch.empty(plan.parts, dtype=torch.float32, device=like.device) if first else None,
-            torch.empty(plan.parts, dtype=torch.float32, device=like.device) if second else None,
+            torch.empty(numel, dtype=torch.float32, device=like.device) if first else None,
+            torch.empty(numel, dtype=torch.float32, device=like.device) if second else None,
         )
     owner = (_raw_stream(like.get_device()) if like.is_cuda else None, threading.get_ident())
     ws = plan.workspace
     if ws is None or ws[0] != owner:
         ws = plan.workspace = (
             owner,
-            torch.empty(plan.parts, dtype=torch.float32, device=like.device) if first else None,
-            torch.empty(plan.parts, dtype=torch.float32, device=like.device) if second else None,
+            torch.empty(numel, dtype=torch.float32, device=like.device) if first else None,
+            torch.empty(numel, dtype=torch.float32, device=like.device) if second else None,
         )
     return ws[1], ws[2]
 

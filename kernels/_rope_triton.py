@@ -418,7 +418,9 @@ def _plan_bwd(
     n_tiles = torch.sym_max(1, triton.cdiv(rows, block_t))
     chunks = program_count(n_tiles, (num_programs or _program_count_hint(qkv.device)) // num_heads)
     tiles_per_prog = triton.cdiv(n_tiles, chunks)
-    chunks = triton.cdiv(n_tiles, tiles_per_prog)
+    # No more programs than the tiles need; program_count (a no-op on the value) lets a symbolic
+    # count be known positive, so the partials' allocation asks nothing of the batch.
+    chunks = program_count(triton.cdiv(n_tiles, tiles_per_prog), chunks)
     dv_t = dv if dv is not None else dq
     table_evict, partner_evict = _evict(evict_hints)
     plan = Plan(

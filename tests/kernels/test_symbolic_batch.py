@@ -5,7 +5,8 @@ batch ``B``; a Python comparison of a size derived from it (``min(blocks, cap)``
 and a graph traced at one batch recompiles at another (seen on an H100:
 ``test_attention_fast_path.py``'s dynamic-batch test traced twice). On CPU the custom ops run the
 reference, so the launchers are called here directly, on fake tensors of a symbolic batch, with a
-launch that records instead of running; the shape environment must end with no guards.
+launch that records instead of running (and clones each tensor it is given, as a traced launch's
+functionalization does); the shape environment must end with no guards.
 """
 
 from __future__ import annotations
@@ -35,6 +36,12 @@ def symbolic():
 
     def capture(kernel, grid, args, meta, num_tensors=0, plan=None):
         launches.append((kernel.__name__, grid))
+        # A traced launch (torch.library.wrap_triton) is functionalized: the tensors it mutates are
+        # cloned, and a clone checks its source's contiguity, which asks of each symbolic dimension
+        # whether it is 1 (the partials' [programs, ...] did: a guard on the batch on an H100).
+        for t in args[:num_tensors]:
+            if isinstance(t, torch.Tensor):
+                t.clone()
 
     with mode:
         yield env, batch, capture, launches
