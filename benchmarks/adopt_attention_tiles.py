@@ -1,5 +1,5 @@
 """Write the tiles a ``benchmarks/triton_attention.py`` run chose into ``kernels/_sdpa_triton.py``
-(``FWD_TILE``, ``DQ_TILE``, ``DKDV_TILE``).
+(``FWD_TILE``, ``DQ_TILE``, ``DKDV_TILE``, ``HEAD_TILE``).
 
     python -m benchmarks.adopt_attention_tiles RESULT.json
 
@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 SOURCE = Path(__file__).resolve().parents[1] / "kernels" / "_sdpa_triton.py"
-NAMES = {"forward": "FWD_TILE", "dq": "DQ_TILE", "dkdv": "DKDV_TILE"}
+NAMES = {"forward": "FWD_TILE", "dq": "DQ_TILE", "dkdv": "DKDV_TILE", "head": "HEAD_TILE"}
 
 
 def adopt(record: dict, source: Path = SOURCE) -> str:

@@ -13,7 +13,9 @@ buffer. Rows:
 
 - cuDNN: ``F.scaled_dot_product_attention`` (PyTorch picks cuDNN on the H100), forward alone and
   forward + backward through autograd; its backward includes its side kernels.
-- Triton: the forward, the backward's two kernels, and forward + backward called directly.
+- Triton: the forward, the backward (one kernel per head, ``_attn_bwd_head``, where T = 201 fits
+  it), the backward's two kernels (``head_tile=None``), the atomic-dq variant below, and forward +
+  backward called directly.
 - QK-norm + RoPE's backward (a shared ``(D,)`` weight, split_half): the two ops' backward
   (``attention_bwd`` into dq, dk, dv buffers, then ``_rope_triton``'s kernel reading all three and
   writing the gradient of qkv) against ``qk_norm_rope_attention_bwd`` (the same kernels, the
@@ -41,6 +43,7 @@ from flopkit.kernels._sdpa_triton import (
     DKDV_TILE,
     DQ_TILE,
     FWD_TILE,
+    HEAD_TILE,
     LOG2E,
     AttnTile,
     _program,
@@ -168,6 +171,14 @@ SWEEP = {
         AttnTile(64, 64, 4, 2, 16),
         AttnTile(32, 128, 8, 1, 16),
     ],
+    # One program per head (block_m: the most rows it holds); warps and keys per step set the
+    # registers (8 warps: 255 a thread; 16 warps: 128).
+    "head": [
+        *(AttnTile(256, bn, w, 1, 16) for bn in (32, 64) for w in (8, 16)),
+        AttnTile(256, 16, 8, 1, 0),
+        AttnTile(256, 32, 8, 2, 16),
+        AttnTile(256, 32, 16, 2, 16),
+    ],
 }
 
 
@@ -178,10 +189,15 @@ def sweep(q, k, v, do, scale) -> list[dict]:
     o, lse = attention_fwd(q, k, v, scale)
     for t in SWEEP["forward"]:
         rows.append(_timed("forward", t, lambda t=t: attention_fwd(q, k, v, scale, tile=t)))
+    two = {"head_tile": None}
     for t in SWEEP["dq"]:
-        rows.append(_timed("dq", t, lambda t=t: attention_bwd(do, q, k, v, o, lse, scale, dq_tile=t)))
+        rows.append(_timed("dq", t, lambda t=t: attention_bwd(do, q, k, v, o, lse, scale, dq_tile=t, **two)))
     for t in SWEEP["dkdv"]:
-        rows.append(_timed("dkdv", t, lambda t=t: attention_bwd(do, q, k, v, o, lse, scale, dkdv_tile=t)))
+        rows.append(
+            _timed("dkdv", t, lambda t=t: attention_bwd(do, q, k, v, o, lse, scale, dkdv_tile=t, **two))
+        )
+    for t in SWEEP["head"]:
+        rows.append(_timed("head", t, lambda t=t: attention_bwd(do, q, k, v, o, lse, scale, head_tile=t)))
     return rows
 
 
@@ -205,7 +221,7 @@ def qk_backward(B: int, H: int, scale: float, tiles: dict) -> dict:
     o, lse, q, k = qk_norm_rope_attention_fwd(qkv, *args, scale)
     do = torch.randn(B, T, H, D, device="cuda", generator=g).to(torch.bfloat16).transpose(1, 2)
     v = qkv_heads(qkv, H)[2]
-    bwd_tiles = {"dq_tile": tiles["dq"], "dkdv_tile": tiles["dkdv"]}
+    bwd_tiles = {"dq_tile": tiles["dq"], "dkdv_tile": tiles["dkdv"], "head_tile": tiles["head"]}
 
     def two_ops():
         dq, dk, dv = attention_bwd(do, q, k, v, o, lse, scale, **bwd_tiles)
@@ -234,7 +250,7 @@ def main() -> None:
     args = ap.parse_args()
     scale = D**-0.5
     res: dict = {"T": T, "D": D}
-    tiles = {"forward": FWD_TILE, "dq": DQ_TILE, "dkdv": DKDV_TILE, "atomic": ATOMIC_TILE}
+    tiles = {"forward": FWD_TILE, "dq": DQ_TILE, "dkdv": DKDV_TILE, "head": HEAD_TILE, "atomic": ATOMIC_TILE}
     if not args.no_sweep:
         q, k, v, do = tensors(*SHAPES["vit5-base b128"])
         # The dq sweep times the whole backward with each dq tile (dkdv at its default) and the
@@ -261,9 +277,23 @@ def main() -> None:
         def tri_fwd():
             return attention_fwd(q.detach(), k.detach(), v.detach(), scale, tile=tiles["forward"])
 
-        def tri_bwd(o=o, lse=lse):
+        def tri_bwd(o=o, lse=lse, head_tile=tiles["head"]):
             q_, k_, v_ = q.detach(), k.detach(), v.detach()
-            return attention_bwd(do, q_, k_, v_, o, lse, scale, dq_tile=tiles["dq"], dkdv_tile=tiles["dkdv"])
+            return attention_bwd(
+                do,
+                q_,
+                k_,
+                v_,
+                o,
+                lse,
+                scale,
+                dq_tile=tiles["dq"],
+                dkdv_tile=tiles["dkdv"],
+                head_tile=head_tile,
+            )
+
+        def tri_bwd_two():
+            return tri_bwd(head_tile=None)
 
         def tri_bwd_atomic():
             return attention_bwd_atomic(
@@ -278,6 +308,7 @@ def main() -> None:
         ref_grads = (q.grad, k.grad, v.grad)
         grads = tri_bwd()
         grads_atomic = tri_bwd_atomic()
+        grads_two = tri_bwd_two()
         # float64 reference on batch entry 0
         q0, k0, v0 = (t.detach()[:1].double().requires_grad_() for t in (q, k, v))
         o64 = attention_ref(q0, k0, v0, scale)
@@ -289,8 +320,10 @@ def main() -> None:
             "triton_forward_ms": ms(tri_fwd),
             "triton_backward_ms": ms(tri_bwd),
             "triton_forward_backward_ms": ms(tri_fwd_bwd),
+            "triton_backward_two_kernels_ms": ms(tri_bwd_two),
             "triton_backward_atomic_ms": ms(tri_bwd_atomic),
-            "atomic_vs_two_kernel": [rel(a, b) for a, b in zip(grads_atomic, grads, strict=True)],
+            "atomic_vs_two_kernel": [rel(a, b) for a, b in zip(grads_atomic, grads_two, strict=True)],
+            "head_vs_two_kernel": [rel(a, b) for a, b in zip(grads, grads_two, strict=True)],
             "o_vs_cudnn": rel(o, ref_o),
             "o_err_f64": {"triton": rel(o[:1], o64), "cudnn": rel(ref_o[:1], o64)},
         }
@@ -305,14 +338,15 @@ def main() -> None:
         f"T = {T}, head_dim {D}, bf16; tiles (block_m, block_n, warps, stages, tail): "
         + ", ".join(f"{n} {tuple(t)}" for n, t in res["tiles"].items()),
         "",
-        "| shape | cuDNN fwd | cuDNN fwd+bwd | Triton fwd | Triton bwd | Triton bwd (atomic dq) "
-        "| Triton fwd+bwd | fwd+bwd vs cuDNN |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| shape | cuDNN fwd | cuDNN fwd+bwd | Triton fwd | Triton bwd | Triton bwd (dq, dkdv) "
+        "| Triton bwd (atomic dq) | Triton fwd+bwd | fwd+bwd vs cuDNN |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in out_rows:
         lines.append(
             f"| {r['shape']} | {r['cudnn_forward_ms']:.4f} | {r['cudnn_forward_backward_ms']:.4f} | "
-            f"{r['triton_forward_ms']:.4f} | {r['triton_backward_ms']:.4f} | {r['triton_backward_atomic_ms']:.4f} | "
+            f"{r['triton_forward_ms']:.4f} | {r['triton_backward_ms']:.4f} | "
+            f"{r['triton_backward_two_kernels_ms']:.4f} | {r['triton_backward_atomic_ms']:.4f} | "
             f"{r['triton_forward_backward_ms']:.4f} | "
             f"{r['cudnn_forward_backward_ms'] / r['triton_forward_backward_ms']:.2f}x |"
         )

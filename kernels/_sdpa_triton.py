@@ -15,7 +15,11 @@ Backward, with ``p = 2**(s - lse)``, ``dp = do vᵀ`` and ``delta_i = sum_d o_id
 
     ds = p * (dp - delta);  dq = scale * ds k;  dk = scale * dsᵀ q;  dv = pᵀ do
 
-in two kernels that need no atomics and no fp32 scratch besides ``delta`` ``[B, H, T]``:
+with no atomics. Where a head's ``T`` rows fit one program (:func:`head_rows`: up to
+``HEAD_TILE.block_m`` tokens, ``D`` up to 64), one kernel, ``_attn_bwd_head``: a program per head
+holds all of its ``q``, ``do`` and ``dq`` and steps over the keys, storing each step's complete
+``dk`` and ``dv`` and summing ``dq`` in registers (a flash backward's 5 products, each input read
+once). Otherwise two kernels with no fp32 scratch besides ``delta`` ``[B, H, T]``:
 ``_attn_bwd_dq`` (per query block, looping over key blocks; it computes ``delta`` from ``o`` and
 ``do`` and stores it) and then ``_attn_bwd_dkdv`` (per key block, looping over query blocks; it
 reads ``delta``). Each recomputes ``p`` from ``lse``. (One kernel adding ``dq`` with fp32 atomics
@@ -24,7 +28,7 @@ accumulates in fp32; ``p`` and ``ds`` enter the tensor-core products in the inpu
 FlashAttention. The scales are cast to fp32 once per program: Inductor launches user kernels with
 float scalars typed fp64, which would otherwise carry every logit tile through fp64.
 
-The tiles (``FWD_TILE``, ``DQ_TILE``, ``DKDV_TILE``) are the best of
+The tiles (``FWD_TILE``, ``DQ_TILE``, ``DKDV_TILE``, ``HEAD_TILE``) are the best of
 ``benchmarks/triton_attention.py``'s sweep on the H100 at T = 201, D = 64
 (``benchmarks/results/triton_attention_h100.md``), written here by
 ``benchmarks/adopt_attention_tiles.py``.
@@ -50,6 +54,8 @@ __all__ = [
     "FWD_TILE",
     "DQ_TILE",
     "DKDV_TILE",
+    "HEAD_TILE",
+    "head_rows",
     "empty_token_major",
 ]
 
@@ -75,6 +81,9 @@ DQ_TILE = AttnTile(64, 64, 4, 2, 0)
 """``_attn_bwd_dq``: a program's query rows, the keys per step."""
 DKDV_TILE = AttnTile(64, 64, 4, 1, 16)
 """``_attn_bwd_dkdv``: the query rows per step, a program's keys."""
+HEAD_TILE = AttnTile(256, 64, 8, 1, 16)
+"""``_attn_bwd_head``: the most query rows a program holds (a head's ``T``, rounded up to a power of
+two), the keys per step."""
 
 
 @triton.jit
@@ -360,6 +369,87 @@ def _attn_bwd_dkdv(
         _dkdv_keys(*bases, *strides, key0, T, qk_scale, scale, HEAD_D, BLOCK_N, BLOCK_M, 0)
 
 
+@triton.jit
+def _head_keys(q, do, lse, delta, k_base, v_base, dk_base, dv_base, s_kt, s_vt, s_dkt, s_dvt,
+               start, stop, T, qk_scale, scale, dq, d, STEP: tl.constexpr, MASKED: tl.constexpr):  # fmt: skip
+    """One head's keys ``start .. stop`` in steps of ``STEP``: each step's ``dk`` and ``dv``, complete
+    (every query row is in ``q``), stored; ``dq``'s sum over them (unscaled) returned. Only a
+    ``MASKED`` loop meets keys past ``T``."""
+    for k0 in range(start, stop, STEP):
+        keys = k0 + tl.arange(0, STEP)
+        key_ok = keys < T
+        k = _tile(k_base, keys, s_kt, d, key_ok)
+        v = _tile(v_base, keys, s_vt, d, key_ok)
+        s = tl.dot(q, tl.trans(k)) * qk_scale  # [ROWS, STEP]
+        p = tl.exp2(s - lse[:, None])
+        if MASKED:  # as in _dq_keys
+            p = tl.where(key_ok[None, :], p, 0.0)
+        dp = tl.dot(do, tl.trans(v))
+        ds = p * (dp - delta[:, None])
+        dv = tl.dot(tl.trans(p.to(do.dtype)), do)  # [STEP, D]
+        dk = tl.dot(tl.trans(ds.to(q.dtype)), q)
+        dq = tl.dot(ds.to(k.dtype), k, dq)
+        tl.store(dk_base + keys[:, None] * s_dkt + d[None, :], (dk * scale).to(dk_base.dtype.element_ty),
+                 mask=key_ok[:, None])  # fmt: skip
+        tl.store(dv_base + keys[:, None] * s_dvt + d[None, :], dv.to(dv_base.dtype.element_ty),
+                 mask=key_ok[:, None])  # fmt: skip
+    return dq
+
+
+@triton.jit
+def _attn_bwd_head(
+    Q, K, V, O, DO, LSE, DQ, DK, DV,
+    s_qb, s_qh, s_qt, s_kb, s_kh, s_kt, s_vb, s_vh, s_vt, s_ob, s_oh, s_ot, s_gb, s_gh, s_gt,
+    s_dqb, s_dqh, s_dqt, s_dkb, s_dkh, s_dkt, s_dvb, s_dvh, s_dvt, dq_off, dk_off, dv_off,
+    H, T, qk_scale, scale,
+    HEAD_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TAIL: tl.constexpr,
+    ROWS: tl.constexpr, PACKED: tl.constexpr,
+):  # fmt: skip
+    # One program per head holds all of its ROWS >= T query rows (q, do, dq): dq then sums over
+    # every key in registers and dk, dv over every query row, so the backward is one pass over the
+    # keys with no second kernel, no atomics and no delta buffer. PACKED: dq, dk and dv are parts of
+    # one buffer, DQ, at element offsets dq_off, dk_off and dv_off (DK and DV unused; see
+    # attention_bwd).
+    qk_scale = tl.cast(qk_scale, tl.float32)  # as in _attn_fwd
+    scale = tl.cast(scale, tl.float32)
+    bh = tl.program_id(0)
+    b, h = (bh // H).to(tl.int64), bh % H
+    rows = tl.arange(0, ROWS)
+    d = tl.arange(0, HEAD_D)
+    row_ok = rows < T
+    q = _tile(Q + b * s_qb + h * s_qh, rows, s_qt, d, row_ok)
+    do = _tile(DO + b * s_gb + h * s_gh, rows, s_gt, d, row_ok)
+    o = _tile(O + b * s_ob + h * s_oh, rows, s_ot, d, row_ok)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    # Rows past T get lse = +inf, so their p is exactly 0 (their q and do are 0 as well).
+    lse = tl.load(LSE + bh.to(tl.int64) * T + rows, mask=row_ok, other=float("inf"))
+    dq = tl.zeros([ROWS, HEAD_D], tl.float32)
+    kv = (K + b * s_kb + h * s_kh, V + b * s_vb + h * s_vh)
+    dk_base = (DQ if PACKED else DK) + dk_off + b * s_dkb + h * s_dkh
+    dv_base = (DQ if PACKED else DV) + dv_off + b * s_dvb + h * s_dvh
+    grads = (dk_base, dv_base, s_kt, s_vt, s_dkt, s_dvt)
+    if TAIL:  # full key blocks unmasked, then the rest in steps of TAIL
+        full = T - T % BLOCK_N
+        dq = _head_keys(q, do, lse, delta, *kv, *grads, 0, full, T, qk_scale, scale, dq, d, BLOCK_N, False)
+        dq = _head_keys(q, do, lse, delta, *kv, *grads, full, T, T, qk_scale, scale, dq, d, TAIL, True)
+    else:
+        dq = _head_keys(q, do, lse, delta, *kv, *grads, 0, T, T, qk_scale, scale, dq, d, BLOCK_N, True)
+    dq_ptrs = DQ + dq_off + b * s_dqb + h * s_dqh + rows[:, None] * s_dqt + d[None, :]
+    tl.store(dq_ptrs, (dq * scale).to(DQ.dtype.element_ty), mask=row_ok[:, None])
+
+
+def head_rows(T: int, head_dim: int, tile: AttnTile | None) -> int:
+    """The query rows one ``_attn_bwd_head`` program holds for a ``T``-token head (``T`` rounded up to
+    a power of two, at least 16), or 0 where the head does not fit ``tile`` (``T`` past
+    ``tile.block_m``, ``head_dim`` past 64), ``tile`` is None, or ``T`` is symbolic (a traced
+    dynamic sequence length: the rows are a constexpr, and the two kernels take any ``T`` without
+    specialising it)."""
+    if tile is None or head_dim > 64 or not isinstance(T, int):
+        return 0
+    rows = max(16, triton.next_power_of_2(T))
+    return rows if rows <= tile.block_m else 0
+
+
 def dense_last(t: torch.Tensor) -> torch.Tensor:
     """The kernels address the head dimension with unit stride: copy a tensor that lacks it."""
     return t if t.stride(-1) == 1 else t.contiguous()
@@ -416,10 +506,16 @@ def attention_bwd(
     *,
     dq_tile: AttnTile = DQ_TILE,
     dkdv_tile: AttnTile = DKDV_TILE,
+    head_tile: AttnTile | None = HEAD_TILE,
     out: torch.Tensor | None = None,
     run=launch,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The gradients of :func:`attention_fwd`'s ``o`` w.r.t. q, k and v.
+
+    Where a head's query rows fit one program (:func:`head_rows`: ``T`` up to ``head_tile.block_m``
+    and ``D`` up to 64), one kernel, ``_attn_bwd_head``, computes all three per head; otherwise (or
+    with ``head_tile=None``) ``_attn_bwd_dq`` and then ``_attn_bwd_dkdv`` do, with ``dq_tile`` and
+    ``dkdv_tile``.
 
     Args:
         do: ``[B, H, T, D]``, the gradient of ``o`` (any strides with a dense last dimension).
@@ -450,9 +546,20 @@ def attention_bwd(
     if dq.numel() == 0:
         return dq, dk, dv
     qk_scale = scale * LOG2E
-    delta = torch.empty((B, H, T), device=q.device, dtype=torch.float32)
     strides = (*strides_bht(q), *strides_bht(k), *strides_bht(v))
     tail = (H, T, qk_scale, scale)
+    rows = head_rows(T, D, head_tile)
+    if rows:
+        grads = (*strides_bht(dq), *strides_bht(dk), *strides_bht(dv), *offsets)
+        scalars = (*strides, *strides_bht(o), *strides_bht(do), *grads, *tail)
+        # Packed: DK and DV are placeholders (the kernel addresses dk and dv in DQ).
+        rest = (lse, lse) if out is not None else buffers[1:]
+        tensors = (q, k, v, o, do, lse, buffers[0], *rest)
+        run_kernel(
+            run, _attn_bwd_head, 1, B * H, tensors, scalars, D, head_tile, ROWS=rows, PACKED=out is not None
+        )
+        return dq, dk, dv
+    delta = torch.empty((B, H, T), device=q.device, dtype=torch.float32)
     scalars = (*strides, *strides_bht(o), *strides_bht(do), *strides_bht(dq), offsets[0], *tail)
     tensors = (q, k, v, o, do, lse, delta, buffers[0])
     run_kernel(run, _attn_bwd_dq, triton.cdiv(T, dq_tile.block_m), B * H, tensors, scalars, D, dq_tile)
@@ -512,6 +619,7 @@ def qk_norm_rope_attention_bwd(
     *,
     dq_tile: AttnTile = DQ_TILE,
     dkdv_tile: AttnTile = DKDV_TILE,
+    head_tile: AttnTile | None = HEAD_TILE,
     run=launch,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The gradients of :func:`qk_norm_rope_attention_fwd`'s ``o`` in one ``dqkv`` buffer: the
@@ -528,7 +636,7 @@ def qk_norm_rope_attention_bwd(
     dqkv = torch.empty(qkv.shape, dtype=qkv.dtype, device=qkv.device)
     attention_bwd(
         do, q, k, qkv_heads(qkv, num_heads)[2], o, lse, scale, dq_tile=dq_tile, dkdv_tile=dkdv_tile,
-        out=dqkv, run=run,
+        head_tile=head_tile, out=dqkv, run=run,
     )  # fmt: skip
     return qk_norm_rope_bwd(
         None, None, None, qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm, out=dqkv, run=run

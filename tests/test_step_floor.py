@@ -117,7 +117,7 @@ def test_flopkit_attention_kernels_group_as_attention():
     """flopkit's attention kernels (kernels/_sdpa_triton.py) count as attention, not as norms."""
     from benchmarks.step_kernels import group
 
-    for name in ("_attn_fwd", "_attn_bwd_dq", "_attn_bwd_dkdv", "_attn_bwd_atomic"):
+    for name in ("_attn_fwd", "_attn_bwd_dq", "_attn_bwd_dkdv", "_attn_bwd_head", "_attn_bwd_atomic"):
         assert group(name) == "attention (flopkit Triton)"
         assert F.floor_group(name) == F.ATTENTION
     assert F.floor_group("_norm_bwd_kernel") == F.NORMS

@@ -91,6 +91,11 @@ def run_ops() -> None:
                         backward(
                             K.qk_norm_rope_attention(*args, pairing=pairing, norm=norm, backend="triton")
                         )
+    # Past 256 tokens a head's backward takes the dq and dkdv kernels (ViT-5 at 384 px: T = 577).
+    T, H, D = 577, 6, 64
+    qkv, w = leaves(torch.randn(1, T, 3 * H * D, dtype=torch.bfloat16), torch.randn(D, dtype=torch.bfloat16))
+    cos, sin = torch.randn(T, D), torch.randn(T, D)
+    backward(K.qk_norm_rope_attention(qkv, cos, sin, H, w, w, backend="triton"))
 
 
 def main() -> None:

@@ -193,11 +193,26 @@ def test_backward_writes_one_buffer_and_runs_the_rope_backward_in_place():
     args = (cos, sin, w, w, H, 1e-6, "split_half", True, 0.125)
     o, lse, q, k = qk_norm_rope_attention_fwd(qkv, *args, run=capture)
     launches.clear()
+    # One kernel per head (ViT-5's T = 201 fits it):
     dqkv, dqw, dkw = qk_norm_rope_attention_bwd(torch.empty_like(o), qkv, q, k, o, lse, *args, run=capture)
     assert dqkv.shape == qkv.shape and dqkv.is_contiguous() and dqw.shape == dkw.shape == (D,)
+    head_view = (T * 3 * C, D, 3 * C)  # (batch, head, token) strides of a part of dqkv
+    names = [name for name, *_ in launches]
+    assert names[:2] == ["_attn_bwd_head", "_qk_norm_rope_bwd_kernel"], names
+    _, tensors, scalars, meta = launches[0]
+    assert tensors[6] is dqkv and meta["PACKED"] is True
+    assert all(t is not dqkv for t in tensors[:6] + tensors[7:])  # passed once
+    assert scalars[15:27] == (*head_view, *head_view, *head_view, 0, C, 2 * C)
+    assert not any(t._base is dqkv for t in tensors if t is not None)
+    _, rope_tensors, _, rope_meta = launches[1]
+    assert rope_tensors[8] is dqkv and rope_meta["IN_PLACE"] is True
+    # The dq and dkdv kernels (a head that does not fit one program):
+    launches.clear()
+    dqkv, dqw, dkw = qk_norm_rope_attention_bwd(
+        torch.empty_like(o), qkv, q, k, o, lse, *args, head_tile=None, run=capture
+    )
     names = [name for name, *_ in launches]
     assert names[:3] == ["_attn_bwd_dq", "_attn_bwd_dkdv", "_qk_norm_rope_bwd_kernel"], names
-    head_view = (T * 3 * C, D, 3 * C)  # (batch, head, token) strides of a part of dqkv
     (_, dq_tensors, dq_scalars, _), (_, kv_tensors, kv_scalars, kv_meta) = launches[:2]
     assert dq_tensors[7] is dqkv and dq_scalars[15:19] == (*head_view, 0)
     assert kv_tensors[6] is dqkv and kv_meta["PACKED"] is True

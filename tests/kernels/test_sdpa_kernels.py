@@ -17,7 +17,7 @@ import _early
 import pytest
 import torch
 from _references import device, rel_err
-from flopkit.kernels._sdpa_triton import AttnTile, attention_bwd, attention_fwd
+from flopkit.kernels._sdpa_triton import HEAD_TILE, AttnTile, attention_bwd, attention_fwd, head_rows
 from flopkit.kernels.sdpa import ATTENTION_HEAD_DIMS
 
 DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if torch.cuda.is_available() else [])
@@ -29,6 +29,10 @@ TOL = {
     torch.bfloat16: 1.6e-2,
 }
 SMALL = AttnTile(16, 32, 4, 1)
+# The backward's three forms: the shipped dq and dkdv kernels, the benchmark's atomic one (tried and
+# not shipped), and one program per head (where the head's rows fit its tile).
+VARIANTS = ["two-kernels", "atomic-dq", "head"]
+SMALL_HEAD = AttnTile(128, 16, 4, 1, 0)  # heads of up to 128 tokens, 16 keys a step
 
 
 def spec(q, k, v, scale):
@@ -61,7 +65,8 @@ def check(
     fwd_tile=SMALL,
     dq_tile=SMALL,
     dkdv_tile=SMALL,
-    atomic=False,
+    head_tile=SMALL_HEAD,
+    variant="two-kernels",
     scale=None,
     relative=("dq", "dk", "dv"),
     absolute=1e-3,
@@ -82,12 +87,16 @@ def check(
     assert rel_err(lse, torch.logsumexp(s, -1) / math.log(2)) < lse_tol
     do = torch.randn_like(ref).to(dtype)
     ref.backward(do.double())
-    if atomic:  # the benchmark's one-kernel variant (tried and not shipped), held to the same spec
+    if variant == "atomic-dq":  # the benchmark's one-kernel variant, held to the same spec
         from benchmarks.triton_attention import attention_bwd_atomic
 
         grads = attention_bwd_atomic(do, q, k, v, o, lse, scale, tile=dkdv_tile)
     else:
-        grads = attention_bwd(do, q, k, v, o, lse, scale, dq_tile=dq_tile, dkdv_tile=dkdv_tile)
+        if variant == "head":  # the head must fit the tile, or the two kernels would run instead
+            assert head_rows(q.shape[2], D, head_tile), (q.shape, head_tile)
+        tiles = {"dq_tile": dq_tile, "dkdv_tile": dkdv_tile}
+        tiles["head_tile"] = head_tile if variant == "head" else None
+        grads = attention_bwd(do, q, k, v, o, lse, scale, **tiles)
     for name, g, r in zip(("dq", "dk", "dv"), grads, (q64.grad, k64.grad, v64.grad), strict=True):
         assert g.shape == r.shape and g.dtype == dtype, name
         if name in relative:
@@ -98,18 +107,18 @@ def check(
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("atomic", [False, True], ids=["two-kernels", "atomic-dq"])
-def test_matches_float64(dtype, atomic):
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_matches_float64(dtype, variant):
     # T = 37: neither block size divides it, so the last query and key blocks are masked.
     q, k, v = (token_major(2, 3, 37, 16, dtype) for _ in range(3))
-    check(q, k, v, dtype, atomic=atomic)
+    check(q, k, v, dtype, variant=variant)
 
 
-@pytest.mark.parametrize("atomic", [False, True], ids=["two-kernels", "atomic-dq"])
-def test_model_layout_and_head_dim_64(atomic):
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_model_layout_and_head_dim_64(variant):
     """v a slice of the qkv activation (row stride 3·H·D), D = 64, T not a multiple of any block."""
     q, k, v = qkv_slices(1, 2, 21, 64, torch.float16)
-    check(q, k, v, torch.float16, atomic=atomic)
+    check(q, k, v, torch.float16, variant=variant)
 
 
 # Tiles that step TAIL tokens past the last full block (the shipped tiles' form at ViT-5's T = 201).
@@ -135,6 +144,45 @@ def test_tail_steps_match_float64(T, tile):
     check(q, k, v, torch.float32, fwd_tile=tile, dq_tile=tile, dkdv_tile=tile)
 
 
+@pytest.mark.parametrize(
+    "T, tile",
+    [
+        (16, AttnTile(128, 32, 4, 1, 16)),  # shorter than a key block: one tail step, 16 rows
+        (37, AttnTile(128, 32, 4, 1, 16)),  # one full key block, then a partial tail step (5 of 16)
+        (64, AttnTile(64, 32, 4, 1, 16)),  # rows exactly the tile's; the tail loop runs zero times
+        (87, AttnTile(128, 32, 4, 1, 16)),  # two full key blocks, a full tail step and a partial one
+        (45, AttnTile(64, 16, 4, 1, 0)),  # no tail: the last key block masked and padded
+    ],
+    ids=["T16", "T37", "T64", "T87", "T45-no-tail"],
+)
+def test_head_kernel_key_steps_match_float64(T, tile):
+    """``_attn_bwd_head`` (every query row of a head in one program) over its key loops: the full
+    blocks unmasked, the masked tail steps, and rows past T (their lse +inf, so p = 0)."""
+    q, k, v = (token_major(1, 2, T, 16, torch.float32) for _ in range(3))
+    check(q, k, v, torch.float32, head_tile=tile, variant="head")
+
+
+def test_head_kernel_only_where_the_head_fits():
+    """``head_rows``: T rounded up to a power of two (at least 16) where it fits the tile's rows and
+    D <= 64; 0 (the two kernels) past either, or without a tile. The shipped tile covers ViT-5's
+    T = 201 at D = 64."""
+    assert head_rows(201, 64, HEAD_TILE) == 256
+    assert head_rows(5, 16, HEAD_TILE) == 16
+    assert head_rows(257, 64, HEAD_TILE) == 0  # 512 rows: past the tile
+    assert head_rows(201, 128, HEAD_TILE) == 0  # D = 128: twice the registers
+    assert head_rows(201, 64, None) == 0
+    launched = []
+
+    def capture(kernel, grid, args, meta, num_tensors, plan=None):
+        launched.append(kernel.__name__)
+
+    for T, D in ((201, 64), (257, 64), (201, 128)):
+        q = torch.empty(2, 3, T, D, device="meta", dtype=torch.bfloat16)
+        lse = torch.empty(2, 3, T, device="meta")
+        attention_bwd(q, q, q, q, q, lse, 0.125, run=capture)
+    assert launched == ["_attn_bwd_head", *["_attn_bwd_dq", "_attn_bwd_dkdv"] * 2]
+
+
 def test_tiles_larger_than_the_sequence():
     """One block holds every key and every query (the forward's single-step case)."""
     q, k, v = (token_major(1, 2, 5, 16, torch.float32) for _ in range(3))
@@ -158,20 +206,38 @@ def test_tiles_a_gpu_cannot_compile_are_refused(tile, field):
         attention_fwd(q, q, q, 0.25, tile=tile, run=no_launch)
     lse = torch.empty(1, 2, 37, device="meta")
     with pytest.raises(ValueError, match=f"{field}; it must be a power of two of at least 16"):
-        attention_bwd(q, q, q, q, q, lse, 0.25, dq_tile=AttnTile(32, 32, 4, 1), dkdv_tile=tile, run=no_launch)
+        attention_bwd(
+            q,
+            q,
+            q,
+            q,
+            q,
+            lse,
+            0.25,
+            dq_tile=AttnTile(32, 32, 4, 1),
+            dkdv_tile=tile,
+            head_tile=None,
+            run=no_launch,
+        )
+    if (
+        field != "block_m=8"
+    ):  # a head tile's block_m is the rows it may hold: 8 sends T = 37 to the two kernels
+        with pytest.raises(ValueError, match=f"{field}; it must be a power of two of at least 16"):
+            attention_bwd(q, q, q, q, q, lse, 0.25, head_tile=tile._replace(block_m=64), run=no_launch)
 
 
 def no_launch(kernel, grid, args, meta, num_tensors=0, plan=None):
     """A launch that runs nothing (meta tensors): what is checked is raised before it."""
 
 
-def test_large_logits_stay_finite():
+@pytest.mark.parametrize("variant", ["two-kernels", "head"])
+def test_large_logits_stay_finite(variant):
     """Logits of order 1e3: the running maximum must keep every exponent at or below zero. On CUDA
     float32 q kᵀ runs as TF32, whose logits of order 1e3 are off by order 1 (an H100's dq was off by
     0.18 against a float64 zero), so there dq and dk are held to being finite only."""
     q, k, v = (token_major(1, 1, 19, 16, torch.float32, scale=s) for s in (30.0, 30.0, 1.0))
     absolute = None if torch.cuda.is_available() else 1e-3
-    check(q, k, v, torch.float32, scale=1.0, relative=("dv",), absolute=absolute)
+    check(q, k, v, torch.float32, scale=1.0, relative=("dv",), absolute=absolute, variant=variant)
 
 
 def test_custom_scale_and_contiguous_head_major():
@@ -191,11 +257,12 @@ def test_opcheck_attention_ops():
     torch.library.opcheck(torch.ops.flopkit.attention_backward.default, args)
 
 
-def test_strided_head_dimension_is_copied_not_misread():
+@pytest.mark.parametrize("variant", ["two-kernels", "head"])
+def test_strided_head_dimension_is_copied_not_misread(variant):
     """A q whose head dimension is not unit-stride (a transposed view) gives the same result."""
     q = torch.randn(1, 2, 16, 11, device=device()).transpose(-1, -2)  # [1, 2, 11, 16], stride(-1) = 11
     k, v = (token_major(1, 2, 11, 16, torch.float32) for _ in range(2))
-    check(q, k, v, torch.float32)
+    check(q, k, v, torch.float32, variant=variant)
 
 
 def test_public_op_routes_and_rejects_what_the_kernels_do_not_take():
@@ -229,8 +296,9 @@ def test_grids_fit_cuda_limits_at_large_batches():
 
     q, k, v = (torch.empty(12_000, 6, 201, 64, device="meta", dtype=torch.bfloat16) for _ in range(3))
     o, lse = attention_fwd(q, k, v, 0.125, run=capture)
-    attention_bwd(torch.empty_like(o), q, k, v, o, lse, 0.125, run=capture)
-    assert len(grids) == 3
+    attention_bwd(torch.empty_like(o), q, k, v, o, lse, 0.125, run=capture)  # one kernel per head
+    attention_bwd(torch.empty_like(o), q, k, v, o, lse, 0.125, head_tile=None, run=capture)
+    assert len(grids) == 4
     for grid in grids:
         assert len(grid) == 1 and 72_000 <= grid[0] < 2**31
 
@@ -260,11 +328,19 @@ except Exception as e:
     print(json.dumps({"skip": f"{type(e).__name__}: {str(e)[:200]}"}))
     sys.exit(0)
 found = {}
-for (fn, tile), head_dim in itertools.product(
-    ((st._attn_fwd, st.FWD_TILE), (st._attn_bwd_dq, st.DQ_TILE), (st._attn_bwd_dkdv, st.DKDV_TILE)),
-    [int(d) for d in sys.argv[1:]] or sdpa.ATTENTION_HEAD_DIMS,
-):
+KERNELS = (
+    (st._attn_fwd, st.FWD_TILE),
+    (st._attn_bwd_dq, st.DQ_TILE),
+    (st._attn_bwd_dkdv, st.DKDV_TILE),
+    (st._attn_bwd_head, st.HEAD_TILE),
+)
+for (fn, tile), head_dim in itertools.product(KERNELS, [int(d) for d in sys.argv[1:]] or sdpa.ATTENTION_HEAD_DIMS):
     meta = {"HEAD_D": head_dim, "BLOCK_M": tile.block_m, "BLOCK_N": tile.block_n, "TAIL": tile.tail}
+    if fn is st._attn_bwd_head:  # at T = 201, where it runs (head_rows: D <= 64)
+        rows = st.head_rows(201, head_dim, tile)
+        if not rows:
+            continue
+        meta |= {"ROWS": rows, "PACKED": True}
     options = {"num_warps": tile.num_warps, "num_stages": tile.num_stages}
     signature, constants = {}, {}
     for i, name in enumerate(fn.arg_names):
@@ -322,6 +398,8 @@ def test_kernels_compile_for_sm90_without_fp64_tiles():
             )
         pytest.skip(f"cannot compile for sm90 here: {found['skip']}")
     kernels = ("_attn_fwd", "_attn_bwd_dq", "_attn_bwd_dkdv")
-    assert sorted(found) == sorted(f"{k} D={d}" for k in kernels for d in SM90_HEAD_DIMS)
+    expected = [f"{k} D={d}" for k in kernels for d in SM90_HEAD_DIMS]
+    expected += [f"_attn_bwd_head D={d}" for d in SM90_HEAD_DIMS if d <= 64]
+    assert sorted(found) == sorted(expected)
     for kernel, lines in found.items():
         assert lines == [], f"{kernel}: {lines[:3]}"

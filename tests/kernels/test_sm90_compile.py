@@ -21,8 +21,9 @@ import pytest
 REQUIRED = bool(os.environ.get("FLOPKIT_REQUIRE_SM90"))
 SCRIPT = Path(__file__).with_name("_sm90_launches.py")
 KERNELS = [
-    "_attn_bwd_dkdv",
+    "_attn_bwd_dkdv",  # at T = 577 (ViT-5 at 384 px): past the one-program-per-head kernel's rows
     "_attn_bwd_dq",
+    "_attn_bwd_head",
     "_attn_fwd",
     "_norm_bwd_chunked_kernel",
     "_norm_bwd_kernel",

@@ -54,8 +54,9 @@ def assert_no_guards(env: ShapeEnv, launches: list, *names: str) -> None:
     assert any(isinstance(n, torch.SymInt) for _, grid in launches for n in grid)
 
 
+@pytest.mark.parametrize("head_tile", [st.HEAD_TILE, None], ids=["head-kernel", "dq-dkdv"])
 @pytest.mark.parametrize("one_op", [False, True])
-def test_qk_norm_rope_and_attention_launchers(symbolic, one_op):
+def test_qk_norm_rope_and_attention_launchers(symbolic, one_op, head_tile):
     env, B, run, launches = symbolic
     H, D = 2, 64
     qkv = torch.empty(B, T, 3 * H * D, dtype=torch.float16)
@@ -63,20 +64,19 @@ def test_qk_norm_rope_and_attention_launchers(symbolic, one_op):
     args = (cos, sin, w, w, H, 1e-6, "split_half", True)
     if one_op:
         o, lse, q, k = st.qk_norm_rope_attention_fwd(qkv, *args, 0.125, run=run)
-        st.qk_norm_rope_attention_bwd(torch.empty_like(o), qkv, q, k, o, lse, *args, 0.125, run=run)
+        st.qk_norm_rope_attention_bwd(
+            torch.empty_like(o), qkv, q, k, o, lse, *args, 0.125, head_tile=head_tile, run=run
+        )
     else:
         q, k = rt.qk_norm_rope_fwd(qkv, *args, run=run)
         v = rt.qkv_heads(qkv, H)[2]
         o, lse = st.attention_fwd(q, k, v, 0.125, run=run)
-        dq, dk, dv = st.attention_bwd(torch.empty_like(o), q, k, v, o, lse, 0.125, run=run)
+        dq, dk, dv = st.attention_bwd(
+            torch.empty_like(o), q, k, v, o, lse, 0.125, head_tile=head_tile, run=run
+        )
         rt.qk_norm_rope_bwd(dq, dk, dv, qkv, *args, run=run)
-    kernels = [
-        "_qk_norm_rope_fwd_kernel",
-        "_attn_fwd",
-        "_attn_bwd_dq",
-        "_attn_bwd_dkdv",
-        "_qk_norm_rope_bwd_kernel",
-    ]
+    attention = ["_attn_bwd_head"] if head_tile else ["_attn_bwd_dq", "_attn_bwd_dkdv"]
+    kernels = ["_qk_norm_rope_fwd_kernel", "_attn_fwd", *attention, "_qk_norm_rope_bwd_kernel"]
     assert_no_guards(env, launches, *kernels, "_sum_partials_kernel")
 
 
@@ -99,3 +99,14 @@ def test_norm_launchers(symbolic, width, options):
     names = [name for name, _ in launches]
     assert names[0] in ("_norm_fwd_kernel", "_norm_fwd_chunked_kernel"), names
     assert_no_guards(env, launches, *names)
+
+
+def test_a_symbolic_sequence_length_takes_the_two_attention_kernels(symbolic):
+    """The head kernel's rows are a constexpr: a traced dynamic ``T`` runs the dq and dk/dv kernels,
+    whose blocks do not depend on ``T``, rather than specialise it."""
+    env, T_sym, run, launches = symbolic
+    q = torch.empty(2, 2, T_sym, 64, dtype=torch.float16)
+    lse = torch.empty(2, 2, T_sym)
+    assert st.head_rows(T_sym, 64, st.HEAD_TILE) == 0
+    st.attention_bwd(q, q, q, q, q, lse, 0.125, run=run)
+    assert_no_guards(env, launches, "_attn_bwd_dq", "_attn_bwd_dkdv")
