@@ -14,7 +14,8 @@ predicted largest batch under a budget against the measured one.
 
 Run from the repository root: ``python -m benchmarks.memory_accuracy`` (``--quick``: a few cases;
 ``--device cpu --quick``: a smoke test of the plumbing, where the "measured" column is the
-prediction's own replay). Writes the harness record ``memory_accuracy_DEVICE.{json,md}`` under
+prediction's own replay; ``--fit-only``: the ``--fit`` check alone, a record with no rows).
+Writes the harness record ``memory_accuracy_DEVICE.{json,md}`` under
 ``--out`` (default ``$OUT``, else ``.``).
 """
 
@@ -375,6 +376,11 @@ def main() -> None:
     ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     ap.add_argument("--quick", action="store_true", help="three models, two settings")
     ap.add_argument("--fit-budget", type=float, default=8.0, help="GiB for the --fit check")
+    ap.add_argument(
+        "--fit-only",
+        action="store_true",
+        help="the --fit check alone: a record with no cases",
+    )
     ap.add_argument("--out", default=out_default())
     ap.add_argument(
         "--shared-process",
@@ -410,7 +416,9 @@ def main() -> None:
         picked = [plan[int(i)] for i in a.child.split(",")]
         print(CHILD_MARK + json.dumps(run_cases(picked, a.device)), flush=True)
         return
-    if a.device == "cuda" and not a.shared_process:
+    if a.fit_only:  # no cases, so nothing skipped either
+        plan, failures = [], []
+    if a.device == "cuda" and not a.shared_process and plan:
         rows, more = run_isolated(plan, a.quick)
     else:
         rows, more = run_cases(plan, a.device)
@@ -422,12 +430,12 @@ def main() -> None:
         failures.append({"model": "fit", "error": f"{type(exc).__name__}: {exc}"})
         traceback.print_exc()
     errors = [abs(r["error"]) for r in rows]
-    lines = [
-        "## flopkit memory: predicted vs measured max_memory_allocated",
-        "",
-        "| model | setting | batch | predicted peak (GiB) | measured peak (GiB) | error | predicted steady | measured steady | workspace pred/meas (MiB) | peak in | SDPA |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
-    ]
+    lines = ["## flopkit memory: predicted vs measured max_memory_allocated", ""]
+    if rows:
+        lines += [
+            "| model | setting | batch | predicted peak (GiB) | measured peak (GiB) | error | predicted steady | measured steady | workspace pred/meas (MiB) | peak in | SDPA |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
+        ]
     for r in rows:
         sdpa = ", ".join(f"{k} x{v}" for k, v in r["sdpa"].items()) or "-"
         lines.append(
