@@ -361,6 +361,8 @@ def main() -> None:
             lines.append(
                 f"| {r['shape']} | {name} | {r[f'{name}_vs_cudnn']:.1e} | {e['triton']:.1e} | {e['cudnn']:.1e} |"
             )
+    lines += ["", "One kernel per head against the two kernels, relative difference of dq, dk, dv:", ""]
+    lines += [f"- {r['shape']}: " + ", ".join(f"{e:.1e}" for e in r["head_vs_two_kernel"]) for r in out_rows]
     lines += [
         "",
         "QK-norm + RoPE's backward after the attention's: the two ops' against the one op's (one "
