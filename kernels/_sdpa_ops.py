@@ -23,9 +23,11 @@ from ._rope_ops import (
 )
 from ._rope_triton import empty_qk, qkv_heads
 from ._sdpa_triton import (
+    HEAD_TILE,
     attention_bwd,
     attention_fwd,
     empty_token_major,
+    head_rows,
     qk_norm_rope_attention_bwd,
     qk_norm_rope_attention_fwd,
 )
@@ -69,11 +71,17 @@ def _attention_backward_flops(do_shape, q_shape, k_shape, v_shape, *args, out_sh
     return 2 * formulas.sdpa(B, H, T, k_shape[2], D, v_shape[3])
 
 
+def _delta_scratch(q: torch.Tensor, lse: torch.Tensor) -> None:
+    """The backward kernels' scratch as the launcher allocates it: ``delta`` ``[B, H, T]`` fp32, freed
+    on return, for the dq and dk/dv kernels only (one kernel per head keeps it in registers), so a
+    memory replay on meta sees the same blocks in the same order."""
+    if not head_rows(q.shape[2], q.shape[-1], HEAD_TILE):
+        torch.empty_like(lse)
+
+
 def _attention_backward_fake(do, q, k, v, o, lse, scale):
     grads = tuple(empty_token_major(t) for t in (q, k, v))
-    # The kernels' scratch, allocated after the gradients and freed on return: delta [B, H, T] fp32
-    # (a memory replay on meta sees the same blocks in the same order).
-    torch.empty_like(lse)
+    _delta_scratch(q, lse)  # after the gradients
     return grads
 
 
@@ -152,10 +160,9 @@ def _qk_attention_backward_reference(do, qkv, q, k, o, lse, cos, sin, q_weight, 
 def _qk_attention_backward_fake(
     do, qkv, q, k, o, lse, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm, scale
 ):
-    # The launcher's allocations in its order: dqkv, the attention's delta [B, H, T] fp32 (freed on
-    # return); then the weight gradients.
+    # The launcher's allocations in its order: dqkv, the attention's scratch; then the weight gradients.
     dqkv = qkv.new_empty(qkv.shape)
-    torch.empty_like(lse)
+    _delta_scratch(q, lse)
     return dqkv, *fake_weight_grads(qkv, q_weight, k_weight, norm)
 
 

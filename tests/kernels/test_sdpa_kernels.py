@@ -403,3 +403,53 @@ def test_kernels_compile_for_sm90_without_fp64_tiles():
     assert sorted(found) == sorted(expected)
     for kernel, lines in found.items():
         assert lines == [], f"{kernel}: {lines[:3]}"
+
+
+class _Allocations(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records ``(shape, dtype)`` of every tensor an op allocates (empty, empty_like, new_empty)."""
+
+    NAMES = ("empty", "empty_like", "new_empty", "empty_strided")
+
+    def __init__(self):
+        super().__init__()
+        self.seen: list[tuple[tuple[int, ...], torch.dtype]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func.overloadpacket.__name__ in self.NAMES:
+            self.seen.append((tuple(out.shape), out.dtype))
+        return out
+
+
+@pytest.mark.parametrize("T", [201, 300], ids=["head-kernel", "dq-dkdv"])
+def test_backward_fakes_allocate_what_the_launchers_do(T):
+    """A memory replay runs the backward ops' fakes on meta: they must allocate the launcher's
+    tensors in its order. The dq and dk/dv kernels need ``delta`` ``[B, H, T]`` fp32 scratch, the
+    head kernel (T = 201) none."""
+    from flopkit.kernels import _sdpa_ops as ops
+    from flopkit.kernels._sdpa_triton import qk_norm_rope_attention_bwd
+
+    B, H, D = 2, 3, 64
+    q, k, v, o = (
+        torch.empty(B, T, H, D, device="meta", dtype=torch.bfloat16).transpose(1, 2) for _ in range(4)
+    )
+    lse = torch.empty(B, H, T, device="meta")
+    with _Allocations() as real:
+        attention_bwd(o, q, k, v, o, lse, 0.125, run=no_launch)
+    with _Allocations() as fake:
+        ops._attention_backward_fake(o, q, k, v, o, lse, 0.125)
+    assert fake.seen == real.seen
+    assert (((B, H, T), torch.float32) in real.seen) == (T == 300)
+    # The one op: its launcher's attention scratch as the fake's (the QK-norm + RoPE's partials,
+    # which the fake leaves out, are fp32 and flat).
+    qkv = torch.empty(B, T, 3 * H * D, device="meta", dtype=torch.bfloat16)
+    cos = sin = torch.empty(T, D, device="meta")
+    w = torch.empty(D, device="meta", dtype=torch.bfloat16)
+    args = (cos, sin, w, w, H, 1e-6, "split_half", True, 0.125)
+    with _Allocations() as real:
+        qk_norm_rope_attention_bwd(o, qkv, q, k, o, lse, *args, run=no_launch)
+    with _Allocations() as fake:
+        ops._qk_attention_backward_fake(o, qkv, q, k, o, lse, *args)
+    scratch = ((B, H, T), torch.float32)
+    assert real.seen[0] == fake.seen[0] == ((B, T, 3 * H * D), torch.bfloat16)
+    assert (scratch in real.seen) == (scratch in fake.seen) == (T == 300)
