@@ -405,51 +405,48 @@ def test_kernels_compile_for_sm90_without_fp64_tiles():
         assert lines == [], f"{kernel}: {lines[:3]}"
 
 
-class _Allocations(torch.utils._python_dispatch.TorchDispatchMode):
-    """Records ``(shape, dtype)`` of every tensor an op allocates (empty, empty_like, new_empty)."""
+def _events(fn, *inputs) -> list[int]:
+    """The bytes each allocation (+) and free (-) of ``fn(*inputs)`` on meta moves, in order, as
+    the memory replay's :class:`~flopkit.step_memory.trace.AllocationTrace` records them."""
+    from flopkit.step_memory.trace import AllocationTrace
 
-    NAMES = ("empty", "empty_like", "new_empty", "empty_strided")
-
-    def __init__(self):
-        super().__init__()
-        self.seen: list[tuple[tuple[int, ...], torch.dtype]] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        if func.overloadpacket.__name__ in self.NAMES:
-            self.seen.append((tuple(out.shape), out.dtype))
-        return out
+    trace = AllocationTrace()
+    trace.adopt(inputs, "inputs")
+    with trace:
+        out = fn(*inputs)
+        del out
+    trace.close()
+    return [e.delta for e in trace.events if e.op != ""]  # the adopted inputs' setup events left out
 
 
 @pytest.mark.parametrize("T", [201, 300], ids=["head-kernel", "dq-dkdv"])
 def test_backward_fakes_allocate_what_the_launchers_do(T):
-    """A memory replay runs the backward ops' fakes on meta: they must allocate the launcher's
-    tensors in its order. The dq and dk/dv kernels need ``delta`` ``[B, H, T]`` fp32 scratch, the
-    head kernel (T = 201) none."""
+    """A memory replay runs the backward ops' fakes on meta: they must allocate and free what the
+    launcher does, in its order. The dq and dk/dv kernels need ``delta`` ``[B, H, T]`` fp32
+    scratch, freed on return; the head kernel (T = 201) none."""
     from flopkit.kernels import _sdpa_ops as ops
     from flopkit.kernels._sdpa_triton import qk_norm_rope_attention_bwd
+
+    from flopkit.step_memory.cuda import block_bytes
 
     B, H, D = 2, 3, 64
     q, k, v, o = (
         torch.empty(B, T, H, D, device="meta", dtype=torch.bfloat16).transpose(1, 2) for _ in range(4)
     )
     lse = torch.empty(B, H, T, device="meta")
-    with _Allocations() as real:
-        attention_bwd(o, q, k, v, o, lse, 0.125, run=no_launch)
-    with _Allocations() as fake:
-        ops._attention_backward_fake(o, q, k, v, o, lse, 0.125)
-    assert fake.seen == real.seen
-    assert (((B, H, T), torch.float32) in real.seen) == (T == 300)
-    # The one op: its launcher's attention scratch as the fake's (the QK-norm + RoPE's partials,
-    # which the fake leaves out, are fp32 and flat).
+    real = _events(lambda *t: attention_bwd(*t, 0.125, run=no_launch), o, q, k, v, o, lse)
+    assert _events(lambda *t: ops._attention_backward_fake(*t, 0.125), o, q, k, v, o, lse) == real
+    delta = block_bytes(B * H * T * 4)
+    assert (real[3:5] == [delta, -delta]) == (T == 300)  # after dq, dk, dv
+    # The one op: dqkv, then the same attention scratch (the QK-norm + RoPE's fp32 partials, which
+    # the fake leaves out, come after it).
     qkv = torch.empty(B, T, 3 * H * D, device="meta", dtype=torch.bfloat16)
     cos = sin = torch.empty(T, D, device="meta")
     w = torch.empty(D, device="meta", dtype=torch.bfloat16)
     args = (cos, sin, w, w, H, 1e-6, "split_half", True, 0.125)
-    with _Allocations() as real:
-        qk_norm_rope_attention_bwd(o, qkv, q, k, o, lse, *args, run=no_launch)
-    with _Allocations() as fake:
-        ops._qk_attention_backward_fake(o, qkv, q, k, o, lse, *args)
-    scratch = ((B, H, T), torch.float32)
-    assert real.seen[0] == fake.seen[0] == ((B, T, 3 * H * D), torch.bfloat16)
-    assert (scratch in real.seen) == (scratch in fake.seen) == (T == 300)
+    inputs = (o, qkv, q, k, o, lse)
+    real = _events(lambda *t: qk_norm_rope_attention_bwd(*t, *args, run=no_launch), *inputs)
+    fake = _events(lambda *t: ops._qk_attention_backward_fake(*t, *args), *inputs)
+    head = 3 if T == 300 else 1
+    assert real[:head] == fake[:head] and real[0] == block_bytes(B * T * 3 * H * D * 2)
+    assert (real[1:3] == [delta, -delta]) == (T == 300)
