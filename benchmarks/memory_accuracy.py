@@ -371,6 +371,28 @@ def run_isolated(plan: list, quick: bool) -> tuple[list[dict[str, Any]], list[di
     return rows, failures
 
 
+def case_plan(quick: bool) -> tuple[list[tuple[Case, str, dict[str, Any], int]], list[dict[str, Any]]]:
+    """The cases to run, ``(case, setting, options, batch)`` each, and the models skipped for want of
+    a package."""
+    settings = SETTINGS[:2] if quick else SETTINGS
+    plan: list[tuple[Case, str, dict[str, Any], int]] = []
+    failures: list[dict[str, Any]] = []
+    for case in models(quick):
+        if not has(case.needs):
+            failures.append({"model": case.name, "error": f"skipped: {case.needs} not importable"})
+            continue
+        for name, options in settings:
+            plan.append((case, name, {"training": True, **options}, case.batch))
+    if not quick:
+        for case in models(False):
+            if case.source in ("hf:gpt2", "hf:llama") and has(case.needs):
+                # 512 cached + 512 new tokens: gpt2's 1024 positions
+                plan.append((case, "inference kv-cache 512", {"kv_cache": 512}, 8))
+                plan.append((case, "inference kv-cache 512 bf16", {"kv_cache": 512, "autocast": "bf16"}, 8))
+        plan.append((models(False)[0], "inference", {}, 64))
+    return plan, failures
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
@@ -395,29 +417,13 @@ def main() -> None:
     if a.device == "cuda" and a.child is None:
         BUILD.update(probe_workspace())  # first: the workspaces appear at a thread's first GEMM
         print(f"cuBLAS workspace of this build: {BUILD}", flush=True)
-    rows, failures = [], []
-    settings = SETTINGS[:2] if a.quick else SETTINGS
-    plan: list[tuple[Case, str, dict[str, Any], int]] = []
-    for case in models(a.quick):
-        if not has(case.needs):
-            failures.append({"model": case.name, "error": f"skipped: {case.needs} not importable"})
-            continue
-        for name, options in settings:
-            plan.append((case, name, {"training": True, **options}, case.batch))
-    if not a.quick:
-        for case in models(False):
-            if case.source in ("hf:gpt2", "hf:llama") and has(case.needs):
-                # 512 cached + 512 new tokens: gpt2's 1024 positions
-                plan.append((case, "inference kv-cache 512", {"kv_cache": 512}, 8))
-                plan.append((case, "inference kv-cache 512 bf16", {"kv_cache": 512, "autocast": "bf16"}, 8))
-        plan.append((models(False)[0], "inference", {}, 64))
+    # --fit-only: no cases, so nothing imported to find them and nothing skipped either.
+    plan, failures = ([], []) if a.fit_only else case_plan(a.quick)
     if a.child is not None:  # one group of the plan, in this fresh process; rows as JSON on stdout
         BUILD.update(json.loads(a.build or "{}"))
         picked = [plan[int(i)] for i in a.child.split(",")]
         print(CHILD_MARK + json.dumps(run_cases(picked, a.device)), flush=True)
         return
-    if a.fit_only:  # no cases, so nothing skipped either
-        plan, failures = [], []
     if a.device == "cuda" and not a.shared_process and plan:
         rows, more = run_isolated(plan, a.quick)
     else:
