@@ -261,6 +261,19 @@ def _softmax_backward(grad_out, output, *args, out_shape=None, **kw):
     return formulas.softmax_backward(numel(grad_out))
 
 
+def _addmm_inplace(self, mat1, mat2, *, out_shape=None, **kw) -> int:
+    """``aten.addmm_`` (shapes): the product ``mat1 @ mat2``, as torch's ``addmm`` formula counts it
+    (FlopCounterMode has none for the in-place form); the add is not counted."""
+    m, k = mat1
+    return 2 * m * k * mat2[-1]
+
+
+def _baddbmm_inplace(self, batch1, batch2, *, out_shape=None, **kw) -> int:
+    """``aten.baddbmm_`` (shapes): the batched product, as torch's ``baddbmm`` formula counts it."""
+    b, m, k = batch1
+    return 2 * b * m * k * batch2[-1]
+
+
 def grouped_mm_flops(mat_a, mat_b, offs=None, bias=None, out_dtype=None, *, out_shape=None, **kw) -> int:
     """FlopCounterMode formula (arguments as shapes) of ``aten._grouped_mm``:
     :func:`flopkit.formulas.grouped_mm` (every row of the jagged operand in one group)."""
@@ -292,6 +305,7 @@ op(
            "convolution_overrideable"),
 )  # fmt: skip
 op("matmul", "aten._grouped_mm", formula=grouped_mm_flops)
+op("matmul", "aten.addmm_", formula=_addmm_inplace)
 
 # Attention. On the meta device SDPA runs its math decomposition: QK^T and AV as two bmm (an
 # expert module's bmm is moved to matmul by the engine, flops/anymodel.py).
@@ -310,6 +324,7 @@ op(
     "flex_attention",
     "flex_attention_backward",
 )  # fmt: skip
+op("attention", "aten.baddbmm_", formula=_baddbmm_inplace)
 
 # Norms: flopkit's formulas (fvcore's norm handles are replaced by flopkit's, in FLOPs).
 op("norm", "aten.native_layer_norm", formula=_layer_norm, fvcore=("layer_norm",))
@@ -386,6 +401,10 @@ op(
         "lift_fresh_copy", "_assert_async", "masked_select", "diagonal", "split_with_sizes_copy",
         "view_as_real", "view_as_complex", "_to_dtype", "narrow", "movedim", "mT", "set_", "resize_",
         "count_nonzero", "scatter_", "scatter_reduce", "index_add", "index_add_", "masked_scatter",
+        "tril_", "triu_", "uniform_", "normal_", "t_", "transpose_", "detach_", "unsqueeze_", "squeeze_",
+        "as_strided_", "cumsum_", "floor_divide_", "eq_", "ne_", "gt_", "lt_", "ge_", "le_", "logical_and_",
+        "logical_or_", "logical_not_", "bitwise_and_", "bitwise_or_", "bitwise_not_", "index_copy_",
+        "scatter_reduce_", "masked_scatter_",
     ),
     movement=True,
 )  # fmt: skip
@@ -400,6 +419,9 @@ op(
         "exp", "log", "cos", "sin", "sum", "mean", "abs", "reciprocal", "square", "addcmul", "addcdiv",
         "maximum", "minimum", "clamp", "clamp_min", "clamp_max", "var_mean", "var", "std", "amax", "amin",
         "erf", "logsumexp", "lerp", "sign", "outer", "polar",
+        # in-place forms (older transformers build attention masks with clamp_)
+        "neg_", "pow_", "rsqrt_", "sqrt_", "exp_", "log_", "cos_", "sin_", "abs_", "reciprocal_", "square_",
+        "addcmul_", "addcdiv_", "clamp_", "clamp_min_", "clamp_max_", "erf_", "lerp_", "sign_",
     ),
     convention=True,
 )  # fmt: skip

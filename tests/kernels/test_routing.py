@@ -1,8 +1,10 @@
 """Each public op decides its call's route once (``_dispatch.route``), and each op's custom op and
 eager path are generated from one spec (``_opspec.KernelOp``).
 
-On CPU ``backend="triton"`` runs the eager kernel path in the Triton interpreter (conftest.py), the
-same chain of calls as ``backend="auto"`` on CUDA tensors, less the interpreter's own checks.
+On a machine without CUDA ``backend="triton"`` runs the eager kernel path in the Triton interpreter
+(conftest.py), the same chain of calls as ``backend="auto"`` on CUDA tensors, less the interpreter's
+own checks. With CUDA the tests' tensors are CUDA tensors (``DEVICE``): there the interpreter is off,
+and CPU tensors cannot take the kernel path.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from flopkit import kernels
 
 ROOT = Path(__file__).resolve().parents[2]
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 norm_module = importlib.import_module("flopkit.kernels.norm")
 rope_module = importlib.import_module("flopkit.kernels.rope")
 
@@ -30,11 +33,12 @@ def _inputs():
     g = torch.Generator().manual_seed(0)
 
     def rnd(*shape):
-        return torch.randn(*shape, generator=g).requires_grad_()
+        return torch.randn(*shape, generator=g).to(DEVICE).requires_grad_()
 
     x, r, w, s = rnd(6, 16), rnd(6, 16), rnd(16), rnd(16)
     xh, hw, w8 = rnd(6, 2, 8), rnd(2, 8), rnd(8)
     qkv, cos, sin = rnd(2, 3, 3 * 2 * 8), torch.randn(3, 8, generator=g), torch.randn(3, 8, generator=g)
+    cos, sin = cos.to(DEVICE), sin.to(DEVICE)
     return {
         "rms_norm": lambda b: kernels.rms_norm(x, w, backend=b),
         "rms_norm_residual": lambda b: kernels.rms_norm_residual(x, r, w, scale=s, backend=b),
@@ -65,7 +69,10 @@ def test_each_public_op_decides_its_route_exactly_once(monkeypatch, name, backen
     outs = _inputs()[name](backend)
     outs = outs if isinstance(outs, tuple) else (outs,)
     sum(o.float().sum() for o in outs).backward()  # the backward follows the forward's route
-    assert decisions == [KERNEL if backend == "triton" else REFERENCE]
+    # auto: the reference on CPU tensors; the kernel path on CUDA tensors
+    assert decisions == [
+        KERNEL if backend == "triton" or (backend == "auto" and DEVICE == "cuda") else REFERENCE
+    ]
 
 
 def _calls_in(path: Path, function: str) -> list[str]:
@@ -102,7 +109,7 @@ def test_route_table(monkeypatch):
     x = torch.randn(3, 8)
     assert _dispatch.route("torch", x, "t") is REFERENCE
     assert _dispatch.route("auto", x, "t") is REFERENCE  # CPU tensor
-    assert _dispatch.route("triton", x, "t") is KERNEL  # the interpreter
+    assert _dispatch.route("triton", x.to(DEVICE), "t") is KERNEL  # CUDA, or the interpreter
     assert _dispatch.route("auto", x.double(), "t") is REFERENCE
     assert _dispatch.route(CUSTOM_OP, x, "t") is CUSTOM_OP  # decided by the caller
     with kernels.route_through_custom_ops():
@@ -110,11 +117,11 @@ def test_route_table(monkeypatch):
         assert _dispatch.route("auto", torch.empty(3, 8, device="meta"), "t") is CUSTOM_OP
         assert _dispatch.route("torch", x, "t") is REFERENCE
     with FlopCounterMode(display=False):
-        assert _dispatch.route("triton", x, "t") is CUSTOM_OP
+        assert _dispatch.route("triton", x.to(DEVICE), "t") is CUSTOM_OP
     with pytest.raises(ValueError, match="backend must be one of"):
         _dispatch.route("cuda", x, "t")
     with pytest.raises(TypeError, match="got float64"):
-        _dispatch.route("triton", x.double(), "t")
+        _dispatch.route("triton", x.to(DEVICE).double(), "t")
     with pytest.raises(TypeError, match="x must be float32, float16 or bfloat16"):
         _dispatch.route("auto", x.int(), "t")
     monkeypatch.setenv("TRITON_INTERPRET", "0")
@@ -216,7 +223,7 @@ def double_op():
 
 
 def test_generated_paths_call_the_one_spec(double_op):
-    x = torch.randn(4, 3, requires_grad=True)
+    x = torch.randn(4, 3, device=DEVICE, requires_grad=True)
     _SEEN.clear()
     double_op.eager(x, 1.5).sum().backward()
     assert _SEEN == [("forward", "launch"), ("setup", True), ("backward", True)]

@@ -12,7 +12,8 @@ own:
   categories FlopCounterMode's own formulas cover).
 * Collectives: the Python calls FSDP2 and DTensor make are wrapped (``dist.all_gather_single``,
   ``dist.reduce_scatter_single``, ``dist.all_reduce`` and the functional ``all_reduce``,
-  ``all_gather_single``, ``reduce_scatter_single``), recording each buffer's bytes.
+  ``all_gather_single``, ``reduce_scatter_single``; their older names where the installed torch
+  predates these), recording each buffer's bytes.
 
 The sharding itself is applied with flopkit's ``apply_plan`` (torch's ``parallelize_module`` and
 ``fully_shard``); the numerics of the TP plans are checked by ``test_tp_numerics.py``.
@@ -107,15 +108,23 @@ class WrappedCollectives:
 
     @contextlib.contextmanager
     def wrapping(self):
-        # (module, function) -> (kind, the argument whose bytes are the payload; None: the result)
-        targets = {
-            (dist, "all_gather_single"): ("all_gather", "output_tensor"),
-            (dist, "reduce_scatter_single"): ("reduce_scatter", "input"),
-            (dist, "all_reduce"): ("all_reduce", "tensor"),
-            (funcol, "all_reduce"): ("all_reduce", "self"),
-            (funcol, "reduce_scatter_single"): ("reduce_scatter", "self"),
-            (funcol, "all_gather_single"): ("all_gather", None),
+        # (module, function names, newest first) -> (kind, the argument whose bytes are the payload;
+        # None: the result). torch 2.13 names the collectives *_single and keeps the older names as
+        # deprecated aliases that call them; torch 2.11 has only the older names. One name is
+        # wrapped per entry, the first the installed torch has, so no call is counted twice.
+        candidates = {
+            (dist, ("all_gather_single", "all_gather_into_tensor")): ("all_gather", "output_tensor"),
+            (dist, ("reduce_scatter_single", "reduce_scatter_tensor")): ("reduce_scatter", "input"),
+            (dist, ("all_reduce",)): ("all_reduce", "tensor"),
+            (funcol, ("all_reduce",)): ("all_reduce", "self"),
+            (funcol, ("reduce_scatter_single", "reduce_scatter_tensor")): ("reduce_scatter", "self"),
+            (funcol, ("all_gather_single", "all_gather_tensor")): ("all_gather", None),
         }
+        targets = {}
+        for (module, names), target in candidates.items():
+            name = next((n for n in names if hasattr(module, n)), None)
+            assert name is not None, f"{module.__name__} has none of {names}"
+            targets[module, name] = target
 
         def wrap(fn, kind, arg):
             signature = inspect.signature(fn)
