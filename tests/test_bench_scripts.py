@@ -47,6 +47,45 @@ def test_step_kernels_render_a_harness_record_and_a_gathered_one():
     assert sum(line.startswith("**vit5-") for line in S.render(stored, top=1)) == len(stored["runs"])
 
 
+def test_step_kernels_timeline_idle_gaps_and_clocks():
+    from benchmarks import step_kernels as S
+
+    class Trace:  # a profiler whose trace holds two steps of three device activities
+        def export_chrome_trace(self, path):
+            acts = [("a", 0, 10), ("b", 5, 10), ("m", 18, 2), ("a", 150, 10), ("b", 160, 20), ("m", 181, 2)]
+            events = [{"ph": "X", "cat": "kernel", "ts": t, "dur": d, "name": n} for n, t, d in acts]
+            events.append(
+                {"ph": "X", "cat": "cpu_op", "ts": 0, "dur": 500, "name": "host"}
+            )  # not a GPU activity
+            Path(path).write_text(json.dumps({"traceEvents": events}))
+
+    tl = S.gaps(Trace(), 2)
+    # busy: [0, 15] + [18, 20] + [150, 180] + [181, 183]; idle gaps of 3, 130 and 1 us
+    assert tl["span_ms"] == pytest.approx(183 / 2 / 1e3) and tl["busy_ms"] == pytest.approx(49 / 2 / 1e3)
+    assert tl["idle_by_gap"]["<= 2 us"] == [pytest.approx(0.0005), 0.5]
+    assert tl["idle_by_gap"]["> 100 us"] == [pytest.approx(0.065), 0.5]
+    assert tl["largest"][0] == [130, "m", "a"] and tl["busy_per_step_ms"] == [0.017, 0.032]
+    clocks = S.Clocks()
+    clocks.lines = [
+        "1740, 690.1, 0x0000000000000004",
+        "1980, 120.0, 0x0000000000000001",
+        "1800, 650.0, 0x0",
+        "x",
+    ]
+    summary = clocks.summary()  # the idle sample (reason 0x1) and the unreadable line left out
+    assert (
+        summary["samples"] == 2 and summary["sm_mhz_median"] == 1770 and summary["power_capped_share"] == 0.5
+    )
+    model = {
+        "total_ms": 0.05,
+        "kernels": [["a", 0.05, 2]],
+        "timeline": tl | {"wall_ms": 0.1, "clocks": summary},
+    }
+    lines = S.render({"runs": [{"preset": "vit5-small", "batch": 8, "models": {"flopkit": model}}]}, top=1)
+    assert "| wall | 0.10 |" in lines and "| busy, last step | 0.03 |" in lines
+    assert "| SM clock in the wall loop, MHz: median (min-max) | 1770 (1740-1800) |" in lines
+
+
 # Starts when the session is collected (tests/_early.py).
 CLI_STARTUP = _early.early(
     "cli_startup",
