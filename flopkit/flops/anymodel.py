@@ -75,6 +75,9 @@ __all__ = [
     "padded_pairs",
     "register_formula",
     "expert_paths",
+    "matmul_paths",
+    "rotary_paths",
+    "ROTARY_RULE",
     "grouped_experts",
     "skipped_legend",
 ]
@@ -685,7 +688,28 @@ def expert_paths(model: nn.Module) -> list[str]:
     return paths
 
 
-_BATCHED_MATMULS = ("aten.bmm", "aten.baddbmm")
+def rotary_paths(model: nn.Module) -> list[str]:
+    """Paths of rotary-embedding modules (class name ending in ``RotaryEmbedding``, as every
+    Hugging Face model names them): a ``bmm`` there builds RoPE's table, positions times inverse
+    frequencies (transformers before 5.2x: ``inv_freq @ position_ids``), a matmul, not attention."""
+    return [
+        path for path, module in model.named_modules() if type(module).__name__.endswith("RotaryEmbedding")
+    ]
+
+
+def matmul_paths(model: nn.Module) -> list[str]:
+    """Paths whose batched matmuls (``bmm``, ``baddbmm``) are matmuls, not attention: the experts
+    (:func:`expert_paths`) and the rotary tables (:func:`rotary_paths`)."""
+    experts = expert_paths(model)
+    return experts + [
+        p for p in rotary_paths(model) if not any(p == e or p.startswith(e + ".") for e in experts)
+    ]
+
+
+ROTARY_RULE = "rotary embedding's positions x frequencies product (a batched matmul): matmul, not attention"
+"""The rule :func:`count_model` records (per module whose table ran as a ``bmm``)."""
+
+_BATCHED_MATMULS = ("aten.bmm", "aten.baddbmm", "aten.baddbmm_")
 
 
 @contextlib.contextmanager
@@ -713,7 +737,7 @@ def grouped_experts(model: nn.Module):
 
 def categories_by_path(raw: dict[str, Counter], experts: list[str] = ()) -> dict[str, dict[str, int]]:
     """FLOPs by category per path; ``bmm`` inside the modules at ``experts`` (and its share in their
-    ancestors) is a matmul."""
+    ancestors) is a matmul: pass :func:`matmul_paths` (the experts and the rotary tables)."""
 
     def inside(path: str) -> bool:
         return any(path == e or path.startswith(e + ".") for e in experts)
@@ -780,8 +804,11 @@ def count_model(
             # A training step runs the model in train mode (batch norm on batch statistics, dropout on).
             model.train(backward)
             raw, calls = run_counters(model, args, kwargs, causal, False, shapes, seen, padding_mask)
-            experts = expert_paths(model)
+            experts = matmul_paths(model)
             forward = categories_by_path(raw, experts)
+            for path in rotary_paths(model):
+                if any(raw.get(path, {}).get(op, 0) for op in _BATCHED_MATMULS):
+                    calls.rules[ROTARY_RULE] += 1
             hardware: dict[str, dict[str, int]] = {}
             if backward:
                 raw_total, back_calls = run_counters(

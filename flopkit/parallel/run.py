@@ -538,7 +538,7 @@ def count_sharded(
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from flopkit.flops.anymodel import RMS_NORM_BACKWARD_OP
+    from flopkit.flops.anymodel import RMS_NORM_BACKWARD_OP, matmul_paths
     from flopkit.flops.anymodel import categories_by_path as _categories
     from flopkit.flops.anymodel import run_counters as _run
 
@@ -548,6 +548,7 @@ def count_sharded(
     units = fsdp_units(model) if config.data_parallel > 1 else []
     model = copy.deepcopy(model)
     types = {path: type(m).__name__ for path, m in model.named_modules()}
+    batched_matmuls = matmul_paths(model)  # experts and rotary tables: their bmm is a matmul
     with fake_world(config.world):
         tp_mesh, dp_mesh, groups = _meshes(config)
         apply_plan(model, plan, units, tp_mesh, dp_mesh, param_dtype, reduce_dtype)
@@ -568,12 +569,12 @@ def count_sharded(
                     model, fake_args, fake_kwargs, "full", True, None, None,
                     counter_cls=_local_counter_cls(), observer=observer,
                 )  # fmt: skip
-    total = _categories(raw)
+    total = _categories(raw, batched_matmuls)
     snapshot = observer.forward_snapshot
     # F.rms_norm's backward is counted at its forward call (the 2x rule): it belongs to the backward.
     for ops in snapshot.values():
         ops.pop(RMS_NORM_BACKWARD_OP, None)
-    forward = _categories(snapshot)
+    forward = _categories(snapshot, batched_matmuls)
     backward = {
         path: {c: v - forward.get(path, {}).get(c, 0) for c, v in cats.items()}
         for path, cats in total.items()

@@ -10,7 +10,7 @@ from torch import nn
 
 from flopkit.config import load_config, model_input
 from flopkit.flops.analytic import backward_breakdown_at, flop_tree
-from flopkit.flops.anymodel import causal_pairs, count_model, layer_shapes
+from flopkit.flops.anymodel import ROTARY_RULE, causal_pairs, count_model, layer_shapes
 
 
 def meta(*shape, dtype=torch.float32):
@@ -49,6 +49,39 @@ def test_activations_and_softmax_are_elementwise():
     count = count_model(model, (meta(3, 7),))
     assert count.forward[""]["elementwise"] == 3 * 21 + 4 * 21
     assert count.forward["3"]["elementwise"] == 4 * 21
+
+
+class ToyRotaryEmbedding(nn.Module):
+    """RoPE's table as older transformers build it: ``inv_freq @ positions``, a batched matmul."""
+
+    def __init__(self, half: int):
+        super().__init__()
+        self.register_buffer("inv_freq", torch.ones(half))
+
+    def forward(self, positions):  # [1, T] -> [1, T, half]
+        return (self.inv_freq[None, :, None] @ positions[:, None, :].float()).transpose(1, 2)
+
+
+class ToyLayer(nn.Module):
+    """A rotary table, then the two batched matmuls of attention scores and values."""
+
+    def __init__(self):
+        super().__init__()
+        self.rotary = ToyRotaryEmbedding(4)
+
+    def forward(self, x, positions):  # x [B, T, 8]
+        table = self.rotary(positions)
+        scores = torch.bmm(x, x.transpose(1, 2))
+        return torch.bmm(scores.softmax(-1), x) + table.sum()
+
+
+def test_a_rotary_tables_batched_matmul_is_a_matmul_and_named():
+    B, T = 2, 5
+    count = count_model(build(ToyLayer), (meta(B, T, 8), meta(1, T, dtype=torch.int64)))
+    assert count.forward["rotary"]["matmul"] == 2 * 4 * T and count.forward["rotary"]["attention"] == 0
+    assert count.forward[""]["matmul"] == 2 * 4 * T  # the ancestor's share moves with it
+    assert count.forward[""]["attention"] == 2 * (2 * B * T * T * 8)  # the layer's own bmm stay attention
+    assert count.rules[ROTARY_RULE] == 1
 
 
 class HandRMSNorm(nn.Module):

@@ -15,6 +15,36 @@ from flopkit.models import build_model
 
 pytest.importorskip("transformers", reason="transformers is not installed (pip install 'flopkit[hf]')")
 
+from flopkit.flops.anymodel import ROTARY_RULE  # noqa: E402
+
+
+def _rotary_table_is_a_matmul() -> bool:
+    """Whether the installed transformers builds RoPE's table as a batched matmul (``inv_freq @
+    position_ids``, before 5.2x; later a broadcast product): flopkit counts it as matmul, under
+    ``ROTARY_RULE``, once per forward."""
+    import inspect
+
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    lines = inspect.getsource(LlamaRotaryEmbedding.forward).splitlines()
+    return any(" @ " in line for line in lines if not line.lstrip().startswith("@"))  # not a decorator
+
+
+ROTARY_BMM = _rotary_table_is_a_matmul()
+
+
+def rotary(tokens: int) -> int:
+    """The rotary table's matmul FLOPs for ``tokens`` new tokens: the model builds one row of
+    positions (``[1, T]``) for the whole batch, ``D / 2`` frequencies each, 2 FLOPs a product; 0
+    where the table is not a matmul."""
+    return tokens * D if ROTARY_BMM else 0
+
+
+def with_rotary(rules: dict) -> dict:
+    """``rules`` as a report lists them, the rotary table's rule added where it applies."""
+    return rules | ({ROTARY_RULE: 1} if ROTARY_BMM else {})
+
+
 C, H, D, I, LAYERS = 64, 4, 16, 128, 2  # hidden, query heads, head dim, MLP width, layers
 
 
@@ -46,7 +76,8 @@ def test_decode_step_against_a_kv_cache(kv_heads):
     data = run_json("report", *llama_args(kv_heads), "--kv-cache", str(L), "--batch", str(B),
                     "--causal-attention", "exact")  # fmt: skip
     total = data["rows"][0]["breakdown"]
-    assert total["matmul"] == llama_matmul(B, kv_heads)  # the projections see one token per sequence
+    # the projections see one token per sequence; the rotary table one position
+    assert total["matmul"] == llama_matmul(B, kv_heads) + rotary(1)
     assert total["attention"] == attention(B * (L + 1))  # one query against L cached keys and itself
     assert data["kv_cache"] == L and "DynamicCache(12 cached)" in data["inputs"]
     assert data["flops_per_token"] == data["total_flops"] / B
@@ -58,7 +89,7 @@ def test_several_new_tokens_align_bottom_right_after_the_cache():
                     "--causal-attention", "exact")  # fmt: skip
     kept = sum(L + 1 + i for i in range(T))  # new token i sees the cache, earlier new tokens and itself
     assert data["rows"][0]["breakdown"]["attention"] == attention(kept)
-    assert data["attention_rules"] == {"causal, bottom-right": LAYERS}
+    assert data["attention_rules"] == with_rotary({"causal, bottom-right": LAYERS})
     full = run_json("report", *llama_args(2), "--kv-cache", str(L), "--seq-len", str(T))
     assert full["rows"][0]["breakdown"]["attention"] == attention(T * (L + T))
 
@@ -80,7 +111,7 @@ def test_mixtral_prefill_counts_the_routed_experts(rule):
     data = run_json("report", *llama_args(2, "mixtral"), *MIXTRAL, "--seq-len", str(T), "--batch", str(B),
                     "--causal-attention", rule)  # fmt: skip
     total = data["rows"][0]["breakdown"]
-    assert total["matmul"] == mixtral_matmul(B * T, E, K)
+    assert total["matmul"] == mixtral_matmul(B * T, E, K) + rotary(T)
     pairs = {"full": T * T, "half": T * T // 2, "exact": T * (T + 1) // 2}[rule]
     assert total["attention"] == attention(B * pairs)
     expert_params = E * (2 * I * C + C * I)
@@ -111,7 +142,7 @@ def test_mistral_sliding_window_keeps_window_keys_per_query():
     data = run_json("report", *llama_args(2, "mistral", sliding_window=W), "--seq-len", str(T),
                     "--causal-attention", "exact")  # fmt: skip
     assert data["rows"][0]["breakdown"]["attention"] == attention(sum(min(i + 1, W) for i in range(T)))
-    assert data["attention_rules"] == {f"causal, bottom-right, sliding window {W}": LAYERS}
+    assert data["attention_rules"] == with_rotary({f"causal, bottom-right, sliding window {W}": LAYERS})
 
 
 def test_padded_batch_counts_only_valid_keys():
@@ -156,7 +187,8 @@ def test_hardware_flops_add_flash_backward_and_recompute():
     fwd_attention = attention(T * (T + 1) // 2)
     fwd_matmul = llama_matmul(T, 2)
     assert plain["total_flops"] == plain["rows"][0]["flops"]
-    assert plain["hardware_flops"] == 3 * fwd_matmul + 3 * fwd_attention + fwd_attention // 2
+    # the rotary table has no backward (positions and inverse frequencies need no gradient)
+    assert plain["hardware_flops"] == 3 * fwd_matmul + rotary(T) + 3 * fwd_attention + fwd_attention // 2
     ckpt = run_json("report", *args, "--checkpointing", "blocks")
     assert ckpt["hardware_flops"] == plain["hardware_flops"] + fwd_matmul + fwd_attention
     assert ckpt["total_flops"] == plain["total_flops"]  # model FLOPs do not change
@@ -194,15 +226,20 @@ def test_python_api_counts_a_decode_step():
 
 
 def test_eager_attention_layers_are_named_in_the_rules():
-    """Gemma-2 defaults to eager attention (matmuls + softmax, no SDPA call): no mask rule can
-    apply, and the report says so instead of implying the exact count."""
+    """Attention layers running eager (matmuls + softmax, no SDPA call; Gemma-2's default in recent
+    transformers, set here explicitly): no mask rule can apply, and the count says so instead of
+    implying the exact count."""
     T = 8
-    args = llama_args(2, "gemma2", head_dim=D)
-    data = run_json("report", *args, "--seq-len", str(T), "--causal-attention", "exact")
-    assert data["attention_rules"] == {
-        "attention layer without SDPA (eager matmuls): the pairs it computes": LAYERS
-    }
-    assert data["rows"][0]["breakdown"]["attention"] == attention(T * T)
+    model = build_model("hf:gemma2", {"num_hidden_layers": LAYERS, "hidden_size": C, "num_attention_heads": H,
+                                      "num_key_value_heads": 2, "intermediate_size": I, "vocab_size": 100,
+                                      "head_dim": D})  # fmt: skip
+    model.config._attn_implementation = "eager"
+    ids = torch.empty(1, T, dtype=torch.int64, device="meta")
+    rows, count = mixed_rows(model, ((), {"input_ids": ids}), causal="exact")
+    assert dict(count.rules) == with_rotary(
+        {"attention layer without SDPA (eager matmuls): the pairs it computes": LAYERS}
+    )
+    assert rows[0].breakdown["attention"] == attention(T * T)
 
 
 def test_batched_and_looped_experts_count_like_grouped_ones():
@@ -232,7 +269,9 @@ def test_packed_documents_attend_within_their_own_document():
     data = run_json("report", *llama_args(2), "--seq-len", "6", "--causal-attention", "exact",
                     "--input", f"attention_mask={json.dumps(mask)}")  # fmt: skip
     assert data["rows"][0]["breakdown"]["attention"] == attention((1 + 2 + 3) + (1 + 2) + 0)
-    assert data["attention_rules"] == {"packed documents, causal, top-left (is_causal=True)": LAYERS}
+    assert data["attention_rules"] == with_rotary(
+        {"packed documents, causal, top-left (is_causal=True)": LAYERS}
+    )
 
 
 def test_deepseek_style_moe_runs_shared_experts_always_and_routed_at_top_k():

@@ -60,6 +60,18 @@ def inputs(name: str, device: str) -> tuple[tuple, dict]:
     return (torch.randn(BATCH, 3, 32, 32, device=device),), {}
 
 
+def llama_duplicated_flops(tp: int) -> int:
+    """Work every TP rank repeats in Llama: the rotary table (positions times inverse frequencies,
+    no gradient), measured on its own with FlopCounterMode. Transformers before 5.2x build it with a
+    batched matmul; later ones with a broadcast product, which counts 0."""
+    model = build("llama", "cpu")
+    hidden = torch.zeros(1, SEQ, LLAMA["hidden_size"])
+    positions = torch.arange(SEQ).unsqueeze(0)  # the one row of positions the model builds
+    with flop_counter.FlopCounterMode(display=False) as counter:
+        model.rotary_emb(hidden, positions)
+    return (tp - 1) * counter.get_total_flops()
+
+
 def vit_duplicated_flops(tp: int) -> int:
     """Matmul work every TP rank repeats in ViT-5 under flopkit's plan: the patch convolution and the
     head are outside the plan. Per step: the convolution's forward and weight gradient (the images need
@@ -224,8 +236,8 @@ def test_each_rank_runs_flopkits_flops_and_rank0_sends_its_collectives(name, con
         if rank == 0:
             assert seen == flopkit_calls
     # The ranks together: every data-parallel replica runs the single-device step once, plus the work
-    # each TP rank repeats (none in Llama, whose matmuls the plan all splits).
-    duplicated = vit_duplicated_flops(config.tp) if name == "vit5" else 0
+    # each TP rank repeats (in Llama, whose matmuls the plan all splits, only the rotary table).
+    duplicated = (vit_duplicated_flops if name == "vit5" else llama_duplicated_flops)(config.tp)
     assert sum(per_rank) == config.data_parallel * (single_device_flops(name) + duplicated)
 
 
