@@ -9,6 +9,8 @@ from flopkit.cli import app
 
 pytest.importorskip("transformers", reason="transformers is not installed (pip install 'flopkit[hf]')")
 
+from _rotary import rotary_flops  # noqa: E402
+
 B, T, C, H, I = 2, 16, 64, 4, 128  # batch, tokens, hidden, heads, MLP width (BERT)
 GPT2 = ["--model", "hf:gpt2", "--model-arg", "n_layer=2", "--model-arg", f"n_embd={C}", "--model-arg",
         f"n_head={H}", "--model-arg", "vocab_size=100", "--seq-len", str(T), "--batch", str(B)]  # fmt: skip
@@ -100,7 +102,7 @@ def test_llama_hand_written_rms_norm_is_counted():
     total = run_json("report", *args)["rows"][0]["breakdown"]
     assert total["norm"] == 3 * 3 * B * T * C  # input, post-attention and final LlamaRMSNorm
     kv = 2 * C // H  # two key/value heads of C/H
-    assert total["matmul"] == 2 * B * T * (2 * C * C + 2 * C * kv + 3 * C * I)
+    assert total["matmul"] == 2 * B * T * (2 * C * C + 2 * C * kv + 3 * C * I) + rotary_flops(T, C // H)
 
 
 def test_unknown_type_and_field_suggest_close_names():

@@ -15,34 +15,12 @@ from flopkit.models import build_model
 
 pytest.importorskip("transformers", reason="transformers is not installed (pip install 'flopkit[hf]')")
 
-from flopkit.flops.anymodel import ROTARY_RULE  # noqa: E402
-
-
-def _rotary_table_is_a_matmul() -> bool:
-    """Whether the installed transformers builds RoPE's table as a batched matmul (``inv_freq @
-    position_ids``, before 5.2x; later a broadcast product): flopkit counts it as matmul, under
-    ``ROTARY_RULE``, once per forward."""
-    import inspect
-
-    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
-
-    lines = inspect.getsource(LlamaRotaryEmbedding.forward).splitlines()
-    return any(" @ " in line for line in lines if not line.lstrip().startswith("@"))  # not a decorator
-
-
-ROTARY_BMM = _rotary_table_is_a_matmul()
+from _rotary import rotary_flops, with_rotary  # noqa: E402
 
 
 def rotary(tokens: int) -> int:
-    """The rotary table's matmul FLOPs for ``tokens`` new tokens: the model builds one row of
-    positions (``[1, T]``) for the whole batch, ``D / 2`` frequencies each, 2 FLOPs a product; 0
-    where the table is not a matmul."""
-    return tokens * D if ROTARY_BMM else 0
-
-
-def with_rotary(rules: dict) -> dict:
-    """``rules`` as a report lists them, the rotary table's rule added where it applies."""
-    return rules | ({ROTARY_RULE: 1} if ROTARY_BMM else {})
+    """The rotary table's matmul FLOPs (``_rotary.rotary_flops``) at head dimension ``D``."""
+    return rotary_flops(tokens, D)
 
 
 C, H, D, I, LAYERS = 64, 4, 16, 128, 2  # hidden, query heads, head dim, MLP width, layers
