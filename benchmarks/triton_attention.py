@@ -176,6 +176,11 @@ SWEEP = {
     "head": [
         *(AttnTile(256, bn, w, 1, 16) for bn in (32, 64) for w in (8, 16)),
         AttnTile(256, 16, 8, 1, 0),
+        # 64-key steps, the last one padded (256 keys; ptxas for sm_90a, Triton 3.6: 464 bytes of
+        # spills, 104 KiB of shared memory) or a 32-key tail (224 keys; 592 bytes, 168 KiB), against
+        # the 16-key tail's 208 keys (964 bytes, 168 KiB). Not yet run on the H100 (2026-12-07).
+        AttnTile(256, 64, 8, 1, 0),
+        AttnTile(256, 64, 8, 1, 32),
         AttnTile(256, 32, 8, 2, 16),
         AttnTile(256, 32, 16, 2, 16),
     ],
