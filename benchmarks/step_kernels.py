@@ -260,7 +260,7 @@ def _render_run(res: dict, top: int) -> list[str]:
             "| kernels per step | " + " | ".join(str(res["models"][k]["launches"]) for k in kinds) + " |"
         )
     timed = [k for k in kinds if res["models"][k].get("timeline")]
-    if timed:  # runs from 2026-12-08 on
+    if timed:  # runs from 2026-12-07 on (--steps)
         tl = {k: res["models"][k]["timeline"] for k in timed}
         lines += [
             "",

@@ -804,8 +804,8 @@ def count_model(
             # A training step runs the model in train mode (batch norm on batch statistics, dropout on).
             model.train(backward)
             raw, calls = run_counters(model, args, kwargs, causal, False, shapes, seen, padding_mask)
-            experts = matmul_paths(model)
-            forward = categories_by_path(raw, experts)
+            batched = matmul_paths(model)  # experts and rotary tables: their bmm is a matmul
+            forward = categories_by_path(raw, batched)
             for path in rotary_paths(model):
                 if any(raw.get(path, {}).get(op, 0) for op in _BATCHED_MATMULS):
                     calls.rules[ROTARY_RULE] += 1
@@ -815,7 +815,7 @@ def count_model(
                     model, args, kwargs, causal, True, None, None, padding_mask
                 )
                 hardware = {p: dict(c) for p, c in back_calls.hardware.items() if p != GLOBAL}
-                total = categories_by_path(raw_total, experts)
+                total = categories_by_path(raw_total, batched)
                 back = {
                     path: {c: total[path][c] - forward.get(path, {}).get(c, 0) for c in CATEGORIES}
                     for path in total
