@@ -61,6 +61,7 @@ from benchmarks._harness import ResultWriter, import_from_source, median, out_de
 from benchmarks.bench_norms import peers
 from flopkit import kernels
 from flopkit.nn import ViT5
+from flopkit.profile import busy_us
 
 BATCH = {"vit5-small": 256, "vit5-base": 128}
 DTYPE = torch.bfloat16
@@ -95,22 +96,12 @@ def kernel_ms(fn, iters: int) -> float:
         for _ in range(iters):
             fn()
         torch.cuda.synchronize()
-    spans = sorted(
+    spans = [
         (e.time_range.start, e.time_range.end)
         for e in prof.events()
         if e.device_type == torch.autograd.DeviceType.CUDA and e.time_range.end > e.time_range.start
-    )
-    busy, cur_s, cur_e = 0, None, None
-    for s, e in spans:
-        if cur_e is None or s > cur_e:
-            if cur_e is not None:
-                busy += cur_e - cur_s
-            cur_s, cur_e = s, e
-        else:
-            cur_e = max(cur_e, e)
-    if cur_e is not None:
-        busy += cur_e - cur_s
-    return busy / 1e3 / iters  # us -> ms
+    ]
+    return busy_us(spans) / 1e3 / iters  # us -> ms
 
 
 # ------------------------------------------------------------------------------------------ models

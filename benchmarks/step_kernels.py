@@ -34,6 +34,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from benchmarks import bench_train  # the models and the step, built one way
 from benchmarks._harness import ResultWriter, out_default
+from flopkit.profile import busy_us
 
 STEPS = 3
 
@@ -181,7 +182,7 @@ def gaps(prof, steps: int, top: int = 12) -> dict:
     bins = [0.0] * (len(GAP_BINS_US) + 1)
     counts = [0] * (len(GAP_BINS_US) + 1)
     found: list[tuple[float, str, str]] = []
-    busy, end, last = 0.0, acts[0][0], acts[0][2]
+    end, last = acts[0][0], acts[0][2]
     for start, stop, name in acts:
         if start > end:
             gap = start - end
@@ -189,10 +190,10 @@ def gaps(prof, steps: int, top: int = 12) -> dict:
             bins[i] += gap
             counts[i] += 1
             found.append((gap, last[:60], name[:60]))
-        busy += max(0.0, stop - max(start, end))
         if stop >= end:
             end, last = stop, name
     span = end - acts[0][0]
+    busy = busy_us([(start, stop) for start, stop, _ in acts])
     per_step = _busy_per_step(acts, steps)
     labels = [f"<= {e:g} us" for e in GAP_BINS_US] + [f"> {GAP_BINS_US[-1]:g} us"]
     return {
@@ -213,14 +214,9 @@ def _busy_per_step(acts: list[tuple[float, float, str]], steps: int) -> list[flo
     if steps < 1 or len(acts) % steps:
         return []
     n = len(acts) // steps
-    out = []
-    for i in range(steps):
-        busy, end = 0.0, float("-inf")
-        for start, stop, _ in acts[i * n : (i + 1) * n]:
-            busy += max(0.0, stop - max(start, end))
-            end = max(end, stop)
-        out.append(busy / 1e3)
-    return out
+    return [
+        busy_us([(start, stop) for start, stop, _ in acts[i * n : (i + 1) * n]]) / 1e3 for i in range(steps)
+    ]
 
 
 def render(res: dict, top: int) -> list[str]:

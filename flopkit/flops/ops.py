@@ -262,16 +262,18 @@ def _softmax_backward(grad_out, output, *args, out_shape=None, **kw):
 
 
 def _addmm_inplace(self, mat1, mat2, *, out_shape=None, **kw) -> int:
-    """``aten.addmm_`` (shapes): the product ``mat1 @ mat2``, as torch's ``addmm`` formula counts it
-    (FlopCounterMode has none for the in-place form); the add is not counted."""
+    """``aten.addmm_`` (shapes): the product ``mat1 @ mat2`` (:func:`flopkit.formulas.linear`), as
+    torch's ``addmm`` formula counts it (FlopCounterMode has none for the in-place form); the add is
+    not counted."""
     m, k = mat1
-    return 2 * m * k * mat2[-1]
+    return formulas.linear(m, k, mat2[-1])
 
 
 def _baddbmm_inplace(self, batch1, batch2, *, out_shape=None, **kw) -> int:
-    """``aten.baddbmm_`` (shapes): the batched product, as torch's ``baddbmm`` formula counts it."""
+    """``aten.baddbmm_`` (shapes): the batched product, as torch's ``baddbmm`` formula counts it:
+    :func:`flopkit.formulas.linear` over every batch's rows."""
     b, m, k = batch1
-    return 2 * b * m * k * batch2[-1]
+    return formulas.linear(b * m, k, batch2[-1])
 
 
 def grouped_mm_flops(mat_a, mat_b, offs=None, bias=None, out_dtype=None, *, out_shape=None, **kw) -> int:

@@ -6,11 +6,13 @@ matmul that flopkit counts as matmul under ``ROTARY_RULE``. Later versions use a
 which counts nothing.
 """
 
+import functools
 import inspect
 
 from flopkit.flops.anymodel import ROTARY_RULE
 
 
+@functools.cache
 def rotary_table_is_a_matmul() -> bool:
     """Whether ``LlamaRotaryEmbedding.forward`` multiplies with ``@`` (a decorator's ``@`` aside)."""
     from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
