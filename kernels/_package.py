@@ -8,7 +8,8 @@ public op takes ``backend="auto" | "triton" | "torch"``: ``auto`` runs Triton on
 the reference elsewhere. Each public op decides its call's route once (:func:`route`: the
 reference, the eager kernel path or the ``flopkit::`` custom op). Triton is imported only when a
 kernel first runs. ``activation.py`` holds :func:`gelu`, which compiled code runs as PyTorch's own
-kernels.
+kernels; ``scale.py`` :func:`scale_rows` (a matrix times a per-row scale: ViT-5's LayerScale folded
+into a weight), whose Triton path runs in eager CUDA code only.
 """
 
 from ._dispatch import BACKENDS, SUPPORTED_DTYPES, Route, ops_observed, replaying_cuda, resolve_backend, route
@@ -27,6 +28,7 @@ from .norm import (
     split_heads,
 )
 from .rope import ROPE_PAIRINGS, apply_rope_ref, qk_norm_rope, qk_norm_rope_ref, rotate_pairs
+from .scale import scale_rows, scale_rows_ref
 from .sdpa import (
     ATTENTION_HEAD_DIMS,
     ATTENTION_MAX_TOKENS,
@@ -62,6 +64,8 @@ __all__ = [
     "apply_rope_ref",
     "rotate_pairs",
     "gelu",
+    "scale_rows",
+    "scale_rows_ref",
     "attention",
     "attention_supported",
     "qk_norm_rope_attention",

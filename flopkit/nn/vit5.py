@@ -173,13 +173,18 @@ class ScalableLinear(nn.Linear):
     ``linear(x) * scale`` for a bias-free layer, with the scale applied to ``out * in`` weights
     instead of every output element. Called as a module, so hooks (profiler ranges) see it."""
 
+    scale_backend: str = "auto"
+    """``backend`` of the fold's :func:`flopkit.kernels.scale_rows` (``"torch"``: PyTorch's broadcast
+    multiply, as before the kernel; ``benchmarks/bench_train.py``'s ``flopkit-mul-fold`` rows)."""
+
     def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
         """``x``: ``[*, in]`` -> ``[*, out]``; ``scale``: ``(out,)``, only without a bias."""
         if scale is None:
             return F.linear(x, self.weight, self.bias)
         if self.bias is not None:
             raise ValueError("ScalableLinear: scale folds into the weight only without a bias")
-        return F.linear(x, self.weight * scale.unsqueeze(1))
+        # kernels.scale_rows: weight * scale[:, None] (one Triton kernel each way in eager CUDA code).
+        return F.linear(x, kernels.scale_rows(self.weight, scale, backend=self.scale_backend))
 
 
 class Mlp(CompositeFlops, nn.Module):

@@ -1,5 +1,5 @@
-"""Compile every launch configuration of the norm and QK-norm + RoPE kernels for sm90 (and the
-attention kernels as the QK-norm + RoPE + attention op launches them).
+"""Compile every launch configuration of the norm, QK-norm + RoPE and ``scale_rows`` kernels for sm90
+(and the attention kernels as the QK-norm + RoPE + attention op launches them).
 
 Run as a script in a fresh interpreter (``tests/kernels/test_sm90_compile.py``): it runs each public
 op forward and backward on CPU tensors at ViT-5 shapes with Triton's launch replaced by a capture,
@@ -14,7 +14,7 @@ import os
 import sys
 
 import torch
-from flopkit.kernels import _norm_ops, _rope_ops, _sdpa_ops  # noqa: F401  the kernels, as JITFunctions
+from flopkit.kernels import _norm_ops, _rope_ops, _scale_triton, _sdpa_ops  # noqa: F401  the kernels, as JITFunctions
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource, compile
 from triton.runtime.jit import JITFunction
@@ -91,6 +91,10 @@ def run_ops() -> None:
                         backward(
                             K.qk_norm_rope_attention(*args, pairing=pairing, norm=norm, backend="triton")
                         )
+        # ViT-5's LayerScale folded into fc2 (small and base), and a weight past one column step.
+        for R, K_ in ((384, 1536), (768, 3072), (5, 2500)):
+            w, s = leaves(torch.randn(R, K_, dtype=dt), torch.randn(R, dtype=dt))
+            backward(K.scale_rows(w, s, backend="triton"))
     # Past 256 tokens a head's backward takes the dq and dkdv kernels (ViT-5 at 384 px: T = 577).
     T, H, D = 577, 6, 64
     qkv, w = leaves(torch.randn(1, T, 3 * H * D, dtype=torch.bfloat16), torch.randn(D, dtype=torch.bfloat16))

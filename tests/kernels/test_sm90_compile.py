@@ -1,4 +1,4 @@
-"""The norm and QK-norm + RoPE kernels compile for sm90 in every configuration their launchers plan
+"""The norm, QK-norm + RoPE and ``scale_rows`` kernels compile for sm90 in every configuration their launchers plan
 at ViT-5 shapes (``_sm90_launches.py``; the QK-norm + RoPE backward also in place, as
 ``kernels.qk_norm_rope_attention`` runs it after the attention kernels), with the installed Triton.
 
@@ -31,6 +31,8 @@ KERNELS = [
     "_norm_fwd_kernel",
     "_qk_norm_rope_bwd_kernel",
     "_qk_norm_rope_fwd_kernel",
+    "_scale_rows_bwd_kernel",
+    "_scale_rows_fwd_kernel",
     "_sum_partials_kernel",
 ]
 
