@@ -70,8 +70,9 @@ DTYPE = torch.bfloat16
 # fused_qk_attention=True: QK-norm + RoPE and the attention as one op there too), and
 # nvSubquadratic's own model. flopkit-one-op-compiled is the default since 2026-12-07 (the name
 # stays for the runs that used it); flopkit-two-ops is the default before it. flopkit-mul-fold folds
-# ls2 into fc2 with PyTorch's broadcast multiply instead of kernels.scale_rows (as
-# before that op, 2026-12-07).
+# ls2 into fc2 with PyTorch's broadcast multiply instead of kernels.scale_rows; flopkit-aten-tokens
+# also builds the tokens with the position add and torch.cat instead of kernels.embed_tokens (both
+# as before those ops, 2026-12-07).
 FLOPKIT_MODELS: dict[str, dict[str, bool | str]] = {
     "flopkit": {},
     "flopkit-two-ops": {"fused_qk_attention": False},
@@ -81,6 +82,7 @@ FLOPKIT_MODELS: dict[str, dict[str, bool | str]] = {
     "flopkit-attention-eager": {"triton_attention": "eager"},
     "flopkit-unfolded": {},
     "flopkit-mul-fold": {"scale_backend": "torch"},
+    "flopkit-aten-tokens": {"scale_backend": "torch", "tokens_backend": "torch"},
 }
 MODELS = (*FLOPKIT_MODELS, "upstream")
 START = time.time()

@@ -9,12 +9,14 @@ the reference elsewhere. Each public op decides its call's route once (:func:`ro
 reference, the eager kernel path or the ``flopkit::`` custom op). Triton is imported only when a
 kernel first runs. ``activation.py`` holds :func:`gelu`, which compiled code runs as PyTorch's own
 kernels; ``scale.py`` :func:`scale_rows` (a matrix times a per-row scale: ViT-5's LayerScale folded
-into a weight), whose Triton path runs in eager CUDA code only.
+into a weight) and ``embed.py`` :func:`embed_tokens` (a ViT's token sequence from its patch and
+position embeddings, CLS and register tokens), whose Triton paths run in eager CUDA code only.
 """
 
 from ._dispatch import BACKENDS, SUPPORTED_DTYPES, Route, ops_observed, replaying_cuda, resolve_backend, route
 from ._routing import replay_cuda_paths, route_through_custom_ops
 from .activation import gelu
+from .embed import embed_tokens, embed_tokens_ref
 from .norm import (
     head_norm,
     head_norm_ref,
@@ -66,6 +68,8 @@ __all__ = [
     "gelu",
     "scale_rows",
     "scale_rows_ref",
+    "embed_tokens",
+    "embed_tokens_ref",
     "attention",
     "attention_supported",
     "qk_norm_rope_attention",

@@ -114,14 +114,30 @@ class PatchEmbed(FlopCounted, nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, self.num_patches, hidden_dim))
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x``: ``[B, C_in, H, W]`` -> ``[B, N, C]``."""
+    tokens_backend: str = "auto"
+    """``backend`` of :func:`flopkit.kernels.embed_tokens` (``"torch"``: the position add and
+    ``torch.cat``; ``benchmarks/bench_train.py``'s ``flopkit-aten-tokens`` rows)."""
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cls_token: torch.Tensor | None = None,
+        reg_tokens: torch.Tensor | None = None,
+        cls_first: bool = False,
+    ) -> torch.Tensor:
+        """``x``: ``[B, C_in, H, W]`` -> ``[B, N, C]``; with a ``cls_token`` ``[1, 1, C]`` and/or
+        ``reg_tokens`` ``[1, R, C]``, the whole token sequence ``[B, T, C]``: ``[patches, CLS,
+        registers]`` (CLS first with ``cls_first``), built by :func:`flopkit.kernels.embed_tokens`
+        (one kernel each way in eager CUDA code, the position add and ``torch.cat`` elsewhere)."""
         expected = (self.in_channels, *self.image_size)
         if x.dim() != 4 or tuple(x.shape[1:]) != expected:
             raise ValueError(
                 f"PatchEmbed expects images [B, {', '.join(map(str, expected))}], got {tuple(x.shape)}"
             )
-        return self.proj(x) + self.pos_embed
+        tokens = self.proj(x)
+        return kernels.embed_tokens(
+            tokens, self.pos_embed, cls_token, reg_tokens, cls_first, backend=self.tokens_backend
+        )
 
     def default_flop_tokens(self) -> int:
         return self.num_patches
@@ -484,15 +500,7 @@ class ViT5(CompositeFlops, nn.Module):
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """``[B, C_in, H, W]`` -> token sequence after the blocks, ``[B, T, C]``."""
-        x = self.patch_embed(images)
-        parts = [
-            x,
-            *(t.expand(x.shape[0], -1, -1) for t in (self.cls_token, self.reg_token) if t is not None),
-        ]
-        if self.cls_first:
-            parts[0], parts[1] = parts[1], parts[0]
-        if len(parts) > 1:
-            x = torch.cat(parts, dim=1)
+        x = self.patch_embed(images, self.cls_token, self.reg_token, self.cls_first)
         x, branch = self._run_blocks(x)
         return x if branch is None else x + branch
 

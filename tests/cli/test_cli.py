@@ -331,8 +331,10 @@ def test_report_columns_show_shapes_and_memory_for_a_config():
 
 def test_report_json_rows_always_carry_shapes():
     rows = {r["path"]: r for r in run_json("report", "vit5-small", "--batch", "2")["rows"]}
-    assert rows["patch_embed"]["input_shapes"] == [[2, 3, 224, 224]]
-    assert rows["patch_embed"]["output_shapes"] == [[2, 196, 384]]
+    # PatchEmbed takes the CLS and register tokens too and returns the whole token sequence.
+    assert rows["patch_embed"]["input_shapes"] == [[2, 3, 224, 224], [1, 1, 384], [1, 4, 384]]
+    assert rows["patch_embed"]["output_shapes"] == [[2, 201, 384]]
+    assert rows["patch_embed.proj"]["output_shapes"] == [[2, 196, 384]]
 
 
 def test_training_on_a_config_reports_the_backward_with_the_patch_conv_at_one_x():

@@ -1,5 +1,5 @@
-"""Compile every launch configuration of the norm, QK-norm + RoPE and ``scale_rows`` kernels for sm90
-(and the attention kernels as the QK-norm + RoPE + attention op launches them).
+"""Compile every launch configuration of the norm, QK-norm + RoPE, ``scale_rows`` and ``embed_tokens``
+kernels for sm90 (and the attention kernels as the QK-norm + RoPE + attention op launches them).
 
 Run as a script in a fresh interpreter (``tests/kernels/test_sm90_compile.py``): it runs each public
 op forward and backward on CPU tensors at ViT-5 shapes with Triton's launch replaced by a capture,
@@ -14,7 +14,7 @@ import os
 import sys
 
 import torch
-from flopkit.kernels import _norm_ops, _rope_ops, _scale_triton, _sdpa_ops  # noqa: F401  the kernels, as JITFunctions
+from flopkit.kernels import _embed_triton, _norm_ops, _rope_ops, _scale_triton, _sdpa_ops  # noqa: F401  the kernels, as JITFunctions
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource, compile
 from triton.runtime.jit import JITFunction
@@ -95,6 +95,16 @@ def run_ops() -> None:
         for R, K_ in ((384, 1536), (768, 3072), (5, 2500)):
             w, s = leaves(torch.randn(R, K_, dtype=dt), torch.randn(R, dtype=dt))
             backward(K.scale_rows(w, s, backend="triton"))
+        # ViT-5's tokens, both layouts, and without a position embedding or registers.
+        for cls_first, parts in ((False, (1, 1, 1)), (True, (1, 1, 1)), (False, (0, 0, 0))):
+            x, pos, cls, reg = leaves(
+                *(
+                    torch.randn(*sh, dtype=dt)
+                    for sh in ((B, 196, 384), (1, 196, 384), (1, 1, 384), (1, 4, 384))
+                )
+            )
+            pos, cls, reg = (t if keep else None for t, keep in zip((pos, cls, reg), parts, strict=True))
+            backward(K.embed_tokens(x, pos, cls, reg, cls_first, backend="triton"))
     # Past 256 tokens a head's backward takes the dq and dkdv kernels (ViT-5 at 384 px: T = 577).
     T, H, D = 577, 6, 64
     qkv, w = leaves(torch.randn(1, T, 3 * H * D, dtype=torch.bfloat16), torch.randn(D, dtype=torch.bfloat16))
