@@ -3,7 +3,7 @@ attention shapes (T = 201 tokens, head_dim 64, bf16), forward and backward.
 
 Run on the device machine from the repository root::
 
-    python -m benchmarks.triton_attention --out $OUT [--no-sweep]
+    python -m benchmarks.triton_attention --out $OUT [--no-sweep | --sweep forward,head]
 
 vit5-small at batch 256 (6 heads) and vit5-base at batch 128 (12 heads) have the same B·H, so the
 tile sweep runs at vit5-base's shape only and its best tiles are then timed at both. The tensors
@@ -160,6 +160,11 @@ SWEEP = {
         *(AttnTile(64, 64, 4, s, tail) for s in (2, 3) for tail in (0, 16)),
         *(AttnTile(128, 64, 8, 3, tail) for tail in (0, 16)),
         AttnTile(128, 128, 8, 3, 16),
+        # Wider key steps (ptxas for sm_90a, Triton 3.6, arguments specialised as at a launch: 182,
+        # 188, 186 and 255 registers, no spills).
+        *(AttnTile(64, 128, 4, s, 0) for s in (2, 3)),
+        AttnTile(128, 128, 8, 2, 0),
+        AttnTile(64, 256, 8, 1, 0),
     ],
     "dq": [
         *(AttnTile(64, 64, 4, s, tail) for s in (1, 2) for tail in (0, 16)),
@@ -176,33 +181,36 @@ SWEEP = {
     "head": [
         *(AttnTile(256, bn, w, 1, 16) for bn in (32, 64) for w in (8, 16)),
         AttnTile(256, 16, 8, 1, 0),
-        # 64-key steps, the last one padded (256 keys; ptxas for sm_90a, Triton 3.6: 464 bytes of
-        # spills, 104 KiB of shared memory) or a 32-key tail (224 keys; 592 bytes, 168 KiB), against
-        # the 16-key tail's 208 keys (964 bytes, 168 KiB). Not yet run on the H100 (2026-12-07).
-        AttnTile(256, 64, 8, 1, 0),
+        # By ptxas for sm_90a (Triton 3.6, arguments specialised as at a launch), every tile here
+        # holds 255 registers a thread but (256, 32, 8, 1, 0): 178. The shipped 16-key tail spills
+        # 72 bytes and takes 168 KiB of shared memory; 64-key steps with the last padded (256 keys)
+        # 16 bytes and 104 KiB, pipelined over two stages 32 bytes and 128 KiB; a 32-key tail 52
+        # bytes and 168 KiB.
+        *(AttnTile(256, 64, 8, s, 0) for s in (1, 2)),
         AttnTile(256, 64, 8, 1, 32),
+        AttnTile(256, 64, 8, 2, 16),
+        AttnTile(256, 32, 8, 1, 0),
         AttnTile(256, 32, 8, 2, 16),
         AttnTile(256, 32, 16, 2, 16),
     ],
 }
 
 
-def sweep(q, k, v, do, scale) -> list[dict]:
-    """Each kernel's tiles of :data:`SWEEP` at vit5-base's shape, the other kernels at their defaults
-    (the dq and dkdv rows time the whole backward)."""
+def sweep(q, k, v, do, scale, kernels=tuple(SWEEP)) -> list[dict]:
+    """The tiles of :data:`SWEEP` of each of ``kernels`` at vit5-base's shape, the other kernels at
+    their defaults (the dq and dkdv rows time the whole backward)."""
     rows = []
     o, lse = attention_fwd(q, k, v, scale)
-    for t in SWEEP["forward"]:
-        rows.append(_timed("forward", t, lambda t=t: attention_fwd(q, k, v, scale, tile=t)))
     two = {"head_tile": None}
-    for t in SWEEP["dq"]:
-        rows.append(_timed("dq", t, lambda t=t: attention_bwd(do, q, k, v, o, lse, scale, dq_tile=t, **two)))
-    for t in SWEEP["dkdv"]:
-        rows.append(
-            _timed("dkdv", t, lambda t=t: attention_bwd(do, q, k, v, o, lse, scale, dkdv_tile=t, **two))
-        )
-    for t in SWEEP["head"]:
-        rows.append(_timed("head", t, lambda t=t: attention_bwd(do, q, k, v, o, lse, scale, head_tile=t)))
+    calls = {
+        "forward": lambda t: attention_fwd(q, k, v, scale, tile=t),
+        "dq": lambda t: attention_bwd(do, q, k, v, o, lse, scale, dq_tile=t, **two),
+        "dkdv": lambda t: attention_bwd(do, q, k, v, o, lse, scale, dkdv_tile=t, **two),
+        "head": lambda t: attention_bwd(do, q, k, v, o, lse, scale, head_tile=t),
+    }
+    for kernel in kernels:
+        for t in SWEEP[kernel]:
+            rows.append(_timed(kernel, t, lambda t=t, kernel=kernel: calls[kernel](t)))
     return rows
 
 
@@ -252,6 +260,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=out_default())
     ap.add_argument("--no-sweep", action="store_true", help="time the committed tiles only")
+    ap.add_argument(
+        "--sweep",
+        default=",".join(SWEEP),
+        help=f"comma list of the kernels to sweep ({', '.join(SWEEP)}); the others keep their tiles",
+    )
     args = ap.parse_args()
     scale = D**-0.5
     res: dict = {"T": T, "D": D}
@@ -260,8 +273,12 @@ def main() -> None:
         q, k, v, do = tensors(*SHAPES["vit5-base b128"])
         # The dq sweep times the whole backward with each dq tile (dkdv at its default) and the
         # other way round: subtract the fixed kernel's share when comparing across kernels.
-        res["sweep"] = rows = sweep(q, k, v, do, scale)
-        tiles |= {name: best(rows, name)[0] for name in SWEEP}
+        swept = [name for name in args.sweep.split(",") if name]
+        unknown = [name for name in swept if name not in SWEEP]
+        if unknown:
+            ap.error(f"--sweep: unknown {', '.join(map(repr, unknown))}; choose from {', '.join(SWEEP)}")
+        res["sweep"] = rows = sweep(q, k, v, do, scale, swept)
+        tiles |= {name: best(rows, name)[0] for name in swept}
     res["tiles"] = {name: list(t) for name, t in tiles.items()}
     res["rows"] = out_rows = []
     for shape, (B, H) in SHAPES.items():
