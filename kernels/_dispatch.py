@@ -30,6 +30,7 @@ __all__ = [
     "SUPPORTED_DTYPES",
     "resolve_backend",
     "check_dtype",
+    "eager_kernel",
     "triton_available",
     "num_sms",
 ]
@@ -147,6 +148,26 @@ def route(backend: str | Route, x: torch.Tensor, op: str, *, dtypes: bool = True
     if x.is_cuda:
         return KERNEL
     return CUSTOM_OP if x.device.type == "meta" or runs_reference_in_op(x) else KERNEL
+
+
+def eager_kernel(backend: str, op: str, tensors: list[tuple[str, torch.Tensor]]) -> bool:
+    """Whether a call of an op whose Triton path runs in eager code only (``scale_rows``,
+    ``embed_tokens``: everywhere else its reference, which Inductor fuses) takes the kernels:
+    :func:`route` on the first of ``tensors`` (``(name, tensor)`` pairs) says :data:`KERNEL`, and
+    none is float64. Each tensor must be float32, float16, bfloat16 or float64 (``TypeError``
+    naming it otherwise, and for float64 with ``backend="triton"``)."""
+    wide = False
+    for name, t in tensors:
+        if t.dtype != torch.float64:
+            check_dtype(t, name, op)
+        elif backend == "triton":
+            raise TypeError(
+                f"{op}: the Triton kernels take float32, float16 or bfloat16, got {name} float64 "
+                "(backend='torch' or 'auto' runs the float64 reference)"
+            )
+        else:
+            wide = True
+    return not wide and route(backend, tensors[0][1], op, dtypes=False) is KERNEL
 
 
 def resolve_backend(backend: str, x: torch.Tensor, op: str) -> str:

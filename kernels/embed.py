@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from ._dispatch import KERNEL, check_dtype, route
+from ._dispatch import eager_kernel
 
 __all__ = ["embed_tokens", "embed_tokens_ref"]
 
@@ -106,16 +106,7 @@ def embed_tokens(
     given = [
         (n, t) for n, t in (("patches", patches), ("pos", pos), ("cls", cls), ("reg", reg)) if t is not None
     ]
-    wide = any(t.dtype == torch.float64 for _, t in given)
-    for name, t in given:
-        if t.dtype != torch.float64:
-            check_dtype(t, name, "embed_tokens")
-        elif backend == "triton":
-            raise TypeError(
-                f"embed_tokens: the Triton kernels take float32, float16 or bfloat16, got {name} float64 "
-                "(backend='torch' or 'auto' runs the float64 reference)"
-            )
-    if wide or route(backend, patches, "embed_tokens", dtypes=False) is not KERNEL:
+    if not eager_kernel(backend, "embed_tokens", given):
         return embed_tokens_ref(patches, pos, cls, reg, cls_first)
     dtype = patches.dtype
     for _, t in given[1:]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from ._dispatch import KERNEL, check_dtype, route
+from ._dispatch import eager_kernel
 
 __all__ = ["scale_rows", "scale_rows_ref"]
 
@@ -64,15 +64,6 @@ def scale_rows(weight: torch.Tensor, scale: torch.Tensor, *, backend: str = "aut
         )
     if weight.device != scale.device:
         raise ValueError(f"scale_rows: weight is on {weight.device}, scale on {scale.device}")
-    wide = torch.float64 in (weight.dtype, scale.dtype)
-    for name, t in (("weight", weight), ("scale", scale)):
-        if t.dtype != torch.float64:
-            check_dtype(t, name, "scale_rows")
-        elif backend == "triton":
-            raise TypeError(
-                f"scale_rows: the Triton kernels take float32, float16 or bfloat16, got {name} float64 "
-                "(backend='torch' or 'auto' runs the float64 reference)"
-            )
-    if wide or route(backend, weight, "scale_rows", dtypes=False) is not KERNEL:
+    if not eager_kernel(backend, "scale_rows", [("weight", weight), ("scale", scale)]):
         return scale_rows_ref(weight, scale)
     return _ScaleRows.apply(weight, scale)
