@@ -27,8 +27,11 @@ BLOCK_B, BLOCK_C = 32, 128  # batch rows x columns per step: an 8 KB bf16 tile
 
 
 @triton.jit
-def _row_kind(t, N, HAS_CLS: tl.constexpr, CLS_FIRST: tl.constexpr):
-    """Token ``t``'s source: ``(p, is_patch, is_cls, r)`` (patch index, CLS, register index)."""
+def _program_row(N, C, HAS_CLS: tl.constexpr, CLS_FIRST: tl.constexpr, BLOCK_C: tl.constexpr):
+    """This program's token ``t`` and columns (with their mask), and the token's source: ``(p,
+    is_patch, is_cls, r)`` (patch index, CLS, register index)."""
+    t = tl.program_id(0)
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     if HAS_CLS:
         if CLS_FIRST:
             p = t - 1
@@ -42,7 +45,7 @@ def _row_kind(t, N, HAS_CLS: tl.constexpr, CLS_FIRST: tl.constexpr):
         is_cls = t < 0
         r = t - N
     is_patch = (p >= 0) & (p < N)
-    return p, is_patch, is_cls, r
+    return t, cols, cols < C, p, is_patch, is_cls, r
 
 
 @triton.jit
@@ -51,10 +54,7 @@ def _embed_fwd_kernel(
     HAS_POS: tl.constexpr, HAS_CLS: tl.constexpr, CLS_FIRST: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
-    t = tl.program_id(0)
-    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cm = cols < C
-    p, is_patch, is_cls, r = _row_kind(t, N, HAS_CLS, CLS_FIRST)
+    t, cols, cm, p, is_patch, is_cls, r = _program_row(N, C, HAS_CLS, CLS_FIRST, BLOCK_C)
     if is_patch:
         add = tl.zeros((BLOCK_C,), tl.float32)
         if HAS_POS:
@@ -80,10 +80,7 @@ def _embed_bwd_kernel(
     HAS_POS: tl.constexpr, HAS_CLS: tl.constexpr, CLS_FIRST: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
-    t = tl.program_id(0)
-    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cm = cols < C
-    p, is_patch, is_cls, r = _row_kind(t, N, HAS_CLS, CLS_FIRST)
+    t, cols, cm, p, is_patch, is_cls, r = _program_row(N, C, HAS_CLS, CLS_FIRST, BLOCK_C)
     acc = tl.zeros((BLOCK_C,), tl.float32)
     for b0 in range(0, B, BLOCK_B):
         bs = (b0 + tl.arange(0, BLOCK_B)).to(tl.int64)
