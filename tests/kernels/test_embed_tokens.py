@@ -122,3 +122,31 @@ def test_embed_tokens_routes(monkeypatch):
     assert calls == []
     assert torch.equal(embed_tokens(x, pos, cls, reg, backend="triton"), ref)
     assert calls == [1]
+
+
+@pytest.mark.parametrize("preset", ["vit5-small", "vit5-small-official"])
+def test_vit5_builds_its_tokens_with_embed_tokens(preset):
+    """``PatchEmbed`` hands the model's CLS and register tokens to ``embed_tokens`` in the model's
+    layout (CLS after the patches, or first in the official layout): the kernels and the reference
+    give the same features and gradients."""
+    from flopkit import ViT5
+
+    torch.manual_seed(0)
+    model = ViT5.from_preset(preset, depth=1, hidden_dim=32, num_heads=2, image_size=32, num_classes=0)
+    model = model.to(device())
+    images = torch.randn(2, 3, 32, 32, device=device())
+    results = []
+    for backend in ("torch", "triton"):
+        model.patch_embed.tokens_backend = backend
+        model.zero_grad()
+        tokens = model.patch_embed(images, model.cls_token, model.reg_token, model.cls_first)
+        tokens.backward(torch.linspace(-1, 1, tokens.numel(), device=device()).view_as(tokens))
+        grads = [p.grad.clone() for p in (model.patch_embed.pos_embed, model.cls_token, model.reg_token)]
+        results.append((tokens.detach(), grads))
+    (ref, ref_grads), (out, out_grads) = results
+    assert out.shape == (2, model.num_tokens, 32)
+    cls_row = model.layout.cls_index
+    torch.testing.assert_close(out[:, cls_row], model.cls_token[0].detach().expand(2, -1))
+    torch.testing.assert_close(out, ref)
+    for got, want in zip(out_grads, ref_grads, strict=True):
+        torch.testing.assert_close(got, want)
