@@ -69,10 +69,10 @@ DTYPE = torch.bfloat16
 # (triton_attention=True: flopkit's attention kernels in eager and compiled code;
 # fused_qk_attention=True: QK-norm + RoPE and the attention as one op there too), and
 # nvSubquadratic's own model. flopkit-one-op-compiled is the default since 2026-12-07 (the name
-# stays for the runs that used it); flopkit-two-ops is the default before it. flopkit-mul-fold folds
-# ls2 into fc2 with PyTorch's broadcast multiply instead of kernels.scale_rows; flopkit-aten-tokens
-# also builds the tokens with the position add and torch.cat instead of kernels.embed_tokens (both
-# as before those ops, 2026-12-07).
+# stays for the runs that used it); flopkit-two-ops is the default before it. flopkit-scale-kernel
+# folds ls2 into fc2 with kernels.scale_rows' Triton kernels instead of PyTorch's broadcast
+# multiply; flopkit-eager-kernels also builds the tokens with kernels.embed_tokens' (both opt-in
+# until a run shows the eager step wins).
 FLOPKIT_MODELS: dict[str, dict[str, bool | str]] = {
     "flopkit": {},
     "flopkit-two-ops": {"fused_qk_attention": False},
@@ -81,8 +81,8 @@ FLOPKIT_MODELS: dict[str, dict[str, bool | str]] = {
     "flopkit-sdpa": {"triton_attention": False},
     "flopkit-attention-eager": {"triton_attention": "eager"},
     "flopkit-unfolded": {},
-    "flopkit-mul-fold": {"scale_backend": "torch"},
-    "flopkit-aten-tokens": {"scale_backend": "torch", "tokens_backend": "torch"},
+    "flopkit-scale-kernel": {"scale_backend": "auto"},
+    "flopkit-eager-kernels": {"scale_backend": "auto", "tokens_backend": "auto"},
 }
 MODELS = (*FLOPKIT_MODELS, "upstream")
 START = time.time()

@@ -114,9 +114,10 @@ class PatchEmbed(FlopCounted, nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, self.num_patches, hidden_dim))
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
 
-    tokens_backend: str = "auto"
-    """``backend`` of :func:`flopkit.kernels.embed_tokens` (``"torch"``: the position add and
-    ``torch.cat``; ``benchmarks/bench_train.py``'s ``flopkit-aten-tokens`` rows)."""
+    tokens_backend: str = "torch"
+    """``backend`` of :func:`flopkit.kernels.embed_tokens`: ``"torch"`` (the position add and
+    ``torch.cat``) until an H100 step shows its kernels win; ``"auto"`` runs them in eager CUDA code
+    (``benchmarks/bench_train.py``'s ``flopkit-eager-kernels`` rows; docs/kernels.md)."""
 
     def forward(
         self,
@@ -128,7 +129,7 @@ class PatchEmbed(FlopCounted, nn.Module):
         """``x``: ``[B, C_in, H, W]`` -> ``[B, N, C]``; with a ``cls_token`` ``[1, 1, C]`` and/or
         ``reg_tokens`` ``[1, R, C]``, the whole token sequence ``[B, T, C]``: ``[patches, CLS,
         registers]`` (CLS first with ``cls_first``), built by :func:`flopkit.kernels.embed_tokens`
-        (one kernel each way in eager CUDA code, the position add and ``torch.cat`` elsewhere)."""
+        (the position add and ``torch.cat``; one kernel each way with ``tokens_backend="auto"``)."""
         expected = (self.in_channels, *self.image_size)
         if x.dim() != 4 or tuple(x.shape[1:]) != expected:
             raise ValueError(
@@ -189,9 +190,10 @@ class ScalableLinear(nn.Linear):
     ``linear(x) * scale`` for a bias-free layer, with the scale applied to ``out * in`` weights
     instead of every output element. Called as a module, so hooks (profiler ranges) see it."""
 
-    scale_backend: str = "auto"
-    """``backend`` of the fold's :func:`flopkit.kernels.scale_rows` (``"torch"``: PyTorch's broadcast
-    multiply, as before the kernel; ``benchmarks/bench_train.py``'s ``flopkit-mul-fold`` rows)."""
+    scale_backend: str = "torch"
+    """``backend`` of the fold's :func:`flopkit.kernels.scale_rows`: ``"torch"`` (PyTorch's
+    broadcast multiply) until an H100 step shows its kernels win; ``"auto"`` runs them in eager CUDA
+    code (``benchmarks/bench_train.py``'s ``flopkit-scale-kernel`` rows; docs/kernels.md)."""
 
     def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
         """``x``: ``[*, in]`` -> ``[*, out]``; ``scale``: ``(out,)``, only without a bias."""
@@ -199,7 +201,7 @@ class ScalableLinear(nn.Linear):
             return F.linear(x, self.weight, self.bias)
         if self.bias is not None:
             raise ValueError("ScalableLinear: scale folds into the weight only without a bias")
-        # kernels.scale_rows: weight * scale[:, None] (one Triton kernel each way in eager CUDA code).
+        # kernels.scale_rows: weight * scale[:, None] (one Triton kernel each way with "auto").
         return F.linear(x, kernels.scale_rows(self.weight, scale, backend=self.scale_backend))
 
 

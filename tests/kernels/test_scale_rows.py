@@ -150,3 +150,26 @@ def test_vit5_fold_runs_scale_rows(monkeypatch):
     ref = x + block.ls1(block.attn(block.norm1(x)))
     ref = ref + block.ls2(block.mlp(block.norm2(ref)))
     torch.testing.assert_close(y, ref)
+
+
+def test_vit5_fold_with_the_kernels_matches_the_reference():
+    """``ScalableLinear.scale_backend="triton"`` (the opt-in kernels) gives the block's output and
+    gradients of the default reference fold."""
+    from flopkit import ViT5Config
+    from flopkit.nn.vit5 import ViT5Block
+
+    torch.manual_seed(0)
+    cfg = ViT5Config.from_preset("vit5-small", depth=1, hidden_dim=64, num_heads=2, num_registers=0)
+    block = ViT5Block.from_config(cfg, 2, 2).to(device())
+    with torch.no_grad():
+        block.ls2.gamma.normal_()  # away from its 1e-4 init, so the fold matters
+    x = torch.randn(2, block.num_tokens, 64, device=device())
+    results = []
+    for backend in ("torch", "triton"):
+        block.mlp.fc2.scale_backend = backend
+        block.zero_grad()
+        y = block(x)
+        y.backward(torch.ones_like(y))
+        results.append((y.detach(), block.mlp.fc2.weight.grad.clone(), block.ls2.gamma.grad.clone()))
+    for got, want in zip(results[1], results[0], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
