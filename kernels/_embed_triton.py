@@ -167,9 +167,10 @@ def embed_tokens_backward(
     *,
     run=launch,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """Gradients from ``grad`` ``[B, T, C]``: ``(dpatches [B, N, C], dpos [N, C], dcls [C], dreg [R,
-    C])``, the last three summed over the batch. ``specs``: ``(shape, dtype)`` of ``pos``, ``cls`` and
-    ``reg`` as the forward took them (None for an absent one, whose gradient is None)."""
+    """Gradients from ``grad`` ``[B, T, C]``: ``(dpatches [B, N, C], dpos, dcls, dreg)``, the last three
+    summed over the batch, new contiguous tensors of ``specs``: the ``(shape, dtype)`` of ``pos``,
+    ``cls`` and ``reg`` (any shape with ``N * C``, ``C`` and ``R * C`` elements; None for an absent
+    one, whose gradient is None)."""
     B, T, C = grad.shape
     dx = torch.empty((B, N, C), dtype=patches_dtype, device=grad.device)
     dpos, dcls, dreg = (

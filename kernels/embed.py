@@ -47,8 +47,7 @@ class _EmbedTokens(torch.autograd.Function):
         pos_, cls_, reg_ = (pos[0] if pos is not None else None, cls[0, 0] if cls is not None else None,
                             reg[0] if reg is not None else None)  # fmt: skip
         ctx.cfg = (patches.dtype, patches.shape[1], cls_first)
-        ctx.specs = tuple((t.shape, t.dtype) if t is not None else None for t in (pos_, cls_, reg_))
-        ctx.shapes = tuple(t.shape if t is not None else None for t in (pos, cls, reg))
+        ctx.specs = tuple((t.shape, t.dtype) if t is not None else None for t in (pos, cls, reg))
         return embed_tokens_forward(patches, pos_, cls_, reg_, cls_first, dtype)
 
     @staticmethod
@@ -56,9 +55,7 @@ class _EmbedTokens(torch.autograd.Function):
         from ._embed_triton import embed_tokens_backward
 
         patches_dtype, N, cls_first = ctx.cfg
-        dx, *rest = embed_tokens_backward(grad, patches_dtype, N, ctx.specs, cls_first)
-        grads = [d.view(shape) if d is not None else None for d, shape in zip(rest, ctx.shapes, strict=True)]
-        return (dx, *grads, None, None)
+        return (*embed_tokens_backward(grad, patches_dtype, N, ctx.specs, cls_first), None, None)
 
 
 def _check(name: str, t: Tensor | None, shape: tuple[int, ...], patches: Tensor) -> None:
