@@ -98,15 +98,19 @@ def _embed_bwd_kernel(
         tl.store(DREG + r * C + cols, acc.to(DREG.dtype.element_ty), mask=cm)
 
 
-def _meta(has_pos: bool, has_cls: bool, cls_first: bool) -> dict:
-    return {
+def _launch_rows(
+    run, kernel, T: int, C: int, args: tuple, has_pos: bool, has_cls: bool, cls_first: bool
+) -> None:
+    """Launch ``kernel`` (its first 5 arguments tensors) with a program per token row and block of
+    ``BLOCK_C`` columns."""
+    meta = {
         "HAS_POS": has_pos,
         "HAS_CLS": has_cls,
         "CLS_FIRST": cls_first,
         "BLOCK_B": BLOCK_B,
         "BLOCK_C": BLOCK_C,
-        "num_warps": 4,
     }
+    run(kernel, (T, triton.cdiv(C, BLOCK_C)), args, meta | {"num_warps": 4}, 5)
 
 
 def embed_tokens_forward(
@@ -148,13 +152,7 @@ def embed_tokens_forward(
         out.stride(0),
         out.stride(1),
     )
-    run(
-        _embed_fwd_kernel,
-        (T, triton.cdiv(C, BLOCK_C)),
-        args,
-        _meta(pos is not None, cls is not None, cls_first),
-        5,
-    )
+    _launch_rows(run, _embed_fwd_kernel, T, C, args, pos is not None, cls is not None, cls_first)
     return out
 
 
@@ -190,11 +188,5 @@ def embed_tokens_backward(
         dx.stride(0),
         dx.stride(1),
     )
-    run(
-        _embed_bwd_kernel,
-        (T, triton.cdiv(C, BLOCK_C)),
-        args,
-        _meta(dpos is not None, dcls is not None, cls_first),
-        5,
-    )
+    _launch_rows(run, _embed_bwd_kernel, T, C, args, dpos is not None, dcls is not None, cls_first)
     return dx, dpos, dcls, dreg
