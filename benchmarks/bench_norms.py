@@ -5,6 +5,7 @@ Run on the device machine (see /work/.library/device/), from the repository root
     python -m benchmarks.bench_norms check sweep --out $OUT          # correctness + tile sweep
     python -m benchmarks.bench_norms check bench heads --out $OUT    # timings vs peers
     python -m benchmarks.bench_norms check bench --shapes 65536x768 --out $OUT   # a subset of rows
+    python -m benchmarks.bench_norms sums --out $OUT                  # weight-gradient sums' tiles
 
 Timings (``benchmarks/_harness.py``): device time is the median of CUDA-graph replays after an L2
 flush (``graph_ms``), eager time the median of ``triton.testing.do_bench`` (``device_ms``), bf16.
@@ -16,6 +17,11 @@ are ``kernels/_norm_triton.py``'s ``*_TILES`` (keyed by architecture and width, 
 the result that chose it). Writes ``bench_norms_DEVICE.json`` and ``.md`` under ``--out``.
 Peers: ``F.rms_norm``, ``torch.compile`` of the reference, Liger-Kernel, QuACK (each skipped
 with the reason when it cannot be imported).
+
+``sums``: the eager backward's weight-gradient reductions (``_sum_partials_kernel``, one launch per
+norm and QK-norm + RoPE backward) at the partial shapes one eager ViT-5 training step launches
+(recorded from the step itself), for every tile of ``SUM_CANDIDATES``, the shipped ``SUM_TILE``
+included; L2-resident (the backward kernel just wrote the partials), 100 launches per graph replay.
 """
 
 # Timing lambdas are consumed inside each loop iteration, before the `del`s: B023/F821 do not apply.
@@ -35,6 +41,7 @@ import torch.nn.functional as F
 import triton
 from flopkit.kernels import _launch
 from flopkit.kernels import _norm_triton as tk
+from flopkit.kernels import _rope_triton as rt
 
 from benchmarks._harness import ResultWriter, device_ms, graph_ms, out_default, run_roofs
 
@@ -380,6 +387,108 @@ def heads(results, copy_gbs):
     results["heads"] = rows
 
 
+# (widest column block, fp32 elements per loop step, num_warps); the first is SUM_TILE before
+# run sums_2026-12-07.
+SUM_CANDIDATES = [
+    (16, 4096, 4),
+    *(
+        (bn, el, w)
+        for bn in (4, 8, 16, 32)
+        for el in (4096, 8192)
+        for w in (2, 4)
+        if (bn, el, w) != (16, 4096, 4)
+    ),
+]
+SUM_PRESETS = (("vit5-base", 128), ("vit5-small", 256))
+
+
+def step_sum_shapes(preset: str, batch: int) -> dict[tuple[int, int, bool], int]:
+    """``{(partial rows, columns, two sums): launches}`` of one eager bf16 training step of
+    flopkit's ``preset`` at ``batch``, recorded by wrapping the launchers' ``sum_partials``."""
+    from collections import Counter
+
+    from flopkit.nn import ViT5
+
+    seen: Counter = Counter()
+    real = tk.sum_partials
+
+    def spy(pairs, run, owner=None):
+        (a, oa) = pairs[0]
+        seen[(a.numel() // oa.numel(), oa.numel(), len(pairs) == 2)] += 1
+        return real(pairs, run, owner)
+
+    model = ViT5.from_preset(preset).cuda().to(DT)
+    x = torch.randn(batch, 3, 224, 224, device="cuda", dtype=DT)
+    tk.sum_partials = rt.sum_partials = spy
+    try:
+        model(x).float().logsumexp(-1).sum().backward()
+    finally:
+        tk.sum_partials = rt.sum_partials = real
+    torch.cuda.synchronize()
+    del model, x
+    torch.cuda.empty_cache()
+    return dict(seen)
+
+
+def sums(results):
+    rows = []
+    for preset, batch in SUM_PRESETS:
+        for (R, N, two), launches in sorted(step_sum_shapes(preset, batch).items()):
+            g = torch.Generator(device="cuda").manual_seed(R * N)
+            a, b = (torch.randn(R, N, device="cuda", generator=g) for _ in range(2))
+            oa, ob = (torch.empty(N, device="cuda", dtype=torch.float32) for _ in range(2))
+            checks = ((oa, a.double().sum(0)),) + (((ob, b.double().sum(0)),) if two else ())
+            rec = {"preset": preset, "batch": batch, "rows": R, "cols": N, "two": two, "launches": launches}
+            rec["shipped"] = list(tk.SUM_TILE.config)
+            times = {}
+            for tile in SUM_CANDIDATES:
+                plan = tk.sum_partials_plan(R, N, two, tile)
+
+                def fn(plan=plan):
+                    plan.kernel[plan.grid](a, oa, b, ob, *plan.scalars, **plan.meta)
+
+                fn()
+                torch.cuda.synchronize()
+                err = max(((o.double() - w).abs().max() / w.abs().max()).item() for o, w in checks)
+                if err > 1e-5:
+                    raise AssertionError(f"sums {R}x{N} tile {tile}: max rel error {err:.1e}")
+                times[str(tuple(tile))] = graph_ms(fn, replays=15, hot_calls=100) * 1e3
+            rec["us"] = times
+            rows.append(rec)
+            results["sums"] = rows
+            save(results)
+            best = min(times, key=times.get)
+            print(
+                f"sums {preset} {R}x{N} two={two} x{launches}: shipped "
+                f"{times[str(tuple(tk.SUM_TILE.config))]:.2f} us, best {best} {times[best]:.2f} us",
+                flush=True,
+            )
+    results["sums"] = rows
+
+
+def sums_table(results) -> list[str]:
+    lines = [
+        "",
+        "Weight-gradient sums (`_sum_partials_kernel`) at one eager step's partial shapes, us a launch "
+        "(L2-resident, 100 launches per graph replay, median of 15 replays); ms a step = launches x us.",
+        "",
+        "| preset | partials | two sums | launches a step | before (16, 4096, 4) | shipped "
+        + str(tuple(tk.SUM_TILE.config))
+        + " | best tile | best | ms a step saved, shipped vs before |",
+        "|---|---|---|---:|---:|---:|---|---:|---:|",
+    ]
+    for r in results.get("sums", []):
+        t = r["us"]
+        before, shipped = t[str((16, 4096, 4))], t[str(tuple(r["shipped"]))]
+        best = min(t, key=t.get)
+        lines.append(
+            f"| {r['preset']} b{r['batch']} | {r['rows']}x{r['cols']} | {'yes' if r['two'] else 'no'} "
+            f"| {r['launches']} | {before:.2f} | {shipped:.2f} | {best} | {t[best]:.2f} "
+            f"| {r['launches'] * (before - shipped) / 1e3:.4f} |"
+        )
+    return lines
+
+
 def table(results, copy_gbs) -> str:
     lines = [
         f"Copy bandwidth {copy_gbs:.0f} GB/s; bf16; median us "
@@ -421,12 +530,14 @@ def table(results, copy_gbs) -> str:
                 f"| {r['op']} | {r['shape']} | {r['provider']} | {r['fwd_us']:.1f} | {r['fwd_pct_copy']:.0f}% "
                 f"| {r['bwd_us']:.1f} | {r['bwd_pct_copy']:.0f}% |"
             )
+    if results.get("sums"):
+        lines += sums_table(results)
     return "\n".join(lines)
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("steps", nargs="+", choices=["check", "sweep", "bench", "heads"])
+    ap.add_argument("steps", nargs="+", choices=["check", "sweep", "bench", "heads", "sums"])
     ap.add_argument("--out", default=out_default())
     ap.add_argument(
         "--shapes", default="", help="comma-separated NxD subset of the row shapes, e.g. 16384x4096"
@@ -453,6 +564,8 @@ def main():
                 bench(results, copy_gbs)
             elif step == "heads":
                 heads(results, copy_gbs)
+            elif step == "sums":
+                sums(results)
         except Exception:  # noqa: BLE001
             results[f"{step}_error"] = traceback.format_exc()
             print(traceback.format_exc(), flush=True)

@@ -614,17 +614,24 @@ def _contiguous_rows(r: _Rows, D: int) -> _Rows:
     return _Rows(r.t.contiguous().view(-1, D), r.n_tok, 1, 1, D, D, 0, 0, True)
 
 
-def sum_partials_plan(rows: int, cols: int, two: bool) -> Plan:
+SUM_TILE = Tile((16, 4096, 4), "not swept: 16 KB of fp32 partials a loop step")
+""":func:`_sum_partials_kernel`'s tile: (the widest column block, fp32 elements a program loads per
+loop step, num_warps). Narrow column blocks and tall row blocks spread the columns over many
+programs, each taking a few loop steps: the sums are latency-bound (a few microseconds, the
+partials L2-resident). ``benchmarks/bench_norms.py sums`` times the candidates."""
+
+
+def sum_partials_plan(rows: int, cols: int, two: bool, tile: tuple[int, int, int] | None = None) -> Plan:
     """The plan of one :func:`_sum_partials_kernel` launch over ``[rows, cols]`` fp32 partials (two
-    tensors of them when ``two``); its tensors are ``(A, OA, B, OB)``."""
-    # Narrow column blocks and tall row blocks: a few hundred partial rows take a few loop steps and
-    # the columns spread over more programs (a 16 KB fp32 tile per step).
-    block_n = min(triton.next_power_of_2(max(cols, 1)), 16)
+    tensors of them when ``two``); its tensors are ``(A, OA, B, OB)``. ``tile`` overrides
+    :data:`SUM_TILE` (benchmark sweeps)."""
+    widest, elems, warps = tile or SUM_TILE.config
+    block_n = min(triton.next_power_of_2(max(cols, 1)), widest)
     return Plan(
         _sum_partials_kernel,
         (triton.cdiv(cols, block_n),),
         (rows, cols),
-        dict(HAS_B=two, BLOCK_R=4096 // block_n, BLOCK_N=block_n, num_warps=4),
+        dict(HAS_B=two, BLOCK_R=max(1, elems // block_n), BLOCK_N=block_n, num_warps=warps),
         False,
         False,
     )

@@ -410,6 +410,22 @@ def test_sum_partials_kernel_matches_float64_column_sums(rows, cols, two, out_dt
         assert ((out.double() - ref).abs() <= tol * ref.abs().clamp_min(1.0) * max(1, rows) ** 0.5).all()
 
 
+@pytest.mark.parametrize("tile", [(4, 4096, 4), (16, 4096, 4), (32, 8192, 2), (8, 16, 1)])
+def test_sum_partials_tiles_sum_every_row_and_column(tile):
+    """Any tile the sums' sweep times sums the same partials: column blocks wider or narrower than
+    the columns, one row block or several (``(8, 16, 1)``: two rows a loop step)."""
+    from flopkit.kernels._norm_triton import sum_partials_plan
+
+    gen = torch.Generator().manual_seed(7)
+    a, b = (torch.randn(37, 11, generator=gen).to(device()) for _ in range(2))
+    oa, ob = (torch.full((11,), float("nan"), device=device()) for _ in range(2))
+    plan = sum_partials_plan(37, 11, True, tile)
+    assert plan.meta["BLOCK_N"] <= tile[0] and plan.meta["num_warps"] == tile[2]
+    plan.kernel[plan.grid](a, oa, b, ob, *plan.scalars, **plan.meta)
+    for part, out in ((a, oa), (b, ob)):
+        torch.testing.assert_close(out.cpu().double(), part.double().sum(0).cpu(), rtol=1e-6, atol=1e-5)
+
+
 @pytest.mark.parametrize("residual", [False, True])
 def test_repeated_calls_reuse_the_plan_and_stay_exact(residual):
     """The eager path keeps a plan and the backward's partial buffers per shape: later calls with

@@ -38,6 +38,7 @@ def _all_tiles():
     ):
         for arch, tile in table.items():
             yield f"{name}[{arch}]", tile, 2 if "FWD" in name else 3
+    yield "SUM_TILE", tk.SUM_TILE, 3
 
 
 def test_every_power_of_two_width_has_a_tile_on_the_tuned_architecture():
