@@ -614,11 +614,14 @@ def _contiguous_rows(r: _Rows, D: int) -> _Rows:
     return _Rows(r.t.contiguous().view(-1, D), r.n_tok, 1, 1, D, D, 0, 0, True)
 
 
-SUM_TILE = Tile((16, 4096, 4), "not swept: 16 KB of fp32 partials a loop step")
+SUM_TILE = Tile((4, 4096, 4), "benchmarks/results/bench_norms_h100.json, run sums_2026-12-07")
 """:func:`_sum_partials_kernel`'s tile: (the widest column block, fp32 elements a program loads per
 loop step, num_warps). Narrow column blocks and tall row blocks spread the columns over many
 programs, each taking a few loop steps: the sums are latency-bound (a few microseconds, the
-partials L2-resident). ``benchmarks/bench_norms.py sums`` times the candidates."""
+partials L2-resident). ``benchmarks/bench_norms.py sums`` times the candidates at ViT widths.
+Past :data:`SUM_WIDE_COLS` columns the column block is 16 wide (the tile before that run): there
+are programs enough, and a 4-column block reads 16 bytes of each row, half a 32-byte sector."""
+SUM_WIDE_COLS = 2048
 
 
 def sum_partials_plan(rows: int, cols: int, two: bool, tile: tuple[int, int, int] | None = None) -> Plan:
@@ -626,6 +629,8 @@ def sum_partials_plan(rows: int, cols: int, two: bool, tile: tuple[int, int, int
     tensors of them when ``two``); its tensors are ``(A, OA, B, OB)``. ``tile`` overrides
     :data:`SUM_TILE` (benchmark sweeps)."""
     widest, elems, warps = tile or SUM_TILE.config
+    if tile is None and cols > SUM_WIDE_COLS:
+        widest = max(widest, 16)
     block_n = min(triton.next_power_of_2(max(cols, 1)), widest)
     return Plan(
         _sum_partials_kernel,

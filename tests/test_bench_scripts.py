@@ -33,6 +33,16 @@ def test_sweep_tables_render_from_the_stored_record():
     assert S.render({"schema": H.SCHEMA, "results": fresh}).count("| norm_fwd | 25728 x 768, res |") == 1
 
 
+def test_sums_table_renders_from_the_stored_record():
+    from benchmarks import bench_norms as B
+
+    record = json.loads((ROOT / "benchmarks" / "results" / "bench_norms_h100.json").read_text())
+    run = record["runs"]["sums_2026-12-07"]
+    assert {tuple(map(int, k.strip("()").split(", "))) for k in run["sums"][0]["us"]} == set(B.SUM_CANDIDATES)
+    text = "\n".join(B.sums_table(run))
+    assert "| vit5-base b128 | 528x768 | yes | 12 | 4.98 | 3.74 | (8, 8192, 2) | 3.03 | 0.0150 |" in text
+
+
 def test_step_kernels_render_a_harness_record_and_a_gathered_one():
     from benchmarks import step_kernels as S
 

@@ -130,3 +130,19 @@ def test_rope_constants_are_the_tables_entry():
     assert (rt.FWD_TILE_ELEMS, rt.FWD_WARPS) == rt.FWD_TILES[(TUNED_ARCH, 64)].config == (512, 1)
     assert rt.BWD_TILES[(TUNED_ARCH, 64)].config == (rt.BWD_TILE_ELEMS, rt.BWD_WARPS, rt.BWD_PROGRAMS_PER_SM)
     assert rt.BWD_TILES[(TUNED_ARCH, 64)].config == (2048, 2, 4)
+
+
+@pytest.mark.parametrize(
+    "cols, block_n, block_r, programs",
+    [
+        (768, 4, 1024, 192),  # vit5-base's widths: SUM_TILE
+        (384, 4, 1024, 96),
+        (3, 4, 1024, 1),  # the block is the columns' power of two, the rows' block follows
+        (2048, 4, 1024, 512),
+        (4096, 16, 256, 256),  # past SUM_WIDE_COLS: 16 columns, 64-byte row segments
+    ],
+)
+def test_sum_partials_plans_take_sum_tile_up_to_the_wide_rows(cols, block_n, block_r, programs):
+    plan = tk.sum_partials_plan(528, cols, True)
+    assert (plan.meta["BLOCK_N"], plan.meta["BLOCK_R"], plan.grid) == (block_n, block_r, (programs,))
+    assert plan.meta["num_warps"] == tk.SUM_TILE.config[2]
