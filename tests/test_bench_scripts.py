@@ -9,6 +9,7 @@ from pathlib import Path
 
 import _early
 import pytest
+import torch
 
 from benchmarks import _harness as H
 
@@ -41,6 +42,28 @@ def test_sums_table_renders_from_the_stored_record():
     assert {tuple(map(int, k.strip("()").split(", "))) for k in run["sums"][0]["us"]} == set(B.SUM_CANDIDATES)
     text = "\n".join(B.sums_table(run))
     assert "| vit5-base b128 | 528x768 | yes | 12 | 4.98 | 3.74 | (8, 8192, 2) | 3.03 | 0.0150 |" in text
+
+
+def test_eager_ops_bench_builds_the_models_inputs_and_its_check_can_fail():
+    """bench_eager_ops on CPU with the references: the model's own shapes, bf16 error against
+    float64, and a wrong op (the scale halved outside the reference) caught by the same check."""
+    from benchmarks import bench_eager_ops as B
+
+    ops = B.op_inputs("vit5-small", 2, "cpu")
+    call, (weight, gamma) = ops["scale_rows"]
+    assert (weight.shape, gamma.shape) == ((384, 1536), (384,))
+    patches, pos, cls, reg = ops["embed_tokens"][1]
+    assert (patches.shape, pos.shape, cls.shape, reg.shape) == (
+        (2, 196, 384),
+        (1, 196, 384),
+        (1, 1, 384),
+        (1, 4, 384),
+    )
+    for call, inputs in ops.values():
+        leaves, grad, err = B.check_op(call, inputs, "torch")
+        assert err < 2**-7 and grad.shape == call("torch", *inputs).shape
+    half = lambda backend, w, s: B.K.scale_rows(w, s if w.dtype == torch.float64 else s / 2, backend=backend)  # noqa: E731
+    assert B.check_op(half, (weight, gamma), "torch")[2] > 0.4
 
 
 def test_step_kernels_render_a_harness_record_and_a_gathered_one():

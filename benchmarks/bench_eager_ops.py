@@ -1,0 +1,138 @@
+"""The opt-in eager kernels alone: ``kernels.scale_rows`` and ``kernels.embed_tokens``, Triton
+against their PyTorch references, at the shapes a ViT-5 training step gives them.
+
+Run on the device machine (see /work/.library/device/), from the repository root::
+
+    python -m benchmarks.bench_eager_ops --out $OUT
+
+For vit5-base at batch 128 and vit5-small at batch 256 (bf16 weights, as ``bench_train`` builds
+the model): ``scale_rows(fc2.weight, ls2.gamma)`` (the LayerScale fold) and
+``embed_tokens(patches, pos_embed, cls_token, reg_token)`` (the token sequence), each with
+``backend="triton"`` and ``backend="torch"``: the forward, and forward + backward (the gradient of
+every input), as device time (CUDA-graph replays after an L2 flush) and as eager time
+(``triton.testing.do_bench``, which includes the host's launches where they exceed the flush).
+Every row's output and gradients are checked against a float64 reference (the largest relative
+error of any of them). The step-level A/B is ``bench_train --models flopkit,flopkit-eager-kernels``;
+this isolates the ops, whose difference is smaller than a step's spread. Writes
+``bench_eager_ops_DEVICE.json`` and ``.md`` under ``--out``.
+"""
+
+# ruff: noqa: B023
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+import flopkit.kernels as K
+import torch
+
+from benchmarks._harness import ResultWriter, device_ms, graph_ms, out_default, run_roofs
+from flopkit.nn import ViT5
+
+PRESETS = (("vit5-base", 128), ("vit5-small", 256))
+DT = torch.bfloat16
+
+
+def op_inputs(
+    preset: str, batch: int, device: str = "cuda"
+) -> dict[str, tuple[Callable, tuple[torch.Tensor, ...]]]:
+    """``{op: (call(backend, *inputs), inputs)}`` with the model's own parameters and shapes."""
+    model = ViT5.from_preset(preset).to(device, DT)
+    g = torch.Generator(device=device).manual_seed(0)
+    block = model.blocks[0]
+    weight, gamma = block.mlp.fc2.weight.detach(), block.ls2.gamma.detach()
+    gamma = gamma + 0.1 * torch.randn(gamma.shape, device=device, generator=g).to(DT)  # not all ones
+    pe = model.patch_embed
+    width = pe.pos_embed.shape[-1]
+    patches = torch.randn(batch, pe.num_patches, width, device=device, generator=g).to(DT)
+    cls = model.cls_token.detach() if model.cls_token is not None else None
+    reg = model.reg_token.detach() if model.reg_token is not None else None
+    cls_first = model.cls_first
+    tokens = tuple(t for t in (patches, pe.pos_embed.detach(), cls, reg) if t is not None)
+
+    def embed(backend, patches, pos, *rest):
+        c, r = (rest[0], rest[1]) if len(rest) == 2 else (None, None)
+        return K.embed_tokens(patches, pos, c, r, cls_first, backend=backend)
+
+    return {
+        "scale_rows": (lambda backend, w, s: K.scale_rows(w, s, backend=backend), (weight, gamma)),
+        "embed_tokens": (embed, tokens),
+    }
+
+
+def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
+    return ((got.double() - want).abs().max() / want.abs().max().clamp_min(1e-30)).item()
+
+
+def check_op(call, inputs, backend: str) -> tuple[list[torch.Tensor], torch.Tensor, float]:
+    """The op's leaves, an output gradient, and the largest relative error of the output and every
+    gradient against the float64 reference."""
+    leaves = [t.clone().requires_grad_() for t in inputs]
+    out = call(backend, *leaves)
+    gen = torch.Generator(device=out.device).manual_seed(1)
+    grad = torch.randn(out.shape, device=out.device, generator=gen).to(out.dtype)
+    grads = torch.autograd.grad(out, leaves, grad)
+    ref_leaves = [t.double().requires_grad_() for t in inputs]
+    ref = call("torch", *ref_leaves)
+    ref_grads = torch.autograd.grad(ref, ref_leaves, grad.double())
+    err = max(rel_err(out, ref), *(rel_err(a, b) for a, b in zip(grads, ref_grads, strict=True)))
+    return leaves, grad, err
+
+
+def time_op(call, inputs, backend: str) -> dict:
+    leaves, grad, err = check_op(call, inputs, backend)
+
+    def fwd():
+        call(backend, *inputs)
+
+    def fwd_bwd():
+        torch.autograd.grad(call(backend, *leaves), leaves, grad)
+
+    return {
+        "fwd_us": graph_ms(fwd) * 1e3,
+        "fwd_bwd_us": graph_ms(fwd_bwd) * 1e3,
+        "eager_fwd_bwd_us": device_ms(fwd_bwd, warmup_ms=10, rep_ms=50) * 1e3,
+        "max_rel_err": err,
+    }
+
+
+def table(rows: list[dict]) -> list[str]:
+    lines = [
+        "Device time: CUDA-graph replays after an L2 flush (median of 25); eager: triton.testing.do_bench "
+        "median (host launches included where they exceed the flush). Error: the largest relative error "
+        "of the output and every gradient against float64.",
+        "",
+        "| op | preset | backend | fwd us | fwd+bwd us | eager fwd+bwd us | Triton / torch fwd+bwd | max rel. error |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+    by = {(r["op"], r["preset"], r["backend"]): r for r in rows}
+    for r in rows:
+        base = by.get((r["op"], r["preset"], "torch"))
+        ratio = f"{r['fwd_bwd_us'] / base['fwd_bwd_us']:.2f}" if base and r["backend"] == "triton" else ""
+        lines.append(
+            f"| {r['op']} | {r['preset']} b{r['batch']} | {r['backend']} | {r['fwd_us']:.1f} "
+            f"| {r['fwd_bwd_us']:.1f} | {r['eager_fwd_bwd_us']:.1f} | {ratio} | {r['max_rel_err']:.1e} |"
+        )
+    return lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default=out_default())
+    args = ap.parse_args()
+    writer = ResultWriter(args.out, "bench_eager_ops", roofs=run_roofs())
+    rows: list[dict] = []
+    for preset, batch in PRESETS:
+        for op, (call, inputs) in op_inputs(preset, batch).items():
+            for backend in ("triton", "torch"):
+                row = {"op": op, "preset": preset, "batch": batch, "backend": backend}
+                row.update(time_op(call, inputs, backend))
+                rows.append(row)
+                print(row, flush=True)
+                writer.save({"rows": rows})
+    writer.finish({"rows": rows}, table(rows))
+
+
+if __name__ == "__main__":
+    main()
