@@ -31,7 +31,7 @@ import contextlib
 import math
 import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -697,13 +697,16 @@ def rotary_paths(model: nn.Module) -> list[str]:
     ]
 
 
+def _within(path: str, roots: Sequence[str]) -> bool:
+    """Whether ``path`` is one of ``roots`` or inside one."""
+    return any(path == r or path.startswith(r + ".") for r in roots)
+
+
 def matmul_paths(model: nn.Module) -> list[str]:
     """Paths whose batched matmuls (``bmm``, ``baddbmm``) are matmuls, not attention: the experts
     (:func:`expert_paths`) and the rotary tables (:func:`rotary_paths`)."""
     experts = expert_paths(model)
-    return experts + [
-        p for p in rotary_paths(model) if not any(p == e or p.startswith(e + ".") for e in experts)
-    ]
+    return experts + [p for p in rotary_paths(model) if not _within(p, experts)]
 
 
 ROTARY_RULE = "rotary embedding's positions x frequencies product (a batched matmul): matmul, not attention"
@@ -739,9 +742,6 @@ def categories_by_path(raw: dict[str, Counter], experts: list[str] = ()) -> dict
     """FLOPs by category per path; ``bmm`` inside the modules at ``experts`` (and its share in their
     ancestors) is a matmul: pass :func:`matmul_paths` (the experts and the rotary tables)."""
 
-    def inside(path: str) -> bool:
-        return any(path == e or path.startswith(e + ".") for e in experts)
-
     out = {}
     for path, ops in raw.items():
         cats = dict.fromkeys(CATEGORIES, 0)
@@ -749,7 +749,7 @@ def categories_by_path(raw: dict[str, Counter], experts: list[str] = ()) -> dict
             category = torch_category(op)
             if category is None:
                 raise RuntimeError(f"measured op {op!r} has no category in the op table (flopkit.flops.ops)")
-            cats["matmul" if op in _BATCHED_MATMULS and inside(path) else category] += value
+            cats["matmul" if op in _BATCHED_MATMULS and _within(path, experts) else category] += value
         for e in experts:  # an ancestor holds its experts' bmm among its own: move that share
             if e != path and (path == "" or e.startswith(path + ".")):
                 moved = sum(raw.get(e, {}).get(op, 0) for op in _BATCHED_MATMULS)
