@@ -72,7 +72,10 @@ DTYPE = torch.bfloat16
 # stays for the runs that used it); flopkit-two-ops is the default before it. flopkit-scale-kernel
 # folds ls2 into fc2 with kernels.scale_rows' Triton kernels instead of PyTorch's broadcast
 # multiply; flopkit-eager-kernels also builds the tokens with kernels.embed_tokens' (both opt-in
-# until a run shows the eager step wins).
+# until a run shows the eager step wins). flopkit-cublaslt runs the default model with PyTorch's
+# cuBLAS calls sent to cuBLASLt (torch.backends.cuda.preferred_blas_library, a process-wide
+# setting, set for the row and restored after it): the question is whether the GEMMs' memsets and
+# split-K reductions, 97 and 24 launches of an eager vit5-base step, go away.
 FLOPKIT_MODELS: dict[str, dict[str, bool | str]] = {
     "flopkit": {},
     "flopkit-two-ops": {"fused_qk_attention": False},
@@ -83,6 +86,7 @@ FLOPKIT_MODELS: dict[str, dict[str, bool | str]] = {
     "flopkit-unfolded": {},
     "flopkit-scale-kernel": {"scale_backend": "auto"},
     "flopkit-eager-kernels": {"scale_backend": "auto", "tokens_backend": "auto"},
+    "flopkit-cublaslt": {"blas": "cublaslt"},
 }
 MODELS = (*FLOPKIT_MODELS, "upstream")
 START = time.time()
@@ -124,7 +128,7 @@ def build_flopkit(
     model = ViT5.from_preset(preset).cuda().to(DTYPE)
     for m in model.modules():
         for name, value in (settings or {}).items():
-            if hasattr(m, name):
+            if name != "blas" and hasattr(m, name):
                 setattr(m, name, value)
     if unfolded:
         for block in model.blocks:
@@ -193,6 +197,23 @@ def build_upstream(preset: str, root: str) -> torch.nn.Module:
     return net.cuda().to(DTYPE)
 
 
+@contextlib.contextmanager
+def blas_backend(kind: str):
+    """Inside, PyTorch's GEMMs use the BLAS library of ``kind``'s row (its ``"blas"`` setting, e.g.
+    ``"cublaslt"``); the process-wide preference is restored on the way out. Rows without the
+    setting leave it alone."""
+    want = FLOPKIT_MODELS.get(kind, {}).get("blas")
+    if want is None:
+        yield
+        return
+    before = torch.backends.cuda.preferred_blas_library()
+    torch.backends.cuda.preferred_blas_library(want)
+    try:
+        yield
+    finally:
+        torch.backends.cuda.preferred_blas_library(before)
+
+
 def build_model(kind: str, preset: str, upstream: str | None) -> torch.nn.Module:
     """The model of a ``--models`` name (:data:`MODELS`): nvSubquadratic's from ``upstream``, or
     flopkit's with that row's settings."""
@@ -247,6 +268,11 @@ def compile_model(model, mode: str):
 def run_step_row(kind, preset, mode, args, peak_tflops) -> dict:
     batch = getattr(args, "batch", None) or BATCH[preset]
     row = {"model": kind, "preset": preset, "batch": batch, "mode": mode}
+    with blas_backend(kind):
+        return _step_row(row, kind, preset, mode, args, peak_tflops, batch)
+
+
+def _step_row(row, kind, preset, mode, args, peak_tflops, batch) -> dict:
     torch._dynamo.reset()
     torch.manual_seed(0)
     model = build_model(kind, preset, args.upstream)

@@ -117,6 +117,11 @@ def profile_step(
     """Kernels and timeline of ``steps`` profiled steps back to back (after 5 warm-up steps and a
     timed, unprofiled loop of as many: ``wall_ms`` per step, as ``bench_train.py`` times it, with the
     GPU's clock and power sampled during it: ``clocks``, :class:`Clocks`)."""
+    with bench_train.blas_backend(kind):
+        return _profile_step(kind, preset, batch, upstream, mode, steps)
+
+
+def _profile_step(kind: str, preset: str, batch: int, upstream: str | None, mode: str, steps: int) -> dict:
     torch._dynamo.reset()
     model = bench_train.build_model(kind, preset, upstream)
     step = bench_train.make_step(bench_train.compile_model(model, mode), kind, batch)

@@ -66,6 +66,29 @@ def test_eager_ops_bench_builds_the_models_inputs_and_its_check_can_fail():
     assert B.check_op(half, (weight, gamma), "torch")[2] > 0.4
 
 
+def test_blas_rows_set_the_preference_for_the_row_only_and_restore_it(monkeypatch):
+    """The ``flopkit-cublaslt`` row's process-wide BLAS preference (a fake setter here: a CPU build
+    refuses cuBLASLt) is set inside the row and put back after it, an exception included; other rows
+    leave it alone."""
+    from benchmarks import bench_train as B
+
+    state, calls = ["cublas"], []
+
+    def preferred(backend=None):
+        if backend is not None:
+            calls.append(backend)
+            state[0] = backend
+        return state[0]
+
+    monkeypatch.setattr(torch.backends.cuda, "preferred_blas_library", preferred)
+    with B.blas_backend("flopkit"):
+        assert state == ["cublas"]
+    with pytest.raises(KeyError), B.blas_backend("flopkit-cublaslt"):
+        assert state == ["cublaslt"]
+        raise KeyError
+    assert state == ["cublas"] and calls == ["cublaslt", "cublas"]
+
+
 def test_step_kernels_render_a_harness_record_and_a_gathered_one():
     from benchmarks import step_kernels as S
 
