@@ -53,6 +53,7 @@ from flopkit.kernels._sdpa_triton import (
     attention_ref,
     dense_last,
     empty_token_major,
+    head_rows,
     qk_norm_rope_attention_bwd,
     qk_norm_rope_attention_fwd,
     run_kernel,
@@ -132,6 +133,86 @@ def attention_bwd_atomic(do, q, k, v, o, lse, scale: float, *, tile: AttnTile = 
     return dq.copy_(dq32.transpose(1, 2)), dk, dv
 
 
+# One program per head in the transposed form (FlashAttention-2's dk/dv loop order): each key step
+# computes sᵀ = k qᵀ ([keys, rows]), so pᵀ and dsᵀ enter the dv and dk products as they are and only
+# dq's product takes a transpose (dsᵀ)ᵀ, where _attn_bwd_head transposes p and ds for dv and dk.
+# A candidate against the shipped kernel (the "head_t" sweep); not shipped unless it wins.
+@triton.jit
+def _head_t_keys(q, do, lse, delta, k_base, v_base, dk_base, dv_base, s_kt, s_vt, s_dkt, s_dvt,
+                 start, stop, T, qk_scale, scale, dq, d, STEP: tl.constexpr, MASKED: tl.constexpr):  # fmt: skip
+    for k0 in range(start, stop, STEP):
+        keys = k0 + tl.arange(0, STEP)
+        key_ok = keys < T
+        k = _tile(k_base, keys, s_kt, d, key_ok)
+        v = _tile(v_base, keys, s_vt, d, key_ok)
+        st = tl.dot(k, tl.trans(q)) * qk_scale  # [STEP, ROWS]
+        pt = tl.exp2(st - lse[None, :])
+        if MASKED:  # keys past T: their k is 0, so their logits are 0, not -inf
+            pt = tl.where(key_ok[:, None], pt, 0.0)
+        dpt = tl.dot(v, tl.trans(do))
+        dst = (pt * (dpt - delta[None, :])).to(q.dtype)
+        dv = tl.dot(pt.to(do.dtype), do)  # [STEP, D]
+        dk = tl.dot(dst, q)
+        dq = tl.dot(tl.trans(dst), k, dq)
+        tl.store(dk_base + keys[:, None] * s_dkt + d[None, :], (dk * scale).to(dk_base.dtype.element_ty),
+                 mask=key_ok[:, None])  # fmt: skip
+        tl.store(dv_base + keys[:, None] * s_dvt + d[None, :], dv.to(dv_base.dtype.element_ty),
+                 mask=key_ok[:, None])  # fmt: skip
+    return dq
+
+
+@triton.jit
+def _attn_bwd_head_t(
+    Q, K, V, O, DO, LSE, DQ, DK, DV,
+    s_qb, s_qh, s_qt, s_kb, s_kh, s_kt, s_vb, s_vh, s_vt, s_ob, s_oh, s_ot, s_gb, s_gh, s_gt,
+    s_dqb, s_dqh, s_dqt, s_dkb, s_dkh, s_dkt, s_dvb, s_dvh, s_dvt,
+    H, T, qk_scale, scale,
+    HEAD_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TAIL: tl.constexpr,
+    ROWS: tl.constexpr,
+):  # fmt: skip
+    """``_attn_bwd_head`` (one program per head, separate dq, dk and dv buffers) in the transposed
+    form above."""
+    qk_scale = tl.cast(qk_scale, tl.float32)
+    scale = tl.cast(scale, tl.float32)
+    bh = tl.program_id(0)
+    b, h = (bh // H).to(tl.int64), bh % H
+    rows = tl.arange(0, ROWS)
+    d = tl.arange(0, HEAD_D)
+    row_ok = rows < T
+    q = _tile(Q + b * s_qb + h * s_qh, rows, s_qt, d, row_ok)
+    do = _tile(DO + b * s_gb + h * s_gh, rows, s_gt, d, row_ok)
+    o = _tile(O + b * s_ob + h * s_oh, rows, s_ot, d, row_ok)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    lse = tl.load(LSE + bh.to(tl.int64) * T + rows, mask=row_ok, other=float("inf"))
+    dq = tl.zeros([ROWS, HEAD_D], tl.float32)
+    kv = (K + b * s_kb + h * s_kh, V + b * s_vb + h * s_vh)
+    grads = (DK + b * s_dkb + h * s_dkh, DV + b * s_dvb + h * s_dvh, s_kt, s_vt, s_dkt, s_dvt)
+    if TAIL:
+        full = T - T % BLOCK_N
+        dq = _head_t_keys(q, do, lse, delta, *kv, *grads, 0, full, T, qk_scale, scale, dq, d, BLOCK_N, False)
+        dq = _head_t_keys(q, do, lse, delta, *kv, *grads, full, T, T, qk_scale, scale, dq, d, TAIL, True)
+    else:
+        dq = _head_t_keys(q, do, lse, delta, *kv, *grads, 0, T, T, qk_scale, scale, dq, d, BLOCK_N, True)
+    dq_ptrs = DQ + b * s_dqb + h * s_dqh + rows[:, None] * s_dqt + d[None, :]
+    tl.store(dq_ptrs, (dq * scale).to(DQ.dtype.element_ty), mask=row_ok[:, None])
+
+
+def attention_bwd_head_t(do, q, k, v, o, lse, scale: float, *, tile: AttnTile = HEAD_TILE):
+    """:func:`attention_bwd`'s gradients from ``_attn_bwd_head_t``, into new ``[B, T, H, D]``
+    buffers (as ``[B, H, T, D]`` views). The head must fit ``tile`` (:func:`head_rows`)."""
+    do, q, k, v = dense_last(do), dense_last(q), dense_last(k), dense_last(v)
+    B, H, T_, D_ = q.shape
+    rows = head_rows(T_, D_, tile)
+    if not rows:
+        raise ValueError(f"attention_bwd_head_t: a {T_}-token head of dim {D_} does not fit {tile}")
+    dq, dk, dv = empty_token_major(q), empty_token_major(k), empty_token_major(v)
+    strides = (*strides_bht(q), *strides_bht(k), *strides_bht(v), *strides_bht(o), *strides_bht(do))
+    scalars = (*strides, *strides_bht(dq), *strides_bht(dk), *strides_bht(dv), H, T_, scale * LOG2E, scale)
+    tensors = (q, k, v, o, do, lse, dq, dk, dv)
+    run_kernel(launch, _attn_bwd_head_t, 1, B * H, tensors, scalars, D_, tile, ROWS=rows)
+    return dq, dk, dv
+
+
 def ms(fn) -> float:
     return device_ms(fn, warmup_ms=25, rep_ms=100)
 
@@ -193,6 +274,17 @@ SWEEP = {
         AttnTile(256, 32, 8, 2, 16),
         AttnTile(256, 32, 16, 2, 16),
     ],
+    # The transposed form (_attn_bwd_head_t): the shipped head tile and its neighbours; 128 keys a
+    # step give each warpgroup a 64-key half of sᵀ's rows.
+    "head_t": [
+        AttnTile(256, 64, 8, 1, 16),
+        AttnTile(256, 64, 8, 1, 0),
+        AttnTile(256, 64, 8, 2, 16),
+        AttnTile(256, 32, 8, 1, 16),
+        AttnTile(256, 32, 4, 1, 16),
+        AttnTile(256, 128, 8, 1, 16),
+        AttnTile(256, 64, 16, 1, 16),
+    ],
 }
 
 
@@ -207,17 +299,23 @@ def sweep(q, k, v, do, scale, kernels=tuple(SWEEP)) -> list[dict]:
         "dq": lambda t: attention_bwd(do, q, k, v, o, lse, scale, dq_tile=t, **two),
         "dkdv": lambda t: attention_bwd(do, q, k, v, o, lse, scale, dkdv_tile=t, **two),
         "head": lambda t: attention_bwd(do, q, k, v, o, lse, scale, head_tile=t),
+        "head_t": lambda t: attention_bwd_head_t(do, q, k, v, o, lse, scale, tile=t),
     }
+    shipped = attention_bwd(do, q, k, v, o, lse, scale)
     for kernel in kernels:
         for t in SWEEP[kernel]:
-            rows.append(_timed(kernel, t, lambda t=t, kernel=kernel: calls[kernel](t)))
+            rows.append(_timed(kernel, t, lambda t=t, kernel=kernel: calls[kernel](t), shipped))
     return rows
 
 
-def _timed(kernel: str, tile: AttnTile, fn) -> dict:
+def _timed(kernel: str, tile: AttnTile, fn, shipped=None) -> dict:
+    """A sweep row: ``fn``'s time, and where it is a backward (its result three tensors) and
+    ``shipped`` is given, the relative difference of its dq, dk and dv from ``shipped``'s."""
     row = {"kernel": kernel, "tile": list(tile)}
     try:
-        fn()
+        out = fn()
+        if shipped is not None and kernel not in ("forward",):
+            row["rel_vs_shipped"] = [rel(a, b) for a, b in zip(out, shipped, strict=True)]
         row["ms"] = ms(fn)
     except Exception as e:  # a tile that does not fit (shared memory, registers)
         row["error"] = repr(e)[:160]
@@ -401,9 +499,11 @@ def main() -> None:
         )
     if "sweep" in res:
         lines += ["", "Sweep at vit5-base b128 (ms; dq and dkdv rows time the whole backward):", "",
-                  "| kernel | tile | ms |", "|---|---|---:|"]  # fmt: skip
+                  "| kernel | tile | ms | dq, dk, dv against the shipped backward (rel.) |",
+                  "|---|---|---:|---|"]  # fmt: skip
         for r in res["sweep"]:
-            lines.append(f"| {r['kernel']} | {tuple(r['tile'])} | {r.get('ms', float('nan')):.4f} |")
+            diff = ", ".join(f"{e:.1e}" for e in r.get("rel_vs_shipped", ())) or r.get("error", "")
+            lines.append(f"| {r['kernel']} | {tuple(r['tile'])} | {r.get('ms', float('nan')):.4f} | {diff} |")
     write_results(args.out, "triton_attention", res, lines)
 
 
