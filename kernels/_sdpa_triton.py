@@ -81,7 +81,7 @@ DQ_TILE = AttnTile(64, 64, 4, 2, 0)
 """``_attn_bwd_dq``: a program's query rows, the keys per step."""
 DKDV_TILE = AttnTile(64, 64, 4, 1, 16)
 """``_attn_bwd_dkdv``: the query rows per step, a program's keys."""
-HEAD_TILE = AttnTile(256, 64, 8, 1, 16)
+HEAD_TILE = AttnTile(256, 64, 8, 1, 32)
 """``_attn_bwd_head``: the most query rows a program holds (a head's ``T``, rounded up to a power of
 two), the keys per step."""
 
