@@ -9,8 +9,10 @@ For vit5-base at batch 128 and vit5-small at batch 256 (bf16 weights, as ``bench
 the model): ``scale_rows(fc2.weight, ls2.gamma)`` (the LayerScale fold) and
 ``embed_tokens(patches, pos_embed, cls_token, reg_token)`` (the token sequence), each with
 ``backend="triton"`` and ``backend="torch"``: the forward, and forward + backward (the gradient of
-every input), as device time (CUDA-graph replays after an L2 flush) and as eager time
-(``triton.testing.do_bench``, which includes the host's launches where they exceed the flush).
+every input), as device time (CUDA-graph replays after an L2 flush), as eager time
+(``triton.testing.do_bench``, which includes the host's launches where they exceed the flush), and
+as host time: a loop of 200 eager calls, the time to issue them and the time until the device has
+also run them (``_harness.loop_us``, the smallest of 5 loops).
 Every row's output and gradients are checked against a float64 reference (the largest relative
 error of any of them). The step-level A/B is ``bench_train --models flopkit,flopkit-eager-kernels``;
 this isolates the ops, whose difference is smaller than a step's spread. Writes
@@ -27,7 +29,7 @@ from collections.abc import Callable
 import flopkit.kernels as K
 import torch
 
-from benchmarks._harness import ResultWriter, device_ms, graph_ms, out_default, run_roofs
+from benchmarks._harness import ResultWriter, device_ms, graph_ms, loop_us, out_default, run_roofs
 from flopkit.nn import ViT5
 
 PRESETS = (("vit5-base", 128), ("vit5-small", 256))
@@ -89,10 +91,13 @@ def time_op(call, inputs, backend: str) -> dict:
     def fwd_bwd():
         torch.autograd.grad(call(backend, *leaves), leaves, grad)
 
+    host_us, loop_wall_us = loop_us(fwd_bwd, 200, warmup=20)
     return {
         "fwd_us": graph_ms(fwd) * 1e3,
         "fwd_bwd_us": graph_ms(fwd_bwd) * 1e3,
         "eager_fwd_bwd_us": device_ms(fwd_bwd, warmup_ms=10, rep_ms=50) * 1e3,
+        "host_fwd_bwd_us": host_us,
+        "loop_fwd_bwd_us": loop_wall_us,
         "max_rel_err": err,
     }
 
@@ -100,19 +105,23 @@ def time_op(call, inputs, backend: str) -> dict:
 def table(rows: list[dict]) -> list[str]:
     lines = [
         "Device time: CUDA-graph replays after an L2 flush (median of 25); eager: triton.testing.do_bench "
-        "median (host launches included where they exceed the flush). Error: the largest relative error "
+        "median (host launches included where they exceed the flush); host and loop: a loop of 200 eager "
+        "calls, the time to issue one and the time until the device has run it (the smallest of 5 loops; "
+        "rows of runs before these columns leave them empty). Error: the largest relative error "
         "of the output and every gradient against float64.",
         "",
-        "| op | preset | backend | fwd us | fwd+bwd us | eager fwd+bwd us | Triton / torch fwd+bwd | max rel. error |",
-        "|---|---|---|---:|---:|---:|---:|---:|",
+        "| op | preset | backend | fwd us | fwd+bwd us | eager fwd+bwd us | host fwd+bwd us | loop fwd+bwd us "
+        "| Triton / torch fwd+bwd | max rel. error |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     by = {(r["op"], r["preset"], r["backend"]): r for r in rows}
     for r in rows:
         base = by.get((r["op"], r["preset"], "torch"))
         ratio = f"{r['fwd_bwd_us'] / base['fwd_bwd_us']:.2f}" if base and r["backend"] == "triton" else ""
+        host = "".join(f"| {r[k]:.1f} " if k in r else "| " for k in ("host_fwd_bwd_us", "loop_fwd_bwd_us"))
         lines.append(
             f"| {r['op']} | {r['preset']} b{r['batch']} | {r['backend']} | {r['fwd_us']:.1f} "
-            f"| {r['fwd_bwd_us']:.1f} | {r['eager_fwd_bwd_us']:.1f} | {ratio} | {r['max_rel_err']:.1e} |"
+            f"| {r['fwd_bwd_us']:.1f} | {r['eager_fwd_bwd_us']:.1f} {host}| {ratio} | {r['max_rel_err']:.1e} |"
         )
     return lines
 

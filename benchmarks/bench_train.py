@@ -57,7 +57,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from benchmarks._harness import ResultWriter, import_from_source, median, out_default, run_roofs
+from benchmarks._harness import ResultWriter, import_from_source, loop_us, median, out_default, run_roofs
 from benchmarks.bench_norms import peers
 from flopkit import kernels
 from flopkit.nn import ViT5
@@ -317,25 +317,6 @@ def _empty_kernel(X, N, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     tl.store(X + offs, tl.load(X + offs, mask=offs < N), mask=offs < N)
-
-
-def loop_us(fn, calls: int, warmup: int, repeats: int = 5) -> tuple[float, float]:
-    """``(host, wall)`` µs per call of a loop of ``calls`` calls of ``fn()`` after ``warmup``: the time
-    to issue them, and the time until the device has also finished them. The loop runs ``repeats``
-    times and each number is the smallest: other work on a shared host only ever adds time."""
-    for _ in range(warmup):
-        fn()
-    best_host = best_wall = float("inf")
-    for _ in range(repeats):
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        host = (time.perf_counter() - t0) / calls * 1e6
-        torch.cuda.synchronize()
-        best_host = min(best_host, host)
-        best_wall = min(best_wall, (time.perf_counter() - t0) / calls * 1e6)
-    return best_host, best_wall
 
 
 def host_row(name: str, fn, grads=None, calls: int = 200) -> dict:

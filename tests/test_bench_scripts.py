@@ -66,6 +66,22 @@ def test_eager_ops_bench_builds_the_models_inputs_and_its_check_can_fail():
     assert B.check_op(half, (weight, gamma), "torch")[2] > 0.4
 
 
+def test_eager_ops_table_renders_the_stored_run_and_the_host_columns():
+    """The stored run (before the host columns: their cells empty) and a row with them render with
+    as many cells as the header has columns."""
+    from benchmarks import bench_eager_ops as B
+
+    record = json.loads((ROOT / "benchmarks" / "results" / "bench_eager_ops_h100.json").read_text())
+    rows = record["runs"]["eager-ops_2026-12-07"]["rows"]
+    new = dict(rows[0], host_fwd_bwd_us=123.45, loop_fwd_bwd_us=130.0)
+    lines = B.table([*rows, new])
+    header = next(line for line in lines if line.startswith("| op |"))
+    table = [line for line in lines if line.startswith("| ") and line is not header]
+    assert len(table) == len(rows) + 1
+    assert {line.count("|") for line in table} == {header.count("|")}
+    assert "| 317.3 | | |" in table[0] and "| 123.5 | 130.0 |" in table[-1]
+
+
 def test_blas_rows_set_the_preference_for_the_row_only_and_restore_it(monkeypatch):
     """The ``flopkit-cublaslt`` row's process-wide BLAS preference (a fake setter here: a CPU build
     refuses cuBLASLt) is set inside the row and put back after it, an exception included; other rows
