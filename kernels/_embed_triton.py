@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import launch
+from ._launch import cdiv, launch
 
 __all__ = ["embed_tokens_forward", "embed_tokens_backward"]
 
@@ -110,7 +110,7 @@ def _launch_rows(
         "BLOCK_B": BLOCK_B,
         "BLOCK_C": BLOCK_C,
     }
-    run(kernel, (T, triton.cdiv(C, BLOCK_C)), args, meta | {"num_warps": 4}, 5)
+    run(kernel, (T, cdiv(C, BLOCK_C)), args, meta | {"num_warps": 4}, 5)
 
 
 def embed_tokens_forward(

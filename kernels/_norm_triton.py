@@ -30,7 +30,18 @@ import triton
 import triton.language as tl
 
 from ._dispatch import device_arch, num_sms
-from ._launch import TUNED_ARCH, Plan, Tile, cached_plan, launch, partials, pick_tile, program_count
+from ._launch import (
+    TUNED_ARCH,
+    Plan,
+    Tile,
+    cached_plan,
+    cdiv,
+    launch,
+    next_power_of_2,
+    partials,
+    pick_tile,
+    program_count,
+)
 from ._reference import residual_dtype
 
 __all__ = [
@@ -631,10 +642,10 @@ def sum_partials_plan(rows: int, cols: int, two: bool, tile: tuple[int, int, int
     widest, elems, warps = tile or SUM_TILE.config
     if tile is None and cols > SUM_WIDE_COLS:
         widest = max(widest, 16)
-    block_n = min(triton.next_power_of_2(max(cols, 1)), widest)
+    block_n = min(next_power_of_2(max(cols, 1)), widest)
     return Plan(
         _sum_partials_kernel,
-        (triton.cdiv(cols, block_n),),
+        (cdiv(cols, block_n),),
         (rows, cols),
         dict(HAS_B=two, BLOCK_R=max(1, elems // block_n), BLOCK_N=block_n, num_warps=warps),
         False,
@@ -692,8 +703,8 @@ def empty_grad(like: torch.Tensor | None, shape: tuple, dtype: torch.dtype, x: t
 
 def _plan_forward(x, residual, has_w, has_b, has_s, eps, H, D, layer, per_head_weight, config):
     """Plan :func:`norm_forward`; returns ``(plan, x_rows, residual_rows)`` (tensors to launch on)."""
-    block_d = triton.next_power_of_2(D)
-    block_h = triton.next_power_of_2(H) if per_head_weight else 1
+    block_d = next_power_of_2(D)
+    block_h = next_power_of_2(H) if per_head_weight else 1
     fused = block_h * block_d <= FUSED_MAX_FWD
     rows = _rows_view(x, H, D, _row_mode(per_head_weight, fused))
     res = _rows_view(residual, H, D, "rows") if residual is not None else None
@@ -709,7 +720,7 @@ def _plan_forward(x, residual, has_w, has_b, has_s, eps, H, D, layer, per_head_w
         block_t = max(1, elems // width)
         plan = Plan(
             _norm_fwd_kernel,
-            (triton.cdiv(rows.n_tok, block_t),),
+            (cdiv(rows.n_tok, block_t),),
             (rows.n_tok, rows.HF, rows.NH, D, rows.s_o, rows.s_f, rows.s_h, *res_strides, sw, eps),
             dict(
                 BLOCK_T=block_t, BLOCK_H=block_h, BLOCK_D=block_d, FOLD=rows.HF > 1, **flags, num_warps=warps
@@ -804,8 +815,8 @@ def _plan_backward(
     prefetch=None,
 ):
     """Plan :func:`norm_backward`; returns ``(plan, x_rows)``."""
-    block_d = triton.next_power_of_2(D)
-    block_h = triton.next_power_of_2(H) if per_head_weight else 1
+    block_d = next_power_of_2(D)
+    block_h = next_power_of_2(H) if per_head_weight else 1
     fused = block_h * block_d <= FUSED_MAX_BWD
     rows = _rows_view(x, H, D, _row_mode(per_head_weight, fused))
     budget = num_sms(x.device)
@@ -824,7 +835,7 @@ def _plan_backward(
         prefetch = tiled if prefetch is None else prefetch
         elems, warps = config or (elems, warps)
         block_t = max(1, elems // width)
-        n_blocks = triton.cdiv(rows.n_tok, block_t)
+        n_blocks = cdiv(rows.n_tok, block_t)
         P = program_count(n_blocks, budget * (programs_per_sm or per_sm))
         plan = Plan(
             _norm_bwd_kernel,

@@ -30,7 +30,17 @@ import triton
 import triton.language as tl
 
 from ._dispatch import num_sms
-from ._launch import TUNED_ARCH, Plan, Tile, cached_plan, launch, partials, program_count
+from ._launch import (
+    TUNED_ARCH,
+    Plan,
+    Tile,
+    cached_plan,
+    cdiv,
+    launch,
+    next_power_of_2,
+    partials,
+    program_count,
+)
 from ._norm_triton import Runner, empty_grad, sum_partials
 
 __all__ = ["qk_norm_rope_fwd", "qk_norm_rope_bwd"]
@@ -288,7 +298,7 @@ ACC_DTYPE = tl.float32
 
 
 def _block_d(head_dim: int) -> int:
-    return triton.next_power_of_2(head_dim)
+    return next_power_of_2(head_dim)
 
 
 def _weight_head_stride(w: torch.Tensor | None) -> int:
@@ -317,7 +327,7 @@ def _plan_fwd(
     table_evict, partner_evict = _evict(evict_hints)
     plan = Plan(
         _qk_norm_rope_fwd_kernel,
-        (triton.cdiv(rows, block_t) * num_heads,),
+        (cdiv(rows, block_t) * num_heads,),
         (
             rows, T, num_heads,
             *qkv.stride(), *cos.stride(), *sin.stride(),
@@ -415,12 +425,12 @@ def _plan_bwd(
     rows = B * T
     has_qw, has_kw = norm and q_weight is not None, norm and k_weight is not None
     block_t = block_t or max(1, BWD_TILE_ELEMS // _block_d(D))
-    n_tiles = torch.sym_max(1, triton.cdiv(rows, block_t))
+    n_tiles = torch.sym_max(1, cdiv(rows, block_t))
     chunks = program_count(n_tiles, (num_programs or _program_count_hint(qkv.device)) // num_heads)
-    tiles_per_prog = triton.cdiv(n_tiles, chunks)
+    tiles_per_prog = cdiv(n_tiles, chunks)
     # No more programs than the tiles need; program_count (a no-op on the value) lets a symbolic
     # count be known positive, so the partials' allocation asks nothing of the batch.
-    chunks = program_count(triton.cdiv(n_tiles, tiles_per_prog), chunks)
+    chunks = program_count(cdiv(n_tiles, tiles_per_prog), chunks)
     dv_t = dv if dv is not None else dq
     table_evict, partner_evict = _evict(evict_hints)
     plan = Plan(

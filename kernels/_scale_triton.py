@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import launch
+from ._launch import cdiv, launch, next_power_of_2
 
 __all__ = ["scale_rows_forward", "scale_rows_backward", "BLOCK_K"]
 
@@ -65,7 +65,7 @@ def _scale_rows_bwd_kernel(
 
 
 def _block_k(K: int) -> int:
-    return max(16, min(BLOCK_K, triton.next_power_of_2(K)))
+    return max(16, min(BLOCK_K, next_power_of_2(K)))
 
 
 def scale_rows_forward(weight: torch.Tensor, scale: torch.Tensor, *, run=launch) -> torch.Tensor:
@@ -76,7 +76,7 @@ def scale_rows_forward(weight: torch.Tensor, scale: torch.Tensor, *, run=launch)
     if out.numel() == 0:
         return out
     bk = _block_k(K)
-    grid = (triton.cdiv(R, _ROWS_FWD), triton.cdiv(K, bk))
+    grid = (cdiv(R, _ROWS_FWD), cdiv(K, bk))
     args = (weight, scale, out, R, K, *weight.stride(), scale.stride(0), out.stride(0))
     run(_scale_rows_fwd_kernel, grid, args, {"BLOCK_R": _ROWS_FWD, "BLOCK_K": bk, "num_warps": 4}, 3)
     return out

@@ -42,7 +42,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import launch
+from ._launch import cdiv, launch, next_power_of_2
 from ._rope_triton import qk_norm_rope_bwd, qk_norm_rope_fwd, qkv_heads
 
 __all__ = [
@@ -446,7 +446,7 @@ def head_rows(T: int, head_dim: int, tile: AttnTile | None) -> int:
     specialising it)."""
     if tile is None or head_dim > 64 or not isinstance(T, int):
         return 0
-    rows = max(16, triton.next_power_of_2(T))
+    rows = max(16, next_power_of_2(T))
     return rows if rows <= tile.block_m else 0
 
 
@@ -491,7 +491,7 @@ def attention_fwd(
     if o.numel() == 0:
         return o, lse
     scalars = (*strides_bht(q), *strides_bht(k), *strides_bht(v), *strides_bht(o), H, T, scale * LOG2E)
-    run_kernel(run, _attn_fwd, triton.cdiv(T, bm), B * H, (q, k, v, o, lse), scalars, D, tile)
+    run_kernel(run, _attn_fwd, cdiv(T, bm), B * H, (q, k, v, o, lse), scalars, D, tile)
     return o, lse
 
 
@@ -562,11 +562,11 @@ def attention_bwd(
     delta = torch.empty((B, H, T), device=q.device, dtype=torch.float32)
     scalars = (*strides, *strides_bht(o), *strides_bht(do), *strides_bht(dq), offsets[0], *tail)
     tensors = (q, k, v, o, do, lse, delta, buffers[0])
-    run_kernel(run, _attn_bwd_dq, triton.cdiv(T, dq_tile.block_m), B * H, tensors, scalars, D, dq_tile)
+    run_kernel(run, _attn_bwd_dq, cdiv(T, dq_tile.block_m), B * H, tensors, scalars, D, dq_tile)
     scalars = (*strides, *strides_bht(do), *strides_bht(dk), *strides_bht(dv), *offsets[1:], *tail)
     # Packed: DV is a placeholder (the kernel addresses dv in DK), so the buffer is passed once.
     tensors = (q, k, v, do, lse, delta, buffers[1], lse if out is not None else buffers[2])
-    blocks = triton.cdiv(T, dkdv_tile.block_n)
+    blocks = cdiv(T, dkdv_tile.block_n)
     run_kernel(run, _attn_bwd_dkdv, blocks, B * H, tensors, scalars, D, dkdv_tile, PACKED=out is not None)
     return dq, dk, dv
 

@@ -150,3 +150,18 @@ def test_traced_or_accumulating_partials_are_fresh():
     assert all(p.count_nonzero() == 0 for p in z)  # a kernel that accumulates needs zeros
     z[0].fill_(1)
     assert _launch.partials(plan, True, like, True, True, reusable=False)[0].count_nonzero() == 0
+
+
+def test_host_cdiv_and_next_power_of_2_are_tritons():
+    """The launchers' plain-Python ``cdiv`` and ``next_power_of_2`` give Triton's values (every
+    ``n`` up to 5000 and a few large ones), and a symbolic ``cdiv`` stays symbolic."""
+    import triton
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
+
+    for n in [*range(0, 5001), 2**20 - 1, 2**20, 2**20 + 1, 10**9]:
+        assert _launch.next_power_of_2(n) == triton.next_power_of_2(n), n
+        for y in (1, 3, 16, 64, 1024):
+            assert _launch.cdiv(n, y) == triton.cdiv(n, y), (n, y)
+    env = ShapeEnv()
+    rows = env.create_unbacked_symint()
+    assert isinstance(_launch.cdiv(rows, 32), torch.SymInt)
