@@ -46,6 +46,7 @@ from flopkit.kernels._sdpa_triton import (
     HEAD_TILE,
     LOG2E,
     AttnTile,
+    _head_rows_in,
     _program,
     _tile,
     attention_bwd,
@@ -174,16 +175,9 @@ def _attn_bwd_head_t(
     form above."""
     qk_scale = tl.cast(qk_scale, tl.float32)
     scale = tl.cast(scale, tl.float32)
-    bh = tl.program_id(0)
-    b, h = (bh // H).to(tl.int64), bh % H
-    rows = tl.arange(0, ROWS)
-    d = tl.arange(0, HEAD_D)
-    row_ok = rows < T
-    q = _tile(Q + b * s_qb + h * s_qh, rows, s_qt, d, row_ok)
-    do = _tile(DO + b * s_gb + h * s_gh, rows, s_gt, d, row_ok)
-    o = _tile(O + b * s_ob + h * s_oh, rows, s_ot, d, row_ok)
-    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
-    lse = tl.load(LSE + bh.to(tl.int64) * T + rows, mask=row_ok, other=float("inf"))
+    b, h, rows, d, row_ok, q, do, delta, lse = _head_rows_in(
+        Q, O, DO, LSE, s_qb, s_qh, s_qt, s_ob, s_oh, s_ot, s_gb, s_gh, s_gt, H, T, HEAD_D, ROWS
+    )
     dq = tl.zeros([ROWS, HEAD_D], tl.float32)
     kv = (K + b * s_kb + h * s_kh, V + b * s_vb + h * s_vh)
     grads = (DK + b * s_dkb + h * s_dkh, DV + b * s_dvb + h * s_dvh, s_kt, s_vt, s_dkt, s_dvt)

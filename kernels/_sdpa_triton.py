@@ -397,6 +397,27 @@ def _head_keys(q, do, lse, delta, k_base, v_base, dk_base, dv_base, s_kt, s_vt, 
 
 
 @triton.jit
+def _head_rows_in(Q, O, DO, LSE, s_qb, s_qh, s_qt, s_ob, s_oh, s_ot, s_gb, s_gh, s_gt, H, T,
+                  HEAD_D: tl.constexpr, ROWS: tl.constexpr):  # fmt: skip
+    """What a program of one head holds for its whole backward: ``(b, h)`` (``b`` in int64), its
+    ``ROWS`` row indices, the head-dimension indices, the rows' mask, and ``q``, ``do``,
+    ``delta = rowsum(o * do)`` (fp32) and ``lse`` for every row (shared by ``_attn_bwd_head`` and the
+    benchmark's transposed form)."""
+    bh = tl.program_id(0)
+    b, h = (bh // H).to(tl.int64), bh % H
+    rows = tl.arange(0, ROWS)
+    d = tl.arange(0, HEAD_D)
+    row_ok = rows < T
+    q = _tile(Q + b * s_qb + h * s_qh, rows, s_qt, d, row_ok)
+    do = _tile(DO + b * s_gb + h * s_gh, rows, s_gt, d, row_ok)
+    o = _tile(O + b * s_ob + h * s_oh, rows, s_ot, d, row_ok)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    # Rows past T get lse = +inf, so their p is exactly 0 (their q and do are 0 as well).
+    lse = tl.load(LSE + bh.to(tl.int64) * T + rows, mask=row_ok, other=float("inf"))
+    return b, h, rows, d, row_ok, q, do, delta, lse
+
+
+@triton.jit
 def _attn_bwd_head(
     Q, K, V, O, DO, LSE, DQ, DK, DV,
     s_qb, s_qh, s_qt, s_kb, s_kh, s_kt, s_vb, s_vh, s_vt, s_ob, s_oh, s_ot, s_gb, s_gh, s_gt,
@@ -412,17 +433,9 @@ def _attn_bwd_head(
     # attention_bwd).
     qk_scale = tl.cast(qk_scale, tl.float32)  # as in _attn_fwd
     scale = tl.cast(scale, tl.float32)
-    bh = tl.program_id(0)
-    b, h = (bh // H).to(tl.int64), bh % H
-    rows = tl.arange(0, ROWS)
-    d = tl.arange(0, HEAD_D)
-    row_ok = rows < T
-    q = _tile(Q + b * s_qb + h * s_qh, rows, s_qt, d, row_ok)
-    do = _tile(DO + b * s_gb + h * s_gh, rows, s_gt, d, row_ok)
-    o = _tile(O + b * s_ob + h * s_oh, rows, s_ot, d, row_ok)
-    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
-    # Rows past T get lse = +inf, so their p is exactly 0 (their q and do are 0 as well).
-    lse = tl.load(LSE + bh.to(tl.int64) * T + rows, mask=row_ok, other=float("inf"))
+    b, h, rows, d, row_ok, q, do, delta, lse = _head_rows_in(
+        Q, O, DO, LSE, s_qb, s_qh, s_qt, s_ob, s_oh, s_ot, s_gb, s_gh, s_gt, H, T, HEAD_D, ROWS
+    )
     dq = tl.zeros([ROWS, HEAD_D], tl.float32)
     kv = (K + b * s_kb + h * s_kh, V + b * s_vb + h * s_vh)
     dk_base = (DQ if PACKED else DK) + dk_off + b * s_dkb + h * s_dkh
