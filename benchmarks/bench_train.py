@@ -75,7 +75,8 @@ DTYPE = torch.bfloat16
 # until a run shows the eager step wins). flopkit-cublaslt runs the default model with PyTorch's
 # cuBLAS calls sent to cuBLASLt (torch.backends.cuda.preferred_blas_library, a process-wide
 # setting, set for the row and restored after it): the question is whether the GEMMs' memsets and
-# split-K reductions, 97 and 24 launches of an eager vit5-base step, go away.
+# split-K reductions, 97 and 37 launches of an eager vit5-base step, go away (run L in
+# docs/benchmarks.md: the reductions go, the memsets stay, and the step gains nothing).
 FLOPKIT_MODELS: dict[str, dict[str, bool | str]] = {
     "flopkit": {},
     "flopkit-two-ops": {"fused_qk_attention": False},
