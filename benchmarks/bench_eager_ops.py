@@ -12,7 +12,9 @@ the model): ``scale_rows(fc2.weight, ls2.gamma)`` (the LayerScale fold) and
 every input), as device time (CUDA-graph replays after an L2 flush), as eager time
 (``triton.testing.do_bench``, which includes the host's launches where they exceed the flush), and
 as host time: a loop of 200 eager calls, the time to issue them and the time until the device has
-also run them (``_harness.loop_us``, the smallest of 5 loops).
+also run them (``_harness.loop_us``, the smallest of 5 loops). ``--profile`` adds, per row, the
+Python functions that take the host's time in eager forward + backward calls (``cProfile``, the
+costliest by own time), to find where a path's host cost goes.
 Every row's output and gradients are checked against a float64 reference (the largest relative
 error of any of them). The step-level A/B is ``bench_train --models flopkit,flopkit-eager-kernels``;
 this isolates the ops, whose difference is smaller than a step's spread. Writes
@@ -24,6 +26,7 @@ this isolates the ops, whose difference is smaller than a step's spread. Writes
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable
 
 import flopkit.kernels as K
@@ -82,7 +85,7 @@ def check_op(call, inputs, backend: str) -> tuple[list[torch.Tensor], torch.Tens
     return leaves, grad, err
 
 
-def time_op(call, inputs, backend: str) -> dict:
+def time_op(call, inputs, backend: str, profile: bool = False) -> dict:
     leaves, grad, err = check_op(call, inputs, backend)
 
     def fwd():
@@ -92,7 +95,8 @@ def time_op(call, inputs, backend: str) -> dict:
         torch.autograd.grad(call(backend, *leaves), leaves, grad)
 
     host_us, loop_wall_us = loop_us(fwd_bwd, 200, warmup=20)
-    return {
+    extra = {"host_profile": host_profile(fwd_bwd)} if profile else {}
+    return extra | {
         "fwd_us": graph_ms(fwd) * 1e3,
         "fwd_bwd_us": graph_ms(fwd_bwd) * 1e3,
         "eager_fwd_bwd_us": device_ms(fwd_bwd, warmup_ms=10, rep_ms=50) * 1e3,
@@ -100,6 +104,57 @@ def time_op(call, inputs, backend: str) -> dict:
         "loop_fwd_bwd_us": loop_wall_us,
         "max_rel_err": err,
     }
+
+
+def host_profile(fn: Callable[[], object], calls: int = 200, top: int = 12) -> list[dict]:
+    """The ``top`` Python functions by own time over ``calls`` calls of ``fn`` under ``cProfile``
+    (after 10 calls unprofiled): each as ``{"function", "calls_per_call", "own_us", "total_us"}``,
+    times per call of ``fn`` (the profiler's own overhead included: compare rows with each other,
+    not with the loop's host time)."""
+    import cProfile
+    import pstats
+
+    for _ in range(10):
+        fn()
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(calls):
+        fn()
+    prof.disable()
+    stats = pstats.Stats(
+        prof
+    ).stats  # {(file, line, name): (calls, primitive calls, own s, total s, callers)}
+    rows = [
+        {
+            "function": f"{name} ({os.path.basename(file)}:{line})" if line else name,
+            "calls_per_call": ncalls / calls,
+            "own_us": own / calls * 1e6,
+            "total_us": total / calls * 1e6,
+        }
+        for (file, line, name), (ncalls, _, own, total, _) in stats.items()
+    ]
+    return sorted(rows, key=lambda r: -r["own_us"])[:top]
+
+
+def profile_lines(rows: list[dict]) -> list[str]:
+    """A table per row that has a host profile."""
+    lines = []
+    for r in rows:
+        if "host_profile" not in r:
+            continue
+        lines += [
+            "",
+            f"Host profile, {r['op']} {r['preset']} b{r['batch']} {r['backend']}, eager forward + backward "
+            "(cProfile, µs per call, profiler overhead included):",
+            "",
+            "| function | calls | own µs | total µs |",
+            "|---|---:|---:|---:|",
+        ]
+        lines += [
+            f"| `{p['function']}` | {p['calls_per_call']:g} | {p['own_us']:.1f} | {p['total_us']:.1f} |"
+            for p in r["host_profile"]
+        ]
+    return lines
 
 
 def table(rows: list[dict]) -> list[str]:
@@ -123,12 +178,13 @@ def table(rows: list[dict]) -> list[str]:
             f"| {r['op']} | {r['preset']} b{r['batch']} | {r['backend']} | {r['fwd_us']:.1f} "
             f"| {r['fwd_bwd_us']:.1f} | {r['eager_fwd_bwd_us']:.1f} {host}| {ratio} | {r['max_rel_err']:.1e} |"
         )
-    return lines
+    return lines + profile_lines(rows)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=out_default())
+    ap.add_argument("--profile", action="store_true", help="add each row's host profile (cProfile)")
     args = ap.parse_args()
     writer = ResultWriter(args.out, "bench_eager_ops", roofs=run_roofs())
     rows: list[dict] = []
@@ -136,7 +192,7 @@ def main() -> None:
         for op, (call, inputs) in op_inputs(preset, batch).items():
             for backend in ("triton", "torch"):
                 row = {"op": op, "preset": preset, "batch": batch, "backend": backend}
-                row.update(time_op(call, inputs, backend))
+                row.update(time_op(call, inputs, backend, profile=args.profile))
                 rows.append(row)
                 print(row, flush=True)
                 writer.save({"rows": rows})

@@ -82,6 +82,29 @@ def test_eager_ops_table_renders_the_stored_run_and_the_host_columns():
     assert "| 317.3 | | |" in table[0] and "| 123.5 | 130.0 |" in table[-1]
 
 
+def _busy(n: int) -> int:
+    return sum(i * i for i in range(n))
+
+
+def test_eager_ops_host_profile_finds_the_costly_function_and_renders():
+    """``--profile``'s table: the function that takes the time tops it, with its calls per call."""
+    from benchmarks import bench_eager_ops as B
+
+    def fn():
+        _busy(20_000)
+        _busy(20_000)
+        return len("x")
+
+    prof = B.host_profile(fn, calls=20, top=3)
+    assert prof[0]["function"].startswith("<genexpr>") or prof[0]["function"].startswith("_busy")
+    busy = next(p for p in prof if p["function"].startswith("_busy"))
+    assert busy["calls_per_call"] == 2 and busy["total_us"] > busy["own_us"] >= 0
+    row = {"op": "scale_rows", "preset": "vit5-base", "batch": 128, "backend": "triton", "host_profile": prof}
+    lines = B.profile_lines([row, {"op": "scale_rows"}])
+    assert lines[1].startswith("Host profile, scale_rows vit5-base b128 triton")
+    assert sum(line.startswith("| `") for line in lines) == len(prof)
+
+
 def test_blas_rows_set_the_preference_for_the_row_only_and_restore_it(monkeypatch):
     """The ``flopkit-cublaslt`` row's process-wide BLAS preference (a fake setter here: a CPU build
     refuses cuBLASLt) is set inside the row and put back after it, an exception included; other rows
