@@ -1,5 +1,5 @@
 """flopkit's Triton attention (``kernels/_sdpa_triton.py``) against a float64 softmax attention
-written here, forward and backward (both backward variants), at small shapes.
+written here, forward and backward (every backward form: VARIANTS), at small shapes.
 
 On a machine without a GPU the kernels run in Triton's CPU interpreter (conftest.py). Triton 3.9's
 interpreter computes ``tl.dot`` on bfloat16 tiles wrongly (values of order 1e9 for a product of
