@@ -121,9 +121,8 @@ def host_profile(fn: Callable[[], object], calls: int = 200, top: int = 12) -> l
     for _ in range(calls):
         fn()
     prof.disable()
-    stats = pstats.Stats(
-        prof
-    ).stats  # {(file, line, name): (calls, primitive calls, own s, total s, callers)}
+    # {(file, line, name): (calls, primitive calls, own s, total s, callers)}
+    stats = pstats.Stats(prof).stats
     rows = [
         {
             "function": f"{name} ({os.path.basename(file)}:{line})" if line else name,

@@ -432,7 +432,7 @@ def step_sum_shapes(preset: str, batch: int) -> dict[tuple[int, int, bool], int]
 
 
 def sums(results):
-    rows = []
+    rows = results["sums"] = []  # filled in place: each save writes the rows so far
     for preset, batch in SUM_PRESETS:
         for (R, N, two), launches in sorted(step_sum_shapes(preset, batch).items()):
             g = torch.Generator(device="cuda").manual_seed(R * N)
@@ -456,7 +456,6 @@ def sums(results):
                 times[str(tuple(tile))] = graph_ms(fn, replays=15, hot_calls=100) * 1e3
             rec["us"] = times
             rows.append(rec)
-            results["sums"] = rows
             save(results)
             best = min(times, key=times.get)
             print(
@@ -464,7 +463,6 @@ def sums(results):
                 f"{times[str(tuple(tk.SUM_TILE.config))]:.2f} us, best {best} {times[best]:.2f} us",
                 flush=True,
             )
-    results["sums"] = rows
 
 
 def sums_table(results) -> list[str]:

@@ -87,8 +87,10 @@ FLOPKIT_MODELS: dict[str, dict[str, bool | str]] = {
     "flopkit-unfolded": {},
     "flopkit-scale-kernel": {"scale_backend": "auto"},
     "flopkit-eager-kernels": {"scale_backend": "auto", "tokens_backend": "auto"},
-    "flopkit-cublaslt": {"blas": "cublaslt"},
+    "flopkit-cublaslt": {},
 }
+# Rows that run with another BLAS library for PyTorch's GEMMs (blas_backend), by row.
+BLAS = {"flopkit-cublaslt": "cublaslt"}
 MODELS = (*FLOPKIT_MODELS, "upstream")
 START = time.time()
 
@@ -129,7 +131,7 @@ def build_flopkit(
     model = ViT5.from_preset(preset).cuda().to(DTYPE)
     for m in model.modules():
         for name, value in (settings or {}).items():
-            if name != "blas" and hasattr(m, name):
+            if hasattr(m, name):
                 setattr(m, name, value)
     if unfolded:
         for block in model.blocks:
@@ -200,10 +202,10 @@ def build_upstream(preset: str, root: str) -> torch.nn.Module:
 
 @contextlib.contextmanager
 def blas_backend(kind: str):
-    """Inside, PyTorch's GEMMs use the BLAS library of ``kind``'s row (its ``"blas"`` setting, e.g.
-    ``"cublaslt"``); the process-wide preference is restored on the way out. Rows without the
-    setting leave it alone."""
-    want = FLOPKIT_MODELS.get(kind, {}).get("blas")
+    """Inside, PyTorch's GEMMs use the BLAS library of ``kind``'s row (:data:`BLAS`, e.g.
+    ``"cublaslt"``); the process-wide preference is restored on the way out. Rows without one
+    leave it alone."""
+    want = BLAS.get(kind)
     if want is None:
         yield
         return
