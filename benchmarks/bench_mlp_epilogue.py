@@ -62,10 +62,14 @@ SWEEP = [
 ]
 # The kernel each linear_gelu_* call launches and its tiles, per direction: the sweeps set them to
 # their best before the timed rows.
+# A tile may carry an eighth field, the epilogue's SUBTILE (1 or 2; Triton 3.6 fails to compile 2
+# under warp specialization); "tma-ws" tiles' num_warps is each consumer warp group's (the kernel
+# runs 3 x num_warps warps: a producer and two consumers).
 KIND = ["pointer"]
 CONFIG = {
     "pointer": {"fwd": (128, 128, 64, 8, 8, 4, 1), "bwd": (128, 128, 64, 8, 8, 4, 1)},
     "tma": {"fwd": (128, 64, 64, 8, 4, 4, 2), "bwd": (64, 128, 64, 8, 4, 3, 2)},
+    "tma-ws": {"fwd": (128, 128, 64, 8, 4, 3, 1, 1), "bwd": (128, 128, 64, 8, 4, 3, 1, 1)},
 }
 
 
@@ -139,24 +143,36 @@ def _mm_gelu_tma_kernel(
     A, B, PRE, OUT, M, N, K,
     BACKWARD: tl.constexpr, B_KMAJOR: tl.constexpr, NUM_PROGRAMS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    WARP_SPECIALIZE: tl.constexpr = False, SUBTILE: tl.constexpr = 1, PLAIN: tl.constexpr = False,
 ):  # fmt: skip
     """:func:`_mm_gelu_kernel`'s work through TMA descriptors (Hopper's tensor memory accelerator):
     bulk tile loads with out-of-bounds zero fill, and asynchronous tile stores, so that one
     tile's epilogue stores overlap the next tile's loads. Persistent, ``NUM_PROGRAMS`` programs.
     ``A`` ``[M, K]`` row-major; ``B`` ``[N, K]`` row-major when ``B_KMAJOR`` (an ``nn.Linear``
-    weight, used transposed) else ``[K, N]``; ``PRE``/``OUT`` ``[M, N]`` contiguous."""
+    weight, used transposed) else ``[K, N]``; ``PRE``/``OUT`` ``[M, N]`` contiguous.
+
+    ``WARP_SPECIALIZE`` has Triton split the tile loop into a producer warp group (the TMA loads)
+    and two consumer warp groups of ``num_warps`` each (the wgmma and the epilogue), Hopper's
+    producer/consumer form; the tile loop is then not flattened. ``SUBTILE = 2`` runs the epilogue
+    on two ``[BLOCK_M, BLOCK_N / 2]`` halves of the accumulator (fewer live registers, smaller
+    store tiles). ``PLAIN`` stores the accumulator alone into ``OUT`` (no GELU): the GEMM's own
+    rate, against which the epilogue's cost reads."""
     a_desc = tl.make_tensor_descriptor(A, shape=[M, K], strides=[K, 1], block_shape=[BLOCK_M, BLOCK_K])
     if B_KMAJOR:
         b_desc = tl.make_tensor_descriptor(B, shape=[N, K], strides=[K, 1], block_shape=[BLOCK_N, BLOCK_K])
     else:
         b_desc = tl.make_tensor_descriptor(B, shape=[K, N], strides=[N, 1], block_shape=[BLOCK_K, BLOCK_N])
-    pre_desc = tl.make_tensor_descriptor(PRE, shape=[M, N], strides=[N, 1], block_shape=[BLOCK_M, BLOCK_N])
-    out_desc = tl.make_tensor_descriptor(OUT, shape=[M, N], strides=[N, 1], block_shape=[BLOCK_M, BLOCK_N])
+    SUB_N: tl.constexpr = BLOCK_N // SUBTILE
+    pre_desc = tl.make_tensor_descriptor(PRE, shape=[M, N], strides=[N, 1], block_shape=[BLOCK_M, SUB_N])
+    out_desc = tl.make_tensor_descriptor(OUT, shape=[M, N], strides=[N, 1], block_shape=[BLOCK_M, SUB_N])
     grid_m = tl.cdiv(M, BLOCK_M)
     grid_n = tl.cdiv(N, BLOCK_N)
     width = GROUP_M * grid_n
     k_tiles = tl.cdiv(K, BLOCK_K)
-    for tile in tl.range(tl.program_id(0), grid_m * grid_n, NUM_PROGRAMS, flatten=True):
+    for tile in tl.range(
+        tl.program_id(0), grid_m * grid_n, NUM_PROGRAMS,
+        flatten=not WARP_SPECIALIZE, warp_specialize=WARP_SPECIALIZE,
+    ):  # fmt: skip
         first_m = (tile // width) * GROUP_M
         size_m = min(grid_m - first_m, GROUP_M)
         off_m = (first_m + (tile % width) % size_m) * BLOCK_M
@@ -168,19 +184,31 @@ def _mm_gelu_tma_kernel(
                 acc = tl.dot(a, b_desc.load([off_n, k * BLOCK_K]).T, acc)
             else:
                 acc = tl.dot(a, b_desc.load([k * BLOCK_K, off_n]), acc)
-        if BACKWARD:
-            x = pre_desc.load([off_m, off_n]).to(tl.float32)
-            cdf = 0.5 * (1.0 + tl.math.erf(x * 0.7071067811865476))
-            pdf = tl.exp(-0.5 * x * x) * 0.3989422804014327
-            out_desc.store([off_m, off_n], (acc * (cdf + x * pdf)).to(OUT.dtype.element_ty))
+        if SUBTILE == 2:
+            halves = tl.permute(tl.reshape(acc, (BLOCK_M, 2, SUB_N)), (0, 2, 1))
+            acc0, acc1 = tl.split(halves)
+            _tma_epilogue(acc0, pre_desc, out_desc, off_m, off_n, BACKWARD, PLAIN)
+            _tma_epilogue(acc1, pre_desc, out_desc, off_m, off_n + SUB_N, BACKWARD, PLAIN)
         else:
-            pre = acc.to(PRE.dtype.element_ty)
-            pre_desc.store([off_m, off_n], pre)
-            x = pre.to(tl.float32)
-            out_desc.store(
-                [off_m, off_n],
-                (0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))).to(OUT.dtype.element_ty),
-            )
+            _tma_epilogue(acc, pre_desc, out_desc, off_m, off_n, BACKWARD, PLAIN)
+
+
+@triton.jit
+def _tma_epilogue(acc, pre_desc, out_desc, off_m, off_n, BACKWARD: tl.constexpr, PLAIN: tl.constexpr):
+    """The GELU epilogue of one ``acc`` tile at ``[off_m, off_n]`` through the descriptors."""
+    dtype = out_desc.dtype
+    if PLAIN:
+        out_desc.store([off_m, off_n], acc.to(dtype))
+    elif BACKWARD:
+        x = pre_desc.load([off_m, off_n]).to(tl.float32)
+        cdf = 0.5 * (1.0 + tl.math.erf(x * 0.7071067811865476))
+        pdf = tl.exp(-0.5 * x * x) * 0.3989422804014327
+        out_desc.store([off_m, off_n], (acc * (cdf + x * pdf)).to(dtype))
+    else:
+        pre = acc.to(dtype)
+        pre_desc.store([off_m, off_n], pre)
+        x = pre.to(tl.float32)
+        out_desc.store([off_m, off_n], (0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))).to(dtype))
 
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages, programs per SM)
@@ -193,7 +221,25 @@ TMA_SWEEP = [
     (64, 128, 64, 8, 4, 3, 2),
     (128, 256, 64, 8, 8, 2, 1),
     (256, 128, 64, 8, 8, 2, 1),
+    (128, 128, 64, 8, 8, 3, 1, 2),
+    (128, 256, 64, 8, 8, 3, 1, 2),
 ]
+
+
+# (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps per consumer, num_stages, programs per SM, SUBTILE)
+WS_SWEEP = [
+    (128, 128, 64, 8, 4, 3, 1, 1),
+    (128, 128, 64, 8, 4, 4, 1, 1),
+    (128, 128, 64, 8, 4, 2, 1, 1),
+    (128, 256, 64, 8, 4, 3, 1, 1),
+    (256, 128, 64, 8, 4, 3, 1, 1),
+    (128, 128, 128, 8, 4, 2, 1, 1),
+    (128, 128, 128, 8, 4, 3, 1, 1),
+    (128, 64, 64, 8, 4, 4, 1, 1),
+    (128, 64, 64, 8, 4, 4, 2, 1),
+    (128, 128, 64, 16, 4, 3, 1, 1),
+]
+SWEEPS = {"pointer": SWEEP, "tma": TMA_SWEEP, "tma-ws": WS_SWEEP}
 
 
 def _scratch(size: int, alignment: int, stream) -> torch.Tensor:
@@ -211,16 +257,18 @@ def _tiles_and_grid(kind: str, backward: bool, M: int, N: int, device: torch.dev
     return config, min(tiles, sms * per_sm) if per_sm else tiles
 
 
-def _tma_launch(a, b, pre, out, M, N, K, backward, b_kmajor):
+def _tma_launch(a, b, pre, out, M, N, K, backward, b_kmajor, kind="tma", plain=False):
+    """The TMA kernel of ``kind`` (``"tma"`` or ``"tma-ws"``) at its tiles for this direction;
+    ``plain`` stores ``a @ b`` into ``out`` without the GELU."""
     # Triton keeps its allocator per thread (a context variable): set it here, where backward runs
     # on autograd's device thread too.
     triton.set_allocator(_scratch)
-    (block_m, block_n, block_k, group_m, num_warps, num_stages, _), programs = _tiles_and_grid(
-        "tma", backward, M, N, a.device
-    )
+    config, programs = _tiles_and_grid(kind, backward, M, N, a.device)
+    block_m, block_n, block_k, group_m, num_warps, num_stages = config[:6]
     _mm_gelu_tma_kernel[(programs,)](
         a, b, pre, out, M, N, K, BACKWARD=backward, B_KMAJOR=b_kmajor, NUM_PROGRAMS=programs,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=group_m,
+        WARP_SPECIALIZE=kind == "tma-ws", SUBTILE=config[7] if len(config) > 7 else 1, PLAIN=plain,
         num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
 
@@ -244,8 +292,8 @@ def linear_gelu_fwd(x, w1):
     N = w1.shape[0]
     pre = torch.empty((M, N), dtype=x.dtype, device=x.device)
     h = torch.empty_like(pre)
-    if KIND[0] == "tma":
-        _tma_launch(x, w1, pre, h, M, N, K, backward=False, b_kmajor=True)
+    if KIND[0] != "pointer":
+        _tma_launch(x, w1, pre, h, M, N, K, backward=False, b_kmajor=True, kind=KIND[0])
     else:
         _launch(x, w1.t(), pre, h, M, N, K, backward=False)
     return pre, h
@@ -255,8 +303,8 @@ def linear_gelu_bwd(dy, w2, pre):
     """``dpre = (dy @ W2) * gelu'(pre)``."""
     M, C = dy.shape
     dpre = torch.empty_like(pre)
-    if KIND[0] == "tma":
-        _tma_launch(dy, w2, pre, dpre, M, w2.shape[1], C, backward=True, b_kmajor=False)
+    if KIND[0] != "pointer":
+        _tma_launch(dy, w2, pre, dpre, M, w2.shape[1], C, backward=True, b_kmajor=False, kind=KIND[0])
     else:
         _launch(dy, w2, pre, dpre, M, w2.shape[1], C, backward=True)
     return dpre
@@ -315,7 +363,7 @@ def check(M, C, H) -> dict:
     x, w1, w2, dy = make(M, C, H, seed=1)
     xd, w1d, w2d = (t.detach().double().requires_grad_() for t in (x, w1, w2))
     ref(xd, w1d, w2d).backward(dy.double())
-    for name, fn in (("fused (pointer)", fused), ("fused (tma)", fused), ("torch eager", ref)):
+    for name, fn in [*((f"fused ({kind})", fused) for kind in CONFIG), ("torch eager", ref)]:
         KIND[0] = name[7:-1] if name.startswith("fused") else KIND[0]
         x.grad = w1.grad = w2.grad = None
         y = fn(x, w1, w2)
@@ -338,7 +386,17 @@ def kernel_times(M, C, H) -> dict:
         KIND[0] = kind
         out[f"fused forward ({kind})"] = ms(lambda: linear_gelu_fwd(xs, w1s))
         out[f"fused backward ({kind})"] = ms(lambda: linear_gelu_bwd(dy, w2s, pre))
+    # The TMA kernels' GEMMs alone (no GELU, the accumulator stored), at the tiles above.
+    N = w2s.shape[1]
+    for kind in ("tma", "tma-ws"):
+        for direction, (a, b, kmajor) in {"fwd": (xs, w1s, True), "bwd": (dy, w2s, False)}.items():
+            dst = torch.empty((M, N), dtype=DT, device="cuda")
+            out[f"GEMM alone {direction} ({kind})"] = ms(
+                lambda: _tma_launch(a, b, dst, dst, M, N, C, direction == "bwd", kmajor, kind, plain=True)
+            )
+    da = dy @ w2s
     return out | {
+        "aten gelu backward": ms(lambda: torch.ops.aten.gelu_backward(da, pre)),
         "cuBLAS x @ W1^T": ms(lambda: xs @ w1s.t()),
         "cuBLAS dy @ W2": ms(lambda: dy @ w2s),
         "aten gelu": ms(lambda: F.gelu(pre)),
@@ -389,8 +447,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=out_default())
     ap.add_argument("--no-sweep", action="store_true")
+    ap.add_argument(
+        "--sweeps", default=",".join(SWEEPS), help=f"the kernels to sweep, of {', '.join(SWEEPS)}"
+    )
     ap.add_argument("--shapes", default=",".join(SHAPES), help=f"comma-separated, of {', '.join(SHAPES)}")
     args = ap.parse_args()
+    unknown = sorted(set(args.sweeps.split(",")) - set(SWEEPS))
+    if unknown:
+        ap.error(f"--sweeps: unknown kernel(s) {', '.join(unknown)}; known: {', '.join(SWEEPS)}")
     torch.backends.cuda.matmul.allow_tf32 = False
     writer = ResultWriter(args.out, "bench_mlp_epilogue", roofs=run_roofs())
     res: dict = {"shapes": {}}
@@ -401,7 +465,9 @@ def main() -> None:
         r["check"] = check(M, C, H)
         print(name, "check", r["check"], flush=True)
         if not args.no_sweep:
-            r["sweep"] = sweep(M, C, H, "pointer", SWEEP) + sweep(M, C, H, "tma", TMA_SWEEP)
+            r["sweep"] = [
+                row for kind in args.sweeps.split(",") for row in sweep(M, C, H, kind, SWEEPS[kind])
+            ]
         r["tiles"] = {kind: dict(cfg) for kind, cfg in CONFIG.items()}
         r["kernels"] = kernel_times(M, C, H)
         x, w1, w2, dy = make(M, C, H)
