@@ -207,3 +207,40 @@ def test_cli_startup_writes_a_valid_record():
         "beyond_torch",
     }
     assert done.stdout.rstrip().endswith(" |") and "| vit5-small |" in done.stdout
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("subtile", [1, 2])
+@pytest.mark.parametrize("mode", ["forward", "backward", "plain"])
+def test_mlp_epilogue_tma_kernel_against_float64(mode, subtile, dtype):
+    """bench_mlp_epilogue's TMA kernel (every form its sweeps time: the GELU forward, the GELU'
+    backward, the GEMM alone; whole or halved epilogue) against float64, at a shape whose edges
+    cut the tiles. On CPU it runs in Triton's interpreter, which ignores warp specialization and
+    whose descriptors load bfloat16 wrongly, so float32 and float16 only."""
+    from benchmarks import bench_mlp_epilogue as B
+
+    if torch.cuda.is_available():
+        pytest.skip("the device run's check() covers CUDA")
+    M, K, N = 80, 48, 72  # not multiples of the 32-wide tiles
+    backward = mode == "backward"
+    a = torch.randn(M, K).to(dtype)
+    b = (torch.randn(K, N) if backward else torch.randn(N, K)).to(dtype)
+    given = torch.randn(M, N).to(dtype)
+    pre = given.clone() if backward else torch.empty(M, N, dtype=dtype)
+    out = torch.empty(M, N, dtype=dtype)
+    B._mm_gelu_tma_kernel[(3,)](
+        a, b, pre, out, M, N, K, BACKWARD=backward, B_KMAJOR=not backward, NUM_PROGRAMS=3,
+        BLOCK_M=32, BLOCK_N=32, BLOCK_K=16, GROUP_M=2, SUBTILE=subtile, PLAIN=mode == "plain",
+    )  # fmt: skip
+    acc = a.double() @ (b.double() if backward else b.double().t())
+    if mode == "plain":
+        want = acc
+    elif backward:
+        x = given.double()
+        want = acc * (0.5 * (1 + torch.erf(x / 2**0.5)) + x * torch.exp(-x * x / 2) / (2 * torch.pi) ** 0.5)
+    else:
+        x = acc.to(dtype).double()
+        want = 0.5 * x * (1 + torch.erf(x / 2**0.5))
+        assert (pre.double() - acc).abs().max() <= 2e-3 * acc.abs().max()
+    tol = 1e-5 if dtype == torch.float32 else 2e-3
+    assert (out.double() - want).abs().max() <= tol * want.abs().max(), mode
