@@ -70,6 +70,8 @@ CONFIG = {
     "pointer": {"fwd": (128, 128, 64, 8, 8, 4, 1), "bwd": (128, 128, 64, 8, 8, 4, 1)},
     "tma": {"fwd": (128, 64, 64, 8, 4, 4, 2), "bwd": (64, 128, 64, 8, 4, 3, 2)},
     "tma-ws": {"fwd": (128, 128, 64, 8, 4, 3, 1, 1), "bwd": (128, 128, 64, 8, 4, 3, 1, 1)},
+    "deriv": {"bwd": (128, 128, 64, 8, 8, 3, 1)},
+    "deriv-ws": {"bwd": (128, 128, 64, 8, 4, 3, 1, 1)},
 }
 
 
@@ -144,6 +146,7 @@ def _mm_gelu_tma_kernel(
     BACKWARD: tl.constexpr, B_KMAJOR: tl.constexpr, NUM_PROGRAMS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     WARP_SPECIALIZE: tl.constexpr = False, SUBTILE: tl.constexpr = 1, PLAIN: tl.constexpr = False,
+    DERIV: tl.constexpr = False,
 ):  # fmt: skip
     """:func:`_mm_gelu_kernel`'s work through TMA descriptors (Hopper's tensor memory accelerator):
     bulk tile loads with out-of-bounds zero fill, and asynchronous tile stores, so that one
@@ -156,7 +159,8 @@ def _mm_gelu_tma_kernel(
     producer/consumer form; the tile loop is then not flattened. ``SUBTILE = 2`` runs the epilogue
     on two ``[BLOCK_M, BLOCK_N / 2]`` halves of the accumulator (fewer live registers, smaller
     store tiles). ``PLAIN`` stores the accumulator alone into ``OUT`` (no GELU): the GEMM's own
-    rate, against which the epilogue's cost reads."""
+    rate, against which the epilogue's cost reads. ``DERIV`` (backward): ``PRE`` already holds
+    ``gelu'(pre)`` (:func:`_gelu_deriv_kernel`, in the forward), so the epilogue is one multiply."""
     a_desc = tl.make_tensor_descriptor(A, shape=[M, K], strides=[K, 1], block_shape=[BLOCK_M, BLOCK_K])
     if B_KMAJOR:
         b_desc = tl.make_tensor_descriptor(B, shape=[N, K], strides=[K, 1], block_shape=[BLOCK_N, BLOCK_K])
@@ -187,18 +191,23 @@ def _mm_gelu_tma_kernel(
         if SUBTILE == 2:
             halves = tl.permute(tl.reshape(acc, (BLOCK_M, 2, SUB_N)), (0, 2, 1))
             acc0, acc1 = tl.split(halves)
-            _tma_epilogue(acc0, pre_desc, out_desc, off_m, off_n, BACKWARD, PLAIN)
-            _tma_epilogue(acc1, pre_desc, out_desc, off_m, off_n + SUB_N, BACKWARD, PLAIN)
+            _tma_epilogue(acc0, pre_desc, out_desc, off_m, off_n, BACKWARD, PLAIN, DERIV)
+            _tma_epilogue(acc1, pre_desc, out_desc, off_m, off_n + SUB_N, BACKWARD, PLAIN, DERIV)
         else:
-            _tma_epilogue(acc, pre_desc, out_desc, off_m, off_n, BACKWARD, PLAIN)
+            _tma_epilogue(acc, pre_desc, out_desc, off_m, off_n, BACKWARD, PLAIN, DERIV)
 
 
 @triton.jit
-def _tma_epilogue(acc, pre_desc, out_desc, off_m, off_n, BACKWARD: tl.constexpr, PLAIN: tl.constexpr):
+def _tma_epilogue(
+    acc, pre_desc, out_desc, off_m, off_n,
+    BACKWARD: tl.constexpr, PLAIN: tl.constexpr, DERIV: tl.constexpr,
+):  # fmt: skip
     """The GELU epilogue of one ``acc`` tile at ``[off_m, off_n]`` through the descriptors."""
     dtype = out_desc.dtype
     if PLAIN:
         out_desc.store([off_m, off_n], acc.to(dtype))
+    elif DERIV:
+        out_desc.store([off_m, off_n], (acc * pre_desc.load([off_m, off_n]).to(tl.float32)).to(dtype))
     elif BACKWARD:
         x = pre_desc.load([off_m, off_n]).to(tl.float32)
         cdf = 0.5 * (1.0 + tl.math.erf(x * 0.7071067811865476))
@@ -209,6 +218,28 @@ def _tma_epilogue(acc, pre_desc, out_desc, off_m, off_n, BACKWARD: tl.constexpr,
         pre_desc.store([off_m, off_n], pre)
         x = pre.to(tl.float32)
         out_desc.store([off_m, off_n], (0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))).to(dtype))
+
+
+@triton.jit
+def _gelu_deriv_kernel(PRE, H, G, n, BLOCK: tl.constexpr):
+    """``h = gelu(pre)`` and ``g = gelu'(pre)`` (exact erf form, fp32 math, stored in ``H``'s and
+    ``G``'s dtype) over ``n`` contiguous elements: the forward half of the ``deriv`` kinds, whose
+    backward GEMM then multiplies by ``g`` instead of evaluating ``erf`` and ``exp`` per element."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    x = tl.load(PRE + offs, mask=mask, other=0.0).to(tl.float32)
+    cdf = 0.5 * (1.0 + tl.math.erf(x * 0.7071067811865476))
+    pdf = tl.exp(-0.5 * x * x) * 0.3989422804014327
+    tl.store(H + offs, (x * cdf).to(H.dtype.element_ty), mask=mask)
+    tl.store(G + offs, (cdf + x * pdf).to(G.dtype.element_ty), mask=mask)
+
+
+def gelu_deriv(pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(gelu(pre), gelu'(pre))`` of a contiguous ``pre`` by :func:`_gelu_deriv_kernel`."""
+    h, g = torch.empty_like(pre), torch.empty_like(pre)
+    block = 2048
+    _gelu_deriv_kernel[(triton.cdiv(pre.numel(), block),)](pre, h, g, pre.numel(), BLOCK=block, num_warps=8)
+    return h, g
 
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages, programs per SM)
@@ -239,7 +270,29 @@ WS_SWEEP = [
     (128, 64, 64, 8, 4, 4, 2, 1),
     (128, 128, 64, 16, 4, 3, 1, 1),
 ]
-SWEEPS = {"pointer": SWEEP, "tma": TMA_SWEEP, "tma-ws": WS_SWEEP}
+# The deriv kinds' backward GEMM (its forward is cuBLAS + _gelu_deriv_kernel, no tiles).
+DERIV_SWEEP = [
+    (128, 128, 64, 8, 8, 3, 1),
+    (128, 128, 64, 8, 8, 4, 1),
+    (128, 128, 64, 8, 8, 3, 1, 2),
+    (128, 256, 64, 8, 8, 3, 1, 2),
+    (128, 256, 64, 8, 8, 2, 1),
+    (64, 128, 64, 8, 4, 3, 2),
+    (128, 64, 64, 8, 4, 4, 2),
+]
+DERIV_WS_SWEEP = [
+    (128, 128, 64, 8, 4, 3, 1, 1),
+    (128, 128, 64, 8, 4, 4, 1, 1),
+    (128, 128, 128, 8, 4, 2, 1, 1),
+    (128, 128, 128, 8, 4, 3, 1, 1),
+]
+SWEEPS = {
+    "pointer": SWEEP,
+    "tma": TMA_SWEEP,
+    "tma-ws": WS_SWEEP,
+    "deriv": DERIV_SWEEP,
+    "deriv-ws": DERIV_WS_SWEEP,
+}
 
 
 def _scratch(size: int, alignment: int, stream) -> torch.Tensor:
@@ -258,8 +311,9 @@ def _tiles_and_grid(kind: str, backward: bool, M: int, N: int, device: torch.dev
 
 
 def _tma_launch(a, b, pre, out, M, N, K, backward, b_kmajor, kind="tma", plain=False):
-    """The TMA kernel of ``kind`` (``"tma"`` or ``"tma-ws"``) at its tiles for this direction;
-    ``plain`` stores ``a @ b`` into ``out`` without the GELU."""
+    """The TMA kernel of ``kind`` (``"tma"``, ``"tma-ws"``, or ``"deriv"``/``"deriv-ws"`` whose
+    backward reads ``gelu'``) at its tiles for this direction; ``plain`` stores ``a @ b`` into
+    ``out`` without the GELU. ``-ws`` kinds run warp-specialized."""
     # Triton keeps its allocator per thread (a context variable): set it here, where backward runs
     # on autograd's device thread too.
     triton.set_allocator(_scratch)
@@ -268,7 +322,8 @@ def _tma_launch(a, b, pre, out, M, N, K, backward, b_kmajor, kind="tma", plain=F
     _mm_gelu_tma_kernel[(programs,)](
         a, b, pre, out, M, N, K, BACKWARD=backward, B_KMAJOR=b_kmajor, NUM_PROGRAMS=programs,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=group_m,
-        WARP_SPECIALIZE=kind == "tma-ws", SUBTILE=config[7] if len(config) > 7 else 1, PLAIN=plain,
+        WARP_SPECIALIZE=kind.endswith("-ws"), SUBTILE=config[7] if len(config) > 7 else 1, PLAIN=plain,
+        DERIV=kind.startswith("deriv"),
         num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
 
@@ -287,7 +342,11 @@ def _launch(a, b, pre, out, M, N, K, backward):
 
 
 def linear_gelu_fwd(x, w1):
-    """``pre = x @ W1ᵀ``, ``h = gelu(pre)`` (``[M, H]`` each)."""
+    """``pre = x @ W1ᵀ``, ``h = gelu(pre)`` (``[M, H]`` each); for the deriv kinds ``gelu'(pre)``
+    in place of ``pre`` (what their backward reads)."""
+    if KIND[0].startswith("deriv"):
+        h, g = gelu_deriv(x @ w1.t())
+        return g, h
     M, K = x.shape
     N = w1.shape[0]
     pre = torch.empty((M, N), dtype=x.dtype, device=x.device)
@@ -300,7 +359,7 @@ def linear_gelu_fwd(x, w1):
 
 
 def linear_gelu_bwd(dy, w2, pre):
-    """``dpre = (dy @ W2) * gelu'(pre)``."""
+    """``dpre = (dy @ W2) * gelu'(pre)`` (deriv kinds: ``pre`` holds ``gelu'(pre)``)."""
     M, C = dy.shape
     dpre = torch.empty_like(pre)
     if KIND[0] != "pointer":
@@ -380,7 +439,7 @@ def check(M, C, H) -> dict:
 def kernel_times(M, C, H) -> dict:
     x, w1, w2, dy = make(M, C, H)
     xs, w1s, w2s = x.detach(), w1.detach(), w2.detach()
-    pre, _ = linear_gelu_fwd(xs, w1s)
+    pre = xs @ w1s.t()  # (the deriv kinds' backward reads gelu'(pre) instead: same bytes, same time)
     out = {}
     for kind in CONFIG:
         KIND[0] = kind
@@ -400,6 +459,7 @@ def kernel_times(M, C, H) -> dict:
         "cuBLAS x @ W1^T": ms(lambda: xs @ w1s.t()),
         "cuBLAS dy @ W2": ms(lambda: dy @ w2s),
         "aten gelu": ms(lambda: F.gelu(pre)),
+        "Triton gelu + gelu' (deriv forward)": ms(lambda: gelu_deriv(pre)),
     }
 
 
@@ -410,6 +470,8 @@ def sweep(M, C, H, kind: str, configs) -> list[dict]:
     xs, w1s, w2s = x.detach(), w1.detach(), w2.detach()
     pre = xs @ w1s.t()
     runs = {"fwd": lambda: linear_gelu_fwd(xs, w1s), "bwd": lambda: linear_gelu_bwd(dy, w2s, pre)}
+    if kind.startswith("deriv"):  # the forward has no tiles
+        del runs["fwd"]
     rows, best = [], {}
     KIND[0] = kind
     for cfg in configs:
