@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
+from flopkit.kernels import _mlp_triton as shipped_mlp
 
 from benchmarks._harness import ResultWriter, device_ms, out_default, run_roofs
 
@@ -387,6 +388,14 @@ def fused(x, w1, w2):
     return FusedMlp.apply(x, w1, w2)
 
 
+def shipped(x, w1, w2):
+    """flopkit's op: cuBLAS fc1, then ``kernels.gelu_linear`` (gelu and gelu' stored, cuBLAS fc2;
+    backward: the pointer GEMM with the multiply epilogue)."""
+    from flopkit import kernels
+
+    return kernels.gelu_linear(F.linear(x, w1), w2)
+
+
 def ms(fn, rep: int = 60) -> float:
     return device_ms(fn, warmup_ms=20, rep_ms=rep)
 
@@ -422,7 +431,8 @@ def check(M, C, H) -> dict:
     x, w1, w2, dy = make(M, C, H, seed=1)
     xd, w1d, w2d = (t.detach().double().requires_grad_() for t in (x, w1, w2))
     ref(xd, w1d, w2d).backward(dy.double())
-    for name, fn in [*((f"fused ({kind})", fused) for kind in CONFIG), ("torch eager", ref)]:
+    kinds = [*((f"fused ({kind})", fused) for kind in CONFIG), ("flopkit gelu_linear", shipped)]
+    for name, fn in [*kinds, ("torch eager", ref)]:
         KIND[0] = name[7:-1] if name.startswith("fused") else KIND[0]
         x.grad = w1.grad = w2.grad = None
         y = fn(x, w1, w2)
@@ -460,6 +470,9 @@ def kernel_times(M, C, H) -> dict:
         "cuBLAS dy @ W2": ms(lambda: dy @ w2s),
         "aten gelu": ms(lambda: F.gelu(pre)),
         "Triton gelu + gelu' (deriv forward)": ms(lambda: gelu_deriv(pre)),
+        "flopkit gelu_linear backward (pointer GEMM, shipped)": ms(
+            lambda: shipped_mlp.gelu_linear_backward(dy, w2s, pre)
+        ),
     }
 
 
@@ -541,6 +554,7 @@ def main() -> None:
             "torch.compile": top_kernels(step(compiled_ref, x, w1, w2, dy)),
             "torch eager": top_kernels(step(ref, x, w1, w2, dy)),
         }
+        r["steps"]["flopkit gelu_linear"] = ms(step(shipped, x, w1, w2, dy))
         for kind in CONFIG:
             KIND[0] = kind
             r["steps"][f"fused ({kind})"] = ms(step(fused, x, w1, w2, dy))

@@ -10,13 +10,16 @@ reference, the eager kernel path or the ``flopkit::`` custom op). Triton is impo
 kernel first runs. ``activation.py`` holds :func:`gelu`, which compiled code runs as PyTorch's own
 kernels; ``scale.py`` :func:`scale_rows` (a matrix times a per-row scale: ViT-5's LayerScale folded
 into a weight) and ``embed.py`` :func:`embed_tokens` (a ViT's token sequence from its patch and
-position embeddings, CLS and register tokens), whose Triton paths run in eager CUDA code only.
+position embeddings, CLS and register tokens), whose Triton paths run in eager CUDA code only;
+``mlp.py`` :func:`gelu_linear` (an MLP's GELU and second layer, GELU's derivative applied in the
+backward GEMM's epilogue).
 """
 
 from ._dispatch import BACKENDS, SUPPORTED_DTYPES, Route, ops_observed, replaying_cuda, resolve_backend, route
 from ._routing import replay_cuda_paths, route_through_custom_ops
 from .activation import gelu
 from .embed import embed_tokens, embed_tokens_ref
+from .mlp import GELU_LINEAR_DTYPES, gelu_linear, gelu_linear_ref
 from .norm import (
     head_norm,
     head_norm_ref,
@@ -66,6 +69,9 @@ __all__ = [
     "apply_rope_ref",
     "rotate_pairs",
     "gelu",
+    "gelu_linear",
+    "gelu_linear_ref",
+    "GELU_LINEAR_DTYPES",
     "scale_rows",
     "scale_rows_ref",
     "embed_tokens",

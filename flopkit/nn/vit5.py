@@ -205,6 +205,20 @@ class ScalableLinear(nn.Linear):
         return F.linear(x, kernels.scale_rows(self.weight, scale, backend=self.scale_backend))
 
 
+_HALF = (torch.float16, torch.bfloat16)
+_PLAIN = (nn.Parameter, torch.Tensor)
+
+
+def _hooked(module: nn.Module) -> bool:
+    """Whether a forward hook (the module's own or a global one) would see ``module``'s call."""
+    return bool(
+        module._forward_hooks
+        or module._forward_pre_hooks
+        or nn.modules.module._global_forward_hooks
+        or nn.modules.module._global_forward_pre_hooks
+    )
+
+
 class Mlp(CompositeFlops, nn.Module):
     """``Linear(C, h) -> GELU -> Linear(h, C)``, bias-free by default. ``[*, C]`` -> ``[*, C]``.
 
@@ -226,11 +240,67 @@ class Mlp(CompositeFlops, nn.Module):
         self.act = act_layer()
         self.drop = nn.Dropout(drop) if drop > 0 else nn.Identity()
         self.fc2 = ScalableLinear(hidden_features, in_features, bias=bias)
+        self.fused_gelu_linear: bool | str = True
+        """Where the GELU and ``fc2`` run as one op, :func:`flopkit.kernels.gelu_linear` (GELU's
+        derivative stored in the forward, applied in the backward GEMM's epilogue: one pass over
+        the ``[*, hidden]`` activation fewer per step): True (the default) in eager CUDA code and
+        under ``torch.compile``; ``"eager"`` in eager CUDA code only; False never. Either way only
+        on the Triton path (float16/bfloat16 CUDA tensors), while gradients are recorded, with an
+        exact ``nn.GELU``, no dropout, a plain ``fc2`` weight (not a DTensor) and no hooks on
+        ``act`` or ``fc2`` (a profiler's ranges, a parallel style); counters and traces see the
+        modules (docs/kernels.md gives the measurements)."""
 
     def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
         """``x``: ``[*, C]`` -> ``[*, C]``; ``scale`` ``(C,)``: a LayerScale folded into ``fc2``'s
         weight (bias-free ``fc2``, no dropout), the output then being ``mlp(x) * scale``."""
-        return self.drop(self.fc2(self.drop(self._activation(self.fc1(x))), scale))
+        h = self.fc1(x)
+        path = self._fused_route(h)
+        if path is not None:
+            return self._gelu_fc2(h, scale, path)
+        return self.drop(self.fc2(self.drop(self._activation(h)), scale))
+
+    def _fused_route(self, h: torch.Tensor) -> kernels.Route | None:
+        """The route of :func:`flopkit.kernels.gelu_linear` for ``h`` (fc1's output), decided once;
+        None for the modules' path (see :attr:`fused_gelu_linear`)."""
+        mode = self.fused_gelu_linear
+        if mode is not True and mode is not False and mode != "eager":
+            raise ValueError(f"fused_gelu_linear must be True, False or 'eager', got {mode!r}")
+        act, fc2 = self.act, self.fc2
+        if (
+            mode is False
+            or h.dtype not in _HALF
+            or type(act) is not nn.GELU
+            or act.approximate != "none"
+            or type(self.drop) is not nn.Identity
+            or type(fc2.weight) not in _PLAIN
+            or not torch.is_grad_enabled()
+            or not (h.requires_grad or fc2.weight.requires_grad)
+            or _hooked(act)
+            or _hooked(fc2)
+            or kernels.ops_observed()
+        ):
+            return None
+        path = kernels.route("auto", h, "Mlp")
+        if path is kernels.Route.REFERENCE:
+            return None
+        if mode == "eager" and not (path is kernels.Route.KERNEL or kernels.replaying_cuda()):
+            return None
+        return path
+
+    def _gelu_fc2(self, h: torch.Tensor, scale: torch.Tensor | None, path: kernels.Route) -> torch.Tensor:
+        """``fc2(gelu(h), scale)`` as one op on ``path``; the weight (and bias) cast to ``h``'s dtype
+        as autocast would cast them for ``fc2``."""
+        fc2 = self.fc2
+        weight, bias = fc2.weight, fc2.bias
+        if scale is not None:
+            if bias is not None:
+                raise ValueError("ScalableLinear: scale folds into the weight only without a bias")
+            weight = kernels.scale_rows(weight, scale, backend=fc2.scale_backend)
+        if weight.dtype != h.dtype:
+            weight = weight.to(h.dtype)
+        if bias is not None and bias.dtype != h.dtype:
+            bias = bias.to(h.dtype)
+        return kernels.gelu_linear(h, weight, bias, backend=path)
 
     def _activation(self, h: torch.Tensor) -> torch.Tensor:
         act = self.act

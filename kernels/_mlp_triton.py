@@ -1,0 +1,145 @@
+"""Triton kernels for :func:`flopkit.kernels.gelu_linear`: ``y = gelu(pre) @ Wᵀ (+ b)``, an MLP's
+activation and second linear layer, with GELU's derivative stored in the forward and applied in
+the backward GEMM's epilogue.
+
+Unfused, the exact (erf) GELU and its backward move the ``[N, H]`` hidden activation five times
+per step: GELU reads ``pre`` and writes ``h``; the backward GEMM writes ``dh = dy @ W``, and
+``gelu_backward`` reads ``dh`` and ``pre`` and writes ``dpre``. Here the forward reads ``pre``
+once and writes ``h`` and ``g = gelu'(pre)`` (:func:`_gelu_deriv_kernel`), and the backward GEMM
+multiplies its fp32 accumulator by ``g`` before its only store (:func:`_dgelu_mm_kernel`): ``dh``
+is never written or read. Per step that is one ``[N, H]`` pass fewer (6 against 5 counting the
+forward's extra write of ``g``). Evaluating ``erf`` and ``exp`` in the GEMM's epilogue instead
+(what storing ``g`` avoids) costs as much CUDA-core time per tile as the tile's tensor-core time
+and lost on the H100 (``benchmarks/results/bench_mlp_epilogue_h100.md``).
+
+Rounding: ``g`` is rounded once to ``pre``'s dtype and ``dpre = acc * g`` once to it, where
+PyTorch rounds ``dh`` to the dtype and multiplies it by an fp32 ``gelu'``: one rounding of one
+factor either way (docs/kernels.md gives the measured error against float64).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._dispatch import num_sms
+from ._launch import cdiv, launch
+
+__all__ = ["gelu_linear_forward", "gelu_linear_backward", "gelu_deriv", "DGELU_TILE", "DERIV_BLOCK"]
+
+DERIV_BLOCK = 2048
+"""Elements per program of :func:`_gelu_deriv_kernel` (8 warps: 8 per thread)."""
+DGELU_TILE = (128, 128, 64, 8, 8, 4)
+"""``(BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages)`` of :func:`_dgelu_mm_kernel`, one
+persistent program per SM: the best of bench_mlp_epilogue's sweep (run cited in docs/kernels.md)."""
+
+
+@triton.jit
+def _gelu_deriv_kernel(PRE, H, G, n, BLOCK: tl.constexpr):
+    """``H = gelu(PRE)``, ``G = gelu'(PRE) = Φ(x) + x φ(x)`` over ``n`` contiguous elements, in fp32,
+    each rounded once to its output's dtype."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    x = tl.load(PRE + offs, mask=mask, other=0.0).to(tl.float32)
+    cdf = 0.5 * (1.0 + tl.math.erf(x * 0.7071067811865476))
+    pdf = tl.exp(-0.5 * x * x) * 0.3989422804014327
+    tl.store(H + offs, (x * cdf).to(H.dtype.element_ty), mask=mask)
+    tl.store(G + offs, (cdf + x * pdf).to(G.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _dgelu_mm_kernel(
+    A, B, G, OUT, M, N, K, s_am, s_ak, s_bk, s_bn,
+    EVEN_K: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):  # fmt: skip
+    """``OUT = (A @ B) * G``: ``A`` ``[M, K]`` and ``B`` ``[K, N]`` with any strides, ``G`` and
+    ``OUT`` ``[M, N]`` contiguous; fp32 accumulation, one rounding. Persistent: each program walks
+    the tiles ``num_programs`` apart, in groups of ``GROUP_M`` row tiles sharing a column tile of
+    ``B`` in L2; the flattened loop lets one tile's epilogue overlap the next tile's first loads.
+    ``PRECISION``: ``tl.dot``'s ``input_precision``, ``"ieee"`` for float32 products in full
+    precision (``"tf32"`` for half inputs, where it changes nothing)."""
+    grid_m = tl.cdiv(M, BLOCK_M)
+    grid_n = tl.cdiv(N, BLOCK_N)
+    width = GROUP_M * grid_n
+    k_tiles = tl.cdiv(K, BLOCK_K)
+    offs_k = tl.arange(0, BLOCK_K)
+    for tile in tl.range(tl.program_id(0), grid_m * grid_n, tl.num_programs(0), flatten=True):
+        first_m = (tile // width) * GROUP_M
+        size_m = min(grid_m - first_m, GROUP_M)
+        pid_m = first_m + (tile % width) % size_m
+        pid_n = (tile % width) // size_m
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        # Rows and columns past the edge wrap around (never stored): unmasked loads whose offsets
+        # keep their contiguity visible to Triton, so row-major operands load 16 bytes at a time.
+        am = (offs_m % M).to(tl.int64)
+        bn = offs_n % N
+        a_ptrs = A + am[:, None] * s_am + offs_k[None, :] * s_ak
+        b_ptrs = B + offs_k[:, None] * s_bk + bn[None, :] * s_bn
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k in range(0, k_tiles):
+            if EVEN_K:
+                a = tl.load(a_ptrs)
+                b = tl.load(b_ptrs)
+            else:
+                left = K - k * BLOCK_K
+                a = tl.load(a_ptrs, mask=offs_k[None, :] < left, other=0.0)
+                b = tl.load(b_ptrs, mask=offs_k[:, None] < left, other=0.0)
+            acc = tl.dot(a, b, acc, input_precision=PRECISION)
+            a_ptrs += BLOCK_K * s_ak
+            b_ptrs += BLOCK_K * s_bk
+        mask = (offs_m < M)[:, None] & (offs_n < N)[None, :]
+        offs = offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
+        g = tl.load(G + offs, mask=mask, other=0.0).to(tl.float32)
+        tl.store(OUT + offs, (acc * g).to(OUT.dtype.element_ty), mask=mask)
+
+
+def gelu_deriv(pre: torch.Tensor, *, run=launch) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(gelu(pre), gelu'(pre))`` for a contiguous ``pre`` of any shape, each in ``pre``'s dtype."""
+    h, g = torch.empty_like(pre), torch.empty_like(pre)
+    n = pre.numel()
+    if n:
+        run(
+            _gelu_deriv_kernel,
+            (cdiv(n, DERIV_BLOCK),),
+            (pre, h, g, n),
+            {"BLOCK": DERIV_BLOCK, "num_warps": 8},
+            3,
+        )
+    return h, g
+
+
+def gelu_linear_forward(
+    pre: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *, run=launch
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(y, h, g)``: ``h = gelu(pre)`` and ``g = gelu'(pre)`` (``pre``'s shape ``[*, H]``, contiguous)
+    and ``y = h @ weightᵀ + bias`` ``[*, C]`` (PyTorch's linear: cuBLAS on CUDA)."""
+    h, g = gelu_deriv(pre.contiguous(), run=run)
+    return torch.nn.functional.linear(h, weight, bias), h, g
+
+
+def gelu_linear_backward(
+    dy: torch.Tensor, weight: torch.Tensor, g: torch.Tensor, *, run=launch
+) -> torch.Tensor:
+    """``dpre = (dy @ weight) * g`` ``[*, H]`` in ``g``'s dtype, from ``dy`` ``[*, C]`` (any strides
+    after flattening its leading dimensions), ``weight`` ``[C, H]`` and ``g`` ``[*, H]`` contiguous."""
+    C, H = weight.shape
+    a = dy.reshape(-1, C)
+    M = a.shape[0]
+    out = torch.empty(g.shape, dtype=g.dtype, device=g.device)
+    if M == 0 or H == 0:
+        return out
+    if C == 0:
+        return out.zero_()
+    bm, bn, bk, group_m, warps, stages = DGELU_TILE
+    programs = min(cdiv(M, bm) * cdiv(H, bn), num_sms(g.device))
+    args = (a, weight, g, out, M, H, C, *a.stride(), *weight.stride())
+    meta = {
+        "EVEN_K": C % bk == 0, "PRECISION": "ieee" if g.dtype == torch.float32 else "tf32",
+        "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group_m,
+        "num_warps": warps, "num_stages": stages,
+    }  # fmt: skip
+    run(_dgelu_mm_kernel, (programs,), args, meta, 4)
+    return out
