@@ -71,7 +71,7 @@ CONFIG = {
     "pointer": {"fwd": (128, 128, 64, 8, 8, 4, 1), "bwd": (128, 128, 64, 8, 8, 4, 1)},
     "tma": {"fwd": (128, 64, 64, 8, 4, 4, 2), "bwd": (64, 128, 64, 8, 4, 3, 2)},
     "tma-ws": {"fwd": (128, 128, 64, 8, 4, 3, 1, 1), "bwd": (128, 128, 64, 8, 4, 3, 1, 1)},
-    "deriv": {"bwd": (128, 128, 64, 8, 8, 3, 1)},
+    "deriv": {"bwd": (128, 256, 64, 8, 8, 3, 1, 2)},
     "deriv-ws": {"bwd": (128, 128, 64, 8, 4, 3, 1, 1)},
 }
 
@@ -287,7 +287,20 @@ DERIV_WS_SWEEP = [
     (128, 128, 128, 8, 4, 2, 1, 1),
     (128, 128, 128, 8, 4, 3, 1, 1),
 ]
+# The shipped op's backward GEMM (kernels/_mlp_triton.py's DGELU_TILE, a pointer kernel, one
+# persistent program per SM): (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages).
+SHIPPED_SWEEP = [
+    (128, 128, 64, 8, 8, 4),
+    (128, 128, 64, 8, 8, 3),
+    (128, 256, 64, 8, 8, 3),
+    (128, 256, 64, 8, 8, 2),
+    (256, 128, 64, 8, 8, 3),
+    (128, 128, 64, 8, 4, 4),
+    (128, 64, 64, 8, 4, 4),
+    (64, 128, 64, 8, 4, 4),
+]
 SWEEPS = {
+    "shipped": SHIPPED_SWEEP,
     "pointer": SWEEP,
     "tma": TMA_SWEEP,
     "tma-ws": WS_SWEEP,
@@ -504,6 +517,27 @@ def sweep(M, C, H, kind: str, configs) -> list[dict]:
     return rows
 
 
+def sweep_shipped(M, C, H) -> list[dict]:
+    """Time the shipped op's backward GEMM at every tile of :data:`SHIPPED_SWEEP`; leave
+    ``DGELU_TILE`` at the fastest (the ``tiles`` entry of the record)."""
+    _, _, w2, dy = make(M, C, H)
+    g = dy.new_empty(M, H).normal_()
+    w2s = w2.detach()
+    rows, best = [], (float("inf"), shipped_mlp.DGELU_TILE)
+    for cfg in SHIPPED_SWEEP:
+        shipped_mlp.DGELU_TILE = cfg
+        row = {"kind": "shipped", "config": cfg}
+        try:
+            row["bwd"] = t = ms(lambda: shipped_mlp.gelu_linear_backward(dy, w2s, g))
+            best = min(best, (t, cfg))
+        except Exception as e:  # noqa: BLE001  (a tile that does not fit: shared memory)
+            row["bwd error"] = repr(e)[:200]
+        rows.append(row)
+        print("sweep", M, C, H, row, flush=True)
+    shipped_mlp.DGELU_TILE = best[1]
+    return rows
+
+
 def top_kernels(fn, n: int = 12) -> list[tuple[str, float]]:
     """The ``n`` costliest GPU kernels of one call of ``fn`` (profiler, ms per call over 5 calls)."""
     from torch.profiler import ProfilerActivity, profile
@@ -541,9 +575,13 @@ def main() -> None:
         print(name, "check", r["check"], flush=True)
         if not args.no_sweep:
             r["sweep"] = [
-                row for kind in args.sweeps.split(",") for row in sweep(M, C, H, kind, SWEEPS[kind])
+                row
+                for kind in args.sweeps.split(",")
+                for row in (
+                    sweep_shipped(M, C, H) if kind == "shipped" else sweep(M, C, H, kind, SWEEPS[kind])
+                )
             ]
-        r["tiles"] = {kind: dict(cfg) for kind, cfg in CONFIG.items()}
+        r["tiles"] = {kind: dict(cfg) for kind, cfg in CONFIG.items()} | {"shipped": shipped_mlp.DGELU_TILE}
         r["kernels"] = kernel_times(M, C, H)
         x, w1, w2, dy = make(M, C, H)
         r["steps"] = {
