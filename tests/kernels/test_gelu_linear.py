@@ -240,3 +240,42 @@ def test_mlp_setting_is_checked():
     mlp.fused_gelu_linear = "yes"
     with pytest.raises(ValueError, match="fused_gelu_linear must be True, False or 'eager', got 'yes'"):
         mlp(torch.randn(2, 8, device=device(), dtype=torch.float16))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_cuda_compiled_mlp_inlines_the_kernels_and_matches_float64(mode):
+    """Under ``torch.compile`` ``Mlp`` runs the op, Inductor launches its two kernels from its own
+    code, and the output and gradients match float64 as the eager op's do (bf16 on the H100)."""
+    from torch._inductor.utils import run_and_get_code
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    mlp = Mlp(128, 512).cuda().bfloat16()
+    x = torch.randn(4, 50, 128, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    dy = torch.randn(4, 50, 128, device="cuda", dtype=torch.bfloat16)
+    ref = Mlp(128, 512).double().cuda()
+    ref.load_state_dict(mlp.state_dict())
+    x64 = x.detach().double().requires_grad_()
+    y64 = ref(x64)
+    y64.backward(dy.double())
+    compiled = torch.compile(mlp, fullgraph=True, mode=mode)
+
+    def step():
+        torch.compiler.cudagraph_mark_step_begin()
+        x.grad = None
+        for p in mlp.parameters():
+            p.grad = None
+        out = compiled(x)
+        out.backward(dy)
+        return out
+
+    out, code = run_and_get_code(step)
+    out = step()
+    source = "\n".join(code)
+    for kernel in ("_gelu_deriv_kernel", "_dgelu_mm_kernel"):
+        assert kernel in source, f"{kernel} not inlined under mode={mode}"
+    assert rel_err(out.detach().clone(), y64) < 1.6e-2
+    assert rel_err(x.grad, x64.grad) < 1.6e-2
+    for p, p64 in zip(mlp.parameters(), ref.parameters(), strict=True):
+        assert rel_err(p.grad, p64.grad) < 1.6e-2
