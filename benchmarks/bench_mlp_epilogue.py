@@ -483,9 +483,10 @@ def kernel_times(M, C, H) -> dict:
         "cuBLAS dy @ W2": ms(lambda: dy @ w2s),
         "aten gelu": ms(lambda: F.gelu(pre)),
         "Triton gelu + gelu' (deriv forward)": ms(lambda: gelu_deriv(pre)),
-        "flopkit gelu_linear backward (pointer GEMM, shipped)": ms(
-            lambda: shipped_mlp.gelu_linear_backward(dy, w2s, pre)
-        ),
+        **{
+            f"flopkit gelu_linear backward ({kind} GEMM)": _shipped_backward_ms(kind, dy, w2s, pre)
+            for kind in ("tma", "pointer")
+        },
     }
 
 
@@ -517,9 +518,18 @@ def sweep(M, C, H, kind: str, configs) -> list[dict]:
     return rows
 
 
+def _shipped_backward_ms(kind: str, dy, w2, g) -> float:
+    """The shipped op's backward GEMM with ``BACKWARD_KERNEL = kind``, restored after."""
+    before, shipped_mlp.BACKWARD_KERNEL = shipped_mlp.BACKWARD_KERNEL, kind
+    try:
+        return ms(lambda: shipped_mlp.gelu_linear_backward(dy, w2, g))
+    finally:
+        shipped_mlp.BACKWARD_KERNEL = before
+
+
 def sweep_shipped(M, C, H) -> list[dict]:
-    """Time the shipped op's backward GEMM at every tile of :data:`SHIPPED_SWEEP`; leave
-    ``DGELU_TILE`` at the fastest (the ``tiles`` entry of the record)."""
+    """Time the shipped op's pointer GEMM (``BACKWARD_KERNEL = "pointer"``) at every tile of
+    :data:`SHIPPED_SWEEP`; leave ``DGELU_TILE`` at the fastest (the ``tiles`` entry of the record)."""
     _, _, w2, dy = make(M, C, H)
     g = dy.new_empty(M, H).normal_()
     w2s = w2.detach()
@@ -528,7 +538,7 @@ def sweep_shipped(M, C, H) -> list[dict]:
         shipped_mlp.DGELU_TILE = cfg
         row = {"kind": "shipped", "config": cfg}
         try:
-            row["bwd"] = t = ms(lambda: shipped_mlp.gelu_linear_backward(dy, w2s, g))
+            row["bwd"] = t = _shipped_backward_ms("pointer", dy, w2s, g)
             best = min(best, (t, cfg))
         except Exception as e:  # noqa: BLE001  (a tile that does not fit: shared memory)
             row["bwd error"] = repr(e)[:200]

@@ -26,13 +26,28 @@ import triton.language as tl
 from ._dispatch import num_sms
 from ._launch import cdiv, launch
 
-__all__ = ["gelu_linear_forward", "gelu_linear_backward", "gelu_deriv", "DGELU_TILE", "DERIV_BLOCK"]
+__all__ = [
+    "gelu_linear_forward",
+    "gelu_linear_backward",
+    "gelu_deriv",
+    "DGELU_TILE",
+    "DGELU_TMA_TILE",
+    "BACKWARD_KERNEL",
+    "DERIV_BLOCK",
+]
 
 DERIV_BLOCK = 2048
 """Elements per program of :func:`_gelu_deriv_kernel` (8 warps: 8 per thread)."""
 DGELU_TILE = (128, 128, 64, 8, 8, 4)
 """``(BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages)`` of :func:`_dgelu_mm_kernel`, one
 persistent program per SM: the best of bench_mlp_epilogue's sweep (run cited in docs/kernels.md)."""
+DGELU_TMA_TILE = (128, 256, 64, 8, 8, 3, 2)
+"""``(BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages, SUBTILE)`` of
+:func:`_dgelu_mm_tma_kernel`: bench_mlp_epilogue's ``deriv`` sweep's best at vit5-base (run cited in
+docs/kernels.md)."""
+BACKWARD_KERNEL = "tma"
+"""The backward GEMM where both fit: ``"tma"`` (:func:`_dgelu_mm_tma_kernel`) or ``"pointer"``
+(:func:`_dgelu_mm_kernel`, which takes any strides and is the fallback)."""
 
 
 @triton.jit
@@ -96,6 +111,67 @@ def _dgelu_mm_kernel(
         tl.store(OUT + offs, (acc * g).to(OUT.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _dgelu_mm_tma_kernel(
+    A, B, G, OUT, M, N, K, NUM_PROGRAMS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    SUBTILE: tl.constexpr,
+):  # fmt: skip
+    """:func:`_dgelu_mm_kernel`'s ``OUT = (A @ B) * G`` through TMA descriptors (Hopper's bulk tile
+    copies, zero-filled past the edges; asynchronous stores that overlap the next tile's loads), for
+    row-major ``A`` ``[M, K]``, ``B`` ``[K, N]``, ``G`` and ``OUT`` ``[M, N]``. ``SUBTILE = 2``
+    multiplies and stores the accumulator in two ``[BLOCK_M, BLOCK_N / 2]`` halves. The descriptors
+    are built on the device, in global scratch from ``triton.set_allocator``'s allocator."""
+    SUB_N: tl.constexpr = BLOCK_N // SUBTILE
+    a_desc = tl.make_tensor_descriptor(A, shape=[M, K], strides=[K, 1], block_shape=[BLOCK_M, BLOCK_K])
+    b_desc = tl.make_tensor_descriptor(B, shape=[K, N], strides=[N, 1], block_shape=[BLOCK_K, BLOCK_N])
+    g_desc = tl.make_tensor_descriptor(G, shape=[M, N], strides=[N, 1], block_shape=[BLOCK_M, SUB_N])
+    o_desc = tl.make_tensor_descriptor(OUT, shape=[M, N], strides=[N, 1], block_shape=[BLOCK_M, SUB_N])
+    grid_m = tl.cdiv(M, BLOCK_M)
+    grid_n = tl.cdiv(N, BLOCK_N)
+    width = GROUP_M * grid_n
+    k_tiles = tl.cdiv(K, BLOCK_K)
+    for tile in tl.range(tl.program_id(0), grid_m * grid_n, NUM_PROGRAMS, flatten=True):
+        first_m = (tile // width) * GROUP_M
+        size_m = min(grid_m - first_m, GROUP_M)
+        off_m = (first_m + (tile % width) % size_m) * BLOCK_M
+        off_n = ((tile % width) // size_m) * BLOCK_N
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k in range(k_tiles):
+            acc = tl.dot(a_desc.load([off_m, k * BLOCK_K]), b_desc.load([k * BLOCK_K, off_n]), acc)
+        if SUBTILE == 2:
+            acc0, acc1 = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, SUB_N)), (0, 2, 1)))
+            g0 = g_desc.load([off_m, off_n]).to(tl.float32)
+            o_desc.store([off_m, off_n], (acc0 * g0).to(o_desc.dtype))
+            g1 = g_desc.load([off_m, off_n + SUB_N]).to(tl.float32)
+            o_desc.store([off_m, off_n + SUB_N], (acc1 * g1).to(o_desc.dtype))
+        else:
+            o_desc.store([off_m, off_n], (acc * g_desc.load([off_m, off_n]).to(tl.float32)).to(o_desc.dtype))
+
+
+def _scratch(size: int, alignment: int, stream) -> torch.Tensor:
+    """The TMA kernel's global scratch (its descriptors), on the current CUDA device."""
+    return torch.empty(size, dtype=torch.int8, device="cuda")
+
+
+def _takes_tma(a: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether the TMA kernel takes ``a`` ``[M, C]`` and ``weight`` ``[C, H]``: CUDA, half inputs,
+    row-major with unit inner strides and 16-byte aligned rows and bases (TMA's rules)."""
+    if not a.is_cuda or a.dtype not in (torch.float16, torch.bfloat16):
+        return False
+    e = a.element_size()
+    return (
+        a.stride(1) == 1
+        and a.stride(0) == a.shape[1]
+        and weight.stride(1) == 1
+        and weight.stride(0) == weight.shape[1]
+        and (a.shape[1] * e) % 16 == 0
+        and (weight.shape[1] * e) % 16 == 0
+        and a.data_ptr() % 16 == 0
+        and weight.data_ptr() % 16 == 0
+    )
+
+
 def gelu_deriv(pre: torch.Tensor, *, run=launch) -> tuple[torch.Tensor, torch.Tensor]:
     """``(gelu(pre), gelu'(pre))`` for a contiguous ``pre`` of any shape, each in ``pre``'s dtype."""
     h, g = torch.empty_like(pre), torch.empty_like(pre)
@@ -133,6 +209,18 @@ def gelu_linear_backward(
         return out
     if C == 0:
         return out.zero_()
+    if BACKWARD_KERNEL == "tma" and _takes_tma(a, weight):
+        # Triton keeps its allocator per thread: set it here, where the backward runs on
+        # autograd's thread (Inductor's launcher sets its own before each launch).
+        triton.set_allocator(_scratch)
+        bm, bn, bk, group_m, warps, stages, subtile = DGELU_TMA_TILE
+        programs = min(cdiv(M, bm) * cdiv(H, bn), num_sms(g.device))
+        meta = {
+            "NUM_PROGRAMS": programs, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group_m,
+            "SUBTILE": subtile, "num_warps": warps, "num_stages": stages,
+        }  # fmt: skip
+        run(_dgelu_mm_tma_kernel, (programs,), (a, weight, g, out, M, H, C), meta, 4)
+        return out
     bm, bn, bk, group_m, warps, stages = DGELU_TILE
     programs = min(cdiv(M, bm) * cdiv(H, bn), num_sms(g.device))
     args = (a, weight, g, out, M, H, C, *a.stride(), *weight.stride())

@@ -279,3 +279,33 @@ def test_cuda_compiled_mlp_inlines_the_kernels_and_matches_float64(mode):
     assert rel_err(x.grad, x64.grad) < 1.6e-2
     for p, p64 in zip(mlp.parameters(), ref.parameters(), strict=True):
         assert rel_err(p.grad, p64.grad) < 1.6e-2
+
+
+@pytest.mark.parametrize("subtile", [1, 2])
+def test_tma_backward_kernel_matches_float64(subtile):
+    """The TMA form of the backward GEMM (what CUDA half inputs take, ``BACKWARD_KERNEL``) in the
+    interpreter, float32 (its descriptors load bfloat16 wrongly there), edges that cut the tiles."""
+    if torch.cuda.is_available():
+        pytest.skip("CUDA runs it through the op (test_kernel_matches_float64)")
+    M, K, N = 80, 48, 72
+    a, b, g = torch.randn(M, K), torch.randn(K, N), torch.randn(M, N)
+    out = torch.empty(M, N)
+    _mlp_triton._dgelu_mm_tma_kernel[(3,)](
+        a, b, g, out, M, N, K, NUM_PROGRAMS=3, BLOCK_M=32, BLOCK_N=32, BLOCK_K=16, GROUP_M=2, SUBTILE=subtile
+    )
+    want = (a.double() @ b.double()) * g.double()
+    assert rel_err(out, want) < 1e-6
+
+
+def test_tma_is_taken_only_where_its_layout_rules_hold():
+    ok = torch.empty(64, 32, dtype=torch.float16)
+    w = torch.empty(32, 48, dtype=torch.float16)
+    assert not _mlp_triton._takes_tma(ok, w)  # not CUDA
+    if torch.cuda.is_available():
+        ok, w = ok.cuda(), w.cuda()
+        assert _mlp_triton._takes_tma(ok, w)
+        assert not _mlp_triton._takes_tma(ok.float(), w.float())
+        assert not _mlp_triton._takes_tma(torch.empty(32, 64, device="cuda", dtype=torch.float16).t(), w)
+        assert not _mlp_triton._takes_tma(
+            torch.empty(64, 36, device="cuda", dtype=torch.float16)[:, :30], w[:30]
+        )
