@@ -77,8 +77,8 @@ DTYPE = torch.bfloat16
 # setting, set for the row and restored after it): the question is whether the GEMMs' memsets and
 # split-K reductions, 97 and 37 launches of an eager vit5-base step, go away (run L in
 # docs/benchmarks.md: the reductions go, the memsets stay, and the step gains nothing).
-# flopkit-unfused-mlp runs the MLP's GELU and fc2 as PyTorch's ops (Mlp.fused_gelu_linear=False),
-# the default before kernels.gelu_linear.
+# flopkit-gelu-linear runs the MLP's GELU and fc2 as kernels.gelu_linear (Mlp.fused_gelu_linear=True,
+# opt-in until measured), flopkit-unfused-mlp as PyTorch's ops whatever the default.
 FLOPKIT_MODELS: dict[str, dict[str, bool | str]] = {
     "flopkit": {},
     "flopkit-two-ops": {"fused_qk_attention": False},
@@ -91,6 +91,7 @@ FLOPKIT_MODELS: dict[str, dict[str, bool | str]] = {
     "flopkit-eager-kernels": {"scale_backend": "auto", "tokens_backend": "auto"},
     "flopkit-cublaslt": {},
     "flopkit-unfused-mlp": {"fused_gelu_linear": False},
+    "flopkit-gelu-linear": {"fused_gelu_linear": True},
 }
 # Rows that run with another BLAS library for PyTorch's GEMMs (blas_backend), by row.
 BLAS = {"flopkit-cublaslt": "cublaslt"}
