@@ -1,33 +1,40 @@
-"""Experiment (not shipped): the ViT-5 MLP with its GELU in the GEMM epilogues, against cuBLAS +
-elementwise kernels. It lost; this script keeps the measurement reproducible.
+"""The ViT-5 MLP with its GELU in the GEMM epilogues, against cuBLAS + elementwise kernels: the
+experiment behind ``flopkit.kernels.gelu_linear`` (the ``deriv`` kind and the ``flopkit
+gelu_linear`` rows are the shipped op's kernels; the other kinds lost and stay for the record).
 
 Run on the device machine (see /work/.library/device/), from the repository root::
 
-    python -m benchmarks.bench_mlp_epilogue --out $OUT [--no-sweep] [--shapes "vit5-small b256"]
+    python -m benchmarks.bench_mlp_epilogue --out $OUT [--no-sweep] [--sweeps shipped,deriv]
+        [--shapes "vit5-small b256"]
 
-The idea (issue 8, item 4): ``fc2(gelu(fc1(x)))`` as cuBLAS GEMMs plus elementwise kernels moves
-the ``[M, H]`` hidden activation through memory several extra times per step (GELU reads the
-pre-activation and writes ``h``; backward writes ``dy @ W2`` and reads it back with the
+The idea (issue 8, item 4; issue 29): ``fc2(gelu(fc1(x)))`` as cuBLAS GEMMs plus elementwise
+kernels moves the ``[M, H]`` hidden activation through memory several extra times per step (GELU
+reads the pre-activation and writes ``h``; backward writes ``dy @ W2`` and reads it back with the
 pre-activation). A Triton GEMM that applies the exact GELU (forward) and ``* gelu'(pre)``
 (backward) to its fp32 accumulator tile removes those passes; the other three GEMMs stay cuBLAS:
 
     forward   pre = x @ W1ᵀ;  store pre and h = gelu(pre)        (_mm_gelu_kernel, BACKWARD=False)
     backward  dpre = (dy @ W2) * gelu'(pre)                       (_mm_gelu_kernel, BACKWARD=True)
 
-Two kernels do it: ``_mm_gelu_kernel`` with pointer loads (cp.async pipelining; persistent or
-one tile per program) and ``_mm_gelu_tma_kernel``, persistent, with TMA descriptors (bulk loads,
-asynchronous stores that overlap the next tile). Each is swept over its tiles per direction.
+Kinds: ``pointer`` (``_mm_gelu_kernel``, pointer loads, cp.async pipelining; persistent or one
+tile per program), ``tma`` (``_mm_gelu_tma_kernel``, persistent, TMA descriptors: bulk loads,
+asynchronous stores that overlap the next tile; ``SUBTILE`` epilogue halves), ``tma-ws`` (the same
+with Triton's Hopper warp specialization), each swept over its tiles per direction; and ``deriv``:
+cuBLAS ``x @ W1ᵀ`` then one elementwise pass storing ``h`` and ``gelu'(pre)``, and a backward GEMM
+whose epilogue only multiplies by the stored ``gelu'`` (``erf`` and ``exp`` per element cost a tile
+as much CUDA-core time as its tensor-core time), the shipped op's kernels; ``--sweeps shipped``
+sweeps the op's pointer GEMM, its fallback.
 
 Shapes: the MLPs of bench_train.py's steps, ``M = B * 201`` tokens, bf16, bias-free: vit5-small
 b256 (``M = 51456, C = 384, H = 1536``) and vit5-base b128 (``M = 25728, C = 768, H = 3072``).
 Rows, each forward + backward (gradients of x, W1, W2), median of ``triton.testing.do_bench``:
 ``torch eager`` (cuBLAS + aten GELU), ``torch.compile`` (cuBLAS + Inductor's fused elementwise
-kernels: what both compiled models run), ``fused (pointer)`` and ``fused (tma)`` (the epilogue
-kernels + cuBLAS). Those rows include each version's host latency (``do_bench`` times from the
-event before the call); the kernel rows do not. Also each
-kernel alone, a tile sweep, and the costliest kernels of each version (profiler). Writes
-``bench_mlp_epilogue_DEVICE.json`` and ``.md`` under ``--out`` (``benchmarks/_harness.py``, whose
-copy and matmul roofs head the tables).
+kernels), ``flopkit gelu_linear`` (the shipped op after cuBLAS ``fc1``) and ``fused (KIND)``. Those
+rows include each version's host latency (``do_bench`` times from the event before the call); the
+kernel rows do not. Also each kernel alone (the TMA GEMMs without epilogue among them), a tile
+sweep, each version's relative errors against float64, and the costliest kernels of each version
+(profiler). Writes ``bench_mlp_epilogue_DEVICE.json`` and ``.md`` under ``--out``
+(``benchmarks/_harness.py``, whose copy and matmul roofs head the tables).
 """
 
 # ruff: noqa: B023
@@ -71,8 +78,7 @@ CONFIG = {
     "pointer": {"fwd": (128, 128, 64, 8, 8, 4, 1), "bwd": (128, 128, 64, 8, 8, 4, 1)},
     "tma": {"fwd": (128, 64, 64, 8, 4, 4, 2), "bwd": (64, 128, 64, 8, 4, 3, 2)},
     "tma-ws": {"fwd": (128, 128, 64, 8, 4, 3, 1, 1), "bwd": (128, 128, 64, 8, 4, 3, 1, 1)},
-    "deriv": {"bwd": (128, 256, 64, 8, 8, 3, 1, 2)},
-    "deriv-ws": {"bwd": (128, 128, 64, 8, 4, 3, 1, 1)},
+    "deriv": {"bwd": (128, 256, 64, 8, 8, 3, 2)},
 }
 
 
@@ -147,7 +153,6 @@ def _mm_gelu_tma_kernel(
     BACKWARD: tl.constexpr, B_KMAJOR: tl.constexpr, NUM_PROGRAMS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     WARP_SPECIALIZE: tl.constexpr = False, SUBTILE: tl.constexpr = 1, PLAIN: tl.constexpr = False,
-    DERIV: tl.constexpr = False,
 ):  # fmt: skip
     """:func:`_mm_gelu_kernel`'s work through TMA descriptors (Hopper's tensor memory accelerator):
     bulk tile loads with out-of-bounds zero fill, and asynchronous tile stores, so that one
@@ -160,8 +165,7 @@ def _mm_gelu_tma_kernel(
     producer/consumer form; the tile loop is then not flattened. ``SUBTILE = 2`` runs the epilogue
     on two ``[BLOCK_M, BLOCK_N / 2]`` halves of the accumulator (fewer live registers, smaller
     store tiles). ``PLAIN`` stores the accumulator alone into ``OUT`` (no GELU): the GEMM's own
-    rate, against which the epilogue's cost reads. ``DERIV`` (backward): ``PRE`` already holds
-    ``gelu'(pre)`` (:func:`_gelu_deriv_kernel`, in the forward), so the epilogue is one multiply."""
+    rate, against which the epilogue's cost reads."""
     a_desc = tl.make_tensor_descriptor(A, shape=[M, K], strides=[K, 1], block_shape=[BLOCK_M, BLOCK_K])
     if B_KMAJOR:
         b_desc = tl.make_tensor_descriptor(B, shape=[N, K], strides=[K, 1], block_shape=[BLOCK_N, BLOCK_K])
@@ -192,23 +196,21 @@ def _mm_gelu_tma_kernel(
         if SUBTILE == 2:
             halves = tl.permute(tl.reshape(acc, (BLOCK_M, 2, SUB_N)), (0, 2, 1))
             acc0, acc1 = tl.split(halves)
-            _tma_epilogue(acc0, pre_desc, out_desc, off_m, off_n, BACKWARD, PLAIN, DERIV)
-            _tma_epilogue(acc1, pre_desc, out_desc, off_m, off_n + SUB_N, BACKWARD, PLAIN, DERIV)
+            _tma_epilogue(acc0, pre_desc, out_desc, off_m, off_n, BACKWARD, PLAIN)
+            _tma_epilogue(acc1, pre_desc, out_desc, off_m, off_n + SUB_N, BACKWARD, PLAIN)
         else:
-            _tma_epilogue(acc, pre_desc, out_desc, off_m, off_n, BACKWARD, PLAIN, DERIV)
+            _tma_epilogue(acc, pre_desc, out_desc, off_m, off_n, BACKWARD, PLAIN)
 
 
 @triton.jit
 def _tma_epilogue(
     acc, pre_desc, out_desc, off_m, off_n,
-    BACKWARD: tl.constexpr, PLAIN: tl.constexpr, DERIV: tl.constexpr,
+    BACKWARD: tl.constexpr, PLAIN: tl.constexpr,
 ):  # fmt: skip
     """The GELU epilogue of one ``acc`` tile at ``[off_m, off_n]`` through the descriptors."""
     dtype = out_desc.dtype
     if PLAIN:
         out_desc.store([off_m, off_n], acc.to(dtype))
-    elif DERIV:
-        out_desc.store([off_m, off_n], (acc * pre_desc.load([off_m, off_n]).to(tl.float32)).to(dtype))
     elif BACKWARD:
         x = pre_desc.load([off_m, off_n]).to(tl.float32)
         cdf = 0.5 * (1.0 + tl.math.erf(x * 0.7071067811865476))
@@ -219,28 +221,6 @@ def _tma_epilogue(
         pre_desc.store([off_m, off_n], pre)
         x = pre.to(tl.float32)
         out_desc.store([off_m, off_n], (0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))).to(dtype))
-
-
-@triton.jit
-def _gelu_deriv_kernel(PRE, H, G, n, BLOCK: tl.constexpr):
-    """``h = gelu(pre)`` and ``g = gelu'(pre)`` (exact erf form, fp32 math, stored in ``H``'s and
-    ``G``'s dtype) over ``n`` contiguous elements: the forward half of the ``deriv`` kinds, whose
-    backward GEMM then multiplies by ``g`` instead of evaluating ``erf`` and ``exp`` per element."""
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n
-    x = tl.load(PRE + offs, mask=mask, other=0.0).to(tl.float32)
-    cdf = 0.5 * (1.0 + tl.math.erf(x * 0.7071067811865476))
-    pdf = tl.exp(-0.5 * x * x) * 0.3989422804014327
-    tl.store(H + offs, (x * cdf).to(H.dtype.element_ty), mask=mask)
-    tl.store(G + offs, (cdf + x * pdf).to(G.dtype.element_ty), mask=mask)
-
-
-def gelu_deriv(pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(gelu(pre), gelu'(pre))`` of a contiguous ``pre`` by :func:`_gelu_deriv_kernel`."""
-    h, g = torch.empty_like(pre), torch.empty_like(pre)
-    block = 2048
-    _gelu_deriv_kernel[(triton.cdiv(pre.numel(), block),)](pre, h, g, pre.numel(), BLOCK=block, num_warps=8)
-    return h, g
 
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages, programs per SM)
@@ -271,21 +251,15 @@ WS_SWEEP = [
     (128, 64, 64, 8, 4, 4, 2, 1),
     (128, 128, 64, 16, 4, 3, 1, 1),
 ]
-# The deriv kinds' backward GEMM (its forward is cuBLAS + _gelu_deriv_kernel, no tiles).
+# The deriv kind: the shipped op's kernels (kernels/_mlp_triton.py), gelu and gelu' stored in the
+# forward (after cuBLAS), the backward's TMA GEMM multiplying by gelu' at these tiles:
+# (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages, SUBTILE), one program per SM.
 DERIV_SWEEP = [
     (128, 128, 64, 8, 8, 3, 1),
     (128, 128, 64, 8, 8, 4, 1),
-    (128, 128, 64, 8, 8, 3, 1, 2),
-    (128, 256, 64, 8, 8, 3, 1, 2),
+    (128, 128, 64, 8, 8, 3, 2),
+    (128, 256, 64, 8, 8, 3, 2),
     (128, 256, 64, 8, 8, 2, 1),
-    (64, 128, 64, 8, 4, 3, 2),
-    (128, 64, 64, 8, 4, 4, 2),
-]
-DERIV_WS_SWEEP = [
-    (128, 128, 64, 8, 4, 3, 1, 1),
-    (128, 128, 64, 8, 4, 4, 1, 1),
-    (128, 128, 128, 8, 4, 2, 1, 1),
-    (128, 128, 128, 8, 4, 3, 1, 1),
 ]
 # The shipped op's backward GEMM (kernels/_mlp_triton.py's DGELU_TILE, a pointer kernel, one
 # persistent program per SM): (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages).
@@ -305,7 +279,6 @@ SWEEPS = {
     "tma": TMA_SWEEP,
     "tma-ws": WS_SWEEP,
     "deriv": DERIV_SWEEP,
-    "deriv-ws": DERIV_WS_SWEEP,
 }
 
 
@@ -325,9 +298,8 @@ def _tiles_and_grid(kind: str, backward: bool, M: int, N: int, device: torch.dev
 
 
 def _tma_launch(a, b, pre, out, M, N, K, backward, b_kmajor, kind="tma", plain=False):
-    """The TMA kernel of ``kind`` (``"tma"``, ``"tma-ws"``, or ``"deriv"``/``"deriv-ws"`` whose
-    backward reads ``gelu'``) at its tiles for this direction; ``plain`` stores ``a @ b`` into
-    ``out`` without the GELU. ``-ws`` kinds run warp-specialized."""
+    """The TMA kernel of ``kind`` (``"tma"``, or ``"tma-ws"``: warp-specialized) at its tiles for
+    this direction; ``plain`` stores ``a @ b`` into ``out`` without the GELU."""
     # Triton keeps its allocator per thread (a context variable): set it here, where backward runs
     # on autograd's device thread too.
     triton.set_allocator(_scratch)
@@ -337,7 +309,6 @@ def _tma_launch(a, b, pre, out, M, N, K, backward, b_kmajor, kind="tma", plain=F
         a, b, pre, out, M, N, K, BACKWARD=backward, B_KMAJOR=b_kmajor, NUM_PROGRAMS=programs,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=group_m,
         WARP_SPECIALIZE=kind.endswith("-ws"), SUBTILE=config[7] if len(config) > 7 else 1, PLAIN=plain,
-        DERIV=kind.startswith("deriv"),
         num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
 
@@ -356,10 +327,10 @@ def _launch(a, b, pre, out, M, N, K, backward):
 
 
 def linear_gelu_fwd(x, w1):
-    """``pre = x @ W1ᵀ``, ``h = gelu(pre)`` (``[M, H]`` each); for the deriv kinds ``gelu'(pre)``
+    """``pre = x @ W1ᵀ``, ``h = gelu(pre)`` (``[M, H]`` each); for the deriv kind ``gelu'(pre)``
     in place of ``pre`` (what their backward reads)."""
-    if KIND[0].startswith("deriv"):
-        h, g = gelu_deriv(x @ w1.t())
+    if KIND[0] == "deriv":
+        h, g = shipped_mlp.gelu_deriv(x @ w1.t())
         return g, h
     M, K = x.shape
     N = w1.shape[0]
@@ -373,7 +344,9 @@ def linear_gelu_fwd(x, w1):
 
 
 def linear_gelu_bwd(dy, w2, pre):
-    """``dpre = (dy @ W2) * gelu'(pre)`` (deriv kinds: ``pre`` holds ``gelu'(pre)``)."""
+    """``dpre = (dy @ W2) * gelu'(pre)`` (the deriv kind: ``pre`` holds ``gelu'(pre)``)."""
+    if KIND[0] == "deriv":
+        return _shipped_backward_ms(dy, w2, pre, "tma", CONFIG["deriv"]["bwd"], timed=False)
     M, C = dy.shape
     dpre = torch.empty_like(pre)
     if KIND[0] != "pointer":
@@ -462,7 +435,7 @@ def check(M, C, H) -> dict:
 def kernel_times(M, C, H) -> dict:
     x, w1, w2, dy = make(M, C, H)
     xs, w1s, w2s = x.detach(), w1.detach(), w2.detach()
-    pre = xs @ w1s.t()  # (the deriv kinds' backward reads gelu'(pre) instead: same bytes, same time)
+    pre = xs @ w1s.t()  # (the deriv kind's backward reads gelu'(pre) instead: same bytes, same time)
     out = {}
     for kind in CONFIG:
         KIND[0] = kind
@@ -482,9 +455,9 @@ def kernel_times(M, C, H) -> dict:
         "cuBLAS x @ W1^T": ms(lambda: xs @ w1s.t()),
         "cuBLAS dy @ W2": ms(lambda: dy @ w2s),
         "aten gelu": ms(lambda: F.gelu(pre)),
-        "Triton gelu + gelu' (deriv forward)": ms(lambda: gelu_deriv(pre)),
+        "Triton gelu + gelu' (deriv forward)": ms(lambda: shipped_mlp.gelu_deriv(pre)),
         **{
-            f"flopkit gelu_linear backward ({kind} GEMM)": _shipped_backward_ms(kind, dy, w2s, pre)
+            f"flopkit gelu_linear backward ({kind} GEMM)": _shipped_backward_ms(dy, w2s, pre, kind)
             for kind in ("tma", "pointer")
         },
     }
@@ -497,7 +470,7 @@ def sweep(M, C, H, kind: str, configs) -> list[dict]:
     xs, w1s, w2s = x.detach(), w1.detach(), w2.detach()
     pre = xs @ w1s.t()
     runs = {"fwd": lambda: linear_gelu_fwd(xs, w1s), "bwd": lambda: linear_gelu_bwd(dy, w2s, pre)}
-    if kind.startswith("deriv"):  # the forward has no tiles
+    if kind == "deriv":  # the forward has no tiles
         del runs["fwd"]
     rows, best = [], {}
     KIND[0] = kind
@@ -518,27 +491,33 @@ def sweep(M, C, H, kind: str, configs) -> list[dict]:
     return rows
 
 
-def _shipped_backward_ms(kind: str, dy, w2, g) -> float:
-    """The shipped op's backward GEMM with ``BACKWARD_KERNEL = kind``, restored after."""
-    before, shipped_mlp.BACKWARD_KERNEL = shipped_mlp.BACKWARD_KERNEL, kind
+def _shipped_backward_ms(dy, w2, g, kind: str, tile=None, timed: bool = True):
+    """The shipped op's backward GEMM with ``BACKWARD_KERNEL = kind`` (and ``tile`` as that kernel's
+    tile), both restored after: its time in ms, or with ``timed=False`` one call's ``dpre``."""
+    name = "DGELU_TMA_TILE" if kind == "tma" else "DGELU_TILE"
+    before = shipped_mlp.BACKWARD_KERNEL, getattr(shipped_mlp, name)
+    shipped_mlp.BACKWARD_KERNEL = kind
+    setattr(shipped_mlp, name, tile or before[1])
     try:
-        return ms(lambda: shipped_mlp.gelu_linear_backward(dy, w2, g))
+        fn = lambda: shipped_mlp.gelu_linear_backward(dy, w2, g)  # noqa: E731
+        return ms(fn) if timed else fn()
     finally:
-        shipped_mlp.BACKWARD_KERNEL = before
+        shipped_mlp.BACKWARD_KERNEL = before[0]
+        setattr(shipped_mlp, name, before[1])
 
 
 def sweep_shipped(M, C, H) -> list[dict]:
     """Time the shipped op's pointer GEMM (``BACKWARD_KERNEL = "pointer"``) at every tile of
-    :data:`SHIPPED_SWEEP`; leave ``DGELU_TILE`` at the fastest (the ``tiles`` entry of the record)."""
+    :data:`SHIPPED_SWEEP`; leave ``DGELU_TILE`` at the fastest for the rows after (the ``tiles``
+    entry of the record)."""
     _, _, w2, dy = make(M, C, H)
     g = dy.new_empty(M, H).normal_()
     w2s = w2.detach()
     rows, best = [], (float("inf"), shipped_mlp.DGELU_TILE)
     for cfg in SHIPPED_SWEEP:
-        shipped_mlp.DGELU_TILE = cfg
         row = {"kind": "shipped", "config": cfg}
         try:
-            row["bwd"] = t = _shipped_backward_ms("pointer", dy, w2s, g)
+            row["bwd"] = t = _shipped_backward_ms(dy, w2s, g, "pointer", cfg)
             best = min(best, (t, cfg))
         except Exception as e:  # noqa: BLE001  (a tile that does not fit: shared memory)
             row["bwd error"] = repr(e)[:200]
