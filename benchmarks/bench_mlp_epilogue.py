@@ -48,6 +48,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 from flopkit.kernels import _mlp_triton as shipped_mlp
+from flopkit.kernels._mlp_triton import _grouped_tile, _mm_pointer_tile
 
 from benchmarks._harness import ResultWriter, device_ms, out_default, run_roofs
 
@@ -97,35 +98,13 @@ def _mm_gelu_kernel(
     # tile's first loads. Grouped order: GROUP_M row tiles share each column tile of B in L2.
     grid_m = tl.cdiv(M, BLOCK_M)
     grid_n = tl.cdiv(N, BLOCK_N)
-    width = GROUP_M * grid_n
-    k_tiles = tl.cdiv(K, BLOCK_K)
-    offs_k = tl.arange(0, BLOCK_K)
     for tile in tl.range(tl.program_id(0), grid_m * grid_n, tl.num_programs(0), flatten=FLATTEN):
-        first_m = (tile // width) * GROUP_M
-        size_m = min(grid_m - first_m, GROUP_M)
-        pid_m = first_m + (tile % width) % size_m
-        pid_n = (tile % width) // size_m
+        pid_m, pid_n = _grouped_tile(tile, grid_m, grid_n, GROUP_M)
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        # Rows and columns past the edge wrap around (their results are never stored): no load
-        # masks, and `%` keeps the offsets' contiguity visible to Triton (a `where` hid it and turned
-        # the row-major W2 operand's 16-byte loads into 2-byte ones, a 4x slower backward).
-        am = (offs_m % M).to(tl.int64)
-        bn = offs_n % N
-        a_ptrs = A + am[:, None] * s_am + offs_k[None, :] * s_ak
-        b_ptrs = B + offs_k[:, None] * s_bk + bn[None, :] * s_bn
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for k in range(0, k_tiles):
-            if EVEN_K:
-                a = tl.load(a_ptrs)
-                b = tl.load(b_ptrs)
-            else:
-                k_left = K - k * BLOCK_K
-                a = tl.load(a_ptrs, mask=offs_k[None, :] < k_left, other=0.0)
-                b = tl.load(b_ptrs, mask=offs_k[:, None] < k_left, other=0.0)
-            acc = tl.dot(a, b, acc)
-            a_ptrs += BLOCK_K * s_ak
-            b_ptrs += BLOCK_K * s_bk
+        acc = _mm_pointer_tile(
+            A, B, M, N, K, s_am, s_ak, s_bk, s_bn, offs_m, offs_n, EVEN_K, "tf32", BLOCK_M, BLOCK_N, BLOCK_K
+        )
         _epilogue(acc, offs_m, offs_n, M, N, PRE, OUT, BACKWARD)
 
 
@@ -176,16 +155,14 @@ def _mm_gelu_tma_kernel(
     out_desc = tl.make_tensor_descriptor(OUT, shape=[M, N], strides=[N, 1], block_shape=[BLOCK_M, SUB_N])
     grid_m = tl.cdiv(M, BLOCK_M)
     grid_n = tl.cdiv(N, BLOCK_N)
-    width = GROUP_M * grid_n
     k_tiles = tl.cdiv(K, BLOCK_K)
     for tile in tl.range(
         tl.program_id(0), grid_m * grid_n, NUM_PROGRAMS,
         flatten=not WARP_SPECIALIZE, warp_specialize=WARP_SPECIALIZE,
     ):  # fmt: skip
-        first_m = (tile // width) * GROUP_M
-        size_m = min(grid_m - first_m, GROUP_M)
-        off_m = (first_m + (tile % width) % size_m) * BLOCK_M
-        off_n = ((tile % width) // size_m) * BLOCK_N
+        pid_m, pid_n = _grouped_tile(tile, grid_m, grid_n, GROUP_M)
+        off_m = pid_m * BLOCK_M
+        off_n = pid_n * BLOCK_N
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for k in range(k_tiles):
             a = a_desc.load([off_m, k * BLOCK_K])

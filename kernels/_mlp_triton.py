@@ -64,6 +64,46 @@ def _gelu_deriv_kernel(PRE, H, G, n, BLOCK: tl.constexpr):
 
 
 @triton.jit
+def _grouped_tile(tile, grid_m, grid_n, GROUP_M: tl.constexpr):
+    """``(pid_m, pid_n)`` of the ``tile``-th tile in grouped order: ``GROUP_M`` row tiles in a row
+    share each column tile of ``B`` while it is in L2."""
+    width = GROUP_M * grid_n
+    first_m = (tile // width) * GROUP_M
+    size_m = min(grid_m - first_m, GROUP_M)
+    return first_m + (tile % width) % size_m, (tile % width) // size_m
+
+
+@triton.jit
+def _mm_pointer_tile(
+    A, B, M, N, K, s_am, s_ak, s_bk, s_bn, offs_m, offs_n,
+    EVEN_K: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """The fp32 tile ``A[offs_m, :] @ B[:, offs_n]`` by pointer loads (``A`` ``[M, K]``, ``B``
+    ``[K, N]``, any strides). Rows and columns past the edge wrap around (a caller never stores
+    them): unmasked loads whose offsets keep their contiguity visible to Triton, so row-major
+    operands load 16 bytes at a time (a ``where`` hid it: 2-byte loads, a 4x slower GEMM)."""
+    offs_k = tl.arange(0, BLOCK_K)
+    am = (offs_m % M).to(tl.int64)
+    bn = offs_n % N
+    a_ptrs = A + am[:, None] * s_am + offs_k[None, :] * s_ak
+    b_ptrs = B + offs_k[:, None] * s_bk + bn[None, :] * s_bn
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k in range(0, tl.cdiv(K, BLOCK_K)):
+        if EVEN_K:
+            a = tl.load(a_ptrs)
+            b = tl.load(b_ptrs)
+        else:
+            left = K - k * BLOCK_K
+            a = tl.load(a_ptrs, mask=offs_k[None, :] < left, other=0.0)
+            b = tl.load(b_ptrs, mask=offs_k[:, None] < left, other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=PRECISION)
+        a_ptrs += BLOCK_K * s_ak
+        b_ptrs += BLOCK_K * s_bk
+    return acc
+
+
+@triton.jit
 def _dgelu_mm_kernel(
     A, B, G, OUT, M, N, K, s_am, s_ak, s_bk, s_bn,
     EVEN_K: tl.constexpr, PRECISION: tl.constexpr,
@@ -77,34 +117,28 @@ def _dgelu_mm_kernel(
     precision (``"tf32"`` for half inputs, where it changes nothing)."""
     grid_m = tl.cdiv(M, BLOCK_M)
     grid_n = tl.cdiv(N, BLOCK_N)
-    width = GROUP_M * grid_n
-    k_tiles = tl.cdiv(K, BLOCK_K)
-    offs_k = tl.arange(0, BLOCK_K)
     for tile in tl.range(tl.program_id(0), grid_m * grid_n, tl.num_programs(0), flatten=True):
-        first_m = (tile // width) * GROUP_M
-        size_m = min(grid_m - first_m, GROUP_M)
-        pid_m = first_m + (tile % width) % size_m
-        pid_n = (tile % width) // size_m
+        pid_m, pid_n = _grouped_tile(tile, grid_m, grid_n, GROUP_M)
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        # Rows and columns past the edge wrap around (never stored): unmasked loads whose offsets
-        # keep their contiguity visible to Triton, so row-major operands load 16 bytes at a time.
-        am = (offs_m % M).to(tl.int64)
-        bn = offs_n % N
-        a_ptrs = A + am[:, None] * s_am + offs_k[None, :] * s_ak
-        b_ptrs = B + offs_k[:, None] * s_bk + bn[None, :] * s_bn
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for k in range(0, k_tiles):
-            if EVEN_K:
-                a = tl.load(a_ptrs)
-                b = tl.load(b_ptrs)
-            else:
-                left = K - k * BLOCK_K
-                a = tl.load(a_ptrs, mask=offs_k[None, :] < left, other=0.0)
-                b = tl.load(b_ptrs, mask=offs_k[:, None] < left, other=0.0)
-            acc = tl.dot(a, b, acc, input_precision=PRECISION)
-            a_ptrs += BLOCK_K * s_ak
-            b_ptrs += BLOCK_K * s_bk
+        acc = _mm_pointer_tile(
+            A,
+            B,
+            M,
+            N,
+            K,
+            s_am,
+            s_ak,
+            s_bk,
+            s_bn,
+            offs_m,
+            offs_n,
+            EVEN_K,
+            PRECISION,
+            BLOCK_M,
+            BLOCK_N,
+            BLOCK_K,
+        )
         mask = (offs_m < M)[:, None] & (offs_n < N)[None, :]
         offs = offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
         g = tl.load(G + offs, mask=mask, other=0.0).to(tl.float32)
@@ -129,13 +163,11 @@ def _dgelu_mm_tma_kernel(
     o_desc = tl.make_tensor_descriptor(OUT, shape=[M, N], strides=[N, 1], block_shape=[BLOCK_M, SUB_N])
     grid_m = tl.cdiv(M, BLOCK_M)
     grid_n = tl.cdiv(N, BLOCK_N)
-    width = GROUP_M * grid_n
     k_tiles = tl.cdiv(K, BLOCK_K)
     for tile in tl.range(tl.program_id(0), grid_m * grid_n, NUM_PROGRAMS, flatten=True):
-        first_m = (tile // width) * GROUP_M
-        size_m = min(grid_m - first_m, GROUP_M)
-        off_m = (first_m + (tile % width) % size_m) * BLOCK_M
-        off_n = ((tile % width) // size_m) * BLOCK_N
+        pid_m, pid_n = _grouped_tile(tile, grid_m, grid_n, GROUP_M)
+        off_m = pid_m * BLOCK_M
+        off_n = pid_n * BLOCK_N
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for k in range(k_tiles):
             acc = tl.dot(a_desc.load([off_m, k * BLOCK_K]), b_desc.load([k * BLOCK_K, off_n]), acc)

@@ -245,3 +245,26 @@ def test_mlp_epilogue_tma_kernel_against_float64(mode, subtile, dtype):
         assert (pre.double() - acc).abs().max() <= 2e-3 * acc.abs().max()
     tol = 1e-5 if dtype == torch.float32 else 2e-3
     assert (out.double() - want).abs().max() <= tol * want.abs().max(), mode
+
+
+@pytest.mark.parametrize("backward", [False, True])
+def test_mlp_epilogue_pointer_kernel_against_float64(backward):
+    """bench_mlp_epilogue's pointer kernel (the shipped op's tile helpers with the erf epilogue)
+    against float64 in the interpreter, float32, an uneven K and edges that cut the tiles."""
+    from benchmarks import bench_mlp_epilogue as B
+
+    if torch.cuda.is_available():
+        pytest.skip("the device run's check() covers CUDA")
+    M, K, N = 80, 48, 72
+    a, b, given = torch.randn(M, K), torch.randn(K, N), torch.randn(M, N)
+    pre = given.clone() if backward else torch.empty(M, N)
+    out = torch.empty(M, N)
+    B._mm_gelu_kernel[(3,)](
+        a, b, pre, out, M, N, K, *a.stride(), *b.stride(), BACKWARD=backward, EVEN_K=False, FLATTEN=True,
+        BLOCK_M=32, BLOCK_N=32, BLOCK_K=16, GROUP_M=2,
+    )  # fmt: skip
+    acc = a.double() @ b.double()
+    x = given.double() if backward else acc
+    cdf = 0.5 * (1 + torch.erf(x / 2**0.5))
+    want = acc * (cdf + x * torch.exp(-x * x / 2) / (2 * torch.pi) ** 0.5) if backward else x * cdf
+    assert (out.double() - want).abs().max() <= 1e-5 * want.abs().max()
