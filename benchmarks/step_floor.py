@@ -8,11 +8,11 @@ groups (floor ms, measured ms, measured / floor) and the whole step against toda
 The step is ``bench_train.py``'s: forward, cross-entropy, backward, bf16 weights under bf16
 autocast, no optimizer, each preset at ``bench_train.BATCH`` (vit5-small 256, vit5-base 128).
 
-- **Measured**, per kernel group: ``step_kernels_h100.json``, runs ``PRESET_modes_2026-11-24``,
+- **Measured**, per kernel group: ``step_kernels_h100.json``, runs ``PRESET_current_2026-12-07``,
   column ``flopkit`` (``torch.compile``, default mode): GPU ms per step of every kernel, grouped
   here by :func:`floor_group`. Step times and roofs: ``bench_train_h100.json``, run
-  ``vs_upstream_2026-12-06`` (flopkit and nvSubquadratic, same process; its ``roofs``: the copy
-  bandwidth, bytes read + written, and the bf16 matmul rate at ``8192^3``).
+  ``head-tail32_2026-12-07__vs_upstream`` (flopkit and nvSubquadratic, same process; its
+  ``roofs``: the copy bandwidth, bytes read + written, and the bf16 matmul rate at ``8192^3``).
 - **GEMM floor**: the step's matmul FLOPs (``flopkit.count(preset, batch=B,
   training=True).by_category()["matmul"]``) at the measured matmul rate.
 - **Attention floor**: the attention FLOPs as the kernels run them (forward + flash backward with
@@ -46,15 +46,15 @@ from benchmarks.step_kernels import group as profiler_group
 RESULTS = H.REPO_ROOT / "benchmarks" / "results"
 STEP_KERNELS = "step_kernels_h100.json"
 BENCH_TRAIN = "bench_train_h100.json"
-TRAIN_RUN = "vs_upstream_2026-12-06"
-KERNEL_RUNS = {"vit5-small": "vit5-small_modes_2026-11-24", "vit5-base": "vit5-base_modes_2026-11-24"}
+TRAIN_RUN = "head-tail32_2026-12-07__vs_upstream"
+KERNEL_RUNS = {"vit5-small": "vit5-small_current_2026-12-07", "vit5-base": "vit5-base_current_2026-12-07"}
 KERNEL_COLUMN = "flopkit"  # step_kernels' column of torch.compile's default mode
 STEP_MODE = "reduce-overhead"  # today's best mode of both models (bench_train run TRAIN_RUN)
 TARGET = 1.2  # issue 29: flopkit's step at 1.2x upstream's best
 BYTES = 2  # bf16
 
 GEMM = "GEMM (cuBLAS)"
-ATTENTION = "attention (cuDNN flash fwd + bwd)"
+ATTENTION = "attention (flash forward + backward)"
 ATTENTION_SIDE = "attention side kernels (cuDNN `compute_dot_do_o`, `convert_dq_to_16bits`)"
 GELU = "GELU forward + backward"
 NORMS = "norms + residual (flopkit `_norm_*`)"
@@ -236,7 +236,10 @@ def preset_floor(
             measured[ATTENTION],
         ),
     ]
-    for name in (ATTENTION_SIDE, GELU, NORMS, QK):
+    # cuDNN's side kernels are a group of their own only in steps that run them (flopkit's attention
+    # kernels compute rowsum(dO * O) inside the backward and write dq in bf16).
+    side = (ATTENTION_SIDE,) if measured[ATTENTION_SIDE] else ()
+    for name in (*side, GELU, NORMS, QK):
         groups.append(
             GroupFloor(
                 name, f"{moved[name] / 1e9:.2f} GB at {gbs:.0f} GB/s", moved[name] / gbs / 1e6, measured[name]
