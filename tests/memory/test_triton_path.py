@@ -44,3 +44,47 @@ def test_triton_path_saves_less_than_the_reference_path():
     # intermediates. Parameters and optimizer state are the same either way.
     assert on.saved_bytes < off.saved_bytes
     assert on.steady_bytes == off.steady_bytes
+
+
+def test_gelu_linear_replays_on_meta_and_saves_the_modules_bytes(monkeypatch):
+    """In a replay of a CUDA step (meta tensors, a dispatch mode recording) an ``Mlp`` with
+    ``fused_gelu_linear`` runs ``flopkit::gelu_linear`` (its fake and its autograd) and saves
+    ``h`` and ``gelu'`` where the modules save ``pre`` and ``h``: the same bytes, the same shapes."""
+    import torch
+
+    from flopkit.nn.vit5 import Mlp
+
+    calls = []
+    real = kernels.gelu_linear
+
+    def spy(*args, **kw):
+        calls.append(kw.get("backend"))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(kernels, "gelu_linear", spy)
+    saved = {}
+    for fused in (True, False):
+        with torch.device("meta"):
+            mlp = Mlp(64, 256).bfloat16()
+            x = torch.empty(2, 9, 64, dtype=torch.bfloat16, requires_grad=True)
+        mlp.fused_gelu_linear = fused
+        sizes = []
+
+        def pack(t, sizes=sizes):
+            sizes.append((tuple(t.shape), t.dtype))
+            return t
+
+        with (
+            _Recording(),
+            kernels.replay_cuda_paths(),
+            torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
+        ):
+            y = mlp(x)
+        with _Recording(), kernels.replay_cuda_paths():
+            y.sum().backward()
+        assert y.shape == (2, 9, 64) and x.grad.shape == x.shape
+        saved[fused] = sorted(sizes, key=str)
+    assert calls == [kernels.Route.CUSTOM_OP]
+    assert sum(torch.Size(s).numel() for s, _ in saved[True]) == sum(
+        torch.Size(s).numel() for s, _ in saved[False]
+    )
