@@ -230,10 +230,12 @@ def gelu_linear_forward(
 
 
 def gelu_linear_backward(
-    dy: torch.Tensor, weight: torch.Tensor, g: torch.Tensor, *, run=launch
+    dy: torch.Tensor, weight: torch.Tensor, g: torch.Tensor, *, run=launch, kernel: str | None = None
 ) -> torch.Tensor:
     """``dpre = (dy @ weight) * g`` ``[*, H]`` in ``g``'s dtype, from ``dy`` ``[*, C]`` (any strides
-    after flattening its leading dimensions), ``weight`` ``[C, H]`` and ``g`` ``[*, H]`` contiguous."""
+    after flattening its leading dimensions), ``weight`` ``[C, H]`` and ``g`` ``[*, H]`` contiguous.
+    ``kernel``: ``"tma"`` or ``"pointer"`` forces that GEMM (the sm90 compile check plans the TMA
+    one on CPU tensors); None takes :data:`BACKWARD_KERNEL` where the TMA layout rules hold."""
     C, H = weight.shape
     a = dy.reshape(-1, C)
     M = a.shape[0]
@@ -242,7 +244,7 @@ def gelu_linear_backward(
         return out
     if C == 0:
         return out.zero_()
-    if BACKWARD_KERNEL == "tma" and _takes_tma(a, weight):
+    if kernel == "tma" or (kernel is None and BACKWARD_KERNEL == "tma" and _takes_tma(a, weight)):
         # Triton keeps its allocator per thread: set it here, where the backward runs on
         # autograd's thread (Inductor's launcher sets its own before each launch).
         triton.set_allocator(_scratch)

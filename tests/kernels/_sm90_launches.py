@@ -1,4 +1,4 @@
-"""Compile every launch configuration of the norm, QK-norm + RoPE, ``scale_rows`` and ``embed_tokens``
+"""Compile every launch configuration of the norm, QK-norm + RoPE, ``scale_rows``, ``embed_tokens`` and ``gelu_linear``
 kernels for sm90 (and the attention kernels as the QK-norm + RoPE + attention op launches them).
 
 Run as a script in a fresh interpreter (``tests/kernels/test_sm90_compile.py``): it runs each public
@@ -14,13 +14,23 @@ import os
 import sys
 
 import torch
-from flopkit.kernels import _embed_triton, _norm_ops, _rope_ops, _scale_triton, _sdpa_ops  # noqa: F401  the kernels, as JITFunctions
+from flopkit.kernels import (
+    _embed_triton,
+    _mlp_ops,
+    _mlp_triton,
+    _norm_ops,
+    _rope_ops,
+    _scale_triton,
+    _sdpa_ops,
+)
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource, compile
 from triton.runtime.jit import JITFunction
 
 from flopkit import kernels as K
 
+# Imported before main() sets TRITON_INTERPRET, so that their kernels are JITFunctions.
+KERNEL_MODULES = (_embed_triton, _mlp_ops, _mlp_triton, _norm_ops, _rope_ops, _scale_triton, _sdpa_ops)
 TYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", torch.int32: "i32"}
 SEEN: dict = {}
 
@@ -105,6 +115,15 @@ def run_ops() -> None:
             )
             pos, cls, reg = (t if keep else None for t, keep in zip((pos, cls, reg), parts, strict=True))
             backward(K.embed_tokens(x, pos, cls, reg, cls_first, backend="triton"))
+        # ViT-5's MLPs (small, base) as kernels.gelu_linear: the forward's pass and the pointer GEMM
+        # (CPU tensors take it), then the TMA GEMM that CUDA half inputs take.
+        for H, C in ((1536, 384), (3072, 768)):
+            pre, w = leaves(torch.randn(B, T, H, dtype=dt), torch.randn(C, H, dtype=dt))
+            backward(K.gelu_linear(pre, w, backend="triton"))
+            if dt != torch.float32:
+                _mlp_triton.gelu_linear_backward(
+                    torch.randn(B, T, C, dtype=dt), w.detach(), pre.detach(), kernel="tma"
+                )
     # Past 256 tokens a head's backward takes the dq and dkdv kernels (ViT-5 at 384 px: T = 577).
     T, H, D = 577, 6, 64
     qkv, w = leaves(torch.randn(1, T, 3 * H * D, dtype=torch.bfloat16), torch.randn(D, dtype=torch.bfloat16))

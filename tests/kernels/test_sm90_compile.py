@@ -1,4 +1,4 @@
-"""The norm, QK-norm + RoPE, ``scale_rows`` and ``embed_tokens`` kernels compile for sm90 in every configuration their launchers plan
+"""The norm, QK-norm + RoPE, ``scale_rows``, ``embed_tokens`` and ``gelu_linear`` kernels compile for sm90 in every configuration their launchers plan
 at ViT-5 shapes (``_sm90_launches.py``; the QK-norm + RoPE backward also in place, as
 ``kernels.qk_norm_rope_attention`` runs it after the attention kernels), with the installed Triton.
 
@@ -25,8 +25,11 @@ KERNELS = [
     "_attn_bwd_dq",
     "_attn_bwd_head",
     "_attn_fwd",
+    "_dgelu_mm_kernel",
+    "_dgelu_mm_tma_kernel",
     "_embed_bwd_kernel",
     "_embed_fwd_kernel",
+    "_gelu_deriv_kernel",
     "_norm_bwd_chunked_kernel",
     "_norm_bwd_kernel",
     "_norm_fwd_chunked_kernel",
