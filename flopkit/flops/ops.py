@@ -376,6 +376,11 @@ for _name, _formula in {
 for _cat in QK_NORM_ROPE_PARTS:
     _add(Op(qk_part("flopkit.", _cat), _cat, fvcore=(qk_part("flopkit::", _cat),), custom=QK_NORM_ROPE))
 
+# flopkit::gelu_linear and its backward (kernels.gelu_linear): linear's product each way, by their
+# registered formulas. Models never show them to a counter (Mlp runs its modules while ops are
+# recorded); a direct call under FlopCounterMode does.
+op("matmul", "flopkit.gelu_linear", "flopkit.gelu_linear_backward", custom="linear")
+
 # Pseudo-ops the FlopCounterMode engine records at the Python call (no aten op of their own).
 RMS_NORM_OP = "flopkit.measured.rms_norm"
 RMS_NORM_BACKWARD_OP = "flopkit.measured.rms_norm_backward"

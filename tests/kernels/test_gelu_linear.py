@@ -111,6 +111,13 @@ def test_custom_op_route_matches_eager_and_is_counted():
     assert counts["flopkit.gelu_linear"] == mm
     assert counts["flopkit.gelu_linear_backward"] == mm
     assert counts["aten.mm"] == mm  # the weight gradient
+    from flopkit.flops.ops import category_of
+
+    assert (
+        category_of("torch", "flopkit.gelu_linear")
+        == category_of("torch", "flopkit.gelu_linear_backward")
+        == "matmul"
+    )
 
 
 def test_opcheck():
