@@ -14,7 +14,7 @@ from torch import nn
 
 from flopkit import formulas, kernels
 
-from ._checks import check_finite, check_positive_int
+from ._checks import check_finite, check_positive_int, check_setting, setting_allows
 from ._flops import CompositeFlops
 from .norms import HeadNorm, PerHeadRMSNorm, RMSNorm
 from .rope import ROPE_PAIRINGS, ROPE_TABLES, apply_rope, build_rope_tables, token_layout
@@ -202,11 +202,8 @@ class ViT5Attention(CompositeFlops, nn.Module):
         True always, ``"eager"`` on the eager kernel route and in a memory replay of an eager CUDA
         step (its meta tensors take the custom ops), False never."""
         mode = getattr(self, name)
-        if mode is not True and mode is not False and mode != "eager":
-            raise ValueError(f"{name} must be True, False or 'eager', got {mode!r}")
-        return mode is True or (
-            mode == "eager" and (path is kernels.Route.KERNEL or kernels.replaying_cuda())
-        )
+        check_setting(name, mode)
+        return setting_allows(mode, path)
 
     def _attention_kernels(self, path: kernels.Route | None) -> bool:
         """Whether this call may run flopkit's attention kernels (:attr:`triton_attention`): on the

@@ -22,7 +22,7 @@ from torch import nn
 
 from flopkit import formulas, kernels
 
-from ._checks import check_finite, check_positive_int, is_int
+from ._checks import check_finite, check_positive_int, check_setting, is_int, setting_allows
 from ._flops import CompositeFlops, FlopCounted
 from .attention import ViT5Attention
 from .norms import RMSNorm
@@ -264,8 +264,7 @@ class Mlp(CompositeFlops, nn.Module):
         """The route of :func:`flopkit.kernels.gelu_linear` for ``h`` (fc1's output), decided once;
         None for the modules' path (see :attr:`fused_gelu_linear`)."""
         mode = self.fused_gelu_linear
-        if mode is not True and mode is not False and mode != "eager":
-            raise ValueError(f"fused_gelu_linear must be True, False or 'eager', got {mode!r}")
+        check_setting("fused_gelu_linear", mode)
         act, fc2 = self.act, self.fc2
         if (
             mode is False
@@ -282,9 +281,7 @@ class Mlp(CompositeFlops, nn.Module):
         ):
             return None
         path = kernels.route("auto", h, "Mlp")
-        if path is kernels.Route.REFERENCE:
-            return None
-        if mode == "eager" and not (path is kernels.Route.KERNEL or kernels.replaying_cuda()):
+        if path is kernels.Route.REFERENCE or not setting_allows(mode, path):
             return None
         return path
 
