@@ -42,6 +42,7 @@ sweep, each version's relative errors against float64, and the costliest kernels
 from __future__ import annotations
 
 import argparse
+import contextlib
 
 import torch
 import torch.nn.functional as F
@@ -259,11 +260,6 @@ SWEEPS = {
 }
 
 
-def _scratch(size: int, alignment: int, stream) -> torch.Tensor:
-    """Global scratch for the descriptors the TMA kernel builds on the device."""
-    return torch.empty(size, dtype=torch.int8, device="cuda")
-
-
 def _tiles_and_grid(kind: str, backward: bool, M: int, N: int, device: torch.device):
     """``kind``'s tile config for this direction and its grid size: one program per tile, or
     ``programs per SM`` x SMs of them (persistent) when the config says so."""
@@ -279,7 +275,7 @@ def _tma_launch(a, b, pre, out, M, N, K, backward, b_kmajor, kind="tma", plain=F
     this direction; ``plain`` stores ``a @ b`` into ``out`` without the GELU."""
     # Triton keeps its allocator per thread (a context variable): set it here, where backward runs
     # on autograd's device thread too.
-    triton.set_allocator(_scratch)
+    triton.set_allocator(shipped_mlp._scratch)
     config, programs = _tiles_and_grid(kind, backward, M, N, a.device)
     block_m, block_n, block_k, group_m, num_warps, num_stages = config[:6]
     _mm_gelu_tma_kernel[(programs,)](
@@ -323,7 +319,8 @@ def linear_gelu_fwd(x, w1):
 def linear_gelu_bwd(dy, w2, pre):
     """``dpre = (dy @ W2) * gelu'(pre)`` (the deriv kind: ``pre`` holds ``gelu'(pre)``)."""
     if KIND[0] == "deriv":
-        return _shipped_backward_ms(dy, w2, pre, "tma", CONFIG["deriv"]["bwd"], timed=False)
+        with _shipped_tile("tma", CONFIG["deriv"]["bwd"]) as backward:
+            return backward(dy, w2, pre)
     M, C = dy.shape
     dpre = torch.empty_like(pre)
     if KIND[0] != "pointer":
@@ -468,23 +465,27 @@ def sweep(M, C, H, kind: str, configs) -> list[dict]:
     return rows
 
 
-def _shipped_backward_ms(dy, w2, g, kind: str, tile=None, timed: bool = True):
-    """The shipped op's backward GEMM with ``BACKWARD_KERNEL = kind`` (and ``tile`` as that kernel's
-    tile), both restored after: its time in ms, or with ``timed=False`` one call's ``dpre``."""
+@contextlib.contextmanager
+def _shipped_tile(kind: str, tile=None):
+    """The shipped op's ``kind`` backward GEMM (``"tma"`` or ``"pointer"``) at ``tile`` (None: its own)
+    inside the block, its tile restored after."""
     name = "DGELU_TMA_TILE" if kind == "tma" else "DGELU_TILE"
-    before = shipped_mlp.BACKWARD_KERNEL, getattr(shipped_mlp, name)
-    shipped_mlp.BACKWARD_KERNEL = kind
-    setattr(shipped_mlp, name, tile or before[1])
+    before = getattr(shipped_mlp, name)
+    setattr(shipped_mlp, name, tile or before)
     try:
-        fn = lambda: shipped_mlp.gelu_linear_backward(dy, w2, g)  # noqa: E731
-        return ms(fn) if timed else fn()
+        yield lambda dy, w2, g: shipped_mlp.gelu_linear_backward(dy, w2, g, kernel=kind)
     finally:
-        shipped_mlp.BACKWARD_KERNEL = before[0]
-        setattr(shipped_mlp, name, before[1])
+        setattr(shipped_mlp, name, before)
+
+
+def _shipped_backward_ms(dy, w2, g, kind: str, tile=None) -> float:
+    """The shipped op's ``kind`` backward GEMM at ``tile``, ms (:func:`_shipped_tile`)."""
+    with _shipped_tile(kind, tile) as backward:
+        return ms(lambda: backward(dy, w2, g))
 
 
 def sweep_shipped(M, C, H) -> list[dict]:
-    """Time the shipped op's pointer GEMM (``BACKWARD_KERNEL = "pointer"``) at every tile of
+    """Time the shipped op's pointer GEMM (``kernel="pointer"``) at every tile of
     :data:`SHIPPED_SWEEP`; leave ``DGELU_TILE`` at the fastest for the rows after (the ``tiles``
     entry of the record)."""
     _, _, w2, dy = make(M, C, H)
