@@ -78,3 +78,17 @@ def symbolic_fake_tensors(*shapes):
     with mode:
         tensors = [torch.empty(*(sym(n, f"t{i}_{j}") for j, n in enumerate(s))) for i, s in enumerate(shapes)]
     return mode, tensors
+
+
+def backends_of(monkeypatch, module, name: str) -> list:
+    """Replace ``module.name`` with a spy that calls it and records each call's ``backend`` keyword
+    (a :class:`~flopkit.kernels.Route` where the caller decided one); returns the record."""
+    seen = []
+    real = getattr(module, name)
+
+    def spy(*args, **kw):
+        seen.append(kw.get("backend"))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(module, name, spy)
+    return seen

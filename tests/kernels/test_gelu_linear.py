@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from _references import device, rel_err
+from _references import backends_of, device, rel_err
 from flopkit.kernels import _mlp_ops, _mlp_triton
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -170,15 +170,7 @@ def _force_kernel_route(monkeypatch):
 
 
 def _calls(monkeypatch) -> list:
-    seen = []
-    real = kernels.gelu_linear
-
-    def spy(*args, **kw):
-        seen.append(kw.get("backend"))
-        return real(*args, **kw)
-
-    monkeypatch.setattr(kernels, "gelu_linear", spy)
-    return seen
+    return backends_of(monkeypatch, kernels, "gelu_linear")
 
 
 @pytest.mark.parametrize("fold", [False, True])

@@ -1,6 +1,7 @@
 """The replay of flopkit's ViT-5 on its Triton path (custom ops' fakes and autograd, CUDA structure)."""
 
 import pytest
+from _references import backends_of
 from flopkit.kernels._dispatch import triton_available
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -54,14 +55,7 @@ def test_gelu_linear_replays_on_meta_and_saves_the_modules_bytes(monkeypatch):
 
     from flopkit.nn.vit5 import Mlp
 
-    calls = []
-    real = kernels.gelu_linear
-
-    def spy(*args, **kw):
-        calls.append(kw.get("backend"))
-        return real(*args, **kw)
-
-    monkeypatch.setattr(kernels, "gelu_linear", spy)
+    calls = backends_of(monkeypatch, kernels, "gelu_linear")
     saved = {}
     for fused in (True, False):
         with torch.device("meta"):
