@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from ._dispatch import num_sms
-from ._launch import cdiv, launch
+from ._launch import cdiv, launch, program_count
 
 __all__ = [
     "gelu_linear_forward",
@@ -249,7 +249,7 @@ def gelu_linear_backward(
         # autograd's thread (Inductor's launcher sets its own before each launch).
         triton.set_allocator(_scratch)
         bm, bn, bk, group_m, warps, stages, subtile = DGELU_TMA_TILE
-        programs = min(cdiv(M, bm) * cdiv(H, bn), num_sms(g.device))
+        programs = program_count(cdiv(M, bm) * cdiv(H, bn), num_sms(g.device))
         meta = {
             "NUM_PROGRAMS": programs, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group_m,
             "SUBTILE": subtile, "num_warps": warps, "num_stages": stages,
@@ -257,7 +257,7 @@ def gelu_linear_backward(
         run(_dgelu_mm_tma_kernel, (programs,), (a, weight, g, out, M, H, C), meta, 4)
         return out
     bm, bn, bk, group_m, warps, stages = DGELU_TILE
-    programs = min(cdiv(M, bm) * cdiv(H, bn), num_sms(g.device))
+    programs = program_count(cdiv(M, bm) * cdiv(H, bn), num_sms(g.device))
     args = (a, weight, g, out, M, H, C, *a.stride(), *weight.stride())
     meta = {
         "EVEN_K": C % bk == 0, "PRECISION": "ieee" if g.dtype == torch.float32 else "tf32",
