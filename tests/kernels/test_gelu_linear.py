@@ -233,6 +233,43 @@ def test_mlp_takes_the_modules_where_the_op_does_not_apply(monkeypatch, change):
         assert seen == [kernels.Route.KERNEL]
 
 
+@pytest.mark.skipif(
+    not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
+    reason="torch.distributed with gloo is not available",
+)
+def test_mlp_fused_path_under_fsdp2_matches_its_modules(monkeypatch):
+    """Under ``fully_shard`` (one rank, gloo on CPU and NCCL on CUDA: FSDP2's all-gather, its
+    unsharded parameters and its reduce-scatter all run) ``Mlp`` still takes the op, and output and
+    gradients match the modules'."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    if not torch.cuda.is_available():
+        _force_kernel_route(monkeypatch)
+    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float16
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        mesh = init_device_mesh(device(), (1,))
+        results = []
+        for fused in (True, False):
+            torch.manual_seed(0)
+            mlp = Mlp(32, 128).to(device(), dtype)
+            mlp.fused_gelu_linear = fused
+            fully_shard(mlp, mesh=mesh)
+            x = torch.randn(2, 9, 32, device=device(), dtype=dtype, requires_grad=True)
+            seen = _calls(monkeypatch)
+            y = mlp(x)
+            assert len(seen) == int(fused)
+            y.backward(torch.randn_like(y))
+            results.append([y.detach(), x.grad, *(p.grad.full_tensor() for p in mlp.parameters())])
+    finally:
+        dist.destroy_process_group()
+    for a, b in zip(*results, strict=True):
+        assert rel_err(a, b.double()) < 1e-2
+
+
 def test_mlp_default_is_the_modules_path(monkeypatch):
     """Off by default until an H100 step has measured it (docs/kernels.md)."""
     if not torch.cuda.is_available():
