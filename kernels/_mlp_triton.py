@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from torch._subclasses.fake_tensor import is_fake
 
 from ._dispatch import num_sms
 from ._launch import cdiv, launch, program_count
@@ -200,9 +201,18 @@ def _takes_tma(a: torch.Tensor, weight: torch.Tensor) -> bool:
         and weight.stride(0) == weight.shape[1]
         and (a.shape[1] * e) % 16 == 0
         and (weight.shape[1] * e) % 16 == 0
-        and a.data_ptr() % 16 == 0
-        and weight.data_ptr() % 16 == 0
+        and _aligned(a)
+        and _aligned(weight)
     )
+
+
+def _aligned(t: torch.Tensor) -> bool:
+    """Whether ``t``'s first element is 16-byte aligned. A traced (fake) tensor has no address:
+    its storage offset decides, allocations being aligned (the caching allocator's, and Inductor
+    copies a misaligned graph input before the kernels that assumed alignment run)."""
+    if is_fake(t):
+        return (t.storage_offset() * t.element_size()) % 16 == 0
+    return t.data_ptr() % 16 == 0
 
 
 def gelu_deriv(pre: torch.Tensor, *, run=launch) -> tuple[torch.Tensor, torch.Tensor]:

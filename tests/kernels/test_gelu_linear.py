@@ -8,6 +8,8 @@ float16 only: the interpreter computes ``tl.dot`` on bfloat16 tiles wrongly (tes
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -319,7 +321,7 @@ def test_cuda_compiled_mlp_inlines_the_kernels_and_matches_float64(mode):
     out, code = run_and_get_code(step)
     out = step()
     source = "\n".join(code)
-    for kernel in ("_gelu_deriv_kernel", "_dgelu_mm_kernel"):
+    for kernel in ("_gelu_deriv_kernel", "_dgelu_mm_tma_kernel"):  # bf16, row-major: TMA
         assert kernel in source, f"{kernel} not inlined under mode={mode}"
     assert rel_err(out.detach().clone(), y64) < 1.6e-2
     assert rel_err(x.grad, x64.grad) < 1.6e-2
@@ -341,6 +343,20 @@ def test_tma_backward_kernel_matches_float64(subtile):
     )
     want = (a.double() @ b.double()) * g.double()
     assert rel_err(out, want) < 1e-6
+
+
+@pytest.mark.parametrize("fake", [False, True])
+def test_alignment_is_read_from_traced_tensors_too(fake):
+    """``torch.compile`` traces the op's body with fake tensors, which have no address: their
+    storage offset decides (an address read there failed the compile)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode() if fake else contextlib.nullcontext():
+        t = torch.empty(64, 64, dtype=torch.bfloat16)
+        assert _mlp_triton._aligned(t)
+        assert _mlp_triton._aligned(t[8:])  # 8 rows of 128 bytes in
+        assert not _mlp_triton._aligned(t.view(-1)[1:])  # 2 bytes in
+        assert not _mlp_triton._aligned(t.view(-1)[4:])  # 8 bytes in
 
 
 def test_tma_is_taken_only_where_its_layout_rules_hold():
