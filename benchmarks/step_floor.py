@@ -122,10 +122,13 @@ def norm_ops(shapes: StepShapes) -> tuple[NormOp, ...]:
     )
 
 
-def copy_bytes(shapes: StepShapes) -> dict[str, int]:
+def copy_bytes(shapes: StepShapes, fused_gelu: bool = False) -> dict[str, int]:
     """Bytes each memory-bound group must move per step (bf16, every layer, forward + backward).
 
     - GELU: ``2*N*F*s`` forward (read h, write g), ``3*N*F*s`` backward (read dg and h, write dh).
+      ``fused_gelu`` (``kernels.gelu_linear``: ``_gelu_deriv_kernel`` writes g and ``gelu'(h)``,
+      the backward GEMM reads ``gelu'`` in its epilogue and writes dh in place of dg): ``3*N*F*s``
+      forward and ``1*N*F*s`` backward, the GEMM's extra read, which runs inside the GEMM group.
     - norms + residual: :func:`norm_ops`.
     - QK-norm + RoPE over q and k (``kernels.qk_norm_rope``, docs/benchmarks.md): ``4*N*C*s``
       forward (read q, k; write q, k), ``8*N*C*s`` backward (read dq, dk, dv, q, k; write d(qkv)).
@@ -136,7 +139,7 @@ def copy_bytes(shapes: StepShapes) -> dict[str, int]:
     """
     s, n, c, L = BYTES, shapes.tokens, shapes.width, shapes.depth
     return {
-        GELU: (2 + 3) * n * shapes.mlp_width * s * L,
+        GELU: ((3 + 1) if fused_gelu else (2 + 3)) * n * shapes.mlp_width * s * L,
         NORMS: sum(o.calls * o.rows * (o.forward + o.backward) for o in norm_ops(shapes)) * c * s,
         QK: (4 + 8) * n * c * s * L,
         ATTENTION_SIDE: ((2 + 3) * n * c * s + 4 * shapes.batch * shapes.heads * shapes.seq) * L,
@@ -145,7 +148,12 @@ def copy_bytes(shapes: StepShapes) -> dict[str, int]:
 
 def floor_group(kernel: str) -> str:
     """The group of a profiled kernel's name: step_kernels' groups, with GELU, cuDNN's attention
-    side kernels and the QK-norm + RoPE kernels taken out, and Inductor's kernels under other."""
+    side kernels and the QK-norm + RoPE kernels taken out, and Inductor's kernels under other.
+    ``kernels.gelu_linear``'s backward GEMM (``_dgelu_mm*``) is the MLP's input-gradient GEMM and
+    counts as GEMM: its FLOPs are in the GEMM floor (its epilogue's read of ``gelu'`` is in the
+    fused GELU bytes, :func:`copy_bytes`)."""
+    if kernel.startswith("_dgelu_mm"):
+        return GEMM
     if "gelu" in kernel.lower():
         return GELU
     if "dot_do_o" in kernel or "convert_dq" in kernel:
@@ -220,7 +228,7 @@ def preset_floor(
     matmul = count.by_category()["matmul"]
     attention = count.hardware_flops - matmul
     shapes = StepShapes.of(preset, batch)
-    moved = copy_bytes(shapes)
+    moved = copy_bytes(shapes, fused_gelu=any(name.startswith("_gelu_deriv") for name, _, _ in kernels))
     measured = dict.fromkeys(GROUPS, 0.0)
     for name, ms, _calls in kernels:
         measured[floor_group(name)] += ms

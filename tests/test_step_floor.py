@@ -125,3 +125,13 @@ def test_flopkit_attention_kernels_group_as_attention():
         assert group(name) == "attention (flopkit Triton)"
         assert F.floor_group(name) == F.ATTENTION
     assert F.floor_group("_norm_bwd_kernel") == F.NORMS
+
+
+def test_the_fused_gelu_ops_group_and_move_their_own_bytes():
+    """``kernels.gelu_linear``'s backward GEMM counts as GEMM and its forward pass as GELU; a step
+    that runs them has GELU's four passes over ``[N, F]`` for the modules' five."""
+    assert F.floor_group("_dgelu_mm_tma_kernel") == F.floor_group("_dgelu_mm_kernel") == F.GEMM
+    assert F.floor_group("_gelu_deriv_kernel") == F.GELU
+    shapes = F.StepShapes.of("vit5-base", 128)
+    plain, fused = F.copy_bytes(shapes)[F.GELU], F.copy_bytes(shapes, fused_gelu=True)[F.GELU]
+    assert plain == 5 * 128 * 201 * 3072 * 2 * 12 and fused * 5 == plain * 4
