@@ -50,6 +50,8 @@ def group(name: str) -> str:
         return "GEMM (cuBLAS)"
     if name.startswith("triton_"):
         return "Inductor kernels"
+    if name.startswith("_dgelu_mm"):  # kernels.gelu_linear's backward: fc2's input-gradient GEMM
+        return "GEMM + GELU' (flopkit Triton)"
     if name.startswith("_"):
         return "flopkit Triton kernels"
     return "other"

@@ -130,6 +130,9 @@ def test_flopkit_attention_kernels_group_as_attention():
 def test_the_fused_gelu_ops_group_and_move_their_own_bytes():
     """``kernels.gelu_linear``'s backward GEMM counts as GEMM and its forward pass as GELU; a step
     that runs them has GELU's four passes over ``[N, F]`` for the modules' five."""
+    from benchmarks.step_kernels import group
+
+    assert group("_dgelu_mm_tma_kernel") == "GEMM + GELU' (flopkit Triton)"
     assert F.floor_group("_dgelu_mm_tma_kernel") == F.floor_group("_dgelu_mm_kernel") == F.GEMM
     assert F.floor_group("_gelu_deriv_kernel") == F.GELU
     shapes = F.StepShapes.of("vit5-base", 128)

@@ -240,16 +240,16 @@ class Mlp(CompositeFlops, nn.Module):
         self.act = act_layer()
         self.drop = nn.Dropout(drop) if drop > 0 else nn.Identity()
         self.fc2 = ScalableLinear(hidden_features, in_features, bias=bias)
-        self.fused_gelu_linear: bool | str = False
+        self.fused_gelu_linear: bool | str = True
         """Where the GELU and ``fc2`` run as one op, :func:`flopkit.kernels.gelu_linear` (GELU's
         derivative stored in the forward, applied in the backward GEMM's epilogue: one pass over
-        the ``[*, hidden]`` activation fewer per step): True in eager CUDA code and under
-        ``torch.compile``; ``"eager"`` in eager CUDA code only; False (the default until an H100
-        step has measured it, docs/kernels.md) never. Either way only
-        on the Triton path (float16/bfloat16 CUDA tensors), while gradients are recorded, with an
-        exact ``nn.GELU``, no dropout, a plain ``fc2`` weight (not a DTensor) and no hooks on
-        ``act`` or ``fc2`` (a profiler's ranges, a parallel style); counters and traces see the
-        modules (docs/kernels.md gives the measurements)."""
+        the ``[*, hidden]`` activation fewer per step, 0.8 ms a vit5-base step on an H100,
+        docs/benchmarks.md): True (the default) in eager CUDA code and under ``torch.compile``;
+        ``"eager"`` in eager CUDA code only; False never. Either way only on the Triton path
+        (float16/bfloat16 CUDA tensors), while gradients are recorded, with an exact ``nn.GELU``,
+        no dropout, a plain ``fc2`` weight (not a DTensor) and no hooks on ``act`` or ``fc2`` (a
+        profiler's per-module ranges, a parallel style); counters and traces see the modules
+        (docs/kernels.md)."""
 
     def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
         """``x``: ``[*, C]`` -> ``[*, C]``; ``scale`` ``(C,)``: a LayerScale folded into ``fc2``'s

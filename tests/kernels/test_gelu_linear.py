@@ -272,14 +272,14 @@ def test_mlp_fused_path_under_fsdp2_matches_its_modules(monkeypatch):
         assert rel_err(a, b.double()) < 1e-2
 
 
-def test_mlp_default_is_the_modules_path(monkeypatch):
-    """Off by default until an H100 step has measured it (docs/kernels.md)."""
+def test_mlp_default_is_the_op(monkeypatch):
+    """On by default since an H100 step measured it (docs/benchmarks.md)."""
     if not torch.cuda.is_available():
         _force_kernel_route(monkeypatch)
     mlp = Mlp(32, 64).to(device(), torch.float16)
     seen = _calls(monkeypatch)
-    mlp(torch.randn(3, 32, device=device(), dtype=torch.float16))
-    assert mlp.fused_gelu_linear is False and seen == []
+    mlp(torch.randn(3, 32, device=device(), dtype=torch.float16, requires_grad=True))
+    assert mlp.fused_gelu_linear is True and seen == [kernels.Route.KERNEL]
 
 
 def test_mlp_setting_is_checked():
