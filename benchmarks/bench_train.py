@@ -51,11 +51,14 @@ import os
 import time
 import traceback
 import types
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
+from torch._dynamo.utils import counters
 
 from benchmarks._harness import ResultWriter, import_from_source, loop_us, median, out_default, run_roofs
 from benchmarks.bench_norms import peers
@@ -272,6 +275,30 @@ def compile_model(model, mode: str):
     return torch.compile(model, mode=mode)
 
 
+def compile_stats(counters: Mapping[str, Mapping[str, int]]) -> dict[str, int]:
+    """What the warm-up compiled, from Dynamo's ``counters``: graphs, graph breaks and CUDA-graph
+    skips (a graph ``reduce-overhead`` runs without a CUDA graph, its kernels then launched by
+    Inductor's Python wrapper every step: host time that a compiled step's wall time shows)."""
+    return {
+        "graphs": int(counters["stats"]["unique_graphs"]),
+        "graph_breaks": int(sum(counters["graph_break"].values())),
+        "cudagraph_skips": int(counters["inductor"]["cudagraph_skips"]),
+    }
+
+
+def compile_notes(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """One line per compiled row that broke its graph or skipped CUDA graphs (rows from before
+    these were recorded have no counts and no line)."""
+    out = []
+    for r in rows:
+        if r.get("graph_breaks") or r.get("cudagraph_skips"):
+            out.append(
+                f"compiled: {r['model']} {r['preset']} {r['mode']}: {r['graphs']} graphs, "
+                f"{r['graph_breaks']} graph breaks, {r['cudagraph_skips']} CUDA-graph skips"
+            )
+    return out
+
+
 def run_step_row(kind, preset, mode, args, peak_tflops) -> dict:
     batch = getattr(args, "batch", None) or BATCH[preset]
     row = {"model": kind, "preset": preset, "batch": batch, "mode": mode}
@@ -286,11 +313,14 @@ def _step_row(row, kind, preset, mode, args, peak_tflops, batch) -> dict:
     model.train()
     step_flops = training_flops(preset, batch)
     step = make_step(compile_model(model, mode), kind, batch)
+    counters.clear()
     t0 = time.perf_counter()
     for _ in range(args.warmup):
         step()
     torch.cuda.synchronize()
     row["warmup_s"] = round(time.perf_counter() - t0, 1)
+    if mode != "eager":
+        row.update(compile_stats(counters))
     # The median of several timed loops: the device's host is shared, and another tenant's burst
     # slows a single loop of a host-sensitive mode (compile's default) by a few percent.
     runs = []
@@ -559,6 +589,8 @@ def md_tables(res: dict) -> str:
             60,
         )
         out.append("")
+    for line in compile_notes(res.get("steps", [])):
+        out.append(line)
     for line in res.get("skipped", []):
         out.append(f"skipped: {line}")
     if res.get("hot_path"):

@@ -268,3 +268,25 @@ def test_mlp_epilogue_pointer_kernel_against_float64(backward):
     cdf = 0.5 * (1 + torch.erf(x / 2**0.5))
     want = acc * (cdf + x * torch.exp(-x * x / 2) / (2 * torch.pi) ** 0.5) if backward else x * cdf
     assert (out.double() - want).abs().max() <= 1e-5 * want.abs().max()
+
+
+def test_compiled_rows_report_graph_breaks_and_cuda_graph_skips():
+    """``bench_train`` reads Dynamo's counters after a row's warm-up and names, under its table, a
+    compiled row that broke its graph or ran a graph without CUDA graphs."""
+    from collections import Counter, defaultdict
+
+    from benchmarks import bench_train as B
+
+    counts = defaultdict(Counter)
+    counts["stats"]["unique_graphs"] = 3
+    counts["graph_break"]["a reason"] = 2
+    counts["inductor"]["cudagraph_skips"] = 1
+    stats = B.compile_stats(counts)
+    assert stats == {"graphs": 3, "graph_breaks": 2, "cudagraph_skips": 1}
+    clean = {"model": "flopkit", "preset": "vit5-base", "mode": "reduce-overhead", "graphs": 2}
+    clean |= {"graph_breaks": 0, "cudagraph_skips": 0}
+    broken = {**clean, "model": "flopkit-gelu-linear", **stats}
+    old = {"model": "upstream", "preset": "vit5-base", "mode": "eager"}  # no counts: no line
+    assert B.compile_notes([clean, broken, old]) == [
+        "compiled: flopkit-gelu-linear vit5-base reduce-overhead: 3 graphs, 2 graph breaks, 1 CUDA-graph skips"
+    ]
