@@ -46,6 +46,7 @@ from flopkit.kernels._sdpa_triton import (
     HEAD_TILE,
     LOG2E,
     AttnTile,
+    _head_index,
     _head_rows_in,
     _program,
     _tile,
@@ -175,8 +176,9 @@ def _attn_bwd_head_t(
     form above."""
     qk_scale = tl.cast(qk_scale, tl.float32)
     scale = tl.cast(scale, tl.float32)
-    b, h, rows, d, row_ok, q, do, delta, lse = _head_rows_in(
-        Q, O, DO, LSE, s_qb, s_qh, s_qt, s_ob, s_oh, s_ot, s_gb, s_gh, s_gt, H, T, HEAD_D, ROWS
+    bh, b, h, rows, d, row_ok = _head_index(H, T, HEAD_D, ROWS)
+    q, do, delta, lse = _head_rows_in(
+        Q, O, DO, LSE, s_qb, s_qh, s_qt, s_ob, s_oh, s_ot, s_gb, s_gh, s_gt, bh, b, h, rows, d, row_ok, T
     )
     dq = tl.zeros([ROWS, HEAD_D], tl.float32)
     kv = (K + b * s_kb + h * s_kh, V + b * s_vb + h * s_vh)

@@ -397,24 +397,31 @@ def _head_keys(q, do, lse, delta, k_base, v_base, dk_base, dv_base, s_kt, s_vt, 
 
 
 @triton.jit
-def _head_rows_in(Q, O, DO, LSE, s_qb, s_qh, s_qt, s_ob, s_oh, s_ot, s_gb, s_gh, s_gt, H, T,
-                  HEAD_D: tl.constexpr, ROWS: tl.constexpr):  # fmt: skip
-    """What a program of one head holds for its whole backward: ``(b, h)`` (``b`` in int64), its
-    ``ROWS`` row indices, the head-dimension indices, the rows' mask, and ``q``, ``do``,
-    ``delta = rowsum(o * do)`` (fp32) and ``lse`` for every row (shared by ``_attn_bwd_head`` and the
-    benchmark's transposed form)."""
+def _head_index(H, T, HEAD_D: tl.constexpr, ROWS: tl.constexpr):
+    """A program of one head: ``(b·H + h, b, h)`` (``b`` in int64), its ``ROWS`` row indices, the
+    head-dimension indices and the rows' mask. No pointers in, so that torch's mutation analysis
+    (which follows a store's pointer back through every argument of a call it came out of) sees
+    the stores built from these write only the buffers they add them to; computed inside
+    :func:`_head_rows_in`, they marked ``q``, ``o``, ``do`` and ``lse`` as written, and
+    ``torch.compile`` then copied ``q`` and ``o`` before every backward (docs/kernels.md)."""
     bh = tl.program_id(0)
-    b, h = (bh // H).to(tl.int64), bh % H
     rows = tl.arange(0, ROWS)
-    d = tl.arange(0, HEAD_D)
-    row_ok = rows < T
+    return bh, (bh // H).to(tl.int64), bh % H, rows, tl.arange(0, HEAD_D), rows < T
+
+
+@triton.jit
+def _head_rows_in(Q, O, DO, LSE, s_qb, s_qh, s_qt, s_ob, s_oh, s_ot, s_gb, s_gh, s_gt, bh, b, h, rows, d,
+                  row_ok, T):  # fmt: skip
+    """What a program of one head (:func:`_head_index`) holds for its whole backward: ``q``, ``do``,
+    ``delta = rowsum(o * do)`` (fp32) and ``lse`` for every row (shared by ``_attn_bwd_head`` and
+    the benchmark's transposed form). Values only: no store's pointer comes out of this call."""
     q = _tile(Q + b * s_qb + h * s_qh, rows, s_qt, d, row_ok)
     do = _tile(DO + b * s_gb + h * s_gh, rows, s_gt, d, row_ok)
     o = _tile(O + b * s_ob + h * s_oh, rows, s_ot, d, row_ok)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
     # Rows past T get lse = +inf, so their p is exactly 0 (their q and do are 0 as well).
     lse = tl.load(LSE + bh.to(tl.int64) * T + rows, mask=row_ok, other=float("inf"))
-    return b, h, rows, d, row_ok, q, do, delta, lse
+    return q, do, delta, lse
 
 
 @triton.jit
@@ -433,8 +440,9 @@ def _attn_bwd_head(
     # attention_bwd).
     qk_scale = tl.cast(qk_scale, tl.float32)  # as in _attn_fwd
     scale = tl.cast(scale, tl.float32)
-    b, h, rows, d, row_ok, q, do, delta, lse = _head_rows_in(
-        Q, O, DO, LSE, s_qb, s_qh, s_qt, s_ob, s_oh, s_ot, s_gb, s_gh, s_gt, H, T, HEAD_D, ROWS
+    bh, b, h, rows, d, row_ok = _head_index(H, T, HEAD_D, ROWS)
+    q, do, delta, lse = _head_rows_in(
+        Q, O, DO, LSE, s_qb, s_qh, s_qt, s_ob, s_oh, s_ot, s_gb, s_gh, s_gt, bh, b, h, rows, d, row_ok, T
     )
     dq = tl.zeros([ROWS, HEAD_D], tl.float32)
     kv = (K + b * s_kb + h * s_kh, V + b * s_vb + h * s_vh)

@@ -6,7 +6,9 @@ written. A wrong answer is silent corruption: a tensor passed in two slots, one 
 one wrongly thought written, is written back from the wrong copy. This script (run by
 ``test_mutation_analysis.py`` in a subprocess, without ``TRITON_INTERPRET``: the analysis needs
 compiled ``JITFunction``s) builds the TTIR for an sm_90 target, no GPU needed, and prints per plan
-the arguments the analysis marks as written.
+(the norms' and the QK-norm + RoPE's, built directly) and per kernel the public ops launch (the
+attention, the MLP's GELU + linear, ``scale_rows``, ``embed_tokens``) the arguments the analysis
+marks as written.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ os.environ["TRITON_INTERPRET"] = "0"
 
 import torch  # noqa: E402
 import triton  # noqa: E402
+from flopkit.kernels import _embed_triton, _mlp_ops, _scale_triton, _sdpa_ops  # noqa: E402, F401
 from flopkit.kernels import _norm_triton as nt  # noqa: E402
 from flopkit.kernels import _rope_triton as rt  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
@@ -104,6 +107,68 @@ def cases() -> dict[str, list[str]]:
     return out
 
 
+def launched(run) -> dict[str, list[str]]:
+    """The written arguments of every kernel ``run()`` launches through a public op on CPU tensors,
+    by kernel name (``name/N`` for a kernel's N-th distinct set): ``JITFunction.run`` records the
+    bound arguments instead of launching (as ``_sm90_launches.py`` does), and the route sends CPU
+    tensors to the kernels under the interpreter's flag, which is set only while ``run`` runs (the
+    kernel modules, imported above without it, made their kernels ``JITFunction``s)."""
+    from triton.runtime.jit import JITFunction
+
+    seen: dict[str, list[str]] = {}
+
+    def capture(self, *args, grid, warmup, **kwargs):
+        bound = dict(zip(self.arg_names, args, strict=False)) | kwargs
+        bound = {k: v for k, v in bound.items() if k in self.arg_names}
+        written = _written(self, bound)
+        name = self.__name__
+        variants = [k for k in seen if k == name or k.startswith(name + "/")]
+        if written not in [seen[k] for k in variants]:
+            seen[f"{name}/{len(variants)}" if variants else name] = written
+
+    real, flag = JITFunction.run, os.environ["TRITON_INTERPRET"]
+    JITFunction.run, os.environ["TRITON_INTERPRET"] = capture, "1"
+    try:
+        run()
+    finally:
+        JITFunction.run, os.environ["TRITON_INTERPRET"] = real, flag
+    return seen
+
+
+def _ops() -> None:
+    """The attention (one kernel per head at T = 201, the dq and dkdv kernels at T = 577, with the
+    QK-norm + RoPE and alone), the MLP's GELU + linear (the pointer GEMM CPU tensors take, and the
+    TMA GEMM), ``scale_rows`` and ``embed_tokens``, forward and backward."""
+    from flopkit.kernels import _mlp_triton
+
+    from flopkit import kernels as K
+
+    def backward(*outs):
+        outs = [o for o in outs if o is not None and o.requires_grad]
+        torch.autograd.backward(outs, [torch.ones_like(o) for o in outs])
+
+    dt = torch.bfloat16
+    for T in (201, 577):
+        H, D = 2, 64
+        qkv = torch.randn(1, T, 3 * H * D, dtype=dt, requires_grad=True)
+        w = torch.randn(D, dtype=dt, requires_grad=True)
+        cos, sin = torch.randn(T, D), torch.randn(T, D)
+        backward(K.qk_norm_rope_attention(qkv, cos, sin, H, w, w, backend="triton"))
+        q, k, v = (torch.randn(1, H, T, D, dtype=dt, requires_grad=True) for _ in range(3))
+        backward(K.attention(q, k, v, backend="triton"))
+    pre, w2 = (
+        torch.randn(2, 5, 64, dtype=dt, requires_grad=True),
+        torch.randn(32, 64, dtype=dt, requires_grad=True),
+    )
+    backward(K.gelu_linear(pre, w2, backend="triton"))
+    _mlp_triton.gelu_linear_backward(torch.randn(2, 5, 32, dtype=dt), w2.detach(), pre.detach(), kernel="tma")
+    w, s = torch.randn(32, 64, dtype=dt, requires_grad=True), torch.randn(32, dtype=dt, requires_grad=True)
+    backward(K.scale_rows(w, s, backend="triton"))
+    x = torch.randn(2, 4, 32, dtype=dt, requires_grad=True)
+    pos, cls, reg = (torch.randn(1, n, 32, dtype=dt, requires_grad=True) for n in (4, 1, 2))
+    backward(K.embed_tokens(x, pos, cls, reg, False, backend="triton"))
+
+
 if __name__ == "__main__":
     triton.runtime.driver.set_active(_Sm90())
-    print(json.dumps(cases()))
+    print(json.dumps(cases() | launched(_ops)))

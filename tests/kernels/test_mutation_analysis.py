@@ -1,9 +1,13 @@
 """torch.compile's view of which arguments each flopkit Triton kernel writes (see _mutation_probe.py).
 
-Exactly the kernel's outputs, for every plan family: an input marked as written is written back
-from its untouched copy under ``torch.compile`` when the launcher passes one tensor in two slots
-(the launchers pass an output as the placeholder of every absent input), which corrupts the output
-silently. A helper that takes input pointers and returns the offsets a store uses did exactly that.
+Exactly the kernel's outputs, for every plan family and every kernel the public ops launch: an
+input marked as written is written back from its untouched copy under ``torch.compile`` when the
+launcher passes one tensor in two slots (the launchers pass an output as the placeholder of every
+absent input), which corrupts the output silently; and an input marked as written that is saved
+for the backward is copied before every launch (Inductor cannot write into it in place). A helper
+that takes input pointers and returns the offsets a store uses did both: the norms' once, and the
+attention backward's ``_head_rows_in``, which made a compiled vit5-base step copy ``q`` and ``o``
+in every layer (24 copies of ``[B·T, C]`` a step, 0.65 ms on an H100, docs/kernels.md).
 """
 
 from __future__ import annotations
@@ -31,13 +35,32 @@ EXPECTED = {
     "sum partials two": ["OA", "OB"],
     "rope fwd": ["k_ptr", "q_ptr"],
     "rope bwd": ["dkw_part_ptr", "dqkv_ptr", "dqw_part_ptr"],
+    # Launched through the public ops (the probe's launched()): the attention with its QK-norm +
+    # RoPE and alone, one kernel per head (packed dq, dk, dv, then separate buffers) at T = 201 and
+    # the dq and dkdv kernels at T = 577; the MLP's GELU + linear; scale_rows; embed_tokens.
+    "_qk_norm_rope_fwd_kernel": ["k_ptr", "q_ptr"],
+    "_attn_fwd": ["LSE", "O"],
+    "_attn_bwd_head": ["DQ"],
+    "_qk_norm_rope_bwd_kernel": ["dkw_part_ptr", "dqkv_ptr", "dqw_part_ptr"],
+    "_sum_partials_kernel": ["OA", "OB"],
+    "_attn_bwd_head/1": ["DK", "DQ", "DV"],
+    "_attn_bwd_dq": ["DELTA", "DQ"],
+    "_attn_bwd_dkdv": ["DK"],
+    "_attn_bwd_dkdv/1": ["DK", "DV"],
+    "_gelu_deriv_kernel": ["G", "H"],
+    "_dgelu_mm_kernel": ["OUT"],
+    "_dgelu_mm_tma_kernel": ["OUT"],
+    "_scale_rows_fwd_kernel": ["OUT"],
+    "_scale_rows_bwd_kernel": ["DS", "DW"],
+    "_embed_fwd_kernel": ["OUT"],
+    "_embed_bwd_kernel": ["DCLS", "DPOS", "DREG", "DX"],
 }
 
 
 def _probe(out: Path, environ) -> tuple[list[str], dict]:
     # The probe imports flopkit from this checkout, installed or not.
     env = _early.checkout_env(environ, TRITON_INTERPRET="0", PYTHONWARNINGS="ignore")
-    return [sys.executable, str(PROBE)], {"env": env, "timeout": 120}
+    return [sys.executable, str(PROBE)], {"env": env, "timeout": 300}
 
 
 # Starts when the session is collected (tests/_early.py).
