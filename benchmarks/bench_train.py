@@ -81,7 +81,8 @@ DTYPE = torch.bfloat16
 # split-K reductions, 97 and 37 launches of an eager vit5-base step, go away (run L in
 # docs/benchmarks.md: the reductions go, the memsets stay, and the step gains nothing).
 # flopkit-gelu-linear runs the MLP's GELU and fc2 as kernels.gelu_linear (Mlp.fused_gelu_linear=True,
-# opt-in until measured), flopkit-unfused-mlp as PyTorch's ops whatever the default.
+# the default since 2026-12-07, so the row equals flopkit; the name stays for the runs that used
+# it), flopkit-unfused-mlp as PyTorch's ops (the default before).
 FLOPKIT_MODELS: dict[str, dict[str, bool | str]] = {
     "flopkit": {},
     "flopkit-two-ops": {"fused_qk_attention": False},
