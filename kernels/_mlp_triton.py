@@ -208,8 +208,8 @@ def _takes_tma(a: torch.Tensor, weight: torch.Tensor) -> bool:
 
 def _aligned(t: torch.Tensor) -> bool:
     """Whether ``t``'s first element is 16-byte aligned. A traced (fake) tensor has no address:
-    its storage offset decides, allocations being aligned (the caching allocator's, and Inductor
-    copies a misaligned graph input before the kernels that assumed alignment run)."""
+    its storage offset decides, on the assumption that its storage is aligned, as the caching
+    allocator's blocks and Inductor's buffers are (the backward's ``dy`` and ``weight``)."""
     if is_fake(t):
         return (t.storage_offset() * t.element_size()) % 16 == 0
     return t.data_ptr() % 16 == 0
