@@ -210,9 +210,12 @@ def _aligned(t: torch.Tensor) -> bool:
     """Whether ``t``'s first element is 16-byte aligned. A traced (fake) tensor has no address:
     its storage offset decides, on the assumption that its storage is aligned, as the caching
     allocator's blocks and Inductor's buffers are (the backward's ``dy`` and ``weight``)."""
-    if is_fake(t):
-        return (t.storage_offset() * t.element_size()) % 16 == 0
-    return t.data_ptr() % 16 == 0
+    if type(t) in _PLAIN or not is_fake(t):  # eager tensors skip is_fake (about 2 µs a call)
+        return t.data_ptr() % 16 == 0
+    return (t.storage_offset() * t.element_size()) % 16 == 0
+
+
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 
 def gelu_deriv(pre: torch.Tensor, *, run=launch) -> tuple[torch.Tensor, torch.Tensor]:
