@@ -10,7 +10,7 @@ import copy
 
 import pytest
 import torch
-from _references import rel_err
+from _references import backends_of, rel_err
 
 from flopkit import kernels
 from flopkit.nn import ViT5Attention
@@ -21,24 +21,10 @@ PAIRINGS = ("split_half", "interleaved")
 LAYOUTS = [(True, 4, "rmsnorm"), (False, 0, None), (True, 1, "headnorm"), (False, 4, "rmsnorm")]
 
 
-def spy_backends(monkeypatch, op: str) -> list:
-    """Replace ``kernels.<op>`` by a wrapper that records each call's ``backend`` (the route the
-    module handed it) and calls the op; returns the record."""
-    calls = []
-    real = getattr(kernels, op)
-
-    def spy(*args, **kwargs):
-        calls.append(kwargs.get("backend"))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(kernels, op, spy)
-    return calls
-
-
 @pytest.fixture
 def fused_calls(monkeypatch):
     """Force the fused path on CPU and count the fused op's calls."""
-    calls = spy_backends(monkeypatch, "qk_norm_rope")
+    calls = backends_of(monkeypatch, kernels, "qk_norm_rope")
     if DEVICE == "cpu":
         # The route "triton" takes on CPU tensors in the interpreter: the eager kernel path.
         monkeypatch.setattr(
@@ -143,13 +129,13 @@ HALF = torch.bfloat16 if DEVICE == "cuda" else torch.float16  # the interpreter'
 @pytest.fixture
 def attention_calls(monkeypatch):
     """Count calls of flopkit's attention op (``kernels.attention``) by ViT5Attention."""
-    return spy_backends(monkeypatch, "attention")
+    return backends_of(monkeypatch, kernels, "attention")
 
 
 @pytest.fixture
 def one_op_calls(monkeypatch):
     """Count calls of the QK-norm + RoPE + attention op (``kernels.qk_norm_rope_attention``)."""
-    return spy_backends(monkeypatch, "qk_norm_rope_attention")
+    return backends_of(monkeypatch, kernels, "qk_norm_rope_attention")
 
 
 @pytest.mark.parametrize(
