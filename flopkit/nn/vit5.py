@@ -197,12 +197,17 @@ class ScalableLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
         """``x``: ``[*, in]`` -> ``[*, out]``; ``scale``: ``(out,)``, only without a bias."""
+        return F.linear(x, self.folded_weight(scale), self.bias)
+
+    def folded_weight(self, scale: torch.Tensor | None) -> torch.Tensor:
+        """The weight with ``scale`` ``(out,)`` folded in, ``W * scale[:, None]`` (the weight itself
+        for None); a scale folds only into a bias-free layer."""
         if scale is None:
-            return F.linear(x, self.weight, self.bias)
+            return self.weight
         if self.bias is not None:
             raise ValueError("ScalableLinear: scale folds into the weight only without a bias")
         # kernels.scale_rows: weight * scale[:, None] (one Triton kernel each way with "auto").
-        return F.linear(x, kernels.scale_rows(self.weight, scale, backend=self.scale_backend))
+        return kernels.scale_rows(self.weight, scale, backend=self.scale_backend)
 
 
 _HALF = (torch.float16, torch.bfloat16)
@@ -288,12 +293,7 @@ class Mlp(CompositeFlops, nn.Module):
     def _gelu_fc2(self, h: torch.Tensor, scale: torch.Tensor | None, path: kernels.Route) -> torch.Tensor:
         """``fc2(gelu(h), scale)`` as one op on ``path``; the weight (and bias) cast to ``h``'s dtype
         as autocast would cast them for ``fc2``."""
-        fc2 = self.fc2
-        weight, bias = fc2.weight, fc2.bias
-        if scale is not None:
-            if bias is not None:
-                raise ValueError("ScalableLinear: scale folds into the weight only without a bias")
-            weight = kernels.scale_rows(weight, scale, backend=fc2.scale_backend)
+        weight, bias = self.fc2.folded_weight(scale), self.fc2.bias
         if weight.dtype != h.dtype:
             weight = weight.to(h.dtype)
         if bias is not None and bias.dtype != h.dtype:
