@@ -80,7 +80,7 @@ CONFIG = {
     "pointer": {"fwd": (128, 128, 64, 8, 8, 4, 1), "bwd": (128, 128, 64, 8, 8, 4, 1)},
     "tma": {"fwd": (128, 64, 64, 8, 4, 4, 2), "bwd": (64, 128, 64, 8, 4, 3, 2)},
     "tma-ws": {"fwd": (128, 128, 64, 8, 4, 3, 1, 1), "bwd": (128, 128, 64, 8, 4, 3, 1, 1)},
-    "deriv": {"bwd": (128, 256, 64, 8, 8, 3, 2)},
+    "deriv": {"bwd": (128, 256, 64, 8, 8, 3, 2, 0)},
 }
 
 
@@ -231,13 +231,22 @@ WS_SWEEP = [
 ]
 # The deriv kind: the shipped op's kernels (kernels/_mlp_triton.py), gelu and gelu' stored in the
 # forward (after cuBLAS), the backward's TMA GEMM multiplying by gelu' at these tiles:
-# (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages, SUBTILE), one program per SM.
+# (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages, SUBTILE, PREFETCH), one program per
+# SM; PREFETCH is where the epilogue's gelu' tile is loaded (the kernel's docstring).
 DERIV_SWEEP = [
-    (128, 128, 64, 8, 8, 3, 1),
-    (128, 128, 64, 8, 8, 4, 1),
-    (128, 128, 64, 8, 8, 3, 2),
-    (128, 256, 64, 8, 8, 3, 2),
-    (128, 256, 64, 8, 8, 2, 1),
+    (128, 256, 64, 8, 8, 3, 2, 0),
+    (128, 256, 64, 8, 8, 3, 2, 1),
+    (128, 256, 64, 8, 8, 3, 2, 2),
+    (128, 256, 64, 8, 8, 4, 2, 2),
+    (128, 128, 64, 8, 8, 3, 1, 0),
+    (128, 128, 64, 8, 8, 3, 1, 1),
+    (128, 128, 64, 8, 8, 4, 1, 1),
+    (128, 128, 64, 8, 8, 4, 2, 1),
+    (128, 128, 64, 8, 4, 4, 1, 1),
+    (128, 256, 64, 8, 8, 2, 1, 0),
+    (128, 256, 64, 8, 8, 3, 2, 3),
+    (128, 128, 64, 8, 8, 3, 1, 3),
+    (128, 128, 64, 8, 8, 4, 2, 3),
 ]
 # The shipped op's backward GEMM (kernels/_mlp_triton.py's DGELU_TILE, a pointer kernel, one
 # persistent program per SM): (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages).
@@ -444,8 +453,10 @@ def sweep(M, C, H, kind: str, configs) -> list[dict]:
     xs, w1s, w2s = x.detach(), w1.detach(), w2.detach()
     pre = xs @ w1s.t()
     runs = {"fwd": lambda: linear_gelu_fwd(xs, w1s), "bwd": lambda: linear_gelu_bwd(dy, w2s, pre)}
-    if kind == "deriv":  # the forward has no tiles
+    want = None
+    if kind == "deriv":  # the forward has no tiles; each tile's output is checked against float64
         del runs["fwd"]
+        want = (dy.double() @ w2s.double()) * pre.double()
     rows, best = [], {}
     KIND[0] = kind
     for cfg in configs:
@@ -453,6 +464,8 @@ def sweep(M, C, H, kind: str, configs) -> list[dict]:
         for direction, fn in runs.items():
             CONFIG[kind][direction] = cfg
             try:
+                if want is not None:
+                    row["rel_err"] = rel(fn(), want)
                 row[direction] = t = ms(fn)
                 if t < best.get(direction, (float("inf"),))[0]:
                     best[direction] = (t, cfg)
@@ -527,7 +540,14 @@ def main() -> None:
         "--sweeps", default=",".join(SWEEPS), help=f"the kernels to sweep, of {', '.join(SWEEPS)}"
     )
     ap.add_argument("--shapes", default=",".join(SHAPES), help=f"comma-separated, of {', '.join(SHAPES)}")
+    ap.add_argument(
+        "--sweep-only",
+        action="store_true",
+        help="the check and the sweeps, not the kernel, step and profile rows",
+    )
     args = ap.parse_args()
+    if args.sweep_only and args.no_sweep:
+        ap.error("--sweep-only and --no-sweep: nothing would be timed")
     unknown = sorted(set(args.sweeps.split(",")) - set(SWEEPS))
     if unknown:
         ap.error(f"--sweeps: unknown kernel(s) {', '.join(unknown)}; known: {', '.join(SWEEPS)}")
@@ -549,6 +569,9 @@ def main() -> None:
                 )
             ]
         r["tiles"] = {kind: dict(cfg) for kind, cfg in CONFIG.items()} | {"shipped": shipped_mlp.DGELU_TILE}
+        if args.sweep_only:
+            writer.save(res)
+            continue
         r["kernels"] = kernel_times(M, C, H)
         x, w1, w2, dy = make(M, C, H)
         r["steps"] = {
@@ -574,17 +597,18 @@ def main() -> None:
         "|---|---|---:|---:|---:|",
     ]
     for name, r in res["shapes"].items():
-        base = r["steps"]["torch.compile"]
-        for row, t in r["steps"].items():
+        base = r.get("steps", {}).get("torch.compile")
+        for row, t in r.get("steps", {}).items():
             lines.append(f"| {name} | {row} | {t:.3f} | {r['flop'] / t / 1e9:.0f} | {base / t:.2f}x |")
     lines += ["", "| shape | kernel | ms |", "|---|---|---:|"]
     for name, r in res["shapes"].items():
-        for row, t in r["kernels"].items():
+        for row, t in r.get("kernels", {}).items():
             lines.append(f"| {name} | {row} | {t:.4f} |")
         for row in r.get("sweep", []):
             fwd, bwd = row.get("fwd", float("nan")), row.get("bwd", float("nan"))
+            err = f" (rel. err. {row['rel_err']:.1e})" if "rel_err" in row else ""
             lines.append(
-                f"| {name} | sweep {row['kind']} {row['config']} fwd / bwd | {fwd:.4f} / {bwd:.4f} |"
+                f"| {name} | sweep {row['kind']} {row['config']} fwd / bwd | {fwd:.4f} / {bwd:.4f}{err} |"
             )
     writer.finish(res, lines)
 

@@ -43,8 +43,8 @@ DGELU_TILE = (128, 128, 64, 8, 8, 4)
 """``(BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages)`` of :func:`_dgelu_mm_kernel`, one
 persistent program per SM: the benchmark's pointer kernel's tile (its erf epilogue's best in the
 sweep of 2026-11-23); not yet swept with this epilogue (``bench_mlp_epilogue --sweeps shipped``)."""
-DGELU_TMA_TILE = (128, 256, 64, 8, 8, 3, 2)
-"""``(BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages, SUBTILE)`` of
+DGELU_TMA_TILE = (128, 256, 64, 8, 8, 3, 2, 0)
+"""``(BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages, SUBTILE, PREFETCH)`` of
 :func:`_dgelu_mm_tma_kernel`: the best of bench_mlp_epilogue's ``deriv`` sweep at vit5-base
 (``benchmarks/results/bench_mlp_epilogue_h100.md``, run ``deriv_2026-12-07``: 0.249 ms)."""
 BACKWARD_KERNEL = "tma"
@@ -151,13 +151,20 @@ def _dgelu_mm_kernel(
 def _dgelu_mm_tma_kernel(
     A, B, G, OUT, M, N, K, NUM_PROGRAMS: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    SUBTILE: tl.constexpr,
+    SUBTILE: tl.constexpr, PREFETCH: tl.constexpr = 0,
 ):  # fmt: skip
     """:func:`_dgelu_mm_kernel`'s ``OUT = (A @ B) * G`` through TMA descriptors (Hopper's bulk tile
     copies, zero-filled past the edges; asynchronous stores that overlap the next tile's loads), for
     row-major ``A`` ``[M, K]``, ``B`` ``[K, N]``, ``G`` and ``OUT`` ``[M, N]``. ``SUBTILE = 2``
     multiplies and stores the accumulator in two ``[BLOCK_M, BLOCK_N / 2]`` halves. The descriptors
-    are built on the device, in global scratch from ``triton.set_allocator``'s allocator."""
+    are built on the device, in global scratch from ``triton.set_allocator``'s allocator.
+
+    ``PREFETCH``: where the epilogue's ``G`` tile is loaded. 0: after the K loop, so the tile waits
+    for its load; 1: by pointer loads issued before the K loop (a load stalls a warp only where its
+    registers are first read, so it lands while the tensor cores work, at the price of holding it
+    in registers through the loop); 2: the same for the first half only (``SUBTILE = 2``), the
+    second half loaded after the loop; 3: the first (or only) part by its descriptor before the K
+    loop."""
     SUB_N: tl.constexpr = BLOCK_N // SUBTILE
     a_desc = tl.make_tensor_descriptor(A, shape=[M, K], strides=[K, 1], block_shape=[BLOCK_M, BLOCK_K])
     b_desc = tl.make_tensor_descriptor(B, shape=[K, N], strides=[N, 1], block_shape=[BLOCK_K, BLOCK_N])
@@ -170,17 +177,35 @@ def _dgelu_mm_tma_kernel(
         pid_m, pid_n = _grouped_tile(tile, grid_m, grid_n, GROUP_M)
         off_m = pid_m * BLOCK_M
         off_n = pid_n * BLOCK_N
+        if PREFETCH == 3:
+            g0 = g_desc.load([off_m, off_n])
+        elif PREFETCH:
+            g0 = _g_tile(G, M, N, off_m, off_n, BLOCK_M, SUB_N)
+            if PREFETCH == 1 and SUBTILE == 2:
+                g1 = _g_tile(G, M, N, off_m, off_n + SUB_N, BLOCK_M, SUB_N)
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for k in range(k_tiles):
             acc = tl.dot(a_desc.load([off_m, k * BLOCK_K]), b_desc.load([k * BLOCK_K, off_n]), acc)
+        if not PREFETCH:
+            g0 = g_desc.load([off_m, off_n])
         if SUBTILE == 2:
             acc0, acc1 = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, SUB_N)), (0, 2, 1)))
-            g0 = g_desc.load([off_m, off_n]).to(tl.float32)
-            o_desc.store([off_m, off_n], (acc0 * g0).to(o_desc.dtype))
-            g1 = g_desc.load([off_m, off_n + SUB_N]).to(tl.float32)
-            o_desc.store([off_m, off_n + SUB_N], (acc1 * g1).to(o_desc.dtype))
+            o_desc.store([off_m, off_n], (acc0 * g0.to(tl.float32)).to(o_desc.dtype))
+            if PREFETCH != 1:
+                g1 = g_desc.load([off_m, off_n + SUB_N])
+            o_desc.store([off_m, off_n + SUB_N], (acc1 * g1.to(tl.float32)).to(o_desc.dtype))
         else:
-            o_desc.store([off_m, off_n], (acc * g_desc.load([off_m, off_n]).to(tl.float32)).to(o_desc.dtype))
+            o_desc.store([off_m, off_n], (acc * g0.to(tl.float32)).to(o_desc.dtype))
+
+
+@triton.jit
+def _g_tile(G, M, N, off_m, off_n, BLOCK_M: tl.constexpr, SUB_N: tl.constexpr):
+    """``G[off_m : off_m + BLOCK_M, off_n : off_n + SUB_N]`` (row-major ``[M, N]``) by pointer loads,
+    zero past the edges."""
+    rows = off_m + tl.arange(0, BLOCK_M)
+    cols = off_n + tl.arange(0, SUB_N)
+    mask = (rows < M)[:, None] & (cols < N)[None, :]
+    return tl.load(G + rows.to(tl.int64)[:, None] * N + cols[None, :], mask=mask, other=0.0)
 
 
 def _scratch(size: int, alignment: int, stream) -> torch.Tensor:
@@ -261,11 +286,11 @@ def gelu_linear_backward(
         # Triton keeps its allocator per thread: set it here, where the backward runs on
         # autograd's thread (Inductor's launcher sets its own before each launch).
         triton.set_allocator(_scratch)
-        bm, bn, bk, group_m, warps, stages, subtile = DGELU_TMA_TILE
+        bm, bn, bk, group_m, warps, stages, subtile, prefetch = DGELU_TMA_TILE
         programs = program_count(cdiv(M, bm) * cdiv(H, bn), num_sms(g.device))
         meta = {
             "NUM_PROGRAMS": programs, "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group_m,
-            "SUBTILE": subtile, "num_warps": warps, "num_stages": stages,
+            "SUBTILE": subtile, "PREFETCH": prefetch, "num_warps": warps, "num_stages": stages,
         }  # fmt: skip
         run(_dgelu_mm_tma_kernel, (programs,), (a, weight, g, out, M, H, C), meta, 4)
         return out

@@ -329,18 +329,20 @@ def test_cuda_compiled_mlp_inlines_the_kernels_and_matches_float64(mode):
         assert rel_err(p.grad, p64.grad) < 1.6e-2
 
 
-@pytest.mark.parametrize("subtile", [1, 2])
-def test_tma_backward_kernel_matches_float64(subtile):
+@pytest.mark.parametrize(("subtile", "prefetch"), [(1, 0), (2, 0), (1, 1), (2, 1), (2, 2), (1, 3), (2, 3)])
+def test_tma_backward_kernel_matches_float64(subtile, prefetch):
     """The TMA form of the backward GEMM (what CUDA half inputs take, ``BACKWARD_KERNEL``) in the
-    interpreter, float32 (its descriptors load bfloat16 wrongly there), edges that cut the tiles."""
+    interpreter, float32 (its descriptors load bfloat16 wrongly there), edges that cut the tiles;
+    each place the epilogue's ``g`` may be loaded (``PREFETCH``)."""
     if torch.cuda.is_available():
         pytest.skip("CUDA runs it through the op (test_kernel_matches_float64)")
     M, K, N = 80, 48, 72
     a, b, g = torch.randn(M, K), torch.randn(K, N), torch.randn(M, N)
     out = torch.empty(M, N)
     _mlp_triton._dgelu_mm_tma_kernel[(3,)](
-        a, b, g, out, M, N, K, NUM_PROGRAMS=3, BLOCK_M=32, BLOCK_N=32, BLOCK_K=16, GROUP_M=2, SUBTILE=subtile
-    )
+        a, b, g, out, M, N, K, NUM_PROGRAMS=3, BLOCK_M=32, BLOCK_N=32, BLOCK_K=16, GROUP_M=2,
+        SUBTILE=subtile, PREFETCH=prefetch,
+    )  # fmt: skip
     want = (a.double() @ b.double()) * g.double()
     assert rel_err(out, want) < 1e-6
 
