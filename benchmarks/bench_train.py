@@ -4,6 +4,7 @@ Run on a CUDA machine from the repository root:
 
     python -m benchmarks.bench_train --upstream PATH_TO_nvSubquadratic [--presets vit5-small,vit5-base]
         [--modes eager,compile,reduce-overhead,max-autotune] [--sections host,steps] [--batch N] [--out DIR]
+        [--tile DGELU_TMA_TILE=128,256,64,8,8,3,2,2 ...]
 
 ``steps``: one training step is forward + cross-entropy + backward + ``zero_grad(set_to_none=True)``,
 bf16 weights under bf16 autocast, no optimizer: nvSubquadratic's
@@ -100,6 +101,12 @@ FLOPKIT_MODELS: dict[str, dict[str, bool | str]] = {
 # Rows that run with another BLAS library for PyTorch's GEMMs (blas_backend), by row.
 BLAS = {"flopkit-cublaslt": "cublaslt"}
 MODELS = (*FLOPKIT_MODELS, "upstream")
+# --tile NAME=V1,V2,...: rows of the default model, named flopkit[NAME=V1,...], with one launch
+# constant of flopkit.kernels._mlp_triton set for the row and restored after it (kernel_tile), so
+# a tile from a kernel sweep meets the shipped one and nvSubquadratic in one process. Only
+# constants whose launcher reads them at each call are offered.
+TILE_CONSTANTS = ("DGELU_TMA_TILE", "DGELU_TILE")
+TILE_ROWS: dict[str, tuple[str, tuple[int, ...]]] = {}
 START = time.time()
 
 
@@ -225,12 +232,57 @@ def blas_backend(kind: str):
         torch.backends.cuda.preferred_blas_library(before)
 
 
+def parse_tile(text: str) -> tuple[str, tuple[int, ...]]:
+    """``"NAME=V1,V2,..."`` (a ``--tile`` value) -> ``(NAME, (V1, V2, ...))``; ``NAME`` one of
+    :data:`TILE_CONSTANTS`, as many integers as the constant holds. Raises ValueError naming the
+    value and what it should be."""
+    from flopkit.kernels import _mlp_triton
+
+    name, sep, values = text.partition("=")
+    if not sep or name not in TILE_CONSTANTS:
+        raise ValueError(
+            f"--tile {text!r}: expected NAME=V1,V2,... with NAME one of {', '.join(TILE_CONSTANTS)}"
+        )
+    try:
+        tile = tuple(int(v) for v in values.split(","))
+    except ValueError:
+        raise ValueError(f"--tile {text!r}: the values must be integers") from None
+    want = len(getattr(_mlp_triton, name))
+    if len(tile) != want:
+        raise ValueError(f"--tile {text!r}: {name} holds {want} values, got {len(tile)}")
+    return name, tile
+
+
+def tile_row(name: str, tile: tuple[int, ...]) -> str:
+    """The ``--models``-style name of a ``--tile`` row."""
+    return f"flopkit[{name}={','.join(map(str, tile))}]"
+
+
+@contextlib.contextmanager
+def kernel_tile(kind: str):
+    """Inside, the launch constant of ``kind``'s ``--tile`` row (:data:`TILE_ROWS`) holds the row's
+    tile; the shipped one is restored on the way out. Other rows leave the constants alone."""
+    if kind not in TILE_ROWS:
+        yield
+        return
+    from flopkit.kernels import _mlp_triton
+
+    name, tile = TILE_ROWS[kind]
+    before = getattr(_mlp_triton, name)
+    setattr(_mlp_triton, name, tile)
+    try:
+        yield
+    finally:
+        setattr(_mlp_triton, name, before)
+
+
 def build_model(kind: str, preset: str, upstream: str | None) -> torch.nn.Module:
     """The model of a ``--models`` name (:data:`MODELS`): nvSubquadratic's from ``upstream``, or
     flopkit's with that row's settings."""
     if kind == "upstream":
         return build_upstream(preset, upstream)
-    return build_flopkit(preset, unfolded=kind == "flopkit-unfolded", settings=FLOPKIT_MODELS[kind])
+    settings = FLOPKIT_MODELS[kind] if kind not in TILE_ROWS else FLOPKIT_MODELS["flopkit"]
+    return build_flopkit(preset, unfolded=kind == "flopkit-unfolded", settings=settings)
 
 
 def training_flops(preset: str, batch: int) -> int:
@@ -303,7 +355,7 @@ def compile_notes(rows: Sequence[Mapping[str, Any]]) -> list[str]:
 def run_step_row(kind, preset, mode, args, peak_tflops) -> dict:
     batch = getattr(args, "batch", None) or BATCH[preset]
     row = {"model": kind, "preset": preset, "batch": batch, "mode": mode}
-    with blas_backend(kind):
+    with blas_backend(kind), kernel_tile(kind):
         return _step_row(row, kind, preset, mode, args, peak_tflops, batch)
 
 
@@ -658,6 +710,13 @@ def main() -> None:
         default="flopkit,upstream",
         help=f"comma list of {', '.join(MODELS)}",
     )
+    ap.add_argument(
+        "--tile",
+        action="append",
+        default=[],
+        metavar="NAME=V1,V2,...",
+        help=f"also a row of the default model with this launch constant, of {', '.join(TILE_CONSTANTS)} (repeatable)",
+    )
     ap.add_argument("--sections", default="host,steps")
     ap.add_argument("--steps", type=int, default=20, help="steps per timed loop")
     ap.add_argument("--repeats", type=int, default=5, help="timed loops per row (the median is reported)")
@@ -668,6 +727,12 @@ def main() -> None:
     unknown = [m for m in args.models.split(",") if m not in MODELS]
     if unknown:
         ap.error(f"--models: unknown {', '.join(map(repr, unknown))}; choose from {', '.join(MODELS)}")
+    for text in args.tile:
+        try:
+            name, tile = parse_tile(text)
+        except ValueError as e:
+            ap.error(str(e))
+        TILE_ROWS[tile_row(name, tile)] = (name, tile)
     res = {"args": vars(args), "steps": [], "skipped": []}
     roofs = run_roofs()
     log(f"copy {roofs.copy_gbs:.0f} GB/s, matmul {roofs.matmul_tflops:.0f} TFLOP/s")
@@ -686,6 +751,8 @@ def main() -> None:
         save()
     if "steps" in sections:
         models = args.models.split(",")
+        at = models.index("upstream") if "upstream" in models else len(models)
+        models[at:at] = list(TILE_ROWS)  # the tile rows before nvSubquadratic's
         if "upstream" in models:
             reason = None
             if not args.upstream:

@@ -128,6 +128,41 @@ def test_blas_rows_set_the_preference_for_the_row_only_and_restore_it(monkeypatc
     assert state == ["cublas"] and calls == ["cublaslt", "cublas"]
 
 
+def test_tile_rows_parse_their_constant_and_set_it_for_the_row_only():
+    """``--tile NAME=V1,...``: a bad name, a non-integer or the wrong length is refused with the
+    value in the message; a tile row's constant is the row's inside it and the shipped one after,
+    an exception included; other rows leave it alone."""
+    from flopkit.kernels import _mlp_triton
+
+    from benchmarks import bench_train as B
+
+    shipped = _mlp_triton.DGELU_TMA_TILE
+    for bad, says in [
+        ("HEAD_TILE=1,2", "NAME one of DGELU_TMA_TILE"),
+        ("DGELU_TMA_TILE", "NAME one of"),
+        ("DGELU_TMA_TILE=1,x", "integers"),
+        ("DGELU_TMA_TILE=1,2", f"holds {len(shipped)} values, got 2"),
+    ]:
+        with pytest.raises(ValueError, match=says) as e:
+            B.parse_tile(bad)
+        assert repr(bad) in str(e.value)
+    tile = (*shipped[:-1], shipped[-1] + 1)
+    name, parsed = B.parse_tile("DGELU_TMA_TILE=" + ",".join(map(str, tile)))
+    assert (name, parsed) == ("DGELU_TMA_TILE", tile)
+    row = B.tile_row(name, parsed)
+    assert row == f"flopkit[DGELU_TMA_TILE={','.join(map(str, tile))}]"
+    try:
+        B.TILE_ROWS[row] = (name, parsed)
+        with B.kernel_tile("flopkit"):
+            assert shipped == _mlp_triton.DGELU_TMA_TILE
+        with pytest.raises(KeyError), B.kernel_tile(row):
+            assert tile == _mlp_triton.DGELU_TMA_TILE
+            raise KeyError
+        assert shipped == _mlp_triton.DGELU_TMA_TILE
+    finally:
+        B.TILE_ROWS.pop(row, None)
+
+
 def test_step_kernels_render_a_harness_record_and_a_gathered_one():
     from benchmarks import step_kernels as S
 
