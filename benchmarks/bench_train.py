@@ -3,7 +3,7 @@
 Run on a CUDA machine from the repository root:
 
     python -m benchmarks.bench_train --upstream PATH_TO_nvSubquadratic [--presets vit5-small,vit5-base]
-        [--modes eager,compile,reduce-overhead,max-autotune] [--sections host,steps] [--batch N] [--out DIR]
+        [--modes eager,compile,reduce-overhead,max-autotune] [--sections host,syncs,steps] [--batch N] [--out DIR]
         [--tile DGELU_TMA_TILE=128,256,64,8,8,3,2,2 ...]
 
 ``steps``: one training step is forward + cross-entropy + backward + ``zero_grad(set_to_none=True)``,
@@ -25,6 +25,12 @@ Each loop runs five times and the table keeps the fastest (the device host is sh
 moved single loops by up to 15 µs per call between runs).
 For ``rms_norm`` the peers run the same loop: ``F.rms_norm``, QuACK and Liger-Kernel (when
 importable). An empty Triton kernel gives the launch cost itself.
+
+``syncs``: every synchronizing CUDA call of two eager training steps per preset and ``--models``
+row (``torch.cuda.set_sync_debug_mode``), with the Python frames that made it. An eager step that
+waits on the GPU issues nothing while it waits, so the GPU idles until the host catches up: the
+check behind an eager row's host-bound share. Printed under the table, kept in the JSON's
+``syncs``.
 
 ``host`` first measures the issue's per-op number on the eager hot path: host µs per call of each
 op's forward (gradients on) and of its backward node, less one flopkit ``launch()`` per kernel the
@@ -107,6 +113,7 @@ MODELS = (*FLOPKIT_MODELS, "upstream")
 # constants whose launcher reads them at each call are offered.
 TILE_CONSTANTS = ("DGELU_TMA_TILE", "DGELU_TILE")
 TILE_ROWS: dict[str, tuple[str, tuple[int, ...]]] = {}
+SECTIONS = ("host", "syncs", "steps")
 START = time.time()
 
 
@@ -318,6 +325,65 @@ def make_step(model, kind: str, batch: int):
         model.zero_grad(set_to_none=True)
 
     return step
+
+
+def sync_sources(step, steps: int = 2, debug=None) -> dict[str, Any]:
+    """Every synchronizing CUDA call that ``steps`` calls of ``step`` make (a host wait on the GPU:
+    an eager step that waits issues nothing meanwhile, and the GPU idles once its queue drains),
+    from ``torch.cuda.set_sync_debug_mode``'s warnings: ``{"per_step": n, "sources": [[count,
+    message, where], ...]}``, ``where`` the Python frames that made the call, innermost first (the
+    last 5 outside ``warnings``). ``debug`` replaces the mode setter (tests)."""
+    import collections
+    import traceback
+    import warnings
+
+    debug = debug or torch.cuda.set_sync_debug_mode
+    seen: collections.Counter = collections.Counter()
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        frames = [f for f in traceback.extract_stack()[:-1] if not f.filename.endswith("warnings.py")]
+        where = " <- ".join(f"{os.path.basename(f.filename)}:{f.lineno} {f.name}" for f in frames[-5:][::-1])
+        seen[(str(message).split("\n")[0][:100], where)] += 1
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = show
+        debug(1)  # warn
+        try:
+            for _ in range(steps):
+                step()
+        finally:
+            debug(0)
+    return {
+        "per_step": sum(seen.values()) / steps,
+        "sources": [[n, msg, where] for (msg, where), n in seen.most_common()],
+    }
+
+
+def sync_rows(presets: Sequence[str], models: Sequence[str], upstream: str | None) -> list[dict]:
+    """:func:`sync_sources` of each eager step (after 3 warm-up steps), per preset and model."""
+    rows = []
+    for preset in presets:
+        for kind in models:
+            row = {"model": kind, "preset": preset, "batch": BATCH[preset]}
+            try:
+                with blas_backend(kind), kernel_tile(kind):
+                    torch.manual_seed(0)
+                    model = build_model(kind, preset, upstream)
+                    model.train()
+                    step = make_step(model, kind, BATCH[preset])
+                    for _ in range(3):
+                        step()
+                    torch.cuda.synchronize()
+                    row.update(sync_sources(step))
+                del model, step
+                gc.collect()
+            except Exception as e:  # noqa: BLE001
+                traceback.print_exc()
+                row["error"] = repr(e)[:300]
+            log(row)
+            rows.append(row)
+    return rows
 
 
 def compile_model(model, mode: str):
@@ -642,6 +708,16 @@ def md_tables(res: dict) -> str:
             60,
         )
         out.append("")
+    for r in res.get("syncs", []):
+        if "error" in r:
+            out.append(f"syncs: {r['model']} {r['preset']}: {r['error']}")
+            continue
+        out.append(
+            f"syncs: {r['model']} {r['preset']} b{r['batch']}, eager: {r['per_step']:g} synchronizing calls a step"
+        )
+        out += [f"  {n}x {msg} at {where}" for n, msg, where in r["sources"][:8]]
+    if res.get("syncs"):
+        out.append("")
     for line in compile_notes(res.get("steps", [])):
         out.append(line)
     for line in res.get("skipped", []):
@@ -717,7 +793,7 @@ def main() -> None:
         metavar="NAME=V1,V2,...",
         help=f"also a row of the default model with this launch constant, of {', '.join(TILE_CONSTANTS)} (repeatable)",
     )
-    ap.add_argument("--sections", default="host,steps")
+    ap.add_argument("--sections", default="host,steps", help=f"comma list of {', '.join(SECTIONS)}")
     ap.add_argument("--steps", type=int, default=20, help="steps per timed loop")
     ap.add_argument("--repeats", type=int, default=5, help="timed loops per row (the median is reported)")
     ap.add_argument("--warmup", type=int, default=10)
@@ -727,6 +803,9 @@ def main() -> None:
     unknown = [m for m in args.models.split(",") if m not in MODELS]
     if unknown:
         ap.error(f"--models: unknown {', '.join(map(repr, unknown))}; choose from {', '.join(MODELS)}")
+    bad = sorted(set(args.sections.split(",")) - set(SECTIONS))
+    if bad:
+        ap.error(f"--sections: unknown {', '.join(map(repr, bad))}; choose from {', '.join(SECTIONS)}")
     for text in args.tile:
         try:
             name, tile = parse_tile(text)
@@ -749,15 +828,19 @@ def main() -> None:
         save()
         res["host"] = host_rows()
         save()
+    models = args.models.split(",")
+    at = models.index("upstream") if "upstream" in models else len(models)
+    models[at:at] = list(TILE_ROWS)  # the tile rows before nvSubquadratic's
+    if "upstream" in models and not args.upstream and {"steps", "syncs"} & set(sections):
+        models.remove("upstream")
+        res["skipped"].append("nvSubquadratic rows: no --upstream path given")
+    if "syncs" in sections:
+        res["syncs"] = sync_rows(args.presets.split(","), models, args.upstream)
+        save()
     if "steps" in sections:
-        models = args.models.split(",")
-        at = models.index("upstream") if "upstream" in models else len(models)
-        models[at:at] = list(TILE_ROWS)  # the tile rows before nvSubquadratic's
         if "upstream" in models:
             reason = None
-            if not args.upstream:
-                reason = "no --upstream path given"
-            elif not os.path.isdir(os.path.join(args.upstream, "nvsubquadratic")):
+            if not os.path.isdir(os.path.join(args.upstream, "nvsubquadratic")):
                 reason = f"{args.upstream!r} has no nvsubquadratic/ package"
             if reason:
                 res["skipped"].append(f"nvSubquadratic rows: {reason}")

@@ -163,6 +163,41 @@ def test_tile_rows_parse_their_constant_and_set_it_for_the_row_only():
         B.TILE_ROWS.pop(row, None)
 
 
+def test_sync_sources_count_each_synchronizing_call_with_its_caller():
+    """``--sections syncs``: the sync-debug mode is on only while the steps run (off after an
+    exception too), each warning is counted per step with the frame that made it, and the table
+    lines name the count and the caller."""
+    import warnings
+
+    from benchmarks import bench_train as B
+
+    modes = []
+
+    def item_then_copy():
+        for _ in range(2):  # like .item(), twice from one line
+            warnings.warn("called a synchronizing CUDA operation", UserWarning, stacklevel=1)
+        warnings.warn("called a synchronizing CUDA operation (copy)", UserWarning, stacklevel=1)
+
+    got = B.sync_sources(item_then_copy, steps=2, debug=modes.append)
+    assert modes == [1, 0]
+    assert got["per_step"] == 3
+    (n, msg, where), (n2, msg2, _) = got["sources"]
+    assert (n, msg, n2, msg2) == (4, "called a synchronizing CUDA operation", 2, msg + " (copy)")
+    assert where.startswith("test_bench_scripts.py:") and "item_then_copy" in where
+    assert B.sync_sources(lambda: None, debug=modes.append) == {"per_step": 0, "sources": []}
+
+    def fails():
+        raise KeyError
+
+    with pytest.raises(KeyError):
+        B.sync_sources(fails, debug=modes.append)
+    assert modes[-2:] == [1, 0]
+    row = {"model": "flopkit", "preset": "vit5-base", "batch": 128, **got}
+    lines = B.md_tables({"syncs": [row]}).splitlines()
+    assert lines[0] == "syncs: flopkit vit5-base b128, eager: 3 synchronizing calls a step"
+    assert lines[1].startswith("  4x called a synchronizing CUDA operation at test_bench_scripts.py:")
+
+
 def test_step_kernels_render_a_harness_record_and_a_gathered_one():
     from benchmarks import step_kernels as S
 
