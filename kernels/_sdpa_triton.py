@@ -43,7 +43,15 @@ import triton
 import triton.language as tl
 
 from ._launch import cdiv, launch, next_power_of_2
-from ._rope_triton import qk_norm_rope_bwd, qk_norm_rope_fwd, qkv_heads
+from ._rope_triton import (
+    _norm_rope_tile,
+    _partner,
+    _weight_head_stride,
+    empty_qk,
+    qk_norm_rope_bwd,
+    qk_norm_rope_fwd,
+    qkv_heads,
+)
 
 __all__ = [
     "AttnTile",
@@ -55,6 +63,9 @@ __all__ = [
     "DQ_TILE",
     "DKDV_TILE",
     "HEAD_TILE",
+    "QK_FUSED_FWD",
+    "QK_FWD_TILE",
+    "fuses_qk",
     "head_rows",
     "empty_token_major",
 ]
@@ -81,6 +92,14 @@ DQ_TILE = AttnTile(64, 64, 4, 2, 0)
 """``_attn_bwd_dq``: a program's query rows, the keys per step."""
 DKDV_TILE = AttnTile(64, 64, 4, 1, 16)
 """``_attn_bwd_dkdv``: the query rows per step, a program's keys."""
+QK_FUSED_FWD = False
+"""Whether :func:`qk_norm_rope_attention_fwd` runs QK-norm + RoPE inside the attention forward
+(:func:`_attn_fwd_qk`, one kernel, same outputs) instead of as a kernel of its own before it.
+Off until a GPU run times it against the two kernels (docs/kernels.md)."""
+QK_FWD_TILE = AttnTile(128, 32, 8, 3, 0)
+""":func:`_attn_fwd_qk`'s tile (no tail): compiled for sm90 with Triton 3.6 it holds 255 registers
+without spilling, where :data:`FWD_TILE` spills 800 bytes (the rope's fp32 tables and the raw and
+partner tiles of each key step); not yet timed."""
 HEAD_TILE = AttnTile(256, 64, 8, 1, 32)
 """``_attn_bwd_head``: the most query rows a program holds (a head's ``T``, rounded up to a power of
 two), the keys per step."""
@@ -120,17 +139,24 @@ def _fwd_keys(q, kv_bases, s_kt, s_vt, start, stop, T, qk_scale, m_i, l_i, acc, 
         keys = k0 + tl.arange(0, STEP)
         key_ok = keys < T
         kt = _tile(k_base, keys, s_kt, d, key_ok, TRANSPOSED=True)
-        s = tl.dot(q, kt) * qk_scale
-        if MASKED:
-            s = tl.where(key_ok[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        p = tl.exp2(s - m_new[:, None])
-        alpha = tl.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = _tile(v_base, keys, s_vt, d, key_ok)
-        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
-        m_i = m_new
+        m_i, l_i, acc = _softmax_step(q, kt, v_base, keys, key_ok, s_vt, d, qk_scale, m_i, l_i, acc, MASKED)
     return m_i, l_i, acc
+
+
+@triton.jit
+def _softmax_step(q, kt, v_base, keys, key_ok, s_vt, d, qk_scale, m_i, l_i, acc, MASKED: tl.constexpr):
+    """One key step of the online softmax: ``q`` against ``kt`` (``[D, STEP]``), the running max
+    ``m_i``, sum ``l_i`` and ``acc`` rescaled and the step's ``p @ v`` added."""
+    s = tl.dot(q, kt) * qk_scale
+    if MASKED:
+        s = tl.where(key_ok[None, :], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    p = tl.exp2(s - m_new[:, None])
+    alpha = tl.exp2(m_i - m_new)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    v = _tile(v_base, keys, s_vt, d, key_ok)
+    acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
+    return m_new, l_i, acc
 
 
 @triton.jit
@@ -199,6 +225,89 @@ def _attn_fwd(
         _fwd_rows(
             q_base, kv_bases, o_base, lse_base, *strides, row0, T, qk_scale, HEAD_D, BLOCK_M, BLOCK_N, 0
         )
+
+
+@triton.jit
+def _qk_rows(base, w_base, COS, SIN, tokens, ok, d, s_t, s_cos_t, s_cos_d, s_sin_t, s_sin_d, eps,
+             HEAD_D: tl.constexpr, NORM: tl.constexpr, HAS_W: tl.constexpr, INTERLEAVED: tl.constexpr):  # fmt: skip
+    """QK-norm + RoPE of one head's q (or k) at ``tokens``, read raw from ``qkv`` at ``base`` (token
+    stride ``s_t``, unit channel stride), as ``_qk_norm_rope_fwd_kernel`` computes it: fp32
+    ``[tokens, HEAD_D]``, 0 where ``ok`` is False. ``w_base``: this head's norm weight."""
+    partner, sign = _partner(d, HEAD_D, INTERLEAVED)
+    mask = ok[:, None] & (d < HEAD_D)[None, :]
+    cos = tl.load(COS + tokens[:, None] * s_cos_t + d[None, :] * s_cos_d, mask=mask, other=0.0).to(tl.float32)
+    sin = tl.load(SIN + tokens[:, None] * s_sin_t + d[None, :] * s_sin_d, mask=mask, other=0.0).to(tl.float32)
+    row = base + tokens[:, None] * s_t
+    return _norm_rope_tile(
+        row + d[None, :], row + partner[None, :], w_base, cos, sin, d, partner, sign, mask, eps,
+        HEAD_D, NORM, HAS_W, tl.float32, "", INTERLEAVED,
+    )  # fmt: skip
+
+
+@triton.jit
+def _fwd_qk_keys(q, src, k_out, s_kt, v_base, s_t, tables, start, stop, T, qk_scale, m_i, l_i, acc, d,
+                 store_k, HEAD_D: tl.constexpr, NORM: tl.constexpr, HAS_KW: tl.constexpr,
+                 INTERLEAVED: tl.constexpr, STEP: tl.constexpr, MASKED: tl.constexpr):  # fmt: skip
+    """:func:`_fwd_keys` with each key step's k normalised and rotated from ``qkv`` here (``src``:
+    this head's raw k and its weight), rounded to the output dtype as the two-kernel path stores
+    it, and stored into ``k_out`` below token ``store_k`` (``T`` in one program per head, else 0)."""
+    k_base, kw_base = src
+    COS, SIN, s_cos_t, s_cos_d, s_sin_t, s_sin_d, eps = tables
+    for k0 in range(start, stop, STEP):
+        keys = k0 + tl.arange(0, STEP)
+        key_ok = keys < T
+        k = _qk_rows(
+            k_base, kw_base, COS, SIN, keys, key_ok, d, s_t, s_cos_t, s_cos_d, s_sin_t, s_sin_d, eps,
+            HEAD_D, NORM, HAS_KW, INTERLEAVED,
+        ).to(k_out.dtype.element_ty)  # fmt: skip
+        tl.store(k_out + keys[:, None] * s_kt + d[None, :], k, mask=(keys < store_k)[:, None])
+        m_i, l_i, acc = _softmax_step(
+            q, tl.trans(k), v_base, keys, key_ok, s_t, d, qk_scale, m_i, l_i, acc, MASKED
+        )
+    return m_i, l_i, acc
+
+
+@triton.jit
+def _attn_fwd_qk(
+    QKV, COS, SIN, QW, KW, Q, K, O, LSE,
+    s_xb, s_xt, s_cos_t, s_cos_d, s_sin_t, s_sin_d, s_qw_h, s_kw_h,
+    s_qb, s_qh, s_qt, s_kb, s_kh, s_kt, s_ob, s_oh, s_ot,
+    H, T, qk_scale, eps,
+    HEAD_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TAIL: tl.constexpr,
+    NORM: tl.constexpr, HAS_QW: tl.constexpr, HAS_KW: tl.constexpr, INTERLEAVED: tl.constexpr,
+):  # fmt: skip
+    """QK-norm + RoPE and the attention forward in one kernel: :func:`_attn_fwd` reading q and k raw
+    from ``qkv`` ``[B, T, 3*H*D]`` and normalising and rotating them as they load (q once per
+    program, each key step's k in every program of the head), v a view of ``qkv``. It also
+    writes the normalised q (each program its rows) and k (the head's first program) that the
+    backward reads, so its outputs are the two-kernel path's, value for value: q and k rounded to
+    the input dtype before the products, as that path stores them. ``TAIL`` must be 0."""
+    qk_scale = tl.cast(qk_scale, tl.float32)  # as in _attn_fwd
+    eps = tl.cast(eps, tl.float32)
+    pid_m, bh, b, h = _program(T, H, BLOCK_M)
+    x_base = QKV + b * s_xb + h * HEAD_D
+    k_base = x_base + H * HEAD_D
+    v_base = x_base + 2 * H * HEAD_D
+    tables = (COS, SIN, s_cos_t, s_cos_d, s_sin_t, s_sin_d, eps)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    d = tl.arange(0, HEAD_D)
+    row_ok = rows < T
+    q = _qk_rows(
+        x_base, QW + h * s_qw_h, COS, SIN, rows, row_ok, d, s_xt, s_cos_t, s_cos_d, s_sin_t, s_sin_d, eps,
+        HEAD_D, NORM, HAS_QW, INTERLEAVED,
+    ).to(Q.dtype.element_ty)  # fmt: skip
+    tl.store(Q + b * s_qb + h * s_qh + rows[:, None] * s_qt + d[None, :], q, mask=row_ok[:, None])
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_D], tl.float32)
+    m_i, l_i, acc = _fwd_qk_keys(
+        q, (k_base, KW + h * s_kw_h), K + b * s_kb + h * s_kh, s_kt, v_base, s_xt, tables, 0, T, T, qk_scale,
+        m_i, l_i, acc, d, tl.where(pid_m == 0, T, 0), HEAD_D, NORM, HAS_KW, INTERLEAVED, BLOCK_N, True,
+    )  # fmt: skip
+    acc = acc / l_i[:, None]
+    o_ptrs = O + b * s_ob + h * s_oh + rows[:, None] * s_ot + d[None, :]
+    tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=row_ok[:, None])
+    tl.store(LSE + bh.to(tl.int64) * T + rows, m_i + tl.log2(l_i), mask=row_ok)
 
 
 @triton.jit
@@ -616,8 +725,48 @@ def qk_norm_rope_attention_fwd(
         ``o`` ``[B, H, T, D]`` and ``lse`` as :func:`attention_fwd`, and the normalised, rotated
         q and k ``[B, H, T, D]`` the backward reads.
     """
+    if QK_FUSED_FWD and fuses_qk(qkv, num_heads):
+        return _qk_attention_fwd_fused(
+            qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm, scale, run
+        )
     q, k = qk_norm_rope_fwd(qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm, run=run)
     o, lse = attention_fwd(q, k, qkv_heads(qkv, num_heads)[2], scale, run=run)
+    return o, lse, q, k
+
+
+def fuses_qk(qkv: torch.Tensor, num_heads: int) -> bool:
+    """Whether :func:`_attn_fwd_qk` takes ``qkv`` ``[B, T, 3*H*D]``: half precision, unit channel
+    stride, a power-of-two head dimension of at least 16, and :data:`QK_FWD_TILE` without a tail."""
+    D = qkv.shape[-1] // (3 * num_heads)
+    return (
+        qkv.dtype in (torch.float16, torch.bfloat16)
+        and qkv.stride(-1) == 1
+        and D >= 16
+        and D & (D - 1) == 0
+        and QK_FWD_TILE.tail == 0
+    )
+
+
+def _qk_attention_fwd_fused(qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm, scale, run):
+    """:func:`qk_norm_rope_attention_fwd`'s outputs from the one kernel :func:`_attn_fwd_qk`."""
+    B, T, three_hd = qkv.shape
+    H, D = num_heads, three_hd // (3 * num_heads)
+    q, k = empty_qk(qkv, H), empty_qk(qkv, H)
+    o = empty_token_major(q)
+    lse = torch.empty((B, H, T), device=qkv.device, dtype=torch.float32)
+    if o.numel() == 0:
+        return o, lse, q, k
+    has_qw, has_kw = norm and q_weight is not None, norm and k_weight is not None
+    tensors = (qkv, cos, sin, q_weight if has_qw else qkv, k_weight if has_kw else qkv, q, k, o, lse)
+    scalars = (
+        qkv.stride(0), qkv.stride(1), *cos.stride(), *sin.stride(),
+        _weight_head_stride(q_weight), _weight_head_stride(k_weight),
+        *strides_bht(q), *strides_bht(k), *strides_bht(o), H, T, scale * LOG2E, eps,
+    )  # fmt: skip
+    run_kernel(
+        run, _attn_fwd_qk, cdiv(T, QK_FWD_TILE.block_m), B * H, tensors, scalars, D, QK_FWD_TILE,
+        NORM=norm, HAS_QW=has_qw, HAS_KW=has_kw, INTERLEAVED=pairing == "interleaved",
+    )  # fmt: skip
     return o, lse, q, k
 
 

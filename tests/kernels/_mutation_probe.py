@@ -137,7 +137,7 @@ def launched(run) -> dict[str, list[str]]:
 
 def _ops() -> None:
     """The attention (one kernel per head at T = 201, the dq and dkdv kernels at T = 577, with the
-    QK-norm + RoPE and alone), the MLP's GELU + linear (the pointer GEMM CPU tensors take, and the
+    QK-norm + RoPE and alone; the opt-in forward with QK-norm + RoPE inside), the MLP's GELU + linear (the pointer GEMM CPU tensors take, and the
     TMA GEMM), ``scale_rows`` and ``embed_tokens``, forward and backward."""
     from flopkit.kernels import _mlp_triton
 
@@ -156,6 +156,14 @@ def _ops() -> None:
         backward(K.qk_norm_rope_attention(qkv, cos, sin, H, w, w, backend="triton"))
         q, k, v = (torch.randn(1, H, T, D, dtype=dt, requires_grad=True) for _ in range(3))
         backward(K.attention(q, k, v, backend="triton"))
+    from flopkit.kernels import _sdpa_triton
+
+    _sdpa_triton.QK_FUSED_FWD = True  # opt-in: QK-norm + RoPE inside the attention forward
+    try:
+        K.qk_norm_rope_attention(qkv.detach()[:, :201], cos[:201], sin[:201], H, w.detach(), w.detach(),
+                                 backend="triton")  # fmt: skip
+    finally:
+        _sdpa_triton.QK_FUSED_FWD = False
     pre, w2 = (
         torch.randn(2, 5, 64, dtype=dt, requires_grad=True),
         torch.randn(32, 64, dtype=dt, requires_grad=True),

@@ -22,6 +22,7 @@ from flopkit.kernels import (
     _rope_ops,
     _scale_triton,
     _sdpa_ops,
+    _sdpa_triton,
 )
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource, compile
@@ -30,7 +31,16 @@ from triton.runtime.jit import JITFunction
 from flopkit import kernels as K
 
 # Imported before main() sets TRITON_INTERPRET, so that their kernels are JITFunctions.
-KERNEL_MODULES = (_embed_triton, _mlp_ops, _mlp_triton, _norm_ops, _rope_ops, _scale_triton, _sdpa_ops)
+KERNEL_MODULES = (
+    _embed_triton,
+    _mlp_ops,
+    _mlp_triton,
+    _norm_ops,
+    _rope_ops,
+    _scale_triton,
+    _sdpa_ops,
+    _sdpa_triton,
+)
 TYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", torch.int32: "i32"}
 SEEN: dict = {}
 
@@ -101,6 +111,11 @@ def run_ops() -> None:
                         backward(
                             K.qk_norm_rope_attention(*args, pairing=pairing, norm=norm, backend="triton")
                         )
+                        _sdpa_triton.QK_FUSED_FWD = True  # opt-in: QK-norm + RoPE in the forward
+                        try:
+                            K.qk_norm_rope_attention(*args, pairing=pairing, norm=norm, backend="triton")
+                        finally:
+                            _sdpa_triton.QK_FUSED_FWD = False
         # ViT-5's LayerScale folded into fc2 (small and base), and a weight past one column step.
         for R, K_ in ((384, 1536), (768, 3072), (5, 2500)):
             w, s = leaves(torch.randn(R, K_, dtype=dt), torch.randn(R, dtype=dt))

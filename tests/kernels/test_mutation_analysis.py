@@ -37,7 +37,7 @@ EXPECTED = {
     "rope bwd": ["dkw_part_ptr", "dqkv_ptr", "dqw_part_ptr"],
     # Launched through the public ops (the probe's launched()): the attention with its QK-norm +
     # RoPE and alone, one kernel per head (packed dq, dk, dv, then separate buffers) at T = 201 and
-    # the dq and dkdv kernels at T = 577; the MLP's GELU + linear; scale_rows; embed_tokens.
+    # the dq and dkdv kernels at T = 577; the opt-in forward with QK-norm + RoPE inside; the MLP's GELU + linear; scale_rows; embed_tokens.
     "_qk_norm_rope_fwd_kernel": ["k_ptr", "q_ptr"],
     "_attn_fwd": ["LSE", "O"],
     "_attn_bwd_head": ["DQ"],
@@ -47,6 +47,7 @@ EXPECTED = {
     "_attn_bwd_dq": ["DELTA", "DQ"],
     "_attn_bwd_dkdv": ["DK"],
     "_attn_bwd_dkdv/1": ["DK", "DV"],
+    "_attn_fwd_qk": ["K", "LSE", "O", "Q"],  # opt-in (_sdpa_triton.QK_FUSED_FWD)
     "_gelu_deriv_kernel": ["G", "H"],
     "_dgelu_mm_kernel": ["OUT"],
     "_dgelu_mm_tma_kernel": ["OUT"],

@@ -12,7 +12,8 @@ from __future__ import annotations
 import pytest
 import torch
 from _references import device, rel_err
-from flopkit.kernels._rope_triton import qk_norm_rope_bwd
+from flopkit.kernels._launch import launch
+from flopkit.kernels._rope_triton import qk_norm_rope_bwd, qk_norm_rope_fwd, qkv_heads
 from flopkit.kernels._sdpa_triton import (
     AttnTile,
     attention_bwd,
@@ -140,6 +141,73 @@ def test_public_op_gives_the_two_ops_values_and_gradients(backend):
         results.append([out] + [t.grad.clone() for t in (qkv, qw, kw)])
     for got, ref in zip(*results, strict=True):
         assert torch.equal(got, ref)
+
+
+# (weights, pairing, norm, heads, tile): partial blocks at T = 21, token-major q and k at 12 heads.
+FUSED_CASES = [
+    ("shared", "split_half", True, 2, AttnTile(16, 16, 4, 1)),
+    ("per_head", "interleaved", True, 12, AttnTile(32, 16, 4, 2)),
+    (None, "split_half", True, 2, AttnTile(32, 16, 4, 2)),
+    ("shared", "interleaved", False, 2, AttnTile(16, 16, 4, 1)),
+    ("per_head", "split_half", True, 12, AttnTile(16, 32, 4, 1)),
+]
+
+
+@pytest.mark.parametrize(("weights", "pairing", "norm", "heads", "tile"), FUSED_CASES)
+def test_fused_forward_gives_the_two_kernels_outputs_bit_for_bit(
+    monkeypatch, weights, pairing, norm, heads, tile
+):
+    """``QK_FUSED_FWD`` (opt-in): QK-norm + RoPE inside the attention forward (``_attn_fwd_qk``)
+    returns the two kernels' ``o``, ``lse`` and saved ``q`` and ``k``, equal bit for bit: the same
+    arithmetic, q and k rounded to the input dtype before the products as the first kernel stores
+    them; the key-stepped normalisation stores k from one program per head only."""
+    from flopkit.kernels import _sdpa_triton
+
+    qkv, cos, sin, qw, kw = make_inputs(16, weights, torch.float16, batch=2, tokens=21, heads=heads)
+    args = (qkv, cos, sin, qw, kw, heads, 1e-6, pairing, norm, 0.25)
+    q, k = qk_norm_rope_fwd(*args[:-1])
+    two = (*attention_fwd(q, k, qkv_heads(qkv, heads)[2], 0.25, tile=tile), q, k)  # the same tile
+    monkeypatch.setattr(_sdpa_triton, "QK_FUSED_FWD", True)
+    monkeypatch.setattr(_sdpa_triton, "QK_FWD_TILE", tile)
+    assert _sdpa_triton.fuses_qk(qkv, heads)
+    launched = []
+    fused = qk_norm_rope_attention_fwd(*args, run=lambda kernel, *a, **k: launched.append(kernel.__name__)
+                                       or launch(kernel, *a, **k))  # fmt: skip
+    assert launched == ["_attn_fwd_qk"]
+    for name, got, want in zip(("o", "lse", "q", "k"), fused, two, strict=True):
+        assert got.shape == want.shape and got.stride() == want.stride(), name
+        assert torch.equal(got, want), name
+
+
+def test_fused_forward_gives_the_public_op_its_values_and_gradients(monkeypatch):
+    from flopkit.kernels import _sdpa_triton
+
+    qkv, cos, sin, qw, kw = public_inputs(16, tokens=21)
+    results = []
+    for fused in (False, True):
+        monkeypatch.setattr(_sdpa_triton, "QK_FUSED_FWD", fused)
+        monkeypatch.setattr(_sdpa_triton, "QK_FWD_TILE", _sdpa_triton.FWD_TILE)  # the two kernels' tile
+        for t in (qkv, qw, kw):
+            t.grad = None
+        out = kernels.qk_norm_rope_attention(qkv, cos, sin, 2, qw, kw, backend="triton")
+        out.float().square().sum().backward()
+        results.append([out] + [t.grad.clone() for t in (qkv, qw, kw)])
+    for got, ref in zip(*results, strict=True):
+        assert torch.equal(got, ref)
+
+
+def test_fused_forward_only_where_its_kernel_applies(monkeypatch):
+    """float32, a strided channel dimension, a head dimension below 16 or a tile with tail steps
+    keep the two kernels."""
+    from flopkit.kernels import _sdpa_triton
+
+    qkv = make_inputs(16, "shared", torch.float16, batch=1, tokens=9, heads=2)[0]
+    assert _sdpa_triton.fuses_qk(qkv, 2)
+    assert not _sdpa_triton.fuses_qk(qkv.float(), 2)
+    assert not _sdpa_triton.fuses_qk(qkv[..., ::2], 1)  # D = 16 at channel stride 2
+    assert not _sdpa_triton.fuses_qk(qkv[..., :48], 2)  # D = 8
+    monkeypatch.setattr(_sdpa_triton, "QK_FWD_TILE", AttnTile(32, 32, 4, 1, 16))
+    assert not _sdpa_triton.fuses_qk(qkv, 2)
 
 
 def test_public_op_runs_the_two_ops_where_the_kernels_do_not_apply(monkeypatch):

@@ -25,6 +25,7 @@ KERNELS = [
     "_attn_bwd_dq",
     "_attn_bwd_head",
     "_attn_fwd",
+    "_attn_fwd_qk",  # opt-in (_sdpa_triton.QK_FUSED_FWD)
     "_dgelu_mm_kernel",
     "_dgelu_mm_tma_kernel",
     "_embed_bwd_kernel",
