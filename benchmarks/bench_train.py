@@ -4,7 +4,7 @@ Run on a CUDA machine from the repository root:
 
     python -m benchmarks.bench_train --upstream PATH_TO_nvSubquadratic [--presets vit5-small,vit5-base]
         [--modes eager,compile,reduce-overhead,max-autotune] [--sections host,syncs,steps] [--batch N] [--out DIR]
-        [--tile DGELU_TMA_TILE=128,256,64,8,8,3,2,2 ...]
+        [--tile DGELU_TMA_TILE=128,256,64,8,8,3,2,2 --tile "QK_FUSED_FWD=1;QK_FWD_TILE=128,32,8,3,0" ...]
 
 ``steps``: one training step is forward + cross-entropy + backward + ``zero_grad(set_to_none=True)``,
 bf16 weights under bf16 autocast, no optimizer: nvSubquadratic's
@@ -107,12 +107,17 @@ FLOPKIT_MODELS: dict[str, dict[str, bool | str]] = {
 # Rows that run with another BLAS library for PyTorch's GEMMs (blas_backend), by row.
 BLAS = {"flopkit-cublaslt": "cublaslt"}
 MODELS = (*FLOPKIT_MODELS, "upstream")
-# --tile NAME=V1,V2,...: rows of the default model, named flopkit[NAME=V1,...], with one launch
-# constant of flopkit.kernels._mlp_triton set for the row and restored after it (kernel_tile), so
-# a tile from a kernel sweep meets the shipped one and nvSubquadratic in one process. Only
-# constants whose launcher reads them at each call are offered.
-TILE_CONSTANTS = ("DGELU_TMA_TILE", "DGELU_TILE")
-TILE_ROWS: dict[str, tuple[str, tuple[int, ...]]] = {}
+# --tile NAME=V1,V2,...[;NAME=...]: rows of the default model, named flopkit[...], with launch
+# constants of flopkit's kernel modules set for the row and restored after it (kernel_tile), so a
+# tile from a kernel sweep, or an opt-in kernel, meets the shipped one and nvSubquadratic in one
+# process. Only constants whose launcher reads them at each call are offered, by module.
+TILE_CONSTANTS = {
+    "DGELU_TMA_TILE": "_mlp_triton",
+    "DGELU_TILE": "_mlp_triton",
+    "QK_FUSED_FWD": "_sdpa_triton",
+    "QK_FWD_TILE": "_sdpa_triton",
+}
+TILE_ROWS: dict[str, tuple[tuple[str, Any], ...]] = {}
 SECTIONS = ("host", "syncs", "steps")
 START = time.time()
 
@@ -239,48 +244,59 @@ def blas_backend(kind: str):
         torch.backends.cuda.preferred_blas_library(before)
 
 
-def parse_tile(text: str) -> tuple[str, tuple[int, ...]]:
-    """``"NAME=V1,V2,..."`` (a ``--tile`` value) -> ``(NAME, (V1, V2, ...))``; ``NAME`` one of
-    :data:`TILE_CONSTANTS`, as many integers as the constant holds. Raises ValueError naming the
-    value and what it should be."""
-    from flopkit.kernels import _mlp_triton
+def _tile_module(name: str):
+    import importlib
 
-    name, sep, values = text.partition("=")
-    if not sep or name not in TILE_CONSTANTS:
-        raise ValueError(
-            f"--tile {text!r}: expected NAME=V1,V2,... with NAME one of {', '.join(TILE_CONSTANTS)}"
-        )
-    try:
-        tile = tuple(int(v) for v in values.split(","))
-    except ValueError:
-        raise ValueError(f"--tile {text!r}: the values must be integers") from None
-    want = len(getattr(_mlp_triton, name))
-    if len(tile) != want:
-        raise ValueError(f"--tile {text!r}: {name} holds {want} values, got {len(tile)}")
-    return name, tile
+    return importlib.import_module(f"flopkit.kernels.{TILE_CONSTANTS[name]}")
 
 
-def tile_row(name: str, tile: tuple[int, ...]) -> str:
+def parse_tile(text: str) -> tuple[tuple[str, Any], ...]:
+    """A ``--tile`` value, ``"NAME=V1,V2,...[;NAME=...]"``, -> ``((NAME, value), ...)``: each ``NAME``
+    one of :data:`TILE_CONSTANTS`, its integers as many as the constant holds (a flag: one, 0 or
+    1), the value of the constant's own type. Raises ValueError naming the value and what it
+    should be."""
+    out = []
+    for part in text.split(";"):
+        name, sep, values = part.partition("=")
+        if not sep or name not in TILE_CONSTANTS:
+            raise ValueError(
+                f"--tile {text!r}: expected NAME=V1,V2,... with NAME one of {', '.join(TILE_CONSTANTS)}"
+            )
+        try:
+            ints = tuple(int(v) for v in values.split(","))
+        except ValueError:
+            raise ValueError(f"--tile {text!r}: {name}'s values must be integers") from None
+        current = getattr(_tile_module(name), name)
+        if isinstance(current, bool):
+            if len(ints) != 1 or ints[0] not in (0, 1):
+                raise ValueError(f"--tile {text!r}: {name} is a flag, 0 or 1, got {values!r}")
+            out.append((name, bool(ints[0])))
+            continue
+        if len(ints) != len(current):
+            raise ValueError(f"--tile {text!r}: {name} holds {len(current)} values, got {len(ints)}")
+        out.append((name, type(current)(*ints) if hasattr(current, "_fields") else ints))
+    return tuple(out)
+
+
+def tile_row(pairs: tuple[tuple[str, Any], ...]) -> str:
     """The ``--models``-style name of a ``--tile`` row."""
-    return f"flopkit[{name}={','.join(map(str, tile))}]"
+    text = ";".join(f"{name}={int(v) if isinstance(v, bool) else ','.join(map(str, v))}" for name, v in pairs)
+    return f"flopkit[{text}]"
 
 
 @contextlib.contextmanager
 def kernel_tile(kind: str):
-    """Inside, the launch constant of ``kind``'s ``--tile`` row (:data:`TILE_ROWS`) holds the row's
-    tile; the shipped one is restored on the way out. Other rows leave the constants alone."""
-    if kind not in TILE_ROWS:
-        yield
-        return
-    from flopkit.kernels import _mlp_triton
-
-    name, tile = TILE_ROWS[kind]
-    before = getattr(_mlp_triton, name)
-    setattr(_mlp_triton, name, tile)
+    """Inside, the launch constants of ``kind``'s ``--tile`` row (:data:`TILE_ROWS`) hold the row's
+    values; the shipped ones are restored on the way out. Other rows leave the constants alone."""
+    pairs = TILE_ROWS.get(kind, ())
+    before = [(name, getattr(_tile_module(name), name)) for name, _ in pairs]
     try:
+        for name, value in pairs:
+            setattr(_tile_module(name), name, value)
         yield
     finally:
-        setattr(_mlp_triton, name, before)
+        for name, value in before:
+            setattr(_tile_module(name), name, value)
 
 
 def build_model(kind: str, preset: str, upstream: str | None) -> torch.nn.Module:
@@ -790,8 +806,8 @@ def main() -> None:
         "--tile",
         action="append",
         default=[],
-        metavar="NAME=V1,V2,...",
-        help=f"also a row of the default model with this launch constant, of {', '.join(TILE_CONSTANTS)} (repeatable)",
+        metavar="NAME=V1,V2,...[;NAME=...]",
+        help=f"also a row of the default model with these launch constants, of {', '.join(TILE_CONSTANTS)} (repeatable)",
     )
     ap.add_argument("--sections", default="host,steps", help=f"comma list of {', '.join(SECTIONS)}")
     ap.add_argument("--steps", type=int, default=20, help="steps per timed loop")
@@ -808,10 +824,10 @@ def main() -> None:
         ap.error(f"--sections: unknown {', '.join(map(repr, bad))}; choose from {', '.join(SECTIONS)}")
     for text in args.tile:
         try:
-            name, tile = parse_tile(text)
+            pairs = parse_tile(text)
         except ValueError as e:
             ap.error(str(e))
-        TILE_ROWS[tile_row(name, tile)] = (name, tile)
+        TILE_ROWS[tile_row(pairs)] = pairs
     res = {"args": vars(args), "steps": [], "skipped": []}
     roofs = run_roofs()
     log(f"copy {roofs.copy_gbs:.0f} GB/s, matmul {roofs.matmul_tflops:.0f} TFLOP/s")

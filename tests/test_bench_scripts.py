@@ -128,11 +128,12 @@ def test_blas_rows_set_the_preference_for_the_row_only_and_restore_it(monkeypatc
     assert state == ["cublas"] and calls == ["cublaslt", "cublas"]
 
 
-def test_tile_rows_parse_their_constant_and_set_it_for_the_row_only():
-    """``--tile NAME=V1,...``: a bad name, a non-integer or the wrong length is refused with the
-    value in the message; a tile row's constant is the row's inside it and the shipped one after,
-    an exception included; other rows leave it alone."""
-    from flopkit.kernels import _mlp_triton
+def test_tile_rows_parse_their_constants_and_set_them_for_the_row_only():
+    """``--tile NAME=V1,...[;NAME=...]``: a bad name, a non-integer, the wrong length or a flag
+    other than 0 or 1 is refused with the value in the message; a row's constants (a plain tuple,
+    an ``AttnTile``, a flag) are the row's inside it and the shipped ones after, an exception
+    included; other rows leave them alone."""
+    from flopkit.kernels import _mlp_triton, _sdpa_triton
 
     from benchmarks import bench_train as B
 
@@ -142,25 +143,35 @@ def test_tile_rows_parse_their_constant_and_set_it_for_the_row_only():
         ("DGELU_TMA_TILE", "NAME one of"),
         ("DGELU_TMA_TILE=1,x", "integers"),
         ("DGELU_TMA_TILE=1,2", f"holds {len(shipped)} values, got 2"),
+        ("QK_FUSED_FWD=2", "a flag, 0 or 1"),
+        ("QK_FUSED_FWD=1;QK_FWD_TILE=1,2", "QK_FWD_TILE holds 5 values, got 2"),
     ]:
         with pytest.raises(ValueError, match=says) as e:
             B.parse_tile(bad)
         assert repr(bad) in str(e.value)
     tile = (*shipped[:-1], shipped[-1] + 1)
-    name, parsed = B.parse_tile("DGELU_TMA_TILE=" + ",".join(map(str, tile)))
-    assert (name, parsed) == ("DGELU_TMA_TILE", tile)
-    row = B.tile_row(name, parsed)
+    pairs = B.parse_tile("DGELU_TMA_TILE=" + ",".join(map(str, tile)))
+    assert pairs == (("DGELU_TMA_TILE", tile),)
+    fused = B.parse_tile("QK_FUSED_FWD=1;QK_FWD_TILE=64,32,4,2,0")
+    assert fused == (("QK_FUSED_FWD", True), ("QK_FWD_TILE", _sdpa_triton.AttnTile(64, 32, 4, 2, 0)))
+    row, fused_row = B.tile_row(pairs), B.tile_row(fused)
     assert row == f"flopkit[DGELU_TMA_TILE={','.join(map(str, tile))}]"
+    assert fused_row == "flopkit[QK_FUSED_FWD=1;QK_FWD_TILE=64,32,4,2,0]"
+    before = (_sdpa_triton.QK_FUSED_FWD, _sdpa_triton.QK_FWD_TILE)
     try:
-        B.TILE_ROWS[row] = (name, parsed)
+        B.TILE_ROWS.update({row: pairs, fused_row: fused})
         with B.kernel_tile("flopkit"):
             assert shipped == _mlp_triton.DGELU_TMA_TILE
         with pytest.raises(KeyError), B.kernel_tile(row):
             assert tile == _mlp_triton.DGELU_TMA_TILE
             raise KeyError
         assert shipped == _mlp_triton.DGELU_TMA_TILE
+        with B.kernel_tile(fused_row):
+            assert (True, fused[1][1]) == (_sdpa_triton.QK_FUSED_FWD, _sdpa_triton.QK_FWD_TILE)
+        assert before == (_sdpa_triton.QK_FUSED_FWD, _sdpa_triton.QK_FWD_TILE)
     finally:
         B.TILE_ROWS.pop(row, None)
+        B.TILE_ROWS.pop(fused_row, None)
 
 
 def test_sync_sources_count_each_synchronizing_call_with_its_caller():
