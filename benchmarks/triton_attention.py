@@ -3,7 +3,7 @@ attention shapes (T = 201 tokens, head_dim 64, bf16), forward and backward.
 
 Run on the device machine from the repository root::
 
-    python -m benchmarks.triton_attention --out $OUT [--no-sweep | --sweep forward,head]
+    python -m benchmarks.triton_attention --out $OUT [--no-sweep | --sweep forward,head,qk_forward]
 
 vit5-small at batch 256 (6 heads) and vit5-base at batch 128 (12 heads) have the same B·H, so the
 tile sweep runs at vit5-base's shape only and its best tiles are then timed at both. The tensors
@@ -21,6 +21,9 @@ buffer. Rows:
   writing the gradient of qkv) against ``qk_norm_rope_attention_bwd`` (the same kernels, the
   attention's writing into the gradient of qkv and the QK-norm + RoPE's running in place on its q
   and k parts), and the relative difference of their results (0: the same values).
+- The one op's forward: QK-norm + RoPE's kernel then the attention's, against the opt-in
+  ``_attn_fwd_qk`` (QK-norm + RoPE inside the forward) at ``QK_FWD_TILE`` or the ``qk_forward``
+  sweep's best, and the relative difference of their outputs.
 
 Each output is also compared with cuDNN's (relative Frobenius error) and with a float64 reference
 on the first batch entry. Timings are ``triton.testing.do_bench`` medians (L2 flushed between
@@ -38,13 +41,14 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 from flopkit.kernels._launch import launch
-from flopkit.kernels._rope_triton import qk_norm_rope_bwd, qkv_heads
+from flopkit.kernels._rope_triton import qk_norm_rope_bwd, qk_norm_rope_fwd, qkv_heads
 from flopkit.kernels._sdpa_triton import (
     DKDV_TILE,
     DQ_TILE,
     FWD_TILE,
     HEAD_TILE,
     LOG2E,
+    QK_FWD_TILE,
     AttnTile,
     _head_index,
     _head_rows_in,
@@ -56,6 +60,7 @@ from flopkit.kernels._sdpa_triton import (
     dense_last,
     empty_token_major,
     head_rows,
+    qk_attention_fwd_fused,
     qk_norm_rope_attention_bwd,
     qk_norm_rope_attention_fwd,
     run_kernel,
@@ -270,6 +275,20 @@ SWEEP = {
         AttnTile(256, 32, 8, 2, 16),
         AttnTile(256, 32, 16, 2, 16),
     ],
+    # The opt-in forward with QK-norm + RoPE inside (_attn_fwd_qk, qk_forward below; no tails). By
+    # ptxas for sm_90a (Triton 3.6): (128, 32, 8, 3) and (128, 32, 8, 2) hold 255 registers without
+    # spills; (128, 16, 8, 3) spills 8 bytes, (64, 64, 8, 3) 28, (128, 64, 8, 3) 124, (64, 64, 4, 3)
+    # 800 and (256, 32, 8, 2) 1,004.
+    "qk_forward": [
+        AttnTile(128, 32, 8, 3, 0),
+        AttnTile(128, 32, 8, 2, 0),
+        AttnTile(128, 16, 8, 3, 0),
+        AttnTile(64, 64, 8, 3, 0),
+        AttnTile(64, 32, 4, 3, 0),
+        AttnTile(64, 16, 4, 3, 0),
+        AttnTile(128, 64, 8, 3, 0),
+        AttnTile(64, 64, 4, 3, 0),
+    ],
     # The transposed form (_attn_bwd_head_t): the shipped head tile and its neighbours; 128 keys a
     # step give each warpgroup a 64-key half of sᵀ's rows.
     "head_t": [
@@ -344,6 +363,36 @@ def qk_backward(B: int, H: int, scale: float, tiles: dict) -> dict:
     }
 
 
+def qk_forward(B: int, H: int, scale: float, tiles: dict, fused_tiles) -> dict:
+    """The one op's forward two ways on one qkv activation ``[B, T, 3HD]`` (a shared ``(D,)``
+    weight, split_half): the QK-norm + RoPE kernel then the attention forward at ``tiles["forward"]``,
+    against ``_attn_fwd_qk`` (QK-norm + RoPE inside the forward) at each of ``fused_tiles``, each
+    with its output's relative difference from the two kernels' (0 at the same tile: the same
+    values; else the key steps' rounding)."""
+    g = torch.Generator(device="cuda").manual_seed(2)
+    qkv = torch.randn(B, T, 3 * H * D, device="cuda", generator=g).to(torch.bfloat16)
+    cos, sin = (torch.randn(T, D, device="cuda", generator=g) for _ in range(2))
+    w = 1 + 0.1 * torch.randn(D, device="cuda", generator=g)
+    args = (cos, sin, w, w, H, 1e-6, "split_half", True)
+
+    def two_kernels():
+        q, k = qk_norm_rope_fwd(qkv, *args)
+        return attention_fwd(q, k, qkv_heads(qkv, H)[2], scale, tile=tiles["forward"])
+
+    want = two_kernels()[0]
+    fused = []
+    for tile in fused_tiles:
+        row = {"tile": list(tile)}
+        try:
+            call = lambda tile=tile: qk_attention_fwd_fused(qkv, *args, scale, tile=tile)  # noqa: E731
+            row["rel_vs_two_kernels"] = rel(call()[0], want)
+            row["ms"] = ms(call)
+        except Exception as e:  # noqa: BLE001  a tile that does not fit (shared memory, registers)
+            row["error"] = repr(e)[:160]
+        fused.append(row)
+    return {"qk_two_kernels_forward_ms": ms(two_kernels), "qk_fused_forward": fused}
+
+
 def best(rows: list[dict], kernel: str) -> tuple[AttnTile, float]:
     ok = [r for r in rows if r["kernel"] == kernel and "ms" in r]
     r = min(ok, key=lambda r: r["ms"])
@@ -363,6 +412,7 @@ def main() -> None:
     scale = D**-0.5
     res: dict = {"T": T, "D": D}
     tiles = {"forward": FWD_TILE, "dq": DQ_TILE, "dkdv": DKDV_TILE, "head": HEAD_TILE, "atomic": ATOMIC_TILE}
+    tiles["qk_forward"] = QK_FWD_TILE
     if not args.no_sweep:
         q, k, v, do = tensors(*SHAPES["vit5-base b128"])
         # The dq sweep times the whole backward with each dq tile (dkdv at its default) and the
@@ -371,8 +421,13 @@ def main() -> None:
         unknown = [name for name in swept if name not in SWEEP]
         if unknown:
             ap.error(f"--sweep: unknown {', '.join(map(repr, unknown))}; choose from {', '.join(SWEEP)}")
-        res["sweep"] = rows = sweep(q, k, v, do, scale, swept)
-        tiles |= {name: best(rows, name)[0] for name in swept}
+        attention = [name for name in swept if name != "qk_forward"]
+        res["sweep"] = rows = sweep(q, k, v, do, scale, attention)
+        tiles |= {name: best(rows, name)[0] for name in attention}
+        if "qk_forward" in swept:
+            fused = qk_forward(*SHAPES["vit5-base b128"], scale, tiles, SWEEP["qk_forward"])
+            rows += [{"kernel": "qk_forward", **r} for r in fused["qk_fused_forward"]]
+            tiles["qk_forward"] = best(rows, "qk_forward")[0]
     res["tiles"] = {name: list(t) for name, t in tiles.items()}
     res["rows"] = out_rows = []
     for shape, (B, H) in SHAPES.items():
@@ -449,6 +504,7 @@ def main() -> None:
             row[f"{name}_vs_cudnn"] = rel(a, b)
             row[f"{name}_err_f64"] = {"triton": rel(a[:1], g64), "cudnn": rel(b[:1], g64)}
         row |= qk_backward(B, H, scale, tiles)
+        row |= qk_forward(B, H, scale, tiles, [tiles["qk_forward"]])
         out_rows.append(row)
     lines = [
         f"T = {T}, head_dim {D}, bf16; tiles (block_m, block_n, warps, stages, tail): "
@@ -493,12 +549,30 @@ def main() -> None:
             f"| {r['shape']} | {r['qk_two_ops_backward_ms']:.4f} | {r['qk_one_op_backward_ms']:.4f} | "
             f"{r['qk_two_ops_backward_ms'] - r['qk_one_op_backward_ms']:.4f} | {diff} |"
         )
+    lines += [
+        "",
+        "The one op's forward: QK-norm + RoPE's kernel then the attention's, against the attention "
+        "forward with QK-norm + RoPE inside (_attn_fwd_qk, opt-in), ms:",
+        "",
+        "| shape | two kernels | fused (tile) | saved | o: rel. difference |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for r in out_rows:
+        f = r["qk_fused_forward"][0]
+        fused_ms = f.get("ms", float("nan"))
+        lines.append(
+            f"| {r['shape']} | {r['qk_two_kernels_forward_ms']:.4f} | {fused_ms:.4f} {tuple(f['tile'])} | "
+            f"{r['qk_two_kernels_forward_ms'] - fused_ms:.4f} | "
+            f"{f.get('rel_vs_two_kernels', float('nan')):.1e}{' ' + f['error'] if 'error' in f else ''} |"
+        )
     if "sweep" in res:
         lines += ["", "Sweep at vit5-base b128 (ms; dq and dkdv rows time the whole backward):", "",
                   "| kernel | tile | ms | dq, dk, dv against the shipped backward (rel.) |",
                   "|---|---|---:|---|"]  # fmt: skip
         for r in res["sweep"]:
             diff = ", ".join(f"{e:.1e}" for e in r.get("rel_vs_shipped", ())) or r.get("error", "")
+            if "rel_vs_two_kernels" in r:  # qk_forward: o against the two kernels'
+                diff = f"o {r['rel_vs_two_kernels']:.1e}"
             lines.append(f"| {r['kernel']} | {tuple(r['tile'])} | {r.get('ms', float('nan')):.4f} | {diff} |")
     write_results(args.out, "triton_attention", res, lines)
 

@@ -66,6 +66,7 @@ __all__ = [
     "QK_FUSED_FWD",
     "QK_FWD_TILE",
     "fuses_qk",
+    "qk_attention_fwd_fused",
     "head_rows",
     "empty_token_major",
 ]
@@ -726,8 +727,8 @@ def qk_norm_rope_attention_fwd(
         q and k ``[B, H, T, D]`` the backward reads.
     """
     if QK_FUSED_FWD and fuses_qk(qkv, num_heads):
-        return _qk_attention_fwd_fused(
-            qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm, scale, run
+        return qk_attention_fwd_fused(
+            qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm, scale, run=run
         )
     q, k = qk_norm_rope_fwd(qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm, run=run)
     o, lse = attention_fwd(q, k, qkv_heads(qkv, num_heads)[2], scale, run=run)
@@ -747,8 +748,16 @@ def fuses_qk(qkv: torch.Tensor, num_heads: int) -> bool:
     )
 
 
-def _qk_attention_fwd_fused(qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm, scale, run):
-    """:func:`qk_norm_rope_attention_fwd`'s outputs from the one kernel :func:`_attn_fwd_qk`."""
+def qk_attention_fwd_fused(
+    qkv, cos, sin, q_weight, k_weight, num_heads, eps, pairing, norm, scale, *, tile=None, run=launch
+):
+    """:func:`qk_norm_rope_attention_fwd`'s outputs from the one kernel :func:`_attn_fwd_qk`, at
+    ``tile`` (default :data:`QK_FWD_TILE`; no tail), for a ``qkv`` that :func:`fuses_qk` takes."""
+    tile = tile or QK_FWD_TILE
+    if tile.tail:
+        raise ValueError(
+            f"qk_attention_fwd_fused: {tile} has tail={tile.tail}; _attn_fwd_qk takes no tail steps (0)"
+        )
     B, T, three_hd = qkv.shape
     H, D = num_heads, three_hd // (3 * num_heads)
     q, k = empty_qk(qkv, H), empty_qk(qkv, H)
@@ -764,7 +773,7 @@ def _qk_attention_fwd_fused(qkv, cos, sin, q_weight, k_weight, num_heads, eps, p
         *strides_bht(q), *strides_bht(k), *strides_bht(o), H, T, scale * LOG2E, eps,
     )  # fmt: skip
     run_kernel(
-        run, _attn_fwd_qk, cdiv(T, QK_FWD_TILE.block_m), B * H, tensors, scalars, D, QK_FWD_TILE,
+        run, _attn_fwd_qk, cdiv(T, tile.block_m), B * H, tensors, scalars, D, tile,
         NORM=norm, HAS_QW=has_qw, HAS_KW=has_kw, INTERLEAVED=pairing == "interleaved",
     )  # fmt: skip
     return o, lse, q, k

@@ -206,7 +206,11 @@ def test_fused_forward_only_where_its_kernel_applies(monkeypatch):
     assert not _sdpa_triton.fuses_qk(qkv.float(), 2)
     assert not _sdpa_triton.fuses_qk(qkv[..., ::2], 1)  # D = 16 at channel stride 2
     assert not _sdpa_triton.fuses_qk(qkv[..., :48], 2)  # D = 8
-    monkeypatch.setattr(_sdpa_triton, "QK_FWD_TILE", AttnTile(32, 32, 4, 1, 16))
+    tailed = AttnTile(32, 32, 4, 1, 16)
+    with pytest.raises(ValueError, match=r"tail=16; _attn_fwd_qk takes no tail steps"):
+        _sdpa_triton.qk_attention_fwd_fused(qkv, *make_inputs(16, "shared")[1:3], None, None, 2, 1e-6,
+                                            "split_half", False, 0.25, tile=tailed)  # fmt: skip
+    monkeypatch.setattr(_sdpa_triton, "QK_FWD_TILE", tailed)
     assert not _sdpa_triton.fuses_qk(qkv, 2)
 
 
