@@ -28,6 +28,10 @@ accumulates in fp32; ``p`` and ``ds`` enter the tensor-core products in the inpu
 FlashAttention. The scales are cast to fp32 once per program: Inductor launches user kernels with
 float scalars typed fp64, which would otherwise carry every logit tile through fp64.
 
+QK-norm + RoPE and the attention as one op (``qk_norm_rope_attention_fwd`` / ``_bwd``) runs
+``_rope_triton``'s kernels around these; opt-in (``QK_FUSED_FWD``), its forward is one kernel,
+``_attn_fwd_qk``, which normalises and rotates q and k as it loads them from ``qkv``.
+
 The tiles (``FWD_TILE``, ``DQ_TILE``, ``DKDV_TILE``, ``HEAD_TILE``) are the best of
 ``benchmarks/triton_attention.py``'s sweep on the H100 at T = 201, D = 64
 (``benchmarks/results/triton_attention_h100.md``), written here by
@@ -759,7 +763,7 @@ def qk_attention_fwd_fused(
             f"qk_attention_fwd_fused: {tile} has tail={tile.tail}; _attn_fwd_qk takes no tail steps (0)"
         )
     B, T, three_hd = qkv.shape
-    H, D = num_heads, three_hd // (3 * num_heads)
+    H, D = num_heads, int(three_hd // (3 * num_heads))  # a constexpr: specialises under dynamic shapes
     q, k = empty_qk(qkv, H), empty_qk(qkv, H)
     o = empty_token_major(q)
     lse = torch.empty((B, H, T), device=qkv.device, dtype=torch.float32)

@@ -174,6 +174,30 @@ def test_tile_rows_parse_their_constants_and_set_them_for_the_row_only():
         B.TILE_ROWS.pop(fused_row, None)
 
 
+def test_adopted_attention_tiles_are_written_into_the_source(tmp_path):
+    """``adopt_attention_tiles`` rewrites each swept tile's line and nothing else; a record from
+    before the ``qk_forward`` sweep leaves ``QK_FWD_TILE`` alone."""
+    from benchmarks.adopt_attention_tiles import SOURCE, adopt
+
+    source = tmp_path / "_sdpa_triton.py"
+    source.write_text(SOURCE.read_text())
+    tiles = {"forward": [64, 32, 4, 2, 0], "dq": [64, 64, 4, 2, 0], "dkdv": [64, 64, 4, 1, 16]}
+    tiles["head"] = [256, 32, 8, 1, 16]
+    adopt({"tiles": tiles}, source)
+    lines = {
+        line.split(" = ")[0]: line for line in source.read_text().splitlines() if "_TILE = AttnTile(" in line
+    }
+    assert lines["FWD_TILE"] == "FWD_TILE = AttnTile(64, 32, 4, 2, 0)"
+    assert lines["HEAD_TILE"] == "HEAD_TILE = AttnTile(256, 32, 8, 1, 16)"
+    before = {
+        line.split(" = ")[0]: line for line in SOURCE.read_text().splitlines() if "_TILE = AttnTile(" in line
+    }
+    assert lines["QK_FWD_TILE"] == before["QK_FWD_TILE"]
+    adopt({"tiles": {**tiles, "qk_forward": [128, 16, 8, 3, 0]}}, source)
+    assert "QK_FWD_TILE = AttnTile(128, 16, 8, 3, 0)" in source.read_text().splitlines()
+    assert len(source.read_text().splitlines()) == len(SOURCE.read_text().splitlines())
+
+
 def test_sync_sources_count_each_synchronizing_call_with_its_caller():
     """``--sections syncs``: the sync-debug mode is on only while the steps run (off after an
     exception too), each warning is counted per step with the frame that made it, and the table
