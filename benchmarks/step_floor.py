@@ -8,10 +8,10 @@ groups (floor ms, measured ms, measured / floor) and the whole step against toda
 The step is ``bench_train.py``'s: forward, cross-entropy, backward, bf16 weights under bf16
 autocast, no optimizer, each preset at ``bench_train.BATCH`` (vit5-small 256, vit5-base 128).
 
-- **Measured**, per kernel group: ``step_kernels_h100.json``, runs ``PRESET_current_2026-12-07``,
-  column ``flopkit`` (``torch.compile``, default mode): GPU ms per step of every kernel, grouped
-  here by :func:`floor_group`. Step times and roofs: ``bench_train_h100.json``, run
-  ``head-tail32_2026-12-07__vs_upstream`` (flopkit and nvSubquadratic, same process; its
+- **Measured**, per kernel group: ``step_kernels_h100.json``, runs :data:`KERNEL_RUNS`, column
+  ``flopkit`` (``torch.compile``, default mode): GPU ms per step of every kernel, grouped here by
+  :func:`floor_group`. Step times and roofs: ``bench_train_h100.json``, run :data:`TRAIN_RUN`
+  (flopkit and nvSubquadratic, same process; its
   ``roofs``: the copy bandwidth, bytes read + written, and the bf16 matmul rate at ``8192^3``).
 - **GEMM floor**: the step's matmul FLOPs (``flopkit.count(preset, batch=B,
   training=True).by_category()["matmul"]``) at the measured matmul rate.
@@ -46,8 +46,8 @@ from benchmarks.step_kernels import group as profiler_group
 RESULTS = H.REPO_ROOT / "benchmarks" / "results"
 STEP_KERNELS = "step_kernels_h100.json"
 BENCH_TRAIN = "bench_train_h100.json"
-TRAIN_RUN = "head-tail32_2026-12-07__vs_upstream"
-KERNEL_RUNS = {"vit5-small": "vit5-small_current_2026-12-07", "vit5-base": "vit5-base_current_2026-12-07"}
+TRAIN_RUN = "head-index_2026-12-07__base-small"
+KERNEL_RUNS = {"vit5-small": "vit5-small_current_2026-12-07", "vit5-base": "head-index_2026-12-07"}
 KERNEL_COLUMN = "flopkit"  # step_kernels' column of torch.compile's default mode
 STEP_MODE = "reduce-overhead"  # today's best mode of both models (bench_train run TRAIN_RUN)
 TARGET = 1.2  # issue 29: flopkit's step at 1.2x upstream's best
@@ -126,9 +126,11 @@ def copy_bytes(shapes: StepShapes, fused_gelu: bool = False) -> dict[str, int]:
     """Bytes each memory-bound group must move per step (bf16, every layer, forward + backward).
 
     - GELU: ``2*N*F*s`` forward (read h, write g), ``3*N*F*s`` backward (read dg and h, write dh).
-      ``fused_gelu`` (``kernels.gelu_linear``: ``_gelu_deriv_kernel`` writes g and ``gelu'(h)``,
-      the backward GEMM reads ``gelu'`` in its epilogue and writes dh in place of dg): ``3*N*F*s``
-      forward and ``1*N*F*s`` backward, the GEMM's extra read, which runs inside the GEMM group.
+      ``fused_gelu`` (``kernels.gelu_linear``: ``_gelu_deriv_kernel`` reads h and writes g and
+      ``gelu'(h)``; the backward GEMM reads ``gelu'`` in its epilogue and writes dh in place of dg):
+      ``3*N*F*s``, the forward pass, the group's only kernel. The backward's read of ``gelu'`` is
+      part of the GEMM group's measured time, whose floor is its FLOPs at the matmul rate (a read
+      that can overlap the product adds nothing to it).
     - norms + residual: :func:`norm_ops`.
     - QK-norm + RoPE over q and k (``kernels.qk_norm_rope``, docs/benchmarks.md): ``4*N*C*s``
       forward (read q, k; write q, k), ``8*N*C*s`` backward (read dq, dk, dv, q, k; write d(qkv)).
@@ -139,7 +141,7 @@ def copy_bytes(shapes: StepShapes, fused_gelu: bool = False) -> dict[str, int]:
     """
     s, n, c, L = BYTES, shapes.tokens, shapes.width, shapes.depth
     return {
-        GELU: ((3 + 1) if fused_gelu else (2 + 3)) * n * shapes.mlp_width * s * L,
+        GELU: (3 if fused_gelu else (2 + 3)) * n * shapes.mlp_width * s * L,
         NORMS: sum(o.calls * o.rows * (o.forward + o.backward) for o in norm_ops(shapes)) * c * s,
         QK: (4 + 8) * n * c * s * L,
         ATTENTION_SIDE: ((2 + 3) * n * c * s + 4 * shapes.batch * shapes.heads * shapes.seq) * L,
