@@ -316,3 +316,42 @@ def test_backward_launchers_refuse_an_out_they_cannot_write():
 def test_bfloat16_at_vit5_base_shape_on_cuda():
     one_op, two_ops, exact = run(64, "shared", "split_half", torch.bfloat16, batch=1, heads=12, tokens=201)
     assert_the_two_ops_results(one_op, two_ops, exact, tol=2e-2)
+
+
+@pytest.mark.skipif(device() != "cuda", reason="the compiled kernel on a GPU, bf16 at ViT-5-Base's shape")
+@pytest.mark.parametrize("tile", [None, AttnTile(64, 64, 4, 3, 0)], ids=["QK_FWD_TILE", "FWD_TILE"])
+def test_fused_forward_on_cuda_at_vit5_base_shape(monkeypatch, tile):
+    """The opt-in fused forward compiled for the GPU (its own tile, and the two kernels' tile, at
+    which it must give their outputs bit for bit), and through the public op eagerly and under
+    ``torch.compile``: the values and gradients of the two-kernel path, the compiled ones within
+    rounding (Inductor may fuse the ops around the kernels differently)."""
+    from flopkit.kernels import _sdpa_triton
+
+    qkv, cos, sin, qw, kw = make_inputs(64, "shared", torch.bfloat16, batch=2, tokens=201, heads=12)
+    args = (qkv, cos, sin, qw, kw, 12, 1e-6, "split_half", True, 0.125)
+    q, k = qk_norm_rope_fwd(*args[:-1])
+    fused = _sdpa_triton.qk_attention_fwd_fused(*args, tile=tile)
+    want = (*attention_fwd(q, k, qkv_heads(qkv, 12)[2], 0.125, tile=tile or _sdpa_triton.QK_FWD_TILE), q, k)
+    for name, got, ref in zip(("o", "lse", "q", "k"), fused, want, strict=True):
+        assert torch.equal(got, ref), name
+
+    leaves = [t.detach().clone().requires_grad_() for t in (qkv, qw, kw)]
+    results = {}
+    for fused_fwd in (False, True):
+        monkeypatch.setattr(_sdpa_triton, "QK_FUSED_FWD", fused_fwd)
+        monkeypatch.setattr(_sdpa_triton, "QK_FWD_TILE", tile or _sdpa_triton.QK_FWD_TILE)
+        for compiled in (False, True):
+            torch._dynamo.reset()
+            fn = kernels.qk_norm_rope_attention
+            fn = torch.compile(fn) if compiled else fn
+            for t in leaves:
+                t.grad = None
+            out = fn(leaves[0], cos, sin, 12, leaves[1], leaves[2])
+            out.float().square().sum().backward()
+            results[fused_fwd, compiled] = [out.detach()] + [t.grad.clone() for t in leaves]
+    for compiled in (False, True):
+        for got, ref in zip(results[True, compiled], results[False, compiled], strict=True):
+            if tile is not None and not compiled:
+                assert torch.equal(got, ref)
+            else:
+                assert rel_err(got, ref) < 1e-2
