@@ -324,8 +324,9 @@ def sweep(q, k, v, do, scale, kernels=tuple(SWEEP)) -> list[dict]:
 
 
 def _timed(kernel: str, tile: AttnTile, fn, shipped=None) -> dict:
-    """A sweep row: ``fn``'s time, and where it is a backward (its result three tensors) and
-    ``shipped`` is given, the relative difference of its dq, dk and dv from ``shipped``'s."""
+    """A sweep row: ``fn``'s time, and where it is not the attention forward (a backward's dq, dk
+    and dv; the fused forward's o, lse, q and k) and ``shipped`` is given, the relative difference
+    of each of its results from ``shipped``'s."""
     row = {"kernel": kernel, "tile": list(tile)}
     try:
         out = fn()
@@ -337,13 +338,19 @@ def _timed(kernel: str, tile: AttnTile, fn, shipped=None) -> dict:
     return row
 
 
-def qk_backward(B: int, H: int, scale: float, tiles: dict) -> dict:
-    """The QK-norm + RoPE's backward two ways (module docstring) on one qkv activation ``[B, T, 3HD]``."""
-    g = torch.Generator(device="cuda").manual_seed(1)
+def _qk_inputs(B: int, H: int, seed: int):
+    """One qkv activation ``[B, T, 3HD]`` (bf16) and the QK-norm + RoPE arguments after it (random
+    tables, a shared ``(D,)`` weight, split_half), and the generator that made them."""
+    g = torch.Generator(device="cuda").manual_seed(seed)
     qkv = torch.randn(B, T, 3 * H * D, device="cuda", generator=g).to(torch.bfloat16)
     cos, sin = (torch.randn(T, D, device="cuda", generator=g) for _ in range(2))
     w = 1 + 0.1 * torch.randn(D, device="cuda", generator=g)
-    args = (cos, sin, w, w, H, 1e-6, "split_half", True)
+    return g, qkv, (cos, sin, w, w, H, 1e-6, "split_half", True)
+
+
+def qk_backward(B: int, H: int, scale: float, tiles: dict) -> dict:
+    """The QK-norm + RoPE's backward two ways (module docstring) on one qkv activation ``[B, T, 3HD]``."""
+    g, qkv, args = _qk_inputs(B, H, seed=1)
     o, lse, q, k = qk_norm_rope_attention_fwd(qkv, *args, scale)
     do = torch.randn(B, T, H, D, device="cuda", generator=g).to(torch.bfloat16).transpose(1, 2)
     v = qkv_heads(qkv, H)[2]
@@ -368,28 +375,20 @@ def qk_forward(B: int, H: int, scale: float, tiles: dict, fused_tiles) -> dict:
     weight, split_half): the QK-norm + RoPE kernel then the attention forward at ``tiles["forward"]``,
     against ``_attn_fwd_qk`` (QK-norm + RoPE inside the forward) at each of ``fused_tiles``, each
     with its output's relative difference from the two kernels' (0 at the same tile: the same
-    values; else the key steps' rounding)."""
-    g = torch.Generator(device="cuda").manual_seed(2)
-    qkv = torch.randn(B, T, 3 * H * D, device="cuda", generator=g).to(torch.bfloat16)
-    cos, sin = (torch.randn(T, D, device="cuda", generator=g) for _ in range(2))
-    w = 1 + 0.1 * torch.randn(D, device="cuda", generator=g)
-    args = (cos, sin, w, w, H, 1e-6, "split_half", True)
+    values; else the key steps' rounding) in ``rel_vs_shipped``, for ``(o, lse, q, k)``."""
+    _, qkv, args = _qk_inputs(B, H, seed=2)
 
     def two_kernels():
         q, k = qk_norm_rope_fwd(qkv, *args)
-        return attention_fwd(q, k, qkv_heads(qkv, H)[2], scale, tile=tiles["forward"])
+        return (*attention_fwd(q, k, qkv_heads(qkv, H)[2], scale, tile=tiles["forward"]), q, k)
 
-    want = two_kernels()[0]
-    fused = []
-    for tile in fused_tiles:
-        row = {"tile": list(tile)}
-        try:
-            call = lambda tile=tile: qk_attention_fwd_fused(qkv, *args, scale, tile=tile)  # noqa: E731
-            row["rel_vs_two_kernels"] = rel(call()[0], want)
-            row["ms"] = ms(call)
-        except Exception as e:  # noqa: BLE001  a tile that does not fit (shared memory, registers)
-            row["error"] = repr(e)[:160]
-        fused.append(row)
+    want = two_kernels()
+    fused = [
+        _timed(
+            "qk_forward", tile, lambda tile=tile: qk_attention_fwd_fused(qkv, *args, scale, tile=tile), want
+        )
+        for tile in fused_tiles
+    ]
     return {"qk_two_kernels_forward_ms": ms(two_kernels), "qk_fused_forward": fused}
 
 
@@ -426,7 +425,7 @@ def main() -> None:
         tiles |= {name: best(rows, name)[0] for name in attention}
         if "qk_forward" in swept:
             fused = qk_forward(*SHAPES["vit5-base b128"], scale, tiles, SWEEP["qk_forward"])
-            rows += [{"kernel": "qk_forward", **r} for r in fused["qk_fused_forward"]]
+            rows += fused["qk_fused_forward"]
             tiles["qk_forward"] = best(rows, "qk_forward")[0]
     res["tiles"] = {name: list(t) for name, t in tiles.items()}
     res["rows"] = out_rows = []
@@ -563,7 +562,7 @@ def main() -> None:
         lines.append(
             f"| {r['shape']} | {r['qk_two_kernels_forward_ms']:.4f} | {fused_ms:.4f} {tuple(f['tile'])} | "
             f"{r['qk_two_kernels_forward_ms'] - fused_ms:.4f} | "
-            f"{f.get('rel_vs_two_kernels', float('nan')):.1e}{' ' + f['error'] if 'error' in f else ''} |"
+            f"{f.get('rel_vs_shipped', [float('nan')])[0]:.1e}{' ' + f['error'] if 'error' in f else ''} |"
         )
     if "sweep" in res:
         lines += ["", "Sweep at vit5-base b128 (ms; dq and dkdv rows time the whole backward):", "",
@@ -571,8 +570,8 @@ def main() -> None:
                   "|---|---|---:|---|"]  # fmt: skip
         for r in res["sweep"]:
             diff = ", ".join(f"{e:.1e}" for e in r.get("rel_vs_shipped", ())) or r.get("error", "")
-            if "rel_vs_two_kernels" in r:  # qk_forward: o against the two kernels'
-                diff = f"o {r['rel_vs_two_kernels']:.1e}"
+            if r["kernel"] == "qk_forward" and "rel_vs_shipped" in r:  # against the two kernels'
+                diff = "o, lse, q, k " + diff
             lines.append(f"| {r['kernel']} | {tuple(r['tile'])} | {r.get('ms', float('nan')):.4f} | {diff} |")
     write_results(args.out, "triton_attention", res, lines)
 
