@@ -152,8 +152,8 @@ def floor_group(kernel: str) -> str:
     """The group of a profiled kernel's name: step_kernels' groups, with GELU, cuDNN's attention
     side kernels and the QK-norm + RoPE kernels taken out, and Inductor's kernels under other.
     ``kernels.gelu_linear``'s backward GEMM (``_dgelu_mm*``) is the MLP's input-gradient GEMM and
-    counts as GEMM: its FLOPs are in the GEMM floor (its epilogue's read of ``gelu'`` is in the
-    fused GELU bytes, :func:`copy_bytes`)."""
+    counts as GEMM: its FLOPs are in the GEMM floor, and its epilogue's read of ``gelu'``, which can
+    overlap the product, adds nothing to it (:func:`copy_bytes`)."""
     if kernel.startswith("_dgelu_mm"):
         return GEMM
     if "gelu" in kernel.lower():
