@@ -3,7 +3,7 @@
 Run on a CUDA machine from the repository root:
 
     python -m benchmarks.bench_train --upstream PATH_TO_nvSubquadratic [--presets vit5-small,vit5-base]
-        [--modes eager,compile,reduce-overhead,max-autotune] [--sections host,syncs,steps] [--batch N] [--out DIR]
+        [--modes eager,compile,reduce-overhead,max-autotune] [--sections host,syncs,pyprof,steps] [--batch N] [--out DIR]
         [--tile DGELU_TMA_TILE=128,256,64,8,8,3,2,2 --tile "QK_FUSED_FWD=1;QK_FWD_TILE=128,32,8,3,0" ...]
 
 ``steps``: one training step is forward + cross-entropy + backward + ``zero_grad(set_to_none=True)``,
@@ -31,6 +31,11 @@ row (``torch.cuda.set_sync_debug_mode``), with the Python frames that made it. A
 waits on the GPU issues nothing while it waits, so the GPU idles until the host catches up: the
 check behind an eager row's host-bound share. Printed under the table, kept in the JSON's
 ``syncs``.
+
+``pyprof``: ``cProfile`` over five eager steps per preset and ``--models`` row: the host's time
+a step under the profiler and the functions that spend the most of it themselves (kept in the
+JSON's ``pyprof``): where an eager step's host time goes, when its issue time (an eager row's
+``host:`` line) comes near the GPU's.
 
 ``host`` first measures the issue's per-op number on the eager hot path: host µs per call of each
 op's forward (gradients on) and of its backward node, less one flopkit ``launch()`` per kernel the
@@ -118,7 +123,7 @@ TILE_CONSTANTS = {
     "QK_FWD_TILE": "_sdpa_triton",
 }
 TILE_ROWS: dict[str, tuple[tuple[str, Any], ...]] = {}
-SECTIONS = ("host", "syncs", "steps")
+SECTIONS = ("host", "syncs", "pyprof", "steps")
 START = time.time()
 
 
@@ -376,8 +381,39 @@ def sync_sources(step, steps: int = 2, debug=None) -> dict[str, Any]:
     }
 
 
-def sync_rows(presets: Sequence[str], models: Sequence[str], upstream: str | None) -> list[dict]:
-    """:func:`sync_sources` of each eager step (after 3 warm-up steps), per preset and model."""
+def python_profile(step, steps: int = 5, top: int = 25, sync=None) -> dict[str, Any]:
+    """Where the host's time in ``steps`` calls of ``step`` goes, by ``cProfile`` (which slows every
+    Python call, so the shares matter, not the totals): ``{"host_ms": ms a step under the profiler,
+    "top": [[own ms a step, calls a step, "file:line function"], ...]}``, the ``top`` functions by
+    their own time (built-ins, such as a kernel launcher or an aten op's binding, included). ``sync``
+    replaces ``torch.cuda.synchronize`` (tests)."""
+    import cProfile
+    import pstats
+
+    sync = sync or torch.cuda.synchronize
+    prof = cProfile.Profile()
+    sync()
+    prof.enable()
+    for _ in range(steps):
+        step()
+    prof.disable()
+    sync()
+    stats = pstats.Stats(
+        prof
+    ).stats  # (file, line, name) -> (calls, primitive calls, own s, cumulative s, callers)
+    rows = sorted(stats.items(), key=lambda kv: -kv[1][2])[:top]
+    return {
+        "host_ms": sum(v[2] for v in stats.values()) / steps * 1e3,
+        "top": [
+            [own / steps * 1e3, calls / steps, f"{os.path.basename(f)}:{line} {name}"]
+            for (f, line, name), (calls, _, own, _, _) in rows
+        ],
+    }
+
+
+def eager_rows(presets: Sequence[str], models: Sequence[str], upstream: str | None, measure) -> list[dict]:
+    """``measure(step)`` of each eager training step (after 3 warm-up steps), per preset and model:
+    :func:`sync_sources` for ``--sections syncs``, :func:`python_profile` for ``pyprof``."""
     rows = []
     for preset in presets:
         for kind in models:
@@ -391,7 +427,7 @@ def sync_rows(presets: Sequence[str], models: Sequence[str], upstream: str | Non
                     for _ in range(3):
                         step()
                     torch.cuda.synchronize()
-                    row.update(sync_sources(step))
+                    row.update(measure(step))
                 del model, step
                 gc.collect()
             except Exception as e:  # noqa: BLE001
@@ -400,6 +436,11 @@ def sync_rows(presets: Sequence[str], models: Sequence[str], upstream: str | Non
             log(row)
             rows.append(row)
     return rows
+
+
+def sync_rows(presets: Sequence[str], models: Sequence[str], upstream: str | None) -> list[dict]:
+    """:func:`sync_sources` of each eager step (after 3 warm-up steps), per preset and model."""
+    return eager_rows(presets, models, upstream, sync_sources)
 
 
 def compile_model(model, mode: str):
@@ -419,6 +460,17 @@ def compile_stats(counters: Mapping[str, Mapping[str, int]]) -> dict[str, int]:
         "graph_breaks": int(sum(counters["graph_break"].values())),
         "cudagraph_skips": int(counters["inductor"]["cudagraph_skips"]),
     }
+
+
+def host_notes(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """One line per eager row that recorded its host time: the median time the host spent issuing a
+    step, against the GPU's busy time and the wall time (rows from before it was recorded: none)."""
+    return [
+        f"host: {r['model']} {r['preset']} eager: issuing a step took {r['host_ms']:.1f} ms of host time "
+        f"(median), the GPU was busy {r['gpu_ms']:.1f} ms of a {r['ms']:.1f} ms step"
+        for r in rows
+        if r.get("mode") == "eager" and "host_ms" in r and "gpu_ms" in r
+    ]
 
 
 def compile_notes(rows: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -458,15 +510,21 @@ def _step_row(row, kind, preset, mode, args, peak_tflops, batch) -> dict:
         row.update(compile_stats(counters))
     # The median of several timed loops: the device's host is shared, and another tenant's burst
     # slows a single loop of a host-sensitive mode (compile's default) by a few percent.
-    runs = []
+    # Each step's issue time too (the host's time in step(), no wait at its end): below the GPU's
+    # time, a wall time above the GPU's is a wait inside the step (a sync: --sections syncs) or the
+    # GPU starved between two of its kernels; near the wall time, the host is what the step waits on.
+    runs, issue = [], []
     for _ in range(args.repeats):
         start = time.perf_counter()
         for _ in range(args.steps):
+            t = time.perf_counter()
             step()
+            issue.append(time.perf_counter() - t)
         torch.cuda.synchronize()
         runs.append((time.perf_counter() - start) / args.steps * 1e3)
     wall = median(runs)
     row["ms_runs"] = [round(r, 3) for r in runs]
+    row["host_ms"] = median(issue) * 1e3
     gpu = kernel_ms(step, 5)
     row.update(
         ms=wall,
@@ -734,8 +792,19 @@ def md_tables(res: dict) -> str:
         out += [f"  {n}x {msg} at {where}" for n, msg, where in r["sources"][:8]]
     if res.get("syncs"):
         out.append("")
-    for line in compile_notes(res.get("steps", [])):
-        out.append(line)
+    for r in res.get("pyprof", []):
+        if "error" in r:
+            out.append(f"pyprof: {r['model']} {r['preset']}: {r['error']}")
+            continue
+        out.append(
+            f"pyprof: {r['model']} {r['preset']} b{r['batch']}, eager, under cProfile: {r['host_ms']:.1f} ms "
+            "of host time a step; own ms a step, calls a step, function:"
+        )
+        out += [f"  {ms:.2f} {calls:g} {where}" for ms, calls, where in r["top"][:15]]
+    if res.get("pyprof"):
+        out.append("")
+    out += host_notes(res.get("steps", []))
+    out += compile_notes(res.get("steps", []))
     for line in res.get("skipped", []):
         out.append(f"skipped: {line}")
     if res.get("hot_path"):
@@ -847,11 +916,14 @@ def main() -> None:
     models = args.models.split(",")
     at = models.index("upstream") if "upstream" in models else len(models)
     models[at:at] = list(TILE_ROWS)  # the tile rows before nvSubquadratic's
-    if "upstream" in models and not args.upstream and {"steps", "syncs"} & set(sections):
+    if "upstream" in models and not args.upstream and {"steps", "syncs", "pyprof"} & set(sections):
         models.remove("upstream")
         res["skipped"].append("nvSubquadratic rows: no --upstream path given")
     if "syncs" in sections:
         res["syncs"] = sync_rows(args.presets.split(","), models, args.upstream)
+        save()
+    if "pyprof" in sections:
+        res["pyprof"] = eager_rows(args.presets.split(","), models, args.upstream, python_profile)
         save()
     if "steps" in sections:
         if "upstream" in models:

@@ -395,3 +395,50 @@ def test_compiled_rows_report_graph_breaks_and_cuda_graph_skips():
     assert B.compile_notes([clean, broken, old]) == [
         "compiled: flopkit-gelu-linear vit5-base reduce-overhead: 3 graphs, 2 graph breaks, 1 CUDA-graph skips"
     ]
+
+
+def test_bench_train_host_notes_name_eager_rows_that_recorded_their_issue_time():
+    """An eager row with ``host_ms`` gets a line with the host, GPU and wall times; compiled rows
+    and rows from before it was recorded get none, and md_tables carries the line."""
+    from benchmarks import bench_train as B
+
+    eager = {"model": "flopkit", "preset": "vit5-base", "mode": "eager", "ms": 35.07, "gpu_ms": 31.42}
+    eager["host_ms"] = 12.345
+    compiled = {**eager, "mode": "reduce-overhead"}
+    old = {k: v for k, v in eager.items() if k != "host_ms"}
+    want = (
+        "host: flopkit vit5-base eager: issuing a step took 12.3 ms of host time (median), "
+        "the GPU was busy 31.4 ms of a 35.1 ms step"
+    )
+    assert B.host_notes([eager, compiled, old]) == [want]
+    row = {**eager, "batch": 128, "img_s": 3650.0, "mfu": 0.5, "host_bound": 0.1}
+    assert want in B.md_tables({"steps": [row]}).splitlines()
+
+
+def test_bench_train_python_profile_ranks_functions_by_their_own_time():
+    """The function that spins longest comes first, with its calls per step; the markdown names it."""
+    from benchmarks import bench_train as B
+
+    def slow():  # one built-in call (range), the rest its own bytecode
+        x = 0
+        for i in range(200_000):
+            x += i
+        return x
+
+    def quick():
+        return 1
+
+    def step():
+        slow()
+        for _ in range(3):
+            quick()
+
+    prof = B.python_profile(step, steps=4, top=50, sync=lambda: None)
+    ms, calls, where = prof["top"][0]
+    assert where.endswith(" slow") and calls == 1 and ms > 0.5
+    assert [c for _, c, w in prof["top"] if w.endswith(" quick")] == [3]
+    assert prof["host_ms"] >= ms
+    row = {"model": "flopkit", "preset": "vit5-base", "batch": 128, **prof}
+    lines = B.md_tables({"pyprof": [row]}).splitlines()
+    assert lines[0].startswith("pyprof: flopkit vit5-base b128, eager, under cProfile: ")
+    assert lines[1].strip().endswith(" slow")
