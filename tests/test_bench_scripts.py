@@ -82,8 +82,11 @@ def test_eager_ops_table_renders_the_stored_run_and_the_host_columns():
     assert "| 317.3 | | |" in table[0] and "| 123.5 | 130.0 |" in table[-1]
 
 
-def _busy(n: int) -> int:
-    return sum(i * i for i in range(n))
+def _busy(n: int) -> int:  # its own bytecode: no built-in that cProfile would rank above it
+    total = 0
+    for i in range(n):
+        total += i * i
+    return total
 
 
 def test_eager_ops_host_profile_finds_the_costly_function_and_renders():
@@ -96,9 +99,9 @@ def test_eager_ops_host_profile_finds_the_costly_function_and_renders():
         return len("x")
 
     prof = B.host_profile(fn, calls=20, top=3)
-    assert prof[0]["function"].startswith("<genexpr>") or prof[0]["function"].startswith("_busy")
+    assert prof[0]["function"].startswith("_busy")
     busy = next(p for p in prof if p["function"].startswith("_busy"))
-    assert busy["calls_per_call"] == 2 and busy["total_us"] > busy["own_us"] >= 0
+    assert busy["calls_per_call"] == 2 and busy["total_us"] >= busy["own_us"] > 0
     row = {"op": "scale_rows", "preset": "vit5-base", "batch": 128, "backend": "triton", "host_profile": prof}
     lines = B.profile_lines([row, {"op": "scale_rows"}])
     assert lines[1].startswith("Host profile, scale_rows vit5-base b128 triton")

