@@ -367,9 +367,12 @@ def sync_sources(step, steps: int = 2, debug=None) -> dict[str, Any]:
         seen[(str(message).split("\n")[0][:100], where)] += 1
 
     with warnings.catch_warnings():
+        # Switching the mode on warns that it is a prototype: that warning is not a sync.
+        warnings.simplefilter("ignore")
+        debug(1)  # warn
+    with warnings.catch_warnings():
         warnings.simplefilter("always")
         warnings.showwarning = show
-        debug(1)  # warn
         try:
             for _ in range(steps):
                 step()

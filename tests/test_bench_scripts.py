@@ -216,7 +216,12 @@ def test_sync_sources_count_each_synchronizing_call_with_its_caller():
             warnings.warn("called a synchronizing CUDA operation", UserWarning, stacklevel=1)
         warnings.warn("called a synchronizing CUDA operation (copy)", UserWarning, stacklevel=1)
 
-    got = B.sync_sources(item_then_copy, steps=2, debug=modes.append)
+    def debug(mode):  # as torch's setter, which warns that the mode is a prototype when set
+        modes.append(mode)
+        if mode:
+            warnings.warn("Synchronization debug mode is a prototype feature", UserWarning, stacklevel=1)
+
+    got = B.sync_sources(item_then_copy, steps=2, debug=debug)
     assert modes == [1, 0]
     assert got["per_step"] == 3
     (n, msg, where), (n2, msg2, _) = got["sources"]
