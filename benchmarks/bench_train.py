@@ -767,6 +767,19 @@ def _md_table(head: str, sep: str, rows: list[dict], keys: tuple[str, ...], cell
     return out
 
 
+def _eager_lines(section: str, rows: Sequence[Mapping[str, Any]], head, body) -> list[str]:
+    """The lines of an eager ``--sections`` check (``syncs``, ``pyprof``): per row its error, or
+    ``head(row)`` after the row's name and ``body(row)``'s lines; a blank line after any rows."""
+    out = []
+    for r in rows:
+        if "error" in r:
+            out.append(f"{section}: {r['model']} {r['preset']}: {r['error']}")
+            continue
+        out.append(f"{section}: {r['model']} {r['preset']} b{r['batch']}, eager{head(r)}")
+        out += body(r)
+    return out + [""] if rows else out
+
+
 def md_tables(res: dict) -> str:
     out = []
     if res.get("steps"):
@@ -785,27 +798,20 @@ def md_tables(res: dict) -> str:
             60,
         )
         out.append("")
-    for r in res.get("syncs", []):
-        if "error" in r:
-            out.append(f"syncs: {r['model']} {r['preset']}: {r['error']}")
-            continue
-        out.append(
-            f"syncs: {r['model']} {r['preset']} b{r['batch']}, eager: {r['per_step']:g} synchronizing calls a step"
-        )
-        out += [f"  {n}x {msg} at {where}" for n, msg, where in r["sources"][:8]]
-    if res.get("syncs"):
-        out.append("")
-    for r in res.get("pyprof", []):
-        if "error" in r:
-            out.append(f"pyprof: {r['model']} {r['preset']}: {r['error']}")
-            continue
-        out.append(
-            f"pyprof: {r['model']} {r['preset']} b{r['batch']}, eager, under cProfile: {r['host_ms']:.1f} ms "
-            "of host time a step; own ms a step, calls a step, function:"
-        )
-        out += [f"  {ms:.2f} {calls:g} {where}" for ms, calls, where in r["top"][:15]]
-    if res.get("pyprof"):
-        out.append("")
+    out += _eager_lines(
+        "syncs",
+        res.get("syncs", []),
+        lambda r: f": {r['per_step']:g} synchronizing calls a step",
+        lambda r: [f"  {n}x {msg} at {where}" for n, msg, where in r["sources"][:8]],
+    )
+    out += _eager_lines(
+        "pyprof",
+        res.get("pyprof", []),
+        lambda r: (
+            f", under cProfile: {r['host_ms']:.1f} ms of host time a step; own ms a step, calls a step, function:"
+        ),
+        lambda r: [f"  {ms:.2f} {calls:g} {where}" for ms, calls, where in r["top"][:15]],
+    )
     out += host_notes(res.get("steps", []))
     out += compile_notes(res.get("steps", []))
     for line in res.get("skipped", []):
