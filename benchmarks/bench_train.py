@@ -401,9 +401,8 @@ def python_profile(step, steps: int = 5, top: int = 25, sync=None) -> dict[str, 
         step()
     prof.disable()
     sync()
-    stats = pstats.Stats(
-        prof
-    ).stats  # (file, line, name) -> (calls, primitive calls, own s, cumulative s, callers)
+    # (file, line, name) -> (calls, primitive calls, own s, cumulative s, callers)
+    stats = pstats.Stats(prof).stats
     rows = sorted(stats.items(), key=lambda kv: -kv[1][2])[:top]
     return {
         "host_ms": sum(v[2] for v in stats.values()) / steps * 1e3,
@@ -513,9 +512,10 @@ def _step_row(row, kind, preset, mode, args, peak_tflops, batch) -> dict:
         row.update(compile_stats(counters))
     # The median of several timed loops: the device's host is shared, and another tenant's burst
     # slows a single loop of a host-sensitive mode (compile's default) by a few percent.
-    # Each step's issue time too (the host's time in step(), no wait at its end): below the GPU's
-    # time, a wall time above the GPU's is a wait inside the step (a sync: --sections syncs) or the
-    # GPU starved between two of its kernels; near the wall time, the host is what the step waits on.
+    # Each step's issue time too (the host's time inside step(); the loop waits on the GPU only at
+    # its end). Well below the GPU's busy time, the host ran ahead, and the wall time's excess over
+    # the GPU's is time between its kernels. Near the wall time, the host either could not issue
+    # faster or waited on the GPU inside the step (a sync, --sections syncs, or a full launch queue).
     runs, issue = [], []
     for _ in range(args.repeats):
         start = time.perf_counter()
