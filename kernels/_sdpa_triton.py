@@ -100,11 +100,13 @@ DKDV_TILE = AttnTile(64, 64, 4, 1, 16)
 QK_FUSED_FWD = False
 """Whether :func:`qk_norm_rope_attention_fwd` runs QK-norm + RoPE inside the attention forward
 (:func:`_attn_fwd_qk`, one kernel, same outputs) instead of as a kernel of its own before it.
-Off until a GPU run times it against the two kernels (docs/kernels.md)."""
+Off: on an H100 it made the compiled vit5-base step slower, 33.75 against 33.64 ms (docs/kernels.md,
+``bench_train`` run ``candidates_2026-12-08__compiled``)."""
 QK_FWD_TILE = AttnTile(128, 32, 8, 3, 0)
 """:func:`_attn_fwd_qk`'s tile (no tail): compiled for sm90 with Triton 3.6 it holds 255 registers
 without spilling, where :data:`FWD_TILE` spills 800 bytes (the rope's fp32 tables and the raw and
-partner tiles of each key step); not yet timed."""
+partner tiles of each key step). The one tile timed in a step (docs/kernels.md); the kernel
+sweep, ``benchmarks/triton_attention.py --sweep qk_forward``, has not run on a GPU."""
 HEAD_TILE = AttnTile(256, 64, 8, 1, 32)
 """``_attn_bwd_head``: the most query rows a program holds (a head's ``T``, rounded up to a power of
 two), the keys per step."""
