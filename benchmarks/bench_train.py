@@ -440,11 +440,6 @@ def eager_rows(presets: Sequence[str], models: Sequence[str], upstream: str | No
     return rows
 
 
-def sync_rows(presets: Sequence[str], models: Sequence[str], upstream: str | None) -> list[dict]:
-    """:func:`sync_sources` of each eager step (after 3 warm-up steps), per preset and model."""
-    return eager_rows(presets, models, upstream, sync_sources)
-
-
 def compile_model(model, mode: str):
     if mode == "eager":
         return model
@@ -928,12 +923,10 @@ def main() -> None:
     if "upstream" in models and not args.upstream and {"steps", "syncs", "pyprof"} & set(sections):
         models.remove("upstream")
         res["skipped"].append("nvSubquadratic rows: no --upstream path given")
-    if "syncs" in sections:
-        res["syncs"] = sync_rows(args.presets.split(","), models, args.upstream)
-        save()
-    if "pyprof" in sections:
-        res["pyprof"] = eager_rows(args.presets.split(","), models, args.upstream, python_profile)
-        save()
+    for section, measure in (("syncs", sync_sources), ("pyprof", python_profile)):
+        if section in sections:
+            res[section] = eager_rows(args.presets.split(","), models, args.upstream, measure)
+            save()
     if "steps" in sections:
         if "upstream" in models:
             reason = None
