@@ -121,6 +121,7 @@ TILE_CONSTANTS = {
     "DGELU_TILE": "_mlp_triton",
     "QK_FUSED_FWD": "_sdpa_triton",
     "QK_FWD_TILE": "_sdpa_triton",
+    "TRACED_SUM_KERNEL": "_norm_triton",
 }
 TILE_ROWS: dict[str, tuple[tuple[str, Any], ...]] = {}
 SECTIONS = ("host", "syncs", "pyprof", "steps")
@@ -449,14 +450,29 @@ def compile_model(model, mode: str):
 
 
 def compile_stats(counters: Mapping[str, Mapping[str, int]]) -> dict[str, int]:
-    """What the warm-up compiled, from Dynamo's ``counters``: graphs, graph breaks and CUDA-graph
+    """What the warm-up compiled, from Dynamo's ``counters``: graphs, graph breaks, CUDA-graph
     skips (a graph ``reduce-overhead`` runs without a CUDA graph, its kernels then launched by
-    Inductor's Python wrapper every step: host time that a compiled step's wall time shows)."""
+    Inductor's Python wrapper every step: host time that a compiled step's wall time shows) and
+    compile-cache hits (AOTAutograd's and Inductor's FX-graph cache: a hit reuses code compiled
+    for an earlier row, see :func:`cold_compile`)."""
     return {
         "graphs": int(counters["stats"]["unique_graphs"]),
         "graph_breaks": int(sum(counters["graph_break"].values())),
         "cudagraph_skips": int(counters["inductor"]["cudagraph_skips"]),
+        "cache_hits": int(counters["aot_autograd"]["autograd_cache_hit"])
+        + int(counters["inductor"]["fxgraph_cache_hit"]),
     }
+
+
+def cold_compile():
+    """Inside, ``torch.compile`` compiles from scratch: Inductor's and AOTAutograd's caches are off.
+    Their keys are the traced graph, and a ``--tile`` row's graph is the shipped row's (the kernel
+    constants are read inside the custom ops' bodies, which the key does not cover), so with the
+    caches on a tile row reran the shipped row's code: on an H100 such rows warmed up in 3 s
+    where a compile takes 49 s (``candidates_2026-12-08__compiled``, docs/benchmarks.md)."""
+    import torch._inductor.config as inductor_config
+
+    return inductor_config.patch(force_disable_caches=True)
 
 
 def host_notes(rows: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -475,10 +491,15 @@ def compile_notes(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     these were recorded have no counts and no line)."""
     out = []
     for r in rows:
-        if r.get("graph_breaks") or r.get("cudagraph_skips"):
+        if r.get("graph_breaks") or r.get("cudagraph_skips") or r.get("cache_hits"):
             out.append(
                 f"compiled: {r['model']} {r['preset']} {r['mode']}: {r['graphs']} graphs, "
                 f"{r['graph_breaks']} graph breaks, {r['cudagraph_skips']} CUDA-graph skips"
+                + (
+                    f", {r['cache_hits']} compile-cache hits (code of an earlier compile)"
+                    if r.get("cache_hits")
+                    else ""
+                )
             )
     return out
 
@@ -486,7 +507,7 @@ def compile_notes(rows: Sequence[Mapping[str, Any]]) -> list[str]:
 def run_step_row(kind, preset, mode, args, peak_tflops) -> dict:
     batch = getattr(args, "batch", None) or BATCH[preset]
     row = {"model": kind, "preset": preset, "batch": batch, "mode": mode}
-    with blas_backend(kind), kernel_tile(kind):
+    with blas_backend(kind), kernel_tile(kind), cold_compile():
         return _step_row(row, kind, preset, mode, args, peak_tflops, batch)
 
 

@@ -633,6 +633,10 @@ partials L2-resident). ``benchmarks/bench_norms.py sums`` times the candidates a
 Past :data:`SUM_WIDE_COLS` columns the column block is 16 wide (the tile before that run): there
 are programs enough, and a 4-column block reads 16 bytes of each row, half a 32-byte sector."""
 SUM_WIDE_COLS = 2048
+TRACED_SUM_KERNEL = False
+"""Under ``torch.compile``, whether :func:`sum_partials` launches :func:`_sum_partials_kernel` (one
+launch for a pair of gradients, as eager does) instead of torch ops, which Inductor lowers to a
+split reduction of two kernels per gradient (docs/kernels.md gives the step's counts and times)."""
 
 
 def sum_partials_plan(rows: int, cols: int, two: bool, tile: tuple[int, int, int] | None = None) -> Plan:
@@ -661,10 +665,10 @@ def sum_partials(
     (any float dtype), in one launch. ``owner``: the cached plan of the kernel that wrote the
     partials (eager launch cache); the reduction's own plan is kept on it (``owner.reduce``).
 
-    Under ``torch.compile`` (``run`` is :func:`wrapped`) the sums are torch ops instead: Inductor
-    fuses each sum with its cast into one reduction kernel, which has no host cost to save and
-    spreads over more programs than this kernel."""
-    if run is wrapped:
+    Under ``torch.compile`` (``run`` is :func:`wrapped`) the sums are torch ops instead, unless
+    :data:`TRACED_SUM_KERNEL` is set: Inductor fuses each sum with its cast into a split reduction
+    (two kernels per gradient)."""
+    if run is wrapped and not TRACED_SUM_KERNEL:
         for part, out in pairs:
             out.copy_(part.reshape(-1, out.numel()).sum(0).view(out.shape))
         return

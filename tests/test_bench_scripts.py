@@ -395,14 +395,47 @@ def test_compiled_rows_report_graph_breaks_and_cuda_graph_skips():
     counts["graph_break"]["a reason"] = 2
     counts["inductor"]["cudagraph_skips"] = 1
     stats = B.compile_stats(counts)
-    assert stats == {"graphs": 3, "graph_breaks": 2, "cudagraph_skips": 1}
+    assert stats == {"graphs": 3, "graph_breaks": 2, "cudagraph_skips": 1, "cache_hits": 0}
     clean = {"model": "flopkit", "preset": "vit5-base", "mode": "reduce-overhead", "graphs": 2}
     clean |= {"graph_breaks": 0, "cudagraph_skips": 0}
     broken = {**clean, "model": "flopkit-gelu-linear", **stats}
+    counts["aot_autograd"]["autograd_cache_hit"] = 1
+    counts["inductor"]["fxgraph_cache_hit"] = 2
+    cached = {
+        **clean,
+        "model": "flopkit[QK_FUSED_FWD=1]",
+        "cache_hits": B.compile_stats(counts)["cache_hits"],
+    }
     old = {"model": "upstream", "preset": "vit5-base", "mode": "eager"}  # no counts: no line
-    assert B.compile_notes([clean, broken, old]) == [
-        "compiled: flopkit-gelu-linear vit5-base reduce-overhead: 3 graphs, 2 graph breaks, 1 CUDA-graph skips"
+    assert B.compile_notes([clean, broken, cached, old]) == [
+        "compiled: flopkit-gelu-linear vit5-base reduce-overhead: 3 graphs, 2 graph breaks, 1 CUDA-graph skips",
+        "compiled: flopkit[QK_FUSED_FWD=1] vit5-base reduce-overhead: 2 graphs, 0 graph breaks, 0 CUDA-graph "
+        "skips, 3 compile-cache hits (code of an earlier compile)",
     ]
+
+
+def test_cold_compile_recompiles_a_graph_that_the_caches_would_reuse():
+    """A second compile of the same graph reuses the first's code from the compile caches (which is
+    how ``--tile`` rows, whose kernel constants the caches' keys do not see, ran the shipped code);
+    under ``cold_compile`` it compiles from scratch."""
+    from torch._dynamo.utils import counters
+
+    from benchmarks import bench_train as B
+
+    def compile_once() -> dict[str, int]:
+        torch._dynamo.reset()
+        counters.clear()
+        layer = torch.nn.Linear(8, 4)
+        torch.compile(layer)(torch.ones(2, 8)).sum().backward()
+        return B.compile_stats(counters)
+
+    if torch._inductor.config.force_disable_caches:
+        pytest.skip("the compile caches are off in this environment (TORCHINDUCTOR_FORCE_DISABLE_CACHES)")
+    compile_once()  # fills the caches (or finds them filled)
+    assert compile_once()["cache_hits"] > 0
+    with B.cold_compile():
+        assert compile_once()["cache_hits"] == 0
+    torch._dynamo.reset()
 
 
 def test_bench_train_host_notes_name_eager_rows_that_recorded_their_issue_time():

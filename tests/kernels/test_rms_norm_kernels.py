@@ -352,7 +352,12 @@ def test_meta_tensors_get_shapes_from_the_fake_implementation():
     assert y.dtype == h.dtype == torch.float32
 
 
-def test_torch_compile_fullgraph_runs_the_custom_ops():
+@pytest.mark.parametrize("sum_kernel", [False, True], ids=["torch-sums", "sum-kernel"])
+def test_torch_compile_fullgraph_runs_the_custom_ops(sum_kernel, monkeypatch):
+    """On CUDA the launchers are traced; ``sum_kernel``: the weight gradients' partials are summed
+    by ``_sum_partials_kernel`` inside the graph (``TRACED_SUM_KERNEL``), not by torch ops."""
+    monkeypatch.setattr(tk, "TRACED_SUM_KERNEL", sum_kernel)
+
     class PreNorm(torch.nn.Module):
         def __init__(self):
             super().__init__()
@@ -393,15 +398,19 @@ def test_row_view_of_a_strided_slice_under_fake_tensors():
 @pytest.mark.parametrize("two", [False, True])
 @pytest.mark.parametrize("out_dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("rows, cols", [(1, 1), (7, 5), (300, 40), (3, 700)])
-def test_sum_partials_kernel_matches_float64_column_sums(rows, cols, two, out_dtype):
-    """The backward's weight-gradient reduction: fp32 partials summed in fp32, rounded once."""
+@pytest.mark.parametrize("runner", ["launch", "wrapped", "wrapped-kernel"])
+def test_sum_partials_kernel_matches_float64_column_sums(rows, cols, two, out_dtype, runner, monkeypatch):
+    """The backward's weight-gradient reduction: fp32 partials summed in fp32, rounded once, by the
+    kernel (eager's ``launch``; ``wrapped`` with ``TRACED_SUM_KERNEL``) or by torch ops (``wrapped``,
+    the traced default)."""
     from flopkit.kernels._launch import launch
-    from flopkit.kernels._norm_triton import sum_partials
+    from flopkit.kernels._norm_triton import sum_partials, wrapped
 
+    monkeypatch.setattr(tk, "TRACED_SUM_KERNEL", runner == "wrapped-kernel")
     gen = torch.Generator().manual_seed(rows * 1000 + cols)
     parts = tuple(torch.randn(rows, cols, generator=gen).to(device()) for _ in range(2 if two else 1))
     outs = tuple(torch.full((cols,), float("nan"), dtype=out_dtype, device=device()) for _ in parts)
-    sum_partials(list(zip(parts, outs, strict=True)), launch)
+    sum_partials(list(zip(parts, outs, strict=True)), launch if runner == "launch" else wrapped)
     for part, out in zip(parts, outs, strict=True):
         ref, out = part.double().sum(0).cpu(), out.cpu()
         # fp32 accumulation in another order, then one rounding to the output dtype: one bf16 ulp,
