@@ -47,8 +47,8 @@ DGELU_TMA_TILE = (128, 256, 64, 8, 8, 3, 2, 0)
 """``(BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages, SUBTILE, PREFETCH)`` of
 :func:`_dgelu_mm_tma_kernel`: the best of bench_mlp_epilogue's ``deriv`` sweep at vit5-base
 (``benchmarks/results/bench_mlp_epilogue_h100.md``, run ``deriv_2026-12-07``: 0.249 ms).
-``PREFETCH`` 3 at this tile made the compiled vit5-base step slower on an H100 (33.74 against
-33.64 ms; docs/kernels.md), so it stays 0."""
+``PREFETCH`` 0: 3 at this tile compiles without spills but has not been timed in a step (the row
+that tried reran the shipped code from the compile caches; docs/kernels.md)."""
 BACKWARD_KERNEL = "tma"
 """The backward GEMM where both fit: ``"tma"`` (:func:`_dgelu_mm_tma_kernel`) or ``"pointer"``
 (:func:`_dgelu_mm_kernel`, which takes any strides and is the fallback)."""

@@ -100,8 +100,8 @@ DKDV_TILE = AttnTile(64, 64, 4, 1, 16)
 QK_FUSED_FWD = False
 """Whether :func:`qk_norm_rope_attention_fwd` runs QK-norm + RoPE inside the attention forward
 (:func:`_attn_fwd_qk`, one kernel, same outputs) instead of as a kernel of its own before it.
-Off: on an H100 it made the compiled vit5-base step slower, 33.75 against 33.64 ms (docs/kernels.md,
-``bench_train`` run ``candidates_2026-12-08__compiled``)."""
+Off: not yet timed in a step (the one row that tried, ``bench_train`` run
+``candidates_2026-12-08__compiled``, reran the shipped code from the compile caches; docs/kernels.md)."""
 QK_FWD_TILE = AttnTile(128, 32, 8, 3, 0)
 """:func:`_attn_fwd_qk`'s tile (no tail): compiled for sm90 with Triton 3.6 it holds 255 registers
 without spilling, where :data:`FWD_TILE` spills 800 bytes (the rope's fp32 tables and the raw and

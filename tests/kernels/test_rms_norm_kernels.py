@@ -6,8 +6,12 @@ On CPU the kernels run in the Triton interpreter (``TRITON_INTERPRET=1``, see co
 from __future__ import annotations
 
 import functools
+import json
 import math
+import sys
+from pathlib import Path
 
+import _early
 import pytest
 import torch
 from _references import TOL, device, grads64, kernel_grads, norm64, rel_err
@@ -493,3 +497,32 @@ def test_launchers_plan_symbolic_shapes():
         )
     assert y.shape == x.shape and h.shape == x.shape and yh.shape == xh.shape
     assert launched.count("_norm_fwd_kernel") == 3 and launched.count("_norm_bwd_kernel") == 3
+
+
+def _traced_sums(out, environ) -> tuple[list[str], dict]:
+    # Without TRITON_INTERPRET: tracing an interpreted kernel runs it on the fake tensors.
+    env = _early.checkout_env(environ, TRITON_INTERPRET="0", PYTHONWARNINGS="ignore")
+    return [sys.executable, str(Path(__file__).with_name("_traced_sums_probe.py"))], {
+        "env": env,
+        "timeout": 300,
+    }
+
+
+# Starts when the session is collected (tests/_early.py).
+TRACED_SUMS = _early.early("traced_sums", _traced_sums)
+
+
+@pytest.mark.early("traced_sums")
+def test_traced_backward_sums_partials_with_the_kernel_only_when_asked():
+    """Traced as ``torch.compile`` traces a launcher (``run=wrapped``, fake tensors), a scaled
+    residual norm's backward sums its two weight gradients with two torch sums by default and with
+    one ``_sum_partials_kernel`` launch under ``TRACED_SUM_KERNEL``; so does the QK-norm + RoPE
+    backward for its q and k weights (``_traced_sums_probe.py``)."""
+    done = TRACED_SUMS.result()
+    assert done.returncode == 0, done.stderr[-3000:]
+    graphs = json.loads(done.stdout.strip().splitlines()[-1])
+    for flag, sums in (("0", ["aten.sum.dim_IntList"] * 2), ("1", ["_sum_partials_kernel"])):
+        assert graphs[flag] == {
+            "norm": ["_norm_bwd_kernel", *sums],
+            "rope": ["_qk_norm_rope_bwd_kernel", *sums],
+        }, flag
