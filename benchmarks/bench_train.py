@@ -469,7 +469,9 @@ def cold_compile():
     Their keys are the traced graph, and a ``--tile`` row's graph is the shipped row's (the kernel
     constants are read inside the custom ops' bodies, which the key does not cover), so with the
     caches on a tile row reran the shipped row's code: on an H100 such rows warmed up in 3 s
-    where a compile takes 49 s (``candidates_2026-12-08__compiled``, docs/benchmarks.md)."""
+    where a compile takes 49 s (``candidates_2026-12-08__compiled``, docs/benchmarks.md). The caches
+    live on disk, so the same would hold across processes on one machine for a kernel edited
+    between two calls."""
     import torch._inductor.config as inductor_config
 
     return inductor_config.patch(force_disable_caches=True)

@@ -118,8 +118,10 @@ def profile_step(
 ) -> dict:
     """Kernels and timeline of ``steps`` profiled steps back to back (after 5 warm-up steps and a
     timed, unprofiled loop of as many: ``wall_ms`` per step, as ``bench_train.py`` times it, with the
-    GPU's clock and power sampled during it: ``clocks``, :class:`Clocks`)."""
-    with bench_train.blas_backend(kind):
+    GPU's clock and power sampled during it: ``clocks``, :class:`Clocks`). It compiles from scratch
+    (``bench_train.cold_compile``: the compile caches would hand back code compiled from another
+    version of the custom ops, whose bodies their keys do not cover)."""
+    with bench_train.blas_backend(kind), bench_train.cold_compile():
         return _profile_step(kind, preset, batch, upstream, mode, steps)
 
 
