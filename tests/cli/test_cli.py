@@ -1,6 +1,7 @@
 """The flopkit CLI through click's CliRunner (and once as the installed script)."""
 
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -253,9 +254,15 @@ def test_every_command_help_shows_an_example():
         assert result.exit_code == 0 and "Example" in result.stdout and "flopkit " + command in result.stdout
 
 
+def _script_path() -> str | None:
+    """The ``flopkit`` console script on PATH or beside this interpreter, None without one."""
+    beside = Path(sys.executable).with_name("flopkit")
+    return shutil.which("flopkit") or (str(beside) if beside.exists() else None)
+
+
 def _installed_script(*args: str) -> _early.Make:
     def make(out, environ):
-        script = shutil.which("flopkit") or str(Path(sys.executable).with_name("flopkit"))
+        script = _script_path() or str(Path(sys.executable).with_name("flopkit"))
         return [script, *args], {"timeout": 60}
 
     return make
@@ -270,6 +277,11 @@ SCRIPT_TYPO = _early.early("installed-script-typo", _installed_script("report", 
 
 @pytest.mark.early("installed-script-report", "installed-script-typo")
 def test_installed_script_runs_as_a_subprocess():
+    """The console script of an installed flopkit. CI installs it, and there a missing script fails;
+    a checkout run from its root without an install (as on the GPU machine) has none to run, and
+    the test skips saying so."""
+    if _script_path() is None and not os.environ.get("CI"):
+        pytest.skip("no flopkit console script: flopkit is not installed here (pip install -e .)")
     done = SCRIPT_REPORT.result()
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["total_flops"] == 9_417_430_656
