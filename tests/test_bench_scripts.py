@@ -299,7 +299,7 @@ CLI_STARTUP = _early.early(
     "cli_startup",
     lambda out, environ: (
         [sys.executable, "-m", "benchmarks.cli_startup", "--runs", "1", "vit5-small", "--out", str(out)],
-        {"cwd": ROOT, "env": {**environ, "PYTHONPATH": str(ROOT)}, "timeout": 300},
+        {"cwd": ROOT, "env": _early.checkout_env(environ), "timeout": 300},
     ),
 )
 

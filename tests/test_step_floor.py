@@ -102,7 +102,7 @@ SCRIPT = _early.early(
     "step_floor",
     lambda out, environ: (
         [sys.executable, "-m", "benchmarks.step_floor", "--out", str(out)],
-        {"cwd": ROOT, "env": {**environ, "PYTHONPATH": str(ROOT)}, "timeout": 300},
+        {"cwd": ROOT, "env": _early.checkout_env(environ), "timeout": 300},
     ),
 )
 

@@ -76,7 +76,9 @@ def _tiny_run(out: Path, environ) -> tuple[list[str], dict]:
     ], {
         "cwd": ROOT,
         # OMP_NUM_THREADS: small CPU runs; a shared runner thrashes otherwise
-        "env": {**environ, "OUT": str(out), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)},
+        # checkout_env keeps PYTHONPATH after the root: where PyYAML comes from it (the GPU machine
+        # carries its packages so), replacing it made the YAML preset unreadable.
+        "env": _early.checkout_env(environ, OUT=str(out), OMP_NUM_THREADS="1"),
         "timeout": 300,
     }
 
