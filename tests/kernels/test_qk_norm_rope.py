@@ -11,6 +11,7 @@ import contextlib
 
 import pytest
 import torch
+import torch._inductor.config  # noqa: F401  (the compile tests patch it)
 from _references import rel_err
 from flopkit.kernels import qk_norm_rope, qk_norm_rope_ref
 from torch.utils.flop_counter import FlopCounterMode
@@ -298,10 +299,15 @@ def test_dispatcher_path_matches_direct_path():
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("sum_kernel", [False, True], ids=["torch-sums", "sum-kernel"])
 @pytest.mark.parametrize("same_weight", [False, True])
-def test_torch_compile_fullgraph_with_gradients(same_weight):
+def test_torch_compile_fullgraph_with_gradients(same_weight, sum_kernel, monkeypatch):
     """Whole-graph compile with gradients: v is a view of qkv, and one weight may serve q and k
-    (Dynamo cannot trace an autograd.Function given one tensor twice)."""
+    (Dynamo cannot trace an autograd.Function given one tensor twice). On CUDA, ``sum_kernel``:
+    the weights' partials summed by ``_sum_partials_kernel`` in the graph (``TRACED_SUM_KERNEL``)."""
+    from flopkit.kernels import _norm_triton
+
+    monkeypatch.setattr(_norm_triton, "TRACED_SUM_KERNEL", sum_kernel)
     qkv, cos, sin, qw, kw = make_inputs(8, "shared")
     qkv.requires_grad_()
     qw = qw.detach().clone().requires_grad_()
@@ -312,8 +318,11 @@ def test_torch_compile_fullgraph_with_gradients(same_weight):
         return (q * k).sum() + (v * v * v).sum()
 
     torch._dynamo.reset()
-    out = torch.compile(f, fullgraph=True)(qkv, qw, kw)
-    out.backward()
+    # Compiled from scratch: the compile caches key on the graph, which the flag does not change,
+    # and would hand one parametrization the other's code.
+    with torch._inductor.config.patch(force_disable_caches=True):
+        out = torch.compile(f, fullgraph=True)(qkv, qw, kw)
+        out.backward()
     a64, qw64 = qkv.detach().double().requires_grad_(), qw.detach().double().requires_grad_()
     kw64 = qw64 if same_weight else kw.detach().double().requires_grad_()
     q, k, v = qk_norm_rope_ref(a64, cos.double(), sin.double(), H, qw64, kw64)
