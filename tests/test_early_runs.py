@@ -2,7 +2,8 @@
 
 The GPU machine's checkout is not installed and gets some packages (PyYAML, fvcore) through
 ``PYTHONPATH`` only; a run that replaced ``PYTHONPATH`` with the repository root could not read a
-YAML preset there (``test_a_tiny_cpu_run_writes_json_markdown_and_png`` failed on an H100).
+YAML preset there (``test_a_tiny_cpu_run_writes_json_markdown_and_png``'s run did; reproduced on CPU
+with the ``yaml`` import blocked, docs/contributing.md).
 """
 
 from __future__ import annotations
