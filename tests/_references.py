@@ -11,6 +11,16 @@ def device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def cold_compile(enabled: bool = True):
+    """Inside, ``torch.compile`` compiles from scratch (Inductor's and AOTAutograd's caches off). A
+    test that flips a kernel constant between two compiles needs it: the caches key on the traced
+    graph, which the constant (read inside a custom op's body) does not change, and would hand the
+    second compile the first one's code. ``enabled=False`` leaves the caches on."""
+    import torch._inductor.config as inductor_config
+
+    return inductor_config.patch(force_disable_caches=enabled)
+
+
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     """``||out - ref|| / ||ref||`` in float64; NaN anywhere fails."""
     out, ref = out.double().cpu(), ref.double().cpu()

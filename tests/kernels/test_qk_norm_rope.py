@@ -11,8 +11,7 @@ import contextlib
 
 import pytest
 import torch
-import torch._inductor.config  # noqa: F401  (the compile tests patch it)
-from _references import device, rel_err
+from _references import cold_compile, device, rel_err
 from flopkit.kernels import qk_norm_rope, qk_norm_rope_ref
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -320,9 +319,7 @@ def test_torch_compile_fullgraph_with_gradients(same_weight, sum_kernel, monkeyp
         return (q * k).sum() + (v * v * v).sum()
 
     torch._dynamo.reset()
-    # Compiled from scratch: the compile caches key on the graph, which the flag does not change,
-    # and would hand one parametrization the other's code.
-    with torch._inductor.config.patch(force_disable_caches=device() == "cuda"):
+    with cold_compile(device() == "cuda"):  # the flag changes the compiled code on CUDA only
         out = torch.compile(f, fullgraph=True)(qkv, qw, kw)
         out.backward()
     a64, qw64 = qkv.detach().double().requires_grad_(), qw.detach().double().requires_grad_()

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch._inductor.config  # noqa: F401  (the compile tests patch it)
-from _references import device, rel_err
+from _references import cold_compile, device, rel_err
 from flopkit.kernels._launch import launch
 from flopkit.kernels._rope_triton import qk_norm_rope_bwd, qk_norm_rope_fwd, qkv_heads
 from flopkit.kernels._sdpa_triton import (
@@ -355,9 +354,7 @@ def test_fused_forward_on_cuda_at_vit5_base_shape(monkeypatch, tile):
             fn = torch.compile(fn) if compiled else fn
             for t in leaves:
                 t.grad = None
-            # Compiled from scratch: the compile caches key on the traced graph, which QK_FUSED_FWD
-            # does not change, and would hand the fused row the two kernels' compiled code.
-            with torch._inductor.config.patch(force_disable_caches=True):
+            with cold_compile():  # else the fused row would get the two kernels' compiled code
                 out = fn(leaves[0], cos, sin, 12, leaves[1], leaves[2])
                 out.float().square().sum().backward()
             results[fused_fwd, compiled] = [out.detach()] + [t.grad.clone() for t in leaves]

@@ -14,8 +14,7 @@ from pathlib import Path
 import _early
 import pytest
 import torch
-import torch._inductor.config  # noqa: F401  (the compile tests patch it)
-from _references import TOL, device, grads64, kernel_grads, norm64, rel_err
+from _references import TOL, cold_compile, device, grads64, kernel_grads, norm64, rel_err
 from flopkit.kernels import (
     _norm_ops,  # noqa: F401  (registers the flopkit:: ops the tests call directly)
     rms_norm,
@@ -380,9 +379,7 @@ def test_torch_compile_fullgraph_runs_the_custom_ops(sum_kernel, monkeypatch):
     model = PreNorm().to(device())
     x, r, _ = _opcheck_args()
     compiled = torch.compile(model, fullgraph=True)
-    # Compiled from scratch: the compile caches key on the graph, which the flag does not change,
-    # and would hand one parametrization the other's code.
-    with torch._inductor.config.patch(force_disable_caches=device() == "cuda"):
+    with cold_compile(device() == "cuda"):  # the flag changes the compiled code on CUDA only
         out = compiled(x, r)
         out.sum().backward()
     x64, r64, w64, s64 = (t.detach().double() for t in (x, r, model.w, model.s))
